@@ -1,0 +1,380 @@
+//! The daemon: checks the request, opens the backing tree, daemonizes, mounts, serves until
+//! unmounted or signalled; and `umount`, which ends it cleanly.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::{MountArgs, UmountArgs};
+use crate::config::Config;
+use crate::fs::backing;
+use crate::fs::fuse::{mount_config, FuseAdapter, Ttls, FS_TYPE};
+use crate::fs::overlay::{OverlayFs, OverlayOptions};
+use crate::mountinfo;
+
+/// A problem with what the user asked for: reported in one line, exit code 2, nothing mounted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    BadInput(msg.into()).into()
+}
+
+const RUN_DIR: &str = "/run/coldtier/mounts";
+
+fn record_path(mountpoint: &Path) -> PathBuf {
+    let hex: String = mountpoint.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(RUN_DIR).join(format!("{hex}.pid"))
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(bad(format!("coldtier {what} must run as root (it mounts with allow_other and serves every user's files)")));
+    }
+    Ok(())
+}
+
+fn check_dev_fuse() -> anyhow::Result<()> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(bad("/dev/fuse does not exist: install fuse3 and load the module (modprobe fuse)"))
+        }
+        Err(e) => Err(bad(format!("cannot open /dev/fuse: {e}"))),
+    }
+}
+
+fn canonical_dir(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let c = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => bad(format!("{what} {} does not exist", path.display())),
+        _ => bad(format!("{what} {}: {e}", path.display())),
+    })?;
+    if !c.is_dir() {
+        return Err(bad(format!("{what} {} is not a directory", path.display())));
+    }
+    Ok(c)
+}
+
+/// Everything checked and opened before the daemon forks.
+struct Prepared {
+    source: PathBuf,
+    mountpoint: PathBuf,
+    config: Config,
+    root: OwnedFd,
+}
+
+fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
+    require_root("mount")?;
+    let config = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| bad(e.to_string()))?,
+        None => Config::default(),
+    };
+    let source = canonical_dir(&args.source, "SOURCE")?;
+    let mountpoint = match &args.mountpoint {
+        Some(m) => canonical_dir(m, "MOUNTPOINT")?,
+        None => source.clone(),
+    };
+    check_dev_fuse()?;
+    let mounts = mountinfo::read().map_err(|e| anyhow::anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
+    if let Some(m) = mountinfo::containing(&mounts, &source).filter(|m| m.fstype == FS_TYPE) {
+        return Err(bad(format!(
+            "SOURCE {} is already a coldtier mount (mounted at {}); unmount it first",
+            source.display(),
+            m.mount_point.display()
+        )));
+    }
+    if let Some(m) = mountinfo::at(&mounts, &mountpoint).filter(|m| m.fstype.starts_with("fuse")) {
+        return Err(bad(format!("MOUNTPOINT {} is in use by a {} mount ({})", mountpoint.display(), m.fstype, m.source)));
+    }
+    if let Some(m) = mountinfo::containing(&mounts, &mountpoint).filter(|m| m.fstype == FS_TYPE) {
+        return Err(bad(format!(
+            "MOUNTPOINT {} is inside the coldtier mount at {}",
+            mountpoint.display(),
+            m.mount_point.display()
+        )));
+    }
+    if mountpoint != source && mountinfo::at(&mounts, &mountpoint).is_some() {
+        return Err(bad(format!("MOUNTPOINT {} is in use: something is already mounted there", mountpoint.display())));
+    }
+    if record_path(&mountpoint).exists() {
+        if let Some(pid) = read_record(&mountpoint).map(|r| r.0) {
+            if process_alive(pid) {
+                return Err(bad(format!("MOUNTPOINT {} is in use by coldtier daemon pid {pid}", mountpoint.display())));
+            }
+        }
+    }
+    // Opened before mounting: the mount may hide this very directory.
+    let root = backing::open_dir_path(&source).map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?;
+    Ok(Prepared { source, mountpoint, config, root })
+}
+
+/// True while `pid` exists and is not a zombie.
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn read_record(mountpoint: &Path) -> Option<(i32, String)> {
+    let text = std::fs::read_to_string(record_path(mountpoint)).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    Some((pid, lines.next().unwrap_or("").to_string()))
+}
+
+fn write_record(p: &Prepared) -> std::io::Result<()> {
+    std::fs::create_dir_all(RUN_DIR)?;
+    let path = record_path(&p.mountpoint);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n{}\n{}\n", std::process::id(), p.source.display(), p.mountpoint.display()))?;
+    std::fs::rename(tmp, path)
+}
+
+fn default_log_file(mountpoint: &Path) -> PathBuf {
+    let name: String = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    PathBuf::from(format!("/var/log/coldtier/{}.log", if name.is_empty() { "root".into() } else { name }))
+}
+
+/// `coldtier mount`.
+pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
+    let prepared = prepare(args)?;
+    if args.foreground {
+        crate::init_logging(log_filter, None)?;
+        return serve(prepared, None);
+    }
+    let log_file = args.log_file.clone().unwrap_or_else(|| default_log_file(&prepared.mountpoint));
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: pipe2 returned two fresh fds that we now own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other threads exist yet in this process; the child only continues in Rust code
+    // that sets up its own state.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error().into()),
+        0 => {
+            drop(rd);
+            let code = daemon_child(prepared, wr, &log_file, log_filter);
+            std::process::exit(code);
+        }
+        _ => {
+            drop(wr);
+            let mut msg = String::new();
+            std::fs::File::from(rd).read_to_string(&mut msg)?;
+            match msg.strip_prefix("OK") {
+                Some(_) => Ok(()),
+                None => match msg.strip_prefix("ERR ") {
+                    Some(e) => Err(bad(e.trim_end().to_string())),
+                    None => Err(anyhow::anyhow!(
+                        "the daemon exited during start-up; see {}",
+                        log_file.display()
+                    )),
+                },
+            }
+        }
+    }
+}
+
+fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &str) -> i32 {
+    let mut status = std::fs::File::from(wr);
+    // SAFETY: setsid/chdir only affect this (single-threaded) child process.
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+    }
+    if let Some(dir) = log_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = redirect_stdio(log_file) {
+        let _ = write!(status, "ERR cannot open log file {}: {e}", log_file.display());
+        return 2;
+    }
+    if let Err(e) = crate::init_logging(log_filter, Some(log_file)) {
+        let _ = write!(status, "ERR cannot start logging: {e}");
+        return 2;
+    }
+    match serve(prepared, Some(status)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    }
+}
+
+fn redirect_stdio(log_file: &Path) -> std::io::Result<()> {
+    let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
+    // SAFETY: dup2 onto the standard descriptors of this process.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
+}
+
+/// Blocks the termination signals in this thread (and the threads it spawns later), so that
+/// only the signal thread receives them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unmounts `mountpoint`: normally, or, when files are still open, by detaching it so that
+/// the daemon finishes once the last one closes.
+fn unmount_path(mountpoint: &Path, lazy_if_busy: bool) -> Result<bool, std::io::Error> {
+    let c = CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(false);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) && lazy_if_busy {
+        // SAFETY: as above.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(true);
+        }
+        return Err(std::io::Error::last_os_error());
+    }
+    Err(e)
+}
+
+fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
+    let report = |status: &mut Option<std::fs::File>, msg: &str| {
+        if let Some(s) = status.as_mut() {
+            let _ = s.write_all(msg.as_bytes());
+        }
+    };
+    let sigset = block_signals();
+    // SAFETY: umask only affects this process: objects are created with the exact mode the
+    // kernel passes (it has applied the caller's umask already).
+    unsafe { libc::umask(0) };
+    if let Err(e) = backing::keep_caps_on_fsuid_switch() {
+        report(&mut status, &format!("ERR cannot set securebits: {e}"));
+        return Err(e.into());
+    }
+    let nofile = backing::raise_nofile_limit();
+    let overlay = OverlayFs::new(
+        p.root.as_fd().try_clone_to_owned()?,
+        OverlayOptions { passthrough: p.config.fuse.passthrough, inode_fds: p.config.fuse.inode_fds },
+    )?;
+    if !p.config.fuse.passthrough {
+        tracing::info!("passthrough disabled by configuration; file I/O is served by the daemon");
+    }
+    let overlay = Arc::new(overlay);
+    let ttl = Ttls { attr: p.config.attr_timeout(), entry: p.config.entry_timeout() };
+    let adapter = FuseAdapter::new(overlay.clone(), ttl);
+    let threads = p.config.threads();
+    let mut session = match fuser::Session::new(adapter, &p.mountpoint, &mount_config(&p.source, threads)) {
+        Ok(s) => s,
+        Err(e) => {
+            report(&mut status, &format!("ERR cannot mount at {}: {e}", p.mountpoint.display()));
+            return Err(anyhow::anyhow!("mount failed: {e}"));
+        }
+    };
+    if let Err(e) = write_record(&p) {
+        tracing::warn!("cannot write runtime record under {RUN_DIR}: {e}");
+    }
+    tracing::info!(
+        source = %p.source.display(),
+        mountpoint = %p.mountpoint.display(),
+        threads,
+        nofile,
+        "coldtier mounted"
+    );
+    report(&mut status, "OK\n");
+    drop(status);
+
+    let mp = p.mountpoint.clone();
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigset holds the blocked termination signals; sig is a valid out pointer.
+        if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+            continue;
+        }
+        tracing::info!(signal = sig, "termination signal: unmounting");
+        // fuser's own unmount first (clears its state), then a detach if files are open.
+        if unmounter.unmount().is_err() {
+            match unmount_path(&mp, true) {
+                Ok(true) => tracing::warn!("mount busy: detached; serving open files until they close"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("unmount failed: {e}"),
+            }
+        }
+    })?;
+
+    let result = session.run();
+    let _ = std::fs::remove_file(record_path(&p.mountpoint));
+    tracing::info!(live_inodes = overlay.live_inodes(), inode_fds = overlay.inode_fds_held(), "coldtier unmounted");
+    result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
+}
+
+/// `coldtier umount`.
+pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
+    require_root("umount")?;
+    let given = if args.mountpoint.is_absolute() {
+        args.mountpoint.clone()
+    } else {
+        std::env::current_dir()?.join(&args.mountpoint)
+    };
+    // A dead daemon leaves a mount whose stat fails (ENOTCONN): fall back to the path as given.
+    let mp = std::fs::canonicalize(&given).unwrap_or(given);
+    let mounts = mountinfo::read()?;
+    match mountinfo::at(&mounts, &mp) {
+        Some(m) if m.fstype == FS_TYPE => {}
+        _ => return Err(bad(format!("{} is not a coldtier mount", mp.display()))),
+    }
+    let pid = read_record(&mp).map(|r| r.0);
+    let detached = match unmount_path(&mp, args.lazy) {
+        Ok(true) => {
+            eprintln!("{}: busy, detached; the daemon finishes when the last open file closes", mp.display());
+            true
+        }
+        Ok(false) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(anyhow::anyhow!(
+                "{} is busy (files are open or a process has its working directory there); close them or use --lazy",
+                mp.display()
+            ))
+        }
+        Err(e) => return Err(anyhow::anyhow!("cannot unmount {}: {e}", mp.display())),
+    };
+    if let Some(pid) = pid.filter(|_| !detached) {
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        while process_alive(pid) {
+            if Instant::now() > deadline {
+                return Err(anyhow::anyhow!("unmounted, but daemon pid {pid} has not exited after {}s", args.timeout));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}

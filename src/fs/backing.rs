@@ -1,0 +1,602 @@
+//! Every syscall on the backing tree: `*at()` calls relative to directory fds, O_PATH handles,
+//! reopen through /proc/self/fd, xattrs, and the per-thread caller identity for creates.
+//!
+//! Nothing here allocates on the hot path (names are copied to a stack buffer) and nothing
+//! here ever resolves an absolute path into the source tree: the mount may sit on top of it.
+
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// A raw errno value from a failed syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub fn last() -> Self {
+        Errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Self {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", io::Error::from_raw_os_error(self.0))
+    }
+}
+
+pub type SysResult<T> = Result<T, Errno>;
+
+fn cvt(r: libc::c_int) -> SysResult<libc::c_int> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_isize(r: isize) -> SysResult<usize> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Copies `name` to a NUL-terminated stack buffer and calls `f` with it.
+/// Names longer than NAME_MAX give ENAMETOOLONG, embedded NULs EINVAL.
+pub fn with_name<T>(name: &OsStr, f: impl FnOnce(&CStr) -> SysResult<T>) -> SysResult<T> {
+    let bytes = name.as_bytes();
+    let mut buf = [0u8; 256];
+    if bytes.len() > 255 {
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    let c = CStr::from_bytes_until_nul(&buf[..=bytes.len()]).map_err(|_| Errno(libc::EINVAL))?;
+    if c.to_bytes().len() != bytes.len() {
+        return Err(Errno(libc::EINVAL));
+    }
+    f(c)
+}
+
+/// "/proc/self/fd/N" for an fd, on the stack.
+struct ProcPath {
+    buf: [u8; 32],
+}
+
+impl ProcPath {
+    fn new(fd: RawFd) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 32];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        // 14 + 10 digits + NUL fits in 32 bytes.
+        let _ = write!(cur, "/proc/self/fd/{fd}\0");
+        ProcPath { buf }
+    }
+    fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.buf).expect("proc path is NUL-terminated")
+    }
+}
+
+const EMPTY: &CStr = c"";
+
+/// The attributes coldtier needs from statx.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+    /// Birth time, when the backing filesystem reports one.
+    pub btime: Option<(i64, u32)>,
+}
+
+impl Stat {
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.file_type() == libc::S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == libc::S_IFLNK
+    }
+
+    fn from_statx(s: &libc::statx) -> Stat {
+        let ts = |t: libc::statx_timestamp| (t.tv_sec, t.tv_nsec);
+        Stat {
+            dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
+            ino: s.stx_ino,
+            mode: s.stx_mode as u32,
+            nlink: s.stx_nlink,
+            uid: s.stx_uid,
+            gid: s.stx_gid,
+            rdev: encode_dev(s.stx_rdev_major, s.stx_rdev_minor),
+            size: s.stx_size,
+            blocks: s.stx_blocks,
+            blksize: s.stx_blksize,
+            atime: ts(s.stx_atime),
+            mtime: ts(s.stx_mtime),
+            ctime: ts(s.stx_ctime),
+            btime: (s.stx_mask & libc::STATX_BTIME != 0).then(|| ts(s.stx_btime)),
+        }
+    }
+}
+
+/// The kernel's 32-bit `new_encode_dev` form that FUSE carries.
+pub fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// Decodes FUSE's 32-bit device number into a `dev_t` for mknod.
+pub fn decode_dev(dev: u32) -> libc::dev_t {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+const STATX_WANT: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
+
+fn statx_raw(dirfd: RawFd, path: &CStr, flags: libc::c_int) -> SysResult<Stat> {
+    let mut sx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: path is NUL-terminated, sx points to writable memory of the right size.
+    cvt(unsafe { libc::statx(dirfd, path.as_ptr(), flags, STATX_WANT, sx.as_mut_ptr()) })?;
+    // SAFETY: statx succeeded and filled the structure (it was zeroed before).
+    Ok(Stat::from_statx(unsafe { &sx.assume_init() }))
+}
+
+/// lstat of `name` in directory `dir`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
+    with_name(name, |c| statx_raw(dir.as_raw_fd(), c, libc::AT_SYMLINK_NOFOLLOW))
+}
+
+/// stat of the object an fd (O_PATH or not) refers to, never following a symlink.
+pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    statx_raw(fd.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn own(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: fd was just returned by a successful syscall and is owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// An O_PATH handle on `name` in `dir` (never follows a final symlink).
+pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OwnedFd> {
+    with_name(name, |c| {
+        // SAFETY: c is NUL-terminated.
+        let fd = cvt(unsafe {
+            libc::openat(dir.as_raw_fd(), c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        })?;
+        Ok(own(fd))
+    })
+}
+
+/// A kernel file handle (`struct file_handle`: 8-byte header + opaque bytes), persistent
+/// across reboots on filesystems that support it, and stale once its inode is gone.
+pub fn handle_of(fd: BorrowedFd<'_>) -> SysResult<Box<[u8]>> {
+    const MAX_HANDLE_SZ: usize = 128;
+    let mut buf = [0u8; 8 + MAX_HANDLE_SZ];
+    buf[0..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf is a file_handle with handle_bytes set to the space after the header;
+    // mount_id is a valid out pointer; EMPTY is NUL-terminated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    cvt_isize(r as isize)?;
+    let n = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    Ok(buf[..8 + n.min(MAX_HANDLE_SZ)].into())
+}
+
+/// Opens an object by its file handle (needs CAP_DAC_READ_SEARCH; the daemon is root).
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &[u8], flags: libc::c_int) -> SysResult<OwnedFd> {
+    // SAFETY: handle holds a complete file_handle produced by handle_of.
+    let r = unsafe {
+        libc::syscall(libc::SYS_open_by_handle_at, mount_fd.as_raw_fd(), handle.as_ptr(), flags | libc::O_CLOEXEC)
+    };
+    let fd = cvt_isize(r as isize)?;
+    Ok(own(fd as libc::c_int))
+}
+
+/// Current soft limit on open files.
+pub fn nofile_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: rl is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Opens a directory given by path (before mounting: the backing root).
+pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: c is NUL-terminated.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own(fd))
+}
+
+/// Opens the object behind an O_PATH fd for I/O with `flags`, via its /proc/self/fd magic link.
+pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> SysResult<OwnedFd> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: path is NUL-terminated.
+    let r = cvt(unsafe { libc::open(p.as_cstr().as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(own(r))
+}
+
+/// Opens (and with O_CREAT creates) `name` in `dir`.
+pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> SysResult<OwnedFd> {
+    with_name(name, |c| {
+        // SAFETY: c is NUL-terminated.
+        let fd = cvt(unsafe {
+            libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+        })?;
+        Ok(own(fd))
+    })
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
+    // SAFETY: c is NUL-terminated.
+    with_name(name, |c| cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(drop))
+}
+
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u32) -> SysResult<()> {
+    with_name(name, |c| {
+        // SAFETY: c is NUL-terminated.
+        cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, decode_dev(rdev)) }).map(drop)
+    })
+}
+
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    let t = std::ffi::CString::new(target.as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+    with_name(name, |c| {
+        // SAFETY: both strings are NUL-terminated.
+        cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+    })
+}
+
+/// Hard link of the object behind an O_PATH fd (needs CAP_DAC_READ_SEARCH: the daemon is root).
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    with_name(name, |c| {
+        // SAFETY: strings are NUL-terminated.
+        cvt(unsafe {
+            libc::linkat(fd.as_raw_fd(), EMPTY.as_ptr(), dir.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+        })
+        .map(drop)
+    })
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> SysResult<()> {
+    // SAFETY: c is NUL-terminated.
+    with_name(name, |c| cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop))
+}
+
+pub fn rename_at(
+    olddir: BorrowedFd<'_>,
+    oldname: &OsStr,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+    flags: u32,
+) -> SysResult<()> {
+    with_name(oldname, |o| {
+        with_name(newname, |n| {
+            // SAFETY: strings are NUL-terminated.
+            cvt(unsafe {
+                libc::renameat2(olddir.as_raw_fd(), o.as_ptr(), newdir.as_raw_fd(), n.as_ptr(), flags)
+            })
+            .map(drop)
+        })
+    })
+}
+
+/// Target of the symlink behind an O_PATH fd.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for its whole length.
+    let n = cvt_isize(unsafe {
+        libc::readlinkat(fd.as_raw_fd(), EMPTY.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: path is NUL-terminated.
+    cvt(unsafe { libc::chmod(p.as_cstr().as_ptr(), mode) }).map(drop)
+}
+
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
+    let u = uid.unwrap_or(u32::MAX);
+    let g = gid.unwrap_or(u32::MAX);
+    // SAFETY: EMPTY is NUL-terminated.
+    cvt(unsafe {
+        libc::fchownat(fd.as_raw_fd(), EMPTY.as_ptr(), u, g, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })
+    .map(drop)
+}
+
+pub fn truncate_path_fd(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: path is NUL-terminated.
+    cvt(unsafe { libc::truncate(p.as_cstr().as_ptr(), size as libc::off_t) }).map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// A time to set: a value, the current time, or leave unchanged.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(i64, u32),
+}
+
+impl SetTime {
+    fn timespec(self) -> libc::timespec {
+        match self {
+            SetTime::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            SetTime::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+            SetTime::At(s, ns) => libc::timespec { tv_sec: s, tv_nsec: ns as i64 },
+        }
+    }
+}
+
+/// utimensat on the object behind an O_PATH fd; symlinks themselves are changed, not followed.
+pub fn utimens_fd(fd: BorrowedFd<'_>, is_symlink: bool, atime: SetTime, mtime: SetTime) -> SysResult<()> {
+    let ts = [atime.timespec(), mtime.timespec()];
+    if is_symlink {
+        // SAFETY: EMPTY is NUL-terminated, ts has two elements.
+        return cvt(unsafe {
+            libc::utimensat(
+                fd.as_raw_fd(),
+                EMPTY.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop);
+    }
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: path is NUL-terminated, ts has two elements.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_cstr().as_ptr(), ts.as_ptr(), 0) }).map(drop)
+}
+
+pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: strings NUL-terminated; buf writable for buf.len() bytes (may be 0 for a size query).
+    cvt_isize(unsafe { libc::getxattr(p.as_cstr().as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: strings NUL-terminated; value readable for its length.
+    cvt(unsafe {
+        libc::setxattr(p.as_cstr().as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+    })
+    .map(drop)
+}
+
+pub fn listxattr_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: path NUL-terminated; buf writable for its length.
+    cvt_isize(unsafe { libc::listxattr(p.as_cstr().as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    let p = ProcPath::new(fd.as_raw_fd());
+    // SAFETY: strings NUL-terminated.
+    cvt(unsafe { libc::removexattr(p.as_cstr().as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: s is writable; fd valid. fstatvfs works on O_PATH fds.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), s.as_mut_ptr()) })?;
+    // SAFETY: filled by the successful call.
+    Ok(unsafe { s.assume_init() })
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    // SAFETY: buf writable for its length.
+    cvt_isize(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as libc::off_t) })
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
+    // SAFETY: buf readable for its length.
+    cvt_isize(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as libc::off_t) })
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    // SAFETY: plain syscalls on a valid fd.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) }).map(drop)
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: u64,
+    flags: u32,
+) -> SysResult<usize> {
+    let mut oi = off_in as libc::loff_t;
+    let mut oo = off_out as libc::loff_t;
+    // SAFETY: the offsets are valid pointers to locals; fds valid.
+    cvt_isize(unsafe {
+        libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len as usize, flags)
+    })
+}
+
+/// Reads raw `linux_dirent64` records into `buf`; 0 at end of directory.
+pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: buf writable for its length; fd is an open directory.
+    let r = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    cvt_isize(r as isize)
+}
+
+/// One parsed directory record.
+pub struct DirRecord<'a> {
+    pub ino: u64,
+    pub off: i64,
+    pub kind: u8,
+    pub name: &'a OsStr,
+    pub reclen: usize,
+}
+
+/// Parses the `linux_dirent64` at the start of `buf`.
+pub fn parse_dirent(buf: &[u8]) -> Option<DirRecord<'_>> {
+    if buf.len() < 19 {
+        return None;
+    }
+    let ino = u64::from_ne_bytes(buf[0..8].try_into().ok()?);
+    let off = i64::from_ne_bytes(buf[8..16].try_into().ok()?);
+    let reclen = u16::from_ne_bytes(buf[16..18].try_into().ok()?) as usize;
+    let kind = buf[18];
+    if reclen < 19 || reclen > buf.len() {
+        return None;
+    }
+    let name_bytes = &buf[19..reclen];
+    let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+    Some(DirRecord { ino, off, kind, name: OsStr::from_bytes(&name_bytes[..end]), reclen })
+}
+
+/// Runs `f` with this thread's filesystem uid/gid set to the caller's, so that objects it
+/// creates belong to the caller (the kernel applies setgid-directory inheritance itself).
+/// The daemon sets SECBIT_NO_SETUID_FIXUP at start, so the switch keeps its capabilities.
+pub fn as_caller<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: setfsuid/setfsgid only change this thread's filesystem credentials.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    let r = f();
+    // SAFETY: as above; back to root.
+    unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+    }
+    r
+}
+
+/// Keeps capabilities across the per-thread fsuid switches of [`as_caller`]. Call before
+/// spawning threads (securebits are inherited).
+pub fn keep_caps_on_fsuid_switch() -> io::Result<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    // SAFETY: prctl with integer arguments.
+    let cur = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    if cur < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, cur as libc::c_ulong | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit (the inode table holds one O_PATH fd per live inode).
+pub fn raise_nofile_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: rl is a valid out pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            // Root may raise the hard limit up to fs.nr_open.
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(rl.rlim_max);
+            let want = libc::rlimit { rlim_cur: nr_open.max(rl.rlim_max), rlim_max: nr_open.max(rl.rlim_max) };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+    rl.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_encoding_round_trips() {
+        for (maj, min) in [(0u32, 0u32), (8, 1), (259, 3), (4095, 1_000_000)] {
+            let enc = encode_dev(maj, min);
+            let d = decode_dev(enc);
+            assert_eq!((libc::major(d), libc::minor(d)), (maj, min));
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let long = OsStr::from_bytes(&[b'a'; 256]);
+        assert_eq!(with_name(long, |_| Ok(())), Err(Errno(libc::ENAMETOOLONG)));
+        assert_eq!(with_name(OsStr::from_bytes(b"a\0b"), |_| Ok(())), Err(Errno(libc::EINVAL)));
+        let ok = with_name(OsStr::from_bytes(&[b'x'; 255]), |c| Ok(c.to_bytes().len()));
+        assert_eq!(ok, Ok(255));
+    }
+
+    #[test]
+    fn proc_path_formats() {
+        assert_eq!(ProcPath::new(123).as_cstr().to_bytes(), b"/proc/self/fd/123");
+    }
+}

@@ -1,0 +1,6 @@
+//! The overlay filesystem: backing syscalls, inode table, the filesystem logic, the FUSE adapter.
+
+pub mod backing;
+pub mod fuse;
+pub mod inodes;
+pub mod overlay;

@@ -1,0 +1,90 @@
+//! Reads /proc/self/mountinfo: which mounts exist, where, of which type.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(out).to_string_lossy().into_owned()
+}
+
+/// Parses mountinfo text.
+pub fn parse(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mp = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let source = r.next().unwrap_or("");
+            Some(MountEntry { mount_point: PathBuf::from(unescape(mp)), fstype: fstype.into(), source: unescape(source) })
+        })
+        .collect()
+}
+
+/// All mounts of this mount namespace, in mount order.
+pub fn read() -> std::io::Result<Vec<MountEntry>> {
+    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// The topmost mount at exactly `path`, if any.
+pub fn at<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    mounts.iter().rev().find(|m| m.mount_point == path)
+}
+
+/// The mount that contains `path` (the last-mounted one with the longest matching prefix).
+pub fn containing<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    let mut best: Option<&MountEntry> = None;
+    for m in mounts {
+        if path.starts_with(&m.mount_point) {
+            let longer = best.is_none_or(|b| m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len());
+            if longer {
+                best = Some(m);
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:40 / /srv/share rw,nosuid,nodev,relatime shared:5 - nfs4 host:/export rw
+41 40 0:41 / /srv/share rw,nosuid,nodev,relatime shared:6 - fuse.coldtier coldtier:/srv/share rw,user_id=0
+42 22 0:42 / /mnt/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn parses_and_finds() {
+        let m = parse(SAMPLE);
+        assert_eq!(m.len(), 4);
+        assert_eq!(at(&m, Path::new("/srv/share")).unwrap().fstype, "fuse.coldtier");
+        assert_eq!(containing(&m, Path::new("/srv/share/a/b")).unwrap().fstype, "fuse.coldtier");
+        assert_eq!(containing(&m, Path::new("/srv/other")).unwrap().fstype, "ext4");
+        assert_eq!(at(&m, Path::new("/mnt/with space")).unwrap().fstype, "tmpfs");
+        assert!(at(&m, Path::new("/nope")).is_none());
+    }
+}

@@ -1,0 +1,123 @@
+//! Shared harness for integration tests: a real coldtier FUSE mount over a temp tree.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the coldtier binary built by cargo for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coldtier"))
+}
+
+/// Runs `coldtier ARGS...` and returns its output (never panics on a non-zero exit).
+pub fn coldtier(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run coldtier")
+}
+
+/// A live coldtier mount. `src` is the backing tree, `mnt` the mount point
+/// (equal to `src` when mounted over its own source). Unmounted on drop.
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub src: PathBuf,
+    pub mnt: PathBuf,
+    /// A plain directory beside the mount, for side-by-side comparisons.
+    pub native: PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    /// Mounts a fresh empty source at a separate mount point.
+    pub fn new() -> Self {
+        Self::with_config(None)
+    }
+
+    /// Mounts with the given TOML configuration text.
+    pub fn with_config(config: Option<&str>) -> Self {
+        let dir = tempfile::Builder::new().prefix("coldtier-it").tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mnt = dir.path().join("mnt");
+        let native = dir.path().join("native");
+        for d in [&src, &mnt, &native] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let mut m = Mounted { dir, src, mnt, native, mounted: false };
+        m.mount(config);
+        m
+    }
+
+    /// Mounts over the source directory itself (MOUNTPOINT omitted), after `prepare` fills it.
+    pub fn over_source(prepare: impl FnOnce(&Path)) -> Self {
+        let dir = tempfile::Builder::new().prefix("coldtier-it").tempdir().unwrap();
+        let src = dir.path().join("share");
+        let native = dir.path().join("native");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&native).unwrap();
+        prepare(&src);
+        let mut m = Mounted { dir, mnt: src.clone(), src, native, mounted: false };
+        let out = coldtier(&["mount", m.src.to_str().unwrap()]);
+        assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        m.mounted = true;
+        m
+    }
+
+    fn mount(&mut self, config: Option<&str>) {
+        let mut args = vec![
+            "mount".to_string(),
+            self.src.to_str().unwrap().to_string(),
+            self.mnt.to_str().unwrap().to_string(),
+        ];
+        if let Some(text) = config {
+            let path = self.dir.path().join("coldtier.toml");
+            std::fs::write(&path, text).unwrap();
+            args.push("--config".into());
+            args.push(path.to_str().unwrap().into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = coldtier(&args);
+        assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.mounted = true;
+    }
+
+    /// Unmounts now (also done on drop); panics if the unmount fails.
+    pub fn umount(&mut self) {
+        if self.mounted {
+            let out = coldtier(&["umount", self.mnt.to_str().unwrap()]);
+            assert!(out.status.success(), "umount failed: {}", String::from_utf8_lossy(&out.stderr));
+            self.mounted = false;
+        }
+    }
+
+    /// `path` inside the mount.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+    /// `path` inside the backing tree.
+    pub fn s(&self, rel: &str) -> PathBuf {
+        self.src.join(rel)
+    }
+    /// `path` inside the native comparison directory.
+    pub fn n(&self, rel: &str) -> PathBuf {
+        self.native.join(rel)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.mounted {
+            let out = coldtier(&["umount", "--lazy", self.mnt.to_str().unwrap()]);
+            if !out.status.success() {
+                eprintln!("umount on drop failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+}
+
+/// Runs a shell command line, returning (status success, stdout, stderr).
+pub fn sh(cmd: &str) -> (bool, String, String) {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
