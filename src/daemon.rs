@@ -333,7 +333,13 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
 
     let result = session.run();
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
-    tracing::info!(live_inodes = overlay.live_inodes(), inode_fds = overlay.inode_fds_held(), "coldtier unmounted");
+    tracing::info!(
+        live_inodes = overlay.live_inodes(),
+        inode_fds = overlay.inode_fds_held(),
+        daemon_reads = overlay.daemon_reads.load(std::sync::atomic::Ordering::Relaxed),
+        daemon_writes = overlay.daemon_writes.load(std::sync::atomic::Ordering::Relaxed),
+        "coldtier unmounted"
+    );
     result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
 }
 

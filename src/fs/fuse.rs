@@ -97,15 +97,10 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
             Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
-            Err(e) => {
-                let d = e.duration();
-                let (mut s, mut ns) = (-(d.as_secs() as i64), d.subsec_nanos());
-                if ns > 0 {
-                    s -= 1;
-                    ns = 1_000_000_000 - ns;
-                }
-                SetTime::At(s, ns)
-            }
+            // fuser 0.18 decodes a kernel time (secs < 0, nsecs) as EPOCH - (|secs|, nsecs)
+            // (its system_time_from_time); undo exactly that to recover the kernel's value.
+            // tests/mount.rs `times_match_native` checks pre-1970 times against native.
+            Err(e) => SetTime::At(-(e.duration().as_secs() as i64), e.duration().subsec_nanos()),
         },
     })
 }

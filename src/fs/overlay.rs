@@ -105,6 +105,9 @@ pub struct OverlayFs<B> {
     next_fh: AtomicU64,
     passthrough: AtomicBool,
     passthrough_warned: AtomicBool,
+    /// Reads and writes served by the daemon (not by kernel passthrough).
+    pub daemon_reads: AtomicU64,
+    pub daemon_writes: AtomicU64,
 }
 
 fn is_private_xattr(name: &[u8]) -> bool {
@@ -124,6 +127,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(opts.passthrough),
             passthrough_warned: AtomicBool::new(false),
+            daemon_reads: AtomicU64::new(0),
+            daemon_writes: AtomicU64::new(0),
         })
     }
 
@@ -434,6 +439,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> SysResult<Vec<u8>> {
         let f = self.file_handle(fh)?;
+        self.daemon_reads.fetch_add(1, Ordering::Relaxed);
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -452,6 +458,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         if !f.writable {
             return Err(Errno(libc::EBADF));
         }
+        self.daemon_writes.fetch_add(1, Ordering::Relaxed);
         let mut done = 0;
         while done < data.len() {
             let n = backing::pwrite(f.fd.as_fd(), &data[done..], off + done as u64)?;
