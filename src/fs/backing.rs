@@ -113,12 +113,6 @@ impl Stat {
     pub fn is_dir(&self) -> bool {
         self.file_type() == libc::S_IFDIR
     }
-    pub fn is_reg(&self) -> bool {
-        self.file_type() == libc::S_IFREG
-    }
-    pub fn is_symlink(&self) -> bool {
-        self.file_type() == libc::S_IFLNK
-    }
 
     fn from_statx(s: &libc::statx) -> Stat {
         let ts = |t: libc::statx_timestamp| (t.tv_sec, t.tv_nsec);

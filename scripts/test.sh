@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs the whole test suite: unit tests, integration tests
+# on a real FUSE mount, and the pjdfstest POSIX suite on the mount compared with native ext4.
+# Usage: scripts/test.sh [extra nextest/cargo-test filter args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/deps.sh
+. scripts/lib/deps.sh
+
+[ "$(id -u)" -eq 0 ] || die "run as root: the tests mount FUSE filesystems and change ownership"
+ensure_rust
+ensure_fuse
+# Tools the integration tests drive through the mount.
+apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps
+scripts/pjdfstest.sh install
+
+export RUST_BACKTRACE=1
+log "building"
+cargo build --all-targets --locked
+if cargo nextest --version >/dev/null 2>&1; then
+    log "running the test suite (nextest)"
+    cargo nextest run --locked --no-fail-fast --test-threads 2 "$@"
+else
+    log "running the test suite (cargo test)"
+    cargo test --locked --no-fail-fast "$@" -- --test-threads 2
+fi
