@@ -406,6 +406,14 @@ fn objects_are_created_with_the_callers_identity() {
     fs::set_permissions(m.m("rootonly"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(m.n("rootonly"), b"secret").unwrap();
     fs::set_permissions(m.n("rootonly"), fs::Permissions::from_mode(0o600)).unwrap();
+    same(&m, "unprivileged write and truncate clear setuid/setgid", |r| {
+        for n in ["suid-w", "suid-t"] {
+            fs::write(r.join(n), b"x").unwrap();
+            fs::set_permissions(r.join(n), fs::Permissions::from_mode(0o6777)).unwrap();
+        }
+        as_nobody(r, "echo more >> suid-w && truncate -s 0 suid-t")?;
+        Ok(format!("{:?} {:?}", attrs(&r.join("suid-w")), attrs(&r.join("suid-t"))))
+    });
     same(&m, "read denied", |r| as_nobody(r, "cat rootonly"));
     same(&m, "sticky dir delete denied", |r| as_nobody(r, "rm -f rootonly"));
 }
