@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "coldtier", version, about = "Tier cold files of a share to S3, recall them transparently")]
+#[command(
+    name = "coldtier",
+    version,
+    about = "Tier cold files of a share to S3, recall them transparently"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "coldtier=debug".
     #[arg(long, global = true, env = "COLDTIER_LOG", default_value = "info")]

@@ -9,11 +9,18 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config file {path}: key `{key}`: {message}")]
-    Invalid { path: String, key: String, message: String },
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
 }
 
 /// The whole configuration of one mount.
@@ -42,16 +49,26 @@ pub struct FuseConfig {
 
 impl Default for FuseConfig {
     fn default() -> Self {
-        FuseConfig { passthrough: true, threads: 0, attr_timeout: "1s".into(), entry_timeout: "1s".into(), inode_fds: 0 }
+        FuseConfig {
+            passthrough: true,
+            threads: 0,
+            attr_timeout: "1s".into(),
+            entry_timeout: "1s".into(),
+            inode_fds: 0,
+        }
     }
 }
 
 /// Parses a duration such as "250ms", "1s", "5m", "12h", "60d" (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like \"30s\", \"5m\", \"60d\""))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like \"30s\", \"5m\", \"60d\""))?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -59,7 +76,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         "d" => n * 86400.0,
         "w" => n * 7.0 * 86400.0,
-        u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m, h, d, w)")),
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{s}` (use ms, s, m, h, d, w)"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{s}` is not a non-negative duration"));
@@ -71,7 +92,10 @@ impl Config {
     /// Loads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&text, &p)
     }
 
@@ -82,16 +106,30 @@ impl Config {
                 let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
                 format!("line {line}: ")
             });
-            let message = format!("{}{}", at.unwrap_or_default(), e.message().trim().replace('\n', " "));
-            ConfigError::Parse { path: origin.into(), message }
+            let message = format!(
+                "{}{}",
+                at.unwrap_or_default(),
+                e.message().trim().replace('\n', " ")
+            );
+            ConfigError::Parse {
+                path: origin.into(),
+                message,
+            }
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Invalid { path: origin.into(), key: key.into(), message };
-        for (key, v) in [("fuse.attr_timeout", &self.fuse.attr_timeout), ("fuse.entry_timeout", &self.fuse.entry_timeout)] {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.into(),
+            key: key.into(),
+            message,
+        };
+        for (key, v) in [
+            ("fuse.attr_timeout", &self.fuse.attr_timeout),
+            ("fuse.entry_timeout", &self.fuse.entry_timeout),
+        ] {
             let d = parse_duration(v).map_err(|m| bad(key, m))?;
             if d > Duration::from_secs(3600) {
                 return Err(bad(key, "must be at most 1h".into()));
@@ -115,7 +153,9 @@ impl Config {
         if self.fuse.threads > 0 {
             return self.fuse.threads;
         }
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         (cores * 2).max(4)
     }
 }
@@ -134,7 +174,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse("[fuse]\npasthrough = false\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[fuse]\npasthrough = false\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pasthrough"), "{e}");
         let e = Config::parse("[fusee]\n", "t").unwrap_err().to_string();
         assert!(e.contains("fusee"), "{e}");
@@ -142,16 +184,23 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let e = Config::parse("[fuse]\nattr_timeout = \"soon\"\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[fuse]\nattr_timeout = \"soon\"\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fuse.attr_timeout"), "{e}");
-        let e = Config::parse("[fuse]\npassthrough = \"yes\"\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[fuse]\npassthrough = \"yes\"\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("passthrough"), "{e}");
     }
 
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("60d").unwrap(), Duration::from_secs(60 * 86400));
+        assert_eq!(
+            parse_duration("60d").unwrap(),
+            Duration::from_secs(60 * 86400)
+        );
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());

@@ -28,7 +28,12 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
 const RUN_DIR: &str = "/run/coldtier/mounts";
 
 fn record_path(mountpoint: &Path) -> PathBuf {
-    let hex: String = mountpoint.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = mountpoint
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Path::new(RUN_DIR).join(format!("{hex}.pid"))
 }
 
@@ -41,11 +46,15 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 }
 
 fn check_dev_fuse() -> anyhow::Result<()> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(bad("/dev/fuse does not exist: install fuse3 and load the module (modprobe fuse)"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad(
+            "/dev/fuse does not exist: install fuse3 and load the module (modprobe fuse)",
+        )),
         Err(e) => Err(bad(format!("cannot open /dev/fuse: {e}"))),
     }
 }
@@ -81,7 +90,8 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         None => source.clone(),
     };
     check_dev_fuse()?;
-    let mounts = mountinfo::read().map_err(|e| anyhow::anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mounts =
+        mountinfo::read().map_err(|e| anyhow::anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
     if let Some(m) = mountinfo::containing(&mounts, &source).filter(|m| m.fstype == FS_TYPE) {
         return Err(bad(format!(
             "SOURCE {} is already a coldtier mount (mounted at {}); unmount it first",
@@ -90,7 +100,12 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         )));
     }
     if let Some(m) = mountinfo::at(&mounts, &mountpoint).filter(|m| m.fstype.starts_with("fuse")) {
-        return Err(bad(format!("MOUNTPOINT {} is in use by a {} mount ({})", mountpoint.display(), m.fstype, m.source)));
+        return Err(bad(format!(
+            "MOUNTPOINT {} is in use by a {} mount ({})",
+            mountpoint.display(),
+            m.fstype,
+            m.source
+        )));
     }
     if let Some(m) = mountinfo::containing(&mounts, &mountpoint).filter(|m| m.fstype == FS_TYPE) {
         return Err(bad(format!(
@@ -100,18 +115,30 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         )));
     }
     if mountpoint != source && mountinfo::at(&mounts, &mountpoint).is_some() {
-        return Err(bad(format!("MOUNTPOINT {} is in use: something is already mounted there", mountpoint.display())));
+        return Err(bad(format!(
+            "MOUNTPOINT {} is in use: something is already mounted there",
+            mountpoint.display()
+        )));
     }
     if record_path(&mountpoint).exists() {
         if let Some(pid) = read_record(&mountpoint).map(|r| r.0) {
             if process_alive(pid) {
-                return Err(bad(format!("MOUNTPOINT {} is in use by coldtier daemon pid {pid}", mountpoint.display())));
+                return Err(bad(format!(
+                    "MOUNTPOINT {} is in use by coldtier daemon pid {pid}",
+                    mountpoint.display()
+                )));
             }
         }
     }
     // Opened before mounting: the mount may hide this very directory.
-    let root = backing::open_dir_path(&source).map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?;
-    Ok(Prepared { source, mountpoint, config, root })
+    let root = backing::open_dir_path(&source)
+        .map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?;
+    Ok(Prepared {
+        source,
+        mountpoint,
+        config,
+        root,
+    })
 }
 
 /// True while `pid` exists and is not a zombie.
@@ -121,7 +148,9 @@ fn process_alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(s) => !s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -137,7 +166,15 @@ fn write_record(p: &Prepared) -> std::io::Result<()> {
     std::fs::create_dir_all(RUN_DIR)?;
     let path = record_path(&p.mountpoint);
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{}\n{}\n{}\n", std::process::id(), p.source.display(), p.mountpoint.display()))?;
+    std::fs::write(
+        &tmp,
+        format!(
+            "{}\n{}\n{}\n",
+            std::process::id(),
+            p.source.display(),
+            p.mountpoint.display()
+        ),
+    )?;
     std::fs::rename(tmp, path)
 }
 
@@ -148,7 +185,10 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    PathBuf::from(format!("/var/log/coldtier/{}.log", if name.is_empty() { "root".into() } else { name }))
+    PathBuf::from(format!(
+        "/var/log/coldtier/{}.log",
+        if name.is_empty() { "root".into() } else { name }
+    ))
 }
 
 /// `coldtier mount`.
@@ -158,7 +198,10 @@ pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
         crate::init_logging(log_filter, None)?;
         return serve(prepared, None);
     }
-    let log_file = args.log_file.clone().unwrap_or_else(|| default_log_file(&prepared.mountpoint));
+    let log_file = args
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log_file(&prepared.mountpoint));
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -204,7 +247,11 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
         let _ = std::fs::create_dir_all(dir);
     }
     if let Err(e) = redirect_stdio(log_file) {
-        let _ = write!(status, "ERR cannot open log file {}: {e}", log_file.display());
+        let _ = write!(
+            status,
+            "ERR cannot open log file {}: {e}",
+            log_file.display()
+        );
         return 2;
     }
     if let Err(e) = crate::init_logging(log_filter, Some(log_file)) {
@@ -222,7 +269,10 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
 
 fn redirect_stdio(log_file: &Path) -> std::io::Result<()> {
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)?;
     // SAFETY: dup2 onto the standard descriptors of this process.
     unsafe {
         libc::dup2(null.as_raw_fd(), 0);
@@ -283,22 +333,32 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     let nofile = backing::raise_nofile_limit();
     let overlay = OverlayFs::new(
         p.root.as_fd().try_clone_to_owned()?,
-        OverlayOptions { passthrough: p.config.fuse.passthrough, inode_fds: p.config.fuse.inode_fds },
+        OverlayOptions {
+            passthrough: p.config.fuse.passthrough,
+            inode_fds: p.config.fuse.inode_fds,
+        },
     )?;
     if !p.config.fuse.passthrough {
         tracing::info!("passthrough disabled by configuration; file I/O is served by the daemon");
     }
     let overlay = Arc::new(overlay);
-    let ttl = Ttls { attr: p.config.attr_timeout(), entry: p.config.entry_timeout() };
+    let ttl = Ttls {
+        attr: p.config.attr_timeout(),
+        entry: p.config.entry_timeout(),
+    };
     let adapter = FuseAdapter::new(overlay.clone(), ttl);
     let threads = p.config.threads();
-    let mut session = match fuser::Session::new(adapter, &p.mountpoint, &mount_config(&p.source, threads)) {
-        Ok(s) => s,
-        Err(e) => {
-            report(&mut status, &format!("ERR cannot mount at {}: {e}", p.mountpoint.display()));
-            return Err(anyhow::anyhow!("mount failed: {e}"));
-        }
-    };
+    let mut session =
+        match fuser::Session::new(adapter, &p.mountpoint, &mount_config(&p.source, threads)) {
+            Ok(s) => s,
+            Err(e) => {
+                report(
+                    &mut status,
+                    &format!("ERR cannot mount at {}: {e}", p.mountpoint.display()),
+                );
+                return Err(anyhow::anyhow!("mount failed: {e}"));
+            }
+        };
     if let Err(e) = write_record(&p) {
         tracing::warn!("cannot write runtime record under {RUN_DIR}: {e}");
     }
@@ -314,30 +374,38 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
 
     let mp = p.mountpoint.clone();
     let mut unmounter = session.unmount_callable();
-    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: sigset holds the blocked termination signals; sig is a valid out pointer.
-        if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
-            continue;
-        }
-        tracing::info!(signal = sig, "termination signal: unmounting");
-        // fuser's own unmount first (clears its state), then a detach if files are open.
-        if unmounter.unmount().is_err() {
-            match unmount_path(&mp, true) {
-                Ok(true) => tracing::warn!("mount busy: detached; serving open files until they close"),
-                Ok(false) => {}
-                Err(e) => tracing::error!("unmount failed: {e}"),
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigset holds the blocked termination signals; sig is a valid out pointer.
+            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                continue;
             }
-        }
-    })?;
+            tracing::info!(signal = sig, "termination signal: unmounting");
+            // fuser's own unmount first (clears its state), then a detach if files are open.
+            if unmounter.unmount().is_err() {
+                match unmount_path(&mp, true) {
+                    Ok(true) => {
+                        tracing::warn!("mount busy: detached; serving open files until they close")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!("unmount failed: {e}"),
+                }
+            }
+        })?;
 
     let result = session.run();
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
     tracing::info!(
         live_inodes = overlay.live_inodes(),
         inode_fds = overlay.inode_fds_held(),
-        daemon_reads = overlay.daemon_reads.load(std::sync::atomic::Ordering::Relaxed),
-        daemon_writes = overlay.daemon_writes.load(std::sync::atomic::Ordering::Relaxed),
+        daemon_reads = overlay
+            .daemon_reads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        daemon_writes = overlay
+            .daemon_writes
+            .load(std::sync::atomic::Ordering::Relaxed),
         "coldtier unmounted"
     );
     result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
@@ -377,7 +445,10 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
         while process_alive(pid) {
             if Instant::now() > deadline {
-                return Err(anyhow::anyhow!("unmounted, but daemon pid {pid} has not exited after {}s", args.timeout));
+                return Err(anyhow::anyhow!(
+                    "unmounted, but daemon pid {pid} has not exited after {}s",
+                    args.timeout
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -15,7 +15,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -25,7 +28,9 @@ fn unescape(s: &str) -> String {
         }
     }
     use std::os::unix::ffi::OsStringExt;
-    std::ffi::OsString::from_vec(out).to_string_lossy().into_owned()
+    std::ffi::OsString::from_vec(out)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Parses mountinfo text.
@@ -37,7 +42,11 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let mut r = right.split(' ');
             let fstype = r.next()?;
             let source = r.next().unwrap_or("");
-            Some(MountEntry { mount_point: PathBuf::from(unescape(mp)), fstype: fstype.into(), source: unescape(source) })
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(mp)),
+                fstype: fstype.into(),
+                source: unescape(source),
+            })
         })
         .collect()
 }
@@ -57,7 +66,8 @@ pub fn containing<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a Mount
     let mut best: Option<&MountEntry> = None;
     for m in mounts {
         if path.starts_with(&m.mount_point) {
-            let longer = best.is_none_or(|b| m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len());
+            let longer = best
+                .is_none_or(|b| m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len());
             if longer {
                 best = Some(m);
             }
@@ -81,10 +91,22 @@ mod tests {
     fn parses_and_finds() {
         let m = parse(SAMPLE);
         assert_eq!(m.len(), 4);
-        assert_eq!(at(&m, Path::new("/srv/share")).unwrap().fstype, "fuse.coldtier");
-        assert_eq!(containing(&m, Path::new("/srv/share/a/b")).unwrap().fstype, "fuse.coldtier");
-        assert_eq!(containing(&m, Path::new("/srv/other")).unwrap().fstype, "ext4");
-        assert_eq!(at(&m, Path::new("/mnt/with space")).unwrap().fstype, "tmpfs");
+        assert_eq!(
+            at(&m, Path::new("/srv/share")).unwrap().fstype,
+            "fuse.coldtier"
+        );
+        assert_eq!(
+            containing(&m, Path::new("/srv/share/a/b")).unwrap().fstype,
+            "fuse.coldtier"
+        );
+        assert_eq!(
+            containing(&m, Path::new("/srv/other")).unwrap().fstype,
+            "ext4"
+        );
+        assert_eq!(
+            at(&m, Path::new("/mnt/with space")).unwrap().fstype,
+            "tmpfs"
+        );
         assert!(at(&m, Path::new("/nope")).is_none());
     }
 }

@@ -39,7 +39,14 @@ fn rc(r: libc::c_int) -> Outcome {
 fn attrs(p: &Path) -> Outcome {
     io(fs::symlink_metadata(p), |m| {
         let size = if m.is_dir() { 0 } else { m.size() };
-        format!("mode={:o} size={} nlink={} uid={} gid={}", m.mode(), size, m.nlink(), m.uid(), m.gid())
+        format!(
+            "mode={:o} size={} nlink={} uid={} gid={}",
+            m.mode(),
+            size,
+            m.nlink(),
+            m.uid(),
+            m.gid()
+        )
     })
 }
 
@@ -52,12 +59,22 @@ fn same(m: &Mounted, what: &str, op: impl Fn(&Path) -> Outcome) {
 
 fn rename2(from: &Path, to: &Path, flags: u32) -> Outcome {
     // SAFETY: NUL-terminated paths.
-    rc(unsafe { libc::renameat2(libc::AT_FDCWD, c(from).as_ptr(), libc::AT_FDCWD, c(to).as_ptr(), flags) })
+    rc(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(from).as_ptr(),
+            libc::AT_FDCWD,
+            c(to).as_ptr(),
+            flags,
+        )
+    })
 }
 
 fn list(dir: &Path) -> Outcome {
     io(fs::read_dir(dir), |rd| {
-        let mut names: Vec<String> = rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         names.join(",")
     })
@@ -66,28 +83,58 @@ fn list(dir: &Path) -> Outcome {
 #[test]
 fn file_operations_match_native() {
     let m = Mounted::new();
-    same(&m, "create+write", |r| io(fs::write(r.join("f"), b"hello world"), |_| "ok".into()));
-    same(&m, "read", |r| io(fs::read(r.join("f")), |d| String::from_utf8_lossy(&d).into_owned()));
+    same(&m, "create+write", |r| {
+        io(fs::write(r.join("f"), b"hello world"), |_| "ok".into())
+    });
+    same(&m, "read", |r| {
+        io(fs::read(r.join("f")), |d| {
+            String::from_utf8_lossy(&d).into_owned()
+        })
+    });
     same(&m, "attrs", |r| attrs(&r.join("f")));
     same(&m, "append", |r| {
-        let mut f = fs::OpenOptions::new().append(true).open(r.join("f")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("f"))
+            .unwrap();
         f.write_all(b"!!").unwrap();
-        io(fs::read(r.join("f")), |d| String::from_utf8_lossy(&d).into_owned())
+        io(fs::read(r.join("f")), |d| {
+            String::from_utf8_lossy(&d).into_owned()
+        })
     });
     same(&m, "O_EXCL on existing", |r| {
-        io(fs::OpenOptions::new().write(true).create_new(true).open(r.join("f")), |_| "opened".into())
+        io(
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(r.join("f")),
+            |_| "opened".into(),
+        )
     });
     same(&m, "O_TRUNC", |r| {
-        drop(fs::OpenOptions::new().write(true).truncate(true).open(r.join("f")).unwrap());
+        drop(
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(r.join("f"))
+                .unwrap(),
+        );
         attrs(&r.join("f"))
     });
     same(&m, "truncate grow", |r| {
-        let f = fs::OpenOptions::new().write(true).open(r.join("f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("f"))
+            .unwrap();
         f.set_len(100_000).unwrap();
         attrs(&r.join("f"))
     });
     same(&m, "pwrite in the middle + read", |r| {
-        let mut f = fs::OpenOptions::new().read(true).write(true).open(r.join("f")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("f"))
+            .unwrap();
         f.seek(SeekFrom::Start(50_000)).unwrap();
         f.write_all(b"middle").unwrap();
         let mut buf = vec![0u8; 8];
@@ -107,12 +154,26 @@ fn file_operations_match_native() {
         let mut f = fs::File::open(r.join("f")).unwrap();
         io(f.write_all(b"x"), |_| "wrote".into())
     });
-    same(&m, "open missing", |r| io(fs::File::open(r.join("nope")), |_| "opened".into()));
-    same(&m, "open dir for write", |r| io(fs::OpenOptions::new().write(true).open(r), |_| "opened".into()));
-    same(&m, "unlink", |r| io(fs::remove_file(r.join("f")), |_| "ok".into()));
-    same(&m, "unlink missing", |r| io(fs::remove_file(r.join("f")), |_| "ok".into()));
-    same(&m, "long name", |r| io(fs::write(r.join("x".repeat(256)), b""), |_| "ok".into()));
-    same(&m, "255-byte name", |r| io(fs::write(r.join("y".repeat(255)), b"z"), |_| "ok".into()));
+    same(&m, "open missing", |r| {
+        io(fs::File::open(r.join("nope")), |_| "opened".into())
+    });
+    same(&m, "open dir for write", |r| {
+        io(fs::OpenOptions::new().write(true).open(r), |_| {
+            "opened".into()
+        })
+    });
+    same(&m, "unlink", |r| {
+        io(fs::remove_file(r.join("f")), |_| "ok".into())
+    });
+    same(&m, "unlink missing", |r| {
+        io(fs::remove_file(r.join("f")), |_| "ok".into())
+    });
+    same(&m, "long name", |r| {
+        io(fs::write(r.join("x".repeat(256)), b""), |_| "ok".into())
+    });
+    same(&m, "255-byte name", |r| {
+        io(fs::write(r.join("y".repeat(255)), b"z"), |_| "ok".into())
+    });
 }
 
 #[test]
@@ -126,27 +187,63 @@ fn times_match_native() {
         // SAFETY: NUL-terminated path, two timespecs.
         rc(unsafe { libc::utimensat(libc::AT_FDCWD, c(&r.join("t")).as_ptr(), ts.as_ptr(), 0) })?;
         let md = fs::metadata(r.join("t")).unwrap();
-        Ok(format!("{}.{} {}.{}", md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()))
+        Ok(format!(
+            "{}.{} {}.{}",
+            md.atime(),
+            md.atime_nsec(),
+            md.mtime(),
+            md.mtime_nsec()
+        ))
     };
-    let t = |s, ns| libc::timespec { tv_sec: s, tv_nsec: ns };
-    same(&m, "utimens explicit ns", |r| set(r, t(1_000_000_000, 123_456_789), t(1_500_000_000, 987_654_321)));
-    same(&m, "utimens OMIT atime", |r| set(r, t(0, libc::UTIME_OMIT), t(1_600_000_000, 5)));
-    same(&m, "utimens pre-1970", |r| set(r, t(-86_400, 0), t(-1, 500)));
+    let t = |s, ns| libc::timespec {
+        tv_sec: s,
+        tv_nsec: ns,
+    };
+    same(&m, "utimens explicit ns", |r| {
+        set(
+            r,
+            t(1_000_000_000, 123_456_789),
+            t(1_500_000_000, 987_654_321),
+        )
+    });
+    same(&m, "utimens OMIT atime", |r| {
+        set(r, t(0, libc::UTIME_OMIT), t(1_600_000_000, 5))
+    });
+    same(&m, "utimens pre-1970", |r| {
+        set(r, t(-86_400, 0), t(-1, 500))
+    });
     // UTIME_NOW: both land within a few seconds of now.
     for r in [&m.native, &m.mnt] {
         let ts = [t(0, libc::UTIME_NOW), t(0, libc::UTIME_NOW)];
         // SAFETY: NUL-terminated path, two timespecs.
-        assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&r.join("t")).as_ptr(), ts.as_ptr(), 0) }, 0);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c(&r.join("t")).as_ptr(), ts.as_ptr(), 0) },
+            0
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let md = fs::metadata(r.join("t")).unwrap();
-        assert!((md.mtime() - now).abs() <= 5 && (md.atime() - now).abs() <= 5, "UTIME_NOW on {}", r.display());
+        assert!(
+            (md.mtime() - now).abs() <= 5 && (md.atime() - now).abs() <= 5,
+            "UTIME_NOW on {}",
+            r.display()
+        );
     }
     // Symlink times change the link, not the target (AT_SYMLINK_NOFOLLOW).
     same(&m, "lutimes", |r| {
         std::os::unix::fs::symlink("t", r.join("l")).unwrap();
         let ts = [t(1_100_000_000, 0), t(1_200_000_000, 0)];
         // SAFETY: NUL-terminated path, two timespecs.
-        rc(unsafe { libc::utimensat(libc::AT_FDCWD, c(&r.join("l")).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+        rc(unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c(&r.join("l")).as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
         let l = fs::symlink_metadata(r.join("l")).unwrap();
         let f = fs::metadata(r.join("t")).unwrap();
         Ok(format!("{} {}", l.mtime(), f.mtime() == 1_200_000_000))
@@ -156,8 +253,12 @@ fn times_match_native() {
 #[test]
 fn directories_links_and_renames_match_native() {
     let m = Mounted::new();
-    same(&m, "mkdir", |r| io(fs::create_dir(r.join("d")), |_| "ok".into()));
-    same(&m, "mkdir exists", |r| io(fs::create_dir(r.join("d")), |_| "ok".into()));
+    same(&m, "mkdir", |r| {
+        io(fs::create_dir(r.join("d")), |_| "ok".into())
+    });
+    same(&m, "mkdir exists", |r| {
+        io(fs::create_dir(r.join("d")), |_| "ok".into())
+    });
     same(&m, "dir attrs", |r| attrs(&r.join("d")));
     same(&m, "populate", |r| {
         for i in 0..50 {
@@ -165,24 +266,52 @@ fn directories_links_and_renames_match_native() {
         }
         list(&r.join("d"))
     });
-    same(&m, "rmdir non-empty", |r| io(fs::remove_dir(r.join("d")), |_| "ok".into()));
-    same(&m, "rmdir file", |r| io(fs::remove_dir(r.join("d/f1")), |_| "ok".into()));
-    same(&m, "rename file", |r| io(fs::rename(r.join("d/f1"), r.join("g")), |_| "ok".into()));
-    same(&m, "rename over file", |r| io(fs::rename(r.join("d/f2"), r.join("g")), |_| "ok".into()));
-    same(&m, "content after rename", |r| io(fs::read_to_string(r.join("g")), |s| s));
-    same(&m, "RENAME_NOREPLACE onto existing", |r| rename2(&r.join("d/f3"), &r.join("g"), libc::RENAME_NOREPLACE));
-    same(&m, "RENAME_NOREPLACE onto free", |r| rename2(&r.join("d/f3"), &r.join("h"), libc::RENAME_NOREPLACE));
+    same(&m, "rmdir non-empty", |r| {
+        io(fs::remove_dir(r.join("d")), |_| "ok".into())
+    });
+    same(&m, "rmdir file", |r| {
+        io(fs::remove_dir(r.join("d/f1")), |_| "ok".into())
+    });
+    same(&m, "rename file", |r| {
+        io(fs::rename(r.join("d/f1"), r.join("g")), |_| "ok".into())
+    });
+    same(&m, "rename over file", |r| {
+        io(fs::rename(r.join("d/f2"), r.join("g")), |_| "ok".into())
+    });
+    same(&m, "content after rename", |r| {
+        io(fs::read_to_string(r.join("g")), |s| s)
+    });
+    same(&m, "RENAME_NOREPLACE onto existing", |r| {
+        rename2(&r.join("d/f3"), &r.join("g"), libc::RENAME_NOREPLACE)
+    });
+    same(&m, "RENAME_NOREPLACE onto free", |r| {
+        rename2(&r.join("d/f3"), &r.join("h"), libc::RENAME_NOREPLACE)
+    });
     same(&m, "RENAME_EXCHANGE", |r| {
         rename2(&r.join("g"), &r.join("h"), libc::RENAME_EXCHANGE)?;
-        Ok(format!("{} {}", fs::read_to_string(r.join("g")).unwrap(), fs::read_to_string(r.join("h")).unwrap()))
+        Ok(format!(
+            "{} {}",
+            fs::read_to_string(r.join("g")).unwrap(),
+            fs::read_to_string(r.join("h")).unwrap()
+        ))
     });
-    same(&m, "RENAME_EXCHANGE missing", |r| rename2(&r.join("g"), &r.join("zz"), libc::RENAME_EXCHANGE));
-    same(&m, "rename dir into itself", |r| io(fs::rename(r.join("d"), r.join("d/sub")), |_| "ok".into()));
+    same(&m, "RENAME_EXCHANGE missing", |r| {
+        rename2(&r.join("g"), &r.join("zz"), libc::RENAME_EXCHANGE)
+    });
+    same(&m, "rename dir into itself", |r| {
+        io(fs::rename(r.join("d"), r.join("d/sub")), |_| "ok".into())
+    });
     same(&m, "hard link", |r| {
         fs::hard_link(r.join("g"), r.join("g2")).unwrap();
-        Ok(format!("{:?} {:?}", attrs(&r.join("g")), attrs(&r.join("g2"))))
+        Ok(format!(
+            "{:?} {:?}",
+            attrs(&r.join("g")),
+            attrs(&r.join("g2"))
+        ))
     });
-    same(&m, "hard link to dir", |r| io(fs::hard_link(r.join("d"), r.join("d2")), |_| "ok".into()));
+    same(&m, "hard link to dir", |r| {
+        io(fs::hard_link(r.join("d"), r.join("d2")), |_| "ok".into())
+    });
     same(&m, "symlink+readlink", |r| {
         std::os::unix::fs::symlink("d/f4", r.join("s")).unwrap();
         std::os::unix::fs::symlink("/nonexistent/target", r.join("dangling")).unwrap();
@@ -193,11 +322,15 @@ fn directories_links_and_renames_match_native() {
             fs::read_to_string(r.join("s")).unwrap()
         ))
     });
-    same(&m, "readlink of file", |r| io(fs::read_link(r.join("g")), |p| p.display().to_string()));
+    same(&m, "readlink of file", |r| {
+        io(fs::read_link(r.join("g")), |p| p.display().to_string())
+    });
     same(&m, "symlink attrs", |r| attrs(&r.join("s")));
-    same(&m, "listing", |r| list(r));
-    same(&m, "remove tree", |r| io(fs::remove_dir_all(r.join("d")), |_| "ok".into()));
-    same(&m, "listing after", |r| list(r));
+    same(&m, "listing", list);
+    same(&m, "remove tree", |r| {
+        io(fs::remove_dir_all(r.join("d")), |_| "ok".into())
+    });
+    same(&m, "listing after", list);
     // Inodes: the same file under two names has one inode number, the backing one.
     let a = fs::metadata(m.m("g")).unwrap();
     let b = fs::metadata(m.m("g2")).unwrap();
@@ -219,12 +352,25 @@ fn special_files_match_native() {
     same(&m, "char device", |r| {
         mknod(&r.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3))?;
         let md = fs::symlink_metadata(r.join("null")).unwrap();
-        Ok(format!("{:?} rdev={}:{}", attrs(&r.join("null")), libc::major(md.rdev()), libc::minor(md.rdev())))
+        Ok(format!(
+            "{:?} rdev={}:{}",
+            attrs(&r.join("null")),
+            libc::major(md.rdev()),
+            libc::minor(md.rdev())
+        ))
     });
     same(&m, "block device big numbers", |r| {
-        mknod(&r.join("blk"), libc::S_IFBLK | 0o600, libc::makedev(259, 70_000))?;
+        mknod(
+            &r.join("blk"),
+            libc::S_IFBLK | 0o600,
+            libc::makedev(259, 70_000),
+        )?;
         let md = fs::symlink_metadata(r.join("blk")).unwrap();
-        Ok(format!("rdev={}:{}", libc::major(md.rdev()), libc::minor(md.rdev())))
+        Ok(format!(
+            "rdev={}:{}",
+            libc::major(md.rdev()),
+            libc::minor(md.rdev())
+        ))
     });
     same(&m, "socket node", |r| {
         mknod(&r.join("sock"), libc::S_IFSOCK | 0o600, 0)?;
@@ -236,9 +382,15 @@ fn special_files_match_native() {
     });
     // The device node works through the mount (mounted with dev).
     let mut z = [1u8; 4];
-    fs::File::open(m.m("null")).unwrap().read_exact(&mut z).unwrap_err();
+    fs::File::open(m.m("null"))
+        .unwrap()
+        .read_exact(&mut z)
+        .unwrap_err();
     // A fifo through the mount carries data between two processes.
-    let (ok, out, err) = sh(&format!("(echo through-fifo > '{0}' &) ; cat '{0}'", m.m("fifo").display()));
+    let (ok, out, err) = sh(&format!(
+        "(echo through-fifo > '{0}' &) ; cat '{0}'",
+        m.m("fifo").display()
+    ));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "through-fifo");
 }
@@ -246,14 +398,29 @@ fn special_files_match_native() {
 fn setx(p: &Path, name: &str, value: &[u8], flags: i32) -> Outcome {
     let n = CString::new(name).unwrap();
     // SAFETY: NUL-terminated strings, value slice valid.
-    rc(unsafe { libc::lsetxattr(c(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+    rc(unsafe {
+        libc::lsetxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
 }
 
 fn getx(p: &Path, name: &str, size: usize) -> Outcome {
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; size];
     // SAFETY: NUL-terminated strings; buf writable for its length.
-    let r = unsafe { libc::lgetxattr(c(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let r = unsafe {
+        libc::lgetxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     if r < 0 {
         return Err(errno());
     }
@@ -272,7 +439,11 @@ fn listx(p: &Path, size: usize) -> Outcome {
         return Ok(format!("size {r}"));
     }
     buf.truncate(r as usize);
-    let mut names: Vec<_> = buf.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+    let mut names: Vec<_> = buf
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
     names.sort();
     Ok(names.join(","))
 }
@@ -284,13 +455,21 @@ fn xattrs_match_native_and_private_ones_are_hidden() {
         fs::write(r.join("x"), b"data").unwrap();
     }
     same(&m, "set", |r| setx(&r.join("x"), "user.color", b"blue", 0));
-    same(&m, "set CREATE existing", |r| setx(&r.join("x"), "user.color", b"red", libc::XATTR_CREATE));
-    same(&m, "set REPLACE missing", |r| setx(&r.join("x"), "user.size", b"1", libc::XATTR_REPLACE));
+    same(&m, "set CREATE existing", |r| {
+        setx(&r.join("x"), "user.color", b"red", libc::XATTR_CREATE)
+    });
+    same(&m, "set REPLACE missing", |r| {
+        setx(&r.join("x"), "user.size", b"1", libc::XATTR_REPLACE)
+    });
     same(&m, "get", |r| getx(&r.join("x"), "user.color", 64));
-    same(&m, "get size query", |r| getx(&r.join("x"), "user.color", 0));
+    same(&m, "get size query", |r| {
+        getx(&r.join("x"), "user.color", 0)
+    });
     same(&m, "get too small", |r| getx(&r.join("x"), "user.color", 2));
     same(&m, "get missing", |r| getx(&r.join("x"), "user.nope", 64));
-    same(&m, "set second", |r| setx(&r.join("x"), "user.shape", b"round", 0));
+    same(&m, "set second", |r| {
+        setx(&r.join("x"), "user.shape", b"round", 0)
+    });
     same(&m, "list", |r| listx(&r.join("x"), 1024));
     same(&m, "list size", |r| listx(&r.join("x"), 0));
     same(&m, "list too small", |r| listx(&r.join("x"), 3));
@@ -306,25 +485,53 @@ fn xattrs_match_native_and_private_ones_are_hidden() {
     });
 
     // coldtier's own records on the backing file cannot be seen, forged or removed via the mount.
-    setx(&m.s("x"), "trusted.coldtier.stub", b"record", 0).expect("root sets trusted xattrs on the backing file");
-    assert_eq!(getx(&m.m("x"), "trusted.coldtier.stub", 64), Err(libc::ENODATA));
+    setx(&m.s("x"), "trusted.coldtier.stub", b"record", 0)
+        .expect("root sets trusted xattrs on the backing file");
+    assert_eq!(
+        getx(&m.m("x"), "trusted.coldtier.stub", 64),
+        Err(libc::ENODATA)
+    );
     assert!(!listx(&m.m("x"), 1024).unwrap().contains("coldtier"));
-    assert_eq!(listx(&m.m("x"), 0), listx(&m.n("x"), 0), "size query must not count hidden names");
-    assert_eq!(setx(&m.m("x"), "trusted.coldtier.stub", b"forged", 0), Err(libc::EPERM));
-    assert_eq!(setx(&m.m("new-name"), "trusted.coldtier.x", b"forged", 0), Err(libc::ENOENT));
+    assert_eq!(
+        listx(&m.m("x"), 0),
+        listx(&m.n("x"), 0),
+        "size query must not count hidden names"
+    );
+    assert_eq!(
+        setx(&m.m("x"), "trusted.coldtier.stub", b"forged", 0),
+        Err(libc::EPERM)
+    );
+    assert_eq!(
+        setx(&m.m("new-name"), "trusted.coldtier.x", b"forged", 0),
+        Err(libc::ENOENT)
+    );
     let n = CString::new("trusted.coldtier.stub").unwrap();
     // SAFETY: NUL-terminated strings.
-    assert_eq!(rc(unsafe { libc::lremovexattr(c(&m.m("x")).as_ptr(), n.as_ptr()) }), Err(libc::ENODATA));
-    assert_eq!(getx(&m.s("x"), "trusted.coldtier.stub", 64).unwrap(), "6 \"record\"");
+    assert_eq!(
+        rc(unsafe { libc::lremovexattr(c(&m.m("x")).as_ptr(), n.as_ptr()) }),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(
+        getx(&m.s("x"), "trusted.coldtier.stub", 64).unwrap(),
+        "6 \"record\""
+    );
     // Other trusted.* names are root's to use, as on the native filesystem.
-    same(&m, "trusted other", |r| setx(&r.join("x"), "trusted.other", b"1", 0));
+    same(&m, "trusted other", |r| {
+        setx(&r.join("x"), "trusted.other", b"1", 0)
+    });
 }
 
 #[test]
 fn space_and_range_operations_match_native() {
     let m = Mounted::new();
     same(&m, "fallocate + SEEK_DATA/SEEK_HOLE", |r| {
-        let f = fs::OpenOptions::new().create(true).read(true).write(true).open(r.join("sparse")).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(r.join("sparse"))
+            .unwrap();
         use std::os::fd::AsRawFd;
         let fd = f.as_raw_fd();
         // SAFETY: plain syscalls on a valid fd.
@@ -335,28 +542,56 @@ fn space_and_range_operations_match_native() {
             let hole = libc::lseek(fd, data, libc::SEEK_HOLE);
             let past = libc::lseek(fd, 9 << 20, libc::SEEK_DATA);
             let past_errno = errno();
-            rc(libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 4096))?;
+            rc(libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                1 << 20,
+                4096,
+            ))?;
             let data2 = libc::lseek(fd, 0, libc::SEEK_DATA);
-            Ok(format!("data={data} hole={hole} past={past}/{past_errno} data2={data2}"))
+            Ok(format!(
+                "data={data} hole={hole} past={past}/{past_errno} data2={data2}"
+            ))
         }
     });
     same(&m, "copy_file_range", |r| {
-        fs::write(r.join("src"), (0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+        fs::write(
+            r.join("src"),
+            (0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
         let a = fs::File::open(r.join("src")).unwrap();
-        let b = fs::OpenOptions::new().create(true).write(true).open(r.join("dst")).unwrap();
+        let b = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(r.join("dst"))
+            .unwrap();
         use std::os::fd::AsRawFd;
         let mut done = 0usize;
         while done < 200_000 {
             let mut oi = done as i64;
             let mut oo = done as i64;
             // SAFETY: valid fds and offset pointers.
-            let n = unsafe { libc::copy_file_range(a.as_raw_fd(), &mut oi, b.as_raw_fd(), &mut oo, 200_000 - done, 0) };
+            let n = unsafe {
+                libc::copy_file_range(
+                    a.as_raw_fd(),
+                    &mut oi,
+                    b.as_raw_fd(),
+                    &mut oo,
+                    200_000 - done,
+                    0,
+                )
+            };
             if n <= 0 {
                 return Err(errno());
             }
             done += n as usize;
         }
-        Ok(format!("{}", fs::read(r.join("dst")).unwrap() == fs::read(r.join("src")).unwrap()))
+        Ok(format!(
+            "{}",
+            fs::read(r.join("dst")).unwrap() == fs::read(r.join("src")).unwrap()
+        ))
     });
     let df = |p: &Path| {
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -365,7 +600,10 @@ fn space_and_range_operations_match_native() {
         s
     };
     let (a, b) = (df(&m.mnt), df(&m.src));
-    assert_eq!((a.f_blocks, a.f_bsize, a.f_namemax, a.f_files), (b.f_blocks, b.f_bsize, b.f_namemax, b.f_files));
+    assert_eq!(
+        (a.f_blocks, a.f_bsize, a.f_namemax, a.f_files),
+        (b.f_blocks, b.f_bsize, b.f_namemax, b.f_files)
+    );
 }
 
 #[test]
@@ -389,7 +627,10 @@ fn objects_are_created_with_the_callers_identity() {
         }
     };
     same(&m, "file by nobody", |r| {
-        as_nobody(r, "echo hi > f && mkdir d && ln -s f s && mkfifo p && touch sgid/inner && mkdir sgid/sub")?;
+        as_nobody(
+            r,
+            "echo hi > f && mkdir d && ln -s f s && mkfifo p && touch sgid/inner && mkdir sgid/sub",
+        )?;
         let mut out = Vec::new();
         for n in ["f", "d", "s", "p", "sgid/inner", "sgid/sub"] {
             out.push(format!("{n}: {:?}", attrs(&r.join(n))));
@@ -397,7 +638,11 @@ fn objects_are_created_with_the_callers_identity() {
         Ok(out.join("; "))
     });
     let md = fs::metadata(m.s("f")).unwrap();
-    assert_eq!((md.uid(), md.gid()), (65534, 65533), "owner in the backing tree");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65533),
+        "owner in the backing tree"
+    );
     let sub = fs::metadata(m.s("sgid/sub")).unwrap();
     assert_eq!(sub.gid(), 4242);
     assert!(sub.mode() & 0o2000 != 0, "setgid directories propagate");
@@ -406,16 +651,26 @@ fn objects_are_created_with_the_callers_identity() {
     fs::set_permissions(m.m("rootonly"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(m.n("rootonly"), b"secret").unwrap();
     fs::set_permissions(m.n("rootonly"), fs::Permissions::from_mode(0o600)).unwrap();
-    same(&m, "unprivileged write and truncate clear setuid/setgid", |r| {
-        for n in ["suid-w", "suid-t"] {
-            fs::write(r.join(n), b"x").unwrap();
-            fs::set_permissions(r.join(n), fs::Permissions::from_mode(0o6777)).unwrap();
-        }
-        as_nobody(r, "echo more >> suid-w && truncate -s 0 suid-t")?;
-        Ok(format!("{:?} {:?}", attrs(&r.join("suid-w")), attrs(&r.join("suid-t"))))
-    });
+    same(
+        &m,
+        "unprivileged write and truncate clear setuid/setgid",
+        |r| {
+            for n in ["suid-w", "suid-t"] {
+                fs::write(r.join(n), b"x").unwrap();
+                fs::set_permissions(r.join(n), fs::Permissions::from_mode(0o6777)).unwrap();
+            }
+            as_nobody(r, "echo more >> suid-w && truncate -s 0 suid-t")?;
+            Ok(format!(
+                "{:?} {:?}",
+                attrs(&r.join("suid-w")),
+                attrs(&r.join("suid-t"))
+            ))
+        },
+    );
     same(&m, "read denied", |r| as_nobody(r, "cat rootonly"));
-    same(&m, "sticky dir delete denied", |r| as_nobody(r, "rm -f rootonly"));
+    same(&m, "sticky dir delete denied", |r| {
+        as_nobody(r, "rm -f rootonly")
+    });
 }
 
 #[test]
@@ -427,7 +682,9 @@ fn mount_over_its_own_source() {
     });
     assert_eq!(m.src, m.mnt);
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(mounts.lines().any(|l| l.contains(m.mnt.to_str().unwrap()) && l.contains("fuse.coldtier")));
+    assert!(mounts
+        .lines()
+        .any(|l| l.contains(m.mnt.to_str().unwrap()) && l.contains("fuse.coldtier")));
     assert_eq!(fs::read(m.m("existing.txt")).unwrap(), b"was here before");
     assert_eq!(fs::read(m.m("dir/inner")).unwrap(), b"inner");
     let ino_before = fs::metadata(m.m("existing.txt")).unwrap().ino();
@@ -435,8 +692,14 @@ fn mount_over_its_own_source() {
     let mut m = m;
     m.umount();
     // After unmount the directory shows the same data: nothing was hidden or copied.
-    assert_eq!(fs::read(m.src.join("dir/new")).unwrap(), b"written through the mount");
-    assert_eq!(fs::metadata(m.src.join("existing.txt")).unwrap().ino(), ino_before);
+    assert_eq!(
+        fs::read(m.src.join("dir/new")).unwrap(),
+        b"written through the mount"
+    );
+    assert_eq!(
+        fs::metadata(m.src.join("existing.txt")).unwrap().ino(),
+        ino_before
+    );
 }
 
 #[test]
@@ -444,13 +707,22 @@ fn inode_numbers_and_generations_are_stable_across_restart() {
     let mut m = Mounted::new();
     fs::write(m.s("a"), b"1").unwrap();
     fs::create_dir(m.s("d")).unwrap();
-    let first: Vec<u64> = ["a", "d", ""].iter().map(|n| fs::metadata(m.m(n)).unwrap().ino()).collect();
-    let backing: Vec<u64> = ["a", "d"].iter().map(|n| fs::metadata(m.s(n)).unwrap().ino()).collect();
+    let first: Vec<u64> = ["a", "d", ""]
+        .iter()
+        .map(|n| fs::metadata(m.m(n)).unwrap().ino())
+        .collect();
+    let backing: Vec<u64> = ["a", "d"]
+        .iter()
+        .map(|n| fs::metadata(m.s(n)).unwrap().ino())
+        .collect();
     assert_eq!(&first[..2], &backing[..]);
     m.umount();
     let out = coldtier(&["mount", m.src.to_str().unwrap(), m.mnt.to_str().unwrap()]);
     assert!(out.status.success());
-    let second: Vec<u64> = ["a", "d", ""].iter().map(|n| fs::metadata(m.m(n)).unwrap().ino()).collect();
+    let second: Vec<u64> = ["a", "d", ""]
+        .iter()
+        .map(|n| fs::metadata(m.m(n)).unwrap().ino())
+        .collect();
     assert_eq!(first, second);
     // Deleting and recreating reuses backing numbers on ext4; the new file must read as new.
     for i in 0..20 {
@@ -486,12 +758,22 @@ fn many_inodes_beyond_the_fd_budget() {
         fs::write(m.m(&format!("d2/g{f}")), format!("new{f}")).unwrap();
     }
     for f in 0..200 {
-        assert_eq!(fs::read_to_string(m.m(&format!("d1/moved{f}"))).unwrap(), format!("0/{f}"));
-        assert_eq!(fs::read_to_string(m.m(&format!("d2/g{f}"))).unwrap(), format!("new{f}"));
+        assert_eq!(
+            fs::read_to_string(m.m(&format!("d1/moved{f}"))).unwrap(),
+            format!("0/{f}")
+        );
+        assert_eq!(
+            fs::read_to_string(m.m(&format!("d2/g{f}"))).unwrap(),
+            format!("new{f}")
+        );
     }
     assert_eq!(fs::read_dir(m.m("d0")).unwrap().count(), 0);
     // An open file outlives its name even when its inode is reached by handle.
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(m.m("d3/f0")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("d3/f0"))
+        .unwrap();
     fs::remove_file(m.m("d3/f0")).unwrap();
     f.write_all(b"after unlink").unwrap();
     assert_eq!(f.metadata().unwrap().nlink(), 0);
@@ -504,7 +786,10 @@ fn many_inodes_beyond_the_fd_budget() {
 #[test]
 fn resident_io_goes_through_kernel_passthrough() {
     for (passthrough, expect_daemon_io) in [(true, false), (false, true)] {
-        let dir = tempfile::Builder::new().prefix("coldtier-pt").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("coldtier-pt")
+            .tempdir()
+            .unwrap();
         let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
         fs::create_dir(&src).unwrap();
         fs::create_dir(&mnt).unwrap();
@@ -520,22 +805,36 @@ fn resident_io_goes_through_kernel_passthrough() {
             "--log-file",
             log.to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i * 7 % 256) as u8).collect();
         fs::write(mnt.join("big"), &data).unwrap();
         // Drop the page cache so reads reach the filesystem.
         sh("sync; echo 1 > /proc/sys/vm/drop_caches");
         assert_eq!(fs::read(mnt.join("big")).unwrap(), data);
         let out = coldtier(&["umount", mnt.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = fs::read_to_string(&log).unwrap();
-        let line = text.lines().find(|l| l.contains("coldtier unmounted")).expect("unmount line in the log");
+        let line = text
+            .lines()
+            .find(|l| l.contains("coldtier unmounted"))
+            .expect("unmount line in the log");
         let zero = line.contains("daemon_reads=0") && line.contains("daemon_writes=0");
         assert_eq!(!zero, expect_daemon_io, "passthrough={passthrough}: {line}");
         if passthrough {
             assert!(text.contains("kernel passthrough enabled"), "{text}");
         } else {
-            assert!(text.contains("passthrough disabled by configuration"), "{text}");
+            assert!(
+                text.contains("passthrough disabled by configuration"),
+                "{text}"
+            );
         }
     }
 }
@@ -552,7 +851,11 @@ fn assert_bad_input(out: &std::process::Output, needle: &str) {
 }
 
 fn coldtier_mounts() -> usize {
-    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains("fuse.coldtier")).count()
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("fuse.coldtier"))
+        .count()
 }
 
 #[test]
@@ -563,16 +866,41 @@ fn bad_input_is_refused_with_one_line_and_exit_2() {
     let missing = dir.path().join("missing");
     let before = coldtier_mounts();
 
-    assert_bad_input(&coldtier(&["mount", missing.to_str().unwrap()]), "does not exist");
-    assert_bad_input(&coldtier(&["mount", file.to_str().unwrap()]), "is not a directory");
+    assert_bad_input(
+        &coldtier(&["mount", missing.to_str().unwrap()]),
+        "does not exist",
+    );
+    assert_bad_input(
+        &coldtier(&["mount", file.to_str().unwrap()]),
+        "is not a directory",
+    );
     let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
-    assert_bad_input(&coldtier(&["mount", src.to_str().unwrap(), file.to_str().unwrap()]), "is not a directory");
+    assert_bad_input(
+        &coldtier(&["mount", src.to_str().unwrap(), file.to_str().unwrap()]),
+        "is not a directory",
+    );
     let cfg = dir.path().join("bad.toml");
     fs::write(&cfg, "[fuse]\nattr_timeout = \"never\"\n").unwrap();
-    assert_bad_input(&coldtier(&["mount", src.to_str().unwrap(), "--config", cfg.to_str().unwrap()]), "fuse.attr_timeout");
+    assert_bad_input(
+        &coldtier(&[
+            "mount",
+            src.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ]),
+        "fuse.attr_timeout",
+    );
     fs::write(&cfg, "[fuse]\nbogus = 1\n").unwrap();
-    assert_bad_input(&coldtier(&["mount", src.to_str().unwrap(), "--config", cfg.to_str().unwrap()]), "bogus");
+    assert_bad_input(
+        &coldtier(&[
+            "mount",
+            src.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ]),
+        "bogus",
+    );
 
     // Not root.
     let out = std::process::Command::new("setpriv")
@@ -595,17 +923,35 @@ fn bad_input_is_refused_with_one_line_and_exit_2() {
 
     // Already a coldtier mount / mount point in use.
     let mut m = Mounted::new();
-    assert_bad_input(&coldtier(&["mount", m.mnt.to_str().unwrap()]), "already a coldtier mount");
-    assert_bad_input(&coldtier(&["mount", m.m("").join(".").to_str().unwrap()]), "already a coldtier mount");
-    assert_bad_input(&coldtier(&["mount", src.to_str().unwrap(), m.mnt.to_str().unwrap()]), "in use");
+    assert_bad_input(
+        &coldtier(&["mount", m.mnt.to_str().unwrap()]),
+        "already a coldtier mount",
+    );
+    assert_bad_input(
+        &coldtier(&["mount", m.m("").join(".").to_str().unwrap()]),
+        "already a coldtier mount",
+    );
+    assert_bad_input(
+        &coldtier(&["mount", src.to_str().unwrap(), m.mnt.to_str().unwrap()]),
+        "in use",
+    );
     fs::create_dir(m.m("sub")).unwrap();
-    assert_bad_input(&coldtier(&["mount", src.to_str().unwrap(), m.m("sub").to_str().unwrap()]), "inside the coldtier mount");
+    assert_bad_input(
+        &coldtier(&["mount", src.to_str().unwrap(), m.m("sub").to_str().unwrap()]),
+        "inside the coldtier mount",
+    );
     let other = dir.path().join("other");
     fs::create_dir(&other).unwrap();
     assert!(sh(&format!("mount -t tmpfs none '{}'", other.display())).0);
-    assert_bad_input(&coldtier(&["mount", src.to_str().unwrap(), other.to_str().unwrap()]), "in use");
+    assert_bad_input(
+        &coldtier(&["mount", src.to_str().unwrap(), other.to_str().unwrap()]),
+        "in use",
+    );
     assert!(sh(&format!("umount '{}'", other.display())).0);
-    assert_bad_input(&coldtier(&["umount", src.to_str().unwrap()]), "not a coldtier mount");
+    assert_bad_input(
+        &coldtier(&["umount", src.to_str().unwrap()]),
+        "not a coldtier mount",
+    );
     m.umount();
     assert_eq!(coldtier_mounts(), before, "nothing left mounted");
 }
@@ -616,19 +962,36 @@ fn umount_waits_refuses_when_busy_and_sigterm_unmounts() {
     fs::write(m.m("f"), b"x").unwrap();
     let held = fs::File::open(m.m("f")).unwrap();
     let out = coldtier(&["umount", m.mnt.to_str().unwrap()]);
-    assert_eq!(exit_code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        exit_code(&out),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
-    assert_eq!(fs::read(m.m("f")).unwrap(), b"x", "still served after a refused unmount");
+    assert_eq!(
+        fs::read(m.m("f")).unwrap(),
+        b"x",
+        "still served after a refused unmount"
+    );
     drop(held);
     m.umount();
-    assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(m.mnt.to_str().unwrap()));
+    assert!(!fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(m.mnt.to_str().unwrap()));
 
     // SIGTERM to the daemon unmounts cleanly and the daemon exits.
     let out = coldtier(&["mount", m.src.to_str().unwrap(), m.mnt.to_str().unwrap()]);
     assert!(out.status.success());
-    let (ok, pid, _) = sh(&format!("cat /run/coldtier/mounts/*.pid | grep -B2 -x '{}' | head -1", m.mnt.display()));
+    let (ok, pid, _) = sh(&format!(
+        "cat /run/coldtier/mounts/*.pid | grep -B2 -x '{}' | head -1",
+        m.mnt.display()
+    ));
     assert!(ok);
-    let pid: i32 = pid.trim().parse().expect("daemon pid from the runtime record");
+    let pid: i32 = pid
+        .trim()
+        .parse()
+        .expect("daemon pid from the runtime record");
     // SAFETY: sending SIGTERM to the daemon we started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -637,9 +1000,14 @@ fn umount_waits_refuses_when_busy_and_sigterm_unmounts() {
         if state.contains(") Z") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "daemon did not exit on SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not exit on SIGTERM"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(m.mnt.to_str().unwrap()));
+    assert!(!fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(m.mnt.to_str().unwrap()));
     assert_eq!(fs::read(m.s("f")).unwrap(), b"x");
 }

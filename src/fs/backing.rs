@@ -15,7 +15,11 @@ pub struct Errno(pub i32);
 
 impl Errno {
     pub fn last() -> Self {
-        Errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Errno(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
     }
 }
 
@@ -159,12 +163,18 @@ fn statx_raw(dirfd: RawFd, path: &CStr, flags: libc::c_int) -> SysResult<Stat> {
 
 /// lstat of `name` in directory `dir`.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
-    with_name(name, |c| statx_raw(dir.as_raw_fd(), c, libc::AT_SYMLINK_NOFOLLOW))
+    with_name(name, |c| {
+        statx_raw(dir.as_raw_fd(), c, libc::AT_SYMLINK_NOFOLLOW)
+    })
 }
 
 /// stat of the object an fd (O_PATH or not) refers to, never following a symlink.
 pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
-    statx_raw(fd.as_raw_fd(), EMPTY, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    statx_raw(
+        fd.as_raw_fd(),
+        EMPTY,
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+    )
 }
 
 fn own(fd: libc::c_int) -> OwnedFd {
@@ -177,7 +187,11 @@ pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OwnedFd> {
     with_name(name, |c| {
         // SAFETY: c is NUL-terminated.
         let fd = cvt(unsafe {
-            libc::openat(dir.as_raw_fd(), c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
         })?;
         Ok(own(fd))
     })
@@ -208,10 +222,19 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> SysResult<Box<[u8]>> {
 }
 
 /// Opens an object by its file handle (needs CAP_DAC_READ_SEARCH; the daemon is root).
-pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &[u8], flags: libc::c_int) -> SysResult<OwnedFd> {
+pub fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle: &[u8],
+    flags: libc::c_int,
+) -> SysResult<OwnedFd> {
     // SAFETY: handle holds a complete file_handle produced by handle_of.
     let r = unsafe {
-        libc::syscall(libc::SYS_open_by_handle_at, mount_fd.as_raw_fd(), handle.as_ptr(), flags | libc::O_CLOEXEC)
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            handle.as_ptr(),
+            flags | libc::O_CLOEXEC,
+        )
     };
     let fd = cvt_isize(r as isize)?;
     Ok(own(fd as libc::c_int))
@@ -219,7 +242,10 @@ pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &[u8], flags: libc::c_in
 
 /// Current soft limit on open files.
 pub fn nofile_limit() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: rl is a valid out pointer.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
         rl.rlim_cur
@@ -233,7 +259,12 @@ pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: c is NUL-terminated.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -249,11 +280,21 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> SysResult<OwnedFd> {
 }
 
 /// Opens (and with O_CREAT creates) `name` in `dir`.
-pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> SysResult<OwnedFd> {
+pub fn open_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> SysResult<OwnedFd> {
     with_name(name, |c| {
         // SAFETY: c is NUL-terminated.
         let fd = cvt(unsafe {
-            libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
         })?;
         Ok(own(fd))
     })
@@ -261,7 +302,9 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32)
 
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
     // SAFETY: c is NUL-terminated.
-    with_name(name, |c| cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(drop))
+    with_name(name, |c| {
+        cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(drop)
+    })
 }
 
 pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u32) -> SysResult<()> {
@@ -284,7 +327,13 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> SysResu
     with_name(name, |c| {
         // SAFETY: strings are NUL-terminated.
         cvt(unsafe {
-            libc::linkat(fd.as_raw_fd(), EMPTY.as_ptr(), dir.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+            libc::linkat(
+                fd.as_raw_fd(),
+                EMPTY.as_ptr(),
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
         })
         .map(drop)
     })
@@ -292,7 +341,9 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> SysResu
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> SysResult<()> {
     // SAFETY: c is NUL-terminated.
-    with_name(name, |c| cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop))
+    with_name(name, |c| {
+        cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+    })
 }
 
 pub fn rename_at(
@@ -306,7 +357,13 @@ pub fn rename_at(
         with_name(newname, |n| {
             // SAFETY: strings are NUL-terminated.
             cvt(unsafe {
-                libc::renameat2(olddir.as_raw_fd(), o.as_ptr(), newdir.as_raw_fd(), n.as_ptr(), flags)
+                libc::renameat2(
+                    olddir.as_raw_fd(),
+                    o.as_ptr(),
+                    newdir.as_raw_fd(),
+                    n.as_ptr(),
+                    flags,
+                )
             })
             .map(drop)
         })
@@ -318,7 +375,12 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buf is writable for its whole length.
     let n = cvt_isize(unsafe {
-        libc::readlinkat(fd.as_raw_fd(), EMPTY.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     })?;
     buf.truncate(n);
     Ok(buf)
@@ -335,7 +397,13 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysRe
     let g = gid.unwrap_or(u32::MAX);
     // SAFETY: EMPTY is NUL-terminated.
     cvt(unsafe {
-        libc::fchownat(fd.as_raw_fd(), EMPTY.as_ptr(), u, g, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchownat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            u,
+            g,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
@@ -362,15 +430,29 @@ pub enum SetTime {
 impl SetTime {
     fn timespec(self) -> libc::timespec {
         match self {
-            SetTime::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-            SetTime::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-            SetTime::At(s, ns) => libc::timespec { tv_sec: s, tv_nsec: ns as i64 },
+            SetTime::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            SetTime::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            SetTime::At(s, ns) => libc::timespec {
+                tv_sec: s,
+                tv_nsec: ns as i64,
+            },
         }
     }
 }
 
 /// utimensat on the object behind an O_PATH fd; symlinks themselves are changed, not followed.
-pub fn utimens_fd(fd: BorrowedFd<'_>, is_symlink: bool, atime: SetTime, mtime: SetTime) -> SysResult<()> {
+pub fn utimens_fd(
+    fd: BorrowedFd<'_>,
+    is_symlink: bool,
+    atime: SetTime,
+    mtime: SetTime,
+) -> SysResult<()> {
     let ts = [atime.timespec(), mtime.timespec()];
     if is_symlink {
         // SAFETY: EMPTY is NUL-terminated, ts has two elements.
@@ -392,14 +474,27 @@ pub fn utimens_fd(fd: BorrowedFd<'_>, is_symlink: bool, atime: SetTime, mtime: S
 pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: strings NUL-terminated; buf writable for buf.len() bytes (may be 0 for a size query).
-    cvt_isize(unsafe { libc::getxattr(p.as_cstr().as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+    cvt_isize(unsafe {
+        libc::getxattr(
+            p.as_cstr().as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
 }
 
 pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
     let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: strings NUL-terminated; value readable for its length.
     cvt(unsafe {
-        libc::setxattr(p.as_cstr().as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        libc::setxattr(
+            p.as_cstr().as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
     })
     .map(drop)
 }
@@ -426,12 +521,26 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
     // SAFETY: buf writable for its length.
-    cvt_isize(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as libc::off_t) })
+    cvt_isize(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    })
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
     // SAFETY: buf readable for its length.
-    cvt_isize(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as libc::off_t) })
+    cvt_isize(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    })
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
@@ -448,7 +557,8 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a valid fd.
-    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) }).map(drop)
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
+        .map(drop)
 }
 
 pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
@@ -473,14 +583,28 @@ pub fn copy_file_range(
     let mut oo = off_out as libc::loff_t;
     // SAFETY: the offsets are valid pointers to locals; fds valid.
     cvt_isize(unsafe {
-        libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len as usize, flags)
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut oi,
+            fd_out.as_raw_fd(),
+            &mut oo,
+            len as usize,
+            flags,
+        )
     })
 }
 
 /// Reads raw `linux_dirent64` records into `buf`; 0 at end of directory.
 pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
     // SAFETY: buf writable for its length; fd is an open directory.
-    let r = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
     cvt_isize(r as isize)
 }
 
@@ -506,8 +630,17 @@ pub fn parse_dirent(buf: &[u8]) -> Option<DirRecord<'_>> {
         return None;
     }
     let name_bytes = &buf[19..reclen];
-    let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
-    Some(DirRecord { ino, off, kind, name: OsStr::from_bytes(&name_bytes[..end]), reclen })
+    let end = name_bytes
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(name_bytes.len());
+    Some(DirRecord {
+        ino,
+        off,
+        kind,
+        name: OsStr::from_bytes(&name_bytes[..end]),
+        reclen,
+    })
 }
 
 /// Runs `f` with this thread's filesystem uid/gid set to the caller's, so that objects it
@@ -538,7 +671,15 @@ pub fn keep_caps_on_fsuid_switch() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: prctl with integer arguments.
-    let r = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, cur as libc::c_ulong | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECUREBITS,
+            cur as libc::c_ulong | SECBIT_NO_SETUID_FIXUP,
+            0,
+            0,
+            0,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -547,7 +688,10 @@ pub fn keep_caps_on_fsuid_switch() -> io::Result<()> {
 
 /// Raises RLIMIT_NOFILE to its hard limit (the inode table holds one O_PATH fd per live inode).
 pub fn raise_nofile_limit() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: rl is a valid out pointer.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
@@ -556,7 +700,10 @@ pub fn raise_nofile_limit() -> u64 {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(rl.rlim_max);
-            let want = libc::rlimit { rlim_cur: nr_open.max(rl.rlim_max), rlim_max: nr_open.max(rl.rlim_max) };
+            let want = libc::rlimit {
+                rlim_cur: nr_open.max(rl.rlim_max),
+                rlim_max: nr_open.max(rl.rlim_max),
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 return want.rlim_cur;
             }
@@ -584,13 +731,19 @@ mod tests {
     fn names_are_checked() {
         let long = OsStr::from_bytes(&[b'a'; 256]);
         assert_eq!(with_name(long, |_| Ok(())), Err(Errno(libc::ENAMETOOLONG)));
-        assert_eq!(with_name(OsStr::from_bytes(b"a\0b"), |_| Ok(())), Err(Errno(libc::EINVAL)));
+        assert_eq!(
+            with_name(OsStr::from_bytes(b"a\0b"), |_| Ok(())),
+            Err(Errno(libc::EINVAL))
+        );
         let ok = with_name(OsStr::from_bytes(&[b'x'; 255]), |c| Ok(c.to_bytes().len()));
         assert_eq!(ok, Ok(255));
     }
 
     #[test]
     fn proc_path_formats() {
-        assert_eq!(ProcPath::new(123).as_cstr().to_bytes(), b"/proc/self/fd/123");
+        assert_eq!(
+            ProcPath::new(123).as_cstr().to_bytes(),
+            b"/proc/self/fd/123"
+        );
     }
 }

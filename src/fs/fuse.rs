@@ -100,19 +100,30 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
             // fuser 0.18 decodes a kernel time (secs < 0, nsecs) as EPOCH - (|secs|, nsecs)
             // (its system_time_from_time); undo exactly that to recover the kernel's value.
             // tests/mount.rs `times_match_native` checks pre-1970 times against native.
-            Err(e) => SetTime::At(-(e.duration().as_secs() as i64), e.duration().subsec_nanos()),
+            Err(e) => SetTime::At(
+                -(e.duration().as_secs() as i64),
+                e.duration().subsec_nanos(),
+            ),
         },
     })
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 impl FuseAdapter {
     fn reply_entry(&self, r: Result<Entry, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(e) => reply.entry_with_ttls(&self.ttl.attr, &self.ttl.entry, &attr(e.ino, &e.stat), Generation(e.generation)),
+            Ok(e) => reply.entry_with_ttls(
+                &self.ttl.attr,
+                &self.ttl.entry,
+                &attr(e.ino, &e.stat),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -150,7 +161,8 @@ impl Filesystem for FuseAdapter {
                 let _ = config.set_max_stack_depth(1);
                 tracing::info!("kernel passthrough enabled for resident files");
             } else {
-                self.fs.disable_passthrough("kernel did not offer FUSE_PASSTHROUGH");
+                self.fs
+                    .disable_passthrough("kernel did not offer FUSE_PASSTHROUGH");
             }
         }
         let _ = config.set_max_write(1 << 20);
@@ -192,7 +204,15 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime), fh: fh.map(|f| f.0) };
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            fh: fh.map(|f| f.0),
+        };
         match self.fs.setattr(ino.0, a) {
             Ok(e) => reply.attr(&self.ttl.attr, &attr(e.ino, &e.stat)),
             Err(e) => reply.error(err(e)),
@@ -206,11 +226,31 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.reply_entry(self.fs.mknod(parent.0, name, mode, rdev, caller(req)), reply);
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         self.reply_entry(self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
     }
 
@@ -222,8 +262,19 @@ impl Filesystem for FuseAdapter {
         reply_empty(self.fs.rmdir(parent.0, name), reply);
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.reply_entry(self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req)), reply);
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.fs
+                .symlink(parent.0, link_name, target.as_os_str(), caller(req)),
+            reply,
+        );
     }
 
     fn rename(
@@ -236,10 +287,21 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()), reply);
+        reply_empty(
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            reply,
+        );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
@@ -289,7 +351,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.fs.flush(fh.0), reply);
     }
 
@@ -307,7 +376,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
@@ -318,26 +394,16 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = self.fs.readdir(fh.0, offset as i64, |ino, off, d, name| reply.add(INodeNo(ino), off as u64, dtype(d), name));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let dot = FileAttr { ino, kind: FileType::Directory, ..attr(ino.0, &Stat::default()) };
-        let r = self.fs.readdirplus(fh.0, offset as i64, |name, off, entry| match entry {
-            Some(e) => reply.add(
-                INodeNo(e.ino),
-                off as u64,
-                name,
-                &self.ttl.entry,
-                &attr(e.ino, &e.stat),
-                Generation(e.generation),
-            ),
-            None => reply.add(INodeNo(0), off as u64, name, &Duration::ZERO, &dot, Generation(0)),
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.fs.readdir(fh.0, offset as i64, |ino, off, d, name| {
+            reply.add(INodeNo(ino), off as u64, dtype(d), name)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -345,12 +411,65 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dot = FileAttr {
+            ino,
+            kind: FileType::Directory,
+            ..attr(ino.0, &Stat::default())
+        };
+        let r = self
+            .fs
+            .readdirplus(fh.0, offset as i64, |name, off, entry| match entry {
+                Some(e) => reply.add(
+                    INodeNo(e.ino),
+                    off as u64,
+                    name,
+                    &self.ttl.entry,
+                    &attr(e.ino, &e.stat),
+                    Generation(e.generation),
+                ),
+                None => reply.add(
+                    INodeNo(0),
+                    off as u64,
+                    name,
+                    &Duration::ZERO,
+                    &dot,
+                    Generation(0),
+                ),
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.release(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
@@ -409,14 +528,31 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.fs.create(parent.0, name, mode, flags, caller(req), |fd| reply.open_backing(fd));
+        let r = self
+            .fs
+            .create(parent.0, name, mode, flags, caller(req), |fd| {
+                reply.open_backing(fd)
+            });
         match r {
             Ok((e, o)) => {
                 let a = attr(e.ino, &e.stat);
                 let g = Generation(e.generation);
                 match &o.file.backing {
-                    Some(id) => reply.created_passthrough(&self.ttl.entry, &a, g, FileHandle(o.fh), FopenFlags::empty(), id),
-                    None => reply.created(&self.ttl.entry, &a, g, FileHandle(o.fh), FopenFlags::empty()),
+                    Some(id) => reply.created_passthrough(
+                        &self.ttl.entry,
+                        &a,
+                        g,
+                        FileHandle(o.fh),
+                        FopenFlags::empty(),
+                        id,
+                    ),
+                    None => reply.created(
+                        &self.ttl.entry,
+                        &a,
+                        g,
+                        FileHandle(o.fh),
+                        FopenFlags::empty(),
+                    ),
                 }
             }
             Err(e) => reply.error(err(e)),
@@ -436,7 +572,15 @@ impl Filesystem for FuseAdapter {
         reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -456,7 +600,14 @@ impl Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, flags.bits() as u32) {
+        match self.fs.copy_file_range(
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+            flags.bits() as u32,
+        ) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -470,7 +621,10 @@ pub const FS_TYPE: &str = "fuse.coldtier";
 pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {
     let mut c = fuser::Config::default();
     c.mount_options = vec![
-        fuser::MountOption::FSName(format!("coldtier:{}", String::from_utf8_lossy(source.as_os_str().as_bytes()))),
+        fuser::MountOption::FSName(format!(
+            "coldtier:{}",
+            String::from_utf8_lossy(source.as_os_str().as_bytes())
+        )),
         fuser::MountOption::CUSTOM("subtype=coldtier".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::Dev,

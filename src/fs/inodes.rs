@@ -17,6 +17,9 @@ use super::backing::{self, Errno, Stat, SysResult};
 
 pub const ROOT_INO: u64 = 1;
 
+/// (dev, ino) of objects on other devices -> allocated number, and the next number.
+type ForeignMap = (HashMap<(u64, u64), u64>, u64);
+
 /// Inode numbers of objects on another device than the root (submounts inside the source)
 /// are allocated from this range, since their backing numbers could collide.
 const FOREIGN_BASE: u64 = 1 << 63;
@@ -61,11 +64,13 @@ impl<B> Inode<B> {
     pub fn fd(&self) -> SysResult<InodeFd<'_>> {
         match &self.anchor {
             Anchor::Fd(fd) => Ok(InodeFd::Borrowed(fd.as_fd())),
-            Anchor::Handle(h) => match backing::open_by_handle(self.mount_fd.as_fd(), h, libc::O_PATH) {
-                Ok(fd) => Ok(InodeFd::Owned(fd)),
-                Err(Errno(libc::ENOENT)) => Err(Errno(libc::ESTALE)),
-                Err(e) => Err(e),
-            },
+            Anchor::Handle(h) => {
+                match backing::open_by_handle(self.mount_fd.as_fd(), h, libc::O_PATH) {
+                    Ok(fd) => Ok(InodeFd::Owned(fd)),
+                    Err(Errno(libc::ENOENT)) => Err(Errno(libc::ESTALE)),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
     pub fn is_symlink(&self) -> bool {
@@ -94,7 +99,7 @@ pub struct InodeTable<B> {
     root_dev: u64,
     mount_fd: Arc<OwnedFd>,
     shards: Vec<Mutex<HashMap<u64, Slot<B>>>>,
-    foreign: Mutex<(HashMap<(u64, u64), u64>, u64)>,
+    foreign: Mutex<ForeignMap>,
     fd_budget: usize,
     fds_held: AtomicUsize,
 }
@@ -104,10 +109,14 @@ pub struct InodeTable<B> {
 /// (which embeds the filesystem's own generation), else 0.
 pub fn generation_of(st: &Stat, handle: Option<&[u8]>) -> u64 {
     match (st.btime, handle) {
-        (Some((s, ns)), _) => (s as u64).wrapping_mul(1_000_000_000).wrapping_add(ns as u64),
+        (Some((s, ns)), _) => (s as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ns as u64),
         (None, Some(h)) => {
             // FNV-1a: small, stable across releases (unlike std's hasher).
-            h.iter().fold(0xcbf2_9ce4_8422_2325u64, |acc, &b| (acc ^ b as u64).wrapping_mul(0x100_0000_01b3))
+            h.iter().fold(0xcbf2_9ce4_8422_2325u64, |acc, &b| {
+                (acc ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            })
         }
         (None, None) => 0,
     }
@@ -117,7 +126,10 @@ impl<B> InodeTable<B> {
     /// `fd_budget`: how many O_PATH fds the table may hold (0 = derived from RLIMIT_NOFILE).
     pub fn new(root_fd: OwnedFd, root_stat: &Stat, fd_budget: usize) -> SysResult<Self> {
         // open_by_handle_at wants a real (non-O_PATH) fd on the backing filesystem.
-        let mount_fd = Arc::new(backing::reopen(root_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?);
+        let mount_fd = Arc::new(backing::reopen(
+            root_fd.as_fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?);
         let fd_budget = if fd_budget > 0 {
             fd_budget
         } else {
@@ -202,7 +214,9 @@ impl<B> InodeTable<B> {
     fn anchor_for(&self, fd: OwnedFd, dev: u64, handle: Option<Box<[u8]>>) -> Anchor {
         let foreign = dev != self.root_dev;
         match handle {
-            Some(h) if !foreign && self.fds_held.load(Ordering::Relaxed) >= self.fd_budget => Anchor::Handle(h),
+            Some(h) if !foreign && self.fds_held.load(Ordering::Relaxed) >= self.fd_budget => {
+                Anchor::Handle(h)
+            }
             _ => {
                 self.fds_held.fetch_add(1, Ordering::Relaxed);
                 Anchor::Fd(fd)
@@ -218,7 +232,11 @@ impl<B> InodeTable<B> {
         if ino == ROOT_INO {
             return Ok(self.root.clone());
         }
-        let handle = if st.dev == self.root_dev { backing::handle_of(fd.as_fd()).ok() } else { None };
+        let handle = if st.dev == self.root_dev {
+            backing::handle_of(fd.as_fd()).ok()
+        } else {
+            None
+        };
         let generation = generation_of(st, handle.as_deref());
         let mut shard = self.shard(ino).lock();
         if let Some(slot) = shard.get_mut(&ino) {
@@ -243,7 +261,13 @@ impl<B> InodeTable<B> {
             }
             None => 1,
         };
-        shard.insert(ino, Slot { inode: inode.clone(), nlookup });
+        shard.insert(
+            ino,
+            Slot {
+                inode: inode.clone(),
+                nlookup,
+            },
+        );
         Ok(inode)
     }
 

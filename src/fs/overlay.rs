@@ -87,7 +87,10 @@ struct DirHandle {
 
 enum Handle<B> {
     /// `_inode` keeps the inode (and the `open_file` slot it owns) alive until release.
-    File { _inode: Arc<Ino<B>>, file: Arc<OpenFile<B>> },
+    File {
+        _inode: Arc<Ino<B>>,
+        file: Arc<OpenFile<B>>,
+    },
     Dir(Arc<DirHandle>),
 }
 
@@ -122,7 +125,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         Ok(OverlayFs {
-            inodes: InodeTable::new(root, &st, opts.inode_fds).map_err(|e| io::Error::from_raw_os_error(e.0))?,
+            inodes: InodeTable::new(root, &st, opts.inode_fds)
+                .map_err(|e| io::Error::from_raw_os_error(e.0))?,
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(opts.passthrough),
@@ -140,7 +144,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     pub fn disable_passthrough(&self, why: &str) {
         self.passthrough.store(false, Ordering::Relaxed);
         if !self.passthrough_warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!("kernel passthrough unavailable ({why}); file I/O is served by the daemon");
+            tracing::warn!(
+                "kernel passthrough unavailable ({why}); file I/O is served by the daemon"
+            );
         }
     }
 
@@ -176,7 +182,11 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let ino = self.inodes.map_ino(st.dev, st.ino);
         let known_generation = st.btime.map(|_| generation_of(&st, None));
         if let Some(i) = self.inodes.get_and_ref(ino, known_generation) {
-            return Ok(Entry { ino, generation: i.generation, stat: st });
+            return Ok(Entry {
+                ino,
+                generation: i.generation,
+                stat: st,
+            });
         }
         let fd = backing::open_path_at(dir, name)?;
         // The name may have been replaced between the stat and the open: trust the handle.
@@ -188,7 +198,14 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let st = backing::stat_fd(fd.as_fd())?;
         let ino = self.inodes.map_ino(st.dev, st.ino);
         let inode = self.inodes.insert_or_ref(ino, &st, fd)?;
-        Ok((Entry { ino, generation: inode.generation, stat: st }, inode))
+        Ok((
+            Entry {
+                ino,
+                generation: inode.generation,
+                stat: st,
+            },
+            inode,
+        ))
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
@@ -197,13 +214,24 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             // NFS export support: "." resolves a handle to a known inode.
             b"." => {
                 let st = self.stat_inode(&p)?;
-                let i = self.inodes.get_and_ref(parent, None).ok_or(Errno(libc::ESTALE))?;
-                return Ok(Entry { ino: parent, generation: i.generation, stat: st });
+                let i = self
+                    .inodes
+                    .get_and_ref(parent, None)
+                    .ok_or(Errno(libc::ESTALE))?;
+                return Ok(Entry {
+                    ino: parent,
+                    generation: i.generation,
+                    stat: st,
+                });
             }
             // Never step above the root of the source.
             b".." if parent == ROOT_INO => {
                 let st = self.root_stat()?;
-                return Ok(Entry { ino: ROOT_INO, generation: 0, stat: st });
+                return Ok(Entry {
+                    ino: ROOT_INO,
+                    generation: 0,
+                    stat: st,
+                });
             }
             _ => {}
         }
@@ -222,7 +250,11 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     pub fn getattr(&self, ino: u64) -> SysResult<Entry> {
         let i = self.inode(ino)?;
         let st = self.stat_inode(&i)?;
-        Ok(Entry { ino, generation: i.generation, stat: st })
+        Ok(Entry {
+            ino,
+            generation: i.generation,
+            stat: st,
+        })
     }
 
     fn file_handle(&self, fh: u64) -> SysResult<Arc<OpenFile<B>>> {
@@ -265,7 +297,11 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
         drop(ifd);
         let st = self.stat_inode(&i)?;
-        Ok(Entry { ino, generation: i.generation, stat: st })
+        Ok(Entry {
+            ino,
+            generation: i.generation,
+            stat: st,
+        })
     }
 
     pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
@@ -299,16 +335,33 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         self.entry_at(pfd.as_fd(), name, st)
     }
 
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, caller: Caller) -> SysResult<Entry> {
-        self.make(parent, name, caller, |d| backing::mknod_at(d, name, mode, rdev))
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> SysResult<Entry> {
+        self.make(parent, name, caller, |d| {
+            backing::mknod_at(d, name, mode, rdev)
+        })
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> SysResult<Entry> {
         self.make(parent, name, caller, |d| backing::mkdir_at(d, name, mode))
     }
 
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: Caller) -> SysResult<Entry> {
-        self.make(parent, name, caller, |d| backing::symlink_at(target, d, name))
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> SysResult<Entry> {
+        self.make(parent, name, caller, |d| {
+            backing::symlink_at(target, d, name)
+        })
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> SysResult<Entry> {
@@ -317,8 +370,15 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let ifd = i.fd()?;
         backing::link_fd(ifd.as_fd(), p.fd()?.as_fd(), newname)?;
         let st = backing::stat_fd(ifd.as_fd())?;
-        let i = self.inodes.get_and_ref(ino, None).ok_or(Errno(libc::ESTALE))?;
-        Ok(Entry { ino, generation: i.generation, stat: st })
+        let i = self
+            .inodes
+            .get_and_ref(ino, None)
+            .ok_or(Errno(libc::ESTALE))?;
+        Ok(Entry {
+            ino,
+            generation: i.generation,
+            stat: st,
+        })
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
@@ -331,7 +391,14 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         backing::unlink_at(p.fd()?.as_fd(), name, libc::AT_REMOVEDIR)
     }
 
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> SysResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
         let p = self.dir(parent)?;
         let np = self.dir(newparent)?;
         backing::rename_at(p.fd()?.as_fd(), name, np.fd()?.as_fd(), newname, flags)
@@ -375,11 +442,15 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 Err(e) => {
                     match e.raw_os_error() {
                         // No capability or no kernel support: off for good.
-                        Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::ENOSYS) => {
-                            self.disable_passthrough(&e.to_string())
-                        }
+                        Some(libc::EPERM)
+                        | Some(libc::EOPNOTSUPP)
+                        | Some(libc::ENOTTY)
+                        | Some(libc::ENOSYS) => self.disable_passthrough(&e.to_string()),
                         // E.g. a backing file on a stacked filesystem: this file only.
-                        _ => tracing::debug!(ino = inode.ino, "passthrough refused for this file: {e}"),
+                        _ => tracing::debug!(
+                            ino = inode.ino,
+                            "passthrough refused for this file: {e}"
+                        ),
                     }
                     None
                 }
@@ -387,7 +458,11 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         } else {
             None
         };
-        let f = Arc::new(OpenFile { fd, writable, backing });
+        let f = Arc::new(OpenFile {
+            fd,
+            writable,
+            backing,
+        });
         *slot = Arc::downgrade(&f);
         Ok(f)
     }
@@ -407,7 +482,10 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let file = self.open_backing_file(&inode, wants_write, None, register)?;
-        let fh = self.insert_handle(Handle::File { _inode: inode, file: file.clone() });
+        let fh = self.insert_handle(Handle::File {
+            _inode: inode,
+            file: file.clone(),
+        });
         Ok(Opened { fh, file })
     }
 
@@ -423,7 +501,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let p = self.dir(parent)?;
         let oflags = libc::O_CREAT | libc::O_RDWR | (flags & libc::O_EXCL) | libc::O_NOFOLLOW;
         let pfd = p.fd()?;
-        let fd = backing::as_caller(caller.uid, caller.gid, || backing::open_at(pfd.as_fd(), name, oflags, mode))?;
+        let fd = backing::as_caller(caller.uid, caller.gid, || {
+            backing::open_at(pfd.as_fd(), name, oflags, mode)
+        })?;
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd(path_fd)?;
         let file = match self.open_backing_file(&inode, true, Some(fd), register) {
@@ -433,7 +513,10 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 return Err(e);
             }
         };
-        let fh = self.insert_handle(Handle::File { _inode: inode, file: file.clone() });
+        let fh = self.insert_handle(Handle::File {
+            _inode: inode,
+            file: file.clone(),
+        });
         Ok((entry, Opened { fh, file }))
     }
 
@@ -507,13 +590,27 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let fi = self.file_handle(fh_in)?;
         let fo = self.file_handle(fh_out)?;
         let len = len.min(u32::MAX as u64 & !0xfff);
-        backing::copy_file_range(fi.fd.as_fd(), off_in, fo.fd.as_fd(), off_out, len, flags).map(|n| n as u32)
+        backing::copy_file_range(fi.fd.as_fd(), off_in, fo.fd.as_fd(), off_out, len, flags)
+            .map(|n| n as u32)
     }
 
     pub fn opendir(&self, ino: u64) -> SysResult<u64> {
         let i = self.dir(ino)?;
-        let fd = backing::open_at(i.fd()?.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        let h = DirHandle { fd, state: Mutex::new(DirState { buf: Vec::new(), pos: 0, len: 0, cursor: 0 }) };
+        let fd = backing::open_at(
+            i.fd()?.as_fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let h = DirHandle {
+            fd,
+            state: Mutex::new(DirState {
+                buf: Vec::new(),
+                pos: 0,
+                len: 0,
+                cursor: 0,
+            }),
+        };
         Ok(self.insert_handle(Handle::Dir(Arc::new(h))))
     }
 
@@ -575,7 +672,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         mut add: impl FnMut(u64, i64, u8, &OsStr) -> bool,
     ) -> SysResult<()> {
         let dev = self.inodes.root_dev();
-        self.walk_dir(fh, offset, |_, r| Ok(add(self.inodes.map_ino(dev, r.ino), r.off, r.kind, r.name)))
+        self.walk_dir(fh, offset, |_, r| {
+            Ok(add(self.inodes.map_ino(dev, r.ino), r.off, r.kind, r.name))
+        })
     }
 
     /// readdirplus: `add(name, next_offset, entry) -> full`; `entry` is None for "." and "..",
@@ -664,7 +763,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             return Err(Errno(libc::EPERM));
         }
         let i = self.inode(ino)?;
-        backing::with_name(name, |c| backing::setxattr_fd(i.fd()?.as_fd(), c, value, flags))
+        backing::with_name(name, |c| {
+            backing::setxattr_fd(i.fd()?.as_fd(), c, value, flags)
+        })
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> SysResult<()> {
@@ -693,13 +794,20 @@ mod tests {
 
     fn me() -> Caller {
         // SAFETY: getuid/getgid cannot fail.
-        unsafe { Caller { uid: libc::getuid(), gid: libc::getgid() } }
+        unsafe {
+            Caller {
+                uid: libc::getuid(),
+                gid: libc::getgid(),
+            }
+        }
     }
 
     #[test]
     fn create_write_read_back() {
         let (d, fs) = fs();
-        let (e, o) = fs.create(ROOT_INO, OsStr::new("a"), 0o640, 0, me(), |_| Ok(())).unwrap();
+        let (e, o) = fs
+            .create(ROOT_INO, OsStr::new("a"), 0o640, 0, me(), |_| Ok(()))
+            .unwrap();
         assert_eq!(fs.write(o.fh, 0, b"hello").unwrap(), 5);
         assert_eq!(fs.read(o.fh, 1, 100).unwrap(), b"ello");
         fs.release(o.fh);
@@ -714,7 +822,10 @@ mod tests {
     fn root_dotdot_stays_at_root() {
         let (_d, fs) = fs();
         assert_eq!(fs.lookup(ROOT_INO, OsStr::new("..")).unwrap().ino, ROOT_INO);
-        assert_eq!(fs.lookup(ROOT_INO, OsStr::new("missing")).unwrap_err(), Errno(libc::ENOENT));
+        assert_eq!(
+            fs.lookup(ROOT_INO, OsStr::new("missing")).unwrap_err(),
+            Errno(libc::ENOENT)
+        );
         assert_eq!(fs.getattr(999_999_999).unwrap_err(), Errno(libc::ESTALE));
     }
 
@@ -724,21 +835,37 @@ mod tests {
         let p = d.path().join("f");
         std::fs::write(&p, b"x").unwrap();
         let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        for (n, v) in [(&b"trusted.coldtier.stub\0"[..], &b"secret"[..]), (b"user.visible\0", b"v")] {
+        for (n, v) in [
+            (&b"trusted.coldtier.stub\0"[..], &b"secret"[..]),
+            (b"user.visible\0", b"v"),
+        ] {
             // SAFETY: NUL-terminated strings, value slice valid.
-            let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr().cast(), v.as_ptr().cast(), v.len(), 0) };
+            let r = unsafe {
+                libc::setxattr(c.as_ptr(), n.as_ptr().cast(), v.as_ptr().cast(), v.len(), 0)
+            };
             if r != 0 && n.starts_with(b"trusted") {
                 eprintln!("cannot set trusted xattrs here (not root?): skipping the trusted part");
             }
         }
         let e = fs.lookup(ROOT_INO, OsStr::new("f")).unwrap();
-        let XattrReply::Data(list) = fs.listxattr(e.ino, 4096).unwrap() else { panic!() };
+        let XattrReply::Data(list) = fs.listxattr(e.ino, 4096).unwrap() else {
+            panic!()
+        };
         assert!(!list.windows(8).any(|w| w == b"coldtier"));
         assert!(list.windows(12).any(|w| w == b"user.visible"));
         let name = OsStr::new("trusted.coldtier.stub");
-        assert_eq!(fs.getxattr(e.ino, name, 100).unwrap_err(), Errno(libc::ENODATA));
-        assert_eq!(fs.setxattr(e.ino, name, b"forged", 0).unwrap_err(), Errno(libc::EPERM));
-        assert_eq!(fs.removexattr(e.ino, name).unwrap_err(), Errno(libc::ENODATA));
+        assert_eq!(
+            fs.getxattr(e.ino, name, 100).unwrap_err(),
+            Errno(libc::ENODATA)
+        );
+        assert_eq!(
+            fs.setxattr(e.ino, name, b"forged", 0).unwrap_err(),
+            Errno(libc::EPERM)
+        );
+        assert_eq!(
+            fs.removexattr(e.ino, name).unwrap_err(),
+            Errno(libc::ENODATA)
+        );
     }
 
     #[test]

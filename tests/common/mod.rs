@@ -11,7 +11,10 @@ pub fn bin() -> PathBuf {
 
 /// Runs `coldtier ARGS...` and returns its output (never panics on a non-zero exit).
 pub fn coldtier(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run coldtier")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run coldtier")
 }
 
 /// A live coldtier mount. `src` is the backing tree, `mnt` the mount point
@@ -33,29 +36,51 @@ impl Mounted {
 
     /// Mounts with the given TOML configuration text.
     pub fn with_config(config: Option<&str>) -> Self {
-        let dir = tempfile::Builder::new().prefix("coldtier-it").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("coldtier-it")
+            .tempdir()
+            .unwrap();
         let src = dir.path().join("src");
         let mnt = dir.path().join("mnt");
         let native = dir.path().join("native");
         for d in [&src, &mnt, &native] {
             std::fs::create_dir(d).unwrap();
         }
-        let mut m = Mounted { dir, src, mnt, native, mounted: false };
+        let mut m = Mounted {
+            dir,
+            src,
+            mnt,
+            native,
+            mounted: false,
+        };
         m.mount(config);
         m
     }
 
     /// Mounts over the source directory itself (MOUNTPOINT omitted), after `prepare` fills it.
     pub fn over_source(prepare: impl FnOnce(&Path)) -> Self {
-        let dir = tempfile::Builder::new().prefix("coldtier-it").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("coldtier-it")
+            .tempdir()
+            .unwrap();
         let src = dir.path().join("share");
         let native = dir.path().join("native");
         std::fs::create_dir(&src).unwrap();
         std::fs::create_dir(&native).unwrap();
         prepare(&src);
-        let mut m = Mounted { dir, mnt: src.clone(), src, native, mounted: false };
+        let mut m = Mounted {
+            dir,
+            mnt: src.clone(),
+            src,
+            native,
+            mounted: false,
+        };
         let out = coldtier(&["mount", m.src.to_str().unwrap()]);
-        assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         m.mounted = true;
         m
     }
@@ -74,7 +99,11 @@ impl Mounted {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = coldtier(&args);
-        assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.mounted = true;
     }
 
@@ -82,7 +111,11 @@ impl Mounted {
     pub fn umount(&mut self) {
         if self.mounted {
             let out = coldtier(&["umount", self.mnt.to_str().unwrap()]);
-            assert!(out.status.success(), "umount failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "umount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             self.mounted = false;
         }
     }
@@ -106,7 +139,10 @@ impl Drop for Mounted {
         if self.mounted {
             let out = coldtier(&["umount", "--lazy", self.mnt.to_str().unwrap()]);
             if !out.status.success() {
-                eprintln!("umount on drop failed: {}", String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "umount on drop failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
     }
@@ -114,7 +150,11 @@ impl Drop for Mounted {
 
 /// Runs a shell command line, returning (status success, stdout, stderr).
 pub fn sh(cmd: &str) -> (bool, String, String) {
-    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
