@@ -1,38 +1,9 @@
 //! coldtier: parse the command line, run it, turn the outcome into an exit code.
 
-mod cli;
-mod config;
-mod daemon;
-mod fs;
-mod mountinfo;
-
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// Sets up tracing: to stderr in the foreground (journald shows it), else to the log file.
-pub(crate) fn init_logging(filter: &str, file: Option<&Path>) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("bad log filter `{filter}`: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
-}
+use coldtier::{cli, daemon};
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match &cli.command {
