@@ -102,9 +102,12 @@ impl Config {
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
+            // Name the line and its text (it holds the key) on one line.
             let at = e.span().map(|s| {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                format!("line {line}: ")
+                let start = s.start.min(text.len());
+                let line = text[..start].matches('\n').count() + 1;
+                let content = text.lines().nth(line - 1).unwrap_or("").trim();
+                format!("line {line} `{content}`: ")
             });
             let message = format!(
                 "{}{}",

@@ -298,6 +298,10 @@ impl<B> InodeTable<B> {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// O_PATH fds currently held.
     pub fn fds_held(&self) -> usize {
         self.fds_held.load(Ordering::Relaxed)
