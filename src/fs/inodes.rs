@@ -209,17 +209,22 @@ impl<B> InodeTable<B> {
         Some(slot.inode.clone())
     }
 
-    /// Builds the anchor for a freshly opened O_PATH fd: keeps the fd within the budget,
-    /// else keeps only its file handle.
-    fn anchor_for(&self, fd: OwnedFd, dev: u64, handle: Option<Box<[u8]>>) -> Anchor {
-        let foreign = dev != self.root_dev;
+    /// Builds the anchor for a freshly opened O_PATH fd: the fd itself within the budget
+    /// (and always for other devices, whose handles need their own mount fd), else only its
+    /// file handle. Returns the handle too when the generation must come from it.
+    fn anchor_for(&self, fd: OwnedFd, st: &Stat) -> (Anchor, Option<Box<[u8]>>) {
+        let foreign = st.dev != self.root_dev;
+        let over_budget = self.fds_held.load(Ordering::Relaxed) >= self.fd_budget;
+        let handle = if !foreign && (over_budget || st.btime.is_none()) {
+            backing::handle_of(fd.as_fd()).ok()
+        } else {
+            None
+        };
         match handle {
-            Some(h) if !foreign && self.fds_held.load(Ordering::Relaxed) >= self.fd_budget => {
-                Anchor::Handle(h)
-            }
-            _ => {
+            Some(h) if over_budget => (Anchor::Handle(h.clone()), Some(h)),
+            h => {
                 self.fds_held.fetch_add(1, Ordering::Relaxed);
-                Anchor::Fd(fd)
+                (Anchor::Fd(fd), h)
             }
         }
     }
@@ -232,20 +237,20 @@ impl<B> InodeTable<B> {
         if ino == ROOT_INO {
             return Ok(self.root.clone());
         }
-        let handle = if st.dev == self.root_dev {
-            backing::handle_of(fd.as_fd()).ok()
-        } else {
-            None
-        };
+        let (anchor, handle) = self.anchor_for(fd, st);
         let generation = generation_of(st, handle.as_deref());
         let mut shard = self.shard(ino).lock();
         if let Some(slot) = shard.get_mut(&ino) {
             if slot.inode.generation == generation {
                 slot.nlookup += 1;
-                return Ok(slot.inode.clone());
+                let inode = slot.inode.clone();
+                drop(shard);
+                if matches!(anchor, Anchor::Fd(_)) {
+                    self.fds_held.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Ok(inode);
             }
         }
-        let anchor = self.anchor_for(fd, st.dev, handle);
         let inode = Arc::new(Inode {
             ino,
             generation,
