@@ -674,6 +674,49 @@ fn objects_are_created_with_the_callers_identity() {
 }
 
 #[test]
+fn posix_acls_are_enforced_and_default_acls_beat_the_umask() {
+    let m = Mounted::new();
+    for r in [&m.native, &m.mnt] {
+        fs::set_permissions(r, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    same(&m, "access ACL grants read beyond the mode bits", |r| {
+        fs::write(r.join("f"), b"secret").unwrap();
+        fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let (ok, _, err) = sh(&format!(
+            "setfacl -m u:nobody:r '{}'",
+            r.join("f").display()
+        ));
+        assert!(ok, "setfacl (apt: acl): {err}");
+        let (ok, out, err) = sh(&format!(
+            "setpriv --reuid=nobody --regid=nogroup --clear-groups cat '{}'",
+            r.join("f").display()
+        ));
+        Ok(format!("{ok} {out} {}", err.contains("denied")))
+    });
+    same(
+        &m,
+        "default ACL overrides the umask; plain dirs apply it",
+        |r| {
+            let (ok, _, err) = sh(&format!(
+                "cd '{}' && mkdir dd && setfacl -d -m u:nobody:rwx dd && umask 027 && \
+             touch dd/new && mkdir dd/sub && touch plain && mkdir plaind && mkfifo dd/p",
+                r.display()
+            ));
+            assert!(ok, "{err}");
+            let (_, acl, _) = sh(&format!(
+                "cd '{}' && getfacl -cp dd/new dd/sub",
+                r.display()
+            ));
+            let mut out = vec![acl];
+            for n in ["dd/new", "dd/sub", "dd/p", "plain", "plaind"] {
+                out.push(format!("{n} {:?}", attrs(&r.join(n))));
+            }
+            Ok(out.join("\n"))
+        },
+    );
+}
+
+#[test]
 fn mount_over_its_own_source() {
     let m = Mounted::over_source(|src| {
         fs::write(src.join("existing.txt"), b"was here before").unwrap();
@@ -717,8 +760,7 @@ fn inode_numbers_and_generations_are_stable_across_restart() {
         .collect();
     assert_eq!(&first[..2], &backing[..]);
     m.umount();
-    let out = coldtier(&["mount", m.src.to_str().unwrap(), m.mnt.to_str().unwrap()]);
-    assert!(out.status.success());
+    m.remount();
     let second: Vec<u64> = ["a", "d", ""]
         .iter()
         .map(|n| fs::metadata(m.m(n)).unwrap().ino())
@@ -850,12 +892,15 @@ fn assert_bad_input(out: &std::process::Output, needle: &str) {
     assert!(err.contains(needle), "`{needle}` in: {err}");
 }
 
-fn coldtier_mounts() -> usize {
+/// Mount points under `dir` (tests run in parallel: only count our own).
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = format!(" {}", dir.display());
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.contains("fuse.coldtier"))
-        .count()
+        .filter(|l| l.contains(&prefix))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -864,7 +909,6 @@ fn bad_input_is_refused_with_one_line_and_exit_2() {
     let file = dir.path().join("file");
     fs::write(&file, b"").unwrap();
     let missing = dir.path().join("missing");
-    let before = coldtier_mounts();
 
     assert_bad_input(
         &coldtier(&["mount", missing.to_str().unwrap()]),
@@ -953,7 +997,16 @@ fn bad_input_is_refused_with_one_line_and_exit_2() {
         "not a coldtier mount",
     );
     m.umount();
-    assert_eq!(coldtier_mounts(), before, "nothing left mounted");
+    assert_eq!(
+        mounts_under(dir.path()),
+        Vec::<String>::new(),
+        "nothing left mounted"
+    );
+    assert_eq!(
+        mounts_under(m.dir.path()),
+        Vec::<String>::new(),
+        "nothing left mounted"
+    );
 }
 
 #[test]
@@ -981,8 +1034,7 @@ fn umount_waits_refuses_when_busy_and_sigterm_unmounts() {
         .contains(m.mnt.to_str().unwrap()));
 
     // SIGTERM to the daemon unmounts cleanly and the daemon exits.
-    let out = coldtier(&["mount", m.src.to_str().unwrap(), m.mnt.to_str().unwrap()]);
-    assert!(out.status.success());
+    m.remount();
     let (ok, pid, _) = sh(&format!(
         "cat /run/coldtier/mounts/*.pid | grep -B2 -x '{}' | head -1",
         m.mnt.display()
@@ -1006,6 +1058,7 @@ fn umount_waits_refuses_when_busy_and_sigterm_unmounts() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    m.mark_unmounted();
     assert!(!fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .contains(m.mnt.to_str().unwrap()));

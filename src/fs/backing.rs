@@ -643,20 +643,60 @@ pub fn parse_dirent(buf: &[u8]) -> Option<DirRecord<'_>> {
     })
 }
 
+thread_local! {
+    /// Whether this thread has its own umask (its fs_struct unshared from the process).
+    static PRIVATE_UMASK: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+fn thread_has_private_umask() -> bool {
+    PRIVATE_UMASK.with(|c| match c.get() {
+        Some(v) => v,
+        None => {
+            // SAFETY: unsharing CLONE_FS gives this thread its own cwd/root/umask; the
+            // daemon never relies on a shared cwd.
+            let ok = unsafe { libc::unshare(libc::CLONE_FS) } == 0;
+            c.set(Some(ok));
+            ok
+        }
+    })
+}
+
+/// Applies a permission mask to a mode, keeping the file type bits.
+pub fn masked(mode: u32, mask: u32) -> u32 {
+    (mode & libc::S_IFMT) | (mode & mask & 0o7777)
+}
+
 /// Runs `f` with this thread's filesystem uid/gid set to the caller's, so that objects it
 /// creates belong to the caller (the kernel applies setgid-directory inheritance itself).
 /// The daemon sets SECBIT_NO_SETUID_FIXUP at start, so the switch keeps its capabilities.
-pub fn as_caller<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+///
+/// `umask`: the caller's umask when the kernel left it to us (FUSE_DONT_MASK). It is set
+/// as this thread's umask, so the backing filesystem applies it exactly as for a local
+/// create (ignored under a default ACL); `f` gets the permission mask to apply to the mode
+/// itself, which is all bits except where the thread cannot have its own umask.
+pub fn as_caller<T>(uid: u32, gid: u32, umask: Option<u32>, f: impl FnOnce(u32) -> T) -> T {
+    let (mask, set_umask) = match umask {
+        None => (0o7777, false),
+        Some(u) if thread_has_private_umask() => {
+            // SAFETY: umask only changes this thread's (unshared) umask.
+            unsafe { libc::umask(u & 0o777) };
+            (0o7777, true)
+        }
+        Some(u) => (!u & 0o7777, false),
+    };
     // SAFETY: setfsuid/setfsgid only change this thread's filesystem credentials.
     unsafe {
         libc::setfsgid(gid);
         libc::setfsuid(uid);
     }
-    let r = f();
-    // SAFETY: as above; back to root.
+    let r = f(mask);
+    // SAFETY: as above; back to root and a zero umask.
     unsafe {
         libc::setfsuid(0);
         libc::setfsgid(0);
+        if set_umask {
+            libc::umask(0);
+        }
     }
     r
 }

@@ -108,10 +108,11 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn caller(req: &Request) -> Caller {
+fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask,
     }
 }
 
@@ -155,6 +156,14 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_ASYNC_DIO;
         let _ = config.add_capabilities(wanted & caps);
+        // POSIX ACLs: the kernel enforces them (with default_permissions) and leaves the
+        // umask to us, so that a default ACL on the parent can override it as on ext4.
+        let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        if caps.contains(acl) && config.add_capabilities(acl).is_ok() {
+            self.fs.set_apply_umask(true);
+        } else {
+            tracing::warn!("kernel lacks FUSE_POSIX_ACL: ACLs are stored but not enforced");
+        }
         if self.fs.passthrough_enabled() {
             if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
                 let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
@@ -232,12 +241,13 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         self.reply_entry(
-            self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
+            self.fs
+                .mknod(parent.0, name, mode, rdev, caller(req, umask)),
             reply,
         );
     }
@@ -248,10 +258,13 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
+        self.reply_entry(
+            self.fs.mkdir(parent.0, name, mode, caller(req, umask)),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -272,7 +285,7 @@ impl Filesystem for FuseAdapter {
     ) {
         self.reply_entry(
             self.fs
-                .symlink(parent.0, link_name, target.as_os_str(), caller(req)),
+                .symlink(parent.0, link_name, target.as_os_str(), caller(req, 0)),
             reply,
         );
     }
@@ -524,13 +537,13 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let r = self
             .fs
-            .create(parent.0, name, mode, flags, caller(req), |fd| {
+            .create(parent.0, name, mode, flags, caller(req, umask), |fd| {
                 reply.open_backing(fd)
             });
         match r {

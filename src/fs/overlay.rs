@@ -63,6 +63,8 @@ pub struct SetAttr {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, as the kernel passed it.
+    pub umask: u32,
 }
 
 /// An xattr reply: the size the caller must allocate, or the value itself.
@@ -108,6 +110,8 @@ pub struct OverlayFs<B> {
     next_fh: AtomicU64,
     passthrough: AtomicBool,
     passthrough_warned: AtomicBool,
+    /// True when the kernel leaves the umask to us (FUSE_DONT_MASK, with POSIX ACLs).
+    apply_umask: AtomicBool,
     /// Reads and writes served by the daemon (not by kernel passthrough).
     pub daemon_reads: AtomicU64,
     pub daemon_writes: AtomicU64,
@@ -131,6 +135,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(opts.passthrough),
             passthrough_warned: AtomicBool::new(false),
+            apply_umask: AtomicBool::new(false),
             daemon_reads: AtomicU64::new(0),
             daemon_writes: AtomicU64::new(0),
         })
@@ -148,6 +153,17 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 "kernel passthrough unavailable ({why}); file I/O is served by the daemon"
             );
         }
+    }
+
+    /// Called at FUSE init: whether the kernel passes umasks for us to apply.
+    pub fn set_apply_umask(&self, on: bool) {
+        self.apply_umask.store(on, Ordering::Relaxed);
+    }
+
+    fn caller_umask(&self, caller: Caller) -> Option<u32> {
+        self.apply_umask
+            .load(Ordering::Relaxed)
+            .then_some(caller.umask)
     }
 
     pub fn live_inodes(&self) -> usize {
@@ -321,16 +337,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     }
 
     /// Creates something named `name` in `parent` as the caller, then looks it up.
+    /// `mk` gets the parent fd and the permission mask to apply to its mode.
     fn make(
         &self,
         parent: u64,
         name: &OsStr,
         caller: Caller,
-        mk: impl FnOnce(BorrowedFd<'_>) -> SysResult<()>,
+        mk: impl FnOnce(BorrowedFd<'_>, u32) -> SysResult<()>,
     ) -> SysResult<Entry> {
         let p = self.dir(parent)?;
         let pfd = p.fd()?;
-        backing::as_caller(caller.uid, caller.gid, || mk(pfd.as_fd()))?;
+        let umask = self.caller_umask(caller);
+        backing::as_caller(caller.uid, caller.gid, umask, |mask| mk(pfd.as_fd(), mask))?;
         let st = backing::stat_at(pfd.as_fd(), name)?;
         self.entry_at(pfd.as_fd(), name, st)
     }
@@ -343,13 +361,15 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         rdev: u32,
         caller: Caller,
     ) -> SysResult<Entry> {
-        self.make(parent, name, caller, |d| {
-            backing::mknod_at(d, name, mode, rdev)
+        self.make(parent, name, caller, |d, mask| {
+            backing::mknod_at(d, name, backing::masked(mode, mask), rdev)
         })
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> SysResult<Entry> {
-        self.make(parent, name, caller, |d| backing::mkdir_at(d, name, mode))
+        self.make(parent, name, caller, |d, mask| {
+            backing::mkdir_at(d, name, backing::masked(mode, mask))
+        })
     }
 
     pub fn symlink(
@@ -359,7 +379,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         target: &OsStr,
         caller: Caller,
     ) -> SysResult<Entry> {
-        self.make(parent, name, caller, |d| {
+        self.make(parent, name, caller, |d, _| {
             backing::symlink_at(target, d, name)
         })
     }
@@ -501,8 +521,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let p = self.dir(parent)?;
         let oflags = libc::O_CREAT | libc::O_RDWR | (flags & libc::O_EXCL) | libc::O_NOFOLLOW;
         let pfd = p.fd()?;
-        let fd = backing::as_caller(caller.uid, caller.gid, || {
-            backing::open_at(pfd.as_fd(), name, oflags, mode)
+        let umask = self.caller_umask(caller);
+        let fd = backing::as_caller(caller.uid, caller.gid, umask, |mask| {
+            backing::open_at(pfd.as_fd(), name, oflags, backing::masked(mode, mask))
         })?;
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd(path_fd)?;
@@ -798,6 +819,7 @@ mod tests {
             Caller {
                 uid: libc::getuid(),
                 gid: libc::getgid(),
+                umask: 0o022,
             }
         }
     }

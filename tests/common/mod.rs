@@ -107,6 +107,29 @@ impl Mounted {
         self.mounted = true;
     }
 
+    /// Mounts again (same source, mount point and config) after `umount`.
+    pub fn remount(&mut self) {
+        assert!(!self.mounted, "already mounted");
+        let cfg = self.dir.path().join("coldtier.toml");
+        let text = cfg.exists().then(|| std::fs::read_to_string(&cfg).unwrap());
+        if self.src == self.mnt {
+            let out = coldtier(&["mount", self.src.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "mount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.mounted = true;
+        } else {
+            self.mount(text.as_deref());
+        }
+    }
+
+    /// Records that the mount went away by other means (a signal to the daemon).
+    pub fn mark_unmounted(&mut self) {
+        self.mounted = false;
+    }
+
     /// Unmounts now (also done on drop); panics if the unmount fails.
     pub fn umount(&mut self) {
         if self.mounted {
