@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_fuse
 # Tools the integration tests drive through the mount.
-apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps
+apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps coreutils diffutils findutils
 scripts/pjdfstest.sh install
 
 export RUST_BACKTRACE=1
