@@ -76,6 +76,8 @@ EOF
 # Everything temporary is registered here and removed on any exit.
 CLEANUP_PATHS=()   # removed with rm -rf (bounded by timeout)
 CHILD_PID=""       # running pjdfstest (via timeout), killed on exit
+WORK_DIR=""        # scratch dir inside the directory under test
+FS_HUNG=0          # set when the filesystem under test stopped answering
 
 cleanup() {
     local rc=$?
@@ -94,8 +96,13 @@ cleanup() {
     fi
     local p
     for p in "${CLEANUP_PATHS[@]+"${CLEANUP_PATHS[@]}"}"; do
-        [[ -e "$p" ]] || continue
-        # The scratch dir may live on a hung FUSE mount: never block forever.
+        if ((FS_HUNG)) && [[ "$p" == "$WORK_DIR" ]]; then
+            # Any access would block (unkillably) like pjdfstest did.
+            log "warning: left $p behind: its filesystem is hung"
+            continue
+        fi
+        # Bounded, and never touch the paths from this shell itself (a
+        # stat on a hung FUSE mount cannot be interrupted).
         timeout -k 5 60 rm -rf -- "$p" 2>/dev/null ||
             log "warning: could not remove $p"
     done
@@ -236,23 +243,24 @@ write_config() {
 
 # Ordered list of all test names of this binary: only needed to find out
 # which test was running when pjdfstest hung or died, so it is computed
-# lazily, by a run on a scratch dir under /tmp (takes a few seconds).
+# lazily, by a complete run on a scratch dir under /tmp (a few seconds).
+# Sets ALL_TESTS_FILE; returns 1 if that run did not complete.
 ALL_TESTS_FILE=""
-all_tests() {
-    if [[ -z "$ALL_TESTS_FILE" ]]; then
-        local d
-        d=$(mktemp -d /tmp/pjdfstest-list.XXXXXX)
-        CLEANUP_PATHS+=("$d")
-        chmod 755 "$d"
-        mkdir "$d/work"
-        chmod 755 "$d/work"
-        (cd "$d" && NO_COLOR=1 RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
-            timeout -k 10 300 "$BIN" -c "$CFG" -p "$d/work" >"$d/raw" 2>&1) || true
-        parse_raw <"$d/raw" | cut -f1 >"$d/list"
-        [[ -s "$d/list" ]] || die "could not list the suite's tests (see $d/raw)"
-        ALL_TESTS_FILE="$d/list"
+list_tests() {
+    [[ -z "$ALL_TESTS_FILE" ]] || return 0
+    local d
+    d=$(mktemp -d /tmp/pjdfstest-list.XXXXXX)
+    CLEANUP_PATHS+=("$d")
+    chmod 755 "$d"
+    mkdir -m 755 "$d/work"
+    (cd "$d" && exec env NO_COLOR=1 RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+        timeout -k 10 300 "$BIN" -c "$CFG" -p "$d/work" >"$d/raw" 2>&1 </dev/null) || true
+    if ! grep -q '^Summary: ' "$d/raw"; then
+        log "could not list the suite's tests: a reference run on $d/work did not complete"
+        return 1
     fi
-    cat "$ALL_TESTS_FILE"
+    parse_raw <"$d/raw" | cut -f1 >"$d/list"
+    ALL_TESTS_FILE="$d/list"
 }
 
 cmd_run() {
@@ -286,8 +294,10 @@ cmd_run() {
 
     # Scratch dir inside DIR so nothing is left in DIR itself even if
     # pjdfstest is killed; removed on exit.
-    local work
+    local work dir_dev
+    dir_dev=$(stat -c %d "$dir")
     work=$(mktemp -d -p "$dir" pjdfstest.XXXXXX) || die "cannot create a scratch directory in $dir (read-only? full?)"
+    WORK_DIR=$work
     CLEANUP_PATHS+=("$work")
     chmod 755 "$work"
 
@@ -328,7 +338,9 @@ cmd_run() {
         local -a sargs=()
         [[ -n "$sfs" ]] && sargs=(-s "$sfs")
         local -a pats=()
-        ((${#todo[@]})) && pats=(-e -- "${todo[@]}")
+        # -e matches the full internal names, which carry this prefix
+        # (stripped from what the runner prints).
+        ((${#todo[@]})) && pats=(-e -- "${todo[@]/#/pjdfstest::tests::}")
         (
             cd "$work"
             exec env NO_COLOR=1 RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
@@ -360,7 +372,11 @@ cmd_run() {
             done
             if kill -0 "$CHILD_PID" 2>/dev/null; then
                 stuck=1
+                FS_HUNG=1
                 log "pjdfstest does not die even on SIGKILL: it is blocked in a filesystem request that never completes (hung FUSE daemon?)"
+                if [[ -d /sys/fs/fuse/connections/$((((dir_dev >> 12) & 0xfff00) | (dir_dev & 0xff))) ]]; then
+                    log "hint: if $dir is a FUSE mount, 'echo 1 > /sys/fs/fuse/connections/$((((dir_dev >> 12) & 0xfff00) | (dir_dev & 0xff)))/abort' unblocks it"
+                fi
             fi
         fi
         if ((!stuck)); then
@@ -392,10 +408,6 @@ cmd_run() {
 
         # Which test was running? The first one of the suite's order that
         # has no result yet.
-        cut -f1 "$tmp/results" | sort -u >"$tmp/done"
-        all_tests >/dev/null   # in this shell, so that a failure aborts the run
-        mapfile -t todo < <(all_tests | awk 'NR == FNR { done[$0] = 1; next } !($0 in done)' "$tmp/done" -)
-        ((${#todo[@]})) || { complete=1; break; }
         local why
         if ((stuck)); then
             why="hung: no progress for ${STALL_TIMEOUT}s and pjdfstest unkillable (blocked in the filesystem)"
@@ -408,6 +420,14 @@ cmd_run() {
         else
             why="crashed: pjdfstest exited with status $rc during this test without reporting it"
         fi
+        cut -f1 "$tmp/results" | sort -u >"$tmp/done"
+        if ! list_tests; then
+            log "cannot tell which test was running ($why); stopping"
+            printf '%s\tfailed\t%s\n' "pjdfstest::unidentified" "$why (test unidentified; the suite was aborted)" >>"$tmp/results"
+            break
+        fi
+        mapfile -t todo < <(awk 'NR == FNR { done[$0] = 1; next } !($0 in done)' "$tmp/done" "$ALL_TESTS_FILE")
+        ((${#todo[@]})) || { complete=1; break; }
         log "${todo[0]}: $why"
         printf '%s\tfailed\t%s\n' "${todo[0]}" "$why" >>"$tmp/results"
         todo=("${todo[@]:1}")
@@ -420,6 +440,13 @@ cmd_run() {
         fi
         log "resuming with the ${#todo[@]} remaining tests"
     done
+
+    # Safety net: every test of the suite must have a result.
+    if [[ -n "$ALL_TESTS_FILE" ]]; then
+        cut -f1 "$tmp/results" | sort -u >"$tmp/done"
+        awk 'NR == FNR { done[$0] = 1; next } !($0 in done) { print $0 "\tfailed\tno result reported by pjdfstest" }' \
+            "$tmp/done" "$ALL_TESTS_FILE" >>"$tmp/results"
+    fi
 
     # One line per test, sorted by name (the first result wins if a test was
     # somehow reported twice).
