@@ -225,6 +225,40 @@ mod tests {
         assert_eq!(canonical_json(&again), canonical_json(&v));
     }
 
+    /// Pins the encoding documented in docs/catalog.md: these values were computed by an
+    /// independent implementation (Python's hashlib and struct) of that text.
+    #[test]
+    fn hash_matches_the_documented_encoding() {
+        let first = event_hash(&HashInput {
+            prev_hash: GENESIS_HASH,
+            id: 1,
+            time_ns: 1_700_000_000_123_456_789,
+            file_id: None,
+            path: None,
+            kind: "CONFIG_CHANGED",
+            detail: r#"{"hash":"ab","previous":null,"version":1}"#,
+            config_version: 1,
+        });
+        assert_eq!(
+            first,
+            "aa7cadf4af2fdd694372eabe153adec17cf86b0154e65a2aa2476ab4b30b2538"
+        );
+        let second = event_hash(&HashInput {
+            prev_hash: &first,
+            id: 2,
+            time_ns: -5,
+            file_id: Some("f-1"),
+            path: Some("dir/\u{e9}.txt"),
+            kind: "STUBBED",
+            detail: r#"{"freed":1001}"#,
+            config_version: 1,
+        });
+        assert_eq!(
+            second,
+            "d3043d624858c3949e2011e780ceda5072183dea7e83dd932e5b5ca5bc82c1c5"
+        );
+    }
+
     #[test]
     fn hash_encoding_is_unambiguous() {
         let base = HashInput {
