@@ -94,7 +94,14 @@ impl Catalog {
                 source,
             })?;
         }
-        let mut writer = Connection::open(&path).ctx("opening the catalog for writing")?;
+        // No SQLITE_OPEN_URI: a path is a path, for the writer and the readers alike.
+        let mut writer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ctx("opening the catalog for writing")?;
         writer
             .busy_timeout(BUSY_TIMEOUT)
             .ctx("setting the busy timeout")?;
