@@ -1,0 +1,819 @@
+//! Catalog: the SQLite record of tracked files, the append-only hash-chained event log,
+//! config versions and policy jobs. The only module that names rusqlite.
+//!
+//! One writer connection behind a mutex (every write is one IMMEDIATE transaction,
+//! `synchronous=FULL`), plus a small pool of read-only connections that WAL lets read
+//! while a write is in progress. docs/catalog.md has the schema, the exact hash-chain
+//! encoding and the guarantees.
+
+mod chain;
+mod error;
+mod schema;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use chain::{canonical_json, GENESIS_HASH, HASH_DOMAIN};
+pub use error::{CatalogError, ChainError};
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use types::{
+    ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount, UnknownName,
+};
+
+use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
+use error::Context;
+use parking_lot::Mutex;
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a statement waits for another process's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A finished job keeps at most this many error lines (its `files_failed` keeps the count).
+pub const MAX_JOB_ERRORS: usize = 1000;
+
+/// Idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Nanoseconds since the Unix epoch. Injectable for tests.
+pub type Clock = Box<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock, in nanoseconds since the Unix epoch (negative before 1970).
+pub fn system_now_ns() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// The catalog. `Send + Sync`: share it as `Arc<Catalog>`.
+pub struct Catalog {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("path", &self.path).finish()
+    }
+}
+
+const FILE_COLS: &str = "file_id, path, state, size, mtime_ns, ctime_ns, ino, object_key, \
+     version_id, checksum_algo, checksum, md5, storage_class, pinned, updated_at";
+
+const EVENT_COLS: &str =
+    "id, time_ns, file_id, path, kind, detail, config_version, prev_hash, hash";
+
+const CONFIG_COLS: &str = "version, hash, text, time_ns";
+
+const JOB_COLS: &str = "id, kind, mode, config_version, started_ns, finished_ns, \
+     files_scanned, files_copied, bytes_copied, files_stubbed, files_failed, errors, duration_ms";
+
+impl Catalog {
+    /// Opens (creating it and its parent directory if needed) the catalog at `path`, in WAL
+    /// mode, and brings its schema up to date. Idempotent. Refuses a catalog written by a
+    /// newer coldtier ([`CatalogError::SchemaTooNew`]) and files that are not catalogs.
+    pub fn open(path: impl AsRef<Path>) -> Result<Catalog> {
+        Self::open_with_clock(path, Box::new(system_now_ns))
+    }
+
+    /// [`Catalog::open`] with a given clock (tests).
+    pub fn open_with_clock(path: impl AsRef<Path>, clock: Clock) -> Result<Catalog> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| CatalogError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        // No SQLITE_OPEN_URI: a path is a path, for the writer and the readers alike.
+        let mut writer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ctx("opening the catalog for writing")?;
+        writer
+            .busy_timeout(BUSY_TIMEOUT)
+            .ctx("setting the busy timeout")?;
+        // Refuse a newer or foreign database before changing anything in it.
+        schema::check_version(&writer, &path)?;
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .ctx("switching to WAL")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(CatalogError::NoWal { path, mode });
+        }
+        // NORMAL may lose the last commits on power loss; the audit trail may not.
+        writer
+            .pragma_update(None, "synchronous", "FULL")
+            .ctx("setting synchronous=FULL")?;
+        schema::migrate(&mut writer, &path)?;
+        let catalog = Catalog {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            clock,
+        };
+        let reader = catalog.open_reader()?;
+        catalog.readers.lock().push(reader);
+        Ok(catalog)
+    }
+
+    /// Where the catalog lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_reader(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ctx("opening a read connection")?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .ctx("setting the busy timeout")?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled read-only connection. Never waits for the writer.
+    fn read<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let idle = self.readers.lock().pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let out = f(&conn).ctx(context);
+        let mut idle = self.readers.lock();
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer; commits if it returns Ok,
+    /// rolls back otherwise.
+    fn write<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.writer.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx(context)?;
+        let now = (self.clock)();
+        let out = f(&tx, now)?;
+        tx.commit().ctx(context)?;
+        Ok(out)
+    }
+
+    // ---- config versions -------------------------------------------------------------
+
+    /// Records the config text the daemon runs with. Same text as the latest version:
+    /// returns that version. Otherwise adds version latest+1 and, in the same transaction,
+    /// a CONFIG_CHANGED event that already carries the new version.
+    pub fn record_config(&self, text: &str) -> Result<ConfigVersion> {
+        let hash = sha256_hex(text);
+        self.write("recording a config version", |tx, now| {
+            let latest = latest_config(tx).ctx("reading the latest config version")?;
+            if let Some(latest) = &latest {
+                if latest.hash == hash {
+                    return Ok(latest.clone());
+                }
+            }
+            let version = latest.as_ref().map_or(1, |l| l.version + 1);
+            let mut head = Head::load(tx)?;
+            let time_ns = head.next_time(now);
+            tx.prepare_cached(
+                "INSERT INTO config_versions (version, hash, text, time_ns) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![version, hash, text, time_ns]))
+            .ctx("inserting a config version")?;
+            head.config_version = version;
+            let detail = serde_json::json!({
+                "version": version,
+                "hash": hash,
+                "previous": latest.as_ref().map(|l| l.version),
+            });
+            head.push(
+                tx,
+                time_ns,
+                None,
+                None,
+                EventKind::ConfigChanged,
+                &detail,
+            )?;
+            Ok(ConfigVersion {
+                version,
+                hash: hash.clone(),
+                text: text.to_owned(),
+                time_ns,
+            })
+        })
+    }
+
+    /// The config version in force (the latest), if any was recorded.
+    pub fn current_config(&self) -> Result<Option<ConfigVersion>> {
+        self.read("reading the current config version", latest_config)
+    }
+
+    /// Config version `version`, if it exists.
+    pub fn config_version(&self, version: i64) -> Result<Option<ConfigVersion>> {
+        self.read("reading a config version", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {CONFIG_COLS} FROM config_versions WHERE version = ?1"
+            ))?
+            .query_row([version], config_from_row)
+            .optional()
+        })
+    }
+
+    /// Every config version, oldest first.
+    pub fn config_history(&self) -> Result<Vec<ConfigVersion>> {
+        self.read("reading the config history", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {CONFIG_COLS} FROM config_versions ORDER BY version"
+            ))?
+            .query_map([], config_from_row)?
+            .collect()
+        })
+    }
+
+    /// The config version that was in force when event `event_id` was appended: "what
+    /// threshold was active when this file was stubbed?" is
+    /// `config_for_event(history(id).find(STUBBED).id)`, one indexed join.
+    pub fn config_for_event(&self, event_id: i64) -> Result<Option<ConfigVersion>> {
+        self.read("reading the config of an event", |c| {
+            c.prepare_cached(
+                "SELECT c.version, c.hash, c.text, c.time_ns FROM events e \
+                 JOIN config_versions c ON c.version = e.config_version WHERE e.id = ?1",
+            )?
+            .query_row([event_id], config_from_row)
+            .optional()
+        })
+    }
+
+    // ---- events ------------------------------------------------------------------------
+
+    /// Appends one event, stamped with the time and the config version in force, chained
+    /// to the event before it. Appends never fork the chain: the head is read and the row
+    /// inserted in one transaction under the writer lock.
+    pub fn append_event(
+        &self,
+        file_id: Option<&str>,
+        path: Option<&str>,
+        kind: EventKind,
+        detail: serde_json::Value,
+    ) -> Result<Event> {
+        self.write("appending an event", |tx, now| {
+            let mut head = Head::load(tx)?;
+            let time_ns = head.next_time(now);
+            head.push(tx, time_ns, file_id, path, kind, &detail)
+        })
+    }
+
+    /// Writes `file` (insert, or update by `file_id`) and appends its event, in one
+    /// transaction: both happen or neither does. `file.updated_at` is ignored; the row gets
+    /// the event's time. Fails with [`CatalogError::PathInUse`] if another file id has
+    /// `file.path`.
+    pub fn transition(
+        &self,
+        file: &FileRow,
+        kind: EventKind,
+        detail: serde_json::Value,
+    ) -> Result<Event> {
+        self.write("recording a file transition", |tx, now| {
+            let mut head = Head::load(tx)?;
+            let time_ns = head.next_time(now);
+            upsert_file(tx, file, time_ns)?;
+            head.push(
+                tx,
+                time_ns,
+                Some(&file.file_id),
+                Some(&file.path),
+                kind,
+                &detail,
+            )
+        })
+    }
+
+    /// [`Catalog::transition`] for many files in one transaction (a scan batch, an
+    /// import): all or nothing. Returns the ids of the events appended, in order.
+    pub fn transition_batch(
+        &self,
+        items: &[(FileRow, EventKind, serde_json::Value)],
+    ) -> Result<Range<i64>> {
+        self.write("recording a batch of file transitions", |tx, now| {
+            let mut head = Head::load(tx)?;
+            let first = head.id + 1;
+            for (file, kind, detail) in items {
+                let time_ns = head.next_time(now);
+                upsert_file(tx, file, time_ns)?;
+                head.push(
+                    tx,
+                    time_ns,
+                    Some(&file.file_id),
+                    Some(&file.path),
+                    *kind,
+                    detail,
+                )?;
+            }
+            Ok(first..head.id + 1)
+        })
+    }
+
+    /// Removes a file's row and appends its DELETED event, in one transaction. The event's
+    /// detail is `{"row": <the row as it was>, "detail": <detail>}`, so the object key and
+    /// version of a deleted file stay in the audit trail for `gc`.
+    pub fn delete_file(&self, file_id: &str, detail: serde_json::Value) -> Result<Event> {
+        self.write("deleting a file", |tx, now| {
+            let row = file_where(tx, "file_id = ?1", file_id)
+                .ctx("reading the file to delete")?
+                .ok_or_else(|| CatalogError::NoSuchFile(file_id.to_owned()))?;
+            tx.prepare_cached("DELETE FROM files WHERE file_id = ?1")
+                .and_then(|mut s| s.execute([file_id]))
+                .ctx("deleting a file row")?;
+            let mut head = Head::load(tx)?;
+            let time_ns = head.next_time(now);
+            let detail = serde_json::json!({ "row": row, "detail": detail });
+            head.push(
+                tx,
+                time_ns,
+                Some(file_id),
+                Some(&row.path),
+                EventKind::Deleted,
+                &detail,
+            )
+        })
+    }
+
+    /// Changes a file's current path (its identity, state and objects stay). Not an event:
+    /// a rename is no state transition; later events carry the new path.
+    pub fn rename_path(&self, file_id: &str, new_path: &str) -> Result<()> {
+        self.write("renaming a file", |tx, now| {
+            check_path_free(tx, file_id, new_path)?;
+            let n = tx
+                .prepare_cached("UPDATE files SET path = ?2, updated_at = ?3 WHERE file_id = ?1")
+                .and_then(|mut s| s.execute(params![file_id, new_path, now]))
+                .ctx("updating a file's path")?;
+            if n == 0 {
+                return Err(CatalogError::NoSuchFile(file_id.to_owned()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Every event of one file, oldest first.
+    pub fn history(&self, file_id: &str) -> Result<Vec<Event>> {
+        self.read("reading a file's history", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE file_id = ?1 ORDER BY id"
+            ))?
+            .query_map([file_id], event_from_row)?
+            .collect()
+        })
+    }
+
+    /// Up to `limit` events with id > `after_id`, oldest first (page with the last id).
+    pub fn events_since(&self, after_id: i64, limit: usize) -> Result<Vec<Event>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("reading events", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?
+            .query_map([after_id, limit], event_from_row)?
+            .collect()
+        })
+    }
+
+    /// The newest event (the chain's head), if any. Record its id and hash elsewhere to
+    /// detect truncation of the tail, which the chain alone cannot show.
+    pub fn last_event(&self) -> Result<Option<Event>> {
+        self.read("reading the last event", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events ORDER BY id DESC LIMIT 1"
+            ))?
+            .query_row([], event_from_row)
+            .optional()
+        })
+    }
+
+    /// Recomputes every event's hash from the first to the last and checks each link.
+    /// Returns the number of events checked, or [`CatalogError::ChainBroken`] naming the
+    /// first event whose link does not hold.
+    pub fn verify_chain(&self) -> Result<u64> {
+        let outcome = self.read("verifying the event chain", |c| {
+            let mut stmt = c.prepare(&format!("SELECT {EVENT_COLS} FROM events ORDER BY id"))?;
+            let mut rows = stmt.query([])?;
+            let mut verifier = Verifier::new();
+            while let Some(r) = rows.next()? {
+                let raw = RawEvent {
+                    id: r.get(0)?,
+                    time_ns: r.get(1)?,
+                    file_id: r.get(2)?,
+                    path: r.get(3)?,
+                    kind: r.get(4)?,
+                    detail: r.get(5)?,
+                    config_version: r.get(6)?,
+                    prev_hash: r.get(7)?,
+                    hash: r.get(8)?,
+                };
+                if let Err(e) = verifier.check(&raw) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(verifier.checked()))
+        })?;
+        outcome.map_err(CatalogError::ChainBroken)
+    }
+
+    // ---- files ---------------------------------------------------------------------------
+
+    pub fn file_by_id(&self, file_id: &str) -> Result<Option<FileRow>> {
+        self.read("reading a file by id", |c| {
+            file_where(c, "file_id = ?1", file_id)
+        })
+    }
+
+    /// The file currently at `path` (relative to the source root).
+    pub fn file_by_path(&self, path: &str) -> Result<Option<FileRow>> {
+        self.read("reading a file by path", |c| {
+            file_where(c, "path = ?1", path)
+        })
+    }
+
+    /// Up to `limit` files in `state`, ordered by path.
+    pub fn files_by_state(&self, state: FileState, limit: usize) -> Result<Vec<FileRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("listing files by state", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {FILE_COLS} FROM files WHERE state = ?1 ORDER BY path LIMIT ?2"
+            ))?
+            .query_map(params![state, limit], file_from_row)?
+            .collect()
+        })
+    }
+
+    /// Files and bytes in each state (every state, zeros included), in [`FileState::ALL`]
+    /// order. Reads only the (state, size) index.
+    pub fn state_counts(&self) -> Result<Vec<StateCount>> {
+        let found: Vec<StateCount> = self.read("counting files by state", |c| {
+            c.prepare_cached(
+                "SELECT state, count(*), coalesce(sum(size), 0) FROM files \
+                 INDEXED BY files_state_size GROUP BY state",
+            )?
+            .query_map([], |r| {
+                Ok(StateCount {
+                    state: r.get(0)?,
+                    files: r.get(1)?,
+                    bytes: r.get(2)?,
+                })
+            })?
+            .collect()
+        })?;
+        Ok(FileState::ALL
+            .into_iter()
+            .map(|state| {
+                found
+                    .iter()
+                    .find(|s| s.state == state)
+                    .copied()
+                    .unwrap_or(StateCount {
+                        state,
+                        files: 0,
+                        bytes: 0,
+                    })
+            })
+            .collect())
+    }
+
+    // ---- jobs ----------------------------------------------------------------------------
+
+    /// Records the start of a policy run; returns its id.
+    pub fn start_job(&self, kind: &str, mode: &str) -> Result<i64> {
+        self.write("starting a job", |tx, now| {
+            let config_version = latest_config(tx)
+                .ctx("reading the config version")?
+                .map_or(0, |c| c.version);
+            tx.prepare_cached(
+                "INSERT INTO jobs (kind, mode, config_version, started_ns) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![kind, mode, config_version, now]))
+            .ctx("inserting a job")?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Records the end of a policy run with its counts; a job finishes once.
+    pub fn finish_job(&self, id: i64, counts: &JobCounts) -> Result<Job> {
+        let int = |what: &'static str, value: u64| {
+            i64::try_from(value).map_err(|_| CatalogError::OutOfRange { what, value })
+        };
+        let scanned = int("files_scanned", counts.files_scanned)?;
+        let copied = int("files_copied", counts.files_copied)?;
+        let bytes = int("bytes_copied", counts.bytes_copied)?;
+        let stubbed = int("files_stubbed", counts.files_stubbed)?;
+        let failed = int("files_failed", counts.files_failed)?;
+        let mut errors: Vec<String> = counts.errors.iter().take(MAX_JOB_ERRORS).cloned().collect();
+        if counts.errors.len() > MAX_JOB_ERRORS {
+            errors.push(format!(
+                "... and {} more errors not kept",
+                counts.errors.len() - MAX_JOB_ERRORS
+            ));
+        }
+        let errors_json = serde_json::Value::from(errors).to_string();
+        self.write("finishing a job", |tx, now| {
+            let (started, finished): (i64, Option<i64>) = tx
+                .prepare_cached("SELECT started_ns, finished_ns FROM jobs WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .ctx("reading a job")?
+                .ok_or(CatalogError::NoSuchJob(id))?;
+            if finished.is_some() {
+                return Err(CatalogError::JobAlreadyFinished(id));
+            }
+            let duration_ms = now.saturating_sub(started).max(0) / 1_000_000;
+            tx.prepare_cached(
+                "UPDATE jobs SET finished_ns = ?2, files_scanned = ?3, files_copied = ?4, \
+                 bytes_copied = ?5, files_stubbed = ?6, files_failed = ?7, errors = ?8, \
+                 duration_ms = ?9 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    now,
+                    scanned,
+                    copied,
+                    bytes,
+                    stubbed,
+                    failed,
+                    errors_json,
+                    duration_ms
+                ])
+            })
+            .ctx("finishing a job")?;
+            tx.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([id], job_from_row))
+                .ctx("reading a finished job")
+        })
+    }
+
+    pub fn job(&self, id: i64) -> Result<Option<Job>> {
+        self.read("reading a job", |c| {
+            c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))?
+                .query_row([id], job_from_row)
+                .optional()
+        })
+    }
+
+    /// The newest `limit` jobs, newest first.
+    pub fn jobs(&self, limit: usize) -> Result<Vec<Job>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("listing jobs", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"
+            ))?
+            .query_map([limit], job_from_row)?
+            .collect()
+        })
+    }
+}
+
+/// The chain's head as seen inside a write transaction, advanced by each push.
+struct Head {
+    id: i64,
+    hash: String,
+    time_ns: i64,
+    config_version: i64,
+}
+
+impl Head {
+    fn load(tx: &Transaction<'_>) -> Result<Head> {
+        let last: Option<(i64, String, i64)> = tx
+            .prepare_cached("SELECT id, hash, time_ns FROM events ORDER BY id DESC LIMIT 1")
+            .and_then(|mut s| {
+                s.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .ctx("reading the head of the event chain")?;
+        let config_version = latest_config(tx)
+            .ctx("reading the config version in force")?
+            .map_or(0, |c| c.version);
+        let (id, hash, time_ns) = last.unwrap_or((0, GENESIS_HASH.to_owned(), i64::MIN));
+        Ok(Head {
+            id,
+            hash,
+            time_ns,
+            config_version,
+        })
+    }
+
+    /// Event times never go backwards along the chain, even if the clock does.
+    fn next_time(&self, now: i64) -> i64 {
+        now.max(self.time_ns)
+    }
+
+    fn push(
+        &mut self,
+        tx: &Transaction<'_>,
+        time_ns: i64,
+        file_id: Option<&str>,
+        path: Option<&str>,
+        kind: EventKind,
+        detail: &serde_json::Value,
+    ) -> Result<Event> {
+        let id = self.id + 1;
+        let time_ns = self.next_time(time_ns);
+        let detail_text = canonical_json(detail);
+        let hash = event_hash(&HashInput {
+            prev_hash: &self.hash,
+            id,
+            time_ns,
+            file_id,
+            path,
+            kind: kind.as_str(),
+            detail: &detail_text,
+            config_version: self.config_version,
+        });
+        tx.prepare_cached(&format!(
+            "INSERT INTO events ({EVENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                time_ns,
+                file_id,
+                path,
+                kind,
+                detail_text,
+                self.config_version,
+                self.hash,
+                hash
+            ])
+        })
+        .ctx("inserting an event")?;
+        let prev_hash = std::mem::replace(&mut self.hash, hash.clone());
+        self.id = id;
+        self.time_ns = time_ns;
+        Ok(Event {
+            id,
+            time_ns,
+            file_id: file_id.map(str::to_owned),
+            path: path.map(str::to_owned),
+            kind,
+            detail: detail.clone(),
+            config_version: self.config_version,
+            prev_hash,
+            hash,
+        })
+    }
+}
+
+fn check_path_free(tx: &Transaction<'_>, file_id: &str, path: &str) -> Result<()> {
+    let other: Option<String> = tx
+        .prepare_cached("SELECT file_id FROM files WHERE path = ?1 AND file_id <> ?2")
+        .and_then(|mut s| s.query_row([path, file_id], |r| r.get(0)).optional())
+        .ctx("checking whether a path is taken")?;
+    match other {
+        Some(other_file_id) => Err(CatalogError::PathInUse {
+            path: path.to_owned(),
+            other_file_id,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn upsert_file(tx: &Transaction<'_>, f: &FileRow, updated_at: i64) -> Result<()> {
+    let size = i64::try_from(f.size).map_err(|_| CatalogError::OutOfRange {
+        what: "size",
+        value: f.size,
+    })?;
+    check_path_free(tx, &f.file_id, &f.path)?;
+    tx.prepare_cached(&format!(
+        "INSERT INTO files ({FILE_COLS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, state = excluded.state, \
+         size = excluded.size, mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, \
+         ino = excluded.ino, object_key = excluded.object_key, \
+         version_id = excluded.version_id, checksum_algo = excluded.checksum_algo, \
+         checksum = excluded.checksum, md5 = excluded.md5, \
+         storage_class = excluded.storage_class, pinned = excluded.pinned, \
+         updated_at = excluded.updated_at"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            f.file_id,
+            f.path,
+            f.state,
+            size,
+            f.mtime_ns,
+            f.ctime_ns,
+            // Inode numbers are u64; stored bit for bit.
+            f.ino as i64,
+            f.object_key,
+            f.version_id,
+            f.checksum_algo,
+            f.checksum,
+            f.md5,
+            f.storage_class,
+            f.pinned,
+            updated_at
+        ])
+    })
+    .ctx("writing a file row")?;
+    Ok(())
+}
+
+fn latest_config(c: &Connection) -> rusqlite::Result<Option<ConfigVersion>> {
+    c.prepare_cached(&format!(
+        "SELECT {CONFIG_COLS} FROM config_versions ORDER BY version DESC LIMIT 1"
+    ))?
+    .query_row([], config_from_row)
+    .optional()
+}
+
+fn file_where(c: &Connection, condition: &str, value: &str) -> rusqlite::Result<Option<FileRow>> {
+    c.prepare_cached(&format!("SELECT {FILE_COLS} FROM files WHERE {condition}"))?
+        .query_row([value], file_from_row)
+        .optional()
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+}
+
+fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
+    Ok(FileRow {
+        file_id: r.get(0)?,
+        path: r.get(1)?,
+        state: r.get(2)?,
+        size: r.get(3)?,
+        mtime_ns: r.get(4)?,
+        ctime_ns: r.get(5)?,
+        ino: r.get::<_, i64>(6)? as u64,
+        object_key: r.get(7)?,
+        version_id: r.get(8)?,
+        checksum_algo: r.get(9)?,
+        checksum: r.get(10)?,
+        md5: r.get(11)?,
+        storage_class: r.get(12)?,
+        pinned: r.get(13)?,
+        updated_at: r.get(14)?,
+    })
+}
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        time_ns: r.get(1)?,
+        file_id: r.get(2)?,
+        path: r.get(3)?,
+        kind: r.get(4)?,
+        detail: json_column(r, 5)?,
+        config_version: r.get(6)?,
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
+fn config_from_row(r: &Row<'_>) -> rusqlite::Result<ConfigVersion> {
+    Ok(ConfigVersion {
+        version: r.get(0)?,
+        hash: r.get(1)?,
+        text: r.get(2)?,
+        time_ns: r.get(3)?,
+    })
+}
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        mode: r.get(2)?,
+        config_version: r.get(3)?,
+        started_ns: r.get(4)?,
+        finished_ns: r.get(5)?,
+        files_scanned: r.get(6)?,
+        files_copied: r.get(7)?,
+        bytes_copied: r.get(8)?,
+        files_stubbed: r.get(9)?,
+        files_failed: r.get(10)?,
+        errors: json_column(r, 11)?,
+        duration_ms: r.get(12)?,
+    })
+}
