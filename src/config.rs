@@ -38,7 +38,9 @@ pub struct FuseConfig {
     pub passthrough: bool,
     /// Request-handling threads (0 = 2 x cores, at least 4).
     pub threads: usize,
-    /// How long the kernel may cache attributes, e.g. "1s", "500ms".
+    /// How long the kernel may cache attributes, e.g. "1s", "500ms". Changes made through
+    /// the mount are always seen at once; this bounds how long a change made to the backing
+    /// tree by other means (e.g. another NFS client of the source) can go unseen.
     pub attr_timeout: String,
     /// How long the kernel may cache name lookups.
     pub entry_timeout: String,
@@ -52,8 +54,8 @@ impl Default for FuseConfig {
         FuseConfig {
             passthrough: true,
             threads: 0,
-            attr_timeout: "1s".into(),
-            entry_timeout: "1s".into(),
+            attr_timeout: "10s".into(),
+            entry_timeout: "10s".into(),
             inode_fds: 0,
         }
     }
@@ -171,7 +173,7 @@ mod tests {
     fn defaults_when_empty() {
         let c = Config::parse("", "t").unwrap();
         assert!(c.fuse.passthrough);
-        assert_eq!(c.attr_timeout(), Duration::from_secs(1));
+        assert_eq!(c.attr_timeout(), Duration::from_secs(10));
         assert!(c.threads() >= 4);
     }
 

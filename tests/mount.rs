@@ -1064,3 +1064,52 @@ fn umount_waits_refuses_when_busy_and_sigterm_unmounts() {
         .contains(m.mnt.to_str().unwrap()));
     assert_eq!(fs::read(m.s("f")).unwrap(), b"x");
 }
+
+#[test]
+fn export_support_file_handles_resolve_through_the_mount() {
+    let m = Mounted::new();
+    fs::write(m.m("exported"), b"via handle").unwrap();
+    let keep = fs::File::open(m.m("exported")).unwrap(); // keeps the inode cached
+    let mut buf = [0u8; 8 + 128];
+    buf[0..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf is a file_handle with handle_bytes set; mount_id is a valid out pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c(&m.m("exported")).as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at through the mount: errno {}",
+        errno()
+    );
+    let dir = fs::File::open(&m.mnt).unwrap();
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: buf holds the handle just produced; dir is an open fd on the mount.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            dir.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_RDONLY,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "open_by_handle_at through the mount: errno {}",
+        errno()
+    );
+    // SAFETY: fd was just returned by open_by_handle_at.
+    let mut f = unsafe { fs::File::from_raw_fd(fd as i32) };
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "via handle");
+    drop(keep);
+}
