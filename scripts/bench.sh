@@ -170,7 +170,7 @@ ensure_cmd() { # ensure_cmd COMMAND DEBIAN_PACKAGE
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
         APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2 || die "apt-get install $2 failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >&2 || die "apt-get install $2 failed"
     command -v "$1" >/dev/null 2>&1 || die "'$1' still missing after installing $2"
 }
 ensure_cmd python3 python3
@@ -185,7 +185,10 @@ has_target bindfs && ensure_cmd bindfs bindfs
 if [[ $NEED_COLDTIER -eq 1 ]]; then
     if [[ $BUILD -eq 1 || ! -x "$COLDTIER_BIN" ]]; then
         [[ -f "$REPO_ROOT/Cargo.toml" ]] || die "coldtier binary '$COLDTIER_BIN' missing and no Cargo.toml in $REPO_ROOT"
-        command -v cargo >/dev/null 2>&1 || die "coldtier binary missing and cargo not found"
+        if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+            export PATH="$HOME/.cargo/bin:$PATH"
+        fi
+        command -v cargo >/dev/null 2>&1 || die "coldtier binary missing and cargo not found (install Rust via rustup)"
         log "building coldtier: (cd $REPO_ROOT && cargo build --release)"
         (cd "$REPO_ROOT" && cargo build --release >&2) || die "cargo build --release failed"
     fi
@@ -208,6 +211,7 @@ RESULTS_MD="$BENCH_DIR/results.md"
 NOPT_CONFIG="$BENCH_DIR/coldtier-nopt.toml"
 
 mkdir -p "$BENCH_DIR"
+exec 7>&1 8>&2   # the script's real stdout/stderr, for messages from the EXIT trap
 exec 9>"$BENCH_DIR/.lock"
 flock -n 9 || die "another bench.sh run holds $BENCH_DIR/.lock"
 
@@ -240,6 +244,9 @@ cleanup() {
     [[ $CLEANED -eq 1 ]] && return
     CLEANED=1
     set +e
+    # A signal may arrive while a function runs with its output redirected to a
+    # log file; put the script's own stdout/stderr back first.
+    exec 1>&7 2>&8
     trap - INT TERM
     local t m leftover=0
     for t in "${!MOUNTED[@]}"; do
@@ -277,6 +284,7 @@ while read -r m; do
 done < <(mounts_under "$DATA_DIR")
 rm -rf --one-file-system "$DATA_DIR" "$LOG_DIR"
 mkdir -p "$DATA_DIR" "$LOG_DIR"
+rm -f "$RESULTS_MD"
 : >"$RAW_TSV"
 WARN_FILE="$BENCH_DIR/warnings.txt"
 : >"$WARN_FILE"
@@ -294,12 +302,14 @@ do_mount() { # do_mount TARGET
             [[ "$t" == coldtier-nopt ]] && extra+=(--config "$NOPT_CONFIG")
             [[ $COLDTIER_HAS_LOGFILE -eq 1 ]] && extra+=(--log-file "$LOG_DIR/$t.daemon.log")
             MOUNTED[$t]="$mnt"
-            timeout 120 "$COLDTIER_BIN" mount "$src" "$mnt" "${extra[@]}" >>"$LOG_DIR/$t.mount.log" 2>&1 \
+            # (7>&- 8>&- 9>&-: the daemon must not inherit our terminal or the lock)
+            timeout 120 "$COLDTIER_BIN" mount "$src" "$mnt" "${extra[@]}" \
+                </dev/null >>"$LOG_DIR/$t.mount.log" 2>&1 7>&- 8>&- 9>&- \
                 || die "coldtier mount failed for $t (see $LOG_DIR/$t.mount.log)"
             ;;
         bindfs)
             MOUNTED[$t]="$mnt"
-            bindfs -o allow_other "$src" "$mnt" >>"$LOG_DIR/$t.mount.log" 2>&1 \
+            bindfs -o allow_other "$src" "$mnt" </dev/null >>"$LOG_DIR/$t.mount.log" 2>&1 7>&- 8>&- 9>&- \
                 || die "bindfs mount failed (see $LOG_DIR/$t.mount.log)"
             ;;
     esac
@@ -367,8 +377,11 @@ run_fio() { # run_fio TARGET NAME JSON fio-args...
 }
 
 m_seq_write() { # TARGET REP
-    local t=$1 r=$2 f="${MNT[$1]}/seq.dat" json="$LOG_DIR/$1.seqwrite.$2.json" v
-    rm -f "$f"
+    # A new file per repetition: deleting the previous one right before the write
+    # would let its block freeing (and, with the "discard" mount option, the
+    # discards) land inside the measurement, at a moment that depends on how
+    # long the filesystem under test keeps the unlinked inode alive.
+    local t=$1 r=$2 f="${MNT[$1]}/seq.$2.dat" json="$LOG_DIR/$1.seqwrite.$2.json" v
     drop_caches
     if run_fio "$t" seqwrite "$json" --filename="$f" --rw=write --bs=1M --size="$SEQ_BYTES" \
         --end_fsync=1 --ioengine=psync --fallocate=none --invalidate=0 \
@@ -378,7 +391,7 @@ m_seq_write() { # TARGET REP
 }
 
 m_seq_read() {
-    local t=$1 r=$2 f="${MNT[$1]}/seq.dat" json="$LOG_DIR/$1.seqread.$2.json" v
+    local t=$1 r=$2 f="${MNT[$1]}/seq.1.dat" json="$LOG_DIR/$1.seqread.$2.json" v
     drop_caches
     if run_fio "$t" seqread "$json" --filename="$f" --rw=read --bs=1M --size="$SEQ_BYTES" \
         --ioengine=psync --invalidate=0 \
@@ -388,7 +401,7 @@ m_seq_read() {
 }
 
 m_randread() { # TARGET REP cold|cached
-    local t=$1 r=$2 mode=$3 f="${MNT[$1]}/seq.dat" json="$LOG_DIR/$1.randread-$3.$2.json" v
+    local t=$1 r=$2 mode=$3 f="${MNT[$1]}/seq.1.dat" json="$LOG_DIR/$1.randread-$3.$2.json" v
     drop_caches
     if [[ $mode == cached ]]; then
         # warm the page cache through the mount
@@ -522,9 +535,10 @@ START_US=$(now_us)
     printf 'fio\t%s\n' "$(fio --version 2>/dev/null)"
     if has_target bindfs; then printf 'bindfs\t%s\n' "$(bindfs --version 2>/dev/null | head -n1)"; fi
     if [[ $NEED_COLDTIER -eq 1 ]]; then
-        printf 'coldtier\t%s (%s)\n' "${COLDTIER_VERSION:-unknown version}" "$COLDTIER_BIN"
+        printf 'coldtier\t%s (%s, built %s)\n' "${COLDTIER_VERSION:-unknown version}" "$COLDTIER_BIN" \
+            "$(date -u -r "$COLDTIER_BIN" '+%Y-%m-%d %H:%M:%S UTC')"
         if git -C "$REPO_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
-            printf 'coldtier_git\t%s%s\n' "$(git -C "$REPO_ROOT" rev-parse --verify -q --short HEAD 2>/dev/null || echo 'no commits')" \
+            printf 'coldtier_git\t%s%s (of the source tree, not necessarily of the binary)\n' "$(git -C "$REPO_ROOT" rev-parse --verify -q --short HEAD 2>/dev/null || echo 'no commits')" \
                 "$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty worktree)')"
         fi
     fi
@@ -543,12 +557,12 @@ log "command: $(quote_cmdline)"
 log "kernel $(uname -r); targets: ${TARGETS[*]}; work dir $BENCH_DIR"
 log "sizes: seq $BENCH_SEQ_SIZE, stat tree $BENCH_NFILES files/$BENCH_NDIRS dirs, ls dir $BENCH_LSDIR_FILES, small $BENCH_SMALL x $BENCH_SMALL_SIZE, randread ${BENCH_RUNTIME}s, repeat $BENCH_REPEAT"
 
-# Free space check: every target holds one sequential file at the same time,
+# Free space check: every target holds BENCH_REPEAT sequential files at the same time,
 # plus the fixtures (empty files: ~1 KiB of directory/inode space each, generously)
 # and the small files of every repetition.
 small_blocks=$(( (SMALL_BYTES + 4095) / 4096 ))
 small_kib=$(( small_blocks * 4 + 1 ))
-need_kib=$(( (SEQ_BYTES / 1024 + BENCH_NFILES + BENCH_LSDIR_FILES + BENCH_REPEAT * BENCH_SMALL * small_kib) * ${#TARGETS[@]} + 1048576 ))
+need_kib=$(( (BENCH_REPEAT * SEQ_BYTES / 1024 + BENCH_NFILES + BENCH_LSDIR_FILES + BENCH_REPEAT * BENCH_SMALL * small_kib) * ${#TARGETS[@]} + 1048576 ))
 avail_kib=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
 [[ $avail_kib -ge $need_kib ]] || die "not enough free space in $BENCH_DIR: need ~$((need_kib / 1024)) MiB, have $((avail_kib / 1024)) MiB"
 
@@ -565,6 +579,16 @@ for t in "${TARGETS[@]}"; do
     [[ -d "${MNT[$t]}/tree" && -d "${MNT[$t]}/bigdir" ]] || die "$t: fixtures not visible through ${MNT[$t]}"
 done
 
+# Unmeasured warm-up: the first large write after the fixtures (fresh blocks on a
+# thin-provisioned virtual disk, ext4 allocator state) is often much slower than
+# later ones, which would penalize whichever target happens to go first.
+log "warm-up: one unmeasured $BENCH_SEQ_SIZE write in $DATA_DIR"
+tmo fio --name=warmup --filename="$DATA_DIR/warmup.dat" --rw=write --bs=1M --size="$SEQ_BYTES" \
+    --end_fsync=1 --ioengine=psync --fallocate=none --output="$LOG_DIR/warmup.txt" >/dev/null 2>&1 \
+    || warn "warm-up write failed"
+rm -f "$DATA_DIR/warmup.dat"
+sync
+
 log "1/6 sequential write ($BENCH_SEQ_SIZE, fio bs=1M psync, end_fsync)"
 for ((r = 1; r <= BENCH_REPEAT; r++)); do
     for t in $(targets_for_rep "$r"); do m_seq_write "$t" "$r"; done
@@ -576,7 +600,8 @@ done
 log "3/6 random 4 KiB reads, ${BENCH_RUNTIME}s each (cold, then cached)"
 for t in "${TARGETS[@]}"; do m_randread "$t" 1 cold; done
 for t in "${TARGETS[@]}"; do m_randread "$t" 1 cached; done
-for t in "${TARGETS[@]}"; do rm -f "${MNT[$t]}/seq.dat"; done
+for t in "${TARGETS[@]}"; do rm -f "${MNT[$t]}"/seq.*.dat; done
+sync
 log "4/6 stat walk of $BENCH_NFILES files (fresh mount + dropped caches, then cached)"
 for ((r = 1; r <= BENCH_REPEAT; r++)); do
     for t in $(targets_for_rep "$r"); do m_stat "$t" "$r"; done
@@ -592,6 +617,22 @@ done
 
 for t in "${TARGETS[@]}"; do do_umount "$t"; done
 printf 'duration\t%s s\n' "$(( ($(now_us) - START_US) / 1000000 ))" >>"$META_TSV"
+
+# coldtier logs "coldtier unmounted ... daemon_reads=N daemon_writes=M" at every
+# unmount; summed over the run they show whether file I/O really bypassed the
+# daemon (passthrough) or went through it. Informational only.
+for t in coldtier-pt coldtier-nopt; do
+    has_target "$t" || continue
+    f="$LOG_DIR/$t.daemon.log"
+    [[ -f "$f" ]] || continue
+    counters=$(awk '/coldtier unmounted/ {
+            for (i = 1; i <= NF; i++) {
+                if ($i ~ /^daemon_reads=/)  { split($i, a, "="); r += a[2]; n++ }
+                if ($i ~ /^daemon_writes=/) { split($i, a, "="); w += a[2] }
+            } }
+        END { if (n) printf "daemon_reads=%d daemon_writes=%d over %d mount sessions", r, w, n }' "$f")
+    [[ -n "$counters" ]] && printf 'counters_%s\t%s\n' "$t" "$counters" >>"$META_TSV"
+done
 
 # ----------------------------------------------------------------------------
 # report
@@ -699,6 +740,9 @@ p("- filesystem under test: %s, work dir `%s`" % (meta.get("filesystem", "?"), m
 for k in ("coldtier", "coldtier_git", "bindfs", "fio"):
     if k in meta:
         p("- %s: %s" % (k.replace("_", " "), meta[k]))
+for t in ("coldtier-pt", "coldtier-nopt"):
+    if "counters_" + t in meta:
+        p("- %s, I/O requests served by the daemon (from its log): %s" % (TITLE[t], meta["counters_" + t]))
 p("- repetitions: %s (median shown; random reads: one %s s run each), total run time %s"
   % (meta.get("repeat"), meta.get("runtime"), meta.get("duration", "?")))
 p("")
