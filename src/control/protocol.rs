@@ -1,0 +1,158 @@
+//! The control protocol between the CLI and the daemon: versioned serde types, one JSON
+//! object per line. These are not the clap structs: the CLI translates its arguments into
+//! requests, so either side can change its surface without breaking the wire.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Wire version; a daemon refuses requests of another version with a clear error.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the CLI asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Liveness and identity of the daemon.
+    Ping,
+    /// State of each path (absolute paths inside the mount).
+    Status {
+        paths: Vec<PathBuf>,
+        recursive: bool,
+    },
+    Pin {
+        paths: Vec<PathBuf>,
+        recursive: bool,
+    },
+    Unpin {
+        paths: Vec<PathBuf>,
+        recursive: bool,
+    },
+    Recall {
+        paths: Vec<PathBuf>,
+        recursive: bool,
+    },
+    Release {
+        paths: Vec<PathBuf>,
+        recursive: bool,
+    },
+    History {
+        path: PathBuf,
+    },
+    Migrate {
+        dry_run: bool,
+        mode: Option<String>,
+    },
+    Gc {
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    pub id: u64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// Why a request failed; `code` is stable for scripts, `message` says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    NotInMount,
+    NotFound,
+    Unsupported,
+    Busy,
+    Failed,
+}
+
+/// One line from the daemon: progress while a long request runs, then exactly one final
+/// `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Progress {
+        id: u64,
+        message: String,
+        #[serde(default)]
+        files: u64,
+        #[serde(default)]
+        bytes: u64,
+    },
+    Done {
+        id: u64,
+        result: serde_json::Value,
+    },
+    Error {
+        id: u64,
+        #[serde(flatten)]
+        error: ErrorBody,
+    },
+}
+
+impl Reply {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Reply::Progress { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_one_line() {
+        let r = Request {
+            v: PROTOCOL_VERSION,
+            id: 7,
+            op: Op::Pin {
+                paths: vec!["/srv/share/a b".into()],
+                recursive: true,
+            },
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""op":"pin""#), "{line}");
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for r in [
+            Reply::Progress {
+                id: 1,
+                message: "copying".into(),
+                files: 3,
+                bytes: 9,
+            },
+            Reply::Done {
+                id: 1,
+                result: serde_json::json!({"ok": true}),
+            },
+            Reply::Error {
+                id: 1,
+                error: ErrorBody {
+                    code: ErrorCode::NotInMount,
+                    message: "x".into(),
+                },
+            },
+        ] {
+            let line = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn unknown_ops_are_rejected() {
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"id":1,"op":"format_disk"}"#).is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! The daemon side of the control socket: accepts root's connections only (socket mode 0600
+//! and SO_PEERCRED), reads one request per line, and hands it to a `Handler`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::protocol::{ErrorBody, ErrorCode, Op, Reply, Request, PROTOCOL_VERSION};
+
+/// What the daemon does with a request. `progress` sends progress lines to the client.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        op: Op,
+        progress: &mut dyn FnMut(String, u64, u64),
+    ) -> Result<serde_json::Value, ErrorBody>;
+}
+
+/// A bound control socket; removed from the filesystem on drop.
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid out pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+impl Server {
+    /// Binds the socket at `path` (its directory is created 0700; a stale socket is replaced).
+    pub fn bind(path: &Path) -> std::io::Result<Server> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        if path.exists() {
+            // A live daemon would answer; a dead one left its socket behind.
+            if UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running daemon", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves connections on a background thread, one thread per connection, for the life
+    /// of the process. Returns the socket path: the daemon removes it when it stops.
+    pub fn spawn(self, handler: Arc<dyn Handler>) -> std::io::Result<PathBuf> {
+        let listener = self.listener.try_clone()?;
+        let path = self.path.clone();
+        // The serving thread owns the socket from here on; do not unlink it on drop.
+        std::mem::forget(self);
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let h = handler.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn(move || serve_conn(conn, &*h));
+                }
+            })?;
+        Ok(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn send(w: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
+    if peer_uid(&conn) != Some(0) {
+        let mut w = conn;
+        let error = ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: "the control socket is root's only".into(),
+        };
+        let _ = send(&mut w, &Reply::Error { id: 0, error });
+        return;
+    }
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let reader = BufReader::new(conn);
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Reply::Error {
+                id: 0,
+                error: ErrorBody { code: ErrorCode::BadRequest, message: format!("bad request: {e}") },
+            },
+            Ok(r) if r.v != PROTOCOL_VERSION => Reply::Error {
+                id: r.id,
+                error: ErrorBody {
+                    code: ErrorCode::BadRequest,
+                    message: format!(
+                        "protocol version {} is not supported by this daemon (it speaks {PROTOCOL_VERSION}); use the coldtier binary the daemon runs",
+                        r.v
+                    ),
+                },
+            },
+            Ok(r) => {
+                let id = r.id;
+                let mut out = writer.try_clone();
+                let mut progress = |message: String, files: u64, bytes: u64| {
+                    if let Ok(w) = out.as_mut() {
+                        let _ = send(w, &Reply::Progress { id, message, files, bytes });
+                    }
+                };
+                match handler.handle(r.op, &mut progress) {
+                    Ok(result) => Reply::Done { id, result },
+                    Err(error) => Reply::Error { id, error },
+                }
+            }
+        };
+        if send(&mut writer, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
