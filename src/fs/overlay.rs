@@ -710,8 +710,21 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             if r.name == "." || r.name == ".." {
                 return Ok(add(r.name, r.off, None));
             }
-            let entry = match backing::stat_at(d.fd.as_fd(), r.name) {
-                Ok(st) => self.entry_at(d.fd.as_fd(), r.name, st)?,
+            // d_ino tells whether the kernel may know this inode already: if not, open it
+            // and stat the handle (2 syscalls) instead of stat + open + stat.
+            let known = self
+                .inodes
+                .get(self.inodes.map_ino(self.inodes.root_dev(), r.ino))
+                .is_some();
+            let found = if known {
+                backing::stat_at(d.fd.as_fd(), r.name)
+                    .and_then(|st| self.entry_at(d.fd.as_fd(), r.name, st))
+            } else {
+                backing::open_path_at(d.fd.as_fd(), r.name)
+                    .and_then(|fd| Ok(self.entry_from_fd(fd)?.0))
+            };
+            let entry = match found {
+                Ok(e) => e,
                 // Removed since getdents read it: skip the record.
                 Err(Errno(libc::ENOENT)) => return Ok(false),
                 Err(e) => return Err(e),
