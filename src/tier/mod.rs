@@ -2,5 +2,7 @@
 //! schedule. Everything here so far is pure logic; scan, migrate and recall (which do the
 //! I/O) build on it.
 
+pub mod policy;
+pub mod schedule;
 pub mod state;
 pub mod stub;
