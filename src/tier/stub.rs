@@ -686,7 +686,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_rejected_by_encode_and_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut StubRecord)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut StubRecord)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("file_id", Box::new(|r| r.file_id = ID.to_uppercase())),
             ("file_id", Box::new(|r| r.file_id = ID[..31].into())),
             (
@@ -759,7 +760,7 @@ mod tests {
             ),
             (
                 "checksum_algo",
-                Box::new(|r| r.checksum_algo = "sha\0256".into()),
+                Box::new(|r| r.checksum_algo = "sha\x00256".into()),
             ),
             ("checksum", Box::new(|r| r.checksum = String::new())),
             ("checksum", Box::new(|r| r.checksum = "ab cd".into())),
@@ -776,7 +777,7 @@ mod tests {
             ),
             (
                 "version_id",
-                Box::new(|r| r.version_id = Some("v\01".into())),
+                Box::new(|r| r.version_id = Some("v\x001".into())),
             ),
             (
                 "storage_class",
