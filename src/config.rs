@@ -1,10 +1,16 @@
 //! Configuration: one TOML file per mount -> a validated `Config`. Every key has a default;
-//! an unknown key or a bad value is rejected with its name.
+//! an unknown key or a bad value is rejected with its name (`section.key`). The raw text
+//! and its SHA-256 are what the catalog records as a config version.
+//! systemd/coldtier.example.toml shows and explains every key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+
+use crate::tier::policy::Patterns;
+use crate::tier::schedule::Schedule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,6 +34,15 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub fuse: FuseConfig,
+    pub policy: PolicyConfig,
+    pub recall: RecallConfig,
+    pub catalog: CatalogConfig,
+    /// `[store]`, kept as raw TOML: the store module parses it into its own config (it
+    /// owns those keys). Here only `store.kind` is checked.
+    pub store: Option<toml::Table>,
+    /// The text this config was parsed from ("" for [`Config::default`]).
+    #[serde(skip)]
+    text: String,
 }
 
 /// `[fuse]`: how the mount talks to the kernel.
@@ -58,6 +73,326 @@ impl Default for FuseConfig {
             entry_timeout: "10s".into(),
             inode_fds: 0,
         }
+    }
+}
+
+/// `[policy]`: which files a policy run tiers, how, how many, and when.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Only paths (relative to SOURCE) matching one of these are tiered; empty: all.
+    pub include: Patterns,
+    /// Paths matching one of these are never tiered; wins over `include`.
+    pub exclude: Patterns,
+    /// A file is cold when it has not been used (read: atime, written: mtime) for this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub atime_older_than: Duration,
+    /// Smaller files are left alone (default 1 MiB: see [`DEFAULT_MIN_SIZE`]).
+    #[serde(deserialize_with = "de_size")]
+    pub min_size: u64,
+    /// Larger files are left alone (none: no upper limit).
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_size: Option<u64>,
+    pub mode: MigrateMode,
+    /// At most this many files per run (none: no limit).
+    pub max_files: Option<u64>,
+    /// At most this many bytes of file data per run (none: no limit).
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_bytes: Option<u64>,
+    pub verify: Verify,
+    /// When runs start (cron, UTC); `None` ("off" or ""): only on `coldtier migrate`.
+    #[serde(deserialize_with = "de_schedule")]
+    pub schedule: Option<Schedule>,
+}
+
+/// The default `policy.min_size`, 1 MiB. Tiering a small file frees little (its inode,
+/// xattr and catalog row stay) while its recall costs a full store round trip and each
+/// object costs requests and per-object overhead (S3 archive classes bill at least 40 KiB
+/// of metadata per object, the IA classes at least 128 KiB per object). On typical shares
+/// files under 1 MiB are most of the files and a few per cent of the bytes: skipping them
+/// keeps object counts and recall latency down for almost the same space freed.
+pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            include: Patterns::default(),
+            exclude: Patterns::default(),
+            atime_older_than: Duration::from_secs(60 * 86400),
+            min_size: DEFAULT_MIN_SIZE,
+            max_size: None,
+            mode: MigrateMode::DryRun,
+            max_files: None,
+            max_bytes: None,
+            verify: Verify::Checksum,
+            schedule: Some(Schedule::parse(DEFAULT_SCHEDULE).expect("valid default schedule")),
+        }
+    }
+}
+
+/// The default `policy.schedule`: every night at 03:00 UTC.
+pub const DEFAULT_SCHEDULE: &str = "0 3 * * *";
+
+/// `policy.mode`: what a policy run does with its candidates.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrateMode {
+    /// Report what a `stub` run would do; change nothing (the default: nothing moves until
+    /// the operator says so).
+    #[default]
+    DryRun,
+    /// Copy to the store and verify (resident -> premigrated); free nothing.
+    CopyOnly,
+    /// Copy, verify, and free local data (-> stub).
+    Stub,
+}
+
+impl MigrateMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrateMode::DryRun => "dry-run",
+            MigrateMode::CopyOnly => "copy-only",
+            MigrateMode::Stub => "stub",
+        }
+    }
+}
+
+/// `policy.verify`: how a copy is proven before the file counts as premigrated.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// The store's checksum of what it received matches ours of what we read.
+    #[default]
+    Checksum,
+    /// Also read the object back and compare checksums (twice the traffic).
+    Readback,
+}
+
+impl Verify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verify::Checksum => "checksum",
+            Verify::Readback => "readback",
+        }
+    }
+}
+
+/// `[recall]`: bringing stubs back, and what to do about archived objects.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecallConfig {
+    pub on_archived: OnArchived,
+    pub restore_tier: RestoreTier,
+    /// How long the store keeps a restored copy readable, in days.
+    pub restore_days: u32,
+    /// With `on_archived = "wait"`: how long an open blocks for a restore.
+    #[serde(deserialize_with = "de_duration")]
+    pub wait_timeout: Duration,
+    /// How often a pending restore is checked (HEAD).
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RecallConfig {
+    fn default() -> Self {
+        RecallConfig {
+            on_archived: OnArchived::Fail,
+            restore_tier: RestoreTier::Standard,
+            restore_days: 3,
+            wait_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `recall.on_archived`: an open of a stub whose object is archived and not restored.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OnArchived {
+    /// Block the open until the restore is done and the data recalled, up to
+    /// `recall.wait_timeout`.
+    Wait,
+    /// Fail the open at once (the errno is in docs/semantics.md); the restore and recall
+    /// go on in the background. The default: SMB and NFS clients give up on a blocked
+    /// open within a minute or so anyway, and archive restores take minutes to hours.
+    #[default]
+    Fail,
+}
+
+impl OnArchived {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnArchived::Wait => "wait",
+            OnArchived::Fail => "fail",
+        }
+    }
+}
+
+/// `recall.restore_tier`: the S3 RestoreObject tier (the names are S3's).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+pub enum RestoreTier {
+    /// Minutes; costs most; not offered for DEEP_ARCHIVE.
+    Expedited,
+    /// Hours.
+    #[default]
+    Standard,
+    /// Many hours; costs least.
+    Bulk,
+}
+
+impl RestoreTier {
+    /// The value S3 expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreTier::Expedited => "Expedited",
+            RestoreTier::Standard => "Standard",
+            RestoreTier::Bulk => "Bulk",
+        }
+    }
+}
+
+/// `[catalog]`: where the catalog lives and how long superseded objects stay.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// The SQLite file; none: [`default_catalog_path`] of the mount point.
+    pub path: Option<PathBuf>,
+    /// How long an object stays in the store after its file was deleted or changed,
+    /// before `gc` may remove it.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            path: None,
+            retention: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
+/// Where the catalog of a mount lives unless `catalog.path` says otherwise:
+/// `/var/lib/coldtier/<name>.db` with the [`mount_name`] of the mount point.
+pub fn default_catalog_path(mountpoint: &Path) -> PathBuf {
+    PathBuf::from(format!("/var/lib/coldtier/{}.db", mount_name(mountpoint)))
+}
+
+/// A mount point as one file name, escaped like `systemd-escape --path` (so it is also
+/// the instance name of a `coldtier@.service`): `/srv/share` -> `srv-share`, `/` -> `-`,
+/// `-` and bytes other than `[A-Za-z0-9:_.]` (and a leading `.`) -> `\xNN`.
+pub fn mount_name(mountpoint: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let parts: Vec<&[u8]> = mountpoint
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.as_bytes()),
+            Component::ParentDir => Some(b"..".as_slice()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        return "-".into();
+    }
+    let joined = parts.join(&b'/');
+    let mut out = String::with_capacity(joined.len());
+    for (i, &b) in joined.iter().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'.' => {
+                out.push(b as char)
+            }
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// Parses a size: an integer number of bytes, or a number with a unit: `KiB`, `MiB`,
+/// `GiB`, `TiB` (or `K`, `M`, `G`, `T`: powers of 1024 too) or `kB`, `MB`, `GB`, `TB`
+/// (powers of 1000), any case, optional space: "64KiB", "1.5 GiB", "500MB", "4096".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let what = || format!("`{s}` is not a size like \"64KiB\", \"1GiB\" or 4096");
+    let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(what()),
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() || int.len() > 20 || frac.len() > 9 || frac.contains('.') {
+        return Err(what());
+    }
+    let int: u128 = int.parse().map_err(|_| what())?;
+    let frac_val: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| what())?
+    };
+    let bytes = int * mult + frac_val * mult / 10u128.pow(frac.len() as u32);
+    if bytes > i64::MAX as u128 {
+        return Err(format!("`{s}` is larger than any file system holds"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A duration key: a string for [`parse_duration`], or an integer number of seconds.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a duration like \"30s\", \"5m\", \"60d\"")
+    })? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a size like \"64KiB\", \"1GiB\" or 4096"))?
+    {
+        Raw::Bytes(n) => u64::try_from(n)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is not a size (negative)"))),
+        Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
+/// `policy.schedule`: a cron expression, or "off" / "" for none.
+fn de_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Schedule>, D::Error> {
+    let t = String::deserialize(d)?;
+    match t.trim() {
+        "" | "off" => Ok(None),
+        t => Schedule::parse(t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -103,26 +438,59 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            // Name the line and its text (it holds the key) on one line.
-            let at = e.span().map(|s| {
-                let start = s.start.min(text.len());
-                let line = text[..start].matches('\n').count() + 1;
-                let content = text.lines().nth(line - 1).unwrap_or("").trim();
-                format!("line {line} `{content}`: ")
-            });
-            let message = format!(
-                "{}{}",
-                at.unwrap_or_default(),
-                e.message().trim().replace('\n', " ")
-            );
-            ConfigError::Parse {
-                path: origin.into(),
-                message,
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            let Some(span) = e.span() else {
+                return ConfigError::Parse {
+                    path: origin.into(),
+                    message,
+                };
+            };
+            // Name the key (`section.key`) where the text shows it, and the line.
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            match key_at(text, line) {
+                Some(key) => ConfigError::Invalid {
+                    path: origin.into(),
+                    key,
+                    message: format!("line {line}: {message}"),
+                },
+                None => {
+                    let content = text.lines().nth(line - 1).unwrap_or("").trim();
+                    ConfigError::Parse {
+                        path: origin.into(),
+                        message: format!("line {line} `{content}`: {message}"),
+                    }
+                }
             }
         })?;
         cfg.validate(origin)?;
+        cfg.text = text.to_owned();
         Ok(cfg)
+    }
+
+    /// The text this config was parsed from: what the catalog records as a config
+    /// version (`Catalog::record_config`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Lower-case hex SHA-256 of [`Config::text`]: the hash the catalog gives the version.
+    pub fn text_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.text.as_bytes()))
+    }
+
+    /// The catalog file: `catalog.path`, or [`default_catalog_path`] of `mountpoint`.
+    pub fn catalog_path(&self, mountpoint: &Path) -> PathBuf {
+        self.catalog
+            .path
+            .clone()
+            .unwrap_or_else(|| default_catalog_path(mountpoint))
+    }
+
+    /// `store.kind` ("s3" or "posix"), if a `[store]` section names it.
+    pub fn store_kind(&self) -> Option<&str> {
+        self.store.as_ref()?.get("kind")?.as_str()
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -142,6 +510,85 @@ impl Config {
         }
         if self.fuse.threads > 256 {
             return Err(bad("fuse.threads", "must be at most 256".into()));
+        }
+
+        let p = &self.policy;
+        if let Some(max) = p.max_size {
+            if max < p.min_size {
+                return Err(bad(
+                    "policy.max_size",
+                    format!("{max} is smaller than policy.min_size ({})", p.min_size),
+                ));
+            }
+        }
+        if p.max_files == Some(0) {
+            return Err(bad(
+                "policy.max_files",
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        if p.max_bytes == Some(0) {
+            return Err(bad(
+                "policy.max_bytes",
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+
+        let r = &self.recall;
+        if !(1..=365).contains(&r.restore_days) {
+            return Err(bad(
+                "recall.restore_days",
+                format!("{} is not between 1 and 365", r.restore_days),
+            ));
+        }
+        if r.wait_timeout.is_zero() || r.wait_timeout > Duration::from_secs(48 * 3600) {
+            return Err(bad(
+                "recall.wait_timeout",
+                "must be more than 0 and at most 48h".into(),
+            ));
+        }
+        if r.poll_interval < Duration::from_secs(1) || r.poll_interval > Duration::from_secs(3600) {
+            return Err(bad(
+                "recall.poll_interval",
+                "must be between 1s and 1h".into(),
+            ));
+        }
+        if r.on_archived == OnArchived::Wait && r.poll_interval > r.wait_timeout {
+            return Err(bad(
+                "recall.poll_interval",
+                "is longer than recall.wait_timeout: a waiting open would never see the \
+                 restore finish"
+                    .into(),
+            ));
+        }
+
+        let c = &self.catalog;
+        if let Some(path) = &c.path {
+            let s = path.as_os_str().as_encoded_bytes();
+            if !path.is_absolute() || s.ends_with(b"/") || s.contains(&0) {
+                return Err(bad(
+                    "catalog.path",
+                    format!("`{}` is not an absolute file path", path.display()),
+                ));
+            }
+        }
+        // Retention is what keeps the old content of an overwritten (or encrypted by
+        // ransomware) file: a typo like `retention = "30"` (seconds) must not pass.
+        if c.retention < Duration::from_secs(3600) {
+            return Err(bad(
+                "catalog.retention",
+                "must be at least 1h (superseded objects are the only copy of old content)".into(),
+            ));
+        }
+
+        if let Some(store) = &self.store {
+            match store.get("kind") {
+                None => {}
+                Some(toml::Value::String(k)) if k == "s3" || k == "posix" => {}
+                Some(v) => {
+                    return Err(bad("store.kind", format!("{v} is not \"s3\" or \"posix\"")))
+                }
+            }
         }
         Ok(())
     }
@@ -163,6 +610,67 @@ impl Config {
             .unwrap_or(2);
         (cores * 2).max(4)
     }
+}
+
+/// The dotted key (`section.key`) that line `line` (1-based) of TOML `text` sets, or the
+/// table it opens; for a line inside a multi-line value, the key that value belongs to.
+/// Good enough for error messages: it reads the text the way a person would.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = |l: &str| -> Option<String> {
+        let l = l.trim();
+        let inner = l
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|r| r.split_once(']')))?;
+        let (name, rest) = inner;
+        let rest = rest.trim();
+        (is_key(name.trim()) && (rest.is_empty() || rest.starts_with('#')))
+            .then(|| name.trim().replace(' ', ""))
+    };
+    let assigned = |l: &str| -> Option<String> {
+        let (k, _) = l.split_once('=')?;
+        let k = k.trim();
+        is_key(k).then(|| k.replace(' ', ""))
+    };
+    let here = lines.get(line.checked_sub(1)?)?;
+    if let Some(h) = header(here) {
+        return Some(h);
+    }
+    // The key: this line's, or the nearest above (a multi-line array or string).
+    let mut key = None;
+    let mut i = line - 1;
+    loop {
+        let l = lines[i];
+        if header(l).is_some() {
+            break;
+        }
+        if let Some(k) = assigned(l) {
+            key = Some((k, i));
+            break;
+        }
+        if i == 0 {
+            break;
+        }
+        i -= 1;
+    }
+    let (key, at) = key?;
+    let table = lines[..at].iter().rev().find_map(|l| header(l));
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
+}
+
+/// A bare or dotted TOML key (no quoted parts: ours have none).
+fn is_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.split('.').all(|part| {
+            let p = part.trim();
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -209,5 +717,390 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_default() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c, Config::default());
+        let p = &c.policy;
+        assert!(p.include.is_empty() && p.exclude.is_empty());
+        assert_eq!(p.atime_older_than, Duration::from_secs(60 * 86400));
+        assert_eq!(p.min_size, 1 << 20);
+        assert_eq!(p.max_size, None);
+        assert_eq!(p.mode, MigrateMode::DryRun);
+        assert_eq!(p.max_files, None);
+        assert_eq!(p.max_bytes, None);
+        assert_eq!(p.verify, Verify::Checksum);
+        assert_eq!(p.schedule.as_ref().unwrap().as_str(), "0 3 * * *");
+        let r = &c.recall;
+        assert_eq!(r.on_archived, OnArchived::Fail);
+        assert_eq!(r.restore_tier, RestoreTier::Standard);
+        assert_eq!(r.restore_days, 3);
+        assert_eq!(r.wait_timeout, Duration::from_secs(300));
+        assert_eq!(r.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.catalog.path, None);
+        assert_eq!(c.catalog.retention, Duration::from_secs(30 * 86400));
+        assert_eq!(c.store, None);
+        assert_eq!(c.store_kind(), None);
+        // Empty sections are the same as none.
+        let c2 = Config::parse("[fuse]\n[policy]\n[recall]\n[catalog]\n", "t").unwrap();
+        assert_eq!(
+            (c2.fuse, c2.policy, c2.recall, c2.catalog),
+            (c.fuse, c.policy, c.recall, c.catalog)
+        );
+    }
+
+    /// Each key with a bad value (wrong type, out of range, unknown word) and the
+    /// `section.key` the error must name.
+    #[test]
+    fn every_bad_value_names_its_key() {
+        let cases = [
+            ("[fuse]\npassthrough = \"yes\"", "fuse.passthrough"),
+            ("[fuse]\nthreads = -1", "fuse.threads"),
+            ("[fuse]\nthreads = 1000", "fuse.threads"),
+            ("[fuse]\nattr_timeout = \"soon\"", "fuse.attr_timeout"),
+            ("[fuse]\nattr_timeout = \"2h\"", "fuse.attr_timeout"),
+            ("[fuse]\nentry_timeout = 5", "fuse.entry_timeout"),
+            ("[fuse]\ninode_fds = \"many\"", "fuse.inode_fds"),
+            ("[policy]\ninclude = \"*.iso\"", "policy.include"),
+            ("[policy]\ninclude = [\"a/[b\"]", "policy.include"),
+            ("[policy]\ninclude = [1]", "policy.include"),
+            ("[policy]\nexclude = [\"ok\", \"{\"]", "policy.exclude"),
+            ("[policy]\nexclude = [\"\"]", "policy.exclude"),
+            (
+                "[policy]\natime_older_than = \"old\"",
+                "policy.atime_older_than",
+            ),
+            (
+                "[policy]\natime_older_than = true",
+                "policy.atime_older_than",
+            ),
+            ("[policy]\natime_older_than = -5", "policy.atime_older_than"),
+            ("[policy]\nmin_size = \"big\"", "policy.min_size"),
+            ("[policy]\nmin_size = -1", "policy.min_size"),
+            ("[policy]\nmin_size = \"1PB\"", "policy.min_size"),
+            ("[policy]\nmin_size = \"9000000TiB\"", "policy.min_size"),
+            ("[policy]\nmax_size = \"x\"", "policy.max_size"),
+            (
+                "[policy]\nmin_size = \"2MiB\"\nmax_size = \"1MiB\"",
+                "policy.max_size",
+            ),
+            ("[policy]\nmode = \"fast\"", "policy.mode"),
+            ("[policy]\nmode = \"Stub\"", "policy.mode"),
+            ("[policy]\nmax_files = 0", "policy.max_files"),
+            ("[policy]\nmax_files = -1", "policy.max_files"),
+            ("[policy]\nmax_files = \"ten\"", "policy.max_files"),
+            ("[policy]\nmax_bytes = 0", "policy.max_bytes"),
+            ("[policy]\nmax_bytes = \"lots\"", "policy.max_bytes"),
+            ("[policy]\nverify = \"md5\"", "policy.verify"),
+            ("[policy]\nschedule = \"every day\"", "policy.schedule"),
+            ("[policy]\nschedule = \"0 0 30 2 *\"", "policy.schedule"),
+            ("[policy]\nschedule = 5", "policy.schedule"),
+            ("[recall]\non_archived = \"block\"", "recall.on_archived"),
+            (
+                "[recall]\nrestore_tier = \"standard\"",
+                "recall.restore_tier",
+            ),
+            ("[recall]\nrestore_tier = \"Fast\"", "recall.restore_tier"),
+            ("[recall]\nrestore_days = 0", "recall.restore_days"),
+            ("[recall]\nrestore_days = 366", "recall.restore_days"),
+            ("[recall]\nrestore_days = \"3\"", "recall.restore_days"),
+            ("[recall]\nwait_timeout = \"0s\"", "recall.wait_timeout"),
+            ("[recall]\nwait_timeout = \"3d\"", "recall.wait_timeout"),
+            ("[recall]\nwait_timeout = \"x\"", "recall.wait_timeout"),
+            ("[recall]\npoll_interval = \"0s\"", "recall.poll_interval"),
+            ("[recall]\npoll_interval = \"2h\"", "recall.poll_interval"),
+            (
+                "[recall]\non_archived = \"wait\"\nwait_timeout = \"1m\"\npoll_interval = \"2m\"",
+                "recall.poll_interval",
+            ),
+            ("[catalog]\npath = \"relative.db\"", "catalog.path"),
+            ("[catalog]\npath = \"/var/lib/\"", "catalog.path"),
+            ("[catalog]\npath = \"/a\\u0000b\"", "catalog.path"),
+            ("[catalog]\npath = 5", "catalog.path"),
+            ("[catalog]\nretention = \"30\"", "catalog.retention"),
+            ("[catalog]\nretention = \"x\"", "catalog.retention"),
+            ("[store]\nkind = \"gcs\"", "store.kind"),
+            ("[store]\nkind = 5", "store.kind"),
+            // Unknown keys, in each section.
+            ("[fuse]\npasthrough = false", "fuse.pasthrough"),
+            ("[policy]\natime_older = \"1d\"", "policy.atime_older"),
+            ("[recall]\ntier = \"Bulk\"", "recall.tier"),
+            ("[catalog]\nretain = \"1d\"", "catalog.retain"),
+            ("[polcy]\nmode = \"stub\"", "polcy"),
+            ("mode = \"stub\"", "mode"),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            if std::env::var_os("SHOW_CONFIG_ERRORS").is_some() {
+                eprintln!("{e}");
+            }
+            assert!(
+                e.contains(&format!("key `{key}`")),
+                "{text:?}: error does not name `{key}`: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_inside_multi_line_values_and_after_comments() {
+        let text = "# top\n[fuse]\nthreads = 4\n\n[policy] # cold files\nexclude = [\n  \"ok\",\n  \"a[\",\n]\n";
+        let e = err(text);
+        assert!(e.contains("key `policy.exclude`"), "{e}");
+        assert!(e.contains("pattern #2 `a[`"), "{e}");
+        assert!(e.contains("line 6"), "{e}"); // where the value starts
+                                              // A syntax error outside any key keeps the line and its text.
+        let e = err("[policy\nmode = 1\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn key_locator() {
+        let text = "a = 1\n[x]\nb = 2\nc = [\n 1,\n]\n[y.z] # t\nd.e = 3\n[[arr]]\nf=1\n";
+        let want = [
+            (1, Some("a")),
+            (2, Some("x")),
+            (3, Some("x.b")),
+            (4, Some("x.c")),
+            (5, Some("x.c")),
+            (6, Some("x.c")),
+            (7, Some("y.z")),
+            (8, Some("y.z.d.e")),
+            (9, Some("arr")),
+            (10, Some("arr.f")),
+            (11, None),
+        ];
+        for (line, key) in want {
+            assert_eq!(key_at(text, line).as_deref(), key, "line {line}");
+        }
+        assert_eq!(key_at("", 1), None);
+        assert_eq!(key_at("\"quoted key\" = 1", 1), None);
+    }
+
+    #[test]
+    fn the_shipped_example_parses_and_sets_every_key() {
+        let text = include_str!("../systemd/coldtier.example.toml");
+        let c = Config::parse(text, "example").unwrap();
+        assert_eq!(c.text(), text);
+        assert_eq!(
+            c.policy.exclude.as_slice(),
+            ["*.tmp", "~$*", ".snapshot/", "scratch/"]
+        );
+        assert_eq!(c.policy.max_size, Some(1 << 40));
+        assert_eq!(c.policy.max_files, Some(100_000));
+        assert_eq!(c.policy.max_bytes, Some(2 << 40));
+        assert_eq!(
+            c.catalog.path.as_deref(),
+            Some(Path::new("/var/lib/coldtier/srv-share.db"))
+        );
+        assert_eq!(c.store_kind(), Some("s3"));
+        // Apart from the keys marked "example", it shows the defaults.
+        let d = Config::default();
+        assert_eq!(c.fuse, d.fuse);
+        assert_eq!(c.recall, d.recall);
+        assert_eq!(c.catalog.retention, d.catalog.retention);
+        assert_eq!(
+            PolicyConfig {
+                exclude: d.policy.exclude.clone(),
+                max_size: None,
+                max_files: None,
+                max_bytes: None,
+                ..c.policy.clone()
+            },
+            d.policy
+        );
+        // Every key of every section is there (so the example documents all of them).
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let keys = |section: &str| -> Vec<&str> {
+            let mut k: Vec<&str> = table[section]
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(|s| s.as_str())
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys("fuse"),
+            [
+                "attr_timeout",
+                "entry_timeout",
+                "inode_fds",
+                "passthrough",
+                "threads"
+            ]
+        );
+        assert_eq!(
+            keys("policy"),
+            [
+                "atime_older_than",
+                "exclude",
+                "include",
+                "max_bytes",
+                "max_files",
+                "max_size",
+                "min_size",
+                "mode",
+                "schedule",
+                "verify"
+            ]
+        );
+        assert_eq!(
+            keys("recall"),
+            [
+                "on_archived",
+                "poll_interval",
+                "restore_days",
+                "restore_tier",
+                "wait_timeout"
+            ]
+        );
+        assert_eq!(keys("catalog"), ["path", "retention"]);
+        assert_eq!(keys("store"), ["kind"]);
+    }
+
+    #[test]
+    fn values_of_each_kind() {
+        let c = Config::parse(
+            "[policy]\nmode = \"stub\"\nverify = \"readback\"\nschedule = \"off\"\n\
+             atime_older_than = 90\nmin_size = 4096\nmax_size = \"1.5 GiB\"\n\
+             [recall]\non_archived = \"wait\"\nrestore_tier = \"Bulk\"\n\
+             wait_timeout = \"2h\"\npoll_interval = \"1m\"\nrestore_days = 365\n\
+             [catalog]\nretention = \"1h\"\n[store]\nkind = \"posix\"\nroot = \"/x\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.policy.mode, MigrateMode::Stub);
+        assert_eq!(c.policy.verify, Verify::Readback);
+        assert_eq!(c.policy.schedule, None);
+        assert_eq!(c.policy.atime_older_than, Duration::from_secs(90));
+        assert_eq!(c.policy.min_size, 4096);
+        assert_eq!(c.policy.max_size, Some(3 << 29));
+        assert_eq!(c.recall.on_archived, OnArchived::Wait);
+        assert_eq!(c.recall.restore_tier.as_str(), "Bulk");
+        assert_eq!(c.recall.wait_timeout, Duration::from_secs(7200));
+        assert_eq!(c.recall.restore_days, 365);
+        assert_eq!(c.catalog.retention, Duration::from_secs(3600));
+        assert_eq!(c.store_kind(), Some("posix"));
+        // The store's other keys are the store module's business.
+        assert_eq!(c.store.as_ref().unwrap()["root"].as_str(), Some("/x"));
+        let c = Config::parse("[policy]\nschedule = \"\"\n", "t").unwrap();
+        assert_eq!(c.policy.schedule, None);
+        let c = Config::parse("[policy]\nschedule = \"@hourly\"\n", "t").unwrap();
+        assert_eq!(c.policy.schedule.unwrap().as_str(), "@hourly");
+        for (m, s) in [
+            (MigrateMode::DryRun, "dry-run"),
+            (MigrateMode::CopyOnly, "copy-only"),
+            (MigrateMode::Stub, "stub"),
+        ] {
+            assert_eq!(m.as_str(), s);
+            let c = Config::parse(&format!("[policy]\nmode = \"{s}\"\n"), "t").unwrap();
+            assert_eq!(c.policy.mode, m);
+        }
+        for t in ["Expedited", "Standard", "Bulk"] {
+            let c = Config::parse(&format!("[recall]\nrestore_tier = \"{t}\"\n"), "t").unwrap();
+            assert_eq!(c.recall.restore_tier.as_str(), t);
+        }
+        assert_eq!(OnArchived::Fail.as_str(), "fail");
+        assert_eq!(Verify::Checksum.as_str(), "checksum");
+    }
+
+    #[test]
+    fn sizes() {
+        let ok = [
+            ("0", 0),
+            ("4096", 4096),
+            ("1B", 1),
+            ("64KiB", 64 << 10),
+            ("64kib", 64 << 10),
+            ("64K", 64 << 10),
+            ("1MiB", 1 << 20),
+            ("1 GiB", 1 << 30),
+            ("1.5GiB", 3 << 29),
+            ("2TiB", 2 << 40),
+            ("1kB", 1000),
+            ("1KB", 1000),
+            ("500MB", 500_000_000),
+            ("3GB", 3_000_000_000),
+            ("1TB", 1_000_000_000_000),
+            ("0.5KiB", 512),
+            ("0.0001KiB", 0),
+            (" 7 ", 7),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_size(s), Ok(want), "{s}");
+        }
+        for s in [
+            "",
+            "KiB",
+            "1.2.3MiB",
+            "1PiB",
+            "1 parsec",
+            "-1",
+            "1e6",
+            ".5.",
+            "1..5K",
+            "1.0000000001K",
+            "8388608TiB",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_size(s).is_err(), "{s} was accepted");
+        }
+        assert_eq!(parse_size("8388607TiB"), Ok(8_388_607 << 40));
+    }
+
+    #[test]
+    fn text_and_hash_are_what_the_catalog_records() {
+        let text = "[policy]\nmode = \"stub\"\n";
+        let c = Config::parse(text, "t").unwrap();
+        assert_eq!(c.text(), text);
+        assert_eq!(c.text_hash().len(), 64);
+        let dir = tempfile::tempdir().unwrap();
+        let cat = crate::catalog::Catalog::open(dir.path().join("c.db")).unwrap();
+        let v = cat.record_config(c.text()).unwrap();
+        assert_eq!(v.hash, c.text_hash());
+        assert_eq!(v.text, text);
+        // A different text is a different hash, even when it means the same.
+        let c2 = Config::parse("[policy]\nmode = 'stub'\n", "t").unwrap();
+        assert_eq!(c2.policy, c.policy);
+        assert_ne!(c2.text_hash(), c.text_hash());
+        assert_eq!(
+            Config::default().text_hash(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn catalog_paths() {
+        let cases = [
+            ("/srv/share", "srv-share"),
+            ("/srv/share/", "srv-share"),
+            ("//srv//./share", "srv-share"),
+            ("/", "-"),
+            ("/mnt/a-b", "mnt-a\\x2db"),
+            ("/mnt/my share", "mnt-my\\x20share"),
+            ("/.hidden/x.y", "\\x2ehidden-x.y"),
+            ("/mnt/ü", "mnt-\\xc3\\xbc"),
+            ("/a:b/c_d", "a:b-c_d"),
+        ];
+        for (mp, name) in cases {
+            assert_eq!(mount_name(Path::new(mp)), name, "{mp}");
+        }
+        let c = Config::default();
+        assert_eq!(
+            c.catalog_path(Path::new("/srv/share")),
+            Path::new("/var/lib/coldtier/srv-share.db")
+        );
+        let c = Config::parse("[catalog]\npath = \"/data/c.db\"\n", "t").unwrap();
+        assert_eq!(
+            c.catalog_path(Path::new("/srv/share")),
+            Path::new("/data/c.db")
+        );
     }
 }

@@ -1,0 +1,928 @@
+//! The stub record: what a stubbed backing file carries in its `trusted.coldtier.stub`
+//! xattr (and the catalog in its row), its strict versioned encoding, object keys and
+//! file ids. No I/O except the kernel's random source for [`new_file_id`].
+//!
+//! # Why a hand-rolled binary encoding (and not JSON)
+//! * **Size.** The record sits in an xattr on every stub. ext4 keeps small xattrs in the
+//!   inode and others in one extra block; XFS keeps an inode's attributes inline only while
+//!   they fit in the inode's literal area (a few hundred bytes). Binary stores the file id
+//!   and MD5 as raw bytes and the object key as just its prefix plus an 8-byte content
+//!   version (the rest of the key *is* the file id): a typical record is ~200 bytes, against
+//!   ~450 for JSON with field names.
+//! * **Strict by construction.** There is exactly one encoding of each record (no key
+//!   order, whitespace, escapes, number forms or duplicate keys to normalise), so
+//!   `encode(decode(b)) == b` for every accepted `b`; and every field is mandatory, so any
+//!   truncation fails. JSON would need extra checks for each of those.
+//! * **The object key cannot name another file's object** (invariant 5): it is rebuilt from
+//!   the record's own file id, never stored whole.
+//! * It is read on the hot path (getattr of a stub shows the real size): decoding is a few
+//!   bounds checks, no allocation besides the strings.
+//!
+//! The cost is that `getfattr` shows bytes, not text: `coldtier` itself prints stubs.
+//!
+//! # Encoding, version 1 (all integers big-endian)
+//! ```text
+//! u8      version = 1
+//! u8      flags: bit 0 = version_id present, bit 1 = md5 present; other bits 0
+//! [16]    file id (the 128 bits its 32 hex digits spell)
+//! u64     content version (the last part of the object key)
+//! u64     size              (at most i64::MAX: a file larger than off_t can hold is absurd)
+//! i64     mtime_ns
+//! i64     ctime_ns          (of the backing file when it was stubbed)
+//! u64     ino               (not 0)
+//! i64     config_version    (not negative)
+//! str     object key prefix
+//! str     checksum_algo
+//! str     checksum
+//! [16]    md5               (if flags bit 1)
+//! str     version_id        (if flags bit 0)
+//! str     storage_class
+//! ```
+//! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
+//! NUL and no control characters in any of them). Nothing may follow the last field. A
+//! version 2 would get a new version byte; this decoder rejects it rather than guess.
+
+use std::fmt;
+use std::io::Read;
+
+/// The xattr on a stubbed backing file that holds its encoded [`StubRecord`]. The
+/// `trusted.` namespace needs CAP_SYS_ADMIN to read or write: users can neither see nor
+/// forge it (invariant 5).
+pub const STUB_XATTR: &str = "trusted.coldtier.stub";
+
+/// The only encoding version this build writes and reads.
+pub const STUB_VERSION: u8 = 1;
+
+/// Longer input is rejected before parsing (an encoding is at most ~1.4 KiB by
+/// construction: 66 fixed bytes, an MD5 and five strings of at most 1 + 255 bytes).
+pub const MAX_ENCODED_LEN: usize = 2048;
+
+const FLAG_VERSION_ID: u8 = 1;
+const FLAG_MD5: u8 = 2;
+const FIXED_LEN: usize = 2 + 16 + 6 * 8;
+const _: () = assert!(FIXED_LEN + 16 + 5 * 256 <= MAX_ENCODED_LEN);
+
+/// Where a stub's data is and what it was: one record per stubbed file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StubRecord {
+    /// Encoding version; [`STUB_VERSION`].
+    pub version: u8,
+    /// 32 lower-case hex digits ([`new_file_id`]).
+    pub file_id: String,
+    /// `<prefix>/<file_id>/<content version>` ([`object_key`]), for this record's file id.
+    pub object_key: String,
+    /// The store's version id of the object, if the bucket is versioned.
+    pub version_id: Option<String>,
+    /// Logical size in bytes (what stat shows through the mount).
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// ctime of the backing file when it was stubbed (after the truncate and the xattr
+    /// write): a later change of ctime means someone touched the stub behind our back.
+    pub ctime_ns: i64,
+    /// Inode number of the backing file.
+    pub ino: u64,
+    /// e.g. `sha256`, `crc64nvme`: lower-case letters, digits, `-`, `_`.
+    pub checksum_algo: String,
+    /// The checksum in the algorithm's usual text form (hex or base64): printable ASCII.
+    pub checksum: String,
+    /// MD5 of the content as 32 lower-case hex digits, when the store gave one.
+    pub md5: Option<String>,
+    /// e.g. `STANDARD`, `GLACIER`, `DEEP_ARCHIVE`: upper-case letters, digits, `_`.
+    pub storage_class: String,
+    /// The catalog's config version in force when the file was stubbed.
+    pub config_version: i64,
+}
+
+/// Why a stub record cannot be decoded, or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StubError {
+    #[error("stub record is empty")]
+    Empty,
+    #[error("stub record has unknown version {0} (this build reads version {STUB_VERSION})")]
+    UnknownVersion(u8),
+    #[error("stub record is {0} bytes, more than the {MAX_ENCODED_LEN} allowed")]
+    TooLong(usize),
+    #[error("stub record is truncated (in field `{0}`)")]
+    Truncated(&'static str),
+    #[error("stub record has {0} bytes of trailing garbage")]
+    TrailingBytes(usize),
+    #[error("stub record has unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("stub record field `{field}`: {problem}")]
+    BadField {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> StubError {
+    StubError::BadField {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// The object key of content version `content_version` of file `file_id`:
+/// `<prefix>/<file_id>/<16 lower-case hex digits>`. Keyed by identity, not path, so a
+/// rename moves nothing. The fixed-width hex makes the store's lexicographic listing of
+/// `<prefix>/<file_id>/` come out oldest first. Content versions must be unique per file
+/// id and never reused (a reused one would overwrite a superseded object still under
+/// retention); migrate uses the copy's start time in ns since the epoch.
+pub fn object_key(prefix: &str, file_id: &str, content_version: u64) -> String {
+    format!("{prefix}/{file_id}/{content_version:016x}")
+}
+
+/// The parts of an object key: `(prefix, file_id, content_version)`, if `key` has the
+/// shape [`object_key`] makes, with a valid prefix and file id.
+pub fn parse_object_key(key: &str) -> Option<(&str, &str, u64)> {
+    let (rest, version) = key.rsplit_once('/')?;
+    let (prefix, file_id) = rest.rsplit_once('/')?;
+    if version.len() != 16 || !is_lower_hex(version) {
+        return None;
+    }
+    let version = u64::from_str_radix(version, 16).ok()?;
+    (check_prefix(prefix).is_ok() && is_valid_file_id(file_id))
+        .then_some((prefix, file_id, version))
+}
+
+/// True for 32 lower-case hex digits, the form [`new_file_id`] makes.
+pub fn is_valid_file_id(id: &str) -> bool {
+    id.len() == 32 && is_lower_hex(id)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks an object key prefix: 1..=255 bytes of UTF-8 without control characters or `\`,
+/// made of `/`-separated segments none of which is empty, `.` or `..` (a prefix must map to
+/// a safe relative path in the posix store, and `a//b` keys are a classic S3 footgun).
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 255 {
+        return Err(format!("must be 1 to 255 bytes, not {}", prefix.len()));
+    }
+    if let Some(c) = prefix.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!("must not contain {c:?}"));
+    }
+    if prefix
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "`{prefix}` has an empty, `.` or `..` segment (or a leading or trailing `/`)"
+        ));
+    }
+    Ok(())
+}
+
+/// A new random file id: 128 bits from the kernel (getrandom(2), else /dev/urandom), as 32
+/// lower-case hex digits.
+pub fn new_file_id() -> std::io::Result<String> {
+    let mut buf = [0u8; 16];
+    fill_random(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the pointer and length describe `rest`, a live, writable slice; flags 0
+        // (block until the pool is initialised, then never block).
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n >= 0 {
+            done += n as usize;
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOSYS) => {
+                return std::fs::File::open("/dev/urandom")?.read_exact(&mut buf[done..])
+            }
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// The characters a string field may hold.
+#[derive(Clone, Copy)]
+enum Charset {
+    /// [`check_prefix`].
+    Prefix,
+    /// `a-z 0-9 - _`
+    Algo,
+    /// `A-Z 0-9 _`
+    Class,
+    /// Printable ASCII without space (hex, base64, S3 version ids).
+    Graphic,
+}
+
+fn check_str(field: &'static str, s: &str, charset: Charset) -> Result<(), StubError> {
+    if s.is_empty() || s.len() > 255 {
+        return Err(bad(
+            field,
+            format!("must be 1 to 255 bytes, not {}", s.len()),
+        ));
+    }
+    let ok = |f: fn(u8) -> bool| s.bytes().all(f);
+    let fine = match charset {
+        Charset::Prefix => return check_prefix(s).map_err(|p| bad(field, p)),
+        Charset::Algo => ok(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_')),
+        Charset::Class => ok(|b| matches!(b, b'A'..=b'Z' | b'0'..=b'9' | b'_')),
+        Charset::Graphic => ok(|b| b.is_ascii_graphic()),
+    };
+    if fine {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("{s:?} has a character not allowed here"),
+        ))
+    }
+}
+
+impl StubRecord {
+    /// Checks every field; [`StubRecord::encode`] and [`StubRecord::decode`] both do.
+    pub fn validate(&self) -> Result<(), StubError> {
+        self.parts().map(|_| ())
+    }
+
+    /// The object key's prefix and content version, after checking everything.
+    fn parts(&self) -> Result<(&str, u64), StubError> {
+        if self.version != STUB_VERSION {
+            return Err(StubError::UnknownVersion(self.version));
+        }
+        if !is_valid_file_id(&self.file_id) {
+            return Err(bad("file_id", "must be 32 lower-case hex digits"));
+        }
+        let (prefix, key_id, content_version) =
+            parse_object_key(&self.object_key).ok_or_else(|| {
+                bad(
+                    "object_key",
+                    format!(
+                        "`{}` is not <prefix>/<file id>/<16 hex digits>",
+                        self.object_key
+                    ),
+                )
+            })?;
+        if key_id != self.file_id {
+            return Err(bad(
+                "object_key",
+                format!(
+                    "`{}` is not an object of file {}",
+                    self.object_key, self.file_id
+                ),
+            ));
+        }
+        check_str("object_key", prefix, Charset::Prefix)?;
+        if self.size > i64::MAX as u64 {
+            return Err(bad(
+                "size",
+                format!("{} is larger than any file", self.size),
+            ));
+        }
+        if self.ino == 0 {
+            return Err(bad("ino", "0 is no inode number"));
+        }
+        if self.config_version < 0 {
+            return Err(bad("config_version", "must not be negative"));
+        }
+        check_str("checksum_algo", &self.checksum_algo, Charset::Algo)?;
+        check_str("checksum", &self.checksum, Charset::Graphic)?;
+        if let Some(md5) = &self.md5 {
+            if md5.len() != 32 || !is_lower_hex(md5) {
+                return Err(bad("md5", "must be 32 lower-case hex digits"));
+            }
+        }
+        if let Some(v) = &self.version_id {
+            check_str("version_id", v, Charset::Graphic)?;
+        }
+        check_str("storage_class", &self.storage_class, Charset::Class)?;
+        Ok((prefix, content_version))
+    }
+
+    /// The object key's content version.
+    pub fn content_version(&self) -> Option<u64> {
+        parse_object_key(&self.object_key).map(|(_, _, v)| v)
+    }
+
+    /// The record's canonical encoding, after [`StubRecord::validate`]: a record that could
+    /// not be decoded again is never written.
+    pub fn encode(&self) -> Result<Vec<u8>, StubError> {
+        let (prefix, content_version) = self.parts()?;
+        let mut out = Vec::with_capacity(256);
+        let mut flags = 0;
+        if self.version_id.is_some() {
+            flags |= FLAG_VERSION_ID;
+        }
+        if self.md5.is_some() {
+            flags |= FLAG_MD5;
+        }
+        out.push(self.version);
+        out.push(flags);
+        out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
+        out.extend_from_slice(&content_version.to_be_bytes());
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.mtime_ns.to_be_bytes());
+        out.extend_from_slice(&self.ctime_ns.to_be_bytes());
+        out.extend_from_slice(&self.ino.to_be_bytes());
+        out.extend_from_slice(&self.config_version.to_be_bytes());
+        fn put(out: &mut Vec<u8>, s: &str) {
+            out.push(s.len() as u8); // validated: 1..=255
+            out.extend_from_slice(s.as_bytes());
+        }
+        put(&mut out, prefix);
+        put(&mut out, &self.checksum_algo);
+        put(&mut out, &self.checksum);
+        if let Some(md5) = &self.md5 {
+            out.extend_from_slice(&hex::decode(md5).expect("validated hex"));
+        }
+        if let Some(v) = &self.version_id {
+            put(&mut out, v);
+        }
+        put(&mut out, &self.storage_class);
+        Ok(out)
+    }
+
+    /// Decodes and checks a record. Rejects unknown versions and flags, truncated input,
+    /// trailing bytes, overlong input, absurd sizes and any field outside its character
+    /// set, so a decoded record always re-encodes to the same bytes.
+    pub fn decode(bytes: &[u8]) -> Result<StubRecord, StubError> {
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(StubError::TooLong(bytes.len()));
+        }
+        let mut r = Reader { rest: bytes };
+        let version = *bytes.first().ok_or(StubError::Empty)?;
+        if version != STUB_VERSION {
+            return Err(StubError::UnknownVersion(version));
+        }
+        r.take(1, "version")?;
+        let flags = r.take(1, "flags")?[0];
+        if flags & !(FLAG_VERSION_ID | FLAG_MD5) != 0 {
+            return Err(StubError::UnknownFlags(flags));
+        }
+        let file_id = hex::encode(r.take(16, "file_id")?);
+        let content_version = r.u64("object_key")?;
+        let size = r.u64("size")?;
+        let mtime_ns = r.u64("mtime_ns")? as i64;
+        let ctime_ns = r.u64("ctime_ns")? as i64;
+        let ino = r.u64("ino")?;
+        let config_version = r.u64("config_version")? as i64;
+        let prefix = r.str("object_key")?;
+        let checksum_algo = r.str("checksum_algo")?;
+        let checksum = r.str("checksum")?;
+        let md5 = if flags & FLAG_MD5 != 0 {
+            Some(hex::encode(r.take(16, "md5")?))
+        } else {
+            None
+        };
+        let version_id = if flags & FLAG_VERSION_ID != 0 {
+            Some(r.str("version_id")?)
+        } else {
+            None
+        };
+        let storage_class = r.str("storage_class")?;
+        if !r.rest.is_empty() {
+            return Err(StubError::TrailingBytes(r.rest.len()));
+        }
+        check_str("object_key", &prefix, Charset::Prefix)?;
+        let rec = StubRecord {
+            version,
+            object_key: object_key(&prefix, &file_id, content_version),
+            file_id,
+            version_id,
+            size,
+            mtime_ns,
+            ctime_ns,
+            ino,
+            checksum_algo,
+            checksum,
+            md5,
+            storage_class,
+            config_version,
+        };
+        rec.validate()?;
+        Ok(rec)
+    }
+}
+
+impl fmt::Display for StubRecord {
+    /// One line for logs and `coldtier` output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stub v{} file {} object {}{} size {} mtime_ns {} ctime_ns {} ino {} {} {}{} class {} config v{}",
+            self.version,
+            self.file_id,
+            self.object_key,
+            self.version_id
+                .as_deref()
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default(),
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.ino,
+            self.checksum_algo,
+            self.checksum,
+            self.md5
+                .as_deref()
+                .map(|m| format!(" md5 {m}"))
+                .unwrap_or_default(),
+            self.storage_class,
+            self.config_version,
+        )
+    }
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], StubError> {
+        if self.rest.len() < n {
+            return Err(StubError::Truncated(field));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, StubError> {
+        let b = self.take(8, field)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn str(&mut self, field: &'static str) -> Result<String, StubError> {
+        let len = self.take(1, field)?[0] as usize;
+        if len == 0 {
+            return Err(bad(field, "is empty"));
+        }
+        let b = self.take(len, field)?;
+        let s = std::str::from_utf8(b).map_err(|_| bad(field, "is not UTF-8"))?;
+        if s.contains('\0') {
+            return Err(bad(field, "contains a NUL byte"));
+        }
+        Ok(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn sample() -> StubRecord {
+        StubRecord {
+            version: 1,
+            file_id: ID.into(),
+            object_key: object_key("coldtier/share1", ID, 0x17f0_0000_0000_0001),
+            version_id: Some("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY".into()),
+            size: 123_456_789,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_100_000_000_001,
+            ino: 1_234_567,
+            checksum_algo: "sha256".into(),
+            checksum: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+            md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
+            storage_class: "DEEP_ARCHIVE".into(),
+            config_version: 7,
+        }
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn string(&mut self, alphabet: &[u8], min: u64, max: u64) -> String {
+            let len = min + self.below(max - min + 1);
+            (0..len)
+                .map(|_| alphabet[self.below(alphabet.len() as u64) as usize] as char)
+                .collect()
+        }
+        fn hex(&mut self, len: u64) -> String {
+            self.string(b"0123456789abcdef", len, len)
+        }
+    }
+
+    const GRAPHIC: &[u8] =
+        b"!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~";
+
+    fn random_record(rng: &mut Rng) -> StubRecord {
+        let file_id = rng.hex(32);
+        let segs = 1 + rng.below(3);
+        let prefix = (0..segs)
+            .map(|_| rng.string(b"abcXYZ019-_.=+~", 1, 20))
+            .map(|s| if s == "." || s == ".." { "x".into() } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let prefix = if rng.below(10) == 0 {
+            "préfixe/ünïcode".to_string()
+        } else {
+            prefix
+        };
+        StubRecord {
+            version: 1,
+            object_key: object_key(&prefix, &file_id, rng.next()),
+            file_id,
+            version_id: (rng.below(2) == 0).then(|| rng.string(GRAPHIC, 1, 255)),
+            size: rng.next() >> (1 + rng.below(63)),
+            mtime_ns: rng.next() as i64,
+            ctime_ns: rng.next() as i64,
+            ino: rng.next().max(1),
+            checksum_algo: rng.string(b"abcdefghijklmnopqrstuvwxyz0123456789-_", 1, 16),
+            checksum: rng.string(GRAPHIC, 1, 255),
+            md5: (rng.below(2) == 0).then(|| rng.hex(32)),
+            storage_class: rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", 1, 30),
+            config_version: (rng.next() >> 1) as i64 >> rng.below(63),
+        }
+    }
+
+    #[test]
+    fn sample_round_trips_and_is_compact() {
+        let r = sample();
+        let b = r.encode().unwrap();
+        assert_eq!(StubRecord::decode(&b).unwrap(), r);
+        assert!(b.len() < 256, "{} bytes", b.len());
+        let min = StubRecord {
+            version_id: None,
+            md5: None,
+            ..sample()
+        };
+        let b = min.encode().unwrap();
+        assert_eq!(StubRecord::decode(&b).unwrap(), min);
+        assert_eq!(r.content_version(), Some(0x17f0_0000_0000_0001));
+    }
+
+    /// The exact bytes of a small record: pins the format, so a change of encoding is a
+    /// deliberate act (a new version), not an accident.
+    #[test]
+    fn encoding_is_pinned() {
+        let r = StubRecord {
+            version: 1,
+            file_id: ID.into(),
+            object_key: object_key("p", ID, 2),
+            version_id: None,
+            size: 3,
+            mtime_ns: -1,
+            ctime_ns: 5,
+            ino: 6,
+            checksum_algo: "a".into(),
+            checksum: "b".into(),
+            md5: Some("000102030405060708090a0b0c0d0e0f".into()),
+            storage_class: "S".into(),
+            config_version: 7,
+        };
+        let want = "0102\
+            0123456789abcdef0123456789abcdef\
+            0000000000000002\
+            0000000000000003\
+            ffffffffffffffff\
+            0000000000000005\
+            0000000000000006\
+            0000000000000007\
+            0170\
+            0161\
+            0162\
+            000102030405060708090a0b0c0d0e0f\
+            0153";
+        assert_eq!(hex::encode(r.encode().unwrap()), want);
+    }
+
+    #[test]
+    fn random_records_round_trip_canonically() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for i in 0..5000 {
+            let r = random_record(&mut rng);
+            let b = r.encode().unwrap_or_else(|e| panic!("#{i} {r:?}: {e}"));
+            assert!(b.len() <= MAX_ENCODED_LEN);
+            let d = StubRecord::decode(&b).unwrap_or_else(|e| panic!("#{i} {r:?}: {e}"));
+            assert_eq!(d, r);
+            assert_eq!(d.encode().unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn every_truncation_fails() {
+        let mut rng = Rng(42);
+        let mut records = vec![sample()];
+        records.extend((0..200).map(|_| random_record(&mut rng)));
+        for r in records {
+            let b = r.encode().unwrap();
+            for n in 0..b.len() {
+                assert!(
+                    StubRecord::decode(&b[..n]).is_err(),
+                    "prefix of {n}/{} bytes decoded",
+                    b.len()
+                );
+            }
+        }
+        assert_eq!(StubRecord::decode(&[]), Err(StubError::Empty));
+        assert_eq!(
+            StubRecord::decode(&[1, 0, 1]),
+            Err(StubError::Truncated("file_id"))
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_fails() {
+        let mut b = sample().encode().unwrap();
+        b.push(0);
+        assert_eq!(StubRecord::decode(&b), Err(StubError::TrailingBytes(1)));
+        b.extend_from_slice(b"more");
+        assert_eq!(StubRecord::decode(&b), Err(StubError::TrailingBytes(5)));
+    }
+
+    #[test]
+    fn unknown_version_and_flags_fail() {
+        let mut b = sample().encode().unwrap();
+        for v in [0u8, 2, 0x7b, 255] {
+            b[0] = v;
+            assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownVersion(v)));
+        }
+        b[0] = 1;
+        b[1] |= 4;
+        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(7)));
+        // JSON (what a future or foreign writer might try) is no version 1 record.
+        assert_eq!(
+            StubRecord::decode(br#"{"version":1}"#),
+            Err(StubError::UnknownVersion(b'{'))
+        );
+        let r = StubRecord {
+            version: 2,
+            ..sample()
+        };
+        assert_eq!(r.encode(), Err(StubError::UnknownVersion(2)));
+    }
+
+    #[test]
+    fn overlong_input_fails_before_parsing() {
+        let mut b = sample().encode().unwrap();
+        b.resize(MAX_ENCODED_LEN + 1, b'x');
+        assert_eq!(
+            StubRecord::decode(&b),
+            Err(StubError::TooLong(MAX_ENCODED_LEN + 1))
+        );
+    }
+
+    fn field_of(e: StubError) -> &'static str {
+        match e {
+            StubError::BadField { field, .. } => field,
+            other => panic!("not a field error: {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_rejected_by_encode_and_named() {
+        type Breaker = Box<dyn Fn(&mut StubRecord)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            ("file_id", Box::new(|r| r.file_id = ID.to_uppercase())),
+            ("file_id", Box::new(|r| r.file_id = ID[..31].into())),
+            (
+                "file_id",
+                Box::new(|r| r.file_id = format!("{}\0", &ID[..31])),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = format!("p/{ID}/1")),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("p", &"f".repeat(32), 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = format!("{ID}/0000000000000001")),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("a//b", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("/a", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("a/../b", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("a/./b", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("a\0b", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("a\nb", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key("a\\b", ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = object_key(&"x".repeat(256), ID, 1)),
+            ),
+            (
+                "object_key",
+                Box::new(|r| r.object_key = format!("p/{ID}/000000000000000A")),
+            ),
+            ("size", Box::new(|r| r.size = i64::MAX as u64 + 1)),
+            ("size", Box::new(|r| r.size = u64::MAX)),
+            ("ino", Box::new(|r| r.ino = 0)),
+            ("config_version", Box::new(|r| r.config_version = -1)),
+            (
+                "checksum_algo",
+                Box::new(|r| r.checksum_algo = String::new()),
+            ),
+            (
+                "checksum_algo",
+                Box::new(|r| r.checksum_algo = "SHA256".into()),
+            ),
+            (
+                "checksum_algo",
+                Box::new(|r| r.checksum_algo = "sha\x00256".into()),
+            ),
+            ("checksum", Box::new(|r| r.checksum = String::new())),
+            ("checksum", Box::new(|r| r.checksum = "ab cd".into())),
+            ("checksum", Box::new(|r| r.checksum = "ab\0cd".into())),
+            ("checksum", Box::new(|r| r.checksum = "x".repeat(256))),
+            (
+                "md5",
+                Box::new(|r| r.md5 = Some("D41D8CD98F00B204E9800998ECF8427E".into())),
+            ),
+            ("md5", Box::new(|r| r.md5 = Some("d41d".into()))),
+            (
+                "version_id",
+                Box::new(|r| r.version_id = Some(String::new())),
+            ),
+            (
+                "version_id",
+                Box::new(|r| r.version_id = Some("v\x001".into())),
+            ),
+            (
+                "storage_class",
+                Box::new(|r| r.storage_class = "glacier".into()),
+            ),
+            (
+                "storage_class",
+                Box::new(|r| r.storage_class = String::new()),
+            ),
+        ];
+        for (field, break_it) in cases {
+            let mut r = sample();
+            break_it(&mut r);
+            let e = r.encode().unwrap_err();
+            assert_eq!(field_of(e.clone()), field, "{r:?}: {e}");
+            assert_eq!(r.validate(), Err(e));
+        }
+        // The largest legal size is fine.
+        let r = StubRecord {
+            size: i64::MAX as u64,
+            ..sample()
+        };
+        assert_eq!(StubRecord::decode(&r.encode().unwrap()).unwrap(), r);
+    }
+
+    /// Forged bytes (valid framing, bad content) are rejected by decode too.
+    #[test]
+    fn decode_checks_contents() {
+        let good = sample().encode().unwrap();
+        // size: bytes 26..34
+        let mut b = good.clone();
+        b[26] = 0x80;
+        assert_eq!(field_of(StubRecord::decode(&b).unwrap_err()), "size");
+        // ino: bytes 50..58
+        let mut b = good.clone();
+        b[50..58].fill(0);
+        assert_eq!(field_of(StubRecord::decode(&b).unwrap_err()), "ino");
+        // The prefix "coldtier/share1" starts at 67 (length byte at 66).
+        let mut b = good.clone();
+        assert_eq!(&b[67..75], b"coldtier");
+        b[67] = 0;
+        assert_eq!(field_of(StubRecord::decode(&b).unwrap_err()), "object_key");
+        let mut b = good.clone();
+        b[67..70].copy_from_slice(b"../");
+        assert_eq!(field_of(StubRecord::decode(&b).unwrap_err()), "object_key");
+        let mut b = good.clone();
+        b[67] = 0xff;
+        assert_eq!(field_of(StubRecord::decode(&b).unwrap_err()), "object_key");
+        // A zero-length string.
+        let mut b = good.clone();
+        b[66] = 0;
+        assert!(StubRecord::decode(&b).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_anything_accepted_is_canonical() {
+        let mut rng = Rng(7);
+        let good = sample().encode().unwrap();
+        let mut accepted = 0;
+        for i in 0..200_000 {
+            let b: Vec<u8> = if i % 2 == 0 {
+                // Pure noise, with a plausible first byte half the time.
+                let len = rng.below(300) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                if !b.is_empty() && rng.below(2) == 0 {
+                    b[0] = 1;
+                }
+                b
+            } else {
+                // A valid record with a few bytes flipped, cut or added.
+                let mut b = good.clone();
+                for _ in 0..1 + rng.below(3) {
+                    let at = rng.below(b.len() as u64) as usize;
+                    b[at] ^= 1 << rng.below(8);
+                }
+                match rng.below(4) {
+                    0 => b.truncate(rng.below(b.len() as u64) as usize),
+                    1 => b.push(rng.next() as u8),
+                    _ => {}
+                }
+                b
+            };
+            if let Ok(r) = StubRecord::decode(&b) {
+                accepted += 1;
+                assert_eq!(r.encode().unwrap(), b, "accepted bytes are not canonical");
+            }
+        }
+        // Bit flips in numbers and in-charset letters still decode: that is expected.
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn object_keys() {
+        assert_eq!(
+            object_key("ct/a", ID, 255),
+            format!("ct/a/{ID}/00000000000000ff")
+        );
+        let k = object_key("ct/a", ID, u64::MAX);
+        assert_eq!(parse_object_key(&k), Some(("ct/a", ID, u64::MAX)));
+        assert_eq!(parse_object_key(&format!("{ID}/00000000000000ff")), None);
+        assert_eq!(parse_object_key(&format!("x/{ID}/ff")), None);
+        assert_eq!(parse_object_key(&format!("x/{ID}/00000000000000FF")), None);
+        assert_eq!(parse_object_key("x/abc/00000000000000ff"), None);
+        assert_eq!(parse_object_key(&format!("x//{ID}/00000000000000ff")), None);
+        // Lexicographic order of keys is the order of content versions.
+        let mut keys: Vec<String> = [300u64, 2, 1 << 40, 17]
+            .iter()
+            .map(|v| object_key("p", ID, *v))
+            .collect();
+        keys.sort();
+        let versions: Vec<u64> = keys
+            .iter()
+            .map(|k| parse_object_key(k).unwrap().2)
+            .collect();
+        assert_eq!(versions, [2, 17, 300, 1 << 40]);
+    }
+
+    #[test]
+    fn prefixes() {
+        for ok in ["a", "coldtier/share1", "a.b/c-d_e", "ünï", ".hidden/x"] {
+            assert_eq!(check_prefix(ok), Ok(()), "{ok}");
+        }
+        for no in [
+            "", "/", "a/", "/a", "a//b", ".", "..", "a/../b", "a\tb", "a\\b",
+        ] {
+            assert!(check_prefix(no).is_err(), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn file_ids_are_random_hex() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_file_id().unwrap()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert!(is_valid_file_id(id), "{id}");
+        }
+        assert!(!is_valid_file_id(&ID.to_uppercase()));
+        assert!(!is_valid_file_id(&ID[1..]));
+    }
+
+    #[test]
+    fn display_is_one_line() {
+        let s = sample().to_string();
+        assert!(!s.contains('\n'));
+        assert!(s.contains(ID) && s.contains("DEEP_ARCHIVE") && s.contains("md5 d41d"));
+    }
+}
