@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod mountinfo;
+pub mod store;
 
 use std::path::Path;
 
