@@ -50,7 +50,7 @@ moto_start() {
     MOTO_ENDPOINT="http://127.0.0.1:$port"
     local i
     for i in $(seq 1 100); do
-        if curl -fsS -o /dev/null "$MOTO_ENDPOINT/moto-api/" 2>/dev/null; then
+        if "$(dirname "$bin")/python" -c "import urllib.request as u; u.urlopen('$MOTO_ENDPOINT/moto-api/data.json', timeout=2)" 2>/dev/null; then
             export MOTO_PID MOTO_PORT MOTO_ENDPOINT
             return 0
         fi

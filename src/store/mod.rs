@@ -835,8 +835,9 @@ pub struct S3Config {
     pub profile: Option<String>,
     /// Time to open a connection, e.g. "3s".
     pub connect_timeout: String,
-    /// Time from sending a request (including its body) to its response headers, and
-    /// between reads of a response body.
+    /// Time from sending a request (its body included: keep it above the time one part
+    /// takes to upload) until the response headers. A response body that stops moving is
+    /// ended by the SDK's stalled-stream protection (no progress for 20 s).
     pub read_timeout: String,
     /// Attempts per request, the first included (the SDK's standard retry mode).
     pub max_attempts: u32,

@@ -400,3 +400,124 @@ fn posix_refuses_foreign_nonempty_root() {
     assert_eq!(e.kind, StoreErrorKind::InvalidConfig);
     let _ = BTreeMap::<String, String>::new();
 }
+
+/// A server that accepts connections and never answers: the read timeout ends each
+/// attempt, and the call fails `Unreachable` in about attempts x read_timeout.
+#[test]
+fn s3_silent_server_times_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    runtime().block_on(async {
+        let store = S3Store::new(&S3Config {
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            bucket: "b".into(),
+            path_style: true,
+            access_key: Some("a".into()),
+            secret_key: Some("s".into()),
+            read_timeout: "1s".into(),
+            max_attempts: 2,
+            ..S3Config::default()
+        })
+        .await
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        let e = store.head("k", None).await.unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(e.kind, StoreErrorKind::Unreachable, "{e}");
+        assert!(e.transient);
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        eprintln!("silent server: failed in {took:?}: {e}");
+    });
+    drop(silent);
+}
+
+/// Throughput of one 64 MiB object (put, then get) with crc32c and sha256, against moto
+/// started here, or the server at COLDTIER_BENCH_ENDPOINT (bucket COLDTIER_BENCH_BUCKET,
+/// created beforehand). `cargo test --release --lib store::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_put_get_64mib() {
+    let size: usize = std::env::var("COLDTIER_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
+        << 20;
+    let (moto, cfg) = match std::env::var("COLDTIER_BENCH_ENDPOINT") {
+        Ok(ep) => (
+            None,
+            S3Config {
+                endpoint: Some(ep),
+                bucket: std::env::var("COLDTIER_BENCH_BUCKET").unwrap_or("bench".into()),
+                path_style: true,
+                access_key: std::env::var("AWS_ACCESS_KEY_ID").ok().or(Some("a".into())),
+                secret_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                    .ok()
+                    .or(Some("s".into())),
+                ..S3Config::default()
+            },
+        ),
+        Err(_) => {
+            let m = start_moto();
+            m.create_bucket("bench", false).unwrap();
+            let c = m.s3_config("bench");
+            (Some(m), c)
+        }
+    };
+    let bytes = data(size, 1);
+    let mut src = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut src, &bytes).unwrap();
+    runtime().block_on(async {
+        for (part_size, concurrency) in [(16u64 << 20, 4usize), (64 << 20, 1)] {
+            let cfg = S3Config {
+                part_size,
+                concurrency,
+                ..cfg.clone()
+            };
+            let store = S3Store::new(&cfg).await.unwrap();
+            for algo in [ChecksumAlgo::Crc32c, ChecksumAlgo::Sha256] {
+                let key = format!("bench/{algo}");
+                let t0 = std::time::Instant::now();
+                let put = store
+                    .put(PutRequest {
+                        key: key.clone(),
+                        file: src.try_clone().unwrap(),
+                        size: size as u64,
+                        storage_class: None,
+                        metadata: BTreeMap::new(),
+                        tags: BTreeMap::new(),
+                        checksum: Some(algo),
+                    })
+                    .await
+                    .unwrap();
+                let tput = t0.elapsed();
+                let dest = tempfile::tempfile().unwrap();
+                let t0 = std::time::Instant::now();
+                let got = store
+                    .get(GetRequest {
+                        key: &key,
+                        version_id: put.version_id.as_deref(),
+                        dest: &dest,
+                        expected_size: size as u64,
+                        checksum: algo,
+                    })
+                    .await
+                    .unwrap();
+                let tget = t0.elapsed();
+                assert_eq!(got.checksum, put.checksum);
+                let mib = size as f64 / (1 << 20) as f64;
+                eprintln!(
+                    "bench {} MiB {algo} part_size={}MiB concurrency={concurrency}: put {:.0} MiB/s ({} parts, {:.2}s), get {:.0} MiB/s ({:.2}s); server rss {:?} KiB",
+                    size >> 20,
+                    part_size >> 20,
+                    mib / tput.as_secs_f64(),
+                    put.parts,
+                    tput.as_secs_f64(),
+                    mib / tget.as_secs_f64(),
+                    tget.as_secs_f64(),
+                    moto.as_ref().and_then(|m| m.rss_kib()),
+                );
+                store.delete(&key, None).await.unwrap();
+            }
+        }
+    });
+}
