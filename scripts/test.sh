@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the tests need, then runs the whole test suite: unit tests, integration tests
-# on a real FUSE mount, and the pjdfstest POSIX suite on the mount compared with native ext4.
+# Installs what the tests need, then runs the whole test suite: unit tests (the object stores
+# against a real moto S3 server among them), integration tests on a real FUSE mount, and
+# the pjdfstest POSIX suite on the mount compared with native ext4.
 # Usage: scripts/test.sh [extra nextest/cargo-test filter args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,11 @@ ensure_fuse
 # Tools the integration tests drive through the mount.
 apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps coreutils diffutils findutils
 scripts/pjdfstest.sh install
+# The object-store tests run S3 against a real moto server they start themselves.
+# shellcheck source=lib/moto.sh
+. scripts/lib/moto.sh
+apt_install python3-venv
+moto_install
 
 export RUST_BACKTRACE=1
 log "building"

@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod mountinfo;
+pub mod store;
 pub mod tier;
 
 use std::path::Path;

@@ -1,0 +1,333 @@
+//! The in-memory fake `ObjectStore` for tests: same contract as the real stores (the
+//! conformance suite says so), plus failure injection: unreachable, the next N calls
+//! failing with a chosen kind, a flipped byte, archive classes with a restore delay.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::*;
+
+#[derive(Clone)]
+struct Obj {
+    data: Bytes,
+    version_id: String,
+    storage_class: StorageClass,
+    checksum: Checksum,
+    metadata: BTreeMap<String, String>,
+    tags: BTreeMap<String, String>,
+    /// When a restore was asked for.
+    restore_requested: Option<Instant>,
+}
+
+/// An in-memory object store.
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Obj>>,
+    default_class: StorageClass,
+    default_checksum: ChecksumAlgo,
+    restore_delay: Duration,
+    unreachable: AtomicBool,
+    fail_next: Mutex<Option<(u32, StoreErrorKind)>>,
+    versions: AtomicU64,
+    /// Calls made (for tests that count them).
+    pub calls: AtomicU64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore {
+            objects: Mutex::new(BTreeMap::new()),
+            default_class: StorageClass::Standard,
+            default_checksum: ChecksumAlgo::Crc32c,
+            restore_delay: Duration::from_secs(1),
+            unreachable: AtomicBool::new(false),
+            fail_next: Mutex::new(None),
+            versions: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        }
+    }
+    /// How long a restore stays in progress.
+    pub fn with_restore_delay(mut self, d: Duration) -> Self {
+        self.restore_delay = d;
+        self
+    }
+    pub fn into_arc(self) -> Arc<Self> {
+        Arc::new(self)
+    }
+    /// Every call fails with `Unreachable` (transient) while set.
+    pub fn set_unreachable(&self, on: bool) {
+        self.unreachable.store(on, Ordering::SeqCst);
+    }
+    /// The next `n` calls fail with `kind` (transient as that kind usually is).
+    pub fn fail_next(&self, n: u32, kind: StoreErrorKind) {
+        *self.fail_next.lock() = Some((n, kind));
+    }
+    /// Flips one byte of the stored data (keeping its recorded checksum): bit rot.
+    pub fn corrupt(&self, key: &str) -> bool {
+        let mut objs = self.objects.lock();
+        match objs.get_mut(key) {
+            Some(o) if !o.data.is_empty() => {
+                let mut v = o.data.to_vec();
+                let i = v.len() / 2;
+                v[i] ^= 0x5a;
+                o.data = Bytes::from(v);
+                true
+            }
+            _ => false,
+        }
+    }
+    /// Makes every restore in progress complete now.
+    pub fn finish_restores(&self) {
+        let delay = self.restore_delay;
+        for o in self.objects.lock().values_mut() {
+            if let Some(t) = o.restore_requested.as_mut() {
+                *t = Instant::now().checked_sub(delay).unwrap_or(*t);
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.objects.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn enter(&self) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.unreachable.load(Ordering::SeqCst) {
+            return Err(StoreError::new(
+                StoreErrorKind::Unreachable,
+                "memory store: unreachable (injected)",
+            ));
+        }
+        let mut f = self.fail_next.lock();
+        if let Some((n, kind)) = *f {
+            *f = if n > 1 { Some((n - 1, kind)) } else { None };
+            return Err(StoreError::new(
+                kind,
+                format!("memory store: {kind} (injected)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn restore_status(&self, o: &Obj) -> RestoreStatus {
+        if !o.storage_class.is_archive() {
+            return RestoreStatus::NotArchived;
+        }
+        match o.restore_requested {
+            None => RestoreStatus::Archived,
+            Some(t) if t.elapsed() < self.restore_delay => RestoreStatus::InProgress,
+            Some(_) => RestoreStatus::Restored { expiry: None },
+        }
+    }
+
+    fn lookup(&self, key: &str, version_id: Option<&str>) -> Result<Obj, StoreError> {
+        validate_key(key)?;
+        let objs = self.objects.lock();
+        match objs.get(key) {
+            Some(o) if version_id.is_none_or(|v| v == o.version_id) => Ok(o.clone()),
+            _ => Err(StoreError::not_found(key)),
+        }
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn put(&self, req: PutRequest) -> StoreFuture<'_, PutResult> {
+        Box::pin(async move {
+            self.enter()?;
+            validate_key(&req.key)?;
+            validate_metadata(&req.metadata)?;
+            validate_tags(&req.tags)?;
+            let algo = req.checksum.unwrap_or(self.default_checksum);
+            let size = req.size;
+            let file = req.file;
+            let (data, checksum) = blocking(move || {
+                let mut v = vec![0u8; size as usize];
+                read_exact_at(&file, &mut v, 0)?;
+                let c = Checksum::of(algo, &v);
+                Ok((v, c))
+            })
+            .await?;
+            let version_id = format!("m{}", self.versions.fetch_add(1, Ordering::Relaxed) + 1);
+            let obj = Obj {
+                data: Bytes::from(data),
+                version_id: version_id.clone(),
+                storage_class: req
+                    .storage_class
+                    .unwrap_or_else(|| self.default_class.clone()),
+                checksum: checksum.clone(),
+                metadata: req.metadata,
+                tags: req.tags,
+                restore_requested: None,
+            };
+            self.objects.lock().insert(req.key.clone(), obj);
+            Ok(PutResult {
+                key: req.key,
+                version_id: Some(version_id),
+                etag: None,
+                expected: checksum.reported(),
+                reported: Some(checksum.reported()),
+                checksum,
+                parts: 1,
+            })
+        })
+    }
+
+    fn head<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+    ) -> StoreFuture<'a, ObjectMeta> {
+        Box::pin(async move {
+            self.enter()?;
+            let o = self.lookup(key, version_id)?;
+            Ok(ObjectMeta {
+                key: key.to_string(),
+                size: o.data.len() as u64,
+                restore: self.restore_status(&o),
+                storage_class: o.storage_class,
+                version_id: Some(o.version_id),
+                etag: None,
+                checksum: Some(o.checksum.reported()),
+                metadata: o.metadata,
+            })
+        })
+    }
+
+    fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult> {
+        Box::pin(async move {
+            self.enter()?;
+            let o = self.lookup(req.key, req.version_id)?;
+            if !self.restore_status(&o).readable() {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidObjectState,
+                    format!("{}: archived ({}), not restored", req.key, o.storage_class),
+                ));
+            }
+            if o.data.len() as u64 != req.expected_size {
+                return Err(size_mismatch(
+                    req.key,
+                    o.data.len() as u64,
+                    req.expected_size,
+                ));
+            }
+            let dest = req
+                .dest
+                .try_clone()
+                .map_err(|e| StoreError::io("dup of the destination", &e))?;
+            let algo = req.checksum;
+            let data = o.data.clone();
+            let checksum = blocking(move || {
+                write_all_at(&dest, &data, 0)?;
+                Ok(Checksum::of(algo, &data))
+            })
+            .await?;
+            Ok(GetResult {
+                bytes: o.data.len() as u64,
+                checksum,
+                version_id: Some(o.version_id),
+            })
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        _days: u32,
+        _tier: RestoreTier,
+    ) -> StoreFuture<'a, RestoreOutcome> {
+        Box::pin(async move {
+            self.enter()?;
+            let o = self.lookup(key, version_id)?;
+            Ok(match self.restore_status(&o) {
+                RestoreStatus::NotArchived => RestoreOutcome::NotArchived,
+                RestoreStatus::InProgress => RestoreOutcome::AlreadyInProgress,
+                RestoreStatus::Restored { .. } => RestoreOutcome::AlreadyRestored,
+                RestoreStatus::Archived => {
+                    if let Some(o) = self.objects.lock().get_mut(key) {
+                        o.restore_requested = Some(Instant::now());
+                    }
+                    RestoreOutcome::Started
+                }
+            })
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str, version_id: Option<&'a str>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.enter()?;
+            validate_key(key)?;
+            let mut objs = self.objects.lock();
+            if objs
+                .get(key)
+                .is_some_and(|o| version_id.is_none_or(|v| v == o.version_id))
+            {
+                objs.remove(key);
+            }
+            Ok(())
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ListEntry>> {
+        Box::pin(async move {
+            self.enter()?;
+            validate_prefix(prefix)?;
+            Ok(self
+                .objects
+                .lock()
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, o)| ListEntry {
+                    key: k.clone(),
+                    size: o.data.len() as u64,
+                    etag: None,
+                    storage_class: o.storage_class.clone(),
+                })
+                .collect())
+        })
+    }
+
+    fn get_tags<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+    ) -> StoreFuture<'a, BTreeMap<String, String>> {
+        Box::pin(async move {
+            self.enter()?;
+            Ok(self.lookup(key, version_id)?.tags)
+        })
+    }
+
+    fn set_tags<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        tags: BTreeMap<String, String>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.enter()?;
+            validate_tags(&tags)?;
+            self.lookup(key, version_id)?;
+            if let Some(o) = self.objects.lock().get_mut(key) {
+                o.tags = tags;
+            }
+            Ok(())
+        })
+    }
+}

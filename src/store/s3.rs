@@ -1,0 +1,1204 @@
+//! The S3 store: the only file that names aws-sdk-s3 types. Single PUT up to the part
+//! size, else a multipart upload with parts in parallel (bounded), aborted on failure;
+//! our own checksum sent with every PUT and part (composite form for multipart); ranged
+//! parallel GETs pinned to one version; RestoreObject for archive classes; SDK errors
+//! mapped exhaustively to `StoreError`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use aws_sdk_s3 as s3;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
+    RestoreRequest, ServerSideEncryption, Tag, Tagging, Tier,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::*;
+
+/// Body bytes gathered before one pwrite.
+const WRITE_CHUNK: usize = 4 << 20;
+
+/// An S3 (or S3-compatible) store.
+#[derive(Clone)]
+pub struct S3Store {
+    client: s3::Client,
+    cfg: Arc<S3Config>,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Sets the `x-amz-checksum-<algo>` value on any builder that has the four setters.
+macro_rules! with_checksum {
+    ($b:expr, $algo:expr, $v:expr) => {
+        match $algo {
+            ChecksumAlgo::Crc32c => $b.checksum_crc32_c($v),
+            ChecksumAlgo::Crc32 => $b.checksum_crc32($v),
+            ChecksumAlgo::Sha1 => $b.checksum_sha1($v),
+            ChecksumAlgo::Sha256 => $b.checksum_sha256($v),
+        }
+    };
+}
+
+/// Reads the `x-amz-checksum-<algo>` value from any output that has the four getters.
+macro_rules! checksum_of {
+    ($o:expr, $algo:expr) => {
+        match $algo {
+            ChecksumAlgo::Crc32c => $o.checksum_crc32_c(),
+            ChecksumAlgo::Crc32 => $o.checksum_crc32(),
+            ChecksumAlgo::Sha1 => $o.checksum_sha1(),
+            ChecksumAlgo::Sha256 => $o.checksum_sha256(),
+        }
+    };
+}
+
+/// Applies storage class, metadata, tags and SSE to a PutObject or CreateMultipartUpload.
+macro_rules! with_object_settings {
+    ($b:expr, $self:expr, $class:expr, $meta:expr, $tags:expr) => {{
+        let mut b = $b
+            .storage_class(s3::types::StorageClass::from($class.as_str()))
+            .set_metadata(Some($meta));
+        if !$tags.is_empty() {
+            b = b.tagging(encode_tagging(&$tags));
+        }
+        if let Some(sse) = &$self.cfg.sse {
+            b = b.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
+        }
+        if let Some(k) = &$self.cfg.sse_kms_key_id {
+            b = b.ssekms_key_id(k);
+        }
+        b
+    }};
+}
+
+fn sdk_algo(a: ChecksumAlgo) -> ChecksumAlgorithm {
+    match a {
+        ChecksumAlgo::Crc32c => ChecksumAlgorithm::Crc32C,
+        ChecksumAlgo::Crc32 => ChecksumAlgorithm::Crc32,
+        ChecksumAlgo::Sha1 => ChecksumAlgorithm::Sha1,
+        ChecksumAlgo::Sha256 => ChecksumAlgorithm::Sha256,
+    }
+}
+
+impl S3Store {
+    /// Builds the client: static credentials from the config, else the standard chain
+    /// (environment, shared config/credentials files and profile, web identity, ECS, IMDS).
+    pub async fn new(cfg: &S3Config) -> Result<Self, StoreError> {
+        cfg.validate()?;
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+        if let Some(p) = &cfg.profile {
+            loader = loader.profile_name(p);
+        }
+        if let (Some(a), Some(s)) = (&cfg.access_key, &cfg.secret_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                a,
+                s,
+                cfg.session_token.clone(),
+                None,
+                "coldtier-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout()?)
+            .read_timeout(cfg.read_timeout()?)
+            .build();
+        let (calc, validate) = match cfg.request_checksum {
+            RequestChecksum::WhenSupported => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+            ),
+            RequestChecksum::WhenRequired => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+            ),
+        };
+        let mut b = s3::config::Builder::from(&shared)
+            .force_path_style(cfg.path_style)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
+            .request_checksum_calculation(calc)
+            .response_checksum_validation(validate);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Ok(S3Store {
+            client: s3::Client::from_conf(b.build()),
+            cfg: Arc::new(cfg.clone()),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.cfg.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.cfg.prefix)
+        }
+    }
+
+    fn strip_prefix<'k>(&self, full: &'k str) -> Option<&'k str> {
+        if self.cfg.prefix.is_empty() {
+            Some(full)
+        } else {
+            full.strip_prefix(self.cfg.prefix.as_str())?
+                .strip_prefix('/')
+        }
+    }
+
+    /// The part size for an object of `size` bytes: the configured one, raised (to whole
+    /// MiB) so that no upload needs more than 10,000 parts.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        let min = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+        self.cfg.part_size.max(min)
+    }
+
+    async fn put_single(
+        &self,
+        req: PutRequest,
+        full: String,
+        algo: ChecksumAlgo,
+        class: StorageClass,
+    ) -> Result<PutResult, StoreError> {
+        let size = req.size;
+        let file = req.file;
+        let want_md5 = self.cfg.content_md5;
+        let (data, checksum, md5) = blocking(move || {
+            let mut v = vec![0u8; size as usize];
+            read_exact_at(&file, &mut v, 0)?;
+            let c = Checksum::of(algo, &v);
+            let md5 = want_md5.then(|| content_md5(&v));
+            Ok((Bytes::from(v), c, md5))
+        })
+        .await?;
+        let b = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .content_length(size as i64)
+            .body(ByteStream::from(data))
+            .checksum_algorithm(sdk_algo(algo))
+            .set_content_md5(md5);
+        let b = with_checksum!(b, algo, checksum.base64());
+        let b = with_object_settings!(b, self, class, encode_metadata(&req.metadata), req.tags);
+        let out = b
+            .send()
+            .await
+            .map_err(|e| map_err(&format!("PUT {full}"), e))?;
+        Ok(PutResult {
+            key: req.key,
+            version_id: version(out.version_id()),
+            etag: out.e_tag().map(str::to_string),
+            expected: checksum.reported(),
+            reported: checksum_of!(out, algo).map(|v| ReportedChecksum::parse(algo, v)),
+            checksum,
+            parts: 1,
+        })
+    }
+
+    async fn put_multipart(
+        &self,
+        req: PutRequest,
+        full: String,
+        algo: ChecksumAlgo,
+        class: StorageClass,
+    ) -> Result<PutResult, StoreError> {
+        let b = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .checksum_algorithm(sdk_algo(algo));
+        let b = with_object_settings!(b, self, class, encode_metadata(&req.metadata), req.tags);
+        let created = b
+            .send()
+            .await
+            .map_err(|e| map_err(&format!("CreateMultipartUpload {full}"), e))?;
+        let upload_id = created.upload_id().map(str::to_string).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                format!("CreateMultipartUpload {full}: no upload id in the answer"),
+            )
+        })?;
+        match self
+            .upload_parts(req.file, req.size, &full, &upload_id, algo)
+            .await
+        {
+            Ok((checksum, parts)) => {
+                let expected = composite_checksum(
+                    algo,
+                    &parts.iter().map(|p| p.2.clone()).collect::<Vec<_>>(),
+                );
+                let completed: Vec<CompletedPart> = parts
+                    .iter()
+                    .map(|(n, etag, sum)| {
+                        let b = CompletedPart::builder().part_number(*n).e_tag(etag);
+                        with_checksum!(b, algo, sum.base64()).build()
+                    })
+                    .collect();
+                let n = completed.len() as u32;
+                let out = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.cfg.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(completed))
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                let out = match out {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let err = map_err(&format!("CompleteMultipartUpload {full}"), e);
+                        self.abort(&full, &upload_id).await;
+                        return Err(err);
+                    }
+                };
+                let version_id = version(out.version_id());
+                let mut reported =
+                    checksum_of!(out, algo).map(|v| ReportedChecksum::parse(algo, v));
+                if reported.is_none() {
+                    // moto (and some servers) leave the checksum out of the
+                    // CompleteMultipartUpload answer: ask for that exact version's.
+                    let key = req.key.as_str();
+                    reported = self.head_impl(key, version_id.as_deref()).await?.checksum;
+                }
+                Ok(PutResult {
+                    key: req.key,
+                    version_id,
+                    etag: out.e_tag().map(str::to_string),
+                    reported,
+                    expected,
+                    checksum,
+                    parts: n,
+                })
+            }
+            Err(e) => {
+                self.abort(&full, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, full: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                "AbortMultipartUpload {full} {upload_id}: {}",
+                map_err("abort", e)
+            );
+        }
+    }
+
+    /// Reads the parts in order (one pread per part, whole-object checksum on the way) and
+    /// uploads up to `concurrency` of them at once; stops at the first failure.
+    async fn upload_parts(
+        &self,
+        file: File,
+        size: u64,
+        full: &str,
+        upload_id: &str,
+        algo: ChecksumAlgo,
+    ) -> Result<(Checksum, Vec<(i32, String, Checksum)>), StoreError> {
+        let part_size = self.part_size_for(size);
+        let nparts = size.div_ceil(part_size);
+        let file = Arc::new(file);
+        let sem = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let mut tasks: JoinSet<Result<(i32, String, Checksum), StoreError>> = JoinSet::new();
+        let mut done: Vec<(i32, String, Checksum)> = Vec::with_capacity(nparts as usize);
+        // SHA cannot be combined from the parts: hash the whole object as it is read.
+        let mut full_hasher = (!algo.is_crc()).then(|| Hasher::new(algo));
+        let want_md5 = self.cfg.content_md5;
+        let result: Result<(), StoreError> = async {
+            for i in 0..nparts {
+                let permit = sem
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
+                while let Some(r) = tasks.try_join_next() {
+                    done.push(joined(r)?);
+                }
+                let off = i * part_size;
+                let len = part_size.min(size - off) as usize;
+                let f = file.clone();
+                let mut fh = full_hasher.take();
+                let (data, sum, md5, fh) = blocking(move || {
+                    let mut v = vec![0u8; len];
+                    read_exact_at(&f, &mut v, off)?;
+                    if let Some(h) = fh.as_mut() {
+                        h.update(&v);
+                    }
+                    let sum = Checksum::of(algo, &v);
+                    let md5 = want_md5.then(|| content_md5(&v));
+                    Ok((Bytes::from(v), sum, md5, fh))
+                })
+                .await?;
+                full_hasher = fh;
+                let number = i as i32 + 1;
+                let b = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.cfg.bucket)
+                    .key(full)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(len as i64)
+                    .body(ByteStream::from(data))
+                    .checksum_algorithm(sdk_algo(algo))
+                    .set_content_md5(md5);
+                let b = with_checksum!(b, algo, sum.base64());
+                let what = format!("UploadPart {full} #{number}");
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let out = b.send().await.map_err(|e| map_err(&what, e))?;
+                    let etag = out.e_tag().map(str::to_string).ok_or_else(|| {
+                        StoreError::new(StoreErrorKind::Other, format!("{what}: no ETag"))
+                    })?;
+                    Ok((number, etag, sum))
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                done.push(joined(r)?);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            return Err(e);
+        }
+        done.sort_by_key(|p| p.0);
+        let checksum = match full_hasher {
+            Some(h) => h.finalize(),
+            None => {
+                let mut acc: Option<Checksum> = None;
+                for (i, (_, _, sum)) in done.iter().enumerate() {
+                    let len = part_size.min(size - i as u64 * part_size);
+                    acc = Some(match acc {
+                        None => sum.clone(),
+                        Some(a) => combine_crc(&a, sum, len).expect("crc algorithms combine"),
+                    });
+                }
+                acc.unwrap_or_else(|| Checksum::of(algo, &[]))
+            }
+        };
+        Ok((checksum, done))
+    }
+
+    async fn get_object(
+        &self,
+        full: &str,
+        version_id: Option<&str>,
+        range: Option<(u64, u64)>,
+        if_match: Option<&str>,
+    ) -> Result<s3::operation::get_object::GetObjectOutput, StoreError> {
+        let mut b = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .set_version_id(version_id.map(str::to_string))
+            .set_if_match(if_match.map(str::to_string));
+        if let Some((start, end)) = range {
+            b = b.range(format!("bytes={start}-{end}"));
+        }
+        b.send()
+            .await
+            .map_err(|e| map_err(&format!("GET {full}"), e))
+    }
+
+    async fn get_impl(&self, req: GetRequest<'_>) -> Result<GetResult, StoreError> {
+        validate_key(req.key)?;
+        let full = self.full_key(req.key);
+        let algo = req.checksum;
+        let size = req.expected_size;
+        let dest = Arc::new(
+            req.dest
+                .try_clone()
+                .map_err(|e| StoreError::io("dup of the destination", &e))?,
+        );
+        let chunk = self.cfg.part_size;
+        if size <= chunk || self.cfg.concurrency == 1 {
+            let out = self.get_object(&full, req.version_id, None, None).await?;
+            let len = out.content_length().unwrap_or(-1);
+            if len != size as i64 {
+                return Err(size_mismatch(req.key, len.max(0) as u64, size));
+            }
+            let version_id = version(out.version_id());
+            let sum = stream_to_file(out.body, dest, 0, size, Some(algo), &full).await?;
+            return Ok(GetResult {
+                bytes: size,
+                checksum: sum.expect("hashed"),
+                version_id,
+            });
+        }
+        // Ranged: the first range tells the total size and pins the version (its id, or
+        // on an unversioned bucket its ETag via If-Match) for the others.
+        let crc = algo.is_crc();
+        let first = self
+            .get_object(&full, req.version_id, Some((0, chunk - 1)), None)
+            .await?;
+        let total = first
+            .content_range()
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, t)| t.parse::<u64>().ok());
+        if total != Some(size) {
+            return Err(size_mismatch(req.key, total.unwrap_or(0), size));
+        }
+        let version_id = version(first.version_id()).or(req.version_id.map(str::to_string));
+        let etag = first.e_tag().map(str::to_string);
+        let nranges = size.div_ceil(chunk);
+        let sem = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let mut tasks: JoinSet<Result<(u64, Option<Checksum>), StoreError>> = JoinSet::new();
+        {
+            let permit = sem.clone().acquire_owned().await.expect("open semaphore");
+            let (d, f) = (dest.clone(), full.clone());
+            let body = first.body;
+            tasks.spawn(async move {
+                let _p = permit;
+                let s = stream_to_file(body, d, 0, chunk, crc.then_some(algo), &f).await?;
+                Ok((0, s))
+            });
+        }
+        let mut sums: Vec<(u64, Option<Checksum>)> = Vec::with_capacity(nranges as usize);
+        let result: Result<(), StoreError> = async {
+            for i in 1..nranges {
+                let permit = sem.clone().acquire_owned().await.expect("open semaphore");
+                while let Some(r) = tasks.try_join_next() {
+                    sums.push(joined(r)?);
+                }
+                let start = i * chunk;
+                let end = (start + chunk).min(size) - 1;
+                let (d, f, this) = (dest.clone(), full.clone(), self.clone());
+                let (v, e) = (version_id.clone(), etag.clone());
+                tasks.spawn(async move {
+                    let _p = permit;
+                    let if_match = if v.is_none() { e.as_deref() } else { None };
+                    let out = this
+                        .get_object(&f, v.as_deref(), Some((start, end)), if_match)
+                        .await?;
+                    let len = end - start + 1;
+                    let s =
+                        stream_to_file(out.body, d, start, len, crc.then_some(algo), &f).await?;
+                    Ok((i, s))
+                });
+            }
+            Ok(())
+        }
+        .await;
+        let mut err = result.err();
+        while let Some(r) = tasks.join_next().await {
+            match joined(r) {
+                Ok(s) => sums.push(s),
+                Err(e) => {
+                    if err.is_none() {
+                        err = Some(e);
+                        tasks.abort_all();
+                    }
+                }
+            }
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let checksum = if crc {
+            sums.sort_by_key(|s| s.0);
+            let mut acc: Option<Checksum> = None;
+            for (i, s) in sums {
+                let s = s.expect("crc ranges hashed");
+                let len = chunk.min(size - i * chunk);
+                acc = Some(match acc {
+                    None => s,
+                    Some(a) => combine_crc(&a, &s, len).expect("crc algorithms combine"),
+                });
+            }
+            acc.expect("at least two ranges")
+        } else {
+            let d = dest.clone();
+            blocking(move || checksum_file(&d, size, algo)).await?
+        };
+        Ok(GetResult {
+            bytes: size,
+            checksum,
+            version_id,
+        })
+    }
+
+    async fn head_impl(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<ObjectMeta, StoreError> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .set_version_id(version_id.map(str::to_string))
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| map_err(&format!("HEAD {full}"), e))?;
+        let storage_class = out
+            .storage_class()
+            .map(|c| StorageClass::from_reported(c.as_str()))
+            .unwrap_or_default();
+        let checksum = [
+            ChecksumAlgo::Crc32c,
+            ChecksumAlgo::Crc32,
+            ChecksumAlgo::Sha256,
+            ChecksumAlgo::Sha1,
+        ]
+        .into_iter()
+        .find_map(|a| checksum_of!(out, a).map(|v| ReportedChecksum::parse(a, v)));
+        let archived = storage_class.is_archive() || out.archive_status().is_some();
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            restore: restore_status(archived, out.restore()),
+            storage_class,
+            version_id: version(out.version_id()),
+            etag: out.e_tag().map(str::to_string),
+            checksum,
+            metadata: decode_metadata(out.metadata()),
+        })
+    }
+}
+
+/// The restore state from whether the object is archived and its `x-amz-restore` header:
+/// `ongoing-request="true"` while in progress; `ongoing-request="false", expiry-date="..."`
+/// once restored.
+pub fn restore_status(archived: bool, header: Option<&str>) -> RestoreStatus {
+    match header {
+        Some(h) if h.contains("ongoing-request=\"true\"") => RestoreStatus::InProgress,
+        Some(h) if h.contains("ongoing-request=\"false\"") => RestoreStatus::Restored {
+            expiry: h
+                .split_once("expiry-date=\"")
+                .and_then(|(_, r)| r.split_once('"'))
+                .map(|(d, _)| d.to_string()),
+        },
+        _ if archived => RestoreStatus::Archived,
+        _ => RestoreStatus::NotArchived,
+    }
+}
+
+/// A version id from a response; "null" (an unversioned bucket's objects, as moto says it
+/// on CompleteMultipartUpload) is no version.
+fn version(v: Option<&str>) -> Option<String> {
+    v.filter(|v| *v != "null").map(str::to_string)
+}
+
+fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result<T, StoreError> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::new(
+            StoreErrorKind::Other,
+            format!("transfer task failed: {e}"),
+        )),
+    }
+}
+
+/// Streams `len` bytes of `body` into `dest` at `start` with pwrite, in chunks of
+/// `WRITE_CHUNK` (one write in flight while the next chunk arrives), hashing them if asked.
+async fn stream_to_file(
+    mut body: ByteStream,
+    dest: Arc<File>,
+    start: u64,
+    len: u64,
+    algo: Option<ChecksumAlgo>,
+    what: &str,
+) -> Result<Option<Checksum>, StoreError> {
+    let mut hasher = algo.map(Hasher::new);
+    let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
+    let mut off = start;
+    let mut got = 0u64;
+    let mut pending: Option<tokio::task::JoinHandle<Result<Option<Hasher>, StoreError>>> = None;
+    loop {
+        let next = body.next().await;
+        let end = match next {
+            None => true,
+            Some(Ok(bytes)) => {
+                got += bytes.len() as u64;
+                if got > len {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("GET {what}: more bytes than the {len} asked for"),
+                    ));
+                }
+                buf.extend_from_slice(&bytes);
+                false
+            }
+            Some(Err(e)) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Unreachable,
+                    format!("GET {what}: reading the body: {}", error_chain(&e)),
+                ))
+            }
+        };
+        if buf.len() >= WRITE_CHUNK || (end && !buf.is_empty()) {
+            if let Some(p) = pending.take() {
+                hasher = joined(p.await)?;
+            }
+            let data = buf.split().freeze();
+            let d = dest.clone();
+            let at = off;
+            let mut h = hasher.take();
+            off += data.len() as u64;
+            pending = Some(tokio::task::spawn_blocking(move || {
+                write_all_at(&d, &data, at)?;
+                if let Some(h) = h.as_mut() {
+                    h.update(&data);
+                }
+                Ok(h)
+            }));
+        }
+        if end {
+            break;
+        }
+    }
+    if let Some(p) = pending.take() {
+        hasher = joined(p.await)?;
+    }
+    if got != len {
+        return Err(StoreError::new(
+            StoreErrorKind::Unreachable,
+            format!("GET {what}: body ended after {got} of {len} bytes"),
+        ));
+    }
+    Ok(hasher.map(Hasher::finalize))
+}
+
+/// Bytes kept as they are in metadata values; everything else (and `%`) is
+/// percent-encoded, so any UTF-8 value survives HTTP headers and comes back the same.
+fn keep_in_header(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && b != b'%'
+}
+
+fn percent_encode(s: &str, keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if keep(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn encode_metadata(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), percent_encode(v, keep_in_header)))
+        .collect()
+}
+
+fn decode_metadata(m: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), percent_decode(v)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The `x-amz-tagging` header: a URL query string.
+fn encode_tagging(tags: &BTreeMap<String, String>) -> String {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-_.~".contains(&b);
+    tags.iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                percent_encode(k, unreserved),
+                percent_encode(v, unreserved)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Maps an SDK error to a `StoreError`: what failed (`what`), the S3 error code and HTTP
+/// status, or the transport failure.
+fn map_err<E>(what: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use StoreErrorKind as K;
+    let detail = match &e {
+        SdkError::ServiceError(s) => format!(
+            "HTTP {}{}",
+            s.raw().status().as_u16(),
+            s.err()
+                .message()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+        other => error_chain(other),
+    };
+    let (kind, transient) = match &e {
+        SdkError::ConstructionFailure(_) => (K::InvalidConfig, false),
+        SdkError::TimeoutError(_) => (K::Unreachable, true),
+        SdkError::DispatchFailure(d) => {
+            if d.is_io() || d.is_timeout() {
+                (K::Unreachable, true)
+            } else if d.is_user() {
+                (K::InvalidConfig, false)
+            } else {
+                (K::Other, true)
+            }
+        }
+        SdkError::ResponseError(_) => (K::Other, true),
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            classify(status, s.err().code())
+        }
+        _ => (K::Other, true),
+    };
+    let code = e.code().map(|c| format!(" [{c}]")).unwrap_or_default();
+    StoreError {
+        kind,
+        transient,
+        message: format!("{what}:{code} {detail}"),
+    }
+}
+
+/// An error and its sources, "outer: inner: innermost".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// The kind and transience of an S3 error answer.
+fn classify(status: u16, code: Option<&str>) -> (StoreErrorKind, bool) {
+    use StoreErrorKind as K;
+    match code {
+        Some("NoSuchKey" | "NoSuchVersion" | "NotFound") => return (K::NotFound, false),
+        Some("InvalidObjectState" | "ObjectNotInActiveTierError") => {
+            return (K::InvalidObjectState, false)
+        }
+        Some(
+            "NoSuchBucket"
+            | "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "InvalidStorageClass"
+            | "InvalidBucketName"
+            | "NotImplemented"
+            | "KMS.NotFoundException"
+            | "InvalidEncryptionAlgorithmError",
+        ) => return (K::InvalidConfig, false),
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AllAccessDisabled"
+            | "AccountProblem"
+            | "InvalidSecurity",
+        ) => return (K::AccessDenied, false),
+        Some("ExpiredToken" | "TokenRefreshRequired" | "RequestTimeTooSkewed") => {
+            return (K::AccessDenied, true)
+        }
+        Some(
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequests"
+            | "ServiceUnavailable"
+            | "Busy",
+        ) => return (K::Throttled, true),
+        Some(
+            "BadDigest"
+            | "InvalidDigest"
+            | "XAmzContentChecksumMismatch"
+            | "XAmzContentSHA256Mismatch"
+            | "InvalidChecksum",
+        ) => return (K::ChecksumMismatch, true),
+        Some("InternalError" | "RequestTimeout" | "OperationAborted") => return (K::Other, true),
+        Some(
+            "InvalidArgument" | "KeyTooLongError" | "MetadataTooLarge" | "InvalidTag"
+            | "MalformedXML" | "EntityTooLarge" | "EntityTooSmall" | "InvalidPart"
+            | "InvalidPartOrder",
+        ) => return (K::InvalidArgument, false),
+        _ => {}
+    }
+    match status {
+        404 => (K::NotFound, false),
+        401 | 403 => (K::AccessDenied, false),
+        429 | 503 => (K::Throttled, true),
+        400 | 411 | 413 | 416 => (K::InvalidArgument, false),
+        301 | 307 => (K::InvalidConfig, false),
+        501 => (K::InvalidConfig, false),
+        s if s >= 500 => (K::Other, true),
+        412 | 409 => (K::Other, true),
+        _ => (K::Other, false),
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        let at = self
+            .cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("AWS {}", self.cfg.region));
+        if self.cfg.prefix.is_empty() {
+            format!("s3://{} at {at}", self.cfg.bucket)
+        } else {
+            format!("s3://{}/{} at {at}", self.cfg.bucket, self.cfg.prefix)
+        }
+    }
+
+    fn put(&self, req: PutRequest) -> StoreFuture<'_, PutResult> {
+        Box::pin(async move {
+            validate_key(&req.key)?;
+            validate_metadata(&req.metadata)?;
+            validate_tags(&req.tags)?;
+            let full = self.full_key(&req.key);
+            let algo = req.checksum.unwrap_or(self.cfg.checksum);
+            let class = req
+                .storage_class
+                .clone()
+                .unwrap_or_else(|| self.cfg.storage_class.clone());
+            if req.size > self.cfg.part_size {
+                self.put_multipart(req, full, algo, class).await
+            } else {
+                self.put_single(req, full, algo, class).await
+            }
+        })
+    }
+
+    fn head<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+    ) -> StoreFuture<'a, ObjectMeta> {
+        Box::pin(self.head_impl(key, version_id))
+    }
+
+    fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult> {
+        Box::pin(self.get_impl(req))
+    }
+
+    fn restore<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        days: u32,
+        tier: RestoreTier,
+    ) -> StoreFuture<'a, RestoreOutcome> {
+        Box::pin(async move {
+            // HEAD first: S3 answers a repeated restore of a restored object with 200 and
+            // the SDK does not show the status; moto never says RestoreAlreadyInProgress.
+            match self.head_impl(key, version_id).await?.restore {
+                RestoreStatus::NotArchived => return Ok(RestoreOutcome::NotArchived),
+                RestoreStatus::InProgress => return Ok(RestoreOutcome::AlreadyInProgress),
+                RestoreStatus::Restored { .. } => return Ok(RestoreOutcome::AlreadyRestored),
+                RestoreStatus::Archived => {}
+            }
+            let full = self.full_key(key);
+            let tier = match tier {
+                RestoreTier::Expedited => Tier::Expedited,
+                RestoreTier::Standard => Tier::Standard,
+                RestoreTier::Bulk => Tier::Bulk,
+            };
+            let params = GlacierJobParameters::builder()
+                .tier(tier)
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("restore: {e}")))?;
+            let r = self
+                .client
+                .restore_object()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .set_version_id(version_id.map(str::to_string))
+                .restore_request(
+                    RestoreRequest::builder()
+                        .days(days.min(i32::MAX as u32) as i32)
+                        .glacier_job_parameters(params)
+                        .build(),
+                )
+                .send()
+                .await;
+            match r {
+                Ok(_) => Ok(RestoreOutcome::Started),
+                Err(e) if e.code() == Some("RestoreAlreadyInProgress") => {
+                    Ok(RestoreOutcome::AlreadyInProgress)
+                }
+                Err(e) => Err(map_err(&format!("RestoreObject {full}"), e)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str, version_id: Option<&'a str>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            let r = self
+                .client
+                .delete_object()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .set_version_id(version_id.map(str::to_string))
+                .send()
+                .await;
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let err = map_err(&format!("DELETE {full}"), e);
+                    if err.kind == StoreErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(err)
+                    }
+                }
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<ListEntry>> {
+        Box::pin(async move {
+            validate_prefix(prefix)?;
+            let full = if self.cfg.prefix.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{}/{prefix}", self.cfg.prefix)
+            };
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.cfg.bucket)
+                    .prefix(&full)
+                    .max_keys(self.cfg.list_page_size)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&format!("LIST {full}"), e))?;
+                for o in page.contents() {
+                    let Some(k) = o.key().and_then(|k| self.strip_prefix(k)) else {
+                        continue;
+                    };
+                    out.push(ListEntry {
+                        key: k.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().map(str::to_string),
+                        storage_class: o
+                            .storage_class()
+                            .map(|c| StorageClass::from_reported(c.as_str()))
+                            .unwrap_or_default(),
+                    });
+                }
+                match (page.is_truncated(), page.next_continuation_token()) {
+                    (Some(true), Some(t)) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+    }
+
+    fn get_tags<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+    ) -> StoreFuture<'a, BTreeMap<String, String>> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            let out = self
+                .client
+                .get_object_tagging()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .set_version_id(version_id.map(str::to_string))
+                .send()
+                .await
+                .map_err(|e| map_err(&format!("GetObjectTagging {full}"), e))?;
+            Ok(out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect())
+        })
+    }
+
+    fn set_tags<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        tags: BTreeMap<String, String>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            validate_key(key)?;
+            validate_tags(&tags)?;
+            let full = self.full_key(key);
+            if tags.is_empty() {
+                self.client
+                    .delete_object_tagging()
+                    .bucket(&self.cfg.bucket)
+                    .key(&full)
+                    .set_version_id(version_id.map(str::to_string))
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&format!("DeleteObjectTagging {full}"), e))?;
+                return Ok(());
+            }
+            let set = tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::invalid_argument(format!("tags: {e}")))?;
+            let tagging = Tagging::builder()
+                .set_tag_set(Some(set))
+                .build()
+                .map_err(|e| StoreError::invalid_argument(format!("tags: {e}")))?;
+            self.client
+                .put_object_tagging()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .set_version_id(version_id.map(str::to_string))
+                .tagging(tagging)
+                .send()
+                .await
+                .map_err(|e| map_err(&format!("PutObjectTagging {full}"), e))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn metadata_values_round_trip_through_header_encoding() {
+        for v in [
+            "plain",
+            "a b",
+            "100%",
+            "dir/é ü/\u{1F600}",
+            "",
+            " lead",
+            "%41",
+        ] {
+            let e = percent_encode(v, keep_in_header);
+            assert!(e.bytes().all(keep_in_header_or_pct), "{e}");
+            assert_eq!(percent_decode(&e), v);
+        }
+        fn keep_in_header_or_pct(b: u8) -> bool {
+            keep_in_header(b) || b == b'%'
+        }
+    }
+
+    #[test]
+    fn tagging_header_is_a_query_string() {
+        let t = BTreeMap::from([
+            ("state".to_string(), "premigrated".to_string()),
+            ("a b".to_string(), "x=y/z".to_string()),
+        ]);
+        assert_eq!(encode_tagging(&t), "a%20b=x%3Dy%2Fz&state=premigrated");
+    }
+
+    #[test]
+    fn restore_header_forms() {
+        assert_eq!(restore_status(true, None), RestoreStatus::Archived);
+        assert_eq!(restore_status(false, None), RestoreStatus::NotArchived);
+        assert_eq!(
+            restore_status(true, Some("ongoing-request=\"true\"")),
+            RestoreStatus::InProgress
+        );
+        assert_eq!(
+            restore_status(
+                true,
+                Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"")
+            ),
+            RestoreStatus::Restored {
+                expiry: Some("Fri, 21 Dec 2012 00:00:00 GMT".into())
+            }
+        );
+    }
+
+    #[test]
+    fn error_codes_map_to_kinds() {
+        use StoreErrorKind as K;
+        assert_eq!(classify(404, None), (K::NotFound, false));
+        assert_eq!(
+            classify(404, Some("NoSuchBucket")),
+            (K::InvalidConfig, false)
+        );
+        assert_eq!(
+            classify(403, Some("InvalidObjectState")),
+            (K::InvalidObjectState, false)
+        );
+        assert_eq!(classify(403, None), (K::AccessDenied, false));
+        assert_eq!(classify(503, Some("SlowDown")), (K::Throttled, true));
+        assert_eq!(
+            classify(400, Some("BadDigest")),
+            (K::ChecksumMismatch, true)
+        );
+        assert_eq!(classify(500, None), (K::Other, true));
+        assert_eq!(
+            classify(501, Some("NotImplemented")),
+            (K::InvalidConfig, false)
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! The conformance suite on each backend (memory fake, posix directory, S3 on a real moto
+//! server), and unit tests of checksums, keys and configuration.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::conformance::{data, run_all, Harness};
+use super::testing::MotoServer;
+use super::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+#[test]
+fn conformance_memory() {
+    runtime().block_on(async {
+        let store = MemoryStore::new()
+            .with_restore_delay(Duration::from_secs(1))
+            .into_arc();
+        let dead = MemoryStore::new().into_arc();
+        dead.set_unreachable(true);
+        let s2 = store.clone();
+        run_all(Harness {
+            name: "memory",
+            store,
+            unreachable: dead,
+            corrupt: Box::new(move |k| assert!(s2.corrupt(k), "no object {k}")),
+            before_restore: Box::new(|| {}),
+            archives: true,
+            part_size: None,
+        })
+        .await
+    });
+}
+
+fn posix_harness(emulate: bool) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = PosixConfig {
+        root: dir.path().join("objects"),
+        emulate_archive: emulate,
+        restore_delay: "1s".into(),
+        ..PosixConfig::default()
+    };
+    let store = Arc::new(PosixStore::new(&cfg).expect("posix store"));
+    // A store whose root went away (a share that is no longer mounted).
+    let gone_cfg = PosixConfig {
+        root: dir.path().join("gone"),
+        ..cfg.clone()
+    };
+    let gone = Arc::new(PosixStore::new(&gone_cfg).expect("posix store"));
+    std::fs::remove_file(gone_cfg.root.join(posix::MARKER)).unwrap();
+    let s2 = store.clone();
+    let h = Harness {
+        name: if emulate { "posix+archive" } else { "posix" },
+        store,
+        unreachable: gone,
+        corrupt: Box::new(move |k| {
+            let p = s2.data_path(k).unwrap();
+            let mut v = std::fs::read(&p).unwrap();
+            let i = v.len() / 2;
+            v[i] ^= 0x5a;
+            std::fs::write(&p, v).unwrap();
+        }),
+        before_restore: Box::new(|| {}),
+        archives: emulate,
+        part_size: None,
+    };
+    (h, dir)
+}
+
+#[test]
+fn conformance_posix() {
+    let (h, _dir) = posix_harness(false);
+    runtime().block_on(run_all(h));
+}
+
+#[test]
+fn conformance_posix_emulating_archive() {
+    let (h, _dir) = posix_harness(true);
+    runtime().block_on(run_all(h));
+}
+
+/// How long moto keeps a restore "in progress" (see `MotoServer::set_restore_seconds`).
+const MOTO_RESTORE_SECS: u64 = 2;
+
+async fn s3_harness(moto: &Arc<MotoServer>, cfg: S3Config, name: &'static str) -> Harness {
+    let store = Arc::new(S3Store::new(&cfg).await.expect("s3 store"));
+    // Nothing listens on a port we just had the kernel pick and released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead_cfg = S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        connect_timeout: "2s".into(),
+        read_timeout: "5s".into(),
+        max_attempts: 2,
+        ..cfg.clone()
+    };
+    let dead = Arc::new(S3Store::new(&dead_cfg).await.expect("s3 store"));
+    let m = moto.clone();
+    let (bucket, prefix) = (cfg.bucket.clone(), cfg.prefix.clone());
+    Harness {
+        name,
+        store,
+        unreachable: dead,
+        corrupt: Box::new(move |k| {
+            let full = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}/{k}")
+            };
+            let mut v = m.raw_get(&bucket, &full).unwrap();
+            let i = v.len() / 2;
+            v[i] ^= 0x5a;
+            m.raw_put(&bucket, &full, &v).unwrap();
+        }),
+        // moto shows a new archived object as restored for MOTO_RESTORE_SECS after its
+        // creation; a restore asked for after that is in progress for that long.
+        before_restore: Box::new(|| {
+            std::thread::sleep(Duration::from_millis(MOTO_RESTORE_SECS * 1000 + 300))
+        }),
+        archives: true,
+        part_size: Some(cfg.part_size),
+    }
+}
+
+fn start_moto() -> Arc<MotoServer> {
+    match MotoServer::start() {
+        Ok(m) => Arc::new(m),
+        Err(e) => panic!("cannot run the S3 conformance tests: {e}"),
+    }
+}
+
+/// The suite on a versioned bucket with a key prefix, SDK checksum defaults.
+#[test]
+fn conformance_s3_moto_versioned() {
+    let moto = start_moto();
+    moto.create_bucket("coldtier-versioned", true).unwrap();
+    moto.set_restore_seconds(MOTO_RESTORE_SECS).unwrap();
+    let cfg = S3Config {
+        prefix: "pfx/coldtier".into(),
+        part_size: MIN_PART_SIZE,
+        list_page_size: 7,
+        ..moto.s3_config("coldtier-versioned")
+    };
+    runtime().block_on(async {
+        let h = s3_harness(&moto, cfg, "s3-moto-versioned").await;
+        run_all(h).await
+    });
+    eprintln!("moto resident memory at the end: {:?} KiB", moto.rss_kib());
+}
+
+/// The suite on an unversioned bucket without prefix, checksums "when required" (what
+/// garage needs) and Content-MD5 on every PUT and part.
+#[test]
+fn conformance_s3_moto_unversioned_when_required() {
+    let moto = start_moto();
+    moto.create_bucket("coldtier-plain", false).unwrap();
+    moto.set_restore_seconds(MOTO_RESTORE_SECS).unwrap();
+    let cfg = S3Config {
+        part_size: MIN_PART_SIZE,
+        list_page_size: 5,
+        request_checksum: RequestChecksum::WhenRequired,
+        content_md5: true,
+        concurrency: 2,
+        ..moto.s3_config("coldtier-plain")
+    };
+    runtime().block_on(async {
+        let h = s3_harness(&moto, cfg, "s3-moto-when-required").await;
+        run_all(h).await
+    });
+}
+
+#[test]
+fn s3_missing_bucket_is_invalid_config() {
+    let moto = start_moto();
+    runtime().block_on(async {
+        let store = S3Store::new(&moto.s3_config("no-such-bucket"))
+            .await
+            .unwrap();
+        let e = store.head("k", None).await.unwrap_err();
+        // HEAD has no body: a missing bucket looks like a missing key.
+        assert_eq!(e.kind, StoreErrorKind::NotFound, "{e}");
+        let e = store.list("").await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::InvalidConfig, "{e}");
+        assert!(!e.transient);
+    });
+}
+
+// --- unit tests -------------------------------------------------------------------------
+
+#[test]
+fn checksum_known_values() {
+    let c = Checksum::of(ChecksumAlgo::Crc32c, b"123456789");
+    assert_eq!(c.value, 0xE306_9283u32.to_be_bytes());
+    let c = Checksum::of(ChecksumAlgo::Crc32, b"123456789");
+    assert_eq!(c.value, 0xCBF4_3926u32.to_be_bytes());
+    assert_eq!(c.to_string(), "crc32:y/Q5Jg==");
+    assert_eq!(Checksum::parse("crc32:y/Q5Jg==").unwrap(), c);
+    let s = Checksum::of(ChecksumAlgo::Sha256, b"");
+    assert_eq!(s.base64(), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+}
+
+#[test]
+fn crc_combine_equals_whole() {
+    let d = data(1_000_003, 5);
+    for algo in [ChecksumAlgo::Crc32c, ChecksumAlgo::Crc32] {
+        let (a, b) = d.split_at(333_333);
+        let c = combine_crc(
+            &Checksum::of(algo, a),
+            &Checksum::of(algo, b),
+            b.len() as u64,
+        );
+        assert_eq!(c.unwrap(), Checksum::of(algo, &d));
+    }
+    let s = Checksum::of(ChecksumAlgo::Sha256, b"x");
+    assert!(combine_crc(&s, &s, 1).is_none());
+}
+
+#[test]
+fn composite_is_checksum_of_part_checksums() {
+    let parts = [b"aaaa".as_slice(), b"bbbb", b"cc"];
+    let sums: Vec<Checksum> = parts
+        .iter()
+        .map(|p| Checksum::of(ChecksumAlgo::Sha256, p))
+        .collect();
+    let mut cat = Vec::new();
+    for s in &sums {
+        cat.extend_from_slice(&s.value);
+    }
+    let c = composite_checksum(ChecksumAlgo::Sha256, &sums);
+    assert_eq!(c.parts, Some(3));
+    assert_eq!(c.value, Checksum::of(ChecksumAlgo::Sha256, &cat).base64());
+    let reported = ReportedChecksum::parse(ChecksumAlgo::Sha256, &format!("{}-3", c.value));
+    assert_eq!(reported, c);
+    // moto's HEAD leaves off the part count: still the same checksum.
+    assert!(ReportedChecksum::parse(ChecksumAlgo::Sha256, &c.value).matches(&c));
+    let wrong = ReportedChecksum::parse(ChecksumAlgo::Sha256, &format!("{}-4", c.value));
+    assert!(!wrong.matches(&c));
+}
+
+#[test]
+fn keys_stay_inside() {
+    for ok in ["a", "a/b", "7/3f2a", "prefix/file-id/v1.2", "é/ü"] {
+        validate_key(ok).unwrap();
+    }
+    for bad in [
+        "",
+        "/a",
+        "a/",
+        "a//b",
+        "..",
+        "a/..",
+        "./a",
+        "a/.x",
+        "a\0b",
+        "a/b.meta.json",
+    ] {
+        assert_eq!(
+            validate_key(bad).unwrap_err().kind,
+            StoreErrorKind::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+    validate_prefix("").unwrap();
+    validate_prefix("a/").unwrap();
+    validate_prefix("a/b").unwrap();
+    assert!(validate_prefix("/").is_err());
+    assert!(validate_prefix("../").is_err());
+}
+
+#[test]
+fn store_config_parses_both_kinds() {
+    #[derive(serde::Deserialize)]
+    struct Top {
+        store: StoreConfig,
+    }
+    let t: Top = toml::from_str(
+        r#"
+        [store]
+        kind = "s3"
+        endpoint = "http://127.0.0.1:9000"
+        bucket = "cold"
+        prefix = "share1"
+        path_style = true
+        storage_class = "DEEP_ARCHIVE"
+        checksum = "sha256"
+        request_checksum = "when_required"
+        sse = "AES256"
+        part_size = "32MiB"
+        concurrency = 8
+        "#,
+    )
+    .unwrap();
+    let StoreConfig::S3(c) = &t.store else {
+        panic!("not s3")
+    };
+    assert_eq!(c.part_size, 32 << 20);
+    assert_eq!(c.storage_class, StorageClass::DeepArchive);
+    assert_eq!(c.checksum, ChecksumAlgo::Sha256);
+    assert_eq!(c.request_checksum, RequestChecksum::WhenRequired);
+    assert_eq!(c.region, "us-east-1");
+    t.store.validate().unwrap();
+
+    let t: Top = toml::from_str("[store]\nkind = \"posix\"\nroot = \"/srv/objects\"\n").unwrap();
+    assert!(
+        matches!(&t.store, StoreConfig::Posix(p) if p.root == std::path::Path::new("/srv/objects"))
+    );
+    t.store.validate().unwrap();
+
+    for bad in [
+        "[store]\nkind = \"s3\"\nbucket = \"b\"\nbogus = 1\n",
+        "[store]\nkind = \"s3\"\nbucket = \"b\"\nstorage_class = \"COLD\"\n",
+        "[store]\nkind = \"s3\"\nbucket = \"b\"\nchecksum = \"md5\"\n",
+        "[store]\nkind = \"tape\"\n",
+        "[store]\nkind = \"posix\"\nroot = \"/x\"\nbucket = \"b\"\n",
+    ] {
+        assert!(toml::from_str::<Top>(bad).is_err(), "accepted: {bad}");
+    }
+    for (bad, what) in [
+        ("[store]\nkind = \"s3\"\n", "bucket"),
+        (
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\npart_size = \"1MiB\"\n",
+            "part_size",
+        ),
+        (
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\nprefix = \"/x\"\n",
+            "prefix",
+        ),
+        (
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\nsse = \"rot13\"\n",
+            "sse",
+        ),
+        (
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\naccess_key = \"a\"\n",
+            "secret_key",
+        ),
+        ("[store]\nkind = \"posix\"\nroot = \"relative\"\n", "root"),
+    ] {
+        let t: Top = toml::from_str(bad).unwrap();
+        let e = t.store.validate().unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::InvalidConfig);
+        assert!(e.message.contains(what), "{e}");
+    }
+}
+
+#[test]
+fn part_size_grows_for_huge_objects() {
+    let rt = runtime();
+    let store = rt
+        .block_on(S3Store::new(&S3Config {
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            access_key: Some("a".into()),
+            secret_key: Some("s".into()),
+            ..S3Config::default()
+        }))
+        .unwrap();
+    assert_eq!(store.part_size_for(1 << 30), DEFAULT_PART_SIZE);
+    let huge = 1u64 << 40; // 1 TiB
+    let ps = store.part_size_for(huge);
+    assert!(
+        huge.div_ceil(ps) <= MAX_PARTS && ps % (1 << 20) == 0,
+        "{ps}"
+    );
+}
+
+#[test]
+fn memory_fail_next_injects() {
+    runtime().block_on(async {
+        let m = MemoryStore::new();
+        m.fail_next(2, StoreErrorKind::Throttled);
+        for _ in 0..2 {
+            let e = m.list("").await.unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Throttled);
+            assert!(e.transient);
+        }
+        assert!(m.list("").await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn posix_refuses_foreign_nonempty_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("somefile"), b"x").unwrap();
+    let e = PosixStore::new(&PosixConfig {
+        root: dir.path().to_path_buf(),
+        ..PosixConfig::default()
+    })
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind, StoreErrorKind::InvalidConfig);
+    let _ = BTreeMap::<String, String>::new();
+}
+
+/// A server that accepts connections and never answers: the read timeout ends each
+/// attempt, and the call fails `Unreachable` in about attempts x read_timeout.
+#[test]
+fn s3_silent_server_times_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    runtime().block_on(async {
+        let store = S3Store::new(&S3Config {
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            bucket: "b".into(),
+            path_style: true,
+            access_key: Some("a".into()),
+            secret_key: Some("s".into()),
+            read_timeout: "1s".into(),
+            max_attempts: 2,
+            ..S3Config::default()
+        })
+        .await
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        let e = store.head("k", None).await.unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(e.kind, StoreErrorKind::Unreachable, "{e}");
+        assert!(e.transient);
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        eprintln!("silent server: failed in {took:?}: {e}");
+    });
+    drop(silent);
+}
+
+/// Throughput of one 64 MiB object (put, then get) with crc32c and sha256, against moto
+/// started here, or the server at COLDTIER_BENCH_ENDPOINT (bucket COLDTIER_BENCH_BUCKET,
+/// created beforehand). `cargo test --release --lib store::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_put_get_64mib() {
+    let size: usize = std::env::var("COLDTIER_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
+        << 20;
+    let (moto, cfg) = match std::env::var("COLDTIER_BENCH_ENDPOINT") {
+        Ok(ep) => (
+            None,
+            S3Config {
+                endpoint: Some(ep),
+                bucket: std::env::var("COLDTIER_BENCH_BUCKET").unwrap_or("bench".into()),
+                path_style: true,
+                access_key: std::env::var("AWS_ACCESS_KEY_ID").ok().or(Some("a".into())),
+                secret_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                    .ok()
+                    .or(Some("s".into())),
+                ..S3Config::default()
+            },
+        ),
+        Err(_) => {
+            let m = start_moto();
+            m.create_bucket("bench", false).unwrap();
+            let c = m.s3_config("bench");
+            (Some(m), c)
+        }
+    };
+    let bytes = data(size, 1);
+    let mut src = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut src, &bytes).unwrap();
+    runtime().block_on(async {
+        for (part_size, concurrency) in [(16u64 << 20, 4usize), (64 << 20, 1)] {
+            let cfg = S3Config {
+                part_size,
+                concurrency,
+                ..cfg.clone()
+            };
+            let store = S3Store::new(&cfg).await.unwrap();
+            for algo in [ChecksumAlgo::Crc32c, ChecksumAlgo::Sha256] {
+                let key = format!("bench/{algo}");
+                let t0 = std::time::Instant::now();
+                let put = store
+                    .put(PutRequest {
+                        key: key.clone(),
+                        file: src.try_clone().unwrap(),
+                        size: size as u64,
+                        storage_class: None,
+                        metadata: BTreeMap::new(),
+                        tags: BTreeMap::new(),
+                        checksum: Some(algo),
+                    })
+                    .await
+                    .unwrap();
+                let tput = t0.elapsed();
+                let dest = tempfile::tempfile().unwrap();
+                let t0 = std::time::Instant::now();
+                let got = store
+                    .get(GetRequest {
+                        key: &key,
+                        version_id: put.version_id.as_deref(),
+                        dest: &dest,
+                        expected_size: size as u64,
+                        checksum: algo,
+                    })
+                    .await
+                    .unwrap();
+                let tget = t0.elapsed();
+                assert_eq!(got.checksum, put.checksum);
+                let mib = size as f64 / (1 << 20) as f64;
+                eprintln!(
+                    "bench {} MiB {algo} part_size={}MiB concurrency={concurrency}: put {:.0} MiB/s ({} parts, {:.2}s), get {:.0} MiB/s ({:.2}s); server rss {:?} KiB",
+                    size >> 20,
+                    part_size >> 20,
+                    mib / tput.as_secs_f64(),
+                    put.parts,
+                    tput.as_secs_f64(),
+                    mib / tget.as_secs_f64(),
+                    tget.as_secs_f64(),
+                    moto.as_ref().and_then(|m| m.rss_kib()),
+                );
+                store.delete(&key, None).await.unwrap();
+            }
+        }
+    });
+}
