@@ -25,6 +25,71 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a coldtier mount cleanly, waiting for its daemon to finish.
     Umount(UmountArgs),
+    /// Run the tiering policy now (the daemon does the work) and wait for it.
+    Migrate(MigrateArgs),
+    /// Show the tiering state of files: resident, premigrated, stub, recalling, restore_pending.
+    Status(PathsArgs),
+    /// Pin files: their data is never freed (pinning does not recall a stub).
+    Pin(PathsArgs),
+    /// Unpin files.
+    Unpin(PathsArgs),
+    /// Bring stubs' data back now (waits for it).
+    Recall(PathsArgs),
+    /// Free the local data of premigrated files now (they become stubs).
+    Release(PathsArgs),
+    /// Show every event of one file, with the config version in force.
+    History(HistoryArgs),
+    /// Delete the objects of deleted and superseded files whose retention has passed.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// Report what a stub run would do; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override policy.mode for this run.
+    #[arg(long, value_parser = ["dry-run", "copy-only", "stub"])]
+    pub mode: Option<String>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PathsArgs {
+    /// Files (or, with -r, directories) inside a coldtier mount.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Recurse into directories.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// One JSON object per file and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// A file inside a coldtier mount.
+    pub path: PathBuf,
+    /// One JSON object per event and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

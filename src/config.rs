@@ -493,6 +493,23 @@ impl Config {
         self.store.as_ref()?.get("kind")?.as_str()
     }
 
+    /// The `[store]` section parsed and checked by the store module (`kind` defaults to
+    /// "s3"); `None` without a `[store]` section. Errors name the key.
+    pub fn store_config(&self) -> Result<Option<crate::store::StoreConfig>, String> {
+        let Some(table) = &self.store else {
+            return Ok(None);
+        };
+        let mut table = table.clone();
+        table
+            .entry("kind")
+            .or_insert_with(|| toml::Value::String("s3".into()));
+        let cfg: crate::store::StoreConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("[store]: {}", e.message().trim()))?;
+        cfg.validate().map_err(|e| e.message)?;
+        Ok(Some(cfg))
+    }
+
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| ConfigError::Invalid {
             path: origin.into(),
@@ -588,6 +605,12 @@ impl Config {
                 Some(v) => {
                     return Err(bad("store.kind", format!("{v} is not \"s3\" or \"posix\"")))
                 }
+            }
+            if let Err(m) = self.store_config() {
+                return Err(ConfigError::Parse {
+                    path: origin.into(),
+                    message: m,
+                });
             }
         }
         Ok(())

@@ -9,12 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::catalog::Catalog;
 use crate::cli::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
 use crate::fs::fuse::{mount_config, FuseAdapter, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
 use crate::mountinfo;
+use crate::store::StoreConfig;
+use crate::tier::engine::Tiering;
+use crate::tier::ops::{spawn_scheduler, Control};
 
 /// A problem with what the user asked for: reported in one line, exit code 2, nothing mounted.
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +350,13 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         attr: p.config.attr_timeout(),
         entry: p.config.entry_timeout(),
     };
+    let (runtime, tiering) = match start_tiering(&p, &overlay) {
+        Ok(t) => t,
+        Err(e) => {
+            report(&mut status, &format!("ERR {e:#}"));
+            return Err(e);
+        }
+    };
     let adapter = FuseAdapter::new(overlay.clone(), ttl);
     let threads = p.config.threads();
     let mut session =
@@ -397,6 +408,9 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
 
     let result = session.run();
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
+    let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
+    drop(tiering);
+    runtime.shutdown_timeout(Duration::from_secs(2));
     tracing::info!(
         live_inodes = overlay.live_inodes(),
         inode_fds = overlay.inode_fds_held(),
@@ -409,6 +423,66 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         "coldtier unmounted"
     );
     result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
+}
+
+/// Opens the catalog (recording the config version in force), the store, the tiering
+/// engine and its control socket, and installs the overlay's tiering hooks. Runs before
+/// the mount serves anything, so that no stub is ever served without its records.
+fn start_tiering<B: Send + Sync + 'static>(
+    p: &Prepared,
+    overlay: &Arc<OverlayFs<B>>,
+) -> anyhow::Result<(tokio::runtime::Runtime, Arc<Tiering>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("coldtier-tier")
+        .enable_all()
+        .build()?;
+    let path = p.config.catalog_path(&p.mountpoint);
+    let catalog = Arc::new(
+        Catalog::open(&path).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?,
+    );
+    let version = catalog.record_config(p.config.text())?;
+    let store_cfg = p.config.store_config().map_err(|e| anyhow::anyhow!(e))?;
+    let (store, prefix) = match &store_cfg {
+        None => (None, String::new()),
+        Some(c) => {
+            let s = rt
+                .block_on(crate::store::open(c))
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+            let prefix = match c {
+                StoreConfig::S3(s3) => s3.prefix.clone(),
+                StoreConfig::Posix(_) => String::new(),
+            };
+            (Some(s), prefix)
+        }
+    };
+    let described = store.as_ref().map(|s| s.describe());
+    let t = Tiering::new(
+        p.config.clone(),
+        catalog,
+        store,
+        prefix,
+        p.source.clone(),
+        p.mountpoint.clone(),
+        p.root.try_clone()?,
+        rt.handle().clone(),
+        overlay.gate(),
+    )?;
+    t.set_mount(overlay.clone());
+    overlay.set_tier_hooks(t.clone());
+    t.resume();
+    let socket = crate::control::socket_path(&p.mountpoint);
+    let server = crate::control::server::Server::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", socket.display()))?;
+    server.spawn(Arc::new(Control { t: t.clone() }))?;
+    spawn_scheduler(t.clone());
+    tracing::info!(
+        config_version = version.version,
+        catalog = %path.display(),
+        store = described.as_deref().unwrap_or("none ([store] not configured)"),
+        "tiering ready"
+    );
+    Ok((rt, t))
 }
 
 /// `coldtier umount`.

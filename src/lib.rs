@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;

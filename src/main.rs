@@ -3,12 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use coldtier::{cli, daemon};
+use coldtier::{cli, commands, daemon};
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match &cli.command {
         cli::Command::Mount(a) => daemon::mount(a, &cli.log),
         cli::Command::Umount(a) => daemon::umount(a),
+        c => commands::run(c),
     }
 }
 

@@ -441,6 +441,29 @@ impl Catalog {
         outcome.map_err(CatalogError::ChainBroken)
     }
 
+    /// Every event of the given kinds, oldest first (gc reads the superseded and deleted
+    /// objects from here).
+    pub fn events_of_kinds(&self, kinds: &[EventKind]) -> Result<Vec<Event>> {
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let list = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+        self.read("reading events by kind", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE kind IN (SELECT value FROM json_each(?1)) ORDER BY id"
+            ))?
+            .query_map([list], event_from_row)?
+            .collect()
+        })
+    }
+
+    /// The object keys that tracked files name now.
+    pub fn object_keys_in_use(&self) -> Result<std::collections::HashSet<String>> {
+        self.read("reading the object keys in use", |c| {
+            c.prepare_cached("SELECT object_key FROM files WHERE object_key IS NOT NULL")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect()
+        })
+    }
+
     // ---- files ---------------------------------------------------------------------------
 
     pub fn file_by_id(&self, file_id: &str) -> Result<Option<FileRow>> {

@@ -754,6 +754,66 @@ pub fn raise_nofile_limit() -> u64 {
     rl.rlim_cur
 }
 
+/// Opens `rel` (a relative path, no `..` escape, no symlink anywhere on the way) below
+/// the directory `root` with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS): the tiering
+/// layer's way to reach a file by the path the catalog or a CLI request names, which can
+/// neither leave the source tree nor be redirected by a symlink. Empty `rel`: `root` itself.
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &std::path::Path,
+    flags: libc::c_int,
+) -> SysResult<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        rel
+    };
+    let c = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+    // SAFETY: open_how is plain old data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: c is NUL-terminated and `how` is a valid open_how of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(own(r as RawFd))
+}
+
+/// The path the kernel knows for an open fd (readlink of /proc/self/fd/N): with the mount
+/// on its own source, the backing path, which is the same string as the mount's path.
+pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
+/// getxattr of a whole value: `None` when the attribute is not there.
+pub fn getxattr_all(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 512];
+    loop {
+        match getxattr_fd(fd, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno(libc::ENODATA)) => return Ok(None),
+            Err(Errno(libc::ERANGE)) if buf.len() < 65536 => {
+                let n = getxattr_fd(fd, name, &mut [])?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

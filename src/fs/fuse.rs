@@ -16,7 +16,7 @@ use fuser::{
 };
 
 use super::backing::{Errno, SetTime, Stat};
-use super::overlay::{Caller, Entry, OverlayFs, SetAttr, XattrReply};
+use super::overlay::{Caller, Entry, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply};
 
 /// Attribute and entry cache lifetimes handed to the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +145,37 @@ fn reply_xattr(r: Result<XattrReply, Errno>, reply: ReplyXattr) {
     }
 }
 
+fn reply_opened(o: Opened<BackingId>, reply: ReplyOpen) {
+    match &o.file.backing {
+        Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id),
+        None => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
+    }
+}
+
+/// Waits for what the open waits for (a recall), then opens again; a few rounds at most
+/// (the file could be stubbed again in between).
+fn open_after_wait(
+    fs: &OverlayFs<BackingId>,
+    ino: u64,
+    flags: i32,
+    uid: u32,
+    mut wait: Waiter,
+    reply: ReplyOpen,
+) {
+    for _ in 0..4 {
+        if let Err(e) = wait() {
+            return reply.error(err(e));
+        }
+        match fs.open(ino, flags, uid, |fd| reply.open_backing(fd)) {
+            Ok(OpenOutcome::Opened(o)) => return reply_opened(o, reply),
+            Ok(OpenOutcome::Wait(w)) => wait = w,
+            Err(e) => return reply.error(err(e)),
+        }
+    }
+    tracing::warn!(ino, "open gave up: the file kept needing a recall");
+    reply.error(err(Errno(libc::EAGAIN)));
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let caps = config.capabilities();
@@ -154,7 +185,10 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
-            | InitFlags::FUSE_ASYNC_DIO;
+            | InitFlags::FUSE_ASYNC_DIO
+            // open(O_TRUNC) arrives as one OPEN with O_TRUNC: truncating a stub then
+            // needs no recall (without it the kernel opens first and truncates after).
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
         let _ = config.add_capabilities(wanted & caps);
         // POSIX ACLs: the kernel enforces them (with default_permissions) and leaves the
         // umask to us, so that a default ACL on the parent can override it as on ext4.
@@ -318,13 +352,24 @@ impl Filesystem for FuseAdapter {
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let r = self.fs.open(ino.0, flags.0, |fd| reply.open_backing(fd));
-        match r {
-            Ok(o) => match &o.file.backing {
-                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id),
-                None => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
-            },
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let uid = req.uid();
+        match self
+            .fs
+            .open(ino.0, flags.0, uid, |fd| reply.open_backing(fd))
+        {
+            Ok(OpenOutcome::Opened(o)) => reply_opened(o, reply),
+            Ok(OpenOutcome::Wait(w)) => {
+                // A stub: its recall may take long (a Glacier restore: hours), so it is
+                // waited for on its own thread, never on one of the few request threads.
+                let fs = self.fs.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("open-wait".into())
+                    .spawn(move || open_after_wait(&fs, ino.0, flags.0, uid, w, reply));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start a thread to wait for a recall: {e}");
+                }
+            }
             Err(e) => reply.error(err(e)),
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -42,7 +42,16 @@ pub struct Inode<B> {
     mount_fd: Arc<OwnedFd>,
     /// The file opened for I/O (and registered for passthrough), shared by all opens.
     pub open_file: Mutex<Weak<B>>,
+    /// Tiering's cached view of a regular file: [`MARK_UNKNOWN`], [`MARK_PLAIN`] or the
+    /// logical size of a stub. Read from the backing xattr once, under the tier gate, and
+    /// reset to unknown by the tiering code whenever it changes the xattr.
+    pub tier_mark: AtomicU64,
 }
+
+/// [`Inode::tier_mark`]: not read yet.
+pub const MARK_UNKNOWN: u64 = u64::MAX;
+/// [`Inode::tier_mark`]: not a stub (its data is local).
+pub const MARK_PLAIN: u64 = u64::MAX - 1;
 
 /// A usable fd for an inode: borrowed from the table, or opened from the handle for one use.
 pub enum InodeFd<'a> {
@@ -143,6 +152,7 @@ impl<B> InodeTable<B> {
             anchor: Anchor::Fd(root_fd),
             mount_fd: mount_fd.clone(),
             open_file: Mutex::new(Weak::new()),
+            tier_mark: AtomicU64::new(MARK_UNKNOWN),
         });
         Ok(InodeTable {
             root,
@@ -258,6 +268,7 @@ impl<B> InodeTable<B> {
             anchor,
             mount_fd: self.mount_fd.clone(),
             open_file: Mutex::new(Weak::new()),
+            tier_mark: AtomicU64::new(MARK_UNKNOWN),
         });
         let nlookup = match shard.remove(&ino) {
             Some(old) => {

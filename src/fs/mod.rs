@@ -2,5 +2,6 @@
 
 pub mod backing;
 pub mod fuse;
+pub mod gate;
 pub mod inodes;
 pub mod overlay;

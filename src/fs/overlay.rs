@@ -16,7 +16,8 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::backing::{self, Errno, SetTime, Stat, SysResult};
-use super::inodes::{generation_of, Inode, InodeTable, ROOT_INO};
+use super::gate::Gate;
+use super::inodes::{generation_of, Inode, InodeTable, MARK_PLAIN, MARK_UNKNOWN, ROOT_INO};
 
 /// Extended attributes under this prefix hold coldtier's own records on backing files:
 /// invisible and untouchable through the mount.
@@ -44,6 +45,44 @@ pub struct Entry {
 pub struct Opened<B> {
     pub fh: u64,
     pub file: Arc<OpenFile<B>>,
+}
+
+/// A blocking wait for something the tiering layer does first (a recall). Run it off the
+/// request threads, then open again.
+pub type Waiter = Box<dyn FnOnce() -> SysResult<()> + Send>;
+
+/// What the tiering layer says about an open or a truncate.
+pub enum Go {
+    Proceed,
+    /// The file's data is not local yet: wait for this, then try again.
+    Wait(Waiter),
+}
+
+/// What an open did.
+pub enum OpenOutcome<B> {
+    Opened(Opened<B>),
+    /// The file is a stub being recalled: run the waiter, then call `open` again.
+    Wait(Waiter),
+}
+
+/// The tiering layer's hooks into the overlay. The overlay calls them for regular files
+/// only; `before_*` run with the inode's [`Gate`] held. None of them may contact the store
+/// except through a [`Waiter`] (invariant 4: stat, readdir, getxattr never do).
+pub trait TierHooks: Send + Sync {
+    /// The logical size in the stub record of this backing file, `None` if it is no stub.
+    fn stub_size(&self, fd: BorrowedFd<'_>) -> SysResult<Option<u64>>;
+    /// Before an open for I/O: a stub needs a recall (or, opened with O_TRUNC for
+    /// writing, becomes an empty resident file); a write to a premigrated file supersedes
+    /// its copy.
+    fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<Go>;
+    /// Before a truncate to `size` (setattr).
+    fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<Go>;
+    /// The file id of a file tiering tracks (one it ever copied), if any.
+    fn tracked(&self, fd: BorrowedFd<'_>) -> Option<String>;
+    /// The last name of tracked file `file_id` is gone.
+    fn unlinked(&self, file_id: &str);
+    /// Tracked file `file_id` is now `newname` in `newdir`.
+    fn renamed(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr);
 }
 
 /// Attribute changes requested by setattr.
@@ -92,6 +131,8 @@ enum Handle<B> {
     File {
         _inode: Arc<Ino<B>>,
         file: Arc<OpenFile<B>>,
+        ino: u64,
+        writer: bool,
     },
     Dir(Arc<DirHandle>),
 }
@@ -115,6 +156,8 @@ pub struct OverlayFs<B> {
     /// Reads and writes served by the daemon (not by kernel passthrough).
     pub daemon_reads: AtomicU64,
     pub daemon_writes: AtomicU64,
+    gate: Arc<Gate>,
+    hooks: std::sync::OnceLock<Arc<dyn TierHooks>>,
 }
 
 fn is_private_xattr(name: &[u8]) -> bool {
@@ -138,7 +181,70 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             apply_umask: AtomicBool::new(false),
             daemon_reads: AtomicU64::new(0),
             daemon_writes: AtomicU64::new(0),
+            gate: Arc::new(Gate::default()),
+            hooks: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The gate that orders opens against tiering steps (shared with the tiering layer).
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// Installs the tiering hooks (once, before the mount serves requests).
+    pub fn set_tier_hooks(&self, hooks: Arc<dyn TierHooks>) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// Forgets the cached stub view of `ino` (the tiering layer changed its record).
+    pub fn reset_tier_mark(&self, ino: u64) {
+        if let Some(i) = self.inodes.get(ino) {
+            i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+        }
+    }
+
+    /// The node id of backing object (dev, ino), as the gate and the kernel know it.
+    pub fn node_id(&self, dev: u64, ino: u64) -> u64 {
+        self.inodes.map_ino(dev, ino)
+    }
+
+    /// Shows a stub as the file it stands for: the recorded size, no blocks. The record is
+    /// read from the backing xattr once per inode (under the gate) and cached.
+    fn present(&self, i: &Ino<B>, st: &mut Stat) {
+        let Some(h) = self.hooks.get() else { return };
+        if st.file_type() != libc::S_IFREG {
+            return;
+        }
+        let mut mark = i.tier_mark.load(Ordering::Acquire);
+        if mark == MARK_UNKNOWN {
+            let _held = self.gate.lock(i.ino);
+            let Ok(fd) = i.fd() else { return };
+            mark = match h.stub_size(fd.as_fd()) {
+                Ok(Some(size)) => size,
+                Ok(None) => MARK_PLAIN,
+                Err(e) => {
+                    tracing::warn!(ino = i.ino, "cannot read the stub record: {e}");
+                    return;
+                }
+            };
+            i.tier_mark.store(mark, Ordering::Release);
+        }
+        if mark != MARK_PLAIN {
+            st.size = mark;
+            st.blocks = 0;
+        }
+    }
+
+    /// The file id of a tracked regular file named `name` in `dir`, if `only_last` is false
+    /// or it is its last link.
+    fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr, only_last: bool) -> Option<String> {
+        let h = self.hooks.get()?;
+        let st = backing::stat_at(dir, name).ok()?;
+        if st.file_type() != libc::S_IFREG || (only_last && st.nlink != 1) {
+            return None;
+        }
+        let fd = backing::open_path_at(dir, name).ok()?;
+        h.tracked(fd.as_fd())
     }
 
     pub fn passthrough_enabled(&self) -> bool {
@@ -198,6 +304,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let ino = self.inodes.map_ino(st.dev, st.ino);
         let known_generation = st.btime.map(|_| generation_of(&st, None));
         if let Some(i) = self.inodes.get_and_ref(ino, known_generation) {
+            let mut st = st;
+            self.present(&i, &mut st);
             return Ok(Entry {
                 ino,
                 generation: i.generation,
@@ -211,9 +319,10 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     /// Registers a newly created object whose handle we already hold.
     fn entry_from_fd(&self, fd: OwnedFd) -> SysResult<(Entry, Arc<Ino<B>>)> {
-        let st = backing::stat_fd(fd.as_fd())?;
+        let mut st = backing::stat_fd(fd.as_fd())?;
         let ino = self.inodes.map_ino(st.dev, st.ino);
         let inode = self.inodes.insert_or_ref(ino, &st, fd)?;
+        self.present(&inode, &mut st);
         Ok((
             Entry {
                 ino,
@@ -265,7 +374,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn getattr(&self, ino: u64) -> SysResult<Entry> {
         let i = self.inode(ino)?;
-        let st = self.stat_inode(&i)?;
+        let mut st = self.stat_inode(&i)?;
+        self.present(&i, &mut st);
         Ok(Entry {
             ino,
             generation: i.generation,
@@ -298,10 +408,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             if i.is_dir() {
                 return Err(Errno(libc::EISDIR));
             }
-            match a.fh.map(|fh| self.file_handle(fh)) {
-                Some(Ok(f)) if f.writable => backing::ftruncate(f.fd.as_fd(), size)?,
-                _ => backing::truncate_path_fd(fd, size)?,
-            }
+            self.truncate(&i, fd, size, a.fh)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             backing::utimens_fd(
@@ -312,12 +419,45 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             )?;
         }
         drop(ifd);
-        let st = self.stat_inode(&i)?;
+        let mut st = self.stat_inode(&i)?;
+        self.present(&i, &mut st);
         Ok(Entry {
             ino,
             generation: i.generation,
             stat: st,
         })
+    }
+
+    /// Truncates a regular file, after the tiering layer has had its say (a stub truncated
+    /// to a non-zero size is recalled first; this blocks the request thread).
+    fn truncate(
+        &self,
+        i: &Ino<B>,
+        fd: BorrowedFd<'_>,
+        size: u64,
+        fh: Option<u64>,
+    ) -> SysResult<()> {
+        let mut tries = 0;
+        loop {
+            let held = self.gate.lock(i.ino);
+            if let Some(h) = self.hooks.get().filter(|_| i.kind == libc::S_IFREG) {
+                let go = h.before_truncate(i.ino, fd, size);
+                i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+                if let Go::Wait(w) = go? {
+                    drop(held);
+                    tries += 1;
+                    if tries > 5 {
+                        return Err(Errno(libc::EAGAIN));
+                    }
+                    w()?;
+                    continue;
+                }
+            }
+            return match fh.map(|fh| self.file_handle(fh)) {
+                Some(Ok(f)) if f.writable => backing::ftruncate(f.fd.as_fd(), size),
+                _ => backing::truncate_path_fd(fd, size),
+            };
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
@@ -389,11 +529,12 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let p = self.dir(newparent)?;
         let ifd = i.fd()?;
         backing::link_fd(ifd.as_fd(), p.fd()?.as_fd(), newname)?;
-        let st = backing::stat_fd(ifd.as_fd())?;
+        let mut st = backing::stat_fd(ifd.as_fd())?;
         let i = self
             .inodes
             .get_and_ref(ino, None)
             .ok_or(Errno(libc::ESTALE))?;
+        self.present(&i, &mut st);
         Ok(Entry {
             ino,
             generation: i.generation,
@@ -403,7 +544,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
         let p = self.dir(parent)?;
-        backing::unlink_at(p.fd()?.as_fd(), name, 0)
+        let pfd = p.fd()?;
+        let tracked = self.probe(pfd.as_fd(), name, true);
+        backing::unlink_at(pfd.as_fd(), name, 0)?;
+        if let (Some(id), Some(h)) = (tracked, self.hooks.get()) {
+            h.unlinked(&id);
+        }
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> SysResult<()> {
@@ -421,7 +568,25 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     ) -> SysResult<()> {
         let p = self.dir(parent)?;
         let np = self.dir(newparent)?;
-        backing::rename_at(p.fd()?.as_fd(), name, np.fd()?.as_fd(), newname, flags)
+        let (pfd, npfd) = (p.fd()?, np.fd()?);
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let moved = self.probe(pfd.as_fd(), name, false);
+        let other = self.probe(npfd.as_fd(), newname, !exchange);
+        backing::rename_at(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
+        if let Some(h) = self.hooks.get() {
+            if !exchange {
+                if let Some(id) = other.as_ref().filter(|id| moved.as_ref() != Some(*id)) {
+                    h.unlinked(id);
+                }
+            }
+            if let Some(id) = &moved {
+                h.renamed(id, npfd.as_fd(), newname);
+            }
+            if let Some(id) = other.filter(|_| exchange) {
+                h.renamed(&id, pfd.as_fd(), name);
+            }
+        }
+        Ok(())
     }
 
     fn insert_handle(&self, h: Handle<B>) -> u64 {
@@ -487,12 +652,16 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         Ok(f)
     }
 
+    /// Opens a regular file for I/O. `caller_uid` matters for O_TRUNC (the mount asks the
+    /// kernel for atomic O_TRUNC, so that truncating a stub needs no recall): an
+    /// unprivileged truncate drops set-user-id and set-group-id as the kernel does natively.
     pub fn open(
         &self,
         ino: u64,
         flags: i32,
+        caller_uid: u32,
         register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
-    ) -> SysResult<Opened<B>> {
+    ) -> SysResult<OpenOutcome<B>> {
         let inode = self.inode(ino)?;
         if inode.is_dir() {
             return Err(Errno(libc::EISDIR));
@@ -501,12 +670,42 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             return Err(Errno(libc::ENXIO));
         }
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = wants_write && flags & libc::O_TRUNC != 0;
+        let mut held = self.gate.lock(ino);
+        if let Some(h) = self.hooks.get() {
+            let ifd = inode.fd()?;
+            let go = h.before_open(ino, ifd.as_fd(), flags);
+            inode.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+            if let Go::Wait(w) = go? {
+                return Ok(OpenOutcome::Wait(w));
+            }
+        }
         let file = self.open_backing_file(&inode, wants_write, None, register)?;
+        if truncate {
+            backing::ftruncate(file.fd.as_fd(), 0)?;
+            if caller_uid != 0 {
+                let st = backing::stat_fd(file.fd.as_fd())?;
+                let mut mode = st.mode & 0o7777;
+                if mode & libc::S_ISUID != 0 {
+                    mode &= !libc::S_ISUID;
+                }
+                if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+                    mode &= !libc::S_ISGID;
+                }
+                if mode != st.mode & 0o7777 {
+                    backing::chmod_fd(inode.fd()?.as_fd(), mode)?;
+                }
+            }
+        }
+        held.opened(wants_write);
+        drop(held);
         let fh = self.insert_handle(Handle::File {
             _inode: inode,
             file: file.clone(),
+            ino,
+            writer: wants_write,
         });
-        Ok(Opened { fh, file })
+        Ok(OpenOutcome::Opened(Opened { fh, file }))
     }
 
     pub fn create(
@@ -534,9 +733,12 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 return Err(e);
             }
         };
+        self.gate.lock(entry.ino).opened(true);
         let fh = self.insert_handle(Handle::File {
             _inode: inode,
             file: file.clone(),
+            ino: entry.ino,
+            writer: true,
         });
         Ok((entry, Opened { fh, file }))
     }
@@ -586,6 +788,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     pub fn release(&self, fh: u64) {
         // Dropping the last handle of an inode closes its backing file and passthrough id.
         let h = self.handles.write().remove(&fh);
+        if let Some(Handle::File { ino, writer, .. }) = &h {
+            self.gate.lock(*ino).closed(*writer);
+        }
         drop(h);
     }
 

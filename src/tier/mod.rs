@@ -1,7 +1,12 @@
 //! Tiering: the file state machine, the stub record, the migration policy and its
-//! schedule. Everything here so far is pure logic; scan, migrate and recall (which do the
-//! I/O) build on it.
+//! schedule (pure logic), and the parts that do the I/O: the records on backing files
+//! (`marks`), the daemon-side engine with the overlay hooks and the recall (`engine`),
+//! policy runs, release and gc (`migrate`), and the control-socket answers (`ops`).
 
+pub mod engine;
+pub mod marks;
+pub mod migrate;
+pub mod ops;
 pub mod policy;
 pub mod schedule;
 pub mod state;

@@ -1,0 +1,811 @@
+//! Tiering in the daemon: the [`Tiering`] context (catalog, store, config, the backing
+//! root), the overlay hooks (stub detection, recall on open, supersede on write, rename and
+//! delete tracking) and the recall itself: single flight per inode, the Glacier restore
+//! flow, and the crash-safe order of its steps.
+//!
+//! The xattrs on the backing file are the truth ([`super::marks`]); the catalog records
+//! each change as an event, in the same order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::catalog::{Catalog, CatalogError, EventKind, FileRow, FileState};
+use crate::config::{Config, OnArchived};
+use crate::fs::backing::{self, Errno, SetTime, Stat, SysResult};
+use crate::fs::gate::Gate;
+use crate::fs::overlay::{Go, OverlayFs, TierHooks, Waiter};
+use crate::store::{
+    ChecksumAlgo, GetRequest, ObjectStore, RestoreTier as StoreTier, StoreErrorKind,
+};
+use crate::tier::marks;
+use crate::tier::state::{self, Action};
+use crate::tier::stub::StubRecord;
+
+/// The first segment of every object key coldtier writes inside the store's prefix:
+/// `data/<file id>/<content version>` (other segments are left for catalog backups).
+pub const KEY_PREFIX: &str = "data";
+
+/// What the tiering code needs of the mount.
+pub trait MountView: Send + Sync {
+    /// The tiering code changed the records of `ino`: drop the cached view.
+    fn reset_tier_mark(&self, ino: u64);
+    /// The node id (gate key) of backing object (dev, ino).
+    fn node_id(&self, dev: u64, ino: u64) -> u64;
+}
+
+impl<B: Send + Sync + 'static> MountView for OverlayFs<B> {
+    fn reset_tier_mark(&self, ino: u64) {
+        OverlayFs::reset_tier_mark(self, ino)
+    }
+    fn node_id(&self, dev: u64, ino: u64) -> u64 {
+        OverlayFs::node_id(self, dev, ino)
+    }
+}
+
+type RecallResult = Option<Result<(), i32>>;
+
+/// The tiering side of one mount.
+pub struct Tiering {
+    me: Weak<Tiering>,
+    pub config: Config,
+    pub catalog: Arc<Catalog>,
+    pub store: Option<Arc<dyn ObjectStore>>,
+    /// The store's own key prefix (shown in full keys), "" for none.
+    pub store_prefix: String,
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    root: OwnedFd,
+    pub root_dev: u64,
+    pub rt: tokio::runtime::Handle,
+    pub gate: Arc<Gate>,
+    mount: OnceLock<Arc<dyn MountView>>,
+    recalls: Mutex<HashMap<u64, watch::Receiver<RecallResult>>>,
+    pollers: Mutex<HashSet<String>>,
+    failpoint: Option<String>,
+    /// `COLDTIER_TEST_GC_SKEW`: gc acts as if now were this much later (tests only).
+    pub gc_skew: Duration,
+    pub host: String,
+    /// One policy run (or gc) at a time.
+    pub job_lock: tokio::sync::Mutex<()>,
+}
+
+/// How a tiering step failed: the errno an application sees, and what to log.
+#[derive(Debug)]
+pub struct StepError {
+    pub errno: i32,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+        StepError {
+            errno,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Errno> for StepError {
+    fn from(e: Errno) -> Self {
+        StepError::new(e.0, std::io::Error::from_raw_os_error(e.0).to_string())
+    }
+}
+
+impl From<CatalogError> for StepError {
+    fn from(e: CatalogError) -> Self {
+        StepError::new(libc::EIO, e.to_string())
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Nanoseconds since the epoch as (seconds, nanoseconds) for utimensat.
+pub fn split_ns(ns: i64) -> SetTime {
+    SetTime::At(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+pub fn ns_of(t: (i64, u32)) -> i64 {
+    t.0.saturating_mul(1_000_000_000).saturating_add(t.1 as i64)
+}
+
+/// The next state and events of `action` when the catalog's view refuses it (the files on
+/// disk are the truth; the catalog catches up, with the event of what happened).
+fn forced(action: Action) -> (Option<FileState>, Vec<EventKind>) {
+    use Action as A;
+    use FileState as S;
+    let (s, e) = match action {
+        A::CopyVerified => (S::Premigrated, EventKind::Verified),
+        A::Stub | A::Release => (S::Stub, EventKind::Stubbed),
+        A::RecallStart | A::RestoreReady => (S::Recalling, EventKind::RecallStarted),
+        A::RecallDone => (S::Premigrated, EventKind::Recalled),
+        A::RecallFailed => (S::Stub, EventKind::RecallFailed),
+        A::RestoreRequested => (S::RestorePending, EventKind::RestoreRequested),
+        A::WriteOrTruncate | A::TruncateToZeroOfStub => (S::Resident, EventKind::Superseded),
+        A::Pin => (S::Resident, EventKind::Pinned),
+        A::Unpin => (S::Resident, EventKind::Unpinned),
+        A::Delete => return (None, vec![EventKind::Deleted]),
+    };
+    (Some(s), vec![e])
+}
+
+impl Tiering {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        catalog: Arc<Catalog>,
+        store: Option<Arc<dyn ObjectStore>>,
+        store_prefix: String,
+        source: PathBuf,
+        mountpoint: PathBuf,
+        root: OwnedFd,
+        rt: tokio::runtime::Handle,
+        gate: Arc<Gate>,
+    ) -> std::io::Result<Arc<Tiering>> {
+        let root_dev = backing::stat_fd(root.as_fd())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?
+            .dev;
+        let failpoint = std::env::var("COLDTIER_TEST_FAILPOINT")
+            .ok()
+            .filter(|s| !s.is_empty());
+        if let Some(f) = &failpoint {
+            tracing::warn!(failpoint = %f, "test failpoint armed: the daemon kills itself there");
+        }
+        let gc_skew = std::env::var("COLDTIER_TEST_GC_SKEW")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or_default();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Ok(Arc::new_cyclic(|me| Tiering {
+            me: me.clone(),
+            config,
+            catalog,
+            store,
+            store_prefix,
+            source,
+            mountpoint,
+            root,
+            root_dev,
+            rt,
+            gate,
+            mount: OnceLock::new(),
+            recalls: Mutex::new(HashMap::new()),
+            pollers: Mutex::new(HashSet::new()),
+            failpoint,
+            gc_skew,
+            host,
+            job_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn set_mount(&self, m: Arc<dyn MountView>) {
+        let _ = self.mount.set(m);
+    }
+
+    fn arc(&self) -> Arc<Tiering> {
+        self.me.upgrade().expect("Tiering is alive while called")
+    }
+
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The store, or the error every tiering step gives without one.
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, StepError> {
+        self.store.clone().ok_or_else(|| {
+            StepError::new(
+                libc::EIO,
+                "no [store] is configured for this mount: add a [store] section to its config",
+            )
+        })
+    }
+
+    /// The key as the store shows it (with the store's prefix).
+    pub fn full_key(&self, key: &str) -> String {
+        if self.store_prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.store_prefix)
+        }
+    }
+
+    /// `COLDTIER_TEST_FAILPOINT`: dies here, as a crash would.
+    pub fn failpoint(&self, name: &str) {
+        if self.failpoint.as_deref() == Some(name) {
+            tracing::error!(
+                failpoint = name,
+                "test failpoint reached: killing the daemon"
+            );
+            // SAFETY: sending a signal to ourselves.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            std::thread::sleep(Duration::from_secs(10));
+        }
+    }
+
+    pub fn node_id(&self, st: &Stat) -> u64 {
+        match self.mount.get() {
+            Some(m) => m.node_id(st.dev, st.ino),
+            None => st.ino,
+        }
+    }
+
+    pub fn reset_mark(&self, node: u64) {
+        if let Some(m) = self.mount.get() {
+            m.reset_tier_mark(node);
+        }
+    }
+
+    /// The path of an open backing file relative to the source, if it still has one.
+    pub fn rel_of(&self, fd: BorrowedFd<'_>) -> Option<String> {
+        let p = backing::fd_path(fd)?;
+        let rel = p.strip_prefix(&self.source).ok()?;
+        let s = rel.to_str()?.to_string();
+        (!s.ends_with(" (deleted)")).then_some(s)
+    }
+
+    /// Records `action` on `row` (state, events) in the catalog. The catalog follows the
+    /// files: if its view refuses the action, the action is recorded anyway, with a warning.
+    pub fn apply(
+        &self,
+        row: &mut FileRow,
+        action: Action,
+        detail: serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
+            Ok(t) => (t.next, t.events, t.pinned),
+            Err(e) => {
+                tracing::warn!(file_id = %row.file_id, path = %row.path,
+                    "catalog out of step with the file ({e}); recording what happened");
+                let (n, ev) = forced(action);
+                let pinned = match action {
+                    Action::Pin => true,
+                    Action::Unpin => false,
+                    _ => row.pinned,
+                };
+                (n, ev, pinned)
+            }
+        };
+        match next {
+            None => {
+                if self.catalog.file_by_id(&row.file_id)?.is_some() {
+                    self.catalog.delete_file(&row.file_id, detail)?;
+                }
+            }
+            Some(s) => {
+                row.state = s;
+                row.pinned = pinned;
+                if events.is_empty() {
+                    return Ok(());
+                }
+                for kind in events {
+                    self.catalog.transition(row, kind, detail.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the object's state tag, in the background, best effort.
+    pub fn tag_later(&self, key: String, version: Option<String>, state: &'static str) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        self.rt.spawn(async move {
+            let tags = BTreeMap::from([("coldtier-state".to_string(), state.to_string())]);
+            if let Err(e) = store.set_tags(&key, version.as_deref(), tags).await {
+                tracing::warn!(key, "cannot tag the object {state}: {e}");
+            }
+        });
+    }
+
+    /// The catalog row of a file with record `rec`; rebuilt from the record if the catalog
+    /// lost it.
+    pub fn row_for(&self, rec: &StubRecord, fd: BorrowedFd<'_>, state: FileState) -> FileRow {
+        match self.catalog.file_by_id(&rec.file_id) {
+            Ok(Some(mut row)) => {
+                if let Some(p) = self.rel_of(fd) {
+                    row.path = p;
+                }
+                row
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::error!("catalog: {e}");
+                }
+                let mut row = FileRow::new(
+                    rec.file_id.clone(),
+                    self.rel_of(fd)
+                        .unwrap_or_else(|| format!(".coldtier-unknown/{}", rec.file_id)),
+                );
+                fill_from_record(&mut row, rec);
+                row.state = state;
+                row
+            }
+        }
+    }
+
+    /// Supersedes a premigrated file's copy (its content is about to change): drops the
+    /// copy record and records SUPERSEDED. Called with the file's gate held.
+    pub(crate) fn supersede(
+        &self,
+        fd: BorrowedFd<'_>,
+        rec: &StubRecord,
+        action: Action,
+        why: &str,
+    ) -> SysResult<()> {
+        marks::remove(fd, marks::COPY)?;
+        marks::remove(fd, marks::STUB)?;
+        let mut row = self.row_for(rec, fd, FileState::Premigrated);
+        let detail = json!({
+            "object_key": rec.object_key,
+            "version_id": rec.version_id,
+            "reason": why,
+        });
+        row.object_key = None;
+        row.version_id = None;
+        row.checksum = None;
+        row.checksum_algo = None;
+        row.md5 = None;
+        row.storage_class = None;
+        if let Err(e) = self.apply(&mut row, action, detail) {
+            tracing::error!(path = %row.path, "catalog: cannot record SUPERSEDED: {e}");
+        }
+        self.tag_later(rec.object_key.clone(), rec.version_id.clone(), "superseded");
+        Ok(())
+    }
+
+    /// O_TRUNC (or truncate to 0) of a stub: the old content is not needed.
+    fn truncate_stub(&self, fd: BorrowedFd<'_>, rec: &StubRecord) -> SysResult<()> {
+        let w = backing::reopen(fd, libc::O_RDWR)?;
+        backing::ftruncate(w.as_fd(), 0)?;
+        self.supersede(w.as_fd(), rec, Action::TruncateToZeroOfStub, "truncated")?;
+        backing::fsync(w.as_fd(), false)
+    }
+
+    fn in_flight(&self, ino: u64) -> Option<Waiter> {
+        let rx = self.recalls.lock().get(&ino).cloned()?;
+        Some(self.waiter(rx))
+    }
+
+    fn waiter(&self, rx: watch::Receiver<RecallResult>) -> Waiter {
+        let rt = self.rt.clone();
+        Box::new(move || {
+            let mut rx = rx;
+            rt.block_on(async move {
+                match rx.wait_for(|v| v.is_some()).await {
+                    Ok(v) => (*v).unwrap_or(Err(libc::EIO)).map_err(Errno),
+                    Err(_) => Err(Errno(libc::EIO)),
+                }
+            })
+        })
+    }
+
+    /// Starts the recall of stub `node` (or joins the one in flight).
+    fn recall_rx(&self, node: u64, fd: OwnedFd, rec: StubRecord) -> watch::Receiver<RecallResult> {
+        let mut m = self.recalls.lock();
+        if let Some(rx) = m.get(&node) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        m.insert(node, rx.clone());
+        let me = self.arc();
+        self.rt.spawn(async move {
+            let r = me.recall(node, File::from(fd), rec).await;
+            me.recalls.lock().remove(&node);
+            let _ = tx.send(Some(r.map_err(|e| e.errno)));
+        });
+        rx
+    }
+
+    /// Recalls the stub open as `fd` (any mode; reopened for writing) and waits for it.
+    pub async fn recall_and_wait(
+        &self,
+        node: u64,
+        fd: BorrowedFd<'_>,
+        rec: StubRecord,
+    ) -> Result<(), i32> {
+        let w = backing::reopen(fd, libc::O_RDWR).map_err(|e| e.0)?;
+        let mut rx = self.recall_rx(node, w, rec);
+        let r = match rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => (*v).unwrap_or(Err(libc::EIO)),
+            Err(_) => Err(libc::EIO),
+        };
+        r
+    }
+
+    /// The recall: GET into the same backing inode, fsync, checksum, then the switch from
+    /// stub to premigrated under the gate. A failure leaves the stub (empty, times back).
+    async fn recall(&self, node: u64, file: File, rec: StubRecord) -> Result<(), StepError> {
+        let t0 = Instant::now();
+        let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
+        let result = self.recall_steps(node, &file, &rec, &mut row).await;
+        match &result {
+            Ok(()) => {
+                tracing::info!(path = %row.path, bytes = rec.size, ms = t0.elapsed().as_millis() as u64, "recalled");
+            }
+            Err(e) if e.errno == libc::EAGAIN || e.errno == libc::ETIMEDOUT => {
+                tracing::info!(path = %row.path, "recall waits for an archive restore: {e}");
+            }
+            Err(e) => {
+                tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
+                self.reset_stub(&file, &rec);
+                let detail = json!({"object_key": rec.object_key, "error": e.message});
+                if let Err(ce) = self.apply(&mut row, Action::RecallFailed, detail) {
+                    tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
+                }
+            }
+        }
+        result
+    }
+
+    /// Puts a stub back as it was: no data, its times.
+    fn reset_stub(&self, file: &File, rec: &StubRecord) {
+        let _ = backing::ftruncate(file.as_fd(), 0);
+        let _ = backing::utimens_fd(file.as_fd(), false, SetTime::Omit, split_ns(rec.mtime_ns));
+    }
+
+    async fn recall_steps(
+        &self,
+        node: u64,
+        file: &File,
+        rec: &StubRecord,
+        row: &mut FileRow,
+    ) -> Result<(), StepError> {
+        let store = self.store()?;
+        let algo: ChecksumAlgo = rec
+            .checksum_algo
+            .parse()
+            .map_err(|e: String| StepError::new(libc::EIO, e))?;
+        let detail =
+            json!({"object_key": rec.object_key, "version_id": rec.version_id, "bytes": rec.size});
+        let mut pending = row.state == FileState::RestorePending;
+        if !pending {
+            self.apply(row, Action::RecallStart, detail.clone())
+                .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+        }
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if pending {
+                let meta = store
+                    .head(&rec.object_key, rec.version_id.as_deref())
+                    .await
+                    .map_err(|e| {
+                        StepError::new(libc::EIO, format!("HEAD {}: {e}", rec.object_key))
+                    })?;
+                if meta.restore.readable() {
+                    self.apply(row, Action::RestoreReady, detail.clone())
+                        .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+                    pending = false;
+                    continue;
+                }
+                match self.config.recall.on_archived {
+                    OnArchived::Fail => {
+                        self.spawn_poller(node, file, rec);
+                        return Err(StepError::new(
+                            libc::EAGAIN,
+                            format!("{} is archived; a restore is in progress", rec.object_key),
+                        ));
+                    }
+                    OnArchived::Wait => {
+                        let d = *deadline.get_or_insert_with(|| {
+                            Instant::now() + self.config.recall.wait_timeout
+                        });
+                        let now = Instant::now();
+                        if now >= d {
+                            self.spawn_poller(node, file, rec);
+                            return Err(StepError::new(
+                                libc::ETIMEDOUT,
+                                format!(
+                                    "{} not restored within recall.wait_timeout",
+                                    rec.object_key
+                                ),
+                            ));
+                        }
+                        tokio::time::sleep(self.config.recall.poll_interval.min(d - now)).await;
+                        continue;
+                    }
+                }
+            }
+            if backing::stat_fd(file.as_fd())?.size != 0 {
+                backing::ftruncate(file.as_fd(), 0)?;
+            }
+            self.failpoint("recall-after-truncate");
+            let got = store
+                .get(GetRequest {
+                    key: &rec.object_key,
+                    version_id: rec.version_id.as_deref(),
+                    dest: file,
+                    expected_size: rec.size,
+                    checksum: algo,
+                })
+                .await;
+            match got {
+                Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
+                    let tier = match self.config.recall.restore_tier {
+                        crate::config::RestoreTier::Expedited => StoreTier::Expedited,
+                        crate::config::RestoreTier::Standard => StoreTier::Standard,
+                        crate::config::RestoreTier::Bulk => StoreTier::Bulk,
+                    };
+                    let outcome = store
+                        .restore(
+                            &rec.object_key,
+                            rec.version_id.as_deref(),
+                            self.config.recall.restore_days,
+                            tier,
+                        )
+                        .await
+                        .map_err(|e| {
+                            StepError::new(
+                                libc::EIO,
+                                format!("RestoreObject {}: {e}", rec.object_key),
+                            )
+                        })?;
+                    let d = json!({
+                        "object_key": rec.object_key,
+                        "tier": self.config.recall.restore_tier.as_str(),
+                        "days": self.config.recall.restore_days,
+                        "outcome": format!("{outcome:?}"),
+                    });
+                    self.apply(row, Action::RestoreRequested, d)
+                        .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+                    pending = true;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(StepError::new(
+                        libc::EIO,
+                        format!("GET {}: {e}", rec.object_key),
+                    ));
+                }
+                Ok(got) => {
+                    backing::fsync(file.as_fd(), false)?;
+                    self.failpoint("recall-after-data");
+                    if got.checksum.algo != algo || got.checksum.base64() != rec.checksum {
+                        return Err(StepError::new(
+                            libc::EIO,
+                            format!(
+                                "checksum mismatch: {} read back as {}, the stub record says {}:{}",
+                                rec.object_key, got.checksum, rec.checksum_algo, rec.checksum
+                            ),
+                        ));
+                    }
+                    break;
+                }
+            }
+        }
+        // The switch: times back, then copy record, then the stub record goes.
+        backing::utimens_fd(file.as_fd(), false, SetTime::Now, split_ns(rec.mtime_ns))?;
+        {
+            let _held = self.gate.lock(node);
+            marks::set_record(file.as_fd(), marks::COPY, rec)?;
+            self.failpoint("recall-after-premig-xattr");
+            marks::remove(file.as_fd(), marks::STUB)?;
+            backing::fsync(file.as_fd(), false)?;
+            self.reset_mark(node);
+        }
+        let st = backing::stat_fd(file.as_fd())?;
+        row.ctime_ns = ns_of(st.ctime);
+        row.mtime_ns = ns_of(st.mtime);
+        row.size = st.size;
+        row.ino = st.ino;
+        self.apply(row, Action::RecallDone, detail)
+            .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
+        Ok(())
+    }
+
+    /// Polls a pending restore in the background and recalls the file once it is ready
+    /// (one poller per file).
+    fn spawn_poller(&self, node: u64, file: &File, rec: &StubRecord) {
+        if !self.pollers.lock().insert(rec.file_id.clone()) {
+            return;
+        }
+        let Ok(fd) = file.try_clone() else {
+            self.pollers.lock().remove(&rec.file_id);
+            return;
+        };
+        let me = self.arc();
+        let rec = rec.clone();
+        self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(me.config.recall.poll_interval).await;
+                match me.catalog.file_by_id(&rec.file_id) {
+                    Ok(Some(row)) if row.state == FileState::RestorePending => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!("restore poller: catalog: {e}");
+                        continue;
+                    }
+                }
+                let Ok(store) = me.store() else { break };
+                match store.head(&rec.object_key, rec.version_id.as_deref()).await {
+                    Ok(m) if m.restore.readable() => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(key = %rec.object_key, "restore poller: {e}");
+                        continue;
+                    }
+                }
+                let Ok(w) = fd.try_clone() else { break };
+                me.pollers.lock().remove(&rec.file_id);
+                let mut rx = me.recall_rx(node, OwnedFd::from(w), rec.clone());
+                let _ = rx.wait_for(|v| v.is_some()).await;
+                return;
+            }
+            me.pollers.lock().remove(&rec.file_id);
+        });
+    }
+
+    /// At start: pending restores get their pollers again; rows left `recalling` by a
+    /// crash are put back in line with their files.
+    pub fn resume(&self) {
+        for state in [FileState::RestorePending, FileState::Recalling] {
+            let rows = match self.catalog.files_by_state(state, usize::MAX) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("catalog: {e}");
+                    continue;
+                }
+            };
+            for mut row in rows {
+                let Ok(fd) = backing::open_beneath(
+                    self.root(),
+                    Path::new(&row.path),
+                    libc::O_RDWR | libc::O_NOFOLLOW,
+                ) else {
+                    continue;
+                };
+                let file = File::from(fd);
+                let stub = marks::record(file.as_fd(), marks::STUB).ok().flatten();
+                match (state, stub) {
+                    (FileState::RestorePending, Some(rec)) => {
+                        if let Ok(st) = backing::stat_fd(file.as_fd()) {
+                            self.spawn_poller(self.node_id(&st), &file, &rec);
+                        }
+                    }
+                    (FileState::Recalling, Some(rec)) => {
+                        self.reset_stub(&file, &rec);
+                        let d = json!({"error": "the daemon stopped during the recall"});
+                        let _ = self.apply(&mut row, Action::RecallFailed, d);
+                    }
+                    (FileState::Recalling, None) => {
+                        let d = json!({"note": "recall completed before the daemon stopped"});
+                        let _ = self.apply(&mut row, Action::RecallDone, d);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Copies a record's object fields into a row.
+pub fn fill_from_record(row: &mut FileRow, rec: &StubRecord) {
+    row.size = rec.size;
+    row.mtime_ns = rec.mtime_ns;
+    row.ctime_ns = rec.ctime_ns;
+    row.ino = rec.ino;
+    row.object_key = Some(rec.object_key.clone());
+    row.version_id = rec.version_id.clone();
+    row.checksum_algo = Some(rec.checksum_algo.clone());
+    row.checksum = Some(rec.checksum.clone());
+    row.md5 = rec.md5.clone();
+    row.storage_class = Some(rec.storage_class.clone());
+}
+
+impl TierHooks for Tiering {
+    fn stub_size(&self, fd: BorrowedFd<'_>) -> SysResult<Option<u64>> {
+        Ok(marks::record(fd, marks::STUB)?.map(|r| r.size))
+    }
+
+    fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<Go> {
+        if let Some(w) = self.in_flight(ino) {
+            return Ok(Go::Wait(w));
+        }
+        let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if let Some(rec) = marks::record(fd, marks::STUB)? {
+            if wants_write && flags & libc::O_TRUNC != 0 {
+                self.truncate_stub(fd, &rec)?;
+                return Ok(Go::Proceed);
+            }
+            let w = backing::reopen(fd, libc::O_RDWR)?;
+            let rx = self.recall_rx(ino, w, rec);
+            return Ok(Go::Wait(self.waiter(rx)));
+        }
+        if wants_write {
+            if let Some(rec) = marks::record(fd, marks::COPY)? {
+                self.supersede(fd, &rec, Action::WriteOrTruncate, "opened for writing")?;
+            }
+        }
+        Ok(Go::Proceed)
+    }
+
+    fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<Go> {
+        if let Some(w) = self.in_flight(ino) {
+            return Ok(Go::Wait(w));
+        }
+        if let Some(rec) = marks::record(fd, marks::STUB)? {
+            if size == 0 {
+                self.truncate_stub(fd, &rec)?;
+                return Ok(Go::Proceed);
+            }
+            let w = backing::reopen(fd, libc::O_RDWR)?;
+            let rx = self.recall_rx(ino, w, rec);
+            return Ok(Go::Wait(self.waiter(rx)));
+        }
+        if let Some(rec) = marks::record(fd, marks::COPY)? {
+            self.supersede(fd, &rec, Action::WriteOrTruncate, "truncated")?;
+        }
+        Ok(Go::Proceed)
+    }
+
+    fn tracked(&self, fd: BorrowedFd<'_>) -> Option<String> {
+        marks::file_id(fd).ok().flatten()
+    }
+
+    fn unlinked(&self, file_id: &str) {
+        let mut row = match self.catalog.file_by_id(file_id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => return tracing::error!("catalog: {e}"),
+        };
+        let detail = json!({"object_key": row.object_key, "version_id": row.version_id});
+        let obj = row.object_key.clone().zip(Some(row.version_id.clone()));
+        if let Err(e) = self.apply(&mut row, Action::Delete, detail) {
+            tracing::error!(path = %row.path, "catalog: cannot record DELETED: {e}");
+        }
+        if let Some((key, version)) = obj {
+            self.tag_later(key, version, "deleted");
+        }
+    }
+
+    fn renamed(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr) {
+        let Some(dir) = self.rel_of(newdir).or_else(|| {
+            backing::fd_path(newdir)
+                .filter(|p| p == &self.source)
+                .map(|_| String::new())
+        }) else {
+            return;
+        };
+        let Ok(name) = std::str::from_utf8(newname.as_bytes()) else {
+            return;
+        };
+        let rel = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        match self.catalog.rename_path(file_id, &rel) {
+            Ok(()) | Err(CatalogError::NoSuchFile(_)) => {}
+            Err(CatalogError::PathInUse { .. }) => {
+                // An exchange in flight (or a stale row): park the other row, then retry.
+                if let Ok(Some(other)) = self.catalog.file_by_path(&rel) {
+                    let park = format!(".coldtier-moving/{}", other.file_id);
+                    let _ = self.catalog.rename_path(&other.file_id, &park);
+                }
+                if let Err(e) = self.catalog.rename_path(file_id, &rel) {
+                    tracing::error!("catalog: cannot record the rename to {rel}: {e}");
+                }
+            }
+            Err(e) => tracing::error!("catalog: cannot record the rename to {rel}: {e}"),
+        }
+    }
+}

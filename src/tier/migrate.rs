@@ -1,0 +1,861 @@
+//! Policy runs and the other jobs that move data: scan the backing tree, select, then for
+//! each file copy -> verify -> (stub); `release` (stub now); `gc` (delete expired objects).
+//!
+//! The crash-safe order (invariant 1 and 2), for one file:
+//! 1. identity xattr; stat S0; PUT (streamed from the file); COPIED event;
+//! 2. verify: the checksum the store reports for that exact object version equals ours
+//!    (or a read-back); VERIFIED only after it;
+//! 3. under the file's gate: unchanged since S0 (size, mtime, ctime) and no writer, then
+//!    the copy record -> premigrated;
+//! 4. stub, under the gate: no handle open, unchanged since the copy record, not pinned;
+//!    stub record FIRST, then truncate (blocks freed), times back, copy record removed,
+//!    fsync; STUBBED. A crash between the stub record and the truncate leaves a full file
+//!    marked stub: it is recalled again on open (same bytes), never lost.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
+use crate::config::{MigrateMode, Verify};
+use crate::fs::backing::{self, SetTime, Stat};
+use crate::store::{GetRequest, PutRequest, StorageClass};
+use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, KEY_PREFIX};
+use crate::tier::marks;
+use crate::tier::policy::{self, Decision, FileFacts, Plan, SkipReason};
+use crate::tier::state::Action;
+use crate::tier::stub::{new_file_id, object_key, StubRecord, STUB_VERSION};
+
+/// One file a run would act on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub path: String,
+    pub size: u64,
+    pub plan: &'static str,
+}
+
+/// What a policy run did (the control socket's answer to `migrate`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub job_id: i64,
+    pub mode: String,
+    pub scanned: u64,
+    pub candidates: u64,
+    pub deferred: u64,
+    pub copied: u64,
+    pub bytes_copied: u64,
+    pub stubbed: u64,
+    pub bytes_freed: u64,
+    pub busy: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    pub files: Vec<Planned>,
+    pub seconds: f64,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Copied,
+    Stubbed,
+    /// Open by someone: left premigrated for a later run.
+    Busy,
+    /// Changed since it was copied: its copy is superseded; a later run copies it again.
+    Changed,
+    /// Nothing to do any more (state changed since the scan).
+    Skipped,
+}
+
+fn plan_name(p: Plan) -> &'static str {
+    match p {
+        Plan::Copy => "copy",
+        Plan::CopyThenStub => "copy+stub",
+        Plan::Stub => "stub",
+    }
+}
+
+fn time_of(t: (i64, u32)) -> SystemTime {
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::new(t.0 as u64, t.1)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.0.unsigned_abs()) + Duration::from_nanos(t.1 as u64)
+    }
+}
+
+fn facts_of(rel: &Path, st: &Stat) -> FileFacts {
+    FileFacts {
+        rel_path: rel.to_path_buf(),
+        size: st.size,
+        atime: time_of(st.atime),
+        mtime: time_of(st.mtime),
+        ctime: time_of(st.ctime),
+        state: FileState::Resident,
+        pinned: false,
+        is_regular: st.file_type() == libc::S_IFREG,
+        nlink: st.nlink as u64,
+    }
+}
+
+fn unchanged(a: &Stat, b: &Stat) -> bool {
+    a.size == b.size && a.mtime == b.mtime && a.ctime == b.ctime && a.ino == b.ino
+}
+
+impl Tiering {
+    /// Walks the backing tree below `start` (relative; "" for all) on this filesystem,
+    /// calling `f(rel_path, stat, dir_fd, name)` for every regular file. Symlinks are not
+    /// followed, other filesystems not entered.
+    pub fn walk(
+        &self,
+        start: &Path,
+        f: &mut dyn FnMut(&Path, &Stat, BorrowedFd<'_>, &OsStr),
+    ) -> Result<(), StepError> {
+        let top = backing::open_beneath(
+            self.root(),
+            start,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(top, start.to_path_buf())];
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some((dir, rel)) = stack.pop() {
+            loop {
+                let n = match backing::getdents(dir.as_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(dir = %rel.display(), "scan: cannot read directory: {e:?}");
+                        break;
+                    }
+                };
+                let mut pos = 0;
+                while pos < n {
+                    let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
+                        break;
+                    };
+                    pos += r.reclen;
+                    if r.name == "." || r.name == ".." {
+                        continue;
+                    }
+                    let child = rel.join(r.name);
+                    if r.kind == libc::DT_DIR {
+                        match backing::open_at(
+                            dir.as_fd(),
+                            r.name,
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        ) {
+                            Ok(d) => {
+                                if backing::stat_fd(d.as_fd()).is_ok_and(|s| s.dev == self.root_dev)
+                                {
+                                    stack.push((d, child));
+                                }
+                            }
+                            Err(e) => tracing::warn!(dir = %child.display(), "scan: {e:?}"),
+                        }
+                        continue;
+                    }
+                    if r.kind != libc::DT_REG && r.kind != libc::DT_UNKNOWN {
+                        continue;
+                    }
+                    let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
+                        continue;
+                    };
+                    if st.file_type() == libc::S_IFREG {
+                        f(&child, &st, dir.as_fd(), r.name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state and pin flag of a regular file, from its records and the catalog.
+    pub fn state_of(
+        &self,
+        fd: BorrowedFd<'_>,
+    ) -> (FileState, bool, Option<FileRow>, Option<StubRecord>) {
+        let id = marks::file_id(fd).ok().flatten();
+        let row = id
+            .as_deref()
+            .and_then(|id| self.catalog.file_by_id(id).ok().flatten());
+        let pinned = row.as_ref().is_some_and(|r| r.pinned);
+        if let Ok(Some(rec)) = marks::record(fd, marks::STUB) {
+            let state = match row.as_ref().map(|r| r.state) {
+                Some(s @ (FileState::Recalling | FileState::RestorePending)) => s,
+                _ => FileState::Stub,
+            };
+            return (state, pinned, row, Some(rec));
+        }
+        if let Ok(Some(rec)) = marks::record(fd, marks::COPY) {
+            return (FileState::Premigrated, pinned, row, Some(rec));
+        }
+        (FileState::Resident, pinned, row, None)
+    }
+
+    /// Scans the tree and evaluates the policy: the candidates with their plans, and how
+    /// many files were looked at.
+    pub fn scan(&self, mode: MigrateMode) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
+        let mut policy = self.config.policy.clone();
+        policy.mode = mode;
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        let mut scanned = 0u64;
+        self.walk(Path::new(""), &mut |rel, st, dir, name| {
+            scanned += 1;
+            let mut facts = facts_of(rel, st);
+            // Cheap checks first (stubs have no local bytes: they stop at Empty).
+            match policy::evaluate(&policy, &facts, now) {
+                Decision::Skip(SkipReason::Empty | SkipReason::TooSmall { .. }) if st.size == 0 => {
+                    return
+                }
+                Decision::Skip(
+                    SkipReason::NotRegular
+                    | SkipReason::HardLinked { .. }
+                    | SkipReason::Excluded(_)
+                    | SkipReason::NotIncluded
+                    | SkipReason::TooRecent { .. }
+                    | SkipReason::TooSmall { .. }
+                    | SkipReason::TooLarge { .. }
+                    | SkipReason::Empty,
+                ) => return,
+                _ => {}
+            }
+            let Ok(fd) = backing::open_path_at(dir, name) else {
+                return;
+            };
+            let (state, pinned, _, rec) = self.state_of(fd.as_fd());
+            facts.state = state;
+            facts.pinned = pinned;
+            // A copy record for other content than the file has now is stale.
+            if state == FileState::Premigrated
+                && rec.is_some_and(|r| r.size != st.size || r.mtime_ns != ns_of(st.mtime))
+            {
+                facts.state = FileState::Resident;
+            }
+            if let Decision::Candidate { plan, .. } = policy::evaluate(&policy, &facts, now) {
+                out.push((facts, plan));
+            }
+        })?;
+        Ok((out, scanned))
+    }
+
+    /// A policy run: scan, select within the limits, then copy (and stub) up to a few
+    /// files at a time. `progress(message, files, bytes)` hears about it as it goes.
+    pub async fn run_policy(
+        self: &Arc<Self>,
+        mode: MigrateMode,
+        kind: &str,
+        progress: &mut (dyn FnMut(String, u64, u64) + Send),
+    ) -> Result<RunSummary, StepError> {
+        let Ok(_job) = self.job_lock.try_lock() else {
+            return Err(StepError::new(
+                libc::EBUSY,
+                "another policy run or gc is in progress",
+            ));
+        };
+        let t0 = std::time::Instant::now();
+        if mode != MigrateMode::DryRun {
+            self.store()?;
+        }
+        let job_id = self
+            .catalog
+            .start_job(kind, mode.as_str())
+            .map_err(StepError::from)?;
+        progress("scanning".into(), 0, 0);
+        let me = self.clone();
+        let scan = tokio::task::spawn_blocking(move || me.scan(mode))
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("scan task: {e}")))?;
+        let (candidates, scanned) = match scan {
+            Ok(s) => s,
+            Err(e) => {
+                let counts = JobCounts {
+                    errors: vec![e.message.clone()],
+                    ..Default::default()
+                };
+                let _ = self.catalog.finish_job(job_id, &counts);
+                return Err(e);
+            }
+        };
+        let p = &self.config.policy;
+        let sel = policy::select(candidates, p.max_files, p.max_bytes);
+        let mut summary = RunSummary {
+            job_id,
+            mode: mode.as_str().into(),
+            scanned,
+            candidates: sel.selected.len() as u64,
+            deferred: sel.deferred.len() as u64,
+            files: sel
+                .selected
+                .iter()
+                .map(|(f, plan)| Planned {
+                    path: f.rel_path.to_string_lossy().into_owned(),
+                    size: f.size,
+                    plan: plan_name(*plan),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        progress(
+            format!("{} candidates, {} bytes", sel.selected.len(), sel.bytes),
+            0,
+            0,
+        );
+        if mode != MigrateMode::DryRun {
+            let stub = mode == MigrateMode::Stub;
+            let in_flight = self.files_in_flight();
+            let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            let done_files = Arc::new(AtomicU64::new(0));
+            let done_bytes = Arc::new(AtomicU64::new(0));
+            let mut set = tokio::task::JoinSet::new();
+            for (facts, plan) in sel.selected {
+                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let me = self.clone();
+                let (df, db) = (done_files.clone(), done_bytes.clone());
+                set.spawn(async move {
+                    let r = me.migrate_file(&facts.rel_path, plan, stub).await;
+                    df.fetch_add(1, Ordering::Relaxed);
+                    db.fetch_add(facts.size, Ordering::Relaxed);
+                    drop(permit);
+                    (facts, plan, r)
+                });
+                while let Some(res) = set.try_join_next() {
+                    tally(&mut summary, res);
+                }
+                progress(
+                    "migrating".into(),
+                    done_files.load(Ordering::Relaxed),
+                    done_bytes.load(Ordering::Relaxed),
+                );
+            }
+            while let Some(res) = set.join_next().await {
+                tally(&mut summary, res);
+                progress(
+                    "migrating".into(),
+                    done_files.load(Ordering::Relaxed),
+                    done_bytes.load(Ordering::Relaxed),
+                );
+            }
+        }
+        summary.seconds = t0.elapsed().as_secs_f64();
+        let counts = JobCounts {
+            files_scanned: summary.scanned,
+            files_copied: summary.copied,
+            bytes_copied: summary.bytes_copied,
+            files_stubbed: summary.stubbed,
+            files_failed: summary.failed,
+            errors: summary.errors.clone(),
+        };
+        if let Err(e) = self.catalog.finish_job(job_id, &counts) {
+            tracing::error!("catalog: cannot finish job {job_id}: {e}");
+        }
+        tracing::info!(
+            job_id,
+            mode = mode.as_str(),
+            scanned = summary.scanned,
+            copied = summary.copied,
+            stubbed = summary.stubbed,
+            failed = summary.failed,
+            seconds = summary.seconds,
+            "policy run finished"
+        );
+        Ok(summary)
+    }
+
+    fn files_in_flight(&self) -> usize {
+        match &self.config.store {
+            Some(t) => t
+                .get("concurrency")
+                .and_then(|v| v.as_integer())
+                .map_or(8, |c| (c as usize * 2).clamp(2, 64)),
+            None => 8,
+        }
+    }
+
+    /// Copies (and with `stub`, stubs) one file by its path relative to the source.
+    pub async fn migrate_file(
+        &self,
+        rel: &Path,
+        plan: Plan,
+        stub: bool,
+    ) -> Result<Outcome, StepError> {
+        let fd = backing::open_beneath(
+            self.root(),
+            rel,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+        )
+        .or_else(|_| backing::open_beneath(self.root(), rel, libc::O_RDONLY | libc::O_NOFOLLOW))?;
+        let file = File::from(fd);
+        let st = backing::stat_fd(file.as_fd())?;
+        if st.file_type() != libc::S_IFREG || st.nlink != 1 {
+            return Ok(Outcome::Skipped);
+        }
+        let node = self.node_id(&st);
+        if marks::record(file.as_fd(), marks::STUB)?.is_some() {
+            return Ok(Outcome::Skipped);
+        }
+        if plan == Plan::Stub {
+            let Some(rec) = marks::record(file.as_fd(), marks::COPY)? else {
+                return Ok(Outcome::Skipped);
+            };
+            let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
+            let expect = (row.size, row.mtime_ns, row.ctime_ns);
+            return self.stub_step(node, &file, &rec, expect, Action::Stub);
+        }
+        let rec = self.copy_step(node, rel, &file).await?;
+        if !stub {
+            return Ok(Outcome::Copied);
+        }
+        let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
+        let expect = (row.size, row.mtime_ns, row.ctime_ns);
+        match self.stub_step(node, &file, &rec, expect, Action::Stub)? {
+            Outcome::Stubbed => Ok(Outcome::Stubbed),
+            other => Ok(other),
+        }
+    }
+
+    fn failed_event(&self, row: &FileRow, error: &str, object: Option<(&str, Option<&str>)>) {
+        let mut detail = json!({"error": error});
+        if let Some((k, v)) = object {
+            detail["object_key"] = json!(k);
+            detail["version_id"] = json!(v);
+        }
+        if let Err(e) = self.catalog.append_event(
+            Some(&row.file_id),
+            Some(&row.path),
+            EventKind::Failed,
+            detail,
+        ) {
+            tracing::error!("catalog: cannot record FAILED: {e}");
+        }
+    }
+
+    /// Copy and verify: resident -> premigrated. Returns the copy record.
+    async fn copy_step(&self, node: u64, rel: &Path, file: &File) -> Result<StubRecord, StepError> {
+        let store = self.store()?;
+        let path = rel.to_string_lossy().into_owned();
+        // Identity: the file's id, unless it is a copy of another file's records.
+        let mut id = marks::file_id(file.as_fd())?;
+        let st_before = backing::stat_fd(file.as_fd())?;
+        let mut row = None;
+        if let Some(i) = &id {
+            match self.catalog.file_by_id(i)? {
+                Some(r) if r.ino != 0 && r.ino != st_before.ino => id = None,
+                r => row = r,
+            }
+        }
+        let id = match id {
+            Some(i) => i,
+            None => {
+                let i = new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?;
+                marks::set_file_id(file.as_fd(), &i)?;
+                i
+            }
+        };
+        let mut row = row.unwrap_or_else(|| FileRow::new(id.clone(), path.clone()));
+        row.path = path.clone();
+        let st0 = backing::stat_fd(file.as_fd())?;
+        let version = (system_now_ns().max(1)) as u64;
+        let key = object_key(KEY_PREFIX, &id, version);
+        let config_version = self
+            .catalog
+            .current_config()
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.version);
+        let mut path_meta = path.clone();
+        if path_meta.len() > 1024 {
+            let mut cut = 1024;
+            while !path_meta.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            path_meta.truncate(cut);
+        }
+        let metadata = BTreeMap::from([
+            ("coldtier-path".to_string(), path_meta),
+            ("coldtier-file-id".to_string(), id.clone()),
+            ("coldtier-size".to_string(), st0.size.to_string()),
+            (
+                "coldtier-mtime-ns".to_string(),
+                ns_of(st0.mtime).to_string(),
+            ),
+            ("coldtier-mode".to_string(), format!("{:o}", st0.mode)),
+            ("coldtier-uid".to_string(), st0.uid.to_string()),
+            ("coldtier-gid".to_string(), st0.gid.to_string()),
+            (
+                "coldtier-config-version".to_string(),
+                config_version.to_string(),
+            ),
+            ("coldtier-host".to_string(), self.host.clone()),
+        ]);
+        let tags = BTreeMap::from([("coldtier-state".to_string(), "live".to_string())]);
+        let put = store
+            .put(PutRequest {
+                key: key.clone(),
+                file: file
+                    .try_clone()
+                    .map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
+                size: st0.size,
+                storage_class: None,
+                metadata,
+                tags,
+                checksum: None,
+            })
+            .await;
+        let put = match put {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("PUT {}: {e}", self.full_key(&key));
+                self.failed_event(&row, &msg, None);
+                return Err(StepError::new(libc::EIO, msg));
+            }
+        };
+        self.failpoint("migrate-after-put");
+        let detail = json!({
+            "object_key": key,
+            "version_id": put.version_id,
+            "bytes": st0.size,
+            "checksum": put.checksum.to_string(),
+            "parts": put.parts,
+        });
+        row.size = st0.size;
+        row.mtime_ns = ns_of(st0.mtime);
+        row.ctime_ns = ns_of(st0.ctime);
+        row.ino = st0.ino;
+        self.catalog.transition(&row, EventKind::Copied, detail)?;
+
+        // Verify: the store's checksum of that exact version, or a read-back.
+        let verified = self
+            .verify(&key, put.version_id.as_deref(), st0.size, &put)
+            .await;
+        let meta = match verified {
+            Ok(m) => m,
+            Err(msg) => {
+                self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
+                return Err(StepError::new(libc::EIO, msg));
+            }
+        };
+        self.failpoint("migrate-after-verify");
+        let rec = StubRecord {
+            version: STUB_VERSION,
+            file_id: id.clone(),
+            object_key: key.clone(),
+            version_id: put.version_id.clone(),
+            size: st0.size,
+            mtime_ns: ns_of(st0.mtime),
+            ctime_ns: ns_of(st0.ctime),
+            ino: st0.ino,
+            checksum_algo: put.checksum.algo.name().to_string(),
+            checksum: put.checksum.base64(),
+            md5: None,
+            storage_class: meta,
+            config_version,
+        };
+        {
+            let held = self.gate.lock(node);
+            let st1 = backing::stat_fd(file.as_fd())?;
+            if !unchanged(&st0, &st1) || held.opens().writers > 0 {
+                drop(held);
+                let msg = "changed while it was being copied (the copy is discarded)".to_string();
+                self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
+                return Err(StepError::new(libc::EAGAIN, msg));
+            }
+            marks::set_record(file.as_fd(), marks::COPY, &rec)?;
+            self.reset_mark(node);
+        }
+        let st2 = backing::stat_fd(file.as_fd())?;
+        fill_from_record(&mut row, &rec);
+        row.ctime_ns = ns_of(st2.ctime);
+        let detail = json!({
+            "object_key": key,
+            "version_id": put.version_id,
+            "checksum": put.checksum.to_string(),
+            "verify": self.config.policy.verify.as_str(),
+            "storage_class": rec.storage_class,
+        });
+        self.apply(&mut row, Action::CopyVerified, detail)?;
+        Ok(rec)
+    }
+
+    /// Proves the object holds what we sent; returns its storage class.
+    async fn verify(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        size: u64,
+        put: &crate::store::PutResult,
+    ) -> Result<String, String> {
+        let store = self.store().map_err(|e| e.message)?;
+        let meta = store
+            .head(key, version)
+            .await
+            .map_err(|e| format!("verify: HEAD {}: {e}", self.full_key(key)))?;
+        if meta.size != size {
+            return Err(format!(
+                "verify: {} is {} bytes, the file {size}",
+                self.full_key(key),
+                meta.size
+            ));
+        }
+        let class = match &meta.storage_class {
+            StorageClass::Other(s) if s.is_empty() => "STANDARD".to_string(),
+            c => c.as_str().to_string(),
+        };
+        let by_checksum = match &meta.checksum {
+            Some(c) if self.config.policy.verify == Verify::Checksum => {
+                if c.matches(&put.expected) {
+                    true
+                } else {
+                    return Err(format!(
+                        "verify: {} reports checksum {c}, we sent {}",
+                        self.full_key(key),
+                        put.expected
+                    ));
+                }
+            }
+            _ => false,
+        };
+        if by_checksum {
+            return Ok(class);
+        }
+        if meta.storage_class.is_archive() {
+            return Err(format!(
+                "verify: {} reports no checksum and is archived: cannot read it back",
+                self.full_key(key)
+            ));
+        }
+        // Read it back into an unnamed temporary file and compare.
+        let tmp = tmpfile().map_err(|e| format!("verify: temporary file: {e}"))?;
+        let got = store
+            .get(GetRequest {
+                key,
+                version_id: version,
+                dest: &tmp,
+                expected_size: size,
+                checksum: put.checksum.algo,
+            })
+            .await
+            .map_err(|e| format!("verify: read-back of {}: {e}", self.full_key(key)))?;
+        if got.checksum != put.checksum {
+            return Err(format!(
+                "verify: {} read back as {}, we sent {}",
+                self.full_key(key),
+                got.checksum,
+                put.checksum
+            ));
+        }
+        Ok(class)
+    }
+
+    /// Frees the local data of a premigrated file (see the module doc for the order).
+    /// `expect`: (size, mtime_ns, ctime_ns) the file must still have.
+    pub fn stub_step(
+        &self,
+        node: u64,
+        file: &File,
+        rec: &StubRecord,
+        expect: (u64, i64, i64),
+        action: Action,
+    ) -> Result<Outcome, StepError> {
+        let w = backing::reopen(file.as_fd(), libc::O_RDWR)?;
+        let mut row = self.row_for(rec, w.as_fd(), FileState::Premigrated);
+        if row.pinned {
+            return Err(StepError::new(
+                libc::EPERM,
+                "the file is pinned: its data is never freed",
+            ));
+        }
+        let freed;
+        {
+            let held = self.gate.lock(node);
+            if held.opens().handles > 0 {
+                return Ok(Outcome::Busy);
+            }
+            let st = backing::stat_fd(w.as_fd())?;
+            if (st.size, ns_of(st.mtime), ns_of(st.ctime)) != expect || st.nlink != 1 {
+                self.supersede(
+                    w.as_fd(),
+                    rec,
+                    Action::WriteOrTruncate,
+                    "changed since it was copied",
+                )?;
+                self.reset_mark(node);
+                drop(held);
+                return Ok(Outcome::Changed);
+            }
+            let mut srec = rec.clone();
+            srec.ctime_ns = ns_of(st.ctime);
+            marks::set_record(w.as_fd(), marks::STUB, &srec)?;
+            self.failpoint("migrate-after-stub-xattr");
+            backing::ftruncate(w.as_fd(), 0)?;
+            self.failpoint("migrate-after-truncate");
+            backing::utimens_fd(
+                w.as_fd(),
+                false,
+                SetTime::At(st.atime.0, st.atime.1),
+                SetTime::At(st.mtime.0, st.mtime.1),
+            )?;
+            marks::remove(w.as_fd(), marks::COPY)?;
+            backing::fsync(w.as_fd(), false)?;
+            self.reset_mark(node);
+            freed = st.blocks * 512;
+        }
+        let st = backing::stat_fd(w.as_fd())?;
+        row.ctime_ns = ns_of(st.ctime);
+        let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
+        self.apply(&mut row, action, detail)?;
+        Ok(Outcome::Stubbed)
+    }
+
+    /// `coldtier gc`: deletes the objects of deleted and superseded content whose
+    /// retention has passed, and of copies that failed verification. Each deletion is an
+    /// OBJECT_DELETED event. Never deletes an object a tracked file still names.
+    pub async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, StepError> {
+        let Ok(_job) = self.job_lock.try_lock() else {
+            return Err(StepError::new(
+                libc::EBUSY,
+                "a policy run or gc is in progress",
+            ));
+        };
+        let store = self.store()?;
+        let job_id = self
+            .catalog
+            .start_job("gc", if dry_run { "dry-run" } else { "manual" })?;
+        let events = self.catalog.events_of_kinds(&[
+            EventKind::Superseded,
+            EventKind::Deleted,
+            EventKind::Failed,
+            EventKind::ObjectDeleted,
+        ])?;
+        let in_use = self.catalog.object_keys_in_use()?;
+        let key_of = |d: &serde_json::Value| -> Option<(String, Option<String>)> {
+            for v in [d, &d["detail"], &d["row"]] {
+                if let Some(k) = v["object_key"].as_str() {
+                    return Some((k.to_string(), v["version_id"].as_str().map(str::to_string)));
+                }
+            }
+            None
+        };
+        let gone: HashSet<(String, Option<String>)> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::ObjectDeleted)
+            .filter_map(|e| key_of(&e.detail))
+            .collect();
+        let now = system_now_ns().saturating_add(self.gc_skew.as_nanos() as i64);
+        let retention = self.config.catalog.retention.as_nanos() as i64;
+        let mut deleted = Vec::new();
+        let mut kept = 0u64;
+        let mut errors = Vec::new();
+        let mut seen = HashSet::new();
+        for e in events.iter().filter(|e| e.kind != EventKind::ObjectDeleted) {
+            let Some(obj) = key_of(&e.detail) else {
+                continue;
+            };
+            if gone.contains(&obj) || in_use.contains(&obj.0) || !seen.insert(obj.clone()) {
+                continue;
+            }
+            if now.saturating_sub(e.time_ns) < retention {
+                kept += 1;
+                continue;
+            }
+            let full = self.full_key(&obj.0);
+            if dry_run {
+                deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
+                continue;
+            }
+            match store.delete(&obj.0, obj.1.as_deref()).await {
+                Ok(()) => {
+                    let detail = json!({
+                        "object_key": obj.0,
+                        "version_id": obj.1,
+                        "reason": e.kind,
+                        "event": e.id,
+                    });
+                    self.catalog.append_event(
+                        e.file_id.as_deref(),
+                        e.path.as_deref(),
+                        EventKind::ObjectDeleted,
+                        detail,
+                    )?;
+                    deleted
+                        .push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
+                }
+                Err(err) => errors.push(format!("DELETE {full}: {err}")),
+            }
+        }
+        let counts = JobCounts {
+            files_failed: errors.len() as u64,
+            errors: errors.clone(),
+            ..Default::default()
+        };
+        let _ = self.catalog.finish_job(job_id, &counts);
+        Ok(json!({
+            "job_id": job_id,
+            "dry_run": dry_run,
+            "deleted": deleted,
+            "kept_under_retention": kept,
+            "errors": errors,
+        }))
+    }
+}
+
+fn tally(
+    summary: &mut RunSummary,
+    res: Result<(FileFacts, Plan, Result<Outcome, StepError>), tokio::task::JoinError>,
+) {
+    match res {
+        Ok((facts, plan, Ok(o))) => match o {
+            Outcome::Copied => {
+                summary.copied += 1;
+                summary.bytes_copied += facts.size;
+            }
+            Outcome::Stubbed => {
+                if plan != Plan::Stub {
+                    summary.copied += 1;
+                    summary.bytes_copied += facts.size;
+                }
+                summary.stubbed += 1;
+                summary.bytes_freed += facts.size;
+            }
+            Outcome::Busy => summary.busy += 1,
+            Outcome::Changed | Outcome::Skipped => {}
+        },
+        Ok((facts, _, Err(e))) => {
+            summary.failed += 1;
+            summary
+                .errors
+                .push(format!("{}: {}", facts.rel_path.display(), e.message));
+        }
+        Err(e) => {
+            summary.failed += 1;
+            summary.errors.push(format!("task: {e}"));
+        }
+    }
+}
+
+/// An unnamed temporary file (O_TMPFILE) for read-backs: gone when closed.
+fn tmpfile() -> std::io::Result<File> {
+    let dir = std::env::temp_dir();
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: c is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}

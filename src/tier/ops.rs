@@ -1,0 +1,415 @@
+//! The daemon's answers to the CLI (control socket requests): status, pin, unpin,
+//! recall, release, history, migrate, gc. Paths arrive as absolute paths inside the mount
+//! and are reached in the backing tree with openat2 below the source root (no `..`, no
+//! symlinks), so a request can never name a file outside the source.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::catalog::FileState;
+use crate::config::MigrateMode;
+use crate::control::protocol::{ErrorBody, ErrorCode, Op};
+use crate::control::server::Handler;
+use crate::fs::backing;
+use crate::tier::engine::{ns_of, StepError, Tiering};
+use crate::tier::marks;
+use crate::tier::state::Action;
+use crate::tier::stub::new_file_id;
+
+/// The control-socket handler of a mount.
+pub struct Control {
+    pub t: Arc<Tiering>,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+    ErrorBody {
+        code,
+        message: message.into(),
+    }
+}
+
+fn step_err(e: StepError) -> ErrorBody {
+    let code = match e.errno {
+        libc::EBUSY => ErrorCode::Busy,
+        libc::ENOENT => ErrorCode::NotFound,
+        _ => ErrorCode::Failed,
+    };
+    err(code, e.message)
+}
+
+impl Control {
+    fn rel(&self, p: &Path) -> Result<PathBuf, ErrorBody> {
+        p.strip_prefix(&self.t.mountpoint)
+            .map(Path::to_path_buf)
+            .map_err(|_| {
+                err(
+                    ErrorCode::NotInMount,
+                    format!(
+                        "{} is not inside the mount {}",
+                        p.display(),
+                        self.t.mountpoint.display()
+                    ),
+                )
+            })
+    }
+
+    fn abs(&self, rel: &Path) -> PathBuf {
+        self.t.mountpoint.join(rel)
+    }
+
+    /// The regular files a request names: each path, and with `recursive` everything
+    /// below the directories among them. A problem with one path is its own result.
+    fn expand(
+        &self,
+        paths: &[PathBuf],
+        recursive: bool,
+    ) -> Vec<Result<PathBuf, (PathBuf, String)>> {
+        let mut out = Vec::new();
+        for p in paths {
+            let rel = match self.rel(p) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(Err((p.clone(), e.message)));
+                    continue;
+                }
+            };
+            let st = backing::open_beneath(self.t.root(), &rel, libc::O_PATH | libc::O_NOFOLLOW)
+                .and_then(|fd| backing::stat_fd(fd.as_fd()));
+            match st {
+                Err(e) => out.push(Err((
+                    p.clone(),
+                    std::io::Error::from_raw_os_error(e.0).to_string(),
+                ))),
+                Ok(st) if st.is_dir() => {
+                    if !recursive {
+                        out.push(Err((p.clone(), "is a directory (use -r)".into())));
+                        continue;
+                    }
+                    let mut files = Vec::new();
+                    if let Err(e) = self
+                        .t
+                        .walk(&rel, &mut |r, _, _, _| files.push(r.to_path_buf()))
+                    {
+                        out.push(Err((p.clone(), e.message)));
+                    }
+                    files.sort();
+                    out.extend(files.into_iter().map(Ok));
+                }
+                Ok(st) if st.file_type() == libc::S_IFREG => out.push(Ok(rel)),
+                Ok(_) => out.push(Err((p.clone(), "not a regular file".into()))),
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on each file; collects `{path, ok, ...}` results.
+    fn each(
+        &self,
+        paths: &[PathBuf],
+        recursive: bool,
+        progress: &mut dyn FnMut(String, u64, u64),
+        mut f: impl FnMut(&Path, &File) -> Result<Value, String>,
+    ) -> Value {
+        let mut results = Vec::new();
+        let mut failed = 0u64;
+        let mut done = 0u64;
+        for item in self.expand(paths, recursive) {
+            let r = match item {
+                Err((p, e)) => Err((p, e)),
+                Ok(rel) => {
+                    let abs = self.abs(&rel);
+                    match backing::open_beneath(
+                        self.t.root(),
+                        &rel,
+                        libc::O_PATH | libc::O_NOFOLLOW,
+                    ) {
+                        Err(e) => Err((abs, std::io::Error::from_raw_os_error(e.0).to_string())),
+                        Ok(fd) => {
+                            f(&rel, &File::from(fd))
+                                .map_err(|e| (abs.clone(), e))
+                                .map(|mut v| {
+                                    v["path"] = json!(abs);
+                                    v
+                                })
+                        }
+                    }
+                }
+            };
+            match r {
+                Ok(mut v) => {
+                    v["ok"] = json!(true);
+                    results.push(v)
+                }
+                Err((p, e)) => {
+                    failed += 1;
+                    results.push(json!({"path": p, "ok": false, "error": e}));
+                }
+            }
+            done += 1;
+            if done % 100 == 0 {
+                progress(format!("{done} files"), done, 0);
+            }
+        }
+        json!({"results": results, "failed": failed})
+    }
+
+    fn status_of(&self, rel: &Path, f: &File) -> Result<Value, String> {
+        let st = backing::stat_fd(f.as_fd()).map_err(|e| format!("{e:?}"))?;
+        let (state, pinned, row, rec) = self.t.state_of(f.as_fd());
+        let size = match (&rec, state) {
+            (Some(r), FileState::Stub | FileState::Recalling | FileState::RestorePending) => r.size,
+            _ => st.size,
+        };
+        let rec_ok = rec.as_ref().filter(|r| {
+            state != FileState::Premigrated || (r.size == st.size && r.mtime_ns == ns_of(st.mtime))
+        });
+        let state = if state == FileState::Premigrated && rec_ok.is_none() {
+            FileState::Resident
+        } else {
+            state
+        };
+        Ok(json!({
+            "rel_path": rel,
+            "state": state.as_str(),
+            "size": size,
+            "pinned": pinned,
+            "file_id": row.as_ref().map(|r| r.file_id.clone()).or_else(|| rec_ok.map(|r| r.file_id.clone())),
+            "object_key": rec_ok.map(|r| self.t.full_key(&r.object_key)),
+            "version_id": rec_ok.and_then(|r| r.version_id.clone()),
+            "storage_class": rec_ok.map(|r| r.storage_class.clone()),
+            "checksum": rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
+            "blocks": st.blocks,
+        }))
+    }
+
+    fn pin(&self, rel: &Path, f: &File, pin: bool) -> Result<Value, String> {
+        let fd = f.as_fd();
+        let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
+        let (state, _, row, rec) = self.t.state_of(fd);
+        let mut row = match (row, rec) {
+            (Some(r), _) => r,
+            (None, Some(rec)) => self.t.row_for(&rec, fd, state),
+            (None, None) => {
+                if !pin {
+                    return Ok(json!({"pinned": false}));
+                }
+                let id = match marks::file_id(fd).map_err(|e| format!("{e:?}"))? {
+                    Some(i) => i,
+                    None => {
+                        let i = new_file_id().map_err(|e| e.to_string())?;
+                        marks::set_file_id(fd, &i)
+                            .map_err(|e| format!("cannot mark the file: {e:?}"))?;
+                        i
+                    }
+                };
+                let mut r = crate::catalog::FileRow::new(id, rel.to_string_lossy());
+                r.size = st.size;
+                r.mtime_ns = ns_of(st.mtime);
+                r.ctime_ns = ns_of(st.ctime);
+                r.ino = st.ino;
+                r
+            }
+        };
+        row.path = rel.to_string_lossy().into_owned();
+        let action = if pin { Action::Pin } else { Action::Unpin };
+        self.t
+            .apply(&mut row, action, json!({}))
+            .map_err(|e| e.to_string())?;
+        Ok(json!({"pinned": pin, "state": state.as_str()}))
+    }
+
+    fn recall(&self, f: &File) -> Result<Value, String> {
+        let fd = f.as_fd();
+        let Some(rec) = marks::record(fd, marks::STUB).map_err(|e| format!("{e:?}"))? else {
+            return Ok(json!({"recalled": false, "note": "data is local already"}));
+        };
+        let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
+        let node = self.t.node_id(&st);
+        let size = rec.size;
+        self.t
+            .rt
+            .block_on(self.t.recall_and_wait(node, fd, rec))
+            .map_err(|e| std::io::Error::from_raw_os_error(e).to_string())?;
+        Ok(json!({"recalled": true, "bytes": size}))
+    }
+
+    fn release(&self, f: &File) -> Result<Value, String> {
+        let fd = f.as_fd();
+        if marks::record(fd, marks::STUB)
+            .map_err(|e| format!("{e:?}"))?
+            .is_some()
+        {
+            return Ok(json!({"released": false, "note": "already a stub"}));
+        }
+        let Some(rec) = marks::record(fd, marks::COPY).map_err(|e| format!("{e:?}"))? else {
+            return Err(
+                "no verified copy exists: run `coldtier migrate` (copy-only or stub) first".into(),
+            );
+        };
+        let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
+        let row = self.t.row_for(&rec, fd, FileState::Premigrated);
+        let expect = (row.size, row.mtime_ns, row.ctime_ns);
+        let node = self.t.node_id(&st);
+        match self
+            .t
+            .stub_step(node, f, &rec, expect, Action::Release)
+            .map_err(|e| e.message)?
+        {
+            crate::tier::migrate::Outcome::Stubbed => {
+                Ok(json!({"released": true, "bytes": rec.size}))
+            }
+            crate::tier::migrate::Outcome::Busy => {
+                Err("the file is open: close it and try again".into())
+            }
+            crate::tier::migrate::Outcome::Changed => Err(
+                "the file changed since it was copied: its copy is superseded; migrate it again"
+                    .into(),
+            ),
+            o => Err(format!("not released ({o:?})")),
+        }
+    }
+
+    fn history(&self, p: &Path) -> Result<Value, ErrorBody> {
+        let rel = self.rel(p)?;
+        let id = match backing::open_beneath(self.t.root(), &rel, libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => marks::file_id(fd.as_fd()).ok().flatten(),
+            Err(_) => None,
+        };
+        let id = match id {
+            Some(i) => Some(i),
+            None => self
+                .t
+                .catalog
+                .file_by_path(&rel.to_string_lossy())
+                .map_err(|e| err(ErrorCode::Failed, e.to_string()))?
+                .map(|r| r.file_id),
+        };
+        let Some(id) = id else {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!(
+                    "{}: coldtier has no record of this file (never copied or pinned)",
+                    p.display()
+                ),
+            ));
+        };
+        let events = self
+            .t
+            .catalog
+            .history(&id)
+            .map_err(|e| err(ErrorCode::Failed, e.to_string()))?;
+        Ok(json!({"path": p, "file_id": id, "events": events}))
+    }
+}
+
+impl Handler for Control {
+    fn handle(
+        &self,
+        op: Op,
+        progress: &mut dyn FnMut(String, u64, u64),
+    ) -> Result<Value, ErrorBody> {
+        match op {
+            Op::Ping => Ok(json!({
+                "pid": std::process::id(),
+                "source": self.t.source,
+                "mountpoint": self.t.mountpoint,
+                "store": self.t.store.as_ref().map(|s| s.describe()),
+                "catalog": self.t.catalog.path(),
+            })),
+            Op::Status { paths, recursive } => {
+                Ok(self.each(&paths, recursive, progress, |rel, f| self.status_of(rel, f)))
+            }
+            Op::Pin { paths, recursive } => {
+                Ok(self.each(&paths, recursive, progress, |rel, f| self.pin(rel, f, true)))
+            }
+            Op::Unpin { paths, recursive } => {
+                Ok(self.each(&paths, recursive, progress, |rel, f| {
+                    self.pin(rel, f, false)
+                }))
+            }
+            Op::Recall { paths, recursive } => {
+                Ok(self.each(&paths, recursive, progress, |_, f| self.recall(f)))
+            }
+            Op::Release { paths, recursive } => {
+                Ok(self.each(&paths, recursive, progress, |_, f| self.release(f)))
+            }
+            Op::History { path } => self.history(&path),
+            Op::Migrate { dry_run, mode } => {
+                let mode = match (dry_run, mode.as_deref()) {
+                    (true, _) => MigrateMode::DryRun,
+                    (false, None) => self.t.config.policy.mode,
+                    (false, Some("stub")) => MigrateMode::Stub,
+                    (false, Some("copy-only")) => MigrateMode::CopyOnly,
+                    (false, Some("dry-run")) => MigrateMode::DryRun,
+                    (false, Some(m)) => {
+                        return Err(err(
+                            ErrorCode::BadRequest,
+                            format!("unknown mode `{m}` (dry-run, copy-only, stub)"),
+                        ))
+                    }
+                };
+                let t = self.t.clone();
+                let mut last = std::time::Instant::now();
+                let mut relay = |m: String, f: u64, b: u64| {
+                    if last.elapsed().as_millis() >= 500 || f == 0 {
+                        last = std::time::Instant::now();
+                        progress(m, f, b);
+                    }
+                };
+                let summary = run_blocking(&t, mode, &mut relay).map_err(step_err)?;
+                serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
+            }
+            Op::Gc { dry_run } => self.t.rt.block_on(self.t.gc(dry_run)).map_err(step_err),
+        }
+    }
+}
+
+/// Runs a policy run from a plain thread, relaying progress.
+fn run_blocking(
+    t: &Arc<Tiering>,
+    mode: MigrateMode,
+    progress: &mut dyn FnMut(String, u64, u64),
+) -> Result<crate::tier::migrate::RunSummary, StepError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
+    let t2 = t.clone();
+    let job = t.rt.spawn(async move {
+        let mut send = move |m: String, f: u64, b: u64| {
+            let _ = tx.send((m, f, b));
+        };
+        t2.run_policy(mode, "migrate", &mut send).await
+    });
+    t.rt.block_on(async {
+        while let Some((m, f, b)) = rx.recv().await {
+            progress(m, f, b);
+        }
+        job.await
+            .map_err(|e| StepError::new(libc::EIO, format!("policy run task: {e}")))?
+    })
+}
+
+/// The scheduler: runs the policy at each time `policy.schedule` names (UTC), in the
+/// mode the config says. Runs for the life of the daemon.
+pub fn spawn_scheduler(t: Arc<Tiering>) {
+    let Some(schedule) = t.config.policy.schedule.clone() else {
+        return;
+    };
+    let rt = t.rt.clone();
+    rt.spawn(async move {
+        loop {
+            let now = std::time::SystemTime::now();
+            let Some(next) = schedule.next_after(now) else { return };
+            let wait = next.duration_since(now).unwrap_or_default();
+            tracing::info!(in_secs = wait.as_secs(), schedule = %schedule, "next scheduled policy run");
+            tokio::time::sleep(wait).await;
+            let mode = t.config.policy.mode;
+            let mut quiet = |_: String, _: u64, _: u64| {};
+            if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet).await {
+                tracing::error!("scheduled policy run failed: {e}");
+            }
+        }
+    });
+}
