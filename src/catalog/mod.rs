@@ -377,6 +377,29 @@ impl Catalog {
         })
     }
 
+    /// A directory was renamed: every tracked path below `old_dir` moves below `new_dir`
+    /// (one statement; not an event, like [`Catalog::rename_path`]). Returns how many.
+    pub fn rename_prefix(&self, old_dir: &str, new_dir: &str) -> Result<usize> {
+        let lo = format!("{old_dir}/");
+        let hi = format!("{old_dir}0"); // '0' sorts right after '/'
+        self.write("renaming a directory", |tx, now| {
+            tx.prepare_cached(
+                "UPDATE files SET path = ?3 || substr(path, ?4), updated_at = ?5 \
+                 WHERE path >= ?1 AND path < ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    lo,
+                    hi,
+                    format!("{new_dir}/"),
+                    lo.chars().count() as i64 + 1,
+                    now
+                ])
+            })
+            .ctx("updating paths below a renamed directory")
+        })
+    }
+
     /// Every event of one file, oldest first.
     pub fn history(&self, file_id: &str) -> Result<Vec<Event>> {
         self.read("reading a file's history", |c| {

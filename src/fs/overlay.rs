@@ -83,6 +83,14 @@ pub trait TierHooks: Send + Sync {
     fn unlinked(&self, file_id: &str);
     /// Tracked file `file_id` is now `newname` in `newdir`.
     fn renamed(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr);
+    /// Directory `name` in `dir` is now `newname` in `newdir`.
+    fn dir_renamed(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        newdir: BorrowedFd<'_>,
+        newname: &OsStr,
+    );
 }
 
 /// Attribute changes requested by setattr.
@@ -571,6 +579,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let (pfd, npfd) = (p.fd()?, np.fd()?);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let moved = self.probe(pfd.as_fd(), name, false);
+        let moved_dir = self.hooks.get().is_some()
+            && !exchange
+            && backing::stat_at(pfd.as_fd(), name).is_ok_and(|st| st.is_dir());
         let other = self.probe(npfd.as_fd(), newname, !exchange);
         backing::rename_at(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
         if let Some(h) = self.hooks.get() {
@@ -584,6 +595,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             }
             if let Some(id) = other.filter(|_| exchange) {
                 h.renamed(&id, pfd.as_fd(), name);
+            }
+            if moved_dir {
+                h.dir_renamed(pfd.as_fd(), name, npfd.as_fd(), newname);
             }
         }
         Ok(())

@@ -262,6 +262,33 @@ impl Tiering {
         (!s.ends_with(" (deleted)")).then_some(s)
     }
 
+    /// The source-relative path of `name` in directory `dir`.
+    fn rel_in(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<String> {
+        let dir = self.rel_of(dir).or_else(|| {
+            backing::fd_path(dir)
+                .filter(|p| p == &self.source)
+                .map(|_| String::new())
+        })?;
+        let name = std::str::from_utf8(name.as_bytes()).ok()?;
+        Some(if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+
+    /// Makes `path` free for `file_id` in the catalog: a row of another file that still
+    /// holds it (a file deleted or moved without the mount) is parked aside.
+    pub fn claim_path(&self, file_id: &str, path: &str) {
+        if let Ok(Some(other)) = self.catalog.file_by_path(path) {
+            if other.file_id != file_id {
+                let park = format!(".coldtier-moving/{}", other.file_id);
+                tracing::warn!(path, other = %other.file_id, "catalog: path held by another file's row; parking it");
+                let _ = self.catalog.rename_path(&other.file_id, &park);
+            }
+        }
+    }
+
     /// Records `action` on `row` (state, events) in the catalog. The catalog follows the
     /// files: if its view refuses the action, the action is recorded anyway, with a warning.
     pub fn apply(
@@ -777,30 +804,32 @@ impl TierHooks for Tiering {
         }
     }
 
+    fn dir_renamed(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        newdir: BorrowedFd<'_>,
+        newname: &OsStr,
+    ) {
+        let (Some(old), Some(new)) = (self.rel_in(dir, name), self.rel_in(newdir, newname)) else {
+            return;
+        };
+        match self.catalog.rename_prefix(&old, &new) {
+            Ok(n) if n > 0 => tracing::debug!(old, new, files = n, "directory renamed"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("catalog: cannot record the rename of {old} to {new}: {e}"),
+        }
+    }
+
     fn renamed(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr) {
-        let Some(dir) = self.rel_of(newdir).or_else(|| {
-            backing::fd_path(newdir)
-                .filter(|p| p == &self.source)
-                .map(|_| String::new())
-        }) else {
+        let Some(rel) = self.rel_in(newdir, newname) else {
             return;
-        };
-        let Ok(name) = std::str::from_utf8(newname.as_bytes()) else {
-            return;
-        };
-        let rel = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
         };
         match self.catalog.rename_path(file_id, &rel) {
             Ok(()) | Err(CatalogError::NoSuchFile(_)) => {}
             Err(CatalogError::PathInUse { .. }) => {
                 // An exchange in flight (or a stale row): park the other row, then retry.
-                if let Ok(Some(other)) = self.catalog.file_by_path(&rel) {
-                    let park = format!(".coldtier-moving/{}", other.file_id);
-                    let _ = self.catalog.rename_path(&other.file_id, &park);
-                }
+                self.claim_path(file_id, &rel);
                 if let Err(e) = self.catalog.rename_path(file_id, &rel) {
                     tracing::error!("catalog: cannot record the rename to {rel}: {e}");
                 }

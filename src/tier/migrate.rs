@@ -200,6 +200,25 @@ impl Tiering {
         (FileState::Resident, pinned, row, None)
     }
 
+    /// Brings the catalog's path of a tracked empty-looking file (a stub) up to date: a
+    /// rename of one of its directories, or one made without the mount, moved it.
+    fn refresh_path(&self, rel: &Path, dir: BorrowedFd<'_>, name: &OsStr) {
+        let Ok(fd) = backing::open_path_at(dir, name) else {
+            return;
+        };
+        let Ok(Some(id)) = marks::file_id(fd.as_fd()) else {
+            return;
+        };
+        let Some(rel) = rel.to_str() else { return };
+        if let Ok(Some(row)) = self.catalog.file_by_id(&id) {
+            if row.path != rel {
+                if let Err(e) = self.catalog.rename_path(&id, rel) {
+                    tracing::warn!(path = rel, "catalog: cannot update the path: {e}");
+                }
+            }
+        }
+    }
+
     /// Scans the tree and evaluates the policy: the candidates with their plans, and how
     /// many files were looked at.
     pub fn scan(&self, mode: MigrateMode) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
@@ -210,6 +229,10 @@ impl Tiering {
         let mut scanned = 0u64;
         self.walk(Path::new(""), &mut |rel, st, dir, name| {
             scanned += 1;
+            if st.size == 0 {
+                self.refresh_path(rel, dir, name);
+                return;
+            }
             let mut facts = facts_of(rel, st);
             // Cheap checks first (stubs have no local bytes: they stop at Empty).
             match policy::evaluate(&policy, &facts, now) {
@@ -452,13 +475,12 @@ impl Tiering {
                 r => row = r,
             }
         }
+        // A new id is written to the file only with its copy record, after the copy is
+        // verified: a failed run leaves the file exactly as it was.
+        let new_id = id.is_none();
         let id = match id {
             Some(i) => i,
-            None => {
-                let i = new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?;
-                marks::set_file_id(file.as_fd(), &i)?;
-                i
-            }
+            None => new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
         };
         let mut row = row.unwrap_or_else(|| FileRow::new(id.clone(), path.clone()));
         row.path = path.clone();
@@ -530,6 +552,7 @@ impl Tiering {
         row.mtime_ns = ns_of(st0.mtime);
         row.ctime_ns = ns_of(st0.ctime);
         row.ino = st0.ino;
+        self.claim_path(&id, &path);
         self.catalog.transition(&row, EventKind::Copied, detail)?;
 
         // Verify: the store's checksum of that exact version, or a read-back.
@@ -568,8 +591,22 @@ impl Tiering {
                 self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
                 return Err(StepError::new(libc::EAGAIN, msg));
             }
+            if new_id {
+                marks::set_file_id(file.as_fd(), &id)?;
+            }
             marks::set_record(file.as_fd(), marks::COPY, &rec)?;
             self.reset_mark(node);
+        }
+        if put.parts > 1 {
+            // A multipart object's own checksum is a composite: keep the whole-object one
+            // with it (metadata cannot change after the upload; tags can).
+            let tags = BTreeMap::from([
+                ("coldtier-state".to_string(), "live".to_string()),
+                ("coldtier-checksum".to_string(), put.checksum.to_string()),
+            ]);
+            if let Err(e) = store.set_tags(&key, put.version_id.as_deref(), tags).await {
+                tracing::warn!(key = %self.full_key(&key), "cannot tag the whole-object checksum: {e}");
+            }
         }
         let st2 = backing::stat_fd(file.as_fd())?;
         fill_from_record(&mut row, &rec);
