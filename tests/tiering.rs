@@ -1,0 +1,1395 @@
+//! Integration tests of tiering: migrate (dry-run, copy-only, stub), recall, pins, rename,
+//! delete and gc, Glacier restores, a corrupted object, an unreachable store, and crash
+//! safety. Each test runs a real coldtier FUSE mount whose store is a real moto S3 server
+//! that the test starts itself (tests/common/tier.rs).
+
+mod common;
+#[allow(dead_code)]
+#[path = "common/tier.rs"]
+mod tier;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use coldtier::store::testing::MotoServer;
+use common::sh;
+use serde_json::Value;
+use tier::*;
+
+/// What a stub must keep showing through the mount.
+#[derive(Debug, PartialEq, Eq)]
+struct Shown {
+    size: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+fn shown(p: &Path) -> Shown {
+    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+    Shown {
+        size: m.size(),
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    }
+}
+
+fn blocks(p: &Path) -> u64 {
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .blocks()
+}
+
+/// `du -sk PATH` in KiB.
+fn du_k(p: &Path) -> u64 {
+    let (ok, out, err) = sh(&format!("du -sk '{}'", p.display()));
+    assert!(ok, "du {}: {err}", p.display());
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("du output: {out}"))
+}
+
+/// The errno of a call that must fail.
+fn errno_of<T>(r: std::io::Result<T>, what: &str) -> i32 {
+    match r {
+        Ok(_) => panic!("{what}: expected an error, it succeeded"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: error without errno: {e}")),
+    }
+}
+
+/// Reads a file that must be readable.
+fn read_ok(p: &Path) -> Vec<u8> {
+    fs::read(p)
+        .unwrap_or_else(|e| panic!("read {}: {e} (errno {:?})", p.display(), e.raw_os_error()))
+}
+
+/// Every file reads back through the mount byte-identical.
+fn assert_all_read_back(t: &TierMount, files: &Files) {
+    for (rel, content) in files {
+        let got = fs::read(t.m(rel)).unwrap_or_else(|e| {
+            panic!(
+                "read {rel} through the mount: {e} (errno {:?})\n{}",
+                e.raw_os_error(),
+                t.daemon_log_tail()
+            )
+        });
+        assert_bytes(&format!("{rel} through the mount"), &got, content);
+    }
+}
+
+/// An object key is `<prefix>/.../<file id: 32 hex>/<version: 16 hex>`; returns (file id,
+/// version). (The exact layout the spec gives is checked by [`assert_spec_key_layout`].)
+fn split_key(key: &str) -> (String, String) {
+    let parts: Vec<&str> = key.split('/').collect();
+    assert!(
+        parts.len() >= 3 && parts[0] == PREFIX,
+        "object key {key}: want {PREFIX}/.../<file id>/<version>"
+    );
+    let (id, version) = (parts[parts.len() - 2], parts[parts.len() - 1]);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(
+        hex(id, 32),
+        "object key {key}: file id is not 32 hex digits"
+    );
+    assert!(
+        hex(version, 16),
+        "object key {key}: version is not 16 hex digits"
+    );
+    (id.to_string(), version.to_string())
+}
+
+/// /tmp/tier-spec.md: "keys are <prefix>/<file id 32 hex>/<16 hex version>".
+fn assert_spec_key_layout(key: &str) {
+    let (id, version) = split_key(key);
+    assert_eq!(
+        key,
+        format!("{PREFIX}/{id}/{version}"),
+        "object key layout: want <prefix>/<file id>/<version>"
+    );
+}
+
+/// The paths a dry-run plans, each matched to one of the expected relative paths.
+fn planned_paths(summary: &Value) -> Vec<String> {
+    summary["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("dry-run summary without a files array: {summary}"))
+        .iter()
+        .map(|f| {
+            f["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("planned file without path: {f}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn matches_rel(path: &str, rel: &str) -> bool {
+    path == rel || path.ends_with(&format!("/{rel}"))
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Phases: dry-run, copy-only, stub
+
+#[test]
+fn migrate_dry_run_changes_nothing_copy_only_premigrates_and_stub_frees_space() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("a.bin", 300 * 1024),
+        ("dir/b.bin", 64 * 1024),
+        ("dir/c.txt", 5000),
+    ]);
+    let t = TierMount::new(&moto, "phases", &fs_, |c| c);
+    // Owners, modes and nanosecond times a stub must keep.
+    std::os::unix::fs::chown(t.m("dir/b.bin"), Some(1234), Some(5678)).unwrap();
+    fs::set_permissions(t.m("dir/b.bin"), fs::Permissions::from_mode(0o640)).unwrap();
+    set_times(&t.m("a.bin"), 1_500_000_000, 123_456_789);
+    let before: BTreeMap<&str, Shown> = fs_
+        .iter()
+        .map(|(r, _)| (r.as_str(), shown(&t.m(r))))
+        .collect();
+    for (rel, _) in &fs_ {
+        assert!(blocks(&t.m(rel)) > 0, "{rel}: resident file without blocks");
+    }
+    let du_before = du_k(&t.mnt);
+    let du_src_before = du_k(&t.src);
+
+    // Dry run: reports the three candidates, changes nothing.
+    let v = t.migrate_ok(&["--dry-run"]);
+    assert_eq!(v["mode"].as_str(), Some("dry-run"), "summary: {v}");
+    assert_eq!(v["candidates"].as_u64(), Some(3), "summary: {v}");
+    assert_eq!(v["copied"].as_u64(), Some(0), "summary: {v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(0), "summary: {v}");
+    let planned = planned_paths(&v);
+    assert_eq!(planned.len(), 3, "planned files: {planned:?}");
+    for (rel, _) in &fs_ {
+        assert_eq!(
+            planned.iter().filter(|p| matches_rel(p, rel)).count(),
+            1,
+            "{rel} not planned exactly once: {planned:?}"
+        );
+    }
+    assert_eq!(t.objects(), Vec::<String>::new(), "dry-run put objects");
+    for (rel, content) in &fs_ {
+        assert_eq!(t.state(rel), "resident", "{rel} after dry-run");
+        assert_bytes(
+            &format!("backing {rel} after dry-run"),
+            &fs::read(t.s(rel)).unwrap(),
+            content,
+        );
+        assert_eq!(
+            xattr(&t.s(rel), STUB_XATTR),
+            None,
+            "{rel}: stub xattr after dry-run"
+        );
+        assert_eq!(
+            shown(&t.m(rel)),
+            before[rel.as_str()],
+            "{rel}: attributes after dry-run"
+        );
+    }
+
+    // Copy-only: every file premigrated, its object in the bucket with its genealogy,
+    // the data still local.
+    let v = t.migrate_ok(&["--mode", "copy-only"]);
+    assert_eq!(v["copied"].as_u64(), Some(3), "summary: {v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(0), "summary: {v}");
+    let mut keys = BTreeMap::new();
+    for (rel, content) in &fs_ {
+        let st = t.status(rel);
+        assert_eq!(st["state"].as_str(), Some("premigrated"), "{rel}: {st}");
+        assert_eq!(
+            st["storage_class"].as_str(),
+            Some("STANDARD"),
+            "{rel}: {st}"
+        );
+        let key = st["object_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{rel}: {st}"))
+            .to_string();
+        let (file_id, _) = split_key(&key);
+        if let Some(id) = st["file_id"].as_str() {
+            assert_eq!(id, file_id, "{rel}: file_id vs object key {key}");
+        }
+        let obj = moto.raw_get(&t.bucket, &key).unwrap();
+        assert_bytes(&format!("object of {rel}"), &obj, content);
+        let meta = object_metadata(&moto, &t.bucket, &key);
+        let name = rel.rsplit('/').next().unwrap();
+        assert!(
+            meta.values().any(|v| v.contains(name)),
+            "{rel}: no original path in the object's metadata: {meta:?}"
+        );
+        assert!(
+            meta.values().any(|v| v.contains(&file_id)),
+            "{rel}: no file id in the object's metadata: {meta:?}"
+        );
+        assert!(
+            meta.values().any(|v| v == &content.len().to_string()),
+            "{rel}: no size in the object's metadata: {meta:?}"
+        );
+        assert_bytes(
+            &format!("backing {rel} when premigrated"),
+            &fs::read(t.s(rel)).unwrap(),
+            content,
+        );
+        assert!(
+            blocks(&t.s(rel)) > 0,
+            "{rel}: premigrated backing file without blocks"
+        );
+        assert!(
+            blocks(&t.m(rel)) > 0,
+            "{rel}: premigrated file shows no blocks through the mount"
+        );
+        assert_eq!(
+            shown(&t.m(rel)),
+            before[rel.as_str()],
+            "{rel}: attributes when premigrated"
+        );
+        keys.insert(rel.clone(), key);
+    }
+    let mut want: Vec<String> = keys.values().cloned().collect();
+    want.sort();
+    assert_eq!(t.objects(), want, "bucket after copy-only");
+
+    // Stub: same attributes through the mount, no blocks; the backing file is empty and
+    // carries the stub record; the copies are reused.
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["stubbed"].as_u64(), Some(3), "summary: {v}");
+    for (rel, _) in &fs_ {
+        let st = t.status(rel);
+        assert_eq!(st["state"].as_str(), Some("stub"), "{rel}: {st}");
+        assert_eq!(
+            st["object_key"].as_str(),
+            Some(keys[rel].as_str()),
+            "{rel}: object key changed by stubbing: {st}"
+        );
+        assert_eq!(
+            shown(&t.m(rel)),
+            before[rel.as_str()],
+            "{rel}: attributes of the stub through the mount"
+        );
+        let b = fs::symlink_metadata(t.s(rel)).unwrap();
+        assert_eq!(b.len(), 0, "{rel}: backing stub not empty");
+        // At most one block for the xattrs (ext4 keeps a large one outside the inode).
+        assert!(
+            b.blocks() * 512 <= 4096,
+            "{rel}: backing stub holds {} blocks",
+            b.blocks()
+        );
+        let rec = xattr(&t.s(rel), STUB_XATTR);
+        assert!(
+            rec.as_ref().is_some_and(|r| !r.is_empty()),
+            "{rel}: backing stub has no {STUB_XATTR}"
+        );
+    }
+    assert_eq!(t.objects(), want, "bucket after stub");
+    // 300 + 64 + 8 KiB of data were freed (directories keep their blocks; each stub may
+    // take one 4 KiB block for its xattrs).
+    let du_src_after = du_k(&t.src);
+    assert!(
+        du_src_after + 348 <= du_src_before,
+        "du of the backing tree: {du_src_before} KiB before, {du_src_after} KiB after stubbing"
+    );
+    // Through the mount, at once (these files' attributes were looked at just before).
+    for (rel, _) in &fs_ {
+        assert_eq!(
+            blocks(&t.m(rel)),
+            0,
+            "{rel}: the stub shows blocks through the mount right after stubbing"
+        );
+    }
+    let du_after = du_k(&t.mnt);
+    assert!(
+        du_after + 360 <= du_before,
+        "du through the mount: {du_before} KiB before, {du_after} KiB after stubbing"
+    );
+    for key in keys.values() {
+        assert_spec_key_layout(key);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Recall on read
+
+#[test]
+fn reading_a_stub_recalls_it_byte_identical_with_the_full_history() {
+    let moto = start_moto();
+    let fs_ = files(&[("big.bin", 512 * 1024), ("other.bin", 10 * 1024)]);
+    let t = TierMount::new(&moto, "recall", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("big.bin"), "stub");
+    let shown_stub = shown(&t.m("big.bin"));
+
+    let out = t.dir.path().join("cat.out");
+    let (ok, _, err) = sh(&format!(
+        "cat '{}' > '{}'",
+        t.m("big.bin").display(),
+        out.display()
+    ));
+    assert!(ok, "cat of a stub failed: {err}\n{}", t.daemon_log_tail());
+    assert_bytes("cat of the stub", &fs::read(&out).unwrap(), &fs_[0].1);
+    assert_eq!(t.state("big.bin"), "premigrated", "after the recall");
+    assert_bytes(
+        "std::fs::read after the recall",
+        &read_ok(&t.m("big.bin")),
+        &fs_[0].1,
+    );
+    assert_bytes(
+        "backing file after the recall",
+        &fs::read(t.s("big.bin")).unwrap(),
+        &fs_[0].1,
+    );
+    assert_eq!(
+        shown(&t.m("big.bin")),
+        shown_stub,
+        "attributes changed by the recall"
+    );
+    assert!(blocks(&t.m("big.bin")) > 0, "recalled file shows no blocks");
+    assert_eq!(
+        t.state("other.bin"),
+        "stub",
+        "a file nobody opened was recalled"
+    );
+
+    let events = t.history("big.bin");
+    let kinds = kinds_of(&events);
+    assert_eq!(
+        only(
+            &kinds,
+            &[
+                "COPIED",
+                "VERIFIED",
+                "STUBBED",
+                "RECALL_STARTED",
+                "RECALLED"
+            ]
+        ),
+        [
+            "COPIED",
+            "VERIFIED",
+            "STUBBED",
+            "RECALL_STARTED",
+            "RECALLED"
+        ],
+        "history: {kinds:?}"
+    );
+    let mut last_id = 0;
+    let mut last_time = 0;
+    for e in &events {
+        let cv = e["config_version"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("event without config_version: {e}"));
+        assert!(cv >= 1, "event with config_version {cv}: {e}");
+        let id = e["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("event without id: {e}"));
+        let time = e["time_ns"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("event without time_ns: {e}"));
+        assert!(id > last_id, "event ids not increasing: {events:?}");
+        assert!(time >= last_time, "event times going back: {events:?}");
+        last_id = id;
+        last_time = time;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Single flight
+
+#[test]
+fn concurrent_openers_of_a_stub_share_one_recall() {
+    let moto = start_moto();
+    let fs_ = files(&[("shared.bin", 1024 * 1024)]);
+    let t = TierMount::new(&moto, "single", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.object_key("shared.bin");
+    let gets_before = data_gets(&settled_requests(&moto), &t.bucket, Some(&key));
+
+    let n = 8;
+    let barrier = Arc::new(Barrier::new(n));
+    let path = t.m("shared.bin");
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let b = barrier.clone();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                fs::read(&p)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let got = h
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("reader {i}: {e}\n{}", t.daemon_log_tail()));
+        assert_bytes(&format!("reader {i}"), &got, &fs_[0].1);
+    }
+    let kinds = t.kinds("shared.bin");
+    assert_eq!(count(&kinds, "RECALL_STARTED"), 1, "history: {kinds:?}");
+    assert_eq!(count(&kinds, "RECALLED"), 1, "history: {kinds:?}");
+    let gets = data_gets(&settled_requests(&moto), &t.bucket, Some(&key)) - gets_before;
+    assert_eq!(
+        gets, 1,
+        "GETs of {key} at the server for {n} concurrent openers"
+    );
+    assert_eq!(t.state("shared.bin"), "premigrated");
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. O_TRUNC
+
+#[test]
+fn o_trunc_open_of_a_stub_needs_no_recall() {
+    let moto = start_moto();
+    let fs_ = files(&[("f.bin", 200 * 1024), ("g.bin", 4096)]);
+    let mut t = TierMount::new(&moto, "otrunc", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let gets_before = data_gets(&settled_requests(&moto), &t.bucket, None);
+
+    let new = data(99, 3000);
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(t.m("f.bin"))
+            .unwrap_or_else(|e| panic!("O_TRUNC open of a stub: {e}\n{}", t.daemon_log_tail()));
+        assert_eq!(f.metadata().unwrap().len(), 0, "fstat after O_TRUNC");
+        assert_eq!(
+            fs::metadata(t.m("f.bin")).unwrap().len(),
+            0,
+            "stat after O_TRUNC"
+        );
+        f.write_all(&new).unwrap();
+    }
+    assert_bytes("after O_TRUNC and a write", &read_ok(&t.m("f.bin")), &new);
+    assert_eq!(t.state("f.bin"), "resident");
+    let gets = data_gets(&settled_requests(&moto), &t.bucket, None) - gets_before;
+    assert_eq!(gets, 0, "O_TRUNC of a stub sent GETs to S3");
+    let kinds = t.kinds("f.bin");
+    assert_eq!(count(&kinds, "RECALL_STARTED"), 0, "history: {kinds:?}");
+    assert_eq!(t.state("g.bin"), "stub", "the other stub");
+    assert_bytes("backing file", &fs::read(t.s("f.bin")).unwrap(), &new);
+
+    // It stays a plain resident file after a restart (no stub record left behind).
+    t.umount();
+    t.remount();
+    assert_eq!(t.state("f.bin"), "resident", "after remount");
+    assert_bytes("after remount", &read_ok(&t.m("f.bin")), &new);
+    let gets = data_gets(&settled_requests(&moto), &t.bucket, None) - gets_before;
+    assert_eq!(
+        gets, 0,
+        "reading the truncated file after a remount sent GETs"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Writes to premigrated files
+
+#[test]
+fn writing_a_premigrated_file_makes_it_resident_and_keeps_the_old_object() {
+    let moto = start_moto();
+    let fs_ = files(&[("w.bin", 100 * 1024), ("tr.bin", 50 * 1024)]);
+    let t = TierMount::new(&moto, "supersede", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "copy-only"]);
+    let kw = t.object_key("w.bin");
+    let kt = t.object_key("tr.bin");
+    assert_eq!(t.state("w.bin"), "premigrated");
+
+    // A write.
+    {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(t.m("w.bin"))
+            .unwrap();
+        f.write_all(b"appended").unwrap();
+    }
+    let mut new_w = fs_[0].1.clone();
+    new_w.extend_from_slice(b"appended");
+    assert_eq!(t.state("w.bin"), "resident", "after a write");
+    let kinds = t.kinds("w.bin");
+    assert_eq!(
+        only(&kinds, &["COPIED", "VERIFIED", "SUPERSEDED"]),
+        ["COPIED", "VERIFIED", "SUPERSEDED"],
+        "history: {kinds:?}"
+    );
+    assert_bytes("after the write", &read_ok(&t.m("w.bin")), &new_w);
+    assert_bytes(
+        "the superseded object",
+        &moto.raw_get(&t.bucket, &kw).unwrap(),
+        &fs_[0].1,
+    );
+
+    // A truncate.
+    {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(t.m("tr.bin"))
+            .unwrap();
+        f.set_len(1000).unwrap();
+    }
+    assert_eq!(t.state("tr.bin"), "resident", "after a truncate");
+    let kinds = t.kinds("tr.bin");
+    assert_eq!(count(&kinds, "SUPERSEDED"), 1, "history: {kinds:?}");
+    assert_bytes(
+        "after the truncate",
+        &read_ok(&t.m("tr.bin")),
+        &fs_[1].1[..1000],
+    );
+    assert_bytes(
+        "the superseded object",
+        &moto.raw_get(&t.bucket, &kt).unwrap(),
+        &fs_[1].1,
+    );
+
+    // Copied again: same file id, a new content version; both objects kept. (The kernel
+    // reports the last close of the writer asynchronously, so a run may still see it
+    // open: a few runs are allowed.)
+    let t0 = Instant::now();
+    while t.state("w.bin") != "premigrated" && t0.elapsed() < Duration::from_secs(5) {
+        t.migrate_ok(&["--mode", "copy-only"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(t.state("w.bin"), "premigrated", "copied again");
+    let kw2 = t.object_key("w.bin");
+    assert_ne!(kw2, kw, "a new content version must get a new key");
+    assert_eq!(split_key(&kw2).0, split_key(&kw).0, "file id changed");
+    assert_bytes(
+        "the new object",
+        &moto.raw_get(&t.bucket, &kw2).unwrap(),
+        &new_w,
+    );
+    let objs = t.objects();
+    for k in [&kw, &kw2, &kt] {
+        assert!(objs.contains(k), "{k} missing from the bucket: {objs:?}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. Rename, delete, gc
+
+#[test]
+fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("a.bin", 40 * 1024),
+        ("c.bin", 20 * 1024),
+        ("keep.bin", 10 * 1024),
+    ]);
+    let mut t = TierMount::new(&moto, "lifecycle", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let ka = t.object_key("a.bin");
+    let kc = t.object_key("c.bin");
+    let kk = t.object_key("keep.bin");
+    let id_a = t.status("a.bin")["file_id"].as_str().map(str::to_string);
+
+    // Rename: no request to S3, same object, same identity.
+    let before = settled_requests(&moto).len();
+    fs::create_dir(t.m("sub")).unwrap();
+    fs::rename(t.m("a.bin"), t.m("sub/a2.bin")).unwrap();
+    let st = t.status("sub/a2.bin");
+    assert_eq!(st["state"].as_str(), Some("stub"), "renamed stub: {st}");
+    assert_eq!(
+        st["object_key"].as_str(),
+        Some(ka.as_str()),
+        "object key after rename: {st}"
+    );
+    if let Some(id) = &id_a {
+        assert_eq!(
+            st["file_id"].as_str(),
+            Some(id.as_str()),
+            "file id after rename: {st}"
+        );
+    }
+    let reqs = settled_requests(&moto);
+    assert_eq!(
+        reqs.len(),
+        before,
+        "rename sent requests to S3: {:?}",
+        &reqs[before..]
+    );
+    assert_bytes("renamed stub", &read_ok(&t.m("sub/a2.bin")), &fs_[0].1);
+    let kinds = t.kinds("sub/a2.bin");
+    assert_eq!(
+        only(&kinds, &["STUBBED", "RECALLED"]),
+        ["STUBBED", "RECALLED"],
+        "history after rename keeps the file's events: {kinds:?}"
+    );
+
+    // Delete: DELETED, object kept.
+    let id_c = t.status("c.bin")["file_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| split_key(&kc).0);
+    fs::remove_file(t.m("c.bin")).unwrap();
+    let events_c = |t: &TierMount| -> Vec<String> {
+        let p = t.ms("c.bin");
+        let out = t.cli(&["history", "--json", p.as_str()]);
+        if out.status.success() {
+            kinds_of(&parse_lines(&String::from_utf8_lossy(&out.stdout)))
+        } else {
+            // History by path no longer finds a deleted file: read its events by file id.
+            eprintln!(
+                "history of a deleted path: {}; reading the catalog",
+                show(&out)
+            );
+            t.catalog_events(&id_c)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        }
+    };
+    let kinds = events_c(&t);
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("DELETED"),
+        "events of the deleted stub: {kinds:?}"
+    );
+    let objs = t.objects();
+    assert!(
+        objs.contains(&kc),
+        "object of a deleted stub removed at once: {objs:?}"
+    );
+
+    // gc before the retention has passed deletes nothing.
+    t.ok(&["gc", t.mnt_str().as_str()]);
+    let mut all = vec![ka.clone(), kc.clone(), kk.clone()];
+    all.sort();
+    assert_eq!(t.objects(), all, "gc within retention deleted objects");
+
+    // With the daemon's clock ahead of the retention: dry-run deletes nothing, gc deletes
+    // exactly the deleted file's object.
+    t.umount();
+    let skew = (2 * RETENTION_SECS).to_string();
+    t.mount_with_env(&[(GC_SKEW_ENV, skew.as_str())]);
+    t.ok(&["gc", t.mnt_str().as_str(), "--dry-run"]);
+    assert_eq!(t.objects(), all, "gc --dry-run deleted objects");
+    t.ok(&["gc", t.mnt_str().as_str()]);
+    let mut rest = vec![ka.clone(), kk.clone()];
+    rest.sort();
+    assert_eq!(
+        t.objects(),
+        rest,
+        "gc after retention: only the deleted file's object goes"
+    );
+    let kinds = events_c(&t);
+    assert_eq!(
+        count(&kinds, "OBJECT_DELETED"),
+        1,
+        "events of the deleted stub: {kinds:?}"
+    );
+    assert_bytes(
+        "a live stub after gc",
+        &read_ok(&t.m("keep.bin")),
+        &fs_[2].1,
+    );
+    assert_bytes(
+        "the renamed file after gc",
+        &read_ok(&t.m("sub/a2.bin")),
+        &fs_[0].1,
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. Pins
+
+#[test]
+fn pinned_files_are_never_released() {
+    let moto = start_moto();
+    let fs_ = files(&[("p.bin", 30 * 1024), ("q.bin", 30 * 1024)]);
+    let t = TierMount::new(&moto, "pins", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "copy-only"]);
+    t.ok(&["pin", t.ms("p.bin").as_str()]);
+    assert_eq!(t.status("p.bin")["pinned"].as_bool(), Some(true));
+    assert_eq!(t.status("q.bin")["pinned"].as_bool(), Some(false));
+    assert!(
+        t.kinds("p.bin").contains(&"PINNED".to_string()),
+        "no PINNED event"
+    );
+
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("q.bin"), "stub", "unpinned file");
+    assert_eq!(t.state("p.bin"), "premigrated", "a pinned file was stubbed");
+    assert_bytes(
+        "pinned backing file",
+        &fs::read(t.s("p.bin")).unwrap(),
+        &fs_[0].1,
+    );
+
+    let out = t.cli(&["release", t.ms("p.bin").as_str()]);
+    assert!(
+        !out.status.success(),
+        "release of a pinned file succeeded: {}",
+        show(&out)
+    );
+    assert_eq!(t.state("p.bin"), "premigrated", "release of a pinned file");
+    assert_bytes(
+        "pinned backing file after release",
+        &fs::read(t.s("p.bin")).unwrap(),
+        &fs_[0].1,
+    );
+
+    t.ok(&["unpin", t.ms("p.bin").as_str()]);
+    assert_eq!(t.status("p.bin")["pinned"].as_bool(), Some(false));
+    assert!(
+        t.kinds("p.bin").contains(&"UNPINNED".to_string()),
+        "no UNPINNED event"
+    );
+    t.ok(&["release", t.ms("p.bin").as_str()]);
+    assert_eq!(t.state("p.bin"), "stub", "release after unpin");
+    assert_eq!(
+        fs::metadata(t.s("p.bin")).unwrap().len(),
+        0,
+        "released backing file"
+    );
+    assert_bytes("released file", &read_ok(&t.m("p.bin")), &fs_[0].1);
+}
+
+// ------------------------------------------------------------------------------------------
+// 8. Corrupted object
+
+#[test]
+fn a_corrupted_object_fails_the_recall_with_eio_and_keeps_the_stub() {
+    let moto = start_moto();
+    let fs_ = files(&[("bad.bin", 64 * 1024), ("good.bin", 16 * 1024)]);
+    let t = TierMount::new(&moto, "corrupt", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.object_key("bad.bin");
+    // Same length, other bytes, behind coldtier's back.
+    moto.raw_put(&t.bucket, &key, &data(12345, fs_[0].1.len()))
+        .unwrap();
+
+    for attempt in 1..=2 {
+        let e = errno_of(
+            fs::read(t.m("bad.bin")),
+            "read of a stub whose object is corrupted",
+        );
+        assert_eq!(
+            e,
+            libc::EIO,
+            "attempt {attempt}: errno {e}, want EIO\n{}",
+            t.daemon_log_tail()
+        );
+        assert_eq!(t.state("bad.bin"), "stub", "attempt {attempt}");
+        let b = fs::symlink_metadata(t.s("bad.bin")).unwrap();
+        assert_eq!(
+            b.len(),
+            0,
+            "attempt {attempt}: backing file not empty after a failed recall"
+        );
+        assert!(
+            xattr(&t.s("bad.bin"), STUB_XATTR).is_some(),
+            "attempt {attempt}: stub record gone"
+        );
+        assert_eq!(
+            fs::metadata(t.m("bad.bin")).unwrap().len(),
+            fs_[0].1.len() as u64,
+            "size through the mount"
+        );
+    }
+    let kinds = t.kinds("bad.bin");
+    assert!(count(&kinds, "RECALL_FAILED") >= 1, "history: {kinds:?}");
+    assert_eq!(count(&kinds, "RECALLED"), 0, "history: {kinds:?}");
+    assert_bytes(
+        "an intact stub beside it",
+        &read_ok(&t.m("good.bin")),
+        &fs_[1].1,
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 9. Unreachable S3
+
+#[test]
+fn an_unreachable_store_fails_the_run_and_changes_no_file() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let fs_ = files(&[("x.bin", 40 * 1024), ("d/y.bin", 8 * 1024), ("z.bin", 100)]);
+    let t = TierMount::at_endpoint(&format!("http://127.0.0.1:{port}"), "nowhere", &fs_, |c| {
+        c.set("store", "connect_timeout", &q("1s"))
+            .set("store", "max_attempts", "1")
+    });
+    let before: BTreeMap<&str, Shown> = fs_
+        .iter()
+        .map(|(r, _)| (r.as_str(), shown(&t.m(r))))
+        .collect();
+    let t0 = Instant::now();
+    let (out, v) = t.migrate(&["--mode", "stub"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "migrate with S3 unreachable: {}",
+        show(&out)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "migrate took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(v["failed"].as_u64(), Some(3), "summary: {v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(0), "summary: {v}");
+    assert_eq!(v["copied"].as_u64(), Some(0), "summary: {v}");
+    assert!(
+        v["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "no errors reported: {v}"
+    );
+    for (rel, content) in &fs_ {
+        assert_eq!(t.state(rel), "resident", "{rel}");
+        assert_bytes(
+            &format!("backing {rel}"),
+            &fs::read(t.s(rel)).unwrap(),
+            content,
+        );
+        assert_eq!(xattr(&t.s(rel), STUB_XATTR), None, "{rel}: stub record");
+        assert_eq!(shown(&t.m(rel)), before[rel.as_str()], "{rel}: attributes");
+    }
+    assert_all_read_back(&t, &fs_);
+}
+
+#[test]
+fn an_unreachable_store_during_recall_gives_eio_and_keeps_the_stub() {
+    let moto = start_moto();
+    let fs_ = files(&[("s.bin", 32 * 1024)]);
+    let mut t = TierMount::new(&moto, "gone", &fs_, |c| {
+        c.set("store", "connect_timeout", &q("1s"))
+            .set("store", "max_attempts", "1")
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    // Stop the server: the mount's and this test's are its only handles.
+    t.moto = None;
+    drop(moto);
+    let e = errno_of(fs::read(t.m("s.bin")), "read of a stub with S3 down");
+    assert_eq!(e, libc::EIO, "errno {e}, want EIO\n{}", t.daemon_log_tail());
+    assert_eq!(t.state("s.bin"), "stub");
+    assert_eq!(
+        fs::symlink_metadata(t.s("s.bin")).unwrap().len(),
+        0,
+        "backing file"
+    );
+    assert!(
+        xattr(&t.s("s.bin"), STUB_XATTR).is_some(),
+        "stub record gone"
+    );
+    assert_eq!(
+        fs::metadata(t.m("s.bin")).unwrap().len(),
+        32 * 1024,
+        "size through the mount"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 10. Metadata operations never contact S3
+
+#[test]
+fn ls_stat_find_du_over_stubs_send_no_request_to_s3() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("d1/a.bin", 20 * 1024),
+        ("d1/b.bin", 3000),
+        ("d1/d2/c.bin", 50 * 1024),
+        ("d1/d2/d3/e.bin", 1),
+        ("top.bin", 9000),
+    ]);
+    let t = TierMount::new(&moto, "quiet", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    for (rel, _) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel}");
+    }
+    let before = settled_requests(&moto);
+
+    let mnt = t.mnt.display().to_string();
+    for cmd in [
+        format!("ls -lR '{mnt}'"),
+        format!("ls -lsa '{mnt}/d1'"),
+        format!("find '{mnt}' -type f -exec stat {{}} +"),
+        format!("find '{mnt}' -type f -size +1k -newer '{mnt}/d1'"),
+        format!("du -a '{mnt}'"),
+        format!("du -s --apparent-size '{mnt}'"),
+    ] {
+        let (ok, _, err) = sh(&cmd);
+        assert!(ok, "{cmd}: {err}");
+    }
+    let (ok, listing, err) = sh(&format!("find '{mnt}' -type f -printf '%s %b %P\\n'"));
+    assert!(ok, "find -printf: {err}");
+    let mut seen = BTreeMap::new();
+    for l in listing.lines() {
+        let mut it = l.splitn(3, ' ');
+        let size: u64 = it.next().unwrap().parse().unwrap();
+        let blocks: u64 = it.next().unwrap().parse().unwrap();
+        seen.insert(it.next().unwrap().to_string(), (size, blocks));
+    }
+    let want: BTreeMap<String, (u64, u64)> = fs_
+        .iter()
+        .map(|(r, c)| (r.clone(), (c.len() as u64, 0)))
+        .collect();
+    assert_eq!(seen, want, "find over stubs: (size, blocks) by path");
+    for (rel, _) in &fs_ {
+        let p = cpath(&t.m(rel));
+        // SAFETY: NUL-terminated path; the fd is closed right away.
+        unsafe {
+            assert_eq!(libc::access(p.as_ptr(), libc::R_OK), 0, "access {rel}");
+            let fd = libc::open(p.as_ptr(), libc::O_PATH);
+            assert!(fd >= 0, "open(O_PATH) {rel}");
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut st), 0, "fstat(O_PATH fd) {rel}");
+            libc::close(fd);
+            let mut buf = [0u8; 1024];
+            let n = libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+            assert!(n >= 0, "listxattr {rel}");
+        }
+        assert_eq!(xattr(&t.m(rel), "user.nothing"), None, "getxattr {rel}");
+    }
+
+    let after = settled_requests(&moto);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "metadata operations sent requests to S3: {:?}",
+        &after[before.len()..]
+    );
+    for (rel, _) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel} after ls/stat/find/du");
+        assert_eq!(
+            fs::symlink_metadata(t.s(rel)).unwrap().len(),
+            0,
+            "{rel}: backing file recalled"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 11. Glacier
+
+/// Seconds moto keeps a restore "in progress" (and an object looks restored for that long
+/// after its creation: see `MotoServer::set_restore_seconds`).
+const RESTORE_SECS: u64 = 3;
+
+/// Archived stubs: migrate with GLACIER, then wait until moto no longer treats the objects
+/// as fresh, so that a restore really is in progress for `restore_secs`.
+fn glacier_stubs(
+    bucket: &str,
+    fs_: &Files,
+    restore_secs: u64,
+    tweak: impl FnOnce(Config) -> Config,
+) -> (Arc<MotoServer>, TierMount) {
+    let moto = start_moto();
+    moto.set_restore_seconds(restore_secs).unwrap();
+    let t = TierMount::new(&moto, bucket, fs_, |c| {
+        tweak(c.set("store", "storage_class", &q("GLACIER")))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let migrated = Instant::now();
+    for (rel, _) in fs_ {
+        let st = t.status(rel);
+        assert_eq!(st["state"].as_str(), Some("stub"), "{rel}: {st}");
+        assert_eq!(st["storage_class"].as_str(), Some("GLACIER"), "{rel}: {st}");
+    }
+    let fresh = Duration::from_millis(restore_secs * 1000 + 500);
+    if let Some(left) = fresh.checked_sub(migrated.elapsed()) {
+        std::thread::sleep(left);
+    }
+    (moto, t)
+}
+
+#[test]
+fn glacier_on_archived_fail_gives_eagain_once_restores_once_and_recalls_in_the_background() {
+    let fs_ = files(&[("cold.bin", 64 * 1024)]);
+    let (moto, t) = glacier_stubs("glacier-fail", &fs_, RESTORE_SECS, |c| {
+        c.set("recall", "on_archived", &q("fail"))
+    });
+    let e = errno_of(fs::read(t.m("cold.bin")), "first open of an archived stub");
+    assert_eq!(
+        e,
+        libc::EAGAIN,
+        "errno {e}, want EAGAIN\n{}",
+        t.daemon_log_tail()
+    );
+    assert_eq!(t.state("cold.bin"), "restore_pending");
+    let e = errno_of(fs::read(t.m("cold.bin")), "second open of an archived stub");
+    assert_eq!(e, libc::EAGAIN, "second open: errno {e}, want EAGAIN");
+    let kinds = t.kinds("cold.bin");
+    assert_eq!(count(&kinds, "RESTORE_REQUESTED"), 1, "history: {kinds:?}");
+
+    let state = t.wait_state("cold.bin", "premigrated", Duration::from_secs(60));
+    assert_eq!(
+        state,
+        "premigrated",
+        "not recalled in the background\n{}",
+        t.daemon_log_tail()
+    );
+    assert_bytes(
+        "after the background recall",
+        &read_ok(&t.m("cold.bin")),
+        &fs_[0].1,
+    );
+    let kinds = t.kinds("cold.bin");
+    assert_eq!(count(&kinds, "RESTORE_REQUESTED"), 1, "history: {kinds:?}");
+    assert_eq!(
+        only(&kinds, &["STUBBED", "RESTORE_REQUESTED", "RECALLED"]),
+        ["STUBBED", "RESTORE_REQUESTED", "RECALLED"],
+        "history: {kinds:?}"
+    );
+    assert_eq!(
+        restore_posts(&settled_requests(&moto), &t.bucket),
+        1,
+        "RestoreObject requests at the server"
+    );
+}
+
+#[test]
+fn glacier_on_archived_wait_blocks_the_open_until_restored() {
+    let fs_ = files(&[("cold.bin", 64 * 1024)]);
+    let (moto, t) = glacier_stubs("glacier-wait", &fs_, RESTORE_SECS, |c| {
+        c.set("recall", "on_archived", &q("wait"))
+            .set("recall", "wait_timeout", &q("60s"))
+    });
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let b = barrier.clone();
+            let p = t.m("cold.bin");
+            std::thread::spawn(move || {
+                b.wait();
+                let t0 = Instant::now();
+                (fs::read(&p), t0.elapsed())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (r, took) = h.join().unwrap();
+        let got = r.unwrap_or_else(|e| panic!("opener {i}: {e}\n{}", t.daemon_log_tail()));
+        assert_bytes(&format!("opener {i}"), &got, &fs_[0].1);
+        assert!(
+            took >= Duration::from_secs(1),
+            "opener {i} did not wait for the restore: {took:?}"
+        );
+    }
+    assert_eq!(t.state("cold.bin"), "premigrated");
+    let kinds = t.kinds("cold.bin");
+    assert_eq!(count(&kinds, "RESTORE_REQUESTED"), 1, "history: {kinds:?}");
+    assert_eq!(
+        only(&kinds, &["RESTORE_REQUESTED", "RECALLED"]),
+        ["RESTORE_REQUESTED", "RECALLED"],
+        "history: {kinds:?}"
+    );
+    assert_eq!(
+        restore_posts(&settled_requests(&moto), &t.bucket),
+        1,
+        "RestoreObject requests at the server"
+    );
+}
+
+#[test]
+fn glacier_on_archived_wait_times_out_with_etimedout_and_never_restores_twice() {
+    let fs_ = files(&[("cold.bin", 16 * 1024)]);
+    let (moto, t) = glacier_stubs("glacier-timeout", &fs_, 4, |c| {
+        c.set("recall", "on_archived", &q("wait"))
+            .set("recall", "wait_timeout", &q("2s"))
+    });
+    let t0 = Instant::now();
+    let e = errno_of(
+        fs::read(t.m("cold.bin")),
+        "open while the restore takes longer than wait_timeout",
+    );
+    let took = t0.elapsed();
+    assert_eq!(
+        e,
+        libc::ETIMEDOUT,
+        "errno {e}, want ETIMEDOUT\n{}",
+        t.daemon_log_tail()
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "ETIMEDOUT after {took:?} with wait_timeout 2s"
+    );
+    assert_eq!(
+        fs::symlink_metadata(t.s("cold.bin")).unwrap().len(),
+        0,
+        "backing file"
+    );
+    assert!(
+        xattr(&t.s("cold.bin"), STUB_XATTR).is_some(),
+        "stub record gone"
+    );
+
+    // Later opens get the data once the restore is done, without a second restore.
+    let t0 = Instant::now();
+    let got = loop {
+        match fs::read(t.m("cold.bin")) {
+            Ok(b) => break b,
+            Err(e) => {
+                let n = e.raw_os_error();
+                assert!(
+                    n == Some(libc::ETIMEDOUT) || n == Some(libc::EAGAIN),
+                    "later open: {e}"
+                );
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "still {e} after 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    };
+    assert_bytes("after the restore", &got, &fs_[0].1);
+    let kinds = t.kinds("cold.bin");
+    assert_eq!(count(&kinds, "RESTORE_REQUESTED"), 1, "history: {kinds:?}");
+    assert_eq!(
+        restore_posts(&settled_requests(&moto), &t.bucket),
+        1,
+        "RestoreObject requests at the server"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 12. Crash safety
+
+const MIGRATE_FAILPOINTS: [&str; 4] = [
+    "migrate-after-put",
+    "migrate-after-verify",
+    "migrate-after-stub-xattr",
+    "migrate-after-truncate",
+];
+const RECALL_FAILPOINTS: [&str; 3] = [
+    "recall-after-truncate",
+    "recall-after-data",
+    "recall-after-premig-xattr",
+];
+
+/// On the backing tree, after a crash: each file is either its full original content or a
+/// stub (its record in place): never a shorter or altered file posing as complete.
+fn assert_backing_consistent(t: &TierMount, files: &Files, fp: &str) {
+    for (rel, content) in files {
+        let p = t.s(rel);
+        let got = fs::read(&p).unwrap();
+        if got != *content {
+            assert!(
+                xattr(&p, STUB_XATTR).is_some(),
+                "{fp}: backing {rel} is {} bytes (of {}) and not the original, with no stub record",
+                got.len(),
+                content.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_migrate_or_recall_leaves_every_file_readable() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("big.bin", 256 * 1024),
+        ("small.bin", 3000),
+        ("d/mid.bin", 40 * 1024),
+    ]);
+    // Every failpoint is tried; the failures of all of them are reported together.
+    let mut failed = Vec::new();
+    for fp in MIGRATE_FAILPOINTS.iter().chain(&RECALL_FAILPOINTS) {
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crash_at(&moto, &fs_, fp)));
+        if let Err(e) = r {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{fp}: {msg}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failpoints failed:\n{}",
+        failed.len(),
+        MIGRATE_FAILPOINTS.len() + RECALL_FAILPOINTS.len(),
+        failed.join("\n")
+    );
+}
+
+/// One crash: the daemon dies at `fp` during a migrate (migrate-*) or during the recall
+/// of a stub (recall-*); then it is remounted without the failpoint and checked.
+fn crash_at(moto: &Arc<MotoServer>, fs_: &Files, fp: &str) {
+    let mut t = TierMount::new(moto, &format!("crash-{fp}"), fs_, |c| c);
+    let migrate = fp.starts_with("migrate-");
+    if !migrate {
+        t.migrate_ok(&["--mode", "stub"]);
+    }
+    let shown_before: BTreeMap<String, Shown> = fs_
+        .iter()
+        .map(|(r, _)| (r.clone(), shown(&t.m(r))))
+        .collect();
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
+    if migrate {
+        let out = t.cli(&["migrate", t.mnt_str().as_str(), "--mode", "stub"]);
+        assert!(
+            !out.status.success(),
+            "{fp}: migrate succeeded although the daemon was to die: {}",
+            show(&out)
+        );
+    } else {
+        let r = fs::read(t.m("big.bin"));
+        assert!(
+            r.is_err(),
+            "{fp}: the read succeeded although the daemon was to die"
+        );
+    }
+    assert!(
+        t.wait_dead(Duration::from_secs(15)),
+        "{fp}: the daemon did not die at the failpoint (the mount still answers)\n{}",
+        t.daemon_log_tail()
+    );
+    t.detach_dead();
+    assert_backing_consistent(&t, fs_, fp);
+
+    t.remount();
+    let mut shown_after = BTreeMap::new();
+    for (rel, _) in fs_ {
+        let st = t.state(rel);
+        assert!(
+            ["resident", "premigrated", "stub"].contains(&st.as_str()),
+            "{fp}: {rel} is {st} after restart"
+        );
+        shown_after.insert(rel.clone(), shown(&t.m(rel)));
+    }
+    assert_all_read_back(&t, fs_);
+    // Attributes as shown right after the restart, before any recall.
+    for (rel, _) in fs_ {
+        assert_eq!(
+            shown_after[rel], shown_before[rel],
+            "{fp}: {rel}: attributes through the mount after the restart (left) vs before the crash (right)"
+        );
+    }
+    if migrate {
+        // Tiering goes on from there.
+        t.migrate_ok(&["--mode", "stub"]);
+        for (rel, _) in fs_ {
+            assert_eq!(t.state(rel), "stub", "{fp}: {rel} after migrating again");
+        }
+        assert_all_read_back(&t, fs_);
+    } else {
+        assert_eq!(
+            t.state("big.bin"),
+            "premigrated",
+            "{fp}: after reading it again"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 13. JSON output
+
+#[test]
+fn status_and_history_json_have_the_documented_keys() {
+    let moto = start_moto();
+    let fs_ = files(&[("r.bin", 3072), ("s.bin", 20 * 1024), ("sub/x.bin", 5000)]);
+    let t = TierMount::new(&moto, "json", &fs_, |c| {
+        c.set("policy", "exclude", "[\"r.bin\"]")
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+
+    let keys = [
+        "path",
+        "state",
+        "size",
+        "pinned",
+        "object_key",
+        "storage_class",
+    ];
+    let r = t.status("r.bin");
+    for k in keys {
+        assert!(r.get(k).is_some(), "status --json lacks {k}: {r}");
+    }
+    assert_eq!(r["path"].as_str(), Some(t.ms("r.bin").as_str()), "{r}");
+    assert_eq!(r["state"].as_str(), Some("resident"), "{r}");
+    assert_eq!(r["size"].as_u64(), Some(3072), "{r}");
+    assert_eq!(r["pinned"].as_bool(), Some(false), "{r}");
+    assert!(
+        r["object_key"].is_null(),
+        "a never copied file has an object key: {r}"
+    );
+
+    let s = t.status("s.bin");
+    for k in keys {
+        assert!(s.get(k).is_some(), "status --json lacks {k}: {s}");
+    }
+    assert_eq!(s["path"].as_str(), Some(t.ms("s.bin").as_str()), "{s}");
+    assert_eq!(s["state"].as_str(), Some("stub"), "{s}");
+    assert_eq!(s["size"].as_u64(), Some(20 * 1024), "{s}");
+    assert_eq!(s["pinned"].as_bool(), Some(false), "{s}");
+    split_key(
+        s["object_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("stub without object_key: {s}")),
+    );
+    assert_eq!(s["storage_class"].as_str(), Some("STANDARD"), "{s}");
+
+    // Several paths: one line each, in order; -r: one line per file.
+    let text = t.ok(&[
+        "status",
+        "--json",
+        t.ms("s.bin").as_str(),
+        t.ms("r.bin").as_str(),
+    ]);
+    let lines = parse_lines(&text);
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+    assert_eq!(
+        paths,
+        [t.ms("s.bin"), t.ms("r.bin")],
+        "status of two paths: {text}"
+    );
+    let text = t.ok(&["status", "-r", "--json", t.mnt_str().as_str()]);
+    let lines = parse_lines(&text);
+    for (rel, content) in &fs_ {
+        let l = lines
+            .iter()
+            .find(|l| l["path"].as_str() == Some(t.ms(rel).as_str()))
+            .unwrap_or_else(|| panic!("status -r lacks {rel}: {text}"));
+        for k in keys {
+            assert!(l.get(k).is_some(), "status -r --json lacks {k}: {l}");
+        }
+        assert_eq!(l["size"].as_u64(), Some(content.len() as u64), "{l}");
+    }
+
+    let events = t.history("s.bin");
+    assert!(events.len() >= 3, "history of a stub: {events:?}");
+    let mut last = 0;
+    for e in &events {
+        for k in [
+            "id",
+            "time_ns",
+            "kind",
+            "path",
+            "file_id",
+            "config_version",
+            "detail",
+        ] {
+            assert!(e.get(k).is_some(), "history --json line lacks {k}: {e}");
+        }
+        let id = e["id"].as_i64().unwrap_or_else(|| panic!("id: {e}"));
+        assert!(id > last, "ids not increasing: {events:?}");
+        last = id;
+        if let Some(fid) = s["file_id"].as_str() {
+            assert_eq!(
+                e["file_id"].as_str(),
+                Some(fid),
+                "event of another file: {e}"
+            );
+        }
+    }
+    let plain = t.ok(&["history", t.ms("s.bin").as_str()]);
+    assert!(plain.contains("STUBBED"), "plain history: {plain}");
+    assert_spec_key_layout(s["object_key"].as_str().unwrap());
+}
