@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::cli::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
-use crate::fs::fuse::{mount_config, FuseAdapter, Ttls, FS_TYPE};
+use crate::fs::fuse::{attr_invalidator, mount_config, FuseAdapter, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
 use crate::mountinfo;
 use crate::store::StoreConfig;
@@ -370,6 +370,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!("mount failed: {e}"));
             }
         };
+    overlay.set_invalidator(attr_invalidator(session.notifier()));
     if let Err(e) = write_record(&p) {
         tracing::warn!("cannot write runtime record under {RUN_DIR}: {e}");
     }

@@ -112,12 +112,14 @@ fn split_key(key: &str) -> (String, String) {
 }
 
 /// /tmp/tier-spec.md: "keys are <prefix>/<file id 32 hex>/<16 hex version>".
+/// Data objects live under `data/` inside the store's prefix (docs/architecture.md,
+/// "Objects"): `<prefix>/data/<file id>/<version>`.
 fn assert_spec_key_layout(key: &str) {
     let (id, version) = split_key(key);
     assert_eq!(
         key,
-        format!("{PREFIX}/{id}/{version}"),
-        "object key layout: want <prefix>/<file id>/<version>"
+        format!("{PREFIX}/data/{id}/{version}"),
+        "object key layout: want <prefix>/data/<file id>/<version>"
     );
 }
 

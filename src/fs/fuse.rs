@@ -695,3 +695,16 @@ pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {
     c.clone_fd = true;
     c
 }
+
+/// Tells the kernel to drop its cached attributes of an inode (the tiering layer changed
+/// what a file shows: a stub's blocks, a recalled file's). Attributes only: no page cache
+/// range, so it never waits for I/O on the inode.
+pub fn attr_invalidator(n: fuser::Notifier) -> Box<dyn Fn(u64) + Send + Sync> {
+    Box::new(move |ino| {
+        if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, "attribute invalidation: {e}");
+            }
+        }
+    })
+}

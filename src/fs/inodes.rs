@@ -46,6 +46,8 @@ pub struct Inode<B> {
     /// logical size of a stub. Read from the backing xattr once, under the tier gate, and
     /// reset to unknown by the tiering code whenever it changes the xattr.
     pub tier_mark: AtomicU64,
+    /// With a stub mark: the stub record's mtime (ns), what the file shows.
+    pub tier_mtime: std::sync::atomic::AtomicI64,
 }
 
 /// [`Inode::tier_mark`]: not read yet.
@@ -153,6 +155,7 @@ impl<B> InodeTable<B> {
             mount_fd: mount_fd.clone(),
             open_file: Mutex::new(Weak::new()),
             tier_mark: AtomicU64::new(MARK_UNKNOWN),
+            tier_mtime: std::sync::atomic::AtomicI64::new(0),
         });
         Ok(InodeTable {
             root,
@@ -269,6 +272,7 @@ impl<B> InodeTable<B> {
             mount_fd: self.mount_fd.clone(),
             open_file: Mutex::new(Weak::new()),
             tier_mark: AtomicU64::new(MARK_UNKNOWN),
+            tier_mtime: std::sync::atomic::AtomicI64::new(0),
         });
         let nlookup = match shard.remove(&ino) {
             Some(old) => {

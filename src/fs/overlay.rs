@@ -69,8 +69,12 @@ pub enum OpenOutcome<B> {
 /// only; `before_*` run with the inode's [`Gate`] held. None of them may contact the store
 /// except through a [`Waiter`] (invariant 4: stat, readdir, getxattr never do).
 pub trait TierHooks: Send + Sync {
-    /// The logical size in the stub record of this backing file, `None` if it is no stub.
-    fn stub_size(&self, fd: BorrowedFd<'_>) -> SysResult<Option<u64>>;
+    /// The logical size and mtime (ns) in the stub record of this backing file, `None`
+    /// if it is no stub.
+    fn stub_view(&self, fd: BorrowedFd<'_>) -> SysResult<Option<(u64, i64)>>;
+    /// The times of a regular file were set through the mount (a stub keeps them in its
+    /// record). Called with the gate held.
+    fn times_set(&self, fd: BorrowedFd<'_>);
     /// Before an open for I/O: a stub needs a recall (or, opened with O_TRUNC for
     /// writing, becomes an empty resident file); a write to a premigrated file supersedes
     /// its copy.
@@ -166,6 +170,7 @@ pub struct OverlayFs<B> {
     pub daemon_writes: AtomicU64,
     gate: Arc<Gate>,
     hooks: std::sync::OnceLock<Arc<dyn TierHooks>>,
+    invalidate: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn is_private_xattr(name: &[u8]) -> bool {
@@ -191,6 +196,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             daemon_writes: AtomicU64::new(0),
             gate: Arc::new(Gate::default()),
             hooks: std::sync::OnceLock::new(),
+            invalidate: std::sync::OnceLock::new(),
         })
     }
 
@@ -204,10 +210,19 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let _ = self.hooks.set(hooks);
     }
 
-    /// Forgets the cached stub view of `ino` (the tiering layer changed its record).
+    /// Installs what tells the kernel to drop its cached attributes of an inode.
+    pub fn set_invalidator(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.invalidate.set(f);
+    }
+
+    /// Forgets the cached stub view of `ino` (the tiering layer changed its record), and
+    /// makes the kernel ask for its attributes again (size, blocks change at once).
     pub fn reset_tier_mark(&self, ino: u64) {
         if let Some(i) = self.inodes.get(ino) {
             i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+            if let Some(inval) = self.invalidate.get() {
+                inval(ino);
+            }
         }
     }
 
@@ -227,19 +242,29 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         if mark == MARK_UNKNOWN {
             let _held = self.gate.lock(i.ino);
             let Ok(fd) = i.fd() else { return };
-            mark = match h.stub_size(fd.as_fd()) {
-                Ok(Some(size)) => size,
+            mark = match h.stub_view(fd.as_fd()) {
+                Ok(Some((size, mtime))) => {
+                    i.tier_mtime.store(mtime, Ordering::Release);
+                    size
+                }
                 Ok(None) => MARK_PLAIN,
                 Err(e) => {
-                    tracing::warn!(ino = i.ino, "cannot read the stub record: {e}");
+                    tracing::warn!(ino = i.ino, "cannot read the stub record: {e:?}");
                     return;
                 }
             };
             i.tier_mark.store(mark, Ordering::Release);
         }
         if mark != MARK_PLAIN {
+            // A stub shows what its record says: the size, and the mtime (a crash between
+            // the truncate and putting the times back cannot show the truncate's time).
+            let mtime = i.tier_mtime.load(Ordering::Acquire);
             st.size = mark;
             st.blocks = 0;
+            st.mtime = (
+                mtime.div_euclid(1_000_000_000),
+                mtime.rem_euclid(1_000_000_000) as u32,
+            );
         }
     }
 
@@ -425,6 +450,11 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 a.atime.unwrap_or(SetTime::Omit),
                 a.mtime.unwrap_or(SetTime::Omit),
             )?;
+            if let Some(h) = self.hooks.get().filter(|_| i.kind == libc::S_IFREG) {
+                let _held = self.gate.lock(i.ino);
+                h.times_set(fd);
+                i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+            }
         }
         drop(ifd);
         let mut st = self.stat_inode(&i)?;

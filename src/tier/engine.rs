@@ -739,8 +739,21 @@ pub fn fill_from_record(row: &mut FileRow, rec: &StubRecord) {
 }
 
 impl TierHooks for Tiering {
-    fn stub_size(&self, fd: BorrowedFd<'_>) -> SysResult<Option<u64>> {
-        Ok(marks::record(fd, marks::STUB)?.map(|r| r.size))
+    fn stub_view(&self, fd: BorrowedFd<'_>) -> SysResult<Option<(u64, i64)>> {
+        Ok(marks::record(fd, marks::STUB)?.map(|r| (r.size, r.mtime_ns)))
+    }
+
+    fn times_set(&self, fd: BorrowedFd<'_>) {
+        let Ok(Some(mut rec)) = marks::record(fd, marks::STUB) else {
+            return;
+        };
+        let Ok(st) = backing::stat_fd(fd) else { return };
+        if rec.mtime_ns != ns_of(st.mtime) {
+            rec.mtime_ns = ns_of(st.mtime);
+            if let Err(e) = marks::set_record(fd, marks::STUB, &rec) {
+                tracing::error!(file_id = %rec.file_id, "cannot keep the new mtime in the stub record: {e:?}");
+            }
+        }
     }
 
     fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<Go> {
