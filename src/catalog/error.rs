@@ -34,6 +34,14 @@ pub enum CatalogError {
         source: std::io::Error,
     },
 
+    /// The fsync that makes commits durable failed: what was committed may not be on disk.
+    #[error("catalog {path}: cannot sync the write-ahead log: {source}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// SQLite said no; `context` says what the catalog was doing.
     #[error("catalog: {context}: {source}")]
     Sqlite {

@@ -297,6 +297,17 @@ impl Tiering {
         action: Action,
         detail: serde_json::Value,
     ) -> Result<(), CatalogError> {
+        self.apply_with(row, action, detail, true)
+    }
+
+    /// [`Tiering::apply`]; `durable` false for a step a durable record follows shortly.
+    pub fn apply_with(
+        &self,
+        row: &mut FileRow,
+        action: Action,
+        detail: serde_json::Value,
+        durable: bool,
+    ) -> Result<(), CatalogError> {
         let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
             Ok(t) => (t.next, t.events, t.pinned),
             Err(e) => {
@@ -324,7 +335,8 @@ impl Tiering {
                     return Ok(());
                 }
                 for kind in events {
-                    self.catalog.transition(row, kind, detail.clone())?;
+                    self.catalog
+                        .transition_with(row, kind, detail.clone(), durable)?;
                 }
             }
         }
@@ -435,8 +447,11 @@ impl Tiering {
         let (tx, rx) = watch::channel(None);
         m.insert(node, rx.clone());
         let me = self.arc();
-        self.rt.spawn(async move {
-            let r = me.recall(node, File::from(fd), rec).await;
+        let rt = self.rt.clone();
+        // A blocking thread of its own: the recall's fsyncs, xattrs and catalog writes
+        // block, and concurrent recalls must not queue behind the runtime's workers.
+        self.rt.spawn_blocking(move || {
+            let r = rt.block_on(me.recall(node, File::from(fd), rec));
             me.recalls.lock().remove(&node);
             let _ = tx.send(Some(r.map_err(|e| e.errno)));
         });
@@ -506,7 +521,7 @@ impl Tiering {
             json!({"object_key": rec.object_key, "version_id": rec.version_id, "bytes": rec.size});
         let mut pending = row.state == FileState::RestorePending;
         if !pending {
-            self.apply(row, Action::RecallStart, detail.clone())
+            self.apply_with(row, Action::RecallStart, detail.clone(), false)
                 .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
         }
         let mut deadline: Option<Instant> = None;
@@ -519,7 +534,7 @@ impl Tiering {
                         StepError::new(libc::EIO, format!("HEAD {}: {e}", rec.object_key))
                     })?;
                 if meta.restore.readable() {
-                    self.apply(row, Action::RestoreReady, detail.clone())
+                    self.apply_with(row, Action::RestoreReady, detail.clone(), false)
                         .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
                     pending = false;
                     continue;
@@ -619,16 +634,17 @@ impl Tiering {
                 }
             }
         }
-        // The switch: times back, then copy record, then the stub record goes.
+        // The switch: times back, then copy record, then the stub record goes. The data is
+        // on disk already; the switch itself needs no fsync: lost to a power cut, the file
+        // is a stub again (its data is recalled again), never a file with missing data.
         backing::utimens_fd(file.as_fd(), false, SetTime::Now, split_ns(rec.mtime_ns))?;
         {
             let _held = self.gate.lock(node);
             marks::set_record(file.as_fd(), marks::COPY, rec)?;
             self.failpoint("recall-after-premig-xattr");
             marks::remove(file.as_fd(), marks::STUB)?;
-            backing::fsync(file.as_fd(), false)?;
-            self.reset_mark(node);
         }
+        self.reset_mark(node);
         let st = backing::stat_fd(file.as_fd())?;
         row.ctime_ns = ns_of(st.ctime);
         row.mtime_ns = ns_of(st.mtime);

@@ -343,8 +343,11 @@ impl Tiering {
                 let permit = sem.clone().acquire_owned().await.expect("semaphore open");
                 let me = self.clone();
                 let (df, db) = (done_files.clone(), done_bytes.clone());
-                set.spawn(async move {
-                    let r = me.migrate_file(&facts.rel_path, plan, stub).await;
+                // Each file on a blocking thread of its own: its catalog writes, xattrs
+                // and fsyncs block, and must not hold the runtime's few workers.
+                let rt = self.rt.clone();
+                set.spawn_blocking(move || {
+                    let r = rt.block_on(me.migrate_file(&facts.rel_path, plan, stub));
                     df.fetch_add(1, Ordering::Relaxed);
                     db.fetch_add(facts.size, Ordering::Relaxed);
                     drop(permit);
@@ -553,7 +556,9 @@ impl Tiering {
         row.ctime_ns = ns_of(st0.ctime);
         row.ino = st0.ino;
         self.claim_path(&id, &path);
-        self.catalog.transition(&row, EventKind::Copied, detail)?;
+        // Not waited on: VERIFIED or FAILED (durable) follows.
+        self.catalog
+            .transition_with(&row, EventKind::Copied, detail, false)?;
 
         // Verify: the store's checksum of that exact version, or a read-back.
         let verified = self
