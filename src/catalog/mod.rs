@@ -171,6 +171,7 @@ impl Catalog {
         context: &'static str,
         f: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
     ) -> Result<T> {
+        let _timer = crate::metrics::CATALOG_WRITE_SECONDS.start_timer();
         let mut conn = self.writer.lock();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
