@@ -542,11 +542,13 @@ fn mount_paths(args: &MountArgs, config: &Config) -> anyhow::Result<(PathBuf, Op
         }
     };
     let mountpoint = match (&args.mountpoint, &m.mountpoint) {
-        (Some(a), Some(c)) if !same(a, c) => return Err(bad(format!(
+        (Some(a), Some(c)) if !same(a, c) => {
+            return Err(bad(format!(
             "MOUNTPOINT {} differs from mount.mountpoint {} in the config file: give one of them",
             a.display(),
             c.display()
-        ))),
+        )))
+        }
         (Some(a), _) => Some(a.clone()),
         // The config's mount point goes with the config's source only.
         (None, Some(c)) if args.source.is_none() => Some(c.clone()),
