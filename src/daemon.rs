@@ -550,9 +550,9 @@ fn mount_paths(args: &MountArgs, config: &Config) -> anyhow::Result<(PathBuf, Op
         )))
         }
         (Some(a), _) => Some(a.clone()),
-        // The config's mount point goes with the config's source only.
-        (None, Some(c)) if args.source.is_none() => Some(c.clone()),
-        (None, _) => None,
+        // A config mount point comes with a config source, which SOURCE matched above.
+        (None, Some(c)) => Some(c.clone()),
+        (None, None) => None,
     };
     Ok((source, mountpoint))
 }

@@ -85,7 +85,7 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
 }
 
 #[test]
-fn the_unit_has_no_mount_namespacing_and_keeps_dev_fuse() {
+fn the_unit_has_no_mount_namespacing_and_leaves_devices_alone() {
     // A service with its own mount namespace would mount the share where nobody sees it.
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(UNIT)).unwrap();
     let settings: Vec<&str> = text
@@ -112,6 +112,9 @@ fn the_unit_has_no_mount_namespacing_and_keeps_dev_fuse() {
         "ProtectClock",
         "MountFlags",
         "RestrictSUIDSGID",
+        "DevicePolicy",
+        "DeviceAllow",
+        "ProtectHostname",
         "User",
         "DynamicUser",
     ] {
@@ -120,7 +123,6 @@ fn the_unit_has_no_mount_namespacing_and_keeps_dev_fuse() {
             "{key}= must not be set (see the comment in the unit)"
         );
     }
-    assert!(settings.contains(&"DeviceAllow=/dev/fuse rw"));
     assert!(settings.contains(&"Type=notify"));
     assert!(settings.contains(&"Restart=on-failure"));
 }
@@ -499,6 +501,13 @@ fn mount_paths_from_the_config_and_conflicts_are_bad_input() {
     let out = coldtier(&["mount"]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no SOURCE"));
+    // SOURCE alone, agreeing with the config: the config's mount point is used.
+    let out = coldtier(&["mount", s.src.to_str().unwrap(), "--config", cfg]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(fstype_at(&s.mnt).as_deref(), Some("fuse.coldtier"));
+    let out = coldtier(&["umount", s.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!is_mountpoint(&s.mnt));
     // A non-loopback metrics address is refused before anything is mounted.
     std::fs::write(
         &s.config,
