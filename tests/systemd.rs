@@ -203,9 +203,29 @@ impl Foreground {
     /// from the config's [mount]), with `NOTIFY_SOCKET` and stderr into `stderr`; with
     /// `journal`, `JOURNAL_STREAM` names that stderr file as systemd's would.
     fn start(config: &Path, mnt: &Path, notify: &Notify, stderr: &Path, journal: bool) -> Self {
+        Self::start_wrapped(&[], config, mnt, notify, stderr, journal)
+    }
+
+    /// Like `start`, with the daemon run by `wrapper` (a command that execs its
+    /// arguments, e.g. `setpriv ...`).
+    fn start_wrapped(
+        wrapper: &[String],
+        config: &Path,
+        mnt: &Path,
+        notify: &Notify,
+        stderr: &Path,
+        journal: bool,
+    ) -> Self {
         let err = File::create(stderr).unwrap();
         let meta = err.metadata().unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(["mount", "--foreground", "--config"])
             .arg(config)
             .env("NOTIFY_SOCKET", &notify.env)
@@ -476,6 +496,86 @@ fn after_a_crash_the_next_start_detaches_the_dead_mount_and_serves_again() {
     assert!(!is_mountpoint(&s.mnt), "a mount is left");
 }
 
+/// The unit's `CapabilityBoundingSet=~...` and `NoNewPrivileges=yes`, applied with
+/// setpriv (systemd applies the same two kernel mechanisms): the mount still does what
+/// root's file operations and tiering need.
+#[test]
+fn the_units_capability_drops_and_no_new_privileges_keep_everything_working() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(UNIT)).unwrap();
+    let drops: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet=~"))
+        .expect("CapabilityBoundingSet=~ in the unit")
+        .split_whitespace()
+        .map(|c| format!("-{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
+        .collect();
+    assert!(drops.len() >= 10, "{drops:?}");
+    assert!(text.lines().any(|l| l == "NoNewPrivileges=yes"));
+    let store = tempfile::tempdir().unwrap();
+    let s = setup(&format!(
+        "[store]\nkind = \"posix\"\nroot = {:?}\n",
+        store.path().to_str().unwrap()
+    ));
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[policy]\n",
+        &format!("[policy]\nmode = \"stub\"\n{POLICY}"),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let data = vec![3u8; 50_000];
+    std::fs::write(s.src.join("big.bin"), &data).unwrap();
+    let wrapper = vec![
+        "setpriv".to_string(),
+        "--no-new-privs".to_string(),
+        "--bounding-set".to_string(),
+        drops.join(","),
+    ];
+    let mut notify = Notify::at_path(s.dir.path());
+    let stderr = s.dir.path().join("stderr.log");
+    let mut d = Foreground::start_wrapped(&wrapper, &s.config, &s.mnt, &notify, &stderr, false);
+    notify
+        .wait_for("READY=1", START)
+        .unwrap_or_else(|| panic!("no READY=1 with the unit's privileges\n{}", d.log()));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let bnd = u64::from_str_radix(&bnd, 16).unwrap();
+    assert_eq!(
+        bnd & (1u64 << 16), // CAP_SYS_MODULE,
+        0,
+        "sys_module still in the bounding set"
+    );
+    assert!(status
+        .lines()
+        .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')));
+
+    let (ok, _, err) = common::sh(&format!(
+        "set -e; cd '{m}'; echo hi > f; chown 1000:1000 f; chmod 4755 f; \
+         test \"$(stat -c %a:%u f)\" = 4755:1000; mknod dev c 1 3; mkfifo fifo; \
+         setfattr -n user.k -v v f; test \"$(getfattr --only-values -n user.k f)\" = v; \
+         mkdir -m 1777 pub; setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo u > pub/u'; \
+         test \"$(stat -c %u pub/u)\" = 1000; mv f g; ln g h; rm h",
+        m = s.mnt.display()
+    ));
+    assert!(
+        ok,
+        "file operations under the unit's privileges: {err}\n{}",
+        d.log()
+    );
+    // Tiering: trusted.* records, the store, a stub, a recall.
+    let v = migrate(&s.mnt);
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}\n{}", d.log());
+    assert_eq!(status_of(&s.mnt.join("big.bin"))["state"], "stub", "{v}");
+    assert_eq!(std::fs::read(s.mnt.join("big.bin")).unwrap(), data);
+    assert_eq!(status_of(&s.mnt.join("big.bin"))["state"], "premigrated");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait(Duration::from_secs(20)).success(), "{}", d.log());
+    assert!(!is_mountpoint(&s.mnt));
+}
+
 #[test]
 fn mount_paths_from_the_config_and_conflicts_are_bad_input() {
     let s = setup("");
@@ -580,7 +680,7 @@ fn s3_config(moto: &MotoServer, bucket: &str, port: u16, extra: &str) -> String 
     )
 }
 
-fn status(path: &Path) -> Value {
+fn status_of(path: &Path) -> Value {
     let out = coldtier(&["status", "--json", path.to_str().unwrap()]);
     assert!(out.status.success(), "status: {}", show(&out));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -669,7 +769,7 @@ fn metrics_count_migrations_recalls_bytes_latency_and_store_errors() {
     // A recall through the mount.
     assert_eq!(std::fs::read(s.mnt.join("a.bin")).unwrap(), a);
     // A recall whose object is gone: the open fails, the GET error is counted by kind.
-    let key = status(&s.mnt.join("b.bin"))["object_key"]
+    let key = status_of(&s.mnt.join("b.bin"))["object_key"]
         .as_str()
         .unwrap()
         .to_string();
