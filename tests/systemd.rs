@@ -66,8 +66,10 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Only what concerns this unit: a host's own broken units are not ours to judge.
+        let ours: Vec<&str> = said.lines().filter(|l| l.contains("coldtier")).collect();
         assert!(
-            said.trim().is_empty(),
+            ours.is_empty(),
             "verify {name} warns (unknown key or bad value): {said}"
         );
     }
