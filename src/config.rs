@@ -638,6 +638,21 @@ impl Config {
             ));
         }
 
+        if let Some(store) = &self.store {
+            match store.get("kind") {
+                None => {}
+                Some(toml::Value::String(k)) if k == "s3" || k == "posix" => {}
+                Some(v) => {
+                    return Err(bad("store.kind", format!("{v} is not \"s3\" or \"posix\"")))
+                }
+            }
+            if let Err(m) = self.store_config() {
+                return Err(ConfigError::Parse {
+                    path: origin.into(),
+                    message: m,
+                });
+            }
+        }
         for (key, path) in [
             ("mount.source", &self.mount.source),
             ("mount.mountpoint", &self.mount.mountpoint),
@@ -661,22 +676,6 @@ impl Config {
         }
         if let Some(listen) = &self.metrics.listen {
             parse_metrics_listen(listen).map_err(|m| bad("metrics.listen", m))?;
-        }
-
-        if let Some(store) = &self.store {
-            match store.get("kind") {
-                None => {}
-                Some(toml::Value::String(k)) if k == "s3" || k == "posix" => {}
-                Some(v) => {
-                    return Err(bad("store.kind", format!("{v} is not \"s3\" or \"posix\"")))
-                }
-            }
-            if let Err(m) = self.store_config() {
-                return Err(ConfigError::Parse {
-                    path: origin.into(),
-                    message: m,
-                });
-            }
         }
         Ok(())
     }

@@ -8,11 +8,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fs;
-pub mod metrics;
 pub mod mountinfo;
-pub mod notify;
 pub mod store;
 pub mod tier;
+// Operations: Prometheus metrics and sd_notify.
+pub mod metrics;
+pub mod notify;
 
 use std::path::Path;
 
