@@ -1050,6 +1050,23 @@ mod tests {
         );
         assert_eq!(keys("catalog"), ["path", "retention"]);
         assert_eq!(keys("store"), ["bucket", "kind"]);
+    }
+
+    #[test]
+    fn the_shipped_example_sets_mount_and_metrics() {
+        let text = include_str!("../systemd/coldtier.example.toml");
+        let c = Config::parse(text, "example").unwrap();
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let keys = |section: &str| -> Vec<&str> {
+            let mut k: Vec<&str> = table[section]
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(|s| s.as_str())
+                .collect();
+            k.sort();
+            k
+        };
         assert_eq!(keys("mount"), ["mountpoint", "source"]);
         assert_eq!(keys("metrics"), ["listen"]);
         assert_eq!(
