@@ -14,6 +14,8 @@ ensure_fuse
 # Tools the integration tests drive through the mount.
 apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps coreutils diffutils findutils
 scripts/pjdfstest.sh install
+# systemd-analyze, for tests/systemd.rs (`verify` of the shipped unit; PID 1 need not be systemd).
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 # The object-store tests run S3 against a real moto server they start themselves.
 # shellcheck source=lib/moto.sh
 . scripts/lib/moto.sh

@@ -94,9 +94,11 @@ pub struct GcArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
-    /// The directory to serve (the backing tree).
-    pub source: PathBuf,
-    /// Where to mount; defaults to SOURCE (the mount then hides the directory it serves).
+    /// The directory to serve (the backing tree); may be left out when the config file sets
+    /// `mount.source`.
+    pub source: Option<PathBuf>,
+    /// Where to mount; defaults to `mount.mountpoint` of the config, else to SOURCE (the
+    /// mount then hides the directory it serves).
     pub mountpoint: Option<PathBuf>,
     /// Configuration file (TOML). Every key has a default.
     #[arg(long)]

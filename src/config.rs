@@ -40,6 +40,10 @@ pub struct Config {
     /// `[store]`, kept as raw TOML: the store module parses it into its own config (it
     /// owns those keys). Here only `store.kind` is checked.
     pub store: Option<toml::Table>,
+    /// `[mount]`: SOURCE and MOUNTPOINT, for `coldtier mount --config FILE` alone (systemd).
+    pub mount: MountConfig,
+    /// `[metrics]`: the opt-in Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// The text this config was parsed from ("" for [`Config::default`]).
     #[serde(skip)]
     text: String,
@@ -270,6 +274,42 @@ impl Default for CatalogConfig {
             retention: Duration::from_secs(30 * 86400),
         }
     }
+}
+
+/// `[mount]`: what to serve and where, so that `coldtier mount --config FILE` (the
+/// `coldtier@.service` unit) needs nothing else. The command line's SOURCE and MOUNTPOINT,
+/// when given, must agree with these.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountConfig {
+    /// The directory to serve (the backing tree).
+    pub source: Option<PathBuf>,
+    /// Where to mount; none: on `source` itself.
+    pub mountpoint: Option<PathBuf>,
+}
+
+/// `[metrics]`: Prometheus metrics over HTTP, off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A loopback address and port, e.g. "127.0.0.1:9464" or "[::1]:9464".
+    pub listen: Option<String>,
+}
+
+/// Parses `metrics.listen`: an IP address (loopback only: the endpoint has no
+/// authentication) and a port.
+pub fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s.trim().parse().map_err(|_| {
+        format!("`{s}` is not an address like \"127.0.0.1:9464\" or \"[::1]:9464\"")
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "`{s}` is not a loopback address: the metrics endpoint has no authentication, \
+             so it listens on 127.0.0.1 or ::1 only (put a proxy or the Prometheus agent \
+             in front of it to reach it from elsewhere)"
+        ));
+    }
+    Ok(addr)
 }
 
 /// Where the catalog of a mount lives unless `catalog.path` says otherwise:
@@ -612,6 +652,30 @@ impl Config {
                     message: m,
                 });
             }
+        }
+        for (key, path) in [
+            ("mount.source", &self.mount.source),
+            ("mount.mountpoint", &self.mount.mountpoint),
+        ] {
+            if let Some(path) = path {
+                if !path.is_absolute() || path.as_os_str().as_encoded_bytes().contains(&0) {
+                    return Err(bad(
+                        key,
+                        format!("`{}` is not an absolute path", path.display()),
+                    ));
+                }
+            }
+        }
+        if self.mount.mountpoint.is_some() && self.mount.source.is_none() {
+            return Err(bad(
+                "mount.mountpoint",
+                "is set without mount.source: set both (or neither, and give them on the \
+                 command line)"
+                    .into(),
+            ));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            parse_metrics_listen(listen).map_err(|m| bad("metrics.listen", m))?;
         }
         Ok(())
     }
@@ -985,7 +1049,82 @@ mod tests {
             ]
         );
         assert_eq!(keys("catalog"), ["path", "retention"]);
-        assert_eq!(keys("store"), ["kind"]);
+        assert_eq!(keys("store"), ["bucket", "kind"]);
+    }
+
+    #[test]
+    fn the_shipped_example_sets_mount_and_metrics() {
+        let text = include_str!("../systemd/coldtier.example.toml");
+        let c = Config::parse(text, "example").unwrap();
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let keys = |section: &str| -> Vec<&str> {
+            let mut k: Vec<&str> = table[section]
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(|s| s.as_str())
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys("mount"), ["mountpoint", "source"]);
+        assert_eq!(keys("metrics"), ["listen"]);
+        assert_eq!(
+            c.mount,
+            MountConfig {
+                source: Some("/srv/share".into()),
+                mountpoint: Some("/srv/share".into()),
+            }
+        );
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+        // The example's catalog is the default one of its mount point.
+        assert_eq!(
+            c.catalog.path.as_deref(),
+            Some(default_catalog_path(Path::new("/srv/share")).as_path())
+        );
+    }
+
+    #[test]
+    fn mount_and_metrics_keys() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.mount, MountConfig::default());
+        assert_eq!(c.metrics.listen, None);
+        for ok in [
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "127.0.0.2:1",
+            " 127.0.0.1:0 ",
+        ] {
+            let c = Config::parse(&format!("[metrics]\nlisten = \"{ok}\"\n"), "t").unwrap();
+            assert!(c.metrics.listen.is_some(), "{ok}");
+        }
+        for (bad, why) in [
+            ("0.0.0.0:9464", "not a loopback address"),
+            ("192.168.1.5:9464", "not a loopback address"),
+            ("[::]:9464", "not a loopback address"),
+            ("localhost:9464", "not an address"),
+            ("127.0.0.1", "not an address"),
+        ] {
+            let e = err(&format!("[metrics]\nlisten = \"{bad}\"\n"));
+            assert!(
+                e.contains("metrics.listen") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        let e = err("[metrics]\nlisten = 9464\n");
+        assert!(e.contains("metrics.listen"), "{e}");
+        let e = err("[metrics]\nport = 9464\n");
+        assert!(e.contains("port"), "{e}");
+        let e = err("[mount]\nsource = \"srv/share\"\n");
+        assert!(e.contains("mount.source") && e.contains("absolute"), "{e}");
+        let e = err("[mount]\nmountpoint = \"/mnt\"\n");
+        assert!(
+            e.contains("mount.mountpoint") && e.contains("mount.source"),
+            "{e}"
+        );
+        let c = Config::parse("[mount]\nsource = \"/srv/a\"\n", "t").unwrap();
+        assert_eq!(c.mount.source.as_deref(), Some(Path::new("/srv/a")));
+        assert_eq!(c.mount.mountpoint, None);
     }
 
     #[test]

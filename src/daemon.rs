@@ -88,11 +88,18 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         Some(p) => Config::load(p).map_err(|e| bad(e.to_string()))?,
         None => Config::default(),
     };
-    let source = canonical_dir(&args.source, "SOURCE")?;
-    let mountpoint = match &args.mountpoint {
+    let (source_arg, mountpoint_arg) = mount_paths(args, &config)?;
+    clear_dead_mount(mountpoint_arg.as_deref().unwrap_or(&source_arg));
+    let source = canonical_dir(&source_arg, "SOURCE")?;
+    let mountpoint = match &mountpoint_arg {
         Some(m) => canonical_dir(m, "MOUNTPOINT")?,
         None => source.clone(),
     };
+    if let Some(listen) = &config.metrics.listen {
+        // Checked again here (the config validated it): the daemon must never listen wider.
+        crate::config::parse_metrics_listen(listen)
+            .map_err(|m| bad(format!("metrics.listen: {m}")))?;
+    }
     check_dev_fuse()?;
     let mounts =
         mountinfo::read().map_err(|e| anyhow::anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
@@ -357,6 +364,13 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let metrics_addr = match start_metrics(&p, &tiering) {
+        Ok(a) => a,
+        Err(e) => {
+            report(&mut status, &format!("ERR {e:#}"));
+            return Err(e);
+        }
+    };
     let adapter = FuseAdapter::new(overlay.clone(), ttl);
     let threads = p.config.threads();
     let mut session =
@@ -383,6 +397,15 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     );
     report(&mut status, "OK\n");
     drop(status);
+    // The mount and the control socket are up: systemd may start what depends on them.
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} at {}{}",
+        p.source.display(),
+        p.mountpoint.display(),
+        metrics_addr.map_or(String::new(), |a| format!(
+            "; metrics on http://{a}/metrics"
+        ))
+    ));
 
     let mp = p.mountpoint.clone();
     let mut unmounter = session.unmount_callable();
@@ -395,10 +418,14 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
                 continue;
             }
             tracing::info!(signal = sig, "termination signal: unmounting");
+            crate::notify::notify("STOPPING=1\nSTATUS=unmounting");
             // fuser's own unmount first (clears its state), then a detach if files are open.
             if unmounter.unmount().is_err() {
                 match unmount_path(&mp, true) {
                     Ok(true) => {
+                        crate::notify::status(
+                            "mount busy: detached; serving open files until they close",
+                        );
                         tracing::warn!("mount busy: detached; serving open files until they close")
                     }
                     Ok(false) => {}
@@ -408,6 +435,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         })?;
 
     let result = session.run();
+    crate::notify::notify("STOPPING=1\nSTATUS=unmounted; finishing");
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
     drop(tiering);
@@ -450,6 +478,7 @@ fn start_tiering<B: Send + Sync + 'static>(
             let s = rt
                 .block_on(crate::store::open(c))
                 .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+            let s = crate::metrics::count_errors(s);
             let prefix = match c {
                 StoreConfig::S3(s3) => s3.prefix.clone(),
                 StoreConfig::Posix(_) => String::new(),
@@ -484,6 +513,107 @@ fn start_tiering<B: Send + Sync + 'static>(
         "tiering ready"
     );
     Ok((rt, t))
+}
+
+/// SOURCE and MOUNTPOINT: from the command line, else from `[mount]` of the config. Both
+/// given and different: refused (the config may name a catalog of another mount).
+fn mount_paths(args: &MountArgs, config: &Config) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let same = |a: &Path, b: &Path| {
+        a == b
+            || std::fs::canonicalize(a)
+                .ok()
+                .zip(std::fs::canonicalize(b).ok())
+                .is_some_and(|(x, y)| x == y)
+    };
+    let m = &config.mount;
+    let source = match (&args.source, &m.source) {
+        (Some(a), Some(c)) if !same(a, c) => {
+            return Err(bad(format!(
+                "SOURCE {} differs from mount.source {} in the config file: give one of them",
+                a.display(),
+                c.display()
+            )))
+        }
+        (Some(a), _) => a.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => {
+            return Err(bad(
+                "no SOURCE: give it on the command line or set mount.source in the config file",
+            ))
+        }
+    };
+    let mountpoint = match (&args.mountpoint, &m.mountpoint) {
+        (Some(a), Some(c)) if !same(a, c) => {
+            return Err(bad(format!(
+            "MOUNTPOINT {} differs from mount.mountpoint {} in the config file: give one of them",
+            a.display(),
+            c.display()
+        )))
+        }
+        (Some(a), _) => Some(a.clone()),
+        // A config mount point comes with a config source, which SOURCE matched above.
+        (None, Some(c)) => Some(c.clone()),
+        (None, None) => None,
+    };
+    Ok((source, mountpoint))
+}
+
+/// A coldtier mount at `path` whose daemon died (the kernel answers ENOTCONN) serves
+/// nothing and blocks a new mount: detach it, so that a restart (`Restart=on-failure`)
+/// mounts again. A mount whose daemon lives is never touched.
+fn clear_dead_mount(path: &Path) {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(d) => d.join(path),
+            Err(_) => return,
+        }
+    };
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return;
+    };
+    let Ok(parent) = std::fs::canonicalize(parent) else {
+        return;
+    };
+    let abs = parent.join(name);
+    match std::fs::symlink_metadata(&abs) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return,
+    }
+    let Ok(mounts) = mountinfo::read() else {
+        return;
+    };
+    if mountinfo::at(&mounts, &abs).is_none_or(|m| m.fstype != FS_TYPE) {
+        return;
+    }
+    match unmount_path(&abs, true) {
+        Ok(_) => eprintln!(
+            "coldtier: detached the dead mount at {} (its daemon had exited)",
+            abs.display()
+        ),
+        Err(e) => eprintln!(
+            "coldtier: cannot detach the dead mount at {}: {e}",
+            abs.display()
+        ),
+    }
+}
+
+/// Starts the metrics endpoint if `[metrics] listen` asks for it; its address.
+fn start_metrics(p: &Prepared, t: &Arc<Tiering>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(listen) = &p.config.metrics.listen else {
+        return Ok(None);
+    };
+    let addr = crate::config::parse_metrics_listen(listen)
+        .map_err(|m| bad(format!("metrics.listen: {m}")))?;
+    crate::metrics::set_catalog(t.catalog.clone());
+    let bound = crate::metrics::serve(addr).map_err(|e| {
+        bad(format!(
+            "metrics.listen: cannot listen on {addr}: {e} (choose another port)"
+        ))
+    })?;
+    tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
+    Ok(Some(bound))
 }
 
 /// `coldtier umount`.

@@ -11,10 +11,17 @@ pub mod fs;
 pub mod mountinfo;
 pub mod store;
 pub mod tier;
+// Operations: Prometheus metrics and sd_notify.
+pub mod metrics;
+pub mod notify;
 
 use std::path::Path;
 
-/// Sets up tracing: to stderr in the foreground (journald shows it), else to the log file.
+/// Sets up tracing: to the log file (no colours), or to stderr in the foreground. In the
+/// foreground (systemd runs `coldtier mount --foreground`) lines carry no timestamp (the
+/// journal adds its own) and no colours; when stderr is the journal itself
+/// (`JOURNAL_STREAM` names it) each line starts with its syslog priority (`<3>` error ...
+/// `<7>` debug), so `journalctl -p warning` picks out warnings and errors.
 pub fn init_logging(filter: &str, file: Option<&Path>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("bad log filter `{filter}`: {e}"))?;
@@ -32,7 +39,74 @@ pub fn init_logging(filter: &str, file: Option<&Path>) -> anyhow::Result<()> {
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            let format = tracing_subscriber::fmt::format()
+                .with_target(false)
+                .with_ansi(false)
+                .without_time();
+            builder
+                .with_ansi(false)
+                .event_format(JournalFormat {
+                    inner: format,
+                    priority: stderr_is_journal(),
+                })
+                .with_writer(std::io::stderr)
+                .init();
+        }
     }
     Ok(())
+}
+
+/// True when stderr is the journal stream systemd connected (`JOURNAL_STREAM` is
+/// "DEVICE:INODE" of that stream, see systemd.exec(5)).
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fd 2 stays open for the whole process; ManuallyDrop never closes it.
+    let stderr = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(2)
+    });
+    stderr
+        .metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// The fmt event format, with the `<N>` syslog priority prefix the journal reads when
+/// `priority` is set.
+struct JournalFormat<F> {
+    inner: F,
+    priority: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if self.priority {
+            let p = match *event.metadata().level() {
+                tracing::Level::ERROR => 3,
+                tracing::Level::WARN => 4,
+                tracing::Level::INFO => 6,
+                _ => 7,
+            };
+            write!(writer, "<{p}>")?;
+        }
+        self.inner.format_event(ctx, writer, event)
+    }
 }

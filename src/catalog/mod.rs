@@ -189,6 +189,7 @@ impl Catalog {
         context: &'static str,
         f: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
     ) -> Result<T> {
+        let _timer = crate::metrics::CATALOG_WRITE_SECONDS.start_timer();
         let (out, seq) = self.commit(context, f)?;
         self.make_durable(seq)?;
         Ok(out)

@@ -478,6 +478,7 @@ impl Tiering {
     /// stub to premigrated under the gate. A failure leaves the stub (empty, times back).
     async fn recall(&self, node: u64, file: File, rec: StubRecord) -> Result<(), StepError> {
         let t0 = Instant::now();
+        let _in_flight = crate::metrics::RECALLS_IN_FLIGHT.track();
         let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
         let result = self.recall_steps(node, &file, &rec, &mut row).await;
         match &result {
@@ -496,6 +497,11 @@ impl Tiering {
                 }
             }
         }
+        crate::metrics::recall_done(
+            result.as_ref().map_err(|e| e.errno).copied(),
+            rec.size,
+            t0.elapsed(),
+        );
         result
     }
 

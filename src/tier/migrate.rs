@@ -413,6 +413,7 @@ impl Tiering {
         plan: Plan,
         stub: bool,
     ) -> Result<Outcome, StepError> {
+        let _in_flight = crate::metrics::MIGRATIONS_IN_FLIGHT.track();
         let fd = backing::open_beneath(
             self.root(),
             rel,
@@ -544,6 +545,7 @@ impl Tiering {
             }
         };
         self.failpoint("migrate-after-put");
+        crate::metrics::migrated(st0.size);
         let detail = json!({
             "object_key": key,
             "version_id": put.version_id,
