@@ -435,7 +435,12 @@ impl Tiering {
             };
             let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
             let expect = (row.size, row.mtime_ns, row.ctime_ns);
-            return self.stub_step(node, &file, &rec, expect, Action::Stub);
+            match self.stub_step(node, &file, &rec, expect, Action::Stub)? {
+                // Its copy could not be proven current (changed, or the catalog lost the
+                // copy's last step in a crash): superseded; copy it again now.
+                Outcome::Changed => {}
+                o => return Ok(o),
+            }
         }
         let rec = self.copy_step(node, rel, &file).await?;
         if !stub {

@@ -183,6 +183,8 @@ impl Control {
             "storage_class": rec_ok.map(|r| r.storage_class.clone()),
             "checksum": rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
             "blocks": st.blocks,
+            // From the catalog, never from the store (status must not contact it).
+            "restore": (state == FileState::RestorePending).then_some("in_progress"),
         }))
     }
 
