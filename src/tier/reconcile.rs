@@ -78,6 +78,8 @@ struct Ref {
 struct Walked {
     files: u64,
     refs: Vec<Ref>,
+    /// File ids of files found with a record that is reported, not checked.
+    reported: HashSet<String>,
     findings: Vec<Finding>,
     notes: Vec<String>,
 }
@@ -151,6 +153,7 @@ impl Tiering {
         let Walked {
             files,
             refs,
+            reported,
             mut findings,
             mut notes,
         } = walked;
@@ -167,7 +170,7 @@ impl Tiering {
                 rows.insert(r.file_id.clone(), r);
             }
         }
-        let mut seen_ids = HashSet::new();
+        let mut seen_ids = reported;
         for r in &refs {
             seen_ids.insert(r.rec.file_id.clone());
             let want = if r.stub {
@@ -408,6 +411,7 @@ impl Tiering {
                 Err(_) => w.findings.push(bad("copy")),
                 Ok(Some(rec)) => {
                     if rec.size != st.size || rec.mtime_ns != ns_of(st.mtime) {
+                        w.reported.insert(rec.file_id.clone());
                         w.findings.push(Finding {
                             kind: "premigrated_changed",
                             path: Some(rel_s),
