@@ -483,6 +483,12 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
         .iter()
         .map(|b| b["events"].as_u64().unwrap())
         .collect();
+    eprintln!(
+        "{} backups during {} load rounds in {:.1}s; events per backup: {events:?}",
+        taken.len(),
+        rounds.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64()
+    );
     assert!(
         events.last() > events.first(),
         "the catalog grew while the backups were taken: {events:?}"

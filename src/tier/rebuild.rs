@@ -410,7 +410,7 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
             catalog_path.display()
         )));
     }
-    let store_cfg = config.store_config().map_err(|e| bad(e))?.ok_or_else(|| {
+    let store_cfg = config.store_config().map_err(bad)?.ok_or_else(|| {
         bad(format!(
             "{}: no [store] section: rebuild reads the bucket",
             a.config.display()
@@ -822,7 +822,8 @@ mod tests {
     #[test]
     fn hostile_metadata_is_rejected_with_a_reason() {
         assert!(genealogy(&m(&good("dir/f", "5"), 5)).is_ok());
-        let cases: Vec<(Vec<(&'static str, String)>, u64, &str)> = vec![
+        type Case = (Vec<(&'static str, String)>, u64, &'static str);
+        let cases: Vec<Case> = vec![
             (good("../../etc/passwd", "5"), 5, "escapes SOURCE"),
             (good("/etc/passwd", "5"), 5, "absolute"),
             (

@@ -526,17 +526,18 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
                 .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
     match &meta.checksum {
-        Some(c) if !multipart => {
-            if c.algo.name() != rec.checksum_algo || c.value != rec.checksum {
-                out.findings.push(mk(
-                    "object_checksum",
-                    format!(
-                        "the store reports checksum {c}, the record says {}:{}",
-                        rec.checksum_algo, rec.checksum
-                    ),
-                ));
-            }
+        Some(c)
+            if !multipart && (c.algo.name() != rec.checksum_algo || c.value != rec.checksum) =>
+        {
+            out.findings.push(mk(
+                "object_checksum",
+                format!(
+                    "the store reports checksum {c}, the record says {}:{}",
+                    rec.checksum_algo, rec.checksum
+                ),
+            ));
         }
+        Some(_) if !multipart => {}
         _ if multipart => {
             // A multipart object's own checksum is a composite; coldtier tags the
             // whole-object one.
@@ -644,36 +645,6 @@ fn tmpfile() -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_objects_are_read_like_gc_reads_them() {
-        assert_eq!(
-            event_object(&json!({"object_key": "data/a/1", "version_id": "v"})),
-            Some(("data/a/1".into(), Some("v".into())))
-        );
-        assert_eq!(
-            event_object(&json!({"row": {"object_key": "data/a/2"}, "detail": {}})),
-            Some(("data/a/2".into(), None))
-        );
-        assert_eq!(event_object(&json!({"note": 1})), None);
-    }
-
-    #[test]
-    fn finding_lines_name_kind_path_and_key() {
-        let f = Finding {
-            kind: "orphan",
-            path: None,
-            file_id: None,
-            object_key: Some("t/data/x/1".into()),
-            message: "3 bytes".into(),
-        };
-        assert_eq!(f.line(), "ORPHAN               [t/data/x/1]: 3 bytes");
-    }
-}
-
 // ---- glue for the control socket and the daemon -------------------------------------------
 
 /// Runs [`Tiering::reconcile`] from a plain thread (a control-socket connection), relaying
@@ -761,4 +732,34 @@ pub fn spawn_backup_scheduler(t: Arc<Tiering>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_objects_are_read_like_gc_reads_them() {
+        assert_eq!(
+            event_object(&json!({"object_key": "data/a/1", "version_id": "v"})),
+            Some(("data/a/1".into(), Some("v".into())))
+        );
+        assert_eq!(
+            event_object(&json!({"row": {"object_key": "data/a/2"}, "detail": {}})),
+            Some(("data/a/2".into(), None))
+        );
+        assert_eq!(event_object(&json!({"note": 1})), None);
+    }
+
+    #[test]
+    fn finding_lines_name_kind_path_and_key() {
+        let f = Finding {
+            kind: "orphan",
+            path: None,
+            file_id: None,
+            object_key: Some("t/data/x/1".into()),
+            message: "3 bytes".into(),
+        };
+        assert_eq!(f.line(), "ORPHAN               [t/data/x/1]: 3 bytes");
+    }
 }
