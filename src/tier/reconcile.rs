@@ -185,7 +185,12 @@ impl Tiering {
                 object_key: Some(self.full_key(&r.rec.object_key)),
                 message,
             };
-            match self.catalog.file_by_id(&r.rec.file_id)? {
+            let row = match rows.get(&r.rec.file_id) {
+                Some(row) => Some(row.clone()),
+                // Not in a tiered state in the catalog (or not there at all).
+                None => self.catalog.file_by_id(&r.rec.file_id)?,
+            };
+            match row {
                 None => findings.push(f(
                     "catalog_missing_row",
                     format!("the file is {want} but the catalog has no row for it"),
