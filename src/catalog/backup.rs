@@ -598,3 +598,65 @@ mod tests {
         assert!(Keep::parse("1d").unwrap().kept(&[]).is_empty());
     }
 }
+
+#[cfg(test)]
+mod big {
+    use super::*;
+
+    /// A catalog of 100,000 files (generated in SQL) backs up whole and consistent while
+    /// another thread keeps appending events; prints the time it takes. (Debug builds
+    /// compile SQLite and SHA-256 without optimisation: docs/benchmarks.md has release
+    /// figures.)
+    #[test]
+    fn a_big_catalog_backs_up_under_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Arc::new(Catalog::open(dir.path().join("c.db")).unwrap());
+        let t0 = std::time::Instant::now();
+        {
+            let conn = cat.writer.lock();
+            conn.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+                 INSERT INTO files (file_id, path, state, size, mtime_ns, ctime_ns, ino,
+                                    object_key, updated_at)
+                 SELECT printf('%032x', i), 'dir' || (i % 1000) || '/file' || i, 'stub',
+                        i * 1000, i, i, i, printf('data/%032x/%016x', i, i), i FROM n;",
+            )
+            .unwrap();
+        }
+        let generated = t0.elapsed();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (cat, stop) = (cat.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    cat.append_event(None, None, EventKind::Scanned, json!({"n": n}))
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let t1 = std::time::Instant::now();
+        // Let the writer get going first.
+        while cat.last_event().unwrap().map_or(0, |e| e.id) < 10 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let snap = cat.snapshot_to(&dir.path().join("b.db")).unwrap();
+        let took = t1.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let appended = writer.join().unwrap();
+        assert_eq!(snap.files, 100_000);
+        assert!(appended > 0);
+        assert!(snap.events >= 10, "{}", snap.events);
+        eprintln!(
+            "100k files: generated in {:.1}s; backup of {} MiB in {:.2}s while {appended} events \
+             were appended ({} of them in the copy)",
+            generated.as_secs_f64(),
+            snap.bytes >> 20,
+            took.as_secs_f64(),
+            snap.events
+        );
+        assert!(took < Duration::from_secs(30), "{took:?}");
+    }
+}
