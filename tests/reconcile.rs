@@ -579,6 +579,25 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
         )
         .unwrap();
     assert_eq!(recorded, taken.len() as u64);
+    // --to s3: only the bucket (with its retention), nothing kept locally.
+    let out = t.ok(&["catalog", "backup", &t.mnt_s(), "--to", "s3", "--json"]);
+    let b: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(b["local_path"].is_null(), "{b}");
+    let key = b["object_key"].as_str().unwrap().to_string();
+    let catalog_keys: Vec<String> = t
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{PREFIX}/catalog/")))
+        .collect();
+    assert_eq!(catalog_keys, vec![key.clone()], "{b}");
+    let bytes = t.moto.raw_get(&t.bucket, &key).unwrap();
+    let copy = t.dir.path().join("from-bucket.db");
+    std::fs::write(&copy, &bytes).unwrap();
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
     // A --to that cannot be a directory fails with the reason, and leaves nothing behind.
     let file = t.dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();

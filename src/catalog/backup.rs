@@ -604,9 +604,9 @@ mod big {
     use super::*;
 
     /// A catalog of 100,000 files (generated in SQL) backs up whole and consistent while
-    /// another thread keeps appending events; prints the time it takes. (Debug builds
-    /// compile SQLite and SHA-256 without optimisation: docs/benchmarks.md has release
-    /// figures.)
+    /// another thread keeps appending events; prints the time it takes (debug builds
+    /// compile SQLite and SHA-256 without optimisation: most of it is the integrity check
+    /// and the hash of the copy).
     #[test]
     fn a_big_catalog_backs_up_under_writes() {
         let dir = tempfile::tempdir().unwrap();
