@@ -914,4 +914,28 @@ fn rebuild_skips_hostile_objects_and_writes_nothing_outside_source() {
     // The good stub recalls.
     t.mount();
     assert_eq!(std::fs::read(t.m("a.bin")).unwrap(), files[0].1);
+
+    // verify on the rebuilt catalog: the hostile objects are orphans, b.bin has no row and
+    // a wrong object, the deleted file's object is retained for gc.
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 1, "{v}");
+    for n in 1..=5 {
+        assert!(
+            has_finding(&v, "orphan", &key(n)),
+            "{} not an orphan: {v}",
+            key(n)
+        );
+    }
+    assert!(has_finding(&v, "orphan", &odd), "{v}");
+    assert!(has_finding(&v, "catalog_missing_row", &kb), "{v}");
+    assert!(has_finding(&v, "object_metadata", &kb), "{v}");
+    assert!(
+        !v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["object_key"] == fine),
+        "{v}"
+    );
+    assert_eq!(v["retained"], 1, "{v}");
 }
