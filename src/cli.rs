@@ -41,6 +41,63 @@ pub enum Command {
     History(HistoryArgs),
     /// Delete the objects of deleted and superseded files whose retention has passed.
     Gc(GcArgs),
+    /// Compare the catalog, the files' records and the bucket; report (never repair) what
+    /// disagrees. Exit 1 when anything is wrong.
+    Verify(VerifyArgs),
+    /// Protect the catalog: back it up, or rebuild a lost one.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// Also read every object back and compare its content's checksum with the record.
+    #[arg(long)]
+    pub deep: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Take a consistent snapshot of the catalog now, while the mount serves.
+    Backup(CatalogBackupArgs),
+    /// Rebuild a lost catalog from the records on disk and the bucket (offline).
+    Rebuild(CatalogRebuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CatalogBackupArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// Where to: a directory (only there, nothing pruned), or `s3` (the bucket only).
+    /// Default: catalog.backup_dir and the bucket, with catalog.backup_keep's retention.
+    #[arg(long, value_name = "DIR|s3")]
+    pub to: Option<String>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CatalogRebuildArgs {
+    /// The source directory (the backing tree); no daemon may serve it.
+    pub source: PathBuf,
+    /// The mount's configuration file (its [store] and [catalog]).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the source is mounted, if not on itself (names the default catalog path).
+    #[arg(long)]
+    pub mountpoint: Option<PathBuf>,
+    /// Rebuild even though a catalog file exists (it is kept aside, never deleted).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -285,6 +285,104 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Verify(a) => {
+            let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::Verify { deep: a.deep })?;
+            let findings = r["findings"].as_array().map_or(0, |v| v.len());
+            if a.json {
+                print_json_line(&r);
+            } else {
+                for f in r["findings"].as_array().into_iter().flatten() {
+                    let mut line =
+                        format!("{:<20}", f["kind"].as_str().unwrap_or("?").to_uppercase());
+                    if let Some(p) = f["path"].as_str() {
+                        line.push_str(&format!(" {p}"));
+                    }
+                    if let Some(k) = f["object_key"].as_str() {
+                        line.push_str(&format!(" [{k}]"));
+                    }
+                    println!("{line}: {}", f["message"].as_str().unwrap_or(""));
+                }
+                for n in r["notes"].as_array().into_iter().flatten() {
+                    println!("note: {}", n.as_str().unwrap_or(""));
+                }
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                println!(
+                    "verify{} (job {}): {} files, {} stubs, {} premigrated; {} objects listed, {} checked{}; {} retained for gc; {}",
+                    if a.deep { " --deep" } else { "" },
+                    n("job_id"),
+                    n("files_scanned"),
+                    n("stubs"),
+                    n("premigrated"),
+                    n("objects_listed"),
+                    n("objects_checked"),
+                    if a.deep {
+                        format!(", {} read back ({})", n("objects_reread"), human_bytes(n("bytes_reread")))
+                    } else {
+                        String::new()
+                    },
+                    n("retained"),
+                    if findings == 0 {
+                        "clean".to_string()
+                    } else {
+                        format!("{findings} findings")
+                    }
+                );
+            }
+            if findings > 0 {
+                return Err(anyhow!(
+                    "verify found {findings} problems (each one is a VERIFY_FINDING event)"
+                ));
+            }
+            Ok(())
+        }
+        Command::Catalog(crate::cli::CatalogCommand::Backup(a)) => {
+            let to = match a.to.as_deref() {
+                None | Some("s3") => a.to.clone(),
+                Some(d) => Some(
+                    std::path::absolute(d)
+                        .map_err(|e| BadInput(format!("--to {d}: {e}")))?
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
+            };
+            let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::CatalogBackup { to })?;
+            if a.json {
+                print_json_line(&r);
+            } else {
+                println!(
+                    "catalog backup {}: {} ({} files, {} events, head event {})",
+                    r["file"].as_str().unwrap_or(""),
+                    human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+                    r["files"],
+                    r["events"],
+                    r["last_event_id"]
+                );
+                if let Some(p) = r["local_path"].as_str() {
+                    println!("  local: {p}");
+                }
+                if let Some(k) = r["object_key"].as_str() {
+                    println!("  store: {k}");
+                }
+                for k in ["pruned_local", "pruned_store"] {
+                    for p in r[k].as_array().into_iter().flatten() {
+                        println!("  pruned: {}", p.as_str().unwrap_or(""));
+                    }
+                }
+            }
+            let errors = r["errors"].as_array().map_or(0, |v| v.len());
+            if errors > 0 {
+                for e in r["errors"].as_array().into_iter().flatten() {
+                    eprintln!("  error: {}", e.as_str().unwrap_or(""));
+                }
+                return Err(anyhow!(
+                    "the backup is taken locally, but {errors} steps failed"
+                ));
+            }
+            Ok(())
+        }
+        Command::Catalog(crate::cli::CatalogCommand::Rebuild(a)) => crate::tier::rebuild::run(a),
         Command::Mount(_) | Command::Umount(_) => unreachable!("handled by main"),
     }
 }

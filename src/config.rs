@@ -265,13 +265,31 @@ pub struct CatalogConfig {
     /// before `gc` may remove it.
     #[serde(deserialize_with = "de_duration")]
     pub retention: Duration,
+    /// When the daemon takes a catalog backup (cron, UTC); `None` ("off"): only on
+    /// `coldtier catalog backup`.
+    #[serde(deserialize_with = "de_schedule")]
+    pub backup_schedule: Option<Schedule>,
+    /// Where backups are kept on local disk; none: `backups/` beside the catalog file.
+    pub backup_dir: Option<PathBuf>,
+    /// How many backups to keep: the newest of each of the last N days, weeks and months
+    /// that have one, e.g. "7d 4w 12m" (crate::catalog::backup::Keep).
+    pub backup_keep: String,
 }
+
+/// The default `catalog.backup_schedule`: every night at 02:30 UTC (before the default
+/// policy run at 03:00).
+pub const DEFAULT_BACKUP_SCHEDULE: &str = "30 2 * * *";
 
 impl Default for CatalogConfig {
     fn default() -> Self {
         CatalogConfig {
             path: None,
             retention: Duration::from_secs(30 * 86400),
+            backup_schedule: Some(
+                Schedule::parse(DEFAULT_BACKUP_SCHEDULE).expect("valid default backup schedule"),
+            ),
+            backup_dir: None,
+            backup_keep: crate::catalog::backup::DEFAULT_KEEP.to_string(),
         }
     }
 }
@@ -528,6 +546,15 @@ impl Config {
             .unwrap_or_else(|| default_catalog_path(mountpoint))
     }
 
+    /// Where catalog backups go on local disk: `catalog.backup_dir`, or `backups/`
+    /// beside the catalog file of `mountpoint`.
+    pub fn backup_dir(&self, mountpoint: &Path) -> PathBuf {
+        self.catalog.backup_dir.clone().unwrap_or_else(|| {
+            let cat = self.catalog_path(mountpoint);
+            cat.parent().unwrap_or(Path::new("/")).join("backups")
+        })
+    }
+
     /// `store.kind` ("s3" or "posix"), if a `[store]` section names it.
     pub fn store_kind(&self) -> Option<&str> {
         self.store.as_ref()?.get("kind")?.as_str()
@@ -637,6 +664,17 @@ impl Config {
                 "must be at least 1h (superseded objects are the only copy of old content)".into(),
             ));
         }
+
+        if let Some(dir) = &c.backup_dir {
+            if !dir.is_absolute() {
+                return Err(bad(
+                    "catalog.backup_dir",
+                    format!("`{}` is not an absolute path", dir.display()),
+                ));
+            }
+        }
+        crate::catalog::backup::Keep::parse(&c.backup_keep)
+            .map_err(|m| bad("catalog.backup_keep", m))?;
 
         if let Some(store) = &self.store {
             match store.get("kind") {
@@ -1048,7 +1086,16 @@ mod tests {
                 "wait_timeout"
             ]
         );
-        assert_eq!(keys("catalog"), ["path", "retention"]);
+        assert_eq!(
+            keys("catalog"),
+            [
+                "backup_dir",
+                "backup_keep",
+                "backup_schedule",
+                "path",
+                "retention"
+            ]
+        );
         assert_eq!(keys("store"), ["bucket", "kind"]);
     }
 

@@ -506,6 +506,7 @@ fn start_tiering<B: Send + Sync + 'static>(
         .map_err(|e| anyhow::anyhow!("control socket {}: {e}", socket.display()))?;
     server.spawn(Arc::new(Control { t: t.clone() }))?;
     spawn_scheduler(t.clone());
+    crate::tier::reconcile::spawn_backup_scheduler(t.clone());
     tracing::info!(
         config_version = version.version,
         catalog = %path.display(),

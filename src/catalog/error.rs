@@ -82,6 +82,10 @@ pub enum CatalogError {
     #[error("job {0} is already finished")]
     JobAlreadyFinished(i64),
 
+    /// A catalog backup could not be taken (the message says why and what to do).
+    #[error("catalog backup: {0}")]
+    Backup(String),
+
     /// A value that SQLite's signed 64-bit integers cannot hold.
     #[error("{what} = {value} does not fit the catalog's 64-bit signed integers")]
     OutOfRange { what: &'static str, value: u64 },

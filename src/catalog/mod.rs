@@ -6,6 +6,7 @@
 //! while a write is in progress. docs/catalog.md has the schema, the exact hash-chain
 //! encoding and the guarantees.
 
+pub mod backup;
 mod chain;
 mod error;
 mod schema;

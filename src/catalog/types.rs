@@ -60,10 +60,16 @@ pub enum EventKind {
     ObjectDeleted,
     Failed,
     ConfigChanged,
+    /// `coldtier verify` found something wrong (detail: what, where, why).
+    VerifyFinding,
+    /// A catalog backup was taken (detail: where it went, the chain head it holds).
+    CatalogBackup,
+    /// The catalog was rebuilt from the records on disk and the bucket.
+    CatalogRebuilt,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Scanned,
         EventKind::Copied,
         EventKind::Verified,
@@ -79,6 +85,9 @@ impl EventKind {
         EventKind::ObjectDeleted,
         EventKind::Failed,
         EventKind::ConfigChanged,
+        EventKind::VerifyFinding,
+        EventKind::CatalogBackup,
+        EventKind::CatalogRebuilt,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +107,9 @@ impl EventKind {
             EventKind::ObjectDeleted => "OBJECT_DELETED",
             EventKind::Failed => "FAILED",
             EventKind::ConfigChanged => "CONFIG_CHANGED",
+            EventKind::VerifyFinding => "VERIFY_FINDING",
+            EventKind::CatalogBackup => "CATALOG_BACKUP",
+            EventKind::CatalogRebuilt => "CATALOG_REBUILT",
         }
     }
 }

@@ -46,6 +46,15 @@ pub enum Op {
     Gc {
         dry_run: bool,
     },
+    /// `coldtier verify`: reconcile the catalog, the files' records and the bucket.
+    Verify {
+        deep: bool,
+    },
+    /// `coldtier catalog backup`: `to` is None (the configured directory and the store),
+    /// "s3" (the store only) or an absolute directory (only there).
+    CatalogBackup {
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,8 @@ pub mod marks;
 pub mod migrate;
 pub mod ops;
 pub mod policy;
+pub mod rebuild;
+pub mod reconcile;
 pub mod schedule;
 pub mod state;
 pub mod stub;

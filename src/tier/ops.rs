@@ -366,6 +366,18 @@ impl Handler for Control {
                 serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
             }
             Op::Gc { dry_run } => self.t.rt.block_on(self.t.gc(dry_run)).map_err(step_err),
+            Op::Verify { deep } => {
+                crate::tier::reconcile::verify_blocking(&self.t, deep, progress).map_err(step_err)
+            }
+            Op::CatalogBackup { to } => {
+                crate::tier::reconcile::backup_now(&self.t, to.as_deref(), "manual").map_err(|e| {
+                    if e.errno == libc::EINVAL {
+                        err(ErrorCode::BadRequest, e.message)
+                    } else {
+                        step_err(e)
+                    }
+                })
+            }
         }
     }
 }

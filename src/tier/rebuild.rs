@@ -1,0 +1,879 @@
+//! `coldtier catalog rebuild SOURCE --config FILE`: rebuilds a lost catalog, offline,
+//! from the records on the backing files (`trusted.coldtier.*`, which users cannot forge)
+//! and the objects' metadata in the bucket (which anyone with write access to the bucket
+//! can forge: untrusted input).
+//!
+//! * Every stub and premigrated file gets its row back (state, object key, version,
+//!   checksum, storage class) with a CATALOG_REBUILT event, once its object has been
+//!   checked: the object's size, its genealogy metadata (file id, size, mtime, a path that
+//!   stays inside SOURCE, mode, uid, gid) and the checksum the store reports must agree
+//!   with the record on disk. A record whose object does not agree is rejected: no row,
+//!   one report line (the file stays a stub on disk and `coldtier verify` shows it).
+//! * Objects no file names: of a file still on disk (another content version), recorded as
+//!   SUPERSEDED; of a file gone, tagged `deleted`/`superseded`, recorded as DELETED or
+//!   SUPERSEDED (gc deletes them after the retention, counted from the rebuild); tagged
+//!   `live` (the file vanished without a trace), reported and NOT recorded, so nothing
+//!   ever deletes them without an operator.
+//! * Rebuild writes nothing but the new catalog: paths in the bucket are only checked and
+//!   stored as text, never opened or created.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use serde_json::json;
+
+use crate::catalog::{Catalog, EventKind, FileRow, FileState};
+use crate::cli::CatalogRebuildArgs;
+use crate::config::Config;
+use crate::daemon::BadInput;
+use crate::fs::backing::{self, Stat};
+use crate::store::{ListEntry, ObjectMeta, ObjectStore, StoreConfig, StoreErrorKind};
+use crate::tier::engine::{ns_of, KEY_PREFIX};
+use crate::tier::marks;
+use crate::tier::stub::{parse_object_key, StubRecord};
+
+/// Longest `coldtier-path` accepted (migrate cuts it at 1024 bytes).
+const MAX_META_PATH: usize = 4096;
+
+/// Rows written per catalog transaction.
+const BATCH: usize = 1000;
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    BadInput(msg.into()).into()
+}
+
+/// Checks a path from object metadata: relative, no `.`/`..`/empty segments, no NUL or
+/// control characters, not too long. Such a path names a place inside SOURCE.
+pub fn check_meta_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("is empty".into());
+    }
+    if p.len() > MAX_META_PATH {
+        return Err(format!("is {} bytes long", p.len()));
+    }
+    if p.starts_with('/') {
+        return Err(format!(
+            "`{}` is absolute: it escapes SOURCE",
+            p.escape_debug()
+        ));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err(format!("`{}` has control characters", p.escape_debug()));
+    }
+    if p.split('/').any(|s| s == "..") {
+        return Err(format!(
+            "`{}` has a `..` segment: it escapes SOURCE",
+            p.escape_debug()
+        ));
+    }
+    if p.split('/').any(|s| s.is_empty() || s == ".") {
+        return Err(format!(
+            "`{}` has an empty or `.` segment",
+            p.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// The genealogy an object's metadata claims, each value checked for its form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Genealogy {
+    pub path: String,
+    pub file_id: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// Reads and checks the metadata coldtier writes on each object (untrusted input): every
+/// field present and well-formed, the size plausible and equal to the object's.
+pub fn genealogy(meta: &ObjectMeta) -> Result<Genealogy, String> {
+    let get = |k: &str| {
+        meta.metadata
+            .get(k)
+            .map(String::as_str)
+            .ok_or_else(|| format!("metadata {k} is missing (not an object coldtier wrote?)"))
+    };
+    let path = get("coldtier-path")?;
+    check_meta_path(path).map_err(|e| format!("metadata coldtier-path {e}"))?;
+    let file_id = get("coldtier-file-id")?;
+    if !crate::tier::stub::is_valid_file_id(file_id) {
+        return Err(format!(
+            "metadata coldtier-file-id `{}` is not 32 hex digits",
+            file_id.escape_debug()
+        ));
+    }
+    let size_s = get("coldtier-size")?;
+    let size: u64 = size_s
+        .parse()
+        .ok()
+        .filter(|n| *n <= i64::MAX as u64)
+        .ok_or_else(|| {
+            format!(
+                "metadata coldtier-size `{}` is not a plausible size",
+                size_s.escape_debug()
+            )
+        })?;
+    if size != meta.size {
+        return Err(format!(
+            "metadata coldtier-size says {size} bytes, the object is {}",
+            meta.size
+        ));
+    }
+    let mtime_s = get("coldtier-mtime-ns")?;
+    let mtime_ns: i64 = mtime_s.parse().map_err(|_| {
+        format!(
+            "metadata coldtier-mtime-ns `{}` is not a number",
+            mtime_s.escape_debug()
+        )
+    })?;
+    for (k, radix) in [
+        ("coldtier-mode", 8),
+        ("coldtier-uid", 10),
+        ("coldtier-gid", 10),
+    ] {
+        let v = get(k)?;
+        if u32::from_str_radix(v, radix).is_err() {
+            return Err(format!(
+                "metadata {k} `{}` is not a valid value",
+                v.escape_debug()
+            ));
+        }
+    }
+    Ok(Genealogy {
+        path: path.to_string(),
+        file_id: file_id.to_string(),
+        size,
+        mtime_ns,
+    })
+}
+
+/// Whether an object agrees with the record on disk that names it.
+pub fn matches_record(meta: &ObjectMeta, rec: &StubRecord) -> Result<Genealogy, String> {
+    let g = genealogy(meta)?;
+    if g.file_id != rec.file_id {
+        return Err(format!(
+            "the object says file {}, the stub {}",
+            g.file_id, rec.file_id
+        ));
+    }
+    if g.size != rec.size {
+        return Err(format!(
+            "the object is {} bytes, the stub {}",
+            g.size, rec.size
+        ));
+    }
+    if g.mtime_ns != rec.mtime_ns {
+        return Err(format!(
+            "the object says mtime {}, the stub {}",
+            g.mtime_ns, rec.mtime_ns
+        ));
+    }
+    if let Some(c) = &meta.checksum {
+        let multipart = c.parts.is_some()
+            || meta
+                .etag
+                .as_deref()
+                .is_some_and(|e| e.trim_matches('"').contains('-'));
+        if !multipart && (c.algo.name() != rec.checksum_algo || c.value != rec.checksum) {
+            return Err(format!(
+                "the store reports checksum {c}, the stub {}:{}",
+                rec.checksum_algo, rec.checksum
+            ));
+        }
+    }
+    Ok(g)
+}
+
+/// One regular file of the tree with records.
+struct DiskFile {
+    rel: String,
+    st: Stat,
+    id: Option<String>,
+    stub: Option<StubRecord>,
+    copy: Option<StubRecord>,
+}
+
+/// Walks the tree below `root` (same filesystem, no symlinks followed) and reads the
+/// records of every regular file that has one.
+fn walk(root: BorrowedFd<'_>, report: &mut Vec<String>) -> std::io::Result<(u64, Vec<DiskFile>)> {
+    let root_dev = backing::stat_fd(root)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.0))?
+        .dev;
+    let top = backing::open_beneath(
+        root,
+        Path::new(""),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )
+    .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(top, PathBuf::new())];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    let mut files = 0u64;
+    while let Some((dir, rel)) = stack.pop() {
+        loop {
+            let n = match backing::getdents(dir.as_fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    report.push(format!(
+                        "SKIPPED {}: cannot read the directory: {e:?}",
+                        rel.display()
+                    ));
+                    break;
+                }
+            };
+            let mut pos = 0;
+            while pos < n {
+                let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
+                    break;
+                };
+                pos += r.reclen;
+                if r.name == "." || r.name == ".." {
+                    continue;
+                }
+                let child = rel.join(r.name);
+                let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
+                    continue;
+                };
+                if st.is_dir() {
+                    if st.dev == root_dev {
+                        if let Ok(d) = backing::open_at(
+                            dir.as_fd(),
+                            r.name,
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        ) {
+                            stack.push((d, child));
+                        }
+                    }
+                    continue;
+                }
+                if st.file_type() != libc::S_IFREG {
+                    continue;
+                }
+                files += 1;
+                if let Some(f) = read_records(dir.as_fd(), r.name, &child, st, report) {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok((files, out))
+}
+
+fn read_records(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    rel: &Path,
+    st: Stat,
+    report: &mut Vec<String>,
+) -> Option<DiskFile> {
+    let fd = backing::open_path_at(dir, name).ok()?;
+    let Ok(rel) = std::str::from_utf8(rel.as_os_str().as_bytes()) else {
+        report.push(format!(
+            "SKIPPED {}: the path is not UTF-8 (the catalog keeps UTF-8 paths)",
+            rel.display()
+        ));
+        return None;
+    };
+    let id = marks::file_id(fd.as_fd()).ok().flatten();
+    let mut rec = |name, what: &str| match marks::record(fd.as_fd(), name) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            report.push(format!(
+                "REJECTED {rel}: its {what} record does not decode; it stays as it is on disk"
+            ));
+            Err(())
+        }
+    };
+    let stub = rec(marks::STUB, "stub").ok()?;
+    let copy = if stub.is_none() {
+        rec(marks::COPY, "copy").ok()?
+    } else {
+        None
+    };
+    if stub.is_none() && copy.is_none() {
+        return None;
+    }
+    Some(DiskFile {
+        rel: rel.to_string(),
+        st,
+        id,
+        stub,
+        copy,
+    })
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Refuses to run while a coldtier daemon serves `source`.
+fn check_offline(source: &Path) -> anyhow::Result<()> {
+    let want = format!("coldtier:{}", source.display());
+    let mounts =
+        crate::mountinfo::read().map_err(|e| anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
+    if let Some(m) = mounts.iter().find(|m| {
+        m.fstype == crate::fs::fuse::FS_TYPE && (m.source == want || m.mount_point == source)
+    }) {
+        return Err(bad(format!(
+            "a coldtier daemon serves {} (mounted at {}): rebuild runs offline; unmount it first \
+             (coldtier umount {})",
+            source.display(),
+            m.mount_point.display(),
+            m.mount_point.display()
+        )));
+    }
+    if let Ok(dir) = std::fs::read_dir("/run/coldtier/mounts") {
+        for e in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let mut lines = text.lines();
+            let pid = lines
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            if lines.next() == Some(source.to_str().unwrap_or("")) && alive(pid) {
+                return Err(bad(format!(
+                    "coldtier daemon pid {pid} serves {}: rebuild runs offline; unmount it first",
+                    source.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves an existing catalog (and its -wal/-shm) aside; returns where it went.
+fn move_aside(path: &Path) -> anyhow::Result<PathBuf> {
+    let stamp = crate::catalog::backup::file_name("x", crate::catalog::system_now_ns());
+    let stamp = stamp.trim_start_matches("x-").trim_end_matches(".db");
+    let aside = PathBuf::from(format!("{}.before-rebuild-{stamp}", path.display()));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to)
+                .map_err(|e| anyhow!("cannot move {} to {}: {e}", from.display(), to.display()))?;
+        }
+    }
+    Ok(aside)
+}
+
+/// `coldtier catalog rebuild`.
+pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(bad(
+            "coldtier catalog rebuild must run as root (the records are trusted.* xattrs)",
+        ));
+    }
+    let config = Config::load(&a.config).map_err(|e| bad(e.to_string()))?;
+    let source = std::fs::canonicalize(&a.source)
+        .map_err(|e| bad(format!("SOURCE {}: {e}", a.source.display())))?;
+    if !source.is_dir() {
+        return Err(bad(format!(
+            "SOURCE {} is not a directory",
+            source.display()
+        )));
+    }
+    check_offline(&source)?;
+    let mountpoint = match &a.mountpoint {
+        Some(m) => std::path::absolute(m).map_err(|e| bad(format!("{}: {e}", m.display())))?,
+        None => source.clone(),
+    };
+    let catalog_path = config.catalog_path(&mountpoint);
+    let exists = ["", "-wal"]
+        .iter()
+        .any(|s| PathBuf::from(format!("{}{s}", catalog_path.display())).exists());
+    if exists && !a.force {
+        return Err(bad(format!(
+            "the catalog {} exists: rebuild writes a new one; restore a backup instead \
+             (coldtier catalog backup), or pass --force to keep the old file aside and rebuild",
+            catalog_path.display()
+        )));
+    }
+    let store_cfg = config.store_config().map_err(bad)?.ok_or_else(|| {
+        bad(format!(
+            "{}: no [store] section: rebuild reads the bucket",
+            a.config.display()
+        ))
+    })?;
+    let prefix = match &store_cfg {
+        StoreConfig::S3(s) => s.prefix.clone(),
+        StoreConfig::Posix(_) => String::new(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = rt
+        .block_on(crate::store::open(&store_cfg))
+        .map_err(|e| anyhow!("store: {e}"))?;
+    let root = backing::open_dir_path(&source)
+        .map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?;
+
+    let t0 = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |m: &str| {
+        if tty {
+            eprintln!("{m}");
+        }
+    };
+    say("listing the bucket");
+    let listed = rt
+        .block_on(store.list(&format!("{KEY_PREFIX}/")))
+        .map_err(|e| anyhow!("cannot list the bucket: {e}"))?;
+    say("walking SOURCE");
+    let mut report = Vec::new();
+    let (scanned, disk) = walk(root.as_fd(), &mut report)
+        .map_err(|e| anyhow!("walking {}: {e}", source.display()))?;
+
+    let aside = if exists {
+        Some(move_aside(&catalog_path)?)
+    } else {
+        None
+    };
+    let catalog = Catalog::open(&catalog_path)
+        .map_err(|e| anyhow!("catalog {}: {e}", catalog_path.display()))?;
+    catalog.record_config(config.text())?;
+    let out = rebuild(
+        &rt,
+        store,
+        &prefix,
+        &catalog,
+        &listed,
+        &disk,
+        &mut report,
+        &say,
+    )?;
+    let summary = json!({
+        "catalog": catalog_path,
+        "previous_catalog": aside,
+        "source": source,
+        "files_scanned": scanned,
+        "objects_listed": listed.len(),
+        "stubs": out.stubs,
+        "premigrated": out.premigrated,
+        "superseded_recorded": out.superseded,
+        "deleted_recorded": out.deleted,
+        "problems": report,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    catalog.append_event(None, None, EventKind::CatalogRebuilt, summary.clone())?;
+    if a.json {
+        println!("{summary}");
+    } else {
+        for l in &report {
+            println!("{l}");
+        }
+        println!(
+            "rebuilt {}: {} stubs, {} premigrated files; {} superseded and {} deleted objects \
+             recorded for gc; {} problems; {} files and {} objects looked at in {:.1}s",
+            catalog_path.display(),
+            out.stubs,
+            out.premigrated,
+            out.superseded,
+            out.deleted,
+            report.len(),
+            scanned,
+            listed.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        if let Some(a) = &summary["previous_catalog"].as_str() {
+            println!("the previous catalog is kept at {a}");
+        }
+    }
+    if !report.is_empty() {
+        return Err(anyhow!(
+            "{} problems (listed above): those files or objects are not in the new catalog",
+            report.len()
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    stubs: u64,
+    premigrated: u64,
+    superseded: u64,
+    deleted: u64,
+}
+
+/// HEADs each object a record names and writes the rows; then records the objects no
+/// file names.
+#[allow(clippy::too_many_arguments)]
+fn rebuild(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    catalog: &Catalog,
+    listed: &[ListEntry],
+    disk: &[DiskFile],
+    report: &mut Vec<String>,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<Counts> {
+    let full = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}/{k}")
+        }
+    };
+    let mut counts = Counts::default();
+    let mut named: HashSet<String> = HashSet::new();
+    let mut disk_ids: HashMap<String, String> = HashMap::new();
+    let mut stale: Vec<(String, StubRecord)> = Vec::new();
+    let mut rows: Vec<(FileRow, EventKind, serde_json::Value)> = Vec::new();
+    say(&format!(
+        "checking {} records against the bucket",
+        disk.len()
+    ));
+    // HEADs, 8 at a time.
+    let heads: Vec<Option<Result<ObjectMeta, crate::store::StoreError>>> = rt.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(8));
+        let mut tasks = Vec::new();
+        for f in disk {
+            let rec = f.stub.clone().or_else(|| f.copy.clone());
+            let store = store.clone();
+            let sem = sem.clone();
+            tasks.push(tokio::spawn(async move {
+                let rec = rec?;
+                let _p = sem.acquire_owned().await.ok()?;
+                Some(store.head(&rec.object_key, rec.version_id.as_deref()).await)
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.ok().flatten());
+        }
+        out
+    });
+    for (f, head) in disk.iter().zip(heads) {
+        let (rec, state) = match (&f.stub, &f.copy) {
+            (Some(r), _) => (r, FileState::Stub),
+            (None, Some(r)) => (r, FileState::Premigrated),
+            _ => continue,
+        };
+        named.insert(rec.object_key.clone());
+        let key = full(&rec.object_key);
+        if let Some(id) = &f.id {
+            if *id != rec.file_id {
+                report.push(format!(
+                    "REJECTED {}: its record names file {} but the file is {id}",
+                    f.rel, rec.file_id
+                ));
+                continue;
+            }
+        }
+        if let Some(other) = disk_ids.get(&rec.file_id) {
+            report.push(format!(
+                "REJECTED {}: file id {} is also {other} (a copy of a stub made without the \
+                 mount?); only the first is imported",
+                f.rel, rec.file_id
+            ));
+            continue;
+        }
+        if state == FileState::Premigrated
+            && (rec.size != f.st.size || rec.mtime_ns != ns_of(f.st.mtime))
+        {
+            // Changed since the copy: the copy is old content.
+            stale.push((f.rel.clone(), rec.clone()));
+            continue;
+        }
+        let meta = match head {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) if e.is(StoreErrorKind::NotFound) => {
+                report.push(format!(
+                    "MISSING {} [{key}]: the object is not in the bucket: this {} cannot be \
+                     recalled; its row is kept so that verify keeps reporting it",
+                    f.rel,
+                    if state == FileState::Stub {
+                        "stub"
+                    } else {
+                        "copy"
+                    }
+                ));
+                None
+            }
+            Some(Err(e)) => {
+                return Err(anyhow!(
+                    "HEAD {key}: {e} (the bucket must be readable to rebuild)"
+                ))
+            }
+            None => continue,
+        };
+        if let Some(m) = &meta {
+            if let Err(why) = matches_record(m, rec) {
+                report.push(format!(
+                    "REJECTED {} [{key}]: the object does not match the record on disk: {why}",
+                    f.rel
+                ));
+                continue;
+            }
+        }
+        disk_ids.insert(rec.file_id.clone(), f.rel.clone());
+        let mut row = FileRow::new(rec.file_id.clone(), f.rel.clone());
+        crate::tier::engine::fill_from_record(&mut row, rec);
+        row.state = state;
+        row.ctime_ns = ns_of(f.st.ctime);
+        row.ino = f.st.ino;
+        if let Some(m) = &meta {
+            let class = m.storage_class.as_str();
+            if !class.is_empty() && class.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                row.storage_class = Some(class.to_string());
+            }
+        }
+        let detail = json!({
+            "object_key": rec.object_key,
+            "version_id": rec.version_id,
+            "from": if state == FileState::Stub { "stub record" } else { "copy record" },
+            "object_found": meta.is_some(),
+        });
+        match state {
+            FileState::Stub => counts.stubs += 1,
+            _ => counts.premigrated += 1,
+        }
+        rows.push((row, EventKind::CatalogRebuilt, detail));
+        if rows.len() >= BATCH {
+            catalog.transition_batch(&rows)?;
+            rows.clear();
+        }
+    }
+    if !rows.is_empty() {
+        catalog.transition_batch(&rows)?;
+    }
+
+    // Stale copies: their objects are superseded content.
+    for (rel, rec) in &stale {
+        let d = json!({
+            "object_key": rec.object_key,
+            "version_id": rec.version_id,
+            "reason": "rebuild: the file changed since this copy",
+        });
+        catalog.append_event(Some(&rec.file_id), Some(rel), EventKind::Superseded, d)?;
+        counts.superseded += 1;
+    }
+
+    // Objects no record names.
+    let rest: Vec<&ListEntry> = listed.iter().filter(|o| !named.contains(&o.key)).collect();
+    say(&format!("looking at {} objects no file names", rest.len()));
+    for o in rest {
+        let key = full(&o.key);
+        let Some(("data", key_id, _)) = parse_object_key(&o.key) else {
+            report.push(format!(
+                "SKIPPED [{key}]: not a coldtier object key (data/<file id>/<16 hex>)"
+            ));
+            continue;
+        };
+        let meta = match rt.block_on(store.head(&o.key, None)) {
+            Ok(m) => m,
+            Err(e) => {
+                report.push(format!("SKIPPED [{key}]: HEAD failed: {e}"));
+                continue;
+            }
+        };
+        let g = match genealogy(&meta) {
+            Ok(g) => g,
+            Err(why) => {
+                report.push(format!(
+                    "SKIPPED [{key}]: untrusted metadata rejected: {why}"
+                ));
+                continue;
+            }
+        };
+        if g.file_id != key_id {
+            report.push(format!(
+                "SKIPPED [{key}]: its metadata says file {}, its key {key_id}",
+                g.file_id
+            ));
+            continue;
+        }
+        let detail = |reason: &str, tag: Option<&str>| {
+            json!({
+                "object_key": o.key,
+                "version_id": meta.version_id,
+                "reason": reason,
+                "tag": tag,
+                "original_path": g.path,
+            })
+        };
+        if let Some(rel) = disk_ids.get(key_id) {
+            let d = detail("rebuild: another content version of a file on disk", None);
+            catalog.append_event(Some(key_id), Some(rel), EventKind::Superseded, d)?;
+            counts.superseded += 1;
+            continue;
+        }
+        let tags: BTreeMap<String, String> = rt
+            .block_on(store.get_tags(&o.key, None))
+            .unwrap_or_default();
+        match tags.get("coldtier-state").map(String::as_str) {
+            Some(s @ ("deleted" | "superseded")) => {
+                let (kind, reason) = if s == "deleted" {
+                    (EventKind::Deleted, "rebuild: the object of a deleted file")
+                } else {
+                    (EventKind::Superseded, "rebuild: superseded content")
+                };
+                catalog.append_event(Some(key_id), Some(&g.path), kind, detail(reason, Some(s)))?;
+                if s == "deleted" {
+                    counts.deleted += 1;
+                } else {
+                    counts.superseded += 1;
+                }
+            }
+            other => report.push(format!(
+                "UNREFERENCED [{key}]: tagged {}, of `{}` ({} bytes), but no file in SOURCE \
+                 names it: not recorded (nothing will delete it); restore the file, or delete \
+                 the object once you are sure",
+                other.unwrap_or("(no state tag)"),
+                g.path.escape_debug(),
+                g.size
+            )),
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RestoreStatus, StorageClass};
+
+    fn meta(pairs: &[(&str, &str)], size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: "data/x/1".into(),
+            size,
+            storage_class: StorageClass::Standard,
+            version_id: None,
+            etag: None,
+            checksum: None,
+            metadata: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            restore: RestoreStatus::NotArchived,
+        }
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn good(path: &str, size: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("coldtier-path", path.to_string()),
+            ("coldtier-file-id", ID.to_string()),
+            ("coldtier-size", size.to_string()),
+            ("coldtier-mtime-ns", "1700000000000000000".to_string()),
+            ("coldtier-mode", "100644".to_string()),
+            ("coldtier-uid", "0".to_string()),
+            ("coldtier-gid", "0".to_string()),
+        ]
+    }
+
+    fn m(v: &[(&'static str, String)], size: u64) -> ObjectMeta {
+        let p: Vec<(&str, &str)> = v.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        meta(&p, size)
+    }
+
+    #[test]
+    fn paths_that_escape_source_are_refused() {
+        for p in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "a/./b",
+            "a//b",
+            "",
+            "..",
+            "a\nb",
+            "a\0b",
+        ] {
+            assert!(check_meta_path(p).is_err(), "{p:?} accepted");
+        }
+        for p in [
+            "a",
+            "dir/file.bin",
+            "a..b/c",
+            ".hidden/x",
+            "name with space",
+        ] {
+            assert_eq!(check_meta_path(p), Ok(()), "{p:?}");
+        }
+        assert!(check_meta_path(&"a/".repeat(3000)).is_err());
+    }
+
+    #[test]
+    fn hostile_metadata_is_rejected_with_a_reason() {
+        assert!(genealogy(&m(&good("dir/f", "5"), 5)).is_ok());
+        type Case = (Vec<(&'static str, String)>, u64, &'static str);
+        let cases: Vec<Case> = vec![
+            (good("../../etc/passwd", "5"), 5, "escapes SOURCE"),
+            (good("/etc/passwd", "5"), 5, "absolute"),
+            (
+                good("f", "99999999999999999999999"),
+                5,
+                "not a plausible size",
+            ),
+            (good("f", "18446744073709551615"), 5, "not a plausible size"),
+            (good("f", "-1"), 5, "not a plausible size"),
+            (good("f", "6"), 5, "the object is 5"),
+            (
+                {
+                    let mut v = good("f", "5");
+                    v[3].1 = "yesterday".into();
+                    v
+                },
+                5,
+                "not a number",
+            ),
+            (
+                {
+                    let mut v = good("f", "5");
+                    v[1].1 = "../../x".into();
+                    v
+                },
+                5,
+                "not 32 hex",
+            ),
+            (
+                {
+                    let mut v = good("f", "5");
+                    v[4].1 = "rwxr-xr-x".into();
+                    v
+                },
+                5,
+                "coldtier-mode",
+            ),
+            (
+                {
+                    let mut v = good("f", "5");
+                    v.remove(0);
+                    v
+                },
+                5,
+                "missing",
+            ),
+        ];
+        for (v, size, want) in cases {
+            let e = genealogy(&m(&v, size)).unwrap_err();
+            assert!(e.contains(want), "{e:?} should say {want:?}");
+        }
+    }
+}

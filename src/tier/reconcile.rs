@@ -1,0 +1,770 @@
+//! `coldtier verify`: reconciles the three views of tiered data, the records on the
+//! backing files (the truth for what each file needs), the catalog, and the bucket.
+//!
+//! What it finds (each one a VERIFY_FINDING event and a line of the report):
+//! * `object_missing`, `object_size`, `object_checksum`, `object_metadata`: a stub's or
+//!   premigrated file's object is gone, or is not what the record says (size; checksum as
+//!   the store reports it; the genealogy metadata coldtier wrote). `--deep` also reads the
+//!   object back and compares our whole-object checksum (`object_content`).
+//! * `orphan`: an object under the store prefix that no file, catalog row or retained
+//!   (deleted/superseded, see `Tiering::gc`) content names. Reported, never deleted.
+//! * `premigrated_changed`: a copy record that no longer matches the file (size, mtime):
+//!   the file was changed without the mount.
+//! * `bad_record`: a record xattr that does not decode.
+//! * `catalog_missing_row`, `catalog_mismatch`, `catalog_file_missing`: the catalog and
+//!   the files disagree (a row missing, another state or object, a row for a file that no
+//!   longer carries its record).
+//!
+//! Order: the bucket is listed first, then the tree walked, then the catalog and events
+//! read, so that an object written or superseded while verify runs is never an orphan.
+//! Verify takes the job lock: no policy run or gc moves objects meanwhile.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::{AsFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::catalog::{backup, EventKind, FileRow, FileState, JobCounts};
+use crate::fs::backing::{self, Stat};
+use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
+use crate::tier::engine::{ns_of, StepError, Tiering, KEY_PREFIX};
+use crate::tier::marks;
+use crate::tier::stub::StubRecord;
+
+/// Objects checked at once.
+const IN_FLIGHT: usize = 8;
+
+/// One thing verify found wrong.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub path: Option<String>,
+    pub file_id: Option<String>,
+    /// The full key (with the store's prefix).
+    pub object_key: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    /// The report line: `KIND path [key]: message`.
+    pub fn line(&self) -> String {
+        let mut s = format!("{:<20}", self.kind.to_uppercase());
+        if let Some(p) = &self.path {
+            s.push_str(&format!(" {p}"));
+        }
+        if let Some(k) = &self.object_key {
+            s.push_str(&format!(" [{k}]"));
+        }
+        s.push_str(&format!(": {}", self.message));
+        s
+    }
+}
+
+/// A file that names an object: its stub or copy record.
+#[derive(Debug, Clone)]
+struct Ref {
+    rel: String,
+    rec: StubRecord,
+    stub: bool,
+}
+
+/// What walking the tree found.
+#[derive(Default)]
+struct Walked {
+    files: u64,
+    refs: Vec<Ref>,
+    /// File ids of files found with a record that is reported, not checked.
+    reported: HashSet<String>,
+    findings: Vec<Finding>,
+    notes: Vec<String>,
+}
+
+/// What checking one object found.
+#[derive(Default)]
+struct Checked {
+    findings: Vec<Finding>,
+    notes: Vec<String>,
+    reread: u64,
+    bytes_reread: u64,
+}
+
+/// The object key and version an event's detail names (the same reading as `gc`).
+pub fn event_object(d: &Value) -> Option<(String, Option<String>)> {
+    for v in [d, &d["detail"], &d["row"]] {
+        if let Some(k) = v["object_key"].as_str() {
+            return Some((k.to_string(), v["version_id"].as_str().map(str::to_string)));
+        }
+    }
+    None
+}
+
+impl Tiering {
+    /// `coldtier verify`: see the module doc. The answer is the report (JSON).
+    pub async fn reconcile(
+        self: &Arc<Self>,
+        deep: bool,
+        progress: &mut (dyn FnMut(String, u64, u64) + Send),
+    ) -> Result<Value, StepError> {
+        let Ok(_job) = self.job_lock.try_lock() else {
+            return Err(StepError::new(
+                libc::EBUSY,
+                "a policy run or gc is in progress: run verify when it is done",
+            ));
+        };
+        let t0 = std::time::Instant::now();
+        let store = self.store()?;
+        let job_id = self
+            .catalog
+            .start_job("verify", if deep { "deep" } else { "quick" })?;
+
+        // 1. The bucket.
+        progress("listing the bucket".into(), 0, 0);
+        let list_prefix = if self.store_prefix.is_empty() {
+            format!("{KEY_PREFIX}/")
+        } else {
+            String::new()
+        };
+        let listed = match store.list(&list_prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("cannot list the bucket: {e}");
+                let _ = self.catalog.finish_job(
+                    job_id,
+                    &JobCounts {
+                        errors: vec![msg.clone()],
+                        ..Default::default()
+                    },
+                );
+                return Err(StepError::new(libc::EIO, msg));
+            }
+        };
+
+        // 2. The tree.
+        progress("walking the tree".into(), 0, 0);
+        let me = self.clone();
+        let walked = tokio::task::spawn_blocking(move || me.walk_records())
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("walk task: {e}")))??;
+        let Walked {
+            files,
+            refs,
+            reported,
+            mut findings,
+            mut notes,
+        } = walked;
+
+        // 3. The catalog.
+        let mut rows: HashMap<String, FileRow> = HashMap::new();
+        for state in [
+            FileState::Premigrated,
+            FileState::Stub,
+            FileState::Recalling,
+            FileState::RestorePending,
+        ] {
+            for r in self.catalog.files_by_state(state, usize::MAX)? {
+                rows.insert(r.file_id.clone(), r);
+            }
+        }
+        let mut seen_ids = reported;
+        for r in &refs {
+            seen_ids.insert(r.rec.file_id.clone());
+            let want = if r.stub {
+                "stub"
+            } else {
+                FileState::Premigrated.as_str()
+            };
+            let f = |kind, message: String| Finding {
+                kind,
+                path: Some(r.rel.clone()),
+                file_id: Some(r.rec.file_id.clone()),
+                object_key: Some(self.full_key(&r.rec.object_key)),
+                message,
+            };
+            let row = match rows.get(&r.rec.file_id) {
+                Some(row) => Some(row.clone()),
+                // Not in a tiered state in the catalog (or not there at all).
+                None => self.catalog.file_by_id(&r.rec.file_id)?,
+            };
+            match row {
+                None => findings.push(f(
+                    "catalog_missing_row",
+                    format!("the file is {want} but the catalog has no row for it"),
+                )),
+                Some(row) => {
+                    let state_ok = if r.stub {
+                        matches!(
+                            row.state,
+                            FileState::Stub | FileState::Recalling | FileState::RestorePending
+                        )
+                    } else {
+                        row.state == FileState::Premigrated
+                    };
+                    if !state_ok {
+                        findings.push(f(
+                            "catalog_mismatch",
+                            format!("the file is {want}, the catalog says {}", row.state),
+                        ));
+                    } else if row.object_key.as_deref() != Some(r.rec.object_key.as_str())
+                        || row.version_id != r.rec.version_id
+                    {
+                        findings.push(f(
+                            "catalog_mismatch",
+                            format!(
+                                "the record names {} version {:?}, the catalog {:?} version {:?}",
+                                r.rec.object_key, r.rec.version_id, row.object_key, row.version_id
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for row in rows.values() {
+            if !seen_ids.contains(&row.file_id) {
+                findings.push(Finding {
+                    kind: "catalog_file_missing",
+                    path: Some(row.path.clone()),
+                    file_id: Some(row.file_id.clone()),
+                    object_key: row.object_key.as_deref().map(|k| self.full_key(k)),
+                    message: format!(
+                        "the catalog says {}, but no file in the tree carries this file's record \
+                         (deleted or replaced without the mount?)",
+                        row.state
+                    ),
+                });
+            }
+        }
+
+        // 4. Each named object.
+        let total = refs.len() as u64;
+        progress(format!("checking {total} objects"), 0, 0);
+        let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let mut set = tokio::task::JoinSet::new();
+        let mut checked = Checked::default();
+        let mut done = 0u64;
+        for r in refs.iter().cloned() {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+            let store = store.clone();
+            let full = self.full_key(&r.rec.object_key);
+            set.spawn(async move {
+                let c = check_object(store.as_ref(), &r, &full, deep).await;
+                drop(permit);
+                c
+            });
+            while let Some(c) = set.try_join_next() {
+                merge(&mut checked, c);
+                done += 1;
+            }
+            progress("checking objects".into(), done, checked.bytes_reread);
+        }
+        while let Some(c) = set.join_next().await {
+            merge(&mut checked, c);
+            done += 1;
+            progress("checking objects".into(), done, checked.bytes_reread);
+        }
+        findings.append(&mut checked.findings);
+        notes.append(&mut checked.notes);
+
+        // 5. Orphans: listed objects nothing names.
+        let mut named: HashSet<String> = refs.iter().map(|r| r.rec.object_key.clone()).collect();
+        named.extend(self.catalog.object_keys_in_use()?);
+        let events = self.catalog.events_of_kinds(&[
+            EventKind::Superseded,
+            EventKind::Deleted,
+            EventKind::Failed,
+            EventKind::ObjectDeleted,
+        ])?;
+        let mut gone = HashSet::new();
+        let mut retained = HashSet::new();
+        for e in &events {
+            if let Some((k, _)) = event_object(&e.detail) {
+                if e.kind == EventKind::ObjectDeleted {
+                    gone.insert(k);
+                } else {
+                    retained.insert(k);
+                }
+            }
+        }
+        let mut n_retained = 0u64;
+        let mut n_backups = 0u64;
+        for o in &listed {
+            if o.key
+                .starts_with(&format!("{}/", crate::catalog::backup::STORE_DIR))
+            {
+                n_backups += 1;
+                continue;
+            }
+            if named.contains(&o.key) {
+                continue;
+            }
+            if retained.contains(&o.key) && !gone.contains(&o.key) {
+                n_retained += 1;
+                continue;
+            }
+            let why = if gone.contains(&o.key) {
+                "gc recorded its deletion (OBJECT_DELETED), yet it is there"
+            } else if o.key.starts_with(&format!("{KEY_PREFIX}/")) {
+                "no file, catalog row or retained content names it"
+            } else {
+                "not a coldtier object key (coldtier writes only data/ and catalog/ keys)"
+            };
+            let file_id =
+                crate::tier::stub::parse_object_key(&o.key).map(|(_, id, _)| id.to_string());
+            findings.push(Finding {
+                kind: "orphan",
+                path: None,
+                file_id,
+                object_key: Some(self.full_key(&o.key)),
+                message: format!("{} bytes: {why}; verify never deletes it", o.size),
+            });
+        }
+
+        // 6. Record and report.
+        for f in &findings {
+            let detail = json!({
+                "finding": f.kind,
+                "object_key": f.object_key,
+                "message": f.message,
+                "job_id": job_id,
+            });
+            if let Err(e) = self.catalog.append_event(
+                f.file_id.as_deref(),
+                f.path.as_deref(),
+                EventKind::VerifyFinding,
+                detail,
+            ) {
+                tracing::error!("catalog: cannot record a verify finding: {e}");
+            }
+        }
+        let counts = JobCounts {
+            files_scanned: files,
+            files_failed: findings.len() as u64,
+            errors: findings.iter().map(Finding::line).collect(),
+            ..Default::default()
+        };
+        if let Err(e) = self.catalog.finish_job(job_id, &counts) {
+            tracing::error!("catalog: cannot finish job {job_id}: {e}");
+        }
+        tracing::info!(
+            job_id,
+            deep,
+            findings = findings.len(),
+            files,
+            objects = listed.len(),
+            "verify done"
+        );
+        Ok(json!({
+            "job_id": job_id,
+            "deep": deep,
+            "clean": findings.is_empty(),
+            "files_scanned": files,
+            "stubs": refs.iter().filter(|r| r.stub).count(),
+            "premigrated": refs.iter().filter(|r| !r.stub).count(),
+            "objects_listed": listed.len(),
+            "objects_checked": total,
+            "objects_reread": checked.reread,
+            "bytes_reread": checked.bytes_reread,
+            "retained": n_retained,
+            "catalog_backups": n_backups,
+            "findings": findings,
+            "notes": notes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Walks the tree and reads every file's records.
+    fn walk_records(&self) -> Result<Walked, StepError> {
+        let mut w = Walked::default();
+        self.walk(Path::new(""), &mut |rel, st: &Stat, dir, name| {
+            w.files += 1;
+            let Ok(fd) = backing::open_path_at(dir, name) else {
+                return;
+            };
+            let rel_s = String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned();
+            let bad = |what: &str| Finding {
+                kind: "bad_record",
+                path: Some(rel_s.clone()),
+                file_id: marks::file_id(fd.as_fd()).ok().flatten(),
+                object_key: None,
+                message: format!(
+                    "its {what} record does not decode (see the daemon log): the file cannot be recalled or released"
+                ),
+            };
+            match marks::record(fd.as_fd(), marks::STUB) {
+                Err(_) => return w.findings.push(bad("stub")),
+                Ok(Some(rec)) => {
+                    if st.size != 0 {
+                        w.notes.push(format!(
+                            "{rel_s}: a stub with {} local bytes (an interrupted recall, or a write \
+                             without the mount): its next open recalls over them",
+                            st.size
+                        ));
+                    }
+                    return w.refs.push(Ref {
+                        rel: rel_s,
+                        rec,
+                        stub: true,
+                    });
+                }
+                Ok(None) => {}
+            }
+            match marks::record(fd.as_fd(), marks::COPY) {
+                Err(_) => w.findings.push(bad("copy")),
+                Ok(Some(rec)) => {
+                    if rec.size != st.size || rec.mtime_ns != ns_of(st.mtime) {
+                        w.reported.insert(rec.file_id.clone());
+                        w.findings.push(Finding {
+                            kind: "premigrated_changed",
+                            path: Some(rel_s),
+                            file_id: Some(rec.file_id.clone()),
+                            object_key: Some(self.full_key(&rec.object_key)),
+                            message: format!(
+                                "changed without the mount since its copy: now {} bytes, mtime {}; \
+                                 the copy has {} bytes, mtime {} (the next policy run copies it again)",
+                                st.size,
+                                ns_of(st.mtime),
+                                rec.size,
+                                rec.mtime_ns
+                            ),
+                        });
+                    } else {
+                        w.refs.push(Ref {
+                            rel: rel_s,
+                            rec,
+                            stub: false,
+                        });
+                    }
+                }
+                Ok(None) => {}
+            }
+        })?;
+        Ok(w)
+    }
+}
+
+fn merge(into: &mut Checked, c: Result<Checked, tokio::task::JoinError>) {
+    match c {
+        Ok(mut c) => {
+            into.findings.append(&mut c.findings);
+            into.notes.append(&mut c.notes);
+            into.reread += c.reread;
+            into.bytes_reread += c.bytes_reread;
+        }
+        Err(e) => into.notes.push(format!("a check task failed: {e}")),
+    }
+}
+
+/// HEADs (and with `deep`, reads back) the object `r` names.
+async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) -> Checked {
+    let mut out = Checked::default();
+    let rec = &r.rec;
+    let mk = |kind: &'static str, message: String| Finding {
+        kind,
+        path: Some(r.rel.clone()),
+        file_id: Some(rec.file_id.clone()),
+        object_key: Some(full.to_string()),
+        message,
+    };
+    let what = if r.stub { "stub" } else { "premigrated file" };
+    let meta = match store.head(&rec.object_key, rec.version_id.as_deref()).await {
+        Ok(m) => m,
+        Err(e) if e.is(StoreErrorKind::NotFound) => {
+            out.findings.push(mk(
+                "object_missing",
+                format!(
+                    "the {what}'s object (version {:?}) is not in the bucket{}",
+                    rec.version_id,
+                    if r.stub {
+                        ": its data is LOST unless a backup of the bucket has it"
+                    } else {
+                        ": the local data is the only copy; release would be refused by a new copy"
+                    }
+                ),
+            ));
+            return out;
+        }
+        Err(e) => {
+            out.findings
+                .push(mk("object_unreadable", format!("HEAD failed: {e}")));
+            return out;
+        }
+    };
+    if meta.size != rec.size {
+        out.findings.push(mk(
+            "object_size",
+            format!(
+                "the object is {} bytes, the record says {}",
+                meta.size, rec.size
+            ),
+        ));
+    }
+    let md = |k: &str| meta.metadata.get(k).map(String::as_str);
+    let size_s = rec.size.to_string();
+    let mtime_s = rec.mtime_ns.to_string();
+    let meta_bad: Vec<&str> = [
+        ("coldtier-file-id", Some(rec.file_id.as_str())),
+        ("coldtier-size", Some(size_s.as_str())),
+        ("coldtier-mtime-ns", Some(mtime_s.as_str())),
+    ]
+    .into_iter()
+    .filter(|(k, want)| md(k) != *want)
+    .map(|(k, _)| k)
+    .collect();
+    if !meta_bad.is_empty() {
+        out.findings.push(mk(
+            "object_metadata",
+            format!(
+                "the object's {} {} not what coldtier wrote (replaced behind coldtier's back?)",
+                meta_bad.join(", "),
+                if meta_bad.len() == 1 { "is" } else { "are" }
+            ),
+        ));
+    }
+    let multipart = meta.checksum.as_ref().is_some_and(|c| c.parts.is_some())
+        || meta.etag.as_deref().is_some_and(|e| {
+            e.trim_matches('"')
+                .rsplit_once('-')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    match &meta.checksum {
+        Some(c)
+            if !multipart && (c.algo.name() != rec.checksum_algo || c.value != rec.checksum) =>
+        {
+            out.findings.push(mk(
+                "object_checksum",
+                format!(
+                    "the store reports checksum {c}, the record says {}:{}",
+                    rec.checksum_algo, rec.checksum
+                ),
+            ));
+        }
+        Some(_) if !multipart => {}
+        _ if multipart => {
+            // A multipart object's own checksum is a composite; coldtier tags the
+            // whole-object one.
+            let want = format!("{}:{}", rec.checksum_algo, rec.checksum);
+            match store.get_tags(&rec.object_key, rec.version_id.as_deref()).await {
+                Ok(t) => match t.get("coldtier-checksum") {
+                    Some(v) if *v == want => {}
+                    Some(v) => out.findings.push(mk(
+                        "object_checksum",
+                        format!("the object's checksum tag says {v}, the record {want}"),
+                    )),
+                    None if !deep => out.notes.push(format!(
+                        "{}: multipart object without a whole-object checksum tag: only --deep checks its content",
+                        r.rel
+                    )),
+                    None => {}
+                },
+                Err(e) => out
+                    .notes
+                    .push(format!("{}: cannot read the object's tags: {e}", r.rel)),
+            }
+        }
+        _ if !deep => out.notes.push(format!(
+            "{}: the store reports no checksum for {full}: only --deep checks its content",
+            r.rel
+        )),
+        _ => {}
+    }
+    if !deep {
+        return out;
+    }
+    if !meta.restore.readable() {
+        out.notes.push(format!(
+            "{}: {full} is archived ({}) and not restored: not read back",
+            r.rel, meta.storage_class
+        ));
+        return out;
+    }
+    let Ok(algo) = rec.checksum_algo.parse::<ChecksumAlgo>() else {
+        out.findings.push(mk(
+            "object_checksum",
+            format!(
+                "the record's checksum algorithm {} is unknown",
+                rec.checksum_algo
+            ),
+        ));
+        return out;
+    };
+    let tmp = match tmpfile() {
+        Ok(t) => t,
+        Err(e) => {
+            out.notes.push(format!(
+                "{}: no temporary file to read back into: {e}",
+                r.rel
+            ));
+            return out;
+        }
+    };
+    let got = store
+        .get(GetRequest {
+            key: &rec.object_key,
+            version_id: rec.version_id.as_deref(),
+            dest: &tmp,
+            expected_size: rec.size,
+            checksum: algo,
+        })
+        .await;
+    out.reread = 1;
+    match got {
+        Ok(g) => {
+            out.bytes_reread = g.bytes;
+            if g.checksum.base64() != rec.checksum {
+                out.findings.push(mk(
+                    "object_content",
+                    format!(
+                        "read back, the object's content has {}, the record says {}:{} (corrupted)",
+                        g.checksum, rec.checksum_algo, rec.checksum
+                    ),
+                ));
+            }
+        }
+        Err(e) => out
+            .findings
+            .push(mk("object_content", format!("reading it back failed: {e}"))),
+    }
+    out
+}
+
+/// An unnamed temporary file (O_TMPFILE) for read-backs: gone when closed.
+fn tmpfile() -> std::io::Result<File> {
+    let dir = std::env::temp_dir();
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: c is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+// ---- glue for the control socket and the daemon -------------------------------------------
+
+/// Runs [`Tiering::reconcile`] from a plain thread (a control-socket connection), relaying
+/// its progress at most twice a second.
+pub fn verify_blocking(
+    t: &Arc<Tiering>,
+    deep: bool,
+    progress: &mut dyn FnMut(String, u64, u64),
+) -> Result<Value, StepError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
+    let t2 = t.clone();
+    let job = t.rt.spawn(async move {
+        let mut last: Option<std::time::Instant> = None;
+        let mut send = move |m: String, f: u64, b: u64| {
+            if last.is_none_or(|l| l.elapsed().as_millis() >= 500) {
+                last = Some(std::time::Instant::now());
+                let _ = tx.send((m, f, b));
+            }
+        };
+        t2.reconcile(deep, &mut send).await
+    });
+    t.rt.block_on(async {
+        while let Some((m, f, b)) = rx.recv().await {
+            progress(m, f, b);
+        }
+        job.await
+            .map_err(|e| StepError::new(libc::EIO, format!("verify task: {e}")))?
+    })
+}
+
+/// Where a backup goes: `to` None (the configured directory and the store, with
+/// retention), "s3" (the store only), or an absolute directory (only there, no pruning).
+pub fn backup_target(t: &Tiering, to: Option<&str>) -> Result<backup::Target, String> {
+    let keep = backup::Keep::parse(&t.config.catalog.backup_keep)?;
+    Ok(match to {
+        None => backup::Target::Managed {
+            dir: t.config.backup_dir(&t.mountpoint),
+            keep,
+        },
+        Some("s3") => backup::Target::Store { keep },
+        Some(d) if Path::new(d).is_absolute() => backup::Target::Dir(d.into()),
+        Some(d) => {
+            return Err(format!(
+                "--to {d}: give an absolute directory, or `s3` for the bucket"
+            ))
+        }
+    })
+}
+
+/// Takes one catalog backup now (blocking; not from a tokio worker thread).
+pub fn backup_now(t: &Tiering, to: Option<&str>, why: &str) -> Result<Value, StepError> {
+    let target = backup_target(t, to).map_err(|m| StepError::new(libc::EINVAL, m))?;
+    let name = crate::config::mount_name(&t.mountpoint);
+    backup::run(
+        &t.catalog,
+        t.store.clone(),
+        &t.store_prefix,
+        &t.rt,
+        &name,
+        &target,
+        why,
+    )
+    .map_err(|m| StepError::new(libc::EIO, m))
+}
+
+/// The daemon's backup scheduler: a backup at each time `catalog.backup_schedule` names
+/// (UTC), to the configured directory and the store, with the configured retention.
+pub fn spawn_backup_scheduler(t: Arc<Tiering>) {
+    let Some(schedule) = t.config.catalog.backup_schedule.clone() else {
+        return;
+    };
+    let rt = t.rt.clone();
+    rt.spawn(async move {
+        loop {
+            let now = std::time::SystemTime::now();
+            let Some(next) = schedule.next_after(now) else { return };
+            let wait = next.duration_since(now).unwrap_or_default();
+            tracing::info!(in_secs = wait.as_secs(), schedule = %schedule, "next scheduled catalog backup");
+            tokio::time::sleep(wait).await;
+            let t2 = t.clone();
+            match tokio::task::spawn_blocking(move || backup_now(&t2, None, "scheduled")).await {
+                Ok(Ok(d)) => tracing::info!(file = %d["file"], bytes = %d["bytes"], "catalog backup taken"),
+                Ok(Err(e)) => tracing::error!("scheduled catalog backup failed: {e}"),
+                Err(e) => tracing::error!("scheduled catalog backup task: {e}"),
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_objects_are_read_like_gc_reads_them() {
+        assert_eq!(
+            event_object(&json!({"object_key": "data/a/1", "version_id": "v"})),
+            Some(("data/a/1".into(), Some("v".into())))
+        );
+        assert_eq!(
+            event_object(&json!({"row": {"object_key": "data/a/2"}, "detail": {}})),
+            Some(("data/a/2".into(), None))
+        );
+        assert_eq!(event_object(&json!({"note": 1})), None);
+    }
+
+    #[test]
+    fn finding_lines_name_kind_path_and_key() {
+        let f = Finding {
+            kind: "orphan",
+            path: None,
+            file_id: None,
+            object_key: Some("t/data/x/1".into()),
+            message: "3 bytes".into(),
+        };
+        assert_eq!(f.line(), "ORPHAN               [t/data/x/1]: 3 bytes");
+    }
+}
