@@ -8,6 +8,8 @@
 # --strict is given).
 #
 # Usage: scripts/bench.sh [--quick] [--build] [--targets LIST] [--keep] [--strict]
+#        scripts/bench.sh --tier [...]   the tiering benchmark instead (scripts/lib/bench_tier.sh):
+#                                        migrate/recall vs rclone copy on a local s3s-fs server
 # Run as root (dropping the page cache and FUSE passthrough both need it).
 # See docs/benchmarks.md for what each figure means.
 
@@ -17,6 +19,16 @@ export LC_ALL=C
 CMDLINE_ARGS=("$@")
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+
+# --tier: the tiering benchmark, a separate run with its own options and work dir.
+for _arg in "$@"; do
+    if [[ "$_arg" == --tier ]]; then
+        # shellcheck source=scripts/lib/bench_tier.sh
+        . "$SCRIPT_DIR/lib/bench_tier.sh"
+        bench_tier_main "$@"
+        exit $?
+    fi
+done
 
 usage() {
     cat <<'EOF'
@@ -33,6 +45,8 @@ Options:
                    (default: all four)
   --keep           keep the data directories (default: delete them at the end)
   --strict         exit 1 if a performance target is missed
+  --tier           run the tiering benchmark instead (coldtier migrate/recall vs rclone
+                   copy on a local s3s-fs server); `--tier --help` lists its options
   -h, --help       this text
 
 Environment (defaults in brackets; --quick changes the defaults, not explicit values):
