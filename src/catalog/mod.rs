@@ -8,6 +8,7 @@
 
 mod chain;
 mod error;
+mod reports;
 mod schema;
 mod types;
 
@@ -16,6 +17,7 @@ mod tests;
 
 pub use chain::{canonical_json, GENESIS_HASH, HASH_DOMAIN};
 pub use error::{CatalogError, ChainError};
+pub use reports::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount, UnknownName,
