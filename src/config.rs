@@ -805,9 +805,9 @@ fn de_price<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Int(i64),
         Float(f64),
     }
-    match Raw::deserialize(d).map_err(|_| {
-        serde::de::Error::custom("expected a price in USD per GB-month, like 0.023")
-    })? {
+    match Raw::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a price in USD per GB-month, like 0.023"))?
+    {
         Raw::Int(n) => Ok(n as f64),
         Raw::Float(f) => Ok(f),
     }
@@ -834,7 +834,9 @@ mod cost_tests {
             let e = Config::parse(text, "t").unwrap_err().to_string();
             assert!(e.contains(key), "{text:?}: {e}");
         }
-        let e = Config::parse("[costs]\nstandrd = 1\n", "t").unwrap_err().to_string();
+        let e = Config::parse("[costs]\nstandrd = 1\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("standrd"), "{e}");
     }
 

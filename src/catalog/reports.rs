@@ -295,8 +295,12 @@ mod tests {
     fn totals_follow_every_kind_of_change() {
         let (_d, cat) = open();
         for n in 1..=9 {
-            cat.transition(&row(n, FileState::Resident, None), EventKind::Scanned, json!({}))
-                .unwrap();
+            cat.transition(
+                &row(n, FileState::Resident, None),
+                EventKind::Scanned,
+                json!({}),
+            )
+            .unwrap();
         }
         assert_eq!(sorted(cat.totals().unwrap()), recomputed(&cat));
         // Upserts that change state, class, size and pin; a delete; a rename (no change).
@@ -351,7 +355,11 @@ mod tests {
     fn find_filters_and_pages() {
         let (_d, cat) = open();
         for n in 1..=30 {
-            let st = if n % 2 == 0 { FileState::Stub } else { FileState::Resident };
+            let st = if n % 2 == 0 {
+                FileState::Stub
+            } else {
+                FileState::Resident
+            };
             cat.transition(&row(n, st, None), EventKind::Scanned, json!({}))
                 .unwrap();
         }
@@ -399,8 +407,12 @@ mod tests {
     fn events_filter_by_time_kind_and_path() {
         let (_d, cat) = open();
         for n in 1..=6 {
-            cat.transition(&row(n, FileState::Resident, None), EventKind::Scanned, json!({}))
-                .unwrap();
+            cat.transition(
+                &row(n, FileState::Resident, None),
+                EventKind::Scanned,
+                json!({}),
+            )
+            .unwrap();
         }
         cat.append_event(None, Some("d1"), EventKind::Failed, json!({}))
             .unwrap();

@@ -8,6 +8,7 @@ pub mod marks;
 pub mod migrate;
 pub mod ops;
 pub mod policy;
+pub mod reports;
 pub mod schedule;
 pub mod state;
 pub mod stub;

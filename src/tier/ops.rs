@@ -364,6 +364,14 @@ impl Handler for Control {
                 serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
             }
             Op::Gc { dry_run } => self.t.rt.block_on(self.t.gc(dry_run)).map_err(step_err),
+            op @ (Op::List { .. }
+            | Op::Find(_)
+            | Op::Stats
+            | Op::Events(_)
+            | Op::Jobs { .. }
+            | Op::ConfigVersions
+            | Op::Audit) => crate::tier::reports::handle(&self.t, &op)
+                .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request"))),
         }
     }
 }
