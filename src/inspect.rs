@@ -489,7 +489,9 @@ pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
         }
     };
     let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
-    Ok(secs * 1_000_000_000 + frac)
+    secs.checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(frac))
+        .ok_or_else(|| format!("`{s}` is after 2262, the last time coldtier can record"))
 }
 
 fn events(a: &EventsArgs) -> anyhow::Result<()> {
@@ -758,6 +760,7 @@ mod tests {
             parse_since("2h", 10_000_000_000_000).unwrap(),
             10_000_000_000_000 - 7_200_000_000_000
         );
+        assert!(parse_since("2999-01-01", 0).unwrap_err().contains("2262"));
         for bad in [
             "yesterday",
             "2025-13-01",
