@@ -5,6 +5,9 @@
 -- `find --larger-than` and `find --older-than` without a full scan.
 CREATE INDEX files_size ON files (size);
 CREATE INDEX files_mtime ON files (mtime_ns);
+-- `find --state S --older-than D` (the usual question: "stubs not touched for a year"),
+-- and its `--count`, from the index alone.
+CREATE INDEX files_state_mtime ON files (state, mtime_ns, size);
 
 -- `events --since`, `--type` and `--path` without a full scan of the log.
 CREATE INDEX events_time ON events (time_ns);
