@@ -553,7 +553,7 @@ fn events(a: &EventsArgs) -> anyhow::Result<()> {
 
 pub fn jobs_text(jobs: &[Value]) -> String {
     let mut s = format!(
-        "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>7}\n",
+        "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
         "JOB",
         "KIND",
         "MODE",
@@ -565,6 +565,7 @@ pub fn jobs_text(jobs: &[Value]) -> String {
         "COPIED",
         "BYTES",
         "STUBBED",
+        "FREED",
         "FAILED"
     );
     for j in jobs {
@@ -578,7 +579,7 @@ pub fn jobs_text(jobs: &[Value]) -> String {
             .map(|ms| format!("{:.1}", ms as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>7}\n",
+            "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
             u("id"),
             j["kind"].as_str().unwrap_or(""),
             j["mode"].as_str().unwrap_or(""),
@@ -590,6 +591,7 @@ pub fn jobs_text(jobs: &[Value]) -> String {
             u("files_copied"),
             human_bytes(u("bytes_copied")),
             u("files_stubbed"),
+            human_bytes(u("bytes_stubbed")),
             u("files_failed"),
         ));
         for e in j["errors"].as_array().into_iter().flatten().take(5) {

@@ -220,6 +220,24 @@ fn ls_shows_states_without_recalling_or_asking_s3() {
     assert_eq!(st["state"], "stub");
     assert_eq!(std::fs::metadata(f.m.s("d/big")).unwrap().len(), 0);
 
+    // The mount point itself, and the current directory by default.
+    let root = lines(&ok(&["ls", "--json", f.mnt()]));
+    assert_eq!(root.len(), 1);
+    assert_eq!(
+        (&root[0]["name"], &root[0]["type"]),
+        (&Value::from("d"), &Value::from("dir"))
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["ls", "--json"])
+        .current_dir(f.m.m("d"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        lines(&String::from_utf8_lossy(&out.stdout)).len(),
+        json.len() - 1
+    );
+
     // Bad input: outside any mount, a missing directory.
     fails(&["ls", "/proc"], 2);
     let e = fails(&["ls", &f.p("d/nope")], 2);
@@ -368,7 +386,24 @@ fn find_stats_events_jobs_config_and_audit() {
     assert_eq!(jobs[0]["bytes_copied"], 152 << 10);
     assert_eq!(jobs[0]["files_failed"], 0);
     assert!(jobs[0]["finished_ns"].as_i64() >= jobs[0]["started_ns"].as_i64());
-    assert!(ok(&["jobs", mnt]).contains("copy-only"));
+    assert_eq!(jobs[0]["files_stubbed"], 0);
+    // A stub run frees mid and old: a second job, newest first, with the bytes freed.
+    let v = one(&ok(&["migrate", mnt, "--mode", "stub", "--json"]));
+    assert_eq!(v["stubbed"], 2, "{v}");
+    let jobs = lines(&ok(&["jobs", mnt, "--json"]));
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[0]["mode"], "stub");
+    assert_eq!(jobs[0]["files_stubbed"], 2);
+    assert_eq!(jobs[0]["bytes_stubbed"], 52 << 10);
+    assert_eq!(
+        lines(&ok(&["jobs", mnt, "--limit", "1", "--json"])).len(),
+        1
+    );
+    let text = ok(&["jobs", mnt]);
+    assert!(
+        text.contains("copy-only") && text.contains("52.0 KiB"),
+        "{text}"
+    );
 
     // ---- config: a second version after a remount with a changed config
     let v1 = one(&ok(&["config", "show", mnt, "--json"]));

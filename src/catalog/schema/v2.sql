@@ -14,6 +14,9 @@ CREATE INDEX events_time ON events (time_ns);
 CREATE INDEX events_kind ON events (kind, id);
 CREATE INDEX events_path ON events (path, id) WHERE path IS NOT NULL;
 
+-- `coldtier jobs` shows the bytes a run freed beside the files it stubbed.
+ALTER TABLE jobs ADD COLUMN bytes_stubbed INTEGER NOT NULL DEFAULT 0;
+
 -- Running totals of the files table, kept by the triggers below in the same transaction
 -- as every change to a file row: `stats` reads a handful of rows instead of a million.
 -- storage_class is '' for files without an object.
