@@ -532,10 +532,10 @@ fn events(a: &EventsArgs) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "{:>8}  {}  {:<17} v{:<3} {}  {}",
-                    e["id"],
+                    e["id"].as_i64().unwrap_or(0),
                     format_time(t),
                     e["kind"].as_str().unwrap_or(""),
-                    e["config_version"],
+                    e["config_version"].as_i64().unwrap_or(0),
                     e["path"].as_str().unwrap_or("-"),
                     e["detail"]
                 )?;
@@ -683,7 +683,7 @@ fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
                 } else {
                     println!(
                         "v{:<4} {}  sha256 {}{}",
-                        v["version"],
+                        v["version"].as_i64().unwrap_or(0),
                         format_time(v["time_ns"].as_i64().unwrap_or(0)),
                         v["hash"].as_str().unwrap_or(""),
                         if v["version"] == r["current"] {
