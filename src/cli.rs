@@ -47,6 +47,26 @@ pub enum Command {
     /// Protect the catalog: back it up, or rebuild a lost one.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// List a directory like `ls -l`, with each file's tiering state (never recalls).
+    Ls(crate::cli_reports::LsArgs),
+    /// Find tracked files in the catalog by state, age, size and path.
+    Find(crate::cli_reports::FindArgs),
+    /// Files and bytes per state and storage class, space saved, estimated monthly cost.
+    Stats(crate::cli_reports::StatsArgs),
+    /// The audit trail: events, filtered (JSON lines with --json, for a SIEM).
+    Events(crate::cli_reports::EventsArgs),
+    /// Policy runs: start, end, files and bytes copied, stubbed, failed.
+    Jobs(crate::cli_reports::JobsArgs),
+    /// The config versions the daemon has run with: show, history, diff.
+    Config(crate::cli_reports::ConfigArgs),
+    /// Check the event hash chain end to end; exit 1 and name the first broken link.
+    Audit(crate::cli_reports::AuditArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions(crate::cli_reports::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a directory.
+    #[command(hide = true)]
+    Manpage(crate::cli_reports::ManpageArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,7 +2,6 @@
 //! control socket, and prints the answer (text for people, `--json` for scripts).
 //! Exit codes: 0 done, 1 something failed (the output says what), 2 bad input.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
@@ -15,7 +14,7 @@ use crate::daemon::BadInput;
 
 /// An absolute path with its directories resolved (the last component is kept as is, so
 /// a symlink is reported as a symlink, not followed).
-fn resolve(p: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve(p: &Path) -> anyhow::Result<PathBuf> {
     let abs = std::path::absolute(p).map_err(|e| BadInput(format!("{}: {e}", p.display())))?;
     let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
         return Ok(abs);
@@ -27,7 +26,7 @@ fn resolve(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(full)
 }
 
-fn client_for(p: &Path) -> anyhow::Result<Client> {
+pub(crate) fn client_for(p: &Path) -> anyhow::Result<Client> {
     let mount = mount_of(p).map_err(|e| match e {
         ClientError::NotInMount(_) | ClientError::Resolve(..) => BadInput(e.to_string()).into(),
         e => anyhow!(e),
@@ -35,19 +34,10 @@ fn client_for(p: &Path) -> anyhow::Result<Client> {
     Ok(Client::connect(&mount)?)
 }
 
-fn call(client: &mut Client, op: Op) -> anyhow::Result<Value> {
-    let tty = std::io::stderr().is_terminal();
-    let mut shown = false;
-    let r = client.call(op, |msg, files, bytes| {
-        if tty {
-            let mut e = std::io::stderr();
-            let _ = write!(e, "\r\x1b[2K{msg}: {files} files, {}", human_bytes(bytes));
-            shown = true;
-        }
-    });
-    if shown {
-        eprintln!();
-    }
+pub(crate) fn call(client: &mut Client, op: Op) -> anyhow::Result<Value> {
+    let mut bar = crate::progress::Bar::new();
+    let r = client.call(op, |msg, files, bytes| bar.update(msg, files, bytes));
+    bar.finish();
     r.map_err(|e| match e {
         ClientError::Daemon(b)
             if b.code == ErrorCode::BadRequest || b.code == ErrorCode::NotInMount =>
@@ -73,7 +63,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn print_json_line(v: &Value) {
+pub(crate) fn print_json_line(v: &Value) {
     println!("{}", serde_json::to_string(v).unwrap_or_default());
 }
 
@@ -383,6 +373,15 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Catalog(crate::cli::CatalogCommand::Rebuild(a)) => crate::tier::rebuild::run(a),
+        c @ (Command::Ls(_)
+        | Command::Find(_)
+        | Command::Stats(_)
+        | Command::Events(_)
+        | Command::Jobs(_)
+        | Command::Config(_)
+        | Command::Audit(_)
+        | Command::Completions(_)
+        | Command::Manpage(_)) => crate::inspect::run(c),
         Command::Mount(_) | Command::Umount(_) => unreachable!("handled by main"),
     }
 }

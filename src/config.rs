@@ -37,6 +37,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub recall: RecallConfig,
     pub catalog: CatalogConfig,
+    /// `[costs]`: storage prices per class, for `coldtier stats`.
+    pub costs: CostsConfig,
     /// `[store]`, kept as raw TOML: the store module parses it into its own config (it
     /// owns those keys). Here only `store.kind` is checked.
     pub store: Option<toml::Table>,
@@ -675,6 +677,7 @@ impl Config {
         }
         crate::catalog::backup::Keep::parse(&c.backup_keep)
             .map_err(|m| bad("catalog.backup_keep", m))?;
+        self.costs.validate().map_err(|(key, m)| bad(&key, m))?;
 
         if let Some(store) = &self.store {
             match store.get("kind") {
@@ -796,6 +799,157 @@ fn is_key(k: &str) -> bool {
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         })
+}
+
+/// `[costs]`: what a GB-month of storage costs in each storage class (USD; GB = 2^30
+/// bytes, as S3 bills), for the estimate `coldtier stats` prints. The defaults are S3's
+/// us-east-1 list prices (first 50 TB tier) at the time of writing; put in your own.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostsConfig {
+    #[serde(deserialize_with = "de_price")]
+    pub standard: f64,
+    #[serde(deserialize_with = "de_price")]
+    pub standard_ia: f64,
+    #[serde(deserialize_with = "de_price")]
+    pub onezone_ia: f64,
+    /// The frequent-access tier's price (the class moves objects between tiers itself).
+    #[serde(deserialize_with = "de_price")]
+    pub intelligent_tiering: f64,
+    #[serde(deserialize_with = "de_price")]
+    pub glacier_ir: f64,
+    /// S3 Glacier Flexible Retrieval.
+    #[serde(deserialize_with = "de_price")]
+    pub glacier: f64,
+    #[serde(deserialize_with = "de_price")]
+    pub deep_archive: f64,
+    #[serde(deserialize_with = "de_price")]
+    pub reduced_redundancy: f64,
+    /// Any other class name a store reports (other S3-compatible servers, the posix store).
+    #[serde(deserialize_with = "de_price")]
+    pub other: f64,
+}
+
+impl Default for CostsConfig {
+    fn default() -> Self {
+        CostsConfig {
+            standard: 0.023,
+            standard_ia: 0.0125,
+            onezone_ia: 0.01,
+            intelligent_tiering: 0.023,
+            glacier_ir: 0.004,
+            glacier: 0.0036,
+            deep_archive: 0.00099,
+            reduced_redundancy: 0.024,
+            other: 0.023,
+        }
+    }
+}
+
+/// Bytes in the GB that storage prices are quoted per.
+pub const BILLING_GB: f64 = (1u64 << 30) as f64;
+
+impl CostsConfig {
+    /// The price key (`costs.<key>`) and USD per GB-month of a storage class name as the
+    /// store reports it (`STANDARD_IA`, `GLACIER` ...).
+    pub fn price_of(&self, class: &str) -> (&'static str, f64) {
+        match class {
+            "STANDARD" => ("standard", self.standard),
+            "STANDARD_IA" => ("standard_ia", self.standard_ia),
+            "ONEZONE_IA" => ("onezone_ia", self.onezone_ia),
+            "INTELLIGENT_TIERING" => ("intelligent_tiering", self.intelligent_tiering),
+            "GLACIER_IR" => ("glacier_ir", self.glacier_ir),
+            "GLACIER" => ("glacier", self.glacier),
+            "DEEP_ARCHIVE" => ("deep_archive", self.deep_archive),
+            "REDUCED_REDUNDANCY" => ("reduced_redundancy", self.reduced_redundancy),
+            _ => ("other", self.other),
+        }
+    }
+
+    /// Estimated USD per month to store `bytes` in `class` (no minimums, no requests).
+    pub fn monthly(&self, class: &str, bytes: u64) -> f64 {
+        bytes as f64 / BILLING_GB * self.price_of(class).1
+    }
+
+    /// Err((`costs.<key>`, what is wrong)).
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (key, v) in [
+            ("standard", self.standard),
+            ("standard_ia", self.standard_ia),
+            ("onezone_ia", self.onezone_ia),
+            ("intelligent_tiering", self.intelligent_tiering),
+            ("glacier_ir", self.glacier_ir),
+            ("glacier", self.glacier),
+            ("deep_archive", self.deep_archive),
+            ("reduced_redundancy", self.reduced_redundancy),
+            ("other", self.other),
+        ] {
+            if !v.is_finite() || !(0.0..=1000.0).contains(&v) {
+                return Err((
+                    format!("costs.{key}"),
+                    format!(
+                        "{v} is not a price in USD per GB-month between 0 and 1000 \
+                         (e.g. 0.023)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A price: a float or an integer (TOML `0` is an integer).
+fn de_price<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Float(f64),
+    }
+    match Raw::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a price in USD per GB-month, like 0.023"))?
+    {
+        Raw::Int(n) => Ok(n as f64),
+        Raw::Float(f) => Ok(f),
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+
+    #[test]
+    fn costs_default_parse_and_name_the_bad_key() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.costs, CostsConfig::default());
+        assert_eq!(c.costs.price_of("DEEP_ARCHIVE"), ("deep_archive", 0.00099));
+        assert_eq!(c.costs.price_of("WHATEVER").0, "other");
+        let c = Config::parse("[costs]\nstandard = 1\nglacier = 0.5\n", "t").unwrap();
+        assert_eq!((c.costs.standard, c.costs.glacier), (1.0, 0.5));
+        assert!((c.costs.monthly("STANDARD", 3 << 30) - 3.0).abs() < 1e-9);
+        for (text, key) in [
+            ("[costs]\nstandard = -1\n", "costs.standard"),
+            ("[costs]\ndeep_archive = \"cheap\"\n", "costs.deep_archive"),
+            ("[costs]\nglacier_ir = nan\n", "costs.glacier_ir"),
+        ] {
+            let e = Config::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        let e = Config::parse("[costs]\nstandrd = 1\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("standrd"), "{e}");
+    }
+
+    #[test]
+    fn the_example_shows_every_cost_key_with_its_default() {
+        let text = include_str!("../systemd/coldtier.example.toml");
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let costs: CostsConfig = table["costs"].clone().try_into().unwrap();
+        assert_eq!(costs, CostsConfig::default());
+        let shown = table["costs"].as_table().unwrap().len();
+        assert_eq!(shown, 9, "every [costs] key is in the example");
+    }
 }
 
 #[cfg(test)]

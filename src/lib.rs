@@ -3,12 +3,15 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod cli_reports;
 pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fs;
+pub mod inspect;
 pub mod mountinfo;
+pub mod progress;
 pub mod store;
 pub mod tier;
 // Operations: Prometheus metrics and sd_notify.

@@ -9,6 +9,7 @@
 pub mod backup;
 mod chain;
 mod error;
+mod reports;
 mod schema;
 mod types;
 
@@ -17,6 +18,7 @@ mod tests;
 
 pub use chain::{canonical_json, GENESIS_HASH, HASH_DOMAIN};
 pub use error::{CatalogError, ChainError};
+pub use reports::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount, UnknownName,
@@ -87,7 +89,8 @@ const EVENT_COLS: &str =
 const CONFIG_COLS: &str = "version, hash, text, time_ns";
 
 const JOB_COLS: &str = "id, kind, mode, config_version, started_ns, finished_ns, \
-     files_scanned, files_copied, bytes_copied, files_stubbed, files_failed, errors, duration_ms";
+     files_scanned, files_copied, bytes_copied, files_stubbed, files_failed, errors, duration_ms, \
+     bytes_stubbed";
 
 impl Catalog {
     /// Opens (creating it and its parent directory if needed) the catalog at `path`, in WAL
@@ -692,6 +695,7 @@ impl Catalog {
         let bytes = int("bytes_copied", counts.bytes_copied)?;
         let stubbed = int("files_stubbed", counts.files_stubbed)?;
         let failed = int("files_failed", counts.files_failed)?;
+        let bytes_stubbed = int("bytes_stubbed", counts.bytes_stubbed)?;
         let mut errors: Vec<String> = counts.errors.iter().take(MAX_JOB_ERRORS).cloned().collect();
         if counts.errors.len() > MAX_JOB_ERRORS {
             errors.push(format!(
@@ -713,7 +717,7 @@ impl Catalog {
             tx.prepare_cached(
                 "UPDATE jobs SET finished_ns = ?2, files_scanned = ?3, files_copied = ?4, \
                  bytes_copied = ?5, files_stubbed = ?6, files_failed = ?7, errors = ?8, \
-                 duration_ms = ?9 WHERE id = ?1",
+                 duration_ms = ?9, bytes_stubbed = ?10 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -725,7 +729,8 @@ impl Catalog {
                     stubbed,
                     failed,
                     errors_json,
-                    duration_ms
+                    duration_ms,
+                    bytes_stubbed
                 ])
             })
             .ctx("finishing a job")?;
@@ -979,5 +984,6 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         files_failed: r.get(10)?,
         errors: json_column(r, 11)?,
         duration_ms: r.get(12)?,
+        bytes_stubbed: r.get(13)?,
     })
 }

@@ -686,8 +686,10 @@ fn jobs_record_runs() {
         files_stubbed: 3,
         files_failed: MAX_JOB_ERRORS as u64 + 5,
         errors: (0..MAX_JOB_ERRORS + 5).map(|i| format!("e{i}")).collect(),
+        bytes_stubbed: 2048,
     };
     let done = cat.finish_job(id, &counts).unwrap();
+    assert_eq!(done.bytes_stubbed, 2048);
     assert_eq!(done.duration_ms, Some(2500));
     assert_eq!(done.finished_ns, Some(3_500_000_000));
     assert_eq!(

@@ -252,6 +252,9 @@ pub struct JobCounts {
     pub files_failed: u64,
     /// One line per error; the catalog keeps the first [`super::MAX_JOB_ERRORS`].
     pub errors: Vec<String>,
+    /// Local bytes freed by the files stubbed (schema v2).
+    #[serde(default)]
+    pub bytes_stubbed: u64,
 }
 
 /// One policy run.
@@ -274,6 +277,8 @@ pub struct Job {
     pub files_failed: u64,
     pub errors: Vec<String>,
     pub duration_ms: Option<u64>,
+    /// Local bytes freed by the files stubbed (0 for runs recorded before schema v2).
+    pub bytes_stubbed: u64,
 }
 
 /// How many files, and how many bytes, are in one state.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod reports;
 pub mod server;
 
 use std::os::unix::ffi::OsStrExt;

@@ -55,6 +55,25 @@ pub enum Op {
     CatalogBackup {
         to: Option<String>,
     },
+    /// The entries of a directory (or one file) with their tiering state, from the backing
+    /// tree: never recalls, never asks the store.
+    List {
+        path: PathBuf,
+    },
+    /// Files from the catalog (one page).
+    Find(crate::control::reports::FindRequest),
+    /// Files and bytes per state and storage class, space saved, estimated cost.
+    Stats,
+    /// Events from the catalog (one page).
+    Events(crate::control::reports::EventsRequest),
+    /// The newest policy runs.
+    Jobs {
+        limit: u64,
+    },
+    /// Every config version (secrets redacted).
+    ConfigVersions,
+    /// Check the event hash chain end to end.
+    Audit,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +176,35 @@ mod tests {
         ] {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn report_requests_round_trip() {
+        for op in [
+            Op::List {
+                path: "/m/d".into(),
+            },
+            Op::Find(crate::control::reports::FindRequest {
+                states: vec!["stub".into()],
+                larger_than: Some(5),
+                after: Some("a/b".into()),
+                limit: 10,
+                ..Default::default()
+            }),
+            Op::Stats,
+            Op::Events(crate::control::reports::EventsRequest {
+                kinds: vec!["STUBBED".into()],
+                after_id: 3,
+                ..Default::default()
+            }),
+            Op::Jobs { limit: 5 },
+            Op::ConfigVersions,
+            Op::Audit,
+        ] {
+            let r = Request { v: 1, id: 1, op };
+            let line = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r, "{line}");
         }
     }
 

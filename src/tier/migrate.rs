@@ -379,6 +379,7 @@ impl Tiering {
             files_stubbed: summary.stubbed,
             files_failed: summary.failed,
             errors: summary.errors.clone(),
+            bytes_stubbed: summary.bytes_freed,
         };
         if let Err(e) = self.catalog.finish_job(job_id, &counts) {
             tracing::error!("catalog: cannot finish job {job_id}: {e}");

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod policy;
 pub mod rebuild;
 pub mod reconcile;
+pub mod reports;
 pub mod schedule;
 pub mod state;
 pub mod stub;

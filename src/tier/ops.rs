@@ -378,6 +378,14 @@ impl Handler for Control {
                     }
                 })
             }
+            op @ (Op::List { .. }
+            | Op::Find(_)
+            | Op::Stats
+            | Op::Events(_)
+            | Op::Jobs { .. }
+            | Op::ConfigVersions
+            | Op::Audit) => crate::tier::reports::handle(&self.t, &op)
+                .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request"))),
         }
     }
 }

@@ -1,0 +1,789 @@
+//! The reporting CLI commands: `ls`, `find`, `stats`, `events`, `jobs`, `config`, `audit`,
+//! and the generated `completions` and `manpage`. Each asks the daemon of the mount over
+//! the control socket (pages of at most [`PAGE`] rows at a time, printed as they come)
+//! and prints text for people or JSON lines for scripts. None of them recalls a file or
+//! contacts the store. Exit codes: 0 done, 1 failure or findings (a broken chain), 2 bad
+//! input.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use serde_json::{json, Value};
+
+use crate::cli::Command;
+use crate::cli_reports::{ConfigCommand, EventsArgs, FindArgs, LsArgs};
+use crate::commands::{call, client_for, format_time, human_bytes, print_json_line, resolve};
+use crate::config::{parse_duration, parse_size};
+use crate::control::protocol::Op;
+use crate::control::reports::{EventsRequest, FindRequest};
+use crate::daemon::BadInput;
+
+/// Rows asked for per request.
+pub const PAGE: u64 = 5000;
+
+pub fn run(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Ls(a) => ls(a),
+        Command::Find(a) => find(a),
+        Command::Stats(a) => {
+            let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::Stats)?;
+            if a.json {
+                print_json_line(&r);
+            } else {
+                print!("{}", stats_text(&r));
+            }
+            Ok(())
+        }
+        Command::Events(a) => events(a),
+        Command::Jobs(a) => {
+            let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::Jobs { limit: a.limit })?;
+            let jobs = r["jobs"].as_array().cloned().unwrap_or_default();
+            if a.json {
+                for j in &jobs {
+                    print_json_line(j);
+                }
+            } else {
+                print!("{}", jobs_text(&jobs));
+            }
+            Ok(())
+        }
+        Command::Config(a) => config(&a.command),
+        Command::Audit(a) => {
+            let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::Audit)?;
+            if a.json {
+                print_json_line(&r);
+            }
+            let head = |r: &Value| {
+                format!(
+                    "head: event {} hash {}",
+                    r["head"]["id"],
+                    r["head"]["hash"].as_str().unwrap_or("-")
+                )
+            };
+            if r["ok"] == true {
+                if !a.json {
+                    println!(
+                        "event chain intact: {} events verified; {} (record it elsewhere to detect a cut tail)",
+                        r["checked"],
+                        head(&r)
+                    );
+                }
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "event chain broken at event {}: {} (events 1..{} verify; {})",
+                    r["first_bad_id"],
+                    r["reason"].as_str().unwrap_or("?"),
+                    r["checked"],
+                    head(&r)
+                ))
+            }
+        }
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cmd = crate::cli::Cli::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "coldtier", &mut buf);
+            std::io::stdout().write_all(&buf)?;
+            Ok(())
+        }
+        Command::Manpage(a) => manpage(a.dir.as_deref()),
+        _ => unreachable!("not a report command"),
+    }
+}
+
+// ---- ls --------------------------------------------------------------------------------
+
+fn name_of(cache: &mut HashMap<(bool, u32), String>, group: bool, id: u32) -> String {
+    cache
+        .entry((group, id))
+        .or_insert_with(|| {
+            let mut buf = vec![0u8; 16384];
+            // SAFETY: the out-structs are zeroed plain C structs; buf outlives the calls
+            // and the pointers they leave in the structs, which are read before it goes.
+            unsafe {
+                let mut res: *mut libc::c_void = std::ptr::null_mut();
+                if group {
+                    let mut g: libc::group = std::mem::zeroed();
+                    let rc = libc::getgrgid_r(
+                        id,
+                        &mut g,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        (&mut res as *mut *mut libc::c_void).cast(),
+                    );
+                    if rc == 0 && !res.is_null() && !g.gr_name.is_null() {
+                        return CStr::from_ptr(g.gr_name).to_string_lossy().into_owned();
+                    }
+                } else {
+                    let mut p: libc::passwd = std::mem::zeroed();
+                    let rc = libc::getpwuid_r(
+                        id,
+                        &mut p,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        (&mut res as *mut *mut libc::c_void).cast(),
+                    );
+                    if rc == 0 && !res.is_null() && !p.pw_name.is_null() {
+                        return CStr::from_ptr(p.pw_name).to_string_lossy().into_owned();
+                    }
+                }
+            }
+            id.to_string()
+        })
+        .clone()
+}
+
+/// `drwxr-xr-x`, with setuid/setgid/sticky as `ls` shows them.
+pub fn mode_string(kind: &str, mode: u32) -> String {
+    let t = match kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        "fifo" => 'p',
+        "socket" => 's',
+        "char" => 'c',
+        "block" => 'b',
+        _ => '-',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(t);
+    for (i, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
+        let bits = (mode >> i) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, true) => lower,
+            (false, true) => upper,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+/// Local time "YYYY-MM-DD HH:MM" (like `ls -l --time-style=long-iso`).
+pub fn local_minute(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000) as libc::time_t;
+    // SAFETY: tm is a plain C struct that localtime_r fills in.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return format_time(ns);
+        }
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min
+        )
+    }
+}
+
+fn ls(a: &LsArgs) -> anyhow::Result<()> {
+    let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let path = resolve(&dir)?;
+    let mut c = client_for(&path)?;
+    let r = call(&mut c, Op::List { path: path.clone() })?;
+    let entries: Vec<&Value> = r["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            a.all || r["dir"] == false || !e["name"].as_str().unwrap_or("").starts_with('.')
+        })
+        .collect();
+    if a.json {
+        for e in entries {
+            print_json_line(e);
+        }
+        return Ok(());
+    }
+    let mut names = HashMap::new();
+    let size_of = |e: &Value| {
+        let n = e["size"].as_u64().unwrap_or(0);
+        if a.human {
+            human_bytes(n)
+        } else {
+            n.to_string()
+        }
+    };
+    let rows: Vec<[String; 9]> = entries
+        .iter()
+        .map(|e| {
+            let name = if r["dir"] == true {
+                e["name"].as_str().unwrap_or("").to_string()
+            } else {
+                dir.display().to_string()
+            };
+            if let Some(err) = e["error"].as_str() {
+                return [
+                    "?".repeat(10),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    format!("{name}  ({err})"),
+                ];
+            }
+            let kind = e["type"].as_str().unwrap_or("");
+            let name = match e["target"].as_str() {
+                Some(t) => format!("{name} -> {t}"),
+                None => name,
+            };
+            [
+                mode_string(kind, e["mode"].as_u64().unwrap_or(0) as u32),
+                e["nlink"].to_string(),
+                name_of(&mut names, false, e["uid"].as_u64().unwrap_or(0) as u32),
+                name_of(&mut names, true, e["gid"].as_u64().unwrap_or(0) as u32),
+                size_of(e),
+                local_minute(e["mtime_ns"].as_i64().unwrap_or(0)),
+                e["state"].as_str().unwrap_or("-").to_string(),
+                if e["pinned"] == true { "P" } else { "-" }.to_string(),
+                name,
+            ]
+        })
+        .collect();
+    let mut w = [0usize; 9];
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            w[i] = w[i].max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        writeln!(
+            out,
+            "{} {:>w1$} {:<w2$} {:<w3$} {:>w4$} {} {:<w6$} {} {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4],
+            w6 = w[6],
+        )?;
+    }
+    Ok(())
+}
+
+// ---- find ------------------------------------------------------------------------------
+
+fn now_ns() -> i64 {
+    crate::catalog::system_now_ns()
+}
+
+fn find(a: &FindArgs) -> anyhow::Result<()> {
+    let modified_before_ns = match &a.older_than {
+        None => None,
+        Some(d) => {
+            let d = parse_duration(d).map_err(|e| BadInput(format!("--older-than: {e}")))?;
+            Some(now_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
+        }
+    };
+    let larger_than = match &a.larger_than {
+        None => None,
+        Some(s) => Some(parse_size(s).map_err(|e| BadInput(format!("--larger-than: {e}")))?),
+    };
+    if a.path.as_deref() == Some("") {
+        return Err(
+            BadInput("--path: empty glob (leave it out to match every path)".into()).into(),
+        );
+    }
+    let mut c = client_for(&a.mountpoint)?;
+    let mut req = FindRequest {
+        states: a.state.clone(),
+        modified_before_ns,
+        larger_than,
+        path_glob: a.path.clone(),
+        pinned: a.pinned.then_some(true),
+        after: None,
+        limit: PAGE,
+        count_only: a.count,
+    };
+    if a.count {
+        let r = call(&mut c, Op::Find(req))?;
+        if a.json {
+            print_json_line(&r);
+        } else {
+            let bytes = r["bytes"].as_u64().unwrap_or(0);
+            println!(
+                "{} files, {} ({bytes} bytes)",
+                r["files"],
+                human_bytes(bytes)
+            );
+        }
+        return Ok(());
+    }
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut out = std::io::stdout().lock();
+    while left > 0 {
+        req.limit = PAGE.min(left);
+        let r = call(&mut c, Op::Find(req.clone()))?;
+        let files = r["files"].as_array().cloned().unwrap_or_default();
+        left = left.saturating_sub(files.len() as u64);
+        for f in &files {
+            if a.json {
+                writeln!(out, "{}", serde_json::to_string(f)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<15} {} {:>10}  {}  {}",
+                    f["state"].as_str().unwrap_or("?"),
+                    if f["pinned"] == true { "P" } else { "-" },
+                    human_bytes(f["size"].as_u64().unwrap_or(0)),
+                    local_minute(f["mtime_ns"].as_i64().unwrap_or(0)),
+                    f["path"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        match r["next_after"].as_str() {
+            Some(next) => req.after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+// ---- stats -----------------------------------------------------------------------------
+
+pub fn stats_text(r: &Value) -> String {
+    let mut s = String::new();
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    s.push_str(&format!(
+        "{}: {} tracked files, {}\n\n",
+        r["mountpoint"].as_str().unwrap_or(""),
+        u(&r["files"]),
+        human_bytes(u(&r["bytes"]))
+    ));
+    s.push_str(&format!(
+        "{:<16} {:>12} {:>12}\n",
+        "STATE", "FILES", "BYTES"
+    ));
+    for st in r["states"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "{:<16} {:>12} {:>12}\n",
+            st["state"].as_str().unwrap_or(""),
+            u(&st["files"]),
+            human_bytes(u(&st["bytes"]))
+        ));
+    }
+    s.push_str(&format!(
+        "{:<16} {:>12} {:>12}\n\n",
+        "(pinned)",
+        u(&r["pinned"]["files"]),
+        human_bytes(u(&r["pinned"]["bytes"]))
+    ));
+    s.push_str(&format!(
+        "local space saved: {} ({} bytes: stubs and files waiting for a restore)\n\n",
+        human_bytes(u(&r["local_bytes_saved"])),
+        u(&r["local_bytes_saved"])
+    ));
+    s.push_str(&format!(
+        "{:<20} {:>10} {:>12} {:>14} {:>12}\n",
+        "STORAGE CLASS", "OBJECTS", "BYTES", "USD/GB-MONTH", "USD/MONTH"
+    ));
+    for c in r["storage_classes"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "{:<20} {:>10} {:>12} {:>14} {:>12.2}\n",
+            c["storage_class"].as_str().unwrap_or(""),
+            u(&c["files"]),
+            human_bytes(u(&c["bytes"])),
+            c["usd_per_gb_month"].as_f64().unwrap_or(0.0),
+            c["monthly_usd"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    s.push_str(&format!(
+        "estimated storage cost: {:.2} USD/month (prices from [costs]; no requests, retrievals or minimums)\n",
+        r["monthly_usd"].as_f64().unwrap_or(0.0)
+    ));
+    s
+}
+
+// ---- events ----------------------------------------------------------------------------
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `--since`: "2026-11-30", "2026-11-30T08:00", "2026-11-30 08:00:05Z" (UTC), or a
+/// duration ago ("90m", "24h", "7d"). Nanoseconds since the epoch.
+pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
+    let t = s.trim();
+    let bad = || {
+        format!(
+            "`{s}` is not a time like \"2026-11-30\", \"2026-11-30T08:00:00Z\" (UTC) or a duration ago like \"24h\", \"7d\""
+        )
+    };
+    if !t.contains('-') && !t.contains(':') {
+        let d = parse_duration(t).map_err(|_| bad())?;
+        return Ok(now_ns.saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)));
+    }
+    let t = t.strip_suffix('Z').unwrap_or(t);
+    let (date, time) = match t.split_once(['T', ' ']) {
+        Some((d, tm)) => (d, tm),
+        None => (t, "00:00:00"),
+    };
+    let num = |x: &str, lo: i64, hi: i64| -> Result<i64, String> {
+        let v: i64 = x.parse().map_err(|_| bad())?;
+        if (lo..=hi).contains(&v) && !x.is_empty() {
+            Ok(v)
+        } else {
+            Err(bad())
+        }
+    };
+    let dp: Vec<&str> = date.split('-').collect();
+    if dp.len() != 3 || dp[0].len() != 4 {
+        return Err(bad());
+    }
+    let (y, mo, d) = (
+        num(dp[0], 1970, 9999)?,
+        num(dp[1], 1, 12)?,
+        num(dp[2], 1, 31)?,
+    );
+    let tp: Vec<&str> = time.split(':').collect();
+    if tp.len() < 2 || tp.len() > 3 {
+        return Err(bad());
+    }
+    let (h, mi) = (num(tp[0], 0, 23)?, num(tp[1], 0, 59)?);
+    let (sec, frac) = match tp.get(2) {
+        None => (0, 0),
+        Some(x) => {
+            let (whole, frac) = x.split_once('.').unwrap_or((x, ""));
+            let f = if frac.is_empty() {
+                0
+            } else if frac.len() <= 9 && frac.bytes().all(|b| b.is_ascii_digit()) {
+                frac.parse::<i64>().map_err(|_| bad())? * 10i64.pow(9 - frac.len() as u32)
+            } else {
+                return Err(bad());
+            };
+            (num(whole, 0, 60)?, f)
+        }
+    };
+    let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
+    secs.checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(frac))
+        .ok_or_else(|| format!("`{s}` is after 2262, the last time coldtier can record"))
+}
+
+fn events(a: &EventsArgs) -> anyhow::Result<()> {
+    let since_ns = match &a.since {
+        None => None,
+        Some(s) => Some(parse_since(s, now_ns()).map_err(|e| BadInput(format!("--since: {e}")))?),
+    };
+    let path = match &a.path {
+        None => None,
+        Some(p) => {
+            // The file may be gone: resolve what exists of it, keep the rest.
+            let abs = std::path::absolute(p).map_err(|e| BadInput(format!("--path: {e}")))?;
+            Some(resolve(&abs).unwrap_or(abs))
+        }
+    };
+    let mut c = client_for(&a.mountpoint)?;
+    let mut req = EventsRequest {
+        since_ns,
+        kinds: a.kinds.clone(),
+        path,
+        after_id: a.after,
+        limit: PAGE,
+    };
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut out = std::io::stdout().lock();
+    while left > 0 {
+        req.limit = PAGE.min(left);
+        let r = call(&mut c, Op::Events(req.clone()))?;
+        let events = r["events"].as_array().cloned().unwrap_or_default();
+        left = left.saturating_sub(events.len() as u64);
+        for e in events {
+            let t = e["time_ns"].as_i64().unwrap_or(0);
+            if a.json {
+                let mut e = e;
+                e["time"] = json!(format_time(t));
+                writeln!(out, "{}", serde_json::to_string(&e)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>8}  {}  {:<17} v{:<3} {}  {}",
+                    e["id"].as_i64().unwrap_or(0),
+                    format_time(t),
+                    e["kind"].as_str().unwrap_or(""),
+                    e["config_version"].as_i64().unwrap_or(0),
+                    e["path"].as_str().unwrap_or("-"),
+                    e["detail"]
+                )?;
+            }
+        }
+        match r["next_after_id"].as_i64() {
+            Some(id) => req.after_id = id,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+// ---- jobs ------------------------------------------------------------------------------
+
+pub fn jobs_text(jobs: &[Value]) -> String {
+    let mut s = format!(
+        "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
+        "JOB",
+        "KIND",
+        "MODE",
+        "CFG",
+        "STARTED",
+        "FINISHED",
+        "SECONDS",
+        "SCANNED",
+        "COPIED",
+        "BYTES",
+        "STUBBED",
+        "FREED",
+        "FAILED"
+    );
+    for j in jobs {
+        let u = |k: &str| j[k].as_u64().unwrap_or(0);
+        let finished = j["finished_ns"]
+            .as_i64()
+            .map(format_time)
+            .unwrap_or_else(|| "(running or interrupted)".into());
+        let secs = j["duration_ms"]
+            .as_u64()
+            .map(|ms| format!("{:.1}", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
+            u("id"),
+            j["kind"].as_str().unwrap_or(""),
+            j["mode"].as_str().unwrap_or(""),
+            u("config_version"),
+            format_time(j["started_ns"].as_i64().unwrap_or(0)),
+            finished,
+            secs,
+            u("files_scanned"),
+            u("files_copied"),
+            human_bytes(u("bytes_copied")),
+            u("files_stubbed"),
+            human_bytes(u("bytes_stubbed")),
+            u("files_failed"),
+        ));
+        for e in j["errors"].as_array().into_iter().flatten().take(5) {
+            s.push_str(&format!("       error: {}\n", e.as_str().unwrap_or("")));
+        }
+    }
+    s
+}
+
+// ---- config ----------------------------------------------------------------------------
+
+/// A line diff of `a` to `b` (longest common subsequence): lines prefixed with ' ', '-'
+/// or '+'.
+pub fn diff_lines(a: &str, b: &str) -> Vec<String> {
+    let x: Vec<&str> = a.lines().collect();
+    let y: Vec<&str> = b.lines().collect();
+    let (n, m) = (x.len(), y.len());
+    let mut l = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            l[i][j] = if x[i] == y[j] {
+                l[i + 1][j + 1] + 1
+            } else {
+                l[i + 1][j].max(l[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < n || j < m {
+        if i < n && j < m && x[i] == y[j] {
+            out.push(format!(" {}", x[i]));
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || l[i][j + 1] >= l[i + 1][j]) {
+            out.push(format!("+{}", y[j]));
+            j += 1;
+        } else {
+            out.push(format!("-{}", x[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
+    let mountpoint = match cmd {
+        ConfigCommand::Show { mountpoint, .. }
+        | ConfigCommand::History { mountpoint, .. }
+        | ConfigCommand::Diff { mountpoint, .. } => mountpoint,
+    };
+    let mut c = client_for(mountpoint)?;
+    let r = call(&mut c, Op::ConfigVersions)?;
+    let versions = r["versions"].as_array().cloned().unwrap_or_default();
+    let known = || {
+        let n = versions.len();
+        if n == 0 {
+            "the catalog has no config version yet".to_string()
+        } else {
+            format!("versions 1 to {n} exist (see `coldtier config history`)")
+        }
+    };
+    let get = |v: i64| -> anyhow::Result<&Value> {
+        versions
+            .iter()
+            .find(|x| x["version"].as_i64() == Some(v))
+            .ok_or_else(|| BadInput(format!("no config version {v}: {}", known())).into())
+    };
+    match cmd {
+        ConfigCommand::Show { version, json, .. } => {
+            let v = match version.or(r["current"].as_i64()) {
+                Some(v) => get(v)?,
+                None => return Err(anyhow!("{}", known())),
+            };
+            if *json {
+                print_json_line(v);
+            } else {
+                print!("{}", v["text"].as_str().unwrap_or(""));
+            }
+        }
+        ConfigCommand::History { json, .. } => {
+            for v in &versions {
+                if *json {
+                    let mut v = v.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("text");
+                    }
+                    print_json_line(&v);
+                } else {
+                    println!(
+                        "v{:<4} {}  sha256 {}{}",
+                        v["version"].as_i64().unwrap_or(0),
+                        format_time(v["time_ns"].as_i64().unwrap_or(0)),
+                        v["hash"].as_str().unwrap_or(""),
+                        if v["version"] == r["current"] {
+                            "  (in force)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        ConfigCommand::Diff { from, to, json, .. } => {
+            let (a, b) = (get(*from)?, get(*to)?);
+            let lines = diff_lines(
+                a["text"].as_str().unwrap_or(""),
+                b["text"].as_str().unwrap_or(""),
+            );
+            if *json {
+                let changed: Vec<&String> = lines.iter().filter(|l| !l.starts_with(' ')).collect();
+                print_json_line(&json!({"from": from, "to": to, "changes": changed}));
+            } else {
+                println!("--- config v{from}\n+++ config v{to}");
+                for l in &lines {
+                    println!("{l}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- man page --------------------------------------------------------------------------
+
+fn manpage(dir: Option<&Path>) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let cmd = crate::cli::Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| BadInput(format!("{}: {e}", dir.display())))?;
+    let write = |name: &str, man: clap_mangen::Man| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut f = std::fs::File::create(&path)
+            .map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+        man.render(&mut f)?;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("coldtier-{}", sub.get_name());
+        write(
+            &name,
+            clap_mangen::Man::new(sub.clone()).title(name.clone()),
+        )?;
+    }
+    write("coldtier", clap_mangen::Man::new(cmd))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_dates_times_and_durations() {
+        assert_eq!(parse_since("1970-01-02", 0).unwrap(), 86_400_000_000_000);
+        assert_eq!(
+            parse_since("2025-12-01T00:00:00.123Z", 0).unwrap(),
+            1_764_547_200_123_000_000
+        );
+        assert_eq!(
+            parse_since("2025-12-01 00:01", 0).unwrap(),
+            1_764_547_260_000_000_000
+        );
+        assert_eq!(
+            parse_since("2h", 10_000_000_000_000).unwrap(),
+            10_000_000_000_000 - 7_200_000_000_000
+        );
+        assert!(parse_since("2999-01-01", 0).unwrap_err().contains("2262"));
+        for bad in [
+            "yesterday",
+            "2025-13-01",
+            "2025-12-01T25:00",
+            "25-12-01",
+            "2025-12-01T10",
+        ] {
+            let e = parse_since(bad, 0).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn modes_and_diffs_read_like_the_unix_tools() {
+        assert_eq!(mode_string("dir", 0o755), "drwxr-xr-x");
+        assert_eq!(mode_string("file", 0o4644), "-rwSr--r--");
+        assert_eq!(mode_string("dir", 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string("symlink", 0o777), "lrwxrwxrwx");
+        assert_eq!(
+            diff_lines("a\nb\nc\n", "a\nc\nd\n"),
+            vec![" a", "-b", " c", "+d"]
+        );
+    }
+}
