@@ -335,6 +335,9 @@ cmd_run() {
         attempt=$((attempt + 1))
         local left=$((deadline - SECONDS))
         local chunk="$tmp/raw.$attempt"
+        # Created here: the background job below opens it asynchronously, and the
+        # watchdog must not stat it before that (a race that shows under load).
+        : >"$chunk"
         local -a sargs=()
         [[ -n "$sfs" ]] && sargs=(-s "$sfs")
         local -a pats=()
@@ -351,7 +354,7 @@ cmd_run() {
         # Watchdog: pjdfstest prints a line as each test finishes.
         local last_size=-1 last_change=$SECONDS stalled=0 size
         while kill -0 "$CHILD_PID" 2>/dev/null; do
-            size=$(stat -c %s "$chunk")
+            size=$(stat -c %s "$chunk" 2>/dev/null || echo 0)
             if [[ "$size" != "$last_size" ]]; then
                 last_size=$size
                 last_change=$SECONDS
