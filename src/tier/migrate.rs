@@ -334,13 +334,18 @@ impl Tiering {
         );
         if mode != MigrateMode::DryRun {
             let stub = mode == MigrateMode::Stub;
-            let in_flight = self.files_in_flight();
-            let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            let (slots, part_size, concurrency) = self.flight();
+            let sem = Arc::new(tokio::sync::Semaphore::new(slots));
             let done_files = Arc::new(AtomicU64::new(0));
             let done_bytes = Arc::new(AtomicU64::new(0));
             let mut set = tokio::task::JoinSet::new();
             for (facts, plan) in sel.selected {
-                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let need = facts.size.div_ceil(part_size).clamp(1, concurrency as u64) as u32;
+                let permit = sem
+                    .clone()
+                    .acquire_many_owned(need)
+                    .await
+                    .expect("semaphore open");
                 let me = self.clone();
                 let (df, db) = (done_files.clone(), done_bytes.clone());
                 // Each file on a blocking thread of its own: its catalog writes, xattrs
@@ -397,14 +402,26 @@ impl Tiering {
         Ok(summary)
     }
 
-    fn files_in_flight(&self) -> usize {
-        match &self.config.store {
-            Some(t) => t
-                .get("concurrency")
-                .and_then(|v| v.as_integer())
-                .map_or(8, |c| (c as usize * 2).clamp(2, 64)),
-            None => 8,
-        }
+    /// `(slots, part_size, concurrency)`: a policy run keeps up to `slots` = 4 x
+    /// `store.concurrency` (16 by default) small files in flight; a file that goes
+    /// multipart takes as many slots as it has parts in flight (up to `concurrency`), so
+    /// memory stays near `slots x part_size` (256 MiB by default) whatever the mix.
+    fn flight(&self) -> (usize, u64, usize) {
+        let t = self.config.store.as_ref();
+        let concurrency = t
+            .and_then(|t| t.get("concurrency"))
+            .and_then(|v| v.as_integer())
+            .map_or(4, |c| (c as usize).clamp(1, 64));
+        let part_size = t
+            .and_then(|t| t.get("part_size"))
+            .and_then(|v| match v {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => crate::config::parse_size(s).ok(),
+                _ => None,
+            })
+            .unwrap_or(crate::store::DEFAULT_PART_SIZE)
+            .max(1);
+        ((concurrency * 4).clamp(2, 256), part_size, concurrency)
     }
 
     /// Copies (and with `stub`, stubs) one file by its path relative to the source.
@@ -635,6 +652,17 @@ impl Tiering {
         Ok(rec)
     }
 
+    /// The storage class uploads get (`store.storage_class`, else STANDARD).
+    fn configured_class(&self) -> String {
+        self.config
+            .store
+            .as_ref()
+            .and_then(|t| t.get("storage_class"))
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<StorageClass>().ok())
+            .map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string())
+    }
+
     /// Proves the object holds what we sent; returns its storage class.
     async fn verify(
         &self,
@@ -644,6 +672,22 @@ impl Tiering {
         put: &crate::store::PutResult,
     ) -> Result<String, String> {
         let store = self.store().map_err(|e| e.message)?;
+        // The store's own answer to the upload names the checksum it computed for that
+        // version on receipt (S3 refuses a body that does not match what we sent): when it
+        // is there, it is the proof, and a HEAD would only ask the same question again.
+        if self.config.policy.verify == Verify::Checksum {
+            match &put.reported {
+                Some(r) if r.matches(&put.expected) => return Ok(self.configured_class()),
+                Some(r) => {
+                    return Err(format!(
+                        "verify: {} reports checksum {r}, we sent {}",
+                        self.full_key(key),
+                        put.expected
+                    ))
+                }
+                None => {}
+            }
+        }
         let meta = store
             .head(key, version)
             .await

@@ -224,19 +224,80 @@ impl Control {
         Ok(json!({"pinned": pin, "state": state.as_str()}))
     }
 
-    fn recall(&self, f: &File) -> Result<Value, String> {
-        let fd = f.as_fd();
-        let Some(rec) = marks::record(fd, marks::STUB).map_err(|e| format!("{e:?}"))? else {
-            return Ok(json!({"recalled": false, "note": "data is local already"}));
-        };
-        let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
-        let node = self.t.node_id(&st);
-        let size = rec.size;
-        self.t
-            .rt
-            .block_on(self.t.recall_and_wait(node, fd, rec))
-            .map_err(|e| std::io::Error::from_raw_os_error(e).to_string())?;
-        Ok(json!({"recalled": true, "bytes": size}))
+    /// `coldtier recall`: every stub named, several at a time (4 x `store.concurrency`, as
+    /// a policy run), each through the same single-flight recall an open uses.
+    fn recall_many(
+        &self,
+        paths: &[PathBuf],
+        recursive: bool,
+        progress: &mut dyn FnMut(String, u64, u64),
+    ) -> Value {
+        let items = self.expand(paths, recursive);
+        let total = items.len() as u64;
+        let slots = self
+            .t
+            .config
+            .store
+            .as_ref()
+            .and_then(|t| t.get("concurrency"))
+            .and_then(|v| v.as_integer())
+            .map_or(16, |c| (c as usize * 4).clamp(1, 256));
+        let t = self.t.clone();
+        let mut results: Vec<(usize, Value)> = Vec::new();
+        let mut failed = 0u64;
+        t.rt.clone().block_on(async {
+            let sem = Arc::new(tokio::sync::Semaphore::new(slots));
+            let mut set = tokio::task::JoinSet::new();
+            let mut done = 0u64;
+            let mut bytes = 0u64;
+            let mut collect =
+                |r: Result<(usize, PathBuf, Result<Value, String>), tokio::task::JoinError>,
+                 results: &mut Vec<(usize, Value)>,
+                 failed: &mut u64| {
+                    let Ok((i, abs, r)) = r else { return };
+                    done += 1;
+                    match r {
+                        Ok(mut v) => {
+                            bytes += v["bytes"].as_u64().unwrap_or(0);
+                            v["path"] = json!(abs);
+                            v["ok"] = json!(true);
+                            results.push((i, v));
+                        }
+                        Err(e) => {
+                            *failed += 1;
+                            results.push((i, json!({"path": abs, "ok": false, "error": e})));
+                        }
+                    }
+                    progress(format!("recalled {done} of {total}"), done, bytes);
+                };
+            for (i, item) in items.into_iter().enumerate() {
+                let rel = match item {
+                    Ok(rel) => rel,
+                    Err((p, e)) => {
+                        failed += 1;
+                        results.push((i, json!({"path": p, "ok": false, "error": e})));
+                        continue;
+                    }
+                };
+                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let t = t.clone();
+                let abs = self.abs(&rel);
+                set.spawn(async move {
+                    let r = recall_one(&t, &rel).await;
+                    drop(permit);
+                    (i, abs, r)
+                });
+                while let Some(r) = set.try_join_next() {
+                    collect(r, &mut results, &mut failed);
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                collect(r, &mut results, &mut failed);
+            }
+        });
+        results.sort_by_key(|(i, _)| *i);
+        let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
+        json!({"results": results, "failed": failed})
     }
 
     fn release(&self, f: &File) -> Result<Value, String> {
@@ -333,9 +394,7 @@ impl Handler for Control {
                     self.pin(rel, f, false)
                 }))
             }
-            Op::Recall { paths, recursive } => {
-                Ok(self.each(&paths, recursive, progress, |_, f| self.recall(f)))
-            }
+            Op::Recall { paths, recursive } => Ok(self.recall_many(&paths, recursive, progress)),
             Op::Release { paths, recursive } => {
                 Ok(self.each(&paths, recursive, progress, |_, f| self.release(f)))
             }
@@ -388,6 +447,22 @@ impl Handler for Control {
                 .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request"))),
         }
     }
+}
+
+/// Recalls one file (relative path) if it is a stub.
+async fn recall_one(t: &Tiering, rel: &Path) -> Result<Value, String> {
+    let fd = backing::open_beneath(t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.0).to_string())?;
+    let Some(rec) = marks::record(fd.as_fd(), marks::STUB).map_err(|e| format!("{e:?}"))? else {
+        return Ok(json!({"recalled": false, "note": "data is local already"}));
+    };
+    let st = backing::stat_fd(fd.as_fd()).map_err(|e| format!("{e:?}"))?;
+    let node = t.node_id(&st);
+    let size = rec.size;
+    t.recall_and_wait(node, fd.as_fd(), rec)
+        .await
+        .map_err(|e| std::io::Error::from_raw_os_error(e).to_string())?;
+    Ok(json!({"recalled": true, "bytes": size}))
 }
 
 /// Runs a policy run from a plain thread, relaying progress.
