@@ -814,6 +814,14 @@ pub fn getxattr_all(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<Vec<u8>
     }
 }
 
+/// syncfs(2): everything written to the filesystem of `fd` is on disk when it returns.
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // O_PATH fds are refused by syncfs: reopen the directory for reading.
+    let d = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::syncfs(d.as_raw_fd()) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -396,7 +396,11 @@ impl Handler for Control {
             }
             Op::Recall { paths, recursive } => Ok(self.recall_many(&paths, recursive, progress)),
             Op::Release { paths, recursive } => {
-                Ok(self.each(&paths, recursive, progress, |_, f| self.release(f)))
+                let r = self.each(&paths, recursive, progress, |_, f| self.release(f));
+                if let Err(e) = backing::syncfs(self.t.root()) {
+                    tracing::warn!("syncfs after release: {e:?}");
+                }
+                Ok(r)
             }
             Op::History { path } => self.history(&path),
             Op::Migrate { dry_run, mode } => {
