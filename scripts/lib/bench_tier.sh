@@ -144,7 +144,7 @@ EOF
 _bt_mount() { # SRC MNT CONFIG LOGNAME
     BT_MOUNTED+=("$2")
     timeout 120 "$COLDTIER_BIN" mount "$1" "$2" --config "$3" --log-file "$BT_LOG_DIR/$4.daemon.log" \
-        </dev/null >>"$BT_LOG_DIR/$4.mount.log" 2>&1 9>&- \
+        </dev/null >>"$BT_LOG_DIR/$4.mount.log" 2>&1 7>&- 8>&- 9>&- \
         || { _bt_warn "coldtier mount $1 $2 failed: $(tail -n 5 "$BT_LOG_DIR/$4.mount.log" | tr '\n' ' ')"; return 1; }
     local _
     for _ in $(seq 1 100); do
@@ -520,6 +520,7 @@ bench_tier_main() {
     BT_KEEP=$keep
     BT_WARN_FILE=""
     mkdir -p "$BENCH_TIER_DIR"
+    exec 7>&1 8>&2   # the real stdout/stderr, for the EXIT trap (a signal may come mid-redirection)
     exec 9>"$BENCH_TIER_DIR/.lock"
     flock -n 9 || _bt_die "another bench.sh --tier run holds $BENCH_TIER_DIR/.lock"
     # a run killed hard may have left mounts below the data dir: we hold the lock, they are stale
@@ -529,6 +530,15 @@ bench_tier_main() {
         _bt_log "unmounting stale mount from an earlier run: $m"
         _bt_umount "$m" || _bt_die "cannot unmount stale $m; unmount it by hand"
     done < <(awk -v p="$BT_DATA/" '{ if (index($5, p) == 1) print $5 }' /proc/self/mountinfo | sort -r)
+    # ... and its s3s-fs (the pid it recorded, if that process still serves our data dir)
+    local old_pid
+    old_pid=$(cat "$BENCH_TIER_DIR/s3s.pid" 2>/dev/null || true)
+    if [[ "$old_pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$old_pid/cmdline" 2>/dev/null | grep -q "s3s-fs .*$BT_DATA/s3"; then
+        _bt_log "stopping s3s-fs left by an earlier run (pid $old_pid)"
+        kill "$old_pid" 2>/dev/null || true
+        sleep 0.5
+    fi
+    rm -f "$BENCH_TIER_DIR/s3s.pid"
     rm -rf --one-file-system "$BT_DATA" "$BT_LOG_DIR"
     mkdir -p "$BT_DATA/master" "$BT_LOG_DIR"
     rm -f "$BT_RESULTS"
@@ -587,7 +597,9 @@ bench_tier_main() {
     _bt_log "command: $cmdline"
     _bt_log "data: 1 x $BENCH_TIER_LARGE and $BENCH_TIER_NSMALL x $BENCH_TIER_SMALL_SIZE (random bytes), $BENCH_TIER_REPEAT repetition(s); targets: ${BT_TARGETS[*]}"
     _bt_make_data "$BT_DATA/master"
-    S3S_LOG="$BT_LOG_DIR/s3s-fs.log" s3s_start "$BT_S3S_ROOT" || _bt_die "s3s-fs did not start"
+    # (7>&- 8>&- 9>&-: the server must not keep our terminal or the lock)
+    S3S_LOG="$BT_LOG_DIR/s3s-fs.log" s3s_start "$BT_S3S_ROOT" 7>&- 8>&- 9>&- || _bt_die "s3s-fs did not start"
+    echo "$S3S_PID" >"$BENCH_TIER_DIR/s3s.pid"
     s3s_mkbucket "$BT_CT_BUCKET"
     s3s_mkbucket "$BT_RC_BUCKET"
     _bt_rclone_cmd
@@ -637,11 +649,13 @@ bench_tier_main() {
 _bt_cleanup() {
     local rc=$? m leftover=0
     set +e
+    exec 1>&7 2>&8
     trap - INT TERM
     for m in "${BT_MOUNTED[@]}"; do
         _bt_umount "$m" || { echo "[bench-tier] could not unmount $m" >&2; leftover=1; }
     done
     s3s_stop
+    rm -f "$BENCH_TIER_DIR/s3s.pid"
     if [[ ${BT_KEEP:-0} -eq 1 ]]; then
         echo "[bench-tier] --keep: data left in $BT_DATA" >&2
     elif [[ $leftover -eq 0 ]]; then
