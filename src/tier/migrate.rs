@@ -584,9 +584,10 @@ impl Tiering {
         row.ctime_ns = ns_of(st0.ctime);
         row.ino = st0.ino;
         self.claim_path(&id, &path);
-        // Not waited on: VERIFIED or FAILED (durable) follows.
-        self.catalog
-            .transition_with(&row, EventKind::Copied, detail, false)?;
+        // COPIED is recorded with VERIFIED, in one transaction, once the copy is proven
+        // (one commit per file fewer); an unproven copy is recorded by its FAILED event,
+        // which names the object for gc.
+        let copied = (row.clone(), EventKind::Copied, detail);
 
         // Verify: the store's checksum of that exact version, or a read-back.
         let verified = self
@@ -651,7 +652,13 @@ impl Tiering {
             "verify": self.config.policy.verify.as_str(),
             "storage_class": rec.storage_class,
         });
-        self.apply(&mut row, Action::CopyVerified, detail)?;
+        let state = crate::tier::state::transition(row.state, row.pinned, Action::CopyVerified)
+            .ok()
+            .and_then(|t| t.next)
+            .unwrap_or(FileState::Premigrated);
+        row.state = state;
+        self.catalog
+            .transition_batch(&[copied, (row.clone(), EventKind::Verified, detail)])?;
         Ok(rec)
     }
 
