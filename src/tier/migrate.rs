@@ -613,7 +613,7 @@ impl Tiering {
             checksum_algo: put.checksum.algo.name().to_string(),
             checksum: put.checksum.base64(),
             md5: None,
-            storage_class: meta,
+            storage_class: meta.0.clone(),
             config_version,
         };
         {
@@ -649,7 +649,7 @@ impl Tiering {
             "object_key": key,
             "version_id": put.version_id,
             "checksum": put.checksum.to_string(),
-            "verify": self.config.policy.verify.as_str(),
+            "verify": meta.1,
             "storage_class": rec.storage_class,
         });
         let state = crate::tier::state::transition(row.state, row.pinned, Action::CopyVerified)
@@ -680,14 +680,16 @@ impl Tiering {
         version: Option<&str>,
         size: u64,
         put: &crate::store::PutResult,
-    ) -> Result<String, String> {
+    ) -> Result<(String, &'static str), String> {
         let store = self.store().map_err(|e| e.message)?;
         // The store's own answer to the upload names the checksum it computed for that
         // version on receipt (S3 refuses a body that does not match what we sent): when it
         // is there, it is the proof, and a HEAD would only ask the same question again.
         if self.config.policy.verify == Verify::Checksum {
             match &put.reported {
-                Some(r) if r.matches(&put.expected) => return Ok(self.configured_class()),
+                Some(r) if r.matches(&put.expected) => {
+                    return Ok((self.configured_class(), "checksum (upload answer)"))
+                }
                 Some(r) => {
                     return Err(format!(
                         "verify: {} reports checksum {r}, we sent {}",
@@ -728,7 +730,7 @@ impl Tiering {
             _ => false,
         };
         if by_checksum {
-            return Ok(class);
+            return Ok((class, "checksum (HEAD)"));
         }
         if meta.storage_class.is_archive() {
             return Err(format!(
@@ -756,7 +758,7 @@ impl Tiering {
                 put.checksum
             ));
         }
-        Ok(class)
+        Ok((class, "read-back"))
     }
 
     /// Frees the local data of a premigrated file (see the module doc for the order).
