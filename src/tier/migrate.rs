@@ -951,7 +951,7 @@ fn tally(
 }
 
 /// An unnamed temporary file (O_TMPFILE) for read-backs: gone when closed.
-fn tmpfile() -> std::io::Result<File> {
+pub(crate) fn tmpfile() -> std::io::Result<File> {
     let dir = std::env::temp_dir();
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
     // SAFETY: c is NUL-terminated.

@@ -492,6 +492,21 @@ fn run_blocking(
     })
 }
 
+/// Sleeps until the next time `schedule` names (UTC); false when there is none.
+pub(crate) async fn sleep_until_next(
+    schedule: &crate::tier::schedule::Schedule,
+    what: &str,
+) -> bool {
+    let now = std::time::SystemTime::now();
+    let Some(next) = schedule.next_after(now) else {
+        return false;
+    };
+    let wait = next.duration_since(now).unwrap_or_default();
+    tracing::info!(in_secs = wait.as_secs(), schedule = %schedule, "next scheduled {what}");
+    tokio::time::sleep(wait).await;
+    true
+}
+
 /// The scheduler: runs the policy at each time `policy.schedule` names (UTC), in the
 /// mode the config says. Runs for the life of the daemon.
 pub fn spawn_scheduler(t: Arc<Tiering>) {
@@ -500,12 +515,7 @@ pub fn spawn_scheduler(t: Arc<Tiering>) {
     };
     let rt = t.rt.clone();
     rt.spawn(async move {
-        loop {
-            let now = std::time::SystemTime::now();
-            let Some(next) = schedule.next_after(now) else { return };
-            let wait = next.duration_since(now).unwrap_or_default();
-            tracing::info!(in_secs = wait.as_secs(), schedule = %schedule, "next scheduled policy run");
-            tokio::time::sleep(wait).await;
+        while sleep_until_next(&schedule, "policy run").await {
             let mode = t.config.policy.mode;
             let mut quiet = |_: String, _: u64, _: u64| {};
             if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet).await {

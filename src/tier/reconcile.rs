@@ -20,8 +20,7 @@
 //! Verify takes the job lock: no policy run or gc moves objects meanwhile.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +33,7 @@ use crate::fs::backing::{self, Stat};
 use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
 use crate::tier::engine::{ns_of, StepError, Tiering, KEY_PREFIX};
 use crate::tier::marks;
+use crate::tier::migrate::tmpfile;
 use crate::tier::stub::StubRecord;
 
 /// Objects checked at once.
@@ -631,25 +631,6 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
     out
 }
 
-/// An unnamed temporary file (O_TMPFILE) for read-backs: gone when closed.
-fn tmpfile() -> std::io::Result<File> {
-    let dir = std::env::temp_dir();
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: c is NUL-terminated.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 // ---- glue for the control socket and the daemon -------------------------------------------
 
 /// Runs [`Tiering::reconcile`] from a plain thread (a control-socket connection), relaying
@@ -723,15 +704,12 @@ pub fn spawn_backup_scheduler(t: Arc<Tiering>) {
     };
     let rt = t.rt.clone();
     rt.spawn(async move {
-        loop {
-            let now = std::time::SystemTime::now();
-            let Some(next) = schedule.next_after(now) else { return };
-            let wait = next.duration_since(now).unwrap_or_default();
-            tracing::info!(in_secs = wait.as_secs(), schedule = %schedule, "next scheduled catalog backup");
-            tokio::time::sleep(wait).await;
+        while crate::tier::ops::sleep_until_next(&schedule, "catalog backup").await {
             let t2 = t.clone();
             match tokio::task::spawn_blocking(move || backup_now(&t2, None, "scheduled")).await {
-                Ok(Ok(d)) => tracing::info!(file = %d["file"], bytes = %d["bytes"], "catalog backup taken"),
+                Ok(Ok(d)) => {
+                    tracing::info!(file = %d["file"], bytes = %d["bytes"], "catalog backup taken")
+                }
                 Ok(Err(e)) => tracing::error!("scheduled catalog backup failed: {e}"),
                 Err(e) => tracing::error!("scheduled catalog backup task: {e}"),
             }
