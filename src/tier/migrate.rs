@@ -109,71 +109,77 @@ fn unchanged(a: &Stat, b: &Stat) -> bool {
     a.size == b.size && a.mtime == b.mtime && a.ctime == b.ctime && a.ino == b.ino
 }
 
+/// Walks the tree below `start` (relative to `root`; "" for all) on the filesystem
+/// `root_dev`, calling `f(rel_path, stat, dir_fd, name)` for every regular file. Symlinks
+/// are not followed, other filesystems not entered; a directory that cannot be opened or
+/// read goes to `skipped` and the walk goes on. Used by the daemon (scan, status -r,
+/// verify) and by the offline catalog rebuild.
+pub fn walk_tree(
+    root: BorrowedFd<'_>,
+    root_dev: u64,
+    start: &Path,
+    skipped: &mut dyn FnMut(&Path, crate::fs::backing::Errno),
+    f: &mut dyn FnMut(&Path, &Stat, BorrowedFd<'_>, &OsStr),
+) -> Result<(), crate::fs::backing::Errno> {
+    let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let top = backing::open_beneath(root, start, dir_flags)?;
+    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(top, start.to_path_buf())];
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some((dir, rel)) = stack.pop() {
+        loop {
+            let n = match backing::getdents(dir.as_fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    skipped(&rel, e);
+                    break;
+                }
+            };
+            let mut pos = 0;
+            while pos < n {
+                let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
+                    break;
+                };
+                pos += r.reclen;
+                if r.name == "." || r.name == ".." {
+                    continue;
+                }
+                if r.kind != libc::DT_DIR && r.kind != libc::DT_REG && r.kind != libc::DT_UNKNOWN {
+                    continue;
+                }
+                let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
+                    continue;
+                };
+                let child = rel.join(r.name);
+                if st.is_dir() {
+                    if st.dev == root_dev {
+                        match backing::open_at(dir.as_fd(), r.name, dir_flags, 0) {
+                            Ok(d) => stack.push((d, child)),
+                            Err(e) => skipped(&child, e),
+                        }
+                    }
+                } else if st.file_type() == libc::S_IFREG {
+                    f(&child, &st, dir.as_fd(), r.name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Tiering {
     /// Walks the backing tree below `start` (relative; "" for all) on this filesystem,
-    /// calling `f(rel_path, stat, dir_fd, name)` for every regular file. Symlinks are not
-    /// followed, other filesystems not entered.
+    /// calling `f(rel_path, stat, dir_fd, name)` for every regular file ([`walk_tree`]);
+    /// a directory that cannot be read is logged and skipped.
     pub fn walk(
         &self,
         start: &Path,
         f: &mut dyn FnMut(&Path, &Stat, BorrowedFd<'_>, &OsStr),
     ) -> Result<(), StepError> {
-        let top = backing::open_beneath(
-            self.root(),
-            start,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        )?;
-        let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(top, start.to_path_buf())];
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Some((dir, rel)) = stack.pop() {
-            loop {
-                let n = match backing::getdents(dir.as_fd(), &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!(dir = %rel.display(), "scan: cannot read directory: {e:?}");
-                        break;
-                    }
-                };
-                let mut pos = 0;
-                while pos < n {
-                    let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
-                        break;
-                    };
-                    pos += r.reclen;
-                    if r.name == "." || r.name == ".." {
-                        continue;
-                    }
-                    let child = rel.join(r.name);
-                    if r.kind == libc::DT_DIR {
-                        match backing::open_at(
-                            dir.as_fd(),
-                            r.name,
-                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                            0,
-                        ) {
-                            Ok(d) => {
-                                if backing::stat_fd(d.as_fd()).is_ok_and(|s| s.dev == self.root_dev)
-                                {
-                                    stack.push((d, child));
-                                }
-                            }
-                            Err(e) => tracing::warn!(dir = %child.display(), "scan: {e:?}"),
-                        }
-                        continue;
-                    }
-                    if r.kind != libc::DT_REG && r.kind != libc::DT_UNKNOWN {
-                        continue;
-                    }
-                    let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
-                        continue;
-                    };
-                    if st.file_type() == libc::S_IFREG {
-                        f(&child, &st, dir.as_fd(), r.name);
-                    }
-                }
-            }
-        }
+        let mut skipped = |dir: &Path, e: crate::fs::backing::Errno| {
+            tracing::warn!(dir = %dir.display(), "scan: cannot read directory: {e:?}");
+        };
+        walk_tree(self.root(), self.root_dev, start, &mut skipped, f)?;
         Ok(())
     }
 

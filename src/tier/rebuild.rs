@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -201,68 +201,30 @@ struct DiskFile {
 /// Walks the tree below `root` (same filesystem, no symlinks followed) and reads the
 /// records of every regular file that has one.
 fn walk(root: BorrowedFd<'_>, report: &mut Vec<String>) -> std::io::Result<(u64, Vec<DiskFile>)> {
-    let root_dev = backing::stat_fd(root)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.0))?
-        .dev;
-    let top = backing::open_beneath(
-        root,
-        Path::new(""),
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-    )
-    .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
-    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(top, PathBuf::new())];
-    let mut buf = vec![0u8; 64 * 1024];
+    let io = |e: backing::Errno| std::io::Error::from_raw_os_error(e.0);
+    let root_dev = backing::stat_fd(root).map_err(io)?.dev;
     let mut out = Vec::new();
     let mut files = 0u64;
-    while let Some((dir, rel)) = stack.pop() {
-        loop {
-            let n = match backing::getdents(dir.as_fd(), &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    report.push(format!(
-                        "SKIPPED {}: cannot read the directory: {e:?}",
-                        rel.display()
-                    ));
-                    break;
-                }
-            };
-            let mut pos = 0;
-            while pos < n {
-                let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
-                    break;
-                };
-                pos += r.reclen;
-                if r.name == "." || r.name == ".." {
-                    continue;
-                }
-                let child = rel.join(r.name);
-                let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
-                    continue;
-                };
-                if st.is_dir() {
-                    if st.dev == root_dev {
-                        if let Ok(d) = backing::open_at(
-                            dir.as_fd(),
-                            r.name,
-                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                            0,
-                        ) {
-                            stack.push((d, child));
-                        }
-                    }
-                    continue;
-                }
-                if st.file_type() != libc::S_IFREG {
-                    continue;
-                }
-                files += 1;
-                if let Some(f) = read_records(dir.as_fd(), r.name, &child, st, report) {
-                    out.push(f);
-                }
+    let mut skipped_dirs = Vec::new();
+    crate::tier::migrate::walk_tree(
+        root,
+        root_dev,
+        Path::new(""),
+        &mut |rel, e| {
+            skipped_dirs.push(format!(
+                "SKIPPED {}: cannot read the directory: {e:?}",
+                rel.display()
+            ))
+        },
+        &mut |rel, st, dir, name| {
+            files += 1;
+            if let Some(f) = read_records(dir, name, rel, *st, report) {
+                out.push(f);
             }
-        }
-    }
+        },
+    )
+    .map_err(io)?;
+    report.extend(skipped_dirs);
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok((files, out))
 }
