@@ -956,6 +956,18 @@ mod cost_tests {
 mod tests {
     use super::*;
 
+    /// The keys of one section of a TOML table, sorted.
+    fn sorted_keys<'a>(table: &'a toml::Table, section: &str) -> Vec<&'a str> {
+        let mut k: Vec<&str> = table[section]
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(|s| s.as_str())
+            .collect();
+        k.sort();
+        k
+    }
+
     #[test]
     fn defaults_when_empty() {
         let c = Config::parse("", "t").unwrap();
@@ -1195,16 +1207,7 @@ mod tests {
         );
         // Every key of every section is there (so the example documents all of them).
         let table: toml::Table = toml::from_str(text).unwrap();
-        let keys = |section: &str| -> Vec<&str> {
-            let mut k: Vec<&str> = table[section]
-                .as_table()
-                .unwrap()
-                .keys()
-                .map(|s| s.as_str())
-                .collect();
-            k.sort();
-            k
-        };
+        let keys = |section: &str| sorted_keys(&table, section);
         assert_eq!(
             keys("fuse"),
             [
@@ -1258,16 +1261,7 @@ mod tests {
         let text = include_str!("../systemd/coldtier.example.toml");
         let c = Config::parse(text, "example").unwrap();
         let table: toml::Table = toml::from_str(text).unwrap();
-        let keys = |section: &str| -> Vec<&str> {
-            let mut k: Vec<&str> = table[section]
-                .as_table()
-                .unwrap()
-                .keys()
-                .map(|s| s.as_str())
-                .collect();
-            k.sort();
-            k
-        };
+        let keys = |section: &str| sorted_keys(&table, section);
         assert_eq!(keys("mount"), ["mountpoint", "source"]);
         assert_eq!(keys("metrics"), ["listen"]);
         assert_eq!(
