@@ -423,17 +423,6 @@ pub fn stats_text(r: &Value) -> String {
 
 // ---- events ----------------------------------------------------------------------------
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `--since`: "2026-11-30", "2026-11-30T08:00", "2026-11-30 08:00:05Z" (UTC), or a
 /// duration ago ("90m", "24h", "7d"). Nanoseconds since the epoch.
 pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
@@ -488,7 +477,10 @@ pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
             (num(whole, 0, 60)?, f)
         }
     };
-    let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
+    let secs = crate::tier::schedule::days_from_civil(y, mo as u32, d as u32) * 86400
+        + h * 3600
+        + mi * 60
+        + sec;
     secs.checked_mul(1_000_000_000)
         .and_then(|ns| ns.checked_add(frac))
         .ok_or_else(|| format!("`{s}` is after 2262, the last time coldtier can record"))

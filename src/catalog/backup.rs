@@ -8,6 +8,7 @@
 //! committed state and does not block the writer; a step-wise copy would restart every
 //! time the daemon commits and might never finish under load.
 
+use crate::tier::schedule::{civil_from_days, days_from_civil};
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -183,29 +184,15 @@ fn sha256_file(p: &Path) -> std::io::Result<(u64, String)> {
 
 // ---- names and retention ----------------------------------------------------------------
 
-/// (year, month 1..=12, day 1..=31) of days since 1970-01-01 (Howard Hinnant's algorithm).
+/// (year, month 1..=12, day 1..=31) of days since 1970-01-01.
 fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let (y, m, d) = civil_from_days(days);
+    (y, m.into(), d.into())
 }
 
-/// Days since 1970-01-01 of a civil date.
+/// Days since 1970-01-01 of a civil date (month 1..=12, day 1..=31).
 fn days_of(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    days_from_civil(y, m as u32, d as u32)
 }
 
 /// `<name>-YYYYMMDDTHHMMSS.mmmZ.db` for a backup taken at `time_ns` (UTC): sorts by time.
