@@ -600,7 +600,7 @@ mod big {
         let cat = Arc::new(Catalog::open(dir.path().join("c.db")).unwrap());
         let t0 = std::time::Instant::now();
         {
-            let conn = cat.writer.lock();
+            let conn = &cat.writer.lock().conn;
             conn.execute_batch(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
                  INSERT INTO files (file_id, path, state, size, mtime_ns, ctime_ns, ino,

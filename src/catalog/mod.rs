@@ -1,9 +1,10 @@
 //! Catalog: the SQLite record of tracked files, the append-only hash-chained event log,
 //! config versions and policy jobs. The only module that names rusqlite.
 //!
-//! One writer connection behind a mutex (every write is one IMMEDIATE transaction, made
-//! durable by a group commit: see [`Catalog::write`]), plus a small pool of read-only connections that WAL lets read
-//! while a write is in progress. docs/catalog.md has the schema, the exact hash-chain
+//! One writer connection behind a mutex, plus a small pool of read-only connections that
+//! WAL lets read while a write is in progress. Concurrent writes share transactions
+//! (each runs in its own savepoint of the batch's transaction, so one that fails undoes
+//! only itself) and fsyncs (group commit): see [`Catalog::write`]. docs/catalog.md has the schema, the exact hash-chain
 //! encoding and the guarantees.
 
 pub mod backup;
@@ -28,7 +29,7 @@ use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
 use error::Context;
 use parking_lot::Mutex;
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,7 +41,10 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_JOB_ERRORS: usize = 1000;
 
 /// Idle read connections kept for reuse.
-const MAX_IDLE_READERS: usize = 4;
+const MAX_IDLE_READERS: usize = 16;
+
+/// Most writes one shared transaction takes before it commits, waiters or not.
+const MAX_BATCH: usize = 256;
 
 /// Nanoseconds since the Unix epoch. Injectable for tests.
 pub type Clock = Box<dyn Fn() -> i64 + Send + Sync>;
@@ -58,13 +62,84 @@ type Result<T, E = CatalogError> = std::result::Result<T, E>;
 /// The catalog. `Send + Sync`: share it as `Arc<Catalog>`.
 pub struct Catalog {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    /// Threads waiting for the writer lock: while there are any, the lock holder leaves
+    /// the batch's transaction open for them (write combining).
+    waiting: std::sync::atomic::AtomicUsize,
     readers: Mutex<Vec<Connection>>,
     clock: Clock,
     /// Commits made so far (counted under the writer lock, so in commit order).
     committed: std::sync::atomic::AtomicU64,
+    /// The config version in force as this process last wrote or read it (the daemon is
+    /// the catalog's one writer): the policy stamps it on every object it uploads.
+    config_version: std::sync::atomic::AtomicI64,
+    /// Which batches have ended, and how.
+    batches: Mutex<BatchState>,
+    batch_cv: parking_lot::Condvar,
     sync: Mutex<SyncState>,
     synced_cv: parking_lot::Condvar,
+}
+
+/// The writer connection and the batch its open transaction belongs to.
+struct Writer {
+    conn: Connection,
+    /// A transaction is open; the writes of batch `batch` are in it.
+    open: bool,
+    /// Number of the current (or last) batch; batch n ends with commit number n.
+    batch: u64,
+    /// Writes in the open batch.
+    members: usize,
+    /// The head of the event chain, kept between writes (see [`Heads`]).
+    head: Heads,
+    /// `PRAGMA data_version` when the head was last known right: another connection's
+    /// commit changes it, and the head is read again.
+    data_version: i64,
+}
+
+impl Writer {
+    /// Opens the transaction of a new batch.
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let dv: rusqlite::Result<i64> =
+            self.conn.query_row("PRAGMA data_version", [], |r| r.get(0));
+        match dv {
+            Ok(v) if v == self.data_version => {}
+            Ok(v) => {
+                self.data_version = v;
+                self.head = Heads::default();
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        self.open = true;
+        self.batch += 1;
+        self.members = 0;
+        Ok(())
+    }
+}
+
+/// The end of each batch: the last batch ended, and the recent ones whose COMMIT failed.
+#[derive(Default)]
+struct BatchState {
+    ended: u64,
+    failed: std::collections::VecDeque<(u64, String)>,
+}
+
+/// The event chain's head, read from the database once and then advanced in memory by
+/// each write; forgotten when a write or a batch rolls back, or another connection
+/// commits.
+#[derive(Default)]
+struct Heads(Option<Head>);
+
+impl Heads {
+    fn get(&mut self, conn: &Connection) -> Result<&mut Head> {
+        if self.0.is_none() {
+            self.0 = Some(Head::load(conn)?);
+        }
+        Ok(self.0.as_mut().expect("loaded above"))
+    }
 }
 
 /// The group commit's state: how far the WAL is known to be on disk.
@@ -72,6 +147,15 @@ pub struct Catalog {
 struct SyncState {
     synced: u64,
     syncing: bool,
+}
+
+impl Drop for Catalog {
+    /// Closes the readers first: the last connection to close checkpoints the WAL into the
+    /// database and removes it (a read-only one cannot), so a cleanly closed catalog is one
+    /// self-contained file, which copies and backups by hand expect.
+    fn drop(&mut self) {
+        self.readers.lock().clear();
+    }
 }
 
 impl std::fmt::Debug for Catalog {
@@ -135,17 +219,32 @@ impl Catalog {
             .pragma_update(None, "synchronous", "NORMAL")
             .ctx("setting synchronous=NORMAL")?;
         schema::migrate(&mut writer, &path)?;
+        writer.set_prepared_statement_cache_capacity(64);
         let catalog = Catalog {
             path,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                conn: writer,
+                open: false,
+                batch: 0,
+                members: 0,
+                head: Heads::default(),
+                data_version: 0,
+            }),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             clock,
             committed: std::sync::atomic::AtomicU64::new(0),
+            config_version: std::sync::atomic::AtomicI64::new(0),
+            batches: Mutex::new(BatchState::default()),
+            batch_cv: parking_lot::Condvar::new(),
             sync: Mutex::new(SyncState::default()),
             synced_cv: parking_lot::Condvar::new(),
         };
         let reader = catalog.open_reader()?;
         catalog.readers.lock().push(reader);
+        if let Some(c) = catalog.current_config()? {
+            catalog.note_config_version(c.version);
+        }
         Ok(catalog)
     }
 
@@ -184,14 +283,20 @@ impl Catalog {
         out
     }
 
-    /// Runs `f` in one IMMEDIATE transaction on the writer; commits if it returns Ok,
-    /// rolls back otherwise. Returns once the commit is on disk: the writer lock is
-    /// released first, so that other writers commit while this one waits for the fsync of
-    /// the WAL, and one fsync covers them all (group commit).
+    /// Runs `f` on the writer, in its own savepoint of an IMMEDIATE transaction: if it
+    /// returns Ok its changes are committed, otherwise they are rolled back (and only
+    /// they). Returns once the commit is on disk.
+    ///
+    /// Write combining: writes that arrive while another holds the writer join its
+    /// transaction, and the last of them commits for all (at most [`MAX_BATCH`] writes);
+    /// the others wait for that commit. One WAL commit and one fsync then cover many
+    /// writes, where each write alone would rewrite the same index pages and wait for its
+    /// own fsync (group commit: the writer lock is released before the fsync, so the next
+    /// batch runs while this one is synced).
     fn write<T>(
         &self,
         context: &'static str,
-        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
+        f: impl FnOnce(&Connection, &mut Heads, i64) -> Result<T>,
     ) -> Result<T> {
         let _timer = crate::metrics::CATALOG_WRITE_SECONDS.start_timer();
         let (out, seq) = self.commit(context, f)?;
@@ -206,31 +311,106 @@ impl Catalog {
     fn write_lazy<T>(
         &self,
         context: &'static str,
-        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
+        f: impl FnOnce(&Connection, &mut Heads, i64) -> Result<T>,
     ) -> Result<T> {
+        let _timer = crate::metrics::CATALOG_WRITE_SECONDS.start_timer();
         Ok(self.commit(context, f)?.0)
     }
 
+    /// Runs `f` in the current batch (see `write`) and returns once the batch is
+    /// committed, with the number of that commit.
     fn commit<T>(
         &self,
         context: &'static str,
-        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
+        f: impl FnOnce(&Connection, &mut Heads, i64) -> Result<T>,
     ) -> Result<(T, u64)> {
-        let (out, seq) = {
-            let mut conn = self.writer.lock();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .ctx(context)?;
-            let now = (self.clock)();
-            let out = f(&tx, now)?;
-            tx.commit().ctx(context)?;
-            let seq = self
-                .committed
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                + 1;
-            (out, seq)
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.fetch_add(1, SeqCst);
+        let mut w = self.writer.lock();
+        self.waiting.fetch_sub(1, SeqCst);
+        if !w.open {
+            w.begin().ctx(context)?;
+        }
+        let batch = w.batch;
+        let now = (self.clock)();
+        let out = {
+            let Writer { conn, head, .. } = &mut *w;
+            match conn.execute_batch("SAVEPOINT coldtier_write") {
+                Err(e) => Ok(Err(e).ctx(context)),
+                Ok(()) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, head, now)))
+                }
+            }
         };
-        Ok((out, seq))
+        let kept = matches!(out, Ok(Ok(_)));
+        let undo = if kept {
+            "RELEASE coldtier_write"
+        } else {
+            "ROLLBACK TO coldtier_write; RELEASE coldtier_write"
+        };
+        if !w.conn.is_autocommit() {
+            if let Err(e) = w.conn.execute_batch(undo) {
+                tracing::error!("catalog: ending a write's savepoint: {e}");
+                let _ = w.conn.execute_batch("ROLLBACK");
+            }
+        }
+        if !kept {
+            w.head = Heads::default();
+        }
+        w.members += 1;
+        if w.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (an I/O error, a full disk): the
+            // batch is lost, and every write in it fails.
+            self.end_batch(&mut w, Err("the transaction was rolled back".to_owned()));
+        } else if self.waiting.load(SeqCst) == 0 || w.members >= MAX_BATCH {
+            let r = w.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+            if r.is_err() {
+                let _ = w.conn.execute_batch("ROLLBACK");
+            }
+            self.end_batch(&mut w, r);
+        }
+        drop(w);
+        let out = match out {
+            Ok(o) => o?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        self.wait_batch(batch).ctx(context)?;
+        Ok((out, batch))
+    }
+
+    /// Records the end of the open batch (the writer lock is held).
+    fn end_batch(&self, w: &mut Writer, r: std::result::Result<(), String>) {
+        w.open = false;
+        if r.is_err() {
+            w.head = Heads::default();
+        }
+        self.committed
+            .store(w.batch, std::sync::atomic::Ordering::SeqCst);
+        let mut b = self.batches.lock();
+        b.ended = w.batch;
+        if let Err(e) = r {
+            tracing::error!("catalog: commit {} failed: {e}", w.batch);
+            b.failed.push_back((w.batch, e));
+            while b.failed.len() > 64 {
+                b.failed.pop_front();
+            }
+        }
+        self.batch_cv.notify_all();
+    }
+
+    /// Waits until batch `batch` has ended; its error if its COMMIT failed.
+    fn wait_batch(&self, batch: u64) -> rusqlite::Result<()> {
+        let mut b = self.batches.lock();
+        while b.ended < batch {
+            self.batch_cv.wait(&mut b);
+        }
+        match b.failed.iter().find(|(n, _)| *n == batch) {
+            Some((_, e)) => Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some(format!("the shared transaction did not commit: {e}")),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Waits until commit number `seq` is on disk, fsyncing the WAL if no one else is.
@@ -291,7 +471,7 @@ impl Catalog {
     /// a CONFIG_CHANGED event that already carries the new version.
     pub fn record_config(&self, text: &str) -> Result<ConfigVersion> {
         let hash = sha256_hex(text);
-        self.write("recording a config version", |tx, now| {
+        let v = self.write("recording a config version", |tx, heads, now| {
             let latest = latest_config(tx).ctx("reading the latest config version")?;
             if let Some(latest) = &latest {
                 if latest.hash == hash {
@@ -299,7 +479,7 @@ impl Catalog {
                 }
             }
             let version = latest.as_ref().map_or(1, |l| l.version + 1);
-            let mut head = Head::load(tx)?;
+            let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
             tx.prepare_cached(
                 "INSERT INTO config_versions (version, hash, text, time_ns) VALUES (?1, ?2, ?3, ?4)",
@@ -326,12 +506,30 @@ impl Catalog {
                 text: text.to_owned(),
                 time_ns,
             })
-        })
+        })?;
+        self.note_config_version(v.version);
+        Ok(v)
     }
 
     /// The config version in force (the latest), if any was recorded.
     pub fn current_config(&self) -> Result<Option<ConfigVersion>> {
-        self.read("reading the current config version", latest_config)
+        let c = self.read("reading the current config version", latest_config)?;
+        if let Some(c) = &c {
+            self.note_config_version(c.version);
+        }
+        Ok(c)
+    }
+
+    /// The number of the config version in force (0 if none was recorded), as this
+    /// process last recorded or read it: no query.
+    pub fn config_version_in_force(&self) -> i64 {
+        self.config_version
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn note_config_version(&self, version: i64) {
+        self.config_version
+            .fetch_max(version, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Config version `version`, if it exists.
@@ -382,8 +580,8 @@ impl Catalog {
         kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<Event> {
-        self.write("appending an event", |tx, now| {
-            let mut head = Head::load(tx)?;
+        self.write("appending an event", |tx, heads, now| {
+            let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
             head.push(tx, time_ns, file_id, path, kind, &detail)
         })
@@ -411,8 +609,8 @@ impl Catalog {
         detail: serde_json::Value,
         durable: bool,
     ) -> Result<Event> {
-        let body = |tx: &Transaction<'_>, now: i64| {
-            let mut head = Head::load(tx)?;
+        let body = |tx: &Connection, heads: &mut Heads, now: i64| {
+            let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
             upsert_file(tx, file, time_ns)?;
             head.push(
@@ -438,12 +636,29 @@ impl Catalog {
         &self,
         items: &[(FileRow, EventKind, serde_json::Value)],
     ) -> Result<Range<i64>> {
-        self.write("recording a batch of file transitions", |tx, now| {
-            let mut head = Head::load(tx)?;
+        self.transition_batch_with(items, true)
+    }
+
+    /// [`Catalog::transition_batch`]; with `durable` false it returns before the fsync
+    /// (see `write_lazy`).
+    pub fn transition_batch_with(
+        &self,
+        items: &[(FileRow, EventKind, serde_json::Value)],
+        durable: bool,
+    ) -> Result<Range<i64>> {
+        let body = |tx: &Connection, heads: &mut Heads, now: i64| {
+            let head = heads.get(tx)?;
             let first = head.id + 1;
-            for (file, kind, detail) in items {
+            for (i, (file, kind, detail)) in items.iter().enumerate() {
                 let time_ns = head.next_time(now);
-                upsert_file(tx, file, time_ns)?;
+                // Consecutive steps of one file (COPIED, VERIFIED): only its last row
+                // stays, so only that one is written.
+                let superseded = items.get(i + 1).is_some_and(|(next, _, _)| {
+                    next.file_id == file.file_id && next.path == file.path
+                });
+                if !superseded {
+                    upsert_file(tx, file, time_ns)?;
+                }
                 head.push(
                     tx,
                     time_ns,
@@ -454,21 +669,33 @@ impl Catalog {
                 )?;
             }
             Ok(first..head.id + 1)
-        })
+        };
+        const WHAT: &str = "recording a batch of file transitions";
+        if durable {
+            self.write(WHAT, body)
+        } else {
+            self.write_lazy(WHAT, body)
+        }
+    }
+
+    /// Makes every write committed so far durable (one fsync of the WAL, shared with
+    /// concurrent callers): the barrier after a run of lazy writes.
+    pub fn sync(&self) -> Result<()> {
+        self.make_durable(self.committed.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Removes a file's row and appends its DELETED event, in one transaction. The event's
     /// detail is `{"row": <the row as it was>, "detail": <detail>}`, so the object key and
     /// version of a deleted file stay in the audit trail for `gc`.
     pub fn delete_file(&self, file_id: &str, detail: serde_json::Value) -> Result<Event> {
-        self.write("deleting a file", |tx, now| {
+        self.write("deleting a file", |tx, heads, now| {
             let row = file_where(tx, "file_id = ?1", file_id)
                 .ctx("reading the file to delete")?
                 .ok_or_else(|| CatalogError::NoSuchFile(file_id.to_owned()))?;
             tx.prepare_cached("DELETE FROM files WHERE file_id = ?1")
                 .and_then(|mut s| s.execute([file_id]))
                 .ctx("deleting a file row")?;
-            let mut head = Head::load(tx)?;
+            let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
             let detail = serde_json::json!({ "row": row, "detail": detail });
             head.push(
@@ -485,7 +712,7 @@ impl Catalog {
     /// Changes a file's current path (its identity, state and objects stay). Not an event:
     /// a rename is no state transition; later events carry the new path.
     pub fn rename_path(&self, file_id: &str, new_path: &str) -> Result<()> {
-        self.write("renaming a file", |tx, now| {
+        self.write("renaming a file", |tx, _, now| {
             check_path_free(tx, file_id, new_path)?;
             let n = tx
                 .prepare_cached("UPDATE files SET path = ?2, updated_at = ?3 WHERE file_id = ?1")
@@ -503,7 +730,7 @@ impl Catalog {
     pub fn rename_prefix(&self, old_dir: &str, new_dir: &str) -> Result<usize> {
         let lo = format!("{old_dir}/");
         let hi = format!("{old_dir}0"); // '0' sorts right after '/'
-        self.write("renaming a directory", |tx, now| {
+        self.write("renaming a directory", |tx, _, now| {
             tx.prepare_cached(
                 "UPDATE files SET path = ?3 || substr(path, ?4), updated_at = ?5 \
                  WHERE path >= ?1 AND path < ?2",
@@ -672,7 +899,7 @@ impl Catalog {
 
     /// Records the start of a policy run; returns its id.
     pub fn start_job(&self, kind: &str, mode: &str) -> Result<i64> {
-        self.write("starting a job", |tx, now| {
+        self.write("starting a job", |tx, _, now| {
             let config_version = latest_config(tx)
                 .ctx("reading the config version")?
                 .map_or(0, |c| c.version);
@@ -704,7 +931,7 @@ impl Catalog {
             ));
         }
         let errors_json = serde_json::Value::from(errors).to_string();
-        self.write("finishing a job", |tx, now| {
+        self.write("finishing a job", |tx, _, now| {
             let (started, finished): (i64, Option<i64>) = tx
                 .prepare_cached("SELECT started_ns, finished_ns FROM jobs WHERE id = ?1")
                 .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
@@ -770,7 +997,7 @@ struct Head {
 }
 
 impl Head {
-    fn load(tx: &Transaction<'_>) -> Result<Head> {
+    fn load(tx: &Connection) -> Result<Head> {
         let last: Option<(i64, String, i64)> = tx
             .prepare_cached("SELECT id, hash, time_ns FROM events ORDER BY id DESC LIMIT 1")
             .and_then(|mut s| {
@@ -797,7 +1024,7 @@ impl Head {
 
     fn push(
         &mut self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         time_ns: i64,
         file_id: Option<&str>,
         path: Option<&str>,
@@ -851,7 +1078,7 @@ impl Head {
     }
 }
 
-fn check_path_free(tx: &Transaction<'_>, file_id: &str, path: &str) -> Result<()> {
+fn check_path_free(tx: &Connection, file_id: &str, path: &str) -> Result<()> {
     let other: Option<String> = tx
         .prepare_cached("SELECT file_id FROM files WHERE path = ?1 AND file_id <> ?2")
         .and_then(|mut s| s.query_row([path, file_id], |r| r.get(0)).optional())
@@ -865,43 +1092,87 @@ fn check_path_free(tx: &Transaction<'_>, file_id: &str, path: &str) -> Result<()
     }
 }
 
-fn upsert_file(tx: &Transaction<'_>, f: &FileRow, updated_at: i64) -> Result<()> {
+fn upsert_file(tx: &Connection, f: &FileRow, updated_at: i64) -> Result<()> {
+    use rusqlite::types::Value;
     let size = i64::try_from(f.size).map_err(|_| CatalogError::OutOfRange {
         what: "size",
         value: f.size,
     })?;
-    check_path_free(tx, &f.file_id, &f.path)?;
+    let old = file_where(tx, "file_id = ?1", &f.file_id).ctx("reading a file row")?;
+    let Some(old) = old else {
+        check_path_free(tx, &f.file_id, &f.path)?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO files ({FILE_COLS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                f.file_id,
+                f.path,
+                f.state,
+                size,
+                f.mtime_ns,
+                f.ctime_ns,
+                // Inode numbers are u64; stored bit for bit.
+                f.ino as i64,
+                f.object_key,
+                f.version_id,
+                f.checksum_algo,
+                f.checksum,
+                f.md5,
+                f.storage_class,
+                f.pinned,
+                updated_at
+            ])
+        })
+        .ctx("writing a file row")?;
+        return Ok(());
+    };
+    if old.path != f.path {
+        check_path_free(tx, &f.file_id, &f.path)?;
+    }
+    // Only the columns that change: SQLite rewrites every index that has a column named
+    // in SET, changed or not, and the files table has seven.
+    let mut cols: Vec<&str> = Vec::new();
+    let mut vals: Vec<Value> = vec![Value::from(f.file_id.clone())];
+    let mut set = |col: &'static str, changed: bool, v: Value| {
+        if changed {
+            cols.push(col);
+            vals.push(v);
+        }
+    };
+    set("path", old.path != f.path, f.path.clone().into());
+    set(
+        "state",
+        old.state != f.state,
+        f.state.as_str().to_owned().into(),
+    );
+    set("size", old.size != f.size, size.into());
+    set("mtime_ns", old.mtime_ns != f.mtime_ns, f.mtime_ns.into());
+    set("ctime_ns", old.ctime_ns != f.ctime_ns, f.ctime_ns.into());
+    set("ino", old.ino != f.ino, (f.ino as i64).into());
+    for (col, was, now) in [
+        ("object_key", &old.object_key, &f.object_key),
+        ("version_id", &old.version_id, &f.version_id),
+        ("checksum_algo", &old.checksum_algo, &f.checksum_algo),
+        ("checksum", &old.checksum, &f.checksum),
+        ("md5", &old.md5, &f.md5),
+        ("storage_class", &old.storage_class, &f.storage_class),
+    ] {
+        set(col, was != now, now.clone().into());
+    }
+    set("pinned", old.pinned != f.pinned, f.pinned.into());
+    set("updated_at", true, updated_at.into());
+    let assignments: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", i + 2))
+        .collect();
     tx.prepare_cached(&format!(
-        "INSERT INTO files ({FILE_COLS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-         ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, state = excluded.state, \
-         size = excluded.size, mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, \
-         ino = excluded.ino, object_key = excluded.object_key, \
-         version_id = excluded.version_id, checksum_algo = excluded.checksum_algo, \
-         checksum = excluded.checksum, md5 = excluded.md5, \
-         storage_class = excluded.storage_class, pinned = excluded.pinned, \
-         updated_at = excluded.updated_at"
+        "UPDATE files SET {} WHERE file_id = ?1",
+        assignments.join(", ")
     ))
-    .and_then(|mut s| {
-        s.execute(params![
-            f.file_id,
-            f.path,
-            f.state,
-            size,
-            f.mtime_ns,
-            f.ctime_ns,
-            // Inode numbers are u64; stored bit for bit.
-            f.ino as i64,
-            f.object_key,
-            f.version_id,
-            f.checksum_algo,
-            f.checksum,
-            f.md5,
-            f.storage_class,
-            f.pinned,
-            updated_at
-        ])
-    })
+    .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
     .ctx("writing a file row")?;
     Ok(())
 }

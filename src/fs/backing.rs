@@ -471,7 +471,95 @@ pub fn utimens_fd(
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_cstr().as_ptr(), ts.as_ptr(), 0) }).map(drop)
 }
 
+/// getxattrat(2) (Linux 6.13): the same number on every architecture coldtier builds for.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_GETXATTRAT: libc::c_long = 464;
+
+/// `struct xattr_args` of getxattrat(2).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// An O_PATH fd of /proc/self/fd, for getxattrat: resolving the one name "N" from there is
+/// a quarter of the cost of resolving "/proc/self/fd/N" from the root (the stub probe runs
+/// on the first stat of every file). `None` if /proc is not there.
+fn proc_fd_dir() -> Option<RawFd> {
+    static DIR: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // SAFETY: a NUL-terminated path; the fd returned is ours.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/fd".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        // SAFETY: a fresh fd we own.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    })
+    .as_ref()
+    .map(|f| f.as_raw_fd())
+}
+
+/// getxattrat relative to /proc/self/fd; `None` when the kernel has no getxattrat.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn getxattrat_proc(fd: RawFd, name: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    if MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let dir = proc_fd_dir()?;
+    let mut num = [0u8; 16];
+    {
+        use std::io::Write;
+        let mut cur = std::io::Cursor::new(&mut num[..]);
+        // 10 digits + NUL fit.
+        let _ = write!(cur, "{fd}\0");
+    }
+    let args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        flags: 0,
+    };
+    // SAFETY: the path and name are NUL-terminated; args points at a live struct of the
+    // size passed, whose value buffer is writable for `size` bytes.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir,
+            num.as_ptr(),
+            0 as libc::c_uint,
+            name.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r >= 0 {
+        return Some(Ok(r as usize));
+    }
+    let e = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    if e == libc::ENOSYS {
+        MISSING.store(true, Ordering::Relaxed);
+        return None;
+    }
+    Some(Err(Errno(e)))
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn getxattrat_proc(_: RawFd, _: &CStr, _: &mut [u8]) -> Option<SysResult<usize>> {
+    None
+}
+
+/// getxattr of any fd, O_PATH ones included (fgetxattr refuses those).
 pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    if let Some(r) = getxattrat_proc(fd.as_raw_fd(), name, buf) {
+        return r;
+    }
     let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: strings NUL-terminated; buf writable for buf.len() bytes (may be 0 for a size query).
     cvt_isize(unsafe {
@@ -812,14 +900,6 @@ pub fn getxattr_all(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<Vec<u8>
             Err(e) => return Err(e),
         }
     }
-}
-
-/// syncfs(2): everything written to the filesystem of `fd` is on disk when it returns.
-pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
-    // O_PATH fds are refused by syncfs: reopen the directory for reading.
-    let d = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    // SAFETY: plain syscall on a valid fd.
-    cvt(unsafe { libc::syncfs(d.as_raw_fd()) }).map(drop)
 }
 
 #[cfg(test)]

@@ -656,7 +656,10 @@ impl Tiering {
         row.mtime_ns = ns_of(st.mtime);
         row.size = st.size;
         row.ino = st.ino;
-        self.apply(row, Action::RecallDone, detail)
+        // Lazy: the file's records are the truth and the data is on disk. Should a power
+        // cut take this commit, the row says `recalling` with no stub record on the file,
+        // and `resume` records RECALLED at the next start.
+        self.apply_with(row, Action::RecallDone, detail, false)
             .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
         Ok(())
     }

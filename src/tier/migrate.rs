@@ -382,8 +382,9 @@ impl Tiering {
                 );
             }
         }
-        if let Err(e) = backing::syncfs(self.root()) {
-            tracing::warn!("syncfs after the policy run: {e:?}");
+        // The records of the run (written lazily) on disk before it reports.
+        if let Err(e) = self.catalog.sync() {
+            tracing::error!("catalog: {e}");
         }
         summary.seconds = t0.elapsed().as_secs_f64();
         let counts = JobCounts {
@@ -523,12 +524,7 @@ impl Tiering {
         let st0 = backing::stat_fd(file.as_fd())?;
         let version = (system_now_ns().max(1)) as u64;
         let key = object_key(KEY_PREFIX, &id, version);
-        let config_version = self
-            .catalog
-            .current_config()
-            .ok()
-            .flatten()
-            .map_or(0, |c| c.version);
+        let config_version = self.catalog.config_version_in_force();
         let mut path_meta = path.clone();
         if path_meta.len() > 1024 {
             let mut cut = 1024;
@@ -663,8 +659,9 @@ impl Tiering {
             .and_then(|t| t.next)
             .unwrap_or(FileState::Premigrated);
         row.state = state;
+        // Lazy: the run's end makes its records durable with one fsync (`run_policy`).
         self.catalog
-            .transition_batch(&[copied, (row.clone(), EventKind::Verified, detail)])?;
+            .transition_batch_with(&[copied, (row.clone(), EventKind::Verified, detail)], false)?;
         Ok(rec)
     }
 
@@ -806,6 +803,9 @@ impl Tiering {
             let mut srec = rec.clone();
             srec.ctime_ns = ns_of(st.ctime);
             marks::set_record(w.as_fd(), marks::STUB, &srec)?;
+            // The stub record reaches the disk before the data is freed, on any
+            // filesystem (one without a journal may write metadata out of order).
+            backing::fsync(w.as_fd(), false)?;
             self.failpoint("migrate-after-stub-xattr");
             backing::ftruncate(w.as_fd(), 0)?;
             self.failpoint("migrate-after-truncate");
@@ -816,17 +816,17 @@ impl Tiering {
                 SetTime::At(st.mtime.0, st.mtime.1),
             )?;
             marks::remove(w.as_fd(), marks::COPY)?;
-            // No fsync per file: a power cut can only undo these steps in order (the
-            // filesystem's journal keeps metadata changes in sequence), leaving a full file
-            // with its records, which is safe. A policy run syncs the filesystem once at
-            // its end (`syncfs`), so what it reports is on disk.
+            // The rest needs no fsync: lost to a power cut, the file keeps its stub record
+            // (and maybe its data, or its copy record): a stub either way, which recalls.
             self.reset_mark(node);
             freed = st.blocks * 512;
         }
         let st = backing::stat_fd(w.as_fd())?;
         row.ctime_ns = ns_of(st.ctime);
         let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
-        self.apply(&mut row, action, detail)?;
+        // Lazy: the stub record on the file is the truth, and on disk already; the caller
+        // makes the catalog durable at the end of its run (`Catalog::sync`).
+        self.apply_with(&mut row, action, detail, false)?;
         Ok(Outcome::Stubbed)
     }
 

@@ -295,6 +295,10 @@ impl Control {
                 collect(r, &mut results, &mut failed);
             }
         });
+        // RECALLED is written lazily: on disk before the report.
+        if let Err(e) = self.t.catalog.sync() {
+            tracing::error!("catalog: {e}");
+        }
         results.sort_by_key(|(i, _)| *i);
         let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
         json!({"results": results, "failed": failed})
@@ -397,8 +401,8 @@ impl Handler for Control {
             Op::Recall { paths, recursive } => Ok(self.recall_many(&paths, recursive, progress)),
             Op::Release { paths, recursive } => {
                 let r = self.each(&paths, recursive, progress, |_, f| self.release(f));
-                if let Err(e) = backing::syncfs(self.t.root()) {
-                    tracing::warn!("syncfs after release: {e:?}");
+                if let Err(e) = self.t.catalog.sync() {
+                    tracing::error!("catalog: {e}");
                 }
                 Ok(r)
             }
