@@ -86,6 +86,23 @@ impl ProcPath {
     fn as_cstr(&self) -> &CStr {
         CStr::from_bytes_until_nul(&self.buf).expect("proc path is NUL-terminated")
     }
+    /// The same magic link for an `*at` call: ("N" relative to an fd of /proc/self/fd)
+    /// when that directory could be opened, else (AT_FDCWD, the whole path). Resolving
+    /// one name from there costs a fraction of the walk from the root, and every open of
+    /// a file through the mount goes this way.
+    fn at(&self) -> (RawFd, &CStr) {
+        match proc_fd_dir() {
+            Some(dir) => {
+                let c = self.as_cstr();
+                let rel = &c.to_bytes_with_nul()["/proc/self/fd/".len()..];
+                (
+                    dir,
+                    CStr::from_bytes_with_nul(rel).expect("a suffix of a C string"),
+                )
+            }
+            None => (libc::AT_FDCWD, self.as_cstr()),
+        }
+    }
 }
 
 const EMPTY: &CStr = c"";
@@ -274,8 +291,9 @@ pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
 /// Opens the object behind an O_PATH fd for I/O with `flags`, via its /proc/self/fd magic link.
 pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> SysResult<OwnedFd> {
     let p = ProcPath::new(fd.as_raw_fd());
-    // SAFETY: path is NUL-terminated.
-    let r = cvt(unsafe { libc::open(p.as_cstr().as_ptr(), flags | libc::O_CLOEXEC) })?;
+    let (dir, name) = p.at();
+    // SAFETY: name is NUL-terminated.
+    let r = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
     Ok(own(r))
 }
 
@@ -388,8 +406,9 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
 
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     let p = ProcPath::new(fd.as_raw_fd());
-    // SAFETY: path is NUL-terminated.
-    cvt(unsafe { libc::chmod(p.as_cstr().as_ptr(), mode) }).map(drop)
+    let (dir, name) = p.at();
+    // SAFETY: name is NUL-terminated.
+    cvt(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) }).map(drop)
 }
 
 pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
@@ -467,8 +486,9 @@ pub fn utimens_fd(
         .map(drop);
     }
     let p = ProcPath::new(fd.as_raw_fd());
-    // SAFETY: path is NUL-terminated, ts has two elements.
-    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_cstr().as_ptr(), ts.as_ptr(), 0) }).map(drop)
+    let (dir, name) = p.at();
+    // SAFETY: name is NUL-terminated, ts has two elements.
+    cvt(unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), 0) }).map(drop)
 }
 
 /// getxattrat(2) (Linux 6.13): the same number on every architecture coldtier builds for.
@@ -483,24 +503,41 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// An O_PATH fd of /proc/self/fd, for getxattrat: resolving the one name "N" from there is
-/// a quarter of the cost of resolving "/proc/self/fd/N" from the root (the stub probe runs
-/// on the first stat of every file). `None` if /proc is not there.
+/// An O_PATH fd of /proc/self/fd, for the `*at` calls of [`ProcPath::at`]. `None` if /proc
+/// is not there. Kept with the pid it was opened by: /proc/self is resolved when it is
+/// opened, so a child after fork (daemonizing) must open its own.
 fn proc_fd_dir() -> Option<RawFd> {
-    static DIR: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        // SAFETY: a NUL-terminated path; the fd returned is ours.
-        let fd = unsafe {
-            libc::open(
-                c"/proc/self/fd".as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        // SAFETY: a fresh fd we own.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-    })
-    .as_ref()
-    .map(|f| f.as_raw_fd())
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // pid << 32 | fd; 0 = not opened yet.
+    static DIR: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let cur = DIR.load(Ordering::Acquire);
+    if cur != 0 && (cur >> 32) as u32 == pid {
+        return Some(cur as u32 as RawFd);
+    }
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let new = (u64::from(pid) << 32) | u64::from(fd as u32);
+    match DIR.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+        // The parent's fd, if one was inherited across fork, is left alone: its number
+        // may have been closed and reused since.
+        Ok(_) => Some(fd),
+        Err(won) => {
+            // Another thread opened one first: use that.
+            // SAFETY: our fresh fd, never shared.
+            unsafe { libc::close(fd) };
+            ((won >> 32) as u32 == pid).then_some(won as u32 as RawFd)
+        }
+    }
 }
 
 /// getxattrat relative to /proc/self/fd; `None` when the kernel has no getxattrat.
@@ -511,14 +548,9 @@ fn getxattrat_proc(fd: RawFd, name: &CStr, buf: &mut [u8]) -> Option<SysResult<u
     if MISSING.load(Ordering::Relaxed) {
         return None;
     }
-    let dir = proc_fd_dir()?;
-    let mut num = [0u8; 16];
-    {
-        use std::io::Write;
-        let mut cur = std::io::Cursor::new(&mut num[..]);
-        // 10 digits + NUL fit.
-        let _ = write!(cur, "{fd}\0");
-    }
+    proc_fd_dir()?;
+    let p = ProcPath::new(fd);
+    let (dir, num) = p.at();
     let args = XattrArgs {
         value: buf.as_mut_ptr() as u64,
         size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
