@@ -96,12 +96,20 @@ struct Writer {
     data_version: i64,
 }
 
+/// Runs one statement without parameters from the statement cache (the writer runs its
+/// transaction statements for every write: parsing them each time costs more than they do).
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 impl Writer {
     /// Opens the transaction of a new batch.
     fn begin(&mut self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let dv: rusqlite::Result<i64> =
-            self.conn.query_row("PRAGMA data_version", [], |r| r.get(0));
+        run(&self.conn, "BEGIN IMMEDIATE")?;
+        let dv: rusqlite::Result<i64> = self
+            .conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)));
         match dv {
             Ok(v) if v == self.data_version => {}
             Ok(v) => {
@@ -335,7 +343,7 @@ impl Catalog {
         let now = (self.clock)();
         let out = {
             let Writer { conn, head, .. } = &mut *w;
-            match conn.execute_batch("SAVEPOINT coldtier_write") {
+            match run(conn, "SAVEPOINT coldtier_write") {
                 Err(e) => Ok(Err(e).ctx(context)),
                 Ok(()) => {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, head, now)))
@@ -343,13 +351,13 @@ impl Catalog {
             }
         };
         let kept = matches!(out, Ok(Ok(_)));
-        let undo = if kept {
-            "RELEASE coldtier_write"
+        let undo: &[&str] = if kept {
+            &["RELEASE coldtier_write"]
         } else {
-            "ROLLBACK TO coldtier_write; RELEASE coldtier_write"
+            &["ROLLBACK TO coldtier_write", "RELEASE coldtier_write"]
         };
         if !w.conn.is_autocommit() {
-            if let Err(e) = w.conn.execute_batch(undo) {
+            if let Err(e) = undo.iter().try_for_each(|sql| run(&w.conn, sql)) {
                 tracing::error!("catalog: ending a write's savepoint: {e}");
                 let _ = w.conn.execute_batch("ROLLBACK");
             }
@@ -363,7 +371,7 @@ impl Catalog {
             // batch is lost, and every write in it fails.
             self.end_batch(&mut w, Err("the transaction was rolled back".to_owned()));
         } else if self.waiting.load(SeqCst) == 0 || w.members >= MAX_BATCH {
-            let r = w.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+            let r = run(&w.conn, "COMMIT").map_err(|e| e.to_string());
             if r.is_err() {
                 let _ = w.conn.execute_batch("ROLLBACK");
             }
