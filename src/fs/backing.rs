@@ -575,11 +575,18 @@ fn getxattrat_proc(fd: RawFd, name: &CStr, buf: &mut [u8]) -> Option<SysResult<u
     let e = io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO);
-    if e == libc::ENOSYS {
-        MISSING.store(true, Ordering::Relaxed);
-        return None;
+    match e {
+        // An older kernel: never again.
+        libc::ENOSYS => {
+            MISSING.store(true, Ordering::Relaxed);
+            None
+        }
+        // Reading a trusted.* attribute is never refused with EPERM (without the
+        // capability it just is not there): this is a seccomp filter that does not know
+        // the call (e.g. an allow-list returning EPERM). The old way answers instead.
+        libc::EPERM => None,
+        _ => Some(Err(Errno(e))),
     }
-    Some(Err(Errno(e)))
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
