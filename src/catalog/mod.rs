@@ -4,8 +4,8 @@
 //! One writer connection behind a mutex, plus a small pool of read-only connections that
 //! WAL lets read while a write is in progress. Concurrent writes share transactions
 //! (each runs in its own savepoint of the batch's transaction, so one that fails undoes
-//! only itself) and fsyncs (group commit): see [`Catalog::write`]. docs/catalog.md has the schema, the exact hash-chain
-//! encoding and the guarantees.
+//! only itself) and fsyncs (group commit): see [`Catalog::write`]. docs/catalog.md has
+//! the schema, the exact hash-chain encoding and the guarantees.
 
 pub mod backup;
 mod chain;
@@ -68,8 +68,6 @@ pub struct Catalog {
     waiting: std::sync::atomic::AtomicUsize,
     readers: Mutex<Vec<Connection>>,
     clock: Clock,
-    /// Commits made so far (counted under the writer lock, so in commit order).
-    committed: std::sync::atomic::AtomicU64,
     /// The config version in force as this process last wrote or read it (the daemon is
     /// the catalog's one writer): the policy stamps it on every object it uploads.
     config_version: std::sync::atomic::AtomicI64,
@@ -241,7 +239,6 @@ impl Catalog {
             waiting: std::sync::atomic::AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             clock,
-            committed: std::sync::atomic::AtomicU64::new(0),
             config_version: std::sync::atomic::AtomicI64::new(0),
             batches: Mutex::new(BatchState::default()),
             batch_cv: parking_lot::Condvar::new(),
@@ -392,8 +389,6 @@ impl Catalog {
         if r.is_err() {
             w.head = Heads::default();
         }
-        self.committed
-            .store(w.batch, std::sync::atomic::Ordering::SeqCst);
         let mut b = self.batches.lock();
         b.ended = w.batch;
         if let Err(e) = r {
@@ -404,6 +399,11 @@ impl Catalog {
             }
         }
         self.batch_cv.notify_all();
+    }
+
+    /// The number of the last batch that ended: commits made so far, in commit order.
+    fn ended(&self) -> u64 {
+        self.batches.lock().ended
     }
 
     /// Waits until batch `batch` has ended; its error if its COMMIT failed.
@@ -433,7 +433,7 @@ impl Catalog {
                 continue;
             }
             st.syncing = true;
-            let target = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+            let target = self.ended();
             drop(st);
             let r = self.fsync_wal();
             st = self.sync.lock();
@@ -466,10 +466,7 @@ impl Catalog {
     /// Commits made and commits known to be on disk (tests).
     #[doc(hidden)]
     pub fn durability(&self) -> (u64, u64) {
-        (
-            self.committed.load(std::sync::atomic::Ordering::SeqCst),
-            self.sync.lock().synced,
-        )
+        (self.ended(), self.sync.lock().synced)
     }
 
     // ---- config versions -------------------------------------------------------------
@@ -689,7 +686,7 @@ impl Catalog {
     /// Makes every write committed so far durable (one fsync of the WAL, shared with
     /// concurrent callers): the barrier after a run of lazy writes.
     pub fn sync(&self) -> Result<()> {
-        self.make_durable(self.committed.load(std::sync::atomic::Ordering::SeqCst))
+        self.make_durable(self.ended())
     }
 
     /// Removes a file's row and appends its DELETED event, in one transaction. The event's

@@ -540,16 +540,15 @@ fn proc_fd_dir() -> Option<RawFd> {
     }
 }
 
-/// getxattrat relative to /proc/self/fd; `None` when the kernel has no getxattrat.
+/// getxattrat of the magic link `p` (see [`ProcPath::at`]); `None` when getxattrat is not
+/// available.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn getxattrat_proc(fd: RawFd, name: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
+fn getxattrat_proc(p: &ProcPath, name: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static MISSING: AtomicBool = AtomicBool::new(false);
     if MISSING.load(Ordering::Relaxed) {
         return None;
     }
-    proc_fd_dir()?;
-    let p = ProcPath::new(fd);
     let (dir, num) = p.at();
     let args = XattrArgs {
         value: buf.as_mut_ptr() as u64,
@@ -590,16 +589,16 @@ fn getxattrat_proc(fd: RawFd, name: &CStr, buf: &mut [u8]) -> Option<SysResult<u
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn getxattrat_proc(_: RawFd, _: &CStr, _: &mut [u8]) -> Option<SysResult<usize>> {
+fn getxattrat_proc(_: &ProcPath, _: &CStr, _: &mut [u8]) -> Option<SysResult<usize>> {
     None
 }
 
 /// getxattr of any fd, O_PATH ones included (fgetxattr refuses those).
 pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
-    if let Some(r) = getxattrat_proc(fd.as_raw_fd(), name, buf) {
+    let p = ProcPath::new(fd.as_raw_fd());
+    if let Some(r) = getxattrat_proc(&p, name, buf) {
         return r;
     }
-    let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: strings NUL-terminated; buf writable for buf.len() bytes (may be 0 for a size query).
     cvt_isize(unsafe {
         libc::getxattr(
