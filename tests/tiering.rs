@@ -325,6 +325,46 @@ fn migrate_dry_run_changes_nothing_copy_only_premigrates_and_stub_frees_space() 
 // ------------------------------------------------------------------------------------------
 // 2. Recall on read
 
+/// A small file's recall records RECALL_STARTED together with its outcome; while it is
+/// in flight, `status` says `recalling` all the same (from the recalls in flight), and the
+/// history then shows RECALL_STARTED before RECALLED.
+#[test]
+fn a_recall_in_flight_shows_recalling_and_records_both_events() {
+    let moto = start_moto();
+    let fs_ = files(&[("small.bin", 64 * 1024)]);
+    let mut t = TierMount::new(&moto, "inflight", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, "recall-after-truncate:pause=4000")]);
+    let path = t.m("small.bin");
+    let reader = std::thread::spawn(move || fs::read(path));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut states = Vec::new();
+    while Instant::now() < deadline {
+        let s = t.state("small.bin");
+        let seen = s == "recalling";
+        states.push(s);
+        if seen {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = reader.join().unwrap().expect("read of the stub");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("recalling"),
+        "states seen during the recall: {states:?}"
+    );
+    assert_bytes("read of the stub", &data, &fs_[0].1);
+    assert_eq!(t.state("small.bin"), "premigrated", "after the recall");
+    let kinds = kinds_of(&t.history("small.bin"));
+    assert_eq!(
+        only(&kinds, &["STUBBED", "RECALL_STARTED", "RECALLED"]),
+        ["STUBBED", "RECALL_STARTED", "RECALLED"],
+        "history: {kinds:?}"
+    );
+}
+
 #[test]
 fn reading_a_stub_recalls_it_byte_identical_with_the_full_history() {
     let moto = start_moto();

@@ -224,6 +224,12 @@ impl Catalog {
         writer
             .pragma_update(None, "synchronous", "NORMAL")
             .ctx("setting synchronous=NORMAL")?;
+        // Each write of a shared transaction runs in a savepoint, whose undo copies of the
+        // pages it changes (the sub-journal) SQLite keeps in a temporary file past 64 KiB:
+        // in memory instead (at most the pages one write changes, a few dozen KiB).
+        writer
+            .pragma_update(None, "temp_store", "MEMORY")
+            .ctx("setting temp_store=MEMORY")?;
         schema::migrate(&mut writer, &path)?;
         writer.set_prepared_statement_cache_capacity(64);
         let catalog = Catalog {

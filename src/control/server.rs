@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use super::protocol::{ErrorBody, ErrorCode, Op, Reply, Request, PROTOCOL_VERSION};
 
+/// The shortest time between two progress lines of one request.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What the daemon does with a request. `progress` sends progress lines to the client.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
@@ -139,7 +142,14 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
             Ok(r) => {
                 let id = r.id;
                 let mut out = writer.try_clone();
+                // At most ten progress lines a second (a recall of many small files would
+                // otherwise send one per file); the final reply carries the totals.
+                let mut last: Option<std::time::Instant> = None;
                 let mut progress = |message: String, files: u64, bytes: u64| {
+                    if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                        return;
+                    }
+                    last = Some(std::time::Instant::now());
                     if let Ok(w) = out.as_mut() {
                         let _ = send(w, &Reply::Progress { id, message, files, bytes });
                     }

@@ -673,13 +673,21 @@ async fn stream_to_file(
             let at = off;
             let mut h = hasher.take();
             off += data.len() as u64;
-            pending = Some(tokio::task::spawn_blocking(move || {
+            let write = move || {
                 write_all_at(&d, &data, at)?;
                 if let Some(h) = h.as_mut() {
                     h.update(&data);
                 }
                 Ok(h)
-            }));
+            };
+            // The whole range in one buffer (a small object) has nothing to overlap its
+            // write with: written in place, which on a blocking thread (a recall's) saves
+            // a hop to another thread; a runtime worker hands its work to another first.
+            if end && at == start && multi_thread() {
+                hasher = tokio::task::block_in_place(write)?;
+            } else {
+                pending = Some(tokio::task::spawn_blocking(write));
+            }
         }
         if end {
             break;
@@ -695,6 +703,12 @@ async fn stream_to_file(
         ));
     }
     Ok(hasher.map(Hasher::finalize))
+}
+
+/// Whether the current runtime is multi-threaded (`block_in_place` panics on any other).
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Bytes kept as they are in metadata values; everything else (and `%`) is

@@ -165,7 +165,7 @@ impl Tiering {
             .ok()
             .filter(|s| !s.is_empty());
         if let Some(f) = &failpoint {
-            tracing::warn!(failpoint = %f, "test failpoint armed: the daemon kills itself there");
+            tracing::warn!(failpoint = %f, "test failpoint armed: the daemon kills itself (or pauses) there");
         }
         let gc_skew = std::env::var("COLDTIER_TEST_GC_SKEW")
             .ok()
@@ -228,9 +228,22 @@ impl Tiering {
         }
     }
 
-    /// `COLDTIER_TEST_FAILPOINT`: dies here, as a crash would.
+    /// `COLDTIER_TEST_FAILPOINT=NAME`: dies here, as a crash would;
+    /// `NAME:pause=MS`: waits here MS milliseconds (a slow step, to watch it in flight).
     pub fn failpoint(&self, name: &str) {
-        if self.failpoint.as_deref() == Some(name) {
+        let Some(armed) = self.failpoint.as_deref() else {
+            return;
+        };
+        if let Some(ms) = armed
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(":pause="))
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            tracing::warn!(failpoint = name, ms, "test failpoint reached: pausing");
+            std::thread::sleep(Duration::from_millis(ms));
+            return;
+        }
+        if armed == name {
             tracing::error!(
                 failpoint = name,
                 "test failpoint reached: killing the daemon"
@@ -308,37 +321,55 @@ impl Tiering {
         detail: serde_json::Value,
         durable: bool,
     ) -> Result<(), CatalogError> {
-        let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
-            Ok(t) => (t.next, t.events, t.pinned),
-            Err(e) => {
-                tracing::warn!(file_id = %row.file_id, path = %row.path,
-                    "catalog out of step with the file ({e}); recording what happened");
-                let (n, ev) = forced(action);
-                let pinned = match action {
-                    Action::Pin => true,
-                    Action::Unpin => false,
-                    _ => row.pinned,
-                };
-                (n, ev, pinned)
-            }
-        };
-        match next {
-            None => {
-                if self.catalog.file_by_id(&row.file_id)?.is_some() {
-                    self.catalog.delete_file(&row.file_id, detail)?;
+        self.apply_all(row, &[(action, detail)], durable)
+    }
+
+    /// Records several actions on `row`, in order, in one catalog transaction (a row
+    /// removed by one of them is removed in a transaction of its own, after the others).
+    pub fn apply_all(
+        &self,
+        row: &mut FileRow,
+        steps: &[(Action, serde_json::Value)],
+        durable: bool,
+    ) -> Result<(), CatalogError> {
+        let mut items = Vec::new();
+        for (action, detail) in steps {
+            let action = *action;
+            let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
+                Ok(t) => (t.next, t.events, t.pinned),
+                Err(e) => {
+                    tracing::warn!(file_id = %row.file_id, path = %row.path,
+                        "catalog out of step with the file ({e}); recording what happened");
+                    let (n, ev) = forced(action);
+                    let pinned = match action {
+                        Action::Pin => true,
+                        Action::Unpin => false,
+                        _ => row.pinned,
+                    };
+                    (n, ev, pinned)
+                }
+            };
+            match next {
+                None => {
+                    if !items.is_empty() {
+                        self.catalog
+                            .transition_batch_with(&std::mem::take(&mut items), durable)?;
+                    }
+                    if self.catalog.file_by_id(&row.file_id)?.is_some() {
+                        self.catalog.delete_file(&row.file_id, detail.clone())?;
+                    }
+                }
+                Some(s) => {
+                    row.state = s;
+                    row.pinned = pinned;
+                    for kind in events {
+                        items.push((row.clone(), kind, detail.clone()));
+                    }
                 }
             }
-            Some(s) => {
-                row.state = s;
-                row.pinned = pinned;
-                if events.is_empty() {
-                    return Ok(());
-                }
-                for kind in events {
-                    self.catalog
-                        .transition_with(row, kind, detail.clone(), durable)?;
-                }
-            }
+        }
+        if !items.is_empty() {
+            self.catalog.transition_batch_with(&items, durable)?;
         }
         Ok(())
     }
@@ -420,6 +451,15 @@ impl Tiering {
         backing::fsync(w.as_fd(), false)
     }
 
+    /// Whether the file open as `fd` is being recalled now (its catalog row may say
+    /// `stub` until the recall ends: see `recall_steps`).
+    pub(crate) fn recall_in_flight(&self, fd: BorrowedFd<'_>) -> bool {
+        if self.recalls.lock().is_empty() {
+            return false;
+        }
+        backing::stat_fd(fd).is_ok_and(|st| self.recalls.lock().contains_key(&self.node_id(&st)))
+    }
+
     fn in_flight(&self, ino: u64) -> Option<Waiter> {
         let rx = self.recalls.lock().get(&ino).cloned()?;
         Some(self.waiter(rx))
@@ -480,7 +520,10 @@ impl Tiering {
         let t0 = Instant::now();
         let _in_flight = crate::metrics::RECALLS_IN_FLIGHT.track();
         let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
-        let result = self.recall_steps(node, &file, &rec, &mut row).await;
+        let mut start_owed = false;
+        let result = self
+            .recall_steps(node, &file, &rec, &mut row, &mut start_owed)
+            .await;
         match &result {
             Ok(()) => {
                 tracing::info!(path = %row.path, bytes = rec.size, ms = t0.elapsed().as_millis() as u64, "recalled");
@@ -492,7 +535,12 @@ impl Tiering {
                 tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
                 self.reset_stub(&file, &rec);
                 let detail = json!({"object_key": rec.object_key, "error": e.message});
-                if let Err(ce) = self.apply(&mut row, Action::RecallFailed, detail) {
+                let mut steps = Vec::with_capacity(2);
+                if start_owed {
+                    steps.push((Action::RecallStart, start_detail(&rec)));
+                }
+                steps.push((Action::RecallFailed, detail));
+                if let Err(ce) = self.apply_all(&mut row, &steps, true) {
                     tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
                 }
             }
@@ -517,18 +565,26 @@ impl Tiering {
         file: &File,
         rec: &StubRecord,
         row: &mut FileRow,
+        start_owed: &mut bool,
     ) -> Result<(), StepError> {
         let store = self.store()?;
         let algo: ChecksumAlgo = rec
             .checksum_algo
             .parse()
             .map_err(|e: String| StepError::new(libc::EIO, e))?;
-        let detail =
-            json!({"object_key": rec.object_key, "version_id": rec.version_id, "bytes": rec.size});
+        let detail = start_detail(rec);
         let mut pending = row.state == FileState::RestorePending;
         if !pending {
-            self.apply_with(row, Action::RecallStart, detail.clone(), false)
-                .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+            // A small object's recall takes one GET: its RECALL_STARTED is recorded with
+            // its outcome, in one transaction (status shows `recalling` meanwhile from the
+            // recalls in flight). A large one's is recorded now, so that a crash
+            // mid-recall is put right (and its blocks freed) at the next start.
+            if rec.size <= LATE_START_MAX {
+                *start_owed = true;
+            } else {
+                self.apply_with(row, Action::RecallStart, detail.clone(), false)
+                    .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+            }
         }
         let mut deadline: Option<Instant> = None;
         loop {
@@ -613,7 +669,12 @@ impl Tiering {
                         "days": self.config.recall.restore_days,
                         "outcome": format!("{outcome:?}"),
                     });
-                    self.apply(row, Action::RestoreRequested, d)
+                    let mut steps = Vec::with_capacity(2);
+                    if std::mem::take(start_owed) {
+                        steps.push((Action::RecallStart, detail.clone()));
+                    }
+                    steps.push((Action::RestoreRequested, d));
+                    self.apply_all(row, &steps, true)
                         .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
                     pending = true;
                     continue;
@@ -659,7 +720,12 @@ impl Tiering {
         // Lazy: the file's records are the truth and the data is on disk. Should a power
         // cut take this commit, the row says `recalling` with no stub record on the file,
         // and `resume` records RECALLED at the next start.
-        self.apply_with(row, Action::RecallDone, detail, false)
+        let mut steps = Vec::with_capacity(2);
+        if std::mem::take(start_owed) {
+            steps.push((Action::RecallStart, detail.clone()));
+        }
+        steps.push((Action::RecallDone, detail));
+        self.apply_all(row, &steps, false)
             .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
         Ok(())
     }
@@ -747,6 +813,14 @@ impl Tiering {
             }
         }
     }
+}
+
+/// Objects up to this size have their RECALL_STARTED recorded with the recall's outcome.
+const LATE_START_MAX: u64 = 8 << 20;
+
+/// The detail of a recall's events.
+fn start_detail(rec: &StubRecord) -> serde_json::Value {
+    json!({"object_key": rec.object_key, "version_id": rec.version_id, "bytes": rec.size})
 }
 
 /// Copies a record's object fields into a row.

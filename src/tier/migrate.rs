@@ -196,6 +196,7 @@ impl Tiering {
         if let Ok(Some(rec)) = marks::record(fd, marks::STUB) {
             let state = match row.as_ref().map(|r| r.state) {
                 Some(s @ (FileState::Recalling | FileState::RestorePending)) => s,
+                _ if self.recall_in_flight(fd) => FileState::Recalling,
                 _ => FileState::Stub,
             };
             return (state, pinned, row, Some(rec));
