@@ -747,6 +747,63 @@ fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
 // ------------------------------------------------------------------------------------------
 // 7. Pins
 
+/// A pin that lands while the file's copy is in flight holds: a file already tracked is
+/// copied but never stubbed, a new file's copy is discarded (the pin gave it its id), and
+/// the copy's records never undo the pin.
+#[test]
+fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
+    let moto = start_moto();
+    let fs_ = files(&[("known.bin", 30 * 1024), ("new.bin", 30 * 1024)]);
+    let mut t = TierMount::new(&moto, "pin-race", &fs_, |c| c);
+    // known.bin is tracked (an id and a row) before the run.
+    t.ok(&["pin", t.ms("known.bin").as_str()]);
+    t.ok(&["unpin", t.ms("known.bin").as_str()]);
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, "migrate-after-put:pause=3000")]);
+    let migrate = {
+        let args = vec![
+            "migrate".to_string(),
+            t.mnt_str(),
+            "--mode".to_string(),
+            "stub".to_string(),
+        ];
+        let bin = common::bin();
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !t.daemon_log_tail().contains("pausing") {
+        assert!(
+            Instant::now() < deadline,
+            "the copy never paused\n{}",
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.ok(&["pin", t.ms("known.bin").as_str(), t.ms("new.bin").as_str()]);
+    let out = migrate.join().unwrap();
+    for (rel, data) in &fs_ {
+        let st = t.status(rel);
+        assert_eq!(st["pinned"].as_bool(), Some(true), "{rel}: pin lost: {st}");
+        assert_ne!(
+            st["state"], "stub",
+            "{rel}: a pinned file was stubbed: {st}"
+        );
+        assert_bytes(rel, &fs::read(t.s(rel)).unwrap(), data);
+        assert!(
+            !t.kinds(rel).contains(&"STUBBED".to_string()),
+            "{rel}: {:?}",
+            t.kinds(rel)
+        );
+    }
+    assert_eq!(t.state("known.bin"), "premigrated", "{}", show(&out));
+    assert_eq!(t.state("new.bin"), "resident", "{}", show(&out));
+}
+
 #[test]
 fn pinned_files_are_never_released() {
     let moto = start_moto();

@@ -623,7 +623,7 @@ impl Catalog {
         let body = |tx: &Connection, heads: &mut Heads, now: i64| {
             let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
-            upsert_file(tx, file, time_ns)?;
+            upsert_file(tx, file, kind, time_ns)?;
             head.push(
                 tx,
                 time_ns,
@@ -668,7 +668,7 @@ impl Catalog {
                     next.file_id == file.file_id && next.path == file.path
                 });
                 if !superseded {
-                    upsert_file(tx, file, time_ns)?;
+                    upsert_file(tx, file, *kind, time_ns)?;
                 }
                 head.push(
                     tx,
@@ -1103,7 +1103,10 @@ fn check_path_free(tx: &Connection, file_id: &str, path: &str) -> Result<()> {
     }
 }
 
-fn upsert_file(tx: &Connection, f: &FileRow, updated_at: i64) -> Result<()> {
+/// Inserts or updates `f`'s row for an event of `kind`. An existing row's `pinned` changes
+/// only with PINNED or UNPINNED: a step that read the row before a concurrent pin (a copy
+/// in flight) must not undo it.
+fn upsert_file(tx: &Connection, f: &FileRow, kind: EventKind, updated_at: i64) -> Result<()> {
     use rusqlite::types::Value;
     let size = i64::try_from(f.size).map_err(|_| CatalogError::OutOfRange {
         what: "size",
@@ -1172,7 +1175,12 @@ fn upsert_file(tx: &Connection, f: &FileRow, updated_at: i64) -> Result<()> {
     ] {
         set(col, was != now, now.clone().into());
     }
-    set("pinned", old.pinned != f.pinned, f.pinned.into());
+    let pin_event = matches!(kind, EventKind::Pinned | EventKind::Unpinned);
+    set(
+        "pinned",
+        pin_event && old.pinned != f.pinned,
+        f.pinned.into(),
+    );
     set("updated_at", true, updated_at.into());
     let assignments: Vec<String> = cols
         .iter()

@@ -499,7 +499,7 @@ fn readers_see_committed_data_while_the_writer_is_in_a_transaction() {
         .conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .unwrap();
-    upsert_file(&tx, &file(2, FileState::Resident), 0).unwrap();
+    upsert_file(&tx, &file(2, FileState::Resident), EventKind::Scanned, 0).unwrap();
     tx.execute(
         "UPDATE files SET state = 'stub' WHERE file_id = 'id-00000001'",
         [],
@@ -967,8 +967,9 @@ fn an_update_writes_only_the_columns_that_change() {
     cat.transition(&f, EventKind::Scanned, json!({})).unwrap();
     f.state = FileState::Premigrated;
     f.object_key = Some("data/x/1".into());
-    f.pinned = true;
     cat.transition(&f, EventKind::Verified, json!({})).unwrap();
+    f.pinned = true;
+    cat.transition(&f, EventKind::Pinned, json!({})).unwrap();
     let got = cat.file_by_id(&f.file_id).unwrap().unwrap();
     assert_eq!(
         (got.state, got.object_key.as_deref(), got.pinned, got.size),
@@ -1008,4 +1009,32 @@ fn a_closed_catalog_is_one_file() {
     std::fs::copy(&path, &copy).unwrap();
     let cat = Catalog::open(&copy).unwrap();
     assert!(cat.file_by_id("id-00000001").unwrap().is_some());
+}
+
+#[test]
+fn only_pin_events_change_a_rows_pinned() {
+    let (_dir, path) = temp();
+    let cat = Catalog::open(&path).unwrap();
+    let mut f = file(1, FileState::Resident);
+    cat.transition(&f, EventKind::Scanned, json!({})).unwrap();
+    // A copy read the row before a pin...
+    let stale = f.clone();
+    f.pinned = true;
+    cat.transition(&f, EventKind::Pinned, json!({})).unwrap();
+    // ...and records its steps with what it read: the pin stays.
+    let mut copied = stale.clone();
+    copied.state = FileState::Premigrated;
+    cat.transition_batch(&[
+        (copied.clone(), EventKind::Copied, json!({})),
+        (copied, EventKind::Verified, json!({})),
+    ])
+    .unwrap();
+    let row = cat.file_by_id(&f.file_id).unwrap().unwrap();
+    assert!(row.pinned, "a copy's records undid a pin");
+    assert_eq!(row.state, FileState::Premigrated);
+    // UNPINNED does change it.
+    let mut u = row.clone();
+    u.pinned = false;
+    cat.transition(&u, EventKind::Unpinned, json!({})).unwrap();
+    assert!(!cat.file_by_id(&f.file_id).unwrap().unwrap().pinned);
 }

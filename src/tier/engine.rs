@@ -332,7 +332,19 @@ impl Tiering {
         steps: &[(Action, serde_json::Value)],
         durable: bool,
     ) -> Result<(), CatalogError> {
-        let mut items = Vec::new();
+        self.apply_after(Vec::new(), row, steps, durable)
+    }
+
+    /// [`Tiering::apply_all`], after `prior` (transitions already worked out, such as a
+    /// copy's COPIED and VERIFIED) in the same transaction.
+    pub fn apply_after(
+        &self,
+        prior: Vec<Transition>,
+        row: &mut FileRow,
+        steps: &[(Action, serde_json::Value)],
+        durable: bool,
+    ) -> Result<(), CatalogError> {
+        let mut items = prior;
         for (action, detail) in steps {
             let action = *action;
             let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
@@ -814,6 +826,9 @@ impl Tiering {
         }
     }
 }
+
+/// A file's row as one event leaves it, the event, and its detail.
+pub type Transition = (FileRow, EventKind, serde_json::Value);
 
 /// Objects up to this size have their RECALL_STARTED recorded with the recall's outcome.
 const LATE_START_MAX: u64 = 8 << 20;

@@ -29,7 +29,7 @@ use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
 use crate::config::{MigrateMode, Verify};
 use crate::fs::backing::{self, SetTime, Stat};
 use crate::store::{GetRequest, PutRequest, StorageClass};
-use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, KEY_PREFIX};
+use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, Transition, KEY_PREFIX};
 use crate::tier::marks;
 use crate::tier::policy::{self, Decision, FileFacts, Plan, SkipReason};
 use crate::tier::state::Action;
@@ -464,23 +464,25 @@ impl Tiering {
             };
             let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
             let expect = (row.size, row.mtime_ns, row.ctime_ns);
-            match self.stub_step(node, &file, &rec, expect, Action::Stub)? {
+            match self.stub_step(node, &file, &rec, expect, Action::Stub, Vec::new())? {
                 // Its copy could not be proven current (changed, or the catalog lost the
                 // copy's last step in a crash): superseded; copy it again now.
                 Outcome::Changed => {}
                 o => return Ok(o),
             }
         }
-        let rec = self.copy_step(node, rel, &file).await?;
+        // With `stub`, the copy's records (COPIED, VERIFIED) are written with the stub's
+        // (STUBBED), in one transaction: one row write per file instead of two.
+        let (rec, copied) = self.copy_step(node, rel, &file, stub).await?;
         if !stub {
             return Ok(Outcome::Copied);
         }
-        let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
-        let expect = (row.size, row.mtime_ns, row.ctime_ns);
-        match self.stub_step(node, &file, &rec, expect, Action::Stub)? {
-            Outcome::Stubbed => Ok(Outcome::Stubbed),
-            other => Ok(other),
-        }
+        let expect = copied
+            .last()
+            .map_or((rec.size, rec.mtime_ns, rec.ctime_ns), |(row, _, _)| {
+                (row.size, row.mtime_ns, row.ctime_ns)
+            });
+        self.stub_step(node, &file, &rec, expect, Action::Stub, copied)
     }
 
     fn failed_event(&self, row: &FileRow, error: &str, object: Option<(&str, Option<&str>)>) {
@@ -499,8 +501,15 @@ impl Tiering {
         }
     }
 
-    /// Copy and verify: resident -> premigrated. Returns the copy record.
-    async fn copy_step(&self, node: u64, rel: &Path, file: &File) -> Result<StubRecord, StepError> {
+    /// Copy and verify: resident -> premigrated. Returns the copy record, and with `defer`
+    /// the catalog records of the copy for the caller to write (else they are written).
+    async fn copy_step(
+        &self,
+        node: u64,
+        rel: &Path,
+        file: &File,
+        defer: bool,
+    ) -> Result<(StubRecord, Vec<Transition>), StepError> {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
         // Identity: the file's id, unless it is a copy of another file's records.
@@ -622,7 +631,9 @@ impl Tiering {
         {
             let held = self.gate.lock(node);
             let st1 = backing::stat_fd(file.as_fd())?;
-            if !unchanged(&st0, &st1) || held.opens().writers > 0 {
+            // A pin meanwhile may have given a new file its id: ours names the object.
+            let id_taken = new_id && marks::file_id(file.as_fd())?.is_some();
+            if !unchanged(&st0, &st1) || held.opens().writers > 0 || id_taken {
                 drop(held);
                 let msg = "changed while it was being copied (the copy is discarded)".to_string();
                 self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
@@ -660,10 +671,13 @@ impl Tiering {
             .and_then(|t| t.next)
             .unwrap_or(FileState::Premigrated);
         row.state = state;
+        let items = vec![copied, (row, EventKind::Verified, detail)];
+        if defer {
+            return Ok((rec, items));
+        }
         // Lazy: the run's end makes its records durable with one fsync (`run_policy`).
-        self.catalog
-            .transition_batch_with(&[copied, (row.clone(), EventKind::Verified, detail)], false)?;
-        Ok(rec)
+        self.catalog.transition_batch_with(&items, false)?;
+        Ok((rec, Vec::new()))
     }
 
     /// The storage class uploads get (`store.storage_class`, else STANDARD).
@@ -766,7 +780,9 @@ impl Tiering {
     }
 
     /// Frees the local data of a premigrated file (see the module doc for the order).
-    /// `expect`: (size, mtime_ns, ctime_ns) the file must still have.
+    /// `expect`: (size, mtime_ns, ctime_ns) the file must still have; `copied`: the records
+    /// of the copy just made (not yet written: they are written first, with this step's in
+    /// one transaction when the file is stubbed).
     pub fn stub_step(
         &self,
         node: u64,
@@ -774,60 +790,100 @@ impl Tiering {
         rec: &StubRecord,
         expect: (u64, i64, i64),
         action: Action,
+        copied: Vec<Transition>,
+    ) -> Result<Outcome, StepError> {
+        let mut copied = copied;
+        let mut row = None;
+        let mut freed = 0;
+        let result = self.stub_locked(node, file, rec, expect, &mut copied, &mut row, &mut freed);
+        let Some(mut row) = row.filter(|_| matches!(result, Ok(Outcome::Stubbed))) else {
+            // Not stubbed: the copy's records (if not written yet) on their own.
+            if !copied.is_empty() {
+                self.catalog.transition_batch_with(&copied, false)?;
+            }
+            return result;
+        };
+        let st = backing::stat_fd(file.as_fd())?;
+        row.ctime_ns = ns_of(st.ctime);
+        let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
+        // Lazy: the stub record on the file is the truth, and on disk already; the caller
+        // makes the catalog durable at the end of its run (`Catalog::sync`).
+        self.apply_after(copied, &mut row, &[(action, detail)], false)?;
+        Ok(Outcome::Stubbed)
+    }
+
+    /// The part of [`Tiering::stub_step`] under the file's gate. Leaves the row to record
+    /// in `row`, and writes `copied` itself (emptying it) before a SUPERSEDED.
+    #[allow(clippy::too_many_arguments)]
+    fn stub_locked(
+        &self,
+        node: u64,
+        file: &File,
+        rec: &StubRecord,
+        expect: (u64, i64, i64),
+        copied: &mut Vec<Transition>,
+        row: &mut Option<FileRow>,
+        freed: &mut u64,
     ) -> Result<Outcome, StepError> {
         let w = backing::reopen(file.as_fd(), libc::O_RDWR)?;
-        let mut row = self.row_for(rec, w.as_fd(), FileState::Premigrated);
-        if row.pinned {
+        let held = self.gate.lock(node);
+        // The pin is read under the gate, which `pin` holds while it records one.
+        let fresh = self.row_for(rec, w.as_fd(), FileState::Premigrated);
+        let r = match copied.last() {
+            Some((r, _, _)) => {
+                let mut r = r.clone();
+                r.pinned = fresh.pinned;
+                r.path = fresh.path;
+                r
+            }
+            None => fresh,
+        };
+        let pinned = r.pinned;
+        *row = Some(r);
+        if pinned {
             return Err(StepError::new(
                 libc::EPERM,
                 "the file is pinned: its data is never freed",
             ));
         }
-        let freed;
-        {
-            let held = self.gate.lock(node);
-            if held.opens().handles > 0 {
-                return Ok(Outcome::Busy);
-            }
-            let st = backing::stat_fd(w.as_fd())?;
-            if (st.size, ns_of(st.mtime), ns_of(st.ctime)) != expect || st.nlink != 1 {
-                self.supersede(
-                    w.as_fd(),
-                    rec,
-                    Action::WriteOrTruncate,
-                    "changed since it was copied",
-                )?;
-                self.reset_mark(node);
-                drop(held);
-                return Ok(Outcome::Changed);
-            }
-            let mut srec = rec.clone();
-            srec.ctime_ns = ns_of(st.ctime);
-            marks::set_record(w.as_fd(), marks::STUB, &srec)?;
-            // The stub record reaches the disk before the data is freed, on any
-            // filesystem (one without a journal may write metadata out of order).
-            backing::fsync(w.as_fd(), false)?;
-            self.failpoint("migrate-after-stub-xattr");
-            backing::ftruncate(w.as_fd(), 0)?;
-            self.failpoint("migrate-after-truncate");
-            backing::utimens_fd(
-                w.as_fd(),
-                false,
-                SetTime::At(st.atime.0, st.atime.1),
-                SetTime::At(st.mtime.0, st.mtime.1),
-            )?;
-            marks::remove(w.as_fd(), marks::COPY)?;
-            // The rest needs no fsync: lost to a power cut, the file keeps its stub record
-            // (and maybe its data, or its copy record): a stub either way, which recalls.
-            self.reset_mark(node);
-            freed = st.blocks * 512;
+        if held.opens().handles > 0 {
+            return Ok(Outcome::Busy);
         }
         let st = backing::stat_fd(w.as_fd())?;
-        row.ctime_ns = ns_of(st.ctime);
-        let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
-        // Lazy: the stub record on the file is the truth, and on disk already; the caller
-        // makes the catalog durable at the end of its run (`Catalog::sync`).
-        self.apply_with(&mut row, action, detail, false)?;
+        if (st.size, ns_of(st.mtime), ns_of(st.ctime)) != expect || st.nlink != 1 {
+            if !copied.is_empty() {
+                self.catalog
+                    .transition_batch_with(&std::mem::take(copied), false)?;
+            }
+            self.supersede(
+                w.as_fd(),
+                rec,
+                Action::WriteOrTruncate,
+                "changed since it was copied",
+            )?;
+            self.reset_mark(node);
+            return Ok(Outcome::Changed);
+        }
+        let mut srec = rec.clone();
+        srec.ctime_ns = ns_of(st.ctime);
+        marks::set_record(w.as_fd(), marks::STUB, &srec)?;
+        // The stub record reaches the disk before the data is freed, on any
+        // filesystem (one without a journal may write metadata out of order).
+        backing::fsync(w.as_fd(), false)?;
+        self.failpoint("migrate-after-stub-xattr");
+        backing::ftruncate(w.as_fd(), 0)?;
+        self.failpoint("migrate-after-truncate");
+        backing::utimens_fd(
+            w.as_fd(),
+            false,
+            SetTime::At(st.atime.0, st.atime.1),
+            SetTime::At(st.mtime.0, st.mtime.1),
+        )?;
+        marks::remove(w.as_fd(), marks::COPY)?;
+        // The rest needs no fsync: lost to a power cut, the file keeps its stub record
+        // (and maybe its data, or its copy record): a stub either way, which recalls.
+        self.reset_mark(node);
+        *freed = st.blocks * 512;
         Ok(Outcome::Stubbed)
     }
 

@@ -191,6 +191,9 @@ impl Control {
     fn pin(&self, rel: &Path, f: &File, pin: bool) -> Result<Value, String> {
         let fd = f.as_fd();
         let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
+        // Under the file's gate: a stub step reads the pin under it (and a copy of a new
+        // file sets its id under it), so neither misses this one.
+        let _held = self.t.gate.lock(self.t.node_id(&st));
         let (state, _, row, rec) = self.t.state_of(fd);
         let mut row = match (row, rec) {
             (Some(r), _) => r,
@@ -323,7 +326,7 @@ impl Control {
         let node = self.t.node_id(&st);
         match self
             .t
-            .stub_step(node, f, &rec, expect, Action::Release)
+            .stub_step(node, f, &rec, expect, Action::Release, Vec::new())
             .map_err(|e| e.message)?
         {
             crate::tier::migrate::Outcome::Stubbed => {
