@@ -352,9 +352,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     /// Registers a newly created object whose handle we already hold.
     fn entry_from_fd(&self, fd: OwnedFd) -> SysResult<(Entry, Arc<Ino<B>>)> {
+        self.entry_from_fd_as(fd, None)
+    }
+
+    /// [`OverlayFs::entry_from_fd`]; `mark` is the tier mark when it is known (a file this
+    /// call made is plain), so that it is not read from the file.
+    fn entry_from_fd_as(&self, fd: OwnedFd, mark: Option<u64>) -> SysResult<(Entry, Arc<Ino<B>>)> {
         let mut st = backing::stat_fd(fd.as_fd())?;
         let ino = self.inodes.map_ino(st.dev, st.ino);
         let inode = self.inodes.insert_or_ref(ino, &st, fd)?;
+        if let Some(m) = mark {
+            inode.tier_mark.store(m, Ordering::Release);
+        }
         self.present(&inode, &mut st);
         Ok((
             Entry {
@@ -762,14 +771,24 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<(Entry, Opened<B>)> {
         let p = self.dir(parent)?;
-        let oflags = libc::O_CREAT | libc::O_RDWR | (flags & libc::O_EXCL) | libc::O_NOFOLLOW;
+        // O_EXCL always: what this makes is a new file (no stub record to look for). A name
+        // that appeared since the kernel found none (made by another client of the backing
+        // tree) is opened as the existing file it is, unless the caller asked O_EXCL.
+        let oflags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW;
         let pfd = p.fd()?;
         let umask = self.caller_umask(caller);
-        let fd = backing::as_caller(caller.uid, caller.gid, umask, |mask| {
+        let made = backing::as_caller(caller.uid, caller.gid, umask, |mask| {
             backing::open_at(pfd.as_fd(), name, oflags, backing::masked(mode, mask))
-        })?;
+        });
+        let fd = match made {
+            Ok(fd) => fd,
+            Err(Errno(libc::EEXIST)) if flags & libc::O_EXCL == 0 => {
+                return self.create_existing(parent, name, flags, caller, register);
+            }
+            Err(e) => return Err(e),
+        };
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
-        let (entry, inode) = self.entry_from_fd(path_fd)?;
+        let (entry, inode) = self.entry_from_fd_as(path_fd, Some(MARK_PLAIN))?;
         let file = match self.open_backing_file(&inode, true, Some(fd), register) {
             Ok(f) => f,
             Err(e) => {
@@ -785,6 +804,46 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             writer: true,
         });
         Ok((entry, Opened { fh, file }))
+    }
+
+    /// `create` of a name that exists by now: an open of the existing file, as `open`
+    /// would make it (a stub is recalled first, on this thread).
+    fn create_existing(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        caller: Caller,
+        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+    ) -> SysResult<(Entry, Opened<B>)> {
+        let entry = self.lookup(parent, name)?;
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL);
+        let opened = (|| {
+            if entry.stat.file_type() == libc::S_IFLNK {
+                return Err(Errno(libc::ELOOP)); // as O_NOFOLLOW would have it
+            }
+            if let (Some(h), Some(inode)) = (self.hooks.get(), self.inodes.get(entry.ino)) {
+                let go = {
+                    let _held = self.gate.lock(entry.ino);
+                    h.before_open(entry.ino, inode.fd()?.as_fd(), flags)?
+                };
+                if let Go::Wait(w) = go {
+                    w()?;
+                }
+            }
+            match self.open(entry.ino, flags, caller.uid, register)? {
+                OpenOutcome::Opened(o) => Ok(o),
+                // Made a stub again while we waited: the caller may try again.
+                OpenOutcome::Wait(_) => Err(Errno(libc::EAGAIN)),
+            }
+        })();
+        match opened {
+            Ok(o) => Ok((self.getattr(entry.ino).unwrap_or(entry), o)),
+            Err(e) => {
+                self.inodes.forget(entry.ino, 1);
+                Err(e)
+            }
+        }
     }
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> SysResult<Vec<u8>> {
@@ -1100,6 +1159,33 @@ mod tests {
         assert_eq!(again.ino, e.ino);
         assert_eq!(again.stat.size, 5);
         assert_eq!(again.stat.mode & 0o777, 0o640);
+    }
+
+    /// A name that exists by the time CREATE comes (made by another client of the backing
+    /// tree after the kernel's lookup) is opened as it is, not truncated; with O_EXCL the
+    /// create fails.
+    #[test]
+    fn create_of_a_name_that_appeared_opens_the_existing_file() {
+        let (d, fs) = fs();
+        std::fs::write(d.path().join("x"), b"there").unwrap();
+        std::os::unix::fs::symlink("nowhere", d.path().join("l")).unwrap();
+        let excl = fs.create(ROOT_INO, OsStr::new("x"), 0o600, libc::O_EXCL, me(), |_| {
+            Ok(())
+        });
+        assert_eq!(excl.err(), Some(Errno(libc::EEXIST)));
+        let (e, o) = fs
+            .create(ROOT_INO, OsStr::new("x"), 0o600, libc::O_RDWR, me(), |_| {
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(e.stat.size, 5);
+        assert_eq!(fs.read(o.fh, 0, 100).unwrap(), b"there");
+        fs.release(o.fh);
+        let sym = fs.create(ROOT_INO, OsStr::new("l"), 0o600, libc::O_RDWR, me(), |_| {
+            Ok(())
+        });
+        assert_eq!(sym.err(), Some(Errno(libc::ELOOP)));
+        assert_eq!(std::fs::read(d.path().join("x")).unwrap(), b"there");
     }
 
     #[test]
