@@ -829,11 +829,15 @@ impl Tiering {
         let held = self.gate.lock(node);
         // The pin is read under the gate, which `pin` holds while it records one.
         let fresh = self.row_for(rec, w.as_fd(), FileState::Premigrated);
+        // The copy's records go under the file's path of now (renamed meanwhile, its old
+        // path may be another file's by now).
+        for (r, _, _) in copied.iter_mut() {
+            r.path.clone_from(&fresh.path);
+        }
         let r = match copied.last() {
             Some((r, _, _)) => {
                 let mut r = r.clone();
                 r.pinned = fresh.pinned;
-                r.path = fresh.path;
                 r
             }
             None => fresh,
