@@ -438,8 +438,14 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     crate::notify::notify("STOPPING=1\nSTATUS=unmounted; finishing");
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
+    let catalog = tiering.catalog.clone();
     drop(tiering);
     runtime.shutdown_timeout(Duration::from_secs(2));
+    match catalog.checkpoint() {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("catalog: another process reads it; its WAL is kept"),
+        Err(e) => tracing::error!("catalog: {e}"),
+    }
     tracing::info!(
         live_inodes = overlay.live_inodes(),
         inode_fds = overlay.inode_fds_held(),

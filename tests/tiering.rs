@@ -325,6 +325,31 @@ fn migrate_dry_run_changes_nothing_copy_only_premigrates_and_stub_frees_space() 
 // ------------------------------------------------------------------------------------------
 // 2. Recall on read
 
+/// A clean unmount leaves the catalog whole in its one file: a copy of `catalog.db` alone
+/// (as an admin would take) holds every event, and the WAL beside it is empty.
+#[test]
+fn a_clean_unmount_leaves_the_catalog_in_one_file() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 10 * 1024), ("b.bin", 10 * 1024)]);
+    let mut t = TierMount::new(&moto, "checkpoint", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let events = t.history("a.bin").len() + t.history("b.bin").len();
+    assert!(events >= 6, "{events} events");
+    t.umount();
+    let wal = t.catalog.with_extension("db-wal");
+    let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_len, 0, "{} left with {wal_len} bytes", wal.display());
+    let copy = t.dir.path().join("copy.db");
+    fs::copy(&t.catalog, &copy).unwrap();
+    let cat = coldtier::catalog::Catalog::open(&copy).unwrap();
+    let chain = cat.verify_chain().unwrap();
+    assert!(
+        chain as usize >= events,
+        "the copy holds {chain} events, the mount showed {events} for two files"
+    );
+    t.mount_with_env(&[]);
+}
+
 /// A small file's recall records RECALL_STARTED together with its outcome; while it is
 /// in flight, `status` says `recalling` all the same (from the recalls in flight), and the
 /// history then shows RECALL_STARTED before RECALLED.

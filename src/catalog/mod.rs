@@ -695,6 +695,23 @@ impl Catalog {
         self.make_durable(self.ended())
     }
 
+    /// Folds the WAL into the database file and empties it: the daemon's clean stop, after
+    /// its last write, so that the catalog file is whole on its own (copies by hand expect
+    /// that; a process that exits does not close its connections, which would do the same).
+    /// Returns false when a reader of another process kept part of the WAL.
+    pub fn checkpoint(&self) -> Result<bool> {
+        self.sync()?;
+        let w = self.writer.lock();
+        if w.open {
+            return Ok(false);
+        }
+        let busy: i64 = w
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .ctx("checkpointing the WAL")?;
+        Ok(busy == 0)
+    }
+
     /// Removes a file's row and appends its DELETED event, in one transaction. The event's
     /// detail is `{"row": <the row as it was>, "detail": <detail>}`, so the object key and
     /// version of a deleted file stay in the audit trail for `gc`.
