@@ -290,18 +290,10 @@ pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// Opens the object behind an O_PATH fd for I/O with `flags`, via its /proc/self/fd magic link.
 pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> SysResult<OwnedFd> {
-    // Through this thread's slot when it can (see [`Slot`]: a cached proc entry).
-    let via_slot = with_slot(fd, |dir, name| {
+    let r = at_proc(fd, |dir, name| {
         // SAFETY: name is NUL-terminated.
         cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })
-    });
-    if let Some(r) = via_slot {
-        return r.map(own);
-    }
-    let p = ProcPath::new(fd.as_raw_fd());
-    let (dir, name) = p.at();
-    // SAFETY: name is NUL-terminated.
-    let r = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    })?;
     Ok(own(r))
 }
 
@@ -413,10 +405,11 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
 }
 
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
-    let p = ProcPath::new(fd.as_raw_fd());
-    let (dir, name) = p.at();
-    // SAFETY: name is NUL-terminated.
-    cvt(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) }).map(drop)
+    at_proc(fd, |dir, name| {
+        // SAFETY: name is NUL-terminated.
+        cvt(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) })
+    })
+    .map(drop)
 }
 
 pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
@@ -493,10 +486,11 @@ pub fn utimens_fd(
         })
         .map(drop);
     }
-    let p = ProcPath::new(fd.as_raw_fd());
-    let (dir, name) = p.at();
-    // SAFETY: name is NUL-terminated, ts has two elements.
-    cvt(unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), 0) }).map(drop)
+    at_proc(fd, |dir, name| {
+        // SAFETY: name is NUL-terminated, ts has two elements.
+        cvt(unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), 0) })
+    })
+    .map(drop)
 }
 
 /// getxattrat(2) (Linux 6.13): the same number on every architecture coldtier builds for.
@@ -546,13 +540,6 @@ fn proc_fd_dir() -> Option<RawFd> {
             ((won >> 32) as u32 == pid).then_some(won as u32 as RawFd)
         }
     }
-}
-
-/// getxattrat of the magic link `p` (see [`ProcPath::at`]); `None` when getxattrat is not
-/// available.
-fn getxattrat_proc(p: &ProcPath, name: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
-    let (dir, num) = p.at();
-    getxattrat_raw(dir, num, name, buf)
 }
 
 /// getxattrat(2) answered ENOSYS or EPERM once: not used again.
@@ -612,8 +599,8 @@ fn getxattrat_raw(_: RawFd, _: &CStr, _: &CStr, _: &mut [u8]) -> Option<SysResul
     None
 }
 
-/// A per-thread fd number of our own through which [`getxattr_fd`] and [`reopen`] reach
-/// any fd's inode as `/proc/self/fd/<slot>`: the proc entry of a number looked up before
+/// A per-thread fd number of our own through which [`at_proc`] (reopen, chmod, utimens,
+/// the stub probe) reaches any fd's inode as `/proc/self/fd/<slot>`: the proc entry of a number looked up before
 /// is found in the dentry cache, where each new fd number (the inode table holds one per
 /// inode, all different) costs an entry made for it (measured over 15,000 O_PATH fds: a
 /// probe ~8 us against ~4 us, a reopen ~10 us against ~7 us). Between uses the slot holds
@@ -676,23 +663,26 @@ fn with_slot<T>(fd: BorrowedFd<'_>, f: impl FnOnce(RawFd, &CStr) -> T) -> Option
     .flatten()
 }
 
-/// getxattrat through this thread's [`Slot`]; `None` when it cannot be used.
-fn getxattr_via_slot(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
-    if GETXATTRAT_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
-        return None;
+/// Runs `f(dir, name)` on the `/proc/self/fd` magic link of `fd` as an `*at` pair:
+/// through this thread's [`Slot`] when it can, else by the fd's own number
+/// ([`ProcPath::at`]).
+fn at_proc<T>(fd: BorrowedFd<'_>, mut f: impl FnMut(RawFd, &CStr) -> T) -> T {
+    if let Some(r) = with_slot(fd, &mut f) {
+        return r;
     }
-    with_slot(fd, |dir, num| getxattrat_raw(dir, num, name, buf)).flatten()
+    let p = ProcPath::new(fd.as_raw_fd());
+    let (dir, name) = p.at();
+    f(dir, name)
 }
 
 /// getxattr of any fd, O_PATH ones included (fgetxattr refuses those).
 pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
-    if let Some(r) = getxattr_via_slot(fd, name, buf) {
-        return r;
+    if !GETXATTRAT_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(r) = at_proc(fd, |dir, num| getxattrat_raw(dir, num, name, buf)) {
+            return r;
+        }
     }
     let p = ProcPath::new(fd.as_raw_fd());
-    if let Some(r) = getxattrat_proc(&p, name, buf) {
-        return r;
-    }
     // SAFETY: strings NUL-terminated; buf writable for buf.len() bytes (may be 0 for a size query).
     cvt_isize(unsafe {
         libc::getxattr(
