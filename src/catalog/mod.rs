@@ -608,19 +608,7 @@ impl Catalog {
         kind: EventKind,
         detail: serde_json::Value,
     ) -> Result<Event> {
-        self.transition_with(file, kind, detail, true)
-    }
-
-    /// [`Catalog::transition`]; with `durable` false it returns before the fsync (see
-    /// `write_lazy`): for a step that a durable one follows shortly.
-    pub fn transition_with(
-        &self,
-        file: &FileRow,
-        kind: EventKind,
-        detail: serde_json::Value,
-        durable: bool,
-    ) -> Result<Event> {
-        let body = |tx: &Connection, heads: &mut Heads, now: i64| {
+        self.write("recording a file transition", |tx, heads, now| {
             let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
             upsert_file(tx, file, kind, time_ns)?;
@@ -632,13 +620,7 @@ impl Catalog {
                 kind,
                 &detail,
             )
-        };
-        const WHAT: &str = "recording a file transition";
-        if durable {
-            self.write(WHAT, body)
-        } else {
-            self.write_lazy(WHAT, body)
-        }
+        })
     }
 
     /// [`Catalog::transition`] for many files in one transaction (a scan batch, an

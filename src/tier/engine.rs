@@ -547,11 +547,7 @@ impl Tiering {
                 tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
                 self.reset_stub(&file, &rec);
                 let detail = json!({"object_key": rec.object_key, "error": e.message});
-                let mut steps = Vec::with_capacity(2);
-                if start_owed {
-                    steps.push((Action::RecallStart, start_detail(&rec)));
-                }
-                steps.push((Action::RecallFailed, detail));
+                let steps = after_owed_start(&mut start_owed, &rec, Action::RecallFailed, detail);
                 if let Err(ce) = self.apply_all(&mut row, &steps, true) {
                     tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
                 }
@@ -681,11 +677,7 @@ impl Tiering {
                         "days": self.config.recall.restore_days,
                         "outcome": format!("{outcome:?}"),
                     });
-                    let mut steps = Vec::with_capacity(2);
-                    if std::mem::take(start_owed) {
-                        steps.push((Action::RecallStart, detail.clone()));
-                    }
-                    steps.push((Action::RestoreRequested, d));
+                    let steps = after_owed_start(start_owed, rec, Action::RestoreRequested, d);
                     self.apply_all(row, &steps, true)
                         .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
                     pending = true;
@@ -732,11 +724,7 @@ impl Tiering {
         // Lazy: the file's records are the truth and the data is on disk. Should a power
         // cut take this commit, the row says `recalling` with no stub record on the file,
         // and `resume` records RECALLED at the next start.
-        let mut steps = Vec::with_capacity(2);
-        if std::mem::take(start_owed) {
-            steps.push((Action::RecallStart, detail.clone()));
-        }
-        steps.push((Action::RecallDone, detail));
+        let steps = after_owed_start(start_owed, rec, Action::RecallDone, detail);
         self.apply_all(row, &steps, false)
             .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
         Ok(())
@@ -836,6 +824,22 @@ const LATE_START_MAX: u64 = 8 << 20;
 /// The detail of a recall's events.
 fn start_detail(rec: &StubRecord) -> serde_json::Value {
     json!({"object_key": rec.object_key, "version_id": rec.version_id, "bytes": rec.size})
+}
+
+/// `action` with `detail`, after the recall's RECALL_STARTED if that is still owed (which
+/// it no longer is then).
+fn after_owed_start(
+    owed: &mut bool,
+    rec: &StubRecord,
+    action: Action,
+    detail: serde_json::Value,
+) -> Vec<(Action, serde_json::Value)> {
+    let mut steps = Vec::with_capacity(2);
+    if std::mem::take(owed) {
+        steps.push((Action::RecallStart, start_detail(rec)));
+    }
+    steps.push((action, detail));
+    steps
 }
 
 /// Copies a record's object fields into a row.
