@@ -75,6 +75,23 @@ pub enum Outcome {
     Skipped,
 }
 
+/// What the locked part of the stub step left to record.
+enum Locked {
+    /// Stubbed: `row` (pin as read under the gate) gets the stub's event; `freed` bytes.
+    Stubbed { row: Box<FileRow>, freed: u64 },
+    /// Not stubbed, and why.
+    Not(Outcome),
+}
+
+impl Locked {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Locked::Stubbed { .. } => Outcome::Stubbed,
+            Locked::Not(o) => *o,
+        }
+    }
+}
+
 fn plan_name(p: Plan) -> &'static str {
     match p {
         Plan::Copy => "copy",
@@ -793,15 +810,15 @@ impl Tiering {
         copied: Vec<Transition>,
     ) -> Result<Outcome, StepError> {
         let mut copied = copied;
-        let mut row = None;
-        let mut freed = 0;
-        let result = self.stub_locked(node, file, rec, expect, &mut copied, &mut row, &mut freed);
-        let Some(mut row) = row.filter(|_| matches!(result, Ok(Outcome::Stubbed))) else {
-            // Not stubbed: the copy's records (if not written yet) on their own.
-            if !copied.is_empty() {
-                self.catalog.transition_batch_with(&copied, false)?;
+        let (mut row, freed) = match self.stub_locked(node, file, rec, expect, &mut copied) {
+            Ok(Locked::Stubbed { row, freed }) => (row, freed),
+            not => {
+                // Not stubbed: the copy's records (if not written yet) on their own.
+                if !copied.is_empty() {
+                    self.catalog.transition_batch_with(&copied, false)?;
+                }
+                return not.map(|l| l.outcome());
             }
-            return result;
         };
         let st = backing::stat_fd(file.as_fd())?;
         row.ctime_ns = ns_of(st.ctime);
@@ -812,9 +829,8 @@ impl Tiering {
         Ok(Outcome::Stubbed)
     }
 
-    /// The part of [`Tiering::stub_step`] under the file's gate. Leaves the row to record
-    /// in `row`, and writes `copied` itself (emptying it) before a SUPERSEDED.
-    #[allow(clippy::too_many_arguments)]
+    /// The part of [`Tiering::stub_step`] under the file's gate. Writes `copied` itself
+    /// (emptying it) before a SUPERSEDED.
     fn stub_locked(
         &self,
         node: u64,
@@ -822,9 +838,7 @@ impl Tiering {
         rec: &StubRecord,
         expect: (u64, i64, i64),
         copied: &mut Vec<Transition>,
-        row: &mut Option<FileRow>,
-        freed: &mut u64,
-    ) -> Result<Outcome, StepError> {
+    ) -> Result<Locked, StepError> {
         let w = backing::reopen(file.as_fd(), libc::O_RDWR)?;
         let held = self.gate.lock(node);
         // The pin is read under the gate, which `pin` holds while it records one.
@@ -842,16 +856,14 @@ impl Tiering {
             }
             None => fresh,
         };
-        let pinned = r.pinned;
-        *row = Some(r);
-        if pinned {
+        if r.pinned {
             return Err(StepError::new(
                 libc::EPERM,
                 "the file is pinned: its data is never freed",
             ));
         }
         if held.opens().handles > 0 {
-            return Ok(Outcome::Busy);
+            return Ok(Locked::Not(Outcome::Busy));
         }
         let st = backing::stat_fd(w.as_fd())?;
         if (st.size, ns_of(st.mtime), ns_of(st.ctime)) != expect || st.nlink != 1 {
@@ -866,7 +878,7 @@ impl Tiering {
                 "changed since it was copied",
             )?;
             self.reset_mark(node);
-            return Ok(Outcome::Changed);
+            return Ok(Locked::Not(Outcome::Changed));
         }
         let mut srec = rec.clone();
         srec.ctime_ns = ns_of(st.ctime);
@@ -887,8 +899,10 @@ impl Tiering {
         // The rest needs no fsync: lost to a power cut, the file keeps its stub record
         // (and maybe its data, or its copy record): a stub either way, which recalls.
         self.reset_mark(node);
-        *freed = st.blocks * 512;
-        Ok(Outcome::Stubbed)
+        Ok(Locked::Stubbed {
+            row: Box::new(r),
+            freed: st.blocks * 512,
+        })
     }
 
     /// `coldtier gc`: deletes the objects of deleted and superseded content whose
