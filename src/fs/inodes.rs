@@ -224,8 +224,9 @@ impl<B> InodeTable<B> {
 
     /// Builds the anchor for a freshly opened O_PATH fd: the fd itself within the budget
     /// (and always for other devices, whose handles need their own mount fd), else only its
-    /// file handle. Returns the handle too when the generation must come from it.
-    fn anchor_for(&self, fd: OwnedFd, st: &Stat) -> (Anchor, Option<Box<[u8]>>) {
+    /// file handle (the fd is handed back). Returns the handle too when the generation must
+    /// come from it.
+    fn anchor_for(&self, fd: OwnedFd, st: &Stat) -> (Anchor, Option<OwnedFd>, Option<Box<[u8]>>) {
         let foreign = st.dev != self.root_dev;
         let over_budget = self.fds_held.load(Ordering::Relaxed) >= self.fd_budget;
         let handle = if !foreign && (over_budget || st.btime.is_none()) {
@@ -234,10 +235,10 @@ impl<B> InodeTable<B> {
             None
         };
         match handle {
-            Some(h) if over_budget => (Anchor::Handle(h.clone()), Some(h)),
+            Some(h) if over_budget => (Anchor::Handle(h.clone()), Some(fd), Some(h)),
             h => {
                 self.fds_held.fetch_add(1, Ordering::Relaxed);
-                (Anchor::Fd(fd), h)
+                (Anchor::Fd(fd), None, h)
             }
         }
     }
@@ -246,11 +247,20 @@ impl<B> InodeTable<B> {
     /// with the same generation, references that one. If it is live with another generation,
     /// the backing number was reused: the new object takes the slot and the references add
     /// up (the kernel forgets the old object's references under the same number).
-    pub fn insert_or_ref(&self, ino: u64, st: &Stat, fd: OwnedFd) -> SysResult<Arc<Inode<B>>> {
+    ///
+    /// Returns the inode, and `fd` back when the table did not keep it (a live inode took
+    /// the reference, or the inode is anchored by its handle): the caller may still use it
+    /// for what it does next instead of reopening the inode from its handle.
+    pub fn insert_or_ref(
+        &self,
+        ino: u64,
+        st: &Stat,
+        fd: OwnedFd,
+    ) -> SysResult<(Arc<Inode<B>>, Option<OwnedFd>)> {
         if ino == ROOT_INO {
-            return Ok(self.root.clone());
+            return Ok((self.root.clone(), Some(fd)));
         }
-        let (anchor, handle) = self.anchor_for(fd, st);
+        let (anchor, spare, handle) = self.anchor_for(fd, st);
         let generation = generation_of(st, handle.as_deref());
         let mut shard = self.shard(ino).lock();
         if let Some(slot) = shard.get_mut(&ino) {
@@ -258,10 +268,14 @@ impl<B> InodeTable<B> {
                 slot.nlookup += 1;
                 let inode = slot.inode.clone();
                 drop(shard);
-                if matches!(anchor, Anchor::Fd(_)) {
-                    self.fds_held.fetch_sub(1, Ordering::Relaxed);
-                }
-                return Ok(inode);
+                let spare = match anchor {
+                    Anchor::Fd(fd) => {
+                        self.fds_held.fetch_sub(1, Ordering::Relaxed);
+                        Some(fd)
+                    }
+                    Anchor::Handle(_) => spare,
+                };
+                return Ok((inode, spare));
             }
         }
         let inode = Arc::new(Inode {
@@ -288,7 +302,7 @@ impl<B> InodeTable<B> {
                 nlookup,
             },
         );
-        Ok(inode)
+        Ok((inode, spare))
     }
 
     fn release_anchor(&self, inode: &Inode<B>) {
@@ -345,7 +359,7 @@ mod tests {
         let fd = backing::open_path_at(rfd.as_fd(), name.as_ref()).unwrap();
         let st = backing::stat_fd(fd.as_fd()).unwrap();
         let ino = t.map_ino(st.dev, st.ino);
-        (ino, t.insert_or_ref(ino, &st, fd).unwrap())
+        (ino, t.insert_or_ref(ino, &st, fd).unwrap().0)
     }
 
     #[test]

@@ -234,6 +234,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     /// Shows a stub as the file it stands for: the recorded size, no blocks. The record is
     /// read from the backing xattr once per inode (under the gate) and cached.
     fn present(&self, i: &Ino<B>, st: &mut Stat) {
+        self.present_via(i, st, None)
+    }
+
+    /// [`OverlayFs::present`], reading the record through `fd` (an fd on the same inode the
+    /// caller holds) if given, instead of the inode's anchor (which may be a file handle to
+    /// open).
+    fn present_via(&self, i: &Ino<B>, st: &mut Stat, fd: Option<BorrowedFd<'_>>) {
         let Some(h) = self.hooks.get() else { return };
         if st.file_type() != libc::S_IFREG {
             return;
@@ -241,8 +248,16 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let mut mark = i.tier_mark.load(Ordering::Acquire);
         if mark == MARK_UNKNOWN {
             let _held = self.gate.lock(i.ino);
-            let Ok(fd) = i.fd() else { return };
-            mark = match h.stub_view(fd.as_fd()) {
+            let anchored;
+            let fd = match fd {
+                Some(fd) => fd,
+                None => {
+                    let Ok(f) = i.fd() else { return };
+                    anchored = f;
+                    anchored.as_fd()
+                }
+            };
+            mark = match h.stub_view(fd) {
                 Ok(Some((size, mtime))) => {
                     i.tier_mtime.store(mtime, Ordering::Release);
                     size
@@ -360,11 +375,11 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     fn entry_from_fd_as(&self, fd: OwnedFd, mark: Option<u64>) -> SysResult<(Entry, Arc<Ino<B>>)> {
         let mut st = backing::stat_fd(fd.as_fd())?;
         let ino = self.inodes.map_ino(st.dev, st.ino);
-        let inode = self.inodes.insert_or_ref(ino, &st, fd)?;
+        let (inode, spare) = self.inodes.insert_or_ref(ino, &st, fd)?;
         if let Some(m) = mark {
             inode.tier_mark.store(m, Ordering::Release);
         }
-        self.present(&inode, &mut st);
+        self.present_via(&inode, &mut st, spare.as_ref().map(|f| f.as_fd()));
         Ok((
             Entry {
                 ino,
