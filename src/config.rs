@@ -68,6 +68,21 @@ pub struct FuseConfig {
     /// O_PATH fds the inode table may hold before it reaches inodes by file handle
     /// (0 = three quarters of RLIMIT_NOFILE).
     pub inode_fds: usize,
+    /// When directory listings carry each entry's attributes (READDIRPLUS).
+    pub readdirplus: Readdirplus,
+}
+
+/// `fuse.readdirplus`: when the kernel asks for directory entries with their attributes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Readdirplus {
+    /// Every listing: a walk that stats what it lists (`ls -l`, `find`, `du`, rsync, Samba
+    /// and NFS re-export) needs no lookup per entry.
+    #[default]
+    Always,
+    /// The kernel's adaptive mode: attributes for the first block of a listing and after
+    /// a stat in the directory; cheaper for listings that only read names.
+    Auto,
 }
 
 impl Default for FuseConfig {
@@ -78,6 +93,7 @@ impl Default for FuseConfig {
             attr_timeout: "10s".into(),
             entry_timeout: "10s".into(),
             inode_fds: 0,
+            readdirplus: Readdirplus::Always,
         }
     }
 }
@@ -1058,6 +1074,7 @@ mod tests {
             ("[fuse]\nattr_timeout = \"2h\"", "fuse.attr_timeout"),
             ("[fuse]\nentry_timeout = 5", "fuse.entry_timeout"),
             ("[fuse]\ninode_fds = \"many\"", "fuse.inode_fds"),
+            ("[fuse]\nreaddirplus = \"never\"", "fuse.readdirplus"),
             ("[policy]\ninclude = \"*.iso\"", "policy.include"),
             ("[policy]\ninclude = [\"a/[b\"]", "policy.include"),
             ("[policy]\ninclude = [1]", "policy.include"),
@@ -1215,6 +1232,7 @@ mod tests {
                 "entry_timeout",
                 "inode_fds",
                 "passthrough",
+                "readdirplus",
                 "threads"
             ]
         );

@@ -371,7 +371,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let adapter = FuseAdapter::new(overlay.clone(), ttl);
+    let adapter = FuseAdapter::new(overlay.clone(), ttl, p.config.fuse.readdirplus);
     let threads = p.config.threads();
     let mut session =
         match fuser::Session::new(adapter, &p.mountpoint, &mount_config(&p.source, threads)) {

@@ -154,6 +154,87 @@ pub static CATALOG_WRITE_SECONDS: Histogram = Histogram::new(&[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ]);
 
+/// FUSE requests, as `coldtier_fuse_requests_total` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuseOp {
+    Lookup,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Access,
+    Create,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+}
+
+const FUSE_OPS: [(FuseOp, &str); 32] = [
+    (FuseOp::Lookup, "lookup"),
+    (FuseOp::Getattr, "getattr"),
+    (FuseOp::Setattr, "setattr"),
+    (FuseOp::Readlink, "readlink"),
+    (FuseOp::Mknod, "mknod"),
+    (FuseOp::Mkdir, "mkdir"),
+    (FuseOp::Unlink, "unlink"),
+    (FuseOp::Rmdir, "rmdir"),
+    (FuseOp::Symlink, "symlink"),
+    (FuseOp::Rename, "rename"),
+    (FuseOp::Link, "link"),
+    (FuseOp::Open, "open"),
+    (FuseOp::Read, "read"),
+    (FuseOp::Write, "write"),
+    (FuseOp::Flush, "flush"),
+    (FuseOp::Release, "release"),
+    (FuseOp::Fsync, "fsync"),
+    (FuseOp::Opendir, "opendir"),
+    (FuseOp::Readdir, "readdir"),
+    (FuseOp::Readdirplus, "readdirplus"),
+    (FuseOp::Releasedir, "releasedir"),
+    (FuseOp::Fsyncdir, "fsyncdir"),
+    (FuseOp::Statfs, "statfs"),
+    (FuseOp::Setxattr, "setxattr"),
+    (FuseOp::Getxattr, "getxattr"),
+    (FuseOp::Listxattr, "listxattr"),
+    (FuseOp::Removexattr, "removexattr"),
+    (FuseOp::Access, "access"),
+    (FuseOp::Create, "create"),
+    (FuseOp::Fallocate, "fallocate"),
+    (FuseOp::Lseek, "lseek"),
+    (FuseOp::CopyFileRange, "copy_file_range"),
+];
+
+/// FUSE requests received, by operation (reads and writes of passthrough files never reach
+/// the daemon and are not counted).
+static FUSE_REQUESTS: [Counter; FUSE_OPS.len()] = [const { Counter::new() }; FUSE_OPS.len()];
+
+/// Counts one FUSE request of kind `op`.
+pub fn fuse_request(op: FuseOp) {
+    FUSE_REQUESTS[op as usize].inc();
+}
+
 /// Store operations, as the error counters label them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOp {
@@ -462,6 +543,19 @@ pub fn render() -> String {
             );
         }
     }
+    header(
+        &mut out,
+        "coldtier_fuse_requests_total",
+        "counter",
+        "FUSE requests received, by operation (I/O of passthrough files bypasses the daemon).",
+    );
+    for (i, (_, label)) in FUSE_OPS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "coldtier_fuse_requests_total{{op=\"{label}\"}} {}",
+            FUSE_REQUESTS[i].get()
+        );
+    }
     histogram(
         &mut out,
         "coldtier_catalog_write_duration_seconds",
@@ -634,6 +728,24 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn fuse_requests_are_counted_under_their_own_label() {
+        for (i, (op, _)) in FUSE_OPS.iter().enumerate() {
+            assert_eq!(*op as usize, i, "FUSE_OPS out of order at {op:?}");
+        }
+        let before = FUSE_REQUESTS[FuseOp::Readdirplus as usize].get();
+        fuse_request(FuseOp::Readdirplus);
+        fuse_request(FuseOp::Readdirplus);
+        let out = render();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("coldtier_fuse_requests_total{op=\"readdirplus\"} "))
+            .unwrap_or_else(|| panic!("{out}"));
+        let n: u64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+        assert!(n >= before + 2, "{line}");
+        assert!(out.contains("coldtier_fuse_requests_total{op=\"copy_file_range\"} "));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::{coldtier, sh, Mounted};
 
@@ -771,6 +772,63 @@ fn inode_numbers_and_generations_are_stable_across_restart() {
         fs::remove_file(m.m("a")).unwrap();
         fs::write(m.m("a"), format!("gen{i}")).unwrap();
         assert_eq!(fs::read_to_string(m.m("a")).unwrap(), format!("gen{i}"));
+    }
+}
+
+/// A walk that stats what it lists (find, `ls -l`, du, Samba) gets every entry's attributes
+/// with the listing (READDIRPLUS, `fuse.readdirplus = "always"`, the default): no LOOKUP
+/// round trip per entry. With "auto", find (which lists a directory in several reads before
+/// it stats) makes the kernel look up all but the first block.
+#[test]
+fn a_walk_that_stats_sends_no_lookup_per_entry() {
+    const N: usize = 600;
+    for (mode, lookups_expected) in [("always", false), ("auto", true)] {
+        let port = common::free_port();
+        let cfg = format!(
+            "[fuse]\nreaddirplus = \"{mode}\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+        let m = Mounted::with_config(Some(&cfg));
+        // Made behind the mount: the kernel knows none of them.
+        std::fs::create_dir(m.src.join("d")).unwrap();
+        for i in 0..N {
+            std::fs::write(m.src.join(format!("d/f{i:04}")), vec![b'x'; i]).unwrap();
+        }
+        let walk = |dir: &Path| {
+            let out = Command::new("find")
+                .arg(dir)
+                .args(["-printf", "%P %s %m %u %g %n %T@\\n"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "find {dir:?}");
+            let mut lines: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let count = |op: &str| {
+            common::scrape(port)[&format!("coldtier_fuse_requests_total{{op=\"{op}\"}}")]
+        };
+        let before = count("lookup");
+        let through = walk(&m.mnt.join("d"));
+        let lookups = count("lookup") - before;
+        assert_eq!(
+            through,
+            walk(&m.src.join("d")),
+            "find through the mount ({mode})"
+        );
+        assert_eq!(through.len(), N + 1);
+        assert!(
+            count("readdirplus") >= 1.0,
+            "{mode}: no READDIRPLUS request"
+        );
+        if lookups_expected {
+            assert!(lookups >= (N / 2) as f64, "{mode}: only {lookups} lookups");
+        } else {
+            assert!(lookups < 10.0, "{mode}: {lookups} lookups for {N} entries");
+        }
     }
 }
 

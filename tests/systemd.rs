@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use coldtier::store::testing::MotoServer;
-use common::{bin, coldtier};
+use common::{bin, coldtier, free_port, scrape};
 use serde_json::Value;
 
 const UNIT: &str = "systemd/coldtier@.service";
@@ -631,38 +631,6 @@ fn mount_paths_from_the_config_and_conflicts_are_bad_input() {
 
 // ------------------------------------------------------------------------------------------
 // Metrics
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET /metrics: each sample line as "name{labels}" -> value.
-fn scrape(port: u16) -> BTreeMap<String, f64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (
-                k.to_string(),
-                v.parse()
-                    .unwrap_or_else(|_| panic!("bad sample value: {l}")),
-            )
-        })
-        .collect()
-}
 
 fn m(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
     *metrics

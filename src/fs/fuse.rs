@@ -17,6 +17,8 @@ use fuser::{
 
 use super::backing::{Errno, SetTime, Stat};
 use super::overlay::{Caller, Entry, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply};
+use crate::config::Readdirplus;
+use crate::metrics::{self, FuseOp};
 
 /// Attribute and entry cache lifetimes handed to the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -28,11 +30,16 @@ pub struct Ttls {
 pub struct FuseAdapter {
     fs: Arc<OverlayFs<BackingId>>,
     ttl: Ttls,
+    readdirplus: Readdirplus,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<OverlayFs<BackingId>>, ttl: Ttls) -> Self {
-        FuseAdapter { fs, ttl }
+    pub fn new(fs: Arc<OverlayFs<BackingId>>, ttl: Ttls, readdirplus: Readdirplus) -> Self {
+        FuseAdapter {
+            fs,
+            ttl,
+            readdirplus,
+        }
     }
 }
 
@@ -182,7 +189,6 @@ impl Filesystem for FuseAdapter {
         let wanted = InitFlags::FUSE_EXPORT_SUPPORT
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_ASYNC_DIO
@@ -190,6 +196,11 @@ impl Filesystem for FuseAdapter {
             // needs no recall (without it the kernel opens first and truncates after).
             | InitFlags::FUSE_ATOMIC_O_TRUNC;
         let _ = config.add_capabilities(wanted & caps);
+        // Without READDIRPLUS_AUTO the kernel asks for attributes with every listing: a walk
+        // that lists then stats (find, ls -l, du, Samba) costs no LOOKUP round trip per entry.
+        if self.readdirplus == Readdirplus::Auto {
+            let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO & caps);
+        }
         // POSIX ACLs: the kernel enforces them (with default_permissions) and leaves the
         // umask to us, so that a default ACL on the parent can override it as on ext4.
         let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
@@ -215,6 +226,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        metrics::fuse_request(FuseOp::Lookup);
         self.reply_entry(self.fs.lookup(parent.0, name), reply);
     }
 
@@ -223,6 +235,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        metrics::fuse_request(FuseOp::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(e) => reply.attr(&self.ttl.attr, &attr(e.ino, &e.stat)),
             Err(e) => reply.error(err(e)),
@@ -247,6 +260,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        metrics::fuse_request(FuseOp::Setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -263,6 +277,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        metrics::fuse_request(FuseOp::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -279,6 +294,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_request(FuseOp::Mknod);
         self.reply_entry(
             self.fs
                 .mknod(parent.0, name, mode, rdev, caller(req, umask)),
@@ -295,6 +311,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_request(FuseOp::Mkdir);
         self.reply_entry(
             self.fs.mkdir(parent.0, name, mode, caller(req, umask)),
             reply,
@@ -302,10 +319,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::fuse_request(FuseOp::Unlink);
         reply_empty(self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::fuse_request(FuseOp::Rmdir);
         reply_empty(self.fs.rmdir(parent.0, name), reply);
     }
 
@@ -317,6 +336,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_request(FuseOp::Symlink);
         self.reply_entry(
             self.fs
                 .symlink(parent.0, link_name, target.as_os_str(), caller(req, 0)),
@@ -334,6 +354,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Rename);
         reply_empty(
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
@@ -349,10 +370,12 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        metrics::fuse_request(FuseOp::Link);
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        metrics::fuse_request(FuseOp::Open);
         let uid = req.uid();
         match self
             .fs
@@ -385,6 +408,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        metrics::fuse_request(FuseOp::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(err(e)),
@@ -403,6 +427,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        metrics::fuse_request(FuseOp::Write);
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
@@ -417,6 +442,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Flush);
         reply_empty(self.fs.flush(fh.0), reply);
     }
 
@@ -430,6 +456,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Release);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -442,10 +469,12 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Fsync);
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        metrics::fuse_request(FuseOp::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -460,6 +489,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        metrics::fuse_request(FuseOp::Readdir);
         let r = self.fs.readdir(fh.0, offset as i64, |ino, off, d, name| {
             reply.add(INodeNo(ino), off as u64, dtype(d), name)
         });
@@ -477,6 +507,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        metrics::fuse_request(FuseOp::Readdirplus);
         let dot = FileAttr {
             ino,
             kind: FileType::Directory,
@@ -516,6 +547,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Releasedir);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -528,10 +560,12 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Fsyncdir);
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        metrics::fuse_request(FuseOp::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -557,22 +591,27 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Setxattr);
         reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        metrics::fuse_request(FuseOp::Getxattr);
         reply_xattr(self.fs.getxattr(ino.0, name, size), reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        metrics::fuse_request(FuseOp::Listxattr);
         reply_xattr(self.fs.listxattr(ino.0, size), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::fuse_request(FuseOp::Removexattr);
         reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        metrics::fuse_request(FuseOp::Access);
         reply_empty(self.fs.access(ino.0), reply);
     }
 
@@ -586,6 +625,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        metrics::fuse_request(FuseOp::Create);
         let r = self
             .fs
             .create(parent.0, name, mode, flags, caller(req, umask), |fd| {
@@ -627,6 +667,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        metrics::fuse_request(FuseOp::Fallocate);
         reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
@@ -639,6 +680,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        metrics::fuse_request(FuseOp::Lseek);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -658,6 +700,7 @@ impl Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        metrics::fuse_request(FuseOp::CopyFileRange);
         match self.fs.copy_file_range(
             fh_in.0,
             offset_in,
