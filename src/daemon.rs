@@ -347,6 +347,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         OverlayOptions {
             passthrough: p.config.fuse.passthrough,
             inode_fds: p.config.fuse.inode_fds,
+            no_xattrs_ttl: p.config.attr_timeout(),
         },
     )?;
     if !p.config.fuse.passthrough {

@@ -449,6 +449,45 @@ fn listx(p: &Path, size: usize) -> Outcome {
     Ok(names.join(","))
 }
 
+/// A file the stub probe listed without xattrs answers getxattr and listxattr from that,
+/// without a call to the backing file, for at most `fuse.attr_timeout`: an xattr set
+/// through the mount shows at once, one set behind the mount once that time has passed.
+#[test]
+fn xattrs_of_files_seen_without_any_stay_right() {
+    let m = Mounted::with_config(Some(
+        "[fuse]\nattr_timeout = \"1s\"\nentry_timeout = \"1s\"\n",
+    ));
+    for n in ["a", "b", "priv"] {
+        fs::write(m.src.join(n), b"data").unwrap();
+    }
+    fs::write(m.src.join("had"), b"data").unwrap();
+    setx(&m.src.join("had"), "user.k", b"h", 0).unwrap();
+    // Tiering's own records do not count as xattrs, and stay hidden.
+    setx(&m.src.join("priv"), "trusted.coldtier.id", b"0123", 0).unwrap();
+    for n in ["a", "b", "priv"] {
+        let p = m.mnt.join(n);
+        assert_eq!(getx(&p, "user.k", 16), Err(libc::ENODATA), "{n}");
+        assert_eq!(getx(&p, "user.k", 0), Err(libc::ENODATA), "{n}");
+        assert_eq!(listx(&p, 64), Ok(String::new()), "{n}");
+        assert_eq!(listx(&p, 0), Ok("size 0".into()), "{n}");
+    }
+    assert_eq!(getx(&m.mnt.join("had"), "user.k", 16), Ok("1 \"h\"".into()));
+    assert_eq!(listx(&m.mnt.join("had"), 64), Ok("user.k".into()));
+    // Set through the mount: seen at once.
+    setx(&m.mnt.join("a"), "user.k", b"v", 0).unwrap();
+    assert_eq!(getx(&m.mnt.join("a"), "user.k", 16), Ok("1 \"v\"".into()));
+    assert_eq!(listx(&m.mnt.join("a"), 64), Ok("user.k".into()));
+    // Set behind the mount: seen once the attribute timeout has passed.
+    setx(&m.src.join("b"), "user.k", b"w", 0).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(getx(&m.mnt.join("b"), "user.k", 16), Ok("1 \"w\"".into()));
+    assert_eq!(listx(&m.mnt.join("b"), 64), Ok("user.k".into()));
+    assert_eq!(
+        getx(&m.mnt.join("priv"), "trusted.coldtier.id", 16),
+        Err(libc::ENODATA)
+    );
+}
+
 #[test]
 fn xattrs_match_native_and_private_ones_are_hidden() {
     let m = Mounted::new();

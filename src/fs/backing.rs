@@ -497,6 +497,10 @@ pub fn utimens_fd(
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SYS_GETXATTRAT: libc::c_long = 464;
 
+/// listxattrat(2) (Linux 6.13, with getxattrat): the same number on every architecture.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
 /// `struct xattr_args` of getxattrat(2).
 #[repr(C)]
 struct XattrArgs {
@@ -576,6 +580,13 @@ fn getxattrat_raw(
             std::mem::size_of::<XattrArgs>(),
         )
     };
+    xattrat_outcome(r)
+}
+
+/// The result of a getxattrat/listxattrat call: `None` (and remembered) when the call is
+/// not available.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn xattrat_outcome(r: libc::c_long) -> Option<SysResult<usize>> {
     if r >= 0 {
         return Some(Ok(r as usize));
     }
@@ -587,11 +598,38 @@ fn getxattrat_raw(
         // EPERM, without the capability it just is not there) a seccomp filter that does
         // not know the call, e.g. an allow-list: the old way answers, from now on.
         libc::ENOSYS | libc::EPERM => {
-            GETXATTRAT_MISSING.store(true, Ordering::Relaxed);
+            GETXATTRAT_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
             None
         }
         _ => Some(Err(Errno(e))),
     }
+}
+
+/// listxattrat(dir, path, 0); `None` when the call is not available (the *xattrat calls
+/// came in one release: one flag remembers that they are missing).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn listxattrat_raw(dir: RawFd, path: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
+    use std::sync::atomic::Ordering;
+    if GETXATTRAT_MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: the path is NUL-terminated; buf is writable for its length.
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir,
+            path.as_ptr(),
+            0 as libc::c_uint,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    xattrat_outcome(r)
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn listxattrat_raw(_: RawFd, _: &CStr, _: &mut [u8]) -> Option<SysResult<usize>> {
+    None
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -709,7 +747,13 @@ pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) ->
     .map(drop)
 }
 
+/// listxattr of any fd, O_PATH ones included (flistxattr refuses those).
 pub fn listxattr_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    if !GETXATTRAT_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(r) = at_proc(fd, |dir, num| listxattrat_raw(dir, num, buf)) {
+            return r;
+        }
+    }
     let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: path NUL-terminated; buf writable for its length.
     cvt_isize(unsafe { libc::listxattr(p.as_cstr().as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
@@ -1066,6 +1110,17 @@ mod tests {
         assert_eq!(
             getxattr_fd(f.as_fd(), c"user.none", &mut [0u8; 8]),
             Err(Errno(libc::ENODATA))
+        );
+        let mut names = [0u8; 64];
+        let n = listxattr_fd(f.as_fd(), &mut names).unwrap();
+        assert!(
+            names[..n].split(|&b| b == 0).any(|x| x == b"user.t"),
+            "{:?}",
+            &names[..n]
+        );
+        assert_eq!(
+            listxattr_fd(f.as_fd(), &mut [0u8; 2]),
+            Err(Errno(libc::ERANGE))
         );
         let slot = SLOT.with(|s| s.borrow().as_ref().map(|s| s.fd));
         if let Some(slot) = slot {

@@ -48,6 +48,10 @@ pub struct Inode<B> {
     pub tier_mark: AtomicU64,
     /// With a stub mark: the stub record's mtime (ns), what the file shows.
     pub tier_mtime: std::sync::atomic::AtomicI64,
+    /// Until when (ns on the overlay's monotonic clock; 0: not known) the file is known to
+    /// have no xattrs visible through the mount: learned from the listing the stub probe
+    /// reads, dropped by a setxattr through the mount.
+    pub no_xattrs_until: AtomicU64,
 }
 
 /// [`Inode::tier_mark`]: not read yet.
@@ -156,6 +160,7 @@ impl<B> InodeTable<B> {
             open_file: Mutex::new(Weak::new()),
             tier_mark: AtomicU64::new(MARK_UNKNOWN),
             tier_mtime: std::sync::atomic::AtomicI64::new(0),
+            no_xattrs_until: AtomicU64::new(0),
         });
         Ok(InodeTable {
             root,
@@ -287,6 +292,7 @@ impl<B> InodeTable<B> {
             open_file: Mutex::new(Weak::new()),
             tier_mark: AtomicU64::new(MARK_UNKNOWN),
             tier_mtime: std::sync::atomic::AtomicI64::new(0),
+            no_xattrs_until: AtomicU64::new(0),
         });
         let nlookup = match shard.remove(&ino) {
             Some(old) => {

@@ -155,6 +155,9 @@ pub struct OverlayOptions {
     pub passthrough: bool,
     /// O_PATH fds the inode table may hold (0 = derived from RLIMIT_NOFILE).
     pub inode_fds: usize,
+    /// How long a file seen without xattrs answers getxattr/listxattr from that (the
+    /// attribute cache lifetime; zero: never).
+    pub no_xattrs_ttl: std::time::Duration,
 }
 
 pub struct OverlayFs<B> {
@@ -171,6 +174,9 @@ pub struct OverlayFs<B> {
     gate: Arc<Gate>,
     hooks: std::sync::OnceLock<Arc<dyn TierHooks>>,
     invalidate: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// [`OverlayOptions::no_xattrs_ttl`] in ns, and the clock it is counted on.
+    no_xattrs_ttl_ns: u64,
+    clock: std::time::Instant,
 }
 
 fn is_private_xattr(name: &[u8]) -> bool {
@@ -197,6 +203,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             gate: Arc::new(Gate::default()),
             hooks: std::sync::OnceLock::new(),
             invalidate: std::sync::OnceLock::new(),
+            no_xattrs_ttl_ns: u64::try_from(opts.no_xattrs_ttl.as_nanos()).unwrap_or(u64::MAX),
+            // Never 0 on this clock: 0 means "not known" in Inode::no_xattrs_until.
+            clock: std::time::Instant::now() - std::time::Duration::from_secs(1),
         })
     }
 
@@ -257,7 +266,36 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                     anchored.as_fd()
                 }
             };
-            mark = match h.stub_view(fd) {
+            // One listing says whether the file has tiering records at all (most have
+            // none: then there is no record to read) and whether it has xattrs a user can
+            // see (none: getxattr/listxattr answer from that for a while). A listing that
+            // does not fit or fails: the record is read as before, nothing is learned.
+            let mut names = [0u8; 512];
+            let listed = backing::listxattr_fd(fd, &mut names)
+                .ok()
+                .map(|n| &names[..n]);
+            let mut has_private = true;
+            if let Some(list) = listed {
+                let mut visible = false;
+                has_private = false;
+                for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                    if is_private_xattr(n) {
+                        has_private = true;
+                    } else {
+                        visible = true;
+                    }
+                }
+                if !visible && self.no_xattrs_ttl_ns > 0 {
+                    let until = self.now_ns().saturating_add(self.no_xattrs_ttl_ns);
+                    i.no_xattrs_until.store(until, Ordering::Release);
+                }
+            }
+            let view = if has_private {
+                h.stub_view(fd)
+            } else {
+                Ok(None)
+            };
+            mark = match view {
                 Ok(Some((size, mtime))) => {
                     i.tier_mtime.store(mtime, Ordering::Release);
                     size
@@ -281,6 +319,17 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 mtime.rem_euclid(1_000_000_000) as u32,
             );
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `i` is known (from its stub probe, within `no_xattrs_ttl`) to have no xattrs
+    /// visible through the mount.
+    fn known_without_xattrs(&self, i: &Ino<B>) -> bool {
+        let until = i.no_xattrs_until.load(Ordering::Acquire);
+        until != 0 && self.now_ns() < until
     }
 
     /// The file id of a tracked regular file named `name` in `dir`, if `only_last` is false
@@ -1070,6 +1119,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             return Err(Errno(libc::ENODATA));
         }
         let i = self.inode(ino)?;
+        if self.known_without_xattrs(&i) {
+            return Err(Errno(libc::ENODATA));
+        }
         let ifd = i.fd()?;
         backing::with_name(name, |c| {
             if size == 0 {
@@ -1085,6 +1137,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn listxattr(&self, ino: u64, size: u32) -> SysResult<XattrReply> {
         let i = self.inode(ino)?;
+        if self.known_without_xattrs(&i) {
+            return Ok(if size == 0 {
+                XattrReply::Size(0)
+            } else {
+                XattrReply::Data(Vec::new())
+            });
+        }
         let ifd = i.fd()?;
         let mut buf = Vec::new();
         // The list may grow between the size query and the read: retry on ERANGE.
@@ -1120,9 +1179,17 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             return Err(Errno(libc::EPERM));
         }
         let i = self.inode(ino)?;
-        backing::with_name(name, |c| {
+        let r = backing::with_name(name, |c| {
             backing::setxattr_fd(i.fd()?.as_fd(), c, value, flags)
-        })
+        });
+        // After the change, under the gate the stub probe learns under: a probe either
+        // listed before this and its finding is dropped here, or lists after and sees it.
+        // (Dropped whatever the outcome: a failed call may still have changed the file.)
+        {
+            let _held = self.gate.lock(i.ino);
+            i.no_xattrs_until.store(0, Ordering::Release);
+        }
+        r
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> SysResult<()> {
@@ -1201,6 +1268,94 @@ mod tests {
         });
         assert_eq!(sym.err(), Some(Errno(libc::ELOOP)));
         assert_eq!(std::fs::read(d.path().join("x")).unwrap(), b"there");
+    }
+
+    /// Tier hooks that see no stubs and count the stub records read.
+    #[derive(Default)]
+    struct NoStubs(AtomicU64);
+
+    impl TierHooks for NoStubs {
+        fn stub_view(&self, _: BorrowedFd<'_>) -> SysResult<Option<(u64, i64)>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+        fn times_set(&self, _: BorrowedFd<'_>) {}
+        fn before_open(&self, _: u64, _: BorrowedFd<'_>, _: i32) -> SysResult<Go> {
+            Ok(Go::Proceed)
+        }
+        fn before_truncate(&self, _: u64, _: BorrowedFd<'_>, _: u64) -> SysResult<Go> {
+            Ok(Go::Proceed)
+        }
+        fn tracked(&self, _: BorrowedFd<'_>) -> Option<String> {
+            None
+        }
+        fn unlinked(&self, _: &str) {}
+        fn renamed(&self, _: &str, _: BorrowedFd<'_>, _: &OsStr) {}
+        fn dir_renamed(&self, _: BorrowedFd<'_>, _: &OsStr, _: BorrowedFd<'_>, _: &OsStr) {}
+    }
+
+    fn user_xattr(p: &std::path::Path, name: &str, value: &[u8]) -> bool {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: NUL-terminated strings, a readable value.
+        unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            ) == 0
+        }
+    }
+
+    /// The stub probe's listing: a file without tiering records is not asked for one, and
+    /// a file without xattrs answers getxattr/listxattr from the listing (here for an hour:
+    /// a change behind the overlay is not seen) until a setxattr through the overlay.
+    #[test]
+    fn files_listed_without_xattrs_answer_from_the_listing() {
+        let d = tempfile::tempdir().unwrap();
+        let root = backing::open_dir_path(d.path()).unwrap();
+        let opts = OverlayOptions {
+            no_xattrs_ttl: std::time::Duration::from_secs(3600),
+            ..OverlayOptions::default()
+        };
+        let fs: OverlayFs<()> = OverlayFs::new(root, opts).unwrap();
+        let hooks = Arc::new(NoStubs::default());
+        fs.set_tier_hooks(hooks.clone());
+        for n in ["plain", "tracked"] {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        if !user_xattr(&d.path().join("tracked"), "trusted.coldtier.id", b"0") {
+            return; // no xattrs on the temp filesystem (or no CAP_SYS_ADMIN): nothing to see
+        }
+        let plain = fs.lookup(ROOT_INO, OsStr::new("plain")).unwrap();
+        assert_eq!(
+            hooks.0.load(Ordering::Relaxed),
+            0,
+            "record read without a record"
+        );
+        fs.lookup(ROOT_INO, OsStr::new("tracked")).unwrap();
+        assert_eq!(hooks.0.load(Ordering::Relaxed), 1, "record not read");
+        assert!(user_xattr(&d.path().join("plain"), "user.k", b"behind"));
+        let k = OsStr::new("user.k");
+        assert_eq!(
+            fs.getxattr(plain.ino, k, 64).err(),
+            Some(Errno(libc::ENODATA))
+        );
+        assert!(matches!(
+            fs.listxattr(plain.ino, 0),
+            Ok(XattrReply::Size(0))
+        ));
+        fs.setxattr(plain.ino, k, b"through", 0).unwrap();
+        match fs.getxattr(plain.ino, k, 64) {
+            Ok(XattrReply::Data(v)) => assert_eq!(v, b"through"),
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(matches!(
+            fs.listxattr(plain.ino, 0),
+            Ok(XattrReply::Size(7))
+        ));
     }
 
     #[test]
