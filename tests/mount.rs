@@ -933,7 +933,14 @@ fn resident_io_goes_through_kernel_passthrough() {
         fs::create_dir(&src).unwrap();
         fs::create_dir(&mnt).unwrap();
         let cfg = dir.path().join("c.toml");
-        fs::write(&cfg, format!("[fuse]\npassthrough = {passthrough}\n")).unwrap();
+        let port = common::free_port();
+        fs::write(
+            &cfg,
+            format!(
+                "[fuse]\npassthrough = {passthrough}\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+            ),
+        )
+        .unwrap();
         let log = dir.path().join("log");
         let out = coldtier(&[
             "mount",
@@ -954,6 +961,18 @@ fn resident_io_goes_through_kernel_passthrough() {
         // Drop the page cache so reads reach the filesystem.
         sh("sync; echo 1 > /proc/sys/vm/drop_caches");
         assert_eq!(fs::read(mnt.join("big")).unwrap(), data);
+        // A passthrough file's close needs no FLUSH (FOPEN_NOFLUSH); a served one's does.
+        let m = common::scrape(port);
+        let (flushes, releases) = (
+            m["coldtier_fuse_requests_total{op=\"flush\"}"],
+            m["coldtier_fuse_requests_total{op=\"release\"}"],
+        );
+        assert!(releases >= 2.0, "{releases} releases");
+        if passthrough {
+            assert_eq!(flushes, 0.0, "passthrough files were flushed");
+        } else {
+            assert!(flushes >= 2.0, "{flushes} flushes");
+        }
         let out = coldtier(&["umount", mnt.to_str().unwrap()]);
         assert!(
             out.status.success(),
