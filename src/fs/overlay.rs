@@ -204,8 +204,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             hooks: std::sync::OnceLock::new(),
             invalidate: std::sync::OnceLock::new(),
             no_xattrs_ttl_ns: u64::try_from(opts.no_xattrs_ttl.as_nanos()).unwrap_or(u64::MAX),
-            // Never 0 on this clock: 0 means "not known" in Inode::no_xattrs_until.
-            clock: std::time::Instant::now() - std::time::Duration::from_secs(1),
+            // A deadline is now + a non-zero lifetime: never 0, which means "not known".
+            clock: std::time::Instant::now(),
         })
     }
 
