@@ -15,30 +15,9 @@ use std::sync::Arc;
 use coldtier::store::testing::MotoServer;
 use serde_json::Value;
 
-use common::{bin, coldtier};
+use common::{bin, coldtier, data, show};
 
 const PREFIX: &str = "t";
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A mount of a temp source whose store is a bucket on a moto server.
 struct T {

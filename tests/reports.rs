@@ -8,24 +8,14 @@ mod common;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Instant;
 
 use coldtier::store::testing::MotoServer;
-use common::{coldtier, Mounted};
+use common::{coldtier, show, Mounted};
 use serde_json::Value;
 
 const BUCKET: &str = "reports";
 const SECRET: &str = "coldtier-test-secret";
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Runs coldtier; asserts exit 0; returns stdout.
 fn ok(args: &[&str]) -> String {

@@ -19,19 +19,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use coldtier::store::testing::MotoServer;
-use common::{bin, coldtier, free_port, scrape};
+use common::{bin, coldtier, free_port, scrape, show};
 use serde_json::Value;
 
 const UNIT: &str = "systemd/coldtier@.service";
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 // ------------------------------------------------------------------------------------------
 // The unit file

@@ -20,6 +20,7 @@ use coldtier::store::testing::MotoServer;
 use serde_json::Value;
 
 use crate::common::{bin, coldtier};
+pub use crate::common::{data, show};
 
 /// The object key prefix every test config uses.
 pub const PREFIX: &str = "t";
@@ -33,19 +34,6 @@ pub const GC_SKEW_ENV: &str = "COLDTIER_TEST_GC_SKEW";
 /// Starts a moto server, or fails the test saying how to install moto.
 pub fn start_moto() -> Arc<MotoServer> {
     Arc::new(MotoServer::start().unwrap_or_else(|e| panic!("cannot start moto: {e}")))
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), different for each seed.
-pub fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
 }
 
 /// Test files: (path relative to the source, content).
@@ -420,16 +408,6 @@ pub fn is_mountpoint(p: &Path) -> bool {
             .map(|m| m.replace("\\040", " ") == want)
             .unwrap_or(false)
     })
-}
-
-/// Output of a command as text, for panic messages.
-pub fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A coldtier mount of a temp source tree at a temp mount point, configured for a store
