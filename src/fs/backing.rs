@@ -550,7 +550,8 @@ fn proc_fd_dir() -> Option<RawFd> {
 static GETXATTRAT_MISSING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// getxattrat(dir, path, 0, name); `None` when the call is not available.
+/// getxattrat(dir, path, 0, name); `None` when the call is not available (callers skip it
+/// once [`GETXATTRAT_MISSING`] is set).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn getxattrat_raw(
     dir: RawFd,
@@ -558,10 +559,6 @@ fn getxattrat_raw(
     name: &CStr,
     buf: &mut [u8],
 ) -> Option<SysResult<usize>> {
-    use std::sync::atomic::Ordering;
-    if GETXATTRAT_MISSING.load(Ordering::Relaxed) {
-        return None;
-    }
     let args = XattrArgs {
         value: buf.as_mut_ptr() as u64,
         size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
@@ -609,10 +606,6 @@ fn xattrat_outcome(r: libc::c_long) -> Option<SysResult<usize>> {
 /// came in one release: one flag remembers that they are missing).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn listxattrat_raw(dir: RawFd, path: &CStr, buf: &mut [u8]) -> Option<SysResult<usize>> {
-    use std::sync::atomic::Ordering;
-    if GETXATTRAT_MISSING.load(Ordering::Relaxed) {
-        return None;
-    }
     // SAFETY: the path is NUL-terminated; buf is writable for its length.
     let r = unsafe {
         libc::syscall(
