@@ -472,6 +472,40 @@ fn reading_a_stub_recalls_it_byte_identical_with_the_full_history() {
     }
 }
 
+/// `verify = "readback"` reads every object back (a multipart one in ranges) and hashes it
+/// as it arrives: the daemon runs with a TMPDIR that does not exist, where a read-back into
+/// a temporary file could not start (an object can be larger than any temporary space).
+#[test]
+fn readback_verify_hashes_each_object_as_it_arrives_and_needs_no_temporary_space() {
+    let moto = start_moto();
+    let fs_ = files(&[("small.bin", 100 * 1024), ("big.bin", 12 << 20)]);
+    let mut t = TierMount::new(&moto, "readback", &fs_, |c| {
+        c.set("policy", "verify", &q("readback"))
+            .set("store", "part_size", &q("5MiB"))
+    });
+    t.umount();
+    t.mount_with_env(&[("TMPDIR", "/nonexistent/coldtier-no-tmp")]);
+    let before = settled_requests(&moto);
+    t.migrate_ok(&["--mode", "stub"]);
+    let after = settled_requests(&moto);
+    for (rel, _) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel}\n{}", t.daemon_log_tail());
+        let events = t.history(rel);
+        let verified: Vec<&Value> = events.iter().filter(|e| e["kind"] == "VERIFIED").collect();
+        assert_eq!(verified.len(), 1, "{rel}: {events:?}");
+        assert_eq!(
+            verified[0]["detail"]["verify"], "read-back",
+            "{rel}: {}",
+            verified[0]
+        );
+        let key = t.object_key(rel);
+        let gets = data_gets(&after[before.len()..], "readback", Some(&key));
+        let want = if rel == "big.bin" { 3 } else { 1 };
+        assert_eq!(gets, want, "{rel}: GETs of {key} during the migrate");
+    }
+    assert_all_read_back(&t, &fs_);
+}
+
 // ------------------------------------------------------------------------------------------
 // 3. Single flight
 

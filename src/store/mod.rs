@@ -60,7 +60,8 @@ pub trait ObjectStore: Send + Sync {
         -> StoreFuture<'a, ObjectMeta>;
 
     /// Streams the object into `dest` with pwrite at offsets `0..size` (never the file
-    /// position), computing `checksum` of what was written. `expected_size` must be the
+    /// position), computing `checksum` of what was written; with no `dest`, only the
+    /// checksum of what arrived (a read-back check). `expected_size` must be the
     /// object's size, else `ChecksumMismatch`. An archived, not restored object fails with
     /// `InvalidObjectState`. Does not fsync `dest`: the caller does, before trusting it.
     fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult>;
@@ -151,8 +152,9 @@ pub struct PutResult {
 pub struct GetRequest<'a> {
     pub key: &'a str,
     pub version_id: Option<&'a str>,
-    /// Written with pwrite at offsets `0..expected_size`.
-    pub dest: &'a File,
+    /// Written with pwrite at offsets `0..expected_size`; None: the bytes are only hashed
+    /// (a read-back check needs no space the size of the object).
+    pub dest: Option<&'a File>,
     pub expected_size: u64,
     /// The algorithm the object was stored with (its `PutResult::checksum.algo`).
     pub checksum: ChecksumAlgo,
@@ -162,7 +164,7 @@ pub struct GetRequest<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GetResult {
     pub bytes: u64,
-    /// Our checksum of the bytes written to `dest`.
+    /// Our checksum of the bytes received (and written to `dest`, if any).
     pub checksum: Checksum,
     pub version_id: Option<String>,
 }

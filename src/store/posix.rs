@@ -325,7 +325,7 @@ impl Inner {
         &self,
         key: &str,
         version_id: Option<&str>,
-        dest: &File,
+        dest: Option<&File>,
         expected_size: u64,
         algo: ChecksumAlgo,
     ) -> Result<GetResult, StoreError> {
@@ -354,7 +354,9 @@ impl Inner {
             read_exact_at(&src, &mut buf[..n], off)
                 .map_err(|e| StoreError::new(e.kind, format!("{key}: {}", e.message)))?;
             h.update(&buf[..n]);
-            write_all_at(dest, &buf[..n], off)?;
+            if let Some(dest) = dest {
+                write_all_at(dest, &buf[..n], off)?;
+            }
             off += n as u64;
         }
         Ok(GetResult {
@@ -541,11 +543,12 @@ impl ObjectStore for PosixStore {
         Box::pin(async move {
             let dest = req
                 .dest
-                .try_clone()
+                .map(File::try_clone)
+                .transpose()
                 .map_err(|e| StoreError::io("dup of the destination", &e))?;
             let (key, version) = (req.key.to_string(), req.version_id.map(str::to_string));
             let (size, algo) = (req.expected_size, req.checksum);
-            self.run(move |s| s.get(&key, version.as_deref(), &dest, size, algo))
+            self.run(move |s| s.get(&key, version.as_deref(), dest.as_ref(), size, algo))
                 .await
         })
     }

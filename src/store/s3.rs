@@ -437,13 +437,16 @@ impl S3Store {
         let full = self.full_key(req.key);
         let algo = req.checksum;
         let size = req.expected_size;
-        let dest = Arc::new(
-            req.dest
-                .try_clone()
-                .map_err(|e| StoreError::io("dup of the destination", &e))?,
-        );
+        let dest = req
+            .dest
+            .map(|f| f.try_clone().map(Arc::new))
+            .transpose()
+            .map_err(|e| StoreError::io("dup of the destination", &e))?;
         let chunk = self.cfg.part_size;
-        if size <= chunk || self.cfg.concurrency == 1 {
+        let crc = algo.is_crc();
+        // Ranges arrive out of order: their CRCs combine, other hashes need the bytes in
+        // order, which without a destination to read them back from means one stream.
+        if size <= chunk || self.cfg.concurrency == 1 || (dest.is_none() && !crc) {
             let out = self.get_object(&full, req.version_id, None, None).await?;
             let len = out.content_length().unwrap_or(-1);
             if len != size as i64 {
@@ -459,7 +462,6 @@ impl S3Store {
         }
         // Ranged: the first range tells the total size and pins the version (its id, or
         // on an unversioned bucket its ETag via If-Match) for the others.
-        let crc = algo.is_crc();
         let first = self
             .get_object(&full, req.version_id, Some((0, chunk - 1)), None)
             .await?;
@@ -539,7 +541,12 @@ impl S3Store {
             }
             acc.expect("at least two ranges")
         } else {
-            let d = dest.clone();
+            let Some(d) = dest else {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    "a ranged download without a destination needs a CRC",
+                ));
+            };
             blocking(move || checksum_file(&d, size, algo)).await?
         };
         Ok(GetResult {
@@ -626,10 +633,11 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
 }
 
 /// Streams `len` bytes of `body` into `dest` at `start` with pwrite, in chunks of
-/// `WRITE_CHUNK` (one write in flight while the next chunk arrives), hashing them if asked.
+/// `WRITE_CHUNK` (one write in flight while the next chunk arrives), hashing them if asked
+/// (without `dest`, only hashing them).
 async fn stream_to_file(
     mut body: ByteStream,
-    dest: Arc<File>,
+    dest: Option<Arc<File>>,
     start: u64,
     len: u64,
     algo: Option<ChecksumAlgo>,
@@ -672,7 +680,9 @@ async fn stream_to_file(
             let mut h = hasher.take();
             off += data.len() as u64;
             let write = move || {
-                write_all_at(&d, &data, at)?;
+                if let Some(d) = &d {
+                    write_all_at(d, &data, at)?;
+                }
                 if let Some(h) = h.as_mut() {
                     h.update(&data);
                 }

@@ -496,7 +496,7 @@ fn bench_put_get_64mib() {
                     .get(GetRequest {
                         key: &key,
                         version_id: put.version_id.as_deref(),
-                        dest: &dest,
+                        dest: Some(&dest),
                         expected_size: size as u64,
                         checksum: algo,
                     })

@@ -645,7 +645,7 @@ impl Tiering {
                 .get(GetRequest {
                     key: &rec.object_key,
                     version_id: rec.version_id.as_deref(),
-                    dest: file,
+                    dest: Some(file),
                     expected_size: rec.size,
                     checksum: algo,
                 })

@@ -15,8 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -773,13 +772,12 @@ impl Tiering {
                 self.full_key(key)
             ));
         }
-        // Read it back into an unnamed temporary file and compare.
-        let tmp = tmpfile().map_err(|e| format!("verify: temporary file: {e}"))?;
+        // Read it back (hashed as it arrives, not stored) and compare.
         let got = store
             .get(GetRequest {
                 key,
                 version_id: version,
-                dest: &tmp,
+                dest: None,
                 expected_size: size,
                 checksum: put.checksum.algo,
             })
@@ -1029,23 +1027,4 @@ fn tally(
             summary.errors.push(format!("task: {e}"));
         }
     }
-}
-
-/// An unnamed temporary file (O_TMPFILE) for read-backs: gone when closed.
-pub(crate) fn tmpfile() -> std::io::Result<File> {
-    let dir = std::env::temp_dir();
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: c is NUL-terminated.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }

@@ -33,7 +33,6 @@ use crate::fs::backing::{self, Stat};
 use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
 use crate::tier::engine::{ns_of, StepError, Tiering, KEY_PREFIX};
 use crate::tier::marks;
-use crate::tier::migrate::tmpfile;
 use crate::tier::stub::StubRecord;
 
 /// Objects checked at once.
@@ -591,21 +590,11 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
         ));
         return out;
     };
-    let tmp = match tmpfile() {
-        Ok(t) => t,
-        Err(e) => {
-            out.notes.push(format!(
-                "{}: no temporary file to read back into: {e}",
-                r.rel
-            ));
-            return out;
-        }
-    };
     let got = store
         .get(GetRequest {
             key: &rec.object_key,
             version_id: rec.version_id.as_deref(),
-            dest: &tmp,
+            dest: None,
             expected_size: rec.size,
             checksum: algo,
         })
