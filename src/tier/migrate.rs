@@ -489,15 +489,10 @@ impl Tiering {
         }
         // With `stub`, the copy's records (COPIED, VERIFIED) are written with the stub's
         // (STUBBED), in one transaction: one row write per file instead of two.
-        let (rec, copied) = self.copy_step(node, rel, &file, stub).await?;
+        let (rec, expect, copied) = self.copy_step(node, rel, &file, stub).await?;
         if !stub {
             return Ok(Outcome::Copied);
         }
-        let expect = copied
-            .last()
-            .map_or((rec.size, rec.mtime_ns, rec.ctime_ns), |(row, _, _)| {
-                (row.size, row.mtime_ns, row.ctime_ns)
-            });
         self.stub_step(node, &file, &rec, expect, Action::Stub, copied)
     }
 
@@ -517,15 +512,17 @@ impl Tiering {
         }
     }
 
-    /// Copy and verify: resident -> premigrated. Returns the copy record, and with `defer`
-    /// the catalog records of the copy for the caller to write (else they are written).
+    /// Copy and verify: resident -> premigrated. Returns the copy record, the (size, mtime,
+    /// ctime) the file has with it (the copy record's write changed the ctime), and with
+    /// `defer` the catalog records of the copy for the caller to write (else they are
+    /// written).
     async fn copy_step(
         &self,
         node: u64,
         rel: &Path,
         file: &File,
         defer: bool,
-    ) -> Result<(StubRecord, Vec<Transition>), StepError> {
+    ) -> Result<(StubRecord, (u64, i64, i64), Vec<Transition>), StepError> {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
         // Identity: the file's id, unless it is a copy of another file's records.
@@ -687,13 +684,14 @@ impl Tiering {
             .and_then(|t| t.next)
             .unwrap_or(FileState::Premigrated);
         row.state = state;
+        let now = (row.size, row.mtime_ns, row.ctime_ns);
         let items = vec![copied, (row, EventKind::Verified, detail)];
         if defer {
-            return Ok((rec, items));
+            return Ok((rec, now, items));
         }
         // Lazy: the run's end makes its records durable with one fsync (`run_policy`).
         self.catalog.transition_batch_with(&items, false)?;
-        Ok((rec, Vec::new()))
+        Ok((rec, now, Vec::new()))
     }
 
     /// The storage class uploads get (`store.storage_class`, else STANDARD).
