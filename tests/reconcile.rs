@@ -12,135 +12,55 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use coldtier::store::testing::MotoServer;
 use serde_json::Value;
 
 use common::{bin, coldtier, data, show};
 
-const PREFIX: &str = "t";
+#[path = "common/tier.rs"]
+#[allow(dead_code)] // the harness serves tests/tiering.rs too
+mod tier;
 
-/// A mount of a temp source whose store is a bucket on a moto server.
-struct T {
-    moto: Arc<MotoServer>,
-    bucket: String,
-    dir: tempfile::TempDir,
-    src: PathBuf,
-    mnt: PathBuf,
-    catalog: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    mounted: bool,
+use tier::{bucket_keys, http_full, start_moto, Files, TierMount, PREFIX};
+
+/// A tiering mount (tests/common/tier.rs: the base test config) with this file's checks.
+struct T(TierMount);
+
+impl std::ops::Deref for T {
+    type Target = TierMount;
+    fn deref(&self) -> &TierMount {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for T {
+    fn deref_mut(&mut self) -> &mut TierMount {
+        &mut self.0
+    }
 }
 
 impl T {
-    fn new(bucket: &str, files: &[(&str, Vec<u8>)], extra: &str) -> T {
-        let moto = Arc::new(MotoServer::start().unwrap_or_else(|e| panic!("moto: {e}")));
-        moto.create_bucket(bucket, false).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("coldtier-rec")
-            .tempdir()
-            .unwrap();
-        let src = dir.path().join("src");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
-        let catalog = dir.path().join("cat/catalog.db");
-        let config = dir.path().join("coldtier.toml");
-        let text = format!(
-            "[store]\nkind = \"s3\"\nendpoint = {:?}\nregion = \"us-east-1\"\nbucket = {bucket:?}\n\
-             prefix = {PREFIX:?}\npath_style = true\naccess_key = \"coldtier-test\"\n\
-             secret_key = \"coldtier-test-secret\"\nchecksum = \"crc32c\"\nconnect_timeout = \"2s\"\n\
-             max_attempts = 2\n\n[policy]\nmode = \"stub\"\natime_older_than = \"0s\"\nmin_size = 1\n\
-             schedule = \"off\"\n\n[catalog]\npath = {:?}\nretention = \"1h\"\n{extra}\n",
-            moto.endpoint,
-            catalog.to_str().unwrap()
-        );
-        std::fs::write(&config, text).unwrap();
-        for (rel, content) in files {
-            let p = src.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
-        let mut t = T {
-            moto,
-            bucket: bucket.to_string(),
-            log: dir.path().join("daemon.log"),
-            dir,
-            src,
-            mnt,
-            catalog,
-            config,
-            mounted: false,
-        };
-        t.mount();
-        t
-    }
-
-    fn mount(&mut self) {
-        let out = Command::new(bin())
-            .arg("mount")
-            .arg(&self.src)
-            .arg(&self.mnt)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--log-file")
-            .arg(&self.log)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}\n{}",
-            show(&out),
-            self.log_tail()
-        );
-        self.mounted = true;
-    }
-
-    fn umount(&mut self) {
-        let out = coldtier(&["umount", self.mnt.to_str().unwrap()]);
-        assert!(out.status.success(), "umount: {}", show(&out));
-        self.mounted = false;
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn m(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    fn mnt_s(&self) -> String {
-        self.mnt.to_str().unwrap().to_string()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = coldtier(args);
-        assert!(
-            out.status.success(),
-            "coldtier {args:?}: {}\n{}",
-            show(&out),
-            self.log_tail()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// A mount of `files` on a bucket of a moto server of its own; `catalog`: extra
+    /// `[catalog]` keys (raw TOML values).
+    fn new(bucket: &str, files: &[(&str, Vec<u8>)], catalog: &[(&str, &str)]) -> T {
+        let files: Files = files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.clone()))
+            .collect();
+        T(TierMount::new(&start_moto(), bucket, &files, |mut c| {
+            for (k, v) in catalog {
+                c = c.set("catalog", k, v);
+            }
+            c
+        }))
     }
 
     fn migrate(&self, mode: &str) {
-        let out = self.ok(&["migrate", &self.mnt_s(), "--mode", mode, "--json"]);
-        let v: Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(v["failed"], 0, "{v}");
-    }
-
-    fn status(&self, rel: &str) -> Value {
-        let out = self.ok(&["status", "--json", self.m(rel).to_str().unwrap()]);
-        serde_json::from_str(out.trim()).unwrap()
+        self.migrate_ok(&["--mode", mode]);
     }
 
     /// `coldtier verify MNT --json [--deep]`: exit code and report.
     fn verify(&self, deep: bool) -> (i32, Value) {
-        let mnt = self.mnt_s();
+        let mnt = self.mnt_str();
         let mut args = vec!["verify", mnt.as_str(), "--json"];
         if deep {
             args.push("--deep");
@@ -151,15 +71,16 @@ impl T {
                 panic!(
                     "verify: not JSON ({e}): {}\n{}",
                     show(&out),
-                    self.log_tail()
+                    self.daemon_log_tail()
                 )
             });
         (out.status.code().unwrap_or(-1), v)
     }
 
-    fn http(&self, method: &str, key: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    /// A raw request for `key` that must succeed (2xx).
+    fn http(&self, method: &str, key: &str, headers: &[(&str, &str)], body: &[u8]) {
         let (st, b) = self
-            .moto
+            .moto()
             .http(method, &format!("/{}/{key}", self.bucket), headers, body)
             .unwrap();
         assert!(
@@ -167,32 +88,18 @@ impl T {
             "{method} {key}: {st} {}",
             String::from_utf8_lossy(&b)
         );
-        st
     }
 
     fn keys(&self) -> Vec<String> {
-        let (st, body) = self
-            .moto
-            .http("GET", &format!("/{}?list-type=2", self.bucket), &[], b"")
-            .unwrap();
-        assert_eq!(st, 200);
-        let body = String::from_utf8_lossy(&body).to_string();
-        let mut keys = Vec::new();
-        let mut rest = body.as_str();
-        while let Some(i) = rest.find("<Key>") {
-            rest = &rest[i + 5..];
-            let j = rest.find("</Key>").unwrap();
-            keys.push(rest[..j].to_string());
-            rest = &rest[j..];
-        }
-        keys
+        bucket_keys(self.moto(), &self.bucket)
     }
 
     fn tags(&self, key: &str) -> String {
-        let (_, body) = self
-            .moto
-            .http("GET", &format!("/{}/{key}?tagging", self.bucket), &[], b"")
-            .unwrap();
+        let (_, _, body) = http_full(
+            self.moto(),
+            "GET",
+            &format!("/{}/{key}?tagging", self.bucket),
+        );
         String::from_utf8_lossy(&body).into_owned()
     }
 
@@ -202,7 +109,7 @@ impl T {
         cmd.args(["catalog", "rebuild"])
             .arg(&self.src)
             .arg("--config")
-            .arg(&self.config)
+            .arg(&self.config_path)
             .arg("--json")
             .args(extra);
         let out = cmd.output().unwrap();
@@ -216,14 +123,6 @@ impl T {
             if p.exists() {
                 std::fs::remove_file(p).unwrap();
             }
-        }
-    }
-}
-
-impl Drop for T {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = coldtier(&["umount", "--lazy", self.mnt.to_str().unwrap()]);
         }
     }
 }
@@ -262,7 +161,7 @@ fn verify_is_clean_then_finds_missing_corrupted_orphan_and_changed() {
         ("d.bin", data(4, 7_000)),
         ("p.bin", data(5, 6_000)),
     ];
-    let t = T::new("verify", &files, "backup_schedule = \"off\"");
+    let t = T::new("verify", &files, &[("backup_schedule", "\"off\"")]);
     t.migrate("stub");
     // p.bin read back: premigrated.
     assert_eq!(std::fs::read(t.m("p.bin")).unwrap(), files[4].1);
@@ -280,7 +179,7 @@ fn verify_is_clean_then_finds_missing_corrupted_orphan_and_changed() {
     assert_eq!(v["objects_reread"], 5, "{v}");
     assert_eq!(v["bytes_reread"], 54_000, "{v}");
     // The text report says clean and exits 0.
-    let text = t.ok(&["verify", &t.mnt_s()]);
+    let text = t.ok(&["verify", &t.mnt_str()]);
     assert!(text.contains("clean"), "{text}");
 
     let key = |rel: &str| t.status(rel)["object_key"].as_str().unwrap().to_string();
@@ -294,11 +193,11 @@ fn verify_is_clean_then_finds_missing_corrupted_orphan_and_changed() {
     // a: object deleted behind coldtier's back.
     t.http("DELETE", &ka, &[], b"");
     // b: overwritten with other bytes of the same size, without coldtier's metadata.
-    t.moto.raw_put(&t.bucket, &kb, &data(99, 12_000)).unwrap();
+    t.moto().raw_put(&t.bucket, &kb, &data(99, 12_000)).unwrap();
     // c: overwritten with other bytes and a perfect copy of coldtier's metadata: only a
     // read-back can tell.
     let meta_c: Vec<(String, String)> = {
-        let (_, headers, _) = head_raw(&t.moto, &t.bucket, &kc);
+        let (_, headers, _) = http_full(t.moto(), "HEAD", &format!("/{}/{kc}", t.bucket));
         headers
             .into_iter()
             .filter(|(k, _)| k.starts_with("x-amz-meta-"))
@@ -357,7 +256,7 @@ fn verify_is_clean_then_finds_missing_corrupted_orphan_and_changed() {
         assert!(keys.contains(k), "{k} gone from the bucket: {keys:?}");
     }
     // The text report names each finding on its own line.
-    let out = coldtier(&["verify", &t.mnt_s()]);
+    let out = coldtier(&["verify", &t.mnt_str()]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -377,33 +276,6 @@ fn verify_is_clean_then_finds_missing_corrupted_orphan_and_changed() {
     );
 }
 
-/// HEAD with all response headers.
-fn head_raw(moto: &MotoServer, bucket: &str, key: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", moto.port)).unwrap();
-    let req = format!(
-        "HEAD /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=coldtier-test/20250101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n",
-        moto.port
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let text = String::from_utf8_lossy(&resp).to_string();
-    let mut lines = text.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let headers = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, Vec::new())
-}
-
 #[test]
 fn backups_under_a_concurrent_write_load_pass_integrity_check() {
     let names: Vec<String> = (0..10).map(|i| format!("f{i}.bin")).collect();
@@ -415,7 +287,7 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
     let t = T::new(
         "backup",
         &files,
-        "backup_schedule = \"off\"\nbackup_keep = \"3d\"",
+        &[("backup_schedule", "\"off\""), ("backup_keep", "\"3d\"")],
     );
     let t = Arc::new(t);
     let dest = t.dir.path().join("manual");
@@ -447,7 +319,7 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
     let t0 = std::time::Instant::now();
     while taken.len() < 6 || rounds.load(Ordering::Relaxed) < 3 {
         assert!(t0.elapsed().as_secs() < 60, "the load is too slow");
-        let mnt = t.mnt_s();
+        let mnt = t.mnt_str();
         let mut args = vec!["catalog", "backup", mnt.as_str(), "--json"];
         let d = dest.to_str().unwrap().to_string();
         if taken.len() % 2 == 0 {
@@ -497,7 +369,7 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
     let last = managed.last().unwrap();
     let key = last.1["object_key"].as_str().unwrap();
     assert!(key.starts_with(&format!("{PREFIX}/catalog/")), "{key}");
-    let from_bucket = t.moto.raw_get(&t.bucket, key).unwrap();
+    let from_bucket = t.moto().raw_get(&t.bucket, key).unwrap();
     assert_eq!(
         from_bucket,
         std::fs::read(&last.0).unwrap(),
@@ -559,7 +431,7 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
         .unwrap();
     assert_eq!(recorded, taken.len() as u64);
     // --to s3: only the bucket (with its retention), nothing kept locally.
-    let out = t.ok(&["catalog", "backup", &t.mnt_s(), "--to", "s3", "--json"]);
+    let out = t.ok(&["catalog", "backup", &t.mnt_str(), "--to", "s3", "--json"]);
     let b: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(b["local_path"].is_null(), "{b}");
     let key = b["object_key"].as_str().unwrap().to_string();
@@ -569,7 +441,7 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
         .filter(|k| k.starts_with(&format!("{PREFIX}/catalog/")))
         .collect();
     assert_eq!(catalog_keys, vec![key.clone()], "{b}");
-    let bytes = t.moto.raw_get(&t.bucket, &key).unwrap();
+    let bytes = t.moto().raw_get(&t.bucket, &key).unwrap();
     let copy = t.dir.path().join("from-bucket.db");
     std::fs::write(&copy, &bytes).unwrap();
     let c = rusqlite::Connection::open(&copy).unwrap();
@@ -583,7 +455,7 @@ fn backups_under_a_concurrent_write_load_pass_integrity_check() {
     let out = coldtier(&[
         "catalog",
         "backup",
-        &t.mnt_s(),
+        &t.mnt_str(),
         "--to",
         file.to_str().unwrap(),
     ]);
@@ -604,7 +476,7 @@ fn rebuild_after_losing_the_catalog_brings_every_stub_back() {
         ("gone.bin", data(14, 5_000)),
         ("p.bin", data(15, 4_000)),
     ];
-    let mut t = T::new("rebuild", &files, "backup_schedule = \"off\"");
+    let mut t = T::new("rebuild", &files, &[("backup_schedule", "\"off\"")]);
     t.migrate("stub");
     assert_eq!(std::fs::read(t.m("p.bin")).unwrap(), files[4].1);
     let gone_key = t.status("gone.bin")["object_key"]
@@ -696,7 +568,7 @@ fn rebuild_after_losing_the_catalog_brings_every_stub_back() {
 
     // Mounted again: every stub reads back byte-identical; verify is clean (the deleted
     // file's object is retained for gc, not an orphan).
-    t.mount();
+    t.remount();
     let (code, v) = t.verify(false);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["retained"], 1, "{v}");
@@ -749,7 +621,7 @@ fn tree(dir: &Path, skip: &Path) -> BTreeMap<PathBuf, (u64, i64)> {
 #[test]
 fn rebuild_skips_hostile_objects_and_writes_nothing_outside_source() {
     let files: Vec<(&str, Vec<u8>)> = vec![("a.bin", data(21, 8_000)), ("b.bin", data(22, 6_000))];
-    let mut t = T::new("hostile", &files, "backup_schedule = \"off\"");
+    let mut t = T::new("hostile", &files, &[("backup_schedule", "\"off\"")]);
     t.migrate("stub");
     let kb = t.status("b.bin")["object_key"]
         .as_str()
@@ -891,7 +763,7 @@ fn rebuild_skips_hostile_objects_and_writes_nothing_outside_source() {
     );
 
     // The good stub recalls.
-    t.mount();
+    t.remount();
     assert_eq!(std::fs::read(t.m("a.bin")).unwrap(), files[0].1);
 
     // verify on the rebuilt catalog: the hostile objects are orphans, b.bin has no row and

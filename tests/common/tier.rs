@@ -3,8 +3,9 @@
 //! make (migrate, status, history ...); and what the S3 server saw (its request log, the
 //! objects in the bucket). Everything a `TierMount` starts is stopped on drop.
 //!
-//! tests/tiering.rs includes it as `#[path = "common/tier.rs"] mod tier;`, beside `mod
-//! common;` (it is not a submodule of `common`, so the other test binaries do not build it).
+//! tests/tiering.rs and tests/reconcile.rs include it as `#[path = "common/tier.rs"] mod
+//! tier;`, beside `mod common;` (it is not a submodule of `common`, so the other test
+//! binaries do not build it).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -470,7 +471,9 @@ impl TierMount {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&src).unwrap();
         std::fs::create_dir(&mnt).unwrap();
-        let catalog = dir.path().join("catalog.db");
+        // In a directory of its own (the daemon creates it), so that tests can tell the
+        // catalog's files from everything else under `dir`.
+        let catalog = dir.path().join("cat/catalog.db");
         let config = tweak(Config::s3(endpoint, bucket, &catalog));
         let config_path = dir.path().join("coldtier.toml");
         std::fs::write(&config_path, config.render()).unwrap();
