@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use coldtier::store::testing::MotoServer;
-use common::{bin, coldtier, free_port, scrape, show};
+use common::{bin, coldtier, free_port, fstype_at, is_mountpoint, scrape, show};
 use serde_json::Value;
 
 const UNIT: &str = "systemd/coldtier@.service";
@@ -292,29 +292,6 @@ impl Drop for Foreground {
             eprintln!("--- daemon stderr ---\n{}", self.log());
         }
     }
-}
-
-fn is_mountpoint(p: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = p.to_str().unwrap();
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.get(4).is_some_and(|m| m.replace("\\040", " ") == want)
-    })
-}
-
-/// The file system type of the mount at `p`, if `p` is a mount point.
-fn fstype_at(p: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = p.to_str().unwrap();
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.get(4) != Some(&want) {
-            return None;
-        }
-        let dash = f.iter().position(|x| *x == "-")?;
-        f.get(dash + 1).map(|s| s.to_string())
-    })
 }
 
 /// A temp source, mount point, catalog and config with `[mount]` set.

@@ -243,3 +243,24 @@ pub fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The file system type of the mount at `p` (e.g. `fuse.coldtier`), if `p` is a mount
+/// point now (per /proc/self/mountinfo: field 5 is the mount point, with spaces as `\040`;
+/// the type follows the ` - ` separator).
+pub fn fstype_at(p: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = p.to_str().unwrap();
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4)?.replace("\\040", " ") != want {
+            return None;
+        }
+        let dash = f.iter().position(|x| *x == "-")?;
+        f.get(dash + 1).map(|s| s.to_string())
+    })
+}
+
+/// Whether `p` is a mount point now.
+pub fn is_mountpoint(p: &Path) -> bool {
+    fstype_at(p).is_some()
+}

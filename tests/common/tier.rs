@@ -21,7 +21,7 @@ use coldtier::store::testing::MotoServer;
 use serde_json::Value;
 
 use crate::common::{bin, coldtier};
-pub use crate::common::{data, show};
+pub use crate::common::{data, is_mountpoint, show};
 
 /// The object key prefix every test config uses.
 pub const PREFIX: &str = "t";
@@ -397,18 +397,6 @@ pub fn set_times(p: &Path, secs: i64, nsec: i64) {
         )
     };
     assert_eq!(r, 0, "utimensat {}", p.display());
-}
-
-/// Whether `p` is a mount point now (per /proc/self/mountinfo).
-pub fn is_mountpoint(p: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = p.to_str().unwrap();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|m| m.replace("\\040", " ") == want)
-            .unwrap_or(false)
-    })
 }
 
 /// A coldtier mount of a temp source tree at a temp mount point, configured for a store
