@@ -10,6 +10,7 @@
 pub mod memory;
 pub mod posix;
 pub mod s3;
+mod s3_lean;
 #[doc(hidden)]
 pub mod testing;
 

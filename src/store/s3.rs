@@ -23,16 +23,23 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::s3_lean::LeanGet;
 use super::*;
 
 /// Body bytes gathered before one pwrite.
 const WRITE_CHUNK: usize = 4 << 20;
+
+/// The longest wait for more of a lean GET's body: the SDK's stalled-stream protection's
+/// grace period.
+const LEAN_STALL: Duration = Duration::from_secs(20);
 
 /// An S3 (or S3-compatible) store.
 #[derive(Clone)]
 pub struct S3Store {
     client: s3::Client,
     cfg: Arc<S3Config>,
+    /// The lean GET of one-request objects (see `s3_lean`), where it applies.
+    lean: Option<Arc<LeanGet>>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -134,10 +141,30 @@ impl S3Store {
         if let Some(ep) = &cfg.endpoint {
             b = b.endpoint_url(ep);
         }
+        if let Some(http) = super::s3_lean::default_http_client() {
+            b = b.http_client(http);
+        }
+        let client = s3::Client::from_conf(b.build());
+        let lean = match LeanGet::new(&client, cfg, &shared).await {
+            Ok(l) => Some(Arc::new(l)),
+            Err(why) => {
+                tracing::debug!("lean GET off: {why}; every GET goes through the SDK");
+                None
+            }
+        };
         Ok(S3Store {
-            client: s3::Client::from_conf(b.build()),
+            client,
             cfg: Arc::new(cfg.clone()),
+            lean,
         })
+    }
+
+    /// GETs the lean path has served so far (None: it is off for this store).
+    #[doc(hidden)]
+    pub fn lean_gets(&self) -> Option<u64> {
+        self.lean
+            .as_ref()
+            .map(|l| l.served.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -447,13 +474,23 @@ impl S3Store {
         // Ranges arrive out of order: their CRCs combine, other hashes need the bytes in
         // order, which without a destination to read them back from means one stream.
         if size <= chunk || self.cfg.concurrency == 1 || (dest.is_none() && !crc) {
-            let out = self.get_object(&full, req.version_id, None, None).await?;
-            let len = out.content_length().unwrap_or(-1);
-            if len != size as i64 {
-                return Err(size_mismatch(req.key, len.max(0) as u64, size));
-            }
-            let version_id = version(out.version_id());
-            let sum = stream_to_file(out.body, dest, 0, size, Some(algo), &full).await?;
+            let lean = match (&self.lean, size <= chunk) {
+                (Some(l), true) => l.get(&full, req.version_id, size).await,
+                _ => None,
+            };
+            let (body, version_id, stall) = match lean {
+                Some(o) => (o.body, o.version_id, Some(LEAN_STALL)),
+                None => {
+                    let out = self.get_object(&full, req.version_id, None, None).await?;
+                    let len = out.content_length().unwrap_or(-1);
+                    if len != size as i64 {
+                        return Err(size_mismatch(req.key, len.max(0) as u64, size));
+                    }
+                    let v = version(out.version_id());
+                    (out.body, v, None)
+                }
+            };
+            let sum = stream_to_file(body, dest, 0, size, Some(algo), &full, stall).await?;
             return Ok(GetResult {
                 bytes: size,
                 checksum: sum.expect("hashed"),
@@ -483,7 +520,7 @@ impl S3Store {
             let body = first.body;
             tasks.spawn(async move {
                 let _p = permit;
-                let s = stream_to_file(body, d, 0, chunk, crc.then_some(algo), &f).await?;
+                let s = stream_to_file(body, d, 0, chunk, crc.then_some(algo), &f, None).await?;
                 Ok((0, s))
             });
         }
@@ -505,8 +542,8 @@ impl S3Store {
                         .get_object(&f, v.as_deref(), Some((start, end)), if_match)
                         .await?;
                     let len = end - start + 1;
-                    let s =
-                        stream_to_file(out.body, d, start, len, crc.then_some(algo), &f).await?;
+                    let s = stream_to_file(out.body, d, start, len, crc.then_some(algo), &f, None)
+                        .await?;
                     Ok((i, s))
                 });
             }
@@ -634,7 +671,8 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
 
 /// Streams `len` bytes of `body` into `dest` at `start` with pwrite, in chunks of
 /// `WRITE_CHUNK` (one write in flight while the next chunk arrives), hashing them if asked
-/// (without `dest`, only hashing them).
+/// (without `dest`, only hashing them). `stall`: the longest wait for the next bytes (the
+/// SDK's bodies have their own stalled-stream protection; the lean GET's do not).
 async fn stream_to_file(
     mut body: ByteStream,
     dest: Option<Arc<File>>,
@@ -642,6 +680,7 @@ async fn stream_to_file(
     len: u64,
     algo: Option<ChecksumAlgo>,
     what: &str,
+    stall: Option<Duration>,
 ) -> Result<Option<Checksum>, StoreError> {
     let mut hasher = algo.map(Hasher::new);
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
@@ -649,7 +688,15 @@ async fn stream_to_file(
     let mut got = 0u64;
     let mut pending: Option<tokio::task::JoinHandle<Result<Option<Hasher>, StoreError>>> = None;
     loop {
-        let next = body.next().await;
+        let next = match stall {
+            None => body.next().await,
+            Some(d) => tokio::time::timeout(d, body.next()).await.map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Unreachable,
+                    format!("GET {what}: no data for {} s", d.as_secs()),
+                )
+            })?,
+        };
         let end = match next {
             None => true,
             Some(Ok(bytes)) => {
