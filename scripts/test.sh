@@ -21,6 +21,11 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 . scripts/lib/moto.sh
 apt_install python3-venv
 moto_install
+# One store test signs against s3s-fs, which checks SigV4 signatures (moto does not):
+# cargo install, ~2.5 min the first time.
+# shellcheck source=lib/s3s.sh
+. scripts/lib/s3s.sh
+s3s_install
 
 export RUST_BACKTRACE=1
 log "building"

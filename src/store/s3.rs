@@ -167,6 +167,12 @@ impl S3Store {
             .map(|l| l.served.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Whether a server refused a lean GET, which turned the lean path off.
+    #[doc(hidden)]
+    pub fn lean_refused(&self) -> bool {
+        self.lean.as_ref().is_some_and(|l| l.refused())
+    }
+
     fn full_key(&self, key: &str) -> String {
         if self.cfg.prefix.is_empty() {
             key.to_string()

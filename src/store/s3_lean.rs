@@ -206,6 +206,11 @@ impl LeanGet {
         })
     }
 
+    /// Whether a 400 or 403 turned the lean path off.
+    pub(crate) fn refused(&self) -> bool {
+        !self.enabled.load(Ordering::Relaxed)
+    }
+
     /// The credentials to sign with, fetched again when they near their expiry.
     async fn credentials(&self) -> Option<Credentials> {
         if let Some((c, fetched)) = self.credentials.lock().as_ref() {

@@ -298,6 +298,117 @@ fn s3_small_gets_take_the_lean_path() {
     });
 }
 
+/// s3s-fs checks SigV4 signatures (moto does not): the lean GET's pass it, for a key and a
+/// prefix that need encoding too, and a request it refuses (wrong secret) turns the lean
+/// path off and fails through the SDK with the server's error.
+#[test]
+fn lean_get_signatures_pass_a_server_that_checks_them() {
+    let bin = std::env::var("COLDTIER_S3S_BIN")
+        .unwrap_or_else(|_| "/opt/coldtier-tools/bin/s3s-fs".to_string());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "s3s-fs is not installed at {bin}: run `. scripts/lib/s3s.sh && s3s_install` \
+         (scripts/test.sh does)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("lean-sig")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (key_id, secret) = ("coldtier-sig", "coldtier-sig-secret");
+    let _server = Kill(
+        std::process::Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", key_id, "--secret-key", secret])
+            .arg(root.path())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start s3s-fs"),
+    );
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "s3s-fs did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        bucket: "lean-sig".into(),
+        prefix: "pfx é+1/x".into(),
+        path_style: true,
+        access_key: Some(key_id.into()),
+        secret_key: Some(secret.into()),
+        max_attempts: 1,
+        ..S3Config::default()
+    };
+    let key = "dir é/ü 100%+x=y&z;(a)*!.bin";
+    let bytes = data(70_001, 4);
+    let get = |store: S3Store| async move {
+        let dest = tempfile::tempfile().unwrap();
+        let r = store
+            .get(GetRequest {
+                key,
+                version_id: None,
+                dest: Some(&dest),
+                expected_size: 70_001,
+                checksum: ChecksumAlgo::Crc32c,
+            })
+            .await;
+        r.map(|g| {
+            let mut v = vec![0u8; 70_001];
+            read_exact_at(&dest, &mut v, 0).unwrap();
+            (g, v)
+        })
+    };
+    runtime().block_on(async {
+        let store = S3Store::new(&cfg).await.unwrap();
+        let file = tempfile::tempfile().unwrap();
+        write_all_at(&file, &bytes, 0).unwrap();
+        let put = store
+            .put(PutRequest {
+                key: key.to_string(),
+                file,
+                size: bytes.len() as u64,
+                storage_class: None,
+                metadata: BTreeMap::new(),
+                tags: BTreeMap::new(),
+                checksum: Some(ChecksumAlgo::Crc32c),
+            })
+            .await
+            .unwrap();
+        let (g, back) = get(store.clone()).await.unwrap();
+        assert!(back == bytes, "data differs");
+        assert_eq!(g.checksum, put.checksum);
+        assert_eq!(store.lean_gets(), Some(1), "served by the lean GET");
+
+        let wrong = S3Config {
+            secret_key: Some("not-the-secret".into()),
+            ..cfg.clone()
+        };
+        let store = S3Store::new(&wrong).await.unwrap();
+        let e = get(store.clone()).await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::AccessDenied, "{e}");
+        assert_eq!(store.lean_gets(), Some(0));
+        assert!(
+            store.lean_refused(),
+            "a refused lean GET turns the lean path off"
+        );
+    });
+}
+
 // --- unit tests -------------------------------------------------------------------------
 
 #[test]
