@@ -1,5 +1,5 @@
-//! The S3 store: the only file that names aws-sdk-s3 types. Single PUT up to the part
-//! size, else a multipart upload with parts in parallel (bounded), aborted on failure;
+//! The S3 store: with `s3_lean` (its lean GET), the only code that names aws-sdk-s3 types.
+//! Single PUT up to the part size, else a multipart upload with parts in parallel (bounded), aborted on failure;
 //! our own checksum sent with every PUT and part (composite form for multipart); ranged
 //! parallel GETs pinned to one version; RestoreObject for archive classes; SDK errors
 //! mapped exhaustively to `StoreError`.

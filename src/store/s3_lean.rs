@@ -78,7 +78,7 @@ pub(crate) struct LeanGet {
     provider: SharedCredentialsProvider,
     credentials: Mutex<Option<(Credentials, std::time::Instant)>>,
     enabled: AtomicBool,
-    /// GETs served (tests and the closing of doubts: is the lean path in use?).
+    /// GETs served so far (tests: is the lean path in use?).
     pub(crate) served: AtomicU64,
 }
 
