@@ -144,7 +144,7 @@ fn source(bytes: &[u8]) -> Result<File, String> {
     Ok(f)
 }
 
-fn put_req(key: &str, bytes: &[u8], algo: ChecksumAlgo) -> Result<PutRequest, String> {
+pub(crate) fn put_req(key: &str, bytes: &[u8], algo: ChecksumAlgo) -> Result<PutRequest, String> {
     Ok(PutRequest {
         key: key.to_string(),
         file: source(bytes)?,
@@ -157,7 +157,7 @@ fn put_req(key: &str, bytes: &[u8], algo: ChecksumAlgo) -> Result<PutRequest, St
 }
 
 /// Gets an object into a fresh temporary file; returns the result and the bytes.
-async fn get_all(
+pub(crate) async fn get_all(
     s: &dyn ObjectStore,
     key: &str,
     version: Option<&str>,

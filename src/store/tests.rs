@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conformance::{data, run_all, Harness};
+use super::conformance::{data, get_all, put_req, run_all, Harness};
 use super::testing::MotoServer;
 use super::*;
 
@@ -89,14 +89,19 @@ fn conformance_posix_emulating_archive() {
 /// How long moto keeps a restore "in progress" (see `MotoServer::set_restore_seconds`).
 const MOTO_RESTORE_SECS: u64 = 2;
 
-async fn s3_harness(moto: &Arc<MotoServer>, cfg: S3Config, name: &'static str) -> Harness {
-    let store = Arc::new(S3Store::new(&cfg).await.expect("s3 store"));
-    // Nothing listens on a port we just had the kernel pick and released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port on 127.0.0.1 that the kernel just handed out and nobody holds.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+async fn s3_harness(moto: &Arc<MotoServer>, cfg: S3Config, name: &'static str) -> Harness {
+    let store = Arc::new(S3Store::new(&cfg).await.expect("s3 store"));
+    // Nothing listens on a port we just had the kernel pick and released.
+    let port = free_port();
     let dead_cfg = S3Config {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
         connect_timeout: "2s".into(),
@@ -218,38 +223,12 @@ fn s3_small_gets_take_the_lean_path() {
         let get = |key: &'static str, version: Option<String>, size: u64| {
             let store = store.clone();
             async move {
-                let dest = tempfile::tempfile().unwrap();
-                let r = store
-                    .get(GetRequest {
-                        key,
-                        version_id: version.as_deref(),
-                        dest: Some(&dest),
-                        expected_size: size,
-                        checksum: ChecksumAlgo::Crc32c,
-                    })
-                    .await;
-                r.map(|g| {
-                    let mut v = vec![0u8; size as usize];
-                    read_exact_at(&dest, &mut v, 0).unwrap();
-                    (g, v)
-                })
+                get_all(&store, key, version.as_deref(), size, ChecksumAlgo::Crc32c).await
             }
         };
         let key = "dir é/ü 100%+x=y&z;(a)*!.bin";
         let v1 = data(70_001, 1);
-        let put = |bytes: &[u8]| PutRequest {
-            key: key.to_string(),
-            file: {
-                let f = tempfile::tempfile().unwrap();
-                write_all_at(&f, bytes, 0).unwrap();
-                f
-            },
-            size: bytes.len() as u64,
-            storage_class: None,
-            metadata: BTreeMap::new(),
-            tags: BTreeMap::new(),
-            checksum: Some(ChecksumAlgo::Crc32c),
-        };
+        let put = |bytes: &[u8]| put_req(key, bytes, ChecksumAlgo::Crc32c).unwrap();
         let p1 = store.put(put(&v1)).await.unwrap();
         let v2 = data(70_001, 2);
         let p2 = store.put(put(&v2)).await.unwrap();
@@ -281,9 +260,10 @@ fn s3_small_gets_take_the_lean_path() {
 
         // Above part_size: ranged GETs through the SDK.
         let big = data(MIN_PART_SIZE as usize + 1, 3);
-        let mut req = put(&big);
-        req.key = "big".into();
-        store.put(req).await.unwrap();
+        store
+            .put(put_req("big", &big, ChecksumAlgo::Crc32c).unwrap())
+            .await
+            .unwrap();
         let (_, back) = get("big", None, big.len() as u64).await.unwrap();
         assert!(back == big, "big object differs");
         assert_eq!(served(), 3);
@@ -312,11 +292,7 @@ fn lean_get_signatures_pass_a_server_that_checks_them() {
     );
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("lean-sig")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -357,36 +333,12 @@ fn lean_get_signatures_pass_a_server_that_checks_them() {
     let key = "dir é/ü 100%+x=y&z;(a)*!.bin";
     let bytes = data(70_001, 4);
     let get = |store: S3Store| async move {
-        let dest = tempfile::tempfile().unwrap();
-        let r = store
-            .get(GetRequest {
-                key,
-                version_id: None,
-                dest: Some(&dest),
-                expected_size: 70_001,
-                checksum: ChecksumAlgo::Crc32c,
-            })
-            .await;
-        r.map(|g| {
-            let mut v = vec![0u8; 70_001];
-            read_exact_at(&dest, &mut v, 0).unwrap();
-            (g, v)
-        })
+        get_all(&store, key, None, 70_001, ChecksumAlgo::Crc32c).await
     };
     runtime().block_on(async {
         let store = S3Store::new(&cfg).await.unwrap();
-        let file = tempfile::tempfile().unwrap();
-        write_all_at(&file, &bytes, 0).unwrap();
         let put = store
-            .put(PutRequest {
-                key: key.to_string(),
-                file,
-                size: bytes.len() as u64,
-                storage_class: None,
-                metadata: BTreeMap::new(),
-                tags: BTreeMap::new(),
-                checksum: Some(ChecksumAlgo::Crc32c),
-            })
+            .put(put_req(key, &bytes, ChecksumAlgo::Crc32c).unwrap())
             .await
             .unwrap();
         let (g, back) = get(store.clone()).await.unwrap();
