@@ -61,12 +61,24 @@ pub enum Command {
     Config(crate::cli_reports::ConfigArgs),
     /// Check the event hash chain end to end; exit 1 and name the first broken link.
     Audit(crate::cli_reports::AuditArgs),
+    /// Pause tiering on a mount: no policy runs, gc or catalog uploads until `resume`
+    /// (recalls go on). For store maintenance.
+    Pause(MountpointArgs),
+    /// Check the store (bucket, credentials, whether it validates checksums) and resume
+    /// tiering if it works.
+    Resume(MountpointArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(hide = true)]
     Completions(crate::cli_reports::CompletionsArgs),
     /// Print the man page (roff), or write one page per command into a directory.
     #[command(hide = true)]
     Manpage(crate::cli_reports::ManpageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MountpointArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,6 +198,12 @@ pub struct MountArgs {
     /// Log file for the daemon when not in the foreground.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Mount even if the store cannot be reached or used, with tiering paused: no policy
+    /// runs, gc or catalog uploads until `coldtier resume` finds the store working.
+    /// Stubs are still recalled when the store answers. Without it, a store that fails
+    /// its check at mount (missing bucket, wrong credentials, unreachable) is refused.
+    #[arg(long)]
+    pub paused: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -245,6 +245,29 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Pause(a) => {
+            let mut c = client_for(&a.mountpoint)?;
+            call(&mut c, Op::Pause)?;
+            println!(
+                "{}: tiering paused (recalls go on); `coldtier resume` resumes it",
+                c.mountpoint.display()
+            );
+            Ok(())
+        }
+        Command::Resume(a) => {
+            let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::Resume)?;
+            println!(
+                "{}: store check passed ({}); tiering resumed",
+                c.mountpoint.display(),
+                if r["validates_checksums"].as_bool() == Some(true) {
+                    "the store validates checksums"
+                } else {
+                    "the store does not validate checksums: copies are read back"
+                }
+            );
+            Ok(())
+        }
         Command::Gc(a) => {
             let mut c = client_for(&a.mountpoint)?;
             let r = call(&mut c, Op::Gc { dry_run: a.dry_run })?;

@@ -213,6 +213,11 @@ pub struct RecallConfig {
     /// How often a pending restore is checked (HEAD).
     #[serde(deserialize_with = "de_duration")]
     pub poll_interval: Duration,
+    /// How long an open waits for a stub's data before it fails with `EAGAIN` while the
+    /// recall goes on (an NFS server then tells its client to retry, NFS4ERR_DELAY; SMB
+    /// and NFS clients give up on a request that takes a minute or more). "0": no limit.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for RecallConfig {
@@ -223,6 +228,7 @@ impl Default for RecallConfig {
             restore_days: 3,
             wait_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -346,6 +352,90 @@ pub fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
         ));
     }
     Ok(addr)
+}
+
+/// Whether a config key holds a credential: `secret_key`, `session_token`, and any key
+/// named or ending in `secret`, `token`, `password` or `passphrase` (in any section, so
+/// that sections added later are covered too).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "token", "password", "passphrase"]
+        .iter()
+        .any(|w| k == *w || k.ends_with(&format!("_{w}")) || k.ends_with(&format!("-{w}")))
+        || k == "secret_key"
+        || k == "secret_access_key"
+}
+
+/// `text` (a TOML config) with the value of every credential key ([`is_secret_key`])
+/// replaced by `"<redacted sha256:XXXXXXXXXXXXXXXX>"`: the first 16 hex digits of a
+/// SHA-256 of the value, so that a diff of two versions still shows that a secret
+/// changed. Comments and layout stay. Text that is not TOML is replaced as a whole: a
+/// redaction that cannot parse must not pass anything through.
+pub fn redact_secrets(text: &str) -> String {
+    let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return format!(
+            "# (not valid TOML; not recorded, it may hold a credential; sha256 {})\n",
+            &hex::encode(Sha256::digest(text.as_bytes()))[..16]
+        );
+    };
+    redact_table(doc.as_table_mut());
+    doc.to_string()
+}
+
+fn redacted_value(v: &toml_edit::Value) -> toml_edit::Value {
+    let raw = match v {
+        // Redacted already (a recorded text redacted again): as it is.
+        toml_edit::Value::String(s) if is_redacted(s.value()) => return v.clone(),
+        toml_edit::Value::String(s) => s.value().clone(),
+        other => other.to_string().trim().to_string(),
+    };
+    let mut h = Sha256::new();
+    h.update(b"coldtier-secret-v1\0");
+    h.update(raw.as_bytes());
+    let hash = hex::encode(h.finalize());
+    let mut out = toml_edit::Value::from(format!("<redacted sha256:{}>", &hash[..16]));
+    *out.decor_mut() = v.decor().clone();
+    out
+}
+
+/// `<redacted sha256:` 16 hex digits `>`: what [`redact_secrets`] writes.
+fn is_redacted(s: &str) -> bool {
+    s.strip_prefix("<redacted sha256:")
+        .and_then(|r| r.strip_suffix('>'))
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn redact_item(key: &str, item: &mut toml_edit::Item) {
+    match item {
+        toml_edit::Item::Table(t) => redact_table(t),
+        toml_edit::Item::ArrayOfTables(a) => a.iter_mut().for_each(redact_table),
+        toml_edit::Item::Value(v) => redact_value(key, v),
+        toml_edit::Item::None => {}
+    }
+}
+
+fn redact_value(key: &str, v: &mut toml_edit::Value) {
+    if is_secret_key(key) {
+        *v = redacted_value(v);
+        return;
+    }
+    match v {
+        toml_edit::Value::InlineTable(t) => {
+            for (k, v) in t.iter_mut() {
+                let k = k.get().to_string();
+                redact_value(&k, v);
+            }
+        }
+        toml_edit::Value::Array(a) => a.iter_mut().for_each(|v| redact_value(key, v)),
+        _ => {}
+    }
+}
+
+fn redact_table(t: &mut toml_edit::Table) {
+    for (k, item) in t.iter_mut() {
+        let k = k.get().to_string();
+        redact_item(&k, item);
+    }
 }
 
 /// Where the catalog of a mount lives unless `catalog.path` says otherwise:
@@ -526,6 +616,15 @@ impl Config {
             let start = span.start.min(text.len());
             let line = text[..start].matches('\n').count() + 1;
             match key_at(text, line) {
+                Some(key) if is_secret_key(key.rsplit('.').next().unwrap_or(&key)) => {
+                    ConfigError::Invalid {
+                        path: origin.into(),
+                        key,
+                        message: format!(
+                            "line {line}: not a valid value (the value is a credential: not shown)"
+                        ),
+                    }
+                }
                 Some(key) => ConfigError::Invalid {
                     path: origin.into(),
                     key,
@@ -545,10 +644,16 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The text this config was parsed from: what the catalog records as a config
-    /// version (`Catalog::record_config`).
+    /// The text this config was parsed from, secrets included: never to be recorded,
+    /// logged or printed ([`Config::recorded_text`] is).
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The text the catalog records as a config version (`Catalog::record_config`): the
+    /// file's text with every credential replaced ([`redact_secrets`]).
+    pub fn recorded_text(&self) -> String {
+        redact_secrets(&self.text)
     }
 
     /// Lower-case hex SHA-256 of [`Config::text`]: the hash the catalog gives the version.
@@ -588,9 +693,26 @@ impl Config {
         table
             .entry("kind")
             .or_insert_with(|| toml::Value::String("s3".into()));
-        let cfg: crate::store::StoreConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("[store]: {}", e.message().trim()))?;
+        let secrets: Vec<String> = table
+            .iter()
+            .filter(|(k, _)| is_secret_key(k))
+            .map(|(_, v)| match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        let cfg: crate::store::StoreConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    // serde names the value it refused: never a credential's.
+                    let mut m = e.message().trim().to_string();
+                    for v in &secrets {
+                        m = m.replace(v.as_str(), "<redacted>");
+                    }
+                    format!("[store]: {m}")
+                })?;
         cfg.validate().map_err(|e| e.message)?;
         Ok(Some(cfg))
     }
@@ -653,6 +775,12 @@ impl Config {
             return Err(bad(
                 "recall.poll_interval",
                 "must be between 1s and 1h".into(),
+            ));
+        }
+        if r.timeout > Duration::from_secs(24 * 3600) {
+            return Err(bad(
+                "recall.timeout",
+                "must be at most 24h (\"0\" for no limit)".into(),
             ));
         }
         if r.on_archived == OnArchived::Wait && r.poll_interval > r.wait_timeout {
@@ -933,6 +1061,43 @@ fn de_price<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 #[cfg(test)]
 mod cost_tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_wherever_they_stand() {
+        let text = "# top\n[store]\nbucket = \"b\" # the bucket\nsecret_key = \"s3cr3t-A\"\n  session_token=\"tok-B\"\r\nstore.secret_key = '''s3cr3t-C'''\n\"secret_key\" = \"\"\"\nmulti-D\"\"\"\nother = 1\n[[replica]]\nname = \"r\"\nsecret_key = \"s3cr3t-E\"\n[x]\ny = { kind = \"s3\", secret_key = \"zz-F\", api_token = \"t-G\" }\npassword = 7\n";
+        // The fixture is TOML (a duplicate `secret_key` would make it a whole-text case).
+        let text = text.replace("\"secret_key\" = ", "\"store_secret\" = ");
+        let r = redact_secrets(&text);
+        for s in [
+            "s3cr3t-A", "tok-B", "s3cr3t-C", "multi-D", "s3cr3t-E", "zz-F", "t-G", "= 7",
+        ] {
+            assert!(!r.contains(s), "{s} left in:\n{r}");
+        }
+        assert!(r.contains("bucket = \"b\" # the bucket\n"), "{r}");
+        assert!(r.starts_with("# top\n[store]\n"), "{r}");
+        assert!(r.contains("other = 1\n"), "{r}");
+        assert_eq!(r.matches("<redacted sha256:").count(), 8, "{r}");
+        // Redacting a redacted text changes nothing.
+        assert_eq!(redact_secrets(&r), r);
+        // The same secret redacts the same way; another one differently.
+        let a = redact_secrets("secret_key = \"one\"\n");
+        assert_eq!(a, redact_secrets("secret_key = \"one\"\n"));
+        assert_ne!(a, redact_secrets("secret_key = \"two\"\n"));
+        // Not TOML: nothing of it passes.
+        let bad = redact_secrets("secret_key = \"x\" = oops-H");
+        assert!(
+            !bad.contains("oops-H") && !bad.contains("secret_key"),
+            "{bad}"
+        );
+        // A parse error on a credential's line does not echo its value.
+        let e = Config::parse(
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = 123456789\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("123456789"), "{e}");
+    }
 
     #[test]
     fn costs_default_parse_and_name_the_bad_key() {
@@ -1258,6 +1423,7 @@ mod tests {
                 "poll_interval",
                 "restore_days",
                 "restore_tier",
+                "timeout",
                 "wait_timeout"
             ]
         );

@@ -80,6 +80,10 @@ struct Prepared {
     mountpoint: PathBuf,
     config: Config,
     root: OwnedFd,
+    /// `--paused`: mount with tiering paused, whatever the store check finds.
+    paused: bool,
+    /// The source's and the catalog's locks, held for the daemon's life.
+    locks: Vec<crate::private::Lock>,
 }
 
 fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
@@ -131,16 +135,41 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
             mountpoint.display()
         )));
     }
-    if record_path(&mountpoint).exists() {
-        if let Some(pid) = read_record(&mountpoint).map(|r| r.0) {
-            if process_alive(pid) {
+    if let Some(pid) = read_record(&mountpoint).map(|r| r.0) {
+        // A daemon whose mount is gone is on its way out (a plain umount returns before
+        // its daemon has finished): wait for it, a while.
+        let deadline = Instant::now() + EXITING_DAEMON_WAIT;
+        while process_alive(pid) {
+            if Instant::now() >= deadline || is_coldtier_mount(&mountpoint) {
                 return Err(bad(format!(
                     "MOUNTPOINT {} is in use by coldtier daemon pid {pid}",
                     mountpoint.display()
                 )));
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // What the daemon keeps for itself lives in directories only root can write.
+    let catalog = config.catalog_path(&mountpoint);
+    if let Some(dir) = catalog.parent() {
+        crate::private::ensure_private_dir(dir, "the catalog directory").map_err(bad)?;
+    }
+    crate::private::ensure_private_dir(
+        &config.backup_dir(&mountpoint),
+        "the catalog backup directory",
+    )
+    .map_err(bad)?;
+    // One daemon per source and per catalog, for its whole life.
+    let source_lock = take_lock(
+        &source_lock_path(&source)?,
+        &mountpoint,
+        &format!("SOURCE {} is already served by", source.display()),
+    )?;
+    let catalog_lock = take_lock(
+        &lock_path_of(&catalog),
+        &mountpoint,
+        &format!("the catalog {} is in use by", catalog.display()),
+    )?;
     // Opened before mounting: the mount may hide this very directory.
     let root = backing::open_dir_path(&source)
         .map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?;
@@ -149,6 +178,52 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         mountpoint,
         config,
         root,
+        paused: args.paused,
+        locks: vec![source_lock, catalog_lock],
+    })
+}
+
+/// How long a new mount waits for the daemon of a mount that was just unmounted to exit.
+const EXITING_DAEMON_WAIT: Duration = Duration::from_secs(15);
+
+/// Directory of the locks that keep a source to one daemon.
+const LOCK_DIR: &str = "/run/coldtier/locks";
+
+/// Whether a coldtier mount sits at `path` now.
+fn is_coldtier_mount(path: &Path) -> bool {
+    mountinfo::read().is_ok_and(|m| mountinfo::at(&m, path).is_some_and(|m| m.fstype == FS_TYPE))
+}
+
+/// The lock of a source directory: named by its device and inode, so that two paths to
+/// the same directory (a bind mount, a symlink) share it.
+fn source_lock_path(source: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata(source).map_err(|e| bad(format!("SOURCE {}: {e}", source.display())))?;
+    Ok(Path::new(LOCK_DIR).join(format!("source-{:x}-{:x}.lock", m.dev(), m.ino())))
+}
+
+/// The lock beside a catalog file (`<catalog>.lock`).
+pub fn lock_path_of(catalog: &Path) -> PathBuf {
+    let mut p = catalog.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Takes a lock for the daemon of `mountpoint`; if another daemon holds it, one line
+/// naming that mount (`what` says what it holds). A daemon whose mount is gone is waited
+/// for a while: it is exiting.
+fn take_lock(path: &Path, mountpoint: &Path, what: &str) -> anyhow::Result<crate::private::Lock> {
+    let label = mountpoint.display().to_string();
+    let gone =
+        |h: &crate::private::Holder| !h.what.is_empty() && !is_coldtier_mount(Path::new(&h.what));
+    crate::private::lock(path, &label, EXITING_DAEMON_WAIT, &gone).map_err(|e| match e {
+        Ok(h) => bad(format!(
+            "{what} the coldtier mount at {} (daemon pid {}); unmount it first",
+            if h.what.is_empty() { "?" } else { &h.what },
+            h.pid
+        )),
+        Err(m) => bad(format!("cannot take the lock {}: {m}", path.display())),
     })
 }
 
@@ -174,17 +249,19 @@ fn read_record(mountpoint: &Path) -> Option<(i32, String)> {
 }
 
 fn write_record(p: &Prepared) -> std::io::Result<()> {
-    std::fs::create_dir_all(RUN_DIR)?;
+    crate::private::create_private_dir(Path::new(RUN_DIR))?;
     let path = record_path(&p.mountpoint);
     let tmp = path.with_extension("tmp");
-    std::fs::write(
-        &tmp,
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = crate::private::open_private(&tmp, false)?;
+    f.write_all(
         format!(
             "{}\n{}\n{}\n",
             std::process::id(),
             p.source.display(),
             p.mountpoint.display()
-        ),
+        )
+        .as_bytes(),
     )?;
     std::fs::rename(tmp, path)
 }
@@ -249,13 +326,17 @@ pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
 
 fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &str) -> i32 {
     let mut status = std::fs::File::from(wr);
+    // The locks came with the fork; they now name this process.
+    for l in &prepared.locks {
+        let _ = crate::private::relabel(l, &prepared.mountpoint.display().to_string());
+    }
     // SAFETY: setsid/chdir only affect this (single-threaded) child process.
     unsafe {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
     }
-    if let Some(dir) = log_file.parent() {
-        let _ = std::fs::create_dir_all(dir);
+    if let Some(dir) = log_file.parent().filter(|d| !d.exists()) {
+        let _ = crate::private::create_private_dir(dir);
     }
     if let Err(e) = redirect_stdio(log_file) {
         let _ = write!(
@@ -280,10 +361,7 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
 
 fn redirect_stdio(log_file: &Path) -> std::io::Result<()> {
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_file)?;
+    let log = crate::private::open_private(log_file, true)?;
     // SAFETY: dup2 onto the standard descriptors of this process.
     unsafe {
         libc::dup2(null.as_raw_fd(), 0);
@@ -334,9 +412,12 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         }
     };
     let sigset = block_signals();
-    // SAFETY: umask only affects this process: objects are created with the exact mode the
-    // kernel passes (it has applied the caller's umask already).
-    unsafe { libc::umask(0) };
+    // What the daemon creates for itself is root's alone (umask 0077); objects created
+    // for callers get their exact mode from the request thread's own umask
+    // (`backing::as_caller`).
+    let umask = backing::daemon_umask();
+    // SAFETY: umask only affects this process.
+    unsafe { libc::umask(umask) };
     if let Err(e) = backing::keep_caps_on_fsuid_switch() {
         report(&mut status, &format!("ERR cannot set securebits: {e}"));
         return Err(e.into());
@@ -477,7 +558,17 @@ fn start_tiering<B: Send + Sync + 'static>(
     let catalog = Arc::new(
         Catalog::open(&path).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?,
     );
-    let version = catalog.record_config(p.config.text())?;
+    // Versions an older coldtier recorded with their credentials in clear lose them now.
+    match catalog.redact_config_texts(crate::config::redact_secrets) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            versions = n,
+            "catalog: credentials found in recorded config versions were redacted; backups \
+             taken before this may still hold them: rotate those credentials"
+        ),
+        Err(e) => tracing::error!("catalog: cannot redact old config versions: {e}"),
+    }
+    let version = catalog.record_config(&p.config.recorded_text())?;
     let store_cfg = p.config.store_config().map_err(|e| anyhow::anyhow!(e))?;
     let (store, prefix) = match &store_cfg {
         None => (None, String::new()),
@@ -494,6 +585,17 @@ fn start_tiering<B: Send + Sync + 'static>(
         }
     };
     let described = store.as_ref().map(|s| s.describe());
+    let checked = store.as_ref().map(|s| {
+        rt.block_on(check_store(&**s))
+            .map_err(|e| format!("store {}: {e}", described.as_deref().unwrap_or_default()))
+    });
+    if let Some(Err(e)) = &checked {
+        if !p.paused {
+            return Err(bad(format!(
+                "{e}; fix [store] (or the credentials), or mount with --paused to start with tiering paused"
+            )));
+        }
+    }
     let t = Tiering::new(
         p.config.clone(),
         catalog,
@@ -505,6 +607,20 @@ fn start_tiering<B: Send + Sync + 'static>(
         rt.handle().clone(),
         overlay.gate(),
     )?;
+    match checked {
+        Some(Ok(c)) => {
+            t.set_store_validates(c.validates_checksums);
+            log_store_check(&c);
+        }
+        Some(Err(e)) => {
+            tracing::error!("{e}; tiering paused until `coldtier resume` finds the store working")
+        }
+        None => {}
+    }
+    if p.paused {
+        t.set_paused(true);
+        tracing::warn!("tiering paused (mounted with --paused): no policy runs, gc or catalog uploads until `coldtier resume`");
+    }
     t.set_mount(overlay.clone());
     overlay.set_tier_hooks(t.clone());
     t.resume();
@@ -521,6 +637,36 @@ fn start_tiering<B: Send + Sync + 'static>(
         "tiering ready"
     );
     Ok((rt, t))
+}
+
+/// How long the store check at mount may take, retries included.
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`crate::store::check`] with a deadline and a probe key of this daemon's own.
+pub async fn check_store(
+    store: &dyn crate::store::ObjectStore,
+) -> Result<crate::store::StoreCheck, crate::store::StoreError> {
+    let nonce = format!(
+        "{:x}-{:x}",
+        crate::catalog::system_now_ns(),
+        std::process::id()
+    );
+    match tokio::time::timeout(STORE_CHECK_TIMEOUT, crate::store::check(store, &nonce)).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::store::StoreError::new(
+            crate::store::StoreErrorKind::Unreachable,
+            format!("no answer within {} s", STORE_CHECK_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+/// One line saying how copies will be proven.
+pub fn log_store_check(c: &crate::store::StoreCheck) {
+    if c.validates_checksums {
+        tracing::info!("store check passed; the store refuses uploads that do not match their checksum: its checksums prove each copy");
+    } else {
+        tracing::warn!("store check passed, but the store does not refuse an upload that does not match its checksum: every copy is read back and compared before its file is stubbed (twice the traffic)");
+    }
 }
 
 /// SOURCE and MOUNTPOINT: from the command line, else from `[mount]` of the config. Both

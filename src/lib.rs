@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fs;
 pub mod inspect;
 pub mod mountinfo;
+pub mod private;
 pub mod progress;
 pub mod store;
 pub mod tier;
@@ -33,10 +34,7 @@ pub fn init_logging(filter: &str, file: Option<&Path>) -> anyhow::Result<()> {
         .with_target(false);
     match file {
         Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let f = crate::private::open_private(path, true)?;
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))

@@ -15,6 +15,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Mount(_)) {
+        // A command whose output is closed (`coldtier events --json | head`) ends quietly,
+        // as other Unix tools do, instead of failing on EPIPE (Rust ignores SIGPIPE).
+        // The daemon keeps ignoring it: a client that goes away must not end it.
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

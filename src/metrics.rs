@@ -54,6 +54,9 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     /// +1 now, -1 when the guard drops (also on an early return or a panic).
     pub fn track(&'static self) -> GaugeGuard {
         self.0.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +141,9 @@ pub static RECALLS_FAILED: Counter = Counter::new();
 pub static RECALLS_ARCHIVED_WAIT: Counter = Counter::new();
 /// The open gave up after `recall.wait_timeout` (ETIMEDOUT) waiting for a restore.
 pub static RECALLS_TIMEOUT: Counter = Counter::new();
+/// Opens that gave up waiting for a recall after `recall.timeout` (EAGAIN; the recall
+/// went on).
+pub static RECALLS_OPEN_TIMEOUT: Counter = Counter::new();
 /// Successful recalls: from the first open to the data in place (restore waits included).
 pub static RECALL_SECONDS: Histogram = Histogram::new(&[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -149,6 +155,11 @@ pub static MIGRATED_FILES: Counter = Counter::new();
 pub static RECALLS_IN_FLIGHT: Gauge = Gauge::new();
 /// Files being copied (or stubbed) by a policy run now.
 pub static MIGRATIONS_IN_FLIGHT: Gauge = Gauge::new();
+/// 1 when the store check at mount found that the store refuses an upload whose body does
+/// not match its checksum (its word proves a copy); 0 when copies are read back.
+pub static STORE_VALIDATES_CHECKSUMS: Gauge = Gauge::new();
+/// 1 while tiering is paused (`mount --paused`, `coldtier pause`).
+pub static TIERING_PAUSED: Gauge = Gauge::new();
 /// One write transaction of the catalog, the wait for the writer lock included.
 pub static CATALOG_WRITE_SECONDS: Histogram = Histogram::new(&[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -421,6 +432,23 @@ impl ObjectStore for CountingStore {
     ) -> StoreFuture<'a, ()> {
         counted(StoreOp::SetTags, self.0.set_tags(key, version_id, tags))
     }
+    fn validates_checksums<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        counted(StoreOp::Put, self.0.validates_checksums(key))
+    }
+    fn purge<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        counted(StoreOp::Delete, self.0.purge(key))
+    }
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        class: crate::store::StorageClass,
+    ) -> StoreFuture<'a, Option<String>> {
+        counted(
+            StoreOp::Put,
+            self.0.set_storage_class(key, version_id, class),
+        )
+    }
 }
 
 // ---- rendering -------------------------------------------------------------------------
@@ -485,6 +513,17 @@ pub fn render() -> String {
             c.get()
         );
     }
+    header(
+        &mut out,
+        "coldtier_recall_open_timeouts_total",
+        "counter",
+        "Opens that gave up waiting for a stub's data after recall.timeout (EAGAIN; the recall went on).",
+    );
+    let _ = writeln!(
+        out,
+        "coldtier_recall_open_timeouts_total {}",
+        RECALLS_OPEN_TIMEOUT.get()
+    );
     histogram(
         &mut out,
         "coldtier_recall_duration_seconds",
@@ -521,6 +560,16 @@ pub fn render() -> String {
             "coldtier_migrations_in_flight",
             "Files a policy run is copying or stubbing now.",
             &MIGRATIONS_IN_FLIGHT,
+        ),
+        (
+            "coldtier_store_validates_checksums",
+            "1 if the store refuses uploads that do not match their checksum (its word proves a copy); 0 if every copy is read back.",
+            &STORE_VALIDATES_CHECKSUMS,
+        ),
+        (
+            "coldtier_tiering_paused",
+            "1 while policy runs, gc and catalog uploads are paused.",
+            &TIERING_PAUSED,
         ),
     ] {
         header(&mut out, name, "gauge", help);

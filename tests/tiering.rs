@@ -21,29 +21,6 @@ use common::sh;
 use serde_json::Value;
 use tier::*;
 
-/// What a stub must keep showing through the mount.
-#[derive(Debug, PartialEq, Eq)]
-struct Shown {
-    size: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-fn shown(p: &Path) -> Shown {
-    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
-    Shown {
-        size: m.size(),
-        mode: m.mode(),
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    }
-}
-
 fn blocks(p: &Path) -> u64 {
     fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
@@ -58,36 +35,6 @@ fn du_k(p: &Path) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("du output: {out}"))
-}
-
-/// The errno of a call that must fail.
-fn errno_of<T>(r: std::io::Result<T>, what: &str) -> i32 {
-    match r {
-        Ok(_) => panic!("{what}: expected an error, it succeeded"),
-        Err(e) => e
-            .raw_os_error()
-            .unwrap_or_else(|| panic!("{what}: error without errno: {e}")),
-    }
-}
-
-/// Reads a file that must be readable.
-fn read_ok(p: &Path) -> Vec<u8> {
-    fs::read(p)
-        .unwrap_or_else(|e| panic!("read {}: {e} (errno {:?})", p.display(), e.raw_os_error()))
-}
-
-/// Every file reads back through the mount byte-identical.
-fn assert_all_read_back(t: &TierMount, files: &Files) {
-    for (rel, content) in files {
-        let got = fs::read(t.m(rel)).unwrap_or_else(|e| {
-            panic!(
-                "read {rel} through the mount: {e} (errno {:?})\n{}",
-                e.raw_os_error(),
-                t.daemon_log_tail()
-            )
-        });
-        assert_bytes(&format!("{rel} through the mount"), &got, content);
-    }
 }
 
 /// An object key is `<prefix>/.../<file id: 32 hex>/<version: 16 hex>`; returns (file id,
@@ -964,88 +911,6 @@ fn a_corrupted_object_fails_the_recall_with_eio_and_keeps_the_stub() {
         "an intact stub beside it",
         &read_ok(&t.m("good.bin")),
         &fs_[1].1,
-    );
-}
-
-// ------------------------------------------------------------------------------------------
-// 9. Unreachable S3
-
-#[test]
-fn an_unreachable_store_fails_the_run_and_changes_no_file() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let fs_ = files(&[("x.bin", 40 * 1024), ("d/y.bin", 8 * 1024), ("z.bin", 100)]);
-    let t = TierMount::at_endpoint(&format!("http://127.0.0.1:{port}"), "nowhere", &fs_, |c| {
-        c.set("store", "connect_timeout", &q("1s"))
-            .set("store", "max_attempts", "1")
-    });
-    let before: BTreeMap<&str, Shown> = fs_
-        .iter()
-        .map(|(r, _)| (r.as_str(), shown(&t.m(r))))
-        .collect();
-    let t0 = Instant::now();
-    let (out, v) = t.migrate(&["--mode", "stub"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "migrate with S3 unreachable: {}",
-        show(&out)
-    );
-    assert!(
-        t0.elapsed() < Duration::from_secs(60),
-        "migrate took {:?}",
-        t0.elapsed()
-    );
-    assert_eq!(v["failed"].as_u64(), Some(3), "summary: {v}");
-    assert_eq!(v["stubbed"].as_u64(), Some(0), "summary: {v}");
-    assert_eq!(v["copied"].as_u64(), Some(0), "summary: {v}");
-    assert!(
-        v["errors"].as_array().is_some_and(|e| !e.is_empty()),
-        "no errors reported: {v}"
-    );
-    for (rel, content) in &fs_ {
-        assert_eq!(t.state(rel), "resident", "{rel}");
-        assert_bytes(
-            &format!("backing {rel}"),
-            &fs::read(t.s(rel)).unwrap(),
-            content,
-        );
-        assert_eq!(xattr(&t.s(rel), STUB_XATTR), None, "{rel}: stub record");
-        assert_eq!(shown(&t.m(rel)), before[rel.as_str()], "{rel}: attributes");
-    }
-    assert_all_read_back(&t, &fs_);
-}
-
-#[test]
-fn an_unreachable_store_during_recall_gives_eio_and_keeps_the_stub() {
-    let moto = start_moto();
-    let fs_ = files(&[("s.bin", 32 * 1024)]);
-    let mut t = TierMount::new(&moto, "gone", &fs_, |c| {
-        c.set("store", "connect_timeout", &q("1s"))
-            .set("store", "max_attempts", "1")
-    });
-    t.migrate_ok(&["--mode", "stub"]);
-    // Stop the server: the mount's and this test's are its only handles.
-    t.moto = None;
-    drop(moto);
-    let e = errno_of(fs::read(t.m("s.bin")), "read of a stub with S3 down");
-    assert_eq!(e, libc::EIO, "errno {e}, want EIO\n{}", t.daemon_log_tail());
-    assert_eq!(t.state("s.bin"), "stub");
-    assert_eq!(
-        fs::symlink_metadata(t.s("s.bin")).unwrap().len(),
-        0,
-        "backing file"
-    );
-    assert!(
-        xattr(&t.s("s.bin"), STUB_XATTR).is_some(),
-        "stub record gone"
-    );
-    assert_eq!(
-        fs::metadata(t.m("s.bin")).unwrap().len(),
-        32 * 1024,
-        "size through the mount"
     );
 }
 

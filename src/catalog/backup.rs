@@ -86,6 +86,9 @@ impl Catalog {
         .ctx("opening the catalog for a backup")?;
         src.busy_timeout(super::BUSY_TIMEOUT)
             .ctx("setting the busy timeout")?;
+        // 0600 before SQLite opens it (its journal then gets the same mode).
+        crate::private::open_private(tmp, false)
+            .map_err(|e| CatalogError::Backup(format!("creating {}: {e}", tmp.display())))?;
         let mut dst = Connection::open_with_flags(
             tmp,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -357,8 +360,7 @@ pub fn run(
     if to_store && store.is_none() && !matches!(target, Target::Managed { .. }) {
         return Err("no [store] is configured for this mount: cannot back up to s3".into());
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("cannot create the backup directory {}: {e}", dir.display()))?;
+    crate::private::ensure_private_dir(&dir, "cannot create the backup directory")?;
     let dest = dir.join(&fname);
     let snap = catalog.snapshot_to(&dest).map_err(|e| e.to_string())?;
     let mut object_key = None;

@@ -23,6 +23,7 @@ pub use reports::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount, UnknownName,
+    Upload,
 };
 
 use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
@@ -178,6 +179,13 @@ const EVENT_COLS: &str =
 
 const CONFIG_COLS: &str = "version, hash, text, time_ns";
 
+/// The trigger that keeps config versions append-only (as schema v1 makes it).
+const CONFIG_NO_UPDATE_TRIGGER: &str =
+    "CREATE TRIGGER config_versions_no_update BEFORE UPDATE ON config_versions
+BEGIN
+    SELECT RAISE(ABORT, 'config versions are append-only');
+END;";
+
 const JOB_COLS: &str = "id, kind, mode, config_version, started_ns, finished_ns, \
      files_scanned, files_copied, bytes_copied, files_stubbed, files_failed, errors, duration_ms, \
      bytes_stubbed";
@@ -194,10 +202,34 @@ impl Catalog {
     pub fn open_with_clock(path: impl AsRef<Path>, clock: Clock) -> Result<Catalog> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| CatalogError::CreateDir {
-                path: path.clone(),
-                source,
+            crate::private::create_private_dir(parent).map_err(|source| {
+                CatalogError::CreateDir {
+                    path: path.clone(),
+                    source,
+                }
             })?;
+        }
+        // The catalog is root's alone (it names every file of the share): made 0600 before
+        // SQLite opens it, so that its WAL and shared-memory files, which SQLite creates
+        // with the database's mode, are 0600 too. An older coldtier's 0644 is put right.
+        let private = |p: &Path| {
+            crate::private::make_file_private(p).map_err(|source| CatalogError::CreateDir {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        if !path.exists() {
+            crate::private::open_private(&path, false).map_err(|source| {
+                CatalogError::CreateDir {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            private(Path::new(&p))?;
         }
         // No SQLITE_OPEN_URI: a path is a path, for the writer and the readers alike.
         let mut writer = Connection::open_with_flags(
@@ -522,6 +554,57 @@ impl Catalog {
         Ok(v)
     }
 
+    /// Rewrites the recorded texts of config versions through `redact` where that changes
+    /// them: versions an older coldtier recorded with their credentials in clear. The one
+    /// sanctioned change of the append-only table (its update trigger is lifted inside
+    /// the transaction and put back), with `secure_delete` on so that the old text's bytes
+    /// are overwritten, and the WAL checkpointed and truncated after. The hashes stay
+    /// (the CONFIG_CHANGED events of the chain name them). Returns how many were changed.
+    pub fn redact_config_texts(&self, redact: impl Fn(&str) -> String) -> Result<usize> {
+        let versions = self.config_history()?;
+        let changed: Vec<(i64, String)> = versions
+            .iter()
+            .filter_map(|v| {
+                let r = redact(&v.text);
+                (r != v.text).then_some((v.version, r))
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        {
+            let w = self.writer.lock();
+            if w.open {
+                return Err(CatalogError::Backup(
+                    "redacting config versions: a write is in progress".into(),
+                ));
+            }
+            let conn = &w.conn;
+            let run = |sql: &str| conn.execute_batch(sql).ctx("redacting config versions");
+            run("PRAGMA secure_delete = ON")?;
+            let body = || -> Result<()> {
+                run("BEGIN IMMEDIATE; DROP TRIGGER config_versions_no_update;")?;
+                for (version, text) in &changed {
+                    conn.execute(
+                        "UPDATE config_versions SET text = ?2 WHERE version = ?1",
+                        params![version, text],
+                    )
+                    .ctx("redacting a config version")?;
+                }
+                run(CONFIG_NO_UPDATE_TRIGGER)?;
+                run("COMMIT")
+            };
+            let r = body();
+            if r.is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let _ = conn.execute_batch("PRAGMA secure_delete = OFF");
+            r?;
+        }
+        self.checkpoint()?;
+        Ok(changed.len())
+    }
+
     /// The config version in force (the latest), if any was recorded.
     pub fn current_config(&self) -> Result<Option<ConfigVersion>> {
         let c = self.read("reading the current config version", latest_config)?;
@@ -731,6 +814,53 @@ impl Catalog {
             if n == 0 {
                 return Err(CatalogError::NoSuchFile(file_id.to_owned()));
             }
+            Ok(())
+        })
+    }
+
+    /// Records, durably, that `object_key` is about to be uploaded for file `file_id` at
+    /// `path`: from now on the object is the catalog's to account for, whatever happens
+    /// to the upload. The VERIFIED or FAILED event naming the object ends the intent.
+    pub fn begin_upload(&self, object_key: &str, file_id: &str, path: &str) -> Result<()> {
+        self.write("recording an upload intent", |tx, _, now| {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO uploads (object_key, file_id, path, started_ns) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![object_key, file_id, path, now]))
+            .ctx("recording an upload intent")?;
+            Ok(())
+        })
+    }
+
+    /// The upload intents no outcome has ended (after a crash: uploads that were under
+    /// way), oldest first.
+    pub fn open_uploads(&self) -> Result<Vec<Upload>> {
+        self.read("reading upload intents", |c| {
+            c.prepare_cached(
+                "SELECT object_key, file_id, path, started_ns FROM uploads ORDER BY started_ns",
+            )?
+            .query_map([], |r| {
+                Ok(Upload {
+                    object_key: r.get(0)?,
+                    file_id: r.get(1)?,
+                    path: r.get(2)?,
+                    started_ns: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// A premigrated file's times changed while its data did not (proven by its checksum):
+    /// the times its copy expects from now on. Not an event: nothing changed state.
+    pub fn rebaseline(&self, file_id: &str, mtime_ns: i64, ctime_ns: i64) -> Result<()> {
+        self.write("recording a file's new times", |tx, _, now| {
+            tx.prepare_cached(
+                "UPDATE files SET mtime_ns = ?2, ctime_ns = ?3, updated_at = ?4 WHERE file_id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![file_id, mtime_ns, ctime_ns, now]))
+            .ctx("updating a file's times")?;
             Ok(())
         })
     }
@@ -1071,6 +1201,14 @@ impl Head {
             ])
         })
         .ctx("inserting an event")?;
+        // The outcome of an upload (its copy proven, or given up) ends its intent.
+        if matches!(kind, EventKind::Verified | EventKind::Failed) {
+            if let Some(key) = detail["object_key"].as_str() {
+                tx.prepare_cached("DELETE FROM uploads WHERE object_key = ?1")
+                    .and_then(|mut s| s.execute([key]))
+                    .ctx("ending an upload intent")?;
+            }
+        }
         let prev_hash = std::mem::replace(&mut self.hash, hash.clone());
         self.id = id;
         self.time_ns = time_ns;

@@ -211,6 +211,19 @@ impl Catalog {
         })
     }
 
+    /// The file id of the newest event that names `path` (relative to the source): the
+    /// file that was there last, deleted or renamed since.
+    pub fn last_file_id_at(&self, path: &str) -> Result<Option<String>> {
+        self.read("finding the last file at a path", |c| {
+            c.prepare_cached(
+                "SELECT file_id FROM events WHERE path = ?1 AND file_id IS NOT NULL \
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row([path], |r| r.get(0))
+            .optional()
+        })
+    }
+
     /// The number of events in the log.
     pub fn event_count(&self) -> Result<u64> {
         let n: i64 = self.read("counting events", |c| {

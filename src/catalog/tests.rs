@@ -1038,3 +1038,104 @@ fn only_pin_events_change_a_rows_pinned() {
     cat.transition(&u, EventKind::Unpinned, json!({})).unwrap();
     assert!(!cat.file_by_id(&f.file_id).unwrap().unwrap().pinned);
 }
+
+/// Versions an older coldtier recorded with a credential in clear are rewritten once: the
+/// text loses the secret, the hash (named by the chain) stays, the table stays
+/// append-only, and the bytes of the database and its WAL no longer hold the secret.
+#[test]
+fn old_config_versions_lose_their_secrets() {
+    let (_dir, path) = temp();
+    let cat = Catalog::open(&path).unwrap();
+    let secret = "S3cr3t-in-clear-8f2d1c";
+    let v1 = cat
+        .record_config(&format!("[store]\nsecret_key = \"{secret}\"\n"))
+        .unwrap();
+    cat.record_config("[store]\nbucket = \"b\"\n").unwrap();
+    let redact = |t: &str| t.replace(secret, "<redacted>");
+    assert_eq!(cat.redact_config_texts(redact).unwrap(), 1);
+    assert_eq!(cat.redact_config_texts(redact).unwrap(), 0, "once");
+    let got = cat.config_version(1).unwrap().unwrap();
+    assert_eq!(got.text, "[store]\nsecret_key = \"<redacted>\"\n");
+    assert_eq!(got.hash, v1.hash, "the chain names the hash");
+    assert_eq!(cat.verify_chain().unwrap(), 2);
+    // Still append-only.
+    let e = raw(&path)
+        .execute(
+            "UPDATE config_versions SET text = 'x' WHERE version = 1",
+            [],
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    drop(cat);
+    for suffix in ["", "-wal"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        if let Ok(bytes) = std::fs::read(&p) {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{p:?} still holds the secret"
+            );
+        }
+    }
+}
+
+/// The catalog and its WAL are root's alone (0600) in a directory of their own (0700),
+/// also when an older coldtier made them 0644.
+#[test]
+fn the_catalog_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, path) = temp();
+    let cat = Catalog::open(&path).unwrap();
+    cat.record_config("a = 1").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&wal), 0o600);
+    drop(cat);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _cat = Catalog::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+}
+
+/// An upload intent is recorded before the upload and ended by the event that records
+/// its outcome (VERIFIED or FAILED naming the object), in the same transaction.
+#[test]
+fn upload_intents_end_with_their_outcome() {
+    let (_dir, path) = temp();
+    let cat = Catalog::open(&path).unwrap();
+    cat.begin_upload("data/a/1", "a", "x/a").unwrap();
+    cat.begin_upload("data/b/1", "b", "x/b").unwrap();
+    cat.begin_upload("data/c/1", "c", "x/c").unwrap();
+    let keys = |c: &Catalog| {
+        c.open_uploads()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.object_key)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&cat), ["data/a/1", "data/b/1", "data/c/1"]);
+    let mut row = file(1, FileState::Premigrated);
+    row.object_key = Some("data/a/1".into());
+    cat.transition(&row, EventKind::Verified, json!({"object_key": "data/a/1"}))
+        .unwrap();
+    cat.append_event(
+        Some("b"),
+        Some("x/b"),
+        EventKind::Failed,
+        json!({"object_key": "data/b/1", "error": "x"}),
+    )
+    .unwrap();
+    // Another kind naming the object does not end it.
+    cat.append_event(
+        Some("c"),
+        Some("x/c"),
+        EventKind::Copied,
+        json!({"object_key": "data/c/1"}),
+    )
+    .unwrap();
+    assert_eq!(keys(&cat), ["data/c/1"]);
+    drop(cat);
+    let cat = Catalog::open(&path).unwrap();
+    assert_eq!(keys(&cat), ["data/c/1"], "intents survive a restart");
+}

@@ -288,3 +288,12 @@ pub struct StateCount {
     pub files: u64,
     pub bytes: u64,
 }
+
+/// An upload intent ([`crate::catalog::Catalog::begin_upload`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Upload {
+    pub object_key: String,
+    pub file_id: String,
+    pub path: String,
+    pub started_ns: i64,
+}

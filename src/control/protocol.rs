@@ -74,6 +74,10 @@ pub enum Op {
     ConfigVersions,
     /// Check the event hash chain end to end.
     Audit,
+    /// Pause tiering: no policy runs, gc or catalog uploads (recalls go on).
+    Pause,
+    /// Check the store and, if it works, resume tiering.
+    Resume,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

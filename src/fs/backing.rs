@@ -895,6 +895,27 @@ thread_local! {
     static PRIVATE_UMASK: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
+/// The daemon's own umask: what it creates for itself is root's alone.
+pub const DAEMON_UMASK: libc::mode_t = 0o077;
+
+/// The umask for the daemon process: [`DAEMON_UMASK`] where its request threads can each
+/// have a umask of their own (unshare(CLONE_FS)), so that objects created for callers get
+/// exactly their mode; else 0 (the daemon then gives its own files explicit modes only).
+pub fn daemon_umask() -> libc::mode_t {
+    let private = std::thread::spawn(|| {
+        // SAFETY: unsharing CLONE_FS affects only this short-lived thread.
+        unsafe { libc::unshare(libc::CLONE_FS) == 0 }
+    })
+    .join()
+    .unwrap_or(false);
+    if private {
+        DAEMON_UMASK
+    } else {
+        tracing::warn!("threads cannot have a umask of their own (unshare(CLONE_FS) refused): the daemon runs with umask 0 and gives its own files explicit modes");
+        0
+    }
+}
+
 fn thread_has_private_umask() -> bool {
     PRIVATE_UMASK.with(|c| match c.get() {
         Some(v) => v,
@@ -922,14 +943,17 @@ pub fn masked(mode: u32, mask: u32) -> u32 {
 /// create (ignored under a default ACL); `f` gets the permission mask to apply to the mode
 /// itself, which is all bits except where the thread cannot have its own umask.
 pub fn as_caller<T>(uid: u32, gid: u32, umask: Option<u32>, f: impl FnOnce(u32) -> T) -> T {
-    let (mask, set_umask) = match umask {
-        None => (0o7777, false),
-        Some(u) if thread_has_private_umask() => {
-            // SAFETY: umask only changes this thread's (unshared) umask.
-            unsafe { libc::umask(u & 0o777) };
-            (0o7777, true)
-        }
-        Some(u) => (!u & 0o7777, false),
+    let (mask, set_umask) = if thread_has_private_umask() {
+        // The kernel applied the caller's umask itself (None), or left it to us: this
+        // thread's own umask is exactly what the caller's would be, whatever the daemon's
+        // (0077: its own files are private).
+        // SAFETY: umask only changes this thread's (unshared) umask.
+        unsafe { libc::umask(umask.unwrap_or(0) & 0o777) };
+        (0o7777, true)
+    } else {
+        // No private umask (unshare refused): the process umask is 0 then
+        // (`daemon_umask`), and the caller's is applied to the mode by hand.
+        (umask.map_or(0o7777, |u| !u & 0o7777), false)
     };
     // Root's calls run with the daemon's own credentials (fsuid 0, fsgid 0) as they are:
     // each setfsuid/setfsgid makes (and frees) a credential set even when nothing changes.
@@ -949,7 +973,7 @@ pub fn as_caller<T>(uid: u32, gid: u32, umask: Option<u32>, f: impl FnOnce(u32) 
             libc::setfsgid(0);
         }
         if set_umask {
-            libc::umask(0);
+            libc::umask(DAEMON_UMASK);
         }
     }
     r

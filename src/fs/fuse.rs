@@ -166,6 +166,57 @@ fn reply_opened(o: Opened<BackingId>, reply: ReplyOpen) {
     }
 }
 
+/// Runs the data operation `op` on handles `fhs` once their data is local: at once, or, for
+/// a file opened as a stub (its data not fetched at open), on a thread of its own after
+/// the recall, so that a long download never holds one of the few request threads.
+fn with_data<R: Send + 'static>(
+    fs: &Arc<OverlayFs<BackingId>>,
+    fhs: &[u64],
+    reply: R,
+    fail: fn(R, Errno),
+    op: impl FnOnce(&OverlayFs<BackingId>, R) + Send + 'static,
+) {
+    let mut waits = Vec::new();
+    for &fh in fhs {
+        match fs.needs_data(fh) {
+            Ok(Some(w)) => waits.push(w),
+            Ok(None) => {}
+            Err(e) => return fail(reply, e),
+        }
+    }
+    if waits.is_empty() {
+        return op(fs, reply);
+    }
+    let fs = fs.clone();
+    let fhs = fhs.to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("data-wait".into())
+        .spawn(move || {
+            for w in waits {
+                if let Err(e) = w() {
+                    return fail(reply, e);
+                }
+            }
+            // The data is local now (or made a stub again meanwhile: then it waits again,
+            // on this thread).
+            for fh in fhs {
+                match fs.needs_data(fh) {
+                    Ok(None) => {}
+                    Ok(Some(w)) => {
+                        if let Err(e) = w() {
+                            return fail(reply, e);
+                        }
+                    }
+                    Err(e) => return fail(reply, e),
+                }
+            }
+            op(&fs, reply)
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start a thread to wait for a recall: {e}");
+    }
+}
+
 /// Waits for what the open waits for (a recall), then opens again; a few rounds at most
 /// (the file could be stubbed again in between).
 fn open_after_wait(
@@ -416,10 +467,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         metrics::fuse_request(FuseOp::Read);
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(err(e)),
-        }
+        with_data(
+            &self.fs,
+            &[fh.0],
+            reply,
+            |r, e| r.error(err(e)),
+            move |fs, reply| match fs.read(fh.0, offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err(e)),
+            },
+        );
     }
 
     fn write(
@@ -435,8 +492,25 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         metrics::fuse_request(FuseOp::Write);
-        match self.fs.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
+        // The request's buffer is borrowed: copied only when the write must wait.
+        match self.fs.needs_data(fh.0) {
+            Ok(None) => match self.fs.write(fh.0, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            },
+            Ok(Some(_)) => {
+                let data = data.to_vec();
+                with_data(
+                    &self.fs,
+                    &[fh.0],
+                    reply,
+                    |r, e| r.error(err(e)),
+                    move |fs, reply| match fs.write(fh.0, offset, &data) {
+                        Ok(n) => reply.written(n),
+                        Err(e) => reply.error(err(e)),
+                    },
+                );
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -675,7 +749,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Fallocate);
-        reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
+        with_data(
+            &self.fs,
+            &[fh.0],
+            reply,
+            |r, e| r.error(err(e)),
+            move |fs, reply| reply_empty(fs.fallocate(fh.0, offset, length, mode), reply),
+        );
     }
 
     fn lseek(
@@ -708,17 +788,19 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         metrics::fuse_request(FuseOp::CopyFileRange);
-        match self.fs.copy_file_range(
-            fh_in.0,
-            offset_in,
-            fh_out.0,
-            offset_out,
-            len,
-            flags.bits() as u32,
-        ) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
-        }
+        let flags = flags.bits() as u32;
+        with_data(
+            &self.fs,
+            &[fh_in.0, fh_out.0],
+            reply,
+            |r, e| r.error(err(e)),
+            move |fs, reply| match fs
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, flags)
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            },
+        );
     }
 }
 

@@ -29,6 +29,10 @@ pub struct OpenFile<B> {
     pub writable: bool,
     /// The passthrough registration, when the kernel serves this file's I/O directly.
     pub backing: Option<B>,
+    /// Opened as a stub (its data not local yet): the first data operation through it
+    /// asks the tiering layer to bring the data back ([`OverlayFs::needs_data`]). Never
+    /// served by passthrough.
+    pub stub: AtomicBool,
 }
 
 type Ino<B> = Inode<OpenFile<B>>;
@@ -56,6 +60,11 @@ pub enum Go {
     Proceed,
     /// The file's data is not local yet: wait for this, then try again.
     Wait(Waiter),
+    /// Open it without passthrough and without its data: the file is a stub whose data
+    /// is brought back at the first data operation (read, write, fallocate,
+    /// copy_file_range), so that an open that reads and writes nothing (`touch`, a
+    /// metadata query) fetches nothing.
+    Lazy,
 }
 
 /// What an open did.
@@ -81,6 +90,12 @@ pub trait TierHooks: Send + Sync {
     fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<Go>;
     /// Before a truncate to `size` (setattr).
     fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<Go>;
+    /// Before a data operation on a file opened as a stub ([`Go::Lazy`]): `Wait` for its
+    /// data, or `Proceed` if it is local by now. Called with the gate held.
+    fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<Go>;
+    /// The last handle open for writing of a regular file was closed (with the gate held):
+    /// a copy whose file changed through it is given up.
+    fn writer_closed(&self, ino: u64, fd: BorrowedFd<'_>);
     /// The file id of a file tiering tracks (one it ever copied), if any.
     fn tracked(&self, fd: BorrowedFd<'_>) -> Option<String>;
     /// The last name of tracked file `file_id` is gone.
@@ -719,11 +734,17 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         inode: &Ino<B>,
         wants_write: bool,
         candidate: Option<OwnedFd>,
+        stub: bool,
         register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<Arc<OpenFile<B>>> {
         let mut slot = inode.open_file.lock();
         if let Some(f) = slot.upgrade() {
-            if f.writable || !wants_write {
+            // A stub's data must never be read from the (empty) backing file by the
+            // kernel: a passthrough file of the inode is no use to it.
+            if (f.writable || !wants_write) && !(stub && f.backing.is_some()) {
+                if stub {
+                    f.stub.store(true, Ordering::Release);
+                }
                 return Ok(f);
             }
         }
@@ -738,7 +759,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 }
             }
         };
-        let backing = if self.passthrough_enabled() {
+        let backing = if self.passthrough_enabled() && !stub {
             match register(fd.as_fd()) {
                 Ok(id) => Some(id),
                 Err(e) => {
@@ -764,6 +785,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             fd,
             writable,
             backing,
+            stub: AtomicBool::new(stub),
         });
         *slot = Arc::downgrade(&f);
         Ok(f)
@@ -789,15 +811,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = wants_write && flags & libc::O_TRUNC != 0;
         let mut held = self.gate.lock(ino);
+        let mut lazy = false;
         if let Some(h) = self.hooks.get() {
             let ifd = inode.fd()?;
             let go = h.before_open(ino, ifd.as_fd(), flags);
             inode.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
-            if let Go::Wait(w) = go? {
-                return Ok(OpenOutcome::Wait(w));
+            match go? {
+                Go::Wait(w) => return Ok(OpenOutcome::Wait(w)),
+                Go::Lazy => lazy = true,
+                Go::Proceed => {}
             }
         }
-        let file = self.open_backing_file(&inode, wants_write, None, register)?;
+        let file = self.open_backing_file(&inode, wants_write, None, lazy, register)?;
         if truncate {
             backing::ftruncate(file.fd.as_fd(), 0)?;
             if caller_uid != 0 {
@@ -853,7 +878,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         };
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd_as(path_fd, Some(MARK_PLAIN))?;
-        let file = match self.open_backing_file(&inode, true, Some(fd), register) {
+        let file = match self.open_backing_file(&inode, true, Some(fd), false, register) {
             Ok(f) => f,
             Err(e) => {
                 self.inodes.forget(entry.ino, 1);
@@ -894,6 +919,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 if let Go::Wait(w) = go {
                     w()?;
                 }
+                // Go::Lazy: `open` below opens it as a stub.
             }
             match self.open(entry.ino, flags, caller.uid, register)? {
                 OpenOutcome::Opened(o) => Ok(o),
@@ -955,10 +981,59 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     pub fn release(&self, fh: u64) {
         // Dropping the last handle of an inode closes its backing file and passthrough id.
         let h = self.handles.write().remove(&fh);
-        if let Some(Handle::File { ino, writer, .. }) = &h {
-            self.gate.lock(*ino).closed(*writer);
+        if let Some(Handle::File {
+            ino, writer, file, ..
+        }) = &h
+        {
+            let mut held = self.gate.lock(*ino);
+            held.closed(*writer);
+            if *writer && held.opens().writers == 0 {
+                if let Some(hk) = self.hooks.get() {
+                    hk.writer_closed(*ino, file.fd.as_fd());
+                }
+            }
         }
         drop(h);
+    }
+
+    /// Whether the file behind `fh` needs its data brought back before a data operation
+    /// (it was opened as a stub): the wait, to run off the request thread before the
+    /// operation. `None`: go ahead.
+    pub fn needs_data(&self, fh: u64) -> SysResult<Option<Waiter>> {
+        let (file, ino) = match self.handles.read().get(&fh) {
+            Some(Handle::File { file, ino, .. }) => (file.clone(), *ino),
+            Some(Handle::Dir(_)) => return Err(Errno(libc::EISDIR)),
+            None => return Err(Errno(libc::EBADF)),
+        };
+        if !file.stub.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some(h) = self.hooks.get() else {
+            return Ok(None);
+        };
+        let _held = self.gate.lock(ino);
+        match h.before_data(ino, file.fd.as_fd())? {
+            Go::Wait(w) => Ok(Some(w)),
+            Go::Proceed | Go::Lazy => {
+                file.stub.store(false, Ordering::Release);
+                if let Some(i) = self.inodes.get(ino) {
+                    i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The stub view (size) of the file behind `fh` if it was opened as a stub and still
+    /// is one.
+    fn open_stub_size(&self, f: &OpenFile<B>) -> SysResult<Option<u64>> {
+        if !f.stub.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match self.hooks.get() {
+            Some(h) => Ok(h.stub_view(f.fd.as_fd())?.map(|(size, _)| size)),
+            None => Ok(None),
+        }
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> SysResult<()> {
@@ -968,6 +1043,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> SysResult<i64> {
         let f = self.file_handle(fh)?;
+        // A stub's data is all data (no holes) up to its size: answered from its record,
+        // without bringing the data back (invariant 4).
+        if let Some(size) = self.open_stub_size(&f)? {
+            let size = size as i64;
+            return match whence {
+                _ if off < 0 => Err(Errno(libc::EINVAL)),
+                _ if off >= size => Err(Errno(libc::ENXIO)),
+                libc::SEEK_DATA => Ok(off),
+                libc::SEEK_HOLE => Ok(size),
+                _ => Err(Errno(libc::EINVAL)),
+            };
+        }
         backing::lseek(f.fd.as_fd(), off, whence)
     }
 
@@ -1286,6 +1373,10 @@ mod tests {
         fn before_truncate(&self, _: u64, _: BorrowedFd<'_>, _: u64) -> SysResult<Go> {
             Ok(Go::Proceed)
         }
+        fn before_data(&self, _: u64, _: BorrowedFd<'_>) -> SysResult<Go> {
+            Ok(Go::Proceed)
+        }
+        fn writer_closed(&self, _: u64, _: BorrowedFd<'_>) {}
         fn tracked(&self, _: BorrowedFd<'_>) -> Option<String> {
             None
         }

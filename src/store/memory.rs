@@ -31,6 +31,10 @@ pub struct MemoryStore {
     default_checksum: ChecksumAlgo,
     restore_delay: Duration,
     unreachable: AtomicBool,
+    /// Whether uploads are checked against their checksum (see `set_validates`).
+    validates: AtomicBool,
+    /// Uploads arrive with one byte flipped (see `set_corrupt_puts`).
+    corrupt_puts: AtomicBool,
     fail_next: Mutex<Option<(u32, StoreErrorKind)>>,
     versions: AtomicU64,
     /// Calls made (for tests that count them).
@@ -51,6 +55,8 @@ impl MemoryStore {
             default_checksum: ChecksumAlgo::Crc32c,
             restore_delay: Duration::from_secs(1),
             unreachable: AtomicBool::new(false),
+            validates: AtomicBool::new(true),
+            corrupt_puts: AtomicBool::new(false),
             fail_next: Mutex::new(None),
             versions: AtomicU64::new(0),
             calls: AtomicU64::new(0),
@@ -67,6 +73,16 @@ impl MemoryStore {
     /// Every call fails with `Unreachable` (transient) while set.
     pub fn set_unreachable(&self, on: bool) {
         self.unreachable.store(on, Ordering::SeqCst);
+    }
+    /// Whether the store checks an upload against the checksum sent with it (a real S3
+    /// does; moto does not). Not checking, it reports the checksum it was sent.
+    pub fn set_validates(&self, on: bool) {
+        self.validates.store(on, Ordering::SeqCst);
+    }
+    /// Uploads arrive with one byte flipped (damage in transit): a validating store
+    /// refuses them (`ChecksumMismatch`), another one stores the damaged bytes.
+    pub fn set_corrupt_puts(&self, on: bool) {
+        self.corrupt_puts.store(on, Ordering::SeqCst);
     }
     /// The next `n` calls fail with `kind` (transient as that kind usually is).
     pub fn fail_next(&self, n: u32, kind: StoreErrorKind) {
@@ -156,13 +172,27 @@ impl ObjectStore for MemoryStore {
             let algo = req.checksum.unwrap_or(self.default_checksum);
             let size = req.size;
             let file = req.file;
-            let (data, checksum) = blocking(move || {
+            let (mut data, checksum) = blocking(move || {
                 let mut v = vec![0u8; size as usize];
                 read_exact_at(&file, &mut v, 0)?;
                 let c = Checksum::of(algo, &v);
                 Ok((v, c))
             })
             .await?;
+            if self.corrupt_puts.load(Ordering::SeqCst) && !data.is_empty() {
+                let i = data.len() / 2;
+                data[i] ^= 0x01;
+                if self.validates.load(Ordering::SeqCst) {
+                    return Err(StoreError::new(
+                        StoreErrorKind::ChecksumMismatch,
+                        format!(
+                            "memory store: {}: body does not match its checksum",
+                            req.key
+                        ),
+                    )
+                    .transient(true));
+                }
+            }
             let version_id = format!("m{}", self.versions.fetch_add(1, Ordering::Relaxed) + 1);
             let obj = Obj {
                 data: Bytes::from(data),
@@ -331,6 +361,38 @@ impl ObjectStore for MemoryStore {
                 o.tags = tags;
             }
             Ok(())
+        })
+    }
+
+    fn purge<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        self.delete(key, None)
+    }
+
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        class: StorageClass,
+    ) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.enter()?;
+            validate_key(key)?;
+            self.lookup(key, version_id)?;
+            let v = format!("m{}", self.versions.fetch_add(1, Ordering::Relaxed) + 1);
+            if let Some(o) = self.objects.lock().get_mut(key) {
+                o.storage_class = class;
+                o.version_id = v.clone();
+                o.restore_requested = None;
+            }
+            Ok(Some(v))
+        })
+    }
+
+    fn validates_checksums<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.enter()?;
+            validate_key(key)?;
+            Ok(self.validates.load(Ordering::SeqCst))
         })
     }
 }

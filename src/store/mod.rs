@@ -98,6 +98,114 @@ pub trait ObjectStore: Send + Sync {
         version_id: Option<&'a str>,
         tags: BTreeMap<String, String>,
     ) -> StoreFuture<'a, ()>;
+
+    /// Removes every version of `key`, and on S3 also its delete markers and unfinished
+    /// multipart uploads: for an object whose version is not known (an upload that failed
+    /// or was cut off by a crash). Removing what is not there succeeds.
+    fn purge<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Moves one object (version) to `class` on the server (S3: CopyObject onto the same
+    /// key with the new class; the data never passes through us), keeping its metadata and
+    /// tags. Returns the id of the version that now holds the data: on a versioned bucket
+    /// a new one (the old version is deleted), else `version_id` as given. Used to archive
+    /// a copy that was proven by reading it back, on a store whose checksums prove nothing.
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        class: StorageClass,
+    ) -> StoreFuture<'a, Option<String>>;
+
+    /// Whether this store refuses an upload whose body does not match the checksum sent
+    /// with it, so that its answer (and its HEAD) proves what it stored. Finds out by
+    /// trying: `key` is a probe key of the caller's (see [`check`]); any object made is
+    /// deleted again. A store that cannot be probed (the posix store: its "answer" is our
+    /// own code's) says false, and copies to it are proven by reading them back.
+    fn validates_checksums<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+}
+
+/// What [`check`] found out about a store at mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreCheck {
+    /// The store refused a body that did not match its checksum: its word on what it
+    /// stored is proof. Otherwise every copy is read back before a file is stubbed.
+    pub validates_checksums: bool,
+}
+
+/// Checks that a store can be used (the bucket exists, the credentials may PUT, GET and
+/// DELETE under the prefix) and whether its checksums can be trusted. `nonce` makes the
+/// probe keys unique (`probe/<nonce>` and `probe/<nonce>-bad`); what is put is deleted.
+pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, StoreError> {
+    let key = format!("{PROBE_PREFIX}/{nonce}");
+    let body = format!("coldtier store check {nonce}\n").into_bytes();
+    let file = probe_file(&body)?;
+    let put = store
+        .put(PutRequest {
+            key: key.clone(),
+            file,
+            size: body.len() as u64,
+            storage_class: Some(StorageClass::Standard),
+            metadata: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            checksum: None,
+        })
+        .await
+        .map_err(|e| e.context("PUT of a probe object"))?;
+    let got = store
+        .get(GetRequest {
+            key: &key,
+            version_id: put.version_id.as_deref(),
+            dest: None,
+            expected_size: body.len() as u64,
+            checksum: put.checksum.algo,
+        })
+        .await
+        .map_err(|e| e.context("GET of the probe object"));
+    let deleted = store
+        .delete(&key, put.version_id.as_deref())
+        .await
+        .map_err(|e| e.context("DELETE of the probe object"));
+    let got = got?;
+    deleted?;
+    if got.checksum != put.checksum {
+        return Err(StoreError::new(
+            StoreErrorKind::ChecksumMismatch,
+            format!(
+                "the probe object read back as {}, it was put as {}: something between coldtier and the store changes data",
+                got.checksum, put.checksum
+            ),
+        ));
+    }
+    let validates_checksums = store
+        .validates_checksums(&format!("{key}-bad"))
+        .await
+        .map_err(|e| e.context("checksum probe"))?;
+    Ok(StoreCheck {
+        validates_checksums,
+    })
+}
+
+/// The key segment of the probe objects [`check`] puts (and deletes again).
+pub const PROBE_PREFIX: &str = "probe";
+
+/// An unlinked temporary file holding `body`: what a PutRequest reads.
+pub(crate) fn probe_file(body: &[u8]) -> Result<File, StoreError> {
+    let f = tempfile_in_tmp().map_err(|e| StoreError::io("a temporary file for the probe", &e))?;
+    f.write_all_at(body, 0)
+        .map_err(|e| StoreError::io("a temporary file for the probe", &e))?;
+    Ok(f)
+}
+
+/// An anonymous file (`memfd`): no name anywhere, gone when closed.
+fn tempfile_in_tmp() -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is NUL-terminated; memfd_create returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"coldtier-probe".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Builds the store the configuration names.
@@ -146,6 +254,21 @@ pub struct PutResult {
     pub reported: Option<ReportedChecksum>,
     /// 1 for a single PUT, else the number of parts.
     pub parts: u32,
+}
+
+impl PutResult {
+    /// Whether `reported` (what a store says it holds) is our checksum of what we sent,
+    /// in either form a store may report for it: the COMPOSITE `<base64>-<parts>` of an
+    /// S3 multipart upload ([`PutResult::expected`]), or the FULL_OBJECT value, which is
+    /// our whole-object checksum (S3 has both types for the CRCs; moto 5.2.5 reports the
+    /// full-object CRC of a multipart upload). Whether the store's word is proof at all is
+    /// another matter: see [`ObjectStore::validates_checksums`].
+    pub fn proven_by(&self, reported: &ReportedChecksum) -> bool {
+        reported.matches(&self.expected)
+            || (reported.algo == self.checksum.algo
+                && reported.value == self.checksum.base64()
+                && reported.parts.is_none_or(|n| n == self.parts))
+    }
 }
 
 /// One download.
@@ -284,6 +407,9 @@ pub struct StoreError {
     pub kind: StoreErrorKind,
     pub transient: bool,
     pub message: String,
+    /// The errno of a local I/O failure (reading the source, writing the destination),
+    /// so that a full disk reaches the reader as `ENOSPC`/`EDQUOT`, not as a store error.
+    pub errno: Option<i32>,
 }
 
 impl StoreError {
@@ -297,6 +423,7 @@ impl StoreError {
             kind,
             transient,
             message: message.into(),
+            errno: None,
         }
     }
     pub fn transient(mut self, transient: bool) -> Self {
@@ -337,10 +464,16 @@ impl StoreError {
             kind,
             transient,
             message: format!("{context}: {e}"),
+            errno: e.raw_os_error(),
         }
     }
     pub fn is(&self, kind: StoreErrorKind) -> bool {
         self.kind == kind
+    }
+    /// The same error, its message prefixed with what was being done.
+    pub fn context(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
     }
 }
 
@@ -838,10 +971,15 @@ pub struct S3Config {
     pub profile: Option<String>,
     /// Time to open a connection, e.g. "3s".
     pub connect_timeout: String,
-    /// Time from sending a request (its body included: keep it above the time one part
-    /// takes to upload) until the response headers. A response body that stops moving is
-    /// ended by the SDK's stalled-stream protection (no progress for 20 s).
+    /// Time from sending an upload (PUT, UploadPart: its body included, so keep it above
+    /// the time one part takes to upload) until the response headers.
     pub read_timeout: String,
+    /// Time from sending any other request (GET, HEAD, DELETE, tagging, listing,
+    /// RestoreObject) until the response headers: a server that accepts and then hangs
+    /// is given up on after this, per attempt.
+    pub first_byte_timeout: String,
+    /// A request or response body that moves no byte for this long is given up on.
+    pub stall_timeout: String,
     /// Attempts per request, the first included (the SDK's standard retry mode).
     pub max_attempts: u32,
     /// Keys per ListObjectsV2 page (1..=1000).
@@ -870,6 +1008,8 @@ impl Default for S3Config {
             profile: None,
             connect_timeout: "3s".into(),
             read_timeout: "60s".into(),
+            first_byte_timeout: "10s".into(),
+            stall_timeout: "20s".into(),
             max_attempts: 3,
             list_page_size: 1000,
         }
@@ -934,7 +1074,15 @@ impl S3Config {
         }
         self.connect_timeout()?;
         self.read_timeout()?;
+        self.first_byte_timeout()?;
+        self.stall_timeout()?;
         Ok(())
+    }
+    pub fn first_byte_timeout(&self) -> Result<Duration, StoreError> {
+        positive(&self.first_byte_timeout, "first_byte_timeout")
+    }
+    pub fn stall_timeout(&self) -> Result<Duration, StoreError> {
+        positive(&self.stall_timeout, "stall_timeout")
     }
     pub fn connect_timeout(&self) -> Result<Duration, StoreError> {
         crate::config::parse_duration(&self.connect_timeout)
@@ -943,6 +1091,17 @@ impl S3Config {
     pub fn read_timeout(&self) -> Result<Duration, StoreError> {
         crate::config::parse_duration(&self.read_timeout)
             .map_err(|e| StoreError::invalid_config(format!("[store] read_timeout: {e}")))
+    }
+}
+
+/// A duration key of `[store]` that must not be zero.
+fn positive(v: &str, key: &str) -> Result<Duration, StoreError> {
+    match crate::config::parse_duration(v) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(StoreError::invalid_config(format!(
+            "[store] {key}: must be more than 0"
+        ))),
+        Err(e) => Err(StoreError::invalid_config(format!("[store] {key}: {e}"))),
     }
 }
 
@@ -1070,11 +1229,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Checksums of `dest` bytes `0..size`, read back with pread (used where the bytes arrived
 /// in parallel ranges and the algorithm cannot be combined).
-pub(crate) fn checksum_file(
-    file: &File,
-    size: u64,
-    algo: ChecksumAlgo,
-) -> Result<Checksum, StoreError> {
+pub fn checksum_file(file: &File, size: u64, algo: ChecksumAlgo) -> Result<Checksum, StoreError> {
     let mut h = Hasher::new(algo);
     let mut buf = vec![0u8; (8 << 20).min(size as usize).max(1)];
     let mut off = 0u64;
@@ -1083,7 +1238,7 @@ pub(crate) fn checksum_file(
         read_exact_at(file, &mut buf[..n], off).map_err(|e| {
             StoreError::new(
                 e.kind,
-                format!("reading back what was written: {}", e.message),
+                format!("reading the file to hash it: {}", e.message),
             )
         })?;
         h.update(&buf[..n]);

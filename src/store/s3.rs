@@ -12,6 +12,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -29,10 +30,6 @@ use super::*;
 /// Body bytes gathered before one pwrite.
 const WRITE_CHUNK: usize = 4 << 20;
 
-/// The longest wait for more of a lean GET's body: the SDK's stalled-stream protection's
-/// grace period.
-const LEAN_STALL: Duration = Duration::from_secs(20);
-
 /// An S3 (or S3-compatible) store.
 #[derive(Clone)]
 pub struct S3Store {
@@ -40,6 +37,10 @@ pub struct S3Store {
     cfg: Arc<S3Config>,
     /// The lean GET of one-request objects (see `s3_lean`), where it applies.
     lean: Option<Arc<LeanGet>>,
+    /// `stall_timeout`: the longest wait for the next bytes of a body.
+    stall: Duration,
+    /// The timeouts of an upload: `read_timeout` until the answer (the body counts).
+    upload_timeouts: TimeoutConfig,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -120,10 +121,13 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
+        // Every request waits at most `first_byte_timeout` for its answer, uploads (whose
+        // body counts) `read_timeout`: see `upload_timeouts`.
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(cfg.connect_timeout()?)
-            .read_timeout(cfg.read_timeout()?)
+            .read_timeout(cfg.first_byte_timeout()?)
             .build();
+        let stall = cfg.stall_timeout()?;
         let calc = match cfg.request_checksum {
             RequestChecksum::WhenSupported => RequestChecksumCalculation::WhenSupported,
             RequestChecksum::WhenRequired => RequestChecksumCalculation::WhenRequired,
@@ -137,7 +141,12 @@ impl S3Store {
             .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts))
             .request_checksum_calculation(calc)
-            .response_checksum_validation(validate);
+            .response_checksum_validation(validate)
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(stall)
+                    .build(),
+            );
         if let Some(ep) = &cfg.endpoint {
             b = b.endpoint_url(ep);
         }
@@ -156,7 +165,17 @@ impl S3Store {
             client,
             cfg: Arc::new(cfg.clone()),
             lean,
+            stall,
+            upload_timeouts: TimeoutConfig::builder()
+                .connect_timeout(cfg.connect_timeout()?)
+                .read_timeout(cfg.read_timeout()?)
+                .build(),
         })
+    }
+
+    /// The config of an upload request: `read_timeout` until its answer (the body counts).
+    fn upload_config(&self) -> s3::config::Builder {
+        s3::config::Builder::default().timeout_config(self.upload_timeouts.clone())
     }
 
     /// GETs the lean path has served so far (None: it is off for this store).
@@ -227,6 +246,8 @@ impl S3Store {
         let b = with_checksum!(b, algo, checksum.base64());
         let b = with_object_settings!(b, self, class, encode_metadata(&req.metadata), req.tags);
         let out = b
+            .customize()
+            .config_override(self.upload_config())
             .send()
             .await
             .map_err(|e| map_err(&format!("PUT {full}"), e))?;
@@ -405,6 +426,7 @@ impl S3Store {
                     .set_content_md5(md5);
                 let b = with_checksum!(b, algo, sum.base64());
                 let what = format!("UploadPart {full} #{number}");
+                let b = b.customize().config_override(self.upload_config());
                 tasks.spawn(async move {
                     let _permit = permit;
                     let out = b.send().await.map_err(|e| map_err(&what, e))?;
@@ -477,6 +499,7 @@ impl S3Store {
             .map_err(|e| StoreError::io("dup of the destination", &e))?;
         let chunk = self.cfg.part_size;
         let crc = algo.is_crc();
+        let stall = self.stall;
         // Ranges arrive out of order: their CRCs combine, other hashes need the bytes in
         // order, which without a destination to read them back from means one stream.
         if size <= chunk || self.cfg.concurrency == 1 || (dest.is_none() && !crc) {
@@ -485,7 +508,7 @@ impl S3Store {
                 _ => None,
             };
             let (body, version_id, stall) = match lean {
-                Some(o) => (o.body, o.version_id, Some(LEAN_STALL)),
+                Some(o) => (o.body, o.version_id, Some(self.stall)),
                 None => {
                     let out = self.get_object(&full, req.version_id, None, None).await?;
                     let len = out.content_length().unwrap_or(-1);
@@ -493,7 +516,7 @@ impl S3Store {
                         return Err(size_mismatch(req.key, len.max(0) as u64, size));
                     }
                     let v = version(out.version_id());
-                    (out.body, v, None)
+                    (out.body, v, Some(self.stall))
                 }
             };
             let sum = stream_to_file(body, dest, 0, size, Some(algo), &full, stall).await?;
@@ -526,7 +549,8 @@ impl S3Store {
             let body = first.body;
             tasks.spawn(async move {
                 let _p = permit;
-                let s = stream_to_file(body, d, 0, chunk, crc.then_some(algo), &f, None).await?;
+                let s =
+                    stream_to_file(body, d, 0, chunk, crc.then_some(algo), &f, Some(stall)).await?;
                 Ok((0, s))
             });
         }
@@ -548,8 +572,16 @@ impl S3Store {
                         .get_object(&f, v.as_deref(), Some((start, end)), if_match)
                         .await?;
                     let len = end - start + 1;
-                    let s = stream_to_file(out.body, d, start, len, crc.then_some(algo), &f, None)
-                        .await?;
+                    let s = stream_to_file(
+                        out.body,
+                        d,
+                        start,
+                        len,
+                        crc.then_some(algo),
+                        &f,
+                        Some(stall),
+                    )
+                    .await?;
                     Ok((i, s))
                 });
             }
@@ -881,6 +913,7 @@ where
         kind,
         transient,
         message: format!("{what}:{code} {detail}"),
+        errno: None,
     }
 }
 
@@ -1196,6 +1229,173 @@ impl ObjectStore for S3Store {
                 .await
                 .map_err(|e| map_err(&format!("PutObjectTagging {full}"), e))?;
             Ok(())
+        })
+    }
+
+    fn purge<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            // Every version and delete marker of exactly this key.
+            let mut versions: Vec<Option<String>> = Vec::new();
+            let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+            for _ in 0..100 {
+                let out = self
+                    .client
+                    .list_object_versions()
+                    .bucket(&self.cfg.bucket)
+                    .prefix(&full)
+                    .set_key_marker(key_marker.clone())
+                    .set_version_id_marker(version_marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&format!("ListObjectVersions {full}"), e))?;
+                versions.extend(
+                    out.versions()
+                        .iter()
+                        .filter(|v| v.key() == Some(full.as_str()))
+                        .map(|v| v.version_id().map(str::to_string)),
+                );
+                versions.extend(
+                    out.delete_markers()
+                        .iter()
+                        .filter(|v| v.key() == Some(full.as_str()))
+                        .map(|v| v.version_id().map(str::to_string)),
+                );
+                if out.is_truncated() != Some(true) {
+                    break;
+                }
+                key_marker = out.next_key_marker().map(str::to_string);
+                version_marker = out.next_version_id_marker().map(str::to_string);
+            }
+            for v in &versions {
+                let v = v.as_deref().filter(|v| *v != "null");
+                self.delete(key, v).await?;
+            }
+            // Multipart uploads of this key that were never completed (a crash mid-upload).
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.cfg.bucket)
+                .prefix(&full)
+                .send()
+                .await
+                .map_err(|e| map_err(&format!("ListMultipartUploads {full}"), e))?;
+            for u in out
+                .uploads()
+                .iter()
+                .filter(|u| u.key() == Some(full.as_str()))
+            {
+                if let Some(id) = u.upload_id() {
+                    self.abort(&full, id).await;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_storage_class<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        class: StorageClass,
+    ) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            // The copy source: bucket/key, URL-encoded, pinned to the version.
+            let mut source = format!(
+                "{}/{}",
+                self.cfg.bucket,
+                percent_encode(&full, |b| b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
+            );
+            if let Some(v) = version_id {
+                source.push_str(&format!(
+                    "?versionId={}",
+                    percent_encode(v, |b| b.is_ascii_alphanumeric()
+                        || matches!(b, b'-' | b'.' | b'_' | b'~'))
+                ));
+            }
+            let mut b = self
+                .client
+                .copy_object()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .copy_source(source)
+                .storage_class(s3::types::StorageClass::from(class.as_str()))
+                .metadata_directive(s3::types::MetadataDirective::Copy)
+                .tagging_directive(s3::types::TaggingDirective::Copy)
+                .checksum_algorithm(sdk_algo(self.cfg.checksum));
+            if let Some(sse) = &self.cfg.sse {
+                b = b.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
+            }
+            if let Some(k) = &self.cfg.sse_kms_key_id {
+                b = b.ssekms_key_id(k);
+            }
+            let out = b
+                .customize()
+                .config_override(self.upload_config())
+                .send()
+                .await
+                .map_err(|e| map_err(&format!("CopyObject {full} (to {class})"), e))?;
+            let new = version(out.version_id());
+            match (&new, version_id) {
+                // Versioned: the copy is a new version; the old one goes.
+                (Some(n), Some(old)) if n != old => {
+                    self.delete(key, Some(old)).await?;
+                    Ok(new)
+                }
+                (Some(_), _) => Ok(new),
+                (None, v) => Ok(v.map(str::to_string)),
+            }
+        })
+    }
+
+    fn validates_checksums<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            let body = b"coldtier checksum probe: this body does not match its checksum\n";
+            let algo = self.cfg.checksum;
+            // The checksum (and, where we send one, the Content-MD5) of other bytes.
+            let wrong = Checksum::of(algo, b"something else");
+            let b = self
+                .client
+                .put_object()
+                .bucket(&self.cfg.bucket)
+                .key(&full)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from_static(body))
+                .checksum_algorithm(sdk_algo(algo))
+                .set_content_md5(self.cfg.content_md5.then(|| content_md5(b"something else")));
+            let b = with_checksum!(b, algo, wrong.base64());
+            let b = with_object_settings!(
+                b,
+                self,
+                StorageClass::Standard,
+                HashMap::new(),
+                BTreeMap::<String, String>::new()
+            );
+            match b.send().await {
+                Ok(out) => {
+                    // Stored unchecked: remove it again (that exact version).
+                    let v = version(out.version_id());
+                    self.delete(key, v.as_deref()).await?;
+                    Ok(false)
+                }
+                Err(e) => {
+                    let err = map_err(&format!("PUT {full} (checksum probe)"), e);
+                    match err.kind {
+                        // Refused for its checksum (or as a bad request, while the same
+                        // PUT with a matching checksum was accepted): it checks.
+                        StoreErrorKind::ChecksumMismatch | StoreErrorKind::InvalidArgument => {
+                            Ok(true)
+                        }
+                        _ => Err(err),
+                    }
+                }
+            }
         })
     }
 }

@@ -137,7 +137,7 @@ impl LeanGet {
             .map_err(|e| format!("runtime components: {e}"))?;
         let settings = HttpConnectorSettings::builder()
             .connect_timeout(cfg.connect_timeout().map_err(|e| e.to_string())?)
-            .read_timeout(cfg.read_timeout().map_err(|e| e.to_string())?)
+            .read_timeout(cfg.first_byte_timeout().map_err(|e| e.to_string())?)
             .build();
         let connector = http.http_connector(&settings, &components);
         Ok(LeanGet {

@@ -34,6 +34,7 @@ fn conformance_memory() {
             before_restore: Box::new(|| {}),
             archives: true,
             part_size: None,
+            validates: true,
         })
         .await
     });
@@ -70,6 +71,7 @@ fn posix_harness(emulate: bool) -> (Harness, tempfile::TempDir) {
         before_restore: Box::new(|| {}),
         archives: emulate,
         part_size: None,
+        validates: false,
     };
     (h, dir)
 }
@@ -134,6 +136,8 @@ async fn s3_harness(moto: &Arc<MotoServer>, cfg: S3Config, name: &'static str) -
         }),
         archives: true,
         part_size: Some(cfg.part_size),
+        // moto 5.2.5 stores whatever checksum it is sent, unchecked.
+        validates: false,
     }
 }
 
@@ -345,6 +349,10 @@ fn lean_get_signatures_pass_a_server_that_checks_them() {
         assert!(back == bytes, "data differs");
         assert_eq!(g.checksum, put.checksum);
         assert_eq!(store.lean_gets(), Some(1), "served by the lean GET");
+        // The store check: s3s-fs checks the checksum a PUT is sent with.
+        let c = check(&store, "s3s").await.unwrap();
+        eprintln!("s3s-fs store check: {c:?}");
+        assert!(c.validates_checksums, "{c:?}");
 
         let wrong = S3Config {
             secret_key: Some("not-the-secret".into()),
@@ -567,8 +575,9 @@ fn posix_refuses_foreign_nonempty_root() {
     let _ = BTreeMap::<String, String>::new();
 }
 
-/// A server that accepts connections and never answers: the read timeout ends each
-/// attempt, and the call fails `Unreachable` in about attempts x read_timeout.
+/// A server that accepts connections and never answers: the first-byte timeout ends each
+/// attempt of a request without a body (an upload's is `read_timeout`), and the call
+/// fails `Unreachable` in about attempts x that timeout.
 #[test]
 fn s3_silent_server_times_out() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -581,6 +590,7 @@ fn s3_silent_server_times_out() {
             access_key: Some("a".into()),
             secret_key: Some("s".into()),
             read_timeout: "1s".into(),
+            first_byte_timeout: "1s".into(),
             max_attempts: 2,
             ..S3Config::default()
         })
@@ -686,4 +696,81 @@ fn bench_put_get_64mib() {
             }
         }
     });
+}
+
+/// The memory fake as the servers it stands for: one that validates refuses a damaged
+/// upload; one that does not stores it and echoes the checksum it was sent, which is why
+/// its word proves nothing.
+#[test]
+fn memory_store_emulates_validating_and_trusting_servers() {
+    runtime().block_on(async {
+        let m = MemoryStore::new();
+        m.set_corrupt_puts(true);
+        let body = b"some bytes to damage";
+        let req = put_req("v/1", body, ChecksumAlgo::Crc32c).unwrap();
+        let e = m.put(req).await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::ChecksumMismatch, "{e}");
+        // The store check at mount sees the damage either way.
+        let e = check(&m, "n").await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::ChecksumMismatch, "{e}");
+        m.set_corrupt_puts(false);
+        assert!(check(&m, "n").await.unwrap().validates_checksums);
+        m.set_corrupt_puts(true);
+        m.set_validates(false);
+        let e = check(&m, "n").await.unwrap_err();
+        assert!(e.message.contains("changes data"), "{e}");
+        let req = put_req("v/2", body, ChecksumAlgo::Crc32c).unwrap();
+        let put = m.put(req).await.unwrap();
+        assert!(put.proven_by(put.reported.as_ref().unwrap()), "echoed");
+        let (got, bytes) = get_all(&m, "v/2", None, body.len() as u64, put.checksum.algo)
+            .await
+            .unwrap();
+        assert_ne!(got.checksum, put.checksum, "stored damaged");
+        assert_ne!(bytes, body, "stored damaged");
+        m.set_corrupt_puts(false);
+        assert!(!check(&m, "n").await.unwrap().validates_checksums);
+    });
+}
+
+/// A multipart copy is proven by either form of checksum a store may report: the
+/// COMPOSITE `<b64>-<n>` or the FULL_OBJECT value (moto 5.2.5's), never by another one.
+#[test]
+fn put_results_accept_composite_and_full_object_checksums() {
+    let parts = [
+        Checksum::of(ChecksumAlgo::Crc32c, b"part one"),
+        Checksum::of(ChecksumAlgo::Crc32c, b"part two"),
+    ];
+    let whole = combine_crc(&parts[0], &parts[1], 8).unwrap();
+    assert_eq!(
+        whole,
+        Checksum::of(ChecksumAlgo::Crc32c, b"part onepart two")
+    );
+    let put = PutResult {
+        key: "k".into(),
+        version_id: None,
+        etag: None,
+        checksum: whole.clone(),
+        expected: composite_checksum(ChecksumAlgo::Crc32c, &parts),
+        reported: None,
+        parts: 2,
+    };
+    let composite = put.expected.clone();
+    assert!(put.proven_by(&composite));
+    assert!(put.proven_by(&ReportedChecksum {
+        parts: None,
+        ..composite.clone()
+    }));
+    assert!(put.proven_by(&whole.reported()));
+    assert!(put.proven_by(&ReportedChecksum {
+        parts: Some(2),
+        ..whole.reported()
+    }));
+    let other = Checksum::of(ChecksumAlgo::Crc32c, b"part onepart twO");
+    assert!(!put.proven_by(&other.reported()));
+    assert!(!put.proven_by(&ReportedChecksum {
+        parts: Some(3),
+        ..whole.reported()
+    }));
+    let sha = Checksum::of(ChecksumAlgo::Sha256, b"part onepart two");
+    assert!(!put.proven_by(&sha.reported()));
 }

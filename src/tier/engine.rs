@@ -57,7 +57,10 @@ type RecallResult = Option<Result<(), i32>>;
 /// The tiering side of one mount.
 pub struct Tiering {
     me: Weak<Tiering>,
-    pub config: Config,
+    /// The config in force (replaced by a reload: [`Tiering::set_config`]).
+    config: parking_lot::RwLock<Arc<Config>>,
+    /// What the store check at mount found, and whether tiering is paused.
+    pub store_state: StoreState,
     pub catalog: Arc<Catalog>,
     pub store: Option<Arc<dyn ObjectStore>>,
     /// The store's own key prefix (shown in full keys), "" for none.
@@ -77,6 +80,18 @@ pub struct Tiering {
     pub host: String,
     /// One policy run (or gc) at a time.
     pub job_lock: tokio::sync::Mutex<()>,
+}
+
+const VALIDATES_NO: u8 = 1;
+const VALIDATES_YES: u8 = 2;
+
+/// The store as the daemon knows it.
+#[derive(Debug, Default)]
+pub struct StoreState {
+    /// 0: not checked yet (copies are read back), 1: does not validate checksums,
+    /// 2: validates them.
+    validates: std::sync::atomic::AtomicU8,
+    paused: std::sync::atomic::AtomicBool,
 }
 
 /// How a tiering step failed: the errno an application sees, and what to log.
@@ -177,7 +192,8 @@ impl Tiering {
             .unwrap_or_default();
         Ok(Arc::new_cyclic(|me| Tiering {
             me: me.clone(),
-            config,
+            config: parking_lot::RwLock::new(Arc::new(config)),
+            store_state: StoreState::default(),
             catalog,
             store,
             store_prefix,
@@ -195,6 +211,59 @@ impl Tiering {
             host,
             job_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// Puts `config` in force (a reload; the daemon checked what may change).
+    pub fn set_config(&self, config: Config) {
+        *self.config.write() = Arc::new(config);
+    }
+
+    /// Whether the store is known to refuse uploads that do not match their checksum, so
+    /// that its word proves a copy (else copies are read back).
+    pub fn store_validates(&self) -> bool {
+        self.store_state
+            .validates
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == VALIDATES_YES
+    }
+
+    /// Records what the store check found.
+    pub fn set_store_validates(&self, yes: bool) {
+        let v = if yes { VALIDATES_YES } else { VALIDATES_NO };
+        self.store_state
+            .validates
+            .store(v, std::sync::atomic::Ordering::SeqCst);
+        crate::metrics::STORE_VALIDATES_CHECKSUMS.set(yes as i64);
+    }
+
+    /// Whether policy runs, gc and catalog uploads are paused (`mount --paused`, `pause`).
+    pub fn paused(&self) -> bool {
+        self.store_state
+            .paused
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The error of a job that needs the store while tiering is paused.
+    pub fn not_paused(&self) -> Result<(), StepError> {
+        if self.paused() {
+            return Err(StepError::new(
+                libc::EAGAIN,
+                "tiering is paused: `coldtier resume MOUNTPOINT` checks the store and resumes it",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn set_paused(&self, on: bool) {
+        self.store_state
+            .paused
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        crate::metrics::TIERING_PAUSED.set(on as i64);
     }
 
     pub fn set_mount(&self, m: Arc<dyn MountView>) {
@@ -477,12 +546,30 @@ impl Tiering {
         Some(self.waiter(rx))
     }
 
+    /// What an open waits on: the recall's outcome, for at most `recall.timeout`; past
+    /// it the open fails with `EAGAIN` and the recall goes on (a later open joins it).
     fn waiter(&self, rx: watch::Receiver<RecallResult>) -> Waiter {
         let rt = self.rt.clone();
+        let limit = Some(self.config().recall.timeout).filter(|d| !d.is_zero());
         Box::new(move || {
             let mut rx = rx;
             rt.block_on(async move {
-                match rx.wait_for(|v| v.is_some()).await {
+                let outcome = rx.wait_for(|v| v.is_some());
+                let waited = match limit {
+                    None => outcome.await,
+                    Some(d) => match tokio::time::timeout(d, outcome).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            crate::metrics::RECALLS_OPEN_TIMEOUT.inc();
+                            tracing::warn!(
+                                secs = d.as_secs_f64(),
+                                "an open gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
+                            );
+                            return Err(Errno(libc::EAGAIN));
+                        }
+                    },
+                };
+                match waited {
                     Ok(v) => (*v).unwrap_or(Err(libc::EIO)).map_err(Errno),
                     Err(_) => Err(Errno(libc::EIO)),
                 }
@@ -609,7 +696,7 @@ impl Tiering {
                     pending = false;
                     continue;
                 }
-                match self.config.recall.on_archived {
+                match self.config().recall.on_archived {
                     OnArchived::Fail => {
                         self.spawn_poller(node, file, rec);
                         return Err(StepError::new(
@@ -619,7 +706,7 @@ impl Tiering {
                     }
                     OnArchived::Wait => {
                         let d = *deadline.get_or_insert_with(|| {
-                            Instant::now() + self.config.recall.wait_timeout
+                            Instant::now() + self.config().recall.wait_timeout
                         });
                         let now = Instant::now();
                         if now >= d {
@@ -632,7 +719,7 @@ impl Tiering {
                                 ),
                             ));
                         }
-                        tokio::time::sleep(self.config.recall.poll_interval.min(d - now)).await;
+                        tokio::time::sleep(self.config().recall.poll_interval.min(d - now)).await;
                         continue;
                     }
                 }
@@ -652,7 +739,7 @@ impl Tiering {
                 .await;
             match got {
                 Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
-                    let tier = match self.config.recall.restore_tier {
+                    let tier = match self.config().recall.restore_tier {
                         crate::config::RestoreTier::Expedited => StoreTier::Expedited,
                         crate::config::RestoreTier::Standard => StoreTier::Standard,
                         crate::config::RestoreTier::Bulk => StoreTier::Bulk,
@@ -661,7 +748,7 @@ impl Tiering {
                         .restore(
                             &rec.object_key,
                             rec.version_id.as_deref(),
-                            self.config.recall.restore_days,
+                            self.config().recall.restore_days,
                             tier,
                         )
                         .await
@@ -673,8 +760,8 @@ impl Tiering {
                         })?;
                     let d = json!({
                         "object_key": rec.object_key,
-                        "tier": self.config.recall.restore_tier.as_str(),
-                        "days": self.config.recall.restore_days,
+                        "tier": self.config().recall.restore_tier.as_str(),
+                        "days": self.config().recall.restore_days,
                         "outcome": format!("{outcome:?}"),
                     });
                     let steps = after_owed_start(start_owed, rec, Action::RestoreRequested, d);
@@ -684,8 +771,13 @@ impl Tiering {
                     continue;
                 }
                 Err(e) => {
+                    // A full disk (or quota) reaches the reader as such; the stub stays.
+                    let errno = match e.errno {
+                        Some(n @ (libc::ENOSPC | libc::EDQUOT)) => n,
+                        _ => libc::EIO,
+                    };
                     return Err(StepError::new(
-                        libc::EIO,
+                        errno,
                         format!("GET {}: {e}", rec.object_key),
                     ));
                 }
@@ -744,7 +836,7 @@ impl Tiering {
         let rec = rec.clone();
         self.rt.spawn(async move {
             loop {
-                tokio::time::sleep(me.config.recall.poll_interval).await;
+                tokio::time::sleep(me.config().recall.poll_interval).await;
                 match me.catalog.file_by_id(&rec.file_id) {
                     Ok(Some(row)) if row.state == FileState::RestorePending => {}
                     Ok(_) => break,
@@ -772,9 +864,79 @@ impl Tiering {
         });
     }
 
+    /// At start: the uploads a crash interrupted are resolved. An upload whose file's
+    /// records name its object reached its copy record: the catalog records the copy
+    /// (VERIFIED, and STUBBED if the file is a stub by now). Any other is given up: a
+    /// FAILED event names the object (which may or may not exist) for gc to delete after
+    /// the retention. Either event ends the intent.
+    pub fn resolve_uploads(&self) {
+        let open = match self.catalog.open_uploads() {
+            Ok(u) => u,
+            Err(e) => return tracing::error!("catalog: {e}"),
+        };
+        for u in open {
+            let file = backing::open_beneath(
+                self.root(),
+                Path::new(&u.path),
+                libc::O_PATH | libc::O_NOFOLLOW,
+            )
+            .ok();
+            let rec = |mark| {
+                file.as_ref()
+                    .and_then(|f| marks::record(f.as_fd(), mark).ok().flatten())
+                    .filter(|r: &StubRecord| r.object_key == u.object_key)
+            };
+            let (copy, stub) = (rec(marks::COPY), rec(marks::STUB));
+            let note = json!({
+                "object_key": u.object_key,
+                "note": "the copy was completed before the daemon stopped",
+            });
+            let recorded = match (stub, copy, &file) {
+                (Some(r), _, Some(f)) => {
+                    let mut row = self.row_for(&r, f.as_fd(), FileState::Premigrated);
+                    let mut d = note.clone();
+                    d["version_id"] = json!(r.version_id);
+                    self.apply_all(
+                        &mut row,
+                        &[(Action::CopyVerified, d), (Action::Stub, json!({"object_key": r.object_key}))],
+                        true,
+                    )
+                }
+                (None, Some(r), Some(f)) => {
+                    let mut row = self.row_for(&r, f.as_fd(), FileState::Resident);
+                    let mut d = note.clone();
+                    d["version_id"] = json!(r.version_id);
+                    self.apply(&mut row, Action::CopyVerified, d)
+                }
+                _ => self
+                    .catalog
+                    .append_event(
+                        Some(&u.file_id),
+                        Some(&u.path),
+                        EventKind::Failed,
+                        json!({
+                            "object_key": u.object_key,
+                            "version_id": null,
+                            "error": "the daemon stopped during the copy: the object, if any, is discarded",
+                        }),
+                    )
+                    .map(drop),
+            };
+            match recorded {
+                Ok(()) => {
+                    tracing::info!(key = %u.object_key, path = %u.path, "resolved an upload the daemon was doing when it stopped")
+                }
+                Err(e) => {
+                    tracing::error!(key = %u.object_key, "catalog: cannot resolve an interrupted upload: {e}")
+                }
+            }
+        }
+    }
+
     /// At start: pending restores get their pollers again; rows left `recalling` by a
     /// crash are put back in line with their files.
     pub fn resume(&self) {
+        self.resolve_uploads();
         for state in [FileState::RestorePending, FileState::Recalling] {
             let rows = match self.catalog.files_by_state(state, usize::MAX) {
                 Ok(r) => r,
@@ -813,6 +975,65 @@ impl Tiering {
             }
         }
     }
+}
+
+impl Tiering {
+    fn gate_writers(&self, held: &crate::fs::gate::Held<'_>) -> u32 {
+        held.opens().writers
+    }
+
+    /// Whether premigrated file `file` still holds the content its copy has: `expect` is
+    /// the (size, mtime, ctime) it had with its copy record. Unchanged: those as they are
+    /// now (`Some`). Same size, other times (touched, renamed, chmod, xattrs, or written
+    /// and put back to the same size): the file is read and hashed, and if its checksum
+    /// is the copy's, the times it had while it was read are the new ones to expect (and
+    /// the catalog row learns them). Another size, or other content: `None`.
+    pub fn copy_still_good(
+        &self,
+        file: &File,
+        rec: &StubRecord,
+        expect: (u64, i64, i64),
+    ) -> Result<Option<(u64, i64, i64)>, StepError> {
+        let times = |st: &Stat| (st.size, ns_of(st.mtime), ns_of(st.ctime));
+        let before = backing::stat_fd(file.as_fd())?;
+        if times(&before) == expect {
+            return Ok(Some(expect));
+        }
+        if before.size != rec.size || before.size != expect.0 {
+            return Ok(None);
+        }
+        let same = content_matches(file, rec)?;
+        let after = backing::stat_fd(file.as_fd())?;
+        if times(&after) != times(&before) {
+            // Changing while it was read: not proven either way; the caller treats it
+            // as changed.
+            return Ok(None);
+        }
+        if !same {
+            return Ok(None);
+        }
+        let now = times(&before);
+        if let Err(e) = self.catalog.rebaseline(&rec.file_id, now.1, now.2) {
+            tracing::warn!(file_id = %rec.file_id, "catalog: {e}");
+        }
+        Ok(Some(now))
+    }
+}
+
+/// Whether the data of `file` (open for reading) has the checksum its record names (the
+/// copy's): reads and hashes the whole file.
+pub fn content_matches(file: &File, rec: &StubRecord) -> Result<bool, StepError> {
+    let algo: ChecksumAlgo = rec
+        .checksum_algo
+        .parse()
+        .map_err(|e: String| StepError::new(libc::EIO, e))?;
+    let size = backing::stat_fd(file.as_fd())?.size;
+    if size != rec.size {
+        return Ok(false);
+    }
+    let sum = crate::store::checksum_file(file, size, algo)
+        .map_err(|e| StepError::new(e.errno.unwrap_or(libc::EIO), e.message))?;
+    Ok(sum.algo == algo && sum.base64() == rec.checksum)
 }
 
 /// A file's row as one event leaves it, the event, and its detail.
@@ -867,7 +1088,7 @@ impl TierHooks for Tiering {
         };
         let Ok(st) = backing::stat_fd(fd) else { return };
         if rec.mtime_ns != ns_of(st.mtime) {
-            rec.mtime_ns = ns_of(st.mtime);
+            rec.set_mtime(ns_of(st.mtime));
             if let Err(e) = marks::set_record(fd, marks::STUB, &rec) {
                 tracing::error!(file_id = %rec.file_id, "cannot keep the new mtime in the stub record: {e:?}");
             }
@@ -884,16 +1105,85 @@ impl TierHooks for Tiering {
                 self.truncate_stub(fd, &rec)?;
                 return Ok(Go::Proceed);
             }
+            // An open for writing fetches nothing until data is written or read (`touch`
+            // opens for writing and only sets times).
+            if wants_write {
+                return Ok(Go::Lazy);
+            }
             let w = backing::reopen(fd, libc::O_RDWR)?;
             let rx = self.recall_rx(ino, w, rec);
             return Ok(Go::Wait(self.waiter(rx)));
         }
-        if wants_write {
-            if let Some(rec) = marks::record(fd, marks::COPY)? {
-                self.supersede(fd, &rec, Action::WriteOrTruncate, "opened for writing")?;
-            }
-        }
+        // A premigrated file opened for writing keeps its copy: only a change of its data
+        // gives it up, found when the last writer closes (`writer_closed`) or, at the
+        // latest, by the stub step.
         Ok(Go::Proceed)
+    }
+
+    fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<Go> {
+        if let Some(w) = self.in_flight(ino) {
+            return Ok(Go::Wait(w));
+        }
+        match marks::record(fd, marks::STUB)? {
+            Some(rec) => {
+                let w = backing::reopen(fd, libc::O_RDWR)?;
+                let rx = self.recall_rx(ino, w, rec);
+                Ok(Go::Wait(self.waiter(rx)))
+            }
+            None => Ok(Go::Proceed),
+        }
+    }
+
+    fn writer_closed(&self, ino: u64, fd: BorrowedFd<'_>) {
+        let Ok(Some(rec)) = marks::record(fd, marks::COPY) else {
+            return;
+        };
+        let Ok(st) = backing::stat_fd(fd) else { return };
+        if st.size != rec.size {
+            if let Err(e) = self.supersede(fd, &rec, Action::WriteOrTruncate, "written") {
+                tracing::error!(file_id = %rec.file_id, "cannot give up a changed file's copy: {e:?}");
+            }
+            self.reset_mark(ino);
+            return;
+        }
+        let row = self.row_for(&rec, fd, FileState::Premigrated);
+        if (ns_of(st.mtime), ns_of(st.ctime)) == (row.mtime_ns, row.ctime_ns) {
+            return;
+        }
+        // Same size, new times: written, or only touched. Its content decides, read in
+        // the background (the close must not wait for it).
+        let Ok(file) = backing::reopen(fd, libc::O_RDONLY) else {
+            return;
+        };
+        let me = self.arc();
+        let expect = (row.size, row.mtime_ns, row.ctime_ns);
+        self.rt.spawn_blocking(move || {
+            let file = File::from(file);
+            match me.copy_still_good(&file, &rec, expect) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _held = me.gate.lock(ino);
+                    // Re-checked under the gate: still no writer, still that record.
+                    if me.gate_writers(&_held) == 0
+                        && marks::record(file.as_fd(), marks::COPY)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| r.object_key == rec.object_key)
+                    {
+                        if let Err(e) = me.supersede(
+                            file.as_fd(),
+                            &rec,
+                            Action::WriteOrTruncate,
+                            "written",
+                        ) {
+                            tracing::error!(file_id = %rec.file_id, "cannot give up a changed file's copy: {e:?}");
+                        }
+                        me.reset_mark(ino);
+                    }
+                }
+                Err(e) => tracing::warn!(file_id = %rec.file_id, "cannot check a written file against its copy: {e}"),
+            }
+        });
     }
 
     fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<Go> {
@@ -910,7 +1200,10 @@ impl TierHooks for Tiering {
             return Ok(Go::Wait(self.waiter(rx)));
         }
         if let Some(rec) = marks::record(fd, marks::COPY)? {
-            self.supersede(fd, &rec, Action::WriteOrTruncate, "truncated")?;
+            // A truncate to the size the file has changes no data.
+            if backing::stat_fd(fd)?.size != size {
+                self.supersede(fd, &rec, Action::WriteOrTruncate, "truncated")?;
+            }
         }
         Ok(Go::Proceed)
     }

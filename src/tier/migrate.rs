@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
 use crate::config::{MigrateMode, Verify};
 use crate::fs::backing::{self, SetTime, Stat};
-use crate::store::{GetRequest, PutRequest, StorageClass};
+use crate::store::{GetRequest, PutRequest, StorageClass, StoreErrorKind};
 use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, Transition, KEY_PREFIX};
 use crate::tier::marks;
 use crate::tier::policy::{self, Decision, FileFacts, Plan, SkipReason};
@@ -245,7 +245,7 @@ impl Tiering {
     /// Scans the tree and evaluates the policy: the candidates with their plans, and how
     /// many files were looked at.
     pub fn scan(&self, mode: MigrateMode) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
-        let mut policy = self.config.policy.clone();
+        let mut policy = self.config().policy.clone();
         policy.mode = mode;
         let now = SystemTime::now();
         let mut out = Vec::new();
@@ -280,10 +280,9 @@ impl Tiering {
             let (state, pinned, _, rec) = self.state_of(fd.as_fd());
             facts.state = state;
             facts.pinned = pinned;
-            // A copy record for other content than the file has now is stale.
-            if state == FileState::Premigrated
-                && rec.is_some_and(|r| r.size != st.size || r.mtime_ns != ns_of(st.mtime))
-            {
+            // A copy record of another size than the file has now is stale. Other times
+            // alone (a touch, a rename) are the stub step's to judge, by the content.
+            if state == FileState::Premigrated && rec.is_some_and(|r| r.size != st.size) {
                 facts.state = FileState::Resident;
             }
             if let Decision::Candidate { plan, .. } = policy::evaluate(&policy, &facts, now) {
@@ -310,6 +309,7 @@ impl Tiering {
         let t0 = std::time::Instant::now();
         if mode != MigrateMode::DryRun {
             self.store()?;
+            self.not_paused()?;
         }
         let job_id = self
             .catalog
@@ -331,7 +331,7 @@ impl Tiering {
                 return Err(e);
             }
         };
-        let p = &self.config.policy;
+        let p = &self.config().policy;
         let sel = policy::select(candidates, p.max_files, p.max_bytes);
         let mut summary = RunSummary {
             job_id,
@@ -416,16 +416,31 @@ impl Tiering {
         if let Err(e) = self.catalog.finish_job(job_id, &counts) {
             tracing::error!("catalog: cannot finish job {job_id}: {e}");
         }
-        tracing::info!(
-            job_id,
-            mode = mode.as_str(),
-            scanned = summary.scanned,
-            copied = summary.copied,
-            stubbed = summary.stubbed,
-            failed = summary.failed,
-            seconds = summary.seconds,
-            "policy run finished"
-        );
+        if summary.failed > 0 {
+            tracing::error!(
+                job_id,
+                mode = mode.as_str(),
+                scanned = summary.scanned,
+                copied = summary.copied,
+                stubbed = summary.stubbed,
+                failed = summary.failed,
+                seconds = summary.seconds,
+                "policy run finished with {} failed files (first: {})",
+                summary.failed,
+                summary.errors.first().map_or("", String::as_str)
+            );
+        } else {
+            tracing::info!(
+                job_id,
+                mode = mode.as_str(),
+                scanned = summary.scanned,
+                copied = summary.copied,
+                stubbed = summary.stubbed,
+                failed = summary.failed,
+                seconds = summary.seconds,
+                "policy run finished"
+            );
+        }
         Ok(summary)
     }
 
@@ -434,7 +449,8 @@ impl Tiering {
     /// multipart takes as many slots as it has parts in flight (up to `concurrency`), so
     /// memory stays near `slots x part_size` (256 MiB by default) whatever the mix.
     fn flight(&self) -> (usize, u64, usize) {
-        let t = self.config.store.as_ref();
+        let cfg = self.config();
+        let t = cfg.store.as_ref();
         let concurrency = t
             .and_then(|t| t.get("concurrency"))
             .and_then(|v| v.as_integer())
@@ -496,6 +512,10 @@ impl Tiering {
         self.stub_step(node, &file, &rec, expect, Action::Stub, copied)
     }
 
+    /// Records a copy that failed: FAILED, naming the object (which may exist even when
+    /// the upload failed: an answer lost on the way) for gc to delete after the retention;
+    /// the event also ends the upload's intent. An object that exists is tagged
+    /// `discarded` (in the background).
     fn failed_event(&self, row: &FileRow, error: &str, object: Option<(&str, Option<&str>)>) {
         let mut detail = json!({"error": error});
         if let Some((k, v)) = object {
@@ -509,6 +529,9 @@ impl Tiering {
             detail,
         ) {
             tracing::error!("catalog: cannot record FAILED: {e}");
+        }
+        if let Some((k, Some(v))) = object {
+            self.tag_later(k.to_string(), Some(v.to_string()), "discarded");
         }
     }
 
@@ -574,6 +597,15 @@ impl Tiering {
             ("coldtier-host".to_string(), self.host.clone()),
         ]);
         let tags = BTreeMap::from([("coldtier-state".to_string(), "live".to_string())]);
+        // A store whose checksums prove nothing has each copy read back; an archived
+        // object cannot be read back, so it is uploaded STANDARD, proven, and then moved
+        // to its archive class on the server.
+        let wanted = self.configured_class();
+        let archive_after = !self.store_validates() && wanted.is_archive();
+        // The object is the catalog's before it exists: a crash from here on leaves an
+        // intent that the next start resolves, never an object nobody knows.
+        self.catalog.begin_upload(&key, &id, &path)?;
+        self.failpoint("migrate-after-intent");
         let put = store
             .put(PutRequest {
                 key: key.clone(),
@@ -581,17 +613,17 @@ impl Tiering {
                     .try_clone()
                     .map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
                 size: st0.size,
-                storage_class: None,
+                storage_class: archive_after.then_some(StorageClass::Standard),
                 metadata,
                 tags,
                 checksum: None,
             })
             .await;
-        let put = match put {
+        let mut put = match put {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("PUT {}: {e}", self.full_key(&key));
-                self.failed_event(&row, &msg, None);
+                self.failed_event(&row, &msg, Some((&key, None)));
                 return Err(StepError::new(libc::EIO, msg));
             }
         };
@@ -618,6 +650,10 @@ impl Tiering {
         let verified = self
             .verify(&key, put.version_id.as_deref(), st0.size, &put)
             .await;
+        let verified = match (verified, archive_after) {
+            (Ok(_), true) => self.archive_proven(&key, st0.size, &mut put, wanted).await,
+            (v, _) => v,
+        };
         let meta = match verified {
             Ok(m) => m,
             Err(msg) => {
@@ -640,6 +676,7 @@ impl Tiering {
             md5: None,
             storage_class: meta.0.clone(),
             config_version,
+            content_mtime_ns: None,
         };
         {
             let held = self.gate.lock(node);
@@ -695,17 +732,72 @@ impl Tiering {
     }
 
     /// The storage class uploads get (`store.storage_class`, else STANDARD).
-    fn configured_class(&self) -> String {
-        self.config
+    fn configured_class(&self) -> StorageClass {
+        self.config()
             .store
             .as_ref()
             .and_then(|t| t.get("storage_class"))
             .and_then(|v| v.as_str())
             .and_then(|s| s.parse::<StorageClass>().ok())
-            .map_or_else(|| "STANDARD".to_string(), |c| c.as_str().to_string())
+            .unwrap_or(StorageClass::Standard)
     }
 
-    /// Proves the object holds what we sent; returns its storage class.
+    /// Moves a copy proven by reading it back (uploaded STANDARD) to its archive class on
+    /// the server, and checks what the server then holds: that exact size, and its
+    /// checksum if it reports one. `put` then names the version that holds the data.
+    async fn archive_proven(
+        &self,
+        key: &str,
+        size: u64,
+        put: &mut crate::store::PutResult,
+        class: StorageClass,
+    ) -> Result<(String, &'static str), String> {
+        let store = self.store().map_err(|e| e.message)?;
+        let full = self.full_key(key);
+        let version = store
+            .set_storage_class(key, put.version_id.as_deref(), class.clone())
+            .await
+            .map_err(|e| format!("archiving {full} as {class} after its read-back: {e}"))?;
+        put.version_id = version;
+        let meta = store
+            .head(key, put.version_id.as_deref())
+            .await
+            .map_err(|e| format!("verify: HEAD {full} after archiving it: {e}"))?;
+        if meta.size != size {
+            return Err(format!(
+                "verify: {full} is {} bytes after archiving it, it was {size}",
+                meta.size
+            ));
+        }
+        if let Some(c) = meta
+            .checksum
+            .as_ref()
+            .filter(|c| c.algo == put.checksum.algo)
+        {
+            if !put.proven_by(c) {
+                return Err(format!(
+                    "verify: {full} reports checksum {c} after archiving it, we sent {}",
+                    put.expected
+                ));
+            }
+        }
+        if meta.storage_class != class {
+            return Err(format!(
+                "verify: {full} is {} after archiving it as {class}",
+                meta.storage_class
+            ));
+        }
+        Ok((
+            class.as_str().to_string(),
+            "read-back, then archived on the server",
+        ))
+    }
+
+    /// Proves the object holds what we sent; returns its storage class and how it was
+    /// proven. The store's word (the checksum in its answer to the upload, or in a HEAD)
+    /// is proof only from a store known to refuse a body that does not match the checksum
+    /// sent with it ([`Tiering::store_validates`]); otherwise, and with `verify =
+    /// "readback"`, the object is read back and hashed.
     async fn verify(
         &self,
         key: &str,
@@ -714,13 +806,17 @@ impl Tiering {
         put: &crate::store::PutResult,
     ) -> Result<(String, &'static str), String> {
         let store = self.store().map_err(|e| e.message)?;
+        let trusted = self.config().policy.verify == Verify::Checksum && self.store_validates();
         // The store's own answer to the upload names the checksum it computed for that
-        // version on receipt (S3 refuses a body that does not match what we sent): when it
-        // is there, it is the proof, and a HEAD would only ask the same question again.
-        if self.config.policy.verify == Verify::Checksum {
+        // version on receipt: from a store that validates, it is the proof, and a HEAD
+        // would only ask the same question again.
+        if trusted {
             match &put.reported {
-                Some(r) if r.matches(&put.expected) => {
-                    return Ok((self.configured_class(), "checksum (upload answer)"))
+                Some(r) if put.proven_by(r) => {
+                    return Ok((
+                        self.configured_class().as_str().to_string(),
+                        "checksum (upload answer)",
+                    ))
                 }
                 Some(r) => {
                     return Err(format!(
@@ -747,28 +843,16 @@ impl Tiering {
             StorageClass::Other(s) if s.is_empty() => "STANDARD".to_string(),
             c => c.as_str().to_string(),
         };
-        let by_checksum = match &meta.checksum {
-            Some(c) if self.config.policy.verify == Verify::Checksum => {
-                if c.matches(&put.expected) {
-                    true
-                } else {
-                    return Err(format!(
-                        "verify: {} reports checksum {c}, we sent {}",
-                        self.full_key(key),
-                        put.expected
-                    ));
-                }
+        match &meta.checksum {
+            Some(c) if !put.proven_by(c) => {
+                return Err(format!(
+                    "verify: {} reports checksum {c}, we sent {}",
+                    self.full_key(key),
+                    put.expected
+                ))
             }
-            _ => false,
-        };
-        if by_checksum {
-            return Ok((class, "checksum (HEAD)"));
-        }
-        if meta.storage_class.is_archive() {
-            return Err(format!(
-                "verify: {} reports no checksum and is archived: cannot read it back",
-                self.full_key(key)
-            ));
+            Some(_) if trusted => return Ok((class, "checksum (HEAD)")),
+            _ => {}
         }
         // Read it back (hashed as it arrives, not stored) and compare.
         let got = store
@@ -779,8 +863,20 @@ impl Tiering {
                 expected_size: size,
                 checksum: put.checksum.algo,
             })
-            .await
-            .map_err(|e| format!("verify: read-back of {}: {e}", self.full_key(key)))?;
+            .await;
+        let got = match got {
+            Ok(g) => g,
+            Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
+                return Err(format!(
+                    "verify: {} is archived ({class}) and the store does not validate checksums, \
+                     so the copy cannot be proven: nothing is stubbed (use a store that \
+                     validates checksums, or upload STANDARD and let a bucket lifecycle \
+                     rule archive the objects)",
+                    self.full_key(key)
+                ))
+            }
+            Err(e) => return Err(format!("verify: read-back of {}: {e}", self.full_key(key))),
+        };
         if got.checksum != put.checksum {
             return Err(format!(
                 "verify: {} read back as {}, we sent {}",
@@ -806,6 +902,10 @@ impl Tiering {
         copied: Vec<Transition>,
     ) -> Result<Outcome, StepError> {
         let mut copied = copied;
+        // Renamed, chmod, touched, xattrs set since the copy: the times moved, the data
+        // did not. The content decides (read here, outside the gate); a file whose data
+        // changed is found so by the locked part and its copy superseded.
+        let expect = self.copy_still_good(file, rec, expect)?.unwrap_or(expect);
         let (mut row, freed) = match self.stub_locked(node, file, rec, expect, &mut copied) {
             Ok(Locked::Stubbed { row, freed }) => (row, freed),
             not => {
@@ -818,6 +918,7 @@ impl Tiering {
         };
         let st = backing::stat_fd(file.as_fd())?;
         row.ctime_ns = ns_of(st.ctime);
+        row.mtime_ns = ns_of(st.mtime);
         let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
         // Lazy: the stub record on the file is the truth, and on disk already; the caller
         // makes the catalog durable at the end of its run (`Catalog::sync`).
@@ -878,6 +979,9 @@ impl Tiering {
         }
         let mut srec = rec.clone();
         srec.ctime_ns = ns_of(st.ctime);
+        // The times the stub shows (and a recall puts back) are the file's now, which a
+        // `touch` since the copy may have moved.
+        srec.set_mtime(ns_of(st.mtime));
         marks::set_record(w.as_fd(), marks::STUB, &srec)?;
         // The stub record reaches the disk before the data is freed, on any
         // filesystem (one without a journal may write metadata out of order).
@@ -912,6 +1016,9 @@ impl Tiering {
             ));
         };
         let store = self.store()?;
+        if !dry_run {
+            self.not_paused()?;
+        }
         let job_id = self
             .catalog
             .start_job("gc", if dry_run { "dry-run" } else { "manual" })?;
@@ -936,7 +1043,7 @@ impl Tiering {
             .filter_map(|e| key_of(&e.detail))
             .collect();
         let now = system_now_ns().saturating_add(self.gc_skew.as_nanos() as i64);
-        let retention = self.config.catalog.retention.as_nanos() as i64;
+        let retention = self.config().catalog.retention.as_nanos() as i64;
         let mut deleted = Vec::new();
         let mut kept = 0u64;
         let mut errors = Vec::new();
@@ -957,7 +1064,13 @@ impl Tiering {
                 deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
                 continue;
             }
-            match store.delete(&obj.0, obj.1.as_deref()).await {
+            // A known version is deleted; an unknown one (an upload that failed or was cut
+            // off) takes every version of the key, and its unfinished multipart upload.
+            let deleted_obj = match obj.1.as_deref() {
+                Some(v) => store.delete(&obj.0, Some(v)).await,
+                None => store.purge(&obj.0).await,
+            };
+            match deleted_obj {
                 Ok(()) => {
                     let detail = json!({
                         "object_key": obj.0,
@@ -975,6 +1088,22 @@ impl Tiering {
                         .push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
                 }
                 Err(err) => errors.push(format!("DELETE {full}: {err}")),
+            }
+        }
+        // Probe objects a store check cut off by a crash left behind (never data).
+        if !dry_run {
+            match store
+                .list(&format!("{}/", crate::store::PROBE_PREFIX))
+                .await
+            {
+                Ok(left) => {
+                    for o in left {
+                        if let Err(e) = store.purge(&o.key).await {
+                            errors.push(format!("DELETE {}: {e}", self.full_key(&o.key)));
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("listing probe objects: {e}")),
             }
         }
         let counts = JobCounts {
@@ -1016,12 +1145,14 @@ fn tally(
         },
         Ok((facts, _, Err(e))) => {
             summary.failed += 1;
+            tracing::warn!(path = %facts.rel_path.display(), "policy run: file failed: {}", e.message);
             summary
                 .errors
                 .push(format!("{}: {}", facts.rel_path.display(), e.message));
         }
         Err(e) => {
             summary.failed += 1;
+            tracing::warn!("policy run: file task failed: {e}");
             summary.errors.push(format!("task: {e}"));
         }
     }

@@ -164,9 +164,11 @@ impl Control {
             (Some(r), FileState::Stub | FileState::Recalling | FileState::RestorePending) => r.size,
             _ => st.size,
         };
-        let rec_ok = rec.as_ref().filter(|r| {
-            state != FileState::Premigrated || (r.size == st.size && r.mtime_ns == ns_of(st.mtime))
-        });
+        // A copy record of another size is stale (the file was written behind the mount);
+        // other times alone are not (a touch or a rename keeps the copy).
+        let rec_ok = rec
+            .as_ref()
+            .filter(|r| state != FileState::Premigrated || r.size == st.size);
         let state = if state == FileState::Premigrated && rec_ok.is_none() {
             FileState::Resident
         } else {
@@ -239,7 +241,7 @@ impl Control {
         let total = items.len() as u64;
         let slots = self
             .t
-            .config
+            .config()
             .store
             .as_ref()
             .and_then(|t| t.get("concurrency"))
@@ -349,14 +351,24 @@ impl Control {
             Ok(fd) => marks::file_id(fd.as_fd()).ok().flatten(),
             Err(_) => None,
         };
+        let rel_s = rel.to_string_lossy();
         let id = match id {
             Some(i) => Some(i),
             None => self
                 .t
                 .catalog
-                .file_by_path(&rel.to_string_lossy())
+                .file_by_path(&rel_s)
                 .map_err(|e| err(ErrorCode::Failed, e.to_string()))?
                 .map(|r| r.file_id),
+        };
+        // A file deleted (or renamed away) since: the one the events last name there.
+        let id = match id {
+            Some(i) => Some(i),
+            None => self
+                .t
+                .catalog
+                .last_file_id_at(&rel_s)
+                .map_err(|e| err(ErrorCode::Failed, e.to_string()))?,
         };
         let Some(id) = id else {
             return Err(err(
@@ -413,7 +425,7 @@ impl Handler for Control {
             Op::Migrate { dry_run, mode } => {
                 let mode = match (dry_run, mode.as_deref()) {
                     (true, _) => MigrateMode::DryRun,
-                    (false, None) => self.t.config.policy.mode,
+                    (false, None) => self.t.config().policy.mode,
                     (false, Some("stub")) => MigrateMode::Stub,
                     (false, Some("copy-only")) => MigrateMode::CopyOnly,
                     (false, Some("dry-run")) => MigrateMode::DryRun,
@@ -434,6 +446,33 @@ impl Handler for Control {
                 };
                 let summary = run_blocking(&t, mode, &mut relay).map_err(step_err)?;
                 serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
+            }
+            Op::Pause => {
+                if !self.t.paused() {
+                    self.t.set_paused(true);
+                    tracing::warn!("tiering paused (coldtier pause)");
+                }
+                Ok(json!({"paused": true}))
+            }
+            Op::Resume => {
+                let store = self.t.store().map_err(step_err)?;
+                let c = self
+                    .t
+                    .rt
+                    .block_on(crate::daemon::check_store(&*store))
+                    .map_err(|e| {
+                        err(
+                            ErrorCode::Failed,
+                            format!("store {}: {e}; tiering stays paused", store.describe()),
+                        )
+                    })?;
+                self.t.set_store_validates(c.validates_checksums);
+                crate::daemon::log_store_check(&c);
+                if self.t.paused() {
+                    self.t.set_paused(false);
+                    tracing::info!("tiering resumed (coldtier resume)");
+                }
+                Ok(json!({"paused": false, "validates_checksums": c.validates_checksums}))
             }
             Op::Gc { dry_run } => self.t.rt.block_on(self.t.gc(dry_run)).map_err(step_err),
             Op::Verify { deep } => {
@@ -517,13 +556,13 @@ pub(crate) async fn sleep_until_next(
 /// The scheduler: runs the policy at each time `policy.schedule` names (UTC), in the
 /// mode the config says. Runs for the life of the daemon.
 pub fn spawn_scheduler(t: Arc<Tiering>) {
-    let Some(schedule) = t.config.policy.schedule.clone() else {
+    let Some(schedule) = t.config().policy.schedule.clone() else {
         return;
     };
     let rt = t.rt.clone();
     rt.spawn(async move {
         while sleep_until_next(&schedule, "policy run").await {
-            let mode = t.config.policy.mode;
+            let mode = t.config().policy.mode;
             let mut quiet = |_: String, _: u64, _: u64| {};
             if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet).await {
                 tracing::error!("scheduled policy run failed: {e}");

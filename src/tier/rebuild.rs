@@ -167,10 +167,11 @@ pub fn matches_record(meta: &ObjectMeta, rec: &StubRecord) -> Result<Genealogy, 
             g.size, rec.size
         ));
     }
-    if g.mtime_ns != rec.mtime_ns {
+    if g.mtime_ns != rec.content_mtime() {
         return Err(format!(
             "the object says mtime {}, the stub {}",
-            g.mtime_ns, rec.mtime_ns
+            g.mtime_ns,
+            rec.content_mtime()
         ));
     }
     if let Some(c) = &meta.checksum {
@@ -415,7 +416,7 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
     };
     let catalog = Catalog::open(&catalog_path)
         .map_err(|e| anyhow!("catalog {}: {e}", catalog_path.display()))?;
-    catalog.record_config(config.text())?;
+    catalog.record_config(&config.recorded_text())?;
     let out = rebuild(
         &rt,
         store,

@@ -271,6 +271,13 @@ impl Tiering {
         // 5. Orphans: listed objects nothing names.
         let mut named: HashSet<String> = refs.iter().map(|r| r.rec.object_key.clone()).collect();
         named.extend(self.catalog.object_keys_in_use()?);
+        // Uploads under way (their intent recorded before they started).
+        named.extend(
+            self.catalog
+                .open_uploads()?
+                .into_iter()
+                .map(|u| u.object_key),
+        );
         let events = self.catalog.events_of_kinds(&[
             EventKind::Superseded,
             EventKind::Deleted,
@@ -295,6 +302,13 @@ impl Tiering {
                 .starts_with(&format!("{}/", crate::catalog::backup::STORE_DIR))
             {
                 n_backups += 1;
+                continue;
+            }
+            // The store check's probe objects (a check cut off by a crash leaves one;
+            // gc removes it).
+            if o.key
+                .starts_with(&format!("{}/", crate::store::PROBE_PREFIX))
+            {
                 continue;
             }
             if named.contains(&o.key) {
@@ -414,7 +428,16 @@ impl Tiering {
             match marks::record(fd.as_fd(), marks::COPY) {
                 Err(_) => w.findings.push(bad("copy")),
                 Ok(Some(rec)) => {
-                    if rec.size != st.size || rec.mtime_ns != ns_of(st.mtime) {
+                    // Other times alone (touched, renamed, chmod) are no change: then the
+                    // content decides.
+                    let changed = rec.size != st.size
+                        || (rec.mtime_ns != ns_of(st.mtime)
+                            && !backing::reopen(fd.as_fd(), libc::O_RDONLY)
+                                .ok()
+                                .map(std::fs::File::from)
+                                .and_then(|f| crate::tier::engine::content_matches(&f, &rec).ok())
+                                .unwrap_or(false));
+                    if changed {
                         w.reported.insert(rec.file_id.clone());
                         w.findings.push(Finding {
                             kind: "premigrated_changed",
@@ -423,7 +446,7 @@ impl Tiering {
                             object_key: Some(self.full_key(&rec.object_key)),
                             message: format!(
                                 "changed without the mount since its copy: now {} bytes, mtime {}; \
-                                 the copy has {} bytes, mtime {} (the next policy run copies it again)",
+                                 the copy has {} bytes, mtime {} and other content (the next policy run copies it again)",
                                 st.size,
                                 ns_of(st.mtime),
                                 rec.size,
@@ -503,7 +526,8 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
     }
     let md = |k: &str| meta.metadata.get(k).map(String::as_str);
     let size_s = rec.size.to_string();
-    let mtime_s = rec.mtime_ns.to_string();
+    // The content's mtime: times set through the mount since the copy are the file's.
+    let mtime_s = rec.content_mtime().to_string();
     let meta_bad: Vec<&str> = [
         ("coldtier-file-id", Some(rec.file_id.as_str())),
         ("coldtier-size", Some(size_s.as_str())),
@@ -653,10 +677,10 @@ pub fn verify_blocking(
 /// Where a backup goes: `to` None (the configured directory and the store, with
 /// retention), "s3" (the store only), or an absolute directory (only there, no pruning).
 pub fn backup_target(t: &Tiering, to: Option<&str>) -> Result<backup::Target, String> {
-    let keep = backup::Keep::parse(&t.config.catalog.backup_keep)?;
+    let keep = backup::Keep::parse(&t.config().catalog.backup_keep)?;
     Ok(match to {
         None => backup::Target::Managed {
-            dir: t.config.backup_dir(&t.mountpoint),
+            dir: t.config().backup_dir(&t.mountpoint),
             keep,
         },
         Some("s3") => backup::Target::Store { keep },
@@ -673,9 +697,14 @@ pub fn backup_target(t: &Tiering, to: Option<&str>) -> Result<backup::Target, St
 pub fn backup_now(t: &Tiering, to: Option<&str>, why: &str) -> Result<Value, StepError> {
     let target = backup_target(t, to).map_err(|m| StepError::new(libc::EINVAL, m))?;
     let name = crate::config::mount_name(&t.mountpoint);
+    if t.paused() && matches!(target, backup::Target::Store { .. }) {
+        return Err(t.not_paused().unwrap_err());
+    }
+    // Paused: the local copy only.
+    let store = t.store.clone().filter(|_| !t.paused());
     backup::run(
         &t.catalog,
-        t.store.clone(),
+        store,
         &t.store_prefix,
         &t.rt,
         &name,
@@ -688,7 +717,7 @@ pub fn backup_now(t: &Tiering, to: Option<&str>, why: &str) -> Result<Value, Ste
 /// The daemon's backup scheduler: a backup at each time `catalog.backup_schedule` names
 /// (UTC), to the configured directory and the store, with the configured retention.
 pub fn spawn_backup_scheduler(t: Arc<Tiering>) {
-    let Some(schedule) = t.config.catalog.backup_schedule.clone() else {
+    let Some(schedule) = t.config().catalog.backup_schedule.clone() else {
         return;
     };
     let rt = t.rt.clone();

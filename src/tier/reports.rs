@@ -251,7 +251,7 @@ fn find(t: &Tiering, r: &FindRequest) -> Result<Value, ErrorBody> {
 
 fn stats(t: &Tiering) -> Result<Value, ErrorBody> {
     let totals = t.catalog.totals().map_err(cat_err)?;
-    let costs = &t.config.costs;
+    let costs = &t.config().costs;
     let mut states: BTreeMap<&str, (u64, u64)> = FileState::ALL
         .iter()
         .map(|s| (s.as_str(), (0, 0)))
@@ -356,40 +356,6 @@ fn jobs(t: &Tiering, limit: u64) -> Result<Value, ErrorBody> {
     Ok(json!({ "jobs": jobs }))
 }
 
-/// Config keys whose values never leave the daemon.
-const SECRET_KEYS: &[&str] = &["secret_key", "session_token"];
-
-/// `text` with the values of [`SECRET_KEYS`] replaced by "<redacted>", line by line (so
-/// `config diff` still shows that a secret changed, and where).
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\n', '\r']);
-        let end = &line[body.len()..];
-        let key = body
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"');
-        if body.contains('=')
-            && SECRET_KEYS
-                .iter()
-                .any(|s| key == *s || key.ends_with(&format!(".{s}")))
-        {
-            let lhs = &body[..body.find('=').unwrap_or(0)];
-            out.push_str(&format!("{lhs}= \"<redacted>\"{end}"));
-        } else if SECRET_KEYS.iter().any(|s| body.contains(s)) && body.contains('{') {
-            // An inline table naming a secret: keep the line's key only.
-            let lhs = &body[..body.find('=').unwrap_or(0)];
-            out.push_str(&format!("{lhs}= \"<redacted inline table>\"{end}"));
-        } else {
-            out.push_str(line);
-        }
-    }
-    out
-}
-
 fn config_versions(t: &Tiering) -> Result<Value, ErrorBody> {
     let versions = t.catalog.config_history().map_err(cat_err)?;
     let current = t
@@ -404,7 +370,9 @@ fn config_versions(t: &Tiering) -> Result<Value, ErrorBody> {
                 "version": v.version,
                 "hash": v.hash,
                 "time_ns": v.time_ns,
-                "text": redact(&v.text),
+                // Recorded redacted; redacted again for versions an older
+                // coldtier recorded before it redacted them.
+                "text": crate::config::redact_secrets(&v.text),
             })
         })
         .collect();
@@ -424,26 +392,5 @@ fn audit(t: &Tiering) -> Result<Value, ErrorBody> {
             "head": head,
         })),
         Err(e) => Err(cat_err(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn secrets_are_redacted_line_by_line() {
-        let text = "[store]\nbucket = \"b\"\nsecret_key = \"s3cr3t\"\n  session_token=\"tok\"\r\nstore.secret_key = \"x\"\nother = 1";
-        let r = redact(text);
-        assert!(
-            !r.contains("s3cr3t") && !r.contains("tok\"") && !r.contains("\"x\""),
-            "{r}"
-        );
-        assert!(r.contains("bucket = \"b\"\n"), "{r}");
-        assert!(r.contains("secret_key = \"<redacted>\"\n"), "{r}");
-        assert!(r.contains("  session_token= \"<redacted>\"\r\n"), "{r}");
-        assert!(r.ends_with("other = 1"), "{r}");
-        let inline = redact("store = { kind = \"s3\", secret_key = \"zz\" }\n");
-        assert!(!inline.contains("zz"), "{inline}");
     }
 }

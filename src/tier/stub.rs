@@ -37,6 +37,8 @@
 //! [16]    md5               (if flags bit 1)
 //! str     version_id        (if flags bit 0)
 //! str     storage_class
+//! i64     content_mtime_ns  (if flags bit 2: the mtime the object's content had, when
+//!                           the file's times were set through the mount since its copy)
 //! ```
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
@@ -59,8 +61,9 @@ pub const MAX_ENCODED_LEN: usize = 2048;
 
 const FLAG_VERSION_ID: u8 = 1;
 const FLAG_MD5: u8 = 2;
+const FLAG_CONTENT_MTIME: u8 = 4;
 const FIXED_LEN: usize = 2 + 16 + 6 * 8;
-const _: () = assert!(FIXED_LEN + 16 + 5 * 256 <= MAX_ENCODED_LEN);
+const _: () = assert!(FIXED_LEN + 16 + 5 * 256 + 8 <= MAX_ENCODED_LEN);
 
 /// Where a stub's data is and what it was: one record per stubbed file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -91,6 +94,10 @@ pub struct StubRecord {
     pub storage_class: String,
     /// The catalog's config version in force when the file was stubbed.
     pub config_version: i64,
+    /// The mtime the object's content had (its `coldtier-mtime-ns` metadata), when the
+    /// file's times were set through the mount since the copy (`touch`): `mtime_ns` is
+    /// then the file's new mtime. None: the same as `mtime_ns`.
+    pub content_mtime_ns: Option<i64>,
 }
 
 /// Why a stub record cannot be decoded, or encoded.
@@ -300,7 +307,23 @@ impl StubRecord {
             check_str("version_id", v, Charset::Graphic)?;
         }
         check_str("storage_class", &self.storage_class, Charset::Class)?;
+        if self.content_mtime_ns == Some(self.mtime_ns) {
+            // Kept only where it differs: one encoding per record.
+            return Err(bad("content_mtime_ns", "equals mtime_ns"));
+        }
         Ok((prefix, content_version))
+    }
+
+    /// The mtime of the content the object holds.
+    pub fn content_mtime(&self) -> i64 {
+        self.content_mtime_ns.unwrap_or(self.mtime_ns)
+    }
+
+    /// Sets the file's mtime, keeping the object's content mtime.
+    pub fn set_mtime(&mut self, mtime_ns: i64) {
+        let content = self.content_mtime();
+        self.mtime_ns = mtime_ns;
+        self.content_mtime_ns = (content != mtime_ns).then_some(content);
     }
 
     /// The object key's content version.
@@ -319,6 +342,9 @@ impl StubRecord {
         }
         if self.md5.is_some() {
             flags |= FLAG_MD5;
+        }
+        if self.content_mtime_ns.is_some() {
+            flags |= FLAG_CONTENT_MTIME;
         }
         out.push(self.version);
         out.push(flags);
@@ -343,6 +369,9 @@ impl StubRecord {
             put(&mut out, v);
         }
         put(&mut out, &self.storage_class);
+        if let Some(m) = self.content_mtime_ns {
+            out.extend_from_slice(&m.to_be_bytes());
+        }
         Ok(out)
     }
 
@@ -360,7 +389,7 @@ impl StubRecord {
         }
         r.take(1, "version")?;
         let flags = r.take(1, "flags")?[0];
-        if flags & !(FLAG_VERSION_ID | FLAG_MD5) != 0 {
+        if flags & !(FLAG_VERSION_ID | FLAG_MD5 | FLAG_CONTENT_MTIME) != 0 {
             return Err(StubError::UnknownFlags(flags));
         }
         let file_id = hex::encode(r.take(16, "file_id")?);
@@ -384,6 +413,11 @@ impl StubRecord {
             None
         };
         let storage_class = r.str("storage_class")?;
+        let content_mtime_ns = if flags & FLAG_CONTENT_MTIME != 0 {
+            Some(r.u64("content_mtime_ns")? as i64)
+        } else {
+            None
+        };
         if !r.rest.is_empty() {
             return Err(StubError::TrailingBytes(r.rest.len()));
         }
@@ -402,6 +436,7 @@ impl StubRecord {
             md5,
             storage_class,
             config_version,
+            content_mtime_ns,
         };
         rec.validate()?;
         Ok(rec)
@@ -491,6 +526,7 @@ mod tests {
             md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
             storage_class: "DEEP_ARCHIVE".into(),
             config_version: 7,
+            content_mtime_ns: None,
         }
     }
 
@@ -547,6 +583,19 @@ mod tests {
             md5: (rng.below(2) == 0).then(|| rng.hex(32)),
             storage_class: rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", 1, 30),
             config_version: (rng.next() >> 1) as i64 >> rng.below(63),
+            content_mtime_ns: None,
+        }
+        .with_content_mtime(rng)
+    }
+
+    impl StubRecord {
+        fn with_content_mtime(mut self, rng: &mut Rng) -> Self {
+            if rng.below(3) == 0 {
+                let m = self.mtime_ns;
+                self.set_mtime(rng.next() as i64);
+                assert_eq!(self.content_mtime(), m);
+            }
+            self
         }
     }
 
@@ -584,6 +633,7 @@ mod tests {
             md5: Some("000102030405060708090a0b0c0d0e0f".into()),
             storage_class: "S".into(),
             config_version: 7,
+            content_mtime_ns: None,
         };
         let want = "0102\
             0123456789abcdef0123456789abcdef\
@@ -599,6 +649,20 @@ mod tests {
             000102030405060708090a0b0c0d0e0f\
             0153";
         assert_eq!(hex::encode(r.encode().unwrap()), want);
+        // Times set through the mount since the copy: the content's mtime follows.
+        let mut t = r.clone();
+        t.set_mtime(9);
+        assert_eq!((t.mtime_ns, t.content_mtime()), (9, -1));
+        let b = hex::encode(t.encode().unwrap());
+        assert_eq!(&b[2..4], "06", "flags");
+        assert!(b.ends_with("0153ffffffffffffffff"), "{b}");
+        t.set_mtime(-1);
+        assert_eq!(t, r, "back to the content's mtime: the field goes");
+        let bad = StubRecord {
+            content_mtime_ns: Some(-1),
+            ..r
+        };
+        assert!(bad.encode().is_err(), "kept only where it differs");
     }
 
     #[test]
@@ -653,8 +717,8 @@ mod tests {
             assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownVersion(v)));
         }
         b[0] = 1;
-        b[1] |= 4;
-        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(7)));
+        b[1] |= 8;
+        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(11)));
         // JSON (what a future or foreign writer might try) is no version 1 record.
         assert_eq!(
             StubRecord::decode(br#"{"version":1}"#),

@@ -12,6 +12,7 @@ use std::ffi::CString;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -215,11 +216,13 @@ pub fn settled_requests(moto: &MotoServer) -> Vec<Request> {
     last
 }
 
-/// Requests that touch objects (`/bucket/<key>`), not the bucket itself or moto's API.
+/// Requests that touch objects (`/bucket/<key>`), not the bucket itself or moto's API, nor
+/// the probe objects of the store check at mount (`<prefix>/probe/...`).
 pub fn object_requests<'a>(reqs: &'a [Request], bucket: &str) -> Vec<&'a Request> {
     let pre = format!("/{bucket}/");
     reqs.iter()
         .filter(|r| r.path().starts_with(&pre) && r.path().len() > pre.len())
+        .filter(|r| !r.path().contains("/probe/"))
         .collect()
 }
 
@@ -487,6 +490,18 @@ impl TierMount {
     /// Mounts with exactly these test variables in the daemon's environment (the
     /// failpoint and gc skew variables are removed unless given here).
     pub fn mount_with_env(&mut self, env: &[(&str, &str)]) {
+        let out = self.try_mount(env, &[]);
+        assert!(
+            out.status.success(),
+            "mount failed: {}\n{}",
+            show(&out),
+            self.daemon_log_tail()
+        );
+    }
+
+    /// `coldtier mount` with these variables and extra arguments (e.g. `--paused`); the
+    /// outcome, whatever it is.
+    pub fn try_mount(&mut self, env: &[(&str, &str)], args: &[&str]) -> Output {
         assert!(!self.mounted, "already mounted");
         let mut cmd = Command::new(bin());
         cmd.arg("mount")
@@ -496,19 +511,30 @@ impl TierMount {
             .arg(&self.config_path)
             .arg("--log-file")
             .arg(&self.log_file)
+            .args(args)
             .env_remove(FAILPOINT_ENV)
             .env_remove(GC_SKEW_ENV);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let out = cmd.output().expect("run coldtier mount");
-        assert!(
-            out.status.success(),
-            "mount failed: {}\n{}",
-            show(&out),
-            self.daemon_log_tail()
-        );
-        self.mounted = true;
+        self.mounted = out.status.success();
+        out
+    }
+
+    /// A mount like `new`'s whose files are written but which is not mounted yet.
+    pub fn prepared(
+        moto: &Arc<MotoServer>,
+        endpoint: &str,
+        bucket: &str,
+        files: &Files,
+        tweak: impl FnOnce(Config) -> Config,
+    ) -> Self {
+        moto.create_bucket(bucket, false)
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
+        let t = Self::unmounted(Some(moto.clone()), bucket, endpoint, tweak);
+        write_files(&t.src, files);
+        t
     }
 
     /// Mounts again without test variables.
@@ -762,4 +788,57 @@ pub fn only(kinds: &[String], of: &[&str]) -> Vec<String> {
         .filter(|k| of.contains(&k.as_str()))
         .cloned()
         .collect()
+}
+
+/// What a stub must keep showing through the mount.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Shown {
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+pub fn shown(p: &Path) -> Shown {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+    Shown {
+        size: m.size(),
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    }
+}
+
+/// The errno of a call that must fail.
+pub fn errno_of<T>(r: std::io::Result<T>, what: &str) -> i32 {
+    match r {
+        Ok(_) => panic!("{what}: expected an error, it succeeded"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: error without errno: {e}")),
+    }
+}
+
+/// Reads a file that must be readable.
+pub fn read_ok(p: &Path) -> Vec<u8> {
+    std::fs::read(p)
+        .unwrap_or_else(|e| panic!("read {}: {e} (errno {:?})", p.display(), e.raw_os_error()))
+}
+
+/// Every file reads back through the mount byte-identical.
+pub fn assert_all_read_back(t: &TierMount, files: &Files) {
+    for (rel, content) in files {
+        let got = std::fs::read(t.m(rel)).unwrap_or_else(|e| {
+            panic!(
+                "read {rel} through the mount: {e} (errno {:?})\n{}",
+                e.raw_os_error(),
+                t.daemon_log_tail()
+            )
+        });
+        assert_bytes(&format!("{rel} through the mount"), &got, content);
+    }
 }

@@ -1,0 +1,287 @@
+//! Faults, as an admin meets them: a store that damages uploads or downloads, answers
+//! errors, hangs, or cannot be used at all; a full disk; the daemon killed at any point.
+//! Each test runs a real coldtier mount whose store is moto behind the fault proxy
+//! (tests/fault_proxy.py, driven through tests/common/faults.rs), and checks what the
+//! application sees, what the files become, and what the catalog says.
+
+mod common;
+#[allow(dead_code)]
+#[path = "common/faults.rs"]
+mod faults;
+#[allow(dead_code)]
+#[path = "common/tier.rs"]
+mod tier;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coldtier::store::testing::MotoServer;
+use faults::*;
+use serde_json::json;
+use tier::*;
+
+/// A mount whose store is moto behind a fault proxy (no rules yet), mounted.
+fn proxied(
+    bucket: &str,
+    fs_: &Files,
+    tweak: impl FnOnce(Config) -> Config,
+) -> (Arc<MotoServer>, FaultProxy, TierMount) {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, bucket, fs_, tweak);
+    t.mount_with_env(&[]);
+    (moto, proxy, t)
+}
+
+/// Every file is resident, its backing bytes and its attributes as they were.
+fn assert_untouched(t: &TierMount, fs_: &Files, before: &BTreeMap<&str, Shown>) {
+    for (rel, content) in fs_ {
+        assert_eq!(t.state(rel), "resident", "{rel}\n{}", t.daemon_log_tail());
+        assert_bytes(
+            &format!("backing {rel}"),
+            &fs::read(t.s(rel)).unwrap(),
+            content,
+        );
+        assert_eq!(
+            xattr(&t.s(rel), "trusted.coldtier.stub"),
+            None,
+            "{rel}: stub record"
+        );
+        assert_eq!(shown(&t.m(rel)), before[rel.as_str()], "{rel}: attributes");
+    }
+}
+
+fn attributes<'a>(t: &TierMount, fs_: &'a Files) -> BTreeMap<&'a str, Shown> {
+    fs_.iter()
+        .map(|(r, _)| (r.as_str(), shown(&t.m(r))))
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// The proof of a copy
+
+/// Through a proxy that flips a byte of every upload (single PUTs and multipart parts),
+/// moto stores the damaged bytes and echoes the checksum it was sent: its word proves
+/// nothing. The store check at mount finds that out, every copy is read back, and no file
+/// is ever stubbed over a damaged object, whichever verify mode is configured.
+#[test]
+fn corrupt_upload_bodies_never_lead_to_a_stub() {
+    for verify in ["checksum", "readback"] {
+        let fs_ = files(&[("a.bin", 70_000), ("d/b.bin", 3_000), ("big.bin", 11 << 20)]);
+        let (_moto, proxy, t) = proxied(&format!("corrupt-put-{verify}"), &fs_, |c| {
+            c.set("policy", "verify", &q(verify))
+                .set("store", "part_size", &q("5MiB"))
+        });
+        assert!(
+            t.daemon_log_tail().contains("does not refuse an upload"),
+            "the store check at mount says moto does not validate:\n{}",
+            t.daemon_log_tail()
+        );
+        let before = attributes(&t, &fs_);
+        proxy.rules(json!([on_data("PUT", "corrupt_request_body")]));
+        let (out, v) = t.migrate(&["--mode", "stub"]);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_eq!(v["stubbed"], 0, "{v}");
+        assert_eq!(v["failed"], 3, "{v}");
+        assert!(
+            proxy.applied("corrupt_request_body") >= 5,
+            "every PUT and part damaged: {}",
+            proxy.stats()["applied"]
+        );
+        // Each copy is found damaged: read back, or (moto computes a multipart object's
+        // checksum from the parts it received) by the checksum moto reports for it.
+        for e in v["errors"].as_array().unwrap() {
+            let e = e.as_str().unwrap();
+            assert!(
+                e.contains("read back as") || e.contains("reports checksum"),
+                "{v}"
+            );
+        }
+        assert_untouched(&t, &fs_, &before);
+        assert_all_read_back(&t, &fs_);
+        // The damaged objects are named for gc (FAILED), never referenced.
+        let kinds = t.kinds("a.bin");
+        assert_eq!(count(&kinds, "FAILED"), 1, "{kinds:?}");
+        assert_eq!(count(&kinds, "VERIFIED"), 0, "{kinds:?}");
+
+        // Undamaged, the same run stubs them all, and each recalls byte-identical.
+        proxy.reset();
+        let v = t.migrate_ok(&["--mode", "stub"]);
+        assert_eq!(v["stubbed"], 3, "{v}");
+        for (rel, _) in &fs_ {
+            assert_eq!(t.state(rel), "stub", "{rel}");
+            let verified = t
+                .history(rel)
+                .into_iter()
+                .find(|e| e["kind"] == "VERIFIED")
+                .unwrap();
+            assert_eq!(verified["detail"]["verify"], "read-back", "{verified}");
+        }
+        assert_all_read_back(&t, &fs_);
+    }
+}
+
+/// A download damaged on the way fails the recall with EIO and leaves the stub as it was;
+/// the next read, undamaged, recalls it byte-identical.
+#[test]
+fn a_corrupt_download_gives_eio_and_keeps_the_stub() {
+    let fs_ = files(&[("f.bin", 50_000)]);
+    let (_moto, proxy, t) = proxied("corrupt-get", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    proxy.rules(json!([on_data("GET", "corrupt_response_body")]));
+    let e = errno_of(
+        fs::read(t.m("f.bin")),
+        "read of a stub whose download is damaged",
+    );
+    assert_eq!(e, libc::EIO);
+    assert_eq!(t.state("f.bin"), "stub");
+    assert_eq!(
+        fs::metadata(t.s("f.bin")).unwrap().len(),
+        0,
+        "the stub stays empty"
+    );
+    assert!(t.kinds("f.bin").contains(&"RECALL_FAILED".to_string()));
+    proxy.reset();
+    assert_all_read_back(&t, &fs_);
+    assert_eq!(t.state("f.bin"), "premigrated");
+}
+
+// ------------------------------------------------------------------------------------------
+// A store that answers errors, or nothing
+
+/// 503 SlowDown and 500 answers are retried (`store.max_attempts`): the recall succeeds.
+#[test]
+fn transient_errors_are_retried() {
+    let fs_ = files(&[("f.bin", 20_000)]);
+    let (_moto, proxy, t) = proxied("retried", &fs_, |c| c.set("store", "max_attempts", "3"));
+    t.migrate_ok(&["--mode", "stub"]);
+    proxy.rules(json!([
+        {"method": "GET", "path_contains": "/data/", "action": "status", "status": 503, "times": 1},
+        {"method": "GET", "path_contains": "/data/", "action": "status", "status": 500, "times": 1},
+    ]));
+    assert_all_read_back(&t, &fs_);
+    assert_eq!(proxy.applied("status"), 2);
+    assert_eq!(t.state("f.bin"), "premigrated");
+}
+
+/// A store that accepts requests and never answers: the open fails with EAGAIN after
+/// `recall.timeout` (an NFS server turns that into "retry later") while the recall goes
+/// on; the store's timeouts then end the recall (RECALL_FAILED), the stub stays; once the
+/// store answers again the file reads back byte-identical.
+#[test]
+fn a_hung_store_fails_the_open_with_eagain_and_keeps_the_stub() {
+    let fs_ = files(&[("f.bin", 30_000)]);
+    let (_moto, proxy, t) = proxied("hung", &fs_, |c| {
+        c.set("recall", "timeout", &q("2s"))
+            .set("store", "first_byte_timeout", &q("3s"))
+            .set("store", "max_attempts", "1")
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    proxy.rules(json!([on_data("GET", "hang")]));
+    let e = errno_of(
+        fs::read(t.m("f.bin")),
+        "read of a stub while the store hangs",
+    );
+    assert_eq!(e, libc::EAGAIN, "{}", t.daemon_log_tail());
+    assert!(t.daemon_log_tail().contains("gave up waiting for a recall"));
+    // The recall itself ends by the store's timeouts.
+    let t0 = std::time::Instant::now();
+    while !t.kinds("f.bin").contains(&"RECALL_FAILED".to_string()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the hung recall never ended\n{}",
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(proxy.applied("hang") >= 1);
+    assert_eq!(t.state("f.bin"), "stub");
+    assert_eq!(fs::metadata(t.s("f.bin")).unwrap().len(), 0);
+    proxy.reset();
+    assert_all_read_back(&t, &fs_);
+}
+
+/// A policy run against a store that fails every request fails (exit 1) and changes no
+/// file: bytes, states, records and attributes as before.
+#[test]
+fn a_failing_store_fails_the_run_and_changes_no_file() {
+    let fs_ = files(&[("x.bin", 40 * 1024), ("d/y.bin", 8 * 1024), ("z.bin", 100)]);
+    let (_moto, proxy, t) = proxied("failing", &fs_, |c| c.set("store", "max_attempts", "1"));
+    let before = attributes(&t, &fs_);
+    proxy.rules(json!([{"method": "*", "action": "status", "status": 500}]));
+    let (out, v) = t.migrate(&["--mode", "stub"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(v["failed"], 3, "{v}");
+    assert_eq!(v["stubbed"], 0, "{v}");
+    assert_eq!(v["copied"], 0, "{v}");
+    assert!(t
+        .daemon_log_tail()
+        .contains("ERROR policy run finished with 3 failed files"));
+    assert_eq!(
+        t.daemon_log_tail()
+            .matches("WARN policy run: file failed")
+            .count(),
+        3,
+        "one WARN line per failed file"
+    );
+    assert_untouched(&t, &fs_, &before);
+    proxy.reset();
+    assert_all_read_back(&t, &fs_);
+}
+
+// ------------------------------------------------------------------------------------------
+// The store check at mount
+
+/// A store that cannot be used is refused at mount, in one line naming the problem, with
+/// nothing mounted; `--paused` mounts anyway with tiering paused (policy runs refused,
+/// files served); `coldtier resume` fails while the store still fails and resumes once it
+/// works.
+#[test]
+fn an_unusable_store_is_refused_at_mount_unless_paused() {
+    let fs_ = files(&[("a.bin", 10_000)]);
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, "check-at-mount", &fs_, |c| {
+        c.set("store", "max_attempts", "1")
+    });
+    proxy
+        .rules(json!([{"method": "*", "action": "status", "status": 403, "code": "AccessDenied"}]));
+    let out = t.try_mount(&[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("AccessDenied") && err.contains("--paused"),
+        "names the problem and the way out: {err}"
+    );
+    assert!(!is_mountpoint(&t.mnt), "nothing mounted");
+
+    let out = t.try_mount(&[], &["--paused"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_all_read_back(&t, &fs_);
+    let out = t.cli(&["migrate", &t.mnt_str(), "--mode", "stub"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("paused"),
+        "{}",
+        show(&out)
+    );
+    let out = t.cli(&["resume", &t.mnt_str()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stays paused"),
+        "{}",
+        show(&out)
+    );
+
+    proxy.reset();
+    let out = t.ok(&["resume", &t.mnt_str()]);
+    assert!(out.contains("resumed"), "{out}");
+    assert_eq!(t.migrate_ok(&["--mode", "stub"])["stubbed"], 1);
+    t.ok(&["pause", &t.mnt_str()]);
+    let out = t.cli(&["migrate", &t.mnt_str(), "--mode", "stub"]);
+    assert_eq!(out.status.code(), Some(1), "paused again: {}", show(&out));
+    assert_all_read_back(&t, &fs_);
+}
