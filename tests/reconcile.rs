@@ -58,25 +58,6 @@ impl T {
         self.migrate_ok(&["--mode", mode]);
     }
 
-    /// `coldtier verify MNT --json [--deep]`: exit code and report.
-    fn verify(&self, deep: bool) -> (i32, Value) {
-        let mnt = self.mnt_str();
-        let mut args = vec!["verify", mnt.as_str(), "--json"];
-        if deep {
-            args.push("--deep");
-        }
-        let out = coldtier(&args);
-        let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
-            .unwrap_or_else(|e| {
-                panic!(
-                    "verify: not JSON ({e}): {}\n{}",
-                    show(&out),
-                    self.daemon_log_tail()
-                )
-            });
-        (out.status.code().unwrap_or(-1), v)
-    }
-
     /// A raw request for `key` that must succeed (2xx).
     fn http(&self, method: &str, key: &str, headers: &[(&str, &str)], body: &[u8]) {
         let (st, b) = self

@@ -543,6 +543,172 @@ fn o_trunc_open_of_a_stub_needs_no_recall() {
     );
 }
 
+/// An open of a stub for writing fetches nothing; SEEK_DATA/SEEK_HOLE through it are
+/// answered from the record; the first write brings the data back first (one GET), so the
+/// file holds the old bytes with the new ones written over them, and then gives up the
+/// copy when the writer closes.
+#[test]
+fn a_stub_opened_for_writing_is_fetched_at_the_first_write() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let moto = start_moto();
+    let fs_ = files(&[("f.bin", 200_000)]);
+    let t = TierMount::new(&moto, "lazy-write", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let gets = || data_gets(&settled_requests(&moto), &t.bucket, None);
+    let before = gets();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(t.m("f.bin"))
+        .unwrap();
+    // SAFETY: lseek on an open fd.
+    let (data, hole) = unsafe {
+        (
+            libc::lseek(f.as_raw_fd(), 10, libc::SEEK_DATA),
+            libc::lseek(f.as_raw_fd(), 10, libc::SEEK_HOLE),
+        )
+    };
+    assert_eq!((data, hole), (10, 200_000));
+    assert_eq!(gets(), before, "open and lseek fetched nothing");
+    assert_eq!(t.state("f.bin"), "stub");
+    f.write_all_at(b"NEW BYTES", 1000).unwrap();
+    drop(f);
+    assert_eq!(gets(), before + 1, "one GET, at the first write");
+    let mut want = fs_[0].1.clone();
+    want[1000..1009].copy_from_slice(b"NEW BYTES");
+    assert_bytes("after the write", &read_ok(&t.m("f.bin")), &want);
+    assert_eq!(
+        t.wait_state("f.bin", "resident", Duration::from_secs(20)),
+        "resident"
+    );
+    let kinds = t.kinds("f.bin");
+    assert_eq!(
+        only(&kinds, &["STUBBED", "RECALLED", "SUPERSEDED"]),
+        ["STUBBED", "RECALLED", "SUPERSEDED"],
+        "{kinds:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4b. Metadata changes keep the copy
+
+/// rename, chmod, chown, an xattr, an ACL and times set through the mount change no data:
+/// a premigrated file keeps its copy (the stub run uploads nothing again), a stub stays a
+/// stub (GNU `touch` opens it for writing and writes nothing: no GET), and `verify` stays
+/// clean. A write of the same size with the times put back is found by the content.
+#[test]
+fn metadata_changes_keep_the_copy_and_fetch_nothing() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("r.bin", 40_000),
+        ("c.bin", 41_000),
+        ("x.bin", 42_000),
+        ("t.bin", 43_000),
+        ("s.bin", 44_000),
+        ("w.bin", 45_000),
+    ]);
+    let t = TierMount::new(&moto, "metadata", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "copy-only"]);
+    let keys: BTreeMap<&str, String> = fs_
+        .iter()
+        .map(|(r, _)| (r.as_str(), t.object_key(r)))
+        .collect();
+    t.migrate_ok(&["--mode", "stub"]);
+    // s.bin is a stub now; bring the others back to premigrated for the metadata changes.
+    for rel in ["r.bin", "c.bin", "x.bin", "t.bin", "w.bin"] {
+        read_ok(&t.m(rel));
+    }
+    fs::rename(t.m("r.bin"), t.m("renamed.bin")).unwrap();
+    fs::set_permissions(t.m("c.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(t.m("c.bin"), Some(1234), Some(1234)).unwrap();
+    let (ok, _, err) = sh(&format!(
+        "setfattr -n user.DOSATTRIB -v 0x20 '{}' && setfacl -m u:65534:r '{}'",
+        t.ms("x.bin"),
+        t.ms("x.bin")
+    ));
+    assert!(ok, "{err}");
+    let gets_before = data_gets(&settled_requests(&moto), &t.bucket, None);
+    let (ok, _, err) = sh(&format!(
+        "touch -d '2001-02-03 04:05:06' '{}' '{}'",
+        t.ms("t.bin"),
+        t.ms("s.bin")
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(
+        data_gets(&settled_requests(&moto), &t.bucket, None),
+        gets_before,
+        "touch of a stub fetched its data"
+    );
+    assert_eq!(t.state("s.bin"), "stub", "touch leaves a stub a stub");
+    assert_eq!(
+        shown(&t.m("s.bin")).mtime,
+        981_173_106,
+        "the stub shows the new mtime"
+    );
+    // w.bin: written with bytes of the same size, its times put back (a change the times
+    // do not show): the content tells.
+    let old_w = fs::metadata(t.m("w.bin")).unwrap();
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(t.m("w.bin"))
+            .unwrap();
+        f.write_all(&vec![7u8; 45_000]).unwrap();
+    }
+    set_times(&t.m("w.bin"), old_w.mtime(), old_w.mtime_nsec());
+    assert_eq!(
+        t.wait_state("w.bin", "resident", Duration::from_secs(20)),
+        "resident",
+        "a same-size write is found by the content\n{}",
+        t.daemon_log_tail()
+    );
+
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "verify after metadata changes: {v}");
+
+    let data_puts = || {
+        object_requests(&settled_requests(&moto), &t.bucket)
+            .into_iter()
+            .filter(|r| r.method == "PUT" && !r.query().contains("tagging"))
+            .count()
+    };
+    let puts_before = data_puts();
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    let puts = data_puts() - puts_before;
+    assert_eq!(puts, 1, "only w.bin is uploaded again: {v}");
+    for (rel, key) in [
+        ("renamed.bin", &keys["r.bin"]),
+        ("c.bin", &keys["c.bin"]),
+        ("x.bin", &keys["x.bin"]),
+        ("t.bin", &keys["t.bin"]),
+        ("s.bin", &keys["s.bin"]),
+    ] {
+        assert_eq!(t.state(rel), "stub", "{rel}: {v}");
+        assert_eq!(&t.object_key(rel), key, "{rel}: the same object");
+        assert_eq!(
+            count(&t.kinds(rel), "SUPERSEDED"),
+            0,
+            "{rel}: {:?}",
+            t.kinds(rel)
+        );
+    }
+    assert_ne!(t.object_key("w.bin"), keys["w.bin"], "w.bin copied again");
+    let c = fs::metadata(t.m("c.bin")).unwrap();
+    assert_eq!((c.mode() & 0o7777, c.uid(), c.gid()), (0o600, 1234, 1234));
+    assert_eq!(shown(&t.m("t.bin")).mtime, 981_173_106);
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "verify after the stub run: {v}");
+    // Each recalls byte-identical, with the times it was given.
+    let mut want = fs_.clone();
+    want.retain(|(r, _)| r != "r.bin" && r != "w.bin");
+    want.push(("renamed.bin".into(), fs_[0].1.clone()));
+    want.push(("w.bin".into(), vec![7u8; 45_000]));
+    assert_all_read_back(&t, &want);
+    assert_eq!(shown(&t.m("t.bin")).mtime, 981_173_106);
+    assert_eq!(shown(&t.m("s.bin")).mtime, 981_173_106);
+}
+
 // ------------------------------------------------------------------------------------------
 // 5. Writes to premigrated files
 
@@ -566,7 +732,13 @@ fn writing_a_premigrated_file_makes_it_resident_and_keeps_the_old_object() {
     }
     let mut new_w = fs_[0].1.clone();
     new_w.extend_from_slice(b"appended");
-    assert_eq!(t.state("w.bin"), "resident", "after a write");
+    // The copy is given up when the writer's last handle is released (the kernel sends
+    // that after close returns).
+    assert_eq!(
+        t.wait_state("w.bin", "resident", Duration::from_secs(20)),
+        "resident",
+        "after a write"
+    );
     let kinds = t.kinds("w.bin");
     assert_eq!(
         only(&kinds, &["COPIED", "VERIFIED", "SUPERSEDED"]),

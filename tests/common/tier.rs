@@ -724,6 +724,25 @@ impl TierMount {
     }
 
     /// Polls `status` until `rel` is in `state` (at most `limit`); returns the last state.
+    /// `coldtier verify MNT --json [--deep]`: exit code and report.
+    pub fn verify(&self, deep: bool) -> (i32, Value) {
+        let mnt = self.mnt_str();
+        let mut args = vec!["verify", mnt.as_str(), "--json"];
+        if deep {
+            args.push("--deep");
+        }
+        let out = coldtier(&args);
+        let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "verify: not JSON ({e}): {}\n{}",
+                    show(&out),
+                    self.daemon_log_tail()
+                )
+            });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
     pub fn wait_state(&self, rel: &str, state: &str, limit: Duration) -> String {
         let t0 = Instant::now();
         loop {
