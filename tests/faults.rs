@@ -285,3 +285,215 @@ fn an_unusable_store_is_refused_at_mount_unless_paused() {
     assert_eq!(out.status.code(), Some(1), "paused again: {}", show(&out));
     assert_all_read_back(&t, &fs_);
 }
+
+// ------------------------------------------------------------------------------------------
+// The operator's traps
+
+/// A second mount of the same source, or of another source with the same catalog, is
+/// refused in one line naming the mount that holds it, and the first mount keeps its
+/// config version in force. A mount right after a plain umount (its daemon still
+/// finishing) waits for that daemon instead of being refused.
+#[test]
+fn one_daemon_per_source_and_per_catalog() {
+    let fs_ = files(&[("a.bin", 10_000)]);
+    let (moto, _proxy, mut t) = proxied("one-daemon", &fs_, |c| c);
+    let mnt2 = t.dir.path().join("mnt2");
+    fs::create_dir(&mnt2).unwrap();
+    let out = common::coldtier(&[
+        "mount",
+        t.src.to_str().unwrap(),
+        mnt2.to_str().unwrap(),
+        "--config",
+        t.config_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already served by the coldtier mount at") && err.contains(&t.mnt_str()),
+        "{err}"
+    );
+    assert!(!is_mountpoint(&mnt2));
+
+    // Another source, the same catalog (the same config file).
+    let src2 = t.dir.path().join("src2");
+    fs::create_dir(&src2).unwrap();
+    let out = common::coldtier(&[
+        "mount",
+        src2.to_str().unwrap(),
+        mnt2.to_str().unwrap(),
+        "--config",
+        t.config_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the catalog") && err.contains("is in use by the coldtier mount at"),
+        "{err}"
+    );
+    assert!(!is_mountpoint(&mnt2));
+    let cfg = t.ok(&["config", "show", &t.mnt_str(), "--json"]);
+    assert!(
+        cfg.contains("\"version\":1"),
+        "still version 1 in force: {cfg}"
+    );
+
+    // Unmount and mount again at once, many times: each mount waits for the last daemon.
+    for _ in 0..3 {
+        let (ok, _, err) = common::sh(&format!("umount '{}'", t.mnt_str()));
+        assert!(ok, "umount: {err}");
+        t.set_unmounted();
+        t.remount();
+    }
+    assert_all_read_back(&t, &fs_);
+    drop(moto);
+}
+
+// ------------------------------------------------------------------------------------------
+// A full disk
+
+/// Unmounts a filesystem on drop.
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = common::sh(&format!("umount -l '{}'", self.0.display()));
+    }
+}
+
+/// A recall into a full filesystem fails with ENOSPC (not EIO), the stub stays a stub
+/// (empty, its space given back), and once there is room it recalls byte-identical.
+#[test]
+fn a_full_disk_during_a_recall_gives_enospc_and_keeps_the_stub() {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, "full-disk", &Vec::new(), |c| c);
+    let (ok, _, err) = common::sh(&format!(
+        "mount -t tmpfs -o size=4m,mode=0755 coldtier-test '{}'",
+        t.src.display()
+    ));
+    assert!(ok, "mount tmpfs: {err}");
+    let _tmpfs = Unmount(t.src.clone());
+    let fs_ = files(&[("big.bin", 3 << 20)]);
+    write_files(&t.src, &fs_);
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("big.bin"), "stub");
+    // Fill what the stub freed (and more: as much as tmpfs gives).
+    let (_, _, _) = common::sh(&format!(
+        "dd if=/dev/zero of='{}' bs=64k 2>/dev/null; sync",
+        t.m("filler").display()
+    ));
+    let e = errno_of(fs::read(t.m("big.bin")), "a recall into a full disk");
+    assert_eq!(e, libc::ENOSPC, "{}", t.daemon_log_tail());
+    assert_eq!(t.state("big.bin"), "stub");
+    assert_eq!(
+        fs::metadata(t.s("big.bin")).unwrap().len(),
+        0,
+        "the stub stays empty"
+    );
+    assert!(t.kinds("big.bin").contains(&"RECALL_FAILED".to_string()));
+    fs::remove_file(t.m("filler")).unwrap();
+    assert_all_read_back(&t, &fs_);
+    t.umount();
+}
+
+// ------------------------------------------------------------------------------------------
+// What the daemon keeps for itself
+
+/// The secret key is in no byte the daemon writes (catalog, its WAL, a backup here and in
+/// the bucket, the log) nor in any output (config show, events); everything the daemon
+/// creates for itself is root's alone; a catalog directory others may write is refused.
+#[test]
+fn no_secret_is_stored_and_the_daemons_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY-SECRET";
+    let fs_ = files(&[("a.bin", 10_000)]);
+    let (moto, _proxy, mut t) = proxied("secrets", &fs_, |c| {
+        c.set("store", "secret_key", &q(SECRET)).set(
+            "store",
+            "session_token",
+            &q(&format!("{SECRET}-token")),
+        )
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let backups = t.dir.path().join("backups");
+    t.ok(&[
+        "catalog",
+        "backup",
+        &t.mnt_str(),
+        "--to",
+        backups.to_str().unwrap(),
+    ]);
+    let b: serde_json::Value =
+        serde_json::from_str(&t.ok(&["catalog", "backup", &t.mnt_str(), "--to", "s3", "--json"]))
+            .unwrap();
+    let in_bucket = moto
+        .raw_get(&t.bucket, b["object_key"].as_str().unwrap())
+        .unwrap();
+    let mut outputs = vec![
+        t.ok(&["config", "show", &t.mnt_str(), "--json"]),
+        t.ok(&["config", "show", &t.mnt_str()]),
+        t.ok(&["events", &t.mnt_str(), "--json"]),
+        t.ok(&["history", &t.ms("a.bin"), "--json"]),
+    ];
+    outputs.push(String::from_utf8_lossy(&in_bucket).into_owned());
+    let mut files: Vec<std::path::PathBuf> = vec![t.catalog.clone(), t.log_file.clone()];
+    files.push(std::path::PathBuf::from(format!(
+        "{}-wal",
+        t.catalog.display()
+    )));
+    files.extend(fs::read_dir(&backups).unwrap().map(|e| e.unwrap().path()));
+    let holds = |bytes: &[u8]| bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
+    for f in &files {
+        if let Ok(bytes) = fs::read(f) {
+            assert!(!holds(&bytes), "{} holds the secret", f.display());
+        }
+    }
+    for o in &outputs {
+        assert!(!o.contains(SECRET), "an output holds the secret: {o}");
+    }
+    assert!(outputs[1].contains("<redacted sha256:"), "{}", outputs[1]);
+
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(t.catalog.parent().unwrap()), 0o700);
+    for f in &files {
+        if f.exists() {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    }
+    assert_eq!(mode(&backups), 0o700);
+    assert_eq!(mode(std::path::Path::new("/run/coldtier/mounts")), 0o700);
+    assert_eq!(mode(std::path::Path::new("/run/coldtier/locks")), 0o700);
+    let lock = std::path::PathBuf::from(format!("{}.lock", t.catalog.display()));
+    assert_eq!(mode(&lock), 0o600);
+    // Files created through the mount keep exactly the mode the caller asked for.
+    let (ok, _, err) = common::sh(&format!(
+        "umask 022 && touch '{}' && umask 002 && mkdir '{}'",
+        t.ms("made.txt"),
+        t.ms("made.d")
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(mode(&t.s("made.txt")), 0o644);
+    assert_eq!(mode(&t.s("made.d")), 0o775);
+
+    // A catalog directory others may write to is refused, naming it.
+    t.umount();
+    fs::set_permissions(
+        t.catalog.parent().unwrap(),
+        fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let out = t.try_mount(&[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the catalog directory") && err.contains("writable by everyone"),
+        "{err}"
+    );
+    fs::set_permissions(
+        t.catalog.parent().unwrap(),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    t.remount();
+    assert_all_read_back(&t, &fs_);
+}

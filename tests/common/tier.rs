@@ -537,6 +537,11 @@ impl TierMount {
         t
     }
 
+    /// The mount was taken away by other means (`umount(8)`).
+    pub fn set_unmounted(&mut self) {
+        self.mounted = false;
+    }
+
     /// Mounts again without test variables.
     pub fn remount(&mut self) {
         self.mount_with_env(&[]);
