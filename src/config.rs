@@ -656,6 +656,124 @@ impl Config {
         redact_secrets(&self.text)
     }
 
+    /// Appends a comment line to the recorded text (what a reload did to the file's text).
+    pub fn note(&mut self, line: &str) {
+        self.text = format!("{}\n# coldtier: {line}\n", self.text.trim_end());
+    }
+
+    /// What a reload from `self` (in force) to `new` cannot change while mounted: the keys
+    /// that differ among [fuse], [mount], [metrics], catalog.path and the store's identity
+    /// (kind, endpoint, region, bucket, prefix, path style; a posix root). Named as
+    /// `section.key`.
+    pub fn fixed_changes(&self, new: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(name.to_string());
+            }
+        };
+        let (f, g) = (&self.fuse, &new.fuse);
+        cmp(
+            "fuse.passthrough",
+            f.passthrough.to_string(),
+            g.passthrough.to_string(),
+        );
+        cmp("fuse.threads", f.threads.to_string(), g.threads.to_string());
+        cmp(
+            "fuse.attr_timeout",
+            f.attr_timeout.clone(),
+            g.attr_timeout.clone(),
+        );
+        cmp(
+            "fuse.entry_timeout",
+            f.entry_timeout.clone(),
+            g.entry_timeout.clone(),
+        );
+        cmp(
+            "fuse.inode_fds",
+            f.inode_fds.to_string(),
+            g.inode_fds.to_string(),
+        );
+        cmp(
+            "fuse.readdirplus",
+            format!("{:?}", f.readdirplus),
+            format!("{:?}", g.readdirplus),
+        );
+        cmp(
+            "mount.source",
+            format!("{:?}", self.mount.source),
+            format!("{:?}", new.mount.source),
+        );
+        cmp(
+            "mount.mountpoint",
+            format!("{:?}", self.mount.mountpoint),
+            format!("{:?}", new.mount.mountpoint),
+        );
+        cmp(
+            "metrics.listen",
+            format!("{:?}", self.metrics.listen),
+            format!("{:?}", new.metrics.listen),
+        );
+        cmp(
+            "catalog.path",
+            format!("{:?}", self.catalog.path),
+            format!("{:?}", new.catalog.path),
+        );
+        let id = |c: &Config| -> Vec<(&'static str, String)> {
+            use crate::store::StoreConfig as S;
+            match c.store_config() {
+                Ok(None) => vec![("store", "none".into())],
+                Ok(Some(S::S3(s))) => vec![
+                    ("store.kind", "s3".into()),
+                    ("store.endpoint", format!("{:?}", s.endpoint)),
+                    ("store.region", s.region),
+                    ("store.bucket", s.bucket),
+                    ("store.prefix", s.prefix),
+                    ("store.path_style", s.path_style.to_string()),
+                ],
+                Ok(Some(S::Posix(p))) => vec![
+                    ("store.kind", "posix".into()),
+                    ("store.root", p.root.display().to_string()),
+                ],
+                Err(e) => vec![("store", e)],
+            }
+        };
+        let (a, b) = (id(self), id(new));
+        if a.len() != b.len() {
+            cmp("store.kind", format!("{a:?}"), format!("{b:?}"));
+        } else {
+            for ((k, x), (_, y)) in a.into_iter().zip(b) {
+                cmp(k, x, y);
+            }
+        }
+        out
+    }
+
+    /// `new` as a reload may put it in force over `self`: the settings
+    /// [`Config::fixed_changes`] names are kept as they are, the store section whole if
+    /// its identity changed; the recorded text says which were kept.
+    pub fn reloaded(&self, new: Config) -> (Config, Vec<String>) {
+        let kept = self.fixed_changes(&new);
+        if kept.is_empty() {
+            return (new, kept);
+        }
+        let mut c = new;
+        c.fuse = self.fuse.clone();
+        c.mount = self.mount.clone();
+        c.metrics = self.metrics.clone();
+        c.catalog.path = self.catalog.path.clone();
+        if kept.iter().any(|k| k.starts_with("store")) {
+            c.store = self.store.clone();
+        }
+        c.text = format!(
+            "{}\n# coldtier: reloaded while mounted; these keep the values they had at mount \
+             until the next mount: {}\n",
+            c.text.trim_end(),
+            kept.join(", ")
+        );
+        (c, kept)
+    }
+
     /// Lower-case hex SHA-256 of [`Config::text`]: the hash the catalog gives the version.
     pub fn text_hash(&self) -> String {
         hex::encode(Sha256::digest(self.text.as_bytes()))

@@ -84,6 +84,8 @@ struct Prepared {
     paused: bool,
     /// The source's and the catalog's locks, held for the daemon's life.
     locks: Vec<crate::private::Lock>,
+    /// The config file, read again on SIGHUP (none: the defaults, nothing to reload).
+    config_path: Option<PathBuf>,
 }
 
 fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
@@ -180,6 +182,7 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         root,
         paused: args.paused,
         locks: vec![source_lock, catalog_lock],
+        config_path: args.config.clone(),
     })
 }
 
@@ -491,12 +494,22 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
 
     let mp = p.mountpoint.clone();
     let mut unmounter = session.unmount_callable();
+    let reload_from = p.config_path.clone();
+    let t_signals = tiering.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: sigset holds the blocked termination signals; sig is a valid out pointer.
             if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                continue;
+            }
+            if sig == libc::SIGHUP {
+                // logrotate's `postrotate kill -HUP`, `systemctl reload`: never an unmount.
+                if let Err(e) = crate::reopen_log() {
+                    tracing::error!("cannot reopen the log file: {e}");
+                }
+                reload(reload_from.as_deref(), &t_signals);
                 continue;
             }
             tracing::info!(signal = sig, "termination signal: unmounting");
@@ -540,6 +553,68 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         "coldtier unmounted"
     );
     result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
+}
+
+/// SIGHUP: reads the config file again and puts in force what may change while mounted
+/// (policy, recall, catalog retention and backups, costs, the store's credentials and
+/// other settings, checked like at mount), recorded as a new config version; what cannot
+/// change is named in the log and kept. A file that does not parse changes nothing.
+pub fn reload(path: Option<&Path>, t: &Tiering) {
+    let Some(path) = path else {
+        tracing::info!("reload: no config file (the defaults are in force): nothing to read");
+        return;
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, the config in force stays: {e}");
+            return;
+        }
+    };
+    let old = t.config();
+    let (mut new, kept) = old.reloaded(new);
+    if !kept.is_empty() {
+        tracing::warn!(
+            "reload: cannot change while mounted, kept as mounted until the next mount: {}",
+            kept.join(", ")
+        );
+    }
+    if new.store != old.store {
+        match new.store_config() {
+            Ok(Some(cfg)) => {
+                let opened = t.rt.block_on(async {
+                    let s = crate::store::open(&cfg).await?;
+                    let c = check_store(&*s).await?;
+                    Ok::<_, crate::store::StoreError>((s, c))
+                });
+                match opened {
+                    Ok((s, c)) => {
+                        t.set_store(crate::metrics::count_errors(s));
+                        t.set_store_validates(c.validates_checksums);
+                        log_store_check(&c);
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "reload: the new [store] settings fail their check ({e}); the store in force stays"
+                        );
+                        new.store = old.store.clone();
+                        new.note("the [store] above failed its check at reload: the [store] in force is the one of the version before");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("reload: [store]: {e}"),
+        }
+    }
+    match t.catalog.record_config(&new.recorded_text()) {
+        Ok(v) => {
+            t.set_config(new);
+            tracing::info!(config_version = v.version, "config reloaded");
+        }
+        Err(e) => tracing::error!(
+            "reload: cannot record the config version, the config in force stays: {e}"
+        ),
+    }
 }
 
 /// Opens the catalog (recording the config version in force), the store, the tiering

@@ -35,10 +35,11 @@ pub fn init_logging(filter: &str, file: Option<&Path>) -> anyhow::Result<()> {
     match file {
         Some(path) => {
             let f = crate::private::open_private(path, true)?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
+            let _ = LOG_FILE.set(LogFile {
+                path: path.to_path_buf(),
+                file: std::sync::Mutex::new(f),
+            });
+            builder.with_ansi(false).with_writer(LogMaker).init();
         }
         None => {
             let format = tracing_subscriber::fmt::format()
@@ -55,6 +56,56 @@ pub fn init_logging(filter: &str, file: Option<&Path>) -> anyhow::Result<()> {
                 .init();
         }
     }
+    Ok(())
+}
+
+/// The daemon's log file, reopened by [`reopen_log`] (SIGHUP, after logrotate moved it).
+struct LogFile {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+static LOG_FILE: std::sync::OnceLock<LogFile> = std::sync::OnceLock::new();
+
+/// Writes log lines to [`LOG_FILE`].
+#[derive(Clone, Copy)]
+struct LogMaker;
+
+struct LogWriter(std::sync::MutexGuard<'static, std::fs::File>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogMaker {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        let f = LOG_FILE
+            .get()
+            .expect("the log file is set before the subscriber");
+        LogWriter(f.file.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Opens the log file again at its path (logrotate renamed the old one) and points the
+/// log, stdout and stderr at it. Nothing to do when logging goes to stderr.
+pub fn reopen_log() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Some(lf) = LOG_FILE.get() else {
+        return Ok(());
+    };
+    let new = crate::private::open_private(&lf.path, true)?;
+    // SAFETY: dup2 onto this process's standard descriptors.
+    unsafe {
+        libc::dup2(new.as_raw_fd(), 1);
+        libc::dup2(new.as_raw_fd(), 2);
+    }
+    *lf.file.lock().unwrap_or_else(|p| p.into_inner()) = new;
     Ok(())
 }
 

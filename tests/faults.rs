@@ -497,3 +497,89 @@ fn no_secret_is_stored_and_the_daemons_files_are_private() {
     t.remount();
     assert_all_read_back(&t, &fs_);
 }
+
+/// Sends `sig` to the daemon of `t` and waits until its log has `marker` more times than
+/// before.
+fn signal_and_wait(t: &TierMount, sig: i32, marker: &str, log: &std::path::Path) {
+    let before = fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(marker)
+        .count();
+    let pid = daemon_pid(&t.mnt).expect("daemon pid");
+    // SAFETY: signalling a process of our own test.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let t0 = std::time::Instant::now();
+    while fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(marker)
+        .count()
+        <= before
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no `{marker}` in {} after the signal\n{}",
+            log.display(),
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP (logrotate's `postrotate kill -HUP`, `systemctl reload`) never unmounts: it
+/// reopens the log file and reads the config again. What may change takes effect, recorded
+/// as a new config version (a rotated secret included, redacted); what cannot change is
+/// named and kept; a config that does not parse changes nothing.
+#[test]
+fn sighup_reloads_the_config_and_reopens_the_log() {
+    let fs_ = files(&[("small.bin", 1_000), ("large.bin", 90_000)]);
+    let (_moto, _proxy, t) = proxied("sighup", &fs_, |c| c);
+    let cfg = fs::read_to_string(&t.config_path).unwrap();
+
+    // The log rotated away: a new file, 0600, gets the lines from now on.
+    let rotated = t.dir.path().join("daemon.log.1");
+    fs::rename(&t.log_file, &rotated).unwrap();
+    let changed = cfg
+        .replace("min_size = 1", "min_size = 50000")
+        .replace("[fuse]\n", "")
+        .replace("max_attempts = 2", "max_attempts = 3")
+        .replace("coldtier-test-secret", "a-rotated-secret")
+        + "\n[fuse]\nthreads = 7\n";
+    fs::write(&t.config_path, &changed).unwrap();
+    signal_and_wait(&t, libc::SIGHUP, "config reloaded", &t.log_file);
+    assert!(is_mountpoint(&t.mnt), "SIGHUP unmounted the share");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&t.log_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let log = fs::read_to_string(&t.log_file).unwrap();
+    assert!(
+        log.contains("cannot change while mounted") && log.contains("fuse.threads"),
+        "{log}"
+    );
+    assert!(!log.contains("a-rotated-secret"), "{log}");
+    let hist = t.ok(&["config", "history", &t.mnt_str(), "--json"]);
+    assert_eq!(hist.lines().count(), 2, "{hist}");
+    let shown = t.ok(&["config", "show", &t.mnt_str()]);
+    assert!(shown.contains("min_size = 50000"), "{shown}");
+    assert!(
+        shown.contains("keep the values they had at mount") && shown.contains("fuse.threads"),
+        "{shown}"
+    );
+    assert!(!shown.contains("a-rotated-secret"), "{shown}");
+    // The new policy is in force: only the large file is a candidate.
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["stubbed"], 1, "{v}");
+    assert_eq!(t.state("small.bin"), "resident");
+    assert_eq!(t.state("large.bin"), "stub");
+
+    // A config that does not parse: an ERROR line, nothing changes.
+    fs::write(&t.config_path, "[policy\nmin_size = ").unwrap();
+    signal_and_wait(&t, libc::SIGHUP, "reload failed", &t.log_file);
+    assert!(is_mountpoint(&t.mnt));
+    let hist = t.ok(&["config", "history", &t.mnt_str(), "--json"]);
+    assert_eq!(hist.lines().count(), 2, "{hist}");
+    assert_all_read_back(&t, &fs_);
+}

@@ -62,7 +62,10 @@ pub struct Tiering {
     /// What the store check at mount found, and whether tiering is paused.
     pub store_state: StoreState,
     pub catalog: Arc<Catalog>,
-    pub store: Option<Arc<dyn ObjectStore>>,
+    /// The store (replaced by a reload that changes its settings: [`Tiering::set_store`]).
+    store: parking_lot::RwLock<Option<Arc<dyn ObjectStore>>>,
+    /// Bumped by every reload of the config: the schedulers wait on it.
+    reloaded: tokio::sync::watch::Sender<u64>,
     /// The store's own key prefix (shown in full keys), "" for none.
     pub store_prefix: String,
     pub source: PathBuf,
@@ -194,8 +197,9 @@ impl Tiering {
             me: me.clone(),
             config: parking_lot::RwLock::new(Arc::new(config)),
             store_state: StoreState::default(),
+            reloaded: tokio::sync::watch::channel(0).0,
             catalog,
-            store,
+            store: parking_lot::RwLock::new(store),
             store_prefix,
             source,
             mountpoint,
@@ -218,9 +222,27 @@ impl Tiering {
         self.config.read().clone()
     }
 
-    /// Puts `config` in force (a reload; the daemon checked what may change).
+    /// Puts `config` in force (a reload; the daemon checked what may change) and tells
+    /// the schedulers.
     pub fn set_config(&self, config: Config) {
         *self.config.write() = Arc::new(config);
+        self.reloaded.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the config is reloaded.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
+    /// The store, if one is configured.
+    pub fn store_opt(&self) -> Option<Arc<dyn ObjectStore>> {
+        self.store.read().clone()
+    }
+
+    /// Puts another store in force (a reload with new credentials or settings; the same
+    /// bucket and prefix). Operations under way keep the one they started with.
+    pub fn set_store(&self, store: Arc<dyn ObjectStore>) {
+        *self.store.write() = Some(store);
     }
 
     /// Whether the store is known to refuse uploads that do not match their checksum, so
@@ -280,7 +302,7 @@ impl Tiering {
 
     /// The store, or the error every tiering step gives without one.
     pub fn store(&self) -> Result<Arc<dyn ObjectStore>, StepError> {
-        self.store.clone().ok_or_else(|| {
+        self.store_opt().ok_or_else(|| {
             StepError::new(
                 libc::EIO,
                 "no [store] is configured for this mount: add a [store] section to its config",
@@ -457,7 +479,7 @@ impl Tiering {
 
     /// Sets the object's state tag, in the background, best effort.
     pub fn tag_later(&self, key: String, version: Option<String>, state: &'static str) {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = self.store_opt() else {
             return;
         };
         self.rt.spawn(async move {

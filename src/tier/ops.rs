@@ -399,7 +399,7 @@ impl Handler for Control {
                 "pid": std::process::id(),
                 "source": self.t.source,
                 "mountpoint": self.t.mountpoint,
-                "store": self.t.store.as_ref().map(|s| s.describe()),
+                "store": self.t.store_opt().map(|s| s.describe()),
                 "catalog": self.t.catalog.path(),
             })),
             Op::Status { paths, recursive } => {
@@ -553,15 +553,54 @@ pub(crate) async fn sleep_until_next(
     true
 }
 
+/// Waits for the next time the schedule `pick` takes from the config in force names
+/// (UTC), starting over whenever the config is reloaded. False when the daemon is going
+/// away.
+pub(crate) async fn wait_for_schedule(
+    t: &Tiering,
+    pick: fn(&crate::config::Config) -> Option<crate::tier::schedule::Schedule>,
+    what: &str,
+) -> bool {
+    let mut reloads = t.reloads();
+    loop {
+        reloads.borrow_and_update();
+        let schedule = pick(&t.config());
+        let due = async {
+            match &schedule {
+                Some(s) => sleep_until_next(s, what).await,
+                None => false,
+            }
+        };
+        tokio::select! {
+            due = due => {
+                if due {
+                    return true;
+                }
+                // No schedule (or no next time): wait for a reload.
+                if reloads.changed().await.is_err() {
+                    return false;
+                }
+            }
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// The scheduler: runs the policy at each time `policy.schedule` names (UTC), in the
-/// mode the config says. Runs for the life of the daemon.
+/// mode the config says (both as a reload leaves them). Runs for the life of the daemon;
+/// skips runs while tiering is paused.
 pub fn spawn_scheduler(t: Arc<Tiering>) {
-    let Some(schedule) = t.config().policy.schedule.clone() else {
-        return;
-    };
     let rt = t.rt.clone();
     rt.spawn(async move {
-        while sleep_until_next(&schedule, "policy run").await {
+        while wait_for_schedule(&t, |c| c.policy.schedule.clone(), "policy run").await {
+            if t.paused() {
+                tracing::info!("scheduled policy run skipped: tiering is paused");
+                continue;
+            }
             let mode = t.config().policy.mode;
             let mut quiet = |_: String, _: u64, _: u64| {};
             if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet).await {

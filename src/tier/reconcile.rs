@@ -701,7 +701,7 @@ pub fn backup_now(t: &Tiering, to: Option<&str>, why: &str) -> Result<Value, Ste
         return Err(t.not_paused().unwrap_err());
     }
     // Paused: the local copy only.
-    let store = t.store.clone().filter(|_| !t.paused());
+    let store = t.store_opt().filter(|_| !t.paused());
     backup::run(
         &t.catalog,
         store,
@@ -717,12 +717,15 @@ pub fn backup_now(t: &Tiering, to: Option<&str>, why: &str) -> Result<Value, Ste
 /// The daemon's backup scheduler: a backup at each time `catalog.backup_schedule` names
 /// (UTC), to the configured directory and the store, with the configured retention.
 pub fn spawn_backup_scheduler(t: Arc<Tiering>) {
-    let Some(schedule) = t.config().catalog.backup_schedule.clone() else {
-        return;
-    };
     let rt = t.rt.clone();
     rt.spawn(async move {
-        while crate::tier::ops::sleep_until_next(&schedule, "catalog backup").await {
+        while crate::tier::ops::wait_for_schedule(
+            &t,
+            |c| c.catalog.backup_schedule.clone(),
+            "catalog backup",
+        )
+        .await
+        {
             let t2 = t.clone();
             match tokio::task::spawn_blocking(move || backup_now(&t2, None, "scheduled")).await {
                 Ok(Ok(d)) => {
