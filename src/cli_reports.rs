@@ -94,15 +94,35 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct JobsArgs {
+    #[command(subcommand)]
+    pub command: Option<JobsCommand>,
     /// The mount point (or any path inside the mount).
-    pub mountpoint: PathBuf,
+    #[arg(required = true)]
+    pub mountpoint: Option<PathBuf>,
     /// The newest this many runs (0: all).
     #[arg(long, default_value_t = 50)]
     pub limit: u64,
     /// One JSON object per run and line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCommand {
+    /// Stop the running policy run or gc cleanly: the files under way are finished, no
+    /// other is started.
+    Cancel(JobsCancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobsCancelArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// Only if this job is the one running.
+    #[arg(long)]
+    pub id: Option<i64>,
 }
 
 #[derive(Debug, Args)]

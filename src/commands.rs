@@ -141,6 +141,9 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
             if r["failed"].as_u64().unwrap_or(0) > 0 {
                 return Err(anyhow!("{} files failed", r["failed"]));
             }
+            if r["cancelled"] == true {
+                return Err(anyhow!("the run was cancelled"));
+            }
             Ok(())
         }
         Command::Status(a)

@@ -39,8 +39,22 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events(a) => events(a),
-        Command::Jobs(a) => {
+        Command::Jobs(crate::cli_reports::JobsArgs {
+            command: Some(crate::cli_reports::JobsCommand::Cancel(a)),
+            ..
+        }) => {
             let mut c = client_for(&a.mountpoint)?;
+            let r = call(&mut c, Op::CancelJob { job: a.id })?;
+            println!(
+                "job {} ({}) cancelled: it finishes the files under way and stops",
+                r["cancelled"],
+                r["kind"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Command::Jobs(a) => {
+            let mp = a.mountpoint.as_deref().expect("clap requires it");
+            let mut c = client_for(mp)?;
             let r = call(&mut c, Op::Jobs { limit: a.limit })?;
             let jobs = r["jobs"].as_array().cloned().unwrap_or_default();
             if a.json {

@@ -1,6 +1,7 @@
 //! coldtier: a FUSE overlay over a file share that tiers cold files to S3 (library part;
 //! the binary in main.rs only parses the command line and calls in here).
 
+pub mod cancel;
 pub mod catalog;
 pub mod cli;
 pub mod cli_reports;

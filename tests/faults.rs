@@ -583,3 +583,119 @@ fn sighup_reloads_the_config_and_reopens_the_log() {
     assert_eq!(hist.lines().count(), 2, "{hist}");
     assert_all_read_back(&t, &fs_);
 }
+
+/// Polls `coldtier jobs --json` until job `id` has finished; its row.
+fn finished_job(t: &TierMount, id: u64) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = t.ok(&["jobs", &t.mnt_str(), "--json"]);
+        let job = parse_lines(&out)
+            .into_iter()
+            .find(|j| j["id"] == id)
+            .unwrap_or_else(|| panic!("no job {id}: {out}"));
+        if !job["finished_ns"].is_null() {
+            return job;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "job {id} did not finish: {job}\n{}",
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file is either as it was (resident, no record) or fully copied (premigrated, or
+/// a stub): none is left half-done.
+fn assert_whole(t: &TierMount, fs_: &Files) -> (usize, usize) {
+    let (mut untouched, mut done) = (0, 0);
+    for (rel, _) in fs_ {
+        match t.state(rel).as_str() {
+            "resident" => {
+                assert_eq!(xattr(&t.s(rel), "trusted.coldtier.copy"), None, "{rel}");
+                untouched += 1;
+            }
+            "premigrated" | "stub" => done += 1,
+            s => panic!("{rel}: {s}"),
+        }
+    }
+    (untouched, done)
+}
+
+/// A migrate whose client goes away (Ctrl-C, a killed client) stops the run: the files
+/// under way are finished, no other is started, and the job is recorded as cancelled;
+/// `coldtier jobs cancel` does the same to a run whose client waits (it exits 1).
+#[test]
+fn a_run_stops_when_its_client_goes_away_or_on_jobs_cancel() {
+    let spec: Vec<(String, usize)> = (0..40).map(|i| (format!("f{i:02}.bin"), 4_000)).collect();
+    let spec: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let fs_ = files(&spec);
+    let (_moto, proxy, t) = proxied("cancel", &fs_, |c| c.set("store", "concurrency", "1"));
+    // Slow uploads: each PUT waits 300 ms.
+    proxy.rules(
+        json!([{"method": "PUT", "path_contains": "/data/", "action": "delay", "delay": 0.3}]),
+    );
+    let mut client = std::process::Command::new(common::bin())
+        .args(["migrate", &t.mnt_str(), "--mode", "copy-only", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it start, then kill the client as Ctrl-C would.
+    let t0 = std::time::Instant::now();
+    while proxy.stats()["requests"]["PUT"].as_u64().unwrap_or(0) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no upload started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    let _ = client.wait();
+    let job = finished_job(&t, 1);
+    assert!(
+        job["errors"].to_string().contains("cancelled"),
+        "the job is recorded as cancelled: {job}"
+    );
+    let (untouched, done) = assert_whole(&t, &fs_);
+    assert!(
+        untouched > 0 && done > 0,
+        "{untouched} untouched, {done} done"
+    );
+    assert!(t.daemon_log_tail().contains("the client went away"));
+
+    // jobs cancel, with the client waiting.
+    let client = std::process::Command::new(common::bin())
+        .args(["migrate", &t.mnt_str(), "--mode", "copy-only", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = t.cli(&["jobs", "cancel", &t.mnt_str()]);
+        if out.status.success() {
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("job 2"),
+                "{}",
+                show(&out)
+            );
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", show(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["cancelled"], true, "{v}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"));
+    assert_whole(&t, &fs_);
+    // Nothing is running now: cancel says so, and a new run is accepted and finishes.
+    let out = t.cli(&["jobs", "cancel", &t.mnt_str()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    proxy.reset();
+    t.migrate_ok(&["--mode", "copy-only"]);
+    let (untouched, _) = assert_whole(&t, &fs_);
+    assert_eq!(untouched, 0);
+    assert_all_read_back(&t, &fs_);
+}

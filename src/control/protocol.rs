@@ -78,6 +78,10 @@ pub enum Op {
     Pause,
     /// Check the store and, if it works, resume tiering.
     Resume,
+    /// Stop the running policy run or gc (that one, if `id` is given) cleanly.
+    CancelJob {
+        job: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,6 +209,10 @@ mod tests {
             Op::Jobs { limit: 5 },
             Op::ConfigVersions,
             Op::Audit,
+            Op::Pause,
+            Op::Resume,
+            Op::CancelJob { job: Some(7) },
+            Op::CancelJob { job: None },
         ] {
             let r = Request { v: 1, id: 1, op };
             let line = serde_json::to_string(&r).unwrap();

@@ -13,13 +13,47 @@ use super::protocol::{ErrorBody, ErrorCode, Op, Reply, Request, PROTOCOL_VERSION
 /// The shortest time between two progress lines of one request.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// What the daemon does with a request. `progress` sends progress lines to the client.
+/// What the daemon does with a request. `progress` sends progress lines to the client;
+/// `cancel` is set when the client goes away (Ctrl-C, a killed client): a long request
+/// stops cleanly then.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         op: Op,
         progress: &mut dyn FnMut(String, u64, u64),
+        cancel: &crate::cancel::Cancel,
     ) -> Result<serde_json::Value, ErrorBody>;
+}
+
+/// Watches `conn` while a request is handled: if the client hangs up, `cancel` is set.
+/// Stops when `done` is set (checked every 100 ms).
+fn watch_hangup(
+    conn: &UnixStream,
+    cancel: crate::cancel::Cancel,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let Ok(conn) = conn.try_clone() else { return };
+    let _ = std::thread::Builder::new()
+        .name("control-watch".into())
+        .spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !done.load(Ordering::SeqCst) {
+                let mut p = libc::pollfd {
+                    fd: conn.as_raw_fd(),
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, for 100 ms.
+                let n = unsafe { libc::poll(&mut p, 1, 100) };
+                if n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                    if !done.load(Ordering::SeqCst) {
+                        tracing::warn!("control: the client went away: cancelling its request");
+                        cancel.cancel();
+                    }
+                    return;
+                }
+            }
+        });
 }
 
 /// A bound control socket; removed from the filesystem on drop.
@@ -154,7 +188,12 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
                         let _ = send(w, &Reply::Progress { id, message, files, bytes });
                     }
                 };
-                match handler.handle(r.op, &mut progress) {
+                let cancel = crate::cancel::Cancel::new();
+                let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                watch_hangup(&writer, cancel.clone(), done.clone());
+                let r = handler.handle(r.op, &mut progress, &cancel);
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                match r {
                     Ok(result) => Reply::Done { id, result },
                     Err(error) => Reply::Error { id, error },
                 }

@@ -83,6 +83,17 @@ pub struct Tiering {
     pub host: String,
     /// One policy run (or gc) at a time.
     pub job_lock: tokio::sync::Mutex<()>,
+    /// The job running now (a policy run or gc): its id, kind and cancel flag.
+    running: Mutex<Option<(i64, String, crate::cancel::Cancel)>>,
+}
+
+/// Unregisters the running job when dropped.
+pub struct RunningJob<'a>(&'a Tiering);
+
+impl Drop for RunningJob<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock() = None;
+    }
 }
 
 const VALIDATES_NO: u8 = 1;
@@ -214,6 +225,7 @@ impl Tiering {
             gc_skew,
             host,
             job_lock: tokio::sync::Mutex::new(()),
+            running: Mutex::new(None),
         }))
     }
 
@@ -268,6 +280,30 @@ impl Tiering {
         self.store_state
             .paused
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Registers job `id` (of `kind`) as the one running, cancellable by
+    /// [`Tiering::cancel_job`], until the returned guard drops.
+    pub fn running_job(
+        &self,
+        id: i64,
+        kind: &str,
+        cancel: &crate::cancel::Cancel,
+    ) -> RunningJob<'_> {
+        *self.running.lock() = Some((id, kind.to_string(), cancel.clone()));
+        RunningJob(self)
+    }
+
+    /// Cancels the running job (that one if `id` is given): its id and kind, or None if
+    /// no such job runs.
+    pub fn cancel_job(&self, id: Option<i64>) -> Option<(i64, String)> {
+        let r = self.running.lock();
+        let (rid, kind, cancel) = r.as_ref()?;
+        if id.is_some_and(|i| i != *rid) {
+            return None;
+        }
+        cancel.cancel();
+        Some((*rid, kind.clone()))
     }
 
     /// The error of a job that needs the store while tiering is paused.

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::cancel::Cancel;
 use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
 use crate::config::{MigrateMode, Verify};
 use crate::fs::backing::{self, SetTime, Stat};
@@ -59,13 +60,17 @@ pub struct RunSummary {
     pub errors: Vec<String>,
     pub files: Vec<Planned>,
     pub seconds: f64,
+    /// Stopped early (`coldtier jobs cancel`, or the client went away).
+    pub cancelled: bool,
 }
 
 /// What happened to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Copied,
-    Stubbed,
+    /// Stubbed: the bytes this freed on disk (its blocks; a sparse file frees less than
+    /// its size).
+    Stubbed(u64),
     /// Open by someone: left premigrated for a later run.
     Busy,
     /// Changed since it was copied: its copy is superseded; a later run copies it again.
@@ -85,7 +90,7 @@ enum Locked {
 impl Locked {
     fn outcome(&self) -> Outcome {
         match self {
-            Locked::Stubbed { .. } => Outcome::Stubbed,
+            Locked::Stubbed { freed, .. } => Outcome::Stubbed(*freed),
             Locked::Not(o) => *o,
         }
     }
@@ -299,6 +304,7 @@ impl Tiering {
         mode: MigrateMode,
         kind: &str,
         progress: &mut (dyn FnMut(String, u64, u64) + Send),
+        cancel: &Cancel,
     ) -> Result<RunSummary, StepError> {
         let Ok(_job) = self.job_lock.try_lock() else {
             return Err(StepError::new(
@@ -315,6 +321,7 @@ impl Tiering {
             .catalog
             .start_job(kind, mode.as_str())
             .map_err(StepError::from)?;
+        let _running = self.running_job(job_id, kind, cancel);
         progress("scanning".into(), 0, 0);
         let me = self.clone();
         let scan = tokio::task::spawn_blocking(move || me.scan(mode))
@@ -364,11 +371,14 @@ impl Tiering {
             let mut set = tokio::task::JoinSet::new();
             for (facts, plan) in sel.selected {
                 let need = facts.size.div_ceil(part_size).clamp(1, concurrency as u64) as u32;
-                let permit = sem
-                    .clone()
-                    .acquire_many_owned(need)
-                    .await
-                    .expect("semaphore open");
+                // Cancelled: no new file is started; the ones under way finish.
+                let permit = tokio::select! {
+                    p = sem.clone().acquire_many_owned(need) => p.expect("semaphore open"),
+                    _ = cancel.cancelled() => break,
+                };
+                if cancel.is_cancelled() {
+                    break;
+                }
                 let me = self.clone();
                 let (df, db) = (done_files.clone(), done_bytes.clone());
                 // Each file on a blocking thread of its own: its catalog writes, xattrs
@@ -402,6 +412,13 @@ impl Tiering {
         // The records of the run (written lazily) on disk before it reports.
         if let Err(e) = self.catalog.sync() {
             tracing::error!("catalog: {e}");
+        }
+        if cancel.is_cancelled() {
+            summary.cancelled = true;
+            summary
+                .errors
+                .push("cancelled: the files under way were finished, no other was started".into());
+            tracing::warn!(job_id, "policy run cancelled");
         }
         summary.seconds = t0.elapsed().as_secs_f64();
         let counts = JobCounts {
@@ -923,7 +940,7 @@ impl Tiering {
         // Lazy: the stub record on the file is the truth, and on disk already; the caller
         // makes the catalog durable at the end of its run (`Catalog::sync`).
         self.apply_after(copied, &mut row, &[(action, detail)], false)?;
-        Ok(Outcome::Stubbed)
+        Ok(Outcome::Stubbed(freed))
     }
 
     /// The part of [`Tiering::stub_step`] under the file's gate. Writes `copied` itself
@@ -1008,7 +1025,7 @@ impl Tiering {
     /// `coldtier gc`: deletes the objects of deleted and superseded content whose
     /// retention has passed, and of copies that failed verification. Each deletion is an
     /// OBJECT_DELETED event. Never deletes an object a tracked file still names.
-    pub async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, StepError> {
+    pub async fn gc(&self, dry_run: bool, cancel: &Cancel) -> Result<serde_json::Value, StepError> {
         let Ok(_job) = self.job_lock.try_lock() else {
             return Err(StepError::new(
                 libc::EBUSY,
@@ -1022,6 +1039,7 @@ impl Tiering {
         let job_id = self
             .catalog
             .start_job("gc", if dry_run { "dry-run" } else { "manual" })?;
+        let _running = self.running_job(job_id, "gc", cancel);
         let events = self.catalog.events_of_kinds(&[
             EventKind::Superseded,
             EventKind::Deleted,
@@ -1049,6 +1067,10 @@ impl Tiering {
         let mut errors = Vec::new();
         let mut seen = HashSet::new();
         for e in events.iter().filter(|e| e.kind != EventKind::ObjectDeleted) {
+            if cancel.is_cancelled() {
+                errors.push("cancelled: the objects left are deleted by the next gc".into());
+                break;
+            }
             let Some(obj) = key_of(&e.detail) else {
                 continue;
             };
@@ -1132,13 +1154,13 @@ fn tally(
                 summary.copied += 1;
                 summary.bytes_copied += facts.size;
             }
-            Outcome::Stubbed => {
+            Outcome::Stubbed(freed) => {
                 if plan != Plan::Stub {
                     summary.copied += 1;
                     summary.bytes_copied += facts.size;
                 }
                 summary.stubbed += 1;
-                summary.bytes_freed += facts.size;
+                summary.bytes_freed += freed;
             }
             Outcome::Busy => summary.busy += 1,
             Outcome::Changed | Outcome::Skipped => {}

@@ -331,8 +331,8 @@ impl Control {
             .stub_step(node, f, &rec, expect, Action::Release, Vec::new())
             .map_err(|e| e.message)?
         {
-            crate::tier::migrate::Outcome::Stubbed => {
-                Ok(json!({"released": true, "bytes": rec.size}))
+            crate::tier::migrate::Outcome::Stubbed(freed) => {
+                Ok(json!({"released": true, "bytes": rec.size, "bytes_freed": freed}))
             }
             crate::tier::migrate::Outcome::Busy => {
                 Err("the file is open: close it and try again".into())
@@ -393,6 +393,7 @@ impl Handler for Control {
         &self,
         op: Op,
         progress: &mut dyn FnMut(String, u64, u64),
+        cancel: &crate::cancel::Cancel,
     ) -> Result<Value, ErrorBody> {
         match op {
             Op::Ping => Ok(json!({
@@ -444,7 +445,7 @@ impl Handler for Control {
                         progress(m, f, b);
                     }
                 };
-                let summary = run_blocking(&t, mode, &mut relay).map_err(step_err)?;
+                let summary = run_blocking(&t, mode, &mut relay, cancel).map_err(step_err)?;
                 serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
             }
             Op::Pause => {
@@ -474,7 +475,24 @@ impl Handler for Control {
                 }
                 Ok(json!({"paused": false, "validates_checksums": c.validates_checksums}))
             }
-            Op::Gc { dry_run } => self.t.rt.block_on(self.t.gc(dry_run)).map_err(step_err),
+            Op::Gc { dry_run } => self
+                .t
+                .rt
+                .block_on(self.t.gc(dry_run, cancel))
+                .map_err(step_err),
+            Op::CancelJob { job } => match self.t.cancel_job(job) {
+                Some((id, kind)) => {
+                    tracing::warn!(job_id = id, kind, "job cancelled (coldtier jobs cancel)");
+                    Ok(json!({"cancelled": id, "kind": kind}))
+                }
+                None => Err(err(
+                    ErrorCode::NotFound,
+                    match job {
+                        Some(i) => format!("job {i} is not running"),
+                        None => "no policy run or gc is running".into(),
+                    },
+                )),
+            },
             Op::Verify { deep } => {
                 crate::tier::reconcile::verify_blocking(&self.t, deep, progress).map_err(step_err)
             }
@@ -520,14 +538,16 @@ fn run_blocking(
     t: &Arc<Tiering>,
     mode: MigrateMode,
     progress: &mut dyn FnMut(String, u64, u64),
+    cancel: &crate::cancel::Cancel,
 ) -> Result<crate::tier::migrate::RunSummary, StepError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
     let t2 = t.clone();
+    let cancel = cancel.clone();
     let job = t.rt.spawn(async move {
         let mut send = move |m: String, f: u64, b: u64| {
             let _ = tx.send((m, f, b));
         };
-        t2.run_policy(mode, "migrate", &mut send).await
+        t2.run_policy(mode, "migrate", &mut send, &cancel).await
     });
     t.rt.block_on(async {
         while let Some((m, f, b)) = rx.recv().await {
@@ -603,7 +623,8 @@ pub fn spawn_scheduler(t: Arc<Tiering>) {
             }
             let mode = t.config().policy.mode;
             let mut quiet = |_: String, _: u64, _: u64| {};
-            if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet).await {
+            let cancel = crate::cancel::Cancel::new();
+            if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet, &cancel).await {
                 tracing::error!("scheduled policy run failed: {e}");
             }
         }
