@@ -97,15 +97,6 @@ impl T {
         let v = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).ok();
         (out, v)
     }
-
-    fn remove_catalog(&self) {
-        for s in ["", "-wal", "-shm"] {
-            let p = PathBuf::from(format!("{}{s}", self.catalog.display()));
-            if p.exists() {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
-    }
 }
 
 fn findings<'a>(v: &'a Value, kind: &str) -> Vec<&'a Value> {

@@ -590,6 +590,96 @@ fn a_stub_opened_for_writing_is_fetched_at_the_first_write() {
     );
 }
 
+/// A sparse file (64 MiB with 1.5 MiB of data) is tiered as its data: the object holds
+/// the data only, the run and its event say what was really freed, SEEK_DATA/SEEK_HOLE
+/// answer from the record while it is a stub, and the recall recreates the holes
+/// (allocated blocks as before, data where it was).
+#[test]
+fn sparse_files_keep_their_holes() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    const M: u64 = 1 << 20;
+    let moto = start_moto();
+    let mut t = TierMount::new(&moto, "sparse", &Vec::new(), |c| c);
+    let (a, b) = (data(3, M as usize), data(4, M as usize / 2));
+    {
+        let f = fs::File::create(t.m("holes.bin")).unwrap();
+        f.set_len(64 * M).unwrap();
+        f.write_all_at(&a, 8 * M).unwrap();
+        f.write_all_at(&b, 40 * M).unwrap();
+        f.sync_all().unwrap();
+    }
+    let want = fs::read(t.m("holes.bin")).unwrap();
+    let allocated = blocks(&t.s("holes.bin")) * 512;
+    assert!(allocated < 4 * M, "the test file is sparse: {allocated}");
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["stubbed"], 1, "{v}");
+    // The data's blocks (and at most a block of extent tree), not the file's size.
+    let freed = v["bytes_freed"].as_u64().unwrap();
+    assert!(
+        (M + M / 2..=allocated + 4096).contains(&freed),
+        "the run says what was freed ({allocated} allocated): {v}"
+    );
+    let stubbed = t
+        .history("holes.bin")
+        .into_iter()
+        .find(|e| e["kind"] == "STUBBED")
+        .unwrap();
+    assert_eq!(stubbed["detail"]["bytes_freed"], freed, "{stubbed}");
+    let key = t.object_key("holes.bin");
+    let key = key
+        .strip_prefix(&format!("{PREFIX}/"))
+        .unwrap_or(&key)
+        .to_string();
+    let key = format!("{PREFIX}/{key}");
+    let object = moto.raw_get(&t.bucket, &key).unwrap();
+    assert_eq!(object.len() as u64, M + M / 2, "only the data is stored");
+    assert_eq!(fs::metadata(t.m("holes.bin")).unwrap().len(), 64 * M);
+    // SEEK_DATA / SEEK_HOLE on the stub: from the record, no GET.
+    let gets = data_gets(&settled_requests(&moto), &t.bucket, None);
+    {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(t.m("holes.bin"))
+            .unwrap();
+        // SAFETY: lseek on an open fd.
+        let seek = |off, w| unsafe { libc::lseek(f.as_raw_fd(), off, w) };
+        assert_eq!(seek(0, libc::SEEK_DATA), 8 * M as i64);
+        assert_eq!(seek(8 * M as i64, libc::SEEK_HOLE), 9 * M as i64);
+        assert_eq!(seek(9 * M as i64, libc::SEEK_DATA), 40 * M as i64);
+    }
+    assert_eq!(data_gets(&settled_requests(&moto), &t.bucket, None), gets);
+    assert_eq!(t.state("holes.bin"), "stub");
+    // The recall brings the data back where it was, and only that.
+    assert_bytes("after the recall", &read_ok(&t.m("holes.bin")), &want);
+    let after = blocks(&t.s("holes.bin")) * 512;
+    assert!(after < 4 * M, "holes recreated: {after} bytes allocated");
+    {
+        let f = fs::File::open(t.s("holes.bin")).unwrap();
+        // SAFETY: lseek on an open fd.
+        assert_eq!(
+            unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) },
+            8 * M as i64
+        );
+    }
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "{v}");
+    // Released again (premigrated, no upload) and rebuilt from the bucket.
+    t.ok(&["release", &t.ms("holes.bin")]);
+    t.umount();
+    t.remove_catalog();
+    let out = t.cli(&[
+        "catalog",
+        "rebuild",
+        t.src.to_str().unwrap(),
+        "--config",
+        t.config_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    t.remount();
+    assert_bytes("after a rebuild", &read_ok(&t.m("holes.bin")), &want);
+}
+
 // ------------------------------------------------------------------------------------------
 // 4b. Metadata changes keep the copy
 

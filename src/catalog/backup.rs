@@ -447,6 +447,7 @@ fn upload(
         metadata,
         tags,
         checksum: None,
+        extents: None,
     }))
     .map(|_| ())
     .map_err(|e| e.to_string())

@@ -818,6 +818,34 @@ pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
     }
 }
 
+/// The data extents of the first `size` bytes of an open file, as (offset, length), in
+/// order (SEEK_DATA / SEEK_HOLE). A filesystem without hole support answers one extent.
+pub fn data_extents(fd: BorrowedFd<'_>, size: u64) -> SysResult<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let data = match lseek(fd, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(Errno(libc::ENXIO)) => break,
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = match lseek(fd, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(Errno(libc::ENXIO)) => size,
+            Err(e) => return Err(e),
+        };
+        if hole <= data {
+            break;
+        }
+        out.push((data, hole - data));
+        off = hole;
+    }
+    Ok(out)
+}
+
 pub fn copy_file_range(
     fd_in: BorrowedFd<'_>,
     off_in: u64,

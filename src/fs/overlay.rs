@@ -55,6 +55,9 @@ pub struct Opened<B> {
 /// request threads, then open again.
 pub type Waiter = Box<dyn FnOnce() -> SysResult<()> + Send>;
 
+/// A stub's logical size and, for a sparse file, its data extents (offset, length).
+pub type StubLayout = (u64, Option<Vec<(u64, u64)>>);
+
 /// What the tiering layer says about an open or a truncate.
 pub enum Go {
     Proceed,
@@ -81,6 +84,9 @@ pub trait TierHooks: Send + Sync {
     /// The logical size and mtime (ns) in the stub record of this backing file, `None`
     /// if it is no stub.
     fn stub_view(&self, fd: BorrowedFd<'_>) -> SysResult<Option<(u64, i64)>>;
+    /// The logical size of a stub and, for a sparse file, its data extents (offset,
+    /// length): what SEEK_DATA / SEEK_HOLE answer. `None` if it is no stub.
+    fn stub_layout(&self, fd: BorrowedFd<'_>) -> SysResult<Option<StubLayout>>;
     /// The times of a regular file were set through the mount (a stub keeps them in its
     /// record). Called with the gate held.
     fn times_set(&self, fd: BorrowedFd<'_>);
@@ -192,6 +198,26 @@ pub struct OverlayFs<B> {
     /// [`OverlayOptions::no_xattrs_ttl`] in ns, and the clock it is counted on.
     no_xattrs_ttl_ns: u64,
     clock: std::time::Instant,
+}
+
+/// SEEK_DATA / SEEK_HOLE from `off` in a file of `size` bytes whose data is `extents`
+/// (in order): as the kernel answers them (ENXIO at or past the end; the end of the file
+/// is a hole).
+pub fn seek_in_layout(extents: &[(u64, u64)], size: u64, off: u64, whence: i32) -> SysResult<u64> {
+    if off >= size {
+        return Err(Errno(libc::ENXIO));
+    }
+    match whence {
+        libc::SEEK_DATA => extents
+            .iter()
+            .find(|&&(o, l)| o + l > off)
+            .map(|&(o, _)| o.max(off))
+            .ok_or(Errno(libc::ENXIO)),
+        _ => Ok(extents
+            .iter()
+            .find(|&&(o, l)| o <= off && off < o + l)
+            .map_or(off, |&(o, l)| (o + l).min(size))),
+    }
 }
 
 fn is_private_xattr(name: &[u8]) -> bool {
@@ -1024,14 +1050,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
     }
 
-    /// The stub view (size) of the file behind `fh` if it was opened as a stub and still
-    /// is one.
-    fn open_stub_size(&self, f: &OpenFile<B>) -> SysResult<Option<u64>> {
+    /// The layout (size, data extents) of the file behind `fh` if it was opened as a stub
+    /// and still is one.
+    #[allow(clippy::type_complexity)]
+    fn open_stub_layout(
+        &self,
+        f: &OpenFile<B>,
+    ) -> SysResult<Option<(u64, Option<Vec<(u64, u64)>>)>> {
         if !f.stub.load(Ordering::Acquire) {
             return Ok(None);
         }
         match self.hooks.get() {
-            Some(h) => Ok(h.stub_view(f.fd.as_fd())?.map(|(size, _)| size)),
+            Some(h) => h.stub_layout(f.fd.as_fd()),
             None => Ok(None),
         }
     }
@@ -1043,17 +1073,17 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> SysResult<i64> {
         let f = self.file_handle(fh)?;
-        // A stub's data is all data (no holes) up to its size: answered from its record,
-        // without bringing the data back (invariant 4).
-        if let Some(size) = self.open_stub_size(&f)? {
-            let size = size as i64;
-            return match whence {
-                _ if off < 0 => Err(Errno(libc::EINVAL)),
-                _ if off >= size => Err(Errno(libc::ENXIO)),
-                libc::SEEK_DATA => Ok(off),
-                libc::SEEK_HOLE => Ok(size),
-                _ => Err(Errno(libc::EINVAL)),
-            };
+        // A stub's data and holes are in its record (all data, for a file without holes):
+        // answered from it, without bringing the data back (invariant 4).
+        if let Some((size, extents)) = self.open_stub_layout(&f)? {
+            if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+                return backing::lseek(f.fd.as_fd(), off, whence);
+            }
+            if off < 0 {
+                return Err(Errno(libc::EINVAL));
+            }
+            let extents = extents.unwrap_or_else(|| vec![(0, size)]);
+            return seek_in_layout(&extents, size, off as u64, whence).map(|o| o as i64);
         }
         backing::lseek(f.fd.as_fd(), off, whence)
     }
@@ -1376,6 +1406,9 @@ mod tests {
         fn before_data(&self, _: u64, _: BorrowedFd<'_>) -> SysResult<Go> {
             Ok(Go::Proceed)
         }
+        fn stub_layout(&self, _: BorrowedFd<'_>) -> SysResult<Option<StubLayout>> {
+            Ok(None)
+        }
         fn writer_closed(&self, _: u64, _: BorrowedFd<'_>) {}
         fn tracked(&self, _: BorrowedFd<'_>) -> Option<String> {
             None
@@ -1447,6 +1480,23 @@ mod tests {
             fs.listxattr(plain.ino, 0),
             Ok(XattrReply::Size(7))
         ));
+    }
+
+    #[test]
+    fn seeks_in_a_stubs_layout_answer_as_the_kernel_does() {
+        let e = [(0, 10), (100, 50), (300, 20)];
+        let s = |off, w| seek_in_layout(&e, 1000, off, w);
+        assert_eq!(s(0, libc::SEEK_DATA), Ok(0));
+        assert_eq!(s(5, libc::SEEK_HOLE), Ok(10));
+        assert_eq!(s(10, libc::SEEK_DATA), Ok(100));
+        assert_eq!(s(10, libc::SEEK_HOLE), Ok(10));
+        assert_eq!(s(120, libc::SEEK_HOLE), Ok(150));
+        assert_eq!(s(320, libc::SEEK_DATA), Err(Errno(libc::ENXIO)));
+        assert_eq!(s(320, libc::SEEK_HOLE), Ok(320));
+        assert_eq!(s(1000, libc::SEEK_HOLE), Err(Errno(libc::ENXIO)));
+        let dense = [(0, 1000)];
+        assert_eq!(seek_in_layout(&dense, 1000, 7, libc::SEEK_HOLE), Ok(1000));
+        assert_eq!(seek_in_layout(&dense, 1000, 7, libc::SEEK_DATA), Ok(7));
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub(crate) async fn run_all(h: Harness) {
         ("storage_class_changed_on_the_server", |h| {
             Box::pin(class_changed(h))
         }),
+        ("sparse_extents_round_trip", |h| Box::pin(sparse(h))),
     ];
     let filter = std::env::var("COLDTIER_CONFORMANCE_CASE").ok();
     let mut failures = Vec::new();
@@ -162,6 +163,7 @@ pub(crate) fn put_req(key: &str, bytes: &[u8], algo: ChecksumAlgo) -> Result<Put
         metadata: BTreeMap::new(),
         tags: BTreeMap::new(),
         checksum: Some(algo),
+        extents: None,
     })
 }
 
@@ -181,6 +183,7 @@ pub(crate) async fn get_all(
             dest: Some(&dest),
             expected_size: size,
             checksum: algo,
+            extents: None,
         })
         .await?;
     let mut v = vec![0u8; size as usize];
@@ -202,6 +205,7 @@ async fn hash_only(
         dest: None,
         expected_size: size,
         checksum: algo,
+        extents: None,
     })
     .await
 }
@@ -891,5 +895,65 @@ async fn class_changed(h: &Harness) -> Result<(), String> {
         .await);
         check!(back == bytes, "data changed");
     }
+    Ok(())
+}
+
+/// A put with extents reads only them, back to back; a get with the same extents writes
+/// the object's bytes back where they were, leaving the rest of the file as holes.
+async fn sparse(h: &Harness) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let s = &*h.store;
+    const M: u64 = 1 << 20;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let src = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("src"))
+        .map_err(|e| e.to_string())?;
+    let (a, b) = (data(70_000, 21), data(30_000, 22));
+    src.set_len(40 * M).map_err(|e| e.to_string())?;
+    src.write_all_at(&a, 0).map_err(|e| e.to_string())?;
+    src.write_all_at(&b, 30 * M).map_err(|e| e.to_string())?;
+    let extents = Extents(vec![(0, a.len() as u64), (30 * M, b.len() as u64)]);
+    let mut req = put_req("conf/sparse", b"", ChecksumAlgo::Crc32c)?;
+    req.file = src.try_clone().map_err(|e| e.to_string())?;
+    req.size = extents.data_len();
+    req.extents = Some(extents.clone());
+    let put = ok!(s.put(req).await);
+    let mut body = a.clone();
+    body.extend_from_slice(&b);
+    check!(
+        put.checksum == Checksum::of(ChecksumAlgo::Crc32c, &body),
+        "the object is the extents' bytes back to back"
+    );
+    let head = ok!(s.head("conf/sparse", put.version_id.as_deref()).await);
+    check!(head.size == body.len() as u64, "object size {}", head.size);
+    let dest = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("dest"))
+        .map_err(|e| e.to_string())?;
+    dest.set_len(40 * M).map_err(|e| e.to_string())?;
+    let got = ok!(s
+        .get(GetRequest {
+            key: "conf/sparse",
+            version_id: put.version_id.as_deref(),
+            dest: Some(&dest),
+            expected_size: body.len() as u64,
+            checksum: ChecksumAlgo::Crc32c,
+            extents: Some(&extents),
+        })
+        .await);
+    check!(got.checksum == put.checksum, "checksum of what was written");
+    let back = std::fs::read(dir.path().join("dest")).map_err(|e| e.to_string())?;
+    let want = std::fs::read(dir.path().join("src")).map_err(|e| e.to_string())?;
+    check!(back == want, "the file came back as it was");
+    use std::os::unix::fs::MetadataExt;
+    let blocks = dest.metadata().map_err(|e| e.to_string())?.blocks() * 512;
+    check!(blocks < 4 * M, "holes stay holes: {blocks} bytes allocated");
     Ok(())
 }

@@ -172,9 +172,10 @@ impl ObjectStore for MemoryStore {
             let algo = req.checksum.unwrap_or(self.default_checksum);
             let size = req.size;
             let file = req.file;
+            let extents = req.extents;
             let (mut data, checksum) = blocking(move || {
                 let mut v = vec![0u8; size as usize];
-                read_exact_at(&file, &mut v, 0)?;
+                read_mapped(&file, extents.as_ref(), &mut v, 0)?;
                 let c = Checksum::of(algo, &v);
                 Ok((v, c))
             })
@@ -263,9 +264,10 @@ impl ObjectStore for MemoryStore {
                 .map_err(|e| StoreError::io("dup of the destination", &e))?;
             let algo = req.checksum;
             let data = o.data.clone();
+            let extents = req.extents.cloned();
             let checksum = blocking(move || {
                 if let Some(dest) = &dest {
-                    write_all_at(dest, &data, 0)?;
+                    write_mapped(dest, extents.as_ref(), &data, 0)?;
                 }
                 Ok(Checksum::of(algo, &data))
             })

@@ -148,6 +148,7 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
             metadata: BTreeMap::new(),
             tags: BTreeMap::new(),
             checksum: None,
+            extents: None,
         })
         .await
         .map_err(|e| e.context("PUT of a probe object"))?;
@@ -158,6 +159,7 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
             dest: None,
             expected_size: body.len() as u64,
             checksum: put.checksum.algo,
+            extents: None,
         })
         .await
         .map_err(|e| e.context("GET of the probe object"));
@@ -235,6 +237,9 @@ pub struct PutRequest {
     pub tags: BTreeMap<String, String>,
     /// `None`: the store's configured algorithm.
     pub checksum: Option<ChecksumAlgo>,
+    /// A sparse file: only these extents are read, back to back (`size` is then their
+    /// total, [`Extents::data_len`]).
+    pub extents: Option<Extents>,
 }
 
 /// What an upload did.
@@ -282,6 +287,9 @@ pub struct GetRequest<'a> {
     pub expected_size: u64,
     /// The algorithm the object was stored with (its `PutResult::checksum.algo`).
     pub checksum: ChecksumAlgo,
+    /// An object made from a sparse file: its bytes go to these extents of `dest` (which
+    /// the caller has made as large as the file: the rest stays holes).
+    pub extents: Option<&'a Extents>,
 }
 
 /// What a download wrote.
@@ -1184,6 +1192,111 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 // ---------------------------------------------------------------------------------------
 // Shared I/O helpers for the backends
 
+/// Where the bytes of an object made from a sparse file sit in it: the file's data
+/// extents, as (offset, length), in order, not overlapping; the object holds their bytes
+/// back to back, and the file's other ranges are holes (zeros). The object's size is
+/// [`Extents::data_len`]; the file's is kept apart (the stub record's `size`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Extents(pub Vec<(u64, u64)>);
+
+impl Extents {
+    /// The bytes the extents hold: the object's size.
+    pub fn data_len(&self) -> u64 {
+        self.0.iter().map(|e| e.1).sum()
+    }
+
+    /// The file offset of object byte `off`, and how many object bytes follow it
+    /// contiguously in the file (to the end of its extent). None past the end.
+    pub fn locate(&self, off: u64) -> Option<(u64, u64)> {
+        let mut base = 0u64;
+        for &(start, len) in &self.0 {
+            if off < base + len {
+                let into = off - base;
+                return Some((start + into, len - into));
+            }
+            base += len;
+        }
+        None
+    }
+
+    /// Whether the extents are in order, do not overlap, are not empty and end within
+    /// `file_size`.
+    pub fn valid_for(&self, file_size: u64) -> bool {
+        let mut end = 0u64;
+        for &(start, len) in &self.0 {
+            if len == 0 || start < end {
+                return false;
+            }
+            match start.checked_add(len) {
+                Some(e) if e <= file_size => end = e,
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Reads object bytes `off..off + buf.len()` of `file` seen through `extents` (dense
+/// when None).
+pub(crate) fn read_mapped(
+    file: &File,
+    extents: Option<&Extents>,
+    buf: &mut [u8],
+    off: u64,
+) -> Result<(), StoreError> {
+    let Some(ext) = extents else {
+        return read_exact_at(file, buf, off);
+    };
+    let mut done = 0usize;
+    while done < buf.len() {
+        let (at, avail) = ext.locate(off + done as u64).ok_or_else(|| {
+            StoreError::new(StoreErrorKind::Other, "read past the end of the extents")
+        })?;
+        let n = (avail.min((buf.len() - done) as u64)) as usize;
+        read_exact_at(file, &mut buf[done..done + n], at)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Writes object bytes at object offset `off` into `file` seen through `extents`.
+pub(crate) fn write_mapped(
+    file: &File,
+    extents: Option<&Extents>,
+    buf: &[u8],
+    off: u64,
+) -> Result<(), StoreError> {
+    let Some(ext) = extents else {
+        return write_all_at(file, buf, off);
+    };
+    let mut done = 0usize;
+    while done < buf.len() {
+        let (at, avail) = ext.locate(off + done as u64).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::ChecksumMismatch,
+                "the object is longer than its extents",
+            )
+        })?;
+        let n = (avail.min((buf.len() - done) as u64)) as usize;
+        write_all_at(file, &buf[done..done + n], at)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// A destination file and how object offsets map onto it.
+#[derive(Debug)]
+pub(crate) struct Dest {
+    pub file: File,
+    pub extents: Option<Extents>,
+}
+
+impl Dest {
+    pub(crate) fn write_all_at(&self, buf: &[u8], off: u64) -> Result<(), StoreError> {
+        write_mapped(&self.file, self.extents.as_ref(), buf, off)
+    }
+}
+
 /// Reads exactly `buf.len()` bytes at `offset` with pread; a short file is an error
 /// (the source changed under us).
 pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
@@ -1230,12 +1343,22 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// Checksums of `dest` bytes `0..size`, read back with pread (used where the bytes arrived
 /// in parallel ranges and the algorithm cannot be combined).
 pub fn checksum_file(file: &File, size: u64, algo: ChecksumAlgo) -> Result<Checksum, StoreError> {
+    checksum_mapped(file, None, size, algo)
+}
+
+/// Object bytes `0..size` of `file` seen through `extents` (see [`Extents`]), hashed.
+pub fn checksum_mapped(
+    file: &File,
+    extents: Option<&Extents>,
+    size: u64,
+    algo: ChecksumAlgo,
+) -> Result<Checksum, StoreError> {
     let mut h = Hasher::new(algo);
     let mut buf = vec![0u8; (8 << 20).min(size as usize).max(1)];
     let mut off = 0u64;
     while off < size {
         let n = buf.len().min((size - off) as usize);
-        read_exact_at(file, &mut buf[..n], off).map_err(|e| {
+        read_mapped(file, extents, &mut buf[..n], off).map_err(|e| {
             StoreError::new(
                 e.kind,
                 format!("reading the file to hash it: {}", e.message),

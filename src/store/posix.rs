@@ -255,7 +255,7 @@ impl Inner {
             let mut off = 0u64;
             while off < req.size {
                 let n = buf.len().min((req.size - off) as usize);
-                read_exact_at(&req.file, &mut buf[..n], off)?;
+                read_mapped(&req.file, req.extents.as_ref(), &mut buf[..n], off)?;
                 h.update(&buf[..n]);
                 write_all_at(&out, &buf[..n], off)?;
                 off += n as u64;
@@ -329,6 +329,7 @@ impl Inner {
         dest: Option<&File>,
         expected_size: u64,
         algo: ChecksumAlgo,
+        extents: Option<&Extents>,
     ) -> Result<GetResult, StoreError> {
         let meta = self.read_meta(key, version_id)?;
         if !self.restore_status(&meta).readable() {
@@ -362,7 +363,7 @@ impl Inner {
                 .map_err(|e| StoreError::new(e.kind, format!("{key}: {}", e.message)))?;
             h.update(&buf[..n]);
             if let Some(dest) = dest {
-                write_all_at(dest, &buf[..n], off)?;
+                write_mapped(dest, extents, &buf[..n], off)?;
             }
             off += n as u64;
         }
@@ -555,8 +556,18 @@ impl ObjectStore for PosixStore {
                 .map_err(|e| StoreError::io("dup of the destination", &e))?;
             let (key, version) = (req.key.to_string(), req.version_id.map(str::to_string));
             let (size, algo) = (req.expected_size, req.checksum);
-            self.run(move |s| s.get(&key, version.as_deref(), dest.as_ref(), size, algo))
-                .await
+            let extents = req.extents.cloned();
+            self.run(move |s| {
+                s.get(
+                    &key,
+                    version.as_deref(),
+                    dest.as_ref(),
+                    size,
+                    algo,
+                    extents.as_ref(),
+                )
+            })
+            .await
         })
     }
 

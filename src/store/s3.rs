@@ -225,10 +225,11 @@ impl S3Store {
     ) -> Result<PutResult, StoreError> {
         let size = req.size;
         let file = req.file;
+        let extents = req.extents;
         let want_md5 = self.cfg.content_md5;
         let (data, checksum, md5) = blocking(move || {
             let mut v = vec![0u8; size as usize];
-            read_exact_at(&file, &mut v, 0)?;
+            read_mapped(&file, extents.as_ref(), &mut v, 0)?;
             let c = Checksum::of(algo, &v);
             let md5 = want_md5.then(|| content_md5(&v));
             Ok((Bytes::from(v), c, md5))
@@ -287,7 +288,16 @@ impl S3Store {
             )
         })?;
         match self
-            .upload_parts(req.file, req.size, &full, &upload_id, algo)
+            .upload_parts(
+                Dest {
+                    file: req.file,
+                    extents: req.extents,
+                },
+                req.size,
+                &full,
+                &upload_id,
+                algo,
+            )
             .await
         {
             Ok((checksum, parts)) => {
@@ -371,7 +381,7 @@ impl S3Store {
     /// uploads up to `concurrency` of them at once; stops at the first failure.
     async fn upload_parts(
         &self,
-        file: File,
+        file: Dest,
         size: u64,
         full: &str,
         upload_id: &str,
@@ -402,7 +412,7 @@ impl S3Store {
                 let mut fh = full_hasher.take();
                 let (data, sum, md5, fh) = blocking(move || {
                     let mut v = vec![0u8; len];
-                    read_exact_at(&f, &mut v, off)?;
+                    read_mapped(&f.file, f.extents.as_ref(), &mut v, off)?;
                     if let Some(h) = fh.as_mut() {
                         h.update(&v);
                     }
@@ -494,7 +504,14 @@ impl S3Store {
         let size = req.expected_size;
         let dest = req
             .dest
-            .map(|f| f.try_clone().map(Arc::new))
+            .map(|f| {
+                f.try_clone().map(|file| {
+                    Arc::new(Dest {
+                        file,
+                        extents: req.extents.cloned(),
+                    })
+                })
+            })
             .transpose()
             .map_err(|e| StoreError::io("dup of the destination", &e))?;
         let chunk = self.cfg.part_size;
@@ -622,7 +639,7 @@ impl S3Store {
                     "a ranged download without a destination needs a CRC",
                 ));
             };
-            blocking(move || checksum_file(&d, size, algo)).await?
+            blocking(move || checksum_mapped(&d.file, d.extents.as_ref(), size, algo)).await?
         };
         Ok(GetResult {
             bytes: size,
@@ -713,7 +730,7 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
 /// SDK's bodies have their own stalled-stream protection; the lean GET's do not).
 async fn stream_to_file(
     mut body: ByteStream,
-    dest: Option<Arc<File>>,
+    dest: Option<Arc<Dest>>,
     start: u64,
     len: u64,
     algo: Option<ChecksumAlgo>,
@@ -766,7 +783,7 @@ async fn stream_to_file(
             off += data.len() as u64;
             let write = move || {
                 if let Some(d) = &d {
-                    write_all_at(d, &data, at)?;
+                    d.write_all_at(&data, at)?;
                 }
                 if let Some(h) = h.as_mut() {
                     h.update(&data);

@@ -662,6 +662,7 @@ fn bench_put_get_64mib() {
                         metadata: BTreeMap::new(),
                         tags: BTreeMap::new(),
                         checksum: Some(algo),
+                        extents: None,
                     })
                     .await
                     .unwrap();
@@ -675,6 +676,7 @@ fn bench_put_get_64mib() {
                         dest: Some(&dest),
                         expected_size: size as u64,
                         checksum: algo,
+                        extents: None,
                     })
                     .await
                     .unwrap();

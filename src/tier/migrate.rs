@@ -33,7 +33,9 @@ use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, Transitio
 use crate::tier::marks;
 use crate::tier::policy::{self, Decision, FileFacts, Plan, SkipReason};
 use crate::tier::state::Action;
-use crate::tier::stub::{new_file_id, object_key, StubRecord, STUB_VERSION};
+use crate::tier::stub::{
+    extents_to_meta, new_file_id, object_key, sparse_extents, StubRecord, STUB_VERSION,
+};
 
 /// One file a run would act on.
 #[derive(Debug, Clone, Serialize)]
@@ -596,7 +598,17 @@ impl Tiering {
             }
             path_meta.truncate(cut);
         }
-        let metadata = BTreeMap::from([
+        // A sparse file: only its data goes to the store (its holes are recreated at
+        // recall); the object's size is then the data's.
+        let extents = if st0.blocks.saturating_mul(512) < st0.size {
+            backing::data_extents(file.as_fd(), st0.size)
+                .ok()
+                .and_then(|d| sparse_extents(&d, st0.size))
+        } else {
+            None
+        };
+        let obj_size = extents.as_ref().map_or(st0.size, |e| e.data_len());
+        let mut metadata = BTreeMap::from([
             ("coldtier-path".to_string(), path_meta),
             ("coldtier-file-id".to_string(), id.clone()),
             ("coldtier-size".to_string(), st0.size.to_string()),
@@ -613,6 +625,9 @@ impl Tiering {
             ),
             ("coldtier-host".to_string(), self.host.clone()),
         ]);
+        if let Some(e) = &extents {
+            metadata.insert("coldtier-extents".to_string(), extents_to_meta(e));
+        }
         let tags = BTreeMap::from([("coldtier-state".to_string(), "live".to_string())]);
         // A store whose checksums prove nothing has each copy read back; an archived
         // object cannot be read back, so it is uploaded STANDARD, proven, and then moved
@@ -629,11 +644,12 @@ impl Tiering {
                 file: file
                     .try_clone()
                     .map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
-                size: st0.size,
+                size: obj_size,
                 storage_class: archive_after.then_some(StorageClass::Standard),
                 metadata,
                 tags,
                 checksum: None,
+                extents: extents.clone(),
             })
             .await;
         let mut put = match put {
@@ -645,11 +661,11 @@ impl Tiering {
             }
         };
         self.failpoint("migrate-after-put");
-        crate::metrics::migrated(st0.size);
+        crate::metrics::migrated(obj_size);
         let detail = json!({
             "object_key": key,
             "version_id": put.version_id,
-            "bytes": st0.size,
+            "bytes": obj_size,
             "checksum": put.checksum.to_string(),
             "parts": put.parts,
         });
@@ -665,10 +681,10 @@ impl Tiering {
 
         // Verify: the store's checksum of that exact version, or a read-back.
         let verified = self
-            .verify(&key, put.version_id.as_deref(), st0.size, &put)
+            .verify(&key, put.version_id.as_deref(), obj_size, &put)
             .await;
         let verified = match (verified, archive_after) {
-            (Ok(_), true) => self.archive_proven(&key, st0.size, &mut put, wanted).await,
+            (Ok(_), true) => self.archive_proven(&key, obj_size, &mut put, wanted).await,
             (v, _) => v,
         };
         let meta = match verified {
@@ -694,6 +710,7 @@ impl Tiering {
             storage_class: meta.0.clone(),
             config_version,
             content_mtime_ns: None,
+            extents,
         };
         {
             let held = self.gate.lock(node);
@@ -879,6 +896,7 @@ impl Tiering {
                 dest: None,
                 expected_size: size,
                 checksum: put.checksum.algo,
+                extents: None,
             })
             .await;
         let got = match got {
@@ -1004,8 +1022,12 @@ impl Tiering {
         // filesystem (one without a journal may write metadata out of order).
         backing::fsync(w.as_fd(), false)?;
         self.failpoint("migrate-after-stub-xattr");
+        let blocks_before = backing::stat_fd(w.as_fd())?.blocks;
         backing::ftruncate(w.as_fd(), 0)?;
         self.failpoint("migrate-after-truncate");
+        // What was really freed: the data's blocks (a sparse file's holes had none; the
+        // record's xattr block stays).
+        let freed = blocks_before.saturating_sub(backing::stat_fd(w.as_fd())?.blocks) * 512;
         backing::utimens_fd(
             w.as_fd(),
             false,
@@ -1018,7 +1040,7 @@ impl Tiering {
         self.reset_mark(node);
         Ok(Locked::Stubbed {
             row: Box::new(r),
-            freed: st.blocks * 512,
+            freed,
         })
     }
 

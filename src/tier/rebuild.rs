@@ -87,6 +87,8 @@ pub struct Genealogy {
     pub file_id: String,
     pub size: u64,
     pub mtime_ns: i64,
+    /// A sparse file's data extents (`coldtier-extents`): the object holds only them.
+    pub extents: Option<crate::store::Extents>,
 }
 
 /// Reads and checks the metadata coldtier writes on each object (untrusted input): every
@@ -118,9 +120,22 @@ pub fn genealogy(meta: &ObjectMeta) -> Result<Genealogy, String> {
                 size_s.escape_debug()
             )
         })?;
-    if size != meta.size {
+    let extents = match meta.metadata.get("coldtier-extents") {
+        None => None,
+        Some(e) => Some(
+            crate::tier::stub::extents_from_meta(e, size)
+                .map_err(|why| format!("metadata coldtier-extents: {why}"))?,
+        ),
+    };
+    let object_size = extents.as_ref().map_or(size, |e| e.data_len());
+    if object_size != meta.size {
         return Err(format!(
-            "metadata coldtier-size says {size} bytes, the object is {}",
+            "metadata coldtier-size{} says {object_size} bytes, the object is {}",
+            if extents.is_some() {
+                " and coldtier-extents"
+            } else {
+                ""
+            },
             meta.size
         ));
     }
@@ -149,6 +164,7 @@ pub fn genealogy(meta: &ObjectMeta) -> Result<Genealogy, String> {
         file_id: file_id.to_string(),
         size,
         mtime_ns,
+        extents,
     })
 }
 
@@ -166,6 +182,9 @@ pub fn matches_record(meta: &ObjectMeta, rec: &StubRecord) -> Result<Genealogy, 
             "the object is {} bytes, the stub {}",
             g.size, rec.size
         ));
+    }
+    if g.extents != rec.extents {
+        return Err("the object's data extents are not the stub's".to_string());
     }
     if g.mtime_ns != rec.content_mtime() {
         return Err(format!(

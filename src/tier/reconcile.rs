@@ -515,12 +515,13 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
             return out;
         }
     };
-    if meta.size != rec.size {
+    if meta.size != rec.object_size() {
         out.findings.push(mk(
             "object_size",
             format!(
                 "the object is {} bytes, the record says {}",
-                meta.size, rec.size
+                meta.size,
+                rec.object_size()
             ),
         ));
     }
@@ -619,8 +620,9 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
             key: &rec.object_key,
             version_id: rec.version_id.as_deref(),
             dest: None,
-            expected_size: rec.size,
+            expected_size: rec.object_size(),
             checksum: algo,
+            extents: None,
         })
         .await;
     out.reread = 1;

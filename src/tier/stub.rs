@@ -39,6 +39,8 @@
 //! str     storage_class
 //! i64     content_mtime_ns  (if flags bit 2: the mtime the object's content had, when
 //!                           the file's times were set through the mount since its copy)
+//! u8      extents count     (if flags bit 3: a sparse file; 1..=MAX_EXTENTS)
+//! [count] (u64 offset, u64 length) of each data extent, in order, within `size`
 //! ```
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
@@ -46,6 +48,8 @@
 
 use std::fmt;
 use std::io::Read;
+
+pub use crate::store::Extents;
 
 /// The xattr on a stubbed backing file that holds its encoded [`StubRecord`]. The
 /// `trusted.` namespace needs CAP_SYS_ADMIN to read or write: users can neither see nor
@@ -62,8 +66,14 @@ pub const MAX_ENCODED_LEN: usize = 2048;
 const FLAG_VERSION_ID: u8 = 1;
 const FLAG_MD5: u8 = 2;
 const FLAG_CONTENT_MTIME: u8 = 4;
+const FLAG_EXTENTS: u8 = 8;
+
+/// The most extents a record (and an object's metadata) keeps for a sparse file: holes
+/// are merged into the data around them beyond that ([`sparse_extents`]), so an odd file
+/// costs a little more to store, never a record that does not fit.
+pub const MAX_EXTENTS: usize = 16;
 const FIXED_LEN: usize = 2 + 16 + 6 * 8;
-const _: () = assert!(FIXED_LEN + 16 + 5 * 256 + 8 <= MAX_ENCODED_LEN);
+const _: () = assert!(FIXED_LEN + 16 + 5 * 256 + 8 + 1 + 16 * MAX_EXTENTS <= MAX_ENCODED_LEN);
 
 /// Where a stub's data is and what it was: one record per stubbed file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,6 +108,9 @@ pub struct StubRecord {
     /// file's times were set through the mount since the copy (`touch`): `mtime_ns` is
     /// then the file's new mtime. None: the same as `mtime_ns`.
     pub content_mtime_ns: Option<i64>,
+    /// A sparse file: where its data extents are; the object holds only their bytes
+    /// (`size` stays the file's size). None: the object holds all `size` bytes.
+    pub extents: Option<Extents>,
 }
 
 /// Why a stub record cannot be decoded, or encoded.
@@ -127,6 +140,75 @@ fn bad(field: &'static str, problem: impl Into<String>) -> StubError {
         field,
         problem: problem.into(),
     }
+}
+
+/// The extents to keep for a file whose data extents (SEEK_DATA/SEEK_HOLE) are `data`, of
+/// `size` bytes: None for a file without holes worth keeping (the object then holds all
+/// of it). Holes shorter than [`MIN_HOLE`] are kept as data (zeros), and so are the
+/// shortest holes beyond [`MAX_EXTENTS`] extents.
+pub fn sparse_extents(data: &[(u64, u64)], size: u64) -> Option<Extents> {
+    let mut v: Vec<(u64, u64)> = Vec::with_capacity(data.len());
+    for &(o, l) in data.iter().filter(|e| e.1 > 0) {
+        match v.last_mut() {
+            Some(last) if o.saturating_sub(last.0 + last.1) < MIN_HOLE => {
+                last.1 = o + l - last.0;
+            }
+            _ => v.push((o, l)),
+        }
+    }
+    while v.len() > MAX_EXTENTS {
+        // Merge across the shortest hole.
+        let i = (1..v.len())
+            .min_by_key(|&i| v[i].0 - (v[i - 1].0 + v[i - 1].1))
+            .expect("more than one extent");
+        let (o, l) = v.remove(i);
+        v[i - 1].1 = o + l - v[i - 1].0;
+    }
+    let data_len: u64 = v.iter().map(|e| e.1).sum();
+    // Worth it only when the holes free something real.
+    if v.is_empty() || size - data_len.min(size) < MIN_HOLE {
+        return None;
+    }
+    Some(Extents(v))
+}
+
+/// Holes shorter than this are stored as data (zeros): a hole frees whole blocks, and a
+/// record cannot list thousands of them.
+pub const MIN_HOLE: u64 = 64 * 1024;
+
+/// Extents as the object's `coldtier-extents` metadata: `offset+length` pairs in hex,
+/// comma-separated.
+pub fn extents_to_meta(e: &Extents) -> String {
+    e.0.iter()
+        .map(|(o, l)| format!("{o:x}+{l:x}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `coldtier-extents` metadata (untrusted input: strict), checked against the
+/// file's `size`.
+pub fn extents_from_meta(s: &str, size: u64) -> Result<Extents, String> {
+    let mut v = Vec::new();
+    for part in s.split(',') {
+        let (o, l) = part
+            .split_once('+')
+            .ok_or_else(|| format!("`{}` is not offset+length", part.escape_debug()))?;
+        let hex = |x: &str| {
+            (!x.is_empty() && x.len() <= 16 && x.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(x, 16).ok())
+                .flatten()
+                .ok_or_else(|| format!("`{}` is not a hex number", x.escape_debug()))
+        };
+        v.push((hex(o)?, hex(l)?));
+        if v.len() > MAX_EXTENTS {
+            return Err(format!("more than {MAX_EXTENTS} extents"));
+        }
+    }
+    let e = Extents(v);
+    if !e.valid_for(size) {
+        return Err("extents out of order, overlapping, empty or past the size".into());
+    }
+    Ok(e)
 }
 
 /// The object key of content version `content_version` of file `file_id`:
@@ -311,7 +393,23 @@ impl StubRecord {
             // Kept only where it differs: one encoding per record.
             return Err(bad("content_mtime_ns", "equals mtime_ns"));
         }
+        if let Some(e) = &self.extents {
+            if e.0.is_empty() || e.0.len() > MAX_EXTENTS {
+                return Err(bad("extents", format!("1 to {MAX_EXTENTS} of them")));
+            }
+            if !e.valid_for(self.size) {
+                return Err(bad(
+                    "extents",
+                    "must be in order, not empty, not overlapping and within the size",
+                ));
+            }
+        }
         Ok((prefix, content_version))
+    }
+
+    /// The size of the object: the file's, or the bytes of its data extents.
+    pub fn object_size(&self) -> u64 {
+        self.extents.as_ref().map_or(self.size, Extents::data_len)
     }
 
     /// The mtime of the content the object holds.
@@ -346,6 +444,9 @@ impl StubRecord {
         if self.content_mtime_ns.is_some() {
             flags |= FLAG_CONTENT_MTIME;
         }
+        if self.extents.is_some() {
+            flags |= FLAG_EXTENTS;
+        }
         out.push(self.version);
         out.push(flags);
         out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
@@ -372,6 +473,13 @@ impl StubRecord {
         if let Some(m) = self.content_mtime_ns {
             out.extend_from_slice(&m.to_be_bytes());
         }
+        if let Some(e) = &self.extents {
+            out.push(e.0.len() as u8); // validated: 1..=MAX_EXTENTS
+            for (o, l) in &e.0 {
+                out.extend_from_slice(&o.to_be_bytes());
+                out.extend_from_slice(&l.to_be_bytes());
+            }
+        }
         Ok(out)
     }
 
@@ -389,7 +497,7 @@ impl StubRecord {
         }
         r.take(1, "version")?;
         let flags = r.take(1, "flags")?[0];
-        if flags & !(FLAG_VERSION_ID | FLAG_MD5 | FLAG_CONTENT_MTIME) != 0 {
+        if flags & !(FLAG_VERSION_ID | FLAG_MD5 | FLAG_CONTENT_MTIME | FLAG_EXTENTS) != 0 {
             return Err(StubError::UnknownFlags(flags));
         }
         let file_id = hex::encode(r.take(16, "file_id")?);
@@ -418,6 +526,16 @@ impl StubRecord {
         } else {
             None
         };
+        let extents = if flags & FLAG_EXTENTS != 0 {
+            let n = r.take(1, "extents")?[0] as usize;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push((r.u64("extents")?, r.u64("extents")?));
+            }
+            Some(Extents(v))
+        } else {
+            None
+        };
         if !r.rest.is_empty() {
             return Err(StubError::TrailingBytes(r.rest.len()));
         }
@@ -437,6 +555,7 @@ impl StubRecord {
             storage_class,
             config_version,
             content_mtime_ns,
+            extents,
         };
         rec.validate()?;
         Ok(rec)
@@ -527,6 +646,7 @@ mod tests {
             storage_class: "DEEP_ARCHIVE".into(),
             config_version: 7,
             content_mtime_ns: None,
+            extents: None,
         }
     }
 
@@ -584,6 +704,7 @@ mod tests {
             storage_class: rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", 1, 30),
             config_version: (rng.next() >> 1) as i64 >> rng.below(63),
             content_mtime_ns: None,
+            extents: None,
         }
         .with_content_mtime(rng)
     }
@@ -595,8 +716,66 @@ mod tests {
                 self.set_mtime(rng.next() as i64);
                 assert_eq!(self.content_mtime(), m);
             }
+            if rng.below(3) == 0 && self.size > 1000 {
+                let n = 1 + rng.below(MAX_EXTENTS as u64) as usize;
+                let step = self.size / (n as u64 + 1);
+                self.extents = Some(Extents(
+                    (0..n as u64)
+                        .map(|i| (i * step, 1 + rng.below(step.max(2) - 1)))
+                        .collect(),
+                ));
+            }
             self
         }
+    }
+
+    #[test]
+    fn sparse_files_keep_their_big_holes_in_at_most_max_extents() {
+        const M: u64 = 1 << 20;
+        // No holes, or holes too small to matter: no extents.
+        assert_eq!(sparse_extents(&[(0, 10 * M)], 10 * M), None);
+        assert_eq!(sparse_extents(&[(0, M), (M + 4096, M)], 2 * M + 4096), None);
+        // 1 MiB of data in a 1 GiB file.
+        let e = sparse_extents(&[(0, M / 2), (512 * M, M / 2)], 1024 * M).unwrap();
+        assert_eq!(e.0, vec![(0, M / 2), (512 * M, M / 2)]);
+        assert_eq!(e.data_len(), M);
+        // Holes under MIN_HOLE become data.
+        let e = sparse_extents(&[(0, 10), (100, 10), (10 * M, 10)], 20 * M).unwrap();
+        assert_eq!(e.0, vec![(0, 110), (10 * M, 10)]);
+        // A file with holes everywhere keeps MAX_EXTENTS extents, merged across the
+        // shortest holes.
+        let many: Vec<(u64, u64)> = (0..100u64)
+            .map(|i| (i * M + (i % 7) * 4096, 4096))
+            .collect();
+        let e = sparse_extents(&many, 101 * M).unwrap();
+        assert_eq!(e.0.len(), MAX_EXTENTS);
+        assert!(e.valid_for(101 * M));
+        for (o, l) in &many {
+            assert!(
+                e.0.iter().any(|(eo, el)| o >= eo && o + l <= eo + el),
+                "{o} lost"
+            );
+        }
+        // Metadata form round-trips; hostile forms are refused.
+        assert_eq!(extents_from_meta(&extents_to_meta(&e), 101 * M).unwrap(), e);
+        for bad in [
+            "",
+            "1+",
+            "+1",
+            "x+1",
+            "10+10,5+1",
+            "0+0",
+            "0+ffffffffffffffff",
+            "0+10,10+10000000000000000",
+            "-1+2",
+        ] {
+            assert!(extents_from_meta(bad, 1000).is_err(), "{bad:?} accepted");
+        }
+        let too_many = (0..17)
+            .map(|i| format!("{:x}+1", i * 10))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(extents_from_meta(&too_many, 1000).is_err());
     }
 
     #[test]
@@ -634,6 +813,7 @@ mod tests {
             storage_class: "S".into(),
             config_version: 7,
             content_mtime_ns: None,
+            extents: None,
         };
         let want = "0102\
             0123456789abcdef0123456789abcdef\
@@ -717,8 +897,8 @@ mod tests {
             assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownVersion(v)));
         }
         b[0] = 1;
-        b[1] |= 8;
-        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(11)));
+        b[1] |= 16;
+        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(19)));
         // JSON (what a future or foreign writer might try) is no version 1 record.
         assert_eq!(
             StubRecord::decode(br#"{"version":1}"#),

@@ -537,6 +537,16 @@ impl TierMount {
         t
     }
 
+    /// Deletes the catalog (and its WAL and shared-memory files), as a lost disk would.
+    pub fn remove_catalog(&self) {
+        for s in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{s}", self.catalog.display()));
+            if p.exists() {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+
     /// The mount was taken away by other means (`umount(8)`).
     pub fn set_unmounted(&mut self) {
         self.mounted = false;
