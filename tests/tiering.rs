@@ -1678,3 +1678,47 @@ fn status_and_history_json_have_the_documented_keys() {
     assert!(plain.contains("STUBBED"), "plain history: {plain}");
     assert_spec_key_layout(s["object_key"].as_str().unwrap());
 }
+
+/// The catalog follows the name a hard-linked file keeps: after `ln f g; rm f` (or the
+/// other name made behind the mount, in another directory) `find` and the events name
+/// the name that is left, and the file reads back byte-identical through it.
+#[test]
+fn a_hard_linked_file_is_known_by_the_name_that_is_left() {
+    let moto = start_moto();
+    let fs_ = files(&[("a/f.bin", 30_000), ("b/h.bin", 31_000)]);
+    let t = TierMount::new(&moto, "hardlinks", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let find = |state: &str| -> Vec<String> {
+        parse_lines(&t.ok(&["find", &t.mnt_str(), "--state", state, "--json"]))
+            .into_iter()
+            .map(|r| r["path"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // Through the mount: ln, then rm of the first name.
+    fs::hard_link(t.m("a/f.bin"), t.m("a/g.bin")).unwrap();
+    fs::remove_file(t.m("a/f.bin")).unwrap();
+    assert!(find("stub").iter().any(|p| p.ends_with("a/g.bin")), "{:?}", find("stub"));
+    assert!(!find("stub").iter().any(|p| p.ends_with("a/f.bin")));
+    let kinds = t.kinds("a/g.bin");
+    assert!(kinds.contains(&"LINKED".to_string()), "{kinds:?}");
+    assert_eq!(count(&kinds, "DELETED"), 0, "{kinds:?}");
+    assert_eq!(t.state("a/g.bin"), "stub");
+    // The other name made behind the mount, in another directory.
+    fs::create_dir_all(t.s("c")).unwrap();
+    fs::hard_link(t.s("b/h.bin"), t.s("c/k.bin")).unwrap();
+    fs::remove_file(t.m("b/h.bin")).unwrap();
+    let t0 = Instant::now();
+    while !find("stub").iter().any(|p| p.ends_with("c/k.bin")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}\n{}",
+            find("stub"),
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_bytes("a/g.bin", &read_ok(&t.m("a/g.bin")), &fs_[0].1);
+    assert_bytes("c/k.bin", &read_ok(&t.m("c/k.bin")), &fs_[1].1);
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{v}");
+}

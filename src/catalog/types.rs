@@ -66,10 +66,12 @@ pub enum EventKind {
     CatalogBackup,
     /// The catalog was rebuilt from the records on disk and the bucket.
     CatalogRebuilt,
+    /// A tracked file got another name (a hard link through the mount; detail: the path).
+    Linked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Scanned,
         EventKind::Copied,
         EventKind::Verified,
@@ -88,6 +90,7 @@ impl EventKind {
         EventKind::VerifyFinding,
         EventKind::CatalogBackup,
         EventKind::CatalogRebuilt,
+        EventKind::Linked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl EventKind {
             EventKind::VerifyFinding => "VERIFY_FINDING",
             EventKind::CatalogBackup => "CATALOG_BACKUP",
             EventKind::CatalogRebuilt => "CATALOG_REBUILT",
+            EventKind::Linked => "LINKED",
         }
     }
 }

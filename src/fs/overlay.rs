@@ -106,6 +106,11 @@ pub trait TierHooks: Send + Sync {
     fn tracked(&self, fd: BorrowedFd<'_>) -> Option<String>;
     /// The last name of tracked file `file_id` is gone.
     fn unlinked(&self, file_id: &str);
+    /// Name `name` in `dir` of tracked file `file_id`, which has other names, is gone: the
+    /// catalog should name one that is left.
+    fn name_removed(&self, file_id: &str, dir: BorrowedFd<'_>, name: &OsStr);
+    /// Tracked file `file_id` got another name, `newname` in `newdir` (a hard link).
+    fn linked(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr);
     /// Tracked file `file_id` is now `newname` in `newdir`.
     fn renamed(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr);
     /// Directory `name` in `dir` is now `newname` in `newdir`.
@@ -376,13 +381,20 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     /// The file id of a tracked regular file named `name` in `dir`, if `only_last` is false
     /// or it is its last link.
     fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr, only_last: bool) -> Option<String> {
+        self.probe_links(dir, name)
+            .filter(|(_, nlink)| !only_last || *nlink == 1)
+            .map(|(id, _)| id)
+    }
+
+    /// The file id of the tracked regular file `name` in `dir`, and its link count.
+    fn probe_links(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<(String, u64)> {
         let h = self.hooks.get()?;
         let st = backing::stat_at(dir, name).ok()?;
-        if st.file_type() != libc::S_IFREG || (only_last && st.nlink != 1) {
+        if st.file_type() != libc::S_IFREG {
             return None;
         }
         let fd = backing::open_path_at(dir, name).ok()?;
-        h.tracked(fd.as_fd())
+        h.tracked(fd.as_fd()).map(|id| (id, st.nlink as u64))
     }
 
     pub fn passthrough_enabled(&self) -> bool {
@@ -680,7 +692,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let i = self.inode(ino)?;
         let p = self.dir(newparent)?;
         let ifd = i.fd()?;
-        backing::link_fd(ifd.as_fd(), p.fd()?.as_fd(), newname)?;
+        let pfd = p.fd()?;
+        backing::link_fd(ifd.as_fd(), pfd.as_fd(), newname)?;
+        if let Some(h) = self.hooks.get().filter(|_| i.kind == libc::S_IFREG) {
+            if let Some(id) = h.tracked(ifd.as_fd()) {
+                h.linked(&id, pfd.as_fd(), newname);
+            }
+        }
         let mut st = backing::stat_fd(ifd.as_fd())?;
         let i = self
             .inodes
@@ -697,10 +715,14 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
         let p = self.dir(parent)?;
         let pfd = p.fd()?;
-        let tracked = self.probe(pfd.as_fd(), name, true);
+        let tracked = self.probe_links(pfd.as_fd(), name);
         backing::unlink_at(pfd.as_fd(), name, 0)?;
-        if let (Some(id), Some(h)) = (tracked, self.hooks.get()) {
-            h.unlinked(&id);
+        if let (Some((id, nlink)), Some(h)) = (tracked, self.hooks.get()) {
+            if nlink == 1 {
+                h.unlinked(&id);
+            } else {
+                h.name_removed(&id, pfd.as_fd(), name);
+            }
         }
         Ok(())
     }
@@ -726,12 +748,19 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let moved_dir = self.hooks.get().is_some()
             && !exchange
             && backing::stat_at(pfd.as_fd(), name).is_ok_and(|st| st.is_dir());
-        let other = self.probe(npfd.as_fd(), newname, !exchange);
+        let other = self.probe_links(npfd.as_fd(), newname);
         backing::rename_at(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
+        let other_links = other.as_ref().map_or(0, |o| o.1);
+        let other = other.map(|o| o.0);
         if let Some(h) = self.hooks.get() {
             if !exchange {
                 if let Some(id) = other.as_ref().filter(|id| moved.as_ref() != Some(*id)) {
-                    h.unlinked(id);
+                    // The name replaced was the file's last, or one of several.
+                    if other_links == 1 {
+                        h.unlinked(id);
+                    } else {
+                        h.name_removed(id, npfd.as_fd(), newname);
+                    }
                 }
             }
             if let Some(id) = &moved {
@@ -1414,6 +1443,8 @@ mod tests {
             None
         }
         fn unlinked(&self, _: &str) {}
+        fn name_removed(&self, _: &str, _: BorrowedFd<'_>, _: &OsStr) {}
+        fn linked(&self, _: &str, _: BorrowedFd<'_>, _: &OsStr) {}
         fn renamed(&self, _: &str, _: BorrowedFd<'_>, _: &OsStr) {}
         fn dir_renamed(&self, _: BorrowedFd<'_>, _: &OsStr, _: BorrowedFd<'_>, _: &OsStr) {}
     }

@@ -1083,6 +1083,32 @@ impl Tiering {
     }
 }
 
+/// The names in directory `dir` whose inode number is `ino` (from the directory entries).
+fn same_dir_names(dir: BorrowedFd<'_>, ino: u64) -> Vec<std::ffi::OsString> {
+    let Ok(d) = backing::open_at(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = backing::getdents(d.as_fd(), &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0;
+        while pos < n {
+            let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
+                break;
+            };
+            pos += r.reclen;
+            if r.ino == ino && r.kind != libc::DT_DIR {
+                out.push(r.name.to_os_string());
+            }
+        }
+    }
+    out
+}
+
 /// Whether the data of `file` (open for reading) has the checksum its record names (the
 /// copy's): reads and hashes the whole file.
 pub fn content_matches(file: &File, rec: &StubRecord) -> Result<bool, StepError> {
@@ -1304,6 +1330,80 @@ impl TierHooks for Tiering {
         }
     }
 
+    fn linked(&self, file_id: &str, newdir: BorrowedFd<'_>, newname: &OsStr) {
+        let Some(rel) = self.rel_in(newdir, newname) else {
+            return;
+        };
+        if let Err(e) = self.catalog.append_event(
+            Some(file_id),
+            Some(&rel),
+            EventKind::Linked,
+            json!({"path": rel}),
+        ) {
+            tracing::error!("catalog: cannot record LINKED: {e}");
+        }
+    }
+
+    fn name_removed(&self, file_id: &str, dir: BorrowedFd<'_>, name: &OsStr) {
+        let Some(removed) = self.rel_in(dir, name) else {
+            return;
+        };
+        let row = match self.catalog.file_by_id(file_id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => return tracing::error!("catalog: {e}"),
+        };
+        if row.path != removed {
+            return; // the catalog names another of its names already
+        }
+        // Another name: one it was linked under through the mount, else one in the same
+        // directory, else (in the background) one anywhere in the tree.
+        let is_it = |rel: &str| {
+            backing::open_beneath(self.root(), Path::new(rel), libc::O_PATH | libc::O_NOFOLLOW)
+                .ok()
+                .is_some_and(|fd| marks::file_id(fd.as_fd()).ok().flatten().as_deref() == Some(file_id))
+        };
+        let linked = self
+            .catalog
+            .history(file_id)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .filter(|e| e.kind == EventKind::Linked)
+            .filter_map(|e| e.path)
+            .filter(|p| *p != removed);
+        let mut found: Option<String> = linked.into_iter().find(|p| is_it(p));
+        if found.is_none() {
+            found = same_dir_names(dir, row.ino)
+                .into_iter()
+                .filter_map(|n| self.rel_in(dir, &n))
+                .find(|p| *p != removed && is_it(p));
+        }
+        match found {
+            Some(p) => self.renamed_to(file_id, &p),
+            None => {
+                let me = self.arc();
+                let id = file_id.to_string();
+                self.rt.spawn_blocking(move || {
+                    let mut hit: Option<String> = None;
+                    let _ = me.walk(Path::new(""), &mut |rel, st, d, n| {
+                        if hit.is_none() && st.ino == row.ino {
+                            if let Ok(fd) = backing::open_path_at(d, n) {
+                                if marks::file_id(fd.as_fd()).ok().flatten().as_deref() == Some(&id) {
+                                    hit = rel.to_str().map(str::to_string);
+                                }
+                            }
+                        }
+                    });
+                    match hit {
+                        Some(p) => me.renamed_to(&id, &p),
+                        None => tracing::warn!(file_id = %id, "a removed name's other names were not found"),
+                    }
+                });
+            }
+        }
+    }
+
     fn dir_renamed(
         &self,
         dir: BorrowedFd<'_>,
@@ -1325,6 +1425,14 @@ impl TierHooks for Tiering {
         let Some(rel) = self.rel_in(newdir, newname) else {
             return;
         };
+        self.renamed_to(file_id, &rel);
+    }
+}
+
+impl Tiering {
+    /// The catalog's path of tracked file `file_id` is `rel` now.
+    fn renamed_to(&self, file_id: &str, rel: &str) {
+        let rel = rel.to_string();
         match self.catalog.rename_path(file_id, &rel) {
             Ok(()) | Err(CatalogError::NoSuchFile(_)) => {}
             Err(CatalogError::PathInUse { .. }) => {
