@@ -155,6 +155,9 @@ pub static MIGRATED_FILES: Counter = Counter::new();
 pub static RECALLS_IN_FLIGHT: Gauge = Gauge::new();
 /// Files being copied (or stubbed) by a policy run now.
 pub static MIGRATIONS_IN_FLIGHT: Gauge = Gauge::new();
+/// Directory entries the daemon sent with their attributes and a lookup reference
+/// (READDIRPLUS): entries the kernel needs no LOOKUP for.
+pub static READDIRPLUS_ENTRIES: Counter = Counter::new();
 /// 1 when the store check at mount found that the store refuses an upload whose body does
 /// not match its checksum (its word proves a copy); 0 when copies are read back.
 pub static STORE_VALIDATES_CHECKSUMS: Gauge = Gauge::new();
@@ -545,6 +548,11 @@ pub fn render() -> String {
             "coldtier_migrated_files_total",
             "Files copied to the store (uploads that succeeded).",
             &MIGRATED_FILES,
+        ),
+        (
+            "coldtier_readdirplus_entries_total",
+            "Directory entries sent with their attributes (READDIRPLUS): no LOOKUP needed for them.",
+            &READDIRPLUS_ENTRIES,
         ),
     ] {
         header(&mut out, name, "counter", help);

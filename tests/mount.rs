@@ -812,13 +812,17 @@ fn inode_numbers_and_generations_are_stable_across_restart() {
 }
 
 /// A walk that stats what it lists (find, `ls -l`, du, Samba) gets every entry's attributes
-/// with the listing (READDIRPLUS, `fuse.readdirplus = "always"`, the default): no LOOKUP
-/// round trip per entry. With "auto", find (which lists a directory in several reads before
-/// it stats) makes the kernel look up all but the first block.
+/// with the listing (READDIRPLUS, `fuse.readdirplus = "always"`, the default), so the
+/// kernel needs no LOOKUP round trip per entry. With "auto", find (which lists a directory
+/// in several reads before it stats) gets attributes with the first block only.
+///
+/// What the daemon controls is asserted: the entries it sends with attributes. The LOOKUPs
+/// that follow are the kernel's (a loaded machine reclaims dentries, and they come back by
+/// LOOKUP): printed here, measured by `scripts/bench.sh` (LOOKUPs per entry of `ls -l`).
 #[test]
 fn a_walk_that_stats_sends_no_lookup_per_entry() {
     const N: usize = 2000;
-    for (mode, lookups_expected) in [("always", false), ("auto", true)] {
+    for (mode, all_with_attributes) in [("always", true), ("auto", false)] {
         let port = common::free_port();
         let cfg = format!(
             "[fuse]\nreaddirplus = \"{mode}\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
@@ -848,8 +852,11 @@ fn a_walk_that_stats_sends_no_lookup_per_entry() {
             common::scrape(port)[&format!("coldtier_fuse_requests_total{{op=\"{op}\"}}")]
         };
         let before = count("lookup");
+        let sent_before = common::scrape(port)["coldtier_readdirplus_entries_total"];
         let through = walk(&m.mnt.join("d"));
         let lookups = count("lookup") - before;
+        let sent = common::scrape(port)["coldtier_readdirplus_entries_total"] - sent_before;
+        eprintln!("{mode}: {sent} entries sent with attributes, {lookups} LOOKUPs, {N} entries");
         assert_eq!(
             through,
             walk(&m.src.join("d")),
@@ -860,10 +867,16 @@ fn a_walk_that_stats_sends_no_lookup_per_entry() {
             count("readdirplus") >= 1.0,
             "{mode}: no READDIRPLUS request"
         );
-        if lookups_expected {
-            assert!(lookups >= (N / 4) as f64, "{mode}: only {lookups} lookups");
+        if all_with_attributes {
+            assert!(
+                sent >= N as f64,
+                "{mode}: only {sent} of {N} entries sent with their attributes"
+            );
         } else {
-            assert!(lookups < 10.0, "{mode}: {lookups} lookups for {N} entries");
+            assert!(
+                sent < N as f64,
+                "{mode}: all {sent} entries sent with attributes"
+            );
         }
     }
 }

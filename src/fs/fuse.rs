@@ -597,14 +597,20 @@ impl Filesystem for FuseAdapter {
         let r = self
             .fs
             .readdirplus(fh.0, offset as i64, |name, off, entry| match entry {
-                Some(e) => reply.add(
-                    INodeNo(e.ino),
-                    off as u64,
-                    name,
-                    &self.ttl.entry,
-                    &attr(e.ino, &e.stat),
-                    Generation(e.generation),
-                ),
+                Some(e) => {
+                    let full = reply.add(
+                        INodeNo(e.ino),
+                        off as u64,
+                        name,
+                        &self.ttl.entry,
+                        &attr(e.ino, &e.stat),
+                        Generation(e.generation),
+                    );
+                    if !full {
+                        metrics::READDIRPLUS_ENTRIES.inc();
+                    }
+                    full
+                }
                 None => reply.add(
                     INodeNo(0),
                     off as u64,
