@@ -1443,7 +1443,8 @@ fn glacier_on_archived_wait_times_out_with_etimedout_and_never_restores_twice() 
 // ------------------------------------------------------------------------------------------
 // 12. Crash safety
 
-const MIGRATE_FAILPOINTS: [&str; 4] = [
+const MIGRATE_FAILPOINTS: [&str; 5] = [
+    "migrate-after-intent",
     "migrate-after-put",
     "migrate-after-verify",
     "migrate-after-stub-xattr",
@@ -1564,6 +1565,7 @@ fn crash_at(moto: &Arc<MotoServer>, fs_: &Files, fp: &str) {
             assert_eq!(t.state(rel), "stub", "{fp}: {rel} after migrating again");
         }
         assert_all_read_back(&t, fs_);
+        assert_bucket_is_exactly_what_is_referenced(&mut t, fs_, fp);
     } else {
         assert_eq!(
             t.state("big.bin"),
@@ -1697,7 +1699,11 @@ fn a_hard_linked_file_is_known_by_the_name_that_is_left() {
     // Through the mount: ln, then rm of the first name.
     fs::hard_link(t.m("a/f.bin"), t.m("a/g.bin")).unwrap();
     fs::remove_file(t.m("a/f.bin")).unwrap();
-    assert!(find("stub").iter().any(|p| p.ends_with("a/g.bin")), "{:?}", find("stub"));
+    assert!(
+        find("stub").iter().any(|p| p.ends_with("a/g.bin")),
+        "{:?}",
+        find("stub")
+    );
     assert!(!find("stub").iter().any(|p| p.ends_with("a/f.bin")));
     let kinds = t.kinds("a/g.bin");
     assert!(kinds.contains(&"LINKED".to_string()), "{kinds:?}");

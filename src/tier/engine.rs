@@ -1361,7 +1361,9 @@ impl TierHooks for Tiering {
         let is_it = |rel: &str| {
             backing::open_beneath(self.root(), Path::new(rel), libc::O_PATH | libc::O_NOFOLLOW)
                 .ok()
-                .is_some_and(|fd| marks::file_id(fd.as_fd()).ok().flatten().as_deref() == Some(file_id))
+                .is_some_and(|fd| {
+                    marks::file_id(fd.as_fd()).ok().flatten().as_deref() == Some(file_id)
+                })
         };
         let linked = self
             .catalog

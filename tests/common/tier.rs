@@ -738,7 +738,6 @@ impl TierMount {
         bucket_keys(self.moto(), &self.bucket)
     }
 
-    /// Polls `status` until `rel` is in `state` (at most `limit`); returns the last state.
     /// `coldtier verify MNT --json [--deep]`: exit code and report.
     pub fn verify(&self, deep: bool) -> (i32, Value) {
         let mnt = self.mnt_str();
@@ -758,6 +757,7 @@ impl TierMount {
         (out.status.code().unwrap_or(-1), v)
     }
 
+    /// Polls `status` until `rel` is in `state` (at most `limit`); returns the last state.
     pub fn wait_state(&self, rel: &str, state: &str, limit: Duration) -> String {
         let t0 = Instant::now();
         loop {
@@ -875,4 +875,29 @@ pub fn assert_all_read_back(t: &TierMount, files: &Files) {
         });
         assert_bytes(&format!("{rel} through the mount"), &got, content);
     }
+}
+
+/// `verify` is clean, and after `gc` past the retention the bucket holds exactly the
+/// objects the files' records name: no object written before a crash is left unknown.
+pub fn assert_bucket_is_exactly_what_is_referenced(t: &mut TierMount, fs_: &Files, what: &str) {
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{what}: verify: {v}");
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    t.ok(&["gc", &t.mnt_str()]);
+    let named: std::collections::BTreeSet<String> =
+        fs_.iter().map(|(rel, _)| t.object_key(rel)).collect();
+    let held: std::collections::BTreeSet<String> = t
+        .objects()
+        .into_iter()
+        .filter(|k| k.contains("/data/"))
+        .collect();
+    assert_eq!(
+        held, named,
+        "{what}: the bucket after gc past the retention"
+    );
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{what}: verify after gc: {v}");
+    t.umount();
+    t.remount();
 }
