@@ -806,3 +806,88 @@ fn random_kills_during_migrate_and_recall_lose_nothing() {
     assert_bucket_is_exactly_what_is_referenced(&mut t, &fs_, "after the kills");
     assert_all_read_back(&t, &fs_);
 }
+
+// ------------------------------------------------------------------------------------------
+// Users other than root
+
+/// Runs coldtier as user nobody (65534), no supplementary groups.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A user other than root may see `status`, `ls` and `history` of the files that user may
+/// read (as the kernel decides for that user); a file or directory it may not read stays
+/// hidden (no name given away by -r); anything else says it must be run as root.
+#[test]
+fn other_users_see_the_state_of_the_files_they_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let fs_ = files(&[
+        ("open.bin", 20_000),
+        ("closed.bin", 20_000),
+        ("private/inner.bin", 20_000),
+    ]);
+    let (_moto, _proxy, t) = proxied("users", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    fs::set_permissions(t.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(t.m("closed.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(t.m("private"), fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = as_nobody(&["status", &t.ms("open.bin"), "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["state"], "stub", "{v}");
+
+    let out = as_nobody(&["status", &t.ms("closed.bin")]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        show(&out)
+    );
+
+    let out = as_nobody(&["status", "-r", &t.mnt_str(), "--json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("open.bin") && !listed.contains("closed.bin"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !listed.contains("inner.bin"),
+        "a name in a directory nobody may list: {listed}"
+    );
+
+    let out = as_nobody(&["history", &t.ms("open.bin"), "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("STUBBED"));
+    let out = as_nobody(&["history", &t.ms("closed.bin")]);
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+
+    let out = as_nobody(&["ls", &t.mnt_str()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = as_nobody(&["ls", &t.ms("private")]);
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+
+    for args in [
+        vec!["migrate", t.mnt_str().leak() as &str, "--dry-run"],
+        vec!["pin", t.ms("open.bin").leak() as &str],
+        vec!["recall", t.ms("open.bin").leak() as &str],
+        vec!["stats", t.mnt_str().leak() as &str],
+        vec!["events", t.mnt_str().leak() as &str],
+    ] {
+        let out = as_nobody(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("must be run as root"),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+    assert_eq!(t.state("open.bin"), "stub", "nothing changed");
+}

@@ -124,7 +124,7 @@ mod tests {
             &self,
             op: Op,
             progress: &mut dyn FnMut(String, u64, u64),
-            _cancel: &crate::cancel::Cancel,
+            _ctx: &crate::control::server::Ctx,
         ) -> Result<serde_json::Value, ErrorBody> {
             match op {
                 Op::Ping => {

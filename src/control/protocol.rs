@@ -109,6 +109,8 @@ pub enum ErrorCode {
     Unsupported,
     Busy,
     Failed,
+    /// The user who asked may not: root's alone, or a file that user cannot read.
+    Forbidden,
 }
 
 /// One line from the daemon: progress while a long request runs, then exactly one final

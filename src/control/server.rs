@@ -1,5 +1,7 @@
-//! The daemon side of the control socket: accepts root's connections only (socket mode 0600
-//! and SO_PEERCRED), reads one request per line, and hands it to a `Handler`.
+//! The daemon side of the control socket: accepts any local user's connections (socket
+//! 0666 in a directory only root writes), reads one request per line, and hands it to a
+//! `Handler` with the peer's credentials (SO_PEERCRED, SO_PEERGROUPS), which decides what
+//! that user may ask.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -13,15 +15,42 @@ use super::protocol::{ErrorBody, ErrorCode, Op, Reply, Request, PROTOCOL_VERSION
 /// The shortest time between two progress lines of one request.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// What the daemon does with a request. `progress` sends progress lines to the client;
-/// `cancel` is set when the client goes away (Ctrl-C, a killed client): a long request
-/// stops cleanly then.
+/// Who sent a request (the peer credentials of the connection, taken by the kernel when
+/// it connected: SO_PEERCRED, SO_PEERGROUPS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    pub fn root() -> Peer {
+        Peer {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// A request as the handler gets it besides its op: who sent it, and `cancel`, set when
+/// the client goes away (Ctrl-C, a killed client): a long request stops cleanly then.
+pub struct Ctx {
+    pub peer: Peer,
+    pub cancel: crate::cancel::Cancel,
+}
+
+/// What the daemon does with a request. `progress` sends progress lines to the client.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         op: Op,
         progress: &mut dyn FnMut(String, u64, u64),
-        cancel: &crate::cancel::Cancel,
+        ctx: &Ctx,
     ) -> Result<serde_json::Value, ErrorBody>;
 }
 
@@ -62,7 +91,7 @@ pub struct Server {
     path: PathBuf,
 }
 
-fn peer_uid(s: &UnixStream) -> Option<u32> {
+fn peer(s: &UnixStream) -> Option<Peer> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,
@@ -79,15 +108,39 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (r == 0).then_some(cred.uid)
+    if r != 0 {
+        return None;
+    }
+    let mut groups = vec![0u32; 256];
+    let mut len = (groups.len() * 4) as libc::socklen_t;
+    // SAFETY: groups has room for `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // Without the peer's groups (an old kernel), a user is judged by uid and gid alone.
+    groups.truncate(if r == 0 { len as usize / 4 } else { 0 });
+    Some(Peer {
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+    })
 }
 
 impl Server {
-    /// Binds the socket at `path` (its directory is created 0700; a stale socket is replaced).
+    /// Binds the socket at `path` (its directory is made 0755, writable by root alone; a
+    /// stale socket is replaced). The socket itself is 0666: any user may connect, and the
+    /// handler decides by the peer's credentials what each may ask (root: everything; other
+    /// users: the state and history of files they may read).
     pub fn bind(path: &Path) -> std::io::Result<Server> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
         if path.exists() {
             // A live daemon would answer; a dead one left its socket behind.
@@ -100,7 +153,7 @@ impl Server {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
         Ok(Server {
             listener,
             path: path.to_path_buf(),
@@ -140,15 +193,9 @@ fn send(w: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
 }
 
 fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
-    if peer_uid(&conn) != Some(0) {
-        let mut w = conn;
-        let error = ErrorBody {
-            code: ErrorCode::BadRequest,
-            message: "the control socket is root's only".into(),
-        };
-        let _ = send(&mut w, &Reply::Error { id: 0, error });
+    let Some(peer) = peer(&conn) else {
         return;
-    }
+    };
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -188,10 +235,13 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
                         let _ = send(w, &Reply::Progress { id, message, files, bytes });
                     }
                 };
-                let cancel = crate::cancel::Cancel::new();
+                let ctx = Ctx {
+                    peer: peer.clone(),
+                    cancel: crate::cancel::Cancel::new(),
+                };
                 let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                watch_hangup(&writer, cancel.clone(), done.clone());
-                let r = handler.handle(r.op, &mut progress, &cancel);
+                watch_hangup(&writer, ctx.cancel.clone(), done.clone());
+                let r = handler.handle(r.op, &mut progress, &ctx);
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
                 match r {
                     Ok(result) => Reply::Done { id, result },

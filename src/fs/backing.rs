@@ -4,7 +4,7 @@
 //! Nothing here allocates on the hot path (names are copied to a stack buffer) and nothing
 //! here ever resolves an absolute path into the source tree: the mount may sit on top of it.
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -1118,6 +1118,78 @@ pub fn getxattr_all(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<Vec<u8>
             Err(e) => return Err(e),
         }
     }
+}
+
+/// For each `(path, mode)` (paths relative to `root`, `mode` as for access(2): R_OK,
+/// X_OK ...), whether the user `uid`, `gid`, `groups` may access it so, as the kernel
+/// decides (mode bits, ACLs, every directory on the way). A child process takes exactly
+/// those credentials (and none of the daemon's capabilities) and asks `faccessat`; the
+/// daemon itself never changes its own.
+pub fn access_as(
+    root: BorrowedFd<'_>,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    paths: &[(std::path::PathBuf, i32)],
+) -> io::Result<Vec<bool>> {
+    use std::os::unix::ffi::OsStrExt;
+    // Everything the child needs is made before the fork: after it, only raw syscalls.
+    let cpaths: Vec<CString> = paths
+        .iter()
+        .map(|(p, _)| {
+            let b = p.as_os_str().as_bytes();
+            CString::new(if b.is_empty() { b"." } else { b })
+        })
+        .collect::<Result<_, _>>()?;
+    let modes: Vec<i32> = paths.iter().map(|(_, m)| *m).collect();
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    let mut out = vec![0u8; paths.len()];
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (rd, wr) = (fds[0], fds[1]);
+    let root_fd = root.as_raw_fd();
+    // SAFETY: the child runs only async-signal-safe raw syscalls on memory prepared above,
+    // then _exit; it never returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; every pointer refers to memory owned by the parent's frame,
+        // which the child has its own copy of.
+        unsafe {
+            libc::close(rd);
+            // Securebits back to the default, so that leaving uid 0 drops every
+            // capability (the daemon keeps them across fsuid switches otherwise).
+            let ok = libc::prctl(libc::PR_SET_SECUREBITS, 0, 0, 0, 0) == 0
+                && libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
+            let mut res = [0u8; 1];
+            for (i, p) in cpaths.iter().enumerate() {
+                res[0] = (ok && libc::faccessat(root_fd, p.as_ptr(), modes[i], 0) == 0) as u8;
+                if libc::write(wr, res.as_ptr().cast(), 1) != 1 {
+                    libc::_exit(1);
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(wr) };
+    if pid < 0 {
+        // SAFETY: closing the read end we own.
+        unsafe { libc::close(rd) };
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: rd is the read end we own; File takes it over.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(rd) };
+    let read = std::io::Read::read_exact(&mut f, &mut out);
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    read?;
+    Ok(out.into_iter().map(|b| b == 1).collect())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::catalog::FileState;
 use crate::config::MigrateMode;
 use crate::control::protocol::{ErrorBody, ErrorCode, Op};
-use crate::control::server::Handler;
+use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
 use crate::tier::engine::{ns_of, StepError, Tiering};
 use crate::tier::marks;
@@ -388,13 +388,97 @@ impl Control {
     }
 }
 
+impl Control {
+    /// What a user other than root may ask: the state (`status`, `ls`) and `history` of the
+    /// files that user may read, as the kernel decides it for that user (mode bits, ACLs,
+    /// every directory on the way). Anything else is root's.
+    fn handle_user(
+        &self,
+        op: Op,
+        progress: &mut dyn FnMut(String, u64, u64),
+        peer: &Peer,
+    ) -> Result<Value, ErrorBody> {
+        let may = |paths: &[(PathBuf, i32)]| -> Result<Vec<bool>, ErrorBody> {
+            backing::access_as(self.t.root(), peer.uid, peer.gid, &peer.groups, paths)
+                .map_err(|e| err(ErrorCode::Failed, format!("checking access: {e}")))
+        };
+        let denied = |p: &Path| {
+            err(
+                ErrorCode::Forbidden,
+                format!("{}: permission denied", p.display()),
+            )
+        };
+        match op {
+            Op::Ping => Ok(json!({"pid": std::process::id(), "mountpoint": self.t.mountpoint})),
+            Op::Status { paths, recursive } => {
+                let v = self.each(&paths, recursive, progress, |rel, f| self.status_of(rel, f));
+                let results = v["results"].as_array().cloned().unwrap_or_default();
+                // Each file must be readable by the user; a file found by -r must also sit
+                // in a directory the user may list (its name is no secret then).
+                let rel_of = |r: &Value| {
+                    let p = PathBuf::from(r["path"].as_str().unwrap_or(""));
+                    self.rel(&p).unwrap_or(p)
+                };
+                let mut asks: Vec<(PathBuf, i32)> = Vec::new();
+                for r in &results {
+                    let rel = rel_of(r);
+                    let dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+                    asks.push((rel, libc::R_OK));
+                    asks.push((dir, libc::R_OK | libc::X_OK));
+                }
+                let ok = may(&asks)?;
+                let mut out = Vec::new();
+                for (i, r) in results.into_iter().enumerate() {
+                    let named = paths.iter().any(|p| p.as_os_str() == r["path"].as_str().unwrap_or(""));
+                    let (readable, listable) = (ok[2 * i], ok[2 * i + 1]);
+                    if readable && (named || listable) {
+                        out.push(r);
+                    } else if named {
+                        out.push(json!({"path": r["path"], "ok": false, "error": "permission denied"}));
+                    }
+                }
+                let failed = out.iter().filter(|r| r["ok"] != true).count();
+                Ok(json!({"results": out, "failed": failed}))
+            }
+            Op::List { ref path } => {
+                let rel = self.rel(path)?;
+                let is_dir = backing::open_beneath(self.t.root(), &rel, libc::O_PATH | libc::O_NOFOLLOW)
+                    .and_then(|fd| backing::stat_fd(fd.as_fd()))
+                    .is_ok_and(|st| st.is_dir());
+                let mode = if is_dir { libc::R_OK | libc::X_OK } else { libc::R_OK };
+                if !may(&[(rel, mode)])?[0] {
+                    return Err(denied(path));
+                }
+                crate::tier::reports::handle(&self.t, &op)
+                    .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request")))
+            }
+            Op::History { path } => {
+                let rel = self.rel(&path)?;
+                // A file that is gone: its history is root's to read.
+                if !may(&[(rel, libc::R_OK)])?[0] {
+                    return Err(denied(&path));
+                }
+                self.history(&path)
+            }
+            _ => Err(err(
+                ErrorCode::Forbidden,
+                "must be run as root (other users may run status, ls and history on the files they can read)",
+            )),
+        }
+    }
+}
+
 impl Handler for Control {
     fn handle(
         &self,
         op: Op,
         progress: &mut dyn FnMut(String, u64, u64),
-        cancel: &crate::cancel::Cancel,
+        ctx: &Ctx,
     ) -> Result<Value, ErrorBody> {
+        if !ctx.peer.is_root() {
+            return self.handle_user(op, progress, &ctx.peer);
+        }
+        let cancel = &ctx.cancel;
         match op {
             Op::Ping => Ok(json!({
                 "pid": std::process::id(),
