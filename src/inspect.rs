@@ -432,6 +432,24 @@ pub fn stats_text(r: &Value) -> String {
         "estimated storage cost: {:.2} USD/month (prices from [costs]; no requests, retrievals or minimums)\n",
         r["monthly_usd"].as_f64().unwrap_or(0.0)
     ));
+    let st = &r["store"];
+    if !st.is_null() {
+        s.push_str(&format!(
+            "\nstore: {}\n  {}; copies are proven by {}{}\n",
+            st["describe"].as_str().unwrap_or(""),
+            if st["validates_checksums"] == true {
+                "refuses uploads that do not match their checksum"
+            } else {
+                "does not refuse an upload that does not match its checksum"
+            },
+            st["copies_proven_by"].as_str().unwrap_or(""),
+            if st["tiering_paused"] == true {
+                "\n  tiering is PAUSED (coldtier resume)"
+            } else {
+                ""
+            }
+        ));
+    }
     s
 }
 

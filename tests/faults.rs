@@ -79,6 +79,11 @@ fn corrupt_upload_bodies_never_lead_to_a_stub() {
             "the store check at mount says moto does not validate:\n{}",
             t.daemon_log_tail()
         );
+        let stats = t.ok(&["stats", &t.mnt_str()]);
+        assert!(
+            stats.contains("copies are proven by reading them back"),
+            "{stats}"
+        );
         let before = attributes(&t, &fs_);
         proxy.rules(json!([on_data("PUT", "corrupt_request_body")]));
         let (out, v) = t.migrate(&["--mode", "stub"]);

@@ -311,6 +311,16 @@ fn stats(t: &Tiering) -> Result<Value, ErrorBody> {
         "storage_classes": classes,
         "monthly_usd": monthly_total,
         "events": t.catalog.event_count().map_err(cat_err)?,
+        "store": t.store_opt().map(|s| json!({
+            "describe": s.describe(),
+            "validates_checksums": t.store_validates(),
+            "copies_proven_by": if t.store_validates() && t.config().policy.verify == crate::config::Verify::Checksum {
+                "the store's checksum"
+            } else {
+                "reading them back"
+            },
+            "tiering_paused": t.paused(),
+        })),
     }))
 }
 
