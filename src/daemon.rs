@@ -161,6 +161,12 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         "the catalog backup directory",
     )
     .map_err(bad)?;
+    for (dir, what) in [
+        (RUN_DIR, "the runtime directory"),
+        (LOCK_DIR, "the lock directory"),
+    ] {
+        crate::private::ensure_private_dir(Path::new(dir), what).map_err(bad)?;
+    }
     // One daemon per source and per catalog, for its whole life.
     let source_lock = take_lock(
         &source_lock_path(&source)?,

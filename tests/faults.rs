@@ -896,3 +896,60 @@ fn other_users_see_the_state_of_the_files_they_may_read() {
     }
     assert_eq!(t.state("open.bin"), "stub", "nothing changed");
 }
+
+/// Every command exits quietly when its output is closed (`| head`), and `history` of a
+/// deleted file shows its events.
+#[test]
+fn closed_pipes_end_commands_quietly_and_deleted_files_keep_their_history() {
+    // Enough files that each listing is larger than a pipe's buffer (64 KiB): the command
+    // is still writing when `head` has gone.
+    let spec: Vec<(String, usize)> = (0..600).map(|i| (format!("f{i:03}.bin"), 100)).collect();
+    let spec: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let fs_ = files(&spec);
+    let (_moto, _proxy, t) = proxied("pipes", &fs_, |c| {
+        c.set("policy", "include", "[\"f000.bin\"]")
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let bin = common::bin();
+    for cmd in [
+        format!(
+            "'{}' status -r --json '{}' | head -2",
+            bin.display(),
+            t.mnt_str()
+        ),
+        format!(
+            "'{}' events --json '{}' | head -1",
+            bin.display(),
+            t.mnt_str()
+        ),
+        format!("'{}' ls '{}' --json | head -1", bin.display(), t.mnt_str()),
+    ] {
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("set -o pipefail; {cmd}; echo \"status ${{PIPESTATUS[0]}}\" >&2"),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("coldtier:"),
+            "{cmd}: {err}"
+        );
+        let code: i32 = err.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            code == 0 || code == 128 + libc::SIGPIPE,
+            "{cmd}: exit {code}: {err}"
+        );
+    }
+    fs::remove_file(t.m("f000.bin")).unwrap();
+    let out = t.ok(&["history", &t.ms("f000.bin"), "--json"]);
+    let kinds: Vec<String> = parse_lines(&out)
+        .into_iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"STUBBED".to_string()) && kinds.contains(&"DELETED".to_string()),
+        "{kinds:?}"
+    );
+}
