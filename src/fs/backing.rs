@@ -892,6 +892,31 @@ pub struct DirRecord<'a> {
     pub reclen: usize,
 }
 
+/// Calls `f` for every entry of the open directory `fd` but `.` and `..`, reading it to
+/// its end with `getdents` into `buf` (kept by the caller between directories).
+pub fn for_each_dirent(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    mut f: impl FnMut(&DirRecord<'_>),
+) -> SysResult<()> {
+    loop {
+        let n = getdents(fd, buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut pos = 0;
+        while pos < n {
+            let Some(r) = parse_dirent(&buf[pos..n]) else {
+                break;
+            };
+            pos += r.reclen;
+            if r.name != "." && r.name != ".." {
+                f(&r);
+            }
+        }
+    }
+}
+
 /// Parses the `linux_dirent64` at the start of `buf`.
 pub fn parse_dirent(buf: &[u8]) -> Option<DirRecord<'_>> {
     if buf.len() < 19 {

@@ -1090,22 +1090,11 @@ fn same_dir_names(dir: BorrowedFd<'_>, ino: u64) -> Vec<std::ffi::OsString> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = backing::getdents(d.as_fd(), &mut buf) {
-        if n == 0 {
-            break;
+    let _ = backing::for_each_dirent(d.as_fd(), &mut vec![0u8; 64 * 1024], |r| {
+        if r.ino == ino && r.kind != libc::DT_DIR {
+            out.push(r.name.to_os_string());
         }
-        let mut pos = 0;
-        while pos < n {
-            let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
-                break;
-            };
-            pos += r.reclen;
-            if r.ino == ino && r.kind != libc::DT_DIR {
-                out.push(r.name.to_os_string());
-            }
-        }
-    }
+    });
     out
 }
 

@@ -149,43 +149,30 @@ pub fn walk_tree(
     let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(top, start.to_path_buf())];
     let mut buf = vec![0u8; 64 * 1024];
     while let Some((dir, rel)) = stack.pop() {
-        loop {
-            let n = match backing::getdents(dir.as_fd(), &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    skipped(&rel, e);
-                    break;
-                }
-            };
-            let mut pos = 0;
-            while pos < n {
-                let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
-                    break;
-                };
-                pos += r.reclen;
-                if r.name == "." || r.name == ".." {
-                    continue;
-                }
-                if r.kind != libc::DT_DIR && r.kind != libc::DT_REG && r.kind != libc::DT_UNKNOWN {
-                    continue;
-                }
-                let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
-                    continue;
-                };
-                let child = rel.join(r.name);
-                if st.is_dir() {
-                    if st.dev == root_dev {
-                        match backing::open_at(dir.as_fd(), r.name, dir_flags, 0) {
-                            Ok(d) => stack.push((d, child)),
-                            Err(e) => skipped(&child, e),
-                        }
-                    }
-                } else if st.file_type() == libc::S_IFREG {
-                    f(&child, &st, dir.as_fd(), r.name);
-                }
+        let mut subdirs = Vec::new();
+        let read = backing::for_each_dirent(dir.as_fd(), &mut buf, |r| {
+            if r.kind != libc::DT_DIR && r.kind != libc::DT_REG && r.kind != libc::DT_UNKNOWN {
+                return;
             }
+            let Ok(st) = backing::stat_at(dir.as_fd(), r.name) else {
+                return;
+            };
+            let child = rel.join(r.name);
+            if st.is_dir() {
+                if st.dev == root_dev {
+                    match backing::open_at(dir.as_fd(), r.name, dir_flags, 0) {
+                        Ok(d) => subdirs.push((d, child)),
+                        Err(e) => skipped(&child, e),
+                    }
+                }
+            } else if st.file_type() == libc::S_IFREG {
+                f(&child, &st, dir.as_fd(), r.name);
+            }
+        });
+        if let Err(e) = read {
+            skipped(&rel, e);
         }
+        stack.extend(subdirs);
     }
     Ok(())
 }
@@ -435,29 +422,22 @@ impl Tiering {
         if let Err(e) = self.catalog.finish_job(job_id, &counts) {
             tracing::error!("catalog: cannot finish job {job_id}: {e}");
         }
+        tracing::info!(
+            job_id,
+            mode = mode.as_str(),
+            scanned = summary.scanned,
+            copied = summary.copied,
+            stubbed = summary.stubbed,
+            failed = summary.failed,
+            seconds = summary.seconds,
+            "policy run finished"
+        );
         if summary.failed > 0 {
             tracing::error!(
                 job_id,
-                mode = mode.as_str(),
-                scanned = summary.scanned,
-                copied = summary.copied,
-                stubbed = summary.stubbed,
-                failed = summary.failed,
-                seconds = summary.seconds,
                 "policy run finished with {} failed files (first: {})",
                 summary.failed,
                 summary.errors.first().map_or("", String::as_str)
-            );
-        } else {
-            tracing::info!(
-                job_id,
-                mode = mode.as_str(),
-                scanned = summary.scanned,
-                copied = summary.copied,
-                stubbed = summary.stubbed,
-                failed = summary.failed,
-                seconds = summary.seconds,
-                "policy run finished"
             );
         }
         Ok(summary)

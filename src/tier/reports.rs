@@ -167,23 +167,10 @@ fn list(t: &Tiering, path: &Path) -> Result<Value, ErrorBody> {
     )
     .map_err(not_found)?;
     let mut names = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = backing::getdents(dir.as_fd(), &mut buf).map_err(not_found)?;
-        if n == 0 {
-            break;
-        }
-        let mut pos = 0;
-        while pos < n {
-            let Some(r) = backing::parse_dirent(&buf[pos..n]) else {
-                break;
-            };
-            pos += r.reclen;
-            if r.name != "." && r.name != ".." {
-                names.push(r.name.to_os_string());
-            }
-        }
-    }
+    backing::for_each_dirent(dir.as_fd(), &mut vec![0u8; 64 * 1024], |r| {
+        names.push(r.name.to_os_string())
+    })
+    .map_err(not_found)?;
     names.sort();
     let entries: Vec<Value> = names.iter().map(|n| entry(t, dir.as_fd(), n)).collect();
     Ok(json!({"path": path, "dir": true, "entries": entries}))

@@ -427,10 +427,7 @@ impl TierMount {
         files: &Files,
         tweak: impl FnOnce(Config) -> Config,
     ) -> Self {
-        moto.create_bucket(bucket, false)
-            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
-        let mut t = Self::unmounted(Some(moto.clone()), bucket, &moto.endpoint, tweak);
-        write_files(&t.src, files);
+        let mut t = Self::prepared(moto, &moto.endpoint, bucket, files, tweak);
         t.mount_with_env(&[]);
         t
     }
