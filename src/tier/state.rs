@@ -12,7 +12,7 @@
 //! ```
 //!
 //! The file's state is [`FileState`] from the catalog; `pinned` is a flag beside it. The
-//! rules (DESIGN.md, "File states" and "Invariants"):
+//! rules (docs/invariants.md; docs/architecture.md, "Tiering in the daemon"):
 //! * data is freed (Stub, Release) only from `premigrated`, i.e. only when a verified copy
 //!   exists, and never for a pinned file;
 //! * a change of data in a `premigrated` file, or an O_TRUNC of a stub, makes it `resident`
