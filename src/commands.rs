@@ -48,20 +48,7 @@ pub(crate) fn call(client: &mut Client, op: Op) -> anyhow::Result<Value> {
     })
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
+pub use crate::base::units::human_bytes;
 
 pub(crate) fn print_json_line(v: &Value) {
     println!("{}", serde_json::to_string(v).unwrap_or_default());
@@ -418,7 +405,7 @@ pub fn format_time(ns: i64) -> String {
     let ms = ns.rem_euclid(1_000_000_000) / 1_000_000;
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
-    let (y, m, d) = crate::tier::schedule::civil_from_days(days);
+    let (y, m, d) = crate::base::cron::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
         rem / 3600,

@@ -509,7 +509,7 @@ pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
             (num(whole, 0, 60)?, f)
         }
     };
-    let secs = crate::tier::schedule::days_from_civil(y, mo as u32, d as u32) * 86400
+    let secs = crate::base::cron::days_from_civil(y, mo as u32, d as u32) * 86400
         + h * 3600
         + mi * 60
         + sec;

@@ -8,7 +8,7 @@
 //! committed state and does not block the writer; a step-wise copy would restart every
 //! time the daemon commits and might never finish under load.
 
-use crate::tier::schedule::{civil_from_days, days_from_civil};
+use crate::base::cron::{civil_from_days, days_from_civil};
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ impl Catalog {
         src.busy_timeout(super::BUSY_TIMEOUT)
             .ctx("setting the busy timeout")?;
         // 0600 before SQLite opens it (its journal then gets the same mode).
-        crate::private::open_private(tmp, false)
+        crate::base::private::open_private(tmp, false)
             .map_err(|e| CatalogError::Backup(format!("creating {}: {e}", tmp.display())))?;
         let mut dst = Connection::open_with_flags(
             tmp,
@@ -360,7 +360,7 @@ pub fn run(
     if to_store && store.is_none() && !matches!(target, Target::Managed { .. }) {
         return Err("no [store] is configured for this mount: cannot back up to s3".into());
     }
-    crate::private::ensure_private_dir(&dir, "cannot create the backup directory")?;
+    crate::base::private::ensure_private_dir(&dir, "cannot create the backup directory")?;
     let dest = dir.join(&fname);
     let snap = catalog.snapshot_to(&dest).map_err(|e| e.to_string())?;
     let mut object_key = None;

@@ -10,6 +10,7 @@
 pub mod backup;
 mod chain;
 mod error;
+pub mod metrics;
 mod reports;
 mod schema;
 mod types;
@@ -50,13 +51,7 @@ const MAX_BATCH: usize = 256;
 /// Nanoseconds since the Unix epoch. Injectable for tests.
 pub type Clock = Box<dyn Fn() -> i64 + Send + Sync>;
 
-/// The system clock, in nanoseconds since the Unix epoch (negative before 1970).
-pub fn system_now_ns() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
-}
+pub use crate::base::time::system_now_ns;
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
@@ -202,7 +197,7 @@ impl Catalog {
     pub fn open_with_clock(path: impl AsRef<Path>, clock: Clock) -> Result<Catalog> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::private::create_private_dir(parent).map_err(|source| {
+            crate::base::private::create_private_dir(parent).map_err(|source| {
                 CatalogError::CreateDir {
                     path: path.clone(),
                     source,
@@ -213,13 +208,13 @@ impl Catalog {
         // SQLite opens it, so that its WAL and shared-memory files, which SQLite creates
         // with the database's mode, are 0600 too. An older coldtier's 0644 is put right.
         let private = |p: &Path| {
-            crate::private::make_file_private(p).map_err(|source| CatalogError::CreateDir {
+            crate::base::private::make_file_private(p).map_err(|source| CatalogError::CreateDir {
                 path: p.to_path_buf(),
                 source,
             })
         };
         if !path.exists() {
-            crate::private::open_private(&path, false).map_err(|source| {
+            crate::base::private::open_private(&path, false).map_err(|source| {
                 CatalogError::CreateDir {
                     path: path.clone(),
                     source,
@@ -341,7 +336,7 @@ impl Catalog {
         context: &'static str,
         f: impl FnOnce(&Connection, &mut Heads, i64) -> Result<T>,
     ) -> Result<T> {
-        let _timer = crate::metrics::CATALOG_WRITE_SECONDS.start_timer();
+        let _timer = metrics::CATALOG_WRITE_SECONDS.start_timer();
         let (out, seq) = self.commit(context, f)?;
         self.make_durable(seq)?;
         Ok(out)
@@ -356,7 +351,7 @@ impl Catalog {
         context: &'static str,
         f: impl FnOnce(&Connection, &mut Heads, i64) -> Result<T>,
     ) -> Result<T> {
-        let _timer = crate::metrics::CATALOG_WRITE_SECONDS.start_timer();
+        let _timer = metrics::CATALOG_WRITE_SECONDS.start_timer();
         Ok(self.commit(context, f)?.0)
     }
 

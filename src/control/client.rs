@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use super::protocol::{ErrorBody, Op, Reply, Request, PROTOCOL_VERSION};
-use crate::mountinfo;
+use crate::base::mountinfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -41,7 +41,7 @@ impl Peer {
 /// the client goes away (Ctrl-C, a killed client): a long request stops cleanly then.
 pub struct Ctx {
     pub peer: Peer,
-    pub cancel: crate::cancel::Cancel,
+    pub cancel: crate::base::cancel::Cancel,
 }
 
 /// What the daemon does with a request. `progress` sends progress lines to the client.
@@ -58,7 +58,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Stops when `done` is set (checked every 100 ms).
 fn watch_hangup(
     conn: &UnixStream,
-    cancel: crate::cancel::Cancel,
+    cancel: crate::base::cancel::Cancel,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let Ok(conn) = conn.try_clone() else { return };
@@ -237,7 +237,7 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
                 };
                 let ctx = Ctx {
                     peer: peer.clone(),
-                    cancel: crate::cancel::Cancel::new(),
+                    cancel: crate::base::cancel::Cancel::new(),
                 };
                 let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 watch_hangup(&writer, ctx.cancel.clone(), done.clone());

@@ -18,7 +18,7 @@ use fuser::{
 use super::backing::{Errno, SetTime, Stat};
 use super::overlay::{Caller, Entry, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply};
 use crate::config::Readdirplus;
-use crate::metrics::{self, FuseOp};
+use crate::fs::metrics::{self, FuseOp};
 
 /// Attribute and entry cache lifetimes handed to the kernel.
 #[derive(Debug, Clone, Copy)]

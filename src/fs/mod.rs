@@ -4,4 +4,5 @@ pub mod backing;
 pub mod fuse;
 pub mod gate;
 pub mod inodes;
+pub mod metrics;
 pub mod overlay;

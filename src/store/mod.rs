@@ -7,6 +7,7 @@
 //! docs/store.md has the contract in prose: error kinds, checksum forms per server,
 //! timeouts and retries, measurements.
 
+pub mod counting;
 pub mod memory;
 pub mod posix;
 pub mod s3;
@@ -967,7 +968,7 @@ pub struct S3Config {
     /// Multipart part size in bytes (5 MiB ..= 5 GiB); objects up to this size go in one
     /// PUT. Raised for objects that would need more than 10,000 parts. Memory per upload
     /// is about `part_size * concurrency`.
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "crate::base::units::de_size")]
     pub part_size: u64,
     /// Parts (and ranged GETs) in flight per object.
     pub concurrency: usize,
@@ -1093,18 +1094,18 @@ impl S3Config {
         positive(&self.stall_timeout, "stall_timeout")
     }
     pub fn connect_timeout(&self) -> Result<Duration, StoreError> {
-        crate::config::parse_duration(&self.connect_timeout)
+        crate::base::units::parse_duration(&self.connect_timeout)
             .map_err(|e| StoreError::invalid_config(format!("[store] connect_timeout: {e}")))
     }
     pub fn read_timeout(&self) -> Result<Duration, StoreError> {
-        crate::config::parse_duration(&self.read_timeout)
+        crate::base::units::parse_duration(&self.read_timeout)
             .map_err(|e| StoreError::invalid_config(format!("[store] read_timeout: {e}")))
     }
 }
 
 /// A duration key of `[store]` that must not be zero.
 fn positive(v: &str, key: &str) -> Result<Duration, StoreError> {
-    match crate::config::parse_duration(v) {
+    match crate::base::units::parse_duration(v) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(StoreError::invalid_config(format!(
             "[store] {key}: must be more than 0"
@@ -1151,42 +1152,9 @@ impl PosixConfig {
         Ok(())
     }
     pub fn restore_delay(&self) -> Result<Duration, StoreError> {
-        crate::config::parse_duration(&self.restore_delay)
+        crate::base::units::parse_duration(&self.restore_delay)
             .map_err(|e| StoreError::invalid_config(format!("[store] restore_delay: {e}")))
     }
-}
-
-/// A size: an integer of bytes, or a string such as "16MiB", "64 MB", "5GiB".
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        N(u64),
-        S(String),
-    }
-    match Size::deserialize(d)? {
-        Size::N(n) => Ok(n),
-        Size::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Parses "16MiB", "64 MB", "5GiB", "1048576" (binary units; MB is read as MiB).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like \"16MiB\""))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        u => return Err(format!("`{s}`: unknown unit `{u}` (KiB, MiB, GiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 // ---------------------------------------------------------------------------------------

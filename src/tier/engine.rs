@@ -84,7 +84,7 @@ pub struct Tiering {
     /// One policy run (or gc) at a time.
     pub job_lock: tokio::sync::Mutex<()>,
     /// The job running now (a policy run or gc): its id, kind and cancel flag.
-    running: Mutex<Option<(i64, String, crate::cancel::Cancel)>>,
+    running: Mutex<Option<(i64, String, crate::base::cancel::Cancel)>>,
 }
 
 /// Unregisters the running job when dropped.
@@ -272,7 +272,7 @@ impl Tiering {
         self.store_state
             .validates
             .store(v, std::sync::atomic::Ordering::SeqCst);
-        crate::metrics::STORE_VALIDATES_CHECKSUMS.set(yes as i64);
+        crate::tier::metrics::STORE_VALIDATES_CHECKSUMS.set(yes as i64);
     }
 
     /// Whether policy runs, gc and catalog uploads are paused (`mount --paused`, `pause`).
@@ -288,7 +288,7 @@ impl Tiering {
         &self,
         id: i64,
         kind: &str,
-        cancel: &crate::cancel::Cancel,
+        cancel: &crate::base::cancel::Cancel,
     ) -> RunningJob<'_> {
         *self.running.lock() = Some((id, kind.to_string(), cancel.clone()));
         RunningJob(self)
@@ -321,7 +321,7 @@ impl Tiering {
         self.store_state
             .paused
             .store(on, std::sync::atomic::Ordering::SeqCst);
-        crate::metrics::TIERING_PAUSED.set(on as i64);
+        crate::tier::metrics::TIERING_PAUSED.set(on as i64);
     }
 
     pub fn set_mount(&self, m: Arc<dyn MountView>) {
@@ -618,7 +618,7 @@ impl Tiering {
                     Some(d) => match tokio::time::timeout(d, outcome).await {
                         Ok(r) => r,
                         Err(_) => {
-                            crate::metrics::RECALLS_OPEN_TIMEOUT.inc();
+                            crate::tier::metrics::RECALLS_OPEN_TIMEOUT.inc();
                             tracing::warn!(
                                 secs = d.as_secs_f64(),
                                 "an open gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
@@ -675,7 +675,7 @@ impl Tiering {
     /// stub to premigrated under the gate. A failure leaves the stub (empty, times back).
     async fn recall(&self, node: u64, file: File, rec: StubRecord) -> Result<(), StepError> {
         let t0 = Instant::now();
-        let _in_flight = crate::metrics::RECALLS_IN_FLIGHT.track();
+        let _in_flight = crate::tier::metrics::RECALLS_IN_FLIGHT.track();
         let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
         let mut start_owed = false;
         let result = self
@@ -698,7 +698,7 @@ impl Tiering {
                 }
             }
         }
-        crate::metrics::recall_done(
+        crate::tier::metrics::recall_done(
             result.as_ref().map_err(|e| e.errno).copied(),
             rec.size,
             t0.elapsed(),

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cancel::Cancel;
+use crate::base::cancel::Cancel;
 use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
 use crate::config::{MigrateMode, Verify};
 use crate::fs::backing::{self, SetTime, Stat};
@@ -473,7 +473,7 @@ impl Tiering {
         plan: Plan,
         stub: bool,
     ) -> Result<Outcome, StepError> {
-        let _in_flight = crate::metrics::MIGRATIONS_IN_FLIGHT.track();
+        let _in_flight = crate::tier::metrics::MIGRATIONS_IN_FLIGHT.track();
         let fd = backing::open_beneath(
             self.root(),
             rel,
@@ -641,7 +641,7 @@ impl Tiering {
             }
         };
         self.failpoint("migrate-after-put");
-        crate::metrics::migrated(obj_size);
+        crate::tier::metrics::migrated(obj_size);
         let detail = json!({
             "object_key": key,
             "version_id": put.version_id,

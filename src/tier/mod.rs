@@ -5,12 +5,12 @@
 
 pub mod engine;
 pub mod marks;
+pub mod metrics;
 pub mod migrate;
 pub mod ops;
 pub mod policy;
 pub mod rebuild;
 pub mod reconcile;
 pub mod reports;
-pub mod schedule;
 pub mod state;
 pub mod stub;

@@ -622,7 +622,7 @@ fn run_blocking(
     t: &Arc<Tiering>,
     mode: MigrateMode,
     progress: &mut dyn FnMut(String, u64, u64),
-    cancel: &crate::cancel::Cancel,
+    cancel: &crate::base::cancel::Cancel,
 ) -> Result<crate::tier::migrate::RunSummary, StepError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
     let t2 = t.clone();
@@ -643,10 +643,7 @@ fn run_blocking(
 }
 
 /// Sleeps until the next time `schedule` names (UTC); false when there is none.
-pub(crate) async fn sleep_until_next(
-    schedule: &crate::tier::schedule::Schedule,
-    what: &str,
-) -> bool {
+pub(crate) async fn sleep_until_next(schedule: &crate::base::cron::Schedule, what: &str) -> bool {
     let now = std::time::SystemTime::now();
     let Some(next) = schedule.next_after(now) else {
         return false;
@@ -662,7 +659,7 @@ pub(crate) async fn sleep_until_next(
 /// away.
 pub(crate) async fn wait_for_schedule(
     t: &Tiering,
-    pick: fn(&crate::config::Config) -> Option<crate::tier::schedule::Schedule>,
+    pick: fn(&crate::config::Config) -> Option<crate::base::cron::Schedule>,
     what: &str,
 ) -> bool {
     let mut reloads = t.reloads();
@@ -707,7 +704,7 @@ pub fn spawn_scheduler(t: Arc<Tiering>) {
             }
             let mode = t.config().policy.mode;
             let mut quiet = |_: String, _: u64, _: u64| {};
-            let cancel = crate::cancel::Cancel::new();
+            let cancel = crate::base::cancel::Cancel::new();
             if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet, &cancel).await {
                 tracing::error!("scheduled policy run failed: {e}");
             }

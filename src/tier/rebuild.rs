@@ -309,8 +309,8 @@ fn alive(pid: i32) -> bool {
 /// Refuses to run while a coldtier daemon serves `source`.
 fn check_offline(source: &Path) -> anyhow::Result<()> {
     let want = format!("coldtier:{}", source.display());
-    let mounts =
-        crate::mountinfo::read().map_err(|e| anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mounts = crate::base::mountinfo::read()
+        .map_err(|e| anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
     if let Some(m) = mounts.iter().find(|m| {
         m.fstype == crate::fs::fuse::FS_TYPE && (m.source == want || m.mount_point == source)
     }) {

@@ -1,6 +1,8 @@
 //! The daemon: checks the request, opens the backing tree, daemonizes, mounts, serves until
 //! unmounted or signalled; and `umount`, which ends it cleanly.
 
+pub mod metrics;
+
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -9,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::base::mountinfo;
 use crate::catalog::Catalog;
 use crate::cli::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
 use crate::fs::fuse::{attr_invalidator, mount_config, FuseAdapter, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
-use crate::mountinfo;
 use crate::store::StoreConfig;
 use crate::tier::engine::Tiering;
 use crate::tier::ops::{spawn_scheduler, Control};
@@ -83,7 +85,7 @@ struct Prepared {
     /// `--paused`: mount with tiering paused, whatever the store check finds.
     paused: bool,
     /// The source's and the catalog's locks, held for the daemon's life.
-    locks: Vec<crate::private::Lock>,
+    locks: Vec<crate::base::private::Lock>,
     /// The config file, read again on SIGHUP (none: the defaults, nothing to reload).
     config_path: Option<PathBuf>,
 }
@@ -154,9 +156,9 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
     // What the daemon keeps for itself lives in directories only root can write.
     let catalog = config.catalog_path(&mountpoint);
     if let Some(dir) = catalog.parent() {
-        crate::private::ensure_private_dir(dir, "the catalog directory").map_err(bad)?;
+        crate::base::private::ensure_private_dir(dir, "the catalog directory").map_err(bad)?;
     }
-    crate::private::ensure_private_dir(
+    crate::base::private::ensure_private_dir(
         &config.backup_dir(&mountpoint),
         "the catalog backup directory",
     )
@@ -165,7 +167,7 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         (RUN_DIR, "the runtime directory"),
         (LOCK_DIR, "the lock directory"),
     ] {
-        crate::private::ensure_private_dir(Path::new(dir), what).map_err(bad)?;
+        crate::base::private::ensure_private_dir(Path::new(dir), what).map_err(bad)?;
     }
     // One daemon per source and per catalog, for its whole life.
     let source_lock = take_lock(
@@ -222,11 +224,16 @@ pub fn lock_path_of(catalog: &Path) -> PathBuf {
 /// Takes a lock for the daemon of `mountpoint`; if another daemon holds it, one line
 /// naming that mount (`what` says what it holds). A daemon whose mount is gone is waited
 /// for a while: it is exiting.
-fn take_lock(path: &Path, mountpoint: &Path, what: &str) -> anyhow::Result<crate::private::Lock> {
+fn take_lock(
+    path: &Path,
+    mountpoint: &Path,
+    what: &str,
+) -> anyhow::Result<crate::base::private::Lock> {
     let label = mountpoint.display().to_string();
-    let gone =
-        |h: &crate::private::Holder| !h.what.is_empty() && !is_coldtier_mount(Path::new(&h.what));
-    crate::private::lock(path, &label, EXITING_DAEMON_WAIT, &gone).map_err(|e| match e {
+    let gone = |h: &crate::base::private::Holder| {
+        !h.what.is_empty() && !is_coldtier_mount(Path::new(&h.what))
+    };
+    crate::base::private::lock(path, &label, EXITING_DAEMON_WAIT, &gone).map_err(|e| match e {
         Ok(h) => bad(format!(
             "{what} the coldtier mount at {} (daemon pid {}); unmount it first",
             if h.what.is_empty() { "?" } else { &h.what },
@@ -258,11 +265,11 @@ fn read_record(mountpoint: &Path) -> Option<(i32, String)> {
 }
 
 fn write_record(p: &Prepared) -> std::io::Result<()> {
-    crate::private::create_private_dir(Path::new(RUN_DIR))?;
+    crate::base::private::create_private_dir(Path::new(RUN_DIR))?;
     let path = record_path(&p.mountpoint);
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = crate::private::open_private(&tmp, false)?;
+    let mut f = crate::base::private::open_private(&tmp, false)?;
     f.write_all(
         format!(
             "{}\n{}\n{}\n",
@@ -337,7 +344,7 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
     let mut status = std::fs::File::from(wr);
     // The locks came with the fork; they now name this process.
     for l in &prepared.locks {
-        let _ = crate::private::relabel(l, &prepared.mountpoint.display().to_string());
+        let _ = crate::base::private::relabel(l, &prepared.mountpoint.display().to_string());
     }
     // SAFETY: setsid/chdir only affect this (single-threaded) child process.
     unsafe {
@@ -345,7 +352,7 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
         libc::chdir(c"/".as_ptr());
     }
     if let Some(dir) = log_file.parent().filter(|d| !d.exists()) {
-        let _ = crate::private::create_private_dir(dir);
+        let _ = crate::base::private::create_private_dir(dir);
     }
     if let Err(e) = redirect_stdio(log_file) {
         let _ = write!(
@@ -370,7 +377,7 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
 
 fn redirect_stdio(log_file: &Path) -> std::io::Result<()> {
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
-    let log = crate::private::open_private(log_file, true)?;
+    let log = crate::base::private::open_private(log_file, true)?;
     // SAFETY: dup2 onto the standard descriptors of this process.
     unsafe {
         libc::dup2(null.as_raw_fd(), 0);
@@ -489,7 +496,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     report(&mut status, "OK\n");
     drop(status);
     // The mount and the control socket are up: systemd may start what depends on them.
-    crate::notify::notify(&format!(
+    crate::base::notify::notify(&format!(
         "READY=1\nSTATUS=serving {} at {}{}",
         p.source.display(),
         p.mountpoint.display(),
@@ -519,12 +526,12 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
                 continue;
             }
             tracing::info!(signal = sig, "termination signal: unmounting");
-            crate::notify::notify("STOPPING=1\nSTATUS=unmounting");
+            crate::base::notify::notify("STOPPING=1\nSTATUS=unmounting");
             // fuser's own unmount first (clears its state), then a detach if files are open.
             if unmounter.unmount().is_err() {
                 match unmount_path(&mp, true) {
                     Ok(true) => {
-                        crate::notify::status(
+                        crate::base::notify::status(
                             "mount busy: detached; serving open files until they close",
                         );
                         tracing::warn!("mount busy: detached; serving open files until they close")
@@ -536,7 +543,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         })?;
 
     let result = session.run();
-    crate::notify::notify("STOPPING=1\nSTATUS=unmounted; finishing");
+    crate::base::notify::notify("STOPPING=1\nSTATUS=unmounted; finishing");
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
     let catalog = tiering.catalog.clone();
@@ -595,7 +602,7 @@ pub fn reload(path: Option<&Path>, t: &Tiering) {
                 });
                 match opened {
                     Ok((s, c)) => {
-                        t.set_store(crate::metrics::count_errors(s));
+                        t.set_store(crate::store::counting::count_errors(s));
                         t.set_store_validates(c.validates_checksums);
                         log_store_check(&c);
                     }
@@ -657,7 +664,7 @@ fn start_tiering<B: Send + Sync + 'static>(
             let s = rt
                 .block_on(crate::store::open(c))
                 .map_err(|e| anyhow::anyhow!("store: {e}"))?;
-            let s = crate::metrics::count_errors(s);
+            let s = crate::store::counting::count_errors(s);
             let prefix = match c {
                 StoreConfig::S3(s3) => s3.prefix.clone(),
                 StoreConfig::Posix(_) => String::new(),
@@ -841,8 +848,8 @@ fn start_metrics(p: &Prepared, t: &Arc<Tiering>) -> anyhow::Result<Option<std::n
     };
     let addr = crate::config::parse_metrics_listen(listen)
         .map_err(|m| bad(format!("metrics.listen: {m}")))?;
-    crate::metrics::set_catalog(t.catalog.clone());
-    let bound = crate::metrics::serve(addr).map_err(|e| {
+    crate::daemon::metrics::set_catalog(t.catalog.clone());
+    let bound = crate::daemon::metrics::serve(addr).map_err(|e| {
         bad(format!(
             "metrics.listen: cannot listen on {addr}: {e} (choose another port)"
         ))
