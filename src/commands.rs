@@ -399,20 +399,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
     }
 }
 
-/// UTC time of nanoseconds since the epoch, ISO 8601 to the millisecond.
-pub fn format_time(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let ms = ns.rem_euclid(1_000_000_000) / 1_000_000;
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let (y, m, d) = crate::base::cron::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::base::time::format_time;
 
 #[cfg(test)]
 mod tests {

@@ -9,10 +9,15 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
-use crate::base::cron::Schedule;
-use crate::base::units::{de_duration, de_opt_size, de_size};
+pub use crate::base::cron::{de_schedule, Schedule};
+pub use crate::base::mountinfo::{default_catalog_path, mount_name};
 pub use crate::base::units::{parse_duration, parse_size};
-use crate::tier::policy::Patterns;
+pub use crate::catalog::config::{CatalogConfig, DEFAULT_BACKUP_SCHEDULE};
+pub use crate::fs::config::{FuseConfig, Readdirplus};
+pub use crate::tier::config::{
+    MigrateMode, OnArchived, PolicyConfig, RecallConfig, RestoreTier, Verify, DEFAULT_MIN_SIZE,
+    DEFAULT_SCHEDULE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,273 +56,6 @@ pub struct Config {
     /// The text this config was parsed from ("" for [`Config::default`]).
     #[serde(skip)]
     text: String,
-}
-
-/// `[fuse]`: how the mount talks to the kernel.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FuseConfig {
-    /// Serve resident files' reads and writes in the kernel (FUSE passthrough).
-    pub passthrough: bool,
-    /// Request-handling threads (0 = 2 x cores, at least 4).
-    pub threads: usize,
-    /// How long the kernel may cache attributes, e.g. "1s", "500ms". Changes made through
-    /// the mount are always seen at once; this bounds how long a change made to the backing
-    /// tree by other means (e.g. another NFS client of the source) can go unseen.
-    pub attr_timeout: String,
-    /// How long the kernel may cache name lookups.
-    pub entry_timeout: String,
-    /// O_PATH fds the inode table may hold before it reaches inodes by file handle
-    /// (0 = three quarters of RLIMIT_NOFILE).
-    pub inode_fds: usize,
-    /// When directory listings carry each entry's attributes (READDIRPLUS).
-    pub readdirplus: Readdirplus,
-}
-
-/// `fuse.readdirplus`: when the kernel asks for directory entries with their attributes.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Readdirplus {
-    /// Every listing: a walk that stats what it lists (`ls -l`, `find`, `du`, rsync, Samba
-    /// and NFS re-export) needs no lookup per entry.
-    #[default]
-    Always,
-    /// The kernel's adaptive mode: attributes for the first block of a listing and after
-    /// a stat in the directory; cheaper for listings that only read names.
-    Auto,
-}
-
-impl Default for FuseConfig {
-    fn default() -> Self {
-        FuseConfig {
-            passthrough: true,
-            threads: 0,
-            attr_timeout: "10s".into(),
-            entry_timeout: "10s".into(),
-            inode_fds: 0,
-            readdirplus: Readdirplus::Always,
-        }
-    }
-}
-
-/// `[policy]`: which files a policy run tiers, how, how many, and when.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Only paths (relative to SOURCE) matching one of these are tiered; empty: all.
-    pub include: Patterns,
-    /// Paths matching one of these are never tiered; wins over `include`.
-    pub exclude: Patterns,
-    /// A file is cold when it has not been used (read: atime, written: mtime) for this long.
-    #[serde(deserialize_with = "de_duration")]
-    pub atime_older_than: Duration,
-    /// Smaller files are left alone (default 1 MiB: see [`DEFAULT_MIN_SIZE`]).
-    #[serde(deserialize_with = "de_size")]
-    pub min_size: u64,
-    /// Larger files are left alone (none: no upper limit).
-    #[serde(deserialize_with = "de_opt_size")]
-    pub max_size: Option<u64>,
-    pub mode: MigrateMode,
-    /// At most this many files per run (none: no limit).
-    pub max_files: Option<u64>,
-    /// At most this many bytes of file data per run (none: no limit).
-    #[serde(deserialize_with = "de_opt_size")]
-    pub max_bytes: Option<u64>,
-    pub verify: Verify,
-    /// When runs start (cron, UTC); `None` ("off" or ""): only on `coldtier migrate`.
-    #[serde(deserialize_with = "de_schedule")]
-    pub schedule: Option<Schedule>,
-}
-
-/// The default `policy.min_size`, 1 MiB. Tiering a small file frees little (its inode,
-/// xattr and catalog row stay) while its recall costs a full store round trip and each
-/// object costs requests and per-object overhead (S3 archive classes bill at least 40 KiB
-/// of metadata per object, the IA classes at least 128 KiB per object). On typical shares
-/// files under 1 MiB are most of the files and a few per cent of the bytes: skipping them
-/// keeps object counts and recall latency down for almost the same space freed.
-pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            include: Patterns::default(),
-            exclude: Patterns::default(),
-            atime_older_than: Duration::from_secs(60 * 86400),
-            min_size: DEFAULT_MIN_SIZE,
-            max_size: None,
-            mode: MigrateMode::DryRun,
-            max_files: None,
-            max_bytes: None,
-            verify: Verify::Checksum,
-            schedule: Some(Schedule::parse(DEFAULT_SCHEDULE).expect("valid default schedule")),
-        }
-    }
-}
-
-/// The default `policy.schedule`: every night at 03:00 UTC.
-pub const DEFAULT_SCHEDULE: &str = "0 3 * * *";
-
-/// `policy.mode`: what a policy run does with its candidates.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "kebab-case")]
-pub enum MigrateMode {
-    /// Report what a `stub` run would do; change nothing (the default: nothing moves until
-    /// the operator says so).
-    #[default]
-    DryRun,
-    /// Copy to the store and verify (resident -> premigrated); free nothing.
-    CopyOnly,
-    /// Copy, verify, and free local data (-> stub).
-    Stub,
-}
-
-impl MigrateMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrateMode::DryRun => "dry-run",
-            MigrateMode::CopyOnly => "copy-only",
-            MigrateMode::Stub => "stub",
-        }
-    }
-}
-
-/// `policy.verify`: how a copy is proven before the file counts as premigrated.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Verify {
-    /// The store's checksum of what it received matches ours of what we read.
-    #[default]
-    Checksum,
-    /// Also read the object back and compare checksums (twice the traffic).
-    Readback,
-}
-
-impl Verify {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verify::Checksum => "checksum",
-            Verify::Readback => "readback",
-        }
-    }
-}
-
-/// `[recall]`: bringing stubs back, and what to do about archived objects.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecallConfig {
-    pub on_archived: OnArchived,
-    pub restore_tier: RestoreTier,
-    /// How long the store keeps a restored copy readable, in days.
-    pub restore_days: u32,
-    /// With `on_archived = "wait"`: how long an open blocks for a restore.
-    #[serde(deserialize_with = "de_duration")]
-    pub wait_timeout: Duration,
-    /// How often a pending restore is checked (HEAD).
-    #[serde(deserialize_with = "de_duration")]
-    pub poll_interval: Duration,
-    /// How long an open waits for a stub's data before it fails with `EAGAIN` while the
-    /// recall goes on (an NFS server then tells its client to retry, NFS4ERR_DELAY; SMB
-    /// and NFS clients give up on a request that takes a minute or more). "0": no limit.
-    #[serde(deserialize_with = "de_duration")]
-    pub timeout: Duration,
-}
-
-impl Default for RecallConfig {
-    fn default() -> Self {
-        RecallConfig {
-            on_archived: OnArchived::Fail,
-            restore_tier: RestoreTier::Standard,
-            restore_days: 3,
-            wait_timeout: Duration::from_secs(300),
-            poll_interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// `recall.on_archived`: an open of a stub whose object is archived and not restored.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum OnArchived {
-    /// Block the open until the restore is done and the data recalled, up to
-    /// `recall.wait_timeout`.
-    Wait,
-    /// Fail the open at once (the errno is in docs/semantics.md); the restore and recall
-    /// go on in the background. The default: SMB and NFS clients give up on a blocked
-    /// open within a minute or so anyway, and archive restores take minutes to hours.
-    #[default]
-    Fail,
-}
-
-impl OnArchived {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnArchived::Wait => "wait",
-            OnArchived::Fail => "fail",
-        }
-    }
-}
-
-/// `recall.restore_tier`: the S3 RestoreObject tier (the names are S3's).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
-pub enum RestoreTier {
-    /// Minutes; costs most; not offered for DEEP_ARCHIVE.
-    Expedited,
-    /// Hours.
-    #[default]
-    Standard,
-    /// Many hours; costs least.
-    Bulk,
-}
-
-impl RestoreTier {
-    /// The value S3 expects.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestoreTier::Expedited => "Expedited",
-            RestoreTier::Standard => "Standard",
-            RestoreTier::Bulk => "Bulk",
-        }
-    }
-}
-
-/// `[catalog]`: where the catalog lives and how long superseded objects stay.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CatalogConfig {
-    /// The SQLite file; none: [`default_catalog_path`] of the mount point.
-    pub path: Option<PathBuf>,
-    /// How long an object stays in the store after its file was deleted or changed,
-    /// before `gc` may remove it.
-    #[serde(deserialize_with = "de_duration")]
-    pub retention: Duration,
-    /// When the daemon takes a catalog backup (cron, UTC); `None` ("off"): only on
-    /// `coldtier catalog backup`.
-    #[serde(deserialize_with = "de_schedule")]
-    pub backup_schedule: Option<Schedule>,
-    /// Where backups are kept on local disk; none: `backups/` beside the catalog file.
-    pub backup_dir: Option<PathBuf>,
-    /// How many backups to keep: the newest of each of the last N days, weeks and months
-    /// that have one, e.g. "7d 4w 12m" (crate::catalog::backup::Keep).
-    pub backup_keep: String,
-}
-
-/// The default `catalog.backup_schedule`: every night at 02:30 UTC (before the default
-/// policy run at 03:00).
-pub const DEFAULT_BACKUP_SCHEDULE: &str = "30 2 * * *";
-
-impl Default for CatalogConfig {
-    fn default() -> Self {
-        CatalogConfig {
-            path: None,
-            retention: Duration::from_secs(30 * 86400),
-            backup_schedule: Some(
-                Schedule::parse(DEFAULT_BACKUP_SCHEDULE).expect("valid default backup schedule"),
-            ),
-            backup_dir: None,
-            backup_keep: crate::catalog::backup::DEFAULT_KEEP.to_string(),
-        }
-    }
 }
 
 /// `[mount]`: what to serve and where, so that `coldtier mount --config FILE` (the
@@ -437,55 +175,6 @@ fn redact_table(t: &mut toml_edit::Table) {
     for (k, item) in t.iter_mut() {
         let k = k.get().to_string();
         redact_item(&k, item);
-    }
-}
-
-/// Where the catalog of a mount lives unless `catalog.path` says otherwise:
-/// `/var/lib/coldtier/<name>.db` with the [`mount_name`] of the mount point.
-pub fn default_catalog_path(mountpoint: &Path) -> PathBuf {
-    PathBuf::from(format!("/var/lib/coldtier/{}.db", mount_name(mountpoint)))
-}
-
-/// A mount point as one file name, escaped like `systemd-escape --path` (so it is also
-/// the instance name of a `coldtier@.service`): `/srv/share` -> `srv-share`, `/` -> `-`,
-/// `-` and bytes other than `[A-Za-z0-9:_.]` (and a leading `.`) -> `\xNN`.
-pub fn mount_name(mountpoint: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Component;
-    let parts: Vec<&[u8]> = mountpoint
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.as_bytes()),
-            Component::ParentDir => Some(b"..".as_slice()),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect();
-    if parts.is_empty() {
-        return "-".into();
-    }
-    let joined = parts.join(&b'/');
-    let mut out = String::with_capacity(joined.len());
-    for (i, &b) in joined.iter().enumerate() {
-        match b {
-            b'/' => out.push('-'),
-            b'.' if i == 0 => out.push_str("\\x2e"),
-            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'.' => {
-                out.push(b as char)
-            }
-            b => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out
-}
-
-/// `policy.schedule`: a cron expression, or "off" / "" for none.
-pub fn de_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Schedule>, D::Error> {
-    let t = String::deserialize(d)?;
-    match t.trim() {
-        "" | "off" => Ok(None),
-        t => Schedule::parse(t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -694,6 +383,24 @@ impl Config {
         })
     }
 
+    /// What the tiering engine reads of this config, for the mount at `mountpoint` (a
+    /// `[store]` that does not parse gives the default upload limits here: `validate`
+    /// refused it already, and a reload keeps the store in force).
+    pub fn tier_settings(&self, mountpoint: &Path) -> crate::tier::config::Settings {
+        crate::tier::config::Settings {
+            policy: self.policy.clone(),
+            recall: self.recall.clone(),
+            catalog: self.catalog.clone(),
+            backup_dir: self.backup_dir(mountpoint),
+            uploads: self
+                .store_config()
+                .ok()
+                .flatten()
+                .map(|c| c.upload_limits())
+                .unwrap_or_default(),
+        }
+    }
+
     /// `store.kind` ("s3" or "posix"), if a `[store]` section names it.
     pub fn store_kind(&self) -> Option<&str> {
         self.store.as_ref()?.get("kind")?.as_str()
@@ -879,24 +586,6 @@ impl Config {
             parse_metrics_listen(listen).map_err(|m| bad("metrics.listen", m))?;
         }
         Ok(())
-    }
-
-    pub fn attr_timeout(&self) -> Duration {
-        parse_duration(&self.fuse.attr_timeout).unwrap_or(Duration::from_secs(1))
-    }
-
-    pub fn entry_timeout(&self) -> Duration {
-        parse_duration(&self.fuse.entry_timeout).unwrap_or(Duration::from_secs(1))
-    }
-
-    pub fn threads(&self) -> usize {
-        if self.fuse.threads > 0 {
-            return self.fuse.threads;
-        }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        (cores * 2).max(4)
     }
 }
 
@@ -1169,8 +858,8 @@ mod tests {
     fn defaults_when_empty() {
         let c = Config::parse("", "t").unwrap();
         assert!(c.fuse.passthrough);
-        assert_eq!(c.attr_timeout(), Duration::from_secs(10));
-        assert!(c.threads() >= 4);
+        assert_eq!(c.fuse.attr_timeout(), Duration::from_secs(10));
+        assert!(c.fuse.threads() >= 4);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod inspect;
+pub mod jobs;
 pub mod progress;
 pub mod store;
 pub mod tier;

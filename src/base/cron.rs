@@ -327,6 +327,17 @@ fn weekday(y: i64, m: u32, d: u32) -> u32 {
     (days_from_civil(y, m, d) + 4).rem_euclid(7) as u32
 }
 
+/// A schedule in a config file: a cron expression, or "off" / "" for none.
+pub fn de_schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schedule>, D::Error> {
+    let t = <String as serde::Deserialize>::deserialize(d)?;
+    match t.trim() {
+        "" | "off" => Ok(None),
+        t => Schedule::parse(t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,3 +10,4 @@ pub mod notify;
 pub mod private;
 pub mod time;
 pub mod units;
+pub mod worker;

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The type of a coldtier mount as the kernel lists it (`fuse.coldtier`).
+pub const FS_TYPE: &str = "fuse.coldtier";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub mount_point: PathBuf,
@@ -74,6 +77,44 @@ pub fn containing<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a Mount
         }
     }
     best
+}
+
+/// Where the catalog of a mount lives unless `catalog.path` says otherwise:
+/// `/var/lib/coldtier/<name>.db` with the [`mount_name`] of the mount point.
+pub fn default_catalog_path(mountpoint: &Path) -> PathBuf {
+    PathBuf::from(format!("/var/lib/coldtier/{}.db", mount_name(mountpoint)))
+}
+
+/// A mount point as one file name, escaped like `systemd-escape --path` (so it is also
+/// the instance name of a `coldtier@.service`): `/srv/share` -> `srv-share`, `/` -> `-`,
+/// `-` and bytes other than `[A-Za-z0-9:_.]` (and a leading `.`) -> `\xNN`.
+pub fn mount_name(mountpoint: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let parts: Vec<&[u8]> = mountpoint
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.as_bytes()),
+            Component::ParentDir => Some(b"..".as_slice()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        return "-".into();
+    }
+    let joined = parts.join(&b'/');
+    let mut out = String::with_capacity(joined.len());
+    for (i, &b) in joined.iter().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'.' => {
+                out.push(b as char)
+            }
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

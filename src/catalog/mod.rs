@@ -9,6 +9,7 @@
 
 pub mod backup;
 mod chain;
+pub mod config;
 mod error;
 pub mod metrics;
 mod reports;

@@ -1,7 +1,9 @@
 //! The daemon: checks the request, opens the backing tree, daemonizes, mounts, serves until
 //! unmounted or signalled; and `umount`, which ends it cleanly.
 
+pub mod handler;
 pub mod metrics;
+pub mod reports;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -20,7 +22,7 @@ use crate::fs::fuse::{attr_invalidator, mount_config, FuseAdapter, Ttls, FS_TYPE
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
 use crate::store::StoreConfig;
 use crate::tier::engine::Tiering;
-use crate::tier::ops::{spawn_scheduler, Control};
+use handler::{ConfigCell, Control};
 
 /// A problem with what the user asked for: reported in one line, exit code 2, nothing mounted.
 #[derive(Debug, thiserror::Error)]
@@ -444,7 +446,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         OverlayOptions {
             passthrough: p.config.fuse.passthrough,
             inode_fds: p.config.fuse.inode_fds,
-            no_xattrs_ttl: p.config.attr_timeout(),
+            no_xattrs_ttl: p.config.fuse.attr_timeout(),
         },
     )?;
     if !p.config.fuse.passthrough {
@@ -452,10 +454,10 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     }
     let overlay = Arc::new(overlay);
     let ttl = Ttls {
-        attr: p.config.attr_timeout(),
-        entry: p.config.entry_timeout(),
+        attr: p.config.fuse.attr_timeout(),
+        entry: p.config.fuse.entry_timeout(),
     };
-    let (runtime, tiering) = match start_tiering(&p, &overlay) {
+    let (runtime, tiering, config_cell) = match start_tiering(&p, &overlay) {
         Ok(t) => t,
         Err(e) => {
             report(&mut status, &format!("ERR {e:#}"));
@@ -470,7 +472,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         }
     };
     let adapter = FuseAdapter::new(overlay.clone(), ttl, p.config.fuse.readdirplus);
-    let threads = p.config.threads();
+    let threads = p.config.fuse.threads();
     let mut session =
         match fuser::Session::new(adapter, &p.mountpoint, &mount_config(&p.source, threads)) {
             Ok(s) => s,
@@ -509,6 +511,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     let mut unmounter = session.unmount_callable();
     let reload_from = p.config_path.clone();
     let t_signals = tiering.clone();
+    let config_signals = config_cell.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -522,7 +525,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
                 if let Err(e) = crate::reopen_log() {
                     tracing::error!("cannot reopen the log file: {e}");
                 }
-                reload(reload_from.as_deref(), &t_signals);
+                reload(reload_from.as_deref(), &t_signals, &config_signals);
                 continue;
             }
             tracing::info!(signal = sig, "termination signal: unmounting");
@@ -547,6 +550,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
     let catalog = tiering.catalog.clone();
+    tiering.workers.stop();
     drop(tiering);
     runtime.shutdown_timeout(Duration::from_secs(2));
     match catalog.checkpoint() {
@@ -572,7 +576,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
 /// (policy, recall, catalog retention and backups, costs, the store's credentials and
 /// other settings, checked like at mount), recorded as a new config version; what cannot
 /// change is named in the log and kept. A file that does not parse changes nothing.
-pub fn reload(path: Option<&Path>, t: &Tiering) {
+pub fn reload(path: Option<&Path>, t: &Tiering, config: &ConfigCell) {
     let Some(path) = path else {
         tracing::info!("reload: no config file (the defaults are in force): nothing to read");
         return;
@@ -584,7 +588,7 @@ pub fn reload(path: Option<&Path>, t: &Tiering) {
             return;
         }
     };
-    let old = t.config();
+    let old = config.read().clone();
     let (mut new, kept) = old.reloaded(new);
     if !kept.is_empty() {
         tracing::warn!(
@@ -621,7 +625,8 @@ pub fn reload(path: Option<&Path>, t: &Tiering) {
     }
     match t.catalog.record_config(&new.recorded_text()) {
         Ok(v) => {
-            t.set_config(new);
+            t.set_settings(new.tier_settings(&t.mountpoint));
+            *config.write() = Arc::new(new);
             tracing::info!(config_version = v.version, "config reloaded");
         }
         Err(e) => tracing::error!(
@@ -636,7 +641,7 @@ pub fn reload(path: Option<&Path>, t: &Tiering) {
 fn start_tiering<B: Send + Sync + 'static>(
     p: &Prepared,
     overlay: &Arc<OverlayFs<B>>,
-) -> anyhow::Result<(tokio::runtime::Runtime, Arc<Tiering>)> {
+) -> anyhow::Result<(tokio::runtime::Runtime, Arc<Tiering>, ConfigCell)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("coldtier-tier")
@@ -685,7 +690,7 @@ fn start_tiering<B: Send + Sync + 'static>(
         }
     }
     let t = Tiering::new(
-        p.config.clone(),
+        p.config.tier_settings(&p.mountpoint),
         catalog,
         store,
         prefix,
@@ -715,16 +720,19 @@ fn start_tiering<B: Send + Sync + 'static>(
     let socket = crate::control::socket_path(&p.mountpoint);
     let server = crate::control::server::Server::bind(&socket)
         .map_err(|e| anyhow::anyhow!("control socket {}: {e}", socket.display()))?;
-    server.spawn(Arc::new(Control { t: t.clone() }))?;
-    spawn_scheduler(t.clone());
-    crate::tier::reconcile::spawn_backup_scheduler(t.clone());
+    let config: ConfigCell = Arc::new(parking_lot::RwLock::new(Arc::new(p.config.clone())));
+    server.spawn(Arc::new(Control {
+        t: t.clone(),
+        config: config.clone(),
+    }))?;
+    crate::jobs::start(&t);
     tracing::info!(
         config_version = version.version,
         catalog = %path.display(),
         store = described.as_deref().unwrap_or("none ([store] not configured)"),
         "tiering ready"
     );
-    Ok((rt, t))
+    Ok((rt, t, config))
 }
 
 /// How long the store check at mount may take, retries included.

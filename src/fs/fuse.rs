@@ -16,8 +16,8 @@ use fuser::{
 };
 
 use super::backing::{Errno, SetTime, Stat};
+use super::config::Readdirplus;
 use super::overlay::{Caller, Entry, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply};
-use crate::config::Readdirplus;
 use crate::fs::metrics::{self, FuseOp};
 
 /// Attribute and entry cache lifetimes handed to the kernel.
@@ -810,8 +810,7 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// Name of the mount as the kernel lists it (`fuse.coldtier` type, this source).
-pub const FS_TYPE: &str = "fuse.coldtier";
+pub use crate::base::mountinfo::FS_TYPE;
 
 /// Mount options for the session: allow_other + default_permissions, like a real share.
 pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {

@@ -1,6 +1,7 @@
 //! The overlay filesystem: backing syscalls, inode table, the filesystem logic, the FUSE adapter.
 
 pub mod backing;
+pub mod config;
 pub mod fuse;
 pub mod gate;
 pub mod inodes;

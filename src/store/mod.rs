@@ -357,14 +357,28 @@ pub enum RestoreOutcome {
     NotArchived,
 }
 
-/// Glacier retrieval tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The S3 RestoreObject tier of an archived object (`recall.restore_tier`; the names,
+/// in the config too, are S3's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 pub enum RestoreTier {
+    /// Minutes; costs most; not offered for DEEP_ARCHIVE.
     Expedited,
+    /// Hours.
     #[default]
     Standard,
+    /// Many hours; costs least.
     Bulk,
+}
+
+impl RestoreTier {
+    /// The value S3 expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreTier::Expedited => "Expedited",
+            RestoreTier::Standard => "Standard",
+            RestoreTier::Bulk => "Bulk",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -915,6 +929,54 @@ pub fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), StoreError> 
 pub enum StoreConfig {
     S3(S3Config),
     Posix(PosixConfig),
+}
+
+/// What the tiering engine sizes its uploads by (parsed here once: the engine never
+/// re-reads the raw `[store]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Requests in flight per store (`store.concurrency`).
+    pub concurrency: usize,
+    /// Bytes per multipart part (`store.part_size`).
+    pub part_size: u64,
+    /// The class uploads get (`store.storage_class`).
+    pub storage_class: StorageClass,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            concurrency: 4,
+            part_size: DEFAULT_PART_SIZE,
+            storage_class: StorageClass::Standard,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The upload limits this store config sets (a posix store has no concurrency or part
+    /// size of its own: the defaults).
+    pub fn upload_limits(&self) -> UploadLimits {
+        match self {
+            StoreConfig::S3(c) => UploadLimits {
+                concurrency: c.concurrency.clamp(1, 64),
+                part_size: c.part_size.max(1),
+                storage_class: c.storage_class.clone(),
+            },
+            StoreConfig::Posix(c) => UploadLimits {
+                storage_class: c.storage_class.clone(),
+                ..UploadLimits::default()
+            },
+        }
+    }
+
+    /// The key prefix of the store's objects ("" for none).
+    pub fn prefix(&self) -> &str {
+        match self {
+            StoreConfig::S3(c) => &c.prefix,
+            StoreConfig::Posix(_) => "",
+        }
+    }
 }
 
 impl Default for StoreConfig {

@@ -128,7 +128,7 @@ impl PosixStore {
 }
 
 fn now_ns() -> i64 {
-    crate::catalog::system_now_ns()
+    crate::base::time::system_now_ns()
 }
 
 impl Inner {

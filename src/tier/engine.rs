@@ -6,7 +6,7 @@
 //! The xattrs on the backing file are the truth ([`super::marks`]); the catalog records
 //! each change as an event, in the same order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,14 +19,12 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::config::{OnArchived, Settings};
 use crate::catalog::{Catalog, CatalogError, EventKind, FileRow, FileState};
-use crate::config::{Config, OnArchived};
 use crate::fs::backing::{self, Errno, SetTime, Stat, SysResult};
 use crate::fs::gate::Gate;
 use crate::fs::overlay::{Go, OverlayFs, TierHooks, Waiter};
-use crate::store::{
-    ChecksumAlgo, GetRequest, ObjectStore, RestoreTier as StoreTier, StoreErrorKind,
-};
+use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
 use crate::tier::marks;
 use crate::tier::state::{self, Action};
 use crate::tier::stub::StubRecord;
@@ -57,8 +55,8 @@ type RecallResult = Option<Result<(), i32>>;
 /// The tiering side of one mount.
 pub struct Tiering {
     me: Weak<Tiering>,
-    /// The config in force (replaced by a reload: [`Tiering::set_config`]).
-    config: parking_lot::RwLock<Arc<Config>>,
+    /// The settings in force (replaced by a reload: [`Tiering::set_settings`]).
+    settings: parking_lot::RwLock<Arc<Settings>>,
     /// What the store check at mount found, and whether tiering is paused.
     pub store_state: StoreState,
     pub catalog: Arc<Catalog>,
@@ -76,7 +74,13 @@ pub struct Tiering {
     pub gate: Arc<Gate>,
     mount: OnceLock<Arc<dyn MountView>>,
     recalls: Mutex<HashMap<u64, watch::Receiver<RecallResult>>>,
+    /// Files with a restore poller (by file id): one each.
     pollers: Mutex<HashSet<String>>,
+    /// The runner of every background worker of this mount (`crate::jobs`, the tagger,
+    /// the restore pollers).
+    pub workers: Arc<crate::base::worker::Runner>,
+    /// The tagger's queue.
+    tags: tokio::sync::mpsc::UnboundedSender<super::background::TagRequest>,
     failpoint: Option<String>,
     /// `COLDTIER_TEST_GC_SKEW`: gc acts as if now were this much later (tests only).
     pub gc_skew: Duration,
@@ -177,7 +181,7 @@ fn forced(action: Action) -> (Option<FileState>, Vec<EventKind>) {
 impl Tiering {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        config: Config,
+        settings: Settings,
         catalog: Arc<Catalog>,
         store: Option<Arc<dyn ObjectStore>>,
         store_prefix: String,
@@ -204,9 +208,11 @@ impl Tiering {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        Ok(Arc::new_cyclic(|me| Tiering {
+        let (tags, tag_rx) = tokio::sync::mpsc::unbounded_channel();
+        let workers = crate::base::worker::Runner::new(rt.clone());
+        let t = Arc::new_cyclic(|me| Tiering {
             me: me.clone(),
-            config: parking_lot::RwLock::new(Arc::new(config)),
+            settings: parking_lot::RwLock::new(Arc::new(settings)),
             store_state: StoreState::default(),
             reloaded: tokio::sync::watch::channel(0).0,
             catalog,
@@ -221,23 +227,36 @@ impl Tiering {
             mount: OnceLock::new(),
             recalls: Mutex::new(HashMap::new()),
             pollers: Mutex::new(HashSet::new()),
+            workers,
+            tags,
             failpoint,
             gc_skew,
             host,
             job_lock: tokio::sync::Mutex::new(()),
             running: Mutex::new(None),
-        }))
+        });
+        t.workers.spawn(
+            super::background::Tagger {
+                t: Arc::downgrade(&t),
+                rx: tag_rx,
+                next: None,
+                tagged: 0,
+                failed: 0,
+            },
+            false,
+        );
+        Ok(t)
     }
 
-    /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.read().clone()
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().clone()
     }
 
-    /// Puts `config` in force (a reload; the daemon checked what may change) and tells
+    /// Puts `settings` in force (a reload; the daemon checked what may change) and tells
     /// the schedulers.
-    pub fn set_config(&self, config: Config) {
-        *self.config.write() = Arc::new(config);
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write() = Arc::new(settings);
         self.reloaded.send_modify(|n| *n += 1);
     }
 
@@ -513,17 +532,11 @@ impl Tiering {
         Ok(())
     }
 
-    /// Sets the object's state tag, in the background, best effort.
+    /// Sets the object's state tag, in the background (the tagger), best effort.
     pub fn tag_later(&self, key: String, version: Option<String>, state: &'static str) {
-        let Some(store) = self.store_opt() else {
-            return;
-        };
-        self.rt.spawn(async move {
-            let tags = BTreeMap::from([("coldtier-state".to_string(), state.to_string())]);
-            if let Err(e) = store.set_tags(&key, version.as_deref(), tags).await {
-                tracing::warn!(key, "cannot tag the object {state}: {e}");
-            }
-        });
+        if self.store_opt().is_some() {
+            let _ = self.tags.send((key, version, state));
+        }
     }
 
     /// The catalog row of a file with record `rec`; rebuilt from the record if the catalog
@@ -608,7 +621,7 @@ impl Tiering {
     /// it the open fails with `EAGAIN` and the recall goes on (a later open joins it).
     fn waiter(&self, rx: watch::Receiver<RecallResult>) -> Waiter {
         let rt = self.rt.clone();
-        let limit = Some(self.config().recall.timeout).filter(|d| !d.is_zero());
+        let limit = Some(self.settings().recall.timeout).filter(|d| !d.is_zero());
         Box::new(move || {
             let mut rx = rx;
             rt.block_on(async move {
@@ -636,7 +649,12 @@ impl Tiering {
     }
 
     /// Starts the recall of stub `node` (or joins the one in flight).
-    fn recall_rx(&self, node: u64, fd: OwnedFd, rec: StubRecord) -> watch::Receiver<RecallResult> {
+    pub(crate) fn recall_rx(
+        &self,
+        node: u64,
+        fd: OwnedFd,
+        rec: StubRecord,
+    ) -> watch::Receiver<RecallResult> {
         let mut m = self.recalls.lock();
         if let Some(rx) = m.get(&node) {
             return rx.clone();
@@ -754,7 +772,7 @@ impl Tiering {
                     pending = false;
                     continue;
                 }
-                match self.config().recall.on_archived {
+                match self.settings().recall.on_archived {
                     OnArchived::Fail => {
                         self.spawn_poller(node, file, rec);
                         return Err(StepError::new(
@@ -764,7 +782,7 @@ impl Tiering {
                     }
                     OnArchived::Wait => {
                         let d = *deadline.get_or_insert_with(|| {
-                            Instant::now() + self.config().recall.wait_timeout
+                            Instant::now() + self.settings().recall.wait_timeout
                         });
                         let now = Instant::now();
                         if now >= d {
@@ -777,7 +795,7 @@ impl Tiering {
                                 ),
                             ));
                         }
-                        tokio::time::sleep(self.config().recall.poll_interval.min(d - now)).await;
+                        tokio::time::sleep(self.settings().recall.poll_interval.min(d - now)).await;
                         continue;
                     }
                 }
@@ -802,16 +820,12 @@ impl Tiering {
                 .await;
             match got {
                 Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
-                    let tier = match self.config().recall.restore_tier {
-                        crate::config::RestoreTier::Expedited => StoreTier::Expedited,
-                        crate::config::RestoreTier::Standard => StoreTier::Standard,
-                        crate::config::RestoreTier::Bulk => StoreTier::Bulk,
-                    };
+                    let tier = self.settings().recall.restore_tier;
                     let outcome = store
                         .restore(
                             &rec.object_key,
                             rec.version_id.as_deref(),
-                            self.config().recall.restore_days,
+                            self.settings().recall.restore_days,
                             tier,
                         )
                         .await
@@ -823,8 +837,8 @@ impl Tiering {
                         })?;
                     let d = json!({
                         "object_key": rec.object_key,
-                        "tier": self.config().recall.restore_tier.as_str(),
-                        "days": self.config().recall.restore_days,
+                        "tier": self.settings().recall.restore_tier.as_str(),
+                        "days": self.settings().recall.restore_days,
                         "outcome": format!("{outcome:?}"),
                     });
                     let steps = after_owed_start(start_owed, rec, Action::RestoreRequested, d);
@@ -886,7 +900,7 @@ impl Tiering {
     }
 
     /// Polls a pending restore in the background and recalls the file once it is ready
-    /// (one poller per file).
+    /// (one poller per file: [`super::background::RestorePoller`]).
     fn spawn_poller(&self, node: u64, file: &File, rec: &StubRecord) {
         if !self.pollers.lock().insert(rec.file_id.clone()) {
             return;
@@ -895,36 +909,22 @@ impl Tiering {
             self.pollers.lock().remove(&rec.file_id);
             return;
         };
-        let me = self.arc();
-        let rec = rec.clone();
-        self.rt.spawn(async move {
-            loop {
-                tokio::time::sleep(me.config().recall.poll_interval).await;
-                match me.catalog.file_by_id(&rec.file_id) {
-                    Ok(Some(row)) if row.state == FileState::RestorePending => {}
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!("restore poller: catalog: {e}");
-                        continue;
-                    }
-                }
-                let Ok(store) = me.store() else { break };
-                match store.head(&rec.object_key, rec.version_id.as_deref()).await {
-                    Ok(m) if m.restore.readable() => {}
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(key = %rec.object_key, "restore poller: {e}");
-                        continue;
-                    }
-                }
-                let Ok(w) = fd.try_clone() else { break };
-                me.pollers.lock().remove(&rec.file_id);
-                let mut rx = me.recall_rx(node, OwnedFd::from(w), rec.clone());
-                let _ = rx.wait_for(|v| v.is_some()).await;
-                return;
-            }
-            me.pollers.lock().remove(&rec.file_id);
-        });
+        self.workers.spawn(
+            super::background::RestorePoller {
+                t: self.arc(),
+                node,
+                file: fd,
+                rec: rec.clone(),
+                polls: 0,
+                last: "waiting for the first poll".into(),
+            },
+            false,
+        );
+    }
+
+    /// A restore poller ended (done, or stopped with the daemon).
+    pub(crate) fn poller_gone(&self, file_id: &str) {
+        self.pollers.lock().remove(file_id);
     }
 
     /// At start: the uploads a crash interrupted are resolved. An upload whose file's

@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::json;
 
+use super::config::{MigrateMode, Verify};
 use crate::base::cancel::Cancel;
 use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
-use crate::config::{MigrateMode, Verify};
 use crate::fs::backing::{self, SetTime, Stat};
 use crate::store::{GetRequest, PutRequest, StorageClass, StoreErrorKind};
 use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, Transition, KEY_PREFIX};
@@ -239,7 +239,7 @@ impl Tiering {
     /// Scans the tree and evaluates the policy: the candidates with their plans, and how
     /// many files were looked at.
     pub fn scan(&self, mode: MigrateMode) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
-        let mut policy = self.config().policy.clone();
+        let mut policy = self.settings().policy.clone();
         policy.mode = mode;
         let now = SystemTime::now();
         let mut out = Vec::new();
@@ -327,7 +327,7 @@ impl Tiering {
                 return Err(e);
             }
         };
-        let p = &self.config().policy;
+        let p = &self.settings().policy;
         let sel = policy::select(candidates, p.max_files, p.max_bytes);
         let mut summary = RunSummary {
             job_id,
@@ -448,22 +448,12 @@ impl Tiering {
     /// multipart takes as many slots as it has parts in flight (up to `concurrency`), so
     /// memory stays near `slots x part_size` (256 MiB by default) whatever the mix.
     fn flight(&self) -> (usize, u64, usize) {
-        let cfg = self.config();
-        let t = cfg.store.as_ref();
-        let concurrency = t
-            .and_then(|t| t.get("concurrency"))
-            .and_then(|v| v.as_integer())
-            .map_or(4, |c| (c as usize).clamp(1, 64));
-        let part_size = t
-            .and_then(|t| t.get("part_size"))
-            .and_then(|v| match v {
-                toml::Value::Integer(n) => u64::try_from(*n).ok(),
-                toml::Value::String(s) => crate::config::parse_size(s).ok(),
-                _ => None,
-            })
-            .unwrap_or(crate::store::DEFAULT_PART_SIZE)
-            .max(1);
-        ((concurrency * 4).clamp(2, 256), part_size, concurrency)
+        let u = &self.settings().uploads;
+        (
+            (u.concurrency * 4).clamp(2, 256),
+            u.part_size,
+            u.concurrency,
+        )
     }
 
     /// Copies (and with `stub`, stubs) one file by its path relative to the source.
@@ -747,13 +737,7 @@ impl Tiering {
 
     /// The storage class uploads get (`store.storage_class`, else STANDARD).
     fn configured_class(&self) -> StorageClass {
-        self.config()
-            .store
-            .as_ref()
-            .and_then(|t| t.get("storage_class"))
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<StorageClass>().ok())
-            .unwrap_or(StorageClass::Standard)
+        self.settings().uploads.storage_class.clone()
     }
 
     /// Moves a copy proven by reading it back (uploaded STANDARD) to its archive class on
@@ -820,7 +804,7 @@ impl Tiering {
         put: &crate::store::PutResult,
     ) -> Result<(String, &'static str), String> {
         let store = self.store().map_err(|e| e.message)?;
-        let trusted = self.config().policy.verify == Verify::Checksum && self.store_validates();
+        let trusted = self.settings().policy.verify == Verify::Checksum && self.store_validates();
         // The store's own answer to the upload names the checksum it computed for that
         // version on receipt: from a store that validates, it is the proof, and a HEAD
         // would only ask the same question again.
@@ -1063,7 +1047,7 @@ impl Tiering {
             .filter_map(|e| key_of(&e.detail))
             .collect();
         let now = system_now_ns().saturating_add(self.gc_skew.as_nanos() as i64);
-        let retention = self.config().catalog.retention.as_nanos() as i64;
+        let retention = self.settings().catalog.retention.as_nanos() as i64;
         let mut deleted = Vec::new();
         let mut kept = 0u64;
         let mut errors = Vec::new();

@@ -3,14 +3,14 @@
 //! (`marks`), the daemon-side engine with the overlay hooks and the recall (`engine`),
 //! policy runs, release and gc (`migrate`), and the control-socket answers (`ops`).
 
+pub mod background;
+pub mod config;
 pub mod engine;
 pub mod marks;
 pub mod metrics;
 pub mod migrate;
-pub mod ops;
 pub mod policy;
 pub mod rebuild;
 pub mod reconcile;
-pub mod reports;
 pub mod state;
 pub mod stub;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::catalog::{backup, EventKind, FileRow, FileState, JobCounts};
+use crate::catalog::{EventKind, FileRow, FileState, JobCounts};
 use crate::fs::backing::{self, Stat};
 use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
 use crate::tier::engine::{ns_of, StepError, Tiering, KEY_PREFIX};
@@ -644,100 +644,6 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
             .push(mk("object_content", format!("reading it back failed: {e}"))),
     }
     out
-}
-
-// ---- glue for the control socket and the daemon -------------------------------------------
-
-/// Runs [`Tiering::reconcile`] from a plain thread (a control-socket connection), relaying
-/// its progress at most twice a second.
-pub fn verify_blocking(
-    t: &Arc<Tiering>,
-    deep: bool,
-    progress: &mut dyn FnMut(String, u64, u64),
-) -> Result<Value, StepError> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
-    let t2 = t.clone();
-    let job = t.rt.spawn(async move {
-        let mut last: Option<std::time::Instant> = None;
-        let mut send = move |m: String, f: u64, b: u64| {
-            if last.is_none_or(|l| l.elapsed().as_millis() >= 500) {
-                last = Some(std::time::Instant::now());
-                let _ = tx.send((m, f, b));
-            }
-        };
-        t2.reconcile(deep, &mut send).await
-    });
-    t.rt.block_on(async {
-        while let Some((m, f, b)) = rx.recv().await {
-            progress(m, f, b);
-        }
-        job.await
-            .map_err(|e| StepError::new(libc::EIO, format!("verify task: {e}")))?
-    })
-}
-
-/// Where a backup goes: `to` None (the configured directory and the store, with
-/// retention), "s3" (the store only), or an absolute directory (only there, no pruning).
-pub fn backup_target(t: &Tiering, to: Option<&str>) -> Result<backup::Target, String> {
-    let keep = backup::Keep::parse(&t.config().catalog.backup_keep)?;
-    Ok(match to {
-        None => backup::Target::Managed {
-            dir: t.config().backup_dir(&t.mountpoint),
-            keep,
-        },
-        Some("s3") => backup::Target::Store { keep },
-        Some(d) if Path::new(d).is_absolute() => backup::Target::Dir(d.into()),
-        Some(d) => {
-            return Err(format!(
-                "--to {d}: give an absolute directory, or `s3` for the bucket"
-            ))
-        }
-    })
-}
-
-/// Takes one catalog backup now (blocking; not from a tokio worker thread).
-pub fn backup_now(t: &Tiering, to: Option<&str>, why: &str) -> Result<Value, StepError> {
-    let target = backup_target(t, to).map_err(|m| StepError::new(libc::EINVAL, m))?;
-    let name = crate::config::mount_name(&t.mountpoint);
-    if t.paused() && matches!(target, backup::Target::Store { .. }) {
-        return Err(t.not_paused().unwrap_err());
-    }
-    // Paused: the local copy only.
-    let store = t.store_opt().filter(|_| !t.paused());
-    backup::run(
-        &t.catalog,
-        store,
-        &t.store_prefix,
-        &t.rt,
-        &name,
-        &target,
-        why,
-    )
-    .map_err(|m| StepError::new(libc::EIO, m))
-}
-
-/// The daemon's backup scheduler: a backup at each time `catalog.backup_schedule` names
-/// (UTC), to the configured directory and the store, with the configured retention.
-pub fn spawn_backup_scheduler(t: Arc<Tiering>) {
-    let rt = t.rt.clone();
-    rt.spawn(async move {
-        while crate::tier::ops::wait_for_schedule(
-            &t,
-            |c| c.catalog.backup_schedule.clone(),
-            "catalog backup",
-        )
-        .await
-        {
-            let t2 = t.clone();
-            match tokio::task::spawn_blocking(move || backup_now(&t2, None, "scheduled")).await {
-                Ok(Ok(d)) => {
-                    tracing::info!(file = %d["file"], bytes = %d["bytes"], "catalog backup taken")
-                }
-                Ok(Err(e)) => tracing::error!("scheduled catalog backup failed: {e}"),
-                Err(e) => tracing::error!("scheduled catalog backup task: {e}"),
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::catalog::FileState;
-use crate::config::MigrateMode;
+use crate::config::{Config, MigrateMode};
 use crate::control::protocol::{ErrorBody, ErrorCode, Op};
 use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
@@ -20,12 +20,16 @@ use crate::tier::marks;
 use crate::tier::state::Action;
 use crate::tier::stub::new_file_id;
 
+/// The config in force, shared by the handler and the reload (`daemon::reload`).
+pub type ConfigCell = Arc<parking_lot::RwLock<Arc<Config>>>;
+
 /// The control-socket handler of a mount.
 pub struct Control {
     pub t: Arc<Tiering>,
+    pub config: ConfigCell,
 }
 
-fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
     ErrorBody {
         code,
         message: message.into(),
@@ -41,20 +45,30 @@ fn step_err(e: StepError) -> ErrorBody {
     err(code, e.message)
 }
 
+/// `p` (absolute, inside the mount) relative to the mount point.
+pub(crate) fn rel_in(mountpoint: &Path, p: &Path) -> Result<PathBuf, ErrorBody> {
+    p.strip_prefix(mountpoint)
+        .map(Path::to_path_buf)
+        .map_err(|_| {
+            err(
+                ErrorCode::NotInMount,
+                format!(
+                    "{} is not inside the mount {}",
+                    p.display(),
+                    mountpoint.display()
+                ),
+            )
+        })
+}
+
 impl Control {
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
     fn rel(&self, p: &Path) -> Result<PathBuf, ErrorBody> {
-        p.strip_prefix(&self.t.mountpoint)
-            .map(Path::to_path_buf)
-            .map_err(|_| {
-                err(
-                    ErrorCode::NotInMount,
-                    format!(
-                        "{} is not inside the mount {}",
-                        p.display(),
-                        self.t.mountpoint.display()
-                    ),
-                )
-            })
+        rel_in(&self.t.mountpoint, p)
     }
 
     fn abs(&self, rel: &Path) -> PathBuf {
@@ -239,14 +253,7 @@ impl Control {
     ) -> Value {
         let items = self.expand(paths, recursive);
         let total = items.len() as u64;
-        let slots = self
-            .t
-            .config()
-            .store
-            .as_ref()
-            .and_then(|t| t.get("concurrency"))
-            .and_then(|v| v.as_integer())
-            .map_or(16, |c| (c as usize * 4).clamp(1, 256));
+        let slots = (self.t.settings().uploads.concurrency * 4).clamp(1, 256);
         let t = self.t.clone();
         let mut results: Vec<(usize, Value)> = Vec::new();
         let mut failed = 0u64;
@@ -449,7 +456,7 @@ impl Control {
                 if !may(&[(rel, mode)])?[0] {
                     return Err(denied(path));
                 }
-                crate::tier::reports::handle(&self.t, &op)
+                super::reports::handle(&self.t, &self.config(), &op)
                     .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request")))
             }
             Op::History { path } => {
@@ -510,7 +517,7 @@ impl Handler for Control {
             Op::Migrate { dry_run, mode } => {
                 let mode = match (dry_run, mode.as_deref()) {
                     (true, _) => MigrateMode::DryRun,
-                    (false, None) => self.t.config().policy.mode,
+                    (false, None) => self.config().policy.mode,
                     (false, Some("stub")) => MigrateMode::Stub,
                     (false, Some("copy-only")) => MigrateMode::CopyOnly,
                     (false, Some("dry-run")) => MigrateMode::DryRun,
@@ -529,7 +536,18 @@ impl Handler for Control {
                         progress(m, f, b);
                     }
                 };
-                let summary = run_blocking(&t, mode, &mut relay, cancel).map_err(step_err)?;
+                let cancel = cancel.clone();
+                let t2 = t.clone();
+                let summary = run_relaying(
+                    &t,
+                    "policy run",
+                    false,
+                    &mut relay,
+                    move |mut send| async move {
+                        t2.run_policy(mode, "migrate", &mut send, &cancel).await
+                    },
+                )
+                .map_err(step_err)?;
                 serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
             }
             Op::Pause => {
@@ -578,10 +596,18 @@ impl Handler for Control {
                 )),
             },
             Op::Verify { deep } => {
-                crate::tier::reconcile::verify_blocking(&self.t, deep, progress).map_err(step_err)
+                let t = self.t.clone();
+                run_relaying(
+                    &self.t,
+                    "verify",
+                    true,
+                    progress,
+                    move |mut send| async move { t.reconcile(deep, &mut send).await },
+                )
+                .map_err(step_err)
             }
             Op::CatalogBackup { to } => {
-                crate::tier::reconcile::backup_now(&self.t, to.as_deref(), "manual").map_err(|e| {
+                crate::jobs::backup::backup_now(&self.t, to.as_deref(), "manual").map_err(|e| {
                     if e.errno == libc::EINVAL {
                         err(ErrorCode::BadRequest, e.message)
                     } else {
@@ -595,7 +621,7 @@ impl Handler for Control {
             | Op::Events(_)
             | Op::Jobs { .. }
             | Op::ConfigVersions
-            | Op::Audit) => crate::tier::reports::handle(&self.t, &op)
+            | Op::Audit) => super::reports::handle(&self.t, &self.config(), &op)
                 .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request"))),
         }
     }
@@ -617,97 +643,37 @@ async fn recall_one(t: &Tiering, rel: &Path) -> Result<Value, String> {
     Ok(json!({"recalled": true, "bytes": size}))
 }
 
-/// Runs a policy run from a plain thread, relaying progress.
-fn run_blocking(
+/// A job's progress callback: (message, files, bytes).
+pub type Relay = Box<dyn FnMut(String, u64, u64) + Send>;
+
+/// Runs an engine job from a plain thread (a control-socket connection) on the engine's
+/// runtime, relaying its progress to `progress` (at most twice a second with `throttle`).
+fn run_relaying<T, F, Fut>(
     t: &Arc<Tiering>,
-    mode: MigrateMode,
+    what: &str,
+    throttle: bool,
     progress: &mut dyn FnMut(String, u64, u64),
-    cancel: &crate::base::cancel::Cancel,
-) -> Result<crate::tier::migrate::RunSummary, StepError> {
+    job: F,
+) -> Result<T, StepError>
+where
+    T: Send + 'static,
+    F: FnOnce(Relay) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StepError>> + Send + 'static,
+{
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
-    let t2 = t.clone();
-    let cancel = cancel.clone();
-    let job = t.rt.spawn(async move {
-        let mut send = move |m: String, f: u64, b: u64| {
+    let mut last: Option<std::time::Instant> = None;
+    let relay: Relay = Box::new(move |m, f, b| {
+        if !throttle || last.is_none_or(|l| l.elapsed().as_millis() >= 500) {
+            last = Some(std::time::Instant::now());
             let _ = tx.send((m, f, b));
-        };
-        t2.run_policy(mode, "migrate", &mut send, &cancel).await
+        }
     });
+    let task = t.rt.spawn(job(relay));
     t.rt.block_on(async {
         while let Some((m, f, b)) = rx.recv().await {
             progress(m, f, b);
         }
-        job.await
-            .map_err(|e| StepError::new(libc::EIO, format!("policy run task: {e}")))?
+        task.await
+            .map_err(|e| StepError::new(libc::EIO, format!("{what} task: {e}")))?
     })
-}
-
-/// Sleeps until the next time `schedule` names (UTC); false when there is none.
-pub(crate) async fn sleep_until_next(schedule: &crate::base::cron::Schedule, what: &str) -> bool {
-    let now = std::time::SystemTime::now();
-    let Some(next) = schedule.next_after(now) else {
-        return false;
-    };
-    let wait = next.duration_since(now).unwrap_or_default();
-    tracing::info!(in_secs = wait.as_secs(), schedule = %schedule, "next scheduled {what}");
-    tokio::time::sleep(wait).await;
-    true
-}
-
-/// Waits for the next time the schedule `pick` takes from the config in force names
-/// (UTC), starting over whenever the config is reloaded. False when the daemon is going
-/// away.
-pub(crate) async fn wait_for_schedule(
-    t: &Tiering,
-    pick: fn(&crate::config::Config) -> Option<crate::base::cron::Schedule>,
-    what: &str,
-) -> bool {
-    let mut reloads = t.reloads();
-    loop {
-        reloads.borrow_and_update();
-        let schedule = pick(&t.config());
-        let due = async {
-            match &schedule {
-                Some(s) => sleep_until_next(s, what).await,
-                None => false,
-            }
-        };
-        tokio::select! {
-            due = due => {
-                if due {
-                    return true;
-                }
-                // No schedule (or no next time): wait for a reload.
-                if reloads.changed().await.is_err() {
-                    return false;
-                }
-            }
-            changed = reloads.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
-            }
-        }
-    }
-}
-
-/// The scheduler: runs the policy at each time `policy.schedule` names (UTC), in the
-/// mode the config says (both as a reload leaves them). Runs for the life of the daemon;
-/// skips runs while tiering is paused.
-pub fn spawn_scheduler(t: Arc<Tiering>) {
-    let rt = t.rt.clone();
-    rt.spawn(async move {
-        while wait_for_schedule(&t, |c| c.policy.schedule.clone(), "policy run").await {
-            if t.paused() {
-                tracing::info!("scheduled policy run skipped: tiering is paused");
-                continue;
-            }
-            let mode = t.config().policy.mode;
-            let mut quiet = |_: String, _: u64, _: u64| {};
-            let cancel = crate::base::cancel::Cancel::new();
-            if let Err(e) = t.run_policy(mode, "scheduled", &mut quiet, &cancel).await {
-                tracing::error!("scheduled policy run failed: {e}");
-            }
-        }
-    });
 }

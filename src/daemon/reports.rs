@@ -11,31 +11,27 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::catalog::{CatalogError, EventKind, EventQuery, FileQuery, FileState};
+use crate::config::Config;
 use crate::control::protocol::{ErrorBody, ErrorCode, Op};
 use crate::control::reports::{EventsRequest, FindRequest};
 use crate::fs::backing::{self, Stat};
 use crate::tier::engine::{ns_of, Tiering};
 
+use super::handler::err;
+
 /// Largest page of `find` or `events` one request returns.
 pub const MAX_PAGE: u64 = 10_000;
-
-fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
-    ErrorBody {
-        code,
-        message: message.into(),
-    }
-}
 
 fn cat_err(e: CatalogError) -> ErrorBody {
     err(ErrorCode::Failed, e.to_string())
 }
 
 /// Answers a reporting request; `None` if `op` is not one.
-pub fn handle(t: &Arc<Tiering>, op: &Op) -> Option<Result<Value, ErrorBody>> {
+pub fn handle(t: &Arc<Tiering>, config: &Config, op: &Op) -> Option<Result<Value, ErrorBody>> {
     Some(match op {
         Op::List { path } => list(t, path),
         Op::Find(r) => find(t, r),
-        Op::Stats => stats(t),
+        Op::Stats => stats(t, config),
         Op::Events(r) => events(t, r),
         Op::Jobs { limit } => jobs(t, *limit),
         Op::ConfigVersions => config_versions(t),
@@ -44,20 +40,8 @@ pub fn handle(t: &Arc<Tiering>, op: &Op) -> Option<Result<Value, ErrorBody>> {
     })
 }
 
-/// `p` (absolute, inside the mount) relative to the mount point.
 fn rel_of(t: &Tiering, p: &Path) -> Result<PathBuf, ErrorBody> {
-    p.strip_prefix(&t.mountpoint)
-        .map(Path::to_path_buf)
-        .map_err(|_| {
-            err(
-                ErrorCode::NotInMount,
-                format!(
-                    "{} is not inside the mount {}",
-                    p.display(),
-                    t.mountpoint.display()
-                ),
-            )
-        })
+    super::handler::rel_in(&t.mountpoint, p)
 }
 
 fn errno_text(e: backing::Errno) -> String {
@@ -236,9 +220,9 @@ fn find(t: &Tiering, r: &FindRequest) -> Result<Value, ErrorBody> {
     Ok(json!({"files": files, "next_after": next_after}))
 }
 
-fn stats(t: &Tiering) -> Result<Value, ErrorBody> {
+fn stats(t: &Tiering, config: &Config) -> Result<Value, ErrorBody> {
     let totals = t.catalog.totals().map_err(cat_err)?;
-    let costs = &t.config().costs;
+    let costs = &config.costs;
     let mut states: BTreeMap<&str, (u64, u64)> = FileState::ALL
         .iter()
         .map(|s| (s.as_str(), (0, 0)))
@@ -301,7 +285,7 @@ fn stats(t: &Tiering) -> Result<Value, ErrorBody> {
         "store": t.store_opt().map(|s| json!({
             "describe": s.describe(),
             "validates_checksums": t.store_validates(),
-            "copies_proven_by": if t.store_validates() && t.config().policy.verify == crate::config::Verify::Checksum {
+            "copies_proven_by": if t.store_validates() && config.policy.verify == crate::config::Verify::Checksum {
                 "the store's checksum"
             } else {
                 "reading them back"

@@ -1,0 +1,48 @@
+//! The policy scheduler: a policy run at each time `policy.schedule` names (UTC), in the
+//! mode the settings say (both as a reload leaves them); none while tiering is paused.
+
+use std::sync::Arc;
+
+use crate::base::cancel::Cancel;
+use crate::base::worker::{BoxFuture, Worker, WorkerState};
+use crate::tier::engine::Tiering;
+
+pub struct PolicyScheduler {
+    pub t: Arc<Tiering>,
+}
+
+impl Worker for PolicyScheduler {
+    fn name(&self) -> String {
+        "policy scheduler".into()
+    }
+    fn status(&self) -> String {
+        let s = self.t.settings();
+        format!(
+            "{}, mode {}",
+            super::schedule::next_text(s.policy.schedule.as_ref(), "policy.schedule"),
+            s.policy.mode.as_str()
+        )
+    }
+    fn wait_for_work(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(super::schedule::wait(
+            &self.t,
+            |s| s.policy.schedule.clone(),
+            "policy run",
+        ))
+    }
+    fn work<'a>(&'a mut self, cancel: &'a Cancel) -> BoxFuture<'a, Result<WorkerState, String>> {
+        Box::pin(async move {
+            if self.t.paused() {
+                tracing::info!("scheduled policy run skipped: tiering is paused");
+                return Ok(WorkerState::Idle);
+            }
+            let mode = self.t.settings().policy.mode;
+            let mut quiet = |_: String, _: u64, _: u64| {};
+            self.t
+                .run_policy(mode, "scheduled", &mut quiet, cancel)
+                .await
+                .map_err(|e| format!("scheduled policy run failed: {e}"))?;
+            Ok(WorkerState::Idle)
+        })
+    }
+}
