@@ -385,7 +385,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Catalog(crate::cli::CatalogCommand::Rebuild(a)) => crate::tier::rebuild::run(a),
+        Command::Catalog(crate::cli::CatalogCommand::Rebuild(a)) => crate::daemon::rebuild::run(a),
         c @ (Command::Ls(_)
         | Command::Find(_)
         | Command::Stats(_)

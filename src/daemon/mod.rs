@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod metrics;
+pub mod rebuild;
 pub mod reports;
 
 use std::ffi::CString;
@@ -20,7 +21,6 @@ use crate::config::Config;
 use crate::fs::backing;
 use crate::fs::fuse::{attr_invalidator, mount_config, FuseAdapter, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
-use crate::store::StoreConfig;
 use crate::tier::engine::Tiering;
 use handler::{ConfigCell, Control};
 
@@ -29,7 +29,7 @@ use handler::{ConfigCell, Control};
 #[error("{0}")]
 pub struct BadInput(pub String);
 
-fn bad(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn bad(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()
 }
 
@@ -246,7 +246,7 @@ fn take_lock(
 }
 
 /// True while `pid` exists and is not a zombie.
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
         return false;
@@ -670,11 +670,7 @@ fn start_tiering<B: Send + Sync + 'static>(
                 .block_on(crate::store::open(c))
                 .map_err(|e| anyhow::anyhow!("store: {e}"))?;
             let s = crate::store::counting::count_errors(s);
-            let prefix = match c {
-                StoreConfig::S3(s3) => s3.prefix.clone(),
-                StoreConfig::Posix(_) => String::new(),
-            };
-            (Some(s), prefix)
+            (Some(s), c.prefix().to_string())
         }
     };
     let described = store.as_ref().map(|s| s.describe());
