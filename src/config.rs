@@ -1301,6 +1301,37 @@ mod tests {
         assert_eq!(parse_size("8388607TiB"), Ok(8_388_607 << 40));
     }
 
+    /// One reading of a size wherever one is read: the policy's limits, the store's part
+    /// size, and the engine's in-flight budget (which once re-read the raw TOML with other
+    /// rules: "16MB" was 16,777,216 bytes in the store and 16,000,000 in the budget).
+    #[test]
+    fn a_size_reads_the_same_in_every_place() {
+        for (text, want) in [
+            ("16MB", 16_000_000u64),
+            ("16MiB", 16 << 20),
+            ("1.5 GiB", 3 << 29),
+        ] {
+            let c = Config::parse(
+                &format!(
+                    "[policy]\nmin_size = \"{text}\"\nmax_size = \"{text}\"\nmax_bytes = \"{text}\"\n\
+                     [store]\nkind = \"s3\"\nbucket = \"b\"\nregion = \"r\"\npart_size = \"{text}\"\n"
+                ),
+                "t",
+            )
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.policy.min_size, want, "{text}");
+            assert_eq!(c.policy.max_size, Some(want), "{text}");
+            assert_eq!(c.policy.max_bytes, Some(want), "{text}");
+            let Some(crate::store::StoreConfig::S3(s3)) = c.store_config().unwrap() else {
+                panic!("not s3");
+            };
+            assert_eq!(s3.part_size, want, "{text}");
+            let settings = c.tier_settings(Path::new("/m"));
+            assert_eq!(settings.uploads.part_size, want, "{text}");
+            assert_eq!(settings.policy.min_size, want, "{text}");
+        }
+    }
+
     #[test]
     fn text_and_hash_are_what_the_catalog_records() {
         let text = "[policy]\nmode = \"stub\"\n";

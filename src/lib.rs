@@ -17,5 +17,3 @@ pub mod jobs;
 pub mod progress;
 pub mod store;
 pub mod tier;
-
-pub use base::logging::{init_logging, reopen_log, stderr_is_journal};

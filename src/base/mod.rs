@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod cron;
+pub mod failpoint;
 pub mod logging;
 pub mod metrics;
 pub mod mountinfo;

@@ -238,7 +238,7 @@ impl Control {
         row.path = rel.to_string_lossy().into_owned();
         let action = if pin { Action::Pin } else { Action::Unpin };
         self.t
-            .apply(&mut row, action, json!({}))
+            .record(&mut row, crate::tier::record::Change::of(action, json!({})))
             .map_err(|e| e.to_string())?;
         Ok(json!({"pinned": pin, "state": state.as_str()}))
     }

@@ -19,9 +19,9 @@ use crate::catalog::Catalog;
 use crate::cli::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
-use crate::fs::fuse::{attr_invalidator, mount_config, FuseAdapter, Ttls, FS_TYPE};
+use crate::fs::fuse::{FuseAdapter, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
-use crate::tier::engine::Tiering;
+use crate::tier::context::Tiering;
 use handler::{ConfigCell, Control};
 
 /// A problem with what the user asked for: reported in one line, exit code 2, nothing mounted.
@@ -301,7 +301,7 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
 pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
     let prepared = prepare(args)?;
     if args.foreground {
-        crate::init_logging(log_filter, None)?;
+        crate::base::logging::init_logging(log_filter, None)?;
         return serve(prepared, None);
     }
     let log_file = args
@@ -364,7 +364,7 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
         );
         return 2;
     }
-    if let Err(e) = crate::init_logging(log_filter, Some(log_file)) {
+    if let Err(e) = crate::base::logging::init_logging(log_filter, Some(log_file)) {
         let _ = write!(status, "ERR cannot start logging: {e}");
         return 2;
     }
@@ -474,7 +474,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     let adapter = FuseAdapter::new(overlay.clone(), ttl, p.config.fuse.readdirplus);
     let threads = p.config.fuse.threads();
     let mut session =
-        match fuser::Session::new(adapter, &p.mountpoint, &mount_config(&p.source, threads)) {
+        match crate::fs::fuse::Session::mount(adapter, &p.mountpoint, &p.source, threads) {
             Ok(s) => s,
             Err(e) => {
                 report(
@@ -484,7 +484,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!("mount failed: {e}"));
             }
         };
-    overlay.set_invalidator(attr_invalidator(session.notifier()));
+    overlay.set_invalidator(session.invalidator());
     if let Err(e) = write_record(&p) {
         tracing::warn!("cannot write runtime record under {RUN_DIR}: {e}");
     }
@@ -508,7 +508,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     ));
 
     let mp = p.mountpoint.clone();
-    let mut unmounter = session.unmount_callable();
+    let mut unmounter = session.unmounter();
     let reload_from = p.config_path.clone();
     let t_signals = tiering.clone();
     let config_signals = config_cell.clone();
@@ -522,7 +522,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
             }
             if sig == libc::SIGHUP {
                 // logrotate's `postrotate kill -HUP`, `systemctl reload`: never an unmount.
-                if let Err(e) = crate::reopen_log() {
+                if let Err(e) = crate::base::logging::reopen_log() {
                     tracing::error!("cannot reopen the log file: {e}");
                 }
                 reload(reload_from.as_deref(), &t_signals, &config_signals);

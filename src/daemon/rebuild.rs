@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, EventKind};
 use crate::cli::CatalogRebuildArgs;
 use crate::config::Config;
 use crate::fs::backing;
-use crate::tier::engine::KEY_PREFIX;
+use crate::tier::context::KEY_PREFIX;
 use crate::tier::rebuild::{rebuild, walk};
 
 /// Refuses to run while a coldtier daemon serves `source`.

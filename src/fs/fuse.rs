@@ -813,6 +813,45 @@ impl Filesystem for FuseAdapter {
 pub use crate::base::mountinfo::FS_TYPE;
 
 /// Mount options for the session: allow_other + default_permissions, like a real share.
+/// The FUSE session of a mount (fuser stays behind this file).
+pub struct Session(fuser::Session<FuseAdapter>);
+
+/// Unmounts a [`Session`] from another thread (a termination signal).
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Session {
+    /// Mounts `adapter` at `mountpoint` (the kernel lists it as `coldtier:SOURCE`) with
+    /// `threads` request threads.
+    pub fn mount(
+        adapter: FuseAdapter,
+        mountpoint: &Path,
+        source: &Path,
+        threads: usize,
+    ) -> std::io::Result<Session> {
+        fuser::Session::new(adapter, mountpoint, &mount_config(source, threads)).map(Session)
+    }
+
+    /// What the overlay calls to drop the kernel's cached attributes of an inode.
+    pub fn invalidator(&self) -> Box<dyn Fn(u64) + Send + Sync> {
+        attr_invalidator(self.0.notifier())
+    }
+
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.0.unmount_callable())
+    }
+
+    /// Serves requests until the file system is unmounted.
+    pub fn run(self) -> std::io::Result<()> {
+        self.0.run()
+    }
+}
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        self.0.unmount()
+    }
+}
+
 pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {
     let mut c = fuser::Config::default();
     c.mount_options = vec![

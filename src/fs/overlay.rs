@@ -58,9 +58,11 @@ pub type Waiter = Box<dyn FnOnce() -> SysResult<()> + Send>;
 /// A stub's logical size and, for a sparse file, its data extents (offset, length).
 pub type StubLayout = (u64, Option<Vec<(u64, u64)>>);
 
-/// What the tiering layer says about an open or a truncate.
-pub enum Go {
-    Proceed,
+/// Whether a file's data is there for an open, a truncate or a data operation, as the
+/// tiering layer says.
+pub enum DataReady {
+    /// It is local: go on.
+    Now,
     /// The file's data is not local yet: wait for this, then try again.
     Wait(Waiter),
     /// Open it without passthrough and without its data: the file is a stub whose data
@@ -93,12 +95,12 @@ pub trait TierHooks: Send + Sync {
     /// Before an open for I/O: a stub needs a recall (or, opened with O_TRUNC for
     /// writing, becomes an empty resident file); a write to a premigrated file supersedes
     /// its copy.
-    fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<Go>;
+    fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<DataReady>;
     /// Before a truncate to `size` (setattr).
-    fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<Go>;
-    /// Before a data operation on a file opened as a stub ([`Go::Lazy`]): `Wait` for its
+    fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<DataReady>;
+    /// Before a data operation on a file opened as a stub ([`DataReady::Lazy`]): `Wait` for its
     /// data, or `Proceed` if it is local by now. Called with the gate held.
-    fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<Go>;
+    fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<DataReady>;
     /// The last handle open for writing of a regular file was closed (with the gate held):
     /// a copy whose file changed through it is given up.
     fn writer_closed(&self, ino: u64, fd: BorrowedFd<'_>);
@@ -607,7 +609,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             if let Some(h) = self.hooks.get().filter(|_| i.kind == libc::S_IFREG) {
                 let go = h.before_truncate(i.ino, fd, size);
                 i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
-                if let Go::Wait(w) = go? {
+                if let DataReady::Wait(w) = go? {
                     drop(held);
                     tries += 1;
                     if tries > 5 {
@@ -872,9 +874,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             let go = h.before_open(ino, ifd.as_fd(), flags);
             inode.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
             match go? {
-                Go::Wait(w) => return Ok(OpenOutcome::Wait(w)),
-                Go::Lazy => lazy = true,
-                Go::Proceed => {}
+                DataReady::Wait(w) => return Ok(OpenOutcome::Wait(w)),
+                DataReady::Lazy => lazy = true,
+                DataReady::Now => {}
             }
         }
         let file = self.open_backing_file(&inode, wants_write, None, lazy, register)?;
@@ -971,10 +973,10 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                     let _held = self.gate.lock(entry.ino);
                     h.before_open(entry.ino, inode.fd()?.as_fd(), flags)?
                 };
-                if let Go::Wait(w) = go {
+                if let DataReady::Wait(w) = go {
                     w()?;
                 }
-                // Go::Lazy: `open` below opens it as a stub.
+                // DataReady::Lazy: `open` below opens it as a stub.
             }
             match self.open(entry.ino, flags, caller.uid, register)? {
                 OpenOutcome::Opened(o) => Ok(o),
@@ -1068,8 +1070,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         };
         let _held = self.gate.lock(ino);
         match h.before_data(ino, file.fd.as_fd())? {
-            Go::Wait(w) => Ok(Some(w)),
-            Go::Proceed | Go::Lazy => {
+            DataReady::Wait(w) => Ok(Some(w)),
+            DataReady::Now | DataReady::Lazy => {
                 file.stub.store(false, Ordering::Release);
                 if let Some(i) = self.inodes.get(ino) {
                     i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
@@ -1426,14 +1428,14 @@ mod tests {
             Ok(None)
         }
         fn times_set(&self, _: BorrowedFd<'_>) {}
-        fn before_open(&self, _: u64, _: BorrowedFd<'_>, _: i32) -> SysResult<Go> {
-            Ok(Go::Proceed)
+        fn before_open(&self, _: u64, _: BorrowedFd<'_>, _: i32) -> SysResult<DataReady> {
+            Ok(DataReady::Now)
         }
-        fn before_truncate(&self, _: u64, _: BorrowedFd<'_>, _: u64) -> SysResult<Go> {
-            Ok(Go::Proceed)
+        fn before_truncate(&self, _: u64, _: BorrowedFd<'_>, _: u64) -> SysResult<DataReady> {
+            Ok(DataReady::Now)
         }
-        fn before_data(&self, _: u64, _: BorrowedFd<'_>) -> SysResult<Go> {
-            Ok(Go::Proceed)
+        fn before_data(&self, _: u64, _: BorrowedFd<'_>) -> SysResult<DataReady> {
+            Ok(DataReady::Now)
         }
         fn stub_layout(&self, _: BorrowedFd<'_>) -> SysResult<Option<StubLayout>> {
             Ok(None)

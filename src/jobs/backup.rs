@@ -14,7 +14,7 @@ use crate::base::worker::{BoxFuture, Worker, WorkerState};
 use crate::catalog::backup::{file_name, parse_file_name, prune_dir, Keep, Snapshot, STORE_DIR};
 use crate::catalog::{Catalog, EventKind};
 use crate::store::{ObjectStore, PutRequest, StorageClass};
-use crate::tier::engine::{StepError, Tiering};
+use crate::tier::context::{StepError, Tiering};
 
 /// Where one backup goes.
 #[derive(Debug, Clone)]

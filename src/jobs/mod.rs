@@ -11,7 +11,7 @@ pub mod schedule;
 
 use std::sync::Arc;
 
-use crate::tier::engine::Tiering;
+use crate::tier::context::Tiering;
 
 /// Starts the daemon's scheduled workers.
 pub fn start(t: &Arc<Tiering>) {

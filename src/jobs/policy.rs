@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::base::cancel::Cancel;
 use crate::base::worker::{BoxFuture, Worker, WorkerState};
-use crate::tier::engine::Tiering;
+use crate::tier::context::Tiering;
 
 pub struct PolicyScheduler {
     pub t: Arc<Tiering>,

@@ -4,7 +4,7 @@
 use crate::base::cron::Schedule;
 use crate::base::worker::WorkerState;
 use crate::tier::config::Settings;
-use crate::tier::engine::Tiering;
+use crate::tier::context::Tiering;
 
 /// Sleeps until the next time `schedule` names (UTC); false when there is none.
 async fn sleep_until_next(schedule: &Schedule, what: &str) -> bool {

@@ -8,11 +8,13 @@
 //! timeouts and retries, measurements.
 
 pub mod counting;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod posix;
 pub mod s3;
 mod s3_lean;
 #[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 #[cfg(test)]
@@ -34,6 +36,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
 pub use posix::PosixStore;
 pub use s3::S3Store;

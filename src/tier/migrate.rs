@@ -12,7 +12,7 @@
 //!    fsync; STUBBED. A crash between the stub record and the truncate leaves a full file
 //!    marked stub: it is recalled again on open (same bytes), never lost.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -25,11 +25,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::config::{MigrateMode, Verify};
+use super::context::{ns_of, StepError, Tiering, KEY_PREFIX};
+use super::record::{fill_from_record, Change, Durability, Transition};
 use crate::base::cancel::Cancel;
 use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
 use crate::fs::backing::{self, SetTime, Stat};
 use crate::store::{GetRequest, PutRequest, StorageClass, StoreErrorKind};
-use crate::tier::engine::{fill_from_record, ns_of, StepError, Tiering, Transition, KEY_PREFIX};
 use crate::tier::marks;
 use crate::tier::policy::{self, Decision, FileFacts, Plan, SkipReason};
 use crate::tier::state::Action;
@@ -81,19 +82,19 @@ pub enum Outcome {
     Skipped,
 }
 
-/// What the locked part of the stub step left to record.
-enum Locked {
+/// What the part of the stub step under the gate left to record.
+enum StubStep {
     /// Stubbed: `row` (pin as read under the gate) gets the stub's event; `freed` bytes.
     Stubbed { row: Box<FileRow>, freed: u64 },
     /// Not stubbed, and why.
     Not(Outcome),
 }
 
-impl Locked {
+impl StubStep {
     fn outcome(&self) -> Outcome {
         match self {
-            Locked::Stubbed { freed, .. } => Outcome::Stubbed(*freed),
-            Locked::Not(o) => *o,
+            StubStep::Stubbed { freed, .. } => Outcome::Stubbed(*freed),
+            StubStep::Not(o) => *o,
         }
     }
 }
@@ -353,13 +354,13 @@ impl Tiering {
         );
         if mode != MigrateMode::DryRun {
             let stub = mode == MigrateMode::Stub;
-            let (slots, part_size, concurrency) = self.flight();
-            let sem = Arc::new(tokio::sync::Semaphore::new(slots));
+            let budget = InFlight::of(&self.settings().uploads);
+            let sem = Arc::new(tokio::sync::Semaphore::new(budget.slots));
             let done_files = Arc::new(AtomicU64::new(0));
             let done_bytes = Arc::new(AtomicU64::new(0));
             let mut set = tokio::task::JoinSet::new();
             for (facts, plan) in sel.selected {
-                let need = facts.size.div_ceil(part_size).clamp(1, concurrency as u64) as u32;
+                let need = budget.slots_for(facts.size);
                 // Cancelled: no new file is started; the ones under way finish.
                 let permit = tokio::select! {
                     p = sem.clone().acquire_many_owned(need) => p.expect("semaphore open"),
@@ -441,19 +442,6 @@ impl Tiering {
             );
         }
         Ok(summary)
-    }
-
-    /// `(slots, part_size, concurrency)`: a policy run keeps up to `slots` = 4 x
-    /// `store.concurrency` (16 by default) small files in flight; a file that goes
-    /// multipart takes as many slots as it has parts in flight (up to `concurrency`), so
-    /// memory stays near `slots x part_size` (256 MiB by default) whatever the mix.
-    fn flight(&self) -> (usize, u64, usize) {
-        let u = &self.settings().uploads;
-        (
-            (u.concurrency * 4).clamp(2, 256),
-            u.part_size,
-            u.concurrency,
-        )
     }
 
     /// Copies (and with `stub`, stubs) one file by its path relative to the source.
@@ -906,7 +894,7 @@ impl Tiering {
         // changed is found so by the locked part and its copy superseded.
         let expect = self.copy_still_good(file, rec, expect)?.unwrap_or(expect);
         let (mut row, freed) = match self.stub_locked(node, file, rec, expect, &mut copied) {
-            Ok(Locked::Stubbed { row, freed }) => (row, freed),
+            Ok(StubStep::Stubbed { row, freed }) => (row, freed),
             not => {
                 // Not stubbed: the copy's records (if not written yet) on their own.
                 if !copied.is_empty() {
@@ -921,7 +909,12 @@ impl Tiering {
         let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
         // Lazy: the stub record on the file is the truth, and on disk already; the caller
         // makes the catalog durable at the end of its run (`Catalog::sync`).
-        self.apply_after(copied, &mut row, &[(action, detail)], false)?;
+        self.record(
+            &mut row,
+            Change::of(action, detail)
+                .after(copied)
+                .durability(Durability::Lazy),
+        )?;
         Ok(Outcome::Stubbed(freed))
     }
 
@@ -934,7 +927,7 @@ impl Tiering {
         rec: &StubRecord,
         expect: (u64, i64, i64),
         copied: &mut Vec<Transition>,
-    ) -> Result<Locked, StepError> {
+    ) -> Result<StubStep, StepError> {
         let w = backing::reopen(file.as_fd(), libc::O_RDWR)?;
         let held = self.gate.lock(node);
         // The pin is read under the gate, which `pin` holds while it records one.
@@ -959,7 +952,7 @@ impl Tiering {
             ));
         }
         if held.opens().handles > 0 {
-            return Ok(Locked::Not(Outcome::Busy));
+            return Ok(StubStep::Not(Outcome::Busy));
         }
         let st = backing::stat_fd(w.as_fd())?;
         if (st.size, ns_of(st.mtime), ns_of(st.ctime)) != expect || st.nlink != 1 {
@@ -974,7 +967,7 @@ impl Tiering {
                 "changed since it was copied",
             )?;
             self.reset_mark(node);
-            return Ok(Locked::Not(Outcome::Changed));
+            return Ok(StubStep::Not(Outcome::Changed));
         }
         let mut srec = rec.clone();
         srec.ctime_ns = ns_of(st.ctime);
@@ -1002,131 +995,36 @@ impl Tiering {
         // The rest needs no fsync: lost to a power cut, the file keeps its stub record
         // (and maybe its data, or its copy record): a stub either way, which recalls.
         self.reset_mark(node);
-        Ok(Locked::Stubbed {
+        Ok(StubStep::Stubbed {
             row: Box::new(r),
             freed,
         })
     }
+}
 
-    /// `coldtier gc`: deletes the objects of deleted and superseded content whose
-    /// retention has passed, and of copies that failed verification. Each deletion is an
-    /// OBJECT_DELETED event. Never deletes an object a tracked file still names.
-    pub async fn gc(&self, dry_run: bool, cancel: &Cancel) -> Result<serde_json::Value, StepError> {
-        let Ok(_job) = self.job_lock.try_lock() else {
-            return Err(StepError::new(
-                libc::EBUSY,
-                "a policy run or gc is in progress",
-            ));
-        };
-        let store = self.store()?;
-        if !dry_run {
-            self.not_paused()?;
+/// What a policy run keeps in flight: up to `slots` = 4 x `store.concurrency` (16 by
+/// default) small files; a file that goes multipart takes as many slots as it has parts
+/// in flight (up to `concurrency`), so memory stays near `slots x part_size` (256 MiB by
+/// default) whatever the mix.
+struct InFlight {
+    slots: usize,
+    part_size: u64,
+    concurrency: usize,
+}
+
+impl InFlight {
+    fn of(u: &crate::store::UploadLimits) -> InFlight {
+        InFlight {
+            slots: (u.concurrency * 4).clamp(2, 256),
+            part_size: u.part_size.max(1),
+            concurrency: u.concurrency.max(1),
         }
-        let job_id = self
-            .catalog
-            .start_job("gc", if dry_run { "dry-run" } else { "manual" })?;
-        let _running = self.running_job(job_id, "gc", cancel);
-        let events = self.catalog.events_of_kinds(&[
-            EventKind::Superseded,
-            EventKind::Deleted,
-            EventKind::Failed,
-            EventKind::ObjectDeleted,
-        ])?;
-        let in_use = self.catalog.object_keys_in_use()?;
-        let key_of = |d: &serde_json::Value| -> Option<(String, Option<String>)> {
-            for v in [d, &d["detail"], &d["row"]] {
-                if let Some(k) = v["object_key"].as_str() {
-                    return Some((k.to_string(), v["version_id"].as_str().map(str::to_string)));
-                }
-            }
-            None
-        };
-        let gone: HashSet<(String, Option<String>)> = events
-            .iter()
-            .filter(|e| e.kind == EventKind::ObjectDeleted)
-            .filter_map(|e| key_of(&e.detail))
-            .collect();
-        let now = system_now_ns().saturating_add(self.gc_skew.as_nanos() as i64);
-        let retention = self.settings().catalog.retention.as_nanos() as i64;
-        let mut deleted = Vec::new();
-        let mut kept = 0u64;
-        let mut errors = Vec::new();
-        let mut seen = HashSet::new();
-        for e in events.iter().filter(|e| e.kind != EventKind::ObjectDeleted) {
-            if cancel.is_cancelled() {
-                errors.push("cancelled: the objects left are deleted by the next gc".into());
-                break;
-            }
-            let Some(obj) = key_of(&e.detail) else {
-                continue;
-            };
-            if gone.contains(&obj) || in_use.contains(&obj.0) || !seen.insert(obj.clone()) {
-                continue;
-            }
-            if now.saturating_sub(e.time_ns) < retention {
-                kept += 1;
-                continue;
-            }
-            let full = self.full_key(&obj.0);
-            if dry_run {
-                deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
-                continue;
-            }
-            // A known version is deleted; an unknown one (an upload that failed or was cut
-            // off) takes every version of the key, and its unfinished multipart upload.
-            let deleted_obj = match obj.1.as_deref() {
-                Some(v) => store.delete(&obj.0, Some(v)).await,
-                None => store.purge(&obj.0).await,
-            };
-            match deleted_obj {
-                Ok(()) => {
-                    let detail = json!({
-                        "object_key": obj.0,
-                        "version_id": obj.1,
-                        "reason": e.kind,
-                        "event": e.id,
-                    });
-                    self.catalog.append_event(
-                        e.file_id.as_deref(),
-                        e.path.as_deref(),
-                        EventKind::ObjectDeleted,
-                        detail,
-                    )?;
-                    deleted
-                        .push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
-                }
-                Err(err) => errors.push(format!("DELETE {full}: {err}")),
-            }
-        }
-        // Probe objects a store check cut off by a crash left behind (never data).
-        if !dry_run {
-            match store
-                .list(&format!("{}/", crate::store::PROBE_PREFIX))
-                .await
-            {
-                Ok(left) => {
-                    for o in left {
-                        if let Err(e) = store.purge(&o.key).await {
-                            errors.push(format!("DELETE {}: {e}", self.full_key(&o.key)));
-                        }
-                    }
-                }
-                Err(e) => errors.push(format!("listing probe objects: {e}")),
-            }
-        }
-        let counts = JobCounts {
-            files_failed: errors.len() as u64,
-            errors: errors.clone(),
-            ..Default::default()
-        };
-        let _ = self.catalog.finish_job(job_id, &counts);
-        Ok(json!({
-            "job_id": job_id,
-            "dry_run": dry_run,
-            "deleted": deleted,
-            "kept_under_retention": kept,
-            "errors": errors,
-        }))
+    }
+
+    /// The slots a file of `size` bytes takes.
+    fn slots_for(&self, size: u64) -> u32 {
+        size.div_ceil(self.part_size)
+            .clamp(1, self.concurrency as u64) as u32
     }
 }
 
@@ -1163,5 +1061,25 @@ fn tally(
             tracing::warn!("policy run: file task failed: {e}");
             summary.errors.push(format!("task: {e}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StorageClass, UploadLimits};
+
+    #[test]
+    fn a_multipart_file_takes_a_slot_per_part_in_flight() {
+        let b = InFlight::of(&UploadLimits {
+            concurrency: 4,
+            part_size: crate::base::units::parse_size("16MB").unwrap(),
+            storage_class: StorageClass::Standard,
+        });
+        assert_eq!(b.slots, 16);
+        assert_eq!(b.slots_for(0), 1);
+        assert_eq!(b.slots_for(16_000_000), 1);
+        assert_eq!(b.slots_for(16_000_001), 2);
+        assert_eq!(b.slots_for(1 << 40), 4);
     }
 }

@@ -30,7 +30,7 @@ use serde_json::json;
 use crate::catalog::{Catalog, EventKind, FileRow, FileState};
 use crate::fs::backing::{self, Stat};
 use crate::store::{ListEntry, ObjectMeta, ObjectStore, StoreErrorKind};
-use crate::tier::engine::ns_of;
+use crate::tier::context::ns_of;
 use crate::tier::marks;
 use crate::tier::stub::{parse_object_key, StubRecord};
 
@@ -411,7 +411,7 @@ pub fn rebuild(
         }
         disk_ids.insert(rec.file_id.clone(), f.rel.clone());
         let mut row = FileRow::new(rec.file_id.clone(), f.rel.clone());
-        crate::tier::engine::fill_from_record(&mut row, rec);
+        crate::tier::record::fill_from_record(&mut row, rec);
         row.state = state;
         row.ctime_ns = ns_of(f.st.ctime);
         row.ino = f.st.ino;

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use crate::catalog::{EventKind, FileRow, FileState, JobCounts};
 use crate::fs::backing::{self, Stat};
 use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
-use crate::tier::engine::{ns_of, StepError, Tiering, KEY_PREFIX};
+use crate::tier::context::{ns_of, StepError, Tiering, KEY_PREFIX};
 use crate::tier::marks;
 use crate::tier::stub::StubRecord;
 
@@ -66,7 +66,7 @@ impl Finding {
 
 /// A file that names an object: its stub or copy record.
 #[derive(Debug, Clone)]
-struct Ref {
+struct RecordedObject {
     rel: String,
     rec: StubRecord,
     stub: bool,
@@ -74,9 +74,9 @@ struct Ref {
 
 /// What walking the tree found.
 #[derive(Default)]
-struct Walked {
+struct TreeWalk {
     files: u64,
-    refs: Vec<Ref>,
+    refs: Vec<RecordedObject>,
     /// File ids of files found with a record that is reported, not checked.
     reported: HashSet<String>,
     findings: Vec<Finding>,
@@ -85,21 +85,11 @@ struct Walked {
 
 /// What checking one object found.
 #[derive(Default)]
-struct Checked {
+struct ObjectCheck {
     findings: Vec<Finding>,
     notes: Vec<String>,
     reread: u64,
     bytes_reread: u64,
-}
-
-/// The object key and version an event's detail names (the same reading as `gc`).
-pub fn event_object(d: &Value) -> Option<(String, Option<String>)> {
-    for v in [d, &d["detail"], &d["row"]] {
-        if let Some(k) = v["object_key"].as_str() {
-            return Some((k.to_string(), v["version_id"].as_str().map(str::to_string)));
-        }
-    }
-    None
 }
 
 impl Tiering {
@@ -109,6 +99,9 @@ impl Tiering {
         deep: bool,
         progress: &mut (dyn FnMut(String, u64, u64) + Send),
     ) -> Result<Value, StepError> {
+        // A background check half done (its xattr changed, its catalog record not yet)
+        // would show as a finding.
+        self.settle().await;
         let Ok(_job) = self.job_lock.try_lock() else {
             return Err(StepError::new(
                 libc::EBUSY,
@@ -149,7 +142,7 @@ impl Tiering {
         let walked = tokio::task::spawn_blocking(move || me.walk_records())
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("walk task: {e}")))??;
-        let Walked {
+        let TreeWalk {
             files,
             refs,
             reported,
@@ -243,7 +236,7 @@ impl Tiering {
         progress(format!("checking {total} objects"), 0, 0);
         let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let mut set = tokio::task::JoinSet::new();
-        let mut checked = Checked::default();
+        let mut checked = ObjectCheck::default();
         let mut done = 0u64;
         for r in refs.iter().cloned() {
             let permit = sem.clone().acquire_owned().await.expect("semaphore open");
@@ -287,7 +280,7 @@ impl Tiering {
         let mut gone = HashSet::new();
         let mut retained = HashSet::new();
         for e in &events {
-            if let Some((k, _)) = event_object(&e.detail) {
+            if let Some((k, _)) = super::gc::event_object(&e.detail) {
                 if e.kind == EventKind::ObjectDeleted {
                     gone.insert(k);
                 } else {
@@ -390,8 +383,8 @@ impl Tiering {
     }
 
     /// Walks the tree and reads every file's records.
-    fn walk_records(&self) -> Result<Walked, StepError> {
-        let mut w = Walked::default();
+    fn walk_records(&self) -> Result<TreeWalk, StepError> {
+        let mut w = TreeWalk::default();
         self.walk(Path::new(""), &mut |rel, st: &Stat, dir, name| {
             w.files += 1;
             let Ok(fd) = backing::open_path_at(dir, name) else {
@@ -417,7 +410,7 @@ impl Tiering {
                             st.size
                         ));
                     }
-                    return w.refs.push(Ref {
+                    return w.refs.push(RecordedObject {
                         rel: rel_s,
                         rec,
                         stub: true,
@@ -435,7 +428,7 @@ impl Tiering {
                             && !backing::reopen(fd.as_fd(), libc::O_RDONLY)
                                 .ok()
                                 .map(std::fs::File::from)
-                                .and_then(|f| crate::tier::engine::content_matches(&f, &rec).ok())
+                                .and_then(|f| crate::tier::hooks::content_matches(&f, &rec).ok())
                                 .unwrap_or(false));
                     if changed {
                         w.reported.insert(rec.file_id.clone());
@@ -454,7 +447,7 @@ impl Tiering {
                             ),
                         });
                     } else {
-                        w.refs.push(Ref {
+                        w.refs.push(RecordedObject {
                             rel: rel_s,
                             rec,
                             stub: false,
@@ -468,7 +461,7 @@ impl Tiering {
     }
 }
 
-fn merge(into: &mut Checked, c: Result<Checked, tokio::task::JoinError>) {
+fn merge(into: &mut ObjectCheck, c: Result<ObjectCheck, tokio::task::JoinError>) {
     match c {
         Ok(mut c) => {
             into.findings.append(&mut c.findings);
@@ -481,8 +474,13 @@ fn merge(into: &mut Checked, c: Result<Checked, tokio::task::JoinError>) {
 }
 
 /// HEADs (and with `deep`, reads back) the object `r` names.
-async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) -> Checked {
-    let mut out = Checked::default();
+async fn check_object(
+    store: &dyn ObjectStore,
+    r: &RecordedObject,
+    full: &str,
+    deep: bool,
+) -> ObjectCheck {
+    let mut out = ObjectCheck::default();
     let rec = &r.rec;
     let mk = |kind: &'static str, message: String| Finding {
         kind,
@@ -649,19 +647,6 @@ async fn check_object(store: &dyn ObjectStore, r: &Ref, full: &str, deep: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_objects_are_read_like_gc_reads_them() {
-        assert_eq!(
-            event_object(&json!({"object_key": "data/a/1", "version_id": "v"})),
-            Some(("data/a/1".into(), Some("v".into())))
-        );
-        assert_eq!(
-            event_object(&json!({"row": {"object_key": "data/a/2"}, "detail": {}})),
-            Some(("data/a/2".into(), None))
-        );
-        assert_eq!(event_object(&json!({"note": 1})), None);
-    }
 
     #[test]
     fn finding_lines_name_kind_path_and_key() {

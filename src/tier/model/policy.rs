@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Deserializer};
 
-use super::config::{MigrateMode, PolicyConfig};
 use crate::catalog::FileState;
+use crate::tier::config::{MigrateMode, PolicyConfig};
 
 /// A list of glob patterns matched against paths relative to SOURCE, with .gitignore-like
 /// rules that are easy to predict:

@@ -1,0 +1,195 @@
+//! What an operator does to one file by hand (`coldtier status`, `pin`, `unpin`, `recall`,
+//! `release`): the engine's side, in domain terms. The daemon's handler resolves paths,
+//! checks who may ask, runs these over many files and turns the results into replies.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::catalog::{FileRow, FileState};
+use crate::fs::backing;
+
+use super::context::{ns_of, StepError, Tiering};
+use super::marks;
+use super::migrate::Outcome;
+use super::record::Change;
+use super::state::Action;
+use super::stub::new_file_id;
+
+/// A file's tiering state as `coldtier status` shows it: from the file's records and the
+/// catalog, never from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStatus {
+    pub state: FileState,
+    /// The logical size (a stub's from its record).
+    pub size: u64,
+    pub pinned: bool,
+    pub file_id: Option<String>,
+    /// The full key (with the store's prefix) of the object holding the content.
+    pub object_key: Option<String>,
+    pub version_id: Option<String>,
+    pub storage_class: Option<String>,
+    /// "ALGO:VALUE".
+    pub checksum: Option<String>,
+    /// 512-byte blocks the file holds on disk.
+    pub blocks: u64,
+    /// An archive restore is under way (from the catalog's state).
+    pub restore_in_progress: bool,
+}
+
+/// What `release` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// Stubbed now: the logical size and the bytes freed.
+    Now {
+        bytes: u64,
+        freed: u64,
+    },
+    AlreadyStub,
+}
+
+/// What `recall` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recalled {
+    /// The data came back: the logical size.
+    Now { bytes: u64 },
+    /// Not a stub: its data is local already.
+    AlreadyLocal,
+}
+
+fn io_text(e: backing::Errno) -> String {
+    std::io::Error::from_raw_os_error(e.0).to_string()
+}
+
+impl Tiering {
+    /// The status of the file at `rel`, open as `f`.
+    pub fn status(&self, f: &File) -> Result<FileStatus, StepError> {
+        let st = backing::stat_fd(f.as_fd())?;
+        let (state, pinned, row, rec) = self.state_of(f.as_fd());
+        let size = match (&rec, state) {
+            (Some(r), FileState::Stub | FileState::Recalling | FileState::RestorePending) => r.size,
+            _ => st.size,
+        };
+        // A copy record of another size is stale (the file was written behind the mount);
+        // other times alone are not (a touch or a rename keeps the copy).
+        let rec_ok = rec
+            .as_ref()
+            .filter(|r| state != FileState::Premigrated || r.size == st.size);
+        let state = if state == FileState::Premigrated && rec_ok.is_none() {
+            FileState::Resident
+        } else {
+            state
+        };
+        Ok(FileStatus {
+            state,
+            size,
+            pinned,
+            file_id: row
+                .as_ref()
+                .map(|r| r.file_id.clone())
+                .or_else(|| rec_ok.map(|r| r.file_id.clone())),
+            object_key: rec_ok.map(|r| self.full_key(&r.object_key)),
+            version_id: rec_ok.and_then(|r| r.version_id.clone()),
+            storage_class: rec_ok.map(|r| r.storage_class.clone()),
+            checksum: rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
+            blocks: st.blocks,
+            restore_in_progress: state == FileState::RestorePending,
+        })
+    }
+
+    /// Pins (`on`) or unpins the file at `rel` (relative to the source), open as `f`: a
+    /// pinned file is never tiered. Returns the file's state. Unpinning a file the catalog
+    /// does not know changes nothing.
+    pub fn set_pinned(&self, rel: &Path, f: &File, on: bool) -> Result<FileState, StepError> {
+        let fd = f.as_fd();
+        let st = backing::stat_fd(fd)?;
+        // Under the file's gate: a stub step reads the pin under it (and a copy of a new
+        // file sets its id under it), so neither misses this one.
+        let _held = self.gate.lock(self.node_id(&st));
+        let (state, _, row, rec) = self.state_of(fd);
+        let mut row = match (row, rec) {
+            (Some(r), _) => r,
+            (None, Some(rec)) => self.row_for(&rec, fd, state),
+            (None, None) => {
+                if !on {
+                    return Ok(state);
+                }
+                let id = match marks::file_id(fd)? {
+                    Some(i) => i,
+                    None => {
+                        let i =
+                            new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?;
+                        marks::set_file_id(fd, &i).map_err(|e| {
+                            StepError::new(e.0, format!("cannot mark the file: {}", io_text(e)))
+                        })?;
+                        i
+                    }
+                };
+                let mut r = FileRow::new(id, rel.to_string_lossy());
+                r.size = st.size;
+                r.mtime_ns = ns_of(st.mtime);
+                r.ctime_ns = ns_of(st.ctime);
+                r.ino = st.ino;
+                r
+            }
+        };
+        row.path = rel.to_string_lossy().into_owned();
+        let action = if on { Action::Pin } else { Action::Unpin };
+        self.record(&mut row, Change::of(action, json!({})))?;
+        Ok(state)
+    }
+
+    /// Frees the data of the premigrated file open as `f` now (its copy is proven).
+    pub fn release(&self, f: &File) -> Result<Released, StepError> {
+        let fd = f.as_fd();
+        if marks::record(fd, marks::STUB)?.is_some() {
+            return Ok(Released::AlreadyStub);
+        }
+        let Some(rec) = marks::record(fd, marks::COPY)? else {
+            return Err(StepError::new(
+                libc::ENODATA,
+                "no verified copy exists: run `coldtier migrate` (copy-only or stub) first",
+            ));
+        };
+        let st = backing::stat_fd(fd)?;
+        let row = self.row_for(&rec, fd, FileState::Premigrated);
+        let expect = (row.size, row.mtime_ns, row.ctime_ns);
+        let node = self.node_id(&st);
+        match self.stub_step(node, f, &rec, expect, Action::Release, Vec::new())? {
+            Outcome::Stubbed(freed) => Ok(Released::Now {
+                bytes: rec.size,
+                freed,
+            }),
+            Outcome::Busy => Err(StepError::new(
+                libc::EBUSY,
+                "the file is open: close it and try again",
+            )),
+            Outcome::Changed => Err(StepError::new(
+                libc::ESTALE,
+                "the file changed since it was copied: its copy is superseded; migrate it again",
+            )),
+            o => Err(StepError::new(
+                libc::EAGAIN,
+                format!("not released ({o:?})"),
+            )),
+        }
+    }
+
+    /// Recalls the file at `rel` (relative to the source) if it is a stub, through the
+    /// same single-flight recall an open uses, and waits for it.
+    pub async fn recall_path(&self, rel: &Path) -> Result<Recalled, StepError> {
+        let fd = backing::open_beneath(self.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let Some(rec) = marks::record(fd.as_fd(), marks::STUB)? else {
+            return Ok(Recalled::AlreadyLocal);
+        };
+        let st = backing::stat_fd(fd.as_fd())?;
+        let node = self.node_id(&st);
+        let bytes = rec.size;
+        self.recall_and_wait(node, fd.as_fd(), rec)
+            .await
+            .map_err(|e| StepError::new(e, std::io::Error::from_raw_os_error(e).to_string()))?;
+        Ok(Recalled::Now { bytes })
+    }
+}

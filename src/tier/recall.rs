@@ -1,0 +1,383 @@
+//! The recall: single flight per inode, the Glacier / Deep Archive restore flow and its
+//! pollers, and the crash-safe order of the steps (docs/invariants.md).
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::config::OnArchived;
+use crate::catalog::{FileRow, FileState};
+use crate::fs::backing::{self, Errno, SetTime};
+use crate::fs::overlay::Waiter;
+use crate::store::{ChecksumAlgo, GetRequest, StoreErrorKind};
+use crate::tier::marks;
+use crate::tier::state::Action;
+use crate::tier::stub::StubRecord;
+
+use super::context::{ns_of, split_ns, RecallResult, StepError, Tiering};
+use super::record::{Change, Durability};
+
+/// Objects up to this size have their RECALL_STARTED recorded with the recall's outcome.
+pub(super) const LATE_START_MAX: u64 = 8 << 20;
+
+/// The detail of a recall's events.
+pub(super) fn start_detail(rec: &StubRecord) -> serde_json::Value {
+    json!({"object_key": rec.object_key, "version_id": rec.version_id, "bytes": rec.size})
+}
+
+/// `action` with `detail`, after the recall's RECALL_STARTED if that is still owed (which
+/// it no longer is then).
+pub(super) fn after_owed_start(
+    owed: &mut bool,
+    rec: &StubRecord,
+    action: Action,
+    detail: serde_json::Value,
+) -> Change {
+    let mut steps = Vec::with_capacity(2);
+    if std::mem::take(owed) {
+        steps.push((Action::RecallStart, start_detail(rec)));
+    }
+    steps.push((action, detail));
+    Change::steps(steps)
+}
+
+impl Tiering {
+    /// Whether the file open as `fd` is being recalled now (its catalog row may say
+    /// `stub` until the recall ends: see `recall_steps`).
+    pub(crate) fn recall_in_flight(&self, fd: BorrowedFd<'_>) -> bool {
+        if self.recalls.lock().is_empty() {
+            return false;
+        }
+        backing::stat_fd(fd).is_ok_and(|st| self.recalls.lock().contains_key(&self.node_id(&st)))
+    }
+
+    pub(super) fn in_flight(&self, ino: u64) -> Option<Waiter> {
+        let rx = self.recalls.lock().get(&ino).cloned()?;
+        Some(self.waiter(rx))
+    }
+
+    /// What an open waits on: the recall's outcome, for at most `recall.timeout`; past
+    /// it the open fails with `EAGAIN` and the recall goes on (a later open joins it).
+    pub(super) fn waiter(&self, rx: watch::Receiver<RecallResult>) -> Waiter {
+        let rt = self.rt.clone();
+        let limit = Some(self.settings().recall.timeout).filter(|d| !d.is_zero());
+        Box::new(move || {
+            let mut rx = rx;
+            rt.block_on(async move {
+                let outcome = rx.wait_for(|v| v.is_some());
+                let waited = match limit {
+                    None => outcome.await,
+                    Some(d) => match tokio::time::timeout(d, outcome).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            crate::tier::metrics::RECALLS_OPEN_TIMEOUT.inc();
+                            tracing::warn!(
+                                secs = d.as_secs_f64(),
+                                "an open gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
+                            );
+                            return Err(Errno(libc::EAGAIN));
+                        }
+                    },
+                };
+                match waited {
+                    Ok(v) => (*v).unwrap_or(Err(libc::EIO)).map_err(Errno),
+                    Err(_) => Err(Errno(libc::EIO)),
+                }
+            })
+        })
+    }
+
+    /// Starts the recall of stub `node` (or joins the one in flight).
+    pub(crate) fn recall_rx(
+        &self,
+        node: u64,
+        fd: OwnedFd,
+        rec: StubRecord,
+    ) -> watch::Receiver<RecallResult> {
+        let mut m = self.recalls.lock();
+        if let Some(rx) = m.get(&node) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        m.insert(node, rx.clone());
+        let me = self.arc();
+        let rt = self.rt.clone();
+        // A blocking thread of its own: the recall's fsyncs, xattrs and catalog writes
+        // block, and concurrent recalls must not queue behind the runtime's workers.
+        self.rt.spawn_blocking(move || {
+            let r = rt.block_on(me.recall(node, File::from(fd), rec));
+            me.recalls.lock().remove(&node);
+            let _ = tx.send(Some(r.map_err(|e| e.errno)));
+        });
+        rx
+    }
+
+    /// Recalls the stub open as `fd` (any mode; reopened for writing) and waits for it.
+    pub async fn recall_and_wait(
+        &self,
+        node: u64,
+        fd: BorrowedFd<'_>,
+        rec: StubRecord,
+    ) -> Result<(), i32> {
+        let w = backing::reopen(fd, libc::O_RDWR).map_err(|e| e.0)?;
+        let mut rx = self.recall_rx(node, w, rec);
+        let r = match rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => (*v).unwrap_or(Err(libc::EIO)),
+            Err(_) => Err(libc::EIO),
+        };
+        r
+    }
+
+    /// The recall: GET into the same backing inode, fsync, checksum, then the switch from
+    /// stub to premigrated under the gate. A failure leaves the stub (empty, times back).
+    pub(super) async fn recall(
+        &self,
+        node: u64,
+        file: File,
+        rec: StubRecord,
+    ) -> Result<(), StepError> {
+        let t0 = Instant::now();
+        let _in_flight = crate::tier::metrics::RECALLS_IN_FLIGHT.track();
+        let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
+        let mut start_owed = false;
+        let result = self
+            .recall_steps(node, &file, &rec, &mut row, &mut start_owed)
+            .await;
+        match &result {
+            Ok(()) => {
+                tracing::info!(path = %row.path, bytes = rec.size, ms = t0.elapsed().as_millis() as u64, "recalled");
+            }
+            Err(e) if e.errno == libc::EAGAIN || e.errno == libc::ETIMEDOUT => {
+                tracing::info!(path = %row.path, "recall waits for an archive restore: {e}");
+            }
+            Err(e) => {
+                tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
+                self.reset_stub(&file, &rec);
+                let detail = json!({"object_key": rec.object_key, "error": e.message});
+                let change = after_owed_start(&mut start_owed, &rec, Action::RecallFailed, detail);
+                if let Err(ce) = self.record(&mut row, change) {
+                    tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
+                }
+            }
+        }
+        crate::tier::metrics::recall_done(
+            result.as_ref().map_err(|e| e.errno).copied(),
+            rec.size,
+            t0.elapsed(),
+        );
+        result
+    }
+
+    /// Puts a stub back as it was: no data, its times.
+    pub(super) fn reset_stub(&self, file: &File, rec: &StubRecord) {
+        let _ = backing::ftruncate(file.as_fd(), 0);
+        let _ = backing::utimens_fd(file.as_fd(), false, SetTime::Omit, split_ns(rec.mtime_ns));
+    }
+
+    pub(super) async fn recall_steps(
+        &self,
+        node: u64,
+        file: &File,
+        rec: &StubRecord,
+        row: &mut FileRow,
+        start_owed: &mut bool,
+    ) -> Result<(), StepError> {
+        let store = self.store()?;
+        let algo: ChecksumAlgo = rec
+            .checksum_algo
+            .parse()
+            .map_err(|e: String| StepError::new(libc::EIO, e))?;
+        let detail = start_detail(rec);
+        let mut pending = row.state == FileState::RestorePending;
+        if !pending {
+            // A small object's recall takes one GET: its RECALL_STARTED is recorded with
+            // its outcome, in one transaction (status shows `recalling` meanwhile from the
+            // recalls in flight). A large one's is recorded now, so that a crash
+            // mid-recall is put right (and its blocks freed) at the next start.
+            if rec.size <= LATE_START_MAX {
+                *start_owed = true;
+            } else {
+                self.record(
+                    row,
+                    Change::of(Action::RecallStart, detail.clone()).durability(Durability::Lazy),
+                )
+                .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+            }
+        }
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if pending {
+                let meta = store
+                    .head(&rec.object_key, rec.version_id.as_deref())
+                    .await
+                    .map_err(|e| {
+                        StepError::new(libc::EIO, format!("HEAD {}: {e}", rec.object_key))
+                    })?;
+                if meta.restore.readable() {
+                    self.record(
+                        row,
+                        Change::of(Action::RestoreReady, detail.clone())
+                            .durability(Durability::Lazy),
+                    )
+                    .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+                    pending = false;
+                    continue;
+                }
+                match self.settings().recall.on_archived {
+                    OnArchived::Fail => {
+                        self.spawn_poller(node, file, rec);
+                        return Err(StepError::new(
+                            libc::EAGAIN,
+                            format!("{} is archived; a restore is in progress", rec.object_key),
+                        ));
+                    }
+                    OnArchived::Wait => {
+                        let d = *deadline.get_or_insert_with(|| {
+                            Instant::now() + self.settings().recall.wait_timeout
+                        });
+                        let now = Instant::now();
+                        if now >= d {
+                            self.spawn_poller(node, file, rec);
+                            return Err(StepError::new(
+                                libc::ETIMEDOUT,
+                                format!(
+                                    "{} not restored within recall.wait_timeout",
+                                    rec.object_key
+                                ),
+                            ));
+                        }
+                        tokio::time::sleep(self.settings().recall.poll_interval.min(d - now)).await;
+                        continue;
+                    }
+                }
+            }
+            if backing::stat_fd(file.as_fd())?.size != 0 {
+                backing::ftruncate(file.as_fd(), 0)?;
+            }
+            if rec.extents.is_some() {
+                // A sparse file: its size first (all holes), then its data extents.
+                backing::ftruncate(file.as_fd(), rec.size)?;
+            }
+            self.failpoint("recall-after-truncate");
+            let got = store
+                .get(GetRequest {
+                    key: &rec.object_key,
+                    version_id: rec.version_id.as_deref(),
+                    dest: Some(file),
+                    expected_size: rec.object_size(),
+                    checksum: algo,
+                    extents: rec.extents.as_ref(),
+                })
+                .await;
+            match got {
+                Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
+                    let tier = self.settings().recall.restore_tier;
+                    let outcome = store
+                        .restore(
+                            &rec.object_key,
+                            rec.version_id.as_deref(),
+                            self.settings().recall.restore_days,
+                            tier,
+                        )
+                        .await
+                        .map_err(|e| {
+                            StepError::new(
+                                libc::EIO,
+                                format!("RestoreObject {}: {e}", rec.object_key),
+                            )
+                        })?;
+                    let d = json!({
+                        "object_key": rec.object_key,
+                        "tier": self.settings().recall.restore_tier.as_str(),
+                        "days": self.settings().recall.restore_days,
+                        "outcome": format!("{outcome:?}"),
+                    });
+                    let change = after_owed_start(start_owed, rec, Action::RestoreRequested, d);
+                    self.record(row, change)
+                        .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
+                    pending = true;
+                    continue;
+                }
+                Err(e) => {
+                    // A full disk (or quota) reaches the reader as such; the stub stays.
+                    let errno = match e.errno {
+                        Some(n @ (libc::ENOSPC | libc::EDQUOT)) => n,
+                        _ => libc::EIO,
+                    };
+                    return Err(StepError::new(
+                        errno,
+                        format!("GET {}: {e}", rec.object_key),
+                    ));
+                }
+                Ok(got) => {
+                    backing::fsync(file.as_fd(), false)?;
+                    self.failpoint("recall-after-data");
+                    if got.checksum.algo != algo || got.checksum.base64() != rec.checksum {
+                        return Err(StepError::new(
+                            libc::EIO,
+                            format!(
+                                "checksum mismatch: {} read back as {}, the stub record says {}:{}",
+                                rec.object_key, got.checksum, rec.checksum_algo, rec.checksum
+                            ),
+                        ));
+                    }
+                    break;
+                }
+            }
+        }
+        // The switch: times back, then copy record, then the stub record goes. The data is
+        // on disk already; the switch itself needs no fsync: lost to a power cut, the file
+        // is a stub again (its data is recalled again), never a file with missing data.
+        backing::utimens_fd(file.as_fd(), false, SetTime::Now, split_ns(rec.mtime_ns))?;
+        {
+            let _held = self.gate.lock(node);
+            marks::set_record(file.as_fd(), marks::COPY, rec)?;
+            self.failpoint("recall-after-premig-xattr");
+            marks::remove(file.as_fd(), marks::STUB)?;
+        }
+        self.reset_mark(node);
+        let st = backing::stat_fd(file.as_fd())?;
+        row.ctime_ns = ns_of(st.ctime);
+        row.mtime_ns = ns_of(st.mtime);
+        row.size = st.size;
+        row.ino = st.ino;
+        // Lazy: the file's records are the truth and the data is on disk. Should a power
+        // cut take this commit, the row says `recalling` with no stub record on the file,
+        // and `resume` records RECALLED at the next start.
+        let change = after_owed_start(start_owed, rec, Action::RecallDone, detail);
+        self.record(row, change.durability(Durability::Lazy))
+            .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
+        Ok(())
+    }
+
+    /// Polls a pending restore in the background and recalls the file once it is ready
+    /// (one poller per file: [`super::background::RestorePoller`]).
+    pub(super) fn spawn_poller(&self, node: u64, file: &File, rec: &StubRecord) {
+        if !self.pollers.lock().insert(rec.file_id.clone()) {
+            return;
+        }
+        let Ok(fd) = file.try_clone() else {
+            self.pollers.lock().remove(&rec.file_id);
+            return;
+        };
+        self.workers.spawn(
+            super::background::RestorePoller {
+                t: self.arc(),
+                node,
+                file: fd,
+                rec: rec.clone(),
+                polls: 0,
+                last: "waiting for the first poll".into(),
+            },
+            false,
+        );
+    }
+
+    /// A restore poller ended (done, or stopped with the daemon).
+    pub(crate) fn poller_gone(&self, file_id: &str) {
+        self.pollers.lock().remove(file_id);
+    }
+}

@@ -1,0 +1,201 @@
+//! Recording a change of a file in the catalog: the one way ([`Tiering::record`]) with its
+//! durability, the rows rebuilt from a file's record, and the state tags of objects.
+
+use std::os::fd::BorrowedFd;
+
+use crate::catalog::{CatalogError, EventKind, FileRow, FileState};
+use crate::tier::state::{self, Action};
+use crate::tier::stub::StubRecord;
+
+use super::context::Tiering;
+
+/// The next state and events of `action` when the catalog's view refuses it (the files on
+/// disk are the truth; the catalog catches up, with the event of what happened).
+pub(super) fn forced(action: Action) -> (Option<FileState>, Vec<EventKind>) {
+    use Action as A;
+    use FileState as S;
+    let (s, e) = match action {
+        A::CopyVerified => (S::Premigrated, EventKind::Verified),
+        A::Stub | A::Release => (S::Stub, EventKind::Stubbed),
+        A::RecallStart | A::RestoreReady => (S::Recalling, EventKind::RecallStarted),
+        A::RecallDone => (S::Premigrated, EventKind::Recalled),
+        A::RecallFailed => (S::Stub, EventKind::RecallFailed),
+        A::RestoreRequested => (S::RestorePending, EventKind::RestoreRequested),
+        A::WriteOrTruncate | A::TruncateToZeroOfStub => (S::Resident, EventKind::Superseded),
+        A::Pin => (S::Resident, EventKind::Pinned),
+        A::Unpin => (S::Resident, EventKind::Unpinned),
+        A::Delete => return (None, vec![EventKind::Deleted]),
+    };
+    (Some(s), vec![e])
+}
+
+/// A file's row as one event leaves it, the event, and its detail.
+pub type Transition = (FileRow, EventKind, serde_json::Value);
+
+/// When a recorded change must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before [`Tiering::record`] returns (fsync of the WAL).
+    Now,
+    /// With the next durable record, which follows shortly (a recall's RECALL_STARTED
+    /// before its outcome, a run's steps before the run's end): the crash in between
+    /// loses only a record the files on disk make up for.
+    Lazy,
+}
+
+/// A change of one file: the actions, in order, each with its event detail.
+#[derive(Debug)]
+#[must_use = "a change is recorded by Tiering::record"]
+pub struct Change {
+    prior: Vec<Transition>,
+    steps: Vec<(Action, serde_json::Value)>,
+    durability: Durability,
+}
+
+impl Change {
+    /// One action, recorded durably.
+    pub fn of(action: Action, detail: serde_json::Value) -> Change {
+        Change {
+            prior: Vec::new(),
+            steps: vec![(action, detail)],
+            durability: Durability::Now,
+        }
+    }
+
+    /// Several actions in order, recorded durably.
+    pub fn steps(steps: Vec<(Action, serde_json::Value)>) -> Change {
+        Change {
+            prior: Vec::new(),
+            steps,
+            durability: Durability::Now,
+        }
+    }
+
+    /// Then `action` too.
+    pub fn then(mut self, action: Action, detail: serde_json::Value) -> Change {
+        self.steps.push((action, detail));
+        self
+    }
+
+    /// After transitions already worked out (a copy's COPIED and VERIFIED), in the same
+    /// transaction.
+    pub fn after(mut self, prior: Vec<Transition>) -> Change {
+        self.prior = prior;
+        self
+    }
+
+    pub fn durability(mut self, d: Durability) -> Change {
+        self.durability = d;
+        self
+    }
+}
+
+/// Copies a record's object fields into a row.
+pub fn fill_from_record(row: &mut FileRow, rec: &StubRecord) {
+    row.size = rec.size;
+    row.mtime_ns = rec.mtime_ns;
+    row.ctime_ns = rec.ctime_ns;
+    row.ino = rec.ino;
+    row.object_key = Some(rec.object_key.clone());
+    row.version_id = rec.version_id.clone();
+    row.checksum_algo = Some(rec.checksum_algo.clone());
+    row.checksum = Some(rec.checksum.clone());
+    row.md5 = rec.md5.clone();
+    row.storage_class = Some(rec.storage_class.clone());
+}
+
+impl Tiering {
+    /// Makes `path` free for `file_id` in the catalog: a row of another file that still
+    /// holds it (a file deleted or moved without the mount) is parked aside.
+    pub fn claim_path(&self, file_id: &str, path: &str) {
+        if let Ok(Some(other)) = self.catalog.file_by_path(path) {
+            if other.file_id != file_id {
+                let park = format!(".coldtier-moving/{}", other.file_id);
+                tracing::warn!(path, other = %other.file_id, "catalog: path held by another file's row; parking it");
+                let _ = self.catalog.rename_path(&other.file_id, &park);
+            }
+        }
+    }
+
+    /// Records `change` of the file whose catalog row is `row`: each step's next state,
+    /// pin flag and events, in order, in one catalog transaction, after the change's
+    /// `prior` transitions (a row removed by a step is removed in a transaction of its own,
+    /// after the others). The catalog follows the files: if its view refuses a step, the
+    /// step is recorded anyway, with a warning. This is the only way the engine records
+    /// a change of a file.
+    pub fn record(&self, row: &mut FileRow, change: Change) -> Result<(), CatalogError> {
+        let durable = change.durability == Durability::Now;
+        let mut items = change.prior;
+        for (action, detail) in change.steps {
+            let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
+                Ok(t) => (t.next, t.events, t.pinned),
+                Err(e) => {
+                    tracing::warn!(file_id = %row.file_id, path = %row.path,
+                        "catalog out of step with the file ({e}); recording what happened");
+                    let (n, ev) = forced(action);
+                    let pinned = match action {
+                        Action::Pin => true,
+                        Action::Unpin => false,
+                        _ => row.pinned,
+                    };
+                    (n, ev, pinned)
+                }
+            };
+            match next {
+                None => {
+                    if !items.is_empty() {
+                        self.catalog
+                            .transition_batch_with(&std::mem::take(&mut items), durable)?;
+                    }
+                    if self.catalog.file_by_id(&row.file_id)?.is_some() {
+                        self.catalog.delete_file(&row.file_id, detail)?;
+                    }
+                }
+                Some(s) => {
+                    row.state = s;
+                    row.pinned = pinned;
+                    for kind in events {
+                        items.push((row.clone(), kind, detail.clone()));
+                    }
+                }
+            }
+        }
+        if !items.is_empty() {
+            self.catalog.transition_batch_with(&items, durable)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the object's state tag, in the background (the tagger), best effort.
+    pub fn tag_later(&self, key: String, version: Option<String>, state: &'static str) {
+        if self.store_opt().is_some() {
+            let _ = self.tags.send((key, version, state));
+        }
+    }
+
+    /// The catalog row of a file with record `rec`; rebuilt from the record if the catalog
+    /// lost it.
+    pub fn row_for(&self, rec: &StubRecord, fd: BorrowedFd<'_>, state: FileState) -> FileRow {
+        match self.catalog.file_by_id(&rec.file_id) {
+            Ok(Some(mut row)) => {
+                if let Some(p) = self.rel_of(fd) {
+                    row.path = p;
+                }
+                row
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::error!("catalog: {e}");
+                }
+                let mut row = FileRow::new(
+                    rec.file_id.clone(),
+                    self.rel_of(fd)
+                        .unwrap_or_else(|| format!(".coldtier-unknown/{}", rec.file_id)),
+                );
+                fill_from_record(&mut row, rec);
+                row.state = state;
+                row
+            }
+        }
+    }
+}
