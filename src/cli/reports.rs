@@ -1,314 +1,77 @@
-//! The reporting CLI commands: `ls`, `find`, `stats`, `events`, `jobs`, `config`, `audit`,
-//! and the generated `completions` and `manpage`. Each asks the daemon of the mount over
-//! the control socket (pages of at most [`PAGE`] rows at a time, printed as they come)
-//! and prints text for people or JSON lines for scripts. None of them recalls a file or
-//! contacts the store. Exit codes: 0 done, 1 failure or findings (a broken chain), 2 bad
-//! input.
+//! The reporting commands: `find`, `stats`, `events`, `config` and `audit`. Each asks the
+//! daemon of the mount over the control socket (pages of at most [`PAGE`] rows at a time,
+//! printed as they come) and prints text for people or JSON lines for scripts. None of
+//! them recalls a file or contacts the store. Exit codes: 0 done, 1 failure or findings (a
+//! broken chain), 2 bad input.
 
-use std::collections::HashMap;
-use std::ffi::CStr;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use serde_json::{json, Value};
 
-use crate::cli::Command;
-use crate::cli_reports::{ConfigCommand, EventsArgs, FindArgs, LsArgs};
-use crate::commands::{call, client_for, format_time, human_bytes, print_json_line, resolve};
-use crate::config::{parse_duration, parse_size};
+use super::args::{AuditArgs, ConfigCommand, EventsArgs, FindArgs, StatsArgs};
+use super::output::{local_minute, print_json_line};
+use super::request::{call, client_for, resolve};
+use super::BadInput;
+use crate::base::time::format_time;
+use crate::base::units::{human_bytes, parse_duration, parse_size};
 use crate::control::protocol::Op;
 use crate::control::reports::{EventsRequest, FindRequest};
-use crate::daemon::BadInput;
 
 /// Rows asked for per request.
 pub const PAGE: u64 = 5000;
 
-pub fn run(command: &Command) -> anyhow::Result<()> {
-    match command {
-        Command::Ls(a) => ls(a),
-        Command::Find(a) => find(a),
-        Command::Stats(a) => {
-            let mut c = client_for(&a.mountpoint)?;
-            let r = call(&mut c, Op::Stats)?;
-            if a.json {
-                print_json_line(&r);
-            } else {
-                print!("{}", stats_text(&r));
-            }
-            Ok(())
-        }
-        Command::Events(a) => events(a),
-        Command::Jobs(crate::cli_reports::JobsArgs {
-            command: Some(crate::cli_reports::JobsCommand::Cancel(a)),
-            ..
-        }) => {
-            let mut c = client_for(&a.mountpoint)?;
-            let r = call(&mut c, Op::CancelJob { job: a.id })?;
-            println!(
-                "job {} ({}) cancelled: it finishes the files under way and stops",
-                r["cancelled"],
-                r["kind"].as_str().unwrap_or("?")
-            );
-            Ok(())
-        }
-        Command::Jobs(a) => {
-            let mp = a.mountpoint.as_deref().expect("clap requires it");
-            let mut c = client_for(mp)?;
-            let r = call(&mut c, Op::Jobs { limit: a.limit })?;
-            let jobs = r["jobs"].as_array().cloned().unwrap_or_default();
-            if a.json {
-                for j in &jobs {
-                    print_json_line(j);
-                }
-            } else {
-                print!("{}", jobs_text(&jobs));
-            }
-            Ok(())
-        }
-        Command::Config(a) => config(&a.command),
-        Command::Audit(a) => {
-            let mut c = client_for(&a.mountpoint)?;
-            let r = call(&mut c, Op::Audit)?;
-            if a.json {
-                print_json_line(&r);
-            }
-            let head = |r: &Value| {
-                format!(
-                    "head: event {} hash {}",
-                    r["head"]["id"],
-                    r["head"]["hash"].as_str().unwrap_or("-")
-                )
-            };
-            if r["ok"] == true {
-                if !a.json {
-                    println!(
-                        "event chain intact: {} events verified; {} (record it elsewhere to detect a cut tail)",
-                        r["checked"],
-                        head(&r)
-                    );
-                }
-                Ok(())
-            } else {
-                Err(anyhow!(
-                    "event chain broken at event {}: {} (events 1..{} verify; {})",
-                    r["first_bad_id"],
-                    r["reason"].as_str().unwrap_or("?"),
-                    r["checked"],
-                    head(&r)
-                ))
-            }
-        }
-        Command::Completions(a) => {
-            use clap::CommandFactory;
-            let mut cmd = crate::cli::Cli::command();
-            let mut buf = Vec::new();
-            clap_complete::generate(a.shell, &mut cmd, "coldtier", &mut buf);
-            std::io::stdout().write_all(&buf)?;
-            Ok(())
-        }
-        Command::Manpage(a) => manpage(a.dir.as_deref()),
-        _ => unreachable!("not a report command"),
-    }
-}
-
-// ---- ls --------------------------------------------------------------------------------
-
-fn name_of(cache: &mut HashMap<(bool, u32), String>, group: bool, id: u32) -> String {
-    cache
-        .entry((group, id))
-        .or_insert_with(|| {
-            let mut buf = vec![0u8; 16384];
-            // SAFETY: the out-structs are zeroed plain C structs; buf outlives the calls
-            // and the pointers they leave in the structs, which are read before it goes.
-            unsafe {
-                let mut res: *mut libc::c_void = std::ptr::null_mut();
-                if group {
-                    let mut g: libc::group = std::mem::zeroed();
-                    let rc = libc::getgrgid_r(
-                        id,
-                        &mut g,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        (&mut res as *mut *mut libc::c_void).cast(),
-                    );
-                    if rc == 0 && !res.is_null() && !g.gr_name.is_null() {
-                        return CStr::from_ptr(g.gr_name).to_string_lossy().into_owned();
-                    }
-                } else {
-                    let mut p: libc::passwd = std::mem::zeroed();
-                    let rc = libc::getpwuid_r(
-                        id,
-                        &mut p,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        (&mut res as *mut *mut libc::c_void).cast(),
-                    );
-                    if rc == 0 && !res.is_null() && !p.pw_name.is_null() {
-                        return CStr::from_ptr(p.pw_name).to_string_lossy().into_owned();
-                    }
-                }
-            }
-            id.to_string()
-        })
-        .clone()
-}
-
-/// `drwxr-xr-x`, with setuid/setgid/sticky as `ls` shows them.
-pub fn mode_string(kind: &str, mode: u32) -> String {
-    let t = match kind {
-        "dir" => 'd',
-        "symlink" => 'l',
-        "fifo" => 'p',
-        "socket" => 's',
-        "char" => 'c',
-        "block" => 'b',
-        _ => '-',
-    };
-    let mut s = String::with_capacity(10);
-    s.push(t);
-    for (i, special, lower, upper) in [
-        (6, 0o4000, 's', 'S'),
-        (3, 0o2000, 's', 'S'),
-        (0, 0o1000, 't', 'T'),
-    ] {
-        let bits = (mode >> i) & 7;
-        s.push(if bits & 4 != 0 { 'r' } else { '-' });
-        s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(match (bits & 1 != 0, mode & special != 0) {
-            (true, true) => lower,
-            (false, true) => upper,
-            (true, false) => 'x',
-            (false, false) => '-',
-        });
-    }
-    s
-}
-
-/// Local time "YYYY-MM-DD HH:MM" (like `ls -l --time-style=long-iso`).
-pub fn local_minute(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000) as libc::time_t;
-    // SAFETY: tm is a plain C struct that localtime_r fills in.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&secs, &mut tm).is_null() {
-            return format_time(ns);
-        }
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min
-        )
-    }
-}
-
-fn ls(a: &LsArgs) -> anyhow::Result<()> {
-    let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    let path = resolve(&dir)?;
-    let mut c = client_for(&path)?;
-    let r = call(&mut c, Op::List { path: path.clone() })?;
-    let entries: Vec<&Value> = r["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            a.all || r["dir"] == false || !e["name"].as_str().unwrap_or("").starts_with('.')
-        })
-        .collect();
+pub(super) fn stats(a: &StatsArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r = call(&mut c, Op::Stats)?;
     if a.json {
-        for e in entries {
-            print_json_line(e);
-        }
-        return Ok(());
-    }
-    let mut names = HashMap::new();
-    let size_of = |e: &Value| {
-        let n = e["size"].as_u64().unwrap_or(0);
-        if a.human {
-            human_bytes(n)
-        } else {
-            n.to_string()
-        }
-    };
-    let rows: Vec<[String; 9]> = entries
-        .iter()
-        .map(|e| {
-            let name = if r["dir"] == true {
-                e["name"].as_str().unwrap_or("").to_string()
-            } else {
-                dir.display().to_string()
-            };
-            if let Some(err) = e["error"].as_str() {
-                return [
-                    "?".repeat(10),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    format!("{name}  ({err})"),
-                ];
-            }
-            let kind = e["type"].as_str().unwrap_or("");
-            let name = match e["target"].as_str() {
-                Some(t) => format!("{name} -> {t}"),
-                None => name,
-            };
-            [
-                mode_string(kind, e["mode"].as_u64().unwrap_or(0) as u32),
-                e["nlink"].to_string(),
-                name_of(&mut names, false, e["uid"].as_u64().unwrap_or(0) as u32),
-                name_of(&mut names, true, e["gid"].as_u64().unwrap_or(0) as u32),
-                size_of(e),
-                local_minute(e["mtime_ns"].as_i64().unwrap_or(0)),
-                e["state"].as_str().unwrap_or("-").to_string(),
-                if e["pinned"] == true { "P" } else { "-" }.to_string(),
-                name,
-            ]
-        })
-        .collect();
-    let mut w = [0usize; 9];
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            w[i] = w[i].max(cell.chars().count());
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    for row in rows {
-        writeln!(
-            out,
-            "{} {:>w1$} {:<w2$} {:<w3$} {:>w4$} {} {:<w6$} {} {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            row[6],
-            row[7],
-            row[8],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3],
-            w4 = w[4],
-            w6 = w[6],
-        )?;
+        print_json_line(&r);
+    } else {
+        print!("{}", stats_text(&r));
     }
     Ok(())
+}
+
+pub(super) fn audit(a: &AuditArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r = call(&mut c, Op::Audit)?;
+    if a.json {
+        print_json_line(&r);
+    }
+    let head = |r: &Value| {
+        format!(
+            "head: event {} hash {}",
+            r["head"]["id"],
+            r["head"]["hash"].as_str().unwrap_or("-")
+        )
+    };
+    if r["ok"] == true {
+        if !a.json {
+            println!(
+                "event chain intact: {} events verified; {} (record it elsewhere to detect a cut tail)",
+                r["checked"],
+                head(&r)
+            );
+        }
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "event chain broken at event {}: {} (events 1..{} verify; {})",
+            r["first_bad_id"],
+            r["reason"].as_str().unwrap_or("?"),
+            r["checked"],
+            head(&r)
+        ))
+    }
 }
 
 // ---- find ------------------------------------------------------------------------------
 
 fn now_ns() -> i64 {
-    crate::catalog::system_now_ns()
+    crate::base::time::system_now_ns()
 }
 
-fn find(a: &FindArgs) -> anyhow::Result<()> {
+pub(super) fn find(a: &FindArgs) -> anyhow::Result<()> {
     let modified_before_ns = match &a.older_than {
         None => None,
         Some(d) => {
@@ -518,7 +281,7 @@ pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
         .ok_or_else(|| format!("`{s}` is after 2262, the last time coldtier can record"))
 }
 
-fn events(a: &EventsArgs) -> anyhow::Result<()> {
+pub(super) fn events(a: &EventsArgs) -> anyhow::Result<()> {
     let since_ns = match &a.since {
         None => None,
         Some(s) => Some(parse_since(s, now_ns()).map_err(|e| BadInput(format!("--since: {e}")))?),
@@ -573,58 +336,6 @@ fn events(a: &EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---- jobs ------------------------------------------------------------------------------
-
-pub fn jobs_text(jobs: &[Value]) -> String {
-    let mut s = format!(
-        "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
-        "JOB",
-        "KIND",
-        "MODE",
-        "CFG",
-        "STARTED",
-        "FINISHED",
-        "SECONDS",
-        "SCANNED",
-        "COPIED",
-        "BYTES",
-        "STUBBED",
-        "FREED",
-        "FAILED"
-    );
-    for j in jobs {
-        let u = |k: &str| j[k].as_u64().unwrap_or(0);
-        let finished = j["finished_ns"]
-            .as_i64()
-            .map(format_time)
-            .unwrap_or_else(|| "(running or interrupted)".into());
-        let secs = j["duration_ms"]
-            .as_u64()
-            .map(|ms| format!("{:.1}", ms as f64 / 1000.0))
-            .unwrap_or_else(|| "-".into());
-        s.push_str(&format!(
-            "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
-            u("id"),
-            j["kind"].as_str().unwrap_or(""),
-            j["mode"].as_str().unwrap_or(""),
-            u("config_version"),
-            format_time(j["started_ns"].as_i64().unwrap_or(0)),
-            finished,
-            secs,
-            u("files_scanned"),
-            u("files_copied"),
-            human_bytes(u("bytes_copied")),
-            u("files_stubbed"),
-            human_bytes(u("bytes_stubbed")),
-            u("files_failed"),
-        ));
-        for e in j["errors"].as_array().into_iter().flatten().take(5) {
-            s.push_str(&format!("       error: {}\n", e.as_str().unwrap_or("")));
-        }
-    }
-    s
-}
-
 // ---- config ----------------------------------------------------------------------------
 
 /// A line diff of `a` to `b` (longest common subsequence): lines prefixed with ' ', '-'
@@ -661,7 +372,7 @@ pub fn diff_lines(a: &str, b: &str) -> Vec<String> {
     out
 }
 
-fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
+pub(super) fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
     let mountpoint = match cmd {
         ConfigCommand::Show { mountpoint, .. }
         | ConfigCommand::History { mountpoint, .. }
@@ -739,34 +450,6 @@ fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---- man page --------------------------------------------------------------------------
-
-fn manpage(dir: Option<&Path>) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    let cmd = crate::cli::Cli::command();
-    let Some(dir) = dir else {
-        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-        return Ok(());
-    };
-    std::fs::create_dir_all(dir).map_err(|e| BadInput(format!("{}: {e}", dir.display())))?;
-    let write = |name: &str, man: clap_mangen::Man| -> anyhow::Result<()> {
-        let path = dir.join(format!("{name}.1"));
-        let mut f = std::fs::File::create(&path)
-            .map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
-        man.render(&mut f)?;
-        Ok(())
-    };
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("coldtier-{}", sub.get_name());
-        write(
-            &name,
-            clap_mangen::Man::new(sub.clone()).title(name.clone()),
-        )?;
-    }
-    write("coldtier", clap_mangen::Man::new(cmd))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,11 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn modes_and_diffs_read_like_the_unix_tools() {
-        assert_eq!(mode_string("dir", 0o755), "drwxr-xr-x");
-        assert_eq!(mode_string("file", 0o4644), "-rwSr--r--");
-        assert_eq!(mode_string("dir", 0o1777), "drwxrwxrwt");
-        assert_eq!(mode_string("symlink", 0o777), "lrwxrwxrwx");
+    fn diffs_read_like_diff() {
         assert_eq!(
             diff_lines("a\nb\nc\n", "a\nc\nd\n"),
             vec![" a", "-b", " c", "+d"]

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::commands::human_bytes;
+use crate::base::units::human_bytes;
 
 /// What the daemon said it has to do: its "N candidates, B bytes" progress message.
 pub fn parse_totals(message: &str) -> Option<(u64, u64)> {
