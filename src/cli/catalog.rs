@@ -6,10 +6,11 @@ use anyhow::anyhow;
 
 use super::args::CatalogBackupArgs;
 use super::output::print_json_line;
-use super::request::{call, client_for};
+use super::request::{call_typed, client_for};
 use super::BadInput;
 use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
+use crate::control::replies::BackupReport;
 
 pub(super) fn backup(a: &CatalogBackupArgs) -> anyhow::Result<()> {
     let to = match a.to.as_deref() {
@@ -22,37 +23,35 @@ pub(super) fn backup(a: &CatalogBackupArgs) -> anyhow::Result<()> {
         ),
     };
     let mut c = client_for(&a.mountpoint)?;
-    let r = call(&mut c, Op::CatalogBackup { to })?;
+    let r: BackupReport = call_typed(&mut c, Op::CatalogBackup { to })?;
     if a.json {
         print_json_line(&r);
     } else {
         println!(
             "catalog backup {}: {} ({} files, {} events, head event {})",
-            r["file"].as_str().unwrap_or(""),
-            human_bytes(r["bytes"].as_u64().unwrap_or(0)),
-            r["files"],
-            r["events"],
-            r["last_event_id"]
+            r.file,
+            human_bytes(r.bytes),
+            r.files,
+            r.events,
+            r.last_event_id
         );
-        if let Some(p) = r["local_path"].as_str() {
+        if let Some(p) = &r.local_path {
             println!("  local: {p}");
         }
-        if let Some(k) = r["object_key"].as_str() {
+        if let Some(k) = &r.object_key {
             println!("  store: {k}");
         }
-        for k in ["pruned_local", "pruned_store"] {
-            for p in r[k].as_array().into_iter().flatten() {
-                println!("  pruned: {}", p.as_str().unwrap_or(""));
-            }
+        for p in r.pruned_local.iter().chain(&r.pruned_store) {
+            println!("  pruned: {p}");
         }
     }
-    let errors = r["errors"].as_array().map_or(0, |v| v.len());
-    if errors > 0 {
-        for e in r["errors"].as_array().into_iter().flatten() {
-            eprintln!("  error: {}", e.as_str().unwrap_or(""));
+    if !r.errors.is_empty() {
+        for e in &r.errors {
+            eprintln!("  error: {e}");
         }
         return Err(anyhow!(
-            "the backup is taken locally, but {errors} steps failed"
+            "the backup is taken locally, but {} steps failed",
+            r.errors.len()
         ));
     }
     Ok(())

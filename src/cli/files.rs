@@ -7,50 +7,26 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use serde_json::Value;
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::args::{HistoryArgs, LsArgs, PathsArgs};
 use super::output::{local_minute, print_json_line};
-use super::request::{call, client_for, resolve};
+use super::request::{call_typed, client_for, resolve};
 use crate::base::time::format_time;
 use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
+use crate::control::replies::{
+    EntryStat, HistoryReply, ListReply, PathResults, PinResult, RecallResult, ReleaseResult,
+    StatusEntry,
+};
 
-/// Prints per-file results; fails (exit 1) if any file failed.
-fn finish_paths(
-    result: &Value,
-    json: bool,
-    verb: &str,
-    text: impl Fn(&Value) -> String,
-) -> anyhow::Result<()> {
-    let empty = Vec::new();
-    let results = result["results"].as_array().unwrap_or(&empty);
-    for r in results {
-        if json {
-            print_json_line(r);
-        } else if r["ok"].as_bool() == Some(true) {
-            println!("{}", text(r));
-        } else {
-            eprintln!(
-                "coldtier {verb}: {}: {}",
-                r["path"].as_str().unwrap_or("?"),
-                r["error"].as_str().unwrap_or("failed")
-            );
-        }
-    }
-    let failed = result["failed"].as_u64().unwrap_or(0);
-    if failed > 0 {
-        return Err(anyhow!("{failed} of {} paths failed", results.len()));
-    }
-    Ok(())
-}
-
-/// Sends the request `op` makes of the resolved paths, prints each file's result.
-fn paths_command(
+/// Sends the request `op` makes of the resolved paths; prints each file's result (`text`
+/// for one that succeeded); fails (exit 1) if any file failed.
+fn paths_command<T: Serialize + DeserializeOwned>(
     a: &PathsArgs,
     verb: &str,
     op: impl FnOnce(Vec<PathBuf>, bool) -> Op,
-    text: impl Fn(&str, &Value) -> String,
+    text: impl Fn(&str, &T) -> String,
 ) -> anyhow::Result<()> {
     let paths: Vec<PathBuf> = a
         .paths
@@ -58,15 +34,29 @@ fn paths_command(
         .map(|p| resolve(p))
         .collect::<Result<_, _>>()?;
     let mut c = client_for(&paths[0])?;
-    let r = call(&mut c, op(paths, a.recursive))?;
-    finish_paths(&r, a.json, verb, |v| {
-        text(v["path"].as_str().unwrap_or(""), v)
-    })
+    let r: PathResults<T> = call_typed(&mut c, op(paths, a.recursive))?;
+    for f in &r.results {
+        let path = f.path.display().to_string();
+        if a.json {
+            print_json_line(f);
+        } else if let (true, Some(v)) = (f.ok, &f.result) {
+            println!("{}", text(&path, v));
+        } else {
+            eprintln!(
+                "coldtier {verb}: {path}: {}",
+                f.error.as_deref().unwrap_or("failed")
+            );
+        }
+    }
+    if r.failed > 0 {
+        return Err(anyhow!("{} of {} paths failed", r.failed, r.results.len()));
+    }
+    Ok(())
 }
 
 /// The text of a result that did nothing (`recall` of resident data, `release` of a stub).
-fn note(path: &str, v: &Value) -> String {
-    format!("{path}: {}", v["note"].as_str().unwrap_or("ok"))
+fn note(path: &str, note: Option<&str>) -> String {
+    format!("{path}: {}", note.unwrap_or("ok"))
 }
 
 pub(super) fn status(a: &PathsArgs) -> anyhow::Result<()> {
@@ -74,20 +64,16 @@ pub(super) fn status(a: &PathsArgs) -> anyhow::Result<()> {
         a,
         "status",
         |paths, recursive| Op::Status { paths, recursive },
-        |path, v| {
+        |path, v: &StatusEntry| {
             format!(
                 "{:<15} {} {:>10}  {}{}",
-                v["state"].as_str().unwrap_or("?"),
-                if v["pinned"].as_bool() == Some(true) {
-                    "P"
-                } else {
-                    "-"
-                },
-                human_bytes(v["size"].as_u64().unwrap_or(0)),
+                v.state,
+                if v.pinned { "P" } else { "-" },
+                human_bytes(v.size),
                 path,
-                v["object_key"]
-                    .as_str()
-                    .map(|k| format!("  [{} {}]", v["storage_class"].as_str().unwrap_or(""), k))
+                v.object_key
+                    .as_deref()
+                    .map(|k| format!("  [{} {}]", v.storage_class.as_deref().unwrap_or(""), k))
                     .unwrap_or_default()
             )
         },
@@ -100,14 +86,14 @@ pub(super) fn pin(a: &PathsArgs, pin: bool) -> anyhow::Result<()> {
             a,
             "pin",
             |paths, recursive| Op::Pin { paths, recursive },
-            |path, _| format!("pinned {path}"),
+            |path, _: &PinResult| format!("pinned {path}"),
         )
     } else {
         paths_command(
             a,
             "unpin",
             |paths, recursive| Op::Unpin { paths, recursive },
-            |path, _| format!("unpinned {path}"),
+            |path, _: &PinResult| format!("unpinned {path}"),
         )
     }
 }
@@ -117,11 +103,11 @@ pub(super) fn recall(a: &PathsArgs) -> anyhow::Result<()> {
         a,
         "recall",
         |paths, recursive| Op::Recall { paths, recursive },
-        |path, v| {
-            if v["recalled"] == true {
+        |path, v: &RecallResult| {
+            if v.recalled {
                 format!("recalled {path}")
             } else {
-                note(path, v)
+                note(path, v.note.as_deref())
             }
         },
     )
@@ -132,11 +118,11 @@ pub(super) fn release(a: &PathsArgs) -> anyhow::Result<()> {
         a,
         "release",
         |paths, recursive| Op::Release { paths, recursive },
-        |path, v| {
-            if v["released"] == true {
+        |path, v: &ReleaseResult| {
+            if v.released {
                 format!("released {path}")
             } else {
-                note(path, v)
+                note(path, v.note.as_deref())
             }
         },
     )
@@ -146,20 +132,21 @@ pub(super) fn history(a: &HistoryArgs) -> anyhow::Result<()> {
     let p =
         resolve(&a.path).or_else(|_| std::path::absolute(&a.path).map_err(anyhow::Error::from))?;
     let mut c = client_for(p.parent().unwrap_or(&p))?;
-    let r = call(&mut c, Op::History { path: p.clone() })?;
-    for e in r["events"].as_array().into_iter().flatten() {
+    let r: HistoryReply = call_typed(&mut c, Op::History { path: p.clone() })?;
+    for e in &r.events {
         if a.json {
             print_json_line(e);
         } else {
-            let t = e["time_ns"].as_i64().unwrap_or(0);
+            // The id is not padded: the line has always printed it so (it went through
+            // serde_json's Display, which ignores a width), and scripts may read it.
             println!(
-                "{:>6}  {}  {:<17} config v{}  {}  {}",
-                e["id"],
-                format_time(t),
-                e["kind"].as_str().unwrap_or(""),
-                e["config_version"],
-                e["path"].as_str().unwrap_or(""),
-                e["detail"]
+                "{}  {}  {:<17} config v{}  {}  {}",
+                e.id,
+                format_time(e.time_ns),
+                e.kind,
+                e.config_version,
+                e.path.as_deref().unwrap_or(""),
+                e.detail
             );
         }
     }
@@ -243,14 +230,11 @@ pub(super) fn ls(a: &LsArgs) -> anyhow::Result<()> {
     let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = resolve(&dir)?;
     let mut c = client_for(&path)?;
-    let r = call(&mut c, Op::List { path: path.clone() })?;
-    let entries: Vec<&Value> = r["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            a.all || r["dir"] == false || !e["name"].as_str().unwrap_or("").starts_with('.')
-        })
+    let r: ListReply = call_typed(&mut c, Op::List { path: path.clone() })?;
+    let entries: Vec<_> = r
+        .entries
+        .iter()
+        .filter(|e| a.all || !r.dir || !e.name.starts_with('.'))
         .collect();
     if a.json {
         for e in entries {
@@ -259,49 +243,51 @@ pub(super) fn ls(a: &LsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut names = HashMap::new();
-    let size_of = |e: &Value| {
-        let n = e["size"].as_u64().unwrap_or(0);
+    let size_of = |st: &EntryStat| {
         if a.human {
-            human_bytes(n)
+            human_bytes(st.size)
         } else {
-            n.to_string()
+            st.size.to_string()
         }
     };
     let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|e| {
-            let name = if r["dir"] == true {
-                e["name"].as_str().unwrap_or("").to_string()
+            let name = if r.dir {
+                e.name.clone()
             } else {
                 dir.display().to_string()
             };
-            if let Some(err) = e["error"].as_str() {
-                return [
-                    "?".repeat(10),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    "?".into(),
-                    format!("{name}  ({err})"),
-                ];
-            }
-            let kind = e["type"].as_str().unwrap_or("");
-            let name = match e["target"].as_str() {
+            let st = match (&e.error, &e.stat) {
+                (None, Some(st)) => st,
+                (err, _) => {
+                    let err = err.as_deref().unwrap_or("no attributes");
+                    return [
+                        "?".repeat(10),
+                        "?".into(),
+                        "?".into(),
+                        "?".into(),
+                        "?".into(),
+                        "?".into(),
+                        "?".into(),
+                        "?".into(),
+                        format!("{name}  ({err})"),
+                    ];
+                }
+            };
+            let name = match &st.target {
                 Some(t) => format!("{name} -> {t}"),
                 None => name,
             };
             [
-                mode_string(kind, e["mode"].as_u64().unwrap_or(0) as u32),
-                e["nlink"].to_string(),
-                name_of(&mut names, false, e["uid"].as_u64().unwrap_or(0) as u32),
-                name_of(&mut names, true, e["gid"].as_u64().unwrap_or(0) as u32),
-                size_of(e),
-                local_minute(e["mtime_ns"].as_i64().unwrap_or(0)),
-                e["state"].as_str().unwrap_or("-").to_string(),
-                if e["pinned"] == true { "P" } else { "-" }.to_string(),
+                mode_string(&st.kind, st.mode),
+                st.nlink.to_string(),
+                name_of(&mut names, false, st.uid),
+                name_of(&mut names, true, st.gid),
+                size_of(st),
+                local_minute(st.mtime_ns),
+                st.state.as_deref().unwrap_or("-").to_string(),
+                if st.pinned == Some(true) { "P" } else { "-" }.to_string(),
                 name,
             ]
         })

@@ -2,13 +2,16 @@
 //! Sizes and UTC times are `crate::base::units::human_bytes` and
 //! `crate::base::time::format_time`.
 
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::base::time::format_time;
 
-/// One JSON object on one line of stdout.
-pub fn print_json_line(v: &Value) {
-    println!("{}", serde_json::to_string(v).unwrap_or_default());
+/// One JSON object on one line of stdout. It goes through `serde_json::Value`, whose
+/// objects sort their keys: the lines scripts read keep one order whatever the order of
+/// the fields in the reply types.
+pub fn print_json_line<T: Serialize>(v: &T) {
+    let line = serde_json::to_value(v).and_then(|v| serde_json::to_string(&v));
+    println!("{}", line.unwrap_or_default());
 }
 
 /// Local time "YYYY-MM-DD HH:MM" (like `ls -l --time-style=long-iso`).

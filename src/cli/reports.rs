@@ -7,15 +7,20 @@
 use std::io::Write;
 
 use anyhow::anyhow;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use super::args::{AuditArgs, ConfigCommand, EventsArgs, FindArgs, StatsArgs};
 use super::output::{local_minute, print_json_line};
-use super::request::{call, client_for, resolve};
+use super::request::{call_typed, client_for, resolve};
 use super::BadInput;
 use crate::base::time::format_time;
 use crate::base::units::{human_bytes, parse_duration, parse_size};
 use crate::control::protocol::Op;
+use crate::control::replies::{
+    AuditReply, ConfigVersionRow, ConfigVersionsReply, EventRow, EventsReply, FindCount, FindReply,
+    StatsReply,
+};
 use crate::control::reports::{EventsRequest, FindRequest};
 
 /// Rows asked for per request.
@@ -23,7 +28,7 @@ pub const PAGE: u64 = 5000;
 
 pub(super) fn stats(a: &StatsArgs) -> anyhow::Result<()> {
     let mut c = client_for(&a.mountpoint)?;
-    let r = call(&mut c, Op::Stats)?;
+    let r: StatsReply = call_typed(&mut c, Op::Stats)?;
     if a.json {
         print_json_line(&r);
     } else {
@@ -34,33 +39,32 @@ pub(super) fn stats(a: &StatsArgs) -> anyhow::Result<()> {
 
 pub(super) fn audit(a: &AuditArgs) -> anyhow::Result<()> {
     let mut c = client_for(&a.mountpoint)?;
-    let r = call(&mut c, Op::Audit)?;
+    let r: AuditReply = call_typed(&mut c, Op::Audit)?;
     if a.json {
         print_json_line(&r);
     }
-    let head = |r: &Value| {
-        format!(
-            "head: event {} hash {}",
-            r["head"]["id"],
-            r["head"]["hash"].as_str().unwrap_or("-")
-        )
-    };
-    if r["ok"] == true {
+    let head = format!(
+        "head: event {} hash {}",
+        r.head
+            .as_ref()
+            .map_or_else(|| "null".to_string(), |h| h.id.to_string()),
+        r.head.as_ref().map_or("-", |h| h.hash.as_str())
+    );
+    if r.ok {
         if !a.json {
             println!(
-                "event chain intact: {} events verified; {} (record it elsewhere to detect a cut tail)",
-                r["checked"],
-                head(&r)
+                "event chain intact: {} events verified; {head} (record it elsewhere to detect a cut tail)",
+                r.checked,
             );
         }
         Ok(())
     } else {
         Err(anyhow!(
-            "event chain broken at event {}: {} (events 1..{} verify; {})",
-            r["first_bad_id"],
-            r["reason"].as_str().unwrap_or("?"),
-            r["checked"],
-            head(&r)
+            "event chain broken at event {}: {} (events 1..{} verify; {head})",
+            r.first_bad_id
+                .map_or_else(|| "null".to_string(), |i| i.to_string()),
+            r.reason.as_deref().unwrap_or("?"),
+            r.checked,
         ))
     }
 }
@@ -100,15 +104,15 @@ pub(super) fn find(a: &FindArgs) -> anyhow::Result<()> {
         count_only: a.count,
     };
     if a.count {
-        let r = call(&mut c, Op::Find(req))?;
+        let r: FindCount = call_typed(&mut c, Op::Find(req))?;
         if a.json {
             print_json_line(&r);
         } else {
-            let bytes = r["bytes"].as_u64().unwrap_or(0);
             println!(
-                "{} files, {} ({bytes} bytes)",
-                r["files"],
-                human_bytes(bytes)
+                "{} files, {} ({} bytes)",
+                r.files,
+                human_bytes(r.bytes),
+                r.bytes
             );
         }
         return Ok(());
@@ -117,26 +121,25 @@ pub(super) fn find(a: &FindArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while left > 0 {
         req.limit = PAGE.min(left);
-        let r = call(&mut c, Op::Find(req.clone()))?;
-        let files = r["files"].as_array().cloned().unwrap_or_default();
-        left = left.saturating_sub(files.len() as u64);
-        for f in &files {
+        let r: FindReply = call_typed(&mut c, Op::Find(req.clone()))?;
+        left = left.saturating_sub(r.files.len() as u64);
+        for f in &r.files {
             if a.json {
-                writeln!(out, "{}", serde_json::to_string(f)?)?;
+                writeln!(out, "{}", json_line(f)?)?;
             } else {
                 writeln!(
                     out,
                     "{:<15} {} {:>10}  {}  {}",
-                    f["state"].as_str().unwrap_or("?"),
-                    if f["pinned"] == true { "P" } else { "-" },
-                    human_bytes(f["size"].as_u64().unwrap_or(0)),
-                    local_minute(f["mtime_ns"].as_i64().unwrap_or(0)),
-                    f["path"].as_str().unwrap_or("")
+                    f.state,
+                    if f.pinned { "P" } else { "-" },
+                    human_bytes(f.size),
+                    local_minute(f.mtime_ns),
+                    f.path.display()
                 )?;
             }
         }
-        match r["next_after"].as_str() {
-            Some(next) => req.after = Some(next.to_string()),
+        match r.next_after {
+            Some(next) => req.after = Some(next),
             None => break,
         }
     }
@@ -145,68 +148,66 @@ pub(super) fn find(a: &FindArgs) -> anyhow::Result<()> {
 
 // ---- stats -----------------------------------------------------------------------------
 
-pub fn stats_text(r: &Value) -> String {
+pub fn stats_text(r: &StatsReply) -> String {
     let mut s = String::new();
-    let u = |v: &Value| v.as_u64().unwrap_or(0);
     s.push_str(&format!(
         "{}: {} tracked files, {}\n\n",
-        r["mountpoint"].as_str().unwrap_or(""),
-        u(&r["files"]),
-        human_bytes(u(&r["bytes"]))
+        r.mountpoint.display(),
+        r.files,
+        human_bytes(r.bytes)
     ));
     s.push_str(&format!(
         "{:<16} {:>12} {:>12}\n",
         "STATE", "FILES", "BYTES"
     ));
-    for st in r["states"].as_array().into_iter().flatten() {
+    for st in &r.states {
         s.push_str(&format!(
             "{:<16} {:>12} {:>12}\n",
-            st["state"].as_str().unwrap_or(""),
-            u(&st["files"]),
-            human_bytes(u(&st["bytes"]))
+            st.state,
+            st.files,
+            human_bytes(st.bytes)
         ));
     }
     s.push_str(&format!(
         "{:<16} {:>12} {:>12}\n\n",
         "(pinned)",
-        u(&r["pinned"]["files"]),
-        human_bytes(u(&r["pinned"]["bytes"]))
+        r.pinned.files,
+        human_bytes(r.pinned.bytes)
     ));
     s.push_str(&format!(
         "local space saved: {} ({} bytes: stubs and files waiting for a restore)\n\n",
-        human_bytes(u(&r["local_bytes_saved"])),
-        u(&r["local_bytes_saved"])
+        human_bytes(r.local_bytes_saved),
+        r.local_bytes_saved
     ));
     s.push_str(&format!(
         "{:<20} {:>10} {:>12} {:>14} {:>12}\n",
         "STORAGE CLASS", "OBJECTS", "BYTES", "USD/GB-MONTH", "USD/MONTH"
     ));
-    for c in r["storage_classes"].as_array().into_iter().flatten() {
+    for c in &r.storage_classes {
         s.push_str(&format!(
             "{:<20} {:>10} {:>12} {:>14} {:>12.2}\n",
-            c["storage_class"].as_str().unwrap_or(""),
-            u(&c["files"]),
-            human_bytes(u(&c["bytes"])),
-            c["usd_per_gb_month"].as_f64().unwrap_or(0.0),
-            c["monthly_usd"].as_f64().unwrap_or(0.0)
+            c.storage_class,
+            c.files,
+            human_bytes(c.bytes),
+            c.usd_per_gb_month,
+            c.monthly_usd
         ));
     }
     s.push_str(&format!(
         "estimated storage cost: {:.2} USD/month (prices from [costs]; no requests, retrievals or minimums)\n",
-        r["monthly_usd"].as_f64().unwrap_or(0.0)
+        r.monthly_usd
     ));
-    let st = &r["store"];
-    if !st.is_null() {
+    if let Some(st) = &r.store {
         s.push_str(&format!(
             "\nstore: {}\n  {}; copies are proven by {}{}\n",
-            st["describe"].as_str().unwrap_or(""),
-            if st["validates_checksums"] == true {
+            st.describe,
+            if st.validates_checksums {
                 "refuses uploads that do not match their checksum"
             } else {
                 "does not refuse an upload that does not match its checksum"
             },
-            st["copies_proven_by"].as_str().unwrap_or(""),
-            if st["tiering_paused"] == true {
+            st.copies_proven_by,
+            if st.tiering_paused {
                 "\n  tiering is PAUSED (coldtier resume)"
             } else {
                 ""
@@ -281,6 +282,19 @@ pub fn parse_since(s: &str, now_ns: i64) -> Result<i64, String> {
         .ok_or_else(|| format!("`{s}` is after 2262, the last time coldtier can record"))
 }
 
+/// One line of `events --json`: the event and its time in words (for a SIEM).
+#[derive(Serialize)]
+struct EventLine<'a> {
+    #[serde(flatten)]
+    event: &'a EventRow,
+    time: String,
+}
+
+/// One JSON object as one line (keys sorted, as `output::print_json_line` prints them).
+fn json_line<T: Serialize>(v: &T) -> serde_json::Result<String> {
+    serde_json::to_string(&serde_json::to_value(v)?)
+}
+
 pub(super) fn events(a: &EventsArgs) -> anyhow::Result<()> {
     let since_ns = match &a.since {
         None => None,
@@ -306,29 +320,29 @@ pub(super) fn events(a: &EventsArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while left > 0 {
         req.limit = PAGE.min(left);
-        let r = call(&mut c, Op::Events(req.clone()))?;
-        let events = r["events"].as_array().cloned().unwrap_or_default();
-        left = left.saturating_sub(events.len() as u64);
-        for e in events {
-            let t = e["time_ns"].as_i64().unwrap_or(0);
+        let r: EventsReply = call_typed(&mut c, Op::Events(req.clone()))?;
+        left = left.saturating_sub(r.events.len() as u64);
+        for e in &r.events {
             if a.json {
-                let mut e = e;
-                e["time"] = json!(format_time(t));
-                writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                let line = EventLine {
+                    event: e,
+                    time: format_time(e.time_ns),
+                };
+                writeln!(out, "{}", json_line(&line)?)?;
             } else {
                 writeln!(
                     out,
                     "{:>8}  {}  {:<17} v{:<3} {}  {}",
-                    e["id"].as_i64().unwrap_or(0),
-                    format_time(t),
-                    e["kind"].as_str().unwrap_or(""),
-                    e["config_version"].as_i64().unwrap_or(0),
-                    e["path"].as_str().unwrap_or("-"),
-                    e["detail"]
+                    e.id,
+                    format_time(e.time_ns),
+                    e.kind,
+                    e.config_version,
+                    e.path.as_deref().unwrap_or("-"),
+                    e.detail
                 )?;
             }
         }
-        match r["next_after_id"].as_i64() {
+        match r.next_after_id {
             Some(id) => req.after_id = id,
             None => break,
         }
@@ -379,8 +393,8 @@ pub(super) fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
         | ConfigCommand::Diff { mountpoint, .. } => mountpoint,
     };
     let mut c = client_for(mountpoint)?;
-    let r = call(&mut c, Op::ConfigVersions)?;
-    let versions = r["versions"].as_array().cloned().unwrap_or_default();
+    let r: ConfigVersionsReply = call_typed(&mut c, Op::ConfigVersions)?;
+    let versions = &r.versions;
     let known = || {
         let n = versions.len();
         if n == 0 {
@@ -389,39 +403,46 @@ pub(super) fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
             format!("versions 1 to {n} exist (see `coldtier config history`)")
         }
     };
-    let get = |v: i64| -> anyhow::Result<&Value> {
+    let get = |v: i64| -> anyhow::Result<&ConfigVersionRow> {
         versions
             .iter()
-            .find(|x| x["version"].as_i64() == Some(v))
+            .find(|x| x.version == v)
             .ok_or_else(|| BadInput(format!("no config version {v}: {}", known())).into())
     };
     match cmd {
         ConfigCommand::Show { version, json, .. } => {
-            let v = match version.or(r["current"].as_i64()) {
+            let v = match version.or(r.current) {
                 Some(v) => get(v)?,
                 None => return Err(anyhow!("{}", known())),
             };
             if *json {
                 print_json_line(v);
             } else {
-                print!("{}", v["text"].as_str().unwrap_or(""));
+                print!("{}", v.text);
             }
         }
         ConfigCommand::History { json, .. } => {
-            for v in &versions {
+            /// A version without its text.
+            #[derive(Serialize)]
+            struct VersionLine<'a> {
+                version: i64,
+                hash: &'a str,
+                time_ns: i64,
+            }
+            for v in versions {
                 if *json {
-                    let mut v = v.clone();
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("text");
-                    }
-                    print_json_line(&v);
+                    print_json_line(&VersionLine {
+                        version: v.version,
+                        hash: &v.hash,
+                        time_ns: v.time_ns,
+                    });
                 } else {
                     println!(
                         "v{:<4} {}  sha256 {}{}",
-                        v["version"].as_i64().unwrap_or(0),
-                        format_time(v["time_ns"].as_i64().unwrap_or(0)),
-                        v["hash"].as_str().unwrap_or(""),
-                        if v["version"] == r["current"] {
+                        v.version,
+                        format_time(v.time_ns),
+                        v.hash,
+                        if Some(v.version) == r.current {
                             "  (in force)"
                         } else {
                             ""
@@ -432,10 +453,7 @@ pub(super) fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
         }
         ConfigCommand::Diff { from, to, json, .. } => {
             let (a, b) = (get(*from)?, get(*to)?);
-            let lines = diff_lines(
-                a["text"].as_str().unwrap_or(""),
-                b["text"].as_str().unwrap_or(""),
-            );
+            let lines = diff_lines(&a.text, &b.text);
             if *json {
                 let changed: Vec<&String> = lines.iter().filter(|l| !l.starts_with(' ')).collect();
                 print_json_line(&json!({"from": from, "to": to, "changes": changed}));

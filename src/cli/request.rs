@@ -1,11 +1,11 @@
 //! Reaching the daemon: resolve the paths a command names, connect to the daemon of their
-//! mount, send one request (with a progress bar on a terminal) and map its errors to exit
-//! codes (bad input: 2).
+//! mount, send one request (with a progress bar on a terminal), read its answer as the op's
+//! reply type (`control::replies`) and map its errors to exit codes (bad input: 2).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use super::BadInput;
 use crate::control::client::{mount_of, Client, ClientError};
@@ -34,10 +34,10 @@ pub(super) fn client_for(p: &Path) -> anyhow::Result<Client> {
     Ok(Client::connect(&mount)?)
 }
 
-/// Sends `op`, drawing its progress; the final result.
-pub(super) fn call(client: &mut Client, op: Op) -> anyhow::Result<Value> {
+/// Sends `op`, drawing its progress; its answer as `T`, the op's reply type.
+pub(super) fn call_typed<T: DeserializeOwned>(client: &mut Client, op: Op) -> anyhow::Result<T> {
     let mut bar = super::progress::Bar::new();
-    let r = client.call(op, |msg, files, bytes| bar.update(msg, files, bytes));
+    let r = client.call_typed(op, |p| bar.update(p));
     bar.finish();
     r.map_err(|e| match e {
         ClientError::Daemon(b)
