@@ -328,8 +328,11 @@ pub struct JobsArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum JobsCommand {
     /// Stop the running policy run or gc cleanly: the files under way are finished, no
-    /// other is started.
+    /// other is started. With --worker: cancel what that background worker is doing.
     Cancel(JobsCancelArgs),
+    /// The daemon's background workers (policy and backup schedulers, tagger, restore
+    /// pollers): state, runs, errors, last error, status.
+    Workers(JobsWorkersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -339,6 +342,19 @@ pub struct JobsCancelArgs {
     /// Only if this job is the one running.
     #[arg(long)]
     pub id: Option<i64>,
+    /// Cancel the piece of work this background worker is doing (its ID in `coldtier jobs
+    /// workers`); the worker then waits for its next.
+    #[arg(long, value_name = "ID", conflicts_with = "id")]
+    pub worker: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsWorkersArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// One JSON object per worker and line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,11 @@
 //! The commands on tiering jobs: `migrate`, `gc`, `verify`, `jobs` (the runs, `jobs
-//! cancel`), `pause` and `resume`.
+//! cancel`, `jobs workers`), `pause` and `resume`.
 
 use anyhow::anyhow;
 
 use super::args::{
-    GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, MigrateArgs, MountpointArgs, VerifyArgs,
+    GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs, MountpointArgs,
+    VerifyArgs,
 };
 use super::output::print_json_line;
 use super::request::{call_typed, client_for};
@@ -12,8 +13,8 @@ use crate::base::time::format_time;
 use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
 use crate::control::replies::{
-    CancelJobReply, GcReport, JobRow, JobsReply, MigrateReport, PauseReply, ResumeReply,
-    VerifyReport,
+    CancelJobReply, CancelWorkerReply, GcReport, JobRow, JobsReply, MigrateReport, PauseReply,
+    ResumeReply, VerifyReport, WorkerRow, WorkersReply,
 };
 
 pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
@@ -172,6 +173,7 @@ pub(super) fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
 pub(super) fn jobs(a: &JobsArgs) -> anyhow::Result<()> {
     match &a.command {
         Some(JobsCommand::Cancel(a)) => return cancel(a),
+        Some(JobsCommand::Workers(a)) => return workers(a),
         None => {}
     }
     let mp = a.mountpoint.as_deref().expect("clap requires it");
@@ -189,12 +191,108 @@ pub(super) fn jobs(a: &JobsArgs) -> anyhow::Result<()> {
 
 fn cancel(a: &JobsCancelArgs) -> anyhow::Result<()> {
     let mut c = client_for(&a.mountpoint)?;
+    if let Some(id) = a.worker {
+        let r: CancelWorkerReply = call_typed(&mut c, Op::CancelWorker { worker: id })?;
+        if r.state == "busy" {
+            println!(
+                "worker {} ({}) cancelled: its work in progress stops; it then waits for its next",
+                r.worker, r.name
+            );
+        } else {
+            println!(
+                "worker {} ({}) is {}: nothing was in progress to cancel",
+                r.worker, r.name, r.state
+            );
+        }
+        return Ok(());
+    }
     let r: CancelJobReply = call_typed(&mut c, Op::CancelJob { job: a.id })?;
     println!(
         "job {} ({}) cancelled: it finishes the files under way and stops",
         r.cancelled, r.kind
     );
     Ok(())
+}
+
+fn workers(a: &JobsWorkersArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: WorkersReply = call_typed(&mut c, Op::Workers)?;
+    if a.json {
+        for w in &r.workers {
+            print_json_line(w);
+        }
+    } else {
+        print!("{}", workers_text(&r.workers));
+    }
+    Ok(())
+}
+
+/// The `jobs workers` table: columns as wide as their widest cell (STATUS, the last, as
+/// long as it is).
+pub fn workers_text(workers: &[WorkerRow]) -> String {
+    let rows: Vec<[String; 7]> = workers
+        .iter()
+        .map(|w| {
+            [
+                w.id.to_string(),
+                w.name.clone(),
+                w.state.clone(),
+                w.runs.to_string(),
+                w.errors.to_string(),
+                match (&w.last_error, w.last_error_ns) {
+                    (Some(e), Some(t)) => format!("{} {e}", format_time(t)),
+                    (Some(e), None) => e.clone(),
+                    (None, _) => "-".into(),
+                },
+                if w.status.is_empty() {
+                    "-".into()
+                } else {
+                    w.status.clone()
+                },
+            ]
+        })
+        .collect();
+    let head = [
+        "ID",
+        "NAME",
+        "STATE",
+        "RUNS",
+        "ERRORS",
+        "LAST ERROR",
+        "STATUS",
+    ];
+    let mut wd = head.map(str::len);
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            wd[i] = wd[i].max(cell.chars().count());
+        }
+    }
+    let line = |c: [&str; 7]| {
+        format!(
+            "{:>w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {:<w5$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            w0 = wd[0],
+            w1 = wd[1],
+            w2 = wd[2],
+            w3 = wd[3],
+            w4 = wd[4],
+            w5 = wd[5],
+        )
+        .trim_end()
+        .to_string()
+            + "\n"
+    };
+    let mut s = line(head);
+    for row in &rows {
+        s.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    s
 }
 
 pub fn jobs_text(jobs: &[JobRow]) -> String {
@@ -244,4 +342,37 @@ pub fn jobs_text(jobs: &[JobRow]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workers_table_lines_up() {
+        let w = |id, name: &str, state: &str, err: Option<&str>| WorkerRow {
+            id,
+            name: name.into(),
+            state: state.into(),
+            status: if id == 1 {
+                "next run at 03:00".into()
+            } else {
+                String::new()
+            },
+            runs: id * 10,
+            errors: u64::from(err.is_some()),
+            last_error: err.map(Into::into),
+            last_error_ns: err.map(|_| 0),
+        };
+        let t = workers_text(&[
+            w(1, "policy scheduler", "idle", None),
+            w(12, "tagger", "busy", Some("tagging failed")),
+        ]);
+        assert_eq!(
+            t,
+            "ID  NAME              STATE  RUNS  ERRORS  LAST ERROR                               STATUS\n\
+             \x201  policy scheduler  idle     10       0  -                                        next run at 03:00\n\
+             12  tagger            busy    120       1  1970-01-01T00:00:00.000Z tagging failed  -\n"
+        );
+    }
 }

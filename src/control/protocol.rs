@@ -79,6 +79,13 @@ pub enum Op {
     /// Stop the running policy run or gc (that one, if `id` is given) cleanly.
     /// Reply: `CancelJobReply`.
     CancelJob { job: Option<i64> },
+    /// The daemon's background workers (schedulers, tagger, restore pollers) with their
+    /// state and last error. Reply: `WorkersReply`.
+    Workers,
+    /// Cancel the piece of work `worker` (its id in `Workers`) is doing (it then waits
+    /// for its next). Reply: `CancelWorkerReply`. (Not `id`: the request's own `id` sits
+    /// beside the op's fields.)
+    CancelWorker { worker: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +274,8 @@ mod tests {
             Op::Resume,
             Op::CancelJob { job: Some(7) },
             Op::CancelJob { job: None },
+            Op::Workers,
+            Op::CancelWorker { worker: 3 },
         ] {
             let r = Request { v: 1, id: 1, op };
             let line = serde_json::to_string(&r).unwrap();

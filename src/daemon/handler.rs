@@ -1,6 +1,6 @@
 //! The daemon's answers to the CLI (control socket requests): status, pin, unpin,
 //! recall, release, history, migrate, gc, verify, catalog backup, pause, resume, jobs
-//! cancel. Paths arrive as absolute paths inside the mount and are reached in the
+//! cancel, workers. Paths arrive as absolute paths inside the mount and are reached in the
 //! backing tree with openat2 below the source root (no `..`, no symlinks), so a request can
 //! never name a file outside the source. Each answer is built as its wire type
 //! (`control::replies`); the engine's own types and JSON are converted here.
@@ -17,9 +17,9 @@ use crate::catalog::FileState;
 use crate::config::{Config, MigrateMode};
 use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress, Totals};
 use crate::control::replies::{
-    BackupReport, CancelJobReply, GcReport, HistoryReply, MigrateReport, PathResult, PathResults,
-    PauseReply, PinResult, PingDetail, PingReply, PlannedFile, RecallResult, ReleaseResult,
-    ResumeReply, StatusEntry, VerifyReport,
+    BackupReport, CancelJobReply, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
+    PathResult, PathResults, PauseReply, PinResult, PingDetail, PingReply, PlannedFile,
+    RecallResult, ReleaseResult, ResumeReply, StatusEntry, VerifyReport, WorkerRow, WorkersReply,
 };
 use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
@@ -675,6 +675,32 @@ impl Handler for Control {
                 )?;
                 reply(from_engine::<BackupReport>("catalog backup", v)?)
             }
+            Op::Workers => reply(WorkersReply {
+                workers: self.t.workers.list().into_iter().map(worker_row).collect(),
+            }),
+            Op::CancelWorker { worker: id } => {
+                let found = self.t.workers.list().into_iter().find(|w| w.id == id);
+                match found {
+                    Some(w) if self.t.workers.cancel(id) => {
+                        tracing::warn!(
+                            worker = id,
+                            name = %w.name,
+                            state = %w.state,
+                            "worker's work cancelled (coldtier jobs cancel --worker)"
+                        );
+                        reply(CancelWorkerReply {
+                            worker: id,
+                            name: w.name,
+                            state: w.state,
+                        })
+                    }
+                    // Gone meanwhile (a restore poller that finished): no such worker now.
+                    _ => Err(err(
+                        ErrorCode::NotFound,
+                        format!("no worker {id} is running (`coldtier jobs workers` lists them)"),
+                    )),
+                }
+            }
             op @ (Op::List { .. }
             | Op::Find(_)
             | Op::Stats
@@ -737,6 +763,20 @@ fn migrate_report(s: crate::tier::migrate::RunSummary) -> MigrateReport {
             .collect(),
         seconds: s.seconds,
         cancelled: s.cancelled,
+    }
+}
+
+/// A background worker as the protocol says it.
+fn worker_row(w: crate::base::worker::WorkerInfo) -> WorkerRow {
+    WorkerRow {
+        id: w.id,
+        name: w.name,
+        state: w.state,
+        status: w.status,
+        runs: w.runs,
+        errors: w.errors,
+        last_error: w.last_error,
+        last_error_ns: w.last_error_ns,
     }
 }
 
