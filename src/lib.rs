@@ -6,14 +6,10 @@
 pub mod base;
 pub mod catalog;
 pub mod cli;
-pub mod cli_reports;
-pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fs;
-pub mod inspect;
 pub mod jobs;
-pub mod progress;
 pub mod store;
 pub mod tier;

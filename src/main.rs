@@ -3,19 +3,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use coldtier::{cli, commands, daemon};
+use coldtier::cli::args::{CatalogCommand, Cli, Command};
+use coldtier::{cli, daemon};
 
-fn run(cli: cli::Cli) -> anyhow::Result<()> {
+/// The commands that run in this process go to the daemon module (`mount`, `umount`, the
+/// offline `catalog rebuild`); the others talk to a daemon through `cli`.
+fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        cli::Command::Mount(a) => daemon::mount(a, &cli.log),
-        cli::Command::Umount(a) => daemon::umount(a),
-        c => commands::run(c),
+        Command::Mount(a) => daemon::mount(a, &cli.log),
+        Command::Umount(a) => daemon::umount(a),
+        Command::Catalog(CatalogCommand::Rebuild(a)) => daemon::rebuild::run(a),
+        c => cli::run(c),
     }
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    if !matches!(cli.command, cli::Command::Mount(_)) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Mount(_)) {
         // A command whose output is closed (`coldtier events --json | head`) ends quietly,
         // as other Unix tools do, instead of failing on EPIPE (Rust ignores SIGPIPE).
         // The daemon keeps ignoring it: a client that goes away must not end it.
@@ -26,7 +30,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("coldtier: {e:#}");
-            if e.downcast_ref::<daemon::BadInput>().is_some() {
+            if e.downcast_ref::<cli::BadInput>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -403,7 +403,7 @@ fn find_stats_events_jobs_config_and_audit() {
     );
     let text = ok(&["jobs", mnt]);
     assert!(
-        text.contains("copy-only") && text.contains(&coldtier::commands::human_bytes(freed)),
+        text.contains("copy-only") && text.contains(&coldtier::base::units::human_bytes(freed)),
         "{text}"
     );
 
@@ -621,7 +621,7 @@ fn find_and_stats_on_a_million_files() {
     let mnt = m.mnt.to_str().unwrap();
     let mut c = coldtier::control::client::Client::connect(&m.mnt).unwrap();
     let ping = c
-        .call(coldtier::control::protocol::Op::Ping, |_, _, _| {})
+        .call(coldtier::control::protocol::Op::Ping, |_| {})
         .unwrap();
     let pid = ping["pid"].as_u64().unwrap();
     let rss_start = vm_rss_kib(pid);

@@ -1728,3 +1728,64 @@ fn a_hard_linked_file_is_known_by_the_name_that_is_left() {
     let (code, v) = t.verify(false);
     assert_eq!(code, 0, "{v}");
 }
+
+/// `coldtier jobs workers` lists the daemon's background workers (one runner: the policy
+/// and catalog backup schedulers, the tagger), and `jobs cancel --worker` of an id no
+/// worker has fails saying so, with exit code 1.
+#[test]
+fn jobs_workers_lists_the_background_workers_and_cancel_refuses_an_unknown_one() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 4096)]);
+    let t = TierMount::new(&moto, "workers", &fs_, |c| c);
+    let mnt = t.mnt_str();
+    let out = t.ok(&["jobs", "workers", &mnt, "--json"]);
+    let workers = parse_lines(&out);
+    for name in ["policy scheduler", "catalog backup scheduler", "tagger"] {
+        let w = workers
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("jobs workers --json lists no {name}: {out}"));
+        assert_eq!(w["state"], "idle", "{w}");
+        assert_eq!(w["errors"], 0, "{w}");
+        assert!(w["id"].is_u64() && w["last_error"].is_null(), "{w}");
+    }
+    let text = t.ok(&["jobs", "workers", &mnt]);
+    let head = text.lines().next().unwrap_or_default();
+    for col in [
+        "ID",
+        "NAME",
+        "STATE",
+        "RUNS",
+        "ERRORS",
+        "LAST ERROR",
+        "STATUS",
+    ] {
+        assert!(head.contains(col), "no {col} column: {text}");
+    }
+    assert!(text.contains("catalog backup scheduler"), "{text}");
+
+    let unknown = workers
+        .iter()
+        .filter_map(|w| w["id"].as_u64())
+        .max()
+        .unwrap()
+        + 1000;
+    let out = t.cli(&["jobs", "cancel", &mnt, "--worker", &unknown.to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("no worker {unknown} is running")) && err.contains("jobs workers"),
+        "{err}"
+    );
+    // An idle worker: nothing to stop, and it goes on.
+    let tagger = workers.iter().find(|w| w["name"] == "tagger").unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let text = t.ok(&["jobs", "cancel", &mnt, "--worker", &tagger.to_string()]);
+    assert!(text.contains("tagger") && text.contains("idle"), "{text}");
+    let again = parse_lines(&t.ok(&["jobs", "workers", &mnt, "--json"]));
+    assert!(again.iter().any(|w| w["id"] == tagger), "{again:?}");
+    // --worker and --id name two different things: bad input.
+    let out = t.cli(&["jobs", "cancel", &mnt, "--worker", "1", "--id", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}

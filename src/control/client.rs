@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use super::protocol::{ErrorBody, Op, Reply, Request, PROTOCOL_VERSION};
+use super::protocol::{ErrorBody, Op, Progress, Reply, Request, PROTOCOL_VERSION};
 use crate::base::mountinfo;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +71,12 @@ impl Client {
         })
     }
 
-    /// Sends `op`; `on_progress` sees each progress line; returns the final result.
+    /// Sends `op`; `on_progress` sees each progress line; returns the final result as
+    /// JSON (the envelope: [`Client::call_typed`] reads it as the op's reply type).
     pub fn call(
         &mut self,
         op: Op,
-        mut on_progress: impl FnMut(&str, u64, u64),
+        mut on_progress: impl FnMut(&Progress),
     ) -> Result<serde_json::Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -101,12 +102,33 @@ impl Client {
                     message,
                     files,
                     bytes,
+                    totals,
                     ..
-                } => on_progress(&message, files, bytes),
+                } => on_progress(&Progress {
+                    message,
+                    files,
+                    bytes,
+                    totals,
+                }),
                 Reply::Done { result, .. } => return Ok(result),
                 Reply::Error { error, .. } => return Err(ClientError::Daemon(error)),
             }
         }
+    }
+
+    /// Sends `op` and reads its final result as `T`, the op's reply type
+    /// (`control::replies`; the `Op` variant names it).
+    pub fn call_typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        op: Op,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<T, ClientError> {
+        let v = self.call(op, on_progress)?;
+        serde_json::from_value(v).map_err(|e| {
+            ClientError::Protocol(format!(
+                "the answer is not what this coldtier expects ({e}): use the coldtier binary the daemon runs"
+            ))
+        })
     }
 }
 
@@ -123,12 +145,17 @@ mod tests {
         fn handle(
             &self,
             op: Op,
-            progress: &mut dyn FnMut(String, u64, u64),
+            progress: &mut dyn FnMut(Progress),
             _ctx: &crate::control::server::Ctx,
         ) -> Result<serde_json::Value, ErrorBody> {
             match op {
                 Op::Ping => {
-                    progress("pinging".into(), 1, 2);
+                    progress(Progress::new("pinging", 1, 2));
+                    // Within the throttle's 100 ms, but it says what there is to do: sent.
+                    progress(Progress {
+                        totals: Some(crate::control::protocol::Totals { files: 4, bytes: 8 }),
+                        ..Progress::new("4 candidates, 8 bytes", 0, 0)
+                    });
                     Ok(serde_json::json!({"pong": true}))
                 }
                 _ => Err(ErrorBody {
@@ -149,12 +176,41 @@ mod tests {
         assert!(Server::bind(&sock).is_err());
         let mut c = Client::connect_at(dir.path(), &sock).unwrap();
         let mut seen = Vec::new();
-        let r = c
-            .call(Op::Ping, |m, f, b| seen.push((m.to_string(), f, b)))
-            .unwrap();
+        let r = c.call(Op::Ping, |p| seen.push(p.clone())).unwrap();
         assert_eq!(r, serde_json::json!({"pong": true}));
-        assert_eq!(seen, vec![("pinging".to_string(), 1, 2)]);
-        let e = c.call(Op::Gc { dry_run: true }, |_, _, _| {}).unwrap_err();
+        assert_eq!(
+            seen.iter()
+                .map(|p| (
+                    p.message.as_str(),
+                    p.files,
+                    p.bytes,
+                    p.totals.map(|t| t.files)
+                ))
+                .collect::<Vec<_>>(),
+            vec![
+                ("pinging", 1, 2, None),
+                ("4 candidates, 8 bytes", 0, 0, Some(4))
+            ]
+        );
+        #[derive(Debug, serde::Deserialize)]
+        struct Pong {
+            pong: bool,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct Other {
+            #[allow(dead_code)]
+            other: u64,
+        }
+        assert!(c.call_typed::<Pong>(Op::Ping, |_| {}).unwrap().pong);
+        let e = c.call_typed::<Pong>(Op::Stats, |_| {}).unwrap_err();
+        assert!(matches!(e, ClientError::Daemon(_)), "{e}");
+        // An answer of another shape is a clear protocol error, not a panic or a default.
+        let e = c.call_typed::<Other>(Op::Ping, |_| {}).unwrap_err();
+        assert!(
+            matches!(e, ClientError::Protocol(_)) && e.to_string().contains("other"),
+            "{e}"
+        );
+        let e = c.call(Op::Gc { dry_run: true }, |_| {}).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -166,7 +222,7 @@ mod tests {
             "{e}"
         );
         // Same connection keeps working after an error.
-        assert!(c.call(Op::Ping, |_, _, _| {}).is_ok());
+        assert!(c.call(Op::Ping, |_| {}).is_ok());
     }
 
     #[test]

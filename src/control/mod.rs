@@ -1,9 +1,11 @@
 //! The control socket: a root-only Unix socket per mount over which the CLI asks the daemon
-//! to act (status, pin, recall, migrate ...). `protocol` is the wire format, `server` runs in
-//! the daemon, `client` in the CLI.
+//! to act (status, pin, recall, migrate ...). `protocol` is the wire format (requests,
+//! progress, the reply envelope), `reports` the reporting requests' parameters, `replies`
+//! the typed final answers; `server` runs in the daemon, `client` in the CLI.
 
 pub mod client;
 pub mod protocol;
+pub mod replies;
 pub mod reports;
 pub mod server;
 

@@ -9,79 +9,83 @@ use serde::{Deserialize, Serialize};
 /// Wire version; a daemon refuses requests of another version with a clear error.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// What the CLI asks of the daemon.
+/// What the CLI asks of the daemon. Each op's final answer (`Reply::Done.result`) is the
+/// type of [`super::replies`] its doc names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// Liveness and identity of the daemon.
+    /// Liveness and identity of the daemon. Reply: `PingReply`.
     Ping,
     /// State of each path (absolute paths inside the mount).
+    /// Reply: `PathResults<StatusEntry>`.
     Status {
         paths: Vec<PathBuf>,
         recursive: bool,
     },
+    /// Reply: `PathResults<PinResult>`.
     Pin {
         paths: Vec<PathBuf>,
         recursive: bool,
     },
+    /// Reply: `PathResults<PinResult>`.
     Unpin {
         paths: Vec<PathBuf>,
         recursive: bool,
     },
+    /// Reply: `PathResults<RecallResult>`.
     Recall {
         paths: Vec<PathBuf>,
         recursive: bool,
     },
+    /// Reply: `PathResults<ReleaseResult>`.
     Release {
         paths: Vec<PathBuf>,
         recursive: bool,
     },
-    History {
-        path: PathBuf,
-    },
-    Migrate {
-        dry_run: bool,
-        mode: Option<String>,
-    },
-    Gc {
-        dry_run: bool,
-    },
+    /// Reply: `HistoryReply`.
+    History { path: PathBuf },
+    /// Reply: `MigrateReport`.
+    Migrate { dry_run: bool, mode: Option<String> },
+    /// Reply: `GcReport`.
+    Gc { dry_run: bool },
     /// `coldtier verify`: reconcile the catalog, the files' records and the bucket.
-    Verify {
-        deep: bool,
-    },
+    /// Reply: `VerifyReport`.
+    Verify { deep: bool },
     /// `coldtier catalog backup`: `to` is None (the configured directory and the store),
-    /// "s3" (the store only) or an absolute directory (only there).
-    CatalogBackup {
-        to: Option<String>,
-    },
+    /// "s3" (the store only) or an absolute directory (only there). Reply: `BackupReport`.
+    CatalogBackup { to: Option<String> },
     /// The entries of a directory (or one file) with their tiering state, from the backing
-    /// tree: never recalls, never asks the store.
-    List {
-        path: PathBuf,
-    },
-    /// Files from the catalog (one page).
+    /// tree: never recalls, never asks the store. Reply: `ListReply`.
+    List { path: PathBuf },
+    /// Files from the catalog (one page). Reply: `FindReply`, or `FindCount` with
+    /// `count_only`.
     Find(crate::control::reports::FindRequest),
     /// Files and bytes per state and storage class, space saved, estimated cost.
+    /// Reply: `StatsReply`.
     Stats,
-    /// Events from the catalog (one page).
+    /// Events from the catalog (one page). Reply: `EventsReply`.
     Events(crate::control::reports::EventsRequest),
-    /// The newest policy runs.
-    Jobs {
-        limit: u64,
-    },
-    /// Every config version (secrets redacted).
+    /// The newest policy runs. Reply: `JobsReply`.
+    Jobs { limit: u64 },
+    /// Every config version (secrets redacted). Reply: `ConfigVersionsReply`.
     ConfigVersions,
-    /// Check the event hash chain end to end.
+    /// Check the event hash chain end to end. Reply: `AuditReply`.
     Audit,
     /// Pause tiering: no policy runs, gc or catalog uploads (recalls go on).
+    /// Reply: `PauseReply`.
     Pause,
-    /// Check the store and, if it works, resume tiering.
+    /// Check the store and, if it works, resume tiering. Reply: `ResumeReply`.
     Resume,
     /// Stop the running policy run or gc (that one, if `id` is given) cleanly.
-    CancelJob {
-        job: Option<i64>,
-    },
+    /// Reply: `CancelJobReply`.
+    CancelJob { job: Option<i64> },
+    /// The daemon's background workers (schedulers, tagger, restore pollers) with their
+    /// state and last error. Reply: `WorkersReply`.
+    Workers,
+    /// Cancel the piece of work `worker` (its id in `Workers`) is doing (it then waits
+    /// for its next). Reply: `CancelWorkerReply`. (Not `id`: the request's own `id` sits
+    /// beside the op's fields.)
+    CancelWorker { worker: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +117,36 @@ pub enum ErrorCode {
     Forbidden,
 }
 
+/// What there is to do, once the daemon knows it (a policy run after its scan): the
+/// progress bar's 100%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// One progress report of a request under way: what it does, files and bytes done so far,
+/// and (when the daemon knows it) how much there is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub message: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub totals: Option<Totals>,
+}
+
+impl Progress {
+    /// A report without totals.
+    pub fn new(message: impl Into<String>, files: u64, bytes: u64) -> Progress {
+        Progress {
+            message: message.into(),
+            files,
+            bytes,
+            totals: None,
+        }
+    }
+}
+
 /// One line from the daemon: progress while a long request runs, then exactly one final
 /// `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,11 +159,14 @@ pub enum Reply {
         files: u64,
         #[serde(default)]
         bytes: u64,
+        /// Absent until the daemon knows how much there is to do (and from daemons older
+        /// than this field: the bar then shows counts and a rate only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        totals: Option<Totals>,
     },
-    Done {
-        id: u64,
-        result: serde_json::Value,
-    },
+    /// `result` is the op's reply type (see [`Op`]) as JSON: the envelope stays untyped so
+    /// that one reader serves every op; both ends go through the typed structs.
+    Done { id: u64, result: serde_json::Value },
     Error {
         id: u64,
         #[serde(flatten)]
@@ -138,6 +175,17 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The progress line of request `id`.
+    pub fn progress(id: u64, p: Progress) -> Reply {
+        Reply::Progress {
+            id,
+            message: p.message,
+            files: p.files,
+            bytes: p.bytes,
+            totals: p.totals,
+        }
+    }
+
     pub fn is_final(&self) -> bool {
         !matches!(self, Reply::Progress { .. })
     }
@@ -171,6 +219,17 @@ mod tests {
                 message: "copying".into(),
                 files: 3,
                 bytes: 9,
+                totals: None,
+            },
+            Reply::Progress {
+                id: 1,
+                message: "12 candidates, 4096 bytes".into(),
+                files: 0,
+                bytes: 0,
+                totals: Some(Totals {
+                    files: 12,
+                    bytes: 4096,
+                }),
             },
             Reply::Done {
                 id: 1,
@@ -215,11 +274,23 @@ mod tests {
             Op::Resume,
             Op::CancelJob { job: Some(7) },
             Op::CancelJob { job: None },
+            Op::Workers,
+            Op::CancelWorker { worker: 3 },
         ] {
             let r = Request { v: 1, id: 1, op };
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r, "{line}");
         }
+    }
+
+    #[test]
+    fn progress_without_totals_reads_as_before() {
+        // A daemon older than `totals` (or a line without them) still parses, and a
+        // line without them is written as before.
+        let line = r#"{"kind":"progress","id":1,"message":"scanning","files":0,"bytes":0}"#;
+        let r: Reply = serde_json::from_str(line).unwrap();
+        assert_eq!(r, Reply::progress(1, Progress::new("scanning", 0, 0)));
+        assert_eq!(serde_json::to_string(&r).unwrap(), line);
     }
 
     #[test]

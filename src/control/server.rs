@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::protocol::{ErrorBody, ErrorCode, Op, Reply, Request, PROTOCOL_VERSION};
+use super::protocol::{ErrorBody, ErrorCode, Op, Progress, Reply, Request, PROTOCOL_VERSION};
 
 /// The shortest time between two progress lines of one request.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -45,11 +45,12 @@ pub struct Ctx {
 }
 
 /// What the daemon does with a request. `progress` sends progress lines to the client.
+/// The result is the op's reply type (`control::replies`) as JSON.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         op: Op,
-        progress: &mut dyn FnMut(String, u64, u64),
+        progress: &mut dyn FnMut(Progress),
         ctx: &Ctx,
     ) -> Result<serde_json::Value, ErrorBody>;
 }
@@ -224,15 +225,16 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
                 let id = r.id;
                 let mut out = writer.try_clone();
                 // At most ten progress lines a second (a recall of many small files would
-                // otherwise send one per file); the final reply carries the totals.
+                // otherwise send one per file); the final reply carries the totals. A line
+                // that says how much there is to do always goes: the bar needs it.
                 let mut last: Option<std::time::Instant> = None;
-                let mut progress = |message: String, files: u64, bytes: u64| {
-                    if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                let mut progress = |p: Progress| {
+                    if p.totals.is_none() && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
                         return;
                     }
                     last = Some(std::time::Instant::now());
                     if let Ok(w) = out.as_mut() {
-                        let _ = send(w, &Reply::Progress { id, message, files, bytes });
+                        let _ = send(w, &Reply::progress(id, p));
                     }
                 };
                 let ctx = Ctx {

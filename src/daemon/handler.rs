@@ -1,18 +1,26 @@
 //! The daemon's answers to the CLI (control socket requests): status, pin, unpin,
-//! recall, release, history, migrate, gc. Paths arrive as absolute paths inside the mount
-//! and are reached in the backing tree with openat2 below the source root (no `..`, no
-//! symlinks), so a request can never name a file outside the source.
+//! recall, release, history, migrate, gc, verify, catalog backup, pause, resume, jobs
+//! cancel, workers. Paths arrive as absolute paths inside the mount and are reached in the
+//! backing tree with openat2 below the source root (no `..`, no symlinks), so a request can
+//! never name a file outside the source. Each answer is built as its wire type
+//! (`control::replies`); the engine's own types and JSON are converted here.
 
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Value};
 
 use crate::catalog::FileState;
 use crate::config::{Config, MigrateMode};
-use crate::control::protocol::{ErrorBody, ErrorCode, Op};
+use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress, Totals};
+use crate::control::replies::{
+    BackupReport, CancelJobReply, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
+    PathResult, PathResults, PauseReply, PinResult, PingDetail, PingReply, PlannedFile,
+    RecallResult, ReleaseResult, ResumeReply, StatusEntry, VerifyReport, WorkerRow, WorkersReply,
+};
 use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
 use crate::tier::engine::{ns_of, StepError, Tiering};
@@ -34,6 +42,24 @@ pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
         code,
         message: message.into(),
     }
+}
+
+/// A reply type as the `Done` envelope carries it.
+pub(crate) fn reply<T: Serialize>(r: T) -> Result<Value, ErrorBody> {
+    serde_json::to_value(r)
+        .map_err(|e| err(ErrorCode::Failed, format!("cannot encode the answer: {e}")))
+}
+
+/// An engine report the engine hands over as JSON (gc, verify, a catalog backup), read as
+/// its wire type: a field the engine renamed or dropped is an error here, not a silent
+/// gap in the CLI's output.
+fn from_engine<T: DeserializeOwned>(what: &str, v: Value) -> Result<T, ErrorBody> {
+    serde_json::from_value(v).map_err(|e| {
+        err(
+            ErrorCode::Failed,
+            format!("the {what} report does not have the protocol's shape: {e}"),
+        )
+    })
 }
 
 fn step_err(e: StepError) -> ErrorBody {
@@ -120,20 +146,19 @@ impl Control {
         out
     }
 
-    /// Runs `f` on each file; collects `{path, ok, ...}` results.
-    fn each(
+    /// Runs `f` on each file; collects each file's result (`{path, ok, ...}`).
+    fn each<T>(
         &self,
         paths: &[PathBuf],
         recursive: bool,
-        progress: &mut dyn FnMut(String, u64, u64),
-        mut f: impl FnMut(&Path, &File) -> Result<Value, String>,
-    ) -> Value {
-        let mut results = Vec::new();
-        let mut failed = 0u64;
+        progress: &mut dyn FnMut(Progress),
+        mut f: impl FnMut(&Path, &File) -> Result<T, String>,
+    ) -> PathResults<T> {
+        let mut out = PathResults::default();
         let mut done = 0u64;
         for item in self.expand(paths, recursive) {
             let r = match item {
-                Err((p, e)) => Err((p, e)),
+                Err((p, e)) => PathResult::failed(p, e),
                 Ok(rel) => {
                     let abs = self.abs(&rel);
                     match backing::open_beneath(
@@ -141,37 +166,30 @@ impl Control {
                         &rel,
                         libc::O_PATH | libc::O_NOFOLLOW,
                     ) {
-                        Err(e) => Err((abs, std::io::Error::from_raw_os_error(e.0).to_string())),
-                        Ok(fd) => {
-                            f(&rel, &File::from(fd))
-                                .map_err(|e| (abs.clone(), e))
-                                .map(|mut v| {
-                                    v["path"] = json!(abs);
-                                    v
-                                })
-                        }
+                        Err(e) => PathResult::failed(
+                            abs,
+                            std::io::Error::from_raw_os_error(e.0).to_string(),
+                        ),
+                        Ok(fd) => match f(&rel, &File::from(fd)) {
+                            Ok(v) => PathResult::ok(abs, v),
+                            Err(e) => PathResult::failed(abs, e),
+                        },
                     }
                 }
             };
-            match r {
-                Ok(mut v) => {
-                    v["ok"] = json!(true);
-                    results.push(v)
-                }
-                Err((p, e)) => {
-                    failed += 1;
-                    results.push(json!({"path": p, "ok": false, "error": e}));
-                }
+            if !r.ok {
+                out.failed += 1;
             }
+            out.results.push(r);
             done += 1;
             if done % 100 == 0 {
-                progress(format!("{done} files"), done, 0);
+                progress(Progress::new(format!("{done} files"), done, 0));
             }
         }
-        json!({"results": results, "failed": failed})
+        out
     }
 
-    fn status_of(&self, rel: &Path, f: &File) -> Result<Value, String> {
+    fn status_of(&self, rel: &Path, f: &File) -> Result<StatusEntry, String> {
         let st = backing::stat_fd(f.as_fd()).map_err(|e| format!("{e:?}"))?;
         let (state, pinned, row, rec) = self.t.state_of(f.as_fd());
         let size = match (&rec, state) {
@@ -188,23 +206,26 @@ impl Control {
         } else {
             state
         };
-        Ok(json!({
-            "rel_path": rel,
-            "state": state.as_str(),
-            "size": size,
-            "pinned": pinned,
-            "file_id": row.as_ref().map(|r| r.file_id.clone()).or_else(|| rec_ok.map(|r| r.file_id.clone())),
-            "object_key": rec_ok.map(|r| self.t.full_key(&r.object_key)),
-            "version_id": rec_ok.and_then(|r| r.version_id.clone()),
-            "storage_class": rec_ok.map(|r| r.storage_class.clone()),
-            "checksum": rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
-            "blocks": st.blocks,
+        Ok(StatusEntry {
+            rel_path: rel.to_path_buf(),
+            state: state.as_str().into(),
+            size,
+            pinned,
+            file_id: row
+                .as_ref()
+                .map(|r| r.file_id.clone())
+                .or_else(|| rec_ok.map(|r| r.file_id.clone())),
+            object_key: rec_ok.map(|r| self.t.full_key(&r.object_key)),
+            version_id: rec_ok.and_then(|r| r.version_id.clone()),
+            storage_class: rec_ok.map(|r| r.storage_class.clone()),
+            checksum: rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
+            blocks: st.blocks,
             // From the catalog, never from the store (status must not contact it).
-            "restore": (state == FileState::RestorePending).then_some("in_progress"),
-        }))
+            restore: (state == FileState::RestorePending).then(|| "in_progress".into()),
+        })
     }
 
-    fn pin(&self, rel: &Path, f: &File, pin: bool) -> Result<Value, String> {
+    fn pin(&self, rel: &Path, f: &File, pin: bool) -> Result<PinResult, String> {
         let fd = f.as_fd();
         let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
         // Under the file's gate: a stub step reads the pin under it (and a copy of a new
@@ -216,7 +237,10 @@ impl Control {
             (None, Some(rec)) => self.t.row_for(&rec, fd, state),
             (None, None) => {
                 if !pin {
-                    return Ok(json!({"pinned": false}));
+                    return Ok(PinResult {
+                        pinned: false,
+                        state: None,
+                    });
                 }
                 let id = match marks::file_id(fd).map_err(|e| format!("{e:?}"))? {
                     Some(i) => i,
@@ -240,7 +264,10 @@ impl Control {
         self.t
             .record(&mut row, crate::tier::record::Change::of(action, json!({})))
             .map_err(|e| e.to_string())?;
-        Ok(json!({"pinned": pin, "state": state.as_str()}))
+        Ok(PinResult {
+            pinned: pin,
+            state: Some(state.as_str().into()),
+        })
     }
 
     /// `coldtier recall`: every stub named, several at a time (4 x `store.concurrency`, as
@@ -249,45 +276,49 @@ impl Control {
         &self,
         paths: &[PathBuf],
         recursive: bool,
-        progress: &mut dyn FnMut(String, u64, u64),
-    ) -> Value {
+        progress: &mut dyn FnMut(Progress),
+    ) -> PathResults<RecallResult> {
         let items = self.expand(paths, recursive);
         let total = items.len() as u64;
         let slots = (self.t.settings().uploads.concurrency * 4).clamp(1, 256);
         let t = self.t.clone();
-        let mut results: Vec<(usize, Value)> = Vec::new();
+        let mut results: Vec<(usize, PathResult<RecallResult>)> = Vec::new();
         let mut failed = 0u64;
         t.rt.clone().block_on(async {
             let sem = Arc::new(tokio::sync::Semaphore::new(slots));
             let mut set = tokio::task::JoinSet::new();
             let mut done = 0u64;
             let mut bytes = 0u64;
-            let mut collect =
-                |r: Result<(usize, PathBuf, Result<Value, String>), tokio::task::JoinError>,
-                 results: &mut Vec<(usize, Value)>,
-                 failed: &mut u64| {
-                    let Ok((i, abs, r)) = r else { return };
-                    done += 1;
-                    match r {
-                        Ok(mut v) => {
-                            bytes += v["bytes"].as_u64().unwrap_or(0);
-                            v["path"] = json!(abs);
-                            v["ok"] = json!(true);
-                            results.push((i, v));
-                        }
-                        Err(e) => {
-                            *failed += 1;
-                            results.push((i, json!({"path": abs, "ok": false, "error": e})));
-                        }
+            let mut collect = |r: Result<
+                (usize, PathBuf, Result<RecallResult, String>),
+                tokio::task::JoinError,
+            >,
+                               results: &mut Vec<(usize, PathResult<RecallResult>)>,
+                               failed: &mut u64| {
+                let Ok((i, abs, r)) = r else { return };
+                done += 1;
+                match r {
+                    Ok(v) => {
+                        bytes += v.bytes.unwrap_or(0);
+                        results.push((i, PathResult::ok(abs, v)));
                     }
-                    progress(format!("recalled {done} of {total}"), done, bytes);
-                };
+                    Err(e) => {
+                        *failed += 1;
+                        results.push((i, PathResult::failed(abs, e)));
+                    }
+                }
+                progress(Progress::new(
+                    format!("recalled {done} of {total}"),
+                    done,
+                    bytes,
+                ));
+            };
             for (i, item) in items.into_iter().enumerate() {
                 let rel = match item {
                     Ok(rel) => rel,
                     Err((p, e)) => {
                         failed += 1;
-                        results.push((i, json!({"path": p, "ok": false, "error": e})));
+                        results.push((i, PathResult::failed(p, e)));
                         continue;
                     }
                 };
@@ -312,17 +343,24 @@ impl Control {
             tracing::error!("catalog: {e}");
         }
         results.sort_by_key(|(i, _)| *i);
-        let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
-        json!({"results": results, "failed": failed})
+        PathResults {
+            results: results.into_iter().map(|(_, v)| v).collect(),
+            failed,
+        }
     }
 
-    fn release(&self, f: &File) -> Result<Value, String> {
+    fn release(&self, f: &File) -> Result<ReleaseResult, String> {
         let fd = f.as_fd();
         if marks::record(fd, marks::STUB)
             .map_err(|e| format!("{e:?}"))?
             .is_some()
         {
-            return Ok(json!({"released": false, "note": "already a stub"}));
+            return Ok(ReleaseResult {
+                released: false,
+                note: Some("already a stub".into()),
+                bytes: None,
+                bytes_freed: None,
+            });
         }
         let Some(rec) = marks::record(fd, marks::COPY).map_err(|e| format!("{e:?}"))? else {
             return Err(
@@ -338,9 +376,12 @@ impl Control {
             .stub_step(node, f, &rec, expect, Action::Release, Vec::new())
             .map_err(|e| e.message)?
         {
-            crate::tier::migrate::Outcome::Stubbed(freed) => {
-                Ok(json!({"released": true, "bytes": rec.size, "bytes_freed": freed}))
-            }
+            crate::tier::migrate::Outcome::Stubbed(freed) => Ok(ReleaseResult {
+                released: true,
+                note: None,
+                bytes: Some(rec.size),
+                bytes_freed: Some(freed),
+            }),
             crate::tier::migrate::Outcome::Busy => {
                 Err("the file is open: close it and try again".into())
             }
@@ -352,7 +393,7 @@ impl Control {
         }
     }
 
-    fn history(&self, p: &Path) -> Result<Value, ErrorBody> {
+    fn history(&self, p: &Path) -> Result<HistoryReply, ErrorBody> {
         let rel = self.rel(p)?;
         let id = match backing::open_beneath(self.t.root(), &rel, libc::O_PATH | libc::O_NOFOLLOW) {
             Ok(fd) => marks::file_id(fd.as_fd()).ok().flatten(),
@@ -391,7 +432,11 @@ impl Control {
             .catalog
             .history(&id)
             .map_err(|e| err(ErrorCode::Failed, e.to_string()))?;
-        Ok(json!({"path": p, "file_id": id, "events": events}))
+        Ok(HistoryReply {
+            path: p.to_path_buf(),
+            file_id: id,
+            events: events.into_iter().map(super::reports::event_row).collect(),
+        })
     }
 }
 
@@ -402,7 +447,7 @@ impl Control {
     fn handle_user(
         &self,
         op: Op,
-        progress: &mut dyn FnMut(String, u64, u64),
+        progress: &mut dyn FnMut(Progress),
         peer: &Peer,
     ) -> Result<Value, ErrorBody> {
         let may = |paths: &[(PathBuf, i32)]| -> Result<Vec<bool>, ErrorBody> {
@@ -416,36 +461,36 @@ impl Control {
             )
         };
         match op {
-            Op::Ping => Ok(json!({"pid": std::process::id(), "mountpoint": self.t.mountpoint})),
+            Op::Ping => reply(PingReply {
+                pid: std::process::id(),
+                mountpoint: self.t.mountpoint.clone(),
+                detail: None,
+            }),
             Op::Status { paths, recursive } => {
-                let v = self.each(&paths, recursive, progress, |rel, f| self.status_of(rel, f));
-                let results = v["results"].as_array().cloned().unwrap_or_default();
+                let all = self.each(&paths, recursive, progress, |rel, f| self.status_of(rel, f));
                 // Each file must be readable by the user; a file found by -r must also sit
                 // in a directory the user may list (its name is no secret then).
-                let rel_of = |r: &Value| {
-                    let p = PathBuf::from(r["path"].as_str().unwrap_or(""));
-                    self.rel(&p).unwrap_or(p)
-                };
                 let mut asks: Vec<(PathBuf, i32)> = Vec::new();
-                for r in &results {
-                    let rel = rel_of(r);
+                for r in &all.results {
+                    let rel = self.rel(&r.path).unwrap_or_else(|_| r.path.clone());
                     let dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
                     asks.push((rel, libc::R_OK));
                     asks.push((dir, libc::R_OK | libc::X_OK));
                 }
                 let ok = may(&asks)?;
-                let mut out = Vec::new();
-                for (i, r) in results.into_iter().enumerate() {
-                    let named = paths.iter().any(|p| p.as_os_str() == r["path"].as_str().unwrap_or(""));
+                let mut out = PathResults::default();
+                for (i, r) in all.results.into_iter().enumerate() {
+                    let named = paths.iter().any(|p| p.as_os_str() == r.path.as_os_str());
                     let (readable, listable) = (ok[2 * i], ok[2 * i + 1]);
                     if readable && (named || listable) {
-                        out.push(r);
+                        out.results.push(r);
                     } else if named {
-                        out.push(json!({"path": r["path"], "ok": false, "error": "permission denied"}));
+                        out.results
+                            .push(PathResult::failed(r.path, "permission denied"));
                     }
                 }
-                let failed = out.iter().filter(|r| r["ok"] != true).count();
-                Ok(json!({"results": out, "failed": failed}))
+                out.failed = out.results.iter().filter(|r| !r.ok).count() as u64;
+                reply(out)
             }
             Op::List { ref path } => {
                 let rel = self.rel(path)?;
@@ -465,7 +510,7 @@ impl Control {
                 if !may(&[(rel, libc::R_OK)])?[0] {
                     return Err(denied(&path));
                 }
-                self.history(&path)
+                reply(self.history(&path)?)
             }
             _ => Err(err(
                 ErrorCode::Forbidden,
@@ -479,7 +524,7 @@ impl Handler for Control {
     fn handle(
         &self,
         op: Op,
-        progress: &mut dyn FnMut(String, u64, u64),
+        progress: &mut dyn FnMut(Progress),
         ctx: &Ctx,
     ) -> Result<Value, ErrorBody> {
         if !ctx.peer.is_root() {
@@ -487,33 +532,35 @@ impl Handler for Control {
         }
         let cancel = &ctx.cancel;
         match op {
-            Op::Ping => Ok(json!({
-                "pid": std::process::id(),
-                "source": self.t.source,
-                "mountpoint": self.t.mountpoint,
-                "store": self.t.store_opt().map(|s| s.describe()),
-                "catalog": self.t.catalog.path(),
-            })),
+            Op::Ping => reply(PingReply {
+                pid: std::process::id(),
+                mountpoint: self.t.mountpoint.clone(),
+                detail: Some(PingDetail {
+                    source: self.t.source.clone(),
+                    store: self.t.store_opt().map(|s| s.describe()),
+                    catalog: self.t.catalog.path().to_path_buf(),
+                }),
+            }),
             Op::Status { paths, recursive } => {
-                Ok(self.each(&paths, recursive, progress, |rel, f| self.status_of(rel, f)))
+                reply(self.each(&paths, recursive, progress, |rel, f| self.status_of(rel, f)))
             }
             Op::Pin { paths, recursive } => {
-                Ok(self.each(&paths, recursive, progress, |rel, f| self.pin(rel, f, true)))
+                reply(self.each(&paths, recursive, progress, |rel, f| self.pin(rel, f, true)))
             }
             Op::Unpin { paths, recursive } => {
-                Ok(self.each(&paths, recursive, progress, |rel, f| {
+                reply(self.each(&paths, recursive, progress, |rel, f| {
                     self.pin(rel, f, false)
                 }))
             }
-            Op::Recall { paths, recursive } => Ok(self.recall_many(&paths, recursive, progress)),
+            Op::Recall { paths, recursive } => reply(self.recall_many(&paths, recursive, progress)),
             Op::Release { paths, recursive } => {
                 let r = self.each(&paths, recursive, progress, |_, f| self.release(f));
                 if let Err(e) = self.t.catalog.sync() {
                     tracing::error!("catalog: {e}");
                 }
-                Ok(r)
+                reply(r)
             }
-            Op::History { path } => self.history(&path),
+            Op::History { path } => reply(self.history(&path)?),
             Op::Migrate { dry_run, mode } => {
                 let mode = match (dry_run, mode.as_deref()) {
                     (true, _) => MigrateMode::DryRun,
@@ -530,10 +577,10 @@ impl Handler for Control {
                 };
                 let t = self.t.clone();
                 let mut last = std::time::Instant::now();
-                let mut relay = |m: String, f: u64, b: u64| {
-                    if last.elapsed().as_millis() >= 500 || f == 0 {
+                let mut relay = |p: Progress| {
+                    if last.elapsed().as_millis() >= 500 || p.files == 0 || p.totals.is_some() {
                         last = std::time::Instant::now();
-                        progress(m, f, b);
+                        progress(p);
                     }
                 };
                 let cancel = cancel.clone();
@@ -548,14 +595,14 @@ impl Handler for Control {
                     },
                 )
                 .map_err(step_err)?;
-                serde_json::to_value(summary).map_err(|e| err(ErrorCode::Failed, e.to_string()))
+                reply(migrate_report(summary))
             }
             Op::Pause => {
                 if !self.t.paused() {
                     self.t.set_paused(true);
                     tracing::warn!("tiering paused (coldtier pause)");
                 }
-                Ok(json!({"paused": true}))
+                reply(PauseReply { paused: true })
             }
             Op::Resume => {
                 let store = self.t.store().map_err(step_err)?;
@@ -575,17 +622,26 @@ impl Handler for Control {
                     self.t.set_paused(false);
                     tracing::info!("tiering resumed (coldtier resume)");
                 }
-                Ok(json!({"paused": false, "validates_checksums": c.validates_checksums}))
+                reply(ResumeReply {
+                    paused: false,
+                    validates_checksums: c.validates_checksums,
+                })
             }
-            Op::Gc { dry_run } => self
-                .t
-                .rt
-                .block_on(self.t.gc(dry_run, cancel))
-                .map_err(step_err),
+            Op::Gc { dry_run } => {
+                let v = self
+                    .t
+                    .rt
+                    .block_on(self.t.gc(dry_run, cancel))
+                    .map_err(step_err)?;
+                reply(from_engine::<GcReport>("gc", v)?)
+            }
             Op::CancelJob { job } => match self.t.cancel_job(job) {
                 Some((id, kind)) => {
                     tracing::warn!(job_id = id, kind, "job cancelled (coldtier jobs cancel)");
-                    Ok(json!({"cancelled": id, "kind": kind}))
+                    reply(CancelJobReply {
+                        cancelled: id,
+                        kind,
+                    })
                 }
                 None => Err(err(
                     ErrorCode::NotFound,
@@ -597,23 +653,53 @@ impl Handler for Control {
             },
             Op::Verify { deep } => {
                 let t = self.t.clone();
-                run_relaying(
+                let v = run_relaying(
                     &self.t,
                     "verify",
                     true,
                     progress,
                     move |mut send| async move { t.reconcile(deep, &mut send).await },
                 )
-                .map_err(step_err)
+                .map_err(step_err)?;
+                reply(from_engine::<VerifyReport>("verify", v)?)
             }
             Op::CatalogBackup { to } => {
-                crate::jobs::backup::backup_now(&self.t, to.as_deref(), "manual").map_err(|e| {
-                    if e.errno == libc::EINVAL {
-                        err(ErrorCode::BadRequest, e.message)
-                    } else {
-                        step_err(e)
+                let v = crate::jobs::backup::backup_now(&self.t, to.as_deref(), "manual").map_err(
+                    |e| {
+                        if e.errno == libc::EINVAL {
+                            err(ErrorCode::BadRequest, e.message)
+                        } else {
+                            step_err(e)
+                        }
+                    },
+                )?;
+                reply(from_engine::<BackupReport>("catalog backup", v)?)
+            }
+            Op::Workers => reply(WorkersReply {
+                workers: self.t.workers.list().into_iter().map(worker_row).collect(),
+            }),
+            Op::CancelWorker { worker: id } => {
+                let found = self.t.workers.list().into_iter().find(|w| w.id == id);
+                match found {
+                    Some(w) if self.t.workers.cancel(id) => {
+                        tracing::warn!(
+                            worker = id,
+                            name = %w.name,
+                            state = %w.state,
+                            "worker's work cancelled (coldtier jobs cancel --worker)"
+                        );
+                        reply(CancelWorkerReply {
+                            worker: id,
+                            name: w.name,
+                            state: w.state,
+                        })
                     }
-                })
+                    // Gone meanwhile (a restore poller that finished): no such worker now.
+                    _ => Err(err(
+                        ErrorCode::NotFound,
+                        format!("no worker {id} is running (`coldtier jobs workers` lists them)"),
+                    )),
+                }
             }
             op @ (Op::List { .. }
             | Op::Find(_)
@@ -628,11 +714,15 @@ impl Handler for Control {
 }
 
 /// Recalls one file (relative path) if it is a stub.
-async fn recall_one(t: &Tiering, rel: &Path) -> Result<Value, String> {
+async fn recall_one(t: &Tiering, rel: &Path) -> Result<RecallResult, String> {
     let fd = backing::open_beneath(t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)
         .map_err(|e| std::io::Error::from_raw_os_error(e.0).to_string())?;
     let Some(rec) = marks::record(fd.as_fd(), marks::STUB).map_err(|e| format!("{e:?}"))? else {
-        return Ok(json!({"recalled": false, "note": "data is local already"}));
+        return Ok(RecallResult {
+            recalled: false,
+            note: Some("data is local already".into()),
+            bytes: None,
+        });
     };
     let st = backing::stat_fd(fd.as_fd()).map_err(|e| format!("{e:?}"))?;
     let node = t.node_id(&st);
@@ -640,19 +730,95 @@ async fn recall_one(t: &Tiering, rel: &Path) -> Result<Value, String> {
     t.recall_and_wait(node, fd.as_fd(), rec)
         .await
         .map_err(|e| std::io::Error::from_raw_os_error(e).to_string())?;
-    Ok(json!({"recalled": true, "bytes": size}))
+    Ok(RecallResult {
+        recalled: true,
+        note: None,
+        bytes: Some(size),
+    })
 }
 
-/// A job's progress callback: (message, files, bytes).
+/// A policy run's summary as the protocol says it (the CLI does not know the engine).
+fn migrate_report(s: crate::tier::migrate::RunSummary) -> MigrateReport {
+    MigrateReport {
+        job_id: s.job_id,
+        mode: s.mode,
+        scanned: s.scanned,
+        candidates: s.candidates,
+        deferred: s.deferred,
+        copied: s.copied,
+        bytes_copied: s.bytes_copied,
+        stubbed: s.stubbed,
+        bytes_freed: s.bytes_freed,
+        busy: s.busy,
+        failed: s.failed,
+        errors: s.errors,
+        files: s
+            .files
+            .into_iter()
+            .map(|f| PlannedFile {
+                path: f.path,
+                size: f.size,
+                plan: f.plan.into(),
+            })
+            .collect(),
+        seconds: s.seconds,
+        cancelled: s.cancelled,
+    }
+}
+
+/// A background worker as the protocol says it.
+fn worker_row(w: crate::base::worker::WorkerInfo) -> WorkerRow {
+    WorkerRow {
+        id: w.id,
+        name: w.name,
+        state: w.state,
+        status: w.status,
+        runs: w.runs,
+        errors: w.errors,
+        last_error: w.last_error,
+        last_error_ns: w.last_error_ns,
+    }
+}
+
+/// A job's progress callback, as the engine calls it: (message, files, bytes).
 pub type Relay = Box<dyn FnMut(String, u64, u64) + Send>;
 
+/// What a policy run has to do, from the message the engine reports it in: "N candidates,
+/// B bytes".
+fn parse_totals(message: &str) -> Option<Totals> {
+    let (files, rest) = message.split_once(" candidates, ")?;
+    let bytes = rest.strip_suffix(" bytes")?;
+    Some(Totals {
+        files: files.trim().parse().ok()?,
+        bytes: bytes.trim().parse().ok()?,
+    })
+}
+
+/// The seam between the engine's progress and the protocol's. The engine reports through
+/// an untyped `FnMut(String, u64, u64)`, and `Tiering::run_policy` says what a run has to
+/// do, once its scan is done, as the message "N candidates, B bytes". Here, where the
+/// engine's progress is relayed to the client, that message becomes `Progress::totals`
+/// (the message itself is kept for the line it shows), so the CLI reads the totals from
+/// fields and parses no text. When the engine reports a typed event instead, it is
+/// translated here and `parse_totals` goes.
+fn engine_progress(message: String, files: u64, bytes: u64) -> Progress {
+    let totals = parse_totals(&message);
+    Progress {
+        message,
+        files,
+        bytes,
+        totals,
+    }
+}
+
 /// Runs an engine job from a plain thread (a control-socket connection) on the engine's
-/// runtime, relaying its progress to `progress` (at most twice a second with `throttle`).
+/// runtime, relaying its progress to `progress` (at most twice a second with `throttle`;
+/// the line with the totals always goes).
 fn run_relaying<T, F, Fut>(
     t: &Arc<Tiering>,
     what: &str,
     throttle: bool,
-    progress: &mut dyn FnMut(String, u64, u64),
+    progress: &mut dyn FnMut(Progress),
     job: F,
 ) -> Result<T, StepError>
 where
@@ -660,20 +826,41 @@ where
     F: FnOnce(Relay) -> Fut,
     Fut: std::future::Future<Output = Result<T, StepError>> + Send + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let mut last: Option<std::time::Instant> = None;
     let relay: Relay = Box::new(move |m, f, b| {
-        if !throttle || last.is_none_or(|l| l.elapsed().as_millis() >= 500) {
+        let p = engine_progress(m, f, b);
+        if !throttle || p.totals.is_some() || last.is_none_or(|l| l.elapsed().as_millis() >= 500) {
             last = Some(std::time::Instant::now());
-            let _ = tx.send((m, f, b));
+            let _ = tx.send(p);
         }
     });
     let task = t.rt.spawn(job(relay));
     t.rt.block_on(async {
-        while let Some((m, f, b)) = rx.recv().await {
-            progress(m, f, b);
+        while let Some(p) = rx.recv().await {
+            progress(p);
         }
         task.await
             .map_err(|e| StepError::new(libc::EIO, format!("{what} task: {e}")))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engines_totals_message_becomes_typed_totals() {
+        let p = engine_progress("12 candidates, 4096 bytes".into(), 0, 0);
+        assert_eq!(
+            p.totals,
+            Some(Totals {
+                files: 12,
+                bytes: 4096
+            })
+        );
+        assert_eq!(p.message, "12 candidates, 4096 bytes");
+        assert_eq!(engine_progress("migrating".into(), 3, 9).totals, None);
+        assert_eq!(parse_totals("x candidates, 5 bytes"), None);
+    }
 }

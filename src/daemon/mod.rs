@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::mountinfo;
 use crate::catalog::Catalog;
-use crate::cli::{MountArgs, UmountArgs};
+use crate::cli::args::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
 use crate::fs::fuse::{FuseAdapter, Ttls, FS_TYPE};
@@ -25,9 +25,7 @@ use crate::tier::context::Tiering;
 use handler::{ConfigCell, Control};
 
 /// A problem with what the user asked for: reported in one line, exit code 2, nothing mounted.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
+pub use crate::cli::BadInput;
 
 pub(crate) fn bad(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::bad;
 use crate::catalog::{Catalog, EventKind};
-use crate::cli::CatalogRebuildArgs;
+use crate::cli::args::CatalogRebuildArgs;
 use crate::config::Config;
 use crate::fs::backing;
 use crate::tier::context::KEY_PREFIX;

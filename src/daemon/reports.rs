@@ -1,6 +1,7 @@
 //! The daemon's answers to the reporting requests: `ls` (a directory's entries with their
 //! tiering state, from the backing tree and the xattrs: no recall, no store request),
-//! `find`, `stats`, `events`, `jobs`, `config` and `audit` (from the catalog).
+//! `find`, `stats`, `events`, `jobs`, `config` and `audit` (from the catalog). Each is
+//! built as its wire type (`control::replies`), converted from the catalog's rows here.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -8,16 +9,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::catalog::{CatalogError, EventKind, EventQuery, FileQuery, FileState};
+use crate::catalog::{CatalogError, Event, EventKind, EventQuery, FileQuery, FileState, Job};
 use crate::config::Config;
 use crate::control::protocol::{ErrorBody, ErrorCode, Op};
+use crate::control::replies::{
+    AuditReply, ChainHead, ClassTotal, ConfigVersionRow, ConfigVersionsReply, Count, EntryStat,
+    EventRow, EventsReply, FindCount, FindReply, FoundFile, JobRow, JobsReply, ListEntry,
+    ListReply, StateTotal, StatsReply, StoreSummary,
+};
 use crate::control::reports::{EventsRequest, FindRequest};
 use crate::fs::backing::{self, Stat};
 use crate::tier::engine::{ns_of, Tiering};
 
-use super::handler::err;
+use super::handler::{err, reply};
 
 /// Largest page of `find` or `events` one request returns.
 pub const MAX_PAGE: u64 = 10_000;
@@ -29,15 +35,50 @@ fn cat_err(e: CatalogError) -> ErrorBody {
 /// Answers a reporting request; `None` if `op` is not one.
 pub fn handle(t: &Arc<Tiering>, config: &Config, op: &Op) -> Option<Result<Value, ErrorBody>> {
     Some(match op {
-        Op::List { path } => list(t, path),
-        Op::Find(r) => find(t, r),
-        Op::Stats => stats(t, config),
-        Op::Events(r) => events(t, r),
-        Op::Jobs { limit } => jobs(t, *limit),
-        Op::ConfigVersions => config_versions(t),
-        Op::Audit => audit(t),
+        Op::List { path } => list(t, path).and_then(reply),
+        Op::Find(r) if r.count_only => count(t, r).and_then(reply),
+        Op::Find(r) => find(t, r).and_then(reply),
+        Op::Stats => stats(t, config).and_then(reply),
+        Op::Events(r) => events(t, r).and_then(reply),
+        Op::Jobs { limit } => jobs(t, *limit).and_then(reply),
+        Op::ConfigVersions => config_versions(t).and_then(reply),
+        Op::Audit => audit(t).and_then(reply),
         _ => return None,
     })
+}
+
+/// A catalog event as the protocol says it (`history`, `events`).
+pub(crate) fn event_row(e: Event) -> EventRow {
+    EventRow {
+        id: e.id,
+        time_ns: e.time_ns,
+        file_id: e.file_id,
+        path: e.path,
+        kind: e.kind.as_str().into(),
+        detail: e.detail,
+        config_version: e.config_version,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    }
+}
+
+fn job_row(j: Job) -> JobRow {
+    JobRow {
+        id: j.id,
+        kind: j.kind,
+        mode: j.mode,
+        config_version: j.config_version,
+        started_ns: j.started_ns,
+        finished_ns: j.finished_ns,
+        files_scanned: j.files_scanned,
+        files_copied: j.files_copied,
+        bytes_copied: j.bytes_copied,
+        files_stubbed: j.files_stubbed,
+        files_failed: j.files_failed,
+        errors: j.errors,
+        duration_ms: j.duration_ms,
+        bytes_stubbed: j.bytes_stubbed,
+    }
 }
 
 fn rel_of(t: &Tiering, p: &Path) -> Result<PathBuf, ErrorBody> {
@@ -62,32 +103,45 @@ fn kind_of(st: &Stat) -> &'static str {
 }
 
 /// One entry as `ls` shows it: what `stat` through the mount shows, plus the state.
-fn entry(t: &Tiering, dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> Value {
+fn entry(t: &Tiering, dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> ListEntry {
     let name_s = String::from_utf8_lossy(name.as_bytes()).into_owned();
     let st = match backing::stat_at(dir, name) {
         Ok(st) => st,
-        Err(e) => return json!({"name": name_s, "error": errno_text(e)}),
+        Err(e) => {
+            return ListEntry {
+                name: name_s,
+                error: Some(errno_text(e)),
+                stat: None,
+            }
+        }
     };
-    let mut v = json!({
-        "name": name_s,
-        "type": kind_of(&st),
-        "mode": st.mode & 0o7777,
-        "nlink": st.nlink,
-        "uid": st.uid,
-        "gid": st.gid,
-        "size": st.size,
-        "mtime_ns": ns_of(st.mtime),
-    });
+    let mut v = EntryStat {
+        kind: kind_of(&st).into(),
+        mode: st.mode & 0o7777,
+        nlink: st.nlink,
+        uid: st.uid,
+        gid: st.gid,
+        size: st.size,
+        mtime_ns: ns_of(st.mtime),
+        state: None,
+        pinned: None,
+        storage_class: None,
+        target: None,
+    };
     match st.file_type() {
         libc::S_IFREG => {
             let Ok(fd) = backing::open_path_at(dir, name) else {
-                return v;
+                return ListEntry {
+                    name: name_s,
+                    error: None,
+                    stat: Some(v),
+                };
             };
             let (state, pinned, _, rec) = t.state_of(fd.as_fd());
             let state = match (&rec, state) {
                 (Some(r), FileState::Stub | FileState::Recalling | FileState::RestorePending) => {
-                    v["size"] = json!(r.size);
-                    v["storage_class"] = json!(r.storage_class);
+                    v.size = r.size;
+                    v.storage_class = Some(r.storage_class.clone());
                     state
                 }
                 // A copy record that no longer matches the data: the file changed.
@@ -97,27 +151,31 @@ fn entry(t: &Tiering, dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) 
                     FileState::Resident
                 }
                 (Some(r), s) => {
-                    v["storage_class"] = json!(r.storage_class);
+                    v.storage_class = Some(r.storage_class.clone());
                     s
                 }
                 (None, s) => s,
             };
-            v["state"] = json!(state.as_str());
-            v["pinned"] = json!(pinned);
+            v.state = Some(state.as_str().into());
+            v.pinned = Some(pinned);
         }
         libc::S_IFLNK => {
             if let Ok(fd) = backing::open_path_at(dir, name) {
                 if let Ok(target) = backing::readlink_fd(fd.as_fd()) {
-                    v["target"] = json!(String::from_utf8_lossy(&target));
+                    v.target = Some(String::from_utf8_lossy(&target).into_owned());
                 }
             }
         }
         _ => {}
     }
-    v
+    ListEntry {
+        name: name_s,
+        error: None,
+        stat: Some(v),
+    }
 }
 
-fn list(t: &Tiering, path: &Path) -> Result<Value, ErrorBody> {
+fn list(t: &Tiering, path: &Path) -> Result<ListReply, ErrorBody> {
     let rel = rel_of(t, path)?;
     let not_found = |e: backing::Errno| {
         err(
@@ -142,7 +200,11 @@ fn list(t: &Tiering, path: &Path) -> Result<Value, ErrorBody> {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
         )
         .map_err(not_found)?;
-        return Ok(json!({"path": path, "dir": false, "entries": [entry(t, dir.as_fd(), name)]}));
+        return Ok(ListReply {
+            path: path.to_path_buf(),
+            dir: false,
+            entries: vec![entry(t, dir.as_fd(), name)],
+        });
     }
     let dir = backing::open_beneath(
         t.root(),
@@ -156,8 +218,11 @@ fn list(t: &Tiering, path: &Path) -> Result<Value, ErrorBody> {
     })
     .map_err(not_found)?;
     names.sort();
-    let entries: Vec<Value> = names.iter().map(|n| entry(t, dir.as_fd(), n)).collect();
-    Ok(json!({"path": path, "dir": true, "entries": entries}))
+    Ok(ListReply {
+        path: path.to_path_buf(),
+        dir: true,
+        entries: names.iter().map(|n| entry(t, dir.as_fd(), n)).collect(),
+    })
 }
 
 fn parse_states(names: &[String]) -> Result<Vec<FileState>, ErrorBody> {
@@ -176,7 +241,8 @@ fn parse_states(names: &[String]) -> Result<Vec<FileState>, ErrorBody> {
         .collect()
 }
 
-fn find(t: &Tiering, r: &FindRequest) -> Result<Value, ErrorBody> {
+/// The catalog query of a `find` request.
+fn file_query(t: &Tiering, r: &FindRequest) -> Result<FileQuery, ErrorBody> {
     // A glob given as an absolute path inside the mount is made relative to it.
     let path_glob = r.path_glob.as_ref().map(|g| {
         let mp = t.mountpoint.to_string_lossy();
@@ -184,43 +250,47 @@ fn find(t: &Tiering, r: &FindRequest) -> Result<Value, ErrorBody> {
             .unwrap_or(g)
             .to_owned()
     });
-    let q = FileQuery {
+    Ok(FileQuery {
         states: parse_states(&r.states)?,
         modified_before_ns: r.modified_before_ns,
         larger_than: r.larger_than,
         path_glob,
         pinned: r.pinned,
-    };
-    if r.count_only {
-        let (files, bytes) = t.catalog.count_files(&q).map_err(cat_err)?;
-        return Ok(json!({"files": files, "bytes": bytes}));
-    }
+    })
+}
+
+/// `find --count`.
+fn count(t: &Tiering, r: &FindRequest) -> Result<FindCount, ErrorBody> {
+    let (files, bytes) = t.catalog.count_files(&file_query(t, r)?).map_err(cat_err)?;
+    Ok(FindCount { files, bytes })
+}
+
+fn find(t: &Tiering, r: &FindRequest) -> Result<FindReply, ErrorBody> {
+    let q = file_query(t, r)?;
     let limit = r.limit.clamp(1, MAX_PAGE) as usize;
     let rows = t
         .catalog
         .find_files(&q, r.after.as_deref(), limit)
         .map_err(cat_err)?;
     let next_after = (rows.len() == limit).then(|| rows[rows.len() - 1].path.clone());
-    let files: Vec<Value> = rows
+    let files = rows
         .into_iter()
-        .map(|f| {
-            json!({
-                "path": t.mountpoint.join(&f.path),
-                "rel_path": f.path,
-                "state": f.state.as_str(),
-                "size": f.size,
-                "mtime_ns": f.mtime_ns,
-                "pinned": f.pinned,
-                "file_id": f.file_id,
-                "storage_class": f.storage_class,
-                "object_key": f.object_key.as_deref().map(|k| t.full_key(k)),
-            })
+        .map(|f| FoundFile {
+            path: t.mountpoint.join(&f.path),
+            state: f.state.as_str().into(),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            pinned: f.pinned,
+            file_id: f.file_id,
+            storage_class: f.storage_class,
+            object_key: f.object_key.as_deref().map(|k| t.full_key(k)),
+            rel_path: f.path,
         })
         .collect();
-    Ok(json!({"files": files, "next_after": next_after}))
+    Ok(FindReply { files, next_after })
 }
 
-fn stats(t: &Tiering, config: &Config) -> Result<Value, ErrorBody> {
+fn stats(t: &Tiering, config: &Config) -> Result<StatsReply, ErrorBody> {
     let totals = t.catalog.totals().map_err(cat_err)?;
     let costs = &config.costs;
     let mut states: BTreeMap<&str, (u64, u64)> = FileState::ALL
@@ -249,53 +319,63 @@ fn stats(t: &Tiering, config: &Config) -> Result<Value, ErrorBody> {
         }
     }
     let mut monthly_total = 0.0;
-    let classes: Vec<Value> = classes
+    let classes: Vec<ClassTotal> = classes
         .into_iter()
         .map(|(class, (files, bytes))| {
             let (key, price) = costs.price_of(&class);
             let monthly = costs.monthly(&class, bytes);
             monthly_total += monthly;
-            json!({
-                "storage_class": class,
-                "files": files,
-                "bytes": bytes,
-                "price_key": format!("costs.{key}"),
-                "usd_per_gb_month": price,
-                "monthly_usd": monthly,
-            })
+            ClassTotal {
+                storage_class: class,
+                files,
+                bytes,
+                price_key: format!("costs.{key}"),
+                usd_per_gb_month: price,
+                monthly_usd: monthly,
+            }
         })
         .collect();
-    let states: Vec<Value> = FileState::ALL
+    let states: Vec<StateTotal> = FileState::ALL
         .iter()
         .map(|s| {
             let (files, bytes) = states[s.as_str()];
-            json!({"state": s.as_str(), "files": files, "bytes": bytes})
+            StateTotal {
+                state: s.as_str().into(),
+                files,
+                bytes,
+            }
         })
         .collect();
-    Ok(json!({
-        "mountpoint": t.mountpoint,
-        "files": files,
-        "bytes": bytes,
-        "states": states,
-        "pinned": {"files": pinned_files, "bytes": pinned_bytes},
-        "local_bytes_saved": saved,
-        "storage_classes": classes,
-        "monthly_usd": monthly_total,
-        "events": t.catalog.event_count().map_err(cat_err)?,
-        "store": t.store_opt().map(|s| json!({
-            "describe": s.describe(),
-            "validates_checksums": t.store_validates(),
-            "copies_proven_by": if t.store_validates() && config.policy.verify == crate::config::Verify::Checksum {
+    Ok(StatsReply {
+        mountpoint: t.mountpoint.clone(),
+        files,
+        bytes,
+        states,
+        pinned: Count {
+            files: pinned_files,
+            bytes: pinned_bytes,
+        },
+        local_bytes_saved: saved,
+        storage_classes: classes,
+        monthly_usd: monthly_total,
+        events: t.catalog.event_count().map_err(cat_err)?,
+        store: t.store_opt().map(|s| StoreSummary {
+            describe: s.describe(),
+            validates_checksums: t.store_validates(),
+            copies_proven_by: if t.store_validates()
+                && config.policy.verify == crate::config::Verify::Checksum
+            {
                 "the store's checksum"
             } else {
                 "reading them back"
-            },
-            "tiering_paused": t.paused(),
-        })),
-    }))
+            }
+            .into(),
+            tiering_paused: t.paused(),
+        }),
+    })
 }
 
-fn events(t: &Tiering, r: &EventsRequest) -> Result<Value, ErrorBody> {
+fn events(t: &Tiering, r: &EventsRequest) -> Result<EventsReply, ErrorBody> {
     let kinds = r
         .kinds
         .iter()
@@ -324,54 +404,67 @@ fn events(t: &Tiering, r: &EventsRequest) -> Result<Value, ErrorBody> {
         .find_events(&q, r.after_id, limit)
         .map_err(cat_err)?;
     let next_after_id = (events.len() == limit).then(|| events[events.len() - 1].id);
-    Ok(json!({"events": events, "next_after_id": next_after_id}))
+    Ok(EventsReply {
+        events: events.into_iter().map(event_row).collect(),
+        next_after_id,
+    })
 }
 
-fn jobs(t: &Tiering, limit: u64) -> Result<Value, ErrorBody> {
+fn jobs(t: &Tiering, limit: u64) -> Result<JobsReply, ErrorBody> {
     let limit = if limit == 0 {
         usize::MAX
     } else {
         limit as usize
     };
     let jobs = t.catalog.jobs(limit).map_err(cat_err)?;
-    Ok(json!({ "jobs": jobs }))
+    Ok(JobsReply {
+        jobs: jobs.into_iter().map(job_row).collect(),
+    })
 }
 
-fn config_versions(t: &Tiering) -> Result<Value, ErrorBody> {
+fn config_versions(t: &Tiering) -> Result<ConfigVersionsReply, ErrorBody> {
     let versions = t.catalog.config_history().map_err(cat_err)?;
     let current = t
         .catalog
         .current_config()
         .map_err(cat_err)?
         .map(|c| c.version);
-    let versions: Vec<Value> = versions
+    let versions = versions
         .into_iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "hash": v.hash,
-                "time_ns": v.time_ns,
-                // Recorded redacted; redacted again for versions an older
-                // coldtier recorded before it redacted them.
-                "text": crate::config::redact_secrets(&v.text),
-            })
+        .map(|v| ConfigVersionRow {
+            version: v.version,
+            hash: v.hash,
+            time_ns: v.time_ns,
+            // Recorded redacted; redacted again for versions an older
+            // coldtier recorded before it redacted them.
+            text: crate::config::redact_secrets(&v.text),
         })
         .collect();
-    Ok(json!({"versions": versions, "current": current}))
+    Ok(ConfigVersionsReply { versions, current })
 }
 
-fn audit(t: &Tiering) -> Result<Value, ErrorBody> {
+fn audit(t: &Tiering) -> Result<AuditReply, ErrorBody> {
     let head = t.catalog.last_event().map_err(cat_err)?;
-    let head = head.map(|e| json!({"id": e.id, "hash": e.hash, "time_ns": e.time_ns}));
+    let head = head.map(|e| ChainHead {
+        id: e.id,
+        hash: e.hash,
+        time_ns: e.time_ns,
+    });
     match t.catalog.verify_chain() {
-        Ok(n) => Ok(json!({"ok": true, "checked": n, "head": head})),
-        Err(CatalogError::ChainBroken(e)) => Ok(json!({
-            "ok": false,
-            "checked": (e.first_bad_id - 1).max(0),
-            "first_bad_id": e.first_bad_id,
-            "reason": e.reason,
-            "head": head,
-        })),
+        Ok(n) => Ok(AuditReply {
+            ok: true,
+            checked: n,
+            first_bad_id: None,
+            reason: None,
+            head,
+        }),
+        Err(CatalogError::ChainBroken(e)) => Ok(AuditReply {
+            ok: false,
+            checked: (e.first_bad_id - 1).max(0) as u64,
+            first_bad_id: Some(e.first_bad_id),
+            reason: Some(e.reason),
+            head,
+        }),
         Err(e) => Err(cat_err(e)),
     }
 }

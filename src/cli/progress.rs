@@ -1,18 +1,13 @@
 //! The progress line of long CLI commands on a terminal: files, bytes, rate and, once the
-//! daemon has said how much there is to do, a bar and an ETA. Drawn on stderr (stdout
-//! stays clean for `--json`), at most 10 times a second, and only when stderr is a tty.
+//! daemon has said how much there is to do (`Progress::totals`), a bar and an ETA. Drawn
+//! on stderr (stdout stays clean for `--json`), at most 10 times a second, and only when
+//! stderr is a tty.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::commands::human_bytes;
-
-/// What the daemon said it has to do: its "N candidates, B bytes" progress message.
-pub fn parse_totals(message: &str) -> Option<(u64, u64)> {
-    let (files, rest) = message.split_once(" candidates, ")?;
-    let bytes = rest.strip_suffix(" bytes")?;
-    Some((files.trim().parse().ok()?, bytes.trim().parse().ok()?))
-}
+use crate::base::units::human_bytes;
+use crate::control::protocol::Progress;
 
 /// "1:05", "1:02:03".
 pub fn clock(d: Duration) -> String {
@@ -98,9 +93,9 @@ impl Bar {
     }
 
     /// One progress report from the daemon.
-    pub fn update(&mut self, message: &str, files: u64, bytes: u64) {
-        if let Some(t) = parse_totals(message) {
-            self.totals = Some(t);
+    pub fn update(&mut self, p: &Progress) {
+        if let Some(t) = p.totals {
+            self.totals = Some((t.files, t.bytes));
             self.start = Instant::now(); // the rate and ETA count from the start of the work
         }
         if !self.tty {
@@ -114,7 +109,13 @@ impl Bar {
             return;
         }
         self.last = Some(now);
-        let text = line(message, files, bytes, self.totals, self.start.elapsed());
+        let text = line(
+            &p.message,
+            p.files,
+            p.bytes,
+            self.totals,
+            self.start.elapsed(),
+        );
         let mut e = std::io::stderr();
         let _ = write!(e, "\r\x1b[2K{text}");
         let _ = e.flush();
@@ -142,8 +143,6 @@ mod tests {
 
     #[test]
     fn lines_show_bar_rate_and_eta() {
-        assert_eq!(parse_totals("12 candidates, 4096 bytes"), Some((12, 4096)));
-        assert_eq!(parse_totals("migrating"), None);
         let l = line(
             "migrating",
             3,

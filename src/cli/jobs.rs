@@ -1,0 +1,378 @@
+//! The commands on tiering jobs: `migrate`, `gc`, `verify`, `jobs` (the runs, `jobs
+//! cancel`, `jobs workers`), `pause` and `resume`.
+
+use anyhow::anyhow;
+
+use super::args::{
+    GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs, MountpointArgs,
+    VerifyArgs,
+};
+use super::output::print_json_line;
+use super::request::{call_typed, client_for};
+use crate::base::time::format_time;
+use crate::base::units::human_bytes;
+use crate::control::protocol::Op;
+use crate::control::replies::{
+    CancelJobReply, CancelWorkerReply, GcReport, JobRow, JobsReply, MigrateReport, PauseReply,
+    ResumeReply, VerifyReport, WorkerRow, WorkersReply,
+};
+
+pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let op = Op::Migrate {
+        dry_run: a.dry_run,
+        mode: a.mode.clone(),
+    };
+    let r: MigrateReport = call_typed(&mut c, op)?;
+    if a.json {
+        print_json_line(&r);
+    } else {
+        if r.mode == "dry-run" {
+            for f in &r.files {
+                println!(
+                    "would {:<9} {:>10}  {}",
+                    f.plan,
+                    human_bytes(f.size),
+                    f.path
+                );
+            }
+        }
+        println!(
+            "job {} ({}): scanned {}, candidates {} (deferred {}), copied {} ({}), stubbed {} (freed {}), busy {}, failed {} in {:.1}s",
+            r.job_id,
+            r.mode,
+            r.scanned,
+            r.candidates,
+            r.deferred,
+            r.copied,
+            human_bytes(r.bytes_copied),
+            r.stubbed,
+            human_bytes(r.bytes_freed),
+            r.busy,
+            r.failed,
+            r.seconds
+        );
+        for e in &r.errors {
+            eprintln!("  error: {e}");
+        }
+    }
+    if r.failed > 0 {
+        return Err(anyhow!("{} files failed", r.failed));
+    }
+    if r.cancelled {
+        return Err(anyhow!("the run was cancelled"));
+    }
+    Ok(())
+}
+
+pub(super) fn pause(a: &MountpointArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let _: PauseReply = call_typed(&mut c, Op::Pause)?;
+    println!(
+        "{}: tiering paused (recalls go on); `coldtier resume` resumes it",
+        c.mountpoint.display()
+    );
+    Ok(())
+}
+
+pub(super) fn resume(a: &MountpointArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: ResumeReply = call_typed(&mut c, Op::Resume)?;
+    println!(
+        "{}: store check passed ({}); tiering resumed",
+        c.mountpoint.display(),
+        if r.validates_checksums {
+            "the store validates checksums"
+        } else {
+            "the store does not validate checksums: copies are read back"
+        }
+    );
+    Ok(())
+}
+
+pub(super) fn gc(a: &GcArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: GcReport = call_typed(&mut c, Op::Gc { dry_run: a.dry_run })?;
+    if a.json {
+        print_json_line(&r);
+    } else {
+        for d in &r.deleted {
+            println!(
+                "{} {} ({})",
+                if a.dry_run { "would delete" } else { "deleted" },
+                d.object_key,
+                d.reason
+            );
+        }
+        println!(
+            "{} objects {}, {} kept under retention",
+            r.deleted.len(),
+            if a.dry_run { "to delete" } else { "deleted" },
+            r.kept_under_retention
+        );
+    }
+    if !r.errors.is_empty() {
+        for e in &r.errors {
+            eprintln!("  error: {e}");
+        }
+        return Err(anyhow!("{} deletions failed", r.errors.len()));
+    }
+    Ok(())
+}
+
+pub(super) fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: VerifyReport = call_typed(&mut c, Op::Verify { deep: a.deep })?;
+    let findings = r.findings.len();
+    if a.json {
+        print_json_line(&r);
+    } else {
+        for f in &r.findings {
+            let mut line = format!("{:<20}", f.kind.to_uppercase());
+            if let Some(p) = &f.path {
+                line.push_str(&format!(" {p}"));
+            }
+            if let Some(k) = &f.object_key {
+                line.push_str(&format!(" [{k}]"));
+            }
+            println!("{line}: {}", f.message);
+        }
+        for n in &r.notes {
+            println!("note: {n}");
+        }
+        println!(
+            "verify{} (job {}): {} files, {} stubs, {} premigrated; {} objects listed, {} checked{}; {} retained for gc; {}",
+            if a.deep { " --deep" } else { "" },
+            r.job_id,
+            r.files_scanned,
+            r.stubs,
+            r.premigrated,
+            r.objects_listed,
+            r.objects_checked,
+            if a.deep {
+                format!(", {} read back ({})", r.objects_reread, human_bytes(r.bytes_reread))
+            } else {
+                String::new()
+            },
+            r.retained,
+            if findings == 0 {
+                "clean".to_string()
+            } else {
+                format!("{findings} findings")
+            }
+        );
+    }
+    if findings > 0 {
+        return Err(anyhow!(
+            "verify found {findings} problems (each one is a VERIFY_FINDING event)"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn jobs(a: &JobsArgs) -> anyhow::Result<()> {
+    match &a.command {
+        Some(JobsCommand::Cancel(a)) => return cancel(a),
+        Some(JobsCommand::Workers(a)) => return workers(a),
+        None => {}
+    }
+    let mp = a.mountpoint.as_deref().expect("clap requires it");
+    let mut c = client_for(mp)?;
+    let r: JobsReply = call_typed(&mut c, Op::Jobs { limit: a.limit })?;
+    if a.json {
+        for j in &r.jobs {
+            print_json_line(j);
+        }
+    } else {
+        print!("{}", jobs_text(&r.jobs));
+    }
+    Ok(())
+}
+
+fn cancel(a: &JobsCancelArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    if let Some(id) = a.worker {
+        let r: CancelWorkerReply = call_typed(&mut c, Op::CancelWorker { worker: id })?;
+        if r.state == "busy" {
+            println!(
+                "worker {} ({}) cancelled: its work in progress stops; it then waits for its next",
+                r.worker, r.name
+            );
+        } else {
+            println!(
+                "worker {} ({}) is {}: nothing was in progress to cancel",
+                r.worker, r.name, r.state
+            );
+        }
+        return Ok(());
+    }
+    let r: CancelJobReply = call_typed(&mut c, Op::CancelJob { job: a.id })?;
+    println!(
+        "job {} ({}) cancelled: it finishes the files under way and stops",
+        r.cancelled, r.kind
+    );
+    Ok(())
+}
+
+fn workers(a: &JobsWorkersArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: WorkersReply = call_typed(&mut c, Op::Workers)?;
+    if a.json {
+        for w in &r.workers {
+            print_json_line(w);
+        }
+    } else {
+        print!("{}", workers_text(&r.workers));
+    }
+    Ok(())
+}
+
+/// The `jobs workers` table: columns as wide as their widest cell (STATUS, the last, as
+/// long as it is).
+pub fn workers_text(workers: &[WorkerRow]) -> String {
+    let rows: Vec<[String; 7]> = workers
+        .iter()
+        .map(|w| {
+            [
+                w.id.to_string(),
+                w.name.clone(),
+                w.state.clone(),
+                w.runs.to_string(),
+                w.errors.to_string(),
+                match (&w.last_error, w.last_error_ns) {
+                    (Some(e), Some(t)) => format!("{} {e}", format_time(t)),
+                    (Some(e), None) => e.clone(),
+                    (None, _) => "-".into(),
+                },
+                if w.status.is_empty() {
+                    "-".into()
+                } else {
+                    w.status.clone()
+                },
+            ]
+        })
+        .collect();
+    let head = [
+        "ID",
+        "NAME",
+        "STATE",
+        "RUNS",
+        "ERRORS",
+        "LAST ERROR",
+        "STATUS",
+    ];
+    let mut wd = head.map(str::len);
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            wd[i] = wd[i].max(cell.chars().count());
+        }
+    }
+    let line = |c: [&str; 7]| {
+        format!(
+            "{:>w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {:<w5$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            w0 = wd[0],
+            w1 = wd[1],
+            w2 = wd[2],
+            w3 = wd[3],
+            w4 = wd[4],
+            w5 = wd[5],
+        )
+        .trim_end()
+        .to_string()
+            + "\n"
+    };
+    let mut s = line(head);
+    for row in &rows {
+        s.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    s
+}
+
+pub fn jobs_text(jobs: &[JobRow]) -> String {
+    let mut s = format!(
+        "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
+        "JOB",
+        "KIND",
+        "MODE",
+        "CFG",
+        "STARTED",
+        "FINISHED",
+        "SECONDS",
+        "SCANNED",
+        "COPIED",
+        "BYTES",
+        "STUBBED",
+        "FREED",
+        "FAILED"
+    );
+    for j in jobs {
+        let finished = j
+            .finished_ns
+            .map(format_time)
+            .unwrap_or_else(|| "(running or interrupted)".into());
+        let secs = j
+            .duration_ms
+            .map(|ms| format!("{:.1}", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
+            j.id,
+            j.kind,
+            j.mode,
+            j.config_version,
+            format_time(j.started_ns),
+            finished,
+            secs,
+            j.files_scanned,
+            j.files_copied,
+            human_bytes(j.bytes_copied),
+            j.files_stubbed,
+            human_bytes(j.bytes_stubbed),
+            j.files_failed,
+        ));
+        for e in j.errors.iter().take(5) {
+            s.push_str(&format!("       error: {e}\n"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workers_table_lines_up() {
+        let w = |id, name: &str, state: &str, err: Option<&str>| WorkerRow {
+            id,
+            name: name.into(),
+            state: state.into(),
+            status: if id == 1 {
+                "next run at 03:00".into()
+            } else {
+                String::new()
+            },
+            runs: id * 10,
+            errors: u64::from(err.is_some()),
+            last_error: err.map(Into::into),
+            last_error_ns: err.map(|_| 0),
+        };
+        let t = workers_text(&[
+            w(1, "policy scheduler", "idle", None),
+            w(12, "tagger", "busy", Some("tagging failed")),
+        ]);
+        assert_eq!(
+            t,
+            "ID  NAME              STATE  RUNS  ERRORS  LAST ERROR                               STATUS\n\
+             \x201  policy scheduler  idle     10       0  -                                        next run at 03:00\n\
+             12  tagger            busy    120       1  1970-01-01T00:00:00.000Z tagging failed  -\n"
+        );
+    }
+}
