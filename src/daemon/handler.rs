@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::catalog::FileState;
 use crate::config::{Config, MigrateMode};
 use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress, Totals};
 use crate::control::replies::{
@@ -23,10 +22,9 @@ use crate::control::replies::{
 };
 use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
-use crate::tier::engine::{ns_of, StepError, Tiering};
+use crate::tier::context::{StepError, Tiering};
+use crate::tier::manual::{Recalled, Released};
 use crate::tier::marks;
-use crate::tier::state::Action;
-use crate::tier::stub::new_file_id;
 
 /// The config in force, shared by the handler and the reload (`daemon::reload`).
 pub type ConfigCell = Arc<parking_lot::RwLock<Arc<Config>>>;
@@ -190,83 +188,28 @@ impl Control {
     }
 
     fn status_of(&self, rel: &Path, f: &File) -> Result<StatusEntry, String> {
-        let st = backing::stat_fd(f.as_fd()).map_err(|e| format!("{e:?}"))?;
-        let (state, pinned, row, rec) = self.t.state_of(f.as_fd());
-        let size = match (&rec, state) {
-            (Some(r), FileState::Stub | FileState::Recalling | FileState::RestorePending) => r.size,
-            _ => st.size,
-        };
-        // A copy record of another size is stale (the file was written behind the mount);
-        // other times alone are not (a touch or a rename keeps the copy).
-        let rec_ok = rec
-            .as_ref()
-            .filter(|r| state != FileState::Premigrated || r.size == st.size);
-        let state = if state == FileState::Premigrated && rec_ok.is_none() {
-            FileState::Resident
-        } else {
-            state
-        };
+        let s = self.t.status(f).map_err(|e| e.message)?;
         Ok(StatusEntry {
             rel_path: rel.to_path_buf(),
-            state: state.as_str().into(),
-            size,
-            pinned,
-            file_id: row
-                .as_ref()
-                .map(|r| r.file_id.clone())
-                .or_else(|| rec_ok.map(|r| r.file_id.clone())),
-            object_key: rec_ok.map(|r| self.t.full_key(&r.object_key)),
-            version_id: rec_ok.and_then(|r| r.version_id.clone()),
-            storage_class: rec_ok.map(|r| r.storage_class.clone()),
-            checksum: rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
-            blocks: st.blocks,
+            state: s.state.as_str().into(),
+            size: s.size,
+            pinned: s.pinned,
+            file_id: s.file_id,
+            object_key: s.object_key,
+            version_id: s.version_id,
+            storage_class: s.storage_class,
+            checksum: s.checksum,
+            blocks: s.blocks,
             // From the catalog, never from the store (status must not contact it).
-            restore: (state == FileState::RestorePending).then(|| "in_progress".into()),
+            restore: s.restore_in_progress.then(|| "in_progress".into()),
         })
     }
 
     fn pin(&self, rel: &Path, f: &File, pin: bool) -> Result<PinResult, String> {
-        let fd = f.as_fd();
-        let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
-        // Under the file's gate: a stub step reads the pin under it (and a copy of a new
-        // file sets its id under it), so neither misses this one.
-        let _held = self.t.gate.lock(self.t.node_id(&st));
-        let (state, _, row, rec) = self.t.state_of(fd);
-        let mut row = match (row, rec) {
-            (Some(r), _) => r,
-            (None, Some(rec)) => self.t.row_for(&rec, fd, state),
-            (None, None) => {
-                if !pin {
-                    return Ok(PinResult {
-                        pinned: false,
-                        state: None,
-                    });
-                }
-                let id = match marks::file_id(fd).map_err(|e| format!("{e:?}"))? {
-                    Some(i) => i,
-                    None => {
-                        let i = new_file_id().map_err(|e| e.to_string())?;
-                        marks::set_file_id(fd, &i)
-                            .map_err(|e| format!("cannot mark the file: {e:?}"))?;
-                        i
-                    }
-                };
-                let mut r = crate::catalog::FileRow::new(id, rel.to_string_lossy());
-                r.size = st.size;
-                r.mtime_ns = ns_of(st.mtime);
-                r.ctime_ns = ns_of(st.ctime);
-                r.ino = st.ino;
-                r
-            }
-        };
-        row.path = rel.to_string_lossy().into_owned();
-        let action = if pin { Action::Pin } else { Action::Unpin };
-        self.t
-            .record(&mut row, crate::tier::record::Change::of(action, json!({})))
-            .map_err(|e| e.to_string())?;
+        let state = self.t.set_pinned(rel, f, pin).map_err(|e| e.message)?;
         Ok(PinResult {
-            pinned: pin,
-            state: Some(state.as_str().into()),
+            pinned: state.is_some() && pin,
+            state: state.map(|s| s.as_str().into()),
         })
     }
 
@@ -350,47 +293,20 @@ impl Control {
     }
 
     fn release(&self, f: &File) -> Result<ReleaseResult, String> {
-        let fd = f.as_fd();
-        if marks::record(fd, marks::STUB)
-            .map_err(|e| format!("{e:?}"))?
-            .is_some()
-        {
-            return Ok(ReleaseResult {
+        Ok(match self.t.release(f).map_err(|e| e.message)? {
+            Released::AlreadyStub => ReleaseResult {
                 released: false,
                 note: Some("already a stub".into()),
                 bytes: None,
                 bytes_freed: None,
-            });
-        }
-        let Some(rec) = marks::record(fd, marks::COPY).map_err(|e| format!("{e:?}"))? else {
-            return Err(
-                "no verified copy exists: run `coldtier migrate` (copy-only or stub) first".into(),
-            );
-        };
-        let st = backing::stat_fd(fd).map_err(|e| format!("{e:?}"))?;
-        let row = self.t.row_for(&rec, fd, FileState::Premigrated);
-        let expect = (row.size, row.mtime_ns, row.ctime_ns);
-        let node = self.t.node_id(&st);
-        match self
-            .t
-            .stub_step(node, f, &rec, expect, Action::Release, Vec::new())
-            .map_err(|e| e.message)?
-        {
-            crate::tier::migrate::Outcome::Stubbed(freed) => Ok(ReleaseResult {
+            },
+            Released::Now { bytes, freed } => ReleaseResult {
                 released: true,
                 note: None,
-                bytes: Some(rec.size),
+                bytes: Some(bytes),
                 bytes_freed: Some(freed),
-            }),
-            crate::tier::migrate::Outcome::Busy => {
-                Err("the file is open: close it and try again".into())
-            }
-            crate::tier::migrate::Outcome::Changed => Err(
-                "the file changed since it was copied: its copy is superseded; migrate it again"
-                    .into(),
-            ),
-            o => Err(format!("not released ({o:?})")),
-        }
+            },
+        })
     }
 
     fn history(&self, p: &Path) -> Result<HistoryReply, ErrorBody> {
@@ -715,25 +631,17 @@ impl Handler for Control {
 
 /// Recalls one file (relative path) if it is a stub.
 async fn recall_one(t: &Tiering, rel: &Path) -> Result<RecallResult, String> {
-    let fd = backing::open_beneath(t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.0).to_string())?;
-    let Some(rec) = marks::record(fd.as_fd(), marks::STUB).map_err(|e| format!("{e:?}"))? else {
-        return Ok(RecallResult {
+    Ok(match t.recall_path(rel).await.map_err(|e| e.message)? {
+        Recalled::AlreadyLocal => RecallResult {
             recalled: false,
             note: Some("data is local already".into()),
             bytes: None,
-        });
-    };
-    let st = backing::stat_fd(fd.as_fd()).map_err(|e| format!("{e:?}"))?;
-    let node = t.node_id(&st);
-    let size = rec.size;
-    t.recall_and_wait(node, fd.as_fd(), rec)
-        .await
-        .map_err(|e| std::io::Error::from_raw_os_error(e).to_string())?;
-    Ok(RecallResult {
-        recalled: true,
-        note: None,
-        bytes: Some(size),
+        },
+        Recalled::Now { bytes } => RecallResult {
+            recalled: true,
+            note: None,
+            bytes: Some(bytes),
+        },
     })
 }
 

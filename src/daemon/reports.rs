@@ -21,7 +21,7 @@ use crate::control::replies::{
 };
 use crate::control::reports::{EventsRequest, FindRequest};
 use crate::fs::backing::{self, Stat};
-use crate::tier::engine::{ns_of, Tiering};
+use crate::tier::context::{ns_of, Tiering};
 
 use super::handler::{err, reply};
 

@@ -13,7 +13,7 @@ use crate::base::worker::{BoxFuture, Worker, WorkerState};
 use crate::catalog::FileState;
 use crate::tier::stub::StubRecord;
 
-use super::engine::Tiering;
+use super::context::Tiering;
 
 /// One object to tag: key, version, the state to write.
 pub type TagRequest = (String, Option<String>, &'static str);

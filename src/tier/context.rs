@@ -54,7 +54,7 @@ pub struct Tiering {
     /// The settings in force (replaced by a reload: [`Tiering::set_settings`]).
     pub(super) settings: parking_lot::RwLock<Arc<Settings>>,
     /// What the store check at mount found, and whether tiering is paused.
-    pub store_state: StoreState,
+    pub(super) store_state: StoreState,
     pub catalog: Arc<Catalog>,
     /// The store (replaced by a reload that changes its settings: [`Tiering::set_store`]).
     pub(super) store: parking_lot::RwLock<Option<Arc<dyn ObjectStore>>>,
@@ -65,9 +65,9 @@ pub struct Tiering {
     pub source: PathBuf,
     pub mountpoint: PathBuf,
     pub(super) root: OwnedFd,
-    pub root_dev: u64,
+    pub(super) root_dev: u64,
     pub rt: tokio::runtime::Handle,
-    pub gate: Arc<Gate>,
+    pub(super) gate: Arc<Gate>,
     /// The mount (weak: the overlay holds the engine as its hooks, and no cycle keeps
     /// either alive after the other is gone).
     pub(super) mount: OnceLock<Weak<dyn MountView>>,
@@ -84,10 +84,10 @@ pub struct Tiering {
     pub(super) tags: tokio::sync::mpsc::UnboundedSender<super::background::TagRequest>,
     /// gc acts as if now were this much later (`COLDTIER_TEST_GC_SKEW` seconds, read only
     /// in builds with the `testing` feature; zero otherwise).
-    pub gc_skew: Duration,
-    pub host: String,
+    pub(super) gc_skew: Duration,
+    pub(super) host: String,
     /// One policy run (or gc) at a time.
-    pub job_lock: tokio::sync::Mutex<()>,
+    pub(super) job_lock: tokio::sync::Mutex<()>,
     /// The job running now (a policy run or gc): its id, kind and cancel flag.
     pub(super) running: Mutex<Option<(i64, String, crate::base::cancel::Cancel)>>,
 }

@@ -100,9 +100,14 @@ impl Tiering {
     }
 
     /// Pins (`on`) or unpins the file at `rel` (relative to the source), open as `f`: a
-    /// pinned file is never tiered. Returns the file's state. Unpinning a file the catalog
-    /// does not know changes nothing.
-    pub fn set_pinned(&self, rel: &Path, f: &File, on: bool) -> Result<FileState, StepError> {
+    /// pinned file is never tiered. Returns the file's state; `None` when there was nothing
+    /// to do (unpinning a file the catalog does not know).
+    pub fn set_pinned(
+        &self,
+        rel: &Path,
+        f: &File,
+        on: bool,
+    ) -> Result<Option<FileState>, StepError> {
         let fd = f.as_fd();
         let st = backing::stat_fd(fd)?;
         // Under the file's gate: a stub step reads the pin under it (and a copy of a new
@@ -114,7 +119,7 @@ impl Tiering {
             (None, Some(rec)) => self.row_for(&rec, fd, state),
             (None, None) => {
                 if !on {
-                    return Ok(state);
+                    return Ok(None);
                 }
                 let id = match marks::file_id(fd)? {
                     Some(i) => i,
@@ -138,7 +143,7 @@ impl Tiering {
         row.path = rel.to_string_lossy().into_owned();
         let action = if on { Action::Pin } else { Action::Unpin };
         self.record(&mut row, Change::of(action, json!({})))?;
-        Ok(state)
+        Ok(Some(state))
     }
 
     /// Frees the data of the premigrated file open as `f` now (its copy is proven).

@@ -18,7 +18,6 @@
 pub mod background;
 pub mod config;
 pub mod context;
-pub mod engine;
 pub mod gc;
 pub mod hooks;
 pub mod manual;

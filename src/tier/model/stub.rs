@@ -47,7 +47,6 @@
 //! version 2 would get a new version byte; this decoder rejects it rather than guess.
 
 use std::fmt;
-use std::io::Read;
 
 pub use crate::store::Extents;
 
@@ -268,31 +267,8 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
 /// lower-case hex digits.
 pub fn new_file_id() -> std::io::Result<String> {
     let mut buf = [0u8; 16];
-    fill_random(&mut buf)?;
+    crate::base::random::fill(&mut buf)?;
     Ok(hex::encode(buf))
-}
-
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: the pointer and length describe `rest`, a live, writable slice; flags 0
-        // (block until the pool is initialised, then never block).
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n >= 0 {
-            done += n as usize;
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ENOSYS) => {
-                return std::fs::File::open("/dev/urandom")?.read_exact(&mut buf[done..])
-            }
-            _ => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 /// The characters a string field may hold.
