@@ -342,3 +342,41 @@ fn a_crash_after_the_truncate_of_a_rewritten_file_keeps_the_catalog_in_step() {
     assert_eq!(e.read("f").unwrap(), data(15, 491));
     assert!(e.verify().is_empty(), "{:?}", e.verify());
 }
+
+/// The run says what it has to do (typed totals, the progress bar's 100%) once it has
+/// chosen its candidates, before it reports any file done.
+#[test]
+fn a_policy_run_reports_its_totals_before_its_files() {
+    use coldtier::base::progress::{Progress, Totals};
+    let dirs = Dirs::new();
+    let e = Engine::start(&dirs, store(), eager_settings());
+    for (i, n) in [1000usize, 2000, 3000].iter().enumerate() {
+        e.write(&format!("f{i}"), &data(20 + i as u64, *n)).unwrap();
+    }
+    let mut seen: Vec<Progress> = Vec::new();
+    let mut hear = |p: Progress| seen.push(p);
+    let s = e
+        .block_on(e.t.run_policy(
+            MigrateMode::Stub,
+            "test",
+            &mut hear,
+            &coldtier::base::cancel::Cancel::new(),
+        ))
+        .unwrap();
+    assert_eq!(s.stubbed, 3, "{s:?}");
+    let with_totals: Vec<usize> = (0..seen.len())
+        .filter(|&i| seen[i].totals.is_some())
+        .collect();
+    assert_eq!(with_totals.len(), 1, "{seen:?}");
+    let at = with_totals[0];
+    assert_eq!(
+        seen[at].totals,
+        Some(Totals {
+            files: 3,
+            bytes: 6000
+        })
+    );
+    assert!(seen[..at].iter().all(|p| p.files == 0), "{seen:?}");
+    assert_eq!(seen.last().map(|p| (p.files, p.bytes)), Some((3, 6000)));
+    e.stop();
+}

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod notify;
 pub mod private;
+pub mod progress;
 pub mod random;
 pub mod time;
 pub mod units;

@@ -305,23 +305,8 @@ pub struct CancelJobReply {
     pub kind: String,
 }
 
-/// One background worker of the daemon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerRow {
-    pub id: u64,
-    /// "policy scheduler", "catalog backup scheduler", "tagger", "restore poller KEY".
-    pub name: String,
-    /// busy, idle or done.
-    pub state: String,
-    /// What it waits for or works on.
-    pub status: String,
-    /// Pieces of work done (successful or not).
-    pub runs: u64,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    /// When the last error happened (ns since the epoch).
-    pub last_error_ns: Option<i64>,
-}
+/// One background worker of the daemon (the runner's own description of it).
+pub use crate::base::worker::WorkerInfo as WorkerRow;
 
 /// `Op::Workers`: every background worker, in the order they started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,11 +14,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 use crate::config::{Config, MigrateMode};
-use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress, Totals};
+use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress};
 use crate::control::replies::{
     BackupReport, CancelJobReply, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
     PathResult, PathResults, PauseReply, PinResult, PingDetail, PingReply, PlannedFile,
-    RecallResult, ReleaseResult, ResumeReply, StatusEntry, VerifyReport, WorkerRow, WorkersReply,
+    RecallResult, ReleaseResult, ResumeReply, StatusEntry, VerifyReport, WorkersReply,
 };
 use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
@@ -592,7 +592,7 @@ impl Handler for Control {
                 reply(from_engine::<BackupReport>("catalog backup", v)?)
             }
             Op::Workers => reply(WorkersReply {
-                workers: self.t.workers.list().into_iter().map(worker_row).collect(),
+                workers: self.t.workers.list(),
             }),
             Op::CancelWorker { worker: id } => {
                 let found = self.t.workers.list().into_iter().find(|w| w.id == id);
@@ -674,50 +674,8 @@ fn migrate_report(s: crate::tier::migrate::RunSummary) -> MigrateReport {
     }
 }
 
-/// A background worker as the protocol says it.
-fn worker_row(w: crate::base::worker::WorkerInfo) -> WorkerRow {
-    WorkerRow {
-        id: w.id,
-        name: w.name,
-        state: w.state,
-        status: w.status,
-        runs: w.runs,
-        errors: w.errors,
-        last_error: w.last_error,
-        last_error_ns: w.last_error_ns,
-    }
-}
-
-/// A job's progress callback, as the engine calls it: (message, files, bytes).
-pub type Relay = Box<dyn FnMut(String, u64, u64) + Send>;
-
-/// What a policy run has to do, from the message the engine reports it in: "N candidates,
-/// B bytes".
-fn parse_totals(message: &str) -> Option<Totals> {
-    let (files, rest) = message.split_once(" candidates, ")?;
-    let bytes = rest.strip_suffix(" bytes")?;
-    Some(Totals {
-        files: files.trim().parse().ok()?,
-        bytes: bytes.trim().parse().ok()?,
-    })
-}
-
-/// The seam between the engine's progress and the protocol's. The engine reports through
-/// an untyped `FnMut(String, u64, u64)`, and `Tiering::run_policy` says what a run has to
-/// do, once its scan is done, as the message "N candidates, B bytes". Here, where the
-/// engine's progress is relayed to the client, that message becomes `Progress::totals`
-/// (the message itself is kept for the line it shows), so the CLI reads the totals from
-/// fields and parses no text. When the engine reports a typed event instead, it is
-/// translated here and `parse_totals` goes.
-fn engine_progress(message: String, files: u64, bytes: u64) -> Progress {
-    let totals = parse_totals(&message);
-    Progress {
-        message,
-        files,
-        bytes,
-        totals,
-    }
-}
+/// A job's progress callback, as the engine calls it.
+pub type Relay = Box<dyn FnMut(Progress) + Send>;
 
 /// Runs an engine job from a plain thread (a control-socket connection) on the engine's
 /// runtime, relaying its progress to `progress` (at most twice a second with `throttle`;
@@ -736,8 +694,7 @@ where
 {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let mut last: Option<std::time::Instant> = None;
-    let relay: Relay = Box::new(move |m, f, b| {
-        let p = engine_progress(m, f, b);
+    let relay: Relay = Box::new(move |p: Progress| {
         if !throttle || p.totals.is_some() || last.is_none_or(|l| l.elapsed().as_millis() >= 500) {
             last = Some(std::time::Instant::now());
             let _ = tx.send(p);
@@ -751,24 +708,4 @@ where
         task.await
             .map_err(|e| StepError::new(libc::EIO, format!("{what} task: {e}")))?
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_engines_totals_message_becomes_typed_totals() {
-        let p = engine_progress("12 candidates, 4096 bytes".into(), 0, 0);
-        assert_eq!(
-            p.totals,
-            Some(Totals {
-                files: 12,
-                bytes: 4096
-            })
-        );
-        assert_eq!(p.message, "12 candidates, 4096 bytes");
-        assert_eq!(engine_progress("migrating".into(), 3, 9).totals, None);
-        assert_eq!(parse_totals("x candidates, 5 bytes"), None);
-    }
 }

@@ -37,7 +37,7 @@ impl Worker for PolicyScheduler {
                 return Ok(WorkerState::Idle);
             }
             let mode = self.t.settings().policy.mode;
-            let mut quiet = |_: String, _: u64, _: u64| {};
+            let mut quiet = |_: crate::base::progress::Progress| {};
             self.t
                 .run_policy(mode, "scheduled", &mut quiet, cancel)
                 .await

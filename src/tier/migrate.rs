@@ -28,6 +28,7 @@ use super::config::{MigrateMode, Verify};
 use super::context::{ns_of, StepError, Tiering, KEY_PREFIX};
 use super::record::{fill_from_record, Change, Durability, Transition};
 use crate::base::cancel::Cancel;
+use crate::base::progress::{Progress, Totals};
 use crate::catalog::{system_now_ns, EventKind, FileRow, FileState, JobCounts};
 use crate::fs::backing::{self, SetTime, Stat};
 use crate::store::{GetRequest, PutRequest, StorageClass, StoreErrorKind};
@@ -288,12 +289,13 @@ impl Tiering {
     }
 
     /// A policy run: scan, select within the limits, then copy (and stub) up to a few
-    /// files at a time. `progress(message, files, bytes)` hears about it as it goes.
+    /// files at a time. `progress` hears about it as it goes (the totals once the scan
+    /// has chosen the candidates).
     pub async fn run_policy(
         self: &Arc<Self>,
         mode: MigrateMode,
         kind: &str,
-        progress: &mut (dyn FnMut(String, u64, u64) + Send),
+        progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &Cancel,
     ) -> Result<RunSummary, StepError> {
         let Ok(_job) = self.job_lock.try_lock() else {
@@ -312,7 +314,7 @@ impl Tiering {
             .start_job(kind, mode.as_str())
             .map_err(StepError::from)?;
         let _running = self.running_job(job_id, kind, cancel);
-        progress("scanning".into(), 0, 0);
+        progress(Progress::new("scanning", 0, 0));
         let me = self.clone();
         let scan = tokio::task::spawn_blocking(move || me.scan(mode))
             .await
@@ -347,11 +349,15 @@ impl Tiering {
                 .collect(),
             ..Default::default()
         };
-        progress(
-            format!("{} candidates, {} bytes", sel.selected.len(), sel.bytes),
-            0,
-            0,
-        );
+        progress(Progress {
+            message: format!("{} candidates, {} bytes", sel.selected.len(), sel.bytes),
+            files: 0,
+            bytes: 0,
+            totals: Some(Totals {
+                files: sel.selected.len() as u64,
+                bytes: sel.bytes,
+            }),
+        });
         if mode != MigrateMode::DryRun {
             let stub = mode == MigrateMode::Stub;
             let budget = InFlight::of(&self.settings().uploads);
@@ -384,19 +390,19 @@ impl Tiering {
                 while let Some(res) = set.try_join_next() {
                     tally(&mut summary, res);
                 }
-                progress(
-                    "migrating".into(),
+                progress(Progress::new(
+                    "migrating",
                     done_files.load(Ordering::Relaxed),
                     done_bytes.load(Ordering::Relaxed),
-                );
+                ));
             }
             while let Some(res) = set.join_next().await {
                 tally(&mut summary, res);
-                progress(
-                    "migrating".into(),
+                progress(Progress::new(
+                    "migrating",
                     done_files.load(Ordering::Relaxed),
                     done_bytes.load(Ordering::Relaxed),
-                );
+                ));
             }
         }
         // The records of the run (written lazily) on disk before it reports.

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::base::progress::Progress;
 use crate::catalog::{EventKind, FileRow, FileState, JobCounts};
 use crate::fs::backing::{self, Stat};
 use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreErrorKind};
@@ -97,7 +98,7 @@ impl Tiering {
     pub async fn reconcile(
         self: &Arc<Self>,
         deep: bool,
-        progress: &mut (dyn FnMut(String, u64, u64) + Send),
+        progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Value, StepError> {
         // A background check half done (its xattr changed, its catalog record not yet)
         // would show as a finding.
@@ -115,7 +116,7 @@ impl Tiering {
             .start_job("verify", if deep { "deep" } else { "quick" })?;
 
         // 1. The bucket.
-        progress("listing the bucket".into(), 0, 0);
+        progress(Progress::new("listing the bucket", 0, 0));
         let list_prefix = if self.store_prefix.is_empty() {
             format!("{KEY_PREFIX}/")
         } else {
@@ -137,7 +138,7 @@ impl Tiering {
         };
 
         // 2. The tree.
-        progress("walking the tree".into(), 0, 0);
+        progress(Progress::new("walking the tree", 0, 0));
         let me = self.clone();
         let walked = tokio::task::spawn_blocking(move || me.walk_records())
             .await
@@ -233,7 +234,7 @@ impl Tiering {
 
         // 4. Each named object.
         let total = refs.len() as u64;
-        progress(format!("checking {total} objects"), 0, 0);
+        progress(Progress::new(format!("checking {total} objects"), 0, 0));
         let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let mut set = tokio::task::JoinSet::new();
         let mut checked = ObjectCheck::default();
@@ -251,12 +252,20 @@ impl Tiering {
                 merge(&mut checked, c);
                 done += 1;
             }
-            progress("checking objects".into(), done, checked.bytes_reread);
+            progress(Progress::new(
+                "checking objects",
+                done,
+                checked.bytes_reread,
+            ));
         }
         while let Some(c) = set.join_next().await {
             merge(&mut checked, c);
             done += 1;
-            progress("checking objects".into(), done, checked.bytes_reread);
+            progress(Progress::new(
+                "checking objects",
+                done,
+                checked.bytes_reread,
+            ));
         }
         findings.append(&mut checked.findings);
         notes.append(&mut checked.notes);

@@ -362,7 +362,7 @@ impl Engine {
 
     /// A policy run in `mode` over the whole tree.
     pub fn migrate(&self, mode: MigrateMode) -> RunSummary {
-        let mut quiet = |_: String, _: u64, _: u64| {};
+        let mut quiet = |_: coldtier::base::progress::Progress| {};
         self.block_on(self.t.run_policy(mode, "test", &mut quiet, &Cancel::new()))
             .expect("policy run")
     }
@@ -442,7 +442,7 @@ impl Engine {
 
     /// `coldtier verify`: the findings' lines (empty when all is well).
     pub fn verify(&self) -> Vec<String> {
-        let mut quiet = |_: String, _: u64, _: u64| {};
+        let mut quiet = |_: coldtier::base::progress::Progress| {};
         let v = self
             .block_on(self.t.reconcile(false, &mut quiet))
             .expect("verify");
