@@ -12,7 +12,7 @@ mod chain;
 pub mod config;
 mod error;
 pub mod metrics;
-mod reports;
+mod queries;
 mod schema;
 mod types;
 
@@ -21,7 +21,7 @@ mod tests;
 
 pub use chain::{canonical_json, GENESIS_HASH, HASH_DOMAIN};
 pub use error::{CatalogError, ChainError};
-pub use reports::{EventQuery, FileQuery, Total};
+pub use queries::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount, UnknownName,

@@ -21,7 +21,7 @@ use crate::control::replies::{
     AuditReply, ConfigVersionRow, ConfigVersionsReply, EventRow, EventsReply, FindCount, FindReply,
     StatsReply,
 };
-use crate::control::reports::{EventsRequest, FindRequest};
+use crate::control::queries::{EventsRequest, FindRequest};
 
 /// Rows asked for per request.
 pub const PAGE: u64 = 5000;

@@ -6,7 +6,7 @@
 pub mod client;
 pub mod protocol;
 pub mod replies;
-pub mod reports;
+pub mod queries;
 pub mod server;
 
 use std::os::unix::ffi::OsStrExt;

@@ -59,12 +59,12 @@ pub enum Op {
     List { path: PathBuf },
     /// Files from the catalog (one page). Reply: `FindReply`, or `FindCount` with
     /// `count_only`.
-    Find(crate::control::reports::FindRequest),
+    Find(crate::control::queries::FindRequest),
     /// Files and bytes per state and storage class, space saved, estimated cost.
     /// Reply: `StatsReply`.
     Stats,
     /// Events from the catalog (one page). Reply: `EventsReply`.
-    Events(crate::control::reports::EventsRequest),
+    Events(crate::control::queries::EventsRequest),
     /// The newest policy runs. Reply: `JobsReply`.
     Jobs { limit: u64 },
     /// Every config version (secrets redacted). Reply: `ConfigVersionsReply`.
@@ -226,7 +226,7 @@ mod tests {
             Op::List {
                 path: "/m/d".into(),
             },
-            Op::Find(crate::control::reports::FindRequest {
+            Op::Find(crate::control::queries::FindRequest {
                 states: vec!["stub".into()],
                 larger_than: Some(5),
                 after: Some("a/b".into()),
@@ -234,7 +234,7 @@ mod tests {
                 ..Default::default()
             }),
             Op::Stats,
-            Op::Events(crate::control::reports::EventsRequest {
+            Op::Events(crate::control::queries::EventsRequest {
                 kinds: vec!["STUBBED".into()],
                 after_id: 3,
                 ..Default::default()

@@ -19,7 +19,7 @@ use crate::control::replies::{
     EventRow, EventsReply, FindCount, FindReply, FoundFile, JobRow, JobsReply, ListEntry,
     ListReply, StateTotal, StatsReply, StoreSummary,
 };
-use crate::control::reports::{EventsRequest, FindRequest};
+use crate::control::queries::{EventsRequest, FindRequest};
 use crate::fs::backing::{self, Stat};
 use crate::tier::context::{ns_of, Tiering};
 

@@ -1,4 +1,4 @@
-//! Wire types of the reporting requests (`find`, `events`): what the CLI asks, in the
+//! Wire types of the catalog queries (`find`, `events`): what the CLI asks, in the
 //! protocol's terms (not the clap structs, not the catalog's query types).
 
 use serde::{Deserialize, Serialize};
