@@ -17,11 +17,11 @@ use super::BadInput;
 use crate::base::time::format_time;
 use crate::base::units::{human_bytes, parse_duration, parse_size};
 use crate::control::protocol::Op;
+use crate::control::queries::{EventsRequest, FindRequest};
 use crate::control::replies::{
     AuditReply, ConfigVersionRow, ConfigVersionsReply, EventRow, EventsReply, FindCount, FindReply,
     StatsReply,
 };
-use crate::control::queries::{EventsRequest, FindRequest};
 
 /// Rows asked for per request.
 pub const PAGE: u64 = 5000;

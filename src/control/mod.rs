@@ -5,8 +5,8 @@
 
 pub mod client;
 pub mod protocol;
-pub mod replies;
 pub mod queries;
+pub mod replies;
 pub mod server;
 
 use std::os::unix::ffi::OsStrExt;

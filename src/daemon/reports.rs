@@ -14,12 +14,12 @@ use serde_json::Value;
 use crate::catalog::{CatalogError, Event, EventKind, EventQuery, FileQuery, FileState, Job};
 use crate::config::Config;
 use crate::control::protocol::{ErrorBody, ErrorCode, Op};
+use crate::control::queries::{EventsRequest, FindRequest};
 use crate::control::replies::{
     AuditReply, ChainHead, ClassTotal, ConfigVersionRow, ConfigVersionsReply, Count, EntryStat,
     EventRow, EventsReply, FindCount, FindReply, FoundFile, JobRow, JobsReply, ListEntry,
     ListReply, StateTotal, StatsReply, StoreSummary,
 };
-use crate::control::queries::{EventsRequest, FindRequest};
 use crate::fs::backing::{self, Stat};
 use crate::tier::context::{ns_of, Tiering};
 
