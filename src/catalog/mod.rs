@@ -11,6 +11,7 @@ pub mod backup;
 mod chain;
 pub mod config;
 mod error;
+pub mod handles;
 pub mod metrics;
 mod queries;
 mod schema;

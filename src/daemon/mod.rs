@@ -2,6 +2,7 @@
 //! unmounted or signalled; and `umount`, which ends it cleanly.
 
 pub mod handler;
+pub mod handles;
 pub mod metrics;
 pub mod rebuild;
 pub mod reports;
@@ -455,7 +456,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         attr: p.config.fuse.attr_timeout(),
         entry: p.config.fuse.entry_timeout(),
     };
-    let (runtime, tiering, config_cell) = match start_tiering(&p, &overlay) {
+    let (runtime, tiering, config_cell, handles) = match start_tiering(&p, &overlay) {
         Ok(t) => t,
         Err(e) => {
             report(&mut status, &format!("ERR {e:#}"));
@@ -550,6 +551,9 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     let catalog = tiering.catalog.clone();
     tiering.workers.stop();
     drop(tiering);
+    if let Some(h) = &handles {
+        h.stop();
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
     match catalog.checkpoint() {
         Ok(true) => {}
@@ -633,13 +637,54 @@ pub fn reload(path: Option<&Path>, t: &Tiering, config: &ConfigCell) {
     }
 }
 
+/// What `start_tiering` started: the engine's runtime, the engine, the config in force and
+/// the node-handle map (if it could be opened).
+type Started = (
+    tokio::runtime::Runtime,
+    Arc<Tiering>,
+    ConfigCell,
+    Option<Arc<handles::Handles>>,
+);
+
+/// Remembers the node ids the mount hands out with their file handles, beside the catalog
+/// (`catalog::handles`), so that NFS handles outlive cache drops, remounts and restarts.
+/// Without it (the map cannot be opened) the mount still serves, with handles that go
+/// stale once the kernel drops an inode.
+fn remember_handles<B: Send + Sync + 'static>(
+    catalog: &Path,
+    overlay: &Arc<OverlayFs<B>>,
+) -> Option<Arc<handles::Handles>> {
+    let path = crate::catalog::handles::path_for(catalog);
+    let opened = overlay
+        .root_handle()
+        .map_err(|e| format!("the source root has no file handle ({e:?})"))
+        .and_then(|root| {
+            crate::catalog::handles::HandleDb::open(&path, &root).map_err(|e| e.to_string())
+        })
+        .and_then(|db| handles::Handles::start(db).map_err(|e| e.to_string()));
+    match opened {
+        Ok(h) => {
+            overlay.set_handle_store(h.clone());
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "node-handle map {}: {e}: NFS handles of files the kernel no longer caches \
+                 will be stale",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 /// Opens the catalog (recording the config version in force), the store, the tiering
 /// engine and its control socket, and installs the overlay's tiering hooks. Runs before
 /// the mount serves anything, so that no stub is ever served without its records.
 fn start_tiering<B: Send + Sync + 'static>(
     p: &Prepared,
     overlay: &Arc<OverlayFs<B>>,
-) -> anyhow::Result<(tokio::runtime::Runtime, Arc<Tiering>, ConfigCell)> {
+) -> anyhow::Result<Started> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("coldtier-tier")
@@ -649,6 +694,7 @@ fn start_tiering<B: Send + Sync + 'static>(
     let catalog = Arc::new(
         Catalog::open(&path).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?,
     );
+    let handles = remember_handles(&path, overlay);
     // Versions an older coldtier recorded with their credentials in clear lose them now.
     match catalog.redact_config_texts(crate::config::redact_secrets) {
         Ok(0) => {}
@@ -726,7 +772,7 @@ fn start_tiering<B: Send + Sync + 'static>(
         store = described.as_deref().unwrap_or("none ([store] not configured)"),
         "tiering ready"
     );
-    Ok((rt, t, config))
+    Ok((rt, t, config, handles))
 }
 
 /// How long the store check at mount may take, retries included.

@@ -5,6 +5,12 @@
 //! it, and it pins the inode number), and always a kernel file handle: past the budget the
 //! inode is reopened from its handle for each operation (`open_by_handle_at`), so the mount
 //! serves any number of cached inodes under any RLIMIT_NOFILE.
+//!
+//! With a [`HandleStore`], every node id handed to the kernel is remembered with its
+//! object's file handle, and a node id the table does not hold (the kernel kept it longer
+//! than the daemon: an NFS handle after a cache drop, a remount, a restart) is resolved
+//! from the store again ([`InodeTable::resolve`]): the same file, or ESTALE when it is
+//! gone, never another one.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -99,6 +105,15 @@ impl<B> Inode<B> {
     }
 }
 
+/// Where node ids and their objects' file handles are remembered across the table's life
+/// (the daemon keeps them in `catalog::handles`).
+pub trait HandleStore: Send + Sync {
+    /// Node id `ino` names the object with file `handle` (may be recorded later, batched).
+    fn remember(&self, ino: u64, handle: &[u8]);
+    /// The handle recorded for `ino`.
+    fn recall(&self, ino: u64) -> Option<Box<[u8]>>;
+}
+
 struct Slot<B> {
     inode: Arc<Inode<B>>,
     nlookup: u64,
@@ -117,6 +132,7 @@ pub struct InodeTable<B> {
     foreign: Mutex<ForeignMap>,
     fd_budget: usize,
     fds_held: AtomicUsize,
+    handles: std::sync::OnceLock<Arc<dyn HandleStore>>,
 }
 
 /// Generation reported to the kernel: the birth time where the filesystem has one (stable
@@ -171,7 +187,48 @@ impl<B> InodeTable<B> {
             foreign: Mutex::new((HashMap::new(), FOREIGN_BASE)),
             fd_budget,
             fds_held: AtomicUsize::new(0),
+            handles: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Remembers node ids from now on, and resolves unknown ones from `store`.
+    pub fn set_handle_store(&self, store: Arc<dyn HandleStore>) {
+        let _ = self.handles.set(store);
+    }
+
+    /// The file handle of the source's root (what a handle store is bound to).
+    pub fn root_handle(&self) -> SysResult<Box<[u8]>> {
+        backing::handle_of(self.root.fd()?.as_fd())
+    }
+
+    /// The live inode `ino`, or, if the table does not hold it, the object a
+    /// [`HandleStore`] remembers for it, taken into the table with one reference (the
+    /// kernel may hold more: its FORGET then takes the count to zero early, and the next
+    /// use resolves it again). ESTALE when nothing is known of `ino` or its object is gone
+    /// (deleted, or its number reused by another object).
+    pub fn resolve(&self, ino: u64) -> SysResult<Arc<Inode<B>>> {
+        if let Some(i) = self.get(ino) {
+            return Ok(i);
+        }
+        Ok(self.revive(ino)?.0)
+    }
+
+    /// [`InodeTable::resolve`] for an inode the table does not hold: opens it from the
+    /// store's handle and inserts it with one reference. Returns the stat too.
+    pub fn revive(&self, ino: u64) -> SysResult<(Arc<Inode<B>>, Stat)> {
+        let store = self.handles.get().ok_or(Errno(libc::ESTALE))?;
+        let handle = store.recall(ino).ok_or(Errno(libc::ESTALE))?;
+        let fd = match backing::open_by_handle(self.mount_fd.as_fd(), &handle, libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno(libc::ENOENT | libc::ESTALE)) => return Err(Errno(libc::ESTALE)),
+            Err(e) => return Err(e),
+        };
+        let st = backing::stat_fd(fd.as_fd())?;
+        if self.map_ino(st.dev, st.ino) != ino {
+            return Err(Errno(libc::ESTALE));
+        }
+        let (inode, _) = self.insert_or_ref(ino, &st, fd)?;
+        Ok((inode, st))
     }
 
     fn shard(&self, ino: u64) -> &Mutex<HashMap<u64, Slot<B>>> {
@@ -234,7 +291,8 @@ impl<B> InodeTable<B> {
     fn anchor_for(&self, fd: OwnedFd, st: &Stat) -> (Anchor, Option<OwnedFd>, Option<Box<[u8]>>) {
         let foreign = st.dev != self.root_dev;
         let over_budget = self.fds_held.load(Ordering::Relaxed) >= self.fd_budget;
-        let handle = if !foreign && (over_budget || st.btime.is_none()) {
+        let remember = self.handles.get().is_some();
+        let handle = if !foreign && (over_budget || st.btime.is_none() || remember) {
             backing::handle_of(fd.as_fd()).ok()
         } else {
             None
@@ -308,6 +366,10 @@ impl<B> InodeTable<B> {
                 nlookup,
             },
         );
+        drop(shard);
+        if let (Some(store), Some(h)) = (self.handles.get(), handle.as_deref()) {
+            store.remember(ino, h);
+        }
         Ok((inode, spare))
     }
 

@@ -428,8 +428,21 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         self.inodes.len()
     }
 
+    /// The inode behind node id `ino`: live in the table, or resolved again from the
+    /// remembered file handle (the kernel kept it longer than the daemon).
     fn inode(&self, ino: u64) -> SysResult<Arc<Ino<B>>> {
-        self.inodes.get(ino).ok_or(Errno(libc::ESTALE))
+        self.inodes.resolve(ino)
+    }
+
+    /// Remember node ids and their file handles in `store`, and resolve unknown node ids
+    /// from it (NFS handles across cache drops, remounts and restarts).
+    pub fn set_handle_store(&self, store: Arc<dyn super::inodes::HandleStore>) {
+        self.inodes.set_handle_store(store);
+    }
+
+    /// The file handle of the source's root.
+    pub fn root_handle(&self) -> SysResult<Box<[u8]>> {
+        self.inodes.root_handle()
     }
 
     fn root_stat(&self) -> SysResult<Stat> {
@@ -495,21 +508,24 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
+        if name.as_bytes() == b"." {
+            // NFS export support: the kernel asks for a node id it no longer holds (an NFS
+            // handle names it): the live inode, or the object its remembered file handle
+            // opens; the kernel checks the generation.
+            let i = match self.inodes.get_and_ref(parent, None) {
+                Some(i) => i,
+                None => self.inodes.revive(parent)?.0,
+            };
+            let mut st = self.stat_inode(&i)?;
+            self.present(&i, &mut st);
+            return Ok(Entry {
+                ino: parent,
+                generation: i.generation,
+                stat: st,
+            });
+        }
         let p = self.inode(parent)?;
         match name.as_bytes() {
-            // NFS export support: "." resolves a handle to a known inode.
-            b"." => {
-                let st = self.stat_inode(&p)?;
-                let i = self
-                    .inodes
-                    .get_and_ref(parent, None)
-                    .ok_or(Errno(libc::ESTALE))?;
-                return Ok(Entry {
-                    ino: parent,
-                    generation: i.generation,
-                    stat: st,
-                });
-            }
             // Never step above the root of the source.
             b".." if parent == ROOT_INO => {
                 let st = self.root_stat()?;
