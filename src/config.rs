@@ -61,13 +61,27 @@ pub struct Config {
 /// `[mount]`: what to serve and where, so that `coldtier mount --config FILE` (the
 /// `coldtier@.service` unit) needs nothing else. The command line's SOURCE and MOUNTPOINT,
 /// when given, must agree with these.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MountConfig {
     /// The directory to serve (the backing tree).
     pub source: Option<PathBuf>,
     /// Where to mount; none: on `source` itself.
     pub mountpoint: Option<PathBuf>,
+    /// When the daemon dies with the mount up (a crash, SIGKILL, the OOM killer), start
+    /// another on the same FUSE connection: clients see a pause, not an error. Off: the
+    /// mount is left dead (ENOTCONN) until the next `coldtier mount`.
+    pub restart_on_crash: bool,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            source: None,
+            mountpoint: None,
+            restart_on_crash: true,
+        }
+    }
 }
 
 /// `[metrics]`: Prometheus metrics over HTTP, off unless `listen` is set.
@@ -295,6 +309,11 @@ impl Config {
             "mount.mountpoint",
             format!("{:?}", self.mount.mountpoint),
             format!("{:?}", new.mount.mountpoint),
+        );
+        cmp(
+            "mount.restart_on_crash",
+            self.mount.restart_on_crash.to_string(),
+            new.mount.restart_on_crash.to_string(),
         );
         cmp(
             "metrics.listen",
@@ -1151,13 +1170,14 @@ mod tests {
         let c = Config::parse(text, "example").unwrap();
         let table: toml::Table = toml::from_str(text).unwrap();
         let keys = |section: &str| sorted_keys(&table, section);
-        assert_eq!(keys("mount"), ["mountpoint", "source"]);
+        assert_eq!(keys("mount"), ["mountpoint", "restart_on_crash", "source"]);
         assert_eq!(keys("metrics"), ["listen"]);
         assert_eq!(
             c.mount,
             MountConfig {
                 source: Some("/srv/share".into()),
                 mountpoint: Some("/srv/share".into()),
+                restart_on_crash: true,
             }
         );
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9464"));

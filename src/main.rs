@@ -6,12 +6,13 @@ use clap::Parser;
 use coldtier::cli::args::{CatalogCommand, Cli, Command};
 use coldtier::{cli, daemon};
 
-/// The commands that run in this process go to the daemon module (`mount`, `umount`, the
-/// offline `catalog rebuild`); the others talk to a daemon through `cli`.
+/// The commands that run in this process go to the daemon module (`mount`, `umount`,
+/// `restart`, the offline `catalog rebuild`); the others talk to a daemon through `cli`.
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Mount(a) => daemon::mount(a, &cli.log),
         Command::Umount(a) => daemon::umount(a),
+        Command::Restart(a) => daemon::restart(a),
         Command::Catalog(CatalogCommand::Rebuild(a)) => daemon::rebuild::run(a),
         c => cli::run(c),
     }

@@ -747,9 +747,12 @@ fn random_kills_during_migrate_and_recall_lose_nothing() {
     spec.push(("big.bin".into(), 11 << 20));
     let spec: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
     let fs_ = files(&spec);
+    // The cold restart: the mount is left dead and mounted again (tests/restart.rs kills
+    // daemons whose supervisor takes over without unmounting).
     let (_moto, proxy, mut t) = proxied("random-kills", &fs_, |c| {
         c.set("store", "part_size", &q("5MiB"))
             .set("store", "concurrency", "2")
+            .set("mount", "restart_on_crash", "false")
     });
     // Slow the store a little so that the kills land in the middle of things.
     proxy.rules(

@@ -1507,7 +1507,10 @@ fn a_crash_at_any_step_of_migrate_or_recall_leaves_every_file_readable() {
 /// One crash: the daemon dies at `fp` during a migrate (migrate-*) or during the recall
 /// of a stub (recall-*); then it is remounted without the failpoint and checked.
 fn crash_at(moto: &Arc<MotoServer>, fs_: &Files, fp: &str) {
-    let mut t = TierMount::new(moto, &format!("crash-{fp}"), fs_, |c| c);
+    // The cold restart: the mount is left dead and mounted again.
+    let mut t = TierMount::new(moto, &format!("crash-{fp}"), fs_, |c| {
+        c.set("mount", "restart_on_crash", "false")
+    });
     let migrate = fp.starts_with("migrate-");
     if !migrate {
         t.migrate_ok(&["--mode", "stub"]);

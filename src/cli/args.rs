@@ -25,6 +25,10 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a coldtier mount cleanly, waiting for its daemon to finish.
     Umount(UmountArgs),
+    /// Restart a mount's daemon without unmounting (after an upgrade of the binary):
+    /// the running daemon answers what it serves and hands the connection to a new one
+    /// started from the binary on disk; clients see a pause, not an error.
+    Restart(RestartArgs),
     /// Run the tiering policy now (the daemon does the work) and wait for it.
     Migrate(MigrateArgs),
     /// Show the tiering state of files: resident, premigrated, stub, recalling, restore_pending.
@@ -204,6 +208,19 @@ pub struct MountArgs {
     /// its check at mount (missing bucket, wrong credentials, unreachable) is refused.
     #[arg(long)]
     pub paused: bool,
+    /// Internal: run as the daemon of a supervisor (`COLDTIER_CHILD` names what it
+    /// inherits). Not for people.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    /// The mount point of a coldtier mount.
+    pub mountpoint: PathBuf,
+    /// Seconds to wait for the new daemon to serve.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]

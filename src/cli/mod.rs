@@ -51,6 +51,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
         Command::Manpage(a) => manual::manpage(a.dir.as_deref()),
         Command::Mount(_)
         | Command::Umount(_)
+        | Command::Restart(_)
         | Command::Catalog(args::CatalogCommand::Rebuild(_)) => {
             unreachable!("run in the process itself: main.rs dispatches it")
         }

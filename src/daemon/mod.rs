@@ -6,6 +6,7 @@ pub mod handles;
 pub mod metrics;
 pub mod rebuild;
 pub mod reports;
+pub mod supervise;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -20,7 +21,7 @@ use crate::catalog::Catalog;
 use crate::cli::args::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
-use crate::fs::fuse::{FuseAdapter, Ttls, FS_TYPE};
+use crate::fs::fuse::{FuseAdapter, Negotiated, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
 use crate::tier::context::Tiering;
 use handler::{ConfigCell, Control};
@@ -265,18 +266,37 @@ fn read_record(mountpoint: &Path) -> Option<(i32, String)> {
     Some((pid, lines.next().unwrap_or("").to_string()))
 }
 
-fn write_record(p: &Prepared) -> std::io::Result<()> {
+/// The supervisor's pid in a mount's runtime record (0 or absent: none).
+fn record_supervisor(mountpoint: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(record_path(mountpoint)).ok()?;
+    text.lines()
+        .nth(3)?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &i32| *p > 0)
+}
+
+fn write_record(p: &Prepared, supervised: bool) -> std::io::Result<()> {
     crate::base::private::create_private_dir(Path::new(RUN_DIR))?;
     let path = record_path(&p.mountpoint);
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = crate::base::private::open_private(&tmp, false)?;
+    // Line 4: the supervisor (`coldtier restart` signals it), when there is one.
+    let supervisor = if supervised {
+        // SAFETY: getppid cannot fail.
+        unsafe { libc::getppid() }
+    } else {
+        0
+    };
     f.write_all(
         format!(
-            "{}\n{}\n{}\n",
+            "{}\n{}\n{}\n{}\n",
             std::process::id(),
             p.source.display(),
-            p.mountpoint.display()
+            p.mountpoint.display(),
+            supervisor
         )
         .as_bytes(),
     )?;
@@ -298,10 +318,18 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
 
 /// `coldtier mount`.
 pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
+    if args.child {
+        return child(args, log_filter);
+    }
     let prepared = prepare(args)?;
     if args.foreground {
         crate::base::logging::init_logging(log_filter, None)?;
-        return serve(prepared, None);
+        let code = supervise(prepared, args, log_filter, None, None);
+        if code != 0 {
+            // The daemon said why (stderr, the journal).
+            std::process::exit(code);
+        }
+        return Ok(());
     }
     let log_file = args
         .log_file
@@ -320,7 +348,7 @@ pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
         -1 => Err(std::io::Error::last_os_error().into()),
         0 => {
             drop(rd);
-            let code = daemon_child(prepared, wr, &log_file, log_filter);
+            let code = daemon_child(prepared, args, wr, &log_file, log_filter);
             std::process::exit(code);
         }
         _ => {
@@ -341,7 +369,13 @@ pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
     }
 }
 
-fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &str) -> i32 {
+fn daemon_child(
+    prepared: Prepared,
+    args: &MountArgs,
+    wr: OwnedFd,
+    log_file: &Path,
+    log_filter: &str,
+) -> i32 {
     let mut status = std::fs::File::from(wr);
     // The locks came with the fork; they now name this process.
     for l in &prepared.locks {
@@ -367,13 +401,97 @@ fn daemon_child(prepared: Prepared, wr: OwnedFd, log_file: &Path, log_filter: &s
         let _ = write!(status, "ERR cannot start logging: {e}");
         return 2;
     }
-    match serve(prepared, Some(status)) {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            1
+    supervise(prepared, args, log_filter, Some(log_file), Some(status))
+}
+
+/// Runs the supervisor over the prepared mount (docs: `supervise`): the daemon is a child
+/// process, started again on the same connection if it dies with the mount up.
+fn supervise(
+    p: Prepared,
+    args: &MountArgs,
+    log_filter: &str,
+    log_file: Option<&Path>,
+    status: Option<std::fs::File>,
+) -> i32 {
+    let mut status = status;
+    let fail = |status: &mut Option<std::fs::File>, m: String| {
+        if let Some(s) = status.as_mut() {
+            let _ = write!(s, "ERR {m}");
         }
+        tracing::error!("{m}");
+        1
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(&mut status, format!("cannot find the coldtier binary: {e}")),
+    };
+    let config = match supervise::text_fd(p.config.text()) {
+        Ok(f) => f,
+        Err(e) => return fail(&mut status, format!("cannot keep the config: {e}")),
+    };
+    let root = match p.root.try_clone() {
+        Ok(r) => r,
+        Err(e) => return fail(&mut status, format!("cannot keep the source root: {e}")),
+    };
+    let plan = supervise::Plan {
+        exe,
+        args: supervise::child_args(args, &p.source, &p.mountpoint, log_file),
+        log_filter: log_filter.to_string(),
+        root,
+        config,
+        mountpoint: p.mountpoint.clone(),
+        restart_on_crash: p.config.mount.restart_on_crash,
+    };
+    // `p` (the locks above all) lives as long as the supervisor.
+    let code = supervise::supervise(plan, status);
+    drop(p);
+    code
+}
+
+/// `coldtier mount --child`: the daemon a supervisor runs. It takes what the supervisor
+/// kept (the source root, the connection to take over, if any) and serves.
+fn child(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
+    let inh = supervise::inherited()?;
+    match &args.log_file {
+        Some(f) => crate::base::logging::init_logging(log_filter, Some(f))?,
+        None => crate::base::logging::init_logging(log_filter, None)?,
     }
+    let (Some(source), Some(mountpoint)) = (&args.source, &args.mountpoint) else {
+        return Err(bad("--child needs SOURCE and MOUNTPOINT"));
+    };
+    let config = match &args.config {
+        None => Config::default(),
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            // A restart must not fail on a config file broken since the mount.
+            Err(e) => {
+                tracing::error!("{e}; this daemon runs with the config the mount started with");
+                Config::parse(&inh.config_text, &path.display().to_string())
+                    .map_err(|e| anyhow::anyhow!("the mount's own config: {e}"))?
+            }
+        },
+    };
+    let p = Prepared {
+        source: source.clone(),
+        mountpoint: mountpoint.clone(),
+        config,
+        root: inh.root,
+        paused: args.paused,
+        locks: Vec::new(),
+        config_path: args.config.clone(),
+    };
+    let link = Link {
+        sock: inh.sock,
+        resume: inh.resume,
+    };
+    serve(p, inh.status, Some(link))
+}
+
+/// A daemon's tie to its supervisor.
+struct Link {
+    sock: std::os::unix::net::UnixStream,
+    /// The connection to take over (a restart), and what its INIT settled.
+    resume: Option<(OwnedFd, String)>,
 }
 
 fn redirect_stdio(log_file: &Path) -> std::io::Result<()> {
@@ -395,12 +513,43 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
+}
+
+/// SIGUSR1 from the supervisor (`coldtier restart`): hands the mount over to the next
+/// daemon without unmounting. New requests are left for the next daemon (the kernel sends
+/// them again), the ones being served are answered first (up to 30 s), the background
+/// workers stop, the node-handle map and the catalog's lazy records reach the disk; a
+/// policy run or gc under way stops where it is (its steps are crash-safe, as for a
+/// crash). Then the process exits with [`supervise::HANDOVER_EXIT`].
+fn hand_over(
+    serving: &crate::fs::fuse::Serving,
+    t: &Tiering,
+    handles: Option<&handles::Handles>,
+    mountpoint: &Path,
+) -> ! {
+    tracing::info!("handing the mount over to the next daemon");
+    crate::base::notify::status("handing the mount over to a new daemon");
+    if !serving.drain(Duration::from_secs(30)) {
+        tracing::warn!(
+            "requests still wait (for recalls) after 30 s: the next daemon answers them"
+        );
+    }
+    t.workers.stop();
+    if let Some(h) = handles {
+        h.stop();
+    }
+    if let Err(e) = t.catalog.sync() {
+        tracing::error!("catalog: {e}");
+    }
+    let _ = std::fs::remove_file(crate::control::socket_path(mountpoint));
+    tracing::info!("mount handed over");
+    std::process::exit(supervise::HANDOVER_EXIT)
 }
 
 /// Unmounts `mountpoint`: normally, or, when files are still open, by detaching it so that
@@ -422,7 +571,7 @@ fn unmount_path(mountpoint: &Path, lazy_if_busy: bool) -> Result<bool, std::io::
     Err(e)
 }
 
-fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
+fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> anyhow::Result<()> {
     let report = |status: &mut Option<std::fs::File>, msg: &str| {
         if let Some(s) = status.as_mut() {
             let _ = s.write_all(msg.as_bytes());
@@ -471,20 +620,41 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         }
     };
     let adapter = FuseAdapter::new(overlay.clone(), ttl, p.config.fuse.readdirplus);
+    let negotiated = adapter.negotiated();
+    let serving = adapter.serving();
     let threads = p.config.fuse.threads();
-    let mut session =
-        match crate::fs::fuse::Session::mount(adapter, &p.mountpoint, &p.source, threads) {
-            Ok(s) => s,
-            Err(e) => {
-                report(
-                    &mut status,
-                    &format!("ERR cannot mount at {}: {e}", p.mountpoint.display()),
-                );
-                return Err(anyhow::anyhow!("mount failed: {e}"));
-            }
-        };
+    let (sock, resume) = match link {
+        Some(l) => (Some(l.sock), l.resume),
+        None => (None, None),
+    };
+    let resumed = resume.is_some();
+    let session = match resume {
+        Some((fd, neg)) => {
+            adapter.resume_as(Negotiated::decode(&neg).unwrap_or_default());
+            tracing::info!("taking over the mount's connection from the previous daemon");
+            crate::fs::fuse::Session::resume(adapter, fd, &p.source, threads)
+        }
+        None => crate::fs::fuse::Session::mount(adapter, &p.mountpoint, &p.source, threads),
+    };
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            report(
+                &mut status,
+                &format!("ERR cannot mount at {}: {e}", p.mountpoint.display()),
+            );
+            return Err(anyhow::anyhow!("mount failed: {e}"));
+        }
+    };
     overlay.set_invalidator(session.invalidator());
-    if let Err(e) = write_record(&p) {
+    // The supervisor keeps a copy of the connection: the next daemon takes it over.
+    if let Some(sock) = &sock {
+        let neg = negotiated.lock().unwrap_or_default().encode();
+        if let Err(e) = supervise::send_fd(sock, session.fd(), &neg) {
+            tracing::error!("cannot hand the connection to the supervisor: {e}");
+        }
+    }
+    if let Err(e) = write_record(&p, sock.is_some()) {
         tracing::warn!("cannot write runtime record under {RUN_DIR}: {e}");
     }
     tracing::info!(
@@ -492,7 +662,12 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
         mountpoint = %p.mountpoint.display(),
         threads,
         nofile,
-        "coldtier mounted"
+        "{}",
+        if resumed {
+            "coldtier serving again (restart without unmount)"
+        } else {
+            "coldtier mounted"
+        }
     );
     report(&mut status, "OK\n");
     drop(status);
@@ -511,6 +686,8 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
     let reload_from = p.config_path.clone();
     let t_signals = tiering.clone();
     let config_signals = config_cell.clone();
+    let handles_signals = handles.clone();
+    let supervised = sock.is_some();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -527,10 +704,19 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>) -> anyhow::Result<()> {
                 reload(reload_from.as_deref(), &t_signals, &config_signals);
                 continue;
             }
+            if sig == libc::SIGUSR1 {
+                if !supervised {
+                    tracing::warn!("SIGUSR1 (hand over) ignored: no supervisor to take over");
+                    continue;
+                }
+                hand_over(&serving, &t_signals, handles_signals.as_deref(), &mp);
+            }
             tracing::info!(signal = sig, "termination signal: unmounting");
             crate::base::notify::notify("STOPPING=1\nSTATUS=unmounting");
-            // fuser's own unmount first (clears its state), then a detach if files are open.
-            if unmounter.unmount().is_err() {
+            // fuser's own unmount first (clears its state), then a detach if files are open;
+            // a daemon that took the connection over has no fuser mount: the path then.
+            let unmounted = unmounter.unmount().is_ok() && !is_coldtier_mount(&mp);
+            if !unmounted {
                 match unmount_path(&mp, true) {
                     Ok(true) => {
                         crate::base::notify::status(
@@ -907,6 +1093,62 @@ fn start_metrics(p: &Prepared, t: &Arc<Tiering>) -> anyhow::Result<Option<std::n
 }
 
 /// `coldtier umount`.
+/// `coldtier restart`: asks the mount's supervisor (SIGUSR2) to hand the mount over to a
+/// new daemon started from the binary on disk, and waits until the new one serves.
+pub fn restart(args: &crate::cli::args::RestartArgs) -> anyhow::Result<()> {
+    require_root("restart")?;
+    let mp = std::fs::canonicalize(&args.mountpoint)
+        .map_err(|e| bad(format!("{}: {e}", args.mountpoint.display())))?;
+    if !is_coldtier_mount(&mp) {
+        return Err(bad(format!("{} is not a coldtier mount", mp.display())));
+    }
+    let Some((old, _)) = read_record(&mp) else {
+        return Err(anyhow::anyhow!(
+            "{}: no runtime record under {RUN_DIR}: cannot find its daemon",
+            mp.display()
+        ));
+    };
+    let Some(sup) = record_supervisor(&mp).filter(|p| process_alive(*p)) else {
+        return Err(anyhow::anyhow!(
+            "the daemon of {} (pid {old}) runs without a supervisor (started by an older \
+             coldtier?): it cannot be restarted without unmounting",
+            mp.display()
+        ));
+    };
+    // SAFETY: signalling the supervisor of this mount, which root started.
+    if unsafe { libc::kill(sup, libc::SIGUSR2) } != 0 {
+        return Err(anyhow::anyhow!(
+            "cannot signal the supervisor pid {sup}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        if let Some((new, _)) = read_record(&mp) {
+            if new != old && process_alive(new) && std::fs::metadata(&mp).is_ok() {
+                eprintln!(
+                    "{}: daemon pid {old} handed the mount over to pid {new}",
+                    mp.display()
+                );
+                return Ok(());
+            }
+        }
+        if !process_alive(sup) {
+            return Err(anyhow::anyhow!(
+                "the supervisor pid {sup} exited during the restart; see the mount's log"
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow::anyhow!(
+                "no new daemon serves {} after {}s; see the mount's log",
+                mp.display(),
+                args.timeout
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
     require_root("umount")?;
     let given = if args.mountpoint.is_absolute() {

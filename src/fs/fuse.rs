@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +32,41 @@ pub struct FuseAdapter {
     fs: Arc<OverlayFs<BackingId>>,
     ttl: Ttls,
     readdirplus: Readdirplus,
+    served: Arc<Serving>,
+    negotiated: Arc<parking_lot::Mutex<Option<Negotiated>>>,
+}
+
+/// What the INIT exchange settled that the daemon acts on: a daemon that takes the
+/// connection over (restart without unmount) gets no INIT and sets itself up from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Negotiated {
+    /// Kernel passthrough of resident files' I/O.
+    pub passthrough: bool,
+    /// POSIX ACLs enforced by the kernel, the umask left to the daemon.
+    pub acl: bool,
+}
+
+impl Negotiated {
+    /// "passthrough=1,acl=1": how it travels to the next daemon.
+    pub fn encode(&self) -> String {
+        format!(
+            "passthrough={},acl={}",
+            u8::from(self.passthrough),
+            u8::from(self.acl)
+        )
+    }
+
+    pub fn decode(s: &str) -> Option<Negotiated> {
+        let mut n = Negotiated::default();
+        for kv in s.split(',') {
+            match kv.split_once('=')? {
+                ("passthrough", v) => n.passthrough = v == "1",
+                ("acl", v) => n.acl = v == "1",
+                _ => return None,
+            }
+        }
+        Some(n)
+    }
 }
 
 impl FuseAdapter {
@@ -39,7 +75,88 @@ impl FuseAdapter {
             fs,
             ttl,
             readdirplus,
+            served: Arc::default(),
+            negotiated: Arc::default(),
         }
+    }
+
+    /// What INIT settled, once it has (shared: read it after the session is mounted).
+    pub fn negotiated(&self) -> Arc<parking_lot::Mutex<Option<Negotiated>>> {
+        self.negotiated.clone()
+    }
+
+    /// Sets the overlay up as a previous daemon's INIT settled it (the connection is taken
+    /// over: no INIT comes).
+    pub fn resume_as(&self, n: Negotiated) {
+        if n.acl {
+            self.fs.set_apply_umask(true);
+        }
+        if !n.passthrough && self.fs.passthrough_enabled() {
+            self.fs
+                .disable_passthrough("the connection was set up without FUSE_PASSTHROUGH");
+        }
+        *self.negotiated.lock() = Some(n);
+    }
+
+    /// What a handover (`Serving::drain`) waits on.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.served.clone()
+    }
+
+    /// Counts a request in, unless the daemon is handing over: then the request is left
+    /// unanswered (its reply forgotten, not dropped: a dropped reply sends EIO), and the
+    /// kernel sends it again to the next daemon (FUSE_NOTIFY_RESEND).
+    fn enter(&self) -> Option<Served> {
+        let s = &self.served;
+        s.in_flight.fetch_add(1, Ordering::SeqCst);
+        if s.draining.load(Ordering::SeqCst) {
+            s.leave();
+            return None;
+        }
+        Some(Served(s.clone()))
+    }
+}
+
+/// The requests a daemon is serving, and whether it is handing the mount over to the next
+/// daemon (restart without unmount).
+#[derive(Default)]
+pub struct Serving {
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+    idle: (parking_lot::Mutex<()>, parking_lot::Condvar),
+}
+
+impl Serving {
+    fn leave(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _g = self.idle.0.lock();
+            self.idle.1.notify_all();
+        }
+    }
+
+    /// Stops taking requests (the ones that arrive from now on wait for the next daemon)
+    /// and waits, up to `limit`, for those being served to be answered. False if some are
+    /// still being served at the limit (a recall a request waits for, on a thread of its
+    /// own: the kernel sends that request again to the next daemon).
+    pub fn drain(&self, limit: Duration) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + limit;
+        let mut g = self.idle.0.lock();
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if self.idle.1.wait_until(&mut g, deadline).timed_out() {
+                return self.in_flight.load(Ordering::SeqCst) == 0;
+            }
+        }
+        true
+    }
+}
+
+/// One request being served (dropped when it is answered or handed on to a thread).
+struct Served(Arc<Serving>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -262,8 +379,10 @@ impl Filesystem for FuseAdapter {
         // POSIX ACLs: the kernel enforces them (with default_permissions) and leaves the
         // umask to us, so that a default ACL on the parent can override it as on ext4.
         let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        let mut negotiated = Negotiated::default();
         if caps.contains(acl) && config.add_capabilities(acl).is_ok() {
             self.fs.set_apply_umask(true);
+            negotiated.acl = true;
         } else {
             tracing::warn!("kernel lacks FUSE_POSIX_ACL: ACLs are stored but not enforced");
         }
@@ -271,12 +390,14 @@ impl Filesystem for FuseAdapter {
             if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
                 let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
                 let _ = config.set_max_stack_depth(1);
+                negotiated.passthrough = true;
                 tracing::info!("kernel passthrough enabled for resident files");
             } else {
                 self.fs
                     .disable_passthrough("kernel did not offer FUSE_PASSTHROUGH");
             }
         }
+        *self.negotiated.lock() = Some(negotiated);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -285,15 +406,24 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         metrics::fuse_request(FuseOp::Lookup);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.reply_entry(self.fs.lookup(parent.0, name), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        // Handing over: the next daemon starts with no references to forget.
+        if let Some(_served) = self.enter() {
+            self.fs.forget(ino.0, nlookup);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         metrics::fuse_request(FuseOp::Getattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         match self.fs.getattr(ino.0) {
             Ok(e) => reply.attr(&self.ttl.attr, &attr(e.ino, &e.stat)),
             Err(e) => reply.error(err(e)),
@@ -319,6 +449,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         metrics::fuse_request(FuseOp::Setattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Some(f) = fh {
+            if let Err(e) = self.fs.revive_handle(f.0, ino.0, libc::O_RDWR) {
+                return reply.error(err(e));
+            }
+        }
         let a = SetAttr {
             mode,
             uid,
@@ -336,6 +474,9 @@ impl Filesystem for FuseAdapter {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         metrics::fuse_request(FuseOp::Readlink);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -353,6 +494,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         metrics::fuse_request(FuseOp::Mknod);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.reply_entry(
             self.fs
                 .mknod(parent.0, name, mode, rdev, caller(req, umask)),
@@ -370,6 +514,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         metrics::fuse_request(FuseOp::Mkdir);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.reply_entry(
             self.fs.mkdir(parent.0, name, mode, caller(req, umask)),
             reply,
@@ -378,11 +525,17 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         metrics::fuse_request(FuseOp::Unlink);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_empty(self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         metrics::fuse_request(FuseOp::Rmdir);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_empty(self.fs.rmdir(parent.0, name), reply);
     }
 
@@ -395,6 +548,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         metrics::fuse_request(FuseOp::Symlink);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.reply_entry(
             self.fs
                 .symlink(parent.0, link_name, target.as_os_str(), caller(req, 0)),
@@ -413,6 +569,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Rename);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_empty(
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
@@ -429,11 +588,17 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         metrics::fuse_request(FuseOp::Link);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         metrics::fuse_request(FuseOp::Open);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         let uid = req.uid();
         match self
             .fs
@@ -458,15 +623,21 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         metrics::fuse_request(FuseOp::Read);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, flags.0) {
+            return reply.error(err(e));
+        }
         with_data(
             &self.fs,
             &[fh.0],
@@ -482,16 +653,22 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         metrics::fuse_request(FuseOp::Write);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, flags.0) {
+            return reply.error(err(e));
+        }
         // The request's buffer is borrowed: copied only when the write must wait.
         match self.fs.needs_data(fh.0) {
             Ok(None) => match self.fs.write(fh.0, offset, data) {
@@ -524,6 +701,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Flush);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        // A previous daemon's handle: nothing of it is buffered here, nothing to flush.
+        if !self.fs.has_handle(fh.0) {
+            return reply.ok();
+        }
         reply_empty(self.fs.flush(fh.0), reply);
     }
 
@@ -538,6 +722,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Release);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -545,17 +732,26 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Fsync);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDONLY) {
+            return reply.error(err(e));
+        }
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         metrics::fuse_request(FuseOp::Opendir);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -565,12 +761,18 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         metrics::fuse_request(FuseOp::Readdir);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDONLY) {
+            return reply.error(err(e));
+        }
         let r = self.fs.readdir(fh.0, offset as i64, |ino, off, d, name| {
             reply.add(INodeNo(ino), off as u64, dtype(d), name)
         });
@@ -589,6 +791,12 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         metrics::fuse_request(FuseOp::Readdirplus);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDONLY) {
+            return reply.error(err(e));
+        }
         let dot = FileAttr {
             ino,
             kind: FileType::Directory,
@@ -635,6 +843,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Releasedir);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -642,17 +853,26 @@ impl Filesystem for FuseAdapter {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Fsyncdir);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDONLY) {
+            return reply.error(err(e));
+        }
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         metrics::fuse_request(FuseOp::Statfs);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -679,26 +899,41 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Setxattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         metrics::fuse_request(FuseOp::Getxattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_xattr(self.fs.getxattr(ino.0, name, size), reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         metrics::fuse_request(FuseOp::Listxattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_xattr(self.fs.listxattr(ino.0, size), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         metrics::fuse_request(FuseOp::Removexattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         metrics::fuse_request(FuseOp::Access);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         reply_empty(self.fs.access(ino.0), reply);
     }
 
@@ -713,6 +948,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         metrics::fuse_request(FuseOp::Create);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
         let r = self
             .fs
             .create(parent.0, name, mode, flags, caller(req, umask), |fd| {
@@ -747,7 +985,7 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -755,6 +993,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         metrics::fuse_request(FuseOp::Fallocate);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDWR) {
+            return reply.error(err(e));
+        }
         with_data(
             &self.fs,
             &[fh.0],
@@ -767,13 +1011,19 @@ impl Filesystem for FuseAdapter {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
         metrics::fuse_request(FuseOp::Lseek);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDONLY) {
+            return reply.error(err(e));
+        }
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -783,10 +1033,10 @@ impl Filesystem for FuseAdapter {
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -794,6 +1044,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         metrics::fuse_request(FuseOp::CopyFileRange);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        if let Err(e) = self
+            .fs
+            .revive_handle(fh_in.0, ino_in.0, libc::O_RDONLY)
+            .and_then(|()| self.fs.revive_handle(fh_out.0, ino_out.0, libc::O_RDWR))
+        {
+            return reply.error(err(e));
+        }
         let flags = flags.bits() as u32;
         with_data(
             &self.fs,
@@ -812,7 +1072,6 @@ impl Filesystem for FuseAdapter {
 
 pub use crate::base::mountinfo::FS_TYPE;
 
-/// Mount options for the session: allow_other + default_permissions, like a real share.
 /// The FUSE session of a mount (fuser stays behind this file).
 pub struct Session(fuser::Session<FuseAdapter>);
 
@@ -829,6 +1088,33 @@ impl Session {
         threads: usize,
     ) -> std::io::Result<Session> {
         fuser::Session::new(adapter, mountpoint, &mount_config(source, threads)).map(Session)
+    }
+
+    /// Takes over the live connection `fd` of a previous daemon of this mount (restart
+    /// without unmount): `adapter` set up with [`FuseAdapter::resume_as`]; then asks the
+    /// kernel to send again the requests the previous daemon read and never answered
+    /// (FUSE_NOTIFY_RESEND, Linux 6.9; on an older kernel those requests wait forever).
+    pub fn resume(
+        adapter: FuseAdapter,
+        fd: std::os::fd::OwnedFd,
+        source: &Path,
+        threads: usize,
+    ) -> std::io::Result<Session> {
+        let config = mount_config(source, threads);
+        let acl = config.acl;
+        let s = fuser::Session::resume(adapter, fd, acl, config)?;
+        if let Err(e) = notify_resend(std::os::fd::AsFd::as_fd(&s)) {
+            tracing::warn!(
+                "FUSE_NOTIFY_RESEND refused ({e}): requests the previous daemon had read \
+                 are not answered (the kernel is older than 6.9?)"
+            );
+        }
+        Ok(Session(s))
+    }
+
+    /// The `/dev/fuse` connection (the supervisor keeps a copy across daemon restarts).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
     }
 
     /// What the overlay calls to drop the kernel's cached attributes of an inode.
@@ -852,6 +1138,29 @@ impl Unmounter {
     }
 }
 
+/// FUSE_NOTIFY_RESEND: the kernel queues again every request this connection's daemon
+/// read without answering, marked as resent.
+fn notify_resend(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    // struct fuse_out_header { u32 len; i32 error (the notify code); u64 unique (0) }
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    h[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    // SAFETY: h is a complete fuse_out_header; fd is the open /dev/fuse connection.
+    let n = unsafe {
+        libc::write(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            h.as_ptr().cast(),
+            h.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mount options for the session: allow_other + default_permissions, like a real share.
 pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {
     let mut c = fuser::Config::default();
     c.mount_options = vec![
@@ -868,7 +1177,11 @@ pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {
     ];
     c.acl = fuser::SessionACL::All;
     c.n_threads = Some(threads.max(1));
-    c.clone_fd = true;
+    // Every thread reads the one /dev/fuse fd the supervisor also holds: a request a
+    // crashed daemon had read is then still queued on a live device and is sent again to
+    // the next daemon (FUSE_NOTIFY_RESEND). Per-thread clones (FUSE_DEV_IOC_CLONE) die
+    // with the daemon, and the kernel fails their requests with ECONNABORTED.
+    c.clone_fd = false;
     c
 }
 

@@ -192,6 +192,10 @@ pub struct OverlayFs<B> {
     inodes: InodeTable<OpenFile<B>>,
     handles: RwLock<HashMap<u64, Handle<B>>>,
     next_fh: AtomicU64,
+    /// This daemon's first handle number (the wall clock in ns at start): a lower one the
+    /// kernel sends is a previous daemon's handle, opened again on first use
+    /// ([`OverlayFs::revive_handle`]).
+    first_fh: u64,
     passthrough: AtomicBool,
     passthrough_warned: AtomicBool,
     /// True when the kernel leaves the umask to us (FUSE_DONT_MASK, with POSIX ACLs).
@@ -238,11 +242,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         if !st.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
+        // Handle numbers grow with the wall clock across daemon lifetimes, so that a new
+        // daemon never gives out a number the kernel still holds from the one before.
+        let first_fh = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+            .max(1);
         Ok(OverlayFs {
             inodes: InodeTable::new(root, &st, opts.inode_fds)
                 .map_err(|e| io::Error::from_raw_os_error(e.0))?,
             handles: RwLock::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(first_fh),
+            first_fh,
             passthrough: AtomicBool::new(opts.passthrough),
             passthrough_warned: AtomicBool::new(false),
             apply_umask: AtomicBool::new(false),
@@ -808,6 +819,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         wants_write: bool,
         candidate: Option<OwnedFd>,
         stub: bool,
+        passthrough: bool,
         register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<Arc<OpenFile<B>>> {
         let mut slot = inode.open_file.lock();
@@ -832,7 +844,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 }
             }
         };
-        let backing = if self.passthrough_enabled() && !stub {
+        let backing = if passthrough && self.passthrough_enabled() && !stub {
             match register(fd.as_fd()) {
                 Ok(id) => Some(id),
                 Err(e) => {
@@ -874,6 +886,55 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         caller_uid: u32,
         register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<OpenOutcome<B>> {
+        self.open_as(ino, flags, caller_uid, None, register)
+    }
+
+    /// Whether `fh` is a handle of this daemon's table.
+    pub fn has_handle(&self, fh: u64) -> bool {
+        self.handles.read().contains_key(&fh)
+    }
+
+    /// Makes handle `fh` of inode `ino` usable again when it is a previous daemon's (the
+    /// daemon restarted under a live mount: the kernel still holds the handles it had):
+    /// the file is opened again under that number, as `flags` opened it (without
+    /// passthrough: a passthrough handle's I/O never reaches the daemon), a directory
+    /// reopened. Nothing to do for a handle of this daemon, known or not.
+    pub fn revive_handle(&self, fh: u64, ino: u64, flags: i32) -> SysResult<()> {
+        if fh >= self.first_fh || self.has_handle(fh) {
+            return Ok(());
+        }
+        let inode = self.inode(ino)?;
+        if inode.is_dir() {
+            let h = self.dir_handle_of(&inode)?;
+            self.handles
+                .write()
+                .entry(fh)
+                .or_insert(Handle::Dir(Arc::new(h)));
+            return Ok(());
+        }
+        // A rare path (once per handle after a restart): a recall it needs is waited for
+        // here.
+        for _ in 0..4 {
+            match self.open_as(ino, flags & !libc::O_TRUNC, 0, Some(fh), |_| {
+                Err(io::Error::from_raw_os_error(libc::EALREADY))
+            })? {
+                OpenOutcome::Opened(_) => return Ok(()),
+                OpenOutcome::Wait(w) => w()?,
+            }
+        }
+        Err(Errno(libc::EAGAIN))
+    }
+
+    /// [`OverlayFs::open`]; `at`: the handle number to use (a revived handle), and then
+    /// no passthrough.
+    fn open_as(
+        &self,
+        ino: u64,
+        flags: i32,
+        caller_uid: u32,
+        at: Option<u64>,
+        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+    ) -> SysResult<OpenOutcome<B>> {
         let inode = self.inode(ino)?;
         if inode.is_dir() {
             return Err(Errno(libc::EISDIR));
@@ -895,7 +956,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 DataReady::Now => {}
             }
         }
-        let file = self.open_backing_file(&inode, wants_write, None, lazy, register)?;
+        let file =
+            self.open_backing_file(&inode, wants_write, None, lazy, at.is_none(), register)?;
         if truncate {
             backing::ftruncate(file.fd.as_fd(), 0)?;
             if caller_uid != 0 {
@@ -914,12 +976,19 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
         held.opened(wants_write);
         drop(held);
-        let fh = self.insert_handle(Handle::File {
+        let h = Handle::File {
             _inode: inode,
             file: file.clone(),
             ino,
             writer: wants_write,
-        });
+        };
+        let fh = match at {
+            Some(fh) => {
+                self.handles.write().insert(fh, h);
+                fh
+            }
+            None => self.insert_handle(h),
+        };
         Ok(OpenOutcome::Opened(Opened { fh, file }))
     }
 
@@ -951,7 +1020,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         };
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd_as(path_fd, Some(MARK_PLAIN))?;
-        let file = match self.open_backing_file(&inode, true, Some(fd), false, register) {
+        let file = match self.open_backing_file(&inode, true, Some(fd), false, true, register) {
             Ok(f) => f,
             Err(e) => {
                 self.inodes.forget(entry.ino, 1);
@@ -1153,13 +1222,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn opendir(&self, ino: u64) -> SysResult<u64> {
         let i = self.dir(ino)?;
+        let h = self.dir_handle_of(&i)?;
+        Ok(self.insert_handle(Handle::Dir(Arc::new(h))))
+    }
+
+    fn dir_handle_of(&self, i: &Ino<B>) -> SysResult<DirHandle> {
         let fd = backing::open_at(
             i.fd()?.as_fd(),
             OsStr::new("."),
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
         )?;
-        let h = DirHandle {
+        Ok(DirHandle {
             fd,
             state: Mutex::new(DirState {
                 buf: Vec::new(),
@@ -1167,8 +1241,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 len: 0,
                 cursor: 0,
             }),
-        };
-        Ok(self.insert_handle(Handle::Dir(Arc::new(h))))
+        })
     }
 
     fn dir_handle(&self, fh: u64) -> SysResult<Arc<DirHandle>> {

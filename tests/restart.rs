@@ -1,0 +1,343 @@
+//! Restart without unmount: the daemon killed (SIGKILL) or handed over (`coldtier
+//! restart`) under a live mount while clients read and write; the supervisor starts
+//! another daemon on the same FUSE connection. Clients see a pause, never an error; the
+//! bytes are right; a recall cut by the kill is done by the next daemon; NFS handles
+//! taken before still open their files.
+
+mod common;
+#[allow(dead_code)]
+#[path = "common/faults.rs"]
+mod faults;
+#[allow(dead_code)]
+#[path = "common/tier.rs"]
+mod tier;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{coldtier, show, Mounted};
+use faults::FaultProxy;
+use serde_json::json;
+use tier::*;
+
+fn record(mnt: &Path) -> Vec<String> {
+    let hex: String = mnt
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::read_to_string(format!("/run/coldtier/mounts/{hex}.pid"))
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The pid of the daemon serving `mnt` now.
+fn daemon(mnt: &Path) -> i32 {
+    record(mnt)[0].parse().unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+/// Kills the daemon of `mnt` with SIGKILL and waits for the next one to serve.
+fn kill_and_wait_for_the_next(mnt: &Path) -> i32 {
+    let old = daemon(mnt);
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for_new_daemon(mnt, old)
+}
+
+fn wait_for_new_daemon(mnt: &Path, old: i32) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        let r = record(mnt);
+        if let Some(p) = r.first().and_then(|p| p.parse::<i32>().ok()) {
+            if p != old && alive(p) && std::fs::metadata(mnt).is_ok() {
+                return p;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no new daemon after pid {old}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Clients that keep reading and writing through the mount and count what fails.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    errors: Arc<parking_lot::Mutex<Vec<String>>>,
+    rounds: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(mnt: &Path, files: &[(PathBuf, Vec<u8>)]) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        let rounds = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        // Readers: each file read whole and compared, over and over.
+        for (path, body) in files.iter().cloned() {
+            let (stop, errors, rounds) = (stop.clone(), errors.clone(), rounds.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match std::fs::read(&path) {
+                        Ok(got) if got == body => {}
+                        Ok(got) => errors.lock().push(format!(
+                            "{}: {} bytes, not the {} written",
+                            path.display(),
+                            got.len(),
+                            body.len()
+                        )),
+                        Err(e) => errors.lock().push(format!("read {}: {e}", path.display())),
+                    }
+                    rounds.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        // A writer holding one file open across the restarts (its handle is the previous
+        // daemon's after a kill): writes and reads back through the same handle.
+        let (s2, e2, r2) = (stop.clone(), errors.clone(), rounds.clone());
+        let held = mnt.join("held.bin");
+        threads.push(std::thread::spawn(move || {
+            let mut f = match std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&held)
+            {
+                Ok(f) => f,
+                Err(e) => return e2.lock().push(format!("open held.bin: {e}")),
+            };
+            let mut i = 0u64;
+            while !s2.load(Ordering::SeqCst) {
+                let line = format!("{i:016}\n");
+                let off = (i % 1000) * 17;
+                let r = f
+                    .seek(SeekFrom::Start(off))
+                    .and_then(|_| f.write_all(line.as_bytes()))
+                    .and_then(|_| f.seek(SeekFrom::Start(off)))
+                    .and_then(|_| {
+                        let mut b = vec![0u8; line.len()];
+                        f.read_exact(&mut b).map(|_| b)
+                    });
+                match r {
+                    Ok(b) if b == line.as_bytes() => {}
+                    Ok(_) => e2
+                        .lock()
+                        .push(format!("held.bin: round {i} read back different")),
+                    Err(e) => e2.lock().push(format!("held.bin round {i}: {e}")),
+                }
+                i += 1;
+                r2.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        Clients {
+            stop,
+            errors,
+            rounds,
+            threads,
+        }
+    }
+
+    /// Waits until the clients have done `n` more rounds (they run across the restart).
+    fn progress(&self, n: u64) {
+        let start = self.rounds.load(Ordering::SeqCst);
+        let t0 = Instant::now();
+        while self.rounds.load(Ordering::SeqCst) < start + n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the clients are stuck"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let e = self.errors.lock().clone();
+        e
+    }
+}
+
+fn some_files(m: &Mounted) -> Vec<(PathBuf, Vec<u8>)> {
+    std::fs::create_dir_all(m.m("d")).unwrap();
+    let files: Vec<(PathBuf, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                m.m(&format!("d/f{i}")),
+                common::data(i, 3_000 + 150_000 * i as usize),
+            )
+        })
+        .collect();
+    for (p, b) in &files {
+        std::fs::write(p, b).unwrap();
+    }
+    files
+}
+
+#[test]
+fn a_killed_daemon_is_replaced_and_clients_see_no_error() {
+    kills_under_load(None);
+}
+
+/// The same with every read and write served by the daemon: the kernel's open handles are
+/// the previous daemon's, opened again by the next one on their first use.
+#[test]
+fn without_passthrough_the_handles_open_across_the_kill_go_on() {
+    kills_under_load(Some("[fuse]\npassthrough = false\n"));
+}
+
+fn kills_under_load(config: Option<&str>) {
+    let mut m = Mounted::with_config(config);
+    let files = some_files(&m);
+    let first = daemon(&m.mnt);
+    let supervisor: i32 = record(&m.mnt)[3].parse().unwrap();
+    assert!(supervisor > 0 && alive(supervisor));
+    let clients = Clients::start(&m.mnt, &files);
+    clients.progress(100);
+    let mut pids = vec![first];
+    for _ in 0..3 {
+        pids.push(kill_and_wait_for_the_next(&m.mnt));
+        clients.progress(100);
+    }
+    let errors = clients.finish();
+    assert!(
+        errors.is_empty(),
+        "clients saw errors:\n{}",
+        errors.join("\n")
+    );
+    // Each kill gave a new daemon, all under the same supervisor; the mount never went.
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    assert_eq!(record(&m.mnt)[3], supervisor.to_string());
+    assert!(alive(supervisor));
+    // The new daemon answers the control socket too.
+    let out = coldtier(&["status", m.m("d/f1").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    m.umount();
+    assert!(
+        !alive(supervisor) || {
+            std::thread::sleep(Duration::from_millis(500));
+            !alive(supervisor)
+        }
+    );
+}
+
+#[test]
+fn coldtier_restart_hands_the_mount_over_without_an_error() {
+    let mut m = Mounted::new();
+    let files = some_files(&m);
+    let clients = Clients::start(&m.mnt, &files);
+    clients.progress(100);
+    for _ in 0..2 {
+        let old = daemon(&m.mnt);
+        let out = coldtier(&["restart", m.mnt.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", show(&out));
+        let new = daemon(&m.mnt);
+        assert_ne!(old, new);
+        assert!(!alive(old), "the old daemon {old} is still there");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("handed the mount over"));
+        clients.progress(100);
+    }
+    let errors = clients.finish();
+    assert!(
+        errors.is_empty(),
+        "clients saw errors:\n{}",
+        errors.join("\n")
+    );
+    m.umount();
+}
+
+#[test]
+fn the_supervisor_gives_up_after_repeated_crashes() {
+    let mut m = Mounted::new();
+    std::fs::write(m.m("a"), b"a").unwrap();
+    let supervisor: i32 = record(&m.mnt)[3].parse().unwrap();
+    // Five restarts within the minute are allowed; the sixth crash leaves the mount dead.
+    for _ in 0..5 {
+        kill_and_wait_for_the_next(&m.mnt);
+    }
+    let last = daemon(&m.mnt);
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(last, libc::SIGKILL) };
+    let t0 = Instant::now();
+    while alive(supervisor) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the supervisor goes on"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = std::fs::metadata(m.m("a")).unwrap_err();
+    assert!(
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        ),
+        "{e}"
+    );
+    let _ = coldtier(&["umount", "--lazy", m.mnt.to_str().unwrap()]);
+    if common::is_mountpoint(&m.mnt) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&m.mnt)
+            .status();
+    }
+    m.mark_unmounted();
+}
+
+/// A stub being recalled when its daemon is killed: the read waits and gets the right
+/// bytes from the next daemon, which recalls it again; nothing is left half-done.
+#[test]
+fn a_recall_cut_by_a_kill_is_done_by_the_next_daemon() {
+    let fs_ = files(&[("big.bin", 12 << 20), ("small.txt", 5_000)]);
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, "restart-recall", &fs_, |c| c);
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("big.bin"), "stub");
+    // A slow store: the recall is surely under way when the daemon is killed.
+    proxy.rules(
+        json!([{"method": "GET", "path_contains": "/data/", "action": "delay", "delay": 1.5}]),
+    );
+    let path = t.m("big.bin");
+    let reader = std::thread::spawn(move || std::fs::read(path));
+    let t0 = Instant::now();
+    let state_now = |t: &TierMount| -> Option<String> {
+        let out = t.cli(&["status", "--json", t.m("big.bin").to_str().unwrap()]);
+        let v: serde_json::Value =
+            serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next()?).ok()?;
+        v["state"].as_str().map(str::to_string)
+    };
+    while state_now(&t).as_deref() != Some("recalling") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the recall never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_and_wait_for_the_next(&t.mnt);
+    proxy.rules(json!([]));
+    let got = reader.join().unwrap().expect("the read across the kill");
+    assert!(got == fs_[0].1, "big.bin read back different");
+    assert_eq!(t.state("big.bin"), "premigrated");
+    assert_all_read_back(&t, &fs_);
+    let out = t.cli(&["verify", t.mnt_str().as_str()]);
+    assert!(out.status.success(), "{}", show(&out));
+    t.umount();
+}
