@@ -58,6 +58,13 @@ impl Handles {
 }
 
 fn write_loop(queue: &(Mutex<Queue>, Condvar), db: &HandleDb) {
+    // Below the request threads: a listing's lookups come first on a busy machine, the
+    // map's batches fill the idle moments (the queue answers `recall` meanwhile).
+    // SAFETY: setpriority on this thread's own id (Linux: per-thread nice).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
     loop {
         let (batch, stop) = {
             let mut q = queue.0.lock();
