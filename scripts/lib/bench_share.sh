@@ -35,7 +35,7 @@ Environment (defaults in brackets; --quick changes the defaults, not explicit va
   BENCH_SHARE_DIR     work dir (data, server state, logs)         [/var/tmp/coldtier-bench-share]
   BENCH_SHARE_SIZE    size of the large file                       [512M]   (quick: 64M)
   BENCH_SHARE_NFILES  entries in the listed directory              [10000]  (quick: 1000)
-  BENCH_SHARE_REPEAT  repetitions (the table shows medians)        [3]      (quick: 1)
+  BENCH_SHARE_REPEAT  repetitions (the table shows medians)        [5]      (quick: 1)
   BENCH_OP_TIMEOUT    seconds before a single measured command is killed [900]
   COLDTIER_BIN        coldtier binary        [<repo>/target/release/coldtier]
 EOF
@@ -497,7 +497,7 @@ bench_share_main() {
     : "${BENCH_SHARE_DIR:=/var/tmp/coldtier-bench-share}"
     : "${BENCH_SHARE_SIZE:=512M}"
     : "${BENCH_SHARE_NFILES:=10000}"
-    : "${BENCH_SHARE_REPEAT:=3}"
+    : "${BENCH_SHARE_REPEAT:=5}"
     : "${BENCH_OP_TIMEOUT:=900}"
     : "${COLDTIER_BIN:=$REPO_ROOT/target/release/coldtier}"
 
