@@ -172,6 +172,20 @@ fn signal_group(pgid: u32, sig: i32) {
     }
 }
 
+/// Has `cmd`'s process get SIGTERM when the thread that spawns it goes away (a test killed
+/// by its runner's timeout runs no Drop); kept across exec (the servers are not setuid).
+fn term_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Stops a server started with `process_group(0)`: SIGTERM to its group, up to `grace` for
 /// the leader to exit, then SIGKILL to the group. Returns whether it exited on SIGTERM.
 fn stop_group(child: &mut Child, grace: Duration) -> bool {
@@ -452,7 +466,7 @@ exec ganesha.nfsd -F -f "$CONF" -L "$LOG" -p "$PIDFILE"
             .append(true)
             .open(self.dir.path().join("ganesha.out"))
             .unwrap();
-        let child = Command::new("unshare")
+        let child = term_with_parent(&mut Command::new("unshare"))
             .args(["-m", "--propagation", "private", "sh", "-c", script])
             .env("RUNDIR", self.dir.path().join("run"))
             .env("EXPORT", &self.export)
@@ -1006,7 +1020,7 @@ impl Samba {
         // --foreground: no fork into the background; --no-process-group: smbd stays in
         // the group we give it (process_group(0): its own, so that stopping it reaches its
         // forked children too).
-        let child = Command::new("smbd")
+        let child = term_with_parent(&mut Command::new("smbd"))
             .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
             .arg(&self.conf)
             .stdin(Stdio::null())
