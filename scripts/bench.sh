@@ -10,6 +10,8 @@
 # Usage: scripts/bench.sh [--quick] [--build] [--targets LIST] [--keep] [--strict]
 #        scripts/bench.sh --tier [...]   the tiering benchmark instead (scripts/lib/bench_tier.sh):
 #                                        migrate/recall vs rclone copy on a local s3s-fs server
+#        scripts/bench.sh --share [...]  the file-server benchmark instead (scripts/lib/bench_share.sh):
+#                                        a coldtier export vs a native one through nfs-ganesha and smbd
 # Run as root (dropping the page cache and FUSE passthrough both need it).
 # See docs/benchmarks.md for what each figure means.
 
@@ -20,12 +22,19 @@ CMDLINE_ARGS=("$@")
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
-# --tier: the tiering benchmark, a separate run with its own options and work dir.
+# --tier, --share: the tiering and file-server benchmarks, separate runs with their own
+# options and work dirs.
 for _arg in "$@"; do
     if [[ "$_arg" == --tier ]]; then
         # shellcheck source=scripts/lib/bench_tier.sh
         . "$SCRIPT_DIR/lib/bench_tier.sh"
         bench_tier_main "$@"
+        exit $?
+    fi
+    if [[ "$_arg" == --share ]]; then
+        # shellcheck source=scripts/lib/bench_share.sh
+        . "$SCRIPT_DIR/lib/bench_share.sh"
+        bench_share_main "$@"
         exit $?
     fi
 done
@@ -47,6 +56,10 @@ Options:
   --strict         exit 1 if a performance target is missed
   --tier           run the tiering benchmark instead (coldtier migrate/recall vs rclone
                    copy on a local s3s-fs server); `--tier --help` lists its options
+  --share          run the file-server benchmark instead (a coldtier export and a native
+                   one, side by side, through nfs-ganesha and smbd on 127.0.0.1: reading
+                   a 512 MiB file, listing a 10,000-entry directory cold and warm);
+                   `--share --help` lists its options
   -h, --help       this text
 
 Environment (defaults in brackets; --quick changes the defaults, not explicit values):

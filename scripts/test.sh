@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, then runs the whole test suite: unit tests (the object stores
-# against a real moto S3 server among them), integration tests on a real FUSE mount, and
-# the pjdfstest POSIX suite on the mount compared with native ext4.
+# against a real moto S3 server among them), integration tests on a real FUSE mount (also
+# exported through nfs-ganesha and Samba), and the pjdfstest POSIX suite on the mount
+# compared with native ext4.
 # Usage: scripts/test.sh [extra nextest/cargo-test filter args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ ensure_fuse
 # Tools the integration tests drive through the mount.
 apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps coreutils diffutils findutils
 scripts/pjdfstest.sh install
+# tests/share.rs serves a mount through its own nfs-ganesha (FSAL_VFS) and smbd on
+# 127.0.0.1, driven with libnfs-utils and smbclient; the packages' system services are
+# never started and are disabled (scripts/lib/deps.sh: apt_install_services_off).
+apt_install_services_off nfs-ganesha nfs-ganesha-vfs samba smbclient libnfs-utils
 # systemd-analyze, for tests/systemd.rs (`verify` of the shipped unit; PID 1 need not be systemd).
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 # The object-store tests run S3 against a real moto server they start themselves.

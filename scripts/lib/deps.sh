@@ -37,3 +37,62 @@ ensure_rust() {
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
 }
+
+# apt_install_services_off PKG... : apt_install for packages that ship system services
+# (samba: smbd, nmbd, samba-ad-dc; nfs-ganesha: nfs-ganesha, nfs-ganesha-lock; rpcbind,
+# which nfs-ganesha depends on). The share tests and `bench.sh --share` run their own
+# smbd and ganesha.nfsd on 127.0.0.1 with configs of their own; the system's copies would
+# listen on every address (445, 2049, 111). So the install starts none of them: unless
+# the machine already has a /usr/sbin/policy-rc.d, one that denies every start (exit 101,
+# honoured by invoke-rc.d and deb-systemd-invoke) is in place for the install only. Then
+# the units of the packages this call installed (not of those already there: the
+# machine's own services are left alone) are disabled, and stopped where systemd runs.
+apt_install_services_off() {
+    local watched=(samba nfs-ganesha rpcbind) fresh=() p
+    for p in "${watched[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || fresh+=("$p")
+    done
+    local policy=/usr/sbin/policy-rc.d
+    if [ -e "$policy" ]; then
+        apt_install "$@"
+    else
+        # In a subshell whose EXIT trap removes the policy however the install ends.
+        (
+            trap 'rm -f "$policy"' EXIT
+            printf '#!/bin/sh\n# coldtier scripts/lib/deps.sh: no service starts during this install\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            apt_install "$@"
+        ) || return 1
+    fi
+    local u
+    for p in "${fresh[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || continue
+        for u in $(_service_units_of "$p"); do
+            _service_off "$u"
+        done
+    done
+}
+
+# _service_units_of PKG: the units of PKG that apt_install_services_off keeps off.
+_service_units_of() {
+    case "$1" in
+        samba) echo "smbd.service nmbd.service samba-ad-dc.service" ;;
+        nfs-ganesha) echo "nfs-ganesha.service nfs-ganesha-lock.service" ;;
+        rpcbind) echo "rpcbind.service rpcbind.socket" ;;
+    esac
+}
+
+# _service_off UNIT: disabled (systemd links and SysV rc links); stopped if systemd runs.
+_service_off() {
+    local unit="$1" name="${1%.*}"
+    if command -v systemctl >/dev/null 2>&1; then
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        else
+            systemctl disable "$unit" >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ "${unit##*.}" = service ] && [ -x "/etc/init.d/$name" ] && command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d "$name" disable >/dev/null 2>&1 || true
+    fi
+}
