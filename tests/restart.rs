@@ -341,3 +341,49 @@ fn a_recall_cut_by_a_kill_is_done_by_the_next_daemon() {
     assert!(out.status.success(), "{}", show(&out));
     t.umount();
 }
+
+/// Files created and opened just before the kill (their node ids younger than the
+/// node-handle map's batch): the handles go on in the next daemon, with and without
+/// passthrough. An open makes its node id durable before the kernel gets the handle.
+#[test]
+fn handles_opened_just_before_a_kill_go_on() {
+    for config in [None, Some("[fuse]\npassthrough = false\n")] {
+        let m = Mounted::with_config(config);
+        std::fs::create_dir(m.m("fresh")).unwrap();
+        let mut held: Vec<std::fs::File> = (0..20)
+            .map(|i| {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(m.m(&format!("fresh/f{i}")))
+                    .unwrap();
+                f.write_all(format!("before {i}\n").as_bytes()).unwrap();
+                f
+            })
+            .collect();
+        let dir = std::fs::File::open(m.m("fresh")).unwrap();
+        kill_and_wait_for_the_next(&m.mnt);
+        for (i, f) in held.iter_mut().enumerate() {
+            f.write_all(format!("after {i}\n").as_bytes())
+                .unwrap_or_else(|e| panic!("f{i} ({config:?}): {e}"));
+            f.seek(SeekFrom::Start(0)).unwrap();
+            let mut got = String::new();
+            f.read_to_string(&mut got)
+                .unwrap_or_else(|e| panic!("f{i} ({config:?}): {e}"));
+            assert_eq!(got, format!("before {i}\nafter {i}\n"));
+        }
+        // The directory handle too.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor this test holds.
+        assert_eq!(
+            unsafe { libc::fstat(fd, &mut st) },
+            0,
+            "{config:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFDIR);
+    }
+}

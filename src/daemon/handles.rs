@@ -84,19 +84,26 @@ fn write_loop(queue: &(Mutex<Queue>, Condvar), db: &HandleDb) {
             )
         };
         if !batch.is_empty() {
-            if let Err(e) = db.put_all(&batch) {
-                tracing::error!("node-handle map: {e}: these NFS handles may go stale");
-            }
-            // Out of the queue only once written: `recall` finds them in one or the other.
-            let mut q = queue.0.lock();
-            for (k, v) in &batch {
-                if q.pending.get(k) == Some(v) {
-                    q.pending.remove(k);
-                }
-            }
+            write_batch(queue, db, &batch);
         }
         if stop {
             return;
+        }
+    }
+}
+
+/// Commits `batch` and takes it out of the queue (both the writer and `settle` may write
+/// the same entries: the write is idempotent).
+fn write_batch(queue: &(Mutex<Queue>, Condvar), db: &HandleDb, batch: &[(u64, Box<[u8]>)]) {
+    if let Err(e) = db.put_all(batch) {
+        tracing::error!("node-handle map: {e}: these NFS handles may go stale");
+    }
+    // Out of the queue only once written (or failed: the queue does not grow without
+    // bound): `recall` finds them in one or the other.
+    let mut q = queue.0.lock();
+    for (k, v) in batch {
+        if q.pending.get(k) == Some(v) {
+            q.pending.remove(k);
         }
     }
 }
@@ -110,6 +117,18 @@ impl HandleStore for Handles {
         if q.pending.len() == 1 || q.pending.len() >= BATCH {
             self.queue.1.notify_one();
         }
+    }
+
+    fn settle(&self, ino: u64) {
+        // Everything queued goes with it: a listing's pending node ids in one transaction.
+        let batch: Vec<(u64, Box<[u8]>)> = {
+            let q = self.queue.0.lock();
+            if !q.pending.contains_key(&ino) {
+                return;
+            }
+            q.pending.iter().map(|(k, v)| (*k, v.clone())).collect()
+        };
+        write_batch(&self.queue, &self.db, &batch);
     }
 
     fn recall(&self, ino: u64) -> Option<Box<[u8]>> {

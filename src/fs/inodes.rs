@@ -112,6 +112,9 @@ pub trait HandleStore: Send + Sync {
     fn remember(&self, ino: u64, handle: &[u8]);
     /// The handle recorded for `ino`.
     fn recall(&self, ino: u64) -> Option<Box<[u8]>>;
+    /// Makes what is remembered for `ino` durable now (before a file handle of it goes to
+    /// the kernel: an open handle cannot be looked up again, it must resolve after a crash).
+    fn settle(&self, ino: u64);
 }
 
 struct Slot<B> {
@@ -197,6 +200,13 @@ impl<B> InodeTable<B> {
     }
 
     /// The file handle of the source's root (what a handle store is bound to).
+    /// [`HandleStore::settle`] for `ino`, when there is a store.
+    pub fn settle(&self, ino: u64) {
+        if let Some(store) = self.handles.get() {
+            store.settle(ino);
+        }
+    }
+
     pub fn root_handle(&self) -> SysResult<Box<[u8]>> {
         backing::handle_of(self.root.fd()?.as_fd())
     }

@@ -942,6 +942,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         if inode.kind != libc::S_IFREG {
             return Err(Errno(libc::ENXIO));
         }
+        // A file handle cannot be looked up again: its node id must resolve after a crash.
+        self.inodes.settle(ino);
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = wants_write && flags & libc::O_TRUNC != 0;
         let mut held = self.gate.lock(ino);
@@ -1020,6 +1022,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         };
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd_as(path_fd, Some(MARK_PLAIN))?;
+        self.inodes.settle(entry.ino);
         let file = match self.open_backing_file(&inode, true, Some(fd), false, true, register) {
             Ok(f) => f,
             Err(e) => {
@@ -1222,6 +1225,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     pub fn opendir(&self, ino: u64) -> SysResult<u64> {
         let i = self.dir(ino)?;
+        self.inodes.settle(ino);
         let h = self.dir_handle_of(&i)?;
         Ok(self.insert_handle(Handle::Dir(Arc::new(h))))
     }
