@@ -176,7 +176,7 @@ fn transient_errors_are_retried() {
 /// on; the store's timeouts then end the recall (RECALL_FAILED), the stub stays; once the
 /// store answers again the file reads back byte-identical.
 #[test]
-fn a_hung_store_fails_the_open_with_eagain_and_keeps_the_stub() {
+fn a_hung_store_fails_the_read_with_eagain_and_keeps_the_stub() {
     let fs_ = files(&[("f.bin", 30_000)]);
     let (_moto, proxy, t) = proxied("hung", &fs_, |c| {
         c.set("recall", "timeout", &q("2s"))

@@ -471,12 +471,11 @@ fn listings_and_attribute_queries_of_stubs_through_samba_and_ganesha_send_no_get
     assert_still_stubs(&t, &fs_, "listings and attribute queries");
 }
 
-/// What the issue asks and does not hold today: smbclient's `allinfo` also opens the file
-/// with FILE_READ_DATA (to enumerate snapshots: FSCTL_SRV_ENUMERATE_SNAPSHOTS), smbd opens
-/// it `/proc/self/fd/N` O_RDONLY|O_NONBLOCK, and coldtier recalls a stub on a read-only
-/// open (tier/hooks.rs `before_open`). The attributes and stream size it prints are right.
+/// smbclient's `allinfo` opens the file with FILE_READ_DATA (to enumerate snapshots:
+/// FSCTL_SRV_ENUMERATE_SNAPSHOTS), smbd opens it `/proc/self/fd/N` O_RDONLY|O_NONBLOCK and
+/// reads nothing: no recall (an open of a stub fetches nothing, tier/hooks.rs
+/// `before_open`). The attributes and stream size it prints are right.
 #[test]
-#[ignore = "allinfo recalls the stub today: a read-only open (smbd's, for the snapshot query) recalls it"]
 fn allinfo_of_stubs_through_samba_sends_no_get() {
     let moto = start_moto();
     let (t, fs_) = stub_tree(&moto, "share-stub-allinfo");
@@ -499,11 +498,10 @@ fn allinfo_of_stubs_through_samba_sends_no_get() {
     assert_still_stubs(&t, &fs_, "allinfo");
 }
 
-/// Also not true today: once ganesha's cached attributes of a file expire, FSAL_VFS
-/// refreshes them through `open_by_handle_at(O_RDONLY)`, which recalls a stub. With
+/// Once ganesha's cached attributes of a file expire, FSAL_VFS refreshes them through
+/// `open_by_handle_at(O_RDONLY)` and reads nothing: no recall. With
 /// `Attr_Expiration_Time = 0` every listing and GETATTR refreshes.
 #[test]
-#[ignore = "a GETATTR after attribute expiry recalls the stub today: FSAL_VFS opens the file O_RDONLY"]
 fn ganesha_attribute_refreshes_of_stubs_send_no_get() {
     let moto = start_moto();
     let (t, fs_) = stub_tree(&moto, "share-stub-getattr");

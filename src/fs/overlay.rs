@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -92,9 +92,9 @@ pub trait TierHooks: Send + Sync {
     /// The times of a regular file were set through the mount (a stub keeps them in its
     /// record). Called with the gate held.
     fn times_set(&self, fd: BorrowedFd<'_>);
-    /// Before an open for I/O: a stub needs a recall (or, opened with O_TRUNC for
-    /// writing, becomes an empty resident file); a write to a premigrated file supersedes
-    /// its copy.
+    /// Before an open for I/O: a stub is opened lazily ([`DataReady::Lazy`]: its first data
+    /// operation recalls it) or, opened with O_TRUNC for writing, becomes an empty resident
+    /// file.
     fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<DataReady>;
     /// Before a truncate to `size` (setattr).
     fn before_truncate(&self, ino: u64, fd: BorrowedFd<'_>, size: u64) -> SysResult<DataReady>;
@@ -173,6 +173,11 @@ enum Handle<B> {
         file: Arc<OpenFile<B>>,
         ino: u64,
         writer: bool,
+        /// The errno of this handle's last failed wait for data, given once to the next
+        /// data operation through it without a new recall (0: none): the kernel retries a
+        /// failed page-cache read at once (readahead, then `read_folio`), and one `read()`
+        /// must cost one recall attempt and one `recall.timeout`, not two.
+        failed: Arc<AtomicI32>,
     },
     Dir(Arc<DirHandle>),
 }
@@ -983,6 +988,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             file: file.clone(),
             ino,
             writer: wants_write,
+            failed: Arc::default(),
         };
         let fh = match at {
             Some(fh) => {
@@ -1036,6 +1042,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             file: file.clone(),
             ino: entry.ino,
             writer: true,
+            failed: Arc::default(),
         });
         Ok((entry, Opened { fh, file }))
     }
@@ -1145,8 +1152,10 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     /// (it was opened as a stub): the wait, to run off the request thread before the
     /// operation. `None`: go ahead.
     pub fn needs_data(&self, fh: u64) -> SysResult<Option<Waiter>> {
-        let (file, ino) = match self.handles.read().get(&fh) {
-            Some(Handle::File { file, ino, .. }) => (file.clone(), *ino),
+        let (file, ino, failed) = match self.handles.read().get(&fh) {
+            Some(Handle::File {
+                file, ino, failed, ..
+            }) => (file.clone(), *ino, failed.clone()),
             Some(Handle::Dir(_)) => return Err(Errno(libc::EISDIR)),
             None => return Err(Errno(libc::EBADF)),
         };
@@ -1156,9 +1165,15 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let Some(h) = self.hooks.get() else {
             return Ok(None);
         };
+        match failed.swap(0, Ordering::AcqRel) {
+            0 => {}
+            e => return Err(Errno(e)),
+        }
         let _held = self.gate.lock(ino);
         match h.before_data(ino, file.fd.as_fd())? {
-            DataReady::Wait(w) => Ok(Some(w)),
+            DataReady::Wait(w) => Ok(Some(Box::new(move || {
+                w().inspect_err(|e| failed.store(e.0, Ordering::Release))
+            }))),
             DataReady::Now | DataReady::Lazy => {
                 file.stub.store(false, Ordering::Release);
                 if let Some(i) = self.inodes.get(ino) {

@@ -83,23 +83,25 @@ impl TierHooks for Tiering {
     }
 
     fn before_open(&self, ino: u64, fd: BorrowedFd<'_>, flags: i32) -> SysResult<DataReady> {
+        // An open fetches nothing: data is recalled by the first operation that needs it
+        // (read, write, copy_file_range; `before_data`). An open that reads nothing (`touch`,
+        // smbd's and ganesha's attribute queries, `file` managers' probes) costs no GET.
+        let truncate = flags & libc::O_ACCMODE != libc::O_RDONLY && flags & libc::O_TRUNC != 0;
         if let Some(w) = self.in_flight(ino) {
-            return Ok(DataReady::Wait(w));
+            // A recall running: a truncating open waits for it (then truncates a resident
+            // file), any other is opened as a stub whose first data operation joins it.
+            return Ok(if truncate {
+                DataReady::Wait(w)
+            } else {
+                DataReady::Lazy
+            });
         }
-        let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if let Some(rec) = marks::record(fd, marks::STUB)? {
-            if wants_write && flags & libc::O_TRUNC != 0 {
+            if truncate {
                 self.truncate_stub(fd, &rec)?;
                 return Ok(DataReady::Now);
             }
-            // An open for writing fetches nothing until data is written or read (`touch`
-            // opens for writing and only sets times).
-            if wants_write {
-                return Ok(DataReady::Lazy);
-            }
-            let w = backing::reopen(fd, libc::O_RDWR)?;
-            let rx = self.recall_rx(ino, w, rec);
-            return Ok(DataReady::Wait(self.waiter(rx)));
+            return Ok(DataReady::Lazy);
         }
         // A premigrated file opened for writing keeps its copy: only a change of its data
         // gives it up, found when the last writer closes (`writer_closed`) or, at the

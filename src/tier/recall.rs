@@ -59,8 +59,9 @@ impl Tiering {
         Some(self.waiter(rx))
     }
 
-    /// What an open waits on: the recall's outcome, for at most `recall.timeout`; past
-    /// it the open fails with `EAGAIN` and the recall goes on (a later open joins it).
+    /// What a data operation (or a truncating open) waits on: the recall's outcome, for at
+    /// most `recall.timeout`; past it the operation fails with `EAGAIN` and the recall goes
+    /// on (a later one joins it).
     pub(super) fn waiter(&self, rx: watch::Receiver<RecallResult>) -> Waiter {
         let rt = self.rt.clone();
         let limit = Some(self.settings().recall.timeout).filter(|d| !d.is_zero());
@@ -76,7 +77,7 @@ impl Tiering {
                             crate::tier::metrics::RECALLS_OPEN_TIMEOUT.inc();
                             tracing::warn!(
                                 secs = d.as_secs_f64(),
-                                "an open gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
+                                "a read gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
                             );
                             return Err(Errno(libc::EAGAIN));
                         }
