@@ -498,6 +498,63 @@ fn allinfo_of_stubs_through_samba_sends_no_get() {
     assert_still_stubs(&t, &fs_, "allinfo");
 }
 
+/// Through Samba a stub shows FILE_ATTRIBUTE_OFFLINE (0x1000); a file whose data is local
+/// does not; the bit follows a recall and a release. Samba's own attribute changes on a
+/// stub (hidden, read-only) are kept, stored without the derived bit, and fetch nothing.
+#[test]
+fn stubs_show_offline_through_samba_and_the_bit_follows_recall_and_release() {
+    const OFFLINE: u32 = 0x1000;
+    const HIDDEN: u32 = 0x2;
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 50_000), ("b.bin", 7_000)]);
+    let t = TierMount::new(&moto, "share-offline", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    std::fs::write(t.m("new.bin"), b"resident").unwrap();
+    let s = Samba::start(&t.mnt);
+    let before = settled_requests(&moto).len();
+    for (rel, _) in &fs_ {
+        let a = s.attributes(rel);
+        assert_eq!(a & OFFLINE, OFFLINE, "{rel}: stub without OFFLINE: {a:#x}");
+    }
+    let a = s.attributes("new.bin");
+    assert_eq!(a & OFFLINE, 0, "resident file with OFFLINE: {a:#x}");
+
+    // Samba sets hidden on a stub: shown with OFFLINE, stored without it, nothing fetched.
+    s.smbclient_ok("setmode a.bin +h");
+    let a = s.attributes("a.bin");
+    assert_eq!(
+        a & (HIDDEN | OFFLINE),
+        HIDDEN | OFFLINE,
+        "after setmode +h: {a:#x}"
+    );
+    let stored = xattr(&t.s("a.bin"), "user.DOSATTRIB").expect("no user.DOSATTRIB stored");
+    let attrib = u32::from_le_bytes(stored[12..16].try_into().unwrap());
+    assert_eq!(attrib & OFFLINE, 0, "OFFLINE stored: {stored:02x?}");
+    assert_eq!(attrib & HIDDEN, HIDDEN, "hidden not stored: {stored:02x?}");
+    let reqs = settled_requests(&moto);
+    assert_eq!(
+        gets(&t, &reqs[before..]),
+        0,
+        "allinfo and setmode sent GETs"
+    );
+    assert_still_stubs(&t, &fs_, "allinfo and setmode");
+
+    // A recall (a read through the mount): no OFFLINE, hidden kept.
+    assert_bytes("a.bin", &std::fs::read(t.m("a.bin")).unwrap(), &fs_[0].1);
+    assert_eq!(t.state("a.bin"), "premigrated");
+    let a = s.attributes("a.bin");
+    assert_eq!(a & (HIDDEN | OFFLINE), HIDDEN, "after the recall: {a:#x}");
+    // A release: OFFLINE again, hidden kept.
+    t.ok(&["release", &t.ms("a.bin")]);
+    assert_eq!(t.state("a.bin"), "stub");
+    let a = s.attributes("a.bin");
+    assert_eq!(
+        a & (HIDDEN | OFFLINE),
+        HIDDEN | OFFLINE,
+        "after the release: {a:#x}"
+    );
+}
+
 /// Once ganesha's cached attributes of a file expire, FSAL_VFS refreshes them through
 /// `open_by_handle_at(O_RDONLY)` and reads nothing: no recall. With
 /// `Attr_Expiration_Time = 0` every listing and GETATTR refreshes.

@@ -595,6 +595,11 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
             passthrough: p.config.fuse.passthrough,
             inode_fds: p.config.fuse.inode_fds,
             no_xattrs_ttl: p.config.fuse.attr_timeout(),
+            attr_fresh: p
+                .config
+                .fuse
+                .attr_timeout()
+                .min(p.config.fuse.entry_timeout()),
         },
     )?;
     if !p.config.fuse.passthrough {

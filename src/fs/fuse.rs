@@ -18,7 +18,9 @@ use fuser::{
 
 use super::backing::{Errno, SetTime, Stat};
 use super::config::Readdirplus;
-use super::overlay::{Caller, Entry, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply};
+use super::overlay::{
+    Caller, Entry, Listed, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply,
+};
 use crate::fs::metrics::{self, FuseOp};
 
 /// Attribute and entry cache lifetimes handed to the kernel.
@@ -243,12 +245,17 @@ fn caller(req: &Request, umask: u32) -> Caller {
 impl FuseAdapter {
     fn reply_entry(&self, r: Result<Entry, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(e) => reply.entry_with_ttls(
-                &self.ttl.attr,
-                &self.ttl.entry,
-                &attr(e.ino, &e.stat),
-                Generation(e.generation),
-            ),
+            Ok(e) => {
+                reply.entry_with_ttls(
+                    &self.ttl.attr,
+                    &self.ttl.entry,
+                    &attr(e.ino, &e.stat),
+                    Generation(e.generation),
+                );
+                // An entry and its attributes, both fresh now (a getattr reply refreshes
+                // only the attributes: not recorded).
+                self.fs.told(e.ino, &e.stat);
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -805,7 +812,7 @@ impl Filesystem for FuseAdapter {
         let r = self
             .fs
             .readdirplus(fh.0, offset as i64, |name, off, entry| match entry {
-                Some(e) => {
+                Listed::Node(e) => {
                     let full = reply.add(
                         INodeNo(e.ino),
                         off as u64,
@@ -816,10 +823,25 @@ impl Filesystem for FuseAdapter {
                     );
                     if !full {
                         metrics::READDIRPLUS_ENTRIES.inc();
+                        self.fs.told(e.ino, &e.stat);
                     }
                     full
                 }
-                None => reply.add(
+                Listed::Known { ino, kind: k } => {
+                    let full = reply.add_name_only(
+                        off as u64,
+                        name,
+                        &FileAttr {
+                            kind: kind(k),
+                            ..attr(ino, &Stat::default())
+                        },
+                    );
+                    if !full {
+                        metrics::READDIRPLUS_NAME_ONLY.inc();
+                    }
+                    full
+                }
+                Listed::Dot => reply.add(
                     INodeNo(0),
                     off as u64,
                     name,

@@ -58,6 +58,12 @@ pub struct Inode<B> {
     /// have no xattrs visible through the mount: learned from the listing the stub probe
     /// reads, dropped by a setxattr through the mount.
     pub no_xattrs_until: AtomicU64,
+    /// A digest of the attributes last sent to the kernel for this inode (by a lookup, a
+    /// getattr or a listing) and when (ns on the overlay's clock; 0: never): a listing
+    /// need not send them again while the kernel's copy is fresh
+    /// (`OverlayFs::readdirplus`).
+    pub told: AtomicU64,
+    pub told_at: AtomicU64,
 }
 
 /// [`Inode::tier_mark`]: not read yet.
@@ -180,6 +186,8 @@ impl<B> InodeTable<B> {
             tier_mark: AtomicU64::new(MARK_UNKNOWN),
             tier_mtime: std::sync::atomic::AtomicI64::new(0),
             no_xattrs_until: AtomicU64::new(0),
+            told: AtomicU64::new(0),
+            told_at: AtomicU64::new(0),
         });
         Ok(InodeTable {
             root,
@@ -361,6 +369,8 @@ impl<B> InodeTable<B> {
             tier_mark: AtomicU64::new(MARK_UNKNOWN),
             tier_mtime: std::sync::atomic::AtomicI64::new(0),
             no_xattrs_until: AtomicU64::new(0),
+            told: AtomicU64::new(0),
+            told_at: AtomicU64::new(0),
         });
         let nlookup = match shard.remove(&ino) {
             Some(old) => {

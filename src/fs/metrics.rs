@@ -7,6 +7,9 @@ use crate::base::metrics::{counter, header, Counter};
 /// Directory entries the daemon sent with their attributes and a lookup reference
 /// (READDIRPLUS): entries the kernel needs no LOOKUP for.
 pub static READDIRPLUS_ENTRIES: Counter = Counter::new();
+/// Directory entries sent by name only in a READDIRPLUS (the kernel held the node with
+/// the same attributes, still fresh): no attributes changed, no cached ACL dropped.
+pub static READDIRPLUS_NAME_ONLY: Counter = Counter::new();
 
 /// FUSE requests, as `coldtier_fuse_requests_total` labels them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,12 @@ pub fn render(out: &mut String) {
         "coldtier_readdirplus_entries_total",
         "Directory entries sent with their attributes (READDIRPLUS): no LOOKUP needed for them.",
         &READDIRPLUS_ENTRIES,
+    );
+    counter(
+        out,
+        "coldtier_readdirplus_name_only_total",
+        "Directory entries sent by name only (READDIRPLUS): the kernel held them, fresh.",
+        &READDIRPLUS_NAME_ONLY,
     );
     header(
         out,

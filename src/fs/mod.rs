@@ -2,6 +2,7 @@
 
 pub mod backing;
 pub mod config;
+pub mod dosattrib;
 pub mod fuse;
 pub mod gate;
 pub mod inodes;

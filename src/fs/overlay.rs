@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::backing::{self, Errno, SetTime, Stat, SysResult};
+use super::dosattrib;
 use super::gate::Gate;
 use super::inodes::{generation_of, Inode, InodeTable, MARK_PLAIN, MARK_UNKNOWN, ROOT_INO};
 
@@ -43,6 +44,44 @@ pub struct Entry {
     pub ino: u64,
     pub generation: u64,
     pub stat: Stat,
+}
+
+/// An entry of a listing with attributes (`OverlayFs::readdirplus`).
+pub enum Listed<'a> {
+    /// "." or "..": name only.
+    Dot,
+    /// A node for the kernel, with its attributes (the kernel takes a lookup reference).
+    Node(&'a Entry),
+    /// Name, node id and file type only: the kernel holds this node with the same
+    /// attributes, still fresh; sending them again would change nothing but drop its
+    /// cached ACLs (a listing's attributes make the kernel forget them).
+    Known { ino: u64, kind: u32 },
+}
+
+/// A digest of the attributes the kernel caches for a node (FNV-1a over the fields it
+/// shows; the ctime moves at every change, so a digest never comes back to an older one).
+fn attr_digest(st: &Stat) -> u64 {
+    let fields: [u64; 14] = [
+        st.ino,
+        st.mode as u64,
+        st.nlink as u64,
+        st.uid as u64,
+        st.gid as u64,
+        st.rdev as u64,
+        st.size,
+        st.blocks,
+        st.atime.0 as u64,
+        st.atime.1 as u64,
+        st.mtime.0 as u64,
+        st.mtime.1 as u64,
+        st.ctime.0 as u64,
+        st.ctime.1 as u64,
+    ];
+    fields.iter().fold(0xcbf2_9ce4_8422_2325u64, |acc, &f| {
+        f.to_le_bytes()
+            .iter()
+            .fold(acc, |a, &b| (a ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    })
 }
 
 /// Result of an open: the handle number and, with passthrough, the file to hand to the kernel.
@@ -191,6 +230,9 @@ pub struct OverlayOptions {
     /// How long a file seen without xattrs answers getxattr/listxattr from that (the
     /// attribute cache lifetime; zero: never).
     pub no_xattrs_ttl: std::time::Duration,
+    /// How long the kernel keeps attributes and entries it was sent (the shorter of the
+    /// attribute and entry timeouts); zero: every listing sends them all.
+    pub attr_fresh: std::time::Duration,
 }
 
 pub struct OverlayFs<B> {
@@ -213,7 +255,12 @@ pub struct OverlayFs<B> {
     invalidate: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// [`OverlayOptions::no_xattrs_ttl`] in ns, and the clock it is counted on.
     no_xattrs_ttl_ns: u64,
+    /// Half of [`OverlayOptions::attr_fresh`] in ns: how long after being sent a node's
+    /// attributes count as fresh in the kernel for a listing.
+    told_fresh_ns: u64,
     clock: std::time::Instant,
+    /// SELinux is enabled on this host (selinuxfs mounted).
+    selinux: bool,
 }
 
 /// SEEK_DATA / SEEK_HOLE from `off` in a file of `size` bytes whose data is `extents`
@@ -268,6 +315,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             hooks: std::sync::OnceLock::new(),
             invalidate: std::sync::OnceLock::new(),
             no_xattrs_ttl_ns: u64::try_from(opts.no_xattrs_ttl.as_nanos()).unwrap_or(u64::MAX),
+            told_fresh_ns: u64::try_from(opts.attr_fresh.as_nanos() / 2).unwrap_or(u64::MAX),
+            selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             // A deadline is now + a non-zero lifetime: never 0, which means "not known".
             clock: std::time::Instant::now(),
         })
@@ -1328,15 +1377,42 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     /// readdirplus: `add(name, next_offset, entry) -> full`; `entry` is None for "." and "..",
     /// which the kernel does not look up. Entries count as lookups only once added.
+    /// The kernel was sent attributes `st` of node `ino` (a lookup, getattr or listing
+    /// reply): remembered for [`OverlayFs::readdirplus`].
+    pub fn told(&self, ino: u64, st: &Stat) {
+        if self.told_fresh_ns == 0 {
+            return;
+        }
+        if let Some(i) = self.inodes.get(ino) {
+            i.told.store(attr_digest(st), Ordering::Relaxed);
+            i.told_at.store(self.now_ns().max(1), Ordering::Release);
+        }
+    }
+
+    /// Whether the kernel holds node `ino` with attributes `st`, sent less than half their
+    /// lifetime ago.
+    fn kernel_has_fresh(&self, ino: u64, st: &Stat) -> bool {
+        let Some(i) = self.inodes.get(ino) else {
+            return false;
+        };
+        let at = i.told_at.load(Ordering::Acquire);
+        at != 0
+            && self.now_ns().saturating_sub(at) < self.told_fresh_ns
+            && i.told.load(Ordering::Relaxed) == attr_digest(st)
+    }
+
+    /// Lists a directory with each entry's attributes. An entry whose node the kernel
+    /// already holds with the same attributes, sent recently, goes as a name only
+    /// ([`Listed::Known`]): a cached `ls -l` then costs no request per entry.
     pub fn readdirplus(
         &self,
         fh: u64,
         offset: i64,
-        mut add: impl FnMut(&OsStr, i64, Option<&Entry>) -> bool,
+        mut add: impl FnMut(&OsStr, i64, Listed<'_>) -> bool,
     ) -> SysResult<()> {
         self.walk_dir(fh, offset, |d, r| {
             if r.name == "." || r.name == ".." {
-                return Ok(add(r.name, r.off, None));
+                return Ok(add(r.name, r.off, Listed::Dot));
             }
             // d_ino tells whether the kernel may know this inode already: if not, open it
             // and stat the handle (2 syscalls) instead of stat + open + stat.
@@ -1357,7 +1433,20 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 Err(Errno(libc::ENOENT)) => return Ok(false),
                 Err(e) => return Err(e),
             };
-            let full = add(r.name, r.off, Some(&entry));
+            if known && self.kernel_has_fresh(entry.ino, &entry.stat) {
+                // No node goes to the kernel: the reference `entry_at` took goes back.
+                self.inodes.forget(entry.ino, 1);
+                let kind = entry.stat.file_type();
+                return Ok(add(
+                    r.name,
+                    r.off,
+                    Listed::Known {
+                        ino: entry.ino,
+                        kind,
+                    },
+                ));
+            }
+            let full = add(r.name, r.off, Listed::Node(&entry));
             if full {
                 self.inodes.forget(entry.ino, 1);
             }
@@ -1371,10 +1460,30 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> SysResult<XattrReply> {
+        let got = self.getxattr_of(ino, name, size);
+        // No SELinux on this host: a file without a label says the mount has none
+        // (EOPNOTSUPP, as a filesystem without security labels does) rather than "this
+        // file has none" (ENODATA). `ls -l` and other libselinux users then stop asking
+        // for every file: one request per listing instead of one per entry
+        // (docs/semantics.md). A label a file carries is shown as it is.
+        match got {
+            Err(Errno(libc::ENODATA))
+                if !self.selinux && name.as_bytes() == b"security.selinux" =>
+            {
+                Err(Errno(libc::EOPNOTSUPP))
+            }
+            r => r,
+        }
+    }
+
+    fn getxattr_of(&self, ino: u64, name: &OsStr, size: u32) -> SysResult<XattrReply> {
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno(libc::ENODATA));
         }
         let i = self.inode(ino)?;
+        if name.as_bytes() == dosattrib::NAME && i.kind == libc::S_IFREG {
+            return self.dos_attributes(&i, size);
+        }
         if self.known_without_xattrs(&i) {
             return Err(Errno(libc::ENODATA));
         }
@@ -1430,11 +1539,60 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
     }
 
+    /// Samba's DOS attributes of regular file `i` as the mount shows them: with
+    /// FILE_ATTRIBUTE_OFFLINE (and RECALL_ON_DATA_ACCESS) while it is a stub (`fs::dosattrib`).
+    fn dos_attributes(&self, i: &Ino<B>, size: u32) -> SysResult<XattrReply> {
+        let stub = self.is_stub(i);
+        let mut buf = [0u8; 4096];
+        let stored = if self.known_without_xattrs(i) {
+            None
+        } else {
+            let ifd = i.fd()?;
+            match backing::with_name(OsStr::from_bytes(dosattrib::NAME), |c| {
+                backing::getxattr_fd(ifd.as_fd(), c, &mut buf)
+            }) {
+                Ok(n) => Some(&buf[..n]),
+                Err(Errno(libc::ENODATA)) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        let Some(shown) = dosattrib::present(stored, stub) else {
+            return Err(Errno(libc::ENODATA));
+        };
+        if size == 0 {
+            Ok(XattrReply::Size(shown.len() as u32))
+        } else if (size as usize) < shown.len() {
+            Err(Errno(libc::ERANGE))
+        } else {
+            Ok(XattrReply::Data(shown.into_owned()))
+        }
+    }
+
+    /// Whether regular file `i` is a stub now (its record read once, then cached).
+    fn is_stub(&self, i: &Ino<B>) -> bool {
+        let mut st = Stat {
+            mode: libc::S_IFREG,
+            ..Stat::default()
+        };
+        self.present(i, &mut st);
+        !matches!(
+            i.tier_mark.load(Ordering::Acquire),
+            MARK_PLAIN | MARK_UNKNOWN
+        )
+    }
+
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno(libc::EPERM));
         }
         let i = self.inode(ino)?;
+        // Samba's DOS attributes are stored without the bits the mount derives.
+        let value = if name.as_bytes() == dosattrib::NAME {
+            dosattrib::to_store(value)
+        } else {
+            std::borrow::Cow::Borrowed(value)
+        };
+        let value = &value[..];
         let r = backing::with_name(name, |c| {
             backing::setxattr_fd(i.fd()?.as_fd(), c, value, flags)
         });

@@ -198,6 +198,7 @@ impl Engine {
                     passthrough: false,
                     inode_fds: 0,
                     no_xattrs_ttl: Duration::ZERO,
+                    attr_fresh: Duration::ZERO,
                 },
             )
             .unwrap(),

@@ -781,6 +781,22 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// coldtier addition: adds an entry by name, inode number (`attr.ino`) and type only,
+    /// without a node for the kernel (node id 0): its cached dentry and attributes, if it
+    /// has them, are left as they are. Returns true if the buffer is full.
+    pub fn add_name_only<T: AsRef<OsStr>>(&mut self, offset: u64, name: T, attr: &FileAttr) -> bool {
+        let name = name.as_ref();
+        self.buf.push_name_only(&DirEntryPlus::new(
+            INodeNo(0),
+            Generation(0),
+            DirEntOffset(offset),
+            name,
+            Duration::ZERO,
+            attr.into(),
+            Duration::ZERO,
+        ))
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

@@ -515,10 +515,22 @@ impl DirEntPlusList {
     /// value to request the next entries in further readdir calls
     #[must_use]
     pub(crate) fn push<T: AsRef<Path>>(&mut self, x: &DirEntryPlus<T>) -> bool {
+        self.push_entry(x, true)
+    }
+
+    /// coldtier addition: an entry without its node: `nodeid` 0 tells the kernel to take
+    /// only the name, inode number and type (it links no dentry and changes no cached
+    /// attributes). Returns true if the buffer is full.
+    #[must_use]
+    pub(crate) fn push_name_only<T: AsRef<Path>>(&mut self, x: &DirEntryPlus<T>) -> bool {
+        self.push_entry(x, false)
+    }
+
+    fn push_entry<T: AsRef<Path>>(&mut self, x: &DirEntryPlus<T>, with_node: bool) -> bool {
         let name = x.name.as_ref().as_os_str().as_bytes();
         let header = abi::fuse_direntplus {
             entry_out: abi::fuse_entry_out {
-                nodeid: x.attr.attr.ino,
+                nodeid: if with_node { x.attr.attr.ino } else { 0 },
                 generation: x.generation.into(),
                 entry_valid: x.entry_valid.as_secs(),
                 attr_valid: x.attr_valid.as_secs(),
