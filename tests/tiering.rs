@@ -1313,6 +1313,88 @@ fn opening_a_stub_without_reading_sends_no_get() {
     assert_eq!(t.state(&fs_[1].0), "stub");
 }
 
+/// The first data access of a stub recalls it, whatever the path: mmap, copy_file_range (to
+/// a file in the mount) and sendfile all see the bytes that were tiered.
+#[test]
+fn mmap_copy_file_range_and_sendfile_of_stubs_recall_them_byte_identical() {
+    let moto = start_moto();
+    let fs_ = files(&[("m.bin", 300_000), ("c.bin", 200_000), ("s.bin", 100_000)]);
+    let t = TierMount::new(&moto, "dataops", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let body = |rel: &str| &fs_.iter().find(|(r, _)| r == rel).unwrap().1;
+
+    // mmap, read through the mapping.
+    let f = fs::File::open(t.m("m.bin")).unwrap();
+    let len = body("m.bin").len();
+    // SAFETY: a private read-only mapping of a file this test holds, unmapped below.
+    let got = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let v = std::slice::from_raw_parts(p as *const u8, len).to_vec();
+        libc::munmap(p, len);
+        v
+    };
+    assert_bytes("mmap of a stub", &got, body("m.bin"));
+
+    // copy_file_range into a new file in the mount.
+    let src = fs::File::open(t.m("c.bin")).unwrap();
+    let dst = fs::File::create(t.m("c.copy")).unwrap();
+    let mut left = body("c.bin").len();
+    while left > 0 {
+        // SAFETY: two descriptors this test holds; null offsets use the file positions.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        left -= n as usize;
+    }
+    drop(dst);
+    assert_bytes(
+        "copy_file_range of a stub",
+        &read_ok(&t.m("c.copy")),
+        body("c.bin"),
+    );
+
+    // sendfile into a file outside the mount.
+    let src = fs::File::open(t.m("s.bin")).unwrap();
+    let out = tempfile::tempfile().unwrap();
+    let mut left = body("s.bin").len();
+    while left > 0 {
+        // SAFETY: two descriptors this test holds; a null offset uses the file position.
+        let n =
+            unsafe { libc::sendfile(out.as_raw_fd(), src.as_raw_fd(), std::ptr::null_mut(), left) };
+        assert!(n > 0, "sendfile: {}", std::io::Error::last_os_error());
+        left -= n as usize;
+    }
+    let mut got = Vec::new();
+    let mut out = out;
+    std::io::Seek::rewind(&mut out).unwrap();
+    out.read_to_end(&mut got).unwrap();
+    assert_bytes("sendfile of a stub", &got, body("s.bin"));
+
+    for (rel, _) in &fs_ {
+        assert_eq!(t.state(rel), "premigrated", "{rel}");
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 11. Glacier
 

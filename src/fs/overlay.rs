@@ -255,8 +255,9 @@ pub struct OverlayFs<B> {
     invalidate: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// [`OverlayOptions::no_xattrs_ttl`] in ns, and the clock it is counted on.
     no_xattrs_ttl_ns: u64,
-    /// Half of [`OverlayOptions::attr_fresh`] in ns: how long after being sent a node's
-    /// attributes count as fresh in the kernel for a listing.
+    /// Three quarters of [`OverlayOptions::attr_fresh`] in ns: how long after being sent a
+    /// node's attributes count as fresh in the kernel for a listing (the rest leaves the
+    /// lister time to stat what it listed before they expire).
     told_fresh_ns: u64,
     clock: std::time::Instant,
     /// SELinux is enabled on this host (selinuxfs mounted).
@@ -315,7 +316,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             hooks: std::sync::OnceLock::new(),
             invalidate: std::sync::OnceLock::new(),
             no_xattrs_ttl_ns: u64::try_from(opts.no_xattrs_ttl.as_nanos()).unwrap_or(u64::MAX),
-            told_fresh_ns: u64::try_from(opts.attr_fresh.as_nanos() / 2).unwrap_or(u64::MAX),
+            told_fresh_ns: u64::try_from(opts.attr_fresh.as_nanos() / 4 * 3).unwrap_or(u64::MAX),
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             // A deadline is now + a non-zero lifetime: never 0, which means "not known".
             clock: std::time::Instant::now(),
@@ -1389,8 +1390,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
     }
 
-    /// Whether the kernel holds node `ino` with attributes `st`, sent less than half their
-    /// lifetime ago.
+    /// Whether the kernel holds node `ino` with attributes `st`, sent less than three
+    /// quarters of their lifetime ago.
     fn kernel_has_fresh(&self, ino: u64, st: &Stat) -> bool {
         let Some(i) = self.inodes.get(ino) else {
             return false;
