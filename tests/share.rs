@@ -8,6 +8,9 @@
 //! are checked on a native export.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/faults.rs"]
+mod faults;
 #[path = "common/share.rs"]
 mod share;
 #[allow(dead_code)]
@@ -19,10 +22,13 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coldtier::store::testing::MotoServer;
+use faults::FaultProxy;
+use serde_json::{json, Value};
 use share::*;
 use tier::*;
 
@@ -1052,6 +1058,170 @@ fn nfs_handles_taken_before_a_remount_read_after_it() {
     let mut c = NfsSession::connect(&r.g, Nfs::V3);
     let via = c.open("via.bin").expect("open via.bin after the remount");
     assert_handles(&mut c, &via, &r.held, &r.gone, "after the remount", &r.g);
+}
+
+/// A client reading files through the export in a loop (each file opened, read whole and
+/// compared, closed, over and over; NFSv3, and NFSv4 where asked) while the daemon is killed
+/// (kill -9) twice sees no error and the right bytes: a kill only pauses it (ganesha's
+/// requests wait in the kernel for the supervisor's next daemon). Then a stub's first read
+/// through the export, slowed at the store, is cut by a third kill: the next daemon recalls
+/// it again and the client gets the file. `tweak` adjusts the mount's config.
+fn reads_through_ganesha_across_daemon_kills(
+    bucket: &str,
+    tweak: impl FnOnce(Config) -> Config,
+    versions: &[Nfs],
+) {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let stubs = files(&[("cold/big.bin", 8 << 20)]);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, bucket, &stubs, tweak);
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("cold/big.bin"), "stub");
+    let resident: Files = vec![
+        ("a.bin".to_string(), data(901, (1 << 20) + 3)),
+        ("d/b.bin".to_string(), data(902, 200_000)),
+        ("d/e/c.bin".to_string(), data(903, 10)),
+    ];
+    write_files(&t.mnt, &resident);
+    let g = Ganesha::start(&t.mnt);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut readers = Vec::new();
+    for &v in versions {
+        let mut c = NfsSession::connect(&g, v);
+        let (stop, rounds, errors, files) = (
+            stop.clone(),
+            rounds.clone(),
+            errors.clone(),
+            resident.clone(),
+        );
+        readers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for (rel, want) in &files {
+                    let got = c.open(rel).and_then(|f| {
+                        let b = c.read_all(&f, want.len() as u64);
+                        c.close(f).and(b)
+                    });
+                    match got {
+                        Ok(b) if b == *want => {}
+                        Ok(b) => errors.lock().unwrap().push(format!(
+                            "{v:?} {rel}: {} bytes, not the {} written",
+                            b.len(),
+                            want.len()
+                        )),
+                        Err(e) => errors.lock().unwrap().push(format!("{v:?} {rel}: {e}")),
+                    }
+                }
+                rounds.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let progress = |n: u64| {
+        let start = rounds.load(Ordering::SeqCst);
+        let t0 = Instant::now();
+        while rounds.load(Ordering::SeqCst) < start + n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(180),
+                "the readers are stuck"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    progress(10);
+    let mut pids = vec![record(&t.mnt)[0].clone()];
+    for _ in 0..2 {
+        pids.push(kill_and_wait_for_the_next(&t.mnt).to_string());
+        progress(10);
+    }
+
+    // A stub's first read through the export, its recall slowed at the store, cut by a kill.
+    proxy.rules(
+        json!([{"method": "GET", "path_contains": "/data/", "action": "delay", "delay": 1.5}]),
+    );
+    let mut c = NfsSession::connect(&g, Nfs::V3);
+    let big = stubs[0].1.clone();
+    let reader = std::thread::spawn(move || {
+        let f = c.open("cold/big.bin")?;
+        c.read_all(&f, 8 << 20)
+    });
+    let t0 = Instant::now();
+    loop {
+        let out = t.cli(&["status", "--json", &t.ms("cold/big.bin")]);
+        let state = serde_json::from_slice::<Value>(
+            out.stdout.split(|b| *b == b'\n').next().unwrap_or(b""),
+        )
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string));
+        if state.as_deref() == Some("recalling") {
+            break;
+        }
+        if reader.is_finished() {
+            let r = reader.join().unwrap().map(|b| b.len());
+            panic!(
+                "the stub's read ended before its recall was seen: {r:?}\n{}",
+                g.log_tail()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the recall never started (state {state:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pids.push(kill_and_wait_for_the_next(&t.mnt).to_string());
+    proxy.rules(json!([]));
+    let got = reader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the stub's read across the kill: {e}\n{}", g.log_tail()));
+    assert_bytes("cold/big.bin through NFSv3 across the kill", &got, &big);
+    assert_eq!(t.state("cold/big.bin"), "premigrated");
+
+    progress(10);
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "the readers saw {} errors; the first:\n{}",
+        errors.len(),
+        errors[..errors.len().min(20)].join("\n")
+    );
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "three kills, three new daemons: {pids:?}");
+}
+
+/// NFSv3 reads through ganesha (which opens each file once, then reads through its own fd)
+/// across daemon kills, with kernel passthrough (the default).
+#[test]
+fn nfsv3_reads_through_ganesha_across_daemon_kills_see_no_error_and_the_right_bytes() {
+    reads_through_ganesha_across_daemon_kills("share-kill-v3", |c| c, &[Nfs::V3]);
+}
+
+/// NFSv3 and NFSv4 reads (an NFSv4 OPEN is an open of the file on the mount, each time)
+/// across daemon kills, every read served by the daemon (`fuse.passthrough = false`).
+#[test]
+fn nfsv3_and_nfsv4_reads_across_daemon_kills_without_passthrough_see_no_error() {
+    reads_through_ganesha_across_daemon_kills(
+        "share-kill-nopt",
+        |c| c.set("fuse", "passthrough", "false"),
+        &[Nfs::V3, Nfs::V4],
+    );
+}
+
+/// NFSv3 and NFSv4 reads across daemon kills with kernel passthrough (the default). Fails:
+/// after the kill, the NFSv4 OPENs of the files ganesha still holds open for NFSv3 (the
+/// previous daemon's passthrough opens) answer NFS4ERR_IO, round after round (tests/restart.rs
+/// `a_file_held_open_across_a_restart_opens_again` is the same bug without ganesha).
+#[test]
+#[ignore = "daemon bug: after a restart, an open of a file the kernel still holds open from before (with passthrough) fails with EIO (ganesha: NFS4ERR_IO)"]
+fn nfsv3_and_nfsv4_reads_through_ganesha_across_daemon_kills_see_no_error() {
+    reads_through_ganesha_across_daemon_kills("share-kill-v4", |c| c, &[Nfs::V3, Nfs::V4]);
 }
 
 // ------------------------------------------------------------------------------------------
