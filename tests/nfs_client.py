@@ -12,6 +12,7 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
   {"op": "open", "path": "/dir/file"}          -> {"id": 1, "fh": "<hex>"}
   {"op": "read", "id": 1, "offset": 0, "count": 4096}            -> {"data": "<hex>"}
   {"op": "read_fh", "fh": "<hex>", "via": 1, "offset": 0, "count": 4096} -> {"data": ...}
+      (a failure also has "nfs3": the server's NFSv3 status, e.g. 70 for NFS3ERR_STALE)
   {"op": "stat", "path": "/dir/file"}           -> {"size": .., "ino": .., "mode": ..}
   {"op": "close", "id": 1}
   {"op": "write", "path": "/dir/new", "data": "<hex>"}   (create or truncate, write, close)
@@ -22,7 +23,10 @@ negative errno libnfs returned, e.g. -116 for ESTALE).
 
 read_fh reads through raw handle bytes: it lends them to an open file `via` for one
 nfs_pread (libnfs 4.0 has no call that opens by handle). That is only meaningful over
-NFSv3, which is stateless; over NFSv4 a READ also carries the open's stateid.
+NFSv3, which is stateless; over NFSv4 a READ also carries the open's stateid. It first
+sends one READ3 of its own through the context's RPC layer (rpc_nfs3_read_async) and keeps
+the server's nfsstat3: libnfs 4.0's nfs_pread reports every failed READ as -EFAULT with a
+garbled message, which cannot tell NFS3ERR_STALE from any other failure.
 
 Paths are relative to the mounted export and start with "/". Reads are bounded by the
 server's maximum read size (libnfs splits larger ones). The script exits at EOF on stdin.
@@ -30,7 +34,9 @@ server's maximum read size (libnfs splits larger ones). The script exits at EOF 
 
 import ctypes
 import json
+import select
 import sys
+import time
 
 lib = None
 for name in ("libnfs.so.13", "libnfs.so.14", "libnfs.so"):
@@ -63,6 +69,21 @@ class NfsStat64(ctypes.Structure):
         "atime", "mtime", "ctime", "atime_nsec", "mtime_nsec", "ctime_nsec", "used")]
 
 
+class NfsFh3(ctypes.Structure):
+    # include/nfsc/libnfs-raw-nfs.h: struct nfs_fh3 { struct { u_int data_len; char *data_val; } data; }
+    _fields_ = [("data_len", ctypes.c_uint), ("data_val", c_void_p)]
+
+
+class Read3Args(ctypes.Structure):
+    # include/nfsc/libnfs-raw-nfs.h: struct READ3args { nfs_fh3 file; offset3 offset; count3 count; }
+    _fields_ = [("file", NfsFh3), ("offset", ctypes.c_uint64), ("count", ctypes.c_uint32)]
+
+
+# typedef void (*rpc_cb)(struct rpc_context *rpc, int status, void *data, void *private_data);
+RPC_CB = ctypes.CFUNCTYPE(None, c_void_p, ctypes.c_int, c_void_p, c_void_p)
+RPC_STATUS_SUCCESS = 0
+RPC_STATUS_ERROR = 1
+
 lib.nfs_init_context.restype = c_void_p
 lib.nfs_destroy_context.argtypes = [c_void_p]
 lib.nfs_get_error.restype = ctypes.c_char_p
@@ -84,6 +105,17 @@ lib.nfs_ftruncate.argtypes = [c_void_p, c_void_p, ctypes.c_uint64]
 lib.nfs_pwrite.argtypes = [c_void_p, c_void_p, ctypes.c_uint64, ctypes.c_uint64, c_void_p]
 lib.nfs_rename.argtypes = [c_void_p, ctypes.c_char_p, ctypes.c_char_p]
 lib.nfs_unlink.argtypes = [c_void_p, ctypes.c_char_p]
+lib.nfs_get_rpc_context.restype = c_void_p
+lib.nfs_get_rpc_context.argtypes = [c_void_p]
+lib.rpc_nfs3_read_async.argtypes = [c_void_p, RPC_CB, ctypes.POINTER(Read3Args), c_void_p]
+lib.rpc_get_fd.argtypes = [c_void_p]
+lib.rpc_which_events.argtypes = [c_void_p]
+lib.rpc_service.argtypes = [c_void_p, ctypes.c_int]
+lib.rpc_get_error.restype = ctypes.c_char_p
+lib.rpc_get_error.argtypes = [c_void_p]
+lib.nfsstat3_to_str.restype = ctypes.c_char_p
+lib.nfsstat3_to_str.argtypes = [ctypes.c_int]
+lib.nfsstat3_to_errno.argtypes = [ctypes.c_int]
 
 
 class Client:
@@ -91,6 +123,7 @@ class Client:
         self.nfs = None
         self.files = {}
         self.next_id = 1
+        self.timeout_s = 60.0
 
     def err(self, status):
         msg = lib.nfs_get_error(self.nfs) if self.nfs else None
@@ -103,6 +136,7 @@ class Client:
         # Reconnect (to the same address and port) when the server went away, as a kernel
         # client would; fail a call after 60 s instead of hanging the test.
         lib.nfs_set_autoreconnect(self.nfs, -1)
+        self.timeout_s = int(req.get("timeout_ms", 60000)) / 1000.0
         lib.nfs_set_timeout(self.nfs, int(req.get("timeout_ms", 60000)))
         url = lib.nfs_parse_url_dir(self.nfs, req["url"].encode())
         if not url:
@@ -134,9 +168,57 @@ class Client:
             return self.err(st)
         return {"ok": True, "data": buf.raw[:st].hex()}
 
+    def read3_status(self, raw, offset, count):
+        """One READ3 of `raw` through the RPC layer: the server's nfsstat3 (0: NFS3_OK), or
+        an error reply if no answer came (RPC failure, timeout)."""
+        rpc = lib.nfs_get_rpc_context(self.nfs)
+        done = {}
+
+        def cb(_rpc, status, data, _private):
+            done["rpc"] = status
+            if status == RPC_STATUS_SUCCESS:
+                # READ3res begins with its nfsstat3.
+                done["nfs3"] = ctypes.cast(data, ctypes.POINTER(ctypes.c_int))[0]
+            elif status == RPC_STATUS_ERROR and data:
+                done["error"] = ctypes.cast(data, ctypes.c_char_p).value
+
+        callback = RPC_CB(cb)
+        keep = ctypes.create_string_buffer(raw, len(raw))
+        args = Read3Args(NfsFh3(len(raw), ctypes.cast(keep, c_void_p).value), offset, count)
+        if lib.rpc_nfs3_read_async(rpc, callback, ctypes.byref(args), None) != 0:
+            return {"ok": False, "status": -5, "error": "rpc_nfs3_read_async: %s"
+                    % (lib.rpc_get_error(rpc) or b"").decode(errors="replace")}
+        deadline = time.monotonic() + self.timeout_s
+        while "rpc" not in done:
+            if time.monotonic() > deadline:
+                return {"ok": False, "status": -110, "error": "READ3: no reply"}
+            fd = lib.rpc_get_fd(rpc)
+            revents = 0
+            if fd >= 0:
+                p = select.poll()
+                p.register(fd, lib.rpc_which_events(rpc))
+                got = p.poll(100)
+                revents = got[0][1] if got else 0
+            else:
+                time.sleep(0.01)
+            if lib.rpc_service(rpc, revents) < 0:
+                return {"ok": False, "status": -5, "error": "rpc_service: %s"
+                        % (lib.rpc_get_error(rpc) or b"").decode(errors="replace")}
+        if "nfs3" not in done:
+            return {"ok": False, "status": -5, "error": "READ3: rpc status %d %s"
+                    % (done["rpc"], (done.get("error") or b"").decode(errors="replace"))}
+        return {"ok": True, "nfs3": done["nfs3"]}
+
     def read_fh(self, req):
         via = self.files[req["via"]]
         raw = bytes.fromhex(req["fh"])
+        probe = self.read3_status(raw, req["offset"], req["count"])
+        if not probe["ok"]:
+            return probe
+        if probe["nfs3"] != 0:
+            st = probe["nfs3"]
+            return {"ok": False, "status": lib.nfsstat3_to_errno(st), "nfs3": st,
+                    "error": (lib.nfsstat3_to_str(st) or b"").decode(errors="replace")}
         keep = ctypes.create_string_buffer(raw, len(raw))
         p = lib.nfs_get_fh(via).contents
         saved = (p.len, p.val)

@@ -8,6 +8,9 @@
 //! are checked on a native export.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/faults.rs"]
+mod faults;
 #[path = "common/share.rs"]
 mod share;
 #[allow(dead_code)]
@@ -15,7 +18,17 @@ mod share;
 mod tier;
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use coldtier::store::testing::MotoServer;
+use faults::FaultProxy;
+use serde_json::{json, Value};
 use share::*;
 use tier::*;
 
@@ -580,6 +593,692 @@ fn ganesha_attribute_refreshes_of_stubs_send_no_get() {
     let reqs = settled_requests(&moto);
     assert_eq!(gets(&t, &reqs[before..]), 0, "GETATTRs sent GETs");
     assert_still_stubs(&t, &fs_, "GETATTRs");
+}
+
+// ------------------------------------------------------------------------------------------
+// NFS handles through ganesha: across cache drops, ganesha restarts, a daemon kill and a
+// remount (docs/architecture.md, "NFS handles" and "Restart without unmount")
+
+/// Drops the kernel's page cache, dentries and inodes: the mount's inodes that nothing holds
+/// are evicted (the daemon gets FORGET for them), so that a handle of one makes the kernel
+/// ask the daemon for its node id (a LOOKUP of ".").
+fn drop_caches() {
+    // SAFETY: sync() takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+/// The runtime record of the mount at `mnt` (daemon pid first, supervisor pid fourth).
+fn record(mnt: &Path) -> Vec<String> {
+    let hex: String = mnt
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::read_to_string(format!("/run/coldtier/mounts/{hex}.pid"))
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+/// Kills the daemon serving `mnt` with SIGKILL and waits until the supervisor's next daemon
+/// serves the same FUSE connection (tests/restart.rs); returns its pid. ganesha, and what
+/// it holds of the mount, stay.
+fn kill_and_wait_for_the_next(mnt: &Path) -> i32 {
+    let old: i32 = record(mnt)[0].parse().unwrap();
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let t0 = Instant::now();
+    loop {
+        if let Some(p) = record(mnt).first().and_then(|p| p.parse::<i32>().ok()) {
+            if p != old && alive(p) && std::fs::metadata(mnt).is_ok() {
+                return p;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no new daemon after pid {old}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn st_dev(p: &Path) -> u64 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .dev()
+}
+
+/// Small tmpfs mounts that hold anonymous device numbers (the pool FUSE mounts take theirs
+/// from, lowest free first) until one of them holds `dev`, so that the next mount cannot get
+/// `dev` again: a remount then gets another device number, as after a reboot or when other
+/// mounts came and went in between. Unmounted on drop.
+struct DevSquatters {
+    dir: tempfile::TempDir,
+    mounts: Vec<PathBuf>,
+}
+
+impl DevSquatters {
+    fn holding(dev: u64) -> DevSquatters {
+        let dir = tempfile::Builder::new()
+            .prefix("coldtier-devs")
+            .tempdir()
+            .unwrap();
+        let mut s = DevSquatters {
+            dir,
+            mounts: Vec::new(),
+        };
+        for i in 0..64 {
+            let p = s.dir.path().join(i.to_string());
+            std::fs::create_dir(&p).unwrap();
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64k", "coldtier-devs"])
+                .arg(&p)
+                .status()
+                .expect("mount(8)");
+            assert!(st.success(), "mount -t tmpfs {}: {st}", p.display());
+            s.mounts.push(p.clone());
+            if st_dev(&p) == dev {
+                break;
+            }
+        }
+        s
+    }
+}
+
+impl Drop for DevSquatters {
+    fn drop(&mut self) {
+        for p in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+/// A file's NFS handle, taken through ganesha (a LOOKUP; nothing read), and the bytes it
+/// must read.
+#[derive(Clone)]
+struct Held {
+    rel: String,
+    fh: Vec<u8>,
+    want: Vec<u8>,
+}
+
+/// Takes the NFSv3 handle of each file of `fs_` through `c` (an open: LOOKUP only, no
+/// READ, so ganesha opens nothing and a stub stays a stub).
+fn take_handles(c: &mut NfsSession, fs_: &Files) -> Vec<Held> {
+    fs_.iter()
+        .map(|(rel, want)| {
+            let f = c
+                .open(rel)
+                .unwrap_or_else(|e| panic!("NFSv3 open {rel}: {e}"));
+            Held {
+                rel: rel.clone(),
+                fh: f.fh,
+                want: want.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Every handle of `live` reads its file's bytes through `c` (one READ of the whole file,
+/// through the raw handle); every handle of `gone` is refused with NFS3ERR_STALE.
+fn assert_handles(
+    c: &mut NfsSession,
+    via: &NfsFile,
+    live: &[Held],
+    gone: &[Held],
+    when: &str,
+    g: &Ganesha,
+) {
+    for h in live {
+        let got = c
+            .read_fh(&h.fh, via, 0, h.want.len() as u64)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{when}: {}'s handle {}: {e}\n{}",
+                    h.rel,
+                    hex::encode(&h.fh),
+                    g.log_tail()
+                )
+            });
+        assert_bytes(
+            &format!("{when}: {} through its handle", h.rel),
+            &got,
+            &h.want,
+        );
+    }
+    assert_stale(c, via, gone, when);
+}
+
+/// Every handle of `gone` is refused with NFS3ERR_STALE (never read).
+fn assert_stale(c: &mut NfsSession, via: &NfsFile, gone: &[Held], when: &str) {
+    for h in gone {
+        match c.read_fh(&h.fh, via, 0, 4096) {
+            Ok(b) => panic!(
+                "{when}: the handle of {} (deleted) read {} bytes{}",
+                h.rel,
+                b.len(),
+                if b == h.want {
+                    " (the deleted file's)"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => assert_eq!(
+                e.nfs3,
+                Some(NFS3ERR_STALE),
+                "{when}: the handle of {} (deleted): {e}",
+                h.rel
+            ),
+        }
+    }
+}
+
+/// The files of the handle tests: stubs (`stubs`, in `cold/`, tiered first) and resident
+/// files written through the mount after the migration, some deep in directories (a
+/// ganesha restart's first listing of the export's root brings the root's entries back
+/// into the kernel; theirs it does not). `via.bin` is the open file that lends its
+/// NFS context to raw handles.
+fn handle_tree(
+    moto: &Arc<MotoServer>,
+    bucket: &str,
+    stubs: &[(&str, usize)],
+) -> (TierMount, Files) {
+    let stubs = files(stubs);
+    let t = TierMount::new(moto, bucket, &stubs, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let resident: Files = [
+        ("via.bin", 10),
+        ("top.bin", 200_000),
+        ("d/mid.bin", 5000),
+        ("d/e/deep.bin", 1),
+        ("d/e/f/deeper.bin", 70_001),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (rel, n))| (rel.to_string(), data(700 + i as u64, *n)))
+    .collect();
+    write_files(&t.mnt, &resident);
+    for (rel, _) in &stubs {
+        assert_eq!(t.state(rel), "stub", "{rel}");
+    }
+    for (rel, _) in &resident {
+        assert_eq!(t.state(rel), "resident", "{rel}");
+    }
+    let mut all = resident;
+    all.extend(stubs);
+    (t, all)
+}
+
+/// Files whose handles are taken and which are then deleted: `gone.bin` through the mount
+/// (behind ganesha's back), `d/gone-nfs.bin` through NFS, and `replaced.bin` through the
+/// mount with another file created under its name (on ext4 most likely with the same inode
+/// number: the old handle must not open the new file). Their handles are taken before any
+/// of them is read: a file ganesha has read stays open in ganesha (its fd cache), and an
+/// open file outlives its name, on any file system.
+fn delete_after_taking_handles(t: &TierMount, c: &mut NfsSession) -> (Vec<Held>, Vec<u8>) {
+    let gone: Files = vec![
+        ("gone.bin".to_string(), data(801, 3000)),
+        ("d/gone-nfs.bin".to_string(), data(802, 4000)),
+        ("replaced.bin".to_string(), data(803, 5000)),
+    ];
+    write_files(&t.mnt, &gone);
+    let held = take_handles(c, &gone);
+    std::fs::remove_file(t.m("gone.bin")).unwrap();
+    c.unlink("d/gone-nfs.bin")
+        .unwrap_or_else(|e| panic!("NFSv3 unlink d/gone-nfs.bin: {e}"));
+    assert!(!t.m("d/gone-nfs.bin").exists());
+    std::fs::remove_file(t.m("replaced.bin")).unwrap();
+    let new = data(804, 5000);
+    std::fs::write(t.m("replaced.bin"), &new).unwrap();
+    (held, new)
+}
+
+/// The listing of `d` through NFSv3 (a new client: MOUNT, LOOKUP of `d`, READDIRPLUS).
+fn assert_listing_of_d(g: &Ganesha, fs_: &Files, when: &str) {
+    assert_eq!(
+        files_of(g.sizes(Nfs::V3, "d"), &["e"], when),
+        expected_sizes(fs_, "d"),
+        "{when}: NFSv3 listing of d"
+    );
+}
+
+/// NFS handles a client took through ganesha read their files after each of: a cache drop
+/// with ganesha running (the kernel forgets the mount's inodes that ganesha does not hold
+/// open; ganesha's own cache still has the handles and opens them again through the kernel,
+/// which asks the daemon for each node id), a daemon kill -9 (the supervisor's next daemon
+/// knows no node id the kernel holds), a cache drop while ganesha is down (ganesha's start
+/// empties its cache: every handle comes back from the client), and a ganesha restart. A
+/// stub is read for the first time after each step (a recall for a node id the daemon
+/// learns from the map). Handles of deleted files give NFS3ERR_STALE at every step, never
+/// bytes. An NFSv4 open file reads on across the drop and the kill (a libnfs 4.0 NFSv4
+/// context does not survive a ganesha restart). Without the node-handle map (the daemon
+/// answering ESTALE for a node id it does not hold) the first handle read after the cache
+/// drop fails with NFS3ERR_STALE (as docs/benchmarks.md's "File servers" method note saw).
+#[test]
+fn nfs_handles_through_ganesha_read_after_cache_drops_a_daemon_kill_and_ganesha_restarts() {
+    let moto = start_moto();
+    let steps = [
+        "a cache drop with ganesha running",
+        "a daemon kill -9",
+        "a cache drop with ganesha stopped",
+        "a ganesha restart",
+    ];
+    // The stub read for the first time after each step.
+    let stubs = [
+        "cold/s0.bin",
+        "cold/s1.bin",
+        "cold/deep/s2.bin",
+        "cold/s3.bin",
+    ];
+    let (t, fs_) = handle_tree(
+        &moto,
+        "share-handles",
+        &[
+            (stubs[0], 300_000),
+            (stubs[1], 150_001),
+            (stubs[2], 77_777),
+            (stubs[3], 1),
+        ],
+    );
+    let mut g = Ganesha::start(&t.mnt);
+    let mut c = NfsSession::connect(&g, Nfs::V3);
+    let via = c.open("via.bin").expect("open via.bin");
+    let held = take_handles(&mut c, &fs_);
+    let (gone, replaced_by) = delete_after_taking_handles(&t, &mut c);
+    assert_stale(&mut c, &via, &gone, "right after the deletes");
+    // An NFSv4 client with a file open (its own file: what ganesha holds open for it stays
+    // in the kernel's cache).
+    let mut c4 = NfsSession::connect(&g, Nfs::V4);
+    let v4_want = data(805, 9000);
+    std::fs::write(t.m("d/e/v4.bin"), &v4_want).unwrap();
+    let f4 = c4.open("d/e/v4.bin").expect("NFSv4 open d/e/v4.bin");
+    assert_bytes(
+        "NFSv4 d/e/v4.bin",
+        &c4.read_all(&f4, 9000).unwrap(),
+        &v4_want,
+    );
+    let fs_d: Files = fs_
+        .iter()
+        .filter(|(rel, _)| rel.starts_with("d/"))
+        .cloned()
+        .chain([("d/e/v4.bin".to_string(), v4_want.clone())])
+        .collect();
+
+    for (i, step) in steps.iter().enumerate() {
+        match i {
+            0 => drop_caches(),
+            1 => {
+                kill_and_wait_for_the_next(&t.mnt);
+            }
+            2 => {
+                c4.close(f4.clone()).expect("NFSv4 close");
+                g.stop();
+                drop_caches();
+                g.start_again();
+            }
+            _ => g.restart(),
+        }
+        let when = format!("after {step}");
+        // The stubs of the steps to come are untouched; this step's is read now, first
+        // through its handle.
+        for later in &stubs[i + 1..] {
+            assert_eq!(t.state(later), "stub", "{later} {when}");
+        }
+        let live: Vec<Held> = held
+            .iter()
+            .filter(|h| !stubs[i + 1..].contains(&h.rel.as_str()))
+            .cloned()
+            .collect();
+        assert_handles(&mut c, &via, &live, &gone, &when, &g);
+        assert_eq!(t.state(stubs[i]), "premigrated", "{} {when}", stubs[i]);
+        if i < 2 {
+            assert_bytes(
+                &format!("{when}: NFSv4 d/e/v4.bin"),
+                &c4.read_all(&f4, 9000)
+                    .unwrap_or_else(|e| panic!("{when}: NFSv4 read: {e}")),
+                &v4_want,
+            );
+        }
+        assert_listing_of_d(&g, &fs_d, &when);
+    }
+    // The file now under the replaced file's name reads by its name.
+    assert_bytes(
+        "replaced.bin by name",
+        &g.read(Nfs::V3, "replaced.bin"),
+        &replaced_by,
+    );
+}
+
+/// The state a remount test starts from: a mount exported by ganesha with a fixed
+/// `Filesystem_Id`, handles taken, some files deleted, then ganesha stopped, coldtier
+/// unmounted and mounted again on another device number, ganesha started again.
+struct Remounted {
+    // Dropped in this order: ganesha before the mount it holds a copy of.
+    g: Ganesha,
+    t: TierMount,
+    /// The fsid an NFSv3 client saw before the remount.
+    fsid_before: u64,
+    /// The NFSv3 handle of via.bin before the remount.
+    via_before: Vec<u8>,
+    held: Vec<Held>,
+    gone: Vec<Held>,
+    old_dev: u64,
+}
+
+/// The fsid of `rel` through a new NFSv3 client (libnfs's `st_dev` is fattr3's fsid; over
+/// NFSv4 libnfs 4.0 gives 0).
+fn nfs_fsid(g: &Ganesha, rel: &str) -> u64 {
+    let mut c = NfsSession::connect(g, Nfs::V3);
+    let st = c
+        .stat(rel)
+        .unwrap_or_else(|e| panic!("NFSv3 stat {rel}: {e}\n{}", g.log_tail()));
+    st["dev"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stat {rel}: {st}"))
+}
+
+fn remounted(bucket: &str, filesystem_id: Option<&str>) -> Remounted {
+    let moto = start_moto();
+    let (mut t, fs_) = handle_tree(
+        &moto,
+        bucket,
+        &[("cold/s0.bin", 300_000), ("cold/deep/s1.bin", 5)],
+    );
+    let mut g = Ganesha::start_with(
+        &t.mnt,
+        ExportOptions {
+            filesystem_id: filesystem_id.map(str::to_string),
+            ..ExportOptions::default()
+        },
+    );
+    let mut c = NfsSession::connect(&g, Nfs::V3);
+    let via = c.open("via.bin").expect("open via.bin");
+    let held = take_handles(&mut c, &fs_);
+    let (gone, _) = delete_after_taking_handles(&t, &mut c);
+    let fsid_before = nfs_fsid(&g, "top.bin");
+    drop(c);
+    // ganesha first: its mount namespace holds a copy of the mount, which would keep the
+    // FUSE connection and its daemon alive.
+    g.stop();
+    let old_dev = st_dev(&t.mnt);
+    t.umount();
+    let squatters = DevSquatters::holding(old_dev);
+    t.remount();
+    drop(squatters);
+    assert_ne!(
+        st_dev(&t.mnt),
+        old_dev,
+        "the mount got its old device number again"
+    );
+    // ganesha sees the mounts there were when it started: start it after the mount.
+    g.start_again();
+    Remounted {
+        g,
+        t,
+        fsid_before,
+        via_before: via.fh,
+        held,
+        gone,
+        old_dev,
+    }
+}
+
+/// A coldtier remount (umount, mount: a new FUSE device number) under an export with a
+/// fixed `Filesystem_Id`: NFSv3 clients see the same fsid after it (without the setting,
+/// ganesha reports the device number: the comparison fails; libnfs 4.0 shows no NFSv4
+/// fsid). The handles taken before are
+/// ganesha's: [flags, fsid, the mount's own handle]; ganesha 4.3's FSAL_VFS puts the file
+/// system's `statfs` f_fsid in them, or its device number when that is 0 (FUSE's always
+/// is), whatever `Filesystem_Id` says (that sets only the fsid attribute), so after the
+/// remount it maps none of them to the export (`nfs_handles_taken_before_a_remount_read_after_it`,
+/// ignored, is the whole wish). What the daemon answers for is the mount's handle inside:
+/// with ganesha's fsid bytes set to the new mount's (those that differ between via.bin's
+/// handles before and after), every handle reads its file's bytes, stubs included (first
+/// read after the remount), and the deleted files' give NFS3ERR_STALE. Without the
+/// node-handle map they would all be NFS3ERR_STALE. An old handle as it was gives
+/// NFS3ERR_STALE or the file's own bytes, never another file's.
+#[test]
+fn after_a_remount_the_export_keeps_its_fsid_and_the_mount_handles_in_nfs_handles_resolve() {
+    let r = remounted("share-remount", Some("100.1"));
+    let g = &r.g;
+    // Filesystem_Id = 100.1 as NFSv3's 64-bit fsid (as measured: minor in the high half).
+    assert_eq!(
+        r.fsid_before,
+        (1 << 32) | 100,
+        "the NFSv3 fsid before the remount"
+    );
+    assert_eq!(
+        nfs_fsid(g, "top.bin"),
+        r.fsid_before,
+        "the NFSv3 fsid clients see after the remount"
+    );
+    let mut c = NfsSession::connect(g, Nfs::V3);
+    let via = c.open("via.bin").expect("open via.bin after the remount");
+    // The old handles as they were: the right bytes or NFS3ERR_STALE.
+    for h in r.held.iter().chain(&r.gone) {
+        match c.read_fh(&h.fh, &via, 0, h.want.len() as u64) {
+            Ok(b) => {
+                assert!(
+                    r.held.iter().any(|l| l.rel == h.rel),
+                    "{}: read after its deletion",
+                    h.rel
+                );
+                assert_bytes(&format!("{}'s old handle", h.rel), &b, &h.want);
+            }
+            Err(e) => assert_eq!(e.nfs3, Some(NFS3ERR_STALE), "{}'s old handle: {e}", h.rel),
+        }
+    }
+    // ganesha's fsid bytes: where via.bin's handles before and after the remount differ.
+    assert_eq!(via.fh.len(), r.via_before.len(), "handle lengths");
+    let diff: Vec<usize> = (0..via.fh.len())
+        .filter(|&i| via.fh[i] != r.via_before[i])
+        .collect();
+    assert!(
+        !diff.is_empty(),
+        "via.bin's handle is the same after the remount (device {:x})",
+        r.old_dev
+    );
+    let rebase = |h: &Held| -> Held {
+        assert_eq!(h.fh.len(), via.fh.len(), "{}: handle length", h.rel);
+        let mut fh = h.fh.clone();
+        for &i in &diff {
+            fh[i] = via.fh[i];
+        }
+        Held { fh, ..h.clone() }
+    };
+    let live: Vec<Held> = r.held.iter().map(rebase).collect();
+    let gone: Vec<Held> = r.gone.iter().map(rebase).collect();
+    assert_handles(
+        &mut c,
+        &via,
+        &live,
+        &gone,
+        "after the remount, ganesha's fsid set to the new mount's",
+        g,
+    );
+    assert_eq!(r.t.state("cold/s0.bin"), "premigrated");
+}
+
+/// The whole wish of issue 14 for a remount: with a fixed `Filesystem_Id`, the handles taken
+/// before a coldtier remount read their files after it. Fails with ganesha 4.3 (every
+/// handle, the export's root included, is NFS3ERR_STALE): see the test above.
+#[test]
+#[ignore = "ganesha 4.3 FSAL_VFS puts the FUSE mount's device number (f_fsid is 0 on FUSE), not Filesystem_Id, in its handles: after a remount every handle is NFS3ERR_STALE"]
+fn nfs_handles_taken_before_a_remount_read_after_it() {
+    let r = remounted("share-remount-wish", Some("100.1"));
+    let mut c = NfsSession::connect(&r.g, Nfs::V3);
+    let via = c.open("via.bin").expect("open via.bin after the remount");
+    assert_handles(&mut c, &via, &r.held, &r.gone, "after the remount", &r.g);
+}
+
+/// A client reading files through the export in a loop (each file opened, read whole and
+/// compared, closed, over and over; NFSv3, and NFSv4 where asked) while the daemon is killed
+/// (kill -9) twice sees no error and the right bytes: a kill only pauses it (ganesha's
+/// requests wait in the kernel for the supervisor's next daemon). Then a stub's first read
+/// through the export, slowed at the store, is cut by a third kill: the next daemon recalls
+/// it again and the client gets the file. `tweak` adjusts the mount's config.
+fn reads_through_ganesha_across_daemon_kills(
+    bucket: &str,
+    tweak: impl FnOnce(Config) -> Config,
+    versions: &[Nfs],
+) {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let stubs = files(&[("cold/big.bin", 8 << 20)]);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, bucket, &stubs, tweak);
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("cold/big.bin"), "stub");
+    let resident: Files = vec![
+        ("a.bin".to_string(), data(901, (1 << 20) + 3)),
+        ("d/b.bin".to_string(), data(902, 200_000)),
+        ("d/e/c.bin".to_string(), data(903, 10)),
+    ];
+    write_files(&t.mnt, &resident);
+    let g = Ganesha::start(&t.mnt);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut readers = Vec::new();
+    for &v in versions {
+        let mut c = NfsSession::connect(&g, v);
+        let (stop, rounds, errors, files) = (
+            stop.clone(),
+            rounds.clone(),
+            errors.clone(),
+            resident.clone(),
+        );
+        readers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for (rel, want) in &files {
+                    let got = c.open(rel).and_then(|f| {
+                        let b = c.read_all(&f, want.len() as u64);
+                        c.close(f).and(b)
+                    });
+                    match got {
+                        Ok(b) if b == *want => {}
+                        Ok(b) => errors.lock().unwrap().push(format!(
+                            "{v:?} {rel}: {} bytes, not the {} written",
+                            b.len(),
+                            want.len()
+                        )),
+                        Err(e) => errors.lock().unwrap().push(format!("{v:?} {rel}: {e}")),
+                    }
+                }
+                rounds.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let progress = |n: u64| {
+        let start = rounds.load(Ordering::SeqCst);
+        let t0 = Instant::now();
+        while rounds.load(Ordering::SeqCst) < start + n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(180),
+                "the readers are stuck"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    progress(10);
+    let mut pids = vec![record(&t.mnt)[0].clone()];
+    for _ in 0..2 {
+        pids.push(kill_and_wait_for_the_next(&t.mnt).to_string());
+        progress(10);
+    }
+
+    // A stub's first read through the export, its recall slowed at the store, cut by a kill.
+    proxy.rules(
+        json!([{"method": "GET", "path_contains": "/data/", "action": "delay", "delay": 1.5}]),
+    );
+    let mut c = NfsSession::connect(&g, Nfs::V3);
+    let big = stubs[0].1.clone();
+    let reader = std::thread::spawn(move || {
+        let f = c.open("cold/big.bin")?;
+        c.read_all(&f, 8 << 20)
+    });
+    let t0 = Instant::now();
+    loop {
+        let out = t.cli(&["status", "--json", &t.ms("cold/big.bin")]);
+        let state = serde_json::from_slice::<Value>(
+            out.stdout.split(|b| *b == b'\n').next().unwrap_or(b""),
+        )
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string));
+        if state.as_deref() == Some("recalling") {
+            break;
+        }
+        if reader.is_finished() {
+            let r = reader.join().unwrap().map(|b| b.len());
+            panic!(
+                "the stub's read ended before its recall was seen: {r:?}\n{}",
+                g.log_tail()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the recall never started (state {state:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pids.push(kill_and_wait_for_the_next(&t.mnt).to_string());
+    proxy.rules(json!([]));
+    let got = reader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the stub's read across the kill: {e}\n{}", g.log_tail()));
+    assert_bytes("cold/big.bin through NFSv3 across the kill", &got, &big);
+    assert_eq!(t.state("cold/big.bin"), "premigrated");
+
+    progress(10);
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "the readers saw {} errors; the first:\n{}",
+        errors.len(),
+        errors[..errors.len().min(20)].join("\n")
+    );
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "three kills, three new daemons: {pids:?}");
+}
+
+/// NFSv3 reads through ganesha (which opens each file once, then reads through its own fd)
+/// across daemon kills, with kernel passthrough (the default).
+#[test]
+fn nfsv3_reads_through_ganesha_across_daemon_kills_see_no_error_and_the_right_bytes() {
+    reads_through_ganesha_across_daemon_kills("share-kill-v3", |c| c, &[Nfs::V3]);
+}
+
+/// NFSv3 and NFSv4 reads (an NFSv4 OPEN is an open of the file on the mount, each time)
+/// across daemon kills, every read served by the daemon (`fuse.passthrough = false`).
+#[test]
+fn nfsv3_and_nfsv4_reads_across_daemon_kills_without_passthrough_see_no_error() {
+    reads_through_ganesha_across_daemon_kills(
+        "share-kill-nopt",
+        |c| c.set("fuse", "passthrough", "false"),
+        &[Nfs::V3, Nfs::V4],
+    );
+}
+
+/// NFSv3 and NFSv4 reads across daemon kills with kernel passthrough (the default). Fails:
+/// after the kill, the NFSv4 OPENs of the files ganesha still holds open for NFSv3 (the
+/// previous daemon's passthrough opens) answer NFS4ERR_IO, round after round (tests/restart.rs
+/// `a_file_held_open_across_a_restart_opens_again` is the same bug without ganesha).
+#[test]
+#[ignore = "daemon bug: after a restart, an open of a file the kernel still holds open from before (with passthrough) fails with EIO (ganesha: NFS4ERR_IO)"]
+fn nfsv3_and_nfsv4_reads_through_ganesha_across_daemon_kills_see_no_error() {
+    reads_through_ganesha_across_daemon_kills("share-kill-v4", |c| c, &[Nfs::V3, Nfs::V4]);
 }
 
 // ------------------------------------------------------------------------------------------

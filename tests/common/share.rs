@@ -279,6 +279,27 @@ pub fn parse_nfs_ls(text: &str) -> Vec<NfsEntry> {
 /// ganesha's `Attr_Expiration_Time` in the harness (see [`Ganesha::start`]).
 pub const ATTR_NEVER_EXPIRE: i32 = -1;
 
+/// What the harness's EXPORT block is given besides the path ([`Ganesha::start_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// `Attr_Expiration_Time` (seconds; -1: never, 0: ask the file system at every use).
+    pub attr_expiration: i32,
+    /// `Filesystem_Id` ("major.minor", e.g. "100.1"): the fsid ganesha reports to clients
+    /// and puts in its handles. None: ganesha derives it from the exported file system
+    /// (for a FUSE mount, whose `f_fsid` is 0: its device number, allocated anew at every
+    /// mount).
+    pub filesystem_id: Option<String>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            attr_expiration: ATTR_NEVER_EXPIRE,
+            filesystem_id: None,
+        }
+    }
+}
+
 /// An nfs-ganesha instance exporting one directory (FSAL_VFS, `No_Root_Squash`, RW) at
 /// [`PSEUDO`], NFSv3 and NFSv4 over TCP on 127.0.0.1, without a grace period. Stopped on
 /// drop.
@@ -286,6 +307,8 @@ pub struct Ganesha {
     pub export: PathBuf,
     /// The export's `Attr_Expiration_Time` (seconds; -1: never).
     pub attr_expiration: i32,
+    /// The export's `Filesystem_Id`, if set (see [`ExportOptions`]).
+    pub filesystem_id: Option<String>,
     /// The NFS port (NFSv3 and NFSv4).
     pub nfs_port: u16,
     /// The MOUNT protocol's port (NFSv3 clients).
@@ -315,6 +338,17 @@ impl Ganesha {
 
     /// `start` with this `Attr_Expiration_Time` (seconds; 0: ask the file system each time).
     pub fn start_with_attr_expiration(export_path: &Path, attr_expiration: i32) -> Ganesha {
+        Self::start_with(
+            export_path,
+            ExportOptions {
+                attr_expiration,
+                ..ExportOptions::default()
+            },
+        )
+    }
+
+    /// `start` with these export options.
+    pub fn start_with(export_path: &Path, opts: ExportOptions) -> Ganesha {
         require(&["ganesha.nfsd", "unshare", "nfs-ls", "python3", "timeout"]);
         assert!(
             fsal_vfs_installed(),
@@ -332,7 +366,8 @@ impl Ganesha {
         }
         let mut g = Ganesha {
             export,
-            attr_expiration,
+            attr_expiration: opts.attr_expiration,
+            filesystem_id: opts.filesystem_id,
             nfs_port: 0,
             mnt_port: 0,
             conf: dir.path().join("ganesha.conf"),
@@ -392,6 +427,13 @@ impl Ganesha {
     /// The ganesha.conf the instance runs with.
     pub fn config_text(&self) -> String {
         let dir = self.dir.path().display();
+        let fsid = match &self.filesystem_id {
+            Some(id) => format!(
+                "# A fixed fsid: the same after the file system is mounted again.\n    \
+                 Filesystem_Id = {id};"
+            ),
+            None => "# No Filesystem_Id: ganesha derives the fsid from the file system.".into(),
+        };
         format!(
             r#"# written by tests/common/share.rs
 NFS_CORE_PARAM {{
@@ -432,6 +474,7 @@ EXPORT {{
     # See Ganesha::start: -1 never refreshes (a refresh opens the file, which recalls
     # a stub).
     Attr_Expiration_Time = {attr};
+    {fsid}
     FSAL {{
         Name = VFS;
     }}
@@ -445,6 +488,7 @@ LOG {{
             export = self.export.display(),
             pseudo = PSEUDO,
             attr = self.attr_expiration,
+            fsid = fsid,
         )
     }
 
@@ -529,7 +573,22 @@ exec ganesha.nfsd -F -f "$CONF" -L "$LOG" -p "$PIDFILE"
     /// Stops and starts the server again with the same config, ports and state directories,
     /// and waits until it serves. What a client held (handles) is the client's.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 30 s), keeping its config, ports and
+    /// state directories for [`Ganesha::start_again`]. Needed before the exported mount is
+    /// unmounted: ganesha's mount namespace holds a copy of it, which would keep the FUSE
+    /// connection (and its daemon) alive.
+    pub fn stop(&mut self) {
         self.stop_server();
+    }
+
+    /// Starts a server stopped by [`Ganesha::stop`] again (it sees the mounts there are
+    /// now: start it after a remount) and waits until it serves.
+    pub fn start_again(&mut self) {
+        assert!(self.server.is_none(), "ganesha is running");
         self.spawn();
         if let Err(e) = self.wait_ready() {
             panic!(
@@ -656,11 +715,24 @@ pub struct NfsFile {
 pub struct NfsError {
     pub status: i64,
     pub message: String,
+    /// The server's NFSv3 status, where the client knows it ([`NfsSession::read_fh`]).
+    pub nfs3: Option<u32>,
 }
+
+/// NFSv3 statuses (RFC 1813, nfsstat3).
+pub const NFS3ERR_NOENT: u32 = 2;
+pub const NFS3ERR_IO: u32 = 5;
+pub const NFS3ERR_STALE: u32 = 70;
+pub const NFS3ERR_BADHANDLE: u32 = 10001;
+pub const NFS3ERR_SERVERFAULT: u32 = 10006;
 
 impl std::fmt::Display for NfsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "status {}: {}", self.status, self.message)
+        write!(f, "status {}: {}", self.status, self.message)?;
+        if let Some(s) = self.nfs3 {
+            write!(f, " (nfsstat3 {s})")?;
+        }
+        Ok(())
     }
 }
 
@@ -729,6 +801,7 @@ impl NfsSession {
             Err(NfsError {
                 status: v["status"].as_i64().unwrap_or(0),
                 message: v["error"].as_str().unwrap_or("").to_string(),
+                nfs3: v["nfs3"].as_u64().map(|s| s as u32),
             })
         }
     }
@@ -754,7 +827,8 @@ impl NfsSession {
 
     /// Reads up to `count` bytes at `offset` through the raw handle `fh` (taken earlier,
     /// maybe by another session), lending it to the open file `via` for one READ. NFSv3 only
-    /// (see tests/nfs_client.py).
+    /// (see tests/nfs_client.py). A READ the server refuses gives its NFSv3 status in
+    /// [`NfsError::nfs3`] (one READ of the client's own goes first, for the status).
     pub fn read_fh(
         &mut self,
         fh: &[u8],
