@@ -388,16 +388,13 @@ fn handles_opened_just_before_a_kill_go_on() {
     }
 }
 
-/// A file a process holds open across a restart opens again (docs/architecture.md,
-/// "Restart without unmount"). Fails with kernel passthrough (the default): the kernel's
-/// inode keeps the backing file the previous daemon registered for it (FUSE allows one per
-/// inode), the next daemon registers another for the new open, and the kernel refuses the
-/// conflict (fs/fuse/iomode.c: -EBUSY, which open(2) answers as EIO) until every open from
-/// before the restart is closed. After a kill -9 and after `coldtier restart` alike; with
-/// `fuse.passthrough = false` it works. Through nfs-ganesha (tests/share.rs): NFSv4 OPENs
-/// of files ganesha keeps open for NFSv3 answer NFS4ERR_IO.
+/// A file a process holds open across restarts opens again, with kernel passthrough (the
+/// default): the kernel's inode keeps the backing file the previous daemon registered for
+/// it and refuses another (fs/fuse/iomode.c: EBUSY, which open(2) answers as EIO), so the
+/// next daemon opens it with the same registration, taken over from the table the previous
+/// one kept (fs/backing_ids.rs), and keeps it while files from before may use it. Through
+/// nfs-ganesha (tests/share.rs), which keeps files open: NFSv4 OPENs of them across kills.
 #[test]
-#[ignore = "daemon bug: after a restart, opening a file the kernel still holds open from before fails with EIO (passthrough backing file conflict)"]
 fn a_file_held_open_across_a_restart_opens_again() {
     let mut m = Mounted::new();
     std::fs::write(m.m("f"), b"held").unwrap();
@@ -412,9 +409,24 @@ fn a_file_held_open_across_a_restart_opens_again() {
     if let Err(e) = std::fs::read(m.m("f")) {
         failures.push(format!("open after coldtier restart: {e}"));
     }
+    // A second restart: the registration taken over and given back is there again.
+    kill_and_wait_for_the_next(&m.mnt);
+    match std::fs::OpenOptions::new().append(true).open(m.m("f")) {
+        Ok(mut f) => f.write_all(b"+").unwrap(),
+        Err(e) => failures.push(format!("open for writing after a second kill: {e}")),
+    }
+    let mut got = Vec::new();
+    let mut held = held;
+    held.read_to_end(&mut got).unwrap();
+    assert_eq!(
+        got, b"held+",
+        "read through the handle from before the restarts"
+    );
     drop(held);
-    // Once nothing holds it from before, it opens.
-    assert_eq!(std::fs::read(m.m("f")).unwrap(), b"held");
+    // Nothing holds it from before: the kernel forgets the inode (and the daemon closes
+    // the registration it took over); it opens with a new one.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(std::fs::read(m.m("f")).unwrap(), b"held+");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     m.umount();
 }

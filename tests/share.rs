@@ -1276,7 +1276,6 @@ fn nfsv3_and_nfsv4_reads_across_daemon_kills_without_passthrough_see_no_error() 
 /// previous daemon's passthrough opens) answer NFS4ERR_IO, round after round (tests/restart.rs
 /// `a_file_held_open_across_a_restart_opens_again` is the same bug without ganesha).
 #[test]
-#[ignore = "daemon bug: after a restart, an open of a file the kernel still holds open from before (with passthrough) fails with EIO (ganesha: NFS4ERR_IO)"]
 fn nfsv3_and_nfsv4_reads_through_ganesha_across_daemon_kills_see_no_error() {
     reads_through_ganesha_across_daemon_kills("share-kill-v4", |c| c, &[Nfs::V3, Nfs::V4]);
 }

@@ -21,6 +21,7 @@ use crate::catalog::Catalog;
 use crate::cli::args::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
+use crate::fs::backing_ids::BackingIds;
 use crate::fs::fuse::{FuseAdapter, Negotiated, Ttls, FS_TYPE};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
 use crate::tier::context::Tiering;
@@ -34,6 +35,11 @@ pub(crate) fn bad(msg: impl Into<String>) -> anyhow::Error {
 }
 
 const RUN_DIR: &str = "/run/coldtier/mounts";
+
+/// The passthrough id table of the mount at `mountpoint` (`fs::backing_ids`).
+fn backing_ids_path(mountpoint: &Path) -> PathBuf {
+    record_path(mountpoint).with_extension("backing")
+}
 
 fn record_path(mountpoint: &Path) -> PathBuf {
     let hex: String = mountpoint
@@ -624,15 +630,36 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
             return Err(e);
         }
     };
-    let adapter = FuseAdapter::new(overlay.clone(), ttl, p.config.fuse.readdirplus);
-    let negotiated = adapter.negotiated();
-    let serving = adapter.serving();
-    let threads = p.config.fuse.threads();
     let (sock, resume) = match link {
         Some(l) => (Some(l.sock), l.resume),
         None => (None, None),
     };
     let resumed = resume.is_some();
+    // Passthrough ids by node, for the daemon after this one on the same connection
+    // (a supervised mount only: without a supervisor the connection dies with us).
+    let ids = match sock.is_some() {
+        true => match BackingIds::open(&backing_ids_path(&p.mountpoint), !resumed) {
+            Ok(t) => {
+                if resumed && t.inherited() > 0 {
+                    tracing::info!(
+                        ids = t.inherited(),
+                        "taking over the previous daemon's passthrough registrations"
+                    );
+                }
+                Some(Arc::new(t))
+            }
+            Err(e) => {
+                tracing::warn!("passthrough id table: {e}: files open across a restart may not open again until closed");
+                None
+            }
+        },
+        false => None,
+    };
+    let adapter = FuseAdapter::new(overlay.clone(), ttl, p.config.fuse.readdirplus, ids);
+    let negotiated = adapter.negotiated();
+    let serving = adapter.serving();
+    let connection = adapter.connection_slot();
+    let threads = p.config.fuse.threads();
     let session = match resume {
         Some((fd, neg)) => {
             adapter.resume_as(Negotiated::decode(&neg).unwrap_or_default());
@@ -652,6 +679,12 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
         }
     };
     overlay.set_invalidator(session.invalidator());
+    match session.fd().try_clone_to_owned() {
+        Ok(fd) => {
+            let _ = connection.set(fd);
+        }
+        Err(e) => tracing::warn!("cannot keep a copy of the connection fd: {e}"),
+    }
     // The supervisor keeps a copy of the connection: the next daemon takes it over.
     if let Some(sock) = &sock {
         let neg = negotiated.lock().unwrap_or_default().encode();
@@ -738,6 +771,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
     let result = session.run();
     crate::base::notify::notify("STOPPING=1\nSTATUS=unmounted; finishing");
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
+    let _ = std::fs::remove_file(backing_ids_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
     let catalog = tiering.catalog.clone();
     tiering.workers.stop();

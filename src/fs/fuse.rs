@@ -2,6 +2,7 @@
 //! an OverlayFs call and its result into a reply; errno mapping lives here, decisions don't.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use fuser::{
 };
 
 use super::backing::{Errno, SetTime, Stat};
+use super::backing_ids::BackingIds;
 use super::config::Readdirplus;
 use super::overlay::{
     Caller, Entry, Listed, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply,
@@ -30,8 +32,102 @@ pub struct Ttls {
     pub entry: Duration,
 }
 
+/// A file's passthrough registration on the connection, recorded by node in the table the
+/// next daemon reads (`fs::backing_ids`): in it before the kernel hears of it, out of it
+/// before it is closed.
+pub struct Backing {
+    id: std::mem::ManuallyDrop<BackingId>,
+    raw: u32,
+    node: u64,
+    table: Option<Arc<BackingIds>>,
+    /// Taken over from the previous daemon: files the kernel opened before the restart
+    /// may still use it when this daemon's last one closes, so it is then given back to
+    /// the table (closed when the kernel forgets the node), not closed.
+    adopted: bool,
+}
+
+impl Backing {
+    /// `id`, registered for `node`'s files.
+    fn new(
+        id: BackingId,
+        raw: u32,
+        node: u64,
+        table: Option<&Arc<BackingIds>>,
+        adopted: bool,
+    ) -> Backing {
+        if let (Some(t), false) = (table, adopted) {
+            t.record(node, raw);
+        }
+        Backing {
+            id: std::mem::ManuallyDrop::new(id),
+            raw,
+            node,
+            table: table.cloned(),
+            adopted,
+        }
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        match (&self.table, self.adopted) {
+            (Some(t), true) => {
+                t.give_back(self.node, self.raw);
+                // SAFETY: taken out once, here; the id stays registered (the table has it).
+                let id = unsafe { std::mem::ManuallyDrop::take(&mut self.id) };
+                let _ = id.into_raw();
+            }
+            (table, _) => {
+                if let Some(t) = table {
+                    t.remove(self.node, self.raw);
+                }
+                // SAFETY: dropped once, here (closes the id on the connection).
+                unsafe { std::mem::ManuallyDrop::drop(&mut self.id) };
+            }
+        }
+    }
+}
+
+/// Registers `fd` of node `node` for passthrough, or, for a node whose files the previous
+/// daemon registered (restart without unmount), takes that registration over: the kernel
+/// accepts one backing file per inode while earlier opens of it are open.
+/// [`register`] for an open.
+fn open_registered(
+    reply: &ReplyOpen,
+    ids: Option<&Arc<BackingIds>>,
+    node: u64,
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<Backing> {
+    register(
+        node,
+        fd,
+        ids,
+        |fd| reply.open_backing(fd),
+        // SAFETY: an id registered on this connection, owned by the Backing.
+        |raw| unsafe { reply.wrap_backing(raw) },
+    )
+}
+
+fn register(
+    node: u64,
+    fd: BorrowedFd<'_>,
+    table: Option<&Arc<BackingIds>>,
+    open: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    wrap: impl FnOnce(u32) -> BackingId,
+) -> std::io::Result<Backing> {
+    if let Some(raw) = table.and_then(|t| t.adopt(node)) {
+        return Ok(Backing::new(wrap(raw), raw, node, table, true));
+    }
+    let raw = open(fd)?.into_raw();
+    Ok(Backing::new(wrap(raw), raw, node, table, false))
+}
+
 pub struct FuseAdapter {
-    fs: Arc<OverlayFs<BackingId>>,
+    fs: Arc<OverlayFs<Backing>>,
+    /// The connection's passthrough ids by node, kept for the next daemon.
+    ids: Option<Arc<BackingIds>>,
+    /// A copy of the connection's fd (set once the session is up).
+    dev: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
     ttl: Ttls,
     readdirplus: Readdirplus,
     served: Arc<Serving>,
@@ -72,14 +168,42 @@ impl Negotiated {
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<OverlayFs<BackingId>>, ttl: Ttls, readdirplus: Readdirplus) -> Self {
+    pub fn new(
+        fs: Arc<OverlayFs<Backing>>,
+        ttl: Ttls,
+        readdirplus: Readdirplus,
+        ids: Option<Arc<BackingIds>>,
+    ) -> Self {
         FuseAdapter {
             fs,
+            ids,
+            dev: Arc::default(),
             ttl,
             readdirplus,
             served: Arc::default(),
             negotiated: Arc::default(),
         }
+    }
+
+    /// Closes passthrough id `raw` on the connection.
+    fn close_backing(&self, raw: u32) {
+        let Some(dev) = self.dev.get() else {
+            return tracing::debug!("passthrough id {raw} left open: no connection fd");
+        };
+        // FUSE_DEV_IOC_BACKING_CLOSE: _IOW(229, 2, uint32_t).
+        const BACKING_CLOSE: libc::c_ulong = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+        // SAFETY: the ioctl reads one u32 through the pointer, on the connection's fd.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_CLOSE, &raw as *const u32) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!("closing passthrough id {raw}: {e}");
+        }
+    }
+
+    /// Where the daemon puts a copy of the connection's fd once the session is up (for
+    /// closing passthrough ids outside a reply).
+    pub fn connection_slot(&self) -> Arc<std::sync::OnceLock<std::os::fd::OwnedFd>> {
+        self.dev.clone()
     }
 
     /// What INIT settled, once it has (shared: read it after the session is mounted).
@@ -283,9 +407,9 @@ fn reply_xattr(r: Result<XattrReply, Errno>, reply: ReplyXattr) {
 /// writes are written back at close, and their errors reported there).
 const PASSTHROUGH_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
-fn reply_opened(o: Opened<BackingId>, reply: ReplyOpen) {
+fn reply_opened(o: Opened<Backing>, reply: ReplyOpen) {
     match &o.file.backing {
-        Some(id) => reply.opened_passthrough(FileHandle(o.fh), PASSTHROUGH_OPEN, id),
+        Some(b) => reply.opened_passthrough(FileHandle(o.fh), PASSTHROUGH_OPEN, &b.id),
         None => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
     }
 }
@@ -294,11 +418,11 @@ fn reply_opened(o: Opened<BackingId>, reply: ReplyOpen) {
 /// a file opened as a stub (its data not fetched at open), on a thread of its own after
 /// the recall, so that a long download never holds one of the few request threads.
 fn with_data<R: Send + 'static>(
-    fs: &Arc<OverlayFs<BackingId>>,
+    fs: &Arc<OverlayFs<Backing>>,
     fhs: &[u64],
     reply: R,
     fail: fn(R, Errno),
-    op: impl FnOnce(&OverlayFs<BackingId>, R) + Send + 'static,
+    op: impl FnOnce(&OverlayFs<Backing>, R) + Send + 'static,
 ) {
     let mut waits = Vec::new();
     for &fh in fhs {
@@ -344,7 +468,8 @@ fn with_data<R: Send + 'static>(
 /// Waits for what the open waits for (a recall), then opens again; a few rounds at most
 /// (the file could be stubbed again in between).
 fn open_after_wait(
-    fs: &OverlayFs<BackingId>,
+    fs: &OverlayFs<Backing>,
+    ids: Option<&Arc<BackingIds>>,
     ino: u64,
     flags: i32,
     uid: u32,
@@ -355,7 +480,9 @@ fn open_after_wait(
         if let Err(e) = wait() {
             return reply.error(err(e));
         }
-        match fs.open(ino, flags, uid, |fd| reply.open_backing(fd)) {
+        match fs.open(ino, flags, uid, |node, fd| {
+            open_registered(&reply, ids, node, fd)
+        }) {
             Ok(OpenOutcome::Opened(o)) => return reply_opened(o, reply),
             Ok(OpenOutcome::Wait(w)) => wait = w,
             Err(e) => return reply.error(err(e)),
@@ -423,6 +550,11 @@ impl Filesystem for FuseAdapter {
         // Handing over: the next daemon starts with no references to forget.
         if let Some(_served) = self.enter() {
             self.fs.forget(ino.0, nlookup);
+            // A previous daemon's passthrough id for it that this one never used: no file
+            // of the node can be open once the kernel forgot it.
+            if let Some(raw) = self.ids.as_ref().and_then(|t| t.forgotten(ino.0)) {
+                self.close_backing(raw);
+            }
         }
     }
 
@@ -607,18 +739,21 @@ impl Filesystem for FuseAdapter {
             return std::mem::forget(reply);
         };
         let uid = req.uid();
-        match self
-            .fs
-            .open(ino.0, flags.0, uid, |fd| reply.open_backing(fd))
-        {
+        match self.fs.open(ino.0, flags.0, uid, |node, fd| {
+            open_registered(&reply, self.ids.as_ref(), node, fd)
+        }) {
             Ok(OpenOutcome::Opened(o)) => reply_opened(o, reply),
             Ok(OpenOutcome::Wait(w)) => {
                 // A stub: its recall may take long (a Glacier restore: hours), so it is
                 // waited for on its own thread, never on one of the few request threads.
                 let fs = self.fs.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("open-wait".into())
-                    .spawn(move || open_after_wait(&fs, ino.0, flags.0, uid, w, reply));
+                let ids = self.ids.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("open-wait".into())
+                        .spawn(move || {
+                            open_after_wait(&fs, ids.as_ref(), ino.0, flags.0, uid, w, reply)
+                        });
                 if let Err(e) = spawned {
                     tracing::error!("cannot start a thread to wait for a recall: {e}");
                 }
@@ -973,23 +1108,35 @@ impl Filesystem for FuseAdapter {
         let Some(_served) = self.enter() else {
             return std::mem::forget(reply);
         };
-        let r = self
-            .fs
-            .create(parent.0, name, mode, flags, caller(req, umask), |fd| {
-                reply.open_backing(fd)
-            });
+        let r = self.fs.create(
+            parent.0,
+            name,
+            mode,
+            flags,
+            caller(req, umask),
+            |node, fd| {
+                register(
+                    node,
+                    fd,
+                    self.ids.as_ref(),
+                    |fd| reply.open_backing(fd),
+                    // SAFETY: an id registered on this connection, owned by the Backing.
+                    |raw| unsafe { reply.wrap_backing(raw) },
+                )
+            },
+        );
         match r {
             Ok((e, o)) => {
                 let a = attr(e.ino, &e.stat);
                 let g = Generation(e.generation);
                 match &o.file.backing {
-                    Some(id) => reply.created_passthrough(
+                    Some(b) => reply.created_passthrough(
                         &self.ttl.entry,
                         &a,
                         g,
                         FileHandle(o.fh),
                         PASSTHROUGH_OPEN,
-                        id,
+                        &b.id,
                     ),
                     None => reply.created(
                         &self.ttl.entry,

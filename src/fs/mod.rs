@@ -1,6 +1,7 @@
 //! The overlay filesystem: backing syscalls, inode table, the filesystem logic, the FUSE adapter.
 
 pub mod backing;
+pub mod backing_ids;
 pub mod config;
 pub mod dosattrib;
 pub mod fuse;

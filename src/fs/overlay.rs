@@ -875,7 +875,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         candidate: Option<OwnedFd>,
         stub: bool,
         passthrough: bool,
-        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<Arc<OpenFile<B>>> {
         let mut slot = inode.open_file.lock();
         if let Some(f) = slot.upgrade() {
@@ -900,7 +900,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             }
         };
         let backing = if passthrough && self.passthrough_enabled() && !stub {
-            match register(fd.as_fd()) {
+            match register(inode.ino, fd.as_fd()) {
                 Ok(id) => Some(id),
                 Err(e) => {
                     match e.raw_os_error() {
@@ -939,7 +939,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         ino: u64,
         flags: i32,
         caller_uid: u32,
-        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<OpenOutcome<B>> {
         self.open_as(ino, flags, caller_uid, None, register)
     }
@@ -970,7 +970,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         // A rare path (once per handle after a restart): a recall it needs is waited for
         // here.
         for _ in 0..4 {
-            match self.open_as(ino, flags & !libc::O_TRUNC, 0, Some(fh), |_| {
+            match self.open_as(ino, flags & !libc::O_TRUNC, 0, Some(fh), |_, _| {
                 Err(io::Error::from_raw_os_error(libc::EALREADY))
             })? {
                 OpenOutcome::Opened(_) => return Ok(()),
@@ -988,7 +988,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         flags: i32,
         caller_uid: u32,
         at: Option<u64>,
-        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<OpenOutcome<B>> {
         let inode = self.inode(ino)?;
         if inode.is_dir() {
@@ -1057,7 +1057,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         mode: u32,
         flags: i32,
         caller: Caller,
-        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<(Entry, Opened<B>)> {
         let p = self.dir(parent)?;
         // O_EXCL always: what this makes is a new file (no stub record to look for). A name
@@ -1105,7 +1105,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         name: &OsStr,
         flags: i32,
         caller: Caller,
-        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<(Entry, Opened<B>)> {
         let entry = self.lookup(parent, name)?;
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL);
@@ -1646,7 +1646,7 @@ mod tests {
     fn create_write_read_back() {
         let (d, fs) = fs();
         let (e, o) = fs
-            .create(ROOT_INO, OsStr::new("a"), 0o640, 0, me(), |_| Ok(()))
+            .create(ROOT_INO, OsStr::new("a"), 0o640, 0, me(), |_, _| Ok(()))
             .unwrap();
         assert_eq!(fs.write(o.fh, 0, b"hello").unwrap(), 5);
         assert_eq!(fs.read(o.fh, 1, 100).unwrap(), b"ello");
@@ -1666,21 +1666,36 @@ mod tests {
         let (d, fs) = fs();
         std::fs::write(d.path().join("x"), b"there").unwrap();
         std::os::unix::fs::symlink("nowhere", d.path().join("l")).unwrap();
-        let excl = fs.create(ROOT_INO, OsStr::new("x"), 0o600, libc::O_EXCL, me(), |_| {
-            Ok(())
-        });
+        let excl = fs.create(
+            ROOT_INO,
+            OsStr::new("x"),
+            0o600,
+            libc::O_EXCL,
+            me(),
+            |_, _| Ok(()),
+        );
         assert_eq!(excl.err(), Some(Errno(libc::EEXIST)));
         let (e, o) = fs
-            .create(ROOT_INO, OsStr::new("x"), 0o600, libc::O_RDWR, me(), |_| {
-                Ok(())
-            })
+            .create(
+                ROOT_INO,
+                OsStr::new("x"),
+                0o600,
+                libc::O_RDWR,
+                me(),
+                |_, _| Ok(()),
+            )
             .unwrap();
         assert_eq!(e.stat.size, 5);
         assert_eq!(fs.read(o.fh, 0, 100).unwrap(), b"there");
         fs.release(o.fh);
-        let sym = fs.create(ROOT_INO, OsStr::new("l"), 0o600, libc::O_RDWR, me(), |_| {
-            Ok(())
-        });
+        let sym = fs.create(
+            ROOT_INO,
+            OsStr::new("l"),
+            0o600,
+            libc::O_RDWR,
+            me(),
+            |_, _| Ok(()),
+        );
         assert_eq!(sym.err(), Some(Errno(libc::ELOOP)));
         assert_eq!(std::fs::read(d.path().join("x")).unwrap(), b"there");
     }

@@ -264,7 +264,7 @@ impl Engine {
     pub fn open(&self, rel: &str, flags: i32) -> Result<u64, Errno> {
         let ino = self.lookup(rel)?;
         loop {
-            match self.fs.open(ino, flags, 0, |_| Ok(()))? {
+            match self.fs.open(ino, flags, 0, |_, _| Ok(()))? {
                 OpenOutcome::Opened(o) => return Ok(o.fh),
                 OpenOutcome::Wait(w) => w()?,
             }
@@ -305,9 +305,14 @@ impl Engine {
             Err(Errno(libc::ENOENT)) => {
                 let (parent, name) = self.parent_and_name(rel);
                 self.fs
-                    .create(parent, name, 0o644, libc::O_WRONLY, root_caller(), |_| {
-                        Ok(())
-                    })?
+                    .create(
+                        parent,
+                        name,
+                        0o644,
+                        libc::O_WRONLY,
+                        root_caller(),
+                        |_, _| Ok(()),
+                    )?
                     .1
                     .fh
             }
