@@ -441,6 +441,10 @@ fn listings_and_attribute_queries_of_stubs_through_samba_and_ganesha_send_no_get
         let one = parse_smb_ls(&s.smbclient_ok(&format!("ls {}", Samba::smb_path(rel))));
         assert_eq!(one.len(), 1, "ls {rel}: {one:?}");
         assert_eq!(one[0].size, content.len() as u64, "ls {rel}");
+        assert!(
+            one[0].attrs.contains('o'),
+            "ls {rel}: a stub listed without 'o' (offline): {one:?}"
+        );
         let alt = s.smbclient_ok(&format!("altname {}", Samba::smb_path(rel)));
         assert!(!alt.trim().is_empty(), "altname {rel}: no name");
     }

@@ -925,7 +925,9 @@ pub fn parse_smb_ls(text: &str) -> Vec<SmbEntry> {
         };
         // The attribute letters may be absent; then the token before the size ends the name.
         let attr_tok = toks[n - 7];
-        let is_attrs = attr_tok.chars().all(|c| "DAHSRNCIOLEVPUT".contains(c));
+        let is_attrs = attr_tok
+            .chars()
+            .all(|c| "VDAHSNRCIOLEPUTdtsrcone".contains(c));
         let name_end_tok = if is_attrs && n >= 8 { n - 7 } else { n - 6 };
         let attrs = if name_end_tok == n - 7 { attr_tok } else { "" };
         // The name: the body up to where the token after it starts (names may hold spaces).
