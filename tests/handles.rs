@@ -82,20 +82,7 @@ fn drop_caches() {
 }
 
 fn daemon_pid(mnt: &Path) -> i32 {
-    let hex: String = mnt
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::read_to_string(format!("/run/coldtier/mounts/{hex}.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    common::runtime_record(mnt)[0].trim().parse().unwrap()
 }
 
 /// Kills the daemon with SIGKILL and detaches its dead mount.

@@ -13,62 +13,23 @@ mod faults;
 mod tier;
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{coldtier, show, Mounted};
+use common::{alive, coldtier, kill_and_wait_for_the_next, show, Mounted};
 use faults::FaultProxy;
 use serde_json::json;
 use tier::*;
 
 fn record(mnt: &Path) -> Vec<String> {
-    let hex: String = mnt
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::read_to_string(format!("/run/coldtier/mounts/{hex}.pid"))
-        .map(|t| t.lines().map(str::to_string).collect())
-        .unwrap_or_default()
+    common::runtime_record(mnt)
 }
 
 /// The pid of the daemon serving `mnt` now.
 fn daemon(mnt: &Path) -> i32 {
     record(mnt)[0].parse().unwrap()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-}
-
-/// Kills the daemon of `mnt` with SIGKILL and waits for the next one to serve.
-fn kill_and_wait_for_the_next(mnt: &Path) -> i32 {
-    let old = daemon(mnt);
-    // SAFETY: killing the daemon this test started.
-    unsafe { libc::kill(old, libc::SIGKILL) };
-    wait_for_new_daemon(mnt, old)
-}
-
-fn wait_for_new_daemon(mnt: &Path, old: i32) -> i32 {
-    let t0 = Instant::now();
-    loop {
-        let r = record(mnt);
-        if let Some(p) = r.first().and_then(|p| p.parse::<i32>().ok()) {
-            if p != old && alive(p) && std::fs::metadata(mnt).is_ok() {
-                return p;
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no new daemon after pid {old}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Clients that keep reading and writing through the mount and count what fails.

@@ -18,7 +18,6 @@ mod share;
 mod tier;
 
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coldtier::store::testing::MotoServer;
+use common::kill_and_wait_for_the_next;
 use faults::FaultProxy;
 use serde_json::{json, Value};
 use share::*;
@@ -612,44 +612,8 @@ fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
 }
 
-/// The runtime record of the mount at `mnt` (daemon pid first, supervisor pid fourth).
 fn record(mnt: &Path) -> Vec<String> {
-    let hex: String = mnt
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::read_to_string(format!("/run/coldtier/mounts/{hex}.pid"))
-        .map(|t| t.lines().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-}
-
-/// Kills the daemon serving `mnt` with SIGKILL and waits until the supervisor's next daemon
-/// serves the same FUSE connection (tests/restart.rs); returns its pid. ganesha, and what
-/// it holds of the mount, stay.
-fn kill_and_wait_for_the_next(mnt: &Path) -> i32 {
-    let old: i32 = record(mnt)[0].parse().unwrap();
-    // SAFETY: killing the daemon this test started.
-    unsafe { libc::kill(old, libc::SIGKILL) };
-    let t0 = Instant::now();
-    loop {
-        if let Some(p) = record(mnt).first().and_then(|p| p.parse::<i32>().ok()) {
-            if p != old && alive(p) && std::fs::metadata(mnt).is_ok() {
-                return p;
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no new daemon after pid {old}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::runtime_record(mnt)
 }
 
 fn st_dev(p: &Path) -> u64 {

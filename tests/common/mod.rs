@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// Path of the coldtier binary built by cargo for this test run.
 pub fn bin() -> PathBuf {
@@ -263,4 +264,50 @@ pub fn fstype_at(p: &Path) -> Option<String> {
 /// Whether `p` is a mount point now.
 pub fn is_mountpoint(p: &Path) -> bool {
     fstype_at(p).is_some()
+}
+
+/// The runtime record of the mount at `mnt` (`/run/coldtier/mounts/<hex>.pid`: the daemon's
+/// pid first, the supervisor's fourth), its lines; empty if there is none.
+pub fn runtime_record(mnt: &Path) -> Vec<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let hex: String = mnt
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::read_to_string(format!("/run/coldtier/mounts/{hex}.pid"))
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+/// Kills the daemon of `mnt` with SIGKILL and waits for the next one to serve.
+pub fn kill_and_wait_for_the_next(mnt: &Path) -> i32 {
+    let old = runtime_record(mnt)[0].parse::<i32>().unwrap();
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for_new_daemon(mnt, old)
+}
+
+pub fn wait_for_new_daemon(mnt: &Path, old: i32) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        let r = runtime_record(mnt);
+        if let Some(p) = r.first().and_then(|p| p.parse::<i32>().ok()) {
+            if p != old && alive(p) && std::fs::metadata(mnt).is_ok() {
+                return p;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no new daemon after pid {old}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
