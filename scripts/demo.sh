@@ -91,7 +91,7 @@ log "du after tiering (stat, ls and du sent no request to S3)"
 du -sh "$SHARE" | sed 's/^/    /'
 "$BIN" status -r "$SHARE" | sed 's/^/    /'
 
-log "cat of a stub (through the symlink): recalled from S3 on open, transparently"
+log "cat of a stub (through the symlink): recalled from S3 at its first read, transparently"
 SUM_MOUNT=$(sha256sum "$SHARE/projects/alpha/scan-link" | cut -d' ' -f1)
 echo "    sha256 before tiering: $SUM_BEFORE"
 echo "    sha256 after recall:   $SUM_MOUNT"

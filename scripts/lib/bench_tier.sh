@@ -30,7 +30,7 @@ Environment (defaults in brackets; --quick changes the defaults, not explicit va
   BENCH_TIER_NSMALL      number of small files                  [2000]  (quick: 200)
   BENCH_TIER_SMALL_SIZE  size of each small file                [64K]
   BENCH_TIER_REPEAT      repetitions (the table shows medians)  [3]     (quick: 1)
-  BENCH_TIER_OPEN        1 = also time recall on open (cat through the mount), 0 = skip [1]
+  BENCH_TIER_OPEN        1 = also time recall at first read (cat through the mount), 0 = skip [1]
   BENCH_RCLONE_FLAGS     extra flags for every `rclone copy`    []
   BENCH_OP_TIMEOUT       seconds before a single measured command is killed [900]
   COLDTIER_BIN           coldtier binary        [<repo>/target/release/coldtier]
@@ -165,7 +165,7 @@ _bt_umount() { # MNT
 }
 
 # ----------------------------------------------------------------------------
-# one coldtier round: migrate, recall (CLI), and optionally recall on open
+# one coldtier round: migrate, recall (CLI), and optionally recall at first read (cat)
 # ----------------------------------------------------------------------------
 _bt_coldtier_round() { # WORKLOAD(large|small) REP
     local w="$1" r="$2" n
@@ -241,14 +241,14 @@ EOF
                 2>"$BT_LOG_DIR/$tag.open.err" || rc=$?
             t1=$(_bt_now_us)
             if [[ $rc -ne 0 ]]; then
-                _bt_warn "recall on open ($w, rep $r) failed: $(tail -n 3 "$BT_LOG_DIR/$tag.open.err" | tr '\n' ' ')"
+                _bt_warn "recall at first read ($w, rep $r) failed: $(tail -n 3 "$BT_LOG_DIR/$tag.open.err" | tr '\n' ' ')"
                 _bt_record coldtier "open_$w" "$r" nan
             elif ! _bt_same "$BT_DATA/master/$w" "$src"; then
-                _bt_warn "recall on open ($w, rep $r): the recalled files differ from the originals"
+                _bt_warn "recall at first read ($w, rep $r): the recalled files differ from the originals"
                 _bt_record coldtier "open_$w" "$r" nan
             else
                 _bt_record coldtier "open_$w" "$r" "$(_bt_secs $((t1 - t0)))"
-                _bt_log "  coldtier recall on open (cat) $w: $(_bt_secs $((t1 - t0))) s"
+                _bt_log "  coldtier recall at first read (cat) $w: $(_bt_secs $((t1 - t0))) s"
             fi
         else
             _bt_warn "coldtier release -r ($w, rep $r) failed: $(tail -n 3 "$BT_LOG_DIR/$tag.release.out" | tr '\n' ' ')"
@@ -336,8 +336,8 @@ METRICS = [
     ("migrate_small", "Migrate %d files of %s (files/s)" % (nsmall, iec(small)), "files", 1.00),
     ("recall_large", "Recall 1 file of %s (MiB/s)" % iec(large), "mibs", 0.90),
     ("recall_small", "Recall %d files of %s (files/s)" % (nsmall, iec(small)), "files", 1.00),
-    ("open_large", "Recall on open, `cat` through the mount, %s (MiB/s)" % iec(large), "mibs", None),
-    ("open_small", "Recall on open, `cat` through the mount, %d files (files/s)" % nsmall, "files", None),
+    ("open_large", "Recall at first read, `cat` through the mount, %s (MiB/s)" % iec(large), "mibs", None),
+    ("open_small", "Recall at first read, `cat` through the mount, %d files (files/s)" % nsmall, "files", None),
 ]
 
 def med(t, m):
@@ -400,7 +400,7 @@ p("")
 p("Throughput ratios coldtier / rclone (above 1.00× coldtier is faster). Migrate = "
   "`coldtier migrate MOUNT --json` (scan, copy, verify, stub, catalog); recall = "
   "`coldtier recall MOUNT -r`; both against `rclone copy` up and back, same data, same "
-  "server, page cache dropped before every measurement. The recall-on-open rows "
+  "server, page cache dropped before every measurement. The recall-at-first-read rows "
   "(informational) are compared with rclone's copy back.")
 p("")
 p("Targets met: %d PASS, %d FAIL%s" % (npass, nfail, "" if npass + nfail == nt else ", %d not evaluated" % (nt - npass - nfail)))
