@@ -969,6 +969,138 @@ fn security_selinux_is_unsupported_without_selinux_and_labels_show() {
     );
 }
 
+/// `coldtier mount -o`: mount(8)'s options apply to the mount (mountinfo shows them),
+/// coldtier's own (config=FILE) are taken, mount(8)'s and systemd's are ignored; `ro`
+/// refuses writes; an unknown option is refused by name and nothing is mounted.
+#[test]
+fn mount_options_apply_to_the_mount_and_unknown_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let port = common::free_port();
+    let cfg = dir.path().join("c.toml");
+    fs::write(&cfg, format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let (s, m) = (src.to_str().unwrap(), mnt.to_str().unwrap());
+    let opts = format!(
+        "nosuid,nodev,noexec,noatime,_netdev,nofail,x-systemd.automount,config={}",
+        cfg.display()
+    );
+    let out = coldtier(&["mount", s, m, "-o", &opts, "-o", "defaults"]);
+    assert!(out.status.success(), "{}", common::show(&out));
+    let o = common::mount_options_at(&mnt).expect("not mounted");
+    for want in ["rw", "nosuid", "nodev", "noexec", "noatime"] {
+        assert!(o.iter().any(|x| x == want), "{want} not in {o:?}");
+    }
+    assert!(
+        common::scrape(port).contains_key("coldtier_readdirplus_entries_total"),
+        "config=FILE not read"
+    );
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"data");
+    let out = coldtier(&["umount", m]);
+    assert!(out.status.success(), "{}", common::show(&out));
+
+    let out = coldtier(&["mount", s, m, "-o", "ro"]);
+    assert!(out.status.success(), "{}", common::show(&out));
+    assert!(common::mount_options_at(&mnt)
+        .unwrap()
+        .iter()
+        .any(|x| x == "ro"));
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"data");
+    let e = fs::write(mnt.join("g"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let out = coldtier(&["umount", m]);
+    assert!(out.status.success(), "{}", common::show(&out));
+
+    let out = coldtier(&["mount", s, m, "-o", "nosuid,bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown mount option `bogus`"), "{err}");
+    assert!(!is_mountpoint(&mnt), "mounted despite an unknown option");
+}
+
+/// `mount -t fuse.coldtier SOURCE MOUNTPOINT -o ...` and an /etc/fstab-style line
+/// (`mount -T FSTAB MOUNTPOINT`) mount through the helper scripts/mount.fuse.coldtier.
+#[test]
+fn mount_t_fuse_coldtier_and_an_fstab_line_mount_through_the_helper() {
+    let helper = Path::new("/sbin/mount.fuse.coldtier");
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mount.fuse.coldtier");
+    // Installed for this test when the machine has none (and removed after it).
+    struct Installed(bool);
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = fs::remove_file("/sbin/mount.fuse.coldtier");
+            }
+        }
+    }
+    let _installed = Installed(if helper.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink(&ours, helper).unwrap();
+        true
+    } else {
+        false
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(src.join("f"), b"through mount(8)").unwrap();
+    let port = common::free_port();
+    let cfg = dir.path().join("c.toml");
+    fs::write(&cfg, format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("mount")
+            .args(args)
+            .env("COLDTIER_BIN", common::bin())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount {args:?}: {}",
+            common::show(&out)
+        );
+    };
+    let opts = format!("config={},nosuid", cfg.display());
+    run(&[
+        "-t",
+        "fuse.coldtier",
+        src.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+        "-o",
+        &opts,
+    ]);
+    assert_eq!(fstype_at(&mnt).as_deref(), Some("fuse.coldtier"));
+    assert!(common::mount_options_at(&mnt)
+        .unwrap()
+        .iter()
+        .any(|x| x == "nosuid"));
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"through mount(8)");
+    assert!(common::scrape(port).contains_key("coldtier_readdirplus_entries_total"));
+    let out = coldtier(&["umount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::show(&out));
+
+    let fstab = dir.path().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# a coldtier mount\n{} {} fuse.coldtier config={},nodev,_netdev,nofail,x-systemd.requires=network-online.target 0 0\n",
+            src.display(),
+            mnt.display(),
+            cfg.display()
+        ),
+    )
+    .unwrap();
+    run(&["-T", fstab.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(common::mount_options_at(&mnt)
+        .unwrap()
+        .iter()
+        .any(|x| x == "nodev"));
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"through mount(8)");
+    let out = coldtier(&["umount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::show(&out));
+}
+
 #[test]
 fn many_inodes_beyond_the_fd_budget() {
     let m = Mounted::with_config(Some("[fuse]\ninode_fds = 16\n"));

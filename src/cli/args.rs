@@ -185,7 +185,7 @@ pub struct GcArgs {
     pub json: bool,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
     /// The directory to serve (the backing tree); may be left out when the config file sets
     /// `mount.source`.
@@ -208,6 +208,13 @@ pub struct MountArgs {
     /// its check at mount (missing bucket, wrong credentials, unreachable) is refused.
     #[arg(long)]
     pub paused: bool,
+    /// Mount options, comma-separated (may repeat), as mount(8) and /etc/fstab give them:
+    /// ro, rw, nosuid, suid, nodev, dev, noexec, exec, noatime, atime, relatime, sync,
+    /// async, dirsync apply to the mount; config=FILE and paused are coldtier's own (as
+    /// --config and --paused); defaults, auto, noauto, user, nouser, users, _netdev,
+    /// nofail, comment=... and x-... are for mount(8) and systemd and are ignored.
+    #[arg(short = 'o', long = "options", value_name = "OPTIONS")]
+    pub options: Vec<String>,
     /// Internal: run as the daemon of a supervisor (`COLDTIER_CHILD` names what it
     /// inherits). Not for people.
     #[arg(long, hide = true)]

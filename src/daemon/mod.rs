@@ -96,6 +96,8 @@ struct Prepared {
     locks: Vec<crate::base::private::Lock>,
     /// The config file, read again on SIGHUP (none: the defaults, nothing to reload).
     config_path: Option<PathBuf>,
+    /// `-o` options for the mount itself (nosuid, ro, ...).
+    mount_flags: Vec<String>,
 }
 
 fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
@@ -199,6 +201,7 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         paused: args.paused,
         locks: vec![source_lock, catalog_lock],
         config_path: args.config.clone(),
+        mount_flags: args.options.clone(),
     })
 }
 
@@ -323,7 +326,56 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
 }
 
 /// `coldtier mount`.
+/// Mount options for mount(8) and systemd (`-o`), which coldtier ignores.
+const IGNORED_OPTIONS: &[&str] = &[
+    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev", "nofail",
+];
+
+/// Sorts the `-o` options: coldtier's own go into the arguments (config=FILE as --config,
+/// paused as --paused), the ones for mount(8) and systemd are dropped, and the mount's own
+/// ([`crate::fs::fuse::MOUNT_FLAGS`]) are left in `options`. An unknown one is an error
+/// that names it.
+fn with_mount_options(args: &MountArgs) -> anyhow::Result<MountArgs> {
+    let mut a = args.clone();
+    a.options.clear();
+    for o in args
+        .options
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        if let Some(file) = o.strip_prefix("config=") {
+            match &a.config {
+                Some(c) if c != Path::new(file) => {
+                    return Err(bad(format!(
+                        "-o config={file} and --config {} name different files",
+                        c.display()
+                    )))
+                }
+                _ => a.config = Some(PathBuf::from(file)),
+            }
+        } else if o == "paused" {
+            a.paused = true;
+        } else if crate::fs::fuse::MOUNT_FLAGS.contains(&o) {
+            a.options.push(o.to_string());
+        } else if !(IGNORED_OPTIONS.contains(&o)
+            || o.starts_with("x-")
+            || o.starts_with("comment="))
+        {
+            return Err(bad(format!(
+                "unknown mount option `{o}` in -o (for the mount: {}; coldtier's: config=FILE, \
+                 paused; ignored: {}, comment=..., x-...)",
+                crate::fs::fuse::MOUNT_FLAGS.join(", "),
+                IGNORED_OPTIONS.join(", ")
+            )));
+        }
+    }
+    Ok(a)
+}
+
 pub fn mount(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
+    let args = &with_mount_options(args)?;
     if args.child {
         return child(args, log_filter);
     }
@@ -485,6 +537,7 @@ fn child(args: &MountArgs, log_filter: &str) -> anyhow::Result<()> {
         paused: args.paused,
         locks: Vec::new(),
         config_path: args.config.clone(),
+        mount_flags: args.options.clone(),
     };
     let link = Link {
         sock: inh.sock,
@@ -666,7 +719,13 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
             tracing::info!("taking over the mount's connection from the previous daemon");
             crate::fs::fuse::Session::resume(adapter, fd, &p.source, threads)
         }
-        None => crate::fs::fuse::Session::mount(adapter, &p.mountpoint, &p.source, threads),
+        None => crate::fs::fuse::Session::mount(
+            adapter,
+            &p.mountpoint,
+            &p.source,
+            threads,
+            &p.mount_flags,
+        ),
     };
     let mut session = match session {
         Ok(s) => s,

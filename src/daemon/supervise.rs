@@ -224,6 +224,10 @@ pub fn child_args(
     if args.paused {
         v.push("--paused".into());
     }
+    if !args.options.is_empty() {
+        v.push("-o".into());
+        v.push(args.options.join(","));
+    }
     match log_file {
         Some(l) => {
             v.push("--log-file".into());

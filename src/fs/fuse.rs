@@ -1255,8 +1255,10 @@ impl Session {
         mountpoint: &Path,
         source: &Path,
         threads: usize,
+        flags: &[String],
     ) -> std::io::Result<Session> {
-        fuser::Session::new(adapter, mountpoint, &mount_config(source, threads)).map(Session)
+        let config = mount_config(source, threads, flags);
+        fuser::Session::new(adapter, mountpoint, &config).map(Session)
     }
 
     /// Takes over the live connection `fd` of a previous daemon of this mount (restart
@@ -1269,7 +1271,8 @@ impl Session {
         source: &Path,
         threads: usize,
     ) -> std::io::Result<Session> {
-        let config = mount_config(source, threads);
+        // The mount exists: its options are the ones it was made with.
+        let config = mount_config(source, threads, &[]);
         let acl = config.acl;
         let s = fuser::Session::resume(adapter, fd, acl, config)?;
         if let Err(e) = notify_resend(std::os::fd::AsFd::as_fd(&s)) {
@@ -1329,21 +1332,53 @@ fn notify_resend(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Mount options for the session: allow_other + default_permissions, like a real share.
-pub fn mount_config(source: &Path, threads: usize) -> fuser::Config {
+/// The standard mount options `coldtier mount -o` applies to the mount.
+pub const MOUNT_FLAGS: &[&str] = &[
+    "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "relatime",
+    "sync", "async", "dirsync",
+];
+
+/// Mount options for the session: allow_other + default_permissions, like a real share;
+/// `flags` (of [`MOUNT_FLAGS`], a later one overriding an earlier one) on top of rw, suid,
+/// dev, exec and the kernel's default relatime.
+pub fn mount_config(source: &Path, threads: usize, flags: &[String]) -> fuser::Config {
+    use fuser::MountOption as O;
+    let (mut ro, mut suid, mut dev, mut exec) = (false, true, true, true);
+    let (mut noatime, mut sync, mut dirsync) = (false, false, false);
+    for f in flags {
+        match f.as_str() {
+            "ro" | "rw" => ro = f == "ro",
+            "nosuid" | "suid" => suid = f == "suid",
+            "nodev" | "dev" => dev = f == "dev",
+            "noexec" | "exec" => exec = f == "exec",
+            "noatime" | "atime" | "relatime" => noatime = f == "noatime",
+            "sync" | "async" => sync = f == "sync",
+            "dirsync" => dirsync = true,
+            _ => {}
+        }
+    }
     let mut c = fuser::Config::default();
     c.mount_options = vec![
-        fuser::MountOption::FSName(format!(
+        O::FSName(format!(
             "coldtier:{}",
             String::from_utf8_lossy(source.as_os_str().as_bytes())
         )),
-        fuser::MountOption::CUSTOM("subtype=coldtier".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
-        fuser::MountOption::RW,
-        fuser::MountOption::Exec,
+        O::CUSTOM("subtype=coldtier".into()),
+        O::DefaultPermissions,
+        if dev { O::Dev } else { O::NoDev },
+        if suid { O::Suid } else { O::NoSuid },
+        if ro { O::RO } else { O::RW },
+        if exec { O::Exec } else { O::NoExec },
     ];
+    if noatime {
+        c.mount_options.push(O::NoAtime);
+    }
+    if sync {
+        c.mount_options.push(O::Sync);
+    }
+    if dirsync {
+        c.mount_options.push(O::DirSync);
+    }
     c.acl = fuser::SessionACL::All;
     c.n_threads = Some(threads.max(1));
     // Every thread reads the one /dev/fuse fd the supervisor also holds: a request a

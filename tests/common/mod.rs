@@ -261,6 +261,20 @@ pub fn fstype_at(p: &Path) -> Option<String> {
     })
 }
 
+/// The per-mount options (mountinfo field 6: `rw,nosuid,nodev,...`) of the mount at `p`,
+/// if `p` is a mount point now.
+pub fn mount_options_at(p: &Path) -> Option<Vec<String>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = p.to_str().unwrap();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4)?.replace("\\040", " ") != want {
+            return None;
+        }
+        Some(f.get(5)?.split(',').map(str::to_string).collect())
+    })
+}
+
 /// Whether `p` is a mount point now.
 pub fn is_mountpoint(p: &Path) -> bool {
     fstype_at(p).is_some()
