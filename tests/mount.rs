@@ -1101,6 +1101,97 @@ fn mount_t_fuse_coldtier_and_an_fstab_line_mount_through_the_helper() {
     assert!(out.status.success(), "{}", common::show(&out));
 }
 
+/// The file attribute flags (chattr, lsattr) through the mount are the backing file's, with
+/// the kernel's rules, as natively: read and set (FS_IOC_GETFLAGS/SETFLAGS, directories
+/// too); an append-only file opens for appending only; an immutable file or directory
+/// refuses every change; cleared, both behave as before.
+#[test]
+fn file_attribute_flags_match_native() {
+    let m = Mounted::new();
+    for r in [&m.native, &m.mnt] {
+        fs::write(r.join("a"), b"x\n").unwrap();
+        fs::write(r.join("i"), b"y").unwrap();
+        fs::create_dir(r.join("d")).unwrap();
+    }
+    let flags = |p: &Path| -> Outcome {
+        let f = fs::File::open(p).map_err(|e| e.raw_os_error().unwrap())?;
+        let mut v: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one int.
+        rc(unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::FS_IOC_GETFLAGS,
+                &mut v,
+            )
+        })?;
+        Ok(format!("{:#x}", v & 0x30)) // append-only, immutable
+    };
+    let set = |p: &Path, add: i32, remove: i32| -> Outcome {
+        let f = fs::File::open(p).map_err(|e| e.raw_os_error().unwrap())?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let mut v: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one int, FS_IOC_SETFLAGS reads one.
+        unsafe {
+            rc(libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut v))?;
+            v = (v | add) & !remove;
+            rc(libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &v))
+        }
+    };
+    let open = |p: &Path, flags: i32| -> Outcome {
+        let c = c(p);
+        // SAFETY: a NUL-terminated path; the fd is closed at once.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        unsafe { libc::close(fd) };
+        Ok("opened".into())
+    };
+    const APPEND: i32 = 0x20;
+    const IMMUTABLE: i32 = 0x10;
+    same(&m, "lsattr", |r| flags(&r.join("a")));
+    same(&m, "chattr +a", |r| set(&r.join("a"), APPEND, 0));
+    same(&m, "lsattr +a", |r| flags(&r.join("a")));
+    same(&m, "append", |r| {
+        io(
+            fs::OpenOptions::new().append(true).open(r.join("a")),
+            |mut f| format!("{:?}", f.write_all(b"more\n").map_err(|e| e.raw_os_error())),
+        )
+    });
+    same(&m, "open for writing, not appending", |r| {
+        open(&r.join("a"), libc::O_WRONLY)
+    });
+    same(&m, "truncate", |r| {
+        open(&r.join("a"), libc::O_WRONLY | libc::O_TRUNC)
+    });
+    same(&m, "contents", |r| {
+        io(fs::read(r.join("a")), |b| format!("{b:?}"))
+    });
+    same(&m, "chattr +i", |r| set(&r.join("i"), IMMUTABLE, 0));
+    same(&m, "chattr +i dir", |r| set(&r.join("d"), IMMUTABLE, 0));
+    same(&m, "lsattr dir", |r| flags(&r.join("d")));
+    same(&m, "write immutable", |r| {
+        open(&r.join("i"), libc::O_WRONLY)
+    });
+    same(&m, "rename immutable", |r| {
+        rename2(&r.join("i"), &r.join("j"), 0)
+    });
+    same(&m, "create in immutable dir", |r| {
+        io(fs::write(r.join("d/x"), b"z"), |_| "made".into())
+    });
+    same(&m, "chattr -a -i", |r| {
+        set(&r.join("a"), 0, APPEND)?;
+        set(&r.join("i"), 0, IMMUTABLE)?;
+        set(&r.join("d"), 0, IMMUTABLE)
+    });
+    same(&m, "write after", |r| {
+        io(fs::write(r.join("i"), b"w"), |_| "written".into())
+    });
+    same(&m, "create after", |r| {
+        io(fs::write(r.join("d/x"), b"z"), |_| "made".into())
+    });
+}
+
 #[test]
 fn many_inodes_beyond_the_fd_budget() {
     let m = Mounted::with_config(Some("[fuse]\ninode_fds = 16\n"));

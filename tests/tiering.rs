@@ -1395,6 +1395,92 @@ fn mmap_copy_file_range_and_sendfile_of_stubs_recall_them_byte_identical() {
     }
 }
 
+/// Sets (`add`) and clears (`remove`) file attribute flags of `p` (FS_IOC_SETFLAGS).
+fn chattr(p: &Path, add: i32, remove: i32) -> std::io::Result<()> {
+    let f = fs::File::open(p)?;
+    let mut v: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int, FS_IOC_SETFLAGS reads one.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut v) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        v = (v | add) & !remove;
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &v) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// An immutable or append-only file (chattr +i, +a) is never tiered: the run reports it
+/// failed with the reason, uploads nothing for it and leaves it as it was; `release`
+/// refuses a premigrated one; a stub cannot be made immutable or append-only (it could
+/// never be recalled); cleared, the files tier as any other.
+#[test]
+fn immutable_and_append_only_files_are_never_tiered() {
+    const APPEND: i32 = 0x20;
+    const IMMUTABLE: i32 = 0x10;
+    let moto = start_moto();
+    let fs_ = files(&[("i.bin", 20_000), ("a.bin", 30_000), ("ok.bin", 10_000)]);
+    let t = TierMount::new(&moto, "immutable", &fs_, |c| c);
+    chattr(&t.m("i.bin"), IMMUTABLE, 0).unwrap();
+    chattr(&t.m("a.bin"), APPEND, 0).unwrap();
+    let (out, v) = t.migrate(&["--mode", "stub"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert_eq!(v["failed"], 2, "{v}");
+    assert_eq!(v["stubbed"], 1, "{v}");
+    let errors = v["errors"].to_string();
+    assert!(
+        errors.contains("immutable (chattr +i): not tiered"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("append-only (chattr +a): not tiered"),
+        "{errors}"
+    );
+    assert_eq!(t.objects().len(), 1, "uploads: {:?}", t.objects());
+    for rel in ["i.bin", "a.bin"] {
+        assert_bytes(
+            rel,
+            &read_ok(&t.m(rel)),
+            &fs_.iter().find(|(r, _)| r == rel).unwrap().1,
+        );
+        assert_eq!(xattr(&t.s(rel), STUB_XATTR), None, "{rel}");
+    }
+    // A stub cannot be made immutable or append-only.
+    assert_eq!(t.state("ok.bin"), "stub");
+    for flag in [IMMUTABLE, APPEND] {
+        let e = chattr(&t.m("ok.bin"), flag, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    }
+    // Premigrated, then made immutable: release refuses.
+    chattr(&t.m("a.bin"), 0, APPEND).unwrap();
+    let (_, v) = t.migrate(&["--mode", "copy-only"]);
+    assert_eq!(
+        (v["copied"].as_u64(), v["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(t.state("a.bin"), "premigrated");
+    chattr(&t.m("a.bin"), IMMUTABLE, 0).unwrap();
+    let out = t.cli(&["release", t.ms("a.bin").as_str()]);
+    assert!(
+        !out.status.success(),
+        "release of an immutable file: {}",
+        show(&out)
+    );
+    assert!(show(&out).contains("immutable"), "{}", show(&out));
+    assert_eq!(t.state("a.bin"), "premigrated");
+    // Cleared: tiered as any other file.
+    chattr(&t.m("a.bin"), 0, IMMUTABLE).unwrap();
+    chattr(&t.m("i.bin"), 0, IMMUTABLE).unwrap();
+    t.migrate_ok(&["--mode", "stub"]);
+    for (rel, body) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel}");
+        assert_bytes(rel, &read_ok(&t.m(rel)), body);
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 11. Glacier
 

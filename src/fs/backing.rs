@@ -758,6 +758,85 @@ pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
     cvt(unsafe { libc::removexattr(p.as_cstr().as_ptr(), name.as_ptr()) }).map(drop)
 }
 
+/// FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR: `_IOR/_IOW('X', 31/32, struct fsxattr)` (28 bytes).
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+/// chattr +i, +a (linux/fs.h).
+pub const FS_IMMUTABLE_FL: u32 = 0x10;
+pub const FS_APPEND_FL: u32 = 0x20;
+
+/// The file attribute flags (chattr) of a file (FS_IOC_GETFLAGS; an O_PATH fd is opened
+/// again for it); 0 on a file system without them.
+pub fn file_flags(fd: BorrowedFd<'_>) -> SysResult<u32> {
+    let get = |fd: BorrowedFd<'_>| {
+        let mut f: libc::c_int = 0;
+        // SAFETY: the ioctl writes one int through the pointer (the kernel's own size for
+        // FS_IOC_GETFLAGS, whatever its _IOR says).
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut f) }).map(|_| f)
+    };
+    let got = match get(fd) {
+        Err(Errno(libc::EBADF)) => get(std::os::fd::AsFd::as_fd(&reopen(
+            fd,
+            libc::O_RDONLY | libc::O_NONBLOCK,
+        )?)),
+        r => r,
+    };
+    match got {
+        Ok(f) => Ok(f as u32),
+        Err(Errno(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL)) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the file attribute ioctl `cmd` with `input` sets immutable or append-only.
+pub fn fileattr_locks(cmd: u32, input: &[u8]) -> bool {
+    let word = |i: &[u8]| {
+        i.get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    if cmd == libc::FS_IOC_SETFLAGS as u32 {
+        word(input).is_some_and(|f| f & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0)
+    } else if cmd == FS_IOC_FSSETXATTR {
+        // struct fsxattr: fsx_xflags first; FS_XFLAG_IMMUTABLE 0x8, FS_XFLAG_APPEND 0x10.
+        word(input).is_some_and(|f| f & (0x8 | 0x10) != 0)
+    } else {
+        false
+    }
+}
+
+/// The file attribute ioctls chattr, lsattr and xfs_io use, on `fd` (an open file or
+/// directory, not O_PATH): `cmd` with `input` (SET: 4 or 28 bytes), answering `out_size`
+/// bytes. Others: ENOTTY.
+pub fn fileattr_ioctl(
+    fd: BorrowedFd<'_>,
+    cmd: u32,
+    input: &[u8],
+    out_size: usize,
+) -> SysResult<Vec<u8>> {
+    let get_flags = libc::FS_IOC_GETFLAGS as u32;
+    let set_flags = libc::FS_IOC_SETFLAGS as u32;
+    let mut buf = [0u8; 28];
+    let want_in = match cmd {
+        c if c == get_flags || c == FS_IOC_FSGETXATTR => 0,
+        c if c == set_flags => 4,
+        FS_IOC_FSSETXATTR => 28,
+        _ => return Err(Errno(libc::ENOTTY)),
+    };
+    if input.len() < want_in {
+        return Err(Errno(libc::EINVAL));
+    }
+    buf[..want_in].copy_from_slice(&input[..want_in]);
+    // SAFETY: every one of these ioctls reads or writes at most 28 bytes (an int for the
+    // flags, struct fsxattr otherwise) through the pointer, which has 28.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::Ioctl, buf.as_mut_ptr()) })?;
+    let n = match cmd {
+        c if c == get_flags => 4,
+        FS_IOC_FSGETXATTR => 28,
+        _ => 0,
+    };
+    Ok(buf[..n.min(out_size)].to_vec())
+}
+
 pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
     let mut s = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: s is writable; fd valid. fstatvfs works on O_PATH fds.

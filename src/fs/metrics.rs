@@ -46,9 +46,10 @@ pub enum FuseOp {
     Fallocate,
     Lseek,
     CopyFileRange,
+    Ioctl,
 }
 
-const FUSE_OPS: [(FuseOp, &str); 32] = [
+const FUSE_OPS: [(FuseOp, &str); 33] = [
     (FuseOp::Lookup, "lookup"),
     (FuseOp::Getattr, "getattr"),
     (FuseOp::Setattr, "setattr"),
@@ -81,6 +82,7 @@ const FUSE_OPS: [(FuseOp, &str); 32] = [
     (FuseOp::Fallocate, "fallocate"),
     (FuseOp::Lseek, "lseek"),
     (FuseOp::CopyFileRange, "copy_file_range"),
+    (FuseOp::Ioctl, "ioctl"),
 ];
 
 /// FUSE requests received, by operation (reads and writes of passthrough files never reach

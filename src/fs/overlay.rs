@@ -34,6 +34,9 @@ pub struct OpenFile<B> {
     /// asks the tiering layer to bring the data back ([`OverlayFs::needs_data`]). Never
     /// served by passthrough.
     pub stub: AtomicBool,
+    /// Opened `O_APPEND` (the backing file is append-only, chattr +a): only appending
+    /// writers may share it.
+    pub append: bool,
 }
 
 type Ino<B> = Inode<OpenFile<B>>;
@@ -868,10 +871,12 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     /// Opens the backing file of a regular file for I/O: read-write when the backing tree
     /// allows it (one file serves every open of the inode), read-only otherwise.
+    #[allow(clippy::too_many_arguments)]
     fn open_backing_file(
         &self,
         inode: &Ino<B>,
         wants_write: bool,
+        append: bool,
         candidate: Option<OwnedFd>,
         stub: bool,
         passthrough: bool,
@@ -881,21 +886,28 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         if let Some(f) = slot.upgrade() {
             // A stub's data must never be read from the (empty) backing file by the
             // kernel: a passthrough file of the inode is no use to it.
-            if (f.writable || !wants_write) && !(stub && f.backing.is_some()) {
+            let serves_writer = f.writable && (append || !f.append);
+            if (serves_writer || !wants_write) && !(stub && f.backing.is_some()) {
                 if stub {
                     f.stub.store(true, Ordering::Release);
                 }
                 return Ok(f);
             }
         }
-        let (fd, writable) = match candidate {
-            Some(fd) => (fd, true),
+        let (fd, writable, append_only) = match candidate {
+            Some(fd) => (fd, true, false),
             None => {
                 let ifd = inode.fd()?;
                 match backing::reopen(ifd.as_fd(), libc::O_RDWR) {
-                    Ok(fd) => (fd, true),
+                    Ok(fd) => (fd, true, false),
+                    // Append-only (chattr +a): writable only in append mode, as natively.
+                    Err(Errno(libc::EPERM)) if wants_write && append => (
+                        backing::reopen(ifd.as_fd(), libc::O_RDWR | libc::O_APPEND)?,
+                        true,
+                        true,
+                    ),
                     Err(e) if wants_write => return Err(e),
-                    Err(_) => (backing::reopen(ifd.as_fd(), libc::O_RDONLY)?, false),
+                    Err(_) => (backing::reopen(ifd.as_fd(), libc::O_RDONLY)?, false, false),
                 }
             }
         };
@@ -926,6 +938,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             writable,
             backing,
             stub: AtomicBool::new(stub),
+            append: append_only,
         });
         *slot = Arc::downgrade(&f);
         Ok(f)
@@ -1013,8 +1026,15 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 DataReady::Now => {}
             }
         }
-        let file =
-            self.open_backing_file(&inode, wants_write, None, lazy, at.is_none(), register)?;
+        let file = self.open_backing_file(
+            &inode,
+            wants_write,
+            flags & libc::O_APPEND != 0,
+            None,
+            lazy,
+            at.is_none(),
+            register,
+        )?;
         if truncate {
             backing::ftruncate(file.fd.as_fd(), 0)?;
             if caller_uid != 0 {
@@ -1079,13 +1099,14 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd_as(path_fd, Some(MARK_PLAIN))?;
         self.inodes.settle(entry.ino);
-        let file = match self.open_backing_file(&inode, true, Some(fd), false, true, register) {
-            Ok(f) => f,
-            Err(e) => {
-                self.inodes.forget(entry.ino, 1);
-                return Err(e);
-            }
-        };
+        let file =
+            match self.open_backing_file(&inode, true, false, Some(fd), false, true, register) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.inodes.forget(entry.ino, 1);
+                    return Err(e);
+                }
+            };
         self.gate.lock(entry.ino).opened(true);
         let fh = self.insert_handle(Handle::File {
             _inode: inode,
@@ -1196,6 +1217,33 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             }
         }
         drop(h);
+    }
+
+    /// The file attribute ioctls (chattr, lsattr: FS_IOC_GETFLAGS, FS_IOC_SETFLAGS,
+    /// FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR) on the backing file or directory of handle
+    /// `fh`; the kernel has checked the caller (owner, CAP_LINUX_IMMUTABLE) before it asks.
+    /// Others: ENOTTY.
+    pub fn fileattr_ioctl(
+        &self,
+        fh: u64,
+        cmd: u32,
+        input: &[u8],
+        out_size: usize,
+    ) -> SysResult<Vec<u8>> {
+        let h = self.handles.read();
+        let fd = match h.get(&fh) {
+            Some(Handle::File { file, _inode, .. }) => {
+                // A stub made immutable or append-only could never be recalled (the recall
+                // writes its data back): refused; recall it first.
+                if backing::fileattr_locks(cmd, input) && self.is_stub(_inode) {
+                    return Err(Errno(libc::EPERM));
+                }
+                file.fd.as_fd()
+            }
+            Some(Handle::Dir(d)) => d.fd.as_fd(),
+            None => return Err(Errno(libc::EBADF)),
+        };
+        backing::fileattr_ioctl(fd, cmd, input, out_size)
     }
 
     /// Whether the file behind `fh` needs its data brought back before a data operation

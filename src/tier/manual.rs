@@ -158,6 +158,7 @@ impl Tiering {
                 "no verified copy exists: run `coldtier migrate` (copy-only or stub) first",
             ));
         };
+        super::migrate::refuse_unchangeable(fd)?;
         let st = backing::stat_fd(fd)?;
         let row = self.row_for(&rec, fd, FileState::Premigrated);
         let expect = (row.size, row.mtime_ns, row.ctime_ns);

@@ -473,6 +473,7 @@ impl Tiering {
         if marks::record(file.as_fd(), marks::STUB)?.is_some() {
             return Ok(Outcome::Skipped);
         }
+        refuse_unchangeable(file.as_fd())?;
         if plan == Plan::Stub {
             let Some(rec) = marks::record(file.as_fd(), marks::COPY)? else {
                 return Ok(Outcome::Skipped);
@@ -1032,6 +1033,25 @@ impl InFlight {
         size.div_ceil(self.part_size)
             .clamp(1, self.concurrency as u64) as u32
     }
+}
+
+/// An immutable or append-only file (chattr +i, +a) is never tiered: its data must stay
+/// as it is, where it is (a stub would change it). Refused before anything is uploaded.
+pub(super) fn refuse_unchangeable(fd: BorrowedFd<'_>) -> Result<(), StepError> {
+    let flags = backing::file_flags(fd)?;
+    if flags & backing::FS_IMMUTABLE_FL != 0 {
+        return Err(StepError::new(
+            libc::EPERM,
+            "immutable (chattr +i): not tiered",
+        ));
+    }
+    if flags & backing::FS_APPEND_FL != 0 {
+        return Err(StepError::new(
+            libc::EPERM,
+            "append-only (chattr +a): not tiered",
+        ));
+    }
+    Ok(())
 }
 
 fn tally(
