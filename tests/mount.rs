@@ -1192,6 +1192,68 @@ fn file_attribute_flags_match_native() {
     });
 }
 
+/// statx's birth time (STX_BTIME) through the mount is the backing file's, for files and
+/// directories, as natively; the basic stats statx gives agree with stat's.
+#[test]
+fn birth_time_matches_native() {
+    let m = Mounted::new();
+    fs::write(m.s("f"), b"born").unwrap();
+    fs::create_dir(m.s("d")).unwrap();
+    let sx = |p: &Path| -> (u32, i64, u32, u64, u64) {
+        let c = c(p);
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statx buffer.
+        let r = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+                &mut st,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "statx {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
+        (
+            st.stx_mask & libc::STATX_BTIME,
+            st.stx_btime.tv_sec,
+            st.stx_btime.tv_nsec,
+            st.stx_size,
+            st.stx_ino,
+        )
+    };
+    for rel in ["f", "d"] {
+        let native = sx(&m.s(rel));
+        let mounted = sx(&m.m(rel));
+        assert_ne!(
+            native.0, 0,
+            "{rel}: the backing file system has no birth time here"
+        );
+        assert_eq!(mounted.0, native.0, "{rel}: STATX_BTIME in the mask");
+        assert_eq!(
+            (mounted.1, mounted.2),
+            (native.1, native.2),
+            "{rel}: birth time"
+        );
+        assert_eq!(mounted.3, native.3, "{rel}: size");
+        assert_eq!(
+            mounted.4,
+            fs::metadata(m.m(rel)).unwrap().ino(),
+            "{rel}: ino as stat says"
+        );
+    }
+    // Written through the mount: the birth time stays, the size follows.
+    fs::write(m.m("f"), b"grown up").unwrap();
+    let (_, s, ns, size, _) = sx(&m.m("f"));
+    assert_eq!((s, ns), (sx(&m.s("f")).1, sx(&m.s("f")).2));
+    assert_eq!(size, 8);
+}
+
 #[test]
 fn many_inodes_beyond_the_fd_budget() {
     let m = Mounted::with_config(Some("[fuse]\ninode_fds = 16\n"));

@@ -342,6 +342,53 @@ fn attr(ino: u64, st: &Stat) -> FileAttr {
     }
 }
 
+/// `struct fuse_statx_out` (include/uapi/linux/fuse.h, 7.39: 288 bytes) for node `ino`
+/// with attributes `st`: the basic stats as getattr gives them, and the birth time where the
+/// backing file system has one.
+fn statx_out(ino: u64, st: &Stat, ttl: &Duration) -> Vec<u8> {
+    const STATX_BASIC_STATS: u32 = 0x7ff;
+    const STATX_BTIME: u32 = 0x800;
+    let mut b = Vec::with_capacity(288);
+    let u16_ = |b: &mut Vec<u8>, v: u16| b.extend_from_slice(&v.to_le_bytes());
+    let u32_ = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let u64_ = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_le_bytes());
+    let time = |b: &mut Vec<u8>, (s, ns): (i64, u32)| {
+        b.extend_from_slice(&s.to_le_bytes());
+        b.extend_from_slice(&ns.to_le_bytes());
+        b.extend_from_slice(&0i32.to_le_bytes());
+    };
+    // fuse_statx_out: attr_valid, attr_valid_nsec, flags, spare[2].
+    u64_(&mut b, ttl.as_secs());
+    u32_(&mut b, ttl.subsec_nanos());
+    u32_(&mut b, 0);
+    u64_(&mut b, 0);
+    u64_(&mut b, 0);
+    // fuse_statx.
+    let mask = STATX_BASIC_STATS | if st.btime.is_some() { STATX_BTIME } else { 0 };
+    u32_(&mut b, mask);
+    u32_(&mut b, st.blksize);
+    u64_(&mut b, 0); // attributes
+    u32_(&mut b, st.nlink);
+    u32_(&mut b, st.uid);
+    u32_(&mut b, st.gid);
+    u16_(&mut b, st.mode as u16);
+    u16_(&mut b, 0);
+    u64_(&mut b, ino);
+    u64_(&mut b, st.size);
+    u64_(&mut b, st.blocks);
+    u64_(&mut b, 0); // attributes_mask
+    time(&mut b, st.atime);
+    time(&mut b, st.btime.unwrap_or((0, 0)));
+    time(&mut b, st.ctime);
+    time(&mut b, st.mtime);
+    u32_(&mut b, libc::major(st.rdev as libc::dev_t));
+    u32_(&mut b, libc::minor(st.rdev as libc::dev_t));
+    u32_(&mut b, 0); // dev: the kernel gives the mount's own
+    u32_(&mut b, 0);
+    b.resize(288, 0); // __spare2
+    b
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -566,6 +613,26 @@ impl Filesystem for FuseAdapter {
         };
         match self.fs.getattr(ino.0) {
             Ok(e) => reply.attr(&self.ttl.attr, &attr(e.ino, &e.stat)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    /// statx, for what getattr does not carry: the birth time (`statx_out`).
+    fn statx(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: Option<FileHandle>,
+        _flags: u32,
+        _mask: u32,
+        reply: ReplyData,
+    ) {
+        metrics::fuse_request(FuseOp::Getattr);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        match self.fs.getattr(ino.0) {
+            Ok(e) => reply.data(&statx_out(e.ino, &e.stat, &self.ttl.attr)),
             Err(e) => reply.error(err(e)),
         }
     }

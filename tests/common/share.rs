@@ -381,15 +381,24 @@ impl Ganesha {
         loop {
             attempt += 1;
             g.nfs_port = free_port();
-            g.mnt_port = free_port();
+            // Two calls may give the same port (it is free again once probed): NFS and
+            // MOUNT on one port made every NFSv3 MOUNT fail (seen once in a full run).
+            g.mnt_port = loop {
+                let p = free_port();
+                if p != g.nfs_port {
+                    break p;
+                }
+            };
             std::fs::write(&g.conf, g.config_text()).unwrap();
             g.spawn();
             match g.wait_ready() {
                 Ok(()) => return g,
                 // The server exited at start: most likely it lost a port to another test
-                // between free_port() and its bind. Try other ports.
+                // between free_port() and its bind. Try other ports, once this one is
+                // stopped (it shares the state directories).
                 Err(e) if attempt < 3 => {
                     eprintln!("ganesha did not start (attempt {attempt}): {e}; trying other ports");
+                    g.stop_server();
                 }
                 Err(e) => panic!("ganesha did not start: {e}\n{}", g.log_tail()),
             }
@@ -1009,6 +1018,7 @@ impl Samba {
                 Ok(()) => return s,
                 Err(e) if attempt < 3 => {
                     eprintln!("smbd did not start (attempt {attempt}): {e}; trying another port");
+                    s.stop();
                 }
                 Err(e) => panic!("smbd did not start: {e}\n{}", s.log_tail()),
             }

@@ -433,6 +433,22 @@ pub trait Filesystem: Send + Sync + 'static {
         }
     }
 
+    /// coldtier addition: statx (FUSE_STATX, Linux 6.6): the kernel asks it when a caller
+    /// wants what getattr does not carry (the birth time). Reply with the bytes of
+    /// `struct fuse_statx_out`. The default answers ENOSYS, after which the kernel asks
+    /// getattr only.
+    fn statx(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: Option<FileHandle>,
+        _flags: u32,
+        _mask: u32,
+        reply: ReplyData,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     /// Get file attributes.
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         warn!("[Not Implemented] getattr(ino: {ino:#x?}, fh: {fh:#x?})");
