@@ -188,11 +188,21 @@ pub fn sh(cmd: &str) -> (bool, String, String) {
 
 /// A free TCP port on the loopback address (for a daemon's metrics listener).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // A port is free again once probed: never hand the same one out twice in a process
+    // (two servers of one test were once given the same port).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// GET /metrics: each sample line as "name{labels}" -> value.

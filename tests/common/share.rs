@@ -76,11 +76,7 @@ pub const FILE_ATTRIBUTE_RECALL_ON_DATA_ACCESS: u32 = 0x400000;
 /// A free TCP port on 127.0.0.1 now (the server binds it a moment later; a start that loses
 /// the race is retried with other ports).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    super::common::free_port()
 }
 
 /// Whether a program is on PATH.
@@ -380,15 +376,10 @@ impl Ganesha {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Two different ports (free_port never gives one twice): NFS and MOUNT on one
+            // port made every NFSv3 MOUNT fail (seen once in a full run).
             g.nfs_port = free_port();
-            // Two calls may give the same port (it is free again once probed): NFS and
-            // MOUNT on one port made every NFSv3 MOUNT fail (seen once in a full run).
-            g.mnt_port = loop {
-                let p = free_port();
-                if p != g.nfs_port {
-                    break p;
-                }
-            };
+            g.mnt_port = free_port();
             std::fs::write(&g.conf, g.config_text()).unwrap();
             g.spawn();
             match g.wait_ready() {
