@@ -1149,6 +1149,12 @@ fn file_attribute_flags_match_native() {
     };
     const APPEND: i32 = 0x20;
     const IMMUTABLE: i32 = 0x10;
+    // Held open across the chattrs: the mount's file for them is opened before the flags
+    // are set, and new writers must still be held to the flags the file has now.
+    let _held: Vec<fs::File> = [&m.native, &m.mnt]
+        .iter()
+        .flat_map(|r| ["a", "i"].map(|n| fs::File::open(r.join(n)).unwrap()))
+        .collect();
     same(&m, "lsattr", |r| flags(&r.join("a")));
     same(&m, "chattr +a", |r| set(&r.join("a"), APPEND, 0));
     same(&m, "lsattr +a", |r| flags(&r.join("a")));

@@ -887,6 +887,17 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             // A stub's data must never be read from the (empty) backing file by the
             // kernel: a passthrough file of the inode is no use to it.
             let serves_writer = f.writable && (append || !f.append);
+            if wants_write && serves_writer {
+                // Its fd may predate a chattr: a new writer is held to the flags the file
+                // has now, as open(2) would hold it (immutable: no writer; append-only: an
+                // appending one only).
+                let flags = backing::file_flags(f.fd.as_fd())?;
+                if flags & backing::FS_IMMUTABLE_FL != 0
+                    || (flags & backing::FS_APPEND_FL != 0 && !append)
+                {
+                    return Err(Errno(libc::EPERM));
+                }
+            }
             if (serves_writer || !wants_write) && !(stub && f.backing.is_some()) {
                 if stub {
                     f.stub.store(true, Ordering::Release);
