@@ -585,7 +585,14 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 Some(i) => i,
                 None => self.inodes.revive(parent)?.0,
             };
-            let mut st = self.stat_inode(&i)?;
+            let mut st = match self.stat_inode(&i) {
+                // Deleted (its last name gone, only this table's reference left, the
+                // kernel's FORGET on its way): stale, as a native file system says of a
+                // deleted file's handle.
+                Ok(st) if st.nlink == 0 => Err(Errno(libc::ESTALE)),
+                r => r,
+            }
+            .inspect_err(|_| self.inodes.forget(parent, 1))?;
             self.present(&i, &mut st);
             return Ok(Entry {
                 ino: parent,
