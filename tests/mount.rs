@@ -1260,6 +1260,78 @@ fn birth_time_matches_native() {
     assert_eq!(size, 8);
 }
 
+/// A write through a shared mapping, then msync(MS_SYNC): stat through the mount shows the
+/// new mtime and ctime at once (the backing file's), not after the attribute timeout, also
+/// when the attributes were asked after the open; with and without passthrough (with it,
+/// the mapping is the backing file's and the daemon hears nothing: a file open for
+/// writing has its attributes asked again at every stat).
+#[test]
+fn mtime_after_a_write_through_a_shared_mapping_and_msync_shows_at_once() {
+    for config in [None, Some("[fuse]\npassthrough = false\n")] {
+        let m = Mounted::with_config(config);
+        fs::write(m.m("f"), vec![b'a'; 8192]).unwrap();
+        // Times from the past, so that the mapping's write moves them visibly.
+        let past = filetime(1_000_000_000);
+        set_times(&m.m("f"), past);
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.m("f"))
+            .unwrap();
+        // SAFETY: a shared mapping of 8 KiB of a file this test holds, unmapped below.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+            // Attributes asked (and cached by the kernel) after the open, before the write.
+            let before = fs::metadata(m.m("f")).unwrap();
+            assert_eq!(before.mtime(), 1_000_000_000, "{config:?}");
+            *(p as *mut u8).add(100) = b'z';
+            assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);
+            libc::munmap(p, 8192);
+        }
+        let through = fs::metadata(m.m("f")).unwrap();
+        let backing = fs::metadata(m.s("f")).unwrap();
+        assert_ne!(
+            backing.mtime(),
+            1_000_000_000,
+            "{config:?}: the backing file kept its mtime"
+        );
+        assert_eq!(
+            (through.mtime(), through.mtime_nsec()),
+            (backing.mtime(), backing.mtime_nsec()),
+            "{config:?}: mtime through the mount after msync"
+        );
+        assert_eq!(
+            (through.ctime(), through.ctime_nsec()),
+            (backing.ctime(), backing.ctime_nsec()),
+            "{config:?}: ctime through the mount after msync"
+        );
+        drop(f);
+        assert_eq!(fs::read(m.m("f")).unwrap()[100], b'z');
+    }
+}
+
+fn filetime(secs: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    }
+}
+
+fn set_times(p: &Path, t: libc::timespec) {
+    let ts = [t, t];
+    // SAFETY: a NUL-terminated path and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c(p).as_ptr(), ts.as_ptr(), 0) };
+    assert_eq!(r, 0, "utimensat: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn many_inodes_beyond_the_fd_budget() {
     let m = Mounted::with_config(Some("[fuse]\ninode_fds = 16\n"));

@@ -185,6 +185,16 @@ impl FuseAdapter {
         }
     }
 
+    /// How long the kernel may keep node `ino`'s attributes (none while they are volatile:
+    /// `OverlayFs::attrs_volatile`).
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if self.fs.attrs_volatile(ino) {
+            Duration::ZERO
+        } else {
+            self.ttl.attr
+        }
+    }
+
     /// Closes passthrough id `raw` on the connection.
     fn close_backing(&self, raw: u32) {
         let Some(dev) = self.dev.get() else {
@@ -418,7 +428,7 @@ impl FuseAdapter {
         match r {
             Ok(e) => {
                 reply.entry_with_ttls(
-                    &self.ttl.attr,
+                    &self.attr_ttl(e.ino),
                     &self.ttl.entry,
                     &attr(e.ino, &e.stat),
                     Generation(e.generation),
@@ -612,7 +622,7 @@ impl Filesystem for FuseAdapter {
             return std::mem::forget(reply);
         };
         match self.fs.getattr(ino.0) {
-            Ok(e) => reply.attr(&self.ttl.attr, &attr(e.ino, &e.stat)),
+            Ok(e) => reply.attr(&self.attr_ttl(e.ino), &attr(e.ino, &e.stat)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -632,7 +642,7 @@ impl Filesystem for FuseAdapter {
             return std::mem::forget(reply);
         };
         match self.fs.getattr(ino.0) {
-            Ok(e) => reply.data(&statx_out(e.ino, &e.stat, &self.ttl.attr)),
+            Ok(e) => reply.data(&statx_out(e.ino, &e.stat, &self.attr_ttl(e.ino))),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -674,7 +684,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.fs.setattr(ino.0, a) {
-            Ok(e) => reply.attr(&self.ttl.attr, &attr(e.ino, &e.stat)),
+            Ok(e) => reply.attr(&self.attr_ttl(e.ino), &attr(e.ino, &e.stat)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -1016,11 +1026,17 @@ impl Filesystem for FuseAdapter {
             .fs
             .readdirplus(fh.0, offset as i64, |name, off, entry| match entry {
                 Listed::Node(e) => {
+                    // One timeout for the entry and the attributes here: none for a file
+                    // whose attributes are volatile.
+                    let ttl = match self.fs.attrs_volatile(e.ino) {
+                        true => Duration::ZERO,
+                        false => self.ttl.entry,
+                    };
                     let full = reply.add(
                         INodeNo(e.ino),
                         off as u64,
                         name,
-                        &self.ttl.entry,
+                        &ttl,
                         &attr(e.ino, &e.stat),
                         Generation(e.generation),
                     );

@@ -64,6 +64,10 @@ pub struct Inode<B> {
     /// (`OverlayFs::readdirplus`).
     pub told: AtomicU64,
     pub told_at: AtomicU64,
+    /// Handles open for writing through kernel passthrough: while there are any, the
+    /// backing file can change without the daemon hearing of it (a shared mapping's
+    /// writes), and the kernel is told not to cache the attributes.
+    pub passthrough_writers: std::sync::atomic::AtomicU32,
 }
 
 /// [`Inode::tier_mark`]: not read yet.
@@ -188,6 +192,7 @@ impl<B> InodeTable<B> {
             no_xattrs_until: AtomicU64::new(0),
             told: AtomicU64::new(0),
             told_at: AtomicU64::new(0),
+            passthrough_writers: Default::default(),
         });
         Ok(InodeTable {
             root,
@@ -371,6 +376,7 @@ impl<B> InodeTable<B> {
             no_xattrs_until: AtomicU64::new(0),
             told: AtomicU64::new(0),
             told_at: AtomicU64::new(0),
+            passthrough_writers: Default::default(),
         });
         let nlookup = match shard.remove(&ino) {
             Some(old) => {

@@ -1071,6 +1071,14 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
         held.opened(wants_write);
         drop(held);
+        if wants_write && file.backing.is_some() {
+            // From now on its attributes are not cached; the ones cached before go.
+            if inode.passthrough_writers.fetch_add(1, Ordering::AcqRel) == 0 {
+                if let Some(inval) = self.invalidate.get() {
+                    inval(ino);
+                }
+            }
+        }
         let h = Handle::File {
             _inode: inode,
             file: file.clone(),
@@ -1126,6 +1134,9 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 }
             };
         self.gate.lock(entry.ino).opened(true);
+        if file.backing.is_some() {
+            inode.passthrough_writers.fetch_add(1, Ordering::AcqRel);
+        }
         let fh = self.insert_handle(Handle::File {
             _inode: inode,
             file: file.clone(),
@@ -1212,20 +1223,36 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
-        match self.handles.read().get(&fh) {
-            Some(Handle::File { file, .. }) => backing::fsync(file.fd.as_fd(), datasync),
-            Some(Handle::Dir(d)) => backing::fsync(d.fd.as_fd(), datasync),
-            None => Err(Errno(libc::EBADF)),
+        let (r, ino) = match self.handles.read().get(&fh) {
+            Some(Handle::File { file, ino, .. }) => {
+                (backing::fsync(file.fd.as_fd(), datasync), Some(*ino))
+            }
+            Some(Handle::Dir(d)) => (backing::fsync(d.fd.as_fd(), datasync), None),
+            None => (Err(Errno(libc::EBADF)), None),
+        };
+        // Writes through a shared mapping of a passthrough file change the backing file
+        // without the kernel's FUSE inode hearing of it; msync (an fsync) is where they
+        // show: the kernel asks for the times and size again at the next stat.
+        if let (Ok(()), Some(ino), Some(inval)) = (&r, ino, self.invalidate.get()) {
+            inval(ino);
         }
+        r
     }
 
     pub fn release(&self, fh: u64) {
         // Dropping the last handle of an inode closes its backing file and passthrough id.
         let h = self.handles.write().remove(&fh);
         if let Some(Handle::File {
-            ino, writer, file, ..
+            ino,
+            writer,
+            file,
+            _inode,
+            ..
         }) = &h
         {
+            if *writer && file.backing.is_some() {
+                _inode.passthrough_writers.fetch_sub(1, Ordering::AcqRel);
+            }
             let mut held = self.gate.lock(*ino);
             held.closed(*writer);
             if *writer && held.opens().writers == 0 {
@@ -1444,6 +1471,15 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
 
     /// readdirplus: `add(name, next_offset, entry) -> full`; `entry` is None for "." and "..",
     /// which the kernel does not look up. Entries count as lookups only once added.
+    /// Whether the kernel must not cache the attributes of node `ino`: a file open for
+    /// writing through kernel passthrough changes under it (writes through a shared
+    /// mapping reach the backing file and never the daemon).
+    pub fn attrs_volatile(&self, ino: u64) -> bool {
+        self.inodes
+            .get(ino)
+            .is_some_and(|i| i.passthrough_writers.load(Ordering::Acquire) > 0)
+    }
+
     /// The kernel was sent attributes `st` of node `ino` (a lookup, getattr or listing
     /// reply): remembered for [`OverlayFs::readdirplus`].
     pub fn told(&self, ino: u64, st: &Stat) {
