@@ -1332,6 +1332,73 @@ fn set_times(p: &Path, t: libc::timespec) {
     assert_eq!(r, 0, "utimensat: {}", std::io::Error::last_os_error());
 }
 
+/// Set-user-ID and set-group-ID go as on ext4 when an unprivileged caller (nobody, no
+/// supplementary groups) changes a file with fallocate (allocate, punch a hole, zero a
+/// range), or, as its owner outside the file's group, sets an access ACL; a caller in the
+/// group keeps set-group-ID across its ACL change.
+#[test]
+fn set_id_bits_go_after_fallocate_and_acl_changes_as_natively() {
+    let m = Mounted::new();
+    // nobody must reach both trees.
+    for d in [m.mnt.parent().unwrap(), &m.native, &m.src] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let as_nobody = |cmd: &[&str]| -> Outcome {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(cmd)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok("ok".into())
+        } else {
+            Err(out.status.code().unwrap_or(-1))
+        }
+    };
+    let mode = |p: &Path| io(fs::metadata(p), |md| format!("{:o}", md.mode() & 0o7777));
+    for (i, (start, args)) in [
+        (0o2666, vec!["-l", "8192"]),
+        (0o6666, vec!["-l", "8192"]),
+        (0o2766, vec!["-l", "8192"]),
+        (0o2666, vec!["-p", "-o", "0", "-l", "4096"]),
+        (0o2666, vec!["-z", "-o", "0", "-l", "4096"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("f{i}");
+        same(
+            &m,
+            &format!("fallocate {args:?} of a {start:o} file"),
+            |r| {
+                let p = r.join(&name);
+                fs::write(&p, vec![b'x'; 8192]).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(start)).unwrap();
+                let mut cmd = vec!["fallocate"];
+                cmd.extend(args.iter().copied());
+                let ps = p.to_str().unwrap().to_string();
+                cmd.push(&ps);
+                as_nobody(&cmd)?;
+                mode(&p)
+            },
+        );
+    }
+    for (name, group) in [("outside", 0u32), ("inside", 65534)] {
+        same(
+            &m,
+            &format!("setfacl by the owner, {name} the group"),
+            |r| {
+                let p = r.join(format!("acl-{name}"));
+                fs::write(&p, b"x").unwrap();
+                std::os::unix::fs::chown(&p, Some(65534), Some(group)).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o2777)).unwrap();
+                as_nobody(&["setfacl", "-m", "u:65534:rw", p.to_str().unwrap()])?;
+                mode(&p)
+            },
+        );
+    }
+}
+
 #[test]
 fn many_inodes_beyond_the_fd_budget() {
     let m = Mounted::with_config(Some("[fuse]\ninode_fds = 16\n"));

@@ -415,6 +415,14 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+fn requester(req: &Request) -> crate::fs::privs::Requester {
+    crate::fs::privs::Requester {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
 fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
@@ -1131,7 +1139,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1143,7 +1151,8 @@ impl Filesystem for FuseAdapter {
         let Some(_served) = self.enter() else {
             return std::mem::forget(reply);
         };
-        reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
+        let who = requester(req);
+        reply_empty(self.fs.setxattr_as(ino.0, name, value, flags, who), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1265,7 +1274,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1280,12 +1289,13 @@ impl Filesystem for FuseAdapter {
         if let Err(e) = self.fs.revive_handle(fh.0, ino.0, libc::O_RDWR) {
             return reply.error(err(e));
         }
+        let who = requester(req);
         with_data(
             &self.fs,
             &[fh.0],
             reply,
             |r, e| r.error(err(e)),
-            move |fs, reply| reply_empty(fs.fallocate(fh.0, offset, length, mode), reply),
+            move |fs, reply| reply_empty(fs.fallocate(fh.0, offset, length, mode, who), reply),
         );
     }
 

@@ -9,3 +9,4 @@ pub mod gate;
 pub mod inodes;
 pub mod metrics;
 pub mod overlay;
+pub mod privs;

@@ -19,6 +19,7 @@ use super::backing::{self, Errno, SetTime, Stat, SysResult};
 use super::dosattrib;
 use super::gate::Gate;
 use super::inodes::{generation_of, Inode, InodeTable, MARK_PLAIN, MARK_UNKNOWN, ROOT_INO};
+use super::privs;
 
 /// Extended attributes under this prefix hold coldtier's own records on backing files:
 /// invisible and untouchable through the mount.
@@ -1343,9 +1344,25 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         }
     }
 
-    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> SysResult<()> {
+    /// fallocate (all modes) for `who`; then set-user-ID and set-group-ID go as the kernel
+    /// drops them for a change of data by `who` (the daemon's own change, as root, drops
+    /// nothing: `fs::privs`).
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        off: u64,
+        len: u64,
+        mode: i32,
+        who: privs::Requester,
+    ) -> SysResult<()> {
         let f = self.file_handle(fh)?;
-        backing::fallocate(f.fd.as_fd(), mode, off, len)
+        backing::fallocate(f.fd.as_fd(), mode, off, len)?;
+        let st = backing::stat_fd(f.fd.as_fd())?;
+        let kept = privs::after_change(st.mode & 0o7777, st.gid, who);
+        if st.file_type() == libc::S_IFREG && kept != st.mode & 0o7777 {
+            backing::chmod_fd(f.fd.as_fd(), kept)?;
+        }
+        Ok(())
     }
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> SysResult<i64> {
@@ -1682,6 +1699,33 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             i.tier_mark.load(Ordering::Acquire),
             MARK_PLAIN | MARK_UNKNOWN
         )
+    }
+
+    /// setxattr for `who`. An access ACL set by one outside the file's group (without
+    /// CAP_FSETID) clears set-group-ID, as the kernel's `posix_acl_update_mode` does
+    /// (`fs::privs`).
+    pub fn setxattr_as(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        who: privs::Requester,
+    ) -> SysResult<()> {
+        self.setxattr(ino, name, value, flags)?;
+        if name.as_bytes() == b"system.posix_acl_access" {
+            let i = self.inode(ino)?;
+            let ifd = i.fd()?;
+            let st = backing::stat_fd(ifd.as_fd())?;
+            let kept = privs::after_acl(st.mode & 0o7777, st.gid, who);
+            if kept != st.mode & 0o7777 {
+                backing::chmod_fd(ifd.as_fd(), kept)?;
+                if let Some(inval) = self.invalidate.get() {
+                    inval(ino);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
