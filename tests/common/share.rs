@@ -79,6 +79,29 @@ pub fn free_port() -> u16 {
     super::common::free_port()
 }
 
+/// Polls `probe` every 100 ms until it answers Ok, `server` (the process called `what`)
+/// exits (then `server` is None), or READY_LIMIT passes (then the probe's last answer).
+fn wait_serving(
+    server: &mut Option<Child>,
+    what: &str,
+    mut probe: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = server.as_mut().unwrap().try_wait().unwrap() {
+            *server = None;
+            return Err(format!("{what} exited at start: {st}"));
+        }
+        match probe() {
+            Ok(()) => return Ok(()),
+            Err(e) if t0.elapsed() > READY_LIMIT => {
+                return Err(format!("within {READY_LIMIT:?}: {e}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
     Command::new("sh")
@@ -531,26 +554,21 @@ exec ganesha.nfsd -F -f "$CONF" -L "$LOG" -p "$PIDFILE"
     /// Polls until a listing of the export works over both versions (at most READY_LIMIT);
     /// Err if the server exited or never answered.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.server.as_mut().unwrap().try_wait().unwrap() {
-                self.server = None;
-                return Err(format!("ganesha.nfsd exited at start: {st}"));
-            }
+        let mut server = self.server.take();
+        let r = wait_serving(&mut server, "ganesha.nfsd", || {
             let v4 = self.try_ls(Nfs::V4, "");
             let v3 = self.try_ls(Nfs::V3, "");
-            if v4.ok() && v3.ok() {
-                return Ok(());
-            }
-            if t0.elapsed() > READY_LIMIT {
-                return Err(format!(
-                    "no listing of the export within {READY_LIMIT:?}; last tries:\n{}\n{}",
+            match v4.ok() && v3.ok() {
+                true => Ok(()),
+                false => Err(format!(
+                    "no listing of the export; last tries:\n{}\n{}",
                     v4.show(),
                     v3.show()
-                ));
+                )),
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
+        self.server = server;
+        r
     }
 
     /// A listing with a short bound, for the readiness poll.
@@ -1112,24 +1130,19 @@ impl Samba {
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.server.as_mut().unwrap().try_wait().unwrap() {
-                self.server = None;
-                return Err(format!("smbd exited at start: {st}"));
-            }
+        let mut server = self.server.take();
+        let r = wait_serving(&mut server, "smbd", || {
             let out = self.smbclient_with_timeout("ls", 20);
-            if out.ok() {
-                return Ok(());
-            }
-            if t0.elapsed() > READY_LIMIT {
-                return Err(format!(
-                    "no listing of the share within {READY_LIMIT:?}; last try:\n{}",
+            match out.ok() {
+                true => Ok(()),
+                false => Err(format!(
+                    "no listing of the share; last try:\n{}",
                     out.show()
-                ));
+                )),
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
+        self.server = server;
+        r
     }
 
     /// `//127.0.0.1/share`.
