@@ -1337,7 +1337,7 @@ fn set_times(p: &Path, t: libc::timespec) {
 /// range), or, as its owner outside the file's group, sets an access ACL; a caller in the
 /// group keeps set-group-ID across its ACL change.
 #[test]
-fn set_id_bits_go_after_fallocate_and_acl_changes_as_natively() {
+fn set_id_bits_go_after_writes_truncates_fallocate_and_acl_changes_as_natively() {
     let m = Mounted::new();
     // nobody must reach both trees.
     for d in [m.mnt.parent().unwrap(), &m.native, &m.src] {
@@ -1382,6 +1382,39 @@ fn set_id_bits_go_after_fallocate_and_acl_changes_as_natively() {
                 mode(&p)
             },
         );
+    }
+    // Writes (served by kernel passthrough for other writers), truncating opens and
+    // truncates, by one outside the file's group and one inside it.
+    let ops: [(&str, &str); 3] = [
+        (
+            "write",
+            "printf y | dd of=\"$0\" bs=1 seek=3 conv=notrunc status=none",
+        ),
+        ("O_TRUNC", ": > \"$0\""),
+        ("truncate", "truncate -s 100 \"$0\""),
+    ];
+    for (op, script) in ops {
+        for (start, group) in [
+            (0o2666, 0u32),
+            (0o6666, 0),
+            (0o2766, 0),
+            (0o4666, 0),
+            (0o2666, 65534),
+            (0o2676, 65534),
+        ] {
+            same(
+                &m,
+                &format!("{op} by nobody of a {start:o} file of group {group}"),
+                |r| {
+                    let p = r.join(format!("{op}-{start:o}-{group}"));
+                    fs::write(&p, vec![b'x'; 8192]).unwrap();
+                    std::os::unix::fs::chown(&p, None, Some(group)).unwrap();
+                    fs::set_permissions(&p, fs::Permissions::from_mode(start)).unwrap();
+                    as_nobody(&["sh", "-c", script, p.to_str().unwrap()])?;
+                    mode(&p)
+                },
+            );
+        }
     }
     for (name, group) in [("outside", 0u32), ("inside", 65534)] {
         same(

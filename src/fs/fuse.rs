@@ -427,6 +427,7 @@ fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
         umask,
     }
 }
@@ -537,7 +538,7 @@ fn open_after_wait(
     ids: Option<&Arc<BackingIds>>,
     ino: u64,
     flags: i32,
-    uid: u32,
+    who: crate::fs::privs::Requester,
     mut wait: Waiter,
     reply: ReplyOpen,
 ) {
@@ -545,7 +546,7 @@ fn open_after_wait(
         if let Err(e) = wait() {
             return reply.error(err(e));
         }
-        match fs.open(ino, flags, uid, |node, fd| {
+        match fs.open(ino, flags, who, |node, fd| {
             open_registered(&reply, ids, node, fd)
         }) {
             Ok(OpenOutcome::Opened(o)) => return reply_opened(o, reply),
@@ -657,7 +658,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -690,6 +691,7 @@ impl Filesystem for FuseAdapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
             fh: fh.map(|f| f.0),
+            who: requester(req),
         };
         match self.fs.setattr(ino.0, a) {
             Ok(e) => reply.attr(&self.attr_ttl(e.ino), &attr(e.ino, &e.stat)),
@@ -824,8 +826,8 @@ impl Filesystem for FuseAdapter {
         let Some(_served) = self.enter() else {
             return std::mem::forget(reply);
         };
-        let uid = req.uid();
-        match self.fs.open(ino.0, flags.0, uid, |node, fd| {
+        let who = requester(req);
+        match self.fs.open(ino.0, flags.0, who, |node, fd| {
             open_registered(&reply, self.ids.as_ref(), node, fd)
         }) {
             Ok(OpenOutcome::Opened(o)) => reply_opened(o, reply),
@@ -838,7 +840,7 @@ impl Filesystem for FuseAdapter {
                     std::thread::Builder::new()
                         .name("open-wait".into())
                         .spawn(move || {
-                            open_after_wait(&fs, ids.as_ref(), ino.0, flags.0, uid, w, reply)
+                            open_after_wait(&fs, ids.as_ref(), ino.0, flags.0, who, w, reply)
                         });
                 if let Err(e) = spawned {
                     tracing::error!("cannot start a thread to wait for a recall: {e}");
@@ -880,7 +882,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -897,9 +899,10 @@ impl Filesystem for FuseAdapter {
         if let Err(e) = self.fs.revive_handle(fh.0, ino.0, flags.0) {
             return reply.error(err(e));
         }
+        let who = requester(req);
         // The request's buffer is borrowed: copied only when the write must wait.
         match self.fs.needs_data(fh.0) {
-            Ok(None) => match self.fs.write(fh.0, offset, data) {
+            Ok(None) => match self.fs.write(fh.0, offset, data, who) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(e)),
             },
@@ -910,7 +913,7 @@ impl Filesystem for FuseAdapter {
                     &[fh.0],
                     reply,
                     |r, e| r.error(err(e)),
-                    move |fs, reply| match fs.write(fh.0, offset, &data) {
+                    move |fs, reply| match fs.write(fh.0, offset, &data, who) {
                         Ok(n) => reply.written(n),
                         Err(e) => reply.error(err(e)),
                     },

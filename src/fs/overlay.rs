@@ -178,6 +178,8 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
+    /// Who asks: a change of size drops set-id bits as the kernel does for `who`.
+    pub who: privs::Requester,
 }
 
 /// The caller of a request: creates are done with its identity.
@@ -185,8 +187,31 @@ pub struct SetAttr {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The requesting thread (for its capabilities and groups: `fs::privs`).
+    pub pid: u32,
     /// The caller's umask, as the kernel passed it.
     pub umask: u32,
+}
+
+impl Caller {
+    pub fn requester(&self) -> privs::Requester {
+        privs::Requester {
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.pid,
+        }
+    }
+}
+
+/// Drops the set-id bits of regular file `fd` that a change of its data by `who` drops
+/// (the daemon changes it as root, for which the backing file system drops nothing).
+fn drop_privs(fd: BorrowedFd<'_>, who: privs::Requester) -> SysResult<()> {
+    let st = backing::stat_fd(fd)?;
+    let kept = privs::after_change(st.mode & 0o7777, st.gid, who);
+    if st.file_type() == libc::S_IFREG && kept != st.mode & 0o7777 {
+        backing::chmod_fd(fd, kept)?;
+    }
+    Ok(())
 }
 
 /// An xattr reply: the size the caller must allocate, or the value itself.
@@ -663,6 +688,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 return Err(Errno(libc::EISDIR));
             }
             self.truncate(&i, fd, size, a.fh)?;
+            // After the mode the kernel may have sent with it (its own, older rule).
+            drop_privs(fd, a.who)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             backing::utimens_fd(
@@ -906,7 +933,8 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                     return Err(Errno(libc::EPERM));
                 }
             }
-            if (serves_writer || !wants_write) && !(stub && f.backing.is_some()) {
+            // Nor is a passthrough file to an open that must not have one.
+            if (serves_writer || !wants_write) && !((stub || !passthrough) && f.backing.is_some()) {
                 if stub {
                     f.stub.store(true, Ordering::Release);
                 }
@@ -963,17 +991,20 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         Ok(f)
     }
 
-    /// Opens a regular file for I/O. `caller_uid` matters for O_TRUNC (the mount asks the
-    /// kernel for atomic O_TRUNC, so that truncating a stub needs no recall): an
-    /// unprivileged truncate drops set-user-id and set-group-id as the kernel does natively.
+    /// Opens a regular file for I/O for `who`. Who asks matters twice: for O_TRUNC (the
+    /// mount asks the kernel for atomic O_TRUNC, so that truncating a stub needs no
+    /// recall), which drops set-user-ID and set-group-ID as the kernel does natively; and
+    /// for a writer whose writes must drop them (`fs::privs`), which gets no passthrough:
+    /// the kernel's passthrough write changes the backing file with the daemon's
+    /// credentials and drops nothing, its write through the daemon drops them.
     pub fn open(
         &self,
         ino: u64,
         flags: i32,
-        caller_uid: u32,
+        who: privs::Requester,
         register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<OpenOutcome<B>> {
-        self.open_as(ino, flags, caller_uid, None, register)
+        self.open_as(ino, flags, who, None, register)
     }
 
     /// Whether `fh` is a handle of this daemon's table.
@@ -1002,9 +1033,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         // A rare path (once per handle after a restart): a recall it needs is waited for
         // here.
         for _ in 0..4 {
-            match self.open_as(ino, flags & !libc::O_TRUNC, 0, Some(fh), |_, _| {
-                Err(io::Error::from_raw_os_error(libc::EALREADY))
-            })? {
+            match self.open_as(
+                ino,
+                flags & !libc::O_TRUNC,
+                privs::Requester::DAEMON,
+                Some(fh),
+                |_, _| Err(io::Error::from_raw_os_error(libc::EALREADY)),
+            )? {
                 OpenOutcome::Opened(_) => return Ok(()),
                 OpenOutcome::Wait(w) => w()?,
             }
@@ -1018,7 +1053,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         &self,
         ino: u64,
         flags: i32,
-        caller_uid: u32,
+        who: privs::Requester,
         at: Option<u64>,
         register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
     ) -> SysResult<OpenOutcome<B>> {
@@ -1045,30 +1080,23 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 DataReady::Now => {}
             }
         }
+        // A writer whose writes drop set-id bits is served by the daemon (see `open`).
+        let drops_privs = wants_write && {
+            let st = self.stat_inode(&inode)?;
+            privs::after_change(st.mode & 0o7777, st.gid, who) != st.mode & 0o7777
+        };
         let file = self.open_backing_file(
             &inode,
             wants_write,
             flags & libc::O_APPEND != 0,
             None,
             lazy,
-            at.is_none(),
+            at.is_none() && !drops_privs,
             register,
         )?;
         if truncate {
             backing::ftruncate(file.fd.as_fd(), 0)?;
-            if caller_uid != 0 {
-                let st = backing::stat_fd(file.fd.as_fd())?;
-                let mut mode = st.mode & 0o7777;
-                if mode & libc::S_ISUID != 0 {
-                    mode &= !libc::S_ISUID;
-                }
-                if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
-                    mode &= !libc::S_ISGID;
-                }
-                if mode != st.mode & 0o7777 {
-                    backing::chmod_fd(inode.fd()?.as_fd(), mode)?;
-                }
-            }
+            drop_privs(file.fd.as_fd(), who)?;
         }
         held.opened(wants_write);
         drop(held);
@@ -1174,7 +1202,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 }
                 // DataReady::Lazy: `open` below opens it as a stub.
             }
-            match self.open(entry.ino, flags, caller.uid, register)? {
+            match self.open(entry.ino, flags, caller.requester(), register)? {
                 OpenOutcome::Opened(o) => Ok(o),
                 // Made a stub again while we waited: the caller may try again.
                 OpenOutcome::Wait(_) => Err(Errno(libc::EAGAIN)),
@@ -1205,7 +1233,10 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> SysResult<u32> {
+    /// A write by `who`; then set-user-ID and set-group-ID go as the kernel drops them
+    /// for a change of data by `who` (the kernel's FUSE layer asks for set-user-ID and for
+    /// set-group-ID with group execute only; a writer outside the group is left to us).
+    pub fn write(&self, fh: u64, off: u64, data: &[u8], who: privs::Requester) -> SysResult<u32> {
         let f = self.file_handle(fh)?;
         if !f.writable {
             return Err(Errno(libc::EBADF));
@@ -1216,6 +1247,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             let n = backing::pwrite(f.fd.as_fd(), &data[done..], off + done as u64)?;
             done += n;
         }
+        drop_privs(f.fd.as_fd(), who)?;
         Ok(done as u32)
     }
 
@@ -1357,12 +1389,7 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     ) -> SysResult<()> {
         let f = self.file_handle(fh)?;
         backing::fallocate(f.fd.as_fd(), mode, off, len)?;
-        let st = backing::stat_fd(f.fd.as_fd())?;
-        let kept = privs::after_change(st.mode & 0o7777, st.gid, who);
-        if st.file_type() == libc::S_IFREG && kept != st.mode & 0o7777 {
-            backing::chmod_fd(f.fd.as_fd(), kept)?;
-        }
-        Ok(())
+        drop_privs(f.fd.as_fd(), who)
     }
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> SysResult<i64> {
@@ -1783,6 +1810,7 @@ mod tests {
             Caller {
                 uid: libc::getuid(),
                 gid: libc::getgid(),
+                pid: std::process::id(),
                 umask: 0o022,
             }
         }
@@ -1794,7 +1822,11 @@ mod tests {
         let (e, o) = fs
             .create(ROOT_INO, OsStr::new("a"), 0o640, 0, me(), |_, _| Ok(()))
             .unwrap();
-        assert_eq!(fs.write(o.fh, 0, b"hello").unwrap(), 5);
+        assert_eq!(
+            fs.write(o.fh, 0, b"hello", privs::Requester::DAEMON)
+                .unwrap(),
+            5
+        );
         assert_eq!(fs.read(o.fh, 1, 100).unwrap(), b"ello");
         fs.release(o.fh);
         assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"hello");

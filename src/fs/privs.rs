@@ -32,7 +32,21 @@ fn status_of(pid: u32) -> Option<(bool, Vec<u32>)> {
     Some((cap? & (1 << CAP_FSETID) != 0, groups))
 }
 
+/// The daemon itself: a change made on its own behalf drops nothing.
+impl Default for Requester {
+    fn default() -> Self {
+        Requester::DAEMON
+    }
+}
+
 impl Requester {
+    /// The daemon itself (root, CAP_FSETID): drops nothing.
+    pub const DAEMON: Requester = Requester {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+
     /// (holds CAP_FSETID, is in group `gid`: its own gid or a supplementary one).
     fn standing(&self, gid: u32) -> (bool, bool) {
         match status_of(self.pid) {

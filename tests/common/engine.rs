@@ -5,6 +5,7 @@
 //! the same tree, catalog and store, as a new daemon would.
 #![allow(dead_code)]
 
+use coldtier::fs::privs::Requester;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -142,6 +143,7 @@ fn root_caller() -> Caller {
     Caller {
         uid: 0,
         gid: 0,
+        pid: 0,
         umask: 0o022,
     }
 }
@@ -264,7 +266,12 @@ impl Engine {
     pub fn open(&self, rel: &str, flags: i32) -> Result<u64, Errno> {
         let ino = self.lookup(rel)?;
         loop {
-            match self.fs.open(ino, flags, 0, |_, _| Ok(()))? {
+            match self.fs.open(
+                ino,
+                flags,
+                coldtier::fs::privs::Requester::DAEMON,
+                |_, _| Ok(()),
+            )? {
                 OpenOutcome::Opened(o) => return Ok(o.fh),
                 OpenOutcome::Wait(w) => w()?,
             }
@@ -322,7 +329,10 @@ impl Engine {
             self.data(fh)?;
             let mut off = 0usize;
             while off < data.len() {
-                off += self.fs.write(fh, off as u64, &data[off..])? as usize;
+                off += self
+                    .fs
+                    .write(fh, off as u64, &data[off..], Requester::DAEMON)?
+                    as usize;
             }
             Ok(())
         })();
@@ -335,7 +345,7 @@ impl Engine {
         let fh = self.open(rel, libc::O_WRONLY)?;
         let r = self
             .data(fh)
-            .and_then(|()| self.fs.write(fh, off, data).map(|_| ()));
+            .and_then(|()| self.fs.write(fh, off, data, Requester::DAEMON).map(|_| ()));
         self.fs.release(fh);
         r
     }
