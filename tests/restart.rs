@@ -391,3 +391,34 @@ fn a_file_held_open_across_a_restart_opens_again() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     m.umount();
 }
+
+/// A plain umount(8) returns before the daemon has finished; a `coldtier mount` of the same
+/// source at once waits for the exiting daemon (up to 15 s) instead of refusing.
+#[test]
+fn a_mount_right_after_a_plain_umount_waits_for_the_exiting_daemon() {
+    let moto = start_moto();
+    let mut t = TierMount::prepared(
+        &moto,
+        &moto.endpoint,
+        "quick-remount",
+        &vec![("f".to_string(), b"data".to_vec())],
+        |c| c,
+    );
+    t.mount_with_env(&[("COLDTIER_TEST_FAILPOINT", "exit-after-unmount:pause=4000")]);
+    let old = daemon(&t.mnt);
+    let out = std::process::Command::new("umount")
+        .arg(&t.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umount: {}", show(&out));
+    t.set_unmounted();
+    // The old daemon sleeps in its exit for 4 s: it is alive while the new mount starts.
+    assert!(
+        alive(old),
+        "the old daemon exited at once: the case is not exercised"
+    );
+    t.mount_with_env(&[]);
+    assert!(!alive(old), "the new daemon runs beside the old one");
+    assert_ne!(daemon(&t.mnt), old);
+    assert_eq!(std::fs::read(t.mnt.join("f")).unwrap(), b"data");
+}

@@ -829,6 +829,8 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
 
     let result = session.run();
     crate::base::notify::notify("STOPPING=1\nSTATUS=unmounted; finishing");
+    // A daemon slow to finish (a long checkpoint, many workers): tests pause it here.
+    crate::base::failpoint::hit("exit-after-unmount");
     let _ = std::fs::remove_file(record_path(&p.mountpoint));
     let _ = std::fs::remove_file(backing_ids_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
