@@ -1661,6 +1661,38 @@ fn bad_input_is_refused_with_one_line_and_exit_2() {
         &coldtier(&["mount", src.to_str().unwrap(), m.m("sub").to_str().unwrap()]),
         "inside the coldtier mount",
     );
+    // A separate file system mounted inside the coldtier mount may hold a coldtier mount:
+    // the inner one's path walk ends on that file system, not on a node of the outer.
+    fs::create_dir(m.m("scratch")).unwrap();
+    assert!(
+        sh(&format!(
+            "mount -t tmpfs none '{}'",
+            m.m("scratch").display()
+        ))
+        .0
+    );
+    fs::create_dir(m.m("scratch/inner")).unwrap();
+    let inner_src = dir.path().join("inner-src");
+    fs::create_dir(&inner_src).unwrap();
+    fs::write(inner_src.join("f"), b"inner").unwrap();
+    let out = coldtier(&[
+        "mount",
+        inner_src.to_str().unwrap(),
+        m.m("scratch/inner").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(m.m("scratch/inner/f")).unwrap(), b"inner");
+    let out = coldtier(&["umount", m.m("scratch/inner").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sh(&format!("umount '{}'", m.m("scratch").display())).0);
     let other = dir.path().join("other");
     fs::create_dir(&other).unwrap();
     assert!(sh(&format!("mount -t tmpfs none '{}'", other.display())).0);
