@@ -2017,3 +2017,141 @@ fn jobs_workers_lists_the_background_workers_and_cancel_refuses_an_unknown_one()
     let out = t.cli(&["jobs", "cancel", &mnt, "--worker", "1", "--id", "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
 }
+
+// ------------------------------------------------------------------------------------------
+// Last use under atime options
+
+/// A tmpfs mounted over a directory for one test, lazily unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, opts: &str) -> Self {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "none"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs -o {opts} {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn atime_of(p: &Path) -> i64 {
+    fs::metadata(p).unwrap().atime()
+}
+
+/// `noatime` on the coldtier mount holds against a backing file system that updates atime
+/// on every read (strictatime): reads through the mount, passthrough ones included, move
+/// no atime, as on a native noatime mount. The policy still sees those files as used: its
+/// last use is the latest of atime, mtime and the last open through the mount the daemon
+/// saw (`used` in the catalog), so an atime that never moves (this mount, or a backing file
+/// system mounted noatime) does not make a file in use look cold.
+#[test]
+fn noatime_holds_through_the_mount_and_opens_still_count_as_uses() {
+    let moto = start_moto();
+    let mut t = TierMount::prepared(&moto, &moto.endpoint, "last-use", &vec![], |c| {
+        c.set("policy", "atime_older_than", &q("30d"))
+    });
+    let backing = Tmpfs::mount(&t.src, "strictatime,mode=0755");
+    let old = 1_700_000_000; // 2023, long before "30 days ago"
+    for name in ["read-through-mount", "untouched", "read-natively"] {
+        fs::write(t.src.join(name), vec![b'x'; 8192]).unwrap();
+        set_times(&t.src.join(name), old, 0);
+    }
+    let out = t.try_mount(&[], &["-o", "noatime"]);
+    assert!(out.status.success(), "mount -o noatime: {}", show(&out));
+
+    // Natively, this backing file system moves atime at every read ...
+    fs::read(t.src.join("read-natively")).unwrap();
+    assert!(
+        atime_of(&t.src.join("read-natively")) > old,
+        "strictatime tmpfs kept atime"
+    );
+    // ... and through the noatime mount it does not (twice: the second open is served by
+    // kernel passthrough from the same backing file).
+    for _ in 0..2 {
+        assert_eq!(
+            fs::read(t.m("read-through-mount")).unwrap(),
+            vec![b'x'; 8192]
+        );
+    }
+    assert_eq!(
+        atime_of(&t.src.join("read-through-mount")),
+        old,
+        "backing atime moved"
+    );
+    assert_eq!(
+        atime_of(&t.m("read-through-mount")),
+        old,
+        "atime through the mount moved"
+    );
+
+    // The policy: only the file nobody used is a candidate.
+    let v = t.migrate_ok(&["--dry-run"]);
+    let planned = planned_paths(&v);
+    assert_eq!(planned.len(), 1, "planned: {planned:?} (summary {v})");
+    assert!(
+        matches_rel(&planned[0], "untouched"),
+        "planned: {planned:?}"
+    );
+    // The open is in the catalog: it counts after a remount too.
+    t.umount();
+    t.mount_with_env(&[]);
+    let v = t.migrate_ok(&["--dry-run"]);
+    let planned = planned_paths(&v);
+    assert_eq!(
+        planned.len(),
+        1,
+        "after a remount, planned: {planned:?} (summary {v})"
+    );
+    t.umount();
+    drop(backing);
+}
+
+/// `strictatime` on the coldtier mount holds against a relatime backing file system: a read
+/// through the mount moves an atime that is already later than mtime and ctime and recent,
+/// which the backing file system's own relatime leaves (checked natively beside it).
+#[test]
+fn strictatime_holds_through_the_mount_over_a_relatime_source() {
+    let moto = start_moto();
+    let mut t = TierMount::prepared(&moto, &moto.endpoint, "strict-atime", &vec![], |c| c);
+    let _backing = Tmpfs::mount(&t.src, "relatime,mode=0755");
+    let atime_ns = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        md.atime() as i128 * 1_000_000_000 + md.atime_nsec() as i128
+    };
+    let mut first = Vec::new();
+    for name in ["native", "through-mount"] {
+        fs::write(t.src.join(name), b"data").unwrap();
+        // One read: atime is now later than mtime and ctime, and recent: relatime moves
+        // it no more today.
+        fs::read(t.src.join(name)).unwrap();
+        first.push(atime_ns(&t.src.join(name)));
+    }
+    let out = t.try_mount(&[], &["-o", "strictatime"]);
+    assert!(out.status.success(), "mount -o strictatime: {}", show(&out));
+    // The clock moves on (tmpfs times have a tick's granularity).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    fs::read(t.src.join("native")).unwrap();
+    assert_eq!(
+        atime_ns(&t.src.join("native")),
+        first[0],
+        "relatime moved a recent atime"
+    );
+    fs::read(t.m("through-mount")).unwrap();
+    assert!(
+        atime_ns(&t.src.join("through-mount")) > first[1],
+        "strictatime did not move atime"
+    );
+    t.umount();
+}

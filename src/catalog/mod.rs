@@ -849,6 +849,36 @@ impl Catalog {
         })
     }
 
+    /// Records last opens (backing inode number, ns since the epoch): each row keeps the
+    /// latest it was given. One transaction for the batch.
+    pub fn note_used(&self, batch: &[(u64, i64)]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write("recording last opens", |tx, _, _| {
+            let mut s = tx
+                .prepare_cached(
+                    "INSERT INTO used (ino, used_ns) VALUES (?1, ?2) ON CONFLICT (ino) \
+                     DO UPDATE SET used_ns = max(used_ns, excluded.used_ns)",
+                )
+                .ctx("recording last opens")?;
+            for &(ino, ns) in batch {
+                s.execute(params![ino as i64, ns])
+                    .ctx("recording last opens")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every last open recorded: backing inode number -> ns since the epoch.
+    pub fn used_times(&self) -> Result<std::collections::HashMap<u64, i64>> {
+        self.read("reading last opens", |c| {
+            c.prepare_cached("SELECT ino, used_ns FROM used")?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+                .collect()
+        })
+    }
+
     /// A premigrated file's times changed while its data did not (proven by its checksum):
     /// the times its copy expects from now on. Not an event: nothing changed state.
     pub fn rebaseline(&self, file_id: &str, mtime_ns: i64, ctime_ns: i64) -> Result<()> {

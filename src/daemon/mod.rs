@@ -190,9 +190,18 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         &mountpoint,
         &format!("the catalog {} is in use by", catalog.display()),
     )?;
-    // Opened before mounting: the mount may hide this very directory.
-    let root = backing::open_dir_path(&source)
-        .map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?;
+    // Opened before mounting: the mount may hide this very directory. With an atime option
+    // for the mount, through a private bind mount of the source that applies it.
+    let root = match atime_rule(&args.options) {
+        None => backing::open_dir_path(&source)
+            .map_err(|e| bad(format!("cannot open SOURCE {}: {e}", source.display())))?,
+        Some(rule) => backing::open_dir_with_atime(&source, rule).map_err(|e| {
+            bad(format!(
+                "cannot apply the atime option {rule:?} to SOURCE {} (a private bind mount of it): {e}",
+                source.display()
+            ))
+        })?,
+    };
     Ok(Prepared {
         source,
         mountpoint,
@@ -202,6 +211,18 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
         locks: vec![source_lock, catalog_lock],
         config_path: args.config.clone(),
         mount_flags: args.options.clone(),
+    })
+}
+
+/// The access-time rule the mount's options ask for (the last one given wins; `atime` is
+/// mount(8)'s "the kernel's default", relatime), or `None` when none is given: then the
+/// source's own mount decides.
+fn atime_rule(flags: &[String]) -> Option<backing::AtimeRule> {
+    flags.iter().rev().find_map(|f| match f.as_str() {
+        "noatime" => Some(backing::AtimeRule::NoAtime),
+        "atime" | "relatime" => Some(backing::AtimeRule::RelAtime),
+        "strictatime" => Some(backing::AtimeRule::StrictAtime),
+        _ => None,
     })
 }
 
@@ -835,6 +856,7 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
     let _ = std::fs::remove_file(backing_ids_path(&p.mountpoint));
     let _ = std::fs::remove_file(crate::control::socket_path(&p.mountpoint));
     let catalog = tiering.catalog.clone();
+    tiering.flush_usage();
     tiering.workers.stop();
     drop(tiering);
     if let Some(h) = &handles {
@@ -1052,6 +1074,15 @@ fn start_tiering<B: Send + Sync + 'static>(
         config: config.clone(),
     }))?;
     crate::jobs::start(&t);
+    // Last opens reach the catalog once a minute (and before each scan, and at unmount).
+    let weak = Arc::downgrade(&t);
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let Some(t) = weak.upgrade() else { break };
+            let _ = tokio::task::spawn_blocking(move || t.flush_usage()).await;
+        }
+    });
     tracing::info!(
         config_version = version.version,
         catalog = %path.display(),

@@ -1459,8 +1459,21 @@ fn notify_resend(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
 
 /// The standard mount options `coldtier mount -o` applies to the mount.
 pub const MOUNT_FLAGS: &[&str] = &[
-    "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "relatime",
-    "sync", "async", "dirsync",
+    "ro",
+    "rw",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "noatime",
+    "atime",
+    "relatime",
+    "strictatime",
+    "sync",
+    "async",
+    "dirsync",
 ];
 
 /// Mount options for the session: allow_other + default_permissions, like a real share;
@@ -1476,7 +1489,7 @@ pub fn mount_config(source: &Path, threads: usize, flags: &[String]) -> fuser::C
             "nosuid" | "suid" => suid = f == "suid",
             "nodev" | "dev" => dev = f == "dev",
             "noexec" | "exec" => exec = f == "exec",
-            "noatime" | "atime" | "relatime" => noatime = f == "noatime",
+            "noatime" | "atime" | "relatime" | "strictatime" => noatime = f == "noatime",
             "sync" | "async" => sync = f == "sync",
             "dirsync" => dirsync = true,
             _ => {}

@@ -28,7 +28,7 @@ type ForeignMap = (HashMap<(u64, u64), u64>, u64);
 
 /// Inode numbers of objects on another device than the root (submounts inside the source)
 /// are allocated from this range, since their backing numbers could collide.
-const FOREIGN_BASE: u64 = 1 << 63;
+pub const FOREIGN_BASE: u64 = 1 << 63;
 
 /// How to reach a backing inode.
 pub enum Anchor {

@@ -56,6 +56,8 @@ pub struct Tiering {
     /// What the store check at mount found, and whether tiering is paused.
     pub(super) store_state: StoreState,
     pub catalog: Arc<Catalog>,
+    /// Last opens seen, not yet all in the catalog ([`super::usage`]).
+    pub usage: super::usage::Usage,
     /// The store (replaced by a reload that changes its settings: [`Tiering::set_store`]).
     pub(super) store: parking_lot::RwLock<Option<Arc<dyn ObjectStore>>>,
     /// Bumped by every reload of the config: the schedulers wait on it.
@@ -196,6 +198,7 @@ impl Tiering {
             store_state: StoreState::default(),
             reloaded: tokio::sync::watch::channel(0).0,
             catalog,
+            usage: Default::default(),
             store: parking_lot::RwLock::new(store),
             store_prefix,
             source,
@@ -394,6 +397,19 @@ impl Tiering {
 
     /// A failpoint of a crash-sensitive step ([`crate::base::failpoint`]; nothing outside
     /// builds with the `testing` feature).
+    /// Writes the last opens noted since the last flush to the catalog (kept for the next
+    /// flush if the catalog refuses them).
+    pub fn flush_usage(&self) {
+        let batch = self.usage.take();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.catalog.note_used(&batch) {
+            tracing::warn!("catalog: cannot record last opens: {e}");
+            self.usage.put_back(batch);
+        }
+    }
+
     pub fn failpoint(&self, name: &str) {
         crate::base::failpoint::hit(name);
     }

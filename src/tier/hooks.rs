@@ -87,6 +87,11 @@ impl TierHooks for Tiering {
         // (read, write, copy_file_range; `before_data`). An open that reads nothing (`touch`,
         // smbd's and ganesha's attribute queries, `file` managers' probes) costs no GET.
         let truncate = flags & libc::O_ACCMODE != libc::O_RDONLY && flags & libc::O_TRUNC != 0;
+        // A use, whatever atime does (node ids of the source's own file system are its
+        // inode numbers; files of other file systems are never tiered).
+        if ino < crate::fs::inodes::FOREIGN_BASE {
+            self.usage.note(ino, super::usage::now_ns());
+        }
         if let Some(w) = self.in_flight(ino) {
             // A recall running: a truncating open waits for it (then truncates a resident
             // file), any other is opened as a stub whose first data operation joins it.

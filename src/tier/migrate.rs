@@ -246,6 +246,12 @@ impl Tiering {
         let now = SystemTime::now();
         let mut out = Vec::new();
         let mut scanned = 0u64;
+        // Opens through the mount count as uses (`super::usage`).
+        self.flush_usage();
+        let opened = self.catalog.used_times().unwrap_or_else(|e| {
+            tracing::warn!("catalog: cannot read last opens (atime and mtime alone decide): {e}");
+            Default::default()
+        });
         self.walk(Path::new(""), &mut |rel, st, dir, name| {
             scanned += 1;
             if st.size == 0 {
@@ -253,6 +259,12 @@ impl Tiering {
                 return;
             }
             let mut facts = facts_of(rel, st);
+            if let Some(&ns) = opened.get(&st.ino) {
+                facts.atime = facts.atime.max(time_of((
+                    ns.div_euclid(1_000_000_000),
+                    ns.rem_euclid(1_000_000_000) as u32,
+                )));
+            }
             // Cheap checks first (stubs have no local bytes: they stop at Empty).
             match policy::evaluate(&policy, &facts, now) {
                 Decision::Skip(SkipReason::Empty | SkipReason::TooSmall { .. }) if st.size == 0 => {

@@ -29,6 +29,7 @@ pub mod rebuild;
 pub mod recall;
 pub mod record;
 pub mod recovery;
+pub mod usage;
 pub mod verify;
 
 // The model's modules by their short paths (`tier::state`, `tier::stub`, `tier::policy`).
