@@ -6,6 +6,7 @@ mod common;
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -1817,4 +1818,125 @@ fn export_support_file_handles_resolve_through_the_mount() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "via handle");
     drop(keep);
+}
+
+/// O_TMPFILE as natively: an unnamed file, written, then named by linkat (through
+/// /proc/self/fd with AT_SYMLINK_FOLLOW, and with AT_EMPTY_PATH), keeping its bytes, mode
+/// and owner; O_TMPFILE | O_EXCL cannot be named (ENOENT); an unnamed one leaves nothing
+/// behind when closed; as root and as nobody (owner and umask from the caller).
+#[test]
+fn o_tmpfile_then_linkat_as_natively() {
+    let m = Mounted::new();
+    for d in [m.mnt.parent().unwrap(), &m.native, &m.src] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tmpfile = |dir: &Path, flags: i32| -> Result<OwnedFd, i32> {
+        // SAFETY: NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                c(dir).as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | flags,
+                0o640,
+            )
+        };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: a new fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let link_proc = |fd: &OwnedFd, to: &Path| -> Outcome {
+        let from = c(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())));
+        // SAFETY: NUL-terminated paths.
+        rc(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                c(to).as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
+    };
+    same(&m, "O_TMPFILE, write, linkat /proc/self/fd", |r| {
+        let fd = tmpfile(r, 0)?;
+        let mut f = fs::File::from(fd);
+        f.write_all(b"unnamed then named").unwrap();
+        let fd = OwnedFd::from(f);
+        link_proc(&fd, &r.join("named"))?;
+        drop(fd);
+        Ok(format!(
+            "{} {:?}",
+            attrs(&r.join("named"))?,
+            fs::read(r.join("named")).unwrap()
+        ))
+    });
+    same(&m, "O_TMPFILE, linkat AT_EMPTY_PATH", |r| {
+        let fd = tmpfile(r, 0)?;
+        // SAFETY: an empty NUL-terminated path names the fd itself.
+        rc(unsafe {
+            libc::linkat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                c(&r.join("empty-path")).as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })?;
+        attrs(&r.join("empty-path"))
+    });
+    same(&m, "O_TMPFILE | O_EXCL cannot be named", |r| {
+        let fd = tmpfile(r, libc::O_EXCL)?;
+        link_proc(&fd, &r.join("excl"))
+    });
+    same(&m, "an unnamed O_TMPFILE leaves nothing", |r| {
+        let fd = tmpfile(r, 0)?;
+        fs::File::from(fd).write_all(b"gone").unwrap();
+        let mut names: Vec<String> = fs::read_dir(r)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names.join(","))
+    });
+    // As nobody, in a directory nobody may write: the file is nobody's.
+    same(&m, "O_TMPFILE as nobody", |r| {
+        let d = r.join("open");
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        // linkat with AT_SYMLINK_FOLLOW (os.link calls link(2), which does not follow).
+        let script = "import ctypes,os,sys\nfd=os.open(sys.argv[1], os.O_TMPFILE|os.O_RDWR, 0o666)\nos.write(fd,b'x')\nlibc=ctypes.CDLL(None, use_errno=True)\nr=libc.linkat(-100, b'/proc/self/fd/%d' % fd, -100, os.fsencode(sys.argv[1] + '/by-nobody'), 0x400)\nsys.exit(ctypes.get_errno() if r else 0)\n";
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "sh",
+                "-c",
+                "umask 027; exec python3 -c \"$0\" \"$1\"",
+                script,
+            ])
+            .arg(&d)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(out.status.code().unwrap_or(-1));
+        }
+        attrs(&d.join("by-nobody"))
+    });
+    // Not refused alike: the files are there, through the mount too.
+    assert_eq!(
+        fs::read(m.mnt.join("named")).unwrap(),
+        b"unnamed then named"
+    );
+    assert!(m.mnt.join("empty-path").exists());
+    assert_eq!(
+        fs::metadata(m.mnt.join("open/by-nobody")).unwrap().uid(),
+        65534
+    );
+    assert_eq!(
+        fs::metadata(m.mnt.join("open/by-nobody")).unwrap().mode() & 0o777,
+        0o640
+    );
 }

@@ -168,6 +168,38 @@ impl Negotiated {
 }
 
 impl FuseAdapter {
+    /// The reply to a create or tmpfile: the entry and the open handle (with passthrough
+    /// when the file got it).
+    fn reply_created(
+        &self,
+        r: crate::fs::backing::SysResult<(Entry, Opened<Backing>)>,
+        reply: ReplyCreate,
+    ) {
+        match r {
+            Ok((e, o)) => {
+                let a = attr(e.ino, &e.stat);
+                let g = Generation(e.generation);
+                match &o.file.backing {
+                    Some(b) => reply.created_passthrough(
+                        &self.ttl.entry,
+                        &a,
+                        g,
+                        FileHandle(o.fh),
+                        PASSTHROUGH_OPEN,
+                        &b.id,
+                    ),
+                    None => reply.created(
+                        &self.ttl.entry,
+                        &a,
+                        g,
+                        FileHandle(o.fh),
+                        FopenFlags::empty(),
+                    ),
+                }
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
     pub fn new(
         fs: Arc<OverlayFs<Backing>>,
         ttl: Ttls,
@@ -1249,30 +1281,35 @@ impl Filesystem for FuseAdapter {
                 )
             },
         );
-        match r {
-            Ok((e, o)) => {
-                let a = attr(e.ino, &e.stat);
-                let g = Generation(e.generation);
-                match &o.file.backing {
-                    Some(b) => reply.created_passthrough(
-                        &self.ttl.entry,
-                        &a,
-                        g,
-                        FileHandle(o.fh),
-                        PASSTHROUGH_OPEN,
-                        &b.id,
-                    ),
-                    None => reply.created(
-                        &self.ttl.entry,
-                        &a,
-                        g,
-                        FileHandle(o.fh),
-                        FopenFlags::empty(),
-                    ),
-                }
-            }
-            Err(e) => reply.error(err(e)),
-        }
+        self.reply_created(r, reply);
+    }
+
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        metrics::fuse_request(FuseOp::Create);
+        let Some(_served) = self.enter() else {
+            return std::mem::forget(reply);
+        };
+        let r = self
+            .fs
+            .tmpfile(parent.0, mode, caller(req, umask), |node, fd| {
+                register(
+                    node,
+                    fd,
+                    self.ids.as_ref(),
+                    |fd| reply.open_backing(fd),
+                    // SAFETY: an id registered on this connection, owned by the Backing.
+                    |raw| unsafe { reply.wrap_backing(raw) },
+                )
+            });
+        self.reply_created(r, reply);
     }
 
     fn fallocate(

@@ -1151,6 +1151,40 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             }
             Err(e) => return Err(e),
         };
+        self.opened_new(fd, register)
+    }
+
+    /// An O_TMPFILE open in directory `parent`: a new file without a name, opened for
+    /// reading and writing, made with the caller's identity; `link` may name it later.
+    /// Made linkable always: the kernel marks its own inode as O_EXCL asks and refuses the
+    /// link of one that may not be named.
+    pub fn tmpfile(
+        &self,
+        parent: u64,
+        mode: u32,
+        caller: Caller,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
+    ) -> SysResult<(Entry, Opened<B>)> {
+        let p = self.dir(parent)?;
+        let pfd = p.fd()?;
+        let umask = self.caller_umask(caller);
+        let fd = backing::as_caller(caller.uid, caller.gid, umask, |mask| {
+            backing::open_at(
+                pfd.as_fd(),
+                OsStr::new("."),
+                libc::O_TMPFILE | libc::O_RDWR,
+                backing::masked(mode, mask),
+            )
+        })?;
+        self.opened_new(fd, register)
+    }
+
+    /// The entry and the handle of a file just made and opened as `fd` (create, tmpfile).
+    fn opened_new(
+        &self,
+        fd: OwnedFd,
+        register: impl FnOnce(u64, BorrowedFd<'_>) -> io::Result<B>,
+    ) -> SysResult<(Entry, Opened<B>)> {
         let path_fd = backing::reopen(fd.as_fd(), libc::O_PATH)?;
         let (entry, inode) = self.entry_from_fd_as(path_fd, Some(MARK_PLAIN))?;
         self.inodes.settle(entry.ino);

@@ -433,6 +433,22 @@ pub trait Filesystem: Send + Sync + 'static {
         }
     }
 
+    /// coldtier addition: O_TMPFILE (FUSE_TMPFILE, Linux 6.6): create an unnamed file in
+    /// directory `parent` and open it, as `create` does (same reply); a later `link` may
+    /// give it a name. The default answers ENOSYS, after which the kernel answers
+    /// O_TMPFILE with EOPNOTSUPP itself.
+    fn tmpfile(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     /// coldtier addition: statx (FUSE_STATX, Linux 6.6): the kernel asks it when a caller
     /// wants what getattr does not carry (the birth time). Reply with the bytes of
     /// `struct fuse_statx_out`. The default answers ENOSYS, after which the kernel asks

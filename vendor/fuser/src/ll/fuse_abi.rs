@@ -161,6 +161,9 @@ pub(crate) enum fuse_opcode {
     FUSE_RENAME2 = 45,
     FUSE_LSEEK = 46,
     FUSE_COPY_FILE_RANGE = 47,
+    /// coldtier addition (Linux 6.6, protocol 7.37): O_TMPFILE, with the arguments and
+    /// reply of FUSE_CREATE (the name is "/").
+    FUSE_TMPFILE = 51,
     /// coldtier addition (Linux 6.6, protocol 7.39): statx, for the birth time.
     FUSE_STATX = 52,
 

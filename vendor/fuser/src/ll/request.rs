@@ -1880,6 +1880,11 @@ mod op {
                 header,
                 arg: data.fetch()?,
             }),
+            fuse_opcode::FUSE_TMPFILE => Operation::Tmpfile(Create {
+                header,
+                arg: data.fetch()?,
+                name: data.fetch_str()?.as_ref(),
+            }),
             fuse_opcode::FUSE_STATX => Operation::Statx(Statx {
                 header,
                 arg: data.fetch()?,
@@ -1918,6 +1923,8 @@ pub(crate) enum Operation<'a> {
     Forget(Forget<'a>),
     GetAttr(GetAttr<'a>),
     Statx(Statx<'a>),
+    /// coldtier addition: O_TMPFILE (FUSE_TMPFILE), a create without a name.
+    Tmpfile(Create<'a>),
     SetAttr(SetAttr<'a>),
     ReadLink(#[expect(dead_code)] ReadLink<'a>),
     SymLink(SymLink<'a>),
@@ -1978,6 +1985,7 @@ impl fmt::Display for Operation<'_> {
             Operation::Forget(x) => write!(f, "FORGET nlookup {}", x.nlookup()),
             Operation::GetAttr(_) => write!(f, "GETATTR"),
             Operation::Statx(_) => write!(f, "STATX"),
+            Operation::Tmpfile(x) => write!(f, "TMPFILE mode {:#05o}", x.mode()),
             Operation::SetAttr(x) => x.fmt(f),
             Operation::ReadLink(_) => write!(f, "READLINK"),
             Operation::SymLink(x) => {
