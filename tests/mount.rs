@@ -1417,6 +1417,24 @@ fn set_id_bits_go_after_writes_truncates_fallocate_and_acl_changes_as_natively()
             );
         }
     }
+    // chown by root and chgrp by the owner (nobody, to its own group).
+    for start in [0o6755, 0o2745, 0o4755, 0o2666] {
+        same(&m, &format!("chown by root of a {start:o} file"), |r| {
+            let p = r.join(format!("chown-{start:o}"));
+            fs::write(&p, b"x").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(start)).unwrap();
+            std::os::unix::fs::chown(&p, Some(1), Some(1)).unwrap();
+            mode(&p)
+        });
+        same(&m, &format!("chgrp by the owner of a {start:o} file"), |r| {
+            let p = r.join(format!("chgrp-{start:o}"));
+            fs::write(&p, b"x").unwrap();
+            std::os::unix::fs::chown(&p, Some(65534), Some(0)).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(start)).unwrap();
+            as_nobody(&["chgrp", "65534", p.to_str().unwrap()])?;
+            mode(&p)
+        });
+    }
     for (name, group) in [("outside", 0u32), ("inside", 65534)] {
         same(
             &m,

@@ -674,6 +674,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
         let i = self.inode(ino)?;
         let ifd = i.fd()?;
         let fd = ifd.as_fd();
+        // A change of owner or group of a non-directory drops set-id bits by the kernel's
+        // rule for the caller (the kernel's FUSE layer asks for an older one).
+        let chowned = if (a.uid.is_some() || a.gid.is_some()) && i.kind == libc::S_IFREG {
+            Some(backing::stat_fd(fd)?)
+        } else {
+            None
+        };
         if a.uid.is_some() || a.gid.is_some() {
             backing::chown_fd(fd, a.uid, a.gid)?;
         }
@@ -682,6 +689,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 return Err(Errno(libc::EOPNOTSUPP));
             }
             backing::chmod_fd(fd, mode & 0o7777)?;
+        }
+        if let Some(before) = chowned {
+            let now = backing::stat_fd(fd)?.mode & 0o7777;
+            let kept = privs::after_chown(now, before.gid, a.who);
+            if kept != now {
+                backing::chmod_fd(fd, kept)?;
+            }
         }
         if let Some(size) = a.size {
             if i.is_dir() {

@@ -74,6 +74,27 @@ pub fn after_change(mode: u32, gid: u32, who: Requester) -> u32 {
     m
 }
 
+/// The mode a non-directory of mode `mode` and group `gid` (before the change) keeps
+/// after `who` changed its owner or group (fs/open.c `chown_common`): set-user-ID always
+/// goes, root's change too; set-group-ID with group execute, or when `who` is neither in
+/// the group nor holds CAP_FSETID.
+pub fn after_chown(mode: u32, gid: u32, who: Requester) -> u32 {
+    if mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+        return mode;
+    }
+    let mut m = mode & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 {
+        let drop = mode & libc::S_IXGRP != 0 || {
+            let (capable, in_group) = who.standing(gid);
+            !capable && !in_group
+        };
+        if drop {
+            m &= !libc::S_ISGID;
+        }
+    }
+    m
+}
+
 /// The mode a file of mode `mode` and group `gid` keeps after `who` set its access ACL:
 /// set-group-ID goes unless `who` is in the group or holds CAP_FSETID.
 pub fn after_acl(mode: u32, gid: u32, who: Requester) -> u32 {
@@ -110,6 +131,11 @@ mod tests {
         assert_eq!(after_change(0o2676, 1000, other) & 0o7777, 0o676);
         // Root (CAP_FSETID): nothing goes.
         assert_eq!(after_change(0o6777, 5, gone(0, 0)) & 0o7777, 0o6777);
+        // chown: set-user-ID always, set-group-ID with group execute or from outside.
+        assert_eq!(after_chown(0o6755, 0, gone(0, 0)) & 0o7777, 0o755);
+        assert_eq!(after_chown(0o2745, 0, gone(0, 0)) & 0o7777, 0o2745);
+        assert_eq!(after_chown(0o2745, 0, other) & 0o7777, 0o745);
+        assert_eq!(after_chown(0o2745, 1000, other) & 0o7777, 0o2745);
         // ACLs: set-group-ID goes for one outside the group only.
         assert_eq!(after_acl(0o2777, 0, other) & 0o7777, 0o777);
         assert_eq!(after_acl(0o2777, 1000, other) & 0o7777, 0o2777);
