@@ -1426,14 +1426,18 @@ fn set_id_bits_go_after_writes_truncates_fallocate_and_acl_changes_as_natively()
             std::os::unix::fs::chown(&p, Some(1), Some(1)).unwrap();
             mode(&p)
         });
-        same(&m, &format!("chgrp by the owner of a {start:o} file"), |r| {
-            let p = r.join(format!("chgrp-{start:o}"));
-            fs::write(&p, b"x").unwrap();
-            std::os::unix::fs::chown(&p, Some(65534), Some(0)).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(start)).unwrap();
-            as_nobody(&["chgrp", "65534", p.to_str().unwrap()])?;
-            mode(&p)
-        });
+        same(
+            &m,
+            &format!("chgrp by the owner of a {start:o} file"),
+            |r| {
+                let p = r.join(format!("chgrp-{start:o}"));
+                fs::write(&p, b"x").unwrap();
+                std::os::unix::fs::chown(&p, Some(65534), Some(0)).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(start)).unwrap();
+                as_nobody(&["chgrp", "65534", p.to_str().unwrap()])?;
+                mode(&p)
+            },
+        );
     }
     for (name, group) in [("outside", 0u32), ("inside", 65534)] {
         same(
@@ -1957,4 +1961,52 @@ fn o_tmpfile_then_linkat_as_natively() {
         fs::metadata(m.mnt.join("open/by-nobody")).unwrap().mode() & 0o777,
         0o640
     );
+}
+
+/// What the kernel's FUSE layer cannot carry, pinned so that a change shows: collapse-range
+/// and insert-range (FUSE forwards only keep-size, punch-hole and zero-range fallocate
+/// modes) give EOPNOTSUPP, and FS_IOC_FIEMAP (FUSE has no fiemap) gives EOPNOTSUPP, where
+/// ext4 does both (docs/semantics.md, "Known differences").
+#[test]
+fn collapse_and_insert_range_and_fiemap_are_refused_where_fuse_cannot_carry_them() {
+    let m = Mounted::new();
+    let fallocate = |p: &Path, mode: i32| -> Outcome {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        // SAFETY: a valid fd.
+        rc(unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, 4096) })
+    };
+    let fiemap = |p: &Path| -> Outcome {
+        let f = fs::File::open(p).unwrap();
+        // struct fiemap (32 bytes) with no room for extents: asks for the count only.
+        let mut buf = [0u64; 4];
+        buf[1] = u64::MAX; // fm_length
+        const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+        // SAFETY: a valid fd and a buffer the size of struct fiemap.
+        rc(unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) })
+    };
+    for r in [&m.native, &m.mnt] {
+        fs::write(r.join("f"), vec![7u8; 64 * 1024]).unwrap();
+    }
+    for (what, mode) in [
+        ("collapse-range", libc::FALLOC_FL_COLLAPSE_RANGE),
+        ("insert-range", libc::FALLOC_FL_INSERT_RANGE),
+    ] {
+        assert!(
+            fallocate(&m.native.join("f"), mode).is_ok(),
+            "{what} natively"
+        );
+        assert_eq!(
+            fallocate(&m.mnt.join("f"), mode),
+            Err(libc::EOPNOTSUPP),
+            "{what}"
+        );
+    }
+    assert!(fiemap(&m.native.join("f")).is_ok(), "fiemap natively");
+    assert_eq!(fiemap(&m.mnt.join("f")), Err(libc::EOPNOTSUPP), "fiemap");
+    // The file through the mount is untouched by the refusals.
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap(), vec![7u8; 64 * 1024]);
 }
