@@ -35,8 +35,9 @@ The proxy answers requests under /__fault__/ itself (they are never forwarded):
                              "applied":  {"corrupt_request_body": n, "status": n, "hang": n,
                                           "corrupt_response_body": n, "delay": n,
                                           "stall_response": n},
-                             "log": [{"method", "path", "query", "action", "status",
-                                      "rule"}, ...],   (the last 10,000 requests, oldest first)
+                             "log": [{"method", "path", "query", "range", "action",
+                                      "status", "rule"}, ...],   (the last 10,000 requests,
+                                      oldest first; "range": the Range header or null)
                              "rules": [RULE plus "matched" and "applied" counts, ...]}
     GET  /__fault__/rules   {"rules": [...]} (as in stats)
 
@@ -51,6 +52,8 @@ Rule format
      "path_contains": "substring",   optional; matched against the path without the query
                                      (as sent, or percent-decoded: either may contain it)
      "query_contains": "substring",  optional; e.g. "partNumber=" or "uploadId"
+     "range_contains": "substring",  optional; matched against the Range header ("" when
+                                     there is none), e.g. "bytes=0-"
      "action": ACTION,
      "times": N,                     optional; how many matching requests get the action
                                      (default: unlimited); a rule whose times are used up
@@ -133,7 +136,8 @@ ACTIONS = (
     "delay",
     "stall_response",
 )
-RULE_KEYS = {"method", "path_contains", "query_contains", "action", "times", "skip"}
+RULE_KEYS = {"method", "path_contains", "query_contains", "range_contains", "action", "times",
+             "skip"}
 ACTION_KEYS = {
     "corrupt_request_body": set(),
     "corrupt_response_body": set(),
@@ -176,6 +180,7 @@ class Rule:
         self.method = _str(spec, "method", "*").upper()
         self.path_contains = _str(spec, "path_contains", None)
         self.query_contains = _str(spec, "query_contains", None)
+        self.range_contains = _str(spec, "range_contains", None)
         self.times = _int(spec, "times", None)
         self.skip = _int(spec, "skip", 0)
         self.delay = _float(spec, "delay", 0.0)
@@ -195,7 +200,7 @@ class Rule:
         self.matched = 0  # matching requests seen while the rule had times left
         self.applied = 0  # of those, how many got the action (the others were skipped)
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, rng: str = "") -> bool:
         if self.times is not None and self.applied >= self.times:
             return False
         if self.method != "*" and self.method != method:
@@ -207,6 +212,8 @@ class Rule:
         if self.query_contains is not None and not (
             self.query_contains in query or self.query_contains in urllib.parse.unquote(query)
         ):
+            return False
+        if self.range_contains is not None and self.range_contains not in rng:
             return False
         return True
 
@@ -253,10 +260,10 @@ class State:
         self.generation.set()
         self.generation = asyncio.Event()
 
-    def choose(self, method: str, path: str, query: str):
+    def choose(self, method: str, path: str, query: str, rng: str = ""):
         """The rule that applies to this request (None: forward untouched) and its index."""
         for i, rule in enumerate(self.rules):
-            if rule.matches(method, path, query):
+            if rule.matches(method, path, query, rng):
                 rule.matched += 1
                 if rule.matched <= rule.skip:
                     return None, i
@@ -548,10 +555,12 @@ class Proxy:
 
         st = self.state
         st.requests[method] += 1
-        rule, index = st.choose(method, path, query)
+        ranges = head.get_all("range")
+        rng = ranges[0].strip() if ranges else None
+        rule, index = st.choose(method, path, query, rng or "")
         action = rule.action if rule else "forward"
-        entry = {"method": method, "path": path, "query": query, "action": action,
-                 "status": None, "rule": index}
+        entry = {"method": method, "path": path, "query": query, "range": rng,
+                 "action": action, "status": None, "rule": index}
         st.log.append(entry)
         shown = f"{method} {target}"
 

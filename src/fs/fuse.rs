@@ -21,7 +21,7 @@ use super::backing::{Errno, SetTime, Stat};
 use super::backing_ids::BackingIds;
 use super::config::Readdirplus;
 use super::overlay::{
-    Caller, Entry, Listed, OpenOutcome, Opened, OverlayFs, SetAttr, Waiter, XattrReply,
+    Caller, Entry, Listed, OpenOutcome, Opened, OverlayFs, ReadStep, SetAttr, Waiter, XattrReply,
 };
 use crate::fs::metrics::{self, FuseOp};
 
@@ -563,6 +563,30 @@ fn with_data<R: Send + 'static>(
     }
 }
 
+/// Waits for a stub's bytes, then reads again; a few rounds at most (each wait ends with
+/// the bytes there, or with the recall's error).
+fn read_after_wait(
+    fs: &OverlayFs<Backing>,
+    fh: u64,
+    offset: u64,
+    size: u32,
+    mut wait: Waiter,
+    reply: ReplyData,
+) {
+    for _ in 0..8 {
+        if let Err(e) = wait() {
+            return reply.error(err(e));
+        }
+        match fs.read_step(fh, offset, size) {
+            Ok(ReadStep::Data(d)) => return reply.data(&d),
+            Ok(ReadStep::Wait(w)) => wait = w,
+            Err(e) => return reply.error(err(e)),
+        }
+    }
+    tracing::warn!(fh, "a read gave up: its bytes kept needing a recall");
+    reply.error(err(Errno(libc::EAGAIN)));
+}
+
 /// Waits for what the open waits for (a recall), then opens again; a few rounds at most
 /// (the file could be stubbed again in between).
 fn open_after_wait(
@@ -900,16 +924,21 @@ impl Filesystem for FuseAdapter {
         if let Err(e) = self.fs.revive_handle(fh.0, ino.0, flags.0) {
             return reply.error(err(e));
         }
-        with_data(
-            &self.fs,
-            &[fh.0],
-            reply,
-            |r, e| r.error(err(e)),
-            move |fs, reply| match fs.read(fh.0, offset, size) {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(err(e)),
-            },
-        );
+        match self.fs.read_step(fh.0, offset, size) {
+            Ok(ReadStep::Data(d)) => reply.data(&d),
+            Ok(ReadStep::Wait(w)) => {
+                // A stub's bytes on their way: waited for on a thread of its own, never on
+                // one of the few request threads.
+                let fs = self.fs.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("read-wait".into())
+                    .spawn(move || read_after_wait(&fs, fh.0, offset, size, w, reply));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start a thread to wait for a recall: {e}");
+                }
+            }
+            Err(e) => reply.error(err(e)),
+        }
     }
 
     fn write(

@@ -115,6 +115,22 @@ pub enum DataReady {
     Lazy,
 }
 
+/// What a read of a file opened as a stub gets from the tiering layer.
+pub enum StubRead {
+    /// The bytes, verified (a streaming recall has them).
+    Data(Vec<u8>),
+    /// Not there yet: wait for this, then read again.
+    Wait(Waiter),
+    /// The file's data is local now: read the backing file.
+    Local,
+}
+
+/// What a read gets: the bytes, or something to wait for before reading again.
+pub enum ReadStep {
+    Data(Vec<u8>),
+    Wait(Waiter),
+}
+
 /// What an open did.
 pub enum OpenOutcome<B> {
     Opened(Opened<B>),
@@ -144,6 +160,17 @@ pub trait TierHooks: Send + Sync {
     /// Before a data operation on a file opened as a stub ([`DataReady::Lazy`]): `Wait` for its
     /// data, or `Proceed` if it is local by now. Called with the gate held.
     fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<DataReady>;
+    /// Before a read of `len` bytes at `off` of a file opened as a stub: its bytes (while a
+    /// streaming recall has them), a wait, or `Local` once its data is local. Called
+    /// without the gate (the hook takes it where it needs it). By default: as
+    /// `before_data` (the whole file first).
+    fn before_read(&self, ino: u64, fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<StubRead> {
+        let _ = (off, len);
+        match self.before_data(ino, fd)? {
+            DataReady::Wait(w) => Ok(StubRead::Wait(w)),
+            DataReady::Now | DataReady::Lazy => Ok(StubRead::Local),
+        }
+    }
     /// The last handle open for writing of a regular file was closed (with the gate held):
     /// a copy whose file changed through it is given up.
     fn writer_closed(&self, ino: u64, fd: BorrowedFd<'_>);
@@ -1375,14 +1402,20 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     /// Whether the file behind `fh` needs its data brought back before a data operation
     /// (it was opened as a stub): the wait, to run off the request thread before the
     /// operation. `None`: go ahead.
-    pub fn needs_data(&self, fh: u64) -> SysResult<Option<Waiter>> {
-        let (file, ino, failed) = match self.handles.read().get(&fh) {
+    /// The open file, node and failed-wait memo of file handle `fh`.
+    #[allow(clippy::type_complexity)]
+    fn file_handle_parts(&self, fh: u64) -> SysResult<(Arc<OpenFile<B>>, u64, Arc<AtomicI32>)> {
+        match self.handles.read().get(&fh) {
             Some(Handle::File {
                 file, ino, failed, ..
-            }) => (file.clone(), *ino, failed.clone()),
-            Some(Handle::Dir(_)) => return Err(Errno(libc::EISDIR)),
-            None => return Err(Errno(libc::EBADF)),
-        };
+            }) => Ok((file.clone(), *ino, failed.clone())),
+            Some(Handle::Dir(_)) => Err(Errno(libc::EISDIR)),
+            None => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    pub fn needs_data(&self, fh: u64) -> SysResult<Option<Waiter>> {
+        let (file, ino, failed) = self.file_handle_parts(fh)?;
         if !file.stub.load(Ordering::Acquire) {
             return Ok(None);
         }
@@ -1406,6 +1439,39 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                 Ok(None)
             }
         }
+    }
+
+    /// A read of `size` bytes at `off` through `fh`: the bytes, or, for a file opened as a
+    /// stub whose bytes are not there yet, what to wait for before trying again. A stub
+    /// being streamed back is read chunk by chunk as the chunks land (`tier::stream`).
+    pub fn read_step(&self, fh: u64, off: u64, size: u32) -> SysResult<ReadStep> {
+        let (file, ino, failed) = self.file_handle_parts(fh)?;
+        if file.stub.load(Ordering::Acquire) {
+            if let Some(h) = self.hooks.get() {
+                match failed.swap(0, Ordering::AcqRel) {
+                    0 => {}
+                    e => return Err(Errno(e)),
+                }
+                match h.before_read(ino, file.fd.as_fd(), off, size as u64)? {
+                    StubRead::Data(d) => {
+                        self.daemon_reads.fetch_add(1, Ordering::Relaxed);
+                        return Ok(ReadStep::Data(d));
+                    }
+                    StubRead::Wait(w) => {
+                        return Ok(ReadStep::Wait(Box::new(move || {
+                            w().inspect_err(|e| failed.store(e.0, Ordering::Release))
+                        })))
+                    }
+                    StubRead::Local => {
+                        file.stub.store(false, Ordering::Release);
+                        if let Some(i) = self.inodes.get(ino) {
+                            i.tier_mark.store(MARK_UNKNOWN, Ordering::Release);
+                        }
+                    }
+                }
+            }
+        }
+        self.read(fh, off, size).map(ReadStep::Data)
     }
 
     /// The layout (size, data extents) of the file behind `fh` if it was opened as a stub

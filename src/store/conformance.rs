@@ -184,6 +184,7 @@ pub(crate) async fn get_all(
             expected_size: size,
             checksum: algo,
             extents: None,
+            range: None,
         })
         .await?;
     let mut v = vec![0u8; size as usize];
@@ -206,6 +207,7 @@ async fn hash_only(
         expected_size: size,
         checksum: algo,
         extents: None,
+        range: None,
     })
     .await
 }
@@ -946,6 +948,7 @@ async fn sparse(h: &Harness) -> Result<(), String> {
             expected_size: body.len() as u64,
             checksum: ChecksumAlgo::Crc32c,
             extents: Some(&extents),
+            range: None,
         })
         .await);
     check!(got.checksum == put.checksum, "checksum of what was written");

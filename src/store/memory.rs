@@ -180,6 +180,11 @@ impl ObjectStore for MemoryStore {
                 Ok((v, c))
             })
             .await?;
+            let chunks = {
+                let mut cs = super::chunks::ChunkSummer::new(size);
+                cs.update(&data);
+                cs.finish()
+            };
             if self.corrupt_puts.load(Ordering::SeqCst) && !data.is_empty() {
                 let i = data.len() / 2;
                 data[i] ^= 0x01;
@@ -215,6 +220,7 @@ impl ObjectStore for MemoryStore {
                 reported: Some(checksum.reported()),
                 checksum,
                 parts: 1,
+                chunks,
             })
         })
     }
@@ -263,17 +269,28 @@ impl ObjectStore for MemoryStore {
                 .transpose()
                 .map_err(|e| StoreError::io("dup of the destination", &e))?;
             let algo = req.checksum;
-            let data = o.data.clone();
-            let extents = req.extents.cloned();
+            let (data, at, extents) = match req.range {
+                Some((s, l)) if l > 0 && s + l <= o.data.len() as u64 => {
+                    (o.data.slice(s as usize..(s + l) as usize), s, None)
+                }
+                Some((s, l)) => {
+                    return Err(StoreError::invalid_argument(format!(
+                        "{}: range {s}+{l} outside the object",
+                        req.key
+                    )))
+                }
+                None => (o.data.clone(), 0, req.extents.cloned()),
+            };
+            let bytes = data.len() as u64;
             let checksum = blocking(move || {
                 if let Some(dest) = &dest {
-                    write_mapped(dest, extents.as_ref(), &data, 0)?;
+                    write_mapped(dest, extents.as_ref(), &data, at)?;
                 }
                 Ok(Checksum::of(algo, &data))
             })
             .await?;
             Ok(GetResult {
-                bytes: o.data.len() as u64,
+                bytes,
                 checksum,
                 version_id: Some(o.version_id),
             })

@@ -7,6 +7,7 @@
 //! docs/store.md has the contract in prose: error kinds, checksum forms per server,
 //! timeouts and retries, measurements.
 
+pub mod chunks;
 pub mod counting;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
@@ -164,6 +165,7 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
             expected_size: body.len() as u64,
             checksum: put.checksum.algo,
             extents: None,
+            range: None,
         })
         .await
         .map_err(|e| e.context("GET of the probe object"));
@@ -263,6 +265,9 @@ pub struct PutResult {
     pub reported: Option<ReportedChecksum>,
     /// 1 for a single PUT, else the number of parts.
     pub parts: u32,
+    /// The CRC32C of each chunk of what was sent, for an object of more than one chunk
+    /// ([`chunks`]).
+    pub chunks: Option<chunks::ChunkSums>,
 }
 
 impl PutResult {
@@ -294,6 +299,10 @@ pub struct GetRequest<'a> {
     /// An object made from a sparse file: its bytes go to these extents of `dest` (which
     /// the caller has made as large as the file: the rest stays holes).
     pub extents: Option<&'a Extents>,
+    /// Only bytes `[start, start + len)` of the object (one ranged GET), written to `dest`
+    /// at `start` (not with `extents`) and hashed by themselves: a chunk of a streaming
+    /// recall. `expected_size` is still the whole object's.
+    pub range: Option<(u64, u64)>,
 }
 
 /// What a download wrote.

@@ -251,20 +251,22 @@ impl Inner {
                 .open(&tmp)
                 .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), &e))?;
             let mut h = Hasher::new(algo);
+            let mut cs = super::chunks::ChunkSummer::new(req.size);
             let mut buf = vec![0u8; COPY_BUF.min(req.size as usize).max(1)];
             let mut off = 0u64;
             while off < req.size {
                 let n = buf.len().min((req.size - off) as usize);
                 read_mapped(&req.file, req.extents.as_ref(), &mut buf[..n], off)?;
                 h.update(&buf[..n]);
+                cs.update(&buf[..n]);
                 write_all_at(&out, &buf[..n], off)?;
                 off += n as u64;
             }
             out.sync_all()
                 .map_err(|e| StoreError::io(format!("fsync {}", tmp.display()), &e))?;
-            Ok(h.finalize())
+            Ok((h.finalize(), cs.finish()))
         })();
-        let checksum = match copied {
+        let (checksum, chunks) = match copied {
             Ok(c) => c,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -304,6 +306,7 @@ impl Inner {
             reported: Some(checksum.reported()),
             checksum,
             parts: 1,
+            chunks,
         })
     }
 
@@ -322,6 +325,7 @@ impl Inner {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn get(
         &self,
         key: &str,
@@ -330,6 +334,7 @@ impl Inner {
         expected_size: u64,
         algo: ChecksumAlgo,
         extents: Option<&Extents>,
+        range: Option<(u64, u64)>,
     ) -> Result<GetResult, StoreError> {
         let meta = self.read_meta(key, version_id)?;
         if !self.restore_status(&meta).readable() {
@@ -354,11 +359,20 @@ impl Inner {
             // SAFETY: fadvise on an open fd.
             unsafe { libc::posix_fadvise(src.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
+        let (first, end, extents) = match range {
+            Some((s, l)) if l > 0 && s + l <= actual => (s, s + l, None),
+            Some((s, l)) => {
+                return Err(StoreError::invalid_argument(format!(
+                    "{key}: range {s}+{l} outside an object of {actual} bytes"
+                )))
+            }
+            None => (0, actual, extents),
+        };
         let mut h = Hasher::new(algo);
-        let mut buf = vec![0u8; COPY_BUF.min(actual as usize).max(1)];
-        let mut off = 0u64;
-        while off < actual {
-            let n = buf.len().min((actual - off) as usize);
+        let mut buf = vec![0u8; COPY_BUF.min((end - first) as usize).max(1)];
+        let mut off = first;
+        while off < end {
+            let n = buf.len().min((end - off) as usize);
             read_exact_at(&src, &mut buf[..n], off)
                 .map_err(|e| StoreError::new(e.kind, format!("{key}: {}", e.message)))?;
             h.update(&buf[..n]);
@@ -557,6 +571,7 @@ impl ObjectStore for PosixStore {
             let (key, version) = (req.key.to_string(), req.version_id.map(str::to_string));
             let (size, algo) = (req.expected_size, req.checksum);
             let extents = req.extents.cloned();
+            let range = req.range;
             self.run(move |s| {
                 s.get(
                     &key,
@@ -565,6 +580,7 @@ impl ObjectStore for PosixStore {
                     size,
                     algo,
                     extents.as_ref(),
+                    range,
                 )
             })
             .await

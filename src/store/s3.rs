@@ -227,12 +227,14 @@ impl S3Store {
         let file = req.file;
         let extents = req.extents;
         let want_md5 = self.cfg.content_md5;
-        let (data, checksum, md5) = blocking(move || {
+        let (data, checksum, md5, chunks) = blocking(move || {
             let mut v = vec![0u8; size as usize];
             read_mapped(&file, extents.as_ref(), &mut v, 0)?;
             let c = Checksum::of(algo, &v);
             let md5 = want_md5.then(|| content_md5(&v));
-            Ok((Bytes::from(v), c, md5))
+            let mut cs = super::chunks::ChunkSummer::new(size);
+            cs.update(&v);
+            Ok((Bytes::from(v), c, md5, cs.finish()))
         })
         .await?;
         let b = self
@@ -260,6 +262,7 @@ impl S3Store {
             reported: checksum_of!(out, algo).map(|v| ReportedChecksum::parse(algo, v)),
             checksum,
             parts: 1,
+            chunks,
         })
     }
 
@@ -300,7 +303,7 @@ impl S3Store {
             )
             .await
         {
-            Ok((checksum, parts)) => {
+            Ok((checksum, parts, chunks)) => {
                 let expected = composite_checksum(
                     algo,
                     &parts.iter().map(|p| p.2.clone()).collect::<Vec<_>>(),
@@ -351,6 +354,7 @@ impl S3Store {
                     expected,
                     checksum,
                     parts: n,
+                    chunks,
                 })
             }
             Err(e) => {
@@ -386,7 +390,14 @@ impl S3Store {
         full: &str,
         upload_id: &str,
         algo: ChecksumAlgo,
-    ) -> Result<(Checksum, Vec<(i32, String, Checksum)>), StoreError> {
+    ) -> Result<
+        (
+            Checksum,
+            Vec<(i32, String, Checksum)>,
+            Option<super::chunks::ChunkSums>,
+        ),
+        StoreError,
+    > {
         let part_size = self.part_size_for(size);
         let nparts = size.div_ceil(part_size);
         let file = Arc::new(file);
@@ -395,6 +406,8 @@ impl S3Store {
         let mut done: Vec<(i32, String, Checksum)> = Vec::with_capacity(nparts as usize);
         // SHA cannot be combined from the parts: hash the whole object as it is read.
         let mut full_hasher = (!algo.is_crc()).then(|| Hasher::new(algo));
+        // The parts are read in order: the chunk sums are taken on the way.
+        let mut summer = Some(super::chunks::ChunkSummer::new(size));
         let want_md5 = self.cfg.content_md5;
         let result: Result<(), StoreError> = async {
             for i in 0..nparts {
@@ -410,18 +423,23 @@ impl S3Store {
                 let len = part_size.min(size - off) as usize;
                 let f = file.clone();
                 let mut fh = full_hasher.take();
-                let (data, sum, md5, fh) = blocking(move || {
+                let mut cs = summer.take();
+                let (data, sum, md5, fh, cs) = blocking(move || {
                     let mut v = vec![0u8; len];
                     read_mapped(&f.file, f.extents.as_ref(), &mut v, off)?;
                     if let Some(h) = fh.as_mut() {
                         h.update(&v);
                     }
+                    if let Some(c) = cs.as_mut() {
+                        c.update(&v);
+                    }
                     let sum = Checksum::of(algo, &v);
                     let md5 = want_md5.then(|| content_md5(&v));
-                    Ok((Bytes::from(v), sum, md5, fh))
+                    Ok((Bytes::from(v), sum, md5, fh, cs))
                 })
                 .await?;
                 full_hasher = fh;
+                summer = cs;
                 let number = i as i32 + 1;
                 let b = self
                     .client
@@ -472,7 +490,7 @@ impl S3Store {
                 acc.unwrap_or_else(|| Checksum::of(algo, &[]))
             }
         };
-        Ok((checksum, done))
+        Ok((checksum, done, summer.and_then(|s| s.finish())))
     }
 
     async fn get_object(
@@ -497,6 +515,53 @@ impl S3Store {
             .map_err(|e| map_err(&format!("GET {full}"), e))
     }
 
+    /// One ranged GET of bytes `[start, start + len)` of an object of `size` bytes, into
+    /// `dest` at `start`, hashed by itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn get_range(
+        &self,
+        full: &str,
+        key: &str,
+        version_id: Option<&str>,
+        dest: Option<Arc<Dest>>,
+        size: u64,
+        start: u64,
+        len: u64,
+        algo: ChecksumAlgo,
+    ) -> Result<GetResult, StoreError> {
+        if len == 0 || start + len > size {
+            return Err(StoreError::invalid_argument(format!(
+                "{key}: range {start}+{len} outside an object of {size} bytes"
+            )));
+        }
+        let out = self
+            .get_object(full, version_id, Some((start, start + len - 1)), None)
+            .await?;
+        let total = out
+            .content_range()
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, t)| t.parse::<u64>().ok());
+        if total != Some(size) || out.content_length() != Some(len as i64) {
+            return Err(size_mismatch(key, total.unwrap_or(0), size));
+        }
+        let v = version(out.version_id()).or(version_id.map(str::to_string));
+        let sum = stream_to_file(
+            out.body,
+            dest,
+            start,
+            len,
+            Some(algo),
+            full,
+            Some(self.stall),
+        )
+        .await?;
+        Ok(GetResult {
+            bytes: len,
+            checksum: sum.expect("hashed"),
+            version_id: v,
+        })
+    }
+
     async fn get_impl(&self, req: GetRequest<'_>) -> Result<GetResult, StoreError> {
         validate_key(req.key)?;
         let full = self.full_key(req.key);
@@ -508,12 +573,17 @@ impl S3Store {
                 f.try_clone().map(|file| {
                     Arc::new(Dest {
                         file,
-                        extents: req.extents.cloned(),
+                        extents: req.extents.filter(|_| req.range.is_none()).cloned(),
                     })
                 })
             })
             .transpose()
             .map_err(|e| StoreError::io("dup of the destination", &e))?;
+        if let Some((start, len)) = req.range {
+            return self
+                .get_range(&full, req.key, req.version_id, dest, size, start, len, algo)
+                .await;
+        }
         let chunk = self.cfg.part_size;
         let crc = algo.is_crc();
         let stall = self.stall;

@@ -677,6 +677,7 @@ fn bench_put_get_64mib() {
                         expected_size: size as u64,
                         checksum: algo,
                         extents: None,
+                        range: None,
                     })
                     .await
                     .unwrap();
@@ -755,6 +756,7 @@ fn put_results_accept_composite_and_full_object_checksums() {
         expected: composite_checksum(ChecksumAlgo::Crc32c, &parts),
         reported: None,
         parts: 2,
+        chunks: None,
     };
     let composite = put.expected.clone();
     assert!(put.proven_by(&composite));

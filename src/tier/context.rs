@@ -74,6 +74,8 @@ pub struct Tiering {
     /// either alive after the other is gone).
     pub(super) mount: OnceLock<Weak<dyn MountView>>,
     pub(super) recalls: Mutex<HashMap<u64, watch::Receiver<RecallResult>>>,
+    /// The recalls in flight that stream (their chunks readable as they land), by node.
+    pub(super) streams: Mutex<HashMap<u64, Arc<super::stream::Stream>>>,
     /// Files with a restore poller (by file id): one each.
     pub(super) pollers: Mutex<HashSet<String>>,
     /// The runner of every background worker of this mount (`crate::jobs`, the tagger,
@@ -209,6 +211,7 @@ impl Tiering {
             gate,
             mount: OnceLock::new(),
             recalls: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             pollers: Mutex::new(HashSet::new()),
             workers,
             checks: (

@@ -688,6 +688,7 @@ impl Tiering {
             config_version,
             content_mtime_ns: None,
             extents,
+            chunks: put.chunks.clone(),
         };
         {
             let held = self.gate.lock(node);
@@ -868,6 +869,7 @@ impl Tiering {
                 expected_size: size,
                 checksum: put.checksum.algo,
                 extents: None,
+                range: None,
             })
             .await;
         let got = match got {

@@ -29,6 +29,7 @@ pub mod rebuild;
 pub mod recall;
 pub mod record;
 pub mod recovery;
+pub mod stream;
 pub mod usage;
 pub mod verify;
 

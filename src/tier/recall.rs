@@ -98,18 +98,43 @@ impl Tiering {
         fd: OwnedFd,
         rec: StubRecord,
     ) -> watch::Receiver<RecallResult> {
+        self.recall_rx_for(node, fd, rec, None)
+    }
+
+    /// [`Tiering::recall_rx`] for a read of `(offset, length)`: a streaming recall fetches
+    /// the chunks it needs first.
+    pub(crate) fn recall_rx_for(
+        &self,
+        node: u64,
+        fd: OwnedFd,
+        rec: StubRecord,
+        first: Option<(u64, u64)>,
+    ) -> watch::Receiver<RecallResult> {
         let mut m = self.recalls.lock();
         if let Some(rx) = m.get(&node) {
             return rx.clone();
         }
         let (tx, rx) = watch::channel(None);
         m.insert(node, rx.clone());
+        // A stub with chunk sums streams: readers get its chunks as they land.
+        let file = File::from(fd);
+        if let Some(s) = file
+            .try_clone()
+            .ok()
+            .and_then(|f| super::stream::Stream::for_record(&rec, f))
+        {
+            if let Some((off, len)) = first {
+                s.want(off, len);
+            }
+            self.streams.lock().insert(node, s);
+        }
         let me = self.arc();
         let rt = self.rt.clone();
         // A blocking thread of its own: the recall's fsyncs, xattrs and catalog writes
         // block, and concurrent recalls must not queue behind the runtime's workers.
         self.rt.spawn_blocking(move || {
-            let r = rt.block_on(me.recall(node, File::from(fd), rec));
+            let r = rt.block_on(me.recall(node, file, rec));
+            me.streams.lock().remove(&node);
             me.recalls.lock().remove(&node);
             let _ = tx.send(Some(r.map_err(|e| e.errno)));
         });
@@ -147,6 +172,10 @@ impl Tiering {
         let result = self
             .recall_steps(node, &file, &rec, &mut row, &mut start_owed)
             .await;
+        if let (Err(e), Some(s)) = (&result, self.streams.lock().get(&node)) {
+            // Every reader of the stream gets the error before the file is emptied.
+            s.fail(e.errno);
+        }
         match &result {
             Ok(()) => {
                 tracing::info!(path = %row.path, bytes = rec.size, ms = t0.elapsed().as_millis() as u64, "recalled");
@@ -258,21 +287,29 @@ impl Tiering {
             if backing::stat_fd(file.as_fd())?.size != 0 {
                 backing::ftruncate(file.as_fd(), 0)?;
             }
-            if rec.extents.is_some() {
-                // A sparse file: its size first (all holes), then its data extents.
+            let stream = self.streams.lock().get(&node).cloned();
+            if rec.extents.is_some() || stream.is_some() {
+                // A sparse file: its size first (all holes), then its data extents. A
+                // stream: its size, then its chunks as they come.
                 backing::ftruncate(file.as_fd(), rec.size)?;
             }
             self.failpoint("recall-after-truncate");
-            let got = store
-                .get(GetRequest {
-                    key: &rec.object_key,
-                    version_id: rec.version_id.as_deref(),
-                    dest: Some(file),
-                    expected_size: rec.object_size(),
-                    checksum: algo,
-                    extents: rec.extents.as_ref(),
-                })
-                .await;
+            let got = match &stream {
+                Some(s) => self.stream_get(s, store.clone(), file, rec, algo).await,
+                None => {
+                    store
+                        .get(GetRequest {
+                            key: &rec.object_key,
+                            version_id: rec.version_id.as_deref(),
+                            dest: Some(file),
+                            expected_size: rec.object_size(),
+                            checksum: algo,
+                            extents: rec.extents.as_ref(),
+                            range: None,
+                        })
+                        .await
+                }
+            };
             match got {
                 Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
                     let tier = self.settings().recall.restore_tier;
@@ -352,6 +389,50 @@ impl Tiering {
         self.record(row, change.durability(Durability::Lazy))
             .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
         Ok(())
+    }
+
+    /// A streaming recall's GET: every chunk fetched and checked against its sum
+    /// ([`super::stream`]), then the whole object's checksum: from the chunk sums for
+    /// crc32c (what they are), else by reading the file back.
+    async fn stream_get(
+        &self,
+        s: &std::sync::Arc<super::stream::Stream>,
+        store: std::sync::Arc<dyn crate::store::ObjectStore>,
+        file: &File,
+        rec: &StubRecord,
+        algo: ChecksumAlgo,
+    ) -> Result<crate::store::GetResult, crate::store::StoreError> {
+        s.fetch_all(store, &rec.object_key, rec.version_id.as_deref())
+            .await?;
+        let checksum = if algo == ChecksumAlgo::Crc32c {
+            s.combined_crc32c()
+        } else {
+            let f = file
+                .try_clone()
+                .map_err(|e| crate::store::StoreError::io("dup of the recalled file", &e))?;
+            let size = rec.size;
+            tokio::task::spawn_blocking(move || {
+                let mut h = crate::store::Hasher::new(algo);
+                let mut buf = vec![0u8; 1 << 20];
+                let mut off = 0u64;
+                while off < size {
+                    let n = buf.len().min((size - off) as usize);
+                    crate::store::read_mapped(&f, None, &mut buf[..n], off)?;
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+                Ok(h.finalize())
+            })
+            .await
+            .map_err(|e| {
+                crate::store::StoreError::new(StoreErrorKind::Other, format!("read back: {e}"))
+            })??
+        };
+        Ok(crate::store::GetResult {
+            bytes: rec.size,
+            checksum,
+            version_id: rec.version_id.clone(),
+        })
     }
 
     /// Polls a pending restore in the background and recalls the file once it is ready

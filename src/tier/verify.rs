@@ -630,6 +630,7 @@ async fn check_object(
             expected_size: rec.object_size(),
             checksum: algo,
             extents: None,
+            range: None,
         })
         .await;
     out.reread = 1;

@@ -41,6 +41,10 @@
 //!                           the file's times were set through the mount since its copy)
 //! u8      extents count     (if flags bit 3: a sparse file; 1..=MAX_EXTENTS)
 //! [count] (u64 offset, u64 length) of each data extent, in order, within `size`
+//! u8      chunk log2        (if flags bit 4: chunk sums; the chunk size of
+//!                           `store::chunks::chunk_log2_for(object size)`)
+//! [n]     u32 CRC32C of each chunk of the object, n = object size / chunk size rounded
+//!                           up (2..=256)
 //! ```
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
@@ -48,6 +52,7 @@
 
 use std::fmt;
 
+pub use crate::store::chunks::ChunkSums;
 pub use crate::store::Extents;
 
 /// The xattr on a stubbed backing file that holds its encoded [`StubRecord`]. The
@@ -58,21 +63,26 @@ pub const STUB_XATTR: &str = "trusted.coldtier.stub";
 /// The only encoding version this build writes and reads.
 pub const STUB_VERSION: u8 = 1;
 
-/// Longer input is rejected before parsing (an encoding is at most ~1.4 KiB by
-/// construction: 66 fixed bytes, an MD5 and five strings of at most 1 + 255 bytes).
-pub const MAX_ENCODED_LEN: usize = 2048;
+/// Longer input is rejected before parsing (an encoding is at most ~2.6 KiB by
+/// construction: 66 fixed bytes, an MD5, five strings of at most 1 + 255 bytes, the
+/// extents and the chunk sums; a record without chunk sums, ~1.6 KiB).
+pub const MAX_ENCODED_LEN: usize = 3072;
 
 const FLAG_VERSION_ID: u8 = 1;
 const FLAG_MD5: u8 = 2;
 const FLAG_CONTENT_MTIME: u8 = 4;
 const FLAG_EXTENTS: u8 = 8;
+const FLAG_CHUNKS: u8 = 16;
 
 /// The most extents a record (and an object's metadata) keeps for a sparse file: holes
 /// are merged into the data around them beyond that ([`sparse_extents`]), so an odd file
 /// costs a little more to store, never a record that does not fit.
 pub const MAX_EXTENTS: usize = 16;
 const FIXED_LEN: usize = 2 + 16 + 6 * 8;
-const _: () = assert!(FIXED_LEN + 16 + 5 * 256 + 8 + 1 + 16 * MAX_EXTENTS <= MAX_ENCODED_LEN);
+const _: () = assert!(
+    FIXED_LEN + 16 + 5 * 256 + 8 + 1 + 16 * MAX_EXTENTS + 1 + 4 * crate::store::chunks::MAX_CHUNKS
+        <= MAX_ENCODED_LEN
+);
 
 /// Where a stub's data is and what it was: one record per stubbed file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -110,6 +120,10 @@ pub struct StubRecord {
     /// A sparse file: where its data extents are; the object holds only their bytes
     /// (`size` stays the file's size). None: the object holds all `size` bytes.
     pub extents: Option<Extents>,
+    /// The CRC32C of each chunk of the object (an object of more than one chunk copied by
+    /// this version): lets a recall verify and serve chunks as they arrive. None: the
+    /// whole object is verified at once (records of older copies, one-chunk objects).
+    pub chunks: Option<ChunkSums>,
 }
 
 /// Why a stub record cannot be decoded, or encoded.
@@ -380,6 +394,14 @@ impl StubRecord {
                 ));
             }
         }
+        if let Some(c) = &self.chunks {
+            if !c.valid_for(self.object_size()) {
+                return Err(bad(
+                    "chunks",
+                    "must have the chunk size and count of the object's size, two or more",
+                ));
+            }
+        }
         Ok((prefix, content_version))
     }
 
@@ -423,6 +445,9 @@ impl StubRecord {
         if self.extents.is_some() {
             flags |= FLAG_EXTENTS;
         }
+        if self.chunks.is_some() {
+            flags |= FLAG_CHUNKS;
+        }
         out.push(self.version);
         out.push(flags);
         out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
@@ -456,6 +481,12 @@ impl StubRecord {
                 out.extend_from_slice(&l.to_be_bytes());
             }
         }
+        if let Some(c) = &self.chunks {
+            out.push(c.log2);
+            for v in &c.sums {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
         Ok(out)
     }
 
@@ -473,7 +504,9 @@ impl StubRecord {
         }
         r.take(1, "version")?;
         let flags = r.take(1, "flags")?[0];
-        if flags & !(FLAG_VERSION_ID | FLAG_MD5 | FLAG_CONTENT_MTIME | FLAG_EXTENTS) != 0 {
+        if flags & !(FLAG_VERSION_ID | FLAG_MD5 | FLAG_CONTENT_MTIME | FLAG_EXTENTS | FLAG_CHUNKS)
+            != 0
+        {
             return Err(StubError::UnknownFlags(flags));
         }
         let file_id = hex::encode(r.take(16, "file_id")?);
@@ -512,6 +545,28 @@ impl StubRecord {
         } else {
             None
         };
+        let chunks = if flags & FLAG_CHUNKS != 0 {
+            let log2 = r.take(1, "chunks")?[0];
+            // The count follows from the object's size: only a valid log2 gives a sane one.
+            if !(crate::store::chunks::MIN_CHUNK_LOG2..=crate::store::chunks::MAX_CHUNK_LOG2)
+                .contains(&log2)
+            {
+                return Err(bad("chunks", format!("chunk size 2^{log2}")));
+            }
+            let obj = extents.as_ref().map_or(size, Extents::data_len);
+            let n = obj.div_ceil(1u64 << log2);
+            if n > crate::store::chunks::MAX_CHUNKS as u64 {
+                return Err(bad("chunks", format!("{n} chunks")));
+            }
+            let mut sums = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let b = r.take(4, "chunks")?;
+                sums.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            }
+            Some(ChunkSums { log2, sums })
+        } else {
+            None
+        };
         if !r.rest.is_empty() {
             return Err(StubError::TrailingBytes(r.rest.len()));
         }
@@ -532,6 +587,7 @@ impl StubRecord {
             config_version,
             content_mtime_ns,
             extents,
+            chunks,
         };
         rec.validate()?;
         Ok(rec)
@@ -623,6 +679,7 @@ mod tests {
             config_version: 7,
             content_mtime_ns: None,
             extents: None,
+            chunks: None,
         }
     }
 
@@ -681,6 +738,7 @@ mod tests {
             config_version: (rng.next() >> 1) as i64 >> rng.below(63),
             content_mtime_ns: None,
             extents: None,
+            chunks: None,
         }
         .with_content_mtime(rng)
     }
@@ -700,6 +758,15 @@ mod tests {
                         .map(|i| (i * step, 1 + rng.below(step.max(2) - 1)))
                         .collect(),
                 ));
+            }
+            let obj = self.object_size();
+            let log2 = crate::store::chunks::chunk_log2_for(obj);
+            if rng.below(2) == 0 && obj > 1 << log2 && obj.div_ceil(1 << log2) <= 256 {
+                let n = obj.div_ceil(1 << log2);
+                self.chunks = Some(ChunkSums {
+                    log2,
+                    sums: (0..n).map(|_| rng.next() as u32).collect(),
+                });
             }
             self
         }
@@ -790,6 +857,7 @@ mod tests {
             config_version: 7,
             content_mtime_ns: None,
             extents: None,
+            chunks: None,
         };
         let want = "0102\
             0123456789abcdef0123456789abcdef\
@@ -873,8 +941,8 @@ mod tests {
             assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownVersion(v)));
         }
         b[0] = 1;
-        b[1] |= 16;
-        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(19)));
+        b[1] |= 32;
+        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(35)));
         // JSON (what a future or foreign writer might try) is no version 1 record.
         assert_eq!(
             StubRecord::decode(br#"{"version":1}"#),

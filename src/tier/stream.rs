@@ -1,0 +1,391 @@
+//! Streaming recall: a stub whose record carries chunk sums (`store::chunks`) is fetched as
+//! chunks, with up to [`FETCHERS`] ranged GETs at once, straight into its backing file. Each
+//! chunk is checked against its sum as it lands; from then on readers get its bytes, while
+//! the rest follows. A read of a chunk not there yet moves it to the front of the queue, and
+//! the chunks after it follow it (a reader that seeks, then reads on). When every chunk is
+//! there the whole object's checksum is checked and the file becomes premigrated as after
+//! any recall (`recall::recall_steps`); a chunk that does not match its sum, or a GET that
+//! fails, fails every reader of the file with the recall's errno (EIO), and the file stays
+//! a stub. Readers never get a byte that was not verified: the rule is in
+//! docs/semantics.md ("Reading a stub").
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::task::JoinSet;
+
+use crate::fs::backing;
+use crate::store::chunks::ChunkSums;
+use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreError, StoreErrorKind};
+use crate::tier::model::stub::StubRecord;
+
+/// Ranged GETs in flight per streaming recall.
+pub const FETCHERS: usize = 4;
+
+/// One stub being streamed back.
+pub struct Stream {
+    total: u64,
+    sums: ChunkSums,
+    /// The recall's file: chunks are written to it, readers read verified chunks from it.
+    file: File,
+    state: Mutex<State>,
+    landed: Condvar,
+    /// Readers hold it shared while they read; a failure takes it before the file is
+    /// emptied, so that no reader gets bytes of a file being made a stub again.
+    io: RwLock<()>,
+    /// The errno every reader gets once the recall failed (0: it has not).
+    failed: AtomicI32,
+}
+
+#[derive(Default)]
+struct State {
+    done: Vec<bool>,
+    started: Vec<bool>,
+    /// Chunks readers wait for, first first.
+    wanted: VecDeque<usize>,
+    /// Where the next chunk nobody asked for is taken from.
+    cursor: usize,
+    left: usize,
+    /// GETs sent, in order (chunk numbers): for `coldtier recalls` and the tests' logs.
+    sent: usize,
+}
+
+/// What a read of a stub being streamed gets.
+pub enum StreamRead {
+    /// The bytes (verified).
+    Data(Vec<u8>),
+    /// Not there yet: wait for chunks `first..=last`.
+    Wait(usize, usize),
+}
+
+impl Stream {
+    /// A stream for `rec`, if it can be streamed: its record has chunk sums and its object
+    /// holds the file's bytes as they are (not a sparse file's extents).
+    pub fn for_record(rec: &StubRecord, file: File) -> Option<Arc<Stream>> {
+        let sums = rec.chunks.clone()?;
+        if rec.extents.is_some() || !sums.valid_for(rec.size) {
+            return None;
+        }
+        Some(Stream::new(rec.size, sums, file))
+    }
+
+    fn new(total: u64, sums: ChunkSums, file: File) -> Arc<Stream> {
+        let n = sums.sums.len();
+        Arc::new(Stream {
+            total,
+            sums,
+            file,
+            state: Mutex::new(State {
+                done: vec![false; n],
+                started: vec![false; n],
+                left: n,
+                ..State::default()
+            }),
+            landed: Condvar::new(),
+            io: RwLock::new(()),
+            failed: AtomicI32::new(0),
+        })
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.sums.sums.len()
+    }
+
+    /// Bytes verified and in the file so far.
+    pub fn bytes_done(&self) -> u64 {
+        let st = self.state.lock();
+        (0..st.done.len())
+            .filter(|&i| st.done[i])
+            .map(|i| self.sums.range(i, self.total).1)
+            .sum()
+    }
+
+    fn span(&self, off: u64, len: u64) -> Option<(usize, usize, u64)> {
+        let end = off.saturating_add(len).min(self.total);
+        if off >= end {
+            return None;
+        }
+        let l = self.sums.log2;
+        Some(((off >> l) as usize, ((end - 1) >> l) as usize, end))
+    }
+
+    /// Chunks `a..=b` go to the front of the queue, in order.
+    fn want_chunks(st: &mut State, a: usize, b: usize) {
+        for i in (a..=b).rev() {
+            if !st.started[i] {
+                st.wanted.retain(|&w| w != i);
+                st.wanted.push_front(i);
+            }
+        }
+    }
+
+    /// The chunks of `len` bytes at `off` are fetched first (the read that starts a recall).
+    pub fn want(&self, off: u64, len: u64) {
+        if let Some((a, b, _)) = self.span(off, len) {
+            Self::want_chunks(&mut self.state.lock(), a, b);
+        }
+    }
+
+    /// A read of `len` bytes at `off`: the bytes if their chunks are there, else which
+    /// chunks to wait for (moved to the front of the queue).
+    pub fn read(&self, off: u64, len: u64) -> Result<StreamRead, i32> {
+        self.check()?;
+        let Some((a, b, end)) = self.span(off, len) else {
+            return Ok(StreamRead::Data(Vec::new()));
+        };
+        {
+            let mut st = self.state.lock();
+            if !(a..=b).all(|i| st.done[i]) {
+                Self::want_chunks(&mut st, a, b);
+                return Ok(StreamRead::Wait(a, b));
+            }
+        }
+        let _reading = self.io.read();
+        self.check()?;
+        let mut buf = vec![0u8; (end - off) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match backing::pread(self.file.as_fd(), &mut buf[got..], off + got as u64) {
+                Ok(0) => return Err(libc::EIO), // verified bytes cannot be missing
+                Ok(n) => got += n,
+                Err(e) => return Err(e.0),
+            }
+        }
+        Ok(StreamRead::Data(buf))
+    }
+
+    fn check(&self) -> Result<(), i32> {
+        match self.failed.load(Ordering::Acquire) {
+            0 => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    /// Waits until chunks `a..=b` are there (Ok), the recall failed (its errno), or
+    /// `limit` passed (EAGAIN; the recall goes on).
+    pub fn wait(&self, a: usize, b: usize, limit: Option<Duration>) -> Result<(), i32> {
+        let deadline = limit.map(|d| Instant::now() + d);
+        let mut st = self.state.lock();
+        loop {
+            self.check()?;
+            if (a..=b).all(|i| st.done[i]) {
+                return Ok(());
+            }
+            match deadline {
+                None => self.landed.wait(&mut st),
+                Some(d) => {
+                    if self.landed.wait_until(&mut st, d).timed_out() {
+                        self.check()?;
+                        return if (a..=b).all(|i| st.done[i]) {
+                            Ok(())
+                        } else {
+                            Err(libc::EAGAIN)
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next chunk to fetch: one a reader waits for, else the next after the last one
+    /// taken, wrapping around; None when every chunk is taken.
+    fn next_chunk(&self) -> Option<usize> {
+        let mut st = self.state.lock();
+        while let Some(i) = st.wanted.pop_front() {
+            if !st.started[i] {
+                st.started[i] = true;
+                st.cursor = i + 1;
+                st.sent += 1;
+                return Some(i);
+            }
+        }
+        let n = st.started.len();
+        let from = st.cursor.min(n);
+        let i = (from..n).chain(0..from).find(|&i| !st.started[i])?;
+        st.started[i] = true;
+        st.cursor = i + 1;
+        st.sent += 1;
+        Some(i)
+    }
+
+    fn landed(&self, i: usize) {
+        let mut st = self.state.lock();
+        if !st.done[i] {
+            st.done[i] = true;
+            st.left -= 1;
+        }
+        drop(st);
+        self.landed.notify_all();
+    }
+
+    /// Chunks not there are to be fetched again (a GET failed, or the object must be
+    /// restored from an archive class first).
+    fn forget_started(&self) {
+        let mut st = self.state.lock();
+        for i in 0..st.started.len() {
+            if !st.done[i] {
+                st.started[i] = false;
+            }
+        }
+    }
+
+    /// The recall failed with `errno`: every reader, waiting or to come, gets it. Returns
+    /// once no reader is reading the file (it is emptied next).
+    pub fn fail(&self, errno: i32) {
+        self.failed.store(errno, Ordering::Release);
+        self.landed.notify_all();
+        drop(self.io.write());
+    }
+
+    /// Fetches every chunk not there yet, `FETCHERS` at a time, into the file; each one
+    /// checked against its sum before readers see it. The first error stops the others.
+    pub async fn fetch_all(
+        self: &Arc<Self>,
+        store: Arc<dyn ObjectStore>,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut set: JoinSet<Result<(), StoreError>> = JoinSet::new();
+        for _ in 0..FETCHERS.min(self.chunks()) {
+            let (me, store) = (self.clone(), store.clone());
+            let (key, version_id) = (key.to_string(), version_id.map(str::to_string));
+            set.spawn(async move {
+                while let Some(i) = me.next_chunk() {
+                    if me.check().is_err() {
+                        break;
+                    }
+                    let (start, len) = me.sums.range(i, me.total);
+                    let got = store
+                        .get(GetRequest {
+                            key: &key,
+                            version_id: version_id.as_deref(),
+                            dest: Some(&me.file),
+                            expected_size: me.total,
+                            checksum: ChecksumAlgo::Crc32c,
+                            extents: None,
+                            range: Some((start, len)),
+                        })
+                        .await?;
+                    let v = &got.checksum.value;
+                    let sum = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                    if got.bytes != len || sum != me.sums.sums[i] {
+                        return Err(StoreError::new(
+                            StoreErrorKind::ChecksumMismatch,
+                            format!(
+                                "{key}: chunk {i} (bytes {start}+{len}) read back as crc32c {sum:08x}, the stub record says {:08x}",
+                                me.sums.sums[i]
+                            ),
+                        ));
+                    }
+                    me.landed(i);
+                }
+                Ok(())
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = set.join_next().await {
+            let r = r.unwrap_or_else(|e| {
+                Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("chunk fetcher: {e}"),
+                ))
+            });
+            if let Err(e) = r {
+                if first_err.is_none() {
+                    set.abort_all();
+                    first_err = Some(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => {
+                self.forget_started();
+                Err(e)
+            }
+            None if self.state.lock().left == 0 => Ok(()),
+            None => Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("{key}: chunks missing after the fetch"),
+            )),
+        }
+    }
+
+    /// The chunk sums combined: the object's CRC32C (what a crc32c record's checksum is).
+    pub fn combined_crc32c(&self) -> crate::store::Checksum {
+        let mut acc: Option<crate::store::Checksum> = None;
+        for (i, s) in self.sums.sums.iter().enumerate() {
+            let c = crate::store::Checksum {
+                algo: ChecksumAlgo::Crc32c,
+                value: s.to_be_bytes().to_vec(),
+            };
+            let len = self.sums.range(i, self.total).1;
+            acc = Some(match acc {
+                None => c,
+                Some(a) => crate::store::combine_crc(&a, &c, len).expect("crc32c combines"),
+            });
+        }
+        acc.expect("two chunks or more")
+    }
+
+    /// GETs sent so far.
+    pub fn sent(&self) -> usize {
+        self.state.lock().sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(n: usize) -> Arc<Stream> {
+        let log2 = crate::store::chunks::MIN_CHUNK_LOG2;
+        let total = (n as u64) << log2;
+        let sums = ChunkSums {
+            log2,
+            sums: vec![0; n],
+        };
+        Stream::new(total, sums, tempfile::tempfile().unwrap())
+    }
+
+    #[test]
+    fn a_read_elsewhere_jumps_the_queue_and_the_chunks_after_it_follow() {
+        let s = stream(8);
+        assert_eq!(s.next_chunk(), Some(0));
+        // A reader at chunk 5 (and into 6): 5 then 6 next, then on from 7, then the rest.
+        let c = 4u64 << 20;
+        assert!(matches!(s.read(5 * c + 10, c), Ok(StreamRead::Wait(5, 6))));
+        let order: Vec<usize> = std::iter::from_fn(|| s.next_chunk()).collect();
+        assert_eq!(order, vec![5, 6, 7, 1, 2, 3, 4]);
+        assert_eq!(s.sent(), 8);
+    }
+
+    #[test]
+    fn readers_get_landed_chunks_and_a_failure_reaches_every_reader() {
+        let s = stream(2);
+        let c = 4usize << 20;
+        backing::pwrite(s.file.as_fd(), &vec![7u8; c], 0).unwrap();
+        assert!(matches!(s.read(0, 10), Ok(StreamRead::Wait(0, 0))));
+        s.landed(0);
+        match s.read(c as u64 - 4, 4) {
+            Ok(StreamRead::Data(d)) => assert_eq!(d, vec![7u8; 4]),
+            _ => panic!("chunk 0 landed"),
+        }
+        assert_eq!(s.wait(0, 0, None), Ok(()));
+        assert_eq!(
+            s.wait(1, 1, Some(Duration::from_millis(1))),
+            Err(libc::EAGAIN)
+        );
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || s.wait(1, 1, None))
+        };
+        s.fail(libc::EIO);
+        assert_eq!(waiter.join().unwrap(), Err(libc::EIO));
+        assert!(matches!(s.read(0, 10), Err(libc::EIO)));
+    }
+}
