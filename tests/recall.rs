@@ -32,10 +32,9 @@ const CHUNK: usize = 4 * MIB;
 /// end premigrated (a reader can finish before the recall has checked the whole object).
 fn read_whole_and_settle(t: &TierMount, rel: &str, want: &[u8], what: &str) {
     let mut got = Vec::new();
-    fs::File::open(t.m(rel))
-        .unwrap()
-        .read_to_end(&mut got)
-        .unwrap();
+    if let Err(e) = fs::File::open(t.m(rel)).and_then(|mut f| f.read_to_end(&mut got)) {
+        panic!("{what}: reading {rel}: {e}\n{}", t.daemon_log_tail());
+    }
     assert_bytes(what, &got, want);
     assert_eq!(
         t.wait_state(rel, "premigrated", Duration::from_secs(60)),
@@ -214,4 +213,43 @@ fn a_corrupted_chunk_fails_its_readers_with_eio_and_leaves_the_stub() {
     );
     proxy.reset();
     read_whole_and_settle(&t, "big.bin", &fs_[0].1, "after the store answers right");
+}
+
+/// The daemon killed (SIGKILL) in the middle of a streaming recall, after a reader got a
+/// chunk and while the others are held: the next daemon finds a stub (the chunks that
+/// landed are never taken for a whole file), and the read across the kill and the ones
+/// after get every byte right.
+#[test]
+fn a_kill_in_the_middle_of_a_stream_leaves_a_stub_that_recalls_byte_identical() {
+    let total = 24 * MIB; // 6 chunks
+    let fs_ = files(&[("big.bin", total)]);
+    let (_moto, proxy, t) = stubbed("stream-kill", &fs_);
+    let body = fs_[0].1.clone();
+    proxy.rules(json!([
+        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(1, total), "action": "delay", "delay": 0.0},
+        {"method": "GET", "path_contains": "/data/", "action": "hang"},
+    ]));
+    let f = fs::File::open(t.m("big.bin")).unwrap();
+    let mut buf = vec![0u8; 8192];
+    f.read_exact_at(&mut buf, (CHUNK + 5) as u64).unwrap();
+    assert_bytes(
+        "chunk 1 before the kill",
+        &buf,
+        &body[CHUNK + 5..CHUNK + 5 + 8192],
+    );
+    // A reader waiting on a held chunk when the daemon dies.
+    let path = t.m("big.bin");
+    let waiting = std::thread::spawn(move || fs::read(path));
+    common::kill_and_wait_for_the_next(&t.mnt);
+    proxy.reset();
+    let got = waiting.join().unwrap().expect("the read across the kill");
+    assert_bytes("the read across the kill", &got, &body);
+    // The handle opened before the kill reads on, too.
+    f.read_exact_at(&mut buf, (5 * CHUNK) as u64).unwrap();
+    assert_bytes(
+        "the old handle after the kill",
+        &buf,
+        &body[5 * CHUNK..5 * CHUNK + 8192],
+    );
+    read_whole_and_settle(&t, "big.bin", &body, "after the kill");
 }

@@ -36,6 +36,10 @@ const SLOTS: usize = 1 << 20;
 const PROBES: usize = 256;
 const EMPTY: u64 = 0;
 const GONE: u64 = u64::MAX;
+/// The "id" of a node whose files this daemon opened without passthrough (the kernel's
+/// cached I/O mode): the next daemon must not open it with passthrough while files the
+/// kernel opened before the restart may be open (fs/fuse/iomode.c refuses the mix: EIO).
+pub const CACHED: u32 = u32::MAX;
 
 pub struct BackingIds {
     slots: &'static [[AtomicU64; 2]],
@@ -150,6 +154,32 @@ impl BackingIds {
         }
     }
 
+    /// This daemon opens a file of `node` without passthrough (before the kernel hears of
+    /// it): marked [`CACHED`] unless the node has a slot already. The mark goes when the
+    /// kernel forgets the node ([`BackingIds::forget_mark`]).
+    pub fn mark_cached(&self, node: u64) {
+        let home = Self::home(node);
+        for i in 0..PROBES {
+            match self.slots[(home + i) % SLOTS][0].load(Ordering::Acquire) {
+                n if n == node => return,
+                EMPTY => break,
+                _ => {}
+            }
+        }
+        self.record(node, CACHED);
+    }
+
+    /// The kernel forgot `node`: this daemon's [`CACHED`] mark for it goes.
+    pub fn forget_mark(&self, node: u64) {
+        self.remove(node, CACHED);
+    }
+
+    /// Whether the previous daemon opened files of `node` without passthrough: opens of it
+    /// must not use passthrough until the kernel forgets it.
+    pub fn cached_before(&self, node: u64) -> bool {
+        self.inherited.lock().get(&node) == Some(&CACHED)
+    }
+
     /// `node` no longer uses backing `id` (before the id is closed).
     pub fn remove(&self, node: u64, id: u32) {
         let _w = self.write.lock();
@@ -172,7 +202,11 @@ impl BackingIds {
     /// The previous daemon's id for `node`, for this daemon's first open of it: from now
     /// on it is this daemon's (its slot stays).
     pub fn adopt(&self, node: u64) -> Option<u32> {
-        self.inherited.lock().remove(&node)
+        let mut inh = self.inherited.lock();
+        match inh.get(&node) {
+            Some(&CACHED) | None => None,
+            Some(_) => inh.remove(&node),
+        }
     }
 
     /// An adopted id this daemon no longer uses: back to the taken-over ones (files opened
@@ -186,7 +220,7 @@ impl BackingIds {
     pub fn forgotten(&self, node: u64) -> Option<u32> {
         let id = self.inherited.lock().remove(&node)?;
         self.remove(node, id);
-        Some(id)
+        (id != CACHED).then_some(id)
     }
 }
 
@@ -222,6 +256,30 @@ mod tests {
         drop(third);
         let fresh = BackingIds::open(&path, true).unwrap();
         assert_eq!(fresh.inherited(), 0);
+    }
+
+    #[test]
+    fn nodes_opened_without_passthrough_are_marked_for_the_next_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.backing");
+        let t = BackingIds::open(&path, true).unwrap();
+        t.record(3, 42);
+        t.mark_cached(3); // has a passthrough id: left as it is
+        t.mark_cached(4);
+        t.mark_cached(5);
+        t.forget_mark(5);
+        drop(t);
+        let next = BackingIds::open(&path, false).unwrap();
+        assert!(next.cached_before(4));
+        assert!(!next.cached_before(3) && !next.cached_before(5));
+        assert_eq!(next.adopt(4), None, "a mark is no id to adopt");
+        assert!(
+            next.cached_before(4),
+            "and stays until the kernel forgets the node"
+        );
+        assert_eq!(next.adopt(3), Some(42));
+        assert_eq!(next.forgotten(4), None, "nothing to close for a mark");
+        assert!(!next.cached_before(4));
     }
 
     #[test]

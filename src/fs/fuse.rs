@@ -115,6 +115,10 @@ fn register(
     open: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     wrap: impl FnOnce(u32) -> BackingId,
 ) -> std::io::Result<Backing> {
+    if table.is_some_and(|t| t.cached_before(node)) {
+        // Files the kernel opened before the restart without passthrough may be open.
+        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+    }
     if let Some(raw) = table.and_then(|t| t.adopt(node)) {
         return Ok(Backing::new(wrap(raw), raw, node, table, true));
     }
@@ -177,6 +181,7 @@ impl FuseAdapter {
     ) {
         match r {
             Ok((e, o)) => {
+                mark_cached(self.ids.as_ref(), e.ino, &o);
                 let a = attr(e.ino, &e.stat);
                 let g = Generation(e.generation);
                 match &o.file.backing {
@@ -505,6 +510,14 @@ fn reply_xattr(r: Result<XattrReply, Errno>, reply: ReplyXattr) {
 /// writes are written back at close, and their errors reported there).
 const PASSTHROUGH_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
+/// Marks `node` as opened without passthrough in the table the next daemon reads, before
+/// the kernel hears of such an open ([`BackingIds::mark_cached`]).
+fn mark_cached(ids: Option<&Arc<BackingIds>>, node: u64, o: &Opened<Backing>) {
+    if let (Some(t), None) = (ids, &o.file.backing) {
+        t.mark_cached(node);
+    }
+}
+
 fn reply_opened(o: Opened<Backing>, reply: ReplyOpen) {
     match &o.file.backing {
         Some(b) => reply.opened_passthrough(FileHandle(o.fh), PASSTHROUGH_OPEN, &b.id),
@@ -605,7 +618,10 @@ fn open_after_wait(
         match fs.open(ino, flags, who, |node, fd| {
             open_registered(&reply, ids, node, fd)
         }) {
-            Ok(OpenOutcome::Opened(o)) => return reply_opened(o, reply),
+            Ok(OpenOutcome::Opened(o)) => {
+                mark_cached(ids, ino, &o);
+                return reply_opened(o, reply);
+            }
             Ok(OpenOutcome::Wait(w)) => wait = w,
             Err(e) => return reply.error(err(e)),
         }
@@ -675,8 +691,11 @@ impl Filesystem for FuseAdapter {
             self.fs.forget(ino.0, nlookup);
             // A previous daemon's passthrough id for it that this one never used: no file
             // of the node can be open once the kernel forgot it.
-            if let Some(raw) = self.ids.as_ref().and_then(|t| t.forgotten(ino.0)) {
-                self.close_backing(raw);
+            if let Some(t) = self.ids.as_ref() {
+                if let Some(raw) = t.forgotten(ino.0) {
+                    self.close_backing(raw);
+                }
+                t.forget_mark(ino.0);
             }
         }
     }
@@ -886,7 +905,10 @@ impl Filesystem for FuseAdapter {
         match self.fs.open(ino.0, flags.0, who, |node, fd| {
             open_registered(&reply, self.ids.as_ref(), node, fd)
         }) {
-            Ok(OpenOutcome::Opened(o)) => reply_opened(o, reply),
+            Ok(OpenOutcome::Opened(o)) => {
+                mark_cached(self.ids.as_ref(), ino.0, &o);
+                reply_opened(o, reply)
+            }
             Ok(OpenOutcome::Wait(w)) => {
                 // A stub: its recall may take long (a Glacier restore: hours), so it is
                 // waited for on its own thread, never on one of the few request threads.
