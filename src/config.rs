@@ -1099,7 +1099,14 @@ mod tests {
         // Apart from the keys marked "example", it shows the defaults.
         let d = Config::default();
         assert_eq!(c.fuse, d.fuse);
-        assert_eq!(c.recall, d.recall);
+        assert_eq!(c.recall.rules.len(), 2);
+        assert_eq!(
+            RecallConfig {
+                rules: Vec::new(),
+                ..c.recall.clone()
+            },
+            d.recall
+        );
         assert_eq!(c.catalog.retention, d.catalog.retention);
         assert_eq!(
             PolicyConfig {
@@ -1143,10 +1150,12 @@ mod tests {
         assert_eq!(
             keys("recall"),
             [
+                "default_rules",
                 "on_archived",
                 "poll_interval",
                 "restore_days",
                 "restore_tier",
+                "rules",
                 "timeout",
                 "wait_timeout"
             ]

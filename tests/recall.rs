@@ -253,3 +253,142 @@ fn a_kill_in_the_middle_of_a_stream_leaves_a_stub_that_recalls_byte_identical() 
     );
     read_whole_and_settle(&t, "big.bin", &body, "after the kill");
 }
+
+/// `[[recall.rules]]`: who may recall. `deny` gives EACCES and fetches nothing; `stream`
+/// gives the bytes and leaves the file a stub with no blocks; `defer` gives EAGAIN and
+/// recalls the file in the background; the shipped rules stream for a virus scanner; each
+/// refusal or stream is an event naming the program and the uid; an ordinary reader
+/// recalls, and its RECALL_STARTED names it.
+#[test]
+fn recall_rules_deny_defer_and_stream_and_events_say_who() {
+    let fs_ = files(&[
+        ("denied.bin", 12 * MIB),
+        ("streamed.bin", 12 * MIB),
+        ("small.bin", 100_000),
+        ("deferred.bin", 5000),
+        ("scanned.bin", 12 * MIB),
+        ("read.bin", 12 * MIB),
+    ]);
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, "rules", &fs_, |c| {
+        c.set(
+            "recall",
+            "rules",
+            r#"[{program = ["head"], action = "deny"}, {program = ["tail"], action = "stream"}, {uid = [65534], action = "defer"}]"#,
+        )
+    });
+    // nobody must reach the mount.
+    for d in [t.dir.path(), &t.mnt] {
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    proxy.reset();
+    let body = |rel: &str| fs_.iter().find(|f| f.0 == rel).unwrap().1.clone();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // deny: EACCES, nothing fetched, still a stub.
+    let (ok, _, err) = run(std::process::Command::new("head")
+        .args(["-c", "10"])
+        .arg(t.m("denied.bin")));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "head of a denied stub: {err}"
+    );
+    assert_eq!(t.state("denied.bin"), "stub");
+    assert!(
+        data_gets(&proxy).is_empty(),
+        "a denied read fetched: {:?}",
+        data_gets(&proxy)
+    );
+
+    // stream: the bytes, and the file stays a stub with no blocks.
+    for rel in ["streamed.bin", "small.bin"] {
+        let (ok, out, err) = run(std::process::Command::new("tail")
+            .args(["-c", "5000"])
+            .arg(t.m(rel)));
+        assert!(ok, "tail of {rel}: {err}");
+        let b = body(rel);
+        assert_bytes(&format!("tail of {rel}"), &out, &b[b.len() - 5000..]);
+        assert_eq!(t.state(rel), "stub", "{rel} after a stream read");
+        // Empty, and no more blocks than a stub never read (its record's xattr block).
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(t.s(rel)).unwrap();
+        let never = fs::metadata(t.s("denied.bin")).unwrap();
+        assert_eq!(
+            (md.len(), md.blocks()),
+            (0, never.blocks()),
+            "{rel}: backing file"
+        );
+    }
+    // The shipped rules: a virus scanner (a program named clamscan) streams.
+    let scanner = t.dir.path().join("clamscan");
+    fs::copy("/bin/cat", &scanner).unwrap();
+    let (ok, out, err) = run(std::process::Command::new(&scanner).arg(t.m("scanned.bin")));
+    assert!(ok, "clamscan: {err}");
+    assert_bytes("clamscan's read", &out, &body("scanned.bin"));
+    assert_eq!(t.state("scanned.bin"), "stub");
+
+    // defer: EAGAIN for nobody, then the file comes back in the background.
+    let (ok, _, err) = run(std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "cat",
+        ])
+        .arg(t.m("deferred.bin")));
+    assert!(
+        !ok && err.contains("Resource temporarily unavailable"),
+        "deferred: ok={ok} {err}\n{}",
+        t.daemon_log_tail()
+    );
+    assert_eq!(
+        t.wait_state("deferred.bin", "premigrated", Duration::from_secs(60)),
+        "premigrated",
+        "{}",
+        t.daemon_log_tail()
+    );
+
+    // An ordinary reader recalls.
+    read_whole_and_settle(&t, "read.bin", &body("read.bin"), "an ordinary read");
+
+    // The events say who.
+    let find = |rel: &str, kind: &str| -> Value {
+        t.history(rel)
+            .into_iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in the history of {rel}: {:?}", t.history(rel)))
+    };
+    let d = &find("denied.bin", "RECALL_REFUSED")["detail"];
+    assert_eq!(
+        (d["mode"].as_str(), d["program"].as_str()),
+        (Some("deny"), Some("head")),
+        "{d}"
+    );
+    let d = &find("deferred.bin", "RECALL_REFUSED")["detail"];
+    assert_eq!(
+        (d["mode"].as_str(), d["uid"].as_u64()),
+        (Some("defer"), Some(65534)),
+        "{d}"
+    );
+    let d = &find("streamed.bin", "STREAMED")["detail"];
+    assert_eq!(d["program"].as_str(), Some("tail"), "{d}");
+    let d = &find("scanned.bin", "STREAMED")["detail"];
+    assert_eq!(
+        (d["program"].as_str(), d["rule"].as_str()),
+        (Some("clamscan"), Some("the shipped rules")),
+        "{d}"
+    );
+    let d = &find("read.bin", "RECALL_STARTED")["detail"];
+    assert_eq!(d["who"]["uid"].as_u64(), Some(0), "{d}");
+}

@@ -68,10 +68,15 @@ pub enum EventKind {
     CatalogRebuilt,
     /// A tracked file got another name (a hard link through the mount; detail: the path).
     Linked,
+    /// A read of a stub was refused by `[[recall.rules]]` (detail: mode `deny` or `defer`,
+    /// who: uid, gid, pid, program; the rule).
+    RecallRefused,
+    /// A stub was read without being recalled (`stream` rule; detail: who, bytes fetched).
+    Streamed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::Scanned,
         EventKind::Copied,
         EventKind::Verified,
@@ -91,6 +96,8 @@ impl EventKind {
         EventKind::CatalogBackup,
         EventKind::CatalogRebuilt,
         EventKind::Linked,
+        EventKind::RecallRefused,
+        EventKind::Streamed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +121,8 @@ impl EventKind {
             EventKind::CatalogBackup => "CATALOG_BACKUP",
             EventKind::CatalogRebuilt => "CATALOG_REBUILT",
             EventKind::Linked => "LINKED",
+            EventKind::RecallRefused => "RECALL_REFUSED",
+            EventKind::Streamed => "STREAMED",
         }
     }
 }

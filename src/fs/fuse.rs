@@ -583,6 +583,7 @@ fn read_after_wait(
     fh: u64,
     offset: u64,
     size: u32,
+    who: crate::fs::privs::Requester,
     mut wait: Waiter,
     reply: ReplyData,
 ) {
@@ -590,7 +591,7 @@ fn read_after_wait(
         if let Err(e) = wait() {
             return reply.error(err(e));
         }
-        match fs.read_step(fh, offset, size) {
+        match fs.read_step(fh, offset, size, who) {
             Ok(ReadStep::Data(d)) => return reply.data(&d),
             Ok(ReadStep::Wait(w)) => wait = w,
             Err(e) => return reply.error(err(e)),
@@ -930,7 +931,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -946,7 +947,8 @@ impl Filesystem for FuseAdapter {
         if let Err(e) = self.fs.revive_handle(fh.0, ino.0, flags.0) {
             return reply.error(err(e));
         }
-        match self.fs.read_step(fh.0, offset, size) {
+        let who = requester(req);
+        match self.fs.read_step(fh.0, offset, size, who) {
             Ok(ReadStep::Data(d)) => reply.data(&d),
             Ok(ReadStep::Wait(w)) => {
                 // A stub's bytes on their way: waited for on a thread of its own, never on
@@ -954,7 +956,7 @@ impl Filesystem for FuseAdapter {
                 let fs = self.fs.clone();
                 let spawned = std::thread::Builder::new()
                     .name("read-wait".into())
-                    .spawn(move || read_after_wait(&fs, fh.0, offset, size, w, reply));
+                    .spawn(move || read_after_wait(&fs, fh.0, offset, size, who, w, reply));
                 if let Err(e) = spawned {
                     tracing::error!("cannot start a thread to wait for a recall: {e}");
                 }

@@ -164,8 +164,15 @@ pub trait TierHooks: Send + Sync {
     /// streaming recall has them), a wait, or `Local` once its data is local. Called
     /// without the gate (the hook takes it where it needs it). By default: as
     /// `before_data` (the whole file first).
-    fn before_read(&self, ino: u64, fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<StubRead> {
-        let _ = (off, len);
+    fn before_read(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        off: u64,
+        len: u64,
+        who: privs::Requester,
+    ) -> SysResult<StubRead> {
+        let _ = (off, len, who);
         match self.before_data(ino, fd)? {
             DataReady::Wait(w) => Ok(StubRead::Wait(w)),
             DataReady::Now | DataReady::Lazy => Ok(StubRead::Local),
@@ -579,6 +586,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             return backing::stat_fd(f.fd.as_fd());
         }
         backing::stat_fd(i.fd()?.as_fd())
+    }
+
+    /// An O_PATH fd of live node `ino` (a deferred recall, later).
+    pub fn node_fd(&self, ino: u64) -> Option<OwnedFd> {
+        let i = self.inodes.get(ino)?;
+        let fd = i.fd().ok()?;
+        backing::reopen(fd.as_fd(), libc::O_PATH).ok()
     }
 
     pub fn inode_fds_held(&self) -> usize {
@@ -1444,7 +1458,13 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
     /// A read of `size` bytes at `off` through `fh`: the bytes, or, for a file opened as a
     /// stub whose bytes are not there yet, what to wait for before trying again. A stub
     /// being streamed back is read chunk by chunk as the chunks land (`tier::stream`).
-    pub fn read_step(&self, fh: u64, off: u64, size: u32) -> SysResult<ReadStep> {
+    pub fn read_step(
+        &self,
+        fh: u64,
+        off: u64,
+        size: u32,
+        who: privs::Requester,
+    ) -> SysResult<ReadStep> {
         let (file, ino, failed) = self.file_handle_parts(fh)?;
         if file.stub.load(Ordering::Acquire) {
             if let Some(h) = self.hooks.get() {
@@ -1452,7 +1472,12 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
                     0 => {}
                     e => return Err(Errno(e)),
                 }
-                match h.before_read(ino, file.fd.as_fd(), off, size as u64)? {
+                // An error (a rule's refusal too) is given once more, to the kernel's own
+                // retry of a failed page-cache read: one read(), one decision.
+                let r = h
+                    .before_read(ino, file.fd.as_fd(), off, size as u64, who)
+                    .inspect_err(|e| failed.store(e.0, Ordering::Release))?;
+                match r {
                     StubRead::Data(d) => {
                         self.daemon_reads.fetch_add(1, Ordering::Relaxed);
                         return Ok(ReadStep::Data(d));

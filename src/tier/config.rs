@@ -149,6 +149,10 @@ pub struct RecallConfig {
     /// and NFS clients give up on a request that takes a minute or more). "0": no limit.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// `[[recall.rules]]`: who may recall what (`tier::rules`), first match wins.
+    pub rules: Vec<super::rules::RecallRule>,
+    /// The shipped rules after the admin's (indexers denied, virus scanners streamed).
+    pub default_rules: bool,
 }
 
 impl Default for RecallConfig {
@@ -160,6 +164,8 @@ impl Default for RecallConfig {
             wait_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
+            rules: Vec::new(),
+            default_rules: true,
         }
     }
 }

@@ -35,6 +35,8 @@ pub trait MountView: Send + Sync {
     fn reset_tier_mark(&self, ino: u64);
     /// The node id (gate key) of backing object (dev, ino).
     fn node_id(&self, dev: u64, ino: u64) -> u64;
+    /// An O_PATH fd of live node `ino`, if the kernel still holds it.
+    fn node_fd(&self, ino: u64) -> Option<std::os::fd::OwnedFd>;
 }
 
 impl<B: Send + Sync + 'static> MountView for OverlayFs<B> {
@@ -43,6 +45,9 @@ impl<B: Send + Sync + 'static> MountView for OverlayFs<B> {
     }
     fn node_id(&self, dev: u64, ino: u64) -> u64 {
         OverlayFs::node_id(self, dev, ino)
+    }
+    fn node_fd(&self, ino: u64) -> Option<std::os::fd::OwnedFd> {
+        OverlayFs::node_fd(self, ino)
     }
 }
 
@@ -74,6 +79,8 @@ pub struct Tiering {
     /// either alive after the other is gone).
     pub(super) mount: OnceLock<Weak<dyn MountView>>,
     pub(super) recalls: Mutex<HashMap<u64, watch::Receiver<RecallResult>>>,
+    /// Reads of stubs: transient streams, deferred files, who starts recalls.
+    pub(super) readers: super::readers::ReaderState,
     /// The recalls in flight that stream (their chunks readable as they land), by node.
     pub(super) streams: Mutex<HashMap<u64, Arc<super::stream::Stream>>>,
     /// Files with a restore poller (by file id): one each.
@@ -212,6 +219,7 @@ impl Tiering {
             mount: OnceLock::new(),
             recalls: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
+            readers: Default::default(),
             pollers: Mutex::new(HashSet::new()),
             workers,
             checks: (

@@ -10,12 +10,11 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::catalog::{CatalogError, EventKind, FileState};
-use crate::fs::backing::{self, Errno, Stat, SysResult};
+use crate::fs::backing::{self, Stat, SysResult};
 use crate::fs::overlay::{DataReady, StubRead, TierHooks};
 use crate::store::ChecksumAlgo;
 use crate::tier::marks;
 use crate::tier::state::Action;
-use crate::tier::stream::StreamRead;
 use crate::tier::stub::StubRecord;
 
 use super::context::{ns_of, StepError, Tiering};
@@ -115,45 +114,15 @@ impl TierHooks for Tiering {
         Ok(DataReady::Now)
     }
 
-    fn before_read(&self, ino: u64, fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<StubRead> {
-        let stream = self.streams.lock().get(&ino).cloned();
-        let stream = match stream {
-            Some(s) => s,
-            None => {
-                // Under the gate: the switch to premigrated is, too.
-                let _held = self.gate.lock(ino);
-                if let Some(w) = self.in_flight(ino) {
-                    return Ok(StubRead::Wait(w));
-                }
-                let Some(rec) = marks::record(fd, marks::STUB)? else {
-                    return Ok(StubRead::Local);
-                };
-                let w = backing::reopen(fd, libc::O_RDWR)?;
-                let rx = self.recall_rx_for(ino, w, rec, Some((off, len)));
-                match self.streams.lock().get(&ino).cloned() {
-                    Some(s) => s,
-                    // Not streamable (no chunk sums, a sparse file): the whole file first.
-                    None => return Ok(StubRead::Wait(self.waiter(rx))),
-                }
-            }
-        };
-        match stream.read(off, len).map_err(Errno)? {
-            StreamRead::Data(d) => Ok(StubRead::Data(d)),
-            StreamRead::Wait(a, b) => {
-                let limit = Some(self.settings().recall.timeout).filter(|d| !d.is_zero());
-                Ok(StubRead::Wait(Box::new(move || {
-                    stream.wait(a, b, limit).map_err(|e| {
-                        if e == libc::EAGAIN {
-                            crate::tier::metrics::RECALLS_OPEN_TIMEOUT.inc();
-                            tracing::warn!(
-                                "a read gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
-                            );
-                        }
-                        Errno(e)
-                    })
-                })))
-            }
-        }
+    fn before_read(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        off: u64,
+        len: u64,
+        who: crate::fs::privs::Requester,
+    ) -> SysResult<StubRead> {
+        self.read_stub(ino, fd, off, len, who)
     }
 
     fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<DataReady> {

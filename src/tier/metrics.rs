@@ -33,6 +33,18 @@ pub static STORE_VALIDATES_CHECKSUMS: Gauge = Gauge::new();
 /// 1 while tiering is paused (`mount --paused`, `coldtier pause`).
 pub static TIERING_PAUSED: Gauge = Gauge::new();
 
+/// Reads of stubs refused by `[[recall.rules]]`, by mode (`deny`, `defer`).
+pub static RECALLS_DENIED: Counter = Counter::new();
+pub static RECALLS_DEFERRED: Counter = Counter::new();
+
+/// Records a read of a stub refused by a rule.
+pub fn recall_refused(mode: &str) {
+    match mode {
+        "deny" => RECALLS_DENIED.inc(),
+        _ => RECALLS_DEFERRED.inc(),
+    }
+}
+
 /// Records a finished recall: `result` is Ok or the errno the opener got.
 pub fn recall_done(result: Result<(), i32>, bytes: u64, elapsed: Duration) {
     match result {
@@ -71,6 +83,19 @@ pub fn render(out: &mut String) {
         let _ = writeln!(
             out,
             "coldtier_recalls_total{{result=\"{label}\"}} {}",
+            c.get()
+        );
+    }
+    header(
+        out,
+        "coldtier_recalls_refused_total",
+        "counter",
+        "Reads of stubs refused by [[recall.rules]], by mode: deny (EACCES), defer (EAGAIN, queued).",
+    );
+    for (label, c) in [("deny", &RECALLS_DENIED), ("defer", &RECALLS_DEFERRED)] {
+        let _ = writeln!(
+            out,
+            "coldtier_recalls_refused_total{{mode=\"{label}\"}} {}",
             c.get()
         );
     }

@@ -32,13 +32,13 @@ pub(super) fn start_detail(rec: &StubRecord) -> serde_json::Value {
 /// it no longer is then).
 pub(super) fn after_owed_start(
     owed: &mut bool,
-    rec: &StubRecord,
+    start: &serde_json::Value,
     action: Action,
     detail: serde_json::Value,
 ) -> Change {
     let mut steps = Vec::with_capacity(2);
     if std::mem::take(owed) {
-        steps.push((Action::RecallStart, start_detail(rec)));
+        steps.push((Action::RecallStart, start.clone()));
     }
     steps.push((action, detail));
     Change::steps(steps)
@@ -98,7 +98,7 @@ impl Tiering {
         fd: OwnedFd,
         rec: StubRecord,
     ) -> watch::Receiver<RecallResult> {
-        self.recall_rx_for(node, fd, rec, None)
+        self.recall_rx_for(node, fd, rec, None, None)
     }
 
     /// [`Tiering::recall_rx`] for a read of `(offset, length)`: a streaming recall fetches
@@ -109,10 +109,17 @@ impl Tiering {
         fd: OwnedFd,
         rec: StubRecord,
         first: Option<(u64, u64)>,
+        who: Option<&super::rules::Reader>,
     ) -> watch::Receiver<RecallResult> {
         let mut m = self.recalls.lock();
         if let Some(rx) = m.get(&node) {
             return rx.clone();
+        }
+        if let Some(w) = who {
+            self.readers.who.lock().insert(
+                node,
+                json!({"uid": w.uid, "gid": w.gid, "pid": w.pid, "program": w.program}),
+            );
         }
         let (tx, rx) = watch::channel(None);
         m.insert(node, rx.clone());
@@ -169,8 +176,14 @@ impl Tiering {
         let _in_flight = crate::tier::metrics::RECALLS_IN_FLIGHT.track();
         let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
         let mut start_owed = false;
+        // Who started it (a read: uid, pid, program), in its RECALL_STARTED.
+        let mut start = start_detail(&rec);
+        if let (Some(who), Some(m)) = (self.readers.who.lock().remove(&node), start.as_object_mut())
+        {
+            m.insert("who".into(), who);
+        }
         let result = self
-            .recall_steps(node, &file, &rec, &mut row, &mut start_owed)
+            .recall_steps(node, &file, &rec, &mut row, &mut start_owed, &start)
             .await;
         if let (Err(e), Some(s)) = (&result, self.streams.lock().get(&node)) {
             // Every reader of the stream gets the error before the file is emptied.
@@ -187,7 +200,8 @@ impl Tiering {
                 tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
                 self.reset_stub(&file, &rec);
                 let detail = json!({"object_key": rec.object_key, "error": e.message});
-                let change = after_owed_start(&mut start_owed, &rec, Action::RecallFailed, detail);
+                let change =
+                    after_owed_start(&mut start_owed, &start, Action::RecallFailed, detail);
                 if let Err(ce) = self.record(&mut row, change) {
                     tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
                 }
@@ -214,13 +228,14 @@ impl Tiering {
         rec: &StubRecord,
         row: &mut FileRow,
         start_owed: &mut bool,
+        start: &serde_json::Value,
     ) -> Result<(), StepError> {
         let store = self.store()?;
         let algo: ChecksumAlgo = rec
             .checksum_algo
             .parse()
             .map_err(|e: String| StepError::new(libc::EIO, e))?;
-        let detail = start_detail(rec);
+        let detail = start.clone();
         let mut pending = row.state == FileState::RestorePending;
         if !pending {
             // A small object's recall takes one GET: its RECALL_STARTED is recorded with
@@ -333,7 +348,7 @@ impl Tiering {
                         "days": self.settings().recall.restore_days,
                         "outcome": format!("{outcome:?}"),
                     });
-                    let change = after_owed_start(start_owed, rec, Action::RestoreRequested, d);
+                    let change = after_owed_start(start_owed, start, Action::RestoreRequested, d);
                     self.record(row, change)
                         .unwrap_or_else(|e| tracing::error!("catalog: {e}"));
                     pending = true;
@@ -385,7 +400,7 @@ impl Tiering {
         // Lazy: the file's records are the truth and the data is on disk. Should a power
         // cut take this commit, the row says `recalling` with no stub record on the file,
         // and `resume` records RECALLED at the next start.
-        let change = after_owed_start(start_owed, rec, Action::RecallDone, detail);
+        let change = after_owed_start(start_owed, start, Action::RecallDone, detail);
         self.record(row, change.durability(Durability::Lazy))
             .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
         Ok(())

@@ -27,10 +27,29 @@ use crate::tier::model::stub::StubRecord;
 /// Ranged GETs in flight per streaming recall.
 pub const FETCHERS: usize = 4;
 
-/// One stub being streamed back.
+/// What a chunk must hash to.
+enum Expect {
+    /// The CRC32C of each chunk (the record's chunk sums).
+    Chunks(ChunkSums),
+    /// One chunk, the whole object: the record's checksum (a transient stream of a file
+    /// without chunk sums).
+    Whole(ChecksumAlgo, String),
+}
+
+/// A transient stream of a file without chunk sums holds the whole object, up to this.
+pub const TRANSIENT_WHOLE_MAX: u64 = 64 << 20;
+/// Chunks a transient stream keeps (the oldest go beyond): 64 MiB of 4 MiB chunks.
+const TRANSIENT_KEEP: usize = 16;
+
+/// One stub being streamed back (into its backing file: a recall), or read without a recall
+/// (into an anonymous memory file: a transient stream, `stream` rule).
 pub struct Stream {
     total: u64,
-    sums: ChunkSums,
+    log2: u8,
+    n: usize,
+    expect: Expect,
+    /// A transient stream: chunks fetched on demand only, the oldest forgotten.
+    transient: bool,
     /// The recall's file: chunks are written to it, readers read verified chunks from it.
     file: File,
     state: Mutex<State>,
@@ -53,6 +72,12 @@ struct State {
     left: usize,
     /// GETs sent, in order (chunk numbers): for `coldtier recalls` and the tests' logs.
     sent: usize,
+    /// A transient stream: whether a fetcher runs, the chunks in the order they landed,
+    /// bytes fetched, and when it was last read.
+    fetching: bool,
+    landed_order: VecDeque<usize>,
+    fetched: u64,
+    last_read: Option<Instant>,
 }
 
 /// What a read of a stub being streamed gets.
@@ -71,14 +96,55 @@ impl Stream {
         if rec.extents.is_some() || !sums.valid_for(rec.size) {
             return None;
         }
-        Some(Stream::new(rec.size, sums, file))
+        Some(Stream::new(
+            rec.size,
+            sums.log2,
+            Expect::Chunks(sums),
+            file,
+            false,
+        ))
     }
 
-    fn new(total: u64, sums: ChunkSums, file: File) -> Arc<Stream> {
-        let n = sums.sums.len();
+    /// A transient stream of `rec` into `file` (an anonymous memory file): its chunk sums,
+    /// or, without them, the whole object as one chunk if it is small enough.
+    pub fn transient(rec: &StubRecord, file: File) -> Option<Arc<Stream>> {
+        if rec.extents.is_some() {
+            return None;
+        }
+        match &rec.chunks {
+            Some(sums) if sums.valid_for(rec.size) => Some(Stream::new(
+                rec.size,
+                sums.log2,
+                Expect::Chunks(sums.clone()),
+                file,
+                true,
+            )),
+            _ if rec.size <= TRANSIENT_WHOLE_MAX && rec.size > 0 => {
+                let algo: ChecksumAlgo = rec.checksum_algo.parse().ok()?;
+                Some(Stream::new(
+                    rec.size,
+                    63,
+                    Expect::Whole(algo, rec.checksum.clone()),
+                    file,
+                    true,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn new(total: u64, log2: u8, expect: Expect, file: File, transient: bool) -> Arc<Stream> {
+        let n = if total == 0 {
+            1
+        } else {
+            total.div_ceil(1u64 << log2.min(63)) as usize
+        };
         Arc::new(Stream {
             total,
-            sums,
+            log2,
+            n,
+            expect,
+            transient,
             file,
             state: Mutex::new(State {
                 done: vec![false; n],
@@ -93,7 +159,14 @@ impl Stream {
     }
 
     pub fn chunks(&self) -> usize {
-        self.sums.sums.len()
+        self.n
+    }
+
+    /// Bytes `[start, start + len)` of chunk `i`.
+    fn range(&self, i: usize) -> (u64, u64) {
+        let start = (i as u64) << self.log2;
+        let chunk = 1u64 << self.log2.min(63);
+        (start, chunk.min(self.total - start))
     }
 
     /// Bytes verified and in the file so far.
@@ -101,8 +174,23 @@ impl Stream {
         let st = self.state.lock();
         (0..st.done.len())
             .filter(|&i| st.done[i])
-            .map(|i| self.sums.range(i, self.total).1)
+            .map(|i| self.range(i).1)
             .sum()
+    }
+
+    /// Bytes fetched from the store so far (a transient stream: all it ever fetched).
+    pub fn bytes_fetched(&self) -> u64 {
+        self.state.lock().fetched
+    }
+
+    /// The object's size.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// When a transient stream was last read (None: never).
+    pub fn last_read(&self) -> Option<Instant> {
+        self.state.lock().last_read
     }
 
     fn span(&self, off: u64, len: u64) -> Option<(usize, usize, u64)> {
@@ -110,7 +198,7 @@ impl Stream {
         if off >= end {
             return None;
         }
-        let l = self.sums.log2;
+        let l = self.log2.min(63);
         Some(((off >> l) as usize, ((end - 1) >> l) as usize, end))
     }
 
@@ -140,6 +228,7 @@ impl Stream {
         };
         {
             let mut st = self.state.lock();
+            st.last_read = Some(Instant::now());
             if !(a..=b).all(|i| st.done[i]) {
                 Self::want_chunks(&mut st, a, b);
                 return Ok(StreamRead::Wait(a, b));
@@ -204,6 +293,12 @@ impl Stream {
                 return Some(i);
             }
         }
+        if self.transient {
+            // On demand only: a fetcher with nothing wanted stops (under the lock, so a
+            // reader that queues a chunk after this starts another).
+            st.fetching = false;
+            return None;
+        }
         let n = st.started.len();
         let from = st.cursor.min(n);
         let i = (from..n).chain(0..from).find(|&i| !st.started[i])?;
@@ -218,9 +313,58 @@ impl Stream {
         if !st.done[i] {
             st.done[i] = true;
             st.left -= 1;
+            st.fetched += self.range(i).1;
+            st.landed_order.push_back(i);
         }
+        let evict = if self.transient && st.landed_order.len() > TRANSIENT_KEEP {
+            st.landed_order.pop_front()
+        } else {
+            None
+        };
         drop(st);
         self.landed.notify_all();
+        if let Some(old) = evict {
+            // No reader reads while its bytes go.
+            let _w = self.io.write();
+            let mut st = self.state.lock();
+            st.done[old] = false;
+            st.started[old] = false;
+            st.left += 1;
+            drop(st);
+            let (start, len) = self.range(old);
+            let _ = backing::fallocate(
+                self.file.as_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start,
+                len,
+            );
+        }
+    }
+
+    /// A transient stream: starts a fetcher on the runtime `rt` unless one runs (it
+    /// fetches the chunks readers want, then stops).
+    pub fn ensure_fetching(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        store: Arc<dyn ObjectStore>,
+        key: &str,
+        version_id: Option<&str>,
+    ) {
+        {
+            let mut st = self.state.lock();
+            if st.fetching || st.wanted.is_empty() {
+                return;
+            }
+            st.fetching = true;
+        }
+        let me = self.clone();
+        let (key, version_id) = (key.to_string(), version_id.map(str::to_string));
+        rt.spawn(async move {
+            if let Err(e) = me.fetch_loop(store, key, version_id).await {
+                tracing::warn!("stream read: {e}");
+                me.fail(libc::EIO);
+            }
+        });
     }
 
     /// Chunks not there are to be fetched again (a GET failed, or the object must be
@@ -254,38 +398,7 @@ impl Stream {
         for _ in 0..FETCHERS.min(self.chunks()) {
             let (me, store) = (self.clone(), store.clone());
             let (key, version_id) = (key.to_string(), version_id.map(str::to_string));
-            set.spawn(async move {
-                while let Some(i) = me.next_chunk() {
-                    if me.check().is_err() {
-                        break;
-                    }
-                    let (start, len) = me.sums.range(i, me.total);
-                    let got = store
-                        .get(GetRequest {
-                            key: &key,
-                            version_id: version_id.as_deref(),
-                            dest: Some(&me.file),
-                            expected_size: me.total,
-                            checksum: ChecksumAlgo::Crc32c,
-                            extents: None,
-                            range: Some((start, len)),
-                        })
-                        .await?;
-                    let v = &got.checksum.value;
-                    let sum = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
-                    if got.bytes != len || sum != me.sums.sums[i] {
-                        return Err(StoreError::new(
-                            StoreErrorKind::ChecksumMismatch,
-                            format!(
-                                "{key}: chunk {i} (bytes {start}+{len}) read back as crc32c {sum:08x}, the stub record says {:08x}",
-                                me.sums.sums[i]
-                            ),
-                        ));
-                    }
-                    me.landed(i);
-                }
-                Ok(())
-            });
+            set.spawn(async move { me.fetch_loop(store, key, version_id).await });
         }
         let mut first_err = None;
         while let Some(r) = set.join_next().await {
@@ -315,15 +428,75 @@ impl Stream {
         }
     }
 
+    /// Takes chunks from the queue and fetches them until none is left; the first error
+    /// ends it.
+    async fn fetch_loop(
+        self: &Arc<Self>,
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        version_id: Option<String>,
+    ) -> Result<(), StoreError> {
+        while let Some(i) = self.next_chunk() {
+            if self.check().is_err() {
+                break;
+            }
+            let (start, len) = self.range(i);
+            let algo = match &self.expect {
+                Expect::Chunks(_) => ChecksumAlgo::Crc32c,
+                Expect::Whole(a, _) => *a,
+            };
+            let got = store
+                .get(GetRequest {
+                    key: &key,
+                    version_id: version_id.as_deref(),
+                    dest: Some(&self.file),
+                    expected_size: self.total,
+                    checksum: algo,
+                    extents: None,
+                    range: (len != self.total).then_some((start, len)),
+                })
+                .await?;
+            let (ok, said, want) = match &self.expect {
+                Expect::Chunks(sums) => {
+                    let v = &got.checksum.value;
+                    let sum = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                    (
+                        sum == sums.sums[i],
+                        format!("crc32c {sum:08x}"),
+                        format!("{:08x}", sums.sums[i]),
+                    )
+                }
+                Expect::Whole(_, c) => (
+                    got.checksum.base64() == *c,
+                    got.checksum.to_string(),
+                    c.clone(),
+                ),
+            };
+            if got.bytes != len || !ok {
+                return Err(StoreError::new(
+                    StoreErrorKind::ChecksumMismatch,
+                    format!(
+                        "{key}: chunk {i} (bytes {start}+{len}) read back as {said}, the stub record says {want}"
+                    ),
+                ));
+            }
+            self.landed(i);
+        }
+        Ok(())
+    }
+
     /// The chunk sums combined: the object's CRC32C (what a crc32c record's checksum is).
     pub fn combined_crc32c(&self) -> crate::store::Checksum {
         let mut acc: Option<crate::store::Checksum> = None;
-        for (i, s) in self.sums.sums.iter().enumerate() {
+        let Expect::Chunks(sums) = &self.expect else {
+            unreachable!("a recall's stream has chunk sums")
+        };
+        for (i, s) in sums.sums.iter().enumerate() {
             let c = crate::store::Checksum {
                 algo: ChecksumAlgo::Crc32c,
                 value: s.to_be_bytes().to_vec(),
             };
-            let len = self.sums.range(i, self.total).1;
+            let len = self.range(i).1;
             acc = Some(match acc {
                 None => c,
                 Some(a) => crate::store::combine_crc(&a, &c, len).expect("crc32c combines"),
@@ -349,7 +522,13 @@ mod tests {
             log2,
             sums: vec![0; n],
         };
-        Stream::new(total, sums, tempfile::tempfile().unwrap())
+        Stream::new(
+            total,
+            log2,
+            Expect::Chunks(sums),
+            tempfile::tempfile().unwrap(),
+            false,
+        )
     }
 
     #[test]

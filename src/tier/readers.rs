@@ -1,0 +1,314 @@
+//! Reads of stubs and who may recall (`tier::rules`): the recall path of a read (streamed
+//! when the record allows: `tier::stream`), reads without recall (`stream` rule: a
+//! transient stream into an anonymous memory file), refusals (`deny`: EACCES; `defer`:
+//! EAGAIN and a queued background recall), each with an event naming who.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::catalog::EventKind;
+use crate::fs::backing::{self, Errno, SysResult};
+use crate::fs::overlay::{StubRead, Waiter};
+use crate::fs::privs::Requester;
+use crate::tier::marks;
+use crate::tier::rules::{decide, Reader, RecallAction};
+use crate::tier::stream::{Stream, StreamRead};
+use crate::tier::stub::StubRecord;
+
+use super::context::Tiering;
+
+/// A refusal or a stream read of one file is recorded once in this long per mode (a
+/// scanner's retries, the kernel's own retry of a failed read, make many).
+const NOTE_EVERY: Duration = Duration::from_secs(3600);
+/// A transient stream not read for this long is dropped (its memory given back).
+const TRANSIENT_IDLE: Duration = Duration::from_secs(60);
+
+/// What reads of stubs keep between reads.
+#[derive(Default)]
+pub struct ReaderState {
+    /// Transient streams (reads without recall), by node.
+    pub transients: parking_lot::Mutex<HashMap<u64, Arc<Stream>>>,
+    /// The object (key, version) each transient stream reads.
+    transient_keys: parking_lot::Mutex<HashMap<u64, (String, Option<String>)>>,
+    /// Who starts the recall about to start, by node (for its RECALL_STARTED).
+    pub who: parking_lot::Mutex<HashMap<u64, serde_json::Value>>,
+    /// Files deferred by a rule, waiting for the background recall, in order.
+    pub deferred: parking_lot::Mutex<VecDeque<(u64, String)>>,
+    deferring: std::sync::atomic::AtomicBool,
+    noted: parking_lot::Mutex<HashMap<(u64, &'static str), Instant>>,
+}
+
+impl Tiering {
+    /// A read of `len` bytes at `off` of stub `ino` (open as `fd`) by `who`.
+    pub(super) fn read_stub(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        off: u64,
+        len: u64,
+        who: Requester,
+    ) -> SysResult<StubRead> {
+        if let Some(s) = self.streams.lock().get(&ino).cloned() {
+            return Ok(self.read_streamed(s, off, len));
+        }
+        if let Some(s) = self.readers.transients.lock().get(&ino).cloned() {
+            return self.read_transient(ino, s, off, len);
+        }
+        // Under the gate: the switch to premigrated is, too.
+        let held = self.gate.lock(ino);
+        if let Some(w) = self.in_flight(ino) {
+            return Ok(StubRead::Wait(w));
+        }
+        let Some(rec) = marks::record(fd, marks::STUB)? else {
+            return Ok(StubRead::Local);
+        };
+        let settings = self.settings();
+        let rules = &settings.recall.rules;
+        let reader = Reader::of(who.uid, who.gid, who.pid);
+        let rel = if rules.iter().any(|r| !r.path.is_empty()) {
+            self.rel_of(fd).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let (action, why) = decide(
+            rules,
+            settings.recall.default_rules,
+            &reader,
+            Path::new(&rel),
+        );
+        match action {
+            RecallAction::Recall => {
+                let w = backing::reopen(fd, libc::O_RDWR)?;
+                let rx = self.recall_rx_for(ino, w, rec, Some((off, len)), Some(&reader));
+                drop(held);
+                match self.streams.lock().get(&ino).cloned() {
+                    Some(s) => Ok(self.read_streamed(s, off, len)),
+                    // Not streamable (no chunk sums, a sparse file): the whole file first.
+                    None => Ok(StubRead::Wait(self.waiter(rx))),
+                }
+            }
+            RecallAction::Deny => {
+                drop(held);
+                crate::tier::metrics::recall_refused("deny");
+                self.note(ino, "deny", fd, &rec, &reader, &why);
+                Err(Errno(libc::EACCES))
+            }
+            RecallAction::Defer => {
+                drop(held);
+                crate::tier::metrics::recall_refused("defer");
+                self.note(ino, "defer", fd, &rec, &reader, &why);
+                self.defer(ino, rel_or(&rel, self.rel_of(fd)));
+                Err(Errno(libc::EAGAIN))
+            }
+            RecallAction::Stream => {
+                let Some(s) = memfd(&rec).and_then(|f| Stream::transient(&rec, f)) else {
+                    // Neither chunk sums nor small enough to hold whole: recalled.
+                    let w = backing::reopen(fd, libc::O_RDWR)?;
+                    let rx = self.recall_rx_for(ino, w, rec, Some((off, len)), Some(&reader));
+                    drop(held);
+                    return match self.streams.lock().get(&ino).cloned() {
+                        Some(s) => Ok(self.read_streamed(s, off, len)),
+                        None => Ok(StubRead::Wait(self.waiter(rx))),
+                    };
+                };
+                drop(held);
+                self.note(ino, "stream", fd, &rec, &reader, &why);
+                self.sweep_transients();
+                self.readers.transients.lock().insert(ino, s.clone());
+                self.read_transient(ino, s, off, len)
+            }
+        }
+    }
+
+    fn read_streamed(&self, stream: Arc<Stream>, off: u64, len: u64) -> StubRead {
+        match stream.read(off, len) {
+            Ok(StreamRead::Data(d)) => StubRead::Data(d),
+            Ok(StreamRead::Wait(a, b)) => StubRead::Wait(self.chunk_waiter(stream, a, b)),
+            Err(e) => StubRead::Wait(Box::new(move || Err(Errno(e)))),
+        }
+    }
+
+    fn read_transient(&self, ino: u64, s: Arc<Stream>, off: u64, len: u64) -> SysResult<StubRead> {
+        match s.read(off, len) {
+            Ok(StreamRead::Data(d)) => Ok(StubRead::Data(d)),
+            Ok(StreamRead::Wait(a, b)) => {
+                let Some(rec) = self.record_of_transient(ino) else {
+                    return Err(Errno(libc::EIO));
+                };
+                let store = self.store().map_err(|e| Errno(e.errno))?;
+                s.ensure_fetching(&self.rt, store, &rec.0, rec.1.as_deref());
+                Ok(StubRead::Wait(self.chunk_waiter(s, a, b)))
+            }
+            Err(e) => {
+                // Failed: the next read starts afresh.
+                self.readers.transients.lock().remove(&ino);
+                Err(Errno(e))
+            }
+        }
+    }
+
+    /// The object key and version a transient stream reads (kept with it at creation).
+    fn record_of_transient(&self, ino: u64) -> Option<(String, Option<String>)> {
+        self.readers.transient_keys.lock().get(&ino).cloned()
+    }
+
+    fn chunk_waiter(&self, stream: Arc<Stream>, a: usize, b: usize) -> Waiter {
+        let limit = Some(self.settings().recall.timeout).filter(|d| !d.is_zero());
+        Box::new(move || {
+            stream.wait(a, b, limit).map_err(|e| {
+                if e == libc::EAGAIN {
+                    crate::tier::metrics::RECALLS_OPEN_TIMEOUT.inc();
+                    tracing::warn!(
+                        "a read gave up waiting for a recall (recall.timeout): EAGAIN; the recall goes on"
+                    );
+                }
+                Errno(e)
+            })
+        })
+    }
+
+    /// Drops transient streams nobody read for a while.
+    fn sweep_transients(&self) {
+        let mut t = self.readers.transients.lock();
+        let before: Vec<u64> = t.keys().copied().collect();
+        t.retain(|_, s| s.last_read().is_none_or(|r| r.elapsed() < TRANSIENT_IDLE));
+        let mut keys = self.readers.transient_keys.lock();
+        for k in before {
+            if !t.contains_key(&k) {
+                keys.remove(&k);
+            }
+        }
+    }
+
+    /// Records a refusal or a stream read of a file by `who` (once an hour per file and
+    /// mode).
+    fn note(
+        &self,
+        ino: u64,
+        mode: &'static str,
+        fd: BorrowedFd<'_>,
+        rec: &StubRecord,
+        who: &Reader,
+        why: &str,
+    ) {
+        if mode == "stream" {
+            self.readers
+                .transient_keys
+                .lock()
+                .insert(ino, (rec.object_key.clone(), rec.version_id.clone()));
+        }
+        {
+            let mut n = self.readers.noted.lock();
+            if n.get(&(ino, mode))
+                .is_some_and(|t| t.elapsed() < NOTE_EVERY)
+            {
+                return;
+            }
+            if n.len() > 100_000 {
+                n.retain(|_, t| t.elapsed() < NOTE_EVERY);
+            }
+            n.insert((ino, mode), Instant::now());
+        }
+        let path = self.rel_of(fd);
+        let detail = json!({
+            "mode": mode, "uid": who.uid, "gid": who.gid, "pid": who.pid,
+            "program": who.program, "rule": why, "bytes": rec.size,
+        });
+        let kind = if mode == "stream" {
+            EventKind::Streamed
+        } else {
+            EventKind::RecallRefused
+        };
+        tracing::info!(path = path.as_deref().unwrap_or("?"), mode, uid = who.uid, program = %who.program, rule = why, "read of a stub: {mode}");
+        if let Err(e) = self
+            .catalog
+            .append_event(Some(&rec.file_id), path.as_deref(), kind, detail)
+        {
+            tracing::error!("catalog: cannot record a {mode} of a stub: {e}");
+        }
+    }
+
+    /// Queues `ino` for the background recall of deferred files (one at a time, in order).
+    fn defer(&self, ino: u64, rel: String) {
+        {
+            let mut q = self.readers.deferred.lock();
+            if q.iter().any(|(n, _)| *n == ino) {
+                return;
+            }
+            q.push_back((ino, rel));
+        }
+        if self
+            .readers
+            .deferring
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = self.arc();
+        self.rt.spawn(async move {
+            loop {
+                let next = me.readers.deferred.lock().front().cloned();
+                let Some((ino, _)) = next else {
+                    me.readers
+                        .deferring
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    // A file queued between the check and the store: go on.
+                    if me.readers.deferred.lock().is_empty()
+                        || me
+                            .readers
+                            .deferring
+                            .swap(true, std::sync::atomic::Ordering::AcqRel)
+                    {
+                        break;
+                    }
+                    continue;
+                };
+                if let Some(mut rx) = me.start_deferred(ino) {
+                    let _ = rx.wait_for(|v| v.is_some()).await;
+                }
+                me.readers.deferred.lock().pop_front();
+            }
+        });
+    }
+
+    /// The recall of a deferred file, if it is still a stub the mount knows.
+    fn start_deferred(
+        &self,
+        ino: u64,
+    ) -> Option<tokio::sync::watch::Receiver<super::context::RecallResult>> {
+        let m = self.mount.get().and_then(std::sync::Weak::upgrade)?;
+        let fd = m.node_fd(ino)?;
+        let _held = self.gate.lock(ino);
+        let rec = marks::record(fd.as_fd(), marks::STUB).ok()??;
+        let w = backing::reopen(fd.as_fd(), libc::O_RDWR).ok()?;
+        Some(self.recall_rx(ino, w, rec))
+    }
+}
+
+fn rel_or(rel: &str, other: Option<String>) -> String {
+    if rel.is_empty() {
+        other.unwrap_or_default()
+    } else {
+        rel.to_string()
+    }
+}
+
+/// An anonymous memory file for a transient stream of `rec` (sparse: only the chunks
+/// fetched take memory).
+fn memfd(rec: &StubRecord) -> Option<File> {
+    // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"coldtier-stream".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd nothing else owns.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.set_len(rec.size).ok()?;
+    Some(f)
+}
