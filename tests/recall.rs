@@ -392,3 +392,100 @@ fn recall_rules_deny_defer_and_stream_and_events_say_who() {
     let d = &find("read.bin", "RECALL_STARTED")["detail"];
     assert_eq!(d["who"]["uid"].as_u64(), Some(0), "{d}");
 }
+
+/// `coldtier recalls` lists a recall in flight (file, size, bytes done, who) and `recalls
+/// cancel` stops it cleanly: its reader gets ECANCELED, the file is a stub again with no
+/// data, RECALL_FAILED says it was cancelled; the next read recalls it byte-identical.
+#[test]
+fn coldtier_recalls_lists_a_recall_in_flight_and_cancel_stops_it() {
+    let total = 24 * MIB; // 6 chunks
+    let fs_ = files(&[("big.bin", total)]);
+    let (_moto, proxy, t) = stubbed("recalls-list", &fs_);
+    // Chunk 0 comes, the others are held: the recall stays in flight.
+    proxy.rules(json!([
+        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(0, total), "action": "delay", "delay": 0.0},
+        {"method": "GET", "path_contains": "/data/", "action": "hang"},
+    ]));
+    let path = t.m("big.bin");
+    let reader = std::thread::spawn(move || {
+        std::process::Command::new("cat")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let listed = |t: &TierMount| -> Vec<Value> {
+        let out = t.cli(&["recalls", "--json", t.mnt_str().as_str()]);
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Wait (bounded) for the recall to show, with its first chunk done.
+    let t0 = std::time::Instant::now();
+    let row = loop {
+        let rows = listed(&t);
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r["done"].as_u64() == Some(CHUNK as u64))
+        {
+            break r.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no recall in flight: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(row["path"], "big.bin", "{row}");
+    assert_eq!(row["state"], "streaming", "{row}");
+    assert_eq!(row["size"].as_u64(), Some(total as u64), "{row}");
+    assert_eq!(row["who"]["program"], "cat", "{row}");
+    assert_eq!(row["who"]["uid"].as_u64(), Some(0), "{row}");
+    // The text form names it too.
+    let out = t.cli(&["recalls", t.mnt_str().as_str()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("big.bin"),
+        "{}",
+        show(&out)
+    );
+
+    let out = t.cli(&["recalls", "cancel", t.mnt_str().as_str(), "--uid", "0"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cancelled: big.bin"),
+        "{}",
+        show(&out)
+    );
+    let got = reader.join().unwrap();
+    assert!(!got.status.success(), "cat of a cancelled recall succeeded");
+    assert!(
+        String::from_utf8_lossy(&got.stderr).contains("Operation canceled"),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        t.wait_state("big.bin", "stub", Duration::from_secs(30)),
+        "stub"
+    );
+    assert_eq!(fs::metadata(t.s("big.bin")).unwrap().len(), 0);
+    assert!(listed(&t).is_empty(), "{:?}", listed(&t));
+    let failed = t
+        .history("big.bin")
+        .into_iter()
+        .find(|e| e["kind"] == "RECALL_FAILED")
+        .expect("RECALL_FAILED");
+    assert!(
+        failed["detail"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled"),
+        "{failed}"
+    );
+    // Nothing left to cancel.
+    let out = t.cli(&["recalls", "cancel", t.mnt_str().as_str(), "--all"]);
+    assert!(!out.status.success());
+    proxy.reset();
+    read_whole_and_settle(&t, "big.bin", &fs_[0].1, "after the cancel");
+}

@@ -61,6 +61,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Policy runs: start, end, files and bytes copied, stubbed, failed.
     Jobs(JobsArgs),
+    /// Recalls in flight, queued (deferred by a rule) and waiting for an archive restore:
+    /// file, size, bytes done, who, since when; `recalls cancel` stops them.
+    Recalls(RecallsArgs),
     /// The config versions the daemon has run with: show, history, diff.
     Config(ConfigArgs),
     /// Check the event hash chain end to end; exit 1 and name the first broken link.
@@ -357,6 +360,41 @@ pub enum JobsCommand {
     /// The daemon's background workers (policy and backup schedulers, tagger, restore
     /// pollers): state, runs, errors, last error, status.
     Workers(JobsWorkersArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RecallsArgs {
+    #[command(subcommand)]
+    pub command: Option<RecallsCommand>,
+    /// The mount point (or any path inside the mount).
+    #[arg(required = true)]
+    pub mountpoint: Option<PathBuf>,
+    /// One JSON object per recall and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RecallsCommand {
+    /// Stop recalls cleanly: each file stays a stub (its readers get ECANCELED; a
+    /// RECALL_FAILED event says it was cancelled); queued ones leave the queue.
+    Cancel(RecallsCancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecallsCancelArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// The recall's ID (as `coldtier recalls` shows it).
+    #[arg(required_unless_present_any = ["uid", "all"], conflicts_with_all = ["uid", "all"])]
+    pub id: Option<u64>,
+    /// Every recall this user started.
+    #[arg(long, conflicts_with = "all")]
+    pub uid: Option<u32>,
+    /// Every recall.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]

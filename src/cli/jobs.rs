@@ -1,11 +1,11 @@
 //! The commands on tiering jobs: `migrate`, `gc`, `verify`, `jobs` (the runs, `jobs
-//! cancel`, `jobs workers`), `pause` and `resume`.
+//! cancel`, `jobs workers`), `recalls` (and `recalls cancel`), `pause` and `resume`.
 
 use anyhow::anyhow;
 
 use super::args::{
     GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs, MountpointArgs,
-    VerifyArgs,
+    RecallsArgs, RecallsCommand, VerifyArgs,
 };
 use super::output::print_json_line;
 use super::request::{call_typed, client_for};
@@ -14,7 +14,7 @@ use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
 use crate::control::replies::{
     CancelJobReply, CancelWorkerReply, GcReport, JobRow, JobsReply, MigrateReport, PauseReply,
-    ResumeReply, VerifyReport, WorkerRow, WorkersReply,
+    RecallRow, RecallsReply, ResumeReply, VerifyReport, WorkerRow, WorkersReply,
 };
 
 pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
@@ -212,6 +212,73 @@ fn cancel(a: &JobsCancelArgs) -> anyhow::Result<()> {
         r.cancelled, r.kind
     );
     Ok(())
+}
+
+pub(super) fn recalls(a: &RecallsArgs) -> anyhow::Result<()> {
+    let (mp, op, json) = match &a.command {
+        Some(RecallsCommand::Cancel(c)) => (
+            c.mountpoint.as_path(),
+            Op::CancelRecalls {
+                recall: c.id,
+                uid: c.uid,
+                all: c.all,
+            },
+            false,
+        ),
+        None => (
+            a.mountpoint.as_deref().expect("clap requires it"),
+            Op::Recalls,
+            a.json,
+        ),
+    };
+    let cancel = matches!(op, Op::CancelRecalls { .. });
+    let mut c = client_for(mp)?;
+    let r: RecallsReply = call_typed(&mut c, op)?;
+    if json {
+        for row in &r.recalls {
+            print_json_line(row);
+        }
+    } else if cancel {
+        for row in &r.recalls {
+            println!("cancelled: {} ({})", row.path, row.state);
+        }
+    } else {
+        print!("{}", recalls_text(&r.recalls));
+    }
+    Ok(())
+}
+
+/// The `coldtier recalls` table.
+pub fn recalls_text(rows: &[RecallRow]) -> String {
+    if rows.is_empty() {
+        return "no recalls in flight, queued or waiting for a restore\n".into();
+    }
+    let mut s = format!(
+        "{:>20}  {:<10} {:>10} {:>10} {:>6} {:>8}  {:<16} {:<19}  {}\n",
+        "ID", "STATE", "SIZE", "DONE", "UID", "PID", "PROGRAM", "SINCE", "PATH"
+    );
+    for r in rows {
+        let who = |k: &str| {
+            r.who
+                .as_ref()
+                .and_then(|w| w.get(k))
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        s.push_str(&format!(
+            "{:>20}  {:<10} {:>10} {:>10} {:>6} {:>8}  {:<16} {:<19}  {}\n",
+            r.id,
+            r.state,
+            r.size,
+            r.done,
+            who("uid"),
+            who("pid"),
+            who("program"),
+            format_time(r.since_ns),
+            r.path
+        ));
+    }
+    s
 }
 
 fn workers(a: &JobsWorkersArgs) -> anyhow::Result<()> {

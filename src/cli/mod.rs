@@ -39,6 +39,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
         Command::Gc(a) => jobs::gc(a),
         Command::Verify(a) => jobs::verify(a),
         Command::Jobs(a) => jobs::jobs(a),
+        Command::Recalls(a) => jobs::recalls(a),
         Command::Pause(a) => jobs::pause(a),
         Command::Resume(a) => jobs::resume(a),
         Command::Find(a) => reports::find(a),

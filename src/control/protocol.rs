@@ -86,6 +86,16 @@ pub enum Op {
     /// for its next). Reply: `CancelWorkerReply`. (Not `id`: the request's own `id` sits
     /// beside the op's fields.)
     CancelWorker { worker: u64 },
+    /// The recalls in flight, queued (deferred by a rule) and waiting for an archive
+    /// restore. Reply: `RecallsReply`.
+    Recalls,
+    /// Stop recalls: the one with this id, those a uid started, or all.
+    /// Reply: `RecallsReply` (the ones stopped).
+    CancelRecalls {
+        recall: Option<u64>,
+        uid: Option<u32>,
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -314,6 +314,14 @@ pub struct WorkersReply {
     pub workers: Vec<WorkerRow>,
 }
 
+pub use crate::tier::readers::RecallRow;
+
+/// `Op::Recalls` (and `Op::CancelRecalls`: the ones stopped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallsReply {
+    pub recalls: Vec<RecallRow>,
+}
+
 /// `Op::CancelWorker`: the worker whose piece of work in progress was cancelled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelWorkerReply {

@@ -591,6 +591,31 @@ impl Handler for Control {
                 )?;
                 reply(from_engine::<BackupReport>("catalog backup", v)?)
             }
+            Op::Recalls => reply(crate::control::replies::RecallsReply {
+                recalls: self.t.recalls_list(),
+            }),
+            Op::CancelRecalls { recall, uid, all } => {
+                use crate::tier::readers::RecallSelector;
+                let sel = match (recall, uid, all) {
+                    (Some(i), None, false) => RecallSelector::Id(i),
+                    (None, Some(u), false) => RecallSelector::Uid(u),
+                    (None, None, true) => RecallSelector::All,
+                    _ => {
+                        return Err(err(
+                            ErrorCode::BadRequest,
+                            "name one: a recall id, --uid U or --all",
+                        ))
+                    }
+                };
+                let stopped = self.t.cancel_recalls(sel);
+                if stopped.is_empty() {
+                    return Err(err(
+                        ErrorCode::NotFound,
+                        "no such recall in flight or queued (`coldtier recalls` lists them)",
+                    ));
+                }
+                reply(crate::control::replies::RecallsReply { recalls: stopped })
+            }
             Op::Workers => reply(WorkersReply {
                 workers: self.t.workers.list(),
             }),

@@ -38,8 +38,11 @@ pub struct ReaderState {
     transient_keys: parking_lot::Mutex<HashMap<u64, (String, Option<String>)>>,
     /// Who starts the recall about to start, by node (for its RECALL_STARTED).
     pub who: parking_lot::Mutex<HashMap<u64, serde_json::Value>>,
-    /// Files deferred by a rule, waiting for the background recall, in order.
-    pub deferred: parking_lot::Mutex<VecDeque<(u64, String)>>,
+    /// Files deferred by a rule, waiting for the background recall, in order (node, path,
+    /// when queued).
+    pub deferred: parking_lot::Mutex<VecDeque<(u64, String, i64)>>,
+    /// The recalls in flight, by node: for `coldtier recalls` and its cancel.
+    pub in_flight: parking_lot::Mutex<HashMap<u64, InFlight>>,
     deferring: std::sync::atomic::AtomicBool,
     noted: parking_lot::Mutex<HashMap<(u64, &'static str), Instant>>,
 }
@@ -238,10 +241,10 @@ impl Tiering {
     fn defer(&self, ino: u64, rel: String) {
         {
             let mut q = self.readers.deferred.lock();
-            if q.iter().any(|(n, _)| *n == ino) {
+            if q.iter().any(|(n, _, _)| *n == ino) {
                 return;
             }
-            q.push_back((ino, rel));
+            q.push_back((ino, rel, super::usage::now_ns()));
         }
         if self
             .readers
@@ -254,7 +257,7 @@ impl Tiering {
         self.rt.spawn(async move {
             loop {
                 let next = me.readers.deferred.lock().front().cloned();
-                let Some((ino, _)) = next else {
+                let Some((ino, _, _)) = next else {
                     me.readers
                         .deferring
                         .store(false, std::sync::atomic::Ordering::Release);
@@ -272,7 +275,11 @@ impl Tiering {
                 if let Some(mut rx) = me.start_deferred(ino) {
                     let _ = rx.wait_for(|v| v.is_some()).await;
                 }
-                me.readers.deferred.lock().pop_front();
+                // Unless cancelled meanwhile (then it is gone from the queue already).
+                let mut q = me.readers.deferred.lock();
+                if q.front().is_some_and(|f| f.0 == ino) {
+                    q.pop_front();
+                }
             }
         });
     }
@@ -311,4 +318,125 @@ fn memfd(rec: &StubRecord) -> Option<File> {
     let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     f.set_len(rec.size).ok()?;
     Some(f)
+}
+
+/// One recall in flight, queued (deferred) or waiting for an archive restore, as `coldtier
+/// recalls` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecallRow {
+    /// Its id (the node id): what `coldtier recalls cancel ID` takes.
+    pub id: u64,
+    pub path: String,
+    pub size: u64,
+    /// Bytes verified and in place (a streamed recall; 0 for a recall of one GET until it
+    /// ends).
+    pub done: u64,
+    /// `streaming`, `recalling` (one GET), `queued` (deferred by a rule), `restore`
+    /// (waiting for an archive restore).
+    pub state: String,
+    /// Who started it: uid, gid, pid, program (None: coldtier itself or unknown).
+    pub who: Option<serde_json::Value>,
+    /// When it started (ns since the epoch; queued: when it was queued).
+    pub since_ns: i64,
+}
+
+/// What `coldtier recalls cancel` stops.
+#[derive(Debug, Clone, Copy)]
+pub enum RecallSelector {
+    Id(u64),
+    Uid(u32),
+    All,
+}
+
+/// A recall in flight: where and since when, who (set by `recall_rx_for`).
+pub struct InFlight {
+    pub path: String,
+    pub size: u64,
+    pub since_ns: i64,
+    pub who: Option<serde_json::Value>,
+    pub cancel: Arc<tokio::sync::Notify>,
+}
+
+impl Tiering {
+    /// The recalls in flight, queued and waiting for a restore, oldest first.
+    pub fn recalls_list(&self) -> Vec<RecallRow> {
+        let mut rows: Vec<RecallRow> = Vec::new();
+        for (&id, f) in self.readers.in_flight.lock().iter() {
+            let stream = self.streams.lock().get(&id).cloned();
+            rows.push(RecallRow {
+                id,
+                path: f.path.clone(),
+                size: f.size,
+                done: stream.as_ref().map_or(0, |s| s.bytes_done()),
+                state: if stream.is_some() {
+                    "streaming"
+                } else {
+                    "recalling"
+                }
+                .into(),
+                who: f.who.clone(),
+                since_ns: f.since_ns,
+            });
+        }
+        for (id, rel, since) in self.readers.deferred.lock().iter() {
+            if rows.iter().any(|r| r.id == *id) {
+                continue;
+            }
+            rows.push(RecallRow {
+                id: *id,
+                path: rel.clone(),
+                size: 0,
+                done: 0,
+                state: "queued".into(),
+                who: None,
+                since_ns: *since,
+            });
+        }
+        for file_id in self.pollers.lock().iter() {
+            if let Ok(Some(row)) = self.catalog.file_by_id(file_id) {
+                rows.push(RecallRow {
+                    id: 0,
+                    path: row.path,
+                    size: row.size,
+                    done: 0,
+                    state: "restore".into(),
+                    who: None,
+                    since_ns: row.updated_at,
+                });
+            }
+        }
+        rows.sort_by_key(|r| r.since_ns);
+        rows
+    }
+
+    /// Stops the recalls `sel` names (and takes queued ones off the queue): each ends as
+    /// a failed recall (ECANCELED to its readers, RECALL_FAILED, the file a stub again).
+    pub fn cancel_recalls(&self, sel: RecallSelector) -> Vec<RecallRow> {
+        let hit = |r: &RecallRow| match sel {
+            RecallSelector::Id(i) => r.id == i,
+            RecallSelector::Uid(u) => r
+                .who
+                .as_ref()
+                .and_then(|w| w["uid"].as_u64())
+                .is_some_and(|x| x == u as u64),
+            RecallSelector::All => true,
+        };
+        let mut out = Vec::new();
+        for r in self.recalls_list().into_iter().filter(|r| hit(r)) {
+            match r.state.as_str() {
+                "queued" => {
+                    self.readers.deferred.lock().retain(|(n, _, _)| *n != r.id);
+                }
+                "restore" => continue,
+                _ => {
+                    if let Some(f) = self.readers.in_flight.lock().get(&r.id) {
+                        f.cancel.notify_one();
+                    }
+                }
+            }
+            tracing::warn!(path = %r.path, state = %r.state, "recall cancelled (coldtier recalls cancel)");
+            out.push(r);
+        }
+        out
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
@@ -115,12 +116,22 @@ impl Tiering {
         if let Some(rx) = m.get(&node) {
             return rx.clone();
         }
-        if let Some(w) = who {
-            self.readers.who.lock().insert(
-                node,
-                json!({"uid": w.uid, "gid": w.gid, "pid": w.pid, "program": w.program}),
-            );
+        let who =
+            who.map(|w| json!({"uid": w.uid, "gid": w.gid, "pid": w.pid, "program": w.program}));
+        if let Some(w) = &who {
+            self.readers.who.lock().insert(node, w.clone());
         }
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        self.readers.in_flight.lock().insert(
+            node,
+            super::readers::InFlight {
+                path: self.rel_of(fd.as_fd()).unwrap_or_default(),
+                size: rec.size,
+                since_ns: super::usage::now_ns(),
+                who,
+                cancel: cancel.clone(),
+            },
+        );
         let (tx, rx) = watch::channel(None);
         m.insert(node, rx.clone());
         // A stub with chunk sums streams: readers get its chunks as they land.
@@ -140,8 +151,9 @@ impl Tiering {
         // A blocking thread of its own: the recall's fsyncs, xattrs and catalog writes
         // block, and concurrent recalls must not queue behind the runtime's workers.
         self.rt.spawn_blocking(move || {
-            let r = rt.block_on(me.recall(node, file, rec));
+            let r = rt.block_on(me.recall(node, file, rec, cancel));
             me.streams.lock().remove(&node);
+            me.readers.in_flight.lock().remove(&node);
             me.recalls.lock().remove(&node);
             let _ = tx.send(Some(r.map_err(|e| e.errno)));
         });
@@ -171,6 +183,7 @@ impl Tiering {
         node: u64,
         file: File,
         rec: StubRecord,
+        cancel: Arc<tokio::sync::Notify>,
     ) -> Result<(), StepError> {
         let t0 = Instant::now();
         let _in_flight = crate::tier::metrics::RECALLS_IN_FLIGHT.track();
@@ -182,9 +195,15 @@ impl Tiering {
         {
             m.insert("who".into(), who);
         }
-        let result = self
-            .recall_steps(node, &file, &rec, &mut row, &mut start_owed, &start)
-            .await;
+        // `coldtier recalls cancel`: the steps are dropped where they wait (a GET, a restore
+        // poll), never inside the switch (it does not wait), as a crash would stop them.
+        let result = tokio::select! {
+            r = self.recall_steps(node, &file, &rec, &mut row, &mut start_owed, &start) => r,
+            _ = cancel.notified() => Err(StepError::new(
+                libc::ECANCELED,
+                "cancelled (coldtier recalls cancel)",
+            )),
+        };
         if let (Err(e), Some(s)) = (&result, self.streams.lock().get(&node)) {
             // Every reader of the stream gets the error before the file is emptied.
             s.fail(e.errno);
