@@ -1103,6 +1103,9 @@ mod tests {
         assert_eq!(
             RecallConfig {
                 rules: Vec::new(),
+                max_concurrent: None,
+                per_uid_per_minute: None,
+                per_uid_bytes_per_minute: None,
                 ..c.recall.clone()
             },
             d.recall
@@ -1151,7 +1154,11 @@ mod tests {
             keys("recall"),
             [
                 "default_rules",
+                "max_concurrent",
                 "on_archived",
+                "over_budget",
+                "per_uid_bytes_per_minute",
+                "per_uid_per_minute",
                 "poll_interval",
                 "restore_days",
                 "restore_tier",

@@ -489,3 +489,75 @@ fn coldtier_recalls_lists_a_recall_in_flight_and_cancel_stops_it() {
     proxy.reset();
     read_whole_and_settle(&t, "big.bin", &fs_[0].1, "after the cancel");
 }
+
+/// Budgets: with `recall.max_concurrent = 1` and `over_budget = "eagain"`, a read that
+/// would start a second recall while one is in flight gets EAGAIN and a RECALL_REFUSED
+/// event (mode throttled, naming the limit); once the first is over, it recalls.
+#[test]
+fn a_recall_over_budget_gets_eagain_and_an_event() {
+    let total = 24 * MIB;
+    let fs_ = files(&[("a.bin", total), ("b.bin", 5000)]);
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let mut t = TierMount::prepared(&moto, &proxy.endpoint, "budget", &fs_, |c| {
+        c.set("recall", "max_concurrent", "1")
+            .set("recall", "over_budget", &q("eagain"))
+    });
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    proxy.rules(json!([
+        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(0, total), "action": "delay", "delay": 0.0},
+        {"method": "GET", "path_contains": "/data/", "action": "hang"},
+    ]));
+    let path = t.m("a.bin");
+    let reader = std::thread::spawn(move || {
+        std::process::Command::new("cat")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let t0 = std::time::Instant::now();
+    while !String::from_utf8_lossy(&t.cli(&["recalls", t.mnt_str().as_str()]).stdout)
+        .contains("a.bin")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the first recall never showed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = std::process::Command::new("cat")
+        .arg(t.m("b.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        !second.status.success(),
+        "a second recall went over max_concurrent"
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("Resource temporarily unavailable"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(t.state("b.bin"), "stub");
+    let ev = t
+        .history("b.bin")
+        .into_iter()
+        .find(|e| e["kind"] == "RECALL_REFUSED")
+        .expect("RECALL_REFUSED");
+    assert_eq!(ev["detail"]["mode"], "throttled", "{ev}");
+    assert_eq!(ev["detail"]["rule"], "recall.max_concurrent", "{ev}");
+    // The first one stopped, the second goes through.
+    assert!(t
+        .cli(&["recalls", "cancel", t.mnt_str().as_str(), "--all"])
+        .status
+        .success());
+    let _ = reader.join().unwrap();
+    proxy.reset();
+    assert_eq!(
+        t.wait_state("a.bin", "stub", Duration::from_secs(30)),
+        "stub"
+    );
+    read_whole_and_settle(&t, "b.bin", &fs_[1].1, "b.bin under budget");
+}

@@ -153,6 +153,28 @@ pub struct RecallConfig {
     pub rules: Vec<super::rules::RecallRule>,
     /// The shipped rules after the admin's (indexers denied, virus scanners streamed).
     pub default_rules: bool,
+    /// Budgets (none: no limit), for recalls started by reads: at once, and per minute per
+    /// uid and in all (count and bytes). Over a budget a read waits (up to `timeout`) or
+    /// gets EAGAIN at once (`over_budget`).
+    pub max_concurrent: Option<u64>,
+    pub per_uid_per_minute: Option<u64>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub per_uid_bytes_per_minute: Option<u64>,
+    pub per_minute: Option<u64>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub bytes_per_minute: Option<u64>,
+    pub over_budget: OverBudget,
+}
+
+/// `recall.over_budget`: what a read that would start a recall over a budget gets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OverBudget {
+    /// It waits until the budget allows it, up to `recall.timeout`, then EAGAIN.
+    #[default]
+    Wait,
+    /// EAGAIN at once.
+    Eagain,
 }
 
 impl Default for RecallConfig {
@@ -166,6 +188,12 @@ impl Default for RecallConfig {
             timeout: Duration::from_secs(30),
             rules: Vec::new(),
             default_rules: true,
+            max_concurrent: None,
+            per_uid_per_minute: None,
+            per_uid_bytes_per_minute: None,
+            per_minute: None,
+            bytes_per_minute: None,
+            over_budget: OverBudget::Wait,
         }
     }
 }

@@ -36,11 +36,13 @@ pub static TIERING_PAUSED: Gauge = Gauge::new();
 /// Reads of stubs refused by `[[recall.rules]]`, by mode (`deny`, `defer`).
 pub static RECALLS_DENIED: Counter = Counter::new();
 pub static RECALLS_DEFERRED: Counter = Counter::new();
+pub static RECALLS_THROTTLED: Counter = Counter::new();
 
 /// Records a read of a stub refused by a rule.
 pub fn recall_refused(mode: &str) {
     match mode {
         "deny" => RECALLS_DENIED.inc(),
+        "throttled" => RECALLS_THROTTLED.inc(),
         _ => RECALLS_DEFERRED.inc(),
     }
 }
@@ -90,9 +92,13 @@ pub fn render(out: &mut String) {
         out,
         "coldtier_recalls_refused_total",
         "counter",
-        "Reads of stubs refused by [[recall.rules]], by mode: deny (EACCES), defer (EAGAIN, queued).",
+        "Reads of stubs refused, by mode: deny (EACCES) and defer (EAGAIN, queued) by [[recall.rules]]; throttled (over a [recall] budget: waited or EAGAIN).",
     );
-    for (label, c) in [("deny", &RECALLS_DENIED), ("defer", &RECALLS_DEFERRED)] {
+    for (label, c) in [
+        ("deny", &RECALLS_DENIED),
+        ("defer", &RECALLS_DEFERRED),
+        ("throttled", &RECALLS_THROTTLED),
+    ] {
         let _ = writeln!(
             out,
             "coldtier_recalls_refused_total{{mode=\"{label}\"}} {}",

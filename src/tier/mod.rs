@@ -16,6 +16,7 @@
 //! * `metrics`: the engine's metrics.
 
 pub mod background;
+pub mod budget;
 pub mod config;
 pub mod context;
 pub mod gc;

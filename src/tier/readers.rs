@@ -43,6 +43,8 @@ pub struct ReaderState {
     pub deferred: parking_lot::Mutex<VecDeque<(u64, String, i64)>>,
     /// The recalls in flight, by node: for `coldtier recalls` and its cancel.
     pub in_flight: parking_lot::Mutex<HashMap<u64, InFlight>>,
+    /// Recalls started by reads in the last minute, against `[recall]`'s budgets.
+    budget: super::budget::Budget,
     deferring: std::sync::atomic::AtomicBool,
     noted: parking_lot::Mutex<HashMap<(u64, &'static str), Instant>>,
 }
@@ -85,6 +87,17 @@ impl Tiering {
             &reader,
             Path::new(&rel),
         );
+        if matches!(action, RecallAction::Recall) {
+            let running = self.readers.in_flight.lock().len();
+            if let Err(limit) =
+                self.readers
+                    .budget
+                    .admit(&settings.recall, running, who.uid, rec.size)
+            {
+                drop(held);
+                return self.over_budget(ino, fd, &rec, &reader, limit);
+            }
+        }
         match action {
             RecallAction::Recall => {
                 let w = backing::reopen(fd, libc::O_RDWR)?;
@@ -127,6 +140,45 @@ impl Tiering {
                 self.read_transient(ino, s, off, len)
             }
         }
+    }
+
+    /// A read that would start a recall over a budget: EAGAIN at once, or a wait until the
+    /// budget allows it (then the read tries again), up to `recall.timeout`.
+    fn over_budget(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        rec: &StubRecord,
+        who: &Reader,
+        limit: &'static str,
+    ) -> SysResult<StubRead> {
+        crate::tier::metrics::recall_refused("throttled");
+        self.note(ino, "throttled", fd, rec, who, limit);
+        let settings = self.settings();
+        if settings.recall.over_budget == super::config::OverBudget::Eagain {
+            return Err(Errno(libc::EAGAIN));
+        }
+        let me = self.arc();
+        let (uid, bytes) = (who.uid, rec.size);
+        let limit_t = Some(settings.recall.timeout).filter(|d| !d.is_zero());
+        Ok(StubRead::Wait(Box::new(move || {
+            let t0 = Instant::now();
+            loop {
+                let running = me.readers.in_flight.lock().len();
+                let cfg = me.settings();
+                if me
+                    .readers
+                    .budget
+                    .would_admit(&cfg.recall, running, uid, bytes)
+                {
+                    return Ok(());
+                }
+                if limit_t.is_some_and(|l| t0.elapsed() >= l) {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })))
     }
 
     fn read_streamed(&self, stream: Arc<Stream>, off: u64, len: u64) -> StubRead {
