@@ -391,6 +391,45 @@ fn recall_rules_deny_defer_and_stream_and_events_say_who() {
     );
     let d = &find("read.bin", "RECALL_STARTED")["detail"];
     assert_eq!(d["who"]["uid"].as_u64(), Some(0), "{d}");
+
+    // `coldtier stats` sums them by program and by user.
+    let out = t.cli(&["stats", "--json", "--since", "1h", t.mnt_str().as_str()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tally = |by: &str, key: &str, name: Value| -> Value {
+        v["recalls"][by]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x[key] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in recalls.{by}: {v}"))
+    };
+    assert_eq!(
+        tally("by_program", "program", json!("head"))["refused"],
+        1,
+        "{v}"
+    );
+    assert_eq!(
+        tally("by_program", "program", json!("tail"))["streamed"],
+        2,
+        "{v}"
+    );
+    assert_eq!(
+        tally("by_program", "program", json!("clamscan"))["streamed"],
+        1,
+        "{v}"
+    );
+    assert_eq!(tally("by_uid", "uid", json!(65534))["refused"], 1, "{v}");
+    assert!(
+        tally("by_uid", "uid", json!(0))["recalls"].as_u64() >= Some(1),
+        "{v}"
+    );
+    let text = String::from_utf8_lossy(&t.cli(&["stats", t.mnt_str().as_str()]).stdout).to_string();
+    assert!(
+        text.contains("reads of stubs since") && text.contains("clamscan"),
+        "{text}"
+    );
 }
 
 /// `coldtier recalls` lists a recall in flight (file, size, bytes done, who) and `recalls

@@ -993,6 +993,21 @@ impl Catalog {
         })
     }
 
+    /// Events of these kinds at or after `since_ns` (time order): what `coldtier stats`
+    /// sums recalls by program and user from.
+    pub fn events_of_kinds_since(&self, kinds: &[EventKind], since_ns: i64) -> Result<Vec<Event>> {
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let list = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+        self.read("reading events by kind", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE time_ns >= ?2 \
+                 AND kind IN (SELECT value FROM json_each(?1)) ORDER BY time_ns, id"
+            ))?
+            .query_map(params![list, since_ns], event_from_row)?
+            .collect()
+        })
+    }
+
     /// The object keys that tracked files name now.
     pub fn object_keys_in_use(&self) -> Result<std::collections::HashSet<String>> {
         self.read("reading the object keys in use", |c| {

@@ -305,6 +305,10 @@ pub struct FindArgs {
 pub struct StatsArgs {
     /// The mount point (or any path inside the mount).
     pub mountpoint: PathBuf,
+    /// Recalls by program and user since this time: "2026-11-30", "2026-11-30T08:00:00Z"
+    /// (UTC), or a duration ago: "24h" (the default), "7d".
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

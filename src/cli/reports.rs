@@ -27,8 +27,12 @@ use crate::control::replies::{
 pub const PAGE: u64 = 5000;
 
 pub(super) fn stats(a: &StatsArgs) -> anyhow::Result<()> {
+    let since_ns = match &a.since {
+        None => None,
+        Some(s) => Some(parse_since(s, now_ns()).map_err(|e| BadInput(format!("--since: {e}")))?),
+    };
     let mut c = client_for(&a.mountpoint)?;
-    let r: StatsReply = call_typed(&mut c, Op::Stats)?;
+    let r: StatsReply = call_typed(&mut c, Op::Stats { since_ns })?;
     if a.json {
         print_json_line(&r);
     } else {
@@ -213,6 +217,40 @@ pub fn stats_text(r: &StatsReply) -> String {
                 ""
             }
         ));
+    }
+    if let Some(rs) = &r.recalls {
+        s.push_str(&format!(
+            "\nreads of stubs since {} (recalls, stream reads, refusals: denied, deferred, throttled)\n",
+            crate::base::time::format_time(rs.since_ns)
+        ));
+        if rs.by_program.is_empty() {
+            s.push_str("  none\n");
+        }
+        for (title, rows) in [("PROGRAM", &rs.by_program), ("UID", &rs.by_uid)] {
+            if rows.is_empty() {
+                continue;
+            }
+            s.push_str(&format!(
+                "{:<16} {:>9} {:>12} {:>9} {:>12} {:>9}\n",
+                title, "RECALLS", "BYTES", "STREAMED", "BYTES", "REFUSED"
+            ));
+            for x in rows.iter() {
+                let name = x
+                    .program
+                    .clone()
+                    .or_else(|| x.uid.map(|u| u.to_string()))
+                    .unwrap_or_else(|| "-".into());
+                s.push_str(&format!(
+                    "{:<16} {:>9} {:>12} {:>9} {:>12} {:>9}\n",
+                    name,
+                    x.recalls,
+                    human_bytes(x.recalled_bytes),
+                    x.streamed,
+                    human_bytes(x.streamed_bytes),
+                    x.refused
+                ));
+            }
+        }
     }
     s
 }

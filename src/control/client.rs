@@ -202,7 +202,9 @@ mod tests {
             other: u64,
         }
         assert!(c.call_typed::<Pong>(Op::Ping, |_| {}).unwrap().pong);
-        let e = c.call_typed::<Pong>(Op::Stats, |_| {}).unwrap_err();
+        let e = c
+            .call_typed::<Pong>(Op::Stats { since_ns: None }, |_| {})
+            .unwrap_err();
         assert!(matches!(e, ClientError::Daemon(_)), "{e}");
         // An answer of another shape is a clear protocol error, not a panic or a default.
         let e = c.call_typed::<Other>(Op::Ping, |_| {}).unwrap_err();

@@ -60,9 +60,13 @@ pub enum Op {
     /// Files from the catalog (one page). Reply: `FindReply`, or `FindCount` with
     /// `count_only`.
     Find(crate::control::queries::FindRequest),
-    /// Files and bytes per state and storage class, space saved, estimated cost.
+    /// Files and bytes per state and storage class, space saved, estimated cost, and the
+    /// recalls since `since_ns` (default: the last 24 hours) by program and by user.
     /// Reply: `StatsReply`.
-    Stats,
+    Stats {
+        #[serde(default)]
+        since_ns: Option<i64>,
+    },
     /// Events from the catalog (one page). Reply: `EventsReply`.
     Events(crate::control::queries::EventsRequest),
     /// The newest policy runs. Reply: `JobsReply`.
@@ -243,7 +247,7 @@ mod tests {
                 limit: 10,
                 ..Default::default()
             }),
-            Op::Stats,
+            Op::Stats { since_ns: None },
             Op::Events(crate::control::queries::EventsRequest {
                 kinds: vec!["STUBBED".into()],
                 after_id: 3,

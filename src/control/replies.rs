@@ -532,6 +532,33 @@ pub struct StatsReply {
     pub events: u64,
     /// Null without a store.
     pub store: Option<StoreSummary>,
+    /// Recalls, stream reads and refusals since a time, by program and by user.
+    #[serde(default)]
+    pub recalls: Option<RecallStats>,
+}
+
+/// Who recalled what since `since_ns` (`coldtier stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallStats {
+    pub since_ns: i64,
+    /// The most active first.
+    pub by_program: Vec<RecallTally>,
+    pub by_uid: Vec<RecallTally>,
+}
+
+/// One program's or one user's recalls (RECALL_STARTED), stream reads (STREAMED) and
+/// refusals (RECALL_REFUSED: denied, deferred, throttled).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecallTally {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub program: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub uid: Option<u32>,
+    pub recalls: u64,
+    pub recalled_bytes: u64,
+    pub streamed: u64,
+    pub streamed_bytes: u64,
+    pub refused: u64,
 }
 
 #[cfg(test)]

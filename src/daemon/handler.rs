@@ -644,7 +644,7 @@ impl Handler for Control {
             }
             op @ (Op::List { .. }
             | Op::Find(_)
-            | Op::Stats
+            | Op::Stats { .. }
             | Op::Events(_)
             | Op::Jobs { .. }
             | Op::ConfigVersions

@@ -18,7 +18,7 @@ use crate::control::queries::{EventsRequest, FindRequest};
 use crate::control::replies::{
     AuditReply, ChainHead, ClassTotal, ConfigVersionRow, ConfigVersionsReply, Count, EntryStat,
     EventRow, EventsReply, FindCount, FindReply, FoundFile, JobRow, JobsReply, ListEntry,
-    ListReply, StateTotal, StatsReply, StoreSummary,
+    ListReply, RecallStats, RecallTally, StateTotal, StatsReply, StoreSummary,
 };
 use crate::fs::backing::{self, Stat};
 use crate::tier::context::{ns_of, Tiering};
@@ -38,7 +38,7 @@ pub fn handle(t: &Arc<Tiering>, config: &Config, op: &Op) -> Option<Result<Value
         Op::List { path } => list(t, path).and_then(reply),
         Op::Find(r) if r.count_only => count(t, r).and_then(reply),
         Op::Find(r) => find(t, r).and_then(reply),
-        Op::Stats => stats(t, config).and_then(reply),
+        Op::Stats { since_ns } => stats(t, config, *since_ns).and_then(reply),
         Op::Events(r) => events(t, r).and_then(reply),
         Op::Jobs { limit } => jobs(t, *limit).and_then(reply),
         Op::ConfigVersions => config_versions(t).and_then(reply),
@@ -290,7 +290,76 @@ fn find(t: &Tiering, r: &FindRequest) -> Result<FindReply, ErrorBody> {
     Ok(FindReply { files, next_after })
 }
 
-fn stats(t: &Tiering, config: &Config) -> Result<StatsReply, ErrorBody> {
+/// Recalls, stream reads and refusals since `since_ns`, by program and by uid, from the
+/// events that name who (RECALL_STARTED's `who`, RECALL_REFUSED, STREAMED).
+fn recall_stats(t: &Tiering, since_ns: i64) -> Result<RecallStats, ErrorBody> {
+    use crate::catalog::EventKind;
+    let events = t
+        .catalog
+        .events_of_kinds_since(
+            &[
+                EventKind::RecallStarted,
+                EventKind::RecallRefused,
+                EventKind::Streamed,
+            ],
+            since_ns,
+        )
+        .map_err(cat_err)?;
+    let mut by_program: BTreeMap<String, RecallTally> = BTreeMap::new();
+    let mut by_uid: BTreeMap<u64, RecallTally> = BTreeMap::new();
+    for e in &events {
+        let d = &e.detail;
+        let who = if e.kind == EventKind::RecallStarted {
+            &d["who"]
+        } else {
+            d
+        };
+        let program = who["program"].as_str().unwrap_or("-").to_string();
+        let uid = who["uid"].as_u64();
+        let bytes = d["bytes"].as_u64().unwrap_or(0);
+        let add = |x: &mut RecallTally| match e.kind {
+            EventKind::RecallStarted => {
+                x.recalls += 1;
+                x.recalled_bytes += bytes;
+            }
+            EventKind::Streamed => {
+                x.streamed += 1;
+                x.streamed_bytes += bytes;
+            }
+            _ => x.refused += 1,
+        };
+        add(by_program
+            .entry(program.clone())
+            .or_insert_with(|| RecallTally {
+                program: Some(program),
+                ..Default::default()
+            }));
+        if let Some(u) = uid {
+            add(by_uid.entry(u).or_insert_with(|| RecallTally {
+                uid: Some(u as u32),
+                ..Default::default()
+            }));
+        }
+    }
+    let sorted = |m: Vec<RecallTally>| {
+        let mut v = m;
+        v.sort_by(|a, b| {
+            (b.recalls + b.streamed + b.refused).cmp(&(a.recalls + a.streamed + a.refused))
+        });
+        v
+    };
+    Ok(RecallStats {
+        since_ns,
+        by_program: sorted(by_program.into_values().collect()),
+        by_uid: sorted(by_uid.into_values().collect()),
+    })
+}
+
+fn stats(t: &Tiering, config: &Config, since_ns: Option<i64>) -> Result<StatsReply, ErrorBody> {
+    let since_ns = since_ns.unwrap_or_else(|| {
+        crate::base::time::system_now_ns().saturating_sub(86_400 * 1_000_000_000)
+    });
+    let recalls = recall_stats(t, since_ns)?;
     let totals = t.catalog.totals().map_err(cat_err)?;
     let costs = &config.costs;
     let mut states: BTreeMap<&str, (u64, u64)> = FileState::ALL
@@ -372,6 +441,7 @@ fn stats(t: &Tiering, config: &Config) -> Result<StatsReply, ErrorBody> {
             .into(),
             tiering_paused: t.paused(),
         }),
+        recalls: Some(recalls),
     })
 }
 
