@@ -25,7 +25,7 @@ use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreError, StoreError
 use crate::tier::model::stub::StubRecord;
 
 /// Ranged GETs in flight per streaming recall.
-pub const FETCHERS: usize = 4;
+pub const FETCHERS: usize = 8;
 
 /// What a chunk must hash to.
 enum Expect {
@@ -394,6 +394,14 @@ impl Stream {
         key: &str,
         version_id: Option<&str>,
     ) -> Result<(), StoreError> {
+        // The first chunk (the one a reader waits for, normally) alone: its bytes do not
+        // share the link with the others'.
+        if let Some(i) = self.next_chunk() {
+            if let Err(e) = self.fetch_one(i, &*store, key, version_id).await {
+                self.forget_started();
+                return Err(e);
+            }
+        }
         let mut set: JoinSet<Result<(), StoreError>> = JoinSet::new();
         for _ in 0..FETCHERS.min(self.chunks()) {
             let (me, store) = (self.clone(), store.clone());
@@ -440,48 +448,74 @@ impl Stream {
             if self.check().is_err() {
                 break;
             }
-            let (start, len) = self.range(i);
-            let algo = match &self.expect {
-                Expect::Chunks(_) => ChecksumAlgo::Crc32c,
-                Expect::Whole(a, _) => *a,
-            };
-            let got = store
-                .get(GetRequest {
-                    key: &key,
-                    version_id: version_id.as_deref(),
-                    dest: Some(&self.file),
-                    expected_size: self.total,
-                    checksum: algo,
-                    extents: None,
-                    range: (len != self.total).then_some((start, len)),
-                })
+            self.fetch_one(i, &*store, &key, version_id.as_deref())
                 .await?;
-            let (ok, said, want) = match &self.expect {
-                Expect::Chunks(sums) => {
-                    let v = &got.checksum.value;
-                    let sum = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
-                    (
-                        sum == sums.sums[i],
-                        format!("crc32c {sum:08x}"),
-                        format!("{:08x}", sums.sums[i]),
-                    )
-                }
-                Expect::Whole(_, c) => (
-                    got.checksum.base64() == *c,
-                    got.checksum.to_string(),
-                    c.clone(),
-                ),
-            };
-            if got.bytes != len || !ok {
-                return Err(StoreError::new(
-                    StoreErrorKind::ChecksumMismatch,
-                    format!(
-                        "{key}: chunk {i} (bytes {start}+{len}) read back as {said}, the stub record says {want}"
-                    ),
-                ));
-            }
-            self.landed(i);
         }
+        Ok(())
+    }
+
+    /// Fetches chunk `i` into the file, checks it against its sum and marks it landed.
+    async fn fetch_one(
+        &self,
+        i: usize,
+        store: &dyn ObjectStore,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (start, len) = self.range(i);
+        let algo = match &self.expect {
+            Expect::Chunks(_) => ChecksumAlgo::Crc32c,
+            Expect::Whole(a, _) => *a,
+        };
+        let got = store
+            .get(GetRequest {
+                key,
+                version_id,
+                dest: Some(&self.file),
+                expected_size: self.total,
+                checksum: algo,
+                extents: None,
+                range: (len != self.total).then_some((start, len)),
+            })
+            .await?;
+        let (ok, said, want) = match &self.expect {
+            Expect::Chunks(sums) => {
+                let v = &got.checksum.value;
+                let sum = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                (
+                    sum == sums.sums[i],
+                    format!("crc32c {sum:08x}"),
+                    format!("{:08x}", sums.sums[i]),
+                )
+            }
+            Expect::Whole(_, c) => (
+                got.checksum.base64() == *c,
+                got.checksum.to_string(),
+                c.clone(),
+            ),
+        };
+        if got.bytes != len || !ok {
+            return Err(StoreError::new(
+                StoreErrorKind::ChecksumMismatch,
+                format!(
+                    "{key}: chunk {i} (bytes {start}+{len}) read back as {said}, the stub record says {want}"
+                ),
+            ));
+        }
+        if !self.transient {
+            // Start writing the chunk back now (no wait): the fsync before the switch
+            // then has little left to do.
+            // SAFETY: a range of an fd this stream holds.
+            unsafe {
+                libc::sync_file_range(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                    start as i64,
+                    len as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        self.landed(i);
         Ok(())
     }
 
