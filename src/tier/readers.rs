@@ -65,6 +65,7 @@ impl Tiering {
         if let Some(s) = self.readers.transients.lock().get(&ino).cloned() {
             return self.read_transient(ino, s, off, len);
         }
+        tracing::debug!(ino, off, "read of a stub");
         // Under the gate: the switch to premigrated is, too.
         let held = self.gate.lock(ino);
         if let Some(w) = self.in_flight(ino) {

@@ -328,6 +328,7 @@ impl Tiering {
                 backing::ftruncate(file.as_fd(), rec.size)?;
             }
             self.failpoint("recall-after-truncate");
+            tracing::debug!(node, "recall: fetching");
             let got = match &stream {
                 Some(s) => self.stream_get(s, store.clone(), file, rec, algo).await,
                 None => {

@@ -463,6 +463,7 @@ impl Stream {
         version_id: Option<&str>,
     ) -> Result<(), StoreError> {
         let (start, len) = self.range(i);
+        tracing::debug!(chunk = i, "stream: GET");
         let algo = match &self.expect {
             Expect::Chunks(_) => ChecksumAlgo::Crc32c,
             Expect::Whole(a, _) => *a,
@@ -516,6 +517,7 @@ impl Stream {
             };
         }
         self.landed(i);
+        tracing::debug!(chunk = i, "stream: landed");
         Ok(())
     }
 
