@@ -314,7 +314,22 @@ pub struct WorkersReply {
     pub workers: Vec<WorkerRow>,
 }
 
-pub use crate::tier::readers::RecallRow;
+/// One recall in flight, queued (deferred) or waiting for an archive restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallRow {
+    /// Its id: what `coldtier recalls cancel ID` takes.
+    pub id: u64,
+    pub path: String,
+    pub size: u64,
+    /// Bytes verified and in place so far.
+    pub done: u64,
+    /// `streaming`, `recalling`, `queued` or `restore`.
+    pub state: String,
+    /// Who started it: uid, gid, pid, program.
+    pub who: Option<serde_json::Value>,
+    /// When it started (queued: when it was queued), ns since the epoch.
+    pub since_ns: i64,
+}
 
 /// `Op::Recalls` (and `Op::CancelRecalls`: the ones stopped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

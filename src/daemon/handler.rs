@@ -592,7 +592,7 @@ impl Handler for Control {
                 reply(from_engine::<BackupReport>("catalog backup", v)?)
             }
             Op::Recalls => reply(crate::control::replies::RecallsReply {
-                recalls: self.t.recalls_list(),
+                recalls: self.t.recalls_list().into_iter().map(recall_row).collect(),
             }),
             Op::CancelRecalls { recall, uid, all } => {
                 use crate::tier::readers::RecallSelector;
@@ -614,7 +614,9 @@ impl Handler for Control {
                         "no such recall in flight or queued (`coldtier recalls` lists them)",
                     ));
                 }
-                reply(crate::control::replies::RecallsReply { recalls: stopped })
+                reply(crate::control::replies::RecallsReply {
+                    recalls: stopped.into_iter().map(recall_row).collect(),
+                })
             }
             Op::Workers => reply(WorkersReply {
                 workers: self.t.workers.list(),
@@ -651,6 +653,19 @@ impl Handler for Control {
             | Op::Audit) => super::reports::handle(&self.t, &self.config(), &op)
                 .unwrap_or_else(|| Err(err(ErrorCode::Unsupported, "not a report request"))),
         }
+    }
+}
+
+/// A recall as the protocol shows it (the CLI does not know the engine).
+fn recall_row(r: crate::tier::readers::RecallRow) -> crate::control::replies::RecallRow {
+    crate::control::replies::RecallRow {
+        id: r.id,
+        path: r.path,
+        size: r.size,
+        done: r.done,
+        state: r.state,
+        who: r.who,
+        since_ns: r.since_ns,
     }
 }
 
