@@ -74,6 +74,21 @@ fn data_gets(proxy: &FaultProxy) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The pieces a recall fetches: the first chunk in 16 head blocks, then whole chunks.
+fn piece_ranges(total: usize) -> Vec<String> {
+    let b = CHUNK / 16;
+    let mut v: Vec<String> = (0..16)
+        .map(|i| format!("bytes={}-{}", i * b, (i + 1) * b - 1))
+        .collect();
+    v.extend((1..total.div_ceil(CHUNK)).map(|i| range_of_chunk(i, total)));
+    v
+}
+
+/// The Range of the first head block (what a read at 0 waits for).
+fn first_block() -> String {
+    format!("bytes=0-{}", CHUNK / 16 - 1)
+}
+
 fn range_of_chunk(i: usize, total: usize) -> String {
     let start = i * CHUNK;
     let end = (start + CHUNK).min(total) - 1;
@@ -164,9 +179,9 @@ fn concurrent_readers_at_different_offsets_get_their_bytes_and_each_chunk_is_fet
     let gets = data_gets(&proxy);
     let mut ranges: Vec<String> = gets.iter().map(|g| g.0.clone()).collect();
     ranges.sort();
-    let mut want: Vec<String> = (0..11).map(|i| range_of_chunk(i, total)).collect();
+    let mut want = piece_ranges(total);
     want.sort();
-    assert_eq!(ranges, want, "one ranged GET per chunk: {gets:?}");
+    assert_eq!(ranges, want, "one ranged GET per piece: {gets:?}");
 }
 
 /// A chunk whose bytes do not match its sum fails every reader waiting for the file with
@@ -435,9 +450,9 @@ fn coldtier_recalls_lists_a_recall_in_flight_and_cancel_stops_it() {
     let total = 24 * MIB; // 6 chunks
     let fs_ = files(&[("big.bin", total)]);
     let (_moto, proxy, t) = stubbed("recalls-list", &fs_);
-    // Chunk 0 comes, the others are held: the recall stays in flight.
+    // The first head block comes, the rest is held: the recall stays in flight.
     proxy.rules(json!([
-        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(0, total), "action": "delay", "delay": 0.0},
+        {"method": "GET", "path_contains": "/data/", "range_contains": first_block(), "action": "delay", "delay": 0.0},
         {"method": "GET", "path_contains": "/data/", "action": "hang"},
     ]));
     let path = t.m("big.bin");
@@ -462,13 +477,15 @@ fn coldtier_recalls_lists_a_recall_in_flight_and_cancel_stops_it() {
         let rows = listed(&t);
         if let Some(r) = rows
             .iter()
-            .find(|r| r["done"].as_u64() == Some(CHUNK as u64))
+            .find(|r| r["done"].as_u64() == Some(CHUNK as u64 / 16))
         {
             break r.clone();
         }
         assert!(
             t0.elapsed() < Duration::from_secs(60),
-            "no recall in flight: {rows:?}"
+            "no recall in flight: {rows:?}\nGETs: {:?}\n{}",
+            data_gets(&proxy),
+            t.daemon_log_tail()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -540,7 +557,7 @@ fn a_recall_over_budget_gets_eagain_and_an_event() {
     t.mount_with_env(&[]);
     t.migrate_ok(&["--mode", "stub"]);
     proxy.rules(json!([
-        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(0, total), "action": "delay", "delay": 0.0},
+        {"method": "GET", "path_contains": "/data/", "range_contains": first_block(), "action": "delay", "delay": 0.0},
         {"method": "GET", "path_contains": "/data/", "action": "hang"},
     ]));
     let path = t.m("a.bin");

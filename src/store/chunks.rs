@@ -18,12 +18,21 @@ pub const MAX_CHUNK_LOG2: u8 = 40;
 /// The most chunks an object is cut into.
 pub const MAX_CHUNKS: usize = 256;
 
-/// The CRC32C of each chunk of an object, in order.
+/// The first chunk is also cut into this many head blocks, each with its own sum: a reader
+/// of the start of a file (`file`, a player, a thumbnailer) gets its bytes after one head
+/// block (256 KiB of a 4 MiB chunk), not the whole first chunk.
+pub const HEAD_BLOCKS: usize = 16;
+
+/// The CRC32C of each chunk of an object, in order, and of each head block of its first
+/// chunk.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChunkSums {
     /// The chunk size is `1 << log2` bytes (the last chunk may be shorter).
     pub log2: u8,
     pub sums: Vec<u32>,
+    /// [`HEAD_BLOCKS`] sums of the first chunk's blocks of `chunk / HEAD_BLOCKS` bytes;
+    /// empty in records written before they existed.
+    pub head: Vec<u32>,
 }
 
 /// The chunk size (as log2) for an object of `len` bytes.
@@ -46,12 +55,36 @@ impl ChunkSums {
         self.log2 == chunk_log2_for(len)
             && (2..=MAX_CHUNKS).contains(&self.sums.len())
             && self.sums.len() as u64 == len.div_ceil(self.chunk())
+            && (self.head.is_empty() || self.head.len() == HEAD_BLOCKS)
     }
 
     /// Bytes `[start, start + len)` of chunk `i` of an object of `total` bytes.
     pub fn range(&self, i: usize, total: u64) -> (u64, u64) {
         let start = i as u64 * self.chunk();
         (start, self.chunk().min(total - start))
+    }
+
+    /// The pieces a recall fetches and checks one by one, in order, with their sums: the
+    /// head blocks of the first chunk (when the record has them), then the other chunks.
+    pub fn pieces(&self, total: u64) -> Vec<(u64, u64, u32)> {
+        let mut v = Vec::with_capacity(self.sums.len() + self.head.len());
+        let first = if self.head.is_empty() {
+            0
+        } else {
+            let b = self.chunk() / HEAD_BLOCKS as u64;
+            v.extend(
+                self.head
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| (i as u64 * b, b, s)),
+            );
+            1
+        };
+        for i in first..self.sums.len() {
+            let (start, len) = self.range(i, total);
+            v.push((start, len, self.sums[i]));
+        }
+        v
     }
 }
 
@@ -62,6 +95,8 @@ pub struct ChunkSummer {
     seen: u64,
     cur: Hasher,
     sums: Vec<u32>,
+    head_cur: Hasher,
+    head: Vec<u32>,
 }
 
 impl ChunkSummer {
@@ -72,17 +107,32 @@ impl ChunkSummer {
             seen: 0,
             cur: Hasher::new(ChecksumAlgo::Crc32c),
             sums: Vec::new(),
+            head_cur: Hasher::new(ChecksumAlgo::Crc32c),
+            head: Vec::new(),
         }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
         let chunk = 1u64 << self.log2;
+        let block = chunk / HEAD_BLOCKS as u64;
         while !data.is_empty() {
-            let room = (chunk - self.seen % chunk) as usize;
+            // Up to the next chunk end, and inside the first chunk the next block end.
+            let mut room = (chunk - self.seen % chunk) as usize;
+            if self.seen < chunk {
+                room = room.min((block - self.seen % block) as usize);
+            }
             let n = room.min(data.len());
             self.cur.update(&data[..n]);
+            if self.seen < chunk {
+                self.head_cur.update(&data[..n]);
+            }
             self.seen += n as u64;
             data = &data[n..];
+            if self.seen <= chunk && self.seen % block == 0 {
+                let h = std::mem::replace(&mut self.head_cur, Hasher::new(ChecksumAlgo::Crc32c));
+                let v = h.finalize().value;
+                self.head.push(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+            }
             if self.seen % chunk == 0 {
                 self.close_chunk();
             }
@@ -106,6 +156,7 @@ impl ChunkSummer {
         let s = ChunkSums {
             log2: self.log2,
             sums: self.sums,
+            head: self.head,
         };
         s.valid_for(self.total).then_some(s)
     }
@@ -144,6 +195,20 @@ mod tests {
             }
             let sums = s.finish().expect("three chunks");
             assert_eq!(sums.log2, MIN_CHUNK_LOG2);
+            let b = chunk / HEAD_BLOCKS;
+            assert_eq!(
+                sums.head,
+                (0..HEAD_BLOCKS)
+                    .map(|i| crc32c(&data[i * b..(i + 1) * b]))
+                    .collect::<Vec<_>>()
+            );
+            let pieces = sums.pieces(data.len() as u64);
+            assert_eq!(pieces.len(), HEAD_BLOCKS + 2);
+            assert_eq!(pieces[1], (b as u64, b as u64, sums.head[1]));
+            assert_eq!(
+                pieces[HEAD_BLOCKS],
+                (chunk as u64, chunk as u64, sums.sums[1])
+            );
             assert_eq!(
                 sums.sums,
                 vec![

@@ -20,17 +20,16 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::task::JoinSet;
 
 use crate::fs::backing;
-use crate::store::chunks::ChunkSums;
 use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, StoreError, StoreErrorKind};
 use crate::tier::model::stub::StubRecord;
 
 /// Ranged GETs in flight per streaming recall.
 pub const FETCHERS: usize = 8;
 
-/// What a chunk must hash to.
+/// What each piece must hash to.
 enum Expect {
-    /// The CRC32C of each chunk (the record's chunk sums).
-    Chunks(ChunkSums),
+    /// The CRC32C of each piece (the record's chunk sums: `ChunkSums::pieces`).
+    Pieces(Vec<u32>),
     /// One chunk, the whole object: the record's checksum (a transient stream of a file
     /// without chunk sums).
     Whole(ChecksumAlgo, String),
@@ -45,8 +44,8 @@ const TRANSIENT_KEEP: usize = 16;
 /// (into an anonymous memory file: a transient stream, `stream` rule).
 pub struct Stream {
     total: u64,
-    log2: u8,
-    n: usize,
+    /// The pieces fetched and checked one by one: (start, length), in order, end to end.
+    pieces: Vec<(u64, u64)>,
     expect: Expect,
     /// A transient stream: chunks fetched on demand only, the oldest forgotten.
     transient: bool,
@@ -96,10 +95,11 @@ impl Stream {
         if rec.extents.is_some() || !sums.valid_for(rec.size) {
             return None;
         }
+        let (pieces, sums) = split(sums.pieces(rec.size));
         Some(Stream::new(
             rec.size,
-            sums.log2,
-            Expect::Chunks(sums),
+            pieces,
+            Expect::Pieces(sums),
             file,
             false,
         ))
@@ -112,18 +112,21 @@ impl Stream {
             return None;
         }
         match &rec.chunks {
-            Some(sums) if sums.valid_for(rec.size) => Some(Stream::new(
-                rec.size,
-                sums.log2,
-                Expect::Chunks(sums.clone()),
-                file,
-                true,
-            )),
+            Some(sums) if sums.valid_for(rec.size) => {
+                let (pieces, sums) = split(sums.pieces(rec.size));
+                Some(Stream::new(
+                    rec.size,
+                    pieces,
+                    Expect::Pieces(sums),
+                    file,
+                    true,
+                ))
+            }
             _ if rec.size <= TRANSIENT_WHOLE_MAX && rec.size > 0 => {
                 let algo: ChecksumAlgo = rec.checksum_algo.parse().ok()?;
                 Some(Stream::new(
                     rec.size,
-                    63,
+                    vec![(0, rec.size)],
                     Expect::Whole(algo, rec.checksum.clone()),
                     file,
                     true,
@@ -133,16 +136,17 @@ impl Stream {
         }
     }
 
-    fn new(total: u64, log2: u8, expect: Expect, file: File, transient: bool) -> Arc<Stream> {
-        let n = if total == 0 {
-            1
-        } else {
-            total.div_ceil(1u64 << log2.min(63)) as usize
-        };
+    fn new(
+        total: u64,
+        pieces: Vec<(u64, u64)>,
+        expect: Expect,
+        file: File,
+        transient: bool,
+    ) -> Arc<Stream> {
+        let n = pieces.len();
         Arc::new(Stream {
             total,
-            log2,
-            n,
+            pieces,
             expect,
             transient,
             file,
@@ -159,14 +163,12 @@ impl Stream {
     }
 
     pub fn chunks(&self) -> usize {
-        self.n
+        self.pieces.len()
     }
 
-    /// Bytes `[start, start + len)` of chunk `i`.
+    /// Bytes `[start, start + len)` of piece `i`.
     fn range(&self, i: usize) -> (u64, u64) {
-        let start = (i as u64) << self.log2;
-        let chunk = 1u64 << self.log2.min(63);
-        (start, chunk.min(self.total - start))
+        self.pieces[i]
     }
 
     /// Bytes verified and in the file so far.
@@ -198,8 +200,9 @@ impl Stream {
         if off >= end {
             return None;
         }
-        let l = self.log2.min(63);
-        Some(((off >> l) as usize, ((end - 1) >> l) as usize, end))
+        let a = self.pieces.partition_point(|&(s, l)| s + l <= off);
+        let b = self.pieces.partition_point(|&(s, _)| s < end) - 1;
+        Some((a, b, end))
     }
 
     /// Chunks `a..=b` go to the front of the queue, in order.
@@ -465,7 +468,7 @@ impl Stream {
         let (start, len) = self.range(i);
         tracing::debug!(chunk = i, "stream: GET");
         let algo = match &self.expect {
-            Expect::Chunks(_) => ChecksumAlgo::Crc32c,
+            Expect::Pieces(_) => ChecksumAlgo::Crc32c,
             Expect::Whole(a, _) => *a,
         };
         let got = store
@@ -480,13 +483,13 @@ impl Stream {
             })
             .await?;
         let (ok, said, want) = match &self.expect {
-            Expect::Chunks(sums) => {
+            Expect::Pieces(sums) => {
                 let v = &got.checksum.value;
                 let sum = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
                 (
-                    sum == sums.sums[i],
+                    sum == sums[i],
                     format!("crc32c {sum:08x}"),
-                    format!("{:08x}", sums.sums[i]),
+                    format!("{:08x}", sums[i]),
                 )
             }
             Expect::Whole(_, c) => (
@@ -524,10 +527,10 @@ impl Stream {
     /// The chunk sums combined: the object's CRC32C (what a crc32c record's checksum is).
     pub fn combined_crc32c(&self) -> crate::store::Checksum {
         let mut acc: Option<crate::store::Checksum> = None;
-        let Expect::Chunks(sums) = &self.expect else {
+        let Expect::Pieces(sums) = &self.expect else {
             unreachable!("a recall's stream has chunk sums")
         };
-        for (i, s) in sums.sums.iter().enumerate() {
+        for (i, s) in sums.iter().enumerate() {
             let c = crate::store::Checksum {
                 algo: ChecksumAlgo::Crc32c,
                 value: s.to_be_bytes().to_vec(),
@@ -547,9 +550,15 @@ impl Stream {
     }
 }
 
+/// (start, length) of each piece, and its sum.
+fn split(p: Vec<(u64, u64, u32)>) -> (Vec<(u64, u64)>, Vec<u32>) {
+    p.into_iter().map(|(s, l, c)| ((s, l), c)).unzip()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::chunks::ChunkSums;
 
     fn stream(n: usize) -> Arc<Stream> {
         let log2 = crate::store::chunks::MIN_CHUNK_LOG2;
@@ -557,11 +566,13 @@ mod tests {
         let sums = ChunkSums {
             log2,
             sums: vec![0; n],
+            head: Vec::new(),
         };
+        let (pieces, sums) = split(sums.pieces(total));
         Stream::new(
             total,
-            log2,
-            Expect::Chunks(sums),
+            pieces,
+            Expect::Pieces(sums),
             tempfile::tempfile().unwrap(),
             false,
         )

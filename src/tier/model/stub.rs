@@ -45,6 +45,7 @@
 //!                           `store::chunks::chunk_log2_for(object size)`)
 //! [n]     u32 CRC32C of each chunk of the object, n = object size / chunk size rounded
 //!                           up (2..=256)
+//! [16]    u32 CRC32C of each sixteenth of the first chunk (if flags bit 5, with bit 4)
 //! ```
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
@@ -73,6 +74,7 @@ const FLAG_MD5: u8 = 2;
 const FLAG_CONTENT_MTIME: u8 = 4;
 const FLAG_EXTENTS: u8 = 8;
 const FLAG_CHUNKS: u8 = 16;
+const FLAG_HEAD: u8 = 32;
 
 /// The most extents a record (and an object's metadata) keeps for a sparse file: holes
 /// are merged into the data around them beyond that ([`sparse_extents`]), so an odd file
@@ -80,7 +82,15 @@ const FLAG_CHUNKS: u8 = 16;
 pub const MAX_EXTENTS: usize = 16;
 const FIXED_LEN: usize = 2 + 16 + 6 * 8;
 const _: () = assert!(
-    FIXED_LEN + 16 + 5 * 256 + 8 + 1 + 16 * MAX_EXTENTS + 1 + 4 * crate::store::chunks::MAX_CHUNKS
+    FIXED_LEN
+        + 16
+        + 5 * 256
+        + 8
+        + 1
+        + 16 * MAX_EXTENTS
+        + 1
+        + 4 * crate::store::chunks::MAX_CHUNKS
+        + 4 * crate::store::chunks::HEAD_BLOCKS
         <= MAX_ENCODED_LEN
 );
 
@@ -445,8 +455,11 @@ impl StubRecord {
         if self.extents.is_some() {
             flags |= FLAG_EXTENTS;
         }
-        if self.chunks.is_some() {
+        if let Some(c) = &self.chunks {
             flags |= FLAG_CHUNKS;
+            if !c.head.is_empty() {
+                flags |= FLAG_HEAD;
+            }
         }
         out.push(self.version);
         out.push(flags);
@@ -483,7 +496,7 @@ impl StubRecord {
         }
         if let Some(c) = &self.chunks {
             out.push(c.log2);
-            for v in &c.sums {
+            for v in c.sums.iter().chain(&c.head) {
                 out.extend_from_slice(&v.to_be_bytes());
             }
         }
@@ -504,8 +517,15 @@ impl StubRecord {
         }
         r.take(1, "version")?;
         let flags = r.take(1, "flags")?[0];
-        if flags & !(FLAG_VERSION_ID | FLAG_MD5 | FLAG_CONTENT_MTIME | FLAG_EXTENTS | FLAG_CHUNKS)
+        if flags
+            & !(FLAG_VERSION_ID
+                | FLAG_MD5
+                | FLAG_CONTENT_MTIME
+                | FLAG_EXTENTS
+                | FLAG_CHUNKS
+                | FLAG_HEAD)
             != 0
+            || (flags & FLAG_HEAD != 0 && flags & FLAG_CHUNKS == 0)
         {
             return Err(StubError::UnknownFlags(flags));
         }
@@ -563,7 +583,14 @@ impl StubRecord {
                 let b = r.take(4, "chunks")?;
                 sums.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             }
-            Some(ChunkSums { log2, sums })
+            let mut head = Vec::new();
+            if flags & FLAG_HEAD != 0 {
+                for _ in 0..crate::store::chunks::HEAD_BLOCKS {
+                    let b = r.take(4, "chunks")?;
+                    head.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                }
+            }
+            Some(ChunkSums { log2, sums, head })
         } else {
             None
         };
@@ -763,9 +790,17 @@ mod tests {
             let log2 = crate::store::chunks::chunk_log2_for(obj);
             if rng.below(2) == 0 && obj > 1 << log2 && obj.div_ceil(1 << log2) <= 256 {
                 let n = obj.div_ceil(1 << log2);
+                let head = if rng.below(2) == 0 {
+                    (0..crate::store::chunks::HEAD_BLOCKS)
+                        .map(|_| rng.next() as u32)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 self.chunks = Some(ChunkSums {
                     log2,
                     sums: (0..n).map(|_| rng.next() as u32).collect(),
+                    head,
                 });
             }
             self
@@ -941,8 +976,8 @@ mod tests {
             assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownVersion(v)));
         }
         b[0] = 1;
-        b[1] |= 32;
-        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(35)));
+        b[1] |= 64;
+        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(67)));
         // JSON (what a future or foreign writer might try) is no version 1 record.
         assert_eq!(
             StubRecord::decode(br#"{"version":1}"#),
