@@ -386,7 +386,9 @@ impl Tiering {
                     ));
                 }
                 Ok(got) => {
-                    backing::fsync(file.as_fd(), false)?;
+                    // The data (and the size and blocks that reach it) on disk before the
+                    // switch: fdatasync is enough, the times are set again after it.
+                    backing::fsync(file.as_fd(), true)?;
                     self.failpoint("recall-after-data");
                     if got.checksum.algo != algo || got.checksum.base64() != rec.checksum {
                         return Err(StepError::new(
