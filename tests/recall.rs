@@ -278,6 +278,7 @@ fn recall_rules_deny_defer_and_stream_and_events_say_who() {
         ("deferred.bin", 5000),
         ("scanned.bin", 12 * MIB),
         ("read.bin", 12 * MIB),
+        ("copied.bin", 12 * MIB),
     ]);
     let moto = start_moto();
     let proxy = FaultProxy::start(&moto.endpoint);
@@ -285,7 +286,7 @@ fn recall_rules_deny_defer_and_stream_and_events_say_who() {
         c.set(
             "recall",
             "rules",
-            r#"[{program = ["head"], action = "deny"}, {program = ["tail"], action = "stream"}, {uid = [65534], action = "defer"}]"#,
+            r#"[{program = ["head", "cp"], action = "deny"}, {program = ["tail"], action = "stream"}, {uid = [65534], action = "defer"}]"#,
         )
     });
     // nobody must reach the mount.
@@ -314,6 +315,17 @@ fn recall_rules_deny_defer_and_stream_and_events_say_who() {
         "head of a denied stub: {err}"
     );
     assert_eq!(t.state("denied.bin"), "stub");
+    // A copy by a denied program inside the mount (cp uses copy_file_range, which FUSE
+    // carries when both files are on the mount): refused too.
+    let dest = t.m("copy-out");
+    let (ok, _, err) = run(std::process::Command::new("cp")
+        .arg(t.m("copied.bin"))
+        .arg(&dest));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "cp of a denied stub: {err}"
+    );
+    assert_eq!(t.state("copied.bin"), "stub");
     assert!(
         data_gets(&proxy).is_empty(),
         "a denied read fetched: {:?}",

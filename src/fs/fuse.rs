@@ -1416,7 +1416,7 @@ impl Filesystem for FuseAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -1436,6 +1436,10 @@ impl Filesystem for FuseAdapter {
             .revive_handle(fh_in.0, ino_in.0, libc::O_RDONLY)
             .and_then(|()| self.fs.revive_handle(fh_out.0, ino_out.0, libc::O_RDWR))
         {
+            return reply.error(err(e));
+        }
+        // Copying from a stub reads it: the recall rules apply as to a read.
+        if let Err(e) = self.fs.check_copy_source(fh_in.0, requester(req)) {
             return reply.error(err(e));
         }
         let flags = flags.bits() as u32;

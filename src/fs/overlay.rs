@@ -160,6 +160,17 @@ pub trait TierHooks: Send + Sync {
     /// Before a data operation on a file opened as a stub ([`DataReady::Lazy`]): `Wait` for its
     /// data, or `Proceed` if it is local by now. Called with the gate held.
     fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<DataReady>;
+    /// Before a copy_file_range from a file opened as a stub by `who`: Ok to go on (the
+    /// copy then waits for the whole file), or the errno a rule gives such a read.
+    fn before_copy_from(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        who: privs::Requester,
+    ) -> SysResult<()> {
+        let _ = (ino, fd, who);
+        Ok(())
+    }
     /// Before a read of `len` bytes at `off` of a file opened as a stub: its bytes (while a
     /// streaming recall has them), a wait, or `Local` once its data is local. Called
     /// without the gate (the hook takes it where it needs it). By default: as
@@ -1497,6 +1508,18 @@ impl<B: Send + Sync + 'static> OverlayFs<B> {
             }
         }
         self.read(fh, off, size).map(ReadStep::Data)
+    }
+
+    /// A copy_file_range from `fh` by `who`: a stub's source is a read of it, which the
+    /// recall rules may refuse (`TierHooks::before_copy_from`).
+    pub fn check_copy_source(&self, fh: u64, who: privs::Requester) -> SysResult<()> {
+        let (file, ino, _) = self.file_handle_parts(fh)?;
+        match self.hooks.get() {
+            Some(h) if file.stub.load(Ordering::Acquire) => {
+                h.before_copy_from(ino, file.fd.as_fd(), who)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The layout (size, data extents) of the file behind `fh` if it was opened as a stub

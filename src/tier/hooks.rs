@@ -125,6 +125,15 @@ impl TierHooks for Tiering {
         self.read_stub(ino, fd, off, len, who)
     }
 
+    fn before_copy_from(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        who: crate::fs::privs::Requester,
+    ) -> SysResult<()> {
+        self.copy_from_stub(ino, fd, who)
+    }
+
     fn before_data(&self, ino: u64, fd: BorrowedFd<'_>) -> SysResult<DataReady> {
         if let Some(w) = self.in_flight(ino) {
             return Ok(DataReady::Wait(w));

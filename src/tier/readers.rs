@@ -75,19 +75,7 @@ impl Tiering {
             return Ok(StubRead::Local);
         };
         let settings = self.settings();
-        let rules = &settings.recall.rules;
-        let reader = Reader::of(who.uid, who.gid, who.pid);
-        let rel = if rules.iter().any(|r| !r.path.is_empty()) {
-            self.rel_of(fd).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let (action, why) = decide(
-            rules,
-            settings.recall.default_rules,
-            &reader,
-            Path::new(&rel),
-        );
+        let (action, why, reader, rel) = self.rule_for(fd, who);
         if matches!(action, RecallAction::Recall) {
             let running = self.readers.in_flight.lock().len();
             if let Err(limit) =
@@ -110,18 +98,9 @@ impl Tiering {
                     None => Ok(StubRead::Wait(self.waiter(rx))),
                 }
             }
-            RecallAction::Deny => {
+            RecallAction::Deny | RecallAction::Defer => {
                 drop(held);
-                crate::tier::metrics::recall_refused("deny");
-                self.note(ino, "deny", fd, &rec, &reader, &why);
-                Err(Errno(libc::EACCES))
-            }
-            RecallAction::Defer => {
-                drop(held);
-                crate::tier::metrics::recall_refused("defer");
-                self.note(ino, "defer", fd, &rec, &reader, &why);
-                self.defer(ino, rel_or(&rel, self.rel_of(fd)));
-                Err(Errno(libc::EAGAIN))
+                Err(self.refuse(action, ino, fd, &rec, &reader, &why, &rel))
             }
             RecallAction::Stream => {
                 let Some(s) = memfd(&rec).and_then(|f| Stream::transient(&rec, f)) else {
@@ -180,6 +159,81 @@ impl Tiering {
                 std::thread::sleep(Duration::from_millis(100));
             }
         })))
+    }
+
+    /// A copy_file_range from stub `ino` by `who`: `deny` and `defer` rules refuse it as
+    /// they refuse a read; `stream` and `recall` let it go on (a copy needs the whole file:
+    /// it is recalled).
+    pub(super) fn copy_from_stub(
+        &self,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        who: Requester,
+    ) -> SysResult<()> {
+        if self.in_flight(ino).is_some() {
+            return Ok(());
+        }
+        let Some(rec) = marks::record(fd, marks::STUB)? else {
+            return Ok(());
+        };
+        let (action, why, reader, rel) = self.rule_for(fd, who);
+        match action {
+            RecallAction::Deny | RecallAction::Defer => {
+                Err(self.refuse(action, ino, fd, &rec, &reader, &why, &rel))
+            }
+            RecallAction::Recall | RecallAction::Stream => Ok(()),
+        }
+    }
+
+    /// The rule for `who` reading the file open as `fd`: the action, the rule's name, the
+    /// reader, and the file's path when a rule needs it ("" otherwise).
+    fn rule_for(
+        &self,
+        fd: BorrowedFd<'_>,
+        who: Requester,
+    ) -> (RecallAction, String, Reader, String) {
+        let settings = self.settings();
+        let rules = &settings.recall.rules;
+        let reader = Reader::of(who.uid, who.gid, who.pid);
+        let rel = if rules.iter().any(|r| !r.path.is_empty()) {
+            self.rel_of(fd).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let (action, why) = decide(
+            rules,
+            settings.recall.default_rules,
+            &reader,
+            Path::new(&rel),
+        );
+        (action, why, reader, rel)
+    }
+
+    /// A `deny` or `defer` refusal: counted, recorded, the file queued for `defer`; the
+    /// errno the reader gets.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        action: RecallAction,
+        ino: u64,
+        fd: BorrowedFd<'_>,
+        rec: &StubRecord,
+        reader: &Reader,
+        why: &str,
+        rel: &str,
+    ) -> Errno {
+        let mode = if action == RecallAction::Deny {
+            "deny"
+        } else {
+            "defer"
+        };
+        crate::tier::metrics::recall_refused(mode);
+        self.note(ino, mode, fd, rec, reader, why);
+        if action == RecallAction::Deny {
+            return Errno(libc::EACCES);
+        }
+        self.defer(ino, rel_or(rel, self.rel_of(fd)));
+        Errno(libc::EAGAIN)
     }
 
     fn read_streamed(&self, stream: Arc<Stream>, off: u64, len: u64) -> StubRead {
