@@ -2155,3 +2155,53 @@ fn strictatime_holds_through_the_mount_over_a_relatime_source() {
     );
     t.umount();
 }
+
+/// `coldtier migrate PATH` with a path inside the mount runs the policy on that tree only
+/// (a directory, or one file); the mount point runs it on everything.
+#[test]
+fn migrate_of_a_path_inside_the_mount_scans_that_tree_only() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("a/x.bin", 20_000),
+        ("a/y.bin", 20_000),
+        ("b/z.bin", 20_000),
+        ("c.bin", 20_000),
+    ]);
+    let t = TierMount::new(&moto, "subtree", &fs_, |c| c);
+    let run = |path: &str, extra: &[&str]| -> Value {
+        let p = t.m(path);
+        let mut args = vec!["migrate", p.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = t.cli(&args);
+        assert!(out.status.success(), "{}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = run("a", &["--mode", "stub"]);
+    assert_eq!(
+        (v["scanned"].as_u64(), v["stubbed"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    for (rel, want) in [
+        ("a/x.bin", "stub"),
+        ("a/y.bin", "stub"),
+        ("b/z.bin", "resident"),
+        ("c.bin", "resident"),
+    ] {
+        assert_eq!(t.state(rel), want, "{rel} after migrate a");
+    }
+    let v = run("b/z.bin", &["--dry-run"]);
+    assert_eq!(
+        (v["scanned"].as_u64(), v["candidates"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert!(matches_rel(&planned_paths(&v)[0], "b/z.bin"), "{v}");
+    let v = run("", &["--mode", "stub"]);
+    assert_eq!(
+        v["stubbed"].as_u64(),
+        Some(2),
+        "the rest, from the mount point: {v}"
+    );
+    assert_eq!(t.state("c.bin"), "stub");
+}

@@ -141,7 +141,8 @@ pub struct CatalogRebuildArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
-    /// The mount point (or any path inside the mount).
+    /// The mount point (the whole mount), or a directory or file inside it (only that
+    /// tree is scanned; pins and excludes hold as in a full run).
     pub mountpoint: PathBuf,
     /// Report what a stub run would do; change nothing.
     #[arg(long)]

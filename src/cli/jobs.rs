@@ -19,9 +19,12 @@ use crate::control::replies::{
 
 pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
     let mut c = client_for(&a.mountpoint)?;
+    // A path inside the mount runs the policy on that tree only.
+    let under = Some(super::request::resolve(&a.mountpoint)?);
     let op = Op::Migrate {
         dry_run: a.dry_run,
         mode: a.mode.clone(),
+        under,
     };
     let r: MigrateReport = call_typed(&mut c, op)?;
     if a.json {

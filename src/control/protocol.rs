@@ -44,8 +44,14 @@ pub enum Op {
     },
     /// Reply: `HistoryReply`.
     History { path: PathBuf },
-    /// Reply: `MigrateReport`.
-    Migrate { dry_run: bool, mode: Option<String> },
+    /// A policy run on the whole mount, or on the tree below `under` (an absolute path
+    /// inside the mount). Reply: `MigrateReport`.
+    Migrate {
+        dry_run: bool,
+        mode: Option<String>,
+        #[serde(default)]
+        under: Option<PathBuf>,
+    },
     /// Reply: `GcReport`.
     Gc { dry_run: bool },
     /// `coldtier verify`: reconcile the catalog, the files' records and the bucket.

@@ -477,7 +477,16 @@ impl Handler for Control {
                 reply(r)
             }
             Op::History { path } => reply(self.history(&path)?),
-            Op::Migrate { dry_run, mode } => {
+            Op::Migrate {
+                dry_run,
+                mode,
+                under,
+            } => {
+                // A path inside the mount: that tree only ("" is the whole mount).
+                let under = match under {
+                    Some(p) => Some(self.rel(&p)?),
+                    None => None,
+                };
                 let mode = match (dry_run, mode.as_deref()) {
                     (true, _) => MigrateMode::DryRun,
                     (false, None) => self.config().policy.mode,
@@ -507,7 +516,8 @@ impl Handler for Control {
                     false,
                     &mut relay,
                     move |mut send| async move {
-                        t2.run_policy(mode, "migrate", &mut send, &cancel).await
+                        t2.run_policy_under(mode, "migrate", &mut send, &cancel, under)
+                            .await
                     },
                 )
                 .map_err(step_err)?;

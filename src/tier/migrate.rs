@@ -241,6 +241,15 @@ impl Tiering {
     /// Scans the tree and evaluates the policy: the candidates with their plans, and how
     /// many files were looked at.
     pub fn scan(&self, mode: MigrateMode) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
+        self.scan_under(mode, None)
+    }
+
+    /// [`Tiering::scan`] of the tree below `under` (a directory or one file).
+    pub fn scan_under(
+        &self,
+        mode: MigrateMode,
+        under: Option<&Path>,
+    ) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
         let mut policy = self.settings().policy.clone();
         policy.mode = mode;
         let now = SystemTime::now();
@@ -252,7 +261,21 @@ impl Tiering {
             tracing::warn!("catalog: cannot read last opens (atime and mtime alone decide): {e}");
             Default::default()
         });
-        self.walk(Path::new(""), &mut |rel, st, dir, name| {
+        // A file named: its directory, that name only.
+        let start = under.unwrap_or(Path::new(""));
+        let one_file = !start.as_os_str().is_empty()
+            && backing::open_beneath(self.root(), start, libc::O_PATH | libc::O_NOFOLLOW)
+                .and_then(|fd| backing::stat_fd(fd.as_fd()))
+                .is_ok_and(|st| !st.is_dir());
+        let (dir, only) = if one_file {
+            (start.parent().unwrap_or(Path::new("")), start.file_name())
+        } else {
+            (start, None)
+        };
+        self.walk(dir, &mut |rel, st, dir, name| {
+            if only.is_some_and(|o| o != name) {
+                return;
+            }
             scanned += 1;
             if st.size == 0 {
                 self.refresh_path(rel, dir, name);
@@ -310,6 +333,20 @@ impl Tiering {
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &Cancel,
     ) -> Result<RunSummary, StepError> {
+        self.run_policy_under(mode, kind, progress, cancel, None)
+            .await
+    }
+
+    /// [`Tiering::run_policy`] on the tree below `under` (relative to the mount; None or
+    /// "": the whole mount).
+    pub async fn run_policy_under(
+        self: &Arc<Self>,
+        mode: MigrateMode,
+        kind: &str,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        cancel: &Cancel,
+        under: Option<PathBuf>,
+    ) -> Result<RunSummary, StepError> {
         let Ok(_job) = self.job_lock.try_lock() else {
             return Err(StepError::new(
                 libc::EBUSY,
@@ -328,7 +365,7 @@ impl Tiering {
         let _running = self.running_job(job_id, kind, cancel);
         progress(Progress::new("scanning", 0, 0));
         let me = self.clone();
-        let scan = tokio::task::spawn_blocking(move || me.scan(mode))
+        let scan = tokio::task::spawn_blocking(move || me.scan_under(mode, under.as_deref()))
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("scan task: {e}")))?;
         let (candidates, scanned) = match scan {
