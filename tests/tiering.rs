@@ -2205,3 +2205,52 @@ fn migrate_of_a_path_inside_the_mount_scans_that_tree_only() {
     );
     assert_eq!(t.state("c.bin"), "stub");
 }
+
+/// `coldtier release --dry-run` says what a release would do and changes nothing: a
+/// premigrated file "would release" with the space it would free, a pinned one is
+/// refused as a release would refuse it, a stub is "already a stub".
+#[test]
+fn release_dry_run_reports_and_changes_nothing() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("p.bin", 30 * 1024),
+        ("q.bin", 30 * 1024),
+        ("s.bin", 30 * 1024),
+    ]);
+    let t = TierMount::new(&moto, "release-dry", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "copy-only"]);
+    t.ok(&["release", t.ms("s.bin").as_str()]);
+    t.ok(&["pin", t.ms("p.bin").as_str()]);
+    let out = t.cli(&["release", "--dry-run", "--json", "-r", t.mnt_str().as_str()]);
+    assert!(
+        !out.status.success(),
+        "a pinned file is an error, as in a release: {}",
+        show(&out)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |name: &str| -> Value {
+        rows.iter()
+            .find(|r| r["path"].as_str().unwrap_or("").ends_with(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {rows:?}"))
+    };
+    let q = row("q.bin");
+    assert_eq!(q["released"], false, "{q}");
+    assert_eq!(q["note"], "would release", "{q}");
+    assert!(q["bytes_freed"].as_u64().unwrap() >= 30 * 1024, "{q}");
+    let p = row("p.bin");
+    assert!(p["error"].as_str().unwrap_or("").contains("pinned"), "{p}");
+    assert_eq!(row("s.bin")["note"], "already a stub");
+    for (rel, want) in [
+        ("p.bin", "premigrated"),
+        ("q.bin", "premigrated"),
+        ("s.bin", "stub"),
+    ] {
+        assert_eq!(t.state(rel), want, "{rel} after release --dry-run");
+    }
+    t.ok(&["release", t.ms("q.bin").as_str()]);
+    assert_eq!(t.state("q.bin"), "stub");
+}

@@ -40,7 +40,7 @@ pub enum Command {
     /// Bring stubs' data back now (waits for it).
     Recall(PathsArgs),
     /// Free the local data of premigrated files now (they become stubs).
-    Release(PathsArgs),
+    Release(ReleaseArgs),
     /// Show every event of one file, with the config version in force.
     History(HistoryArgs),
     /// Delete the objects of deleted and superseded files whose retention has passed.
@@ -153,6 +153,15 @@ pub struct MigrateArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub paths: PathsArgs,
+    /// Report what would be released and the space it would free; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]

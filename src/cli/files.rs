@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::args::{HistoryArgs, LsArgs, PathsArgs};
+use super::args::{HistoryArgs, LsArgs, PathsArgs, ReleaseArgs};
 use super::output::{local_minute, print_json_line};
 use super::request::{call_typed, client_for, resolve};
 use crate::base::time::format_time;
@@ -113,11 +113,16 @@ pub(super) fn recall(a: &PathsArgs) -> anyhow::Result<()> {
     )
 }
 
-pub(super) fn release(a: &PathsArgs) -> anyhow::Result<()> {
+pub(super) fn release(a: &ReleaseArgs) -> anyhow::Result<()> {
+    let dry_run = a.dry_run;
     paths_command(
-        a,
+        &a.paths,
         "release",
-        |paths, recursive| Op::Release { paths, recursive },
+        move |paths, recursive| Op::Release {
+            paths,
+            recursive,
+            dry_run,
+        },
         |path, v: &ReleaseResult| {
             if v.released {
                 format!("released {path}")

@@ -41,6 +41,9 @@ pub enum Op {
     Release {
         paths: Vec<PathBuf>,
         recursive: bool,
+        /// Report what would be released; change nothing.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Reply: `HistoryReply`.
     History { path: PathBuf },

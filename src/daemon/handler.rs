@@ -309,6 +309,25 @@ impl Control {
         })
     }
 
+    /// What `release` would do with `f`: released false, the note "would release" and
+    /// the bytes it would free, or why not (the error a release would give).
+    fn release_dry(&self, f: &File) -> Result<ReleaseResult, String> {
+        Ok(match self.t.release_check(f).map_err(|e| e.message)? {
+            None => ReleaseResult {
+                released: false,
+                note: Some("already a stub".into()),
+                bytes: None,
+                bytes_freed: None,
+            },
+            Some((bytes, freed, note)) => ReleaseResult {
+                released: false,
+                note: Some(note),
+                bytes: Some(bytes),
+                bytes_freed: Some(freed),
+            },
+        })
+    }
+
     fn history(&self, p: &Path) -> Result<HistoryReply, ErrorBody> {
         let rel = self.rel(p)?;
         let id = match backing::open_beneath(self.t.root(), &rel, libc::O_PATH | libc::O_NOFOLLOW) {
@@ -469,7 +488,14 @@ impl Handler for Control {
                 }))
             }
             Op::Recall { paths, recursive } => reply(self.recall_many(&paths, recursive, progress)),
-            Op::Release { paths, recursive } => {
+            Op::Release {
+                paths,
+                recursive,
+                dry_run: true,
+            } => reply(self.each(&paths, recursive, progress, |_, f| self.release_dry(f))),
+            Op::Release {
+                paths, recursive, ..
+            } => {
                 let r = self.each(&paths, recursive, progress, |_, f| self.release(f));
                 if let Err(e) = self.t.catalog.sync() {
                     tracing::error!("catalog: {e}");

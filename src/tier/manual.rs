@@ -183,6 +183,49 @@ impl Tiering {
         }
     }
 
+    /// What [`Tiering::release`] would do with `f`, changing nothing: None for a stub;
+    /// else (size, bytes it would free, "would release" or a note), or the error a release
+    /// would give (no copy, pinned, immutable, open, changed since its copy).
+    pub fn release_check(&self, f: &File) -> Result<Option<(u64, u64, String)>, StepError> {
+        let fd = f.as_fd();
+        if marks::record(fd, marks::STUB)?.is_some() {
+            return Ok(None);
+        }
+        let Some(rec) = marks::record(fd, marks::COPY)? else {
+            return Err(StepError::new(
+                libc::ENODATA,
+                "no verified copy exists: run `coldtier migrate` (copy-only or stub) first",
+            ));
+        };
+        super::migrate::refuse_unchangeable(fd)?;
+        let st = backing::stat_fd(fd)?;
+        let row = self.row_for(&rec, fd, FileState::Premigrated);
+        if row.pinned {
+            return Err(StepError::new(
+                libc::EPERM,
+                "the file is pinned: its data is never freed",
+            ));
+        }
+        if self.gate.lock(self.node_id(&st)).opens().handles > 0 {
+            return Err(StepError::new(
+                libc::EBUSY,
+                "the file is open: close it and try again",
+            ));
+        }
+        if st.size != row.size {
+            return Err(StepError::new(
+                libc::ESTALE,
+                "the file changed since it was copied: a release would supersede its copy",
+            ));
+        }
+        let note = if (ns_of(st.mtime), ns_of(st.ctime)) != (row.mtime_ns, row.ctime_ns) {
+            "would release (its times moved since the copy: its content is compared first)"
+        } else {
+            "would release"
+        };
+        Ok(Some((rec.size, st.blocks * 512, note.to_string())))
+    }
+
     /// Recalls the file at `rel` (relative to the source) if it is a stub, through the
     /// same single-flight recall an open uses, and waits for it.
     pub async fn recall_path(&self, rel: &Path) -> Result<Recalled, StepError> {
