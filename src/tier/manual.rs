@@ -149,16 +149,9 @@ impl Tiering {
     /// Frees the data of the premigrated file open as `f` now (its copy is proven).
     pub fn release(&self, f: &File) -> Result<Released, StepError> {
         let fd = f.as_fd();
-        if marks::record(fd, marks::STUB)?.is_some() {
+        let Some(rec) = self.releasable(fd)? else {
             return Ok(Released::AlreadyStub);
-        }
-        let Some(rec) = marks::record(fd, marks::COPY)? else {
-            return Err(StepError::new(
-                libc::ENODATA,
-                "no verified copy exists: run `coldtier migrate` (copy-only or stub) first",
-            ));
         };
-        super::migrate::refuse_unchangeable(fd)?;
         let st = backing::stat_fd(fd)?;
         let row = self.row_for(&rec, fd, FileState::Premigrated);
         let expect = (row.size, row.mtime_ns, row.ctime_ns);
@@ -183,11 +176,12 @@ impl Tiering {
         }
     }
 
-    /// What [`Tiering::release`] would do with `f`, changing nothing: None for a stub;
-    /// else (size, bytes it would free, "would release" or a note), or the error a release
-    /// would give (no copy, pinned, immutable, open, changed since its copy).
-    pub fn release_check(&self, f: &File) -> Result<Option<(u64, u64, String)>, StepError> {
-        let fd = f.as_fd();
+    /// The copy record of a file a release may stub: None for a stub already; an error
+    /// for a file without a verified copy or one chattr makes unchangeable.
+    fn releasable(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Option<crate::tier::stub::StubRecord>, StepError> {
         if marks::record(fd, marks::STUB)?.is_some() {
             return Ok(None);
         }
@@ -198,6 +192,17 @@ impl Tiering {
             ));
         };
         super::migrate::refuse_unchangeable(fd)?;
+        Ok(Some(rec))
+    }
+
+    /// What [`Tiering::release`] would do with `f`, changing nothing: None for a stub;
+    /// else (size, bytes it would free, "would release" or a note), or the error a release
+    /// would give (no copy, pinned, immutable, open, changed since its copy).
+    pub fn release_check(&self, f: &File) -> Result<Option<(u64, u64, String)>, StepError> {
+        let fd = f.as_fd();
+        let Some(rec) = self.releasable(fd)? else {
+            return Ok(None);
+        };
         let st = backing::stat_fd(fd)?;
         let row = self.row_for(&rec, fd, FileState::Premigrated);
         if row.pinned {
