@@ -2254,3 +2254,38 @@ fn release_dry_run_reports_and_changes_nothing() {
     t.ok(&["release", t.ms("q.bin").as_str()]);
     assert_eq!(t.state("q.bin"), "stub");
 }
+
+/// `coldtier mounts --json`: every coldtier mount, with what its daemon says: source,
+/// pid, version, config file and version in force, store, catalog.
+#[test]
+fn coldtier_mounts_lists_the_mount_and_its_daemon() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 1000)]);
+    let t = TierMount::new(&moto, "mounts-list", &fs_, |c| c);
+    let out = t.cli(&["mounts", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let me = rows
+        .iter()
+        .find(|r| r["mountpoint"].as_str() == Some(t.mnt.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not listed: {rows:?}", t.mnt.display()));
+    assert_eq!(me["state"], "serving", "{me}");
+    assert_eq!(me["source"].as_str(), t.src.to_str(), "{me}");
+    assert_eq!(me["config"].as_str(), t.config_path.to_str(), "{me}");
+    assert_eq!(me["catalog"].as_str(), t.catalog.to_str(), "{me}");
+    assert_eq!(me["version"], env!("CARGO_PKG_VERSION"), "{me}");
+    assert!(me["config_version"].as_i64() >= Some(1), "{me}");
+    assert!(
+        me["store"].as_str().unwrap_or("").contains("mounts-list"),
+        "{me}"
+    );
+    assert!(me["pid"].as_u64().is_some_and(|p| p > 1), "{me}");
+    let text = String::from_utf8_lossy(&t.cli(&["mounts"]).stdout).to_string();
+    assert!(
+        text.contains(t.mnt.to_str().unwrap()) && text.contains("catalog"),
+        "{text}"
+    );
+}

@@ -61,6 +61,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Policy runs: start, end, files and bytes copied, stubbed, failed.
     Jobs(JobsArgs),
+    /// Every coldtier mount on this machine: source, mount point, daemon pid, version,
+    /// config file and version in force, store, catalog, metrics address.
+    Mounts(MountsArgs),
     /// Recalls in flight, queued (deferred by a rule) and waiting for an archive restore:
     /// file, size, bytes done, who, since when; `recalls cancel` stops them.
     Recalls(RecallsArgs),
@@ -374,6 +377,13 @@ pub enum JobsCommand {
     /// The daemon's background workers (policy and backup schedulers, tagger, restore
     /// pollers): state, runs, errors, last error, status.
     Workers(JobsWorkersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountsArgs {
+    /// One JSON object per mount and line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use anyhow::anyhow;
 
 use super::args::{
     GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs, MountpointArgs,
-    RecallsArgs, RecallsCommand, VerifyArgs,
+    MountsArgs, RecallsArgs, RecallsCommand, VerifyArgs,
 };
 use super::output::print_json_line;
 use super::request::{call_typed, client_for};
@@ -14,7 +14,7 @@ use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
 use crate::control::replies::{
     CancelJobReply, CancelWorkerReply, GcReport, JobRow, JobsReply, MigrateReport, PauseReply,
-    RecallRow, RecallsReply, ResumeReply, VerifyReport, WorkerRow, WorkersReply,
+    PingReply, RecallRow, RecallsReply, ResumeReply, VerifyReport, WorkerRow, WorkersReply,
 };
 
 pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
@@ -247,6 +247,74 @@ pub(super) fn recalls(a: &RecallsArgs) -> anyhow::Result<()> {
         }
     } else {
         print!("{}", recalls_text(&r.recalls));
+    }
+    Ok(())
+}
+
+/// `coldtier mounts`: every coldtier mount in the mount table, and what its daemon says.
+pub(super) fn mounts(a: &MountsArgs) -> anyhow::Result<()> {
+    let table = crate::base::mountinfo::read()?;
+    let mut rows = Vec::new();
+    for m in table
+        .iter()
+        .filter(|m| m.fstype == crate::base::mountinfo::FS_TYPE)
+    {
+        let answer = crate::control::client::Client::connect(&m.mount_point)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| call_typed::<PingReply>(&mut c, Op::Ping));
+        rows.push(match answer {
+            Ok(p) => serde_json::json!({
+                "mountpoint": m.mount_point,
+                "state": "serving",
+                "pid": p.pid,
+                "source": p.detail.as_ref().map(|d| &d.source),
+                "version": p.detail.as_ref().map(|d| &d.version),
+                "config": p.detail.as_ref().and_then(|d| d.config.as_ref()),
+                "config_version": p.detail.as_ref().map(|d| d.config_version),
+                "store": p.detail.as_ref().and_then(|d| d.store.as_ref()),
+                "catalog": p.detail.as_ref().map(|d| &d.catalog),
+                "metrics": p.detail.as_ref().and_then(|d| d.metrics.as_ref()),
+                "paused": p.detail.as_ref().map(|d| d.paused),
+            }),
+            Err(e) => serde_json::json!({
+                "mountpoint": m.mount_point,
+                "state": "not answering",
+                "error": e.to_string(),
+            }),
+        });
+    }
+    if a.json {
+        for r in &rows {
+            print_json_line(r);
+        }
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no coldtier mounts");
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(x) => x.clone(),
+        x => x.to_string(),
+    };
+    for r in &rows {
+        println!("{}  ({})", s(&r["mountpoint"]), s(&r["state"]));
+        for k in [
+            "source",
+            "pid",
+            "version",
+            "config",
+            "config_version",
+            "store",
+            "catalog",
+            "metrics",
+            "paused",
+            "error",
+        ] {
+            if r.get(k).is_some() {
+                println!("  {k:<15} {}", s(&r[k]));
+            }
+        }
     }
     Ok(())
 }

@@ -40,6 +40,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
         Command::Verify(a) => jobs::verify(a),
         Command::Jobs(a) => jobs::jobs(a),
         Command::Recalls(a) => jobs::recalls(a),
+        Command::Mounts(a) => jobs::mounts(a),
         Command::Pause(a) => jobs::pause(a),
         Command::Resume(a) => jobs::resume(a),
         Command::Find(a) => reports::find(a),

@@ -33,6 +33,21 @@ pub struct PingDetail {
     /// The store's description; null without a store.
     pub store: Option<String>,
     pub catalog: PathBuf,
+    /// The daemon's coldtier version.
+    #[serde(default)]
+    pub version: String,
+    /// The config file the mount was made with (null: none).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// The catalog's config version in force.
+    #[serde(default)]
+    pub config_version: i64,
+    /// `metrics.listen` (null: no metrics endpoint).
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// Whether tiering is paused.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 // ---- per-file requests -----------------------------------------------------------------
@@ -620,9 +635,17 @@ mod tests {
     fn optional_parts_are_absent_or_null_as_before() {
         let p: PingReply = round_trip(json!({"pid": 1, "mountpoint": "/m"}));
         assert!(p.detail.is_none());
-        round_trip::<PingReply>(
+        // A daemon of before `coldtier mounts` (no version, config, metrics): still read.
+        let old: PingReply = serde_json::from_value(
             json!({"pid": 1, "mountpoint": "/m", "source": "/s", "store": null, "catalog": "/c.db"}),
-        );
+        )
+        .unwrap();
+        assert_eq!(old.detail.unwrap().config_version, 0);
+        round_trip::<PingReply>(json!({
+            "pid": 1, "mountpoint": "/m", "source": "/s", "store": null, "catalog": "/c.db",
+            "version": "0.1.0", "config": null, "config_version": 1, "metrics": null,
+            "paused": false,
+        }));
         let l: ListReply = round_trip(json!({"path": "/m", "dir": true, "entries": [
             {"name": "gone", "error": "No such file or directory (os error 2)"},
             {"name": "l", "type": "symlink", "mode": 511, "nlink": 1, "uid": 0, "gid": 0,

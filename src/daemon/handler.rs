@@ -33,6 +33,8 @@ pub type ConfigCell = Arc<parking_lot::RwLock<Arc<Config>>>;
 pub struct Control {
     pub t: Arc<Tiering>,
     pub config: ConfigCell,
+    /// The config file the mount was made with (None: defaults, or `[mount]` only).
+    pub config_path: Option<PathBuf>,
 }
 
 pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
@@ -474,6 +476,11 @@ impl Handler for Control {
                     source: self.t.source.clone(),
                     store: self.t.store_opt().map(|s| s.describe()),
                     catalog: self.t.catalog.path().to_path_buf(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    config: self.config_path.clone(),
+                    config_version: self.t.catalog.config_version_in_force(),
+                    metrics: self.config().metrics.listen.clone(),
+                    paused: self.t.paused(),
                 }),
             }),
             Op::Status { paths, recursive } => {

@@ -1072,6 +1072,7 @@ fn start_tiering<B: Send + Sync + 'static>(
     server.spawn(Arc::new(Control {
         t: t.clone(),
         config: config.clone(),
+        config_path: p.config_path.clone(),
     }))?;
     crate::jobs::start(&t);
     // Last opens reach the catalog once a minute (and before each scan, and at unmount).
