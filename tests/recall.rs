@@ -84,6 +84,26 @@ fn piece_ranges(total: usize) -> Vec<String> {
     v
 }
 
+/// Data GETs of `range` go through; every other data GET is held (never answered until
+/// the rules are reset).
+fn hold_all_but(proxy: &FaultProxy, range: String) {
+    proxy.rules(json!([
+        {"method": "GET", "path_contains": "/data/", "range_contains": range, "action": "delay", "delay": 0.0},
+        {"method": "GET", "path_contains": "/data/", "action": "hang"},
+    ]));
+}
+
+/// `cat PATH > /dev/null` on a thread of its own; its outcome when joined.
+fn cat_in_background(path: std::path::PathBuf) -> std::thread::JoinHandle<std::process::Output> {
+    std::thread::spawn(move || {
+        std::process::Command::new("cat")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+}
+
 /// The Range of the first head block (what a read at 0 waits for).
 fn first_block() -> String {
     format!("bytes=0-{}", CHUNK / 16 - 1)
@@ -105,10 +125,7 @@ fn a_read_far_into_a_stub_is_served_from_its_chunk_while_the_others_are_held() {
     let (_moto, proxy, t) = stubbed("stream-far", &fs_);
     let body = &fs_[0].1;
     let off = 7 * CHUNK + 100; // chunk 7
-    proxy.rules(json!([
-        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(7, total), "action": "delay", "delay": 0.0},
-        {"method": "GET", "path_contains": "/data/", "action": "hang"},
-    ]));
+    hold_all_but(&proxy, range_of_chunk(7, total));
     let f = fs::File::open(t.m("big.bin")).unwrap();
     let mut buf = vec![0u8; 4096];
     f.read_exact_at(&mut buf, off as u64).unwrap();
@@ -235,10 +252,7 @@ fn a_kill_in_the_middle_of_a_stream_leaves_a_stub_that_recalls_byte_identical() 
     let fs_ = files(&[("big.bin", total)]);
     let (_moto, proxy, t) = stubbed("stream-kill", &fs_);
     let body = fs_[0].1.clone();
-    proxy.rules(json!([
-        {"method": "GET", "path_contains": "/data/", "range_contains": range_of_chunk(1, total), "action": "delay", "delay": 0.0},
-        {"method": "GET", "path_contains": "/data/", "action": "hang"},
-    ]));
+    hold_all_but(&proxy, range_of_chunk(1, total));
     let f = fs::File::open(t.m("big.bin")).unwrap();
     let mut buf = vec![0u8; 8192];
     f.read_exact_at(&mut buf, (CHUNK + 5) as u64).unwrap();
@@ -463,18 +477,9 @@ fn coldtier_recalls_lists_a_recall_in_flight_and_cancel_stops_it() {
     let fs_ = files(&[("big.bin", total)]);
     let (_moto, proxy, t) = stubbed("recalls-list", &fs_);
     // The first head block comes, the rest is held: the recall stays in flight.
-    proxy.rules(json!([
-        {"method": "GET", "path_contains": "/data/", "range_contains": first_block(), "action": "delay", "delay": 0.0},
-        {"method": "GET", "path_contains": "/data/", "action": "hang"},
-    ]));
+    hold_all_but(&proxy, first_block());
     let path = t.m("big.bin");
-    let reader = std::thread::spawn(move || {
-        std::process::Command::new("cat")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    });
+    let reader = cat_in_background(path);
     let listed = |t: &TierMount| -> Vec<Value> {
         let out = t.cli(&["recalls", "--json", t.mnt_str().as_str()]);
         assert!(out.status.success(), "{}", show(&out));
@@ -568,18 +573,9 @@ fn a_recall_over_budget_gets_eagain_and_an_event() {
     });
     t.mount_with_env(&[]);
     t.migrate_ok(&["--mode", "stub"]);
-    proxy.rules(json!([
-        {"method": "GET", "path_contains": "/data/", "range_contains": first_block(), "action": "delay", "delay": 0.0},
-        {"method": "GET", "path_contains": "/data/", "action": "hang"},
-    ]));
+    hold_all_but(&proxy, first_block());
     let path = t.m("a.bin");
-    let reader = std::thread::spawn(move || {
-        std::process::Command::new("cat")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    });
+    let reader = cat_in_background(path);
     let t0 = std::time::Instant::now();
     while !String::from_utf8_lossy(&t.cli(&["recalls", t.mnt_str().as_str()]).stdout)
         .contains("a.bin")

@@ -108,6 +108,23 @@ fn open_registered(
     )
 }
 
+/// [`register`] for a create (or tmpfile).
+fn created_registered(
+    reply: &ReplyCreate,
+    ids: Option<&Arc<BackingIds>>,
+    node: u64,
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<Backing> {
+    register(
+        node,
+        fd,
+        ids,
+        |fd| reply.open_backing(fd),
+        // SAFETY: an id registered on this connection, owned by the Backing.
+        |raw| unsafe { reply.wrap_backing(raw) },
+    )
+}
+
 fn register(
     node: u64,
     fd: BorrowedFd<'_>,
@@ -1323,16 +1340,7 @@ impl Filesystem for FuseAdapter {
             mode,
             flags,
             caller(req, umask),
-            |node, fd| {
-                register(
-                    node,
-                    fd,
-                    self.ids.as_ref(),
-                    |fd| reply.open_backing(fd),
-                    // SAFETY: an id registered on this connection, owned by the Backing.
-                    |raw| unsafe { reply.wrap_backing(raw) },
-                )
-            },
+            |node, fd| created_registered(&reply, self.ids.as_ref(), node, fd),
         );
         self.reply_created(r, reply);
     }
@@ -1353,14 +1361,7 @@ impl Filesystem for FuseAdapter {
         let r = self
             .fs
             .tmpfile(parent.0, mode, caller(req, umask), |node, fd| {
-                register(
-                    node,
-                    fd,
-                    self.ids.as_ref(),
-                    |fd| reply.open_backing(fd),
-                    // SAFETY: an id registered on this connection, owned by the Backing.
-                    |raw| unsafe { reply.wrap_backing(raw) },
-                )
+                created_registered(&reply, self.ids.as_ref(), node, fd)
             });
         self.reply_created(r, reply);
     }

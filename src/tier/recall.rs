@@ -125,7 +125,8 @@ impl Tiering {
         self.readers.in_flight.lock().insert(
             node,
             super::readers::InFlight {
-                path: self.rel_of(fd.as_fd()).unwrap_or_default(),
+                // Filled in by the recall from its row (one path lookup per recall).
+                path: String::new(),
                 size: rec.size,
                 since_ns: super::usage::now_ns(),
                 who,
@@ -188,6 +189,9 @@ impl Tiering {
         let t0 = Instant::now();
         let _in_flight = crate::tier::metrics::RECALLS_IN_FLIGHT.track();
         let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
+        if let Some(f) = self.readers.in_flight.lock().get_mut(&node) {
+            f.path.clone_from(&row.path);
+        }
         let mut start_owed = false;
         // Who started it (a read: uid, pid, program), in its RECALL_STARTED.
         let mut start = start_detail(&rec);

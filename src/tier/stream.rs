@@ -91,7 +91,13 @@ impl Stream {
     /// A stream for `rec`, if it can be streamed: its record has chunk sums and its object
     /// holds the file's bytes as they are (not a sparse file's extents).
     pub fn for_record(rec: &StubRecord, file: File) -> Option<Arc<Stream>> {
-        let sums = rec.chunks.clone()?;
+        Self::chunked(rec, file, false)
+    }
+
+    /// A stream of `rec`'s pieces (its chunk sums), if it has valid ones and its object
+    /// holds the file's bytes as they are.
+    fn chunked(rec: &StubRecord, file: File, transient: bool) -> Option<Arc<Stream>> {
+        let sums = rec.chunks.as_ref()?;
         if rec.extents.is_some() || !sums.valid_for(rec.size) {
             return None;
         }
@@ -101,7 +107,7 @@ impl Stream {
             pieces,
             Expect::Pieces(sums),
             file,
-            false,
+            transient,
         ))
     }
 
@@ -112,16 +118,7 @@ impl Stream {
             return None;
         }
         match &rec.chunks {
-            Some(sums) if sums.valid_for(rec.size) => {
-                let (pieces, sums) = split(sums.pieces(rec.size));
-                Some(Stream::new(
-                    rec.size,
-                    pieces,
-                    Expect::Pieces(sums),
-                    file,
-                    true,
-                ))
-            }
+            Some(sums) if sums.valid_for(rec.size) => Self::chunked(rec, file, true),
             _ if rec.size <= TRANSIENT_WHOLE_MAX && rec.size > 0 => {
                 let algo: ChecksumAlgo = rec.checksum_algo.parse().ok()?;
                 Some(Stream::new(
