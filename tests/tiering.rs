@@ -2289,3 +2289,138 @@ fn coldtier_mounts_lists_the_mount_and_its_daemon() {
         "{text}"
     );
 }
+
+/// `coldtier archive` copies (and with `--release` stubs) what it is given whatever the
+/// policy says of age and size (`lfs hsm_archive`/`hsm_release`): a policy that takes
+/// nothing (ten years idle, 1 MiB at least) still lets the admin archive a tree and a small
+/// file by hand; a pinned file and an excluded one stay as they are and are reported; a
+/// file not named is not touched; a directory without -r is refused.
+#[test]
+fn archive_takes_named_files_whatever_their_age_and_reports_pins_and_excludes() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("d/a.bin", 20_000),
+        ("d/b.bin", 20_000),
+        ("d/sub/c.bin", 20_000),
+        ("d/keep.log", 20_000),
+        ("d/pinned.bin", 20_000),
+        ("e.bin", 100),
+        ("other.bin", 20_000),
+    ]);
+    let t = TierMount::new(&moto, "archive", &fs_, |c| {
+        c.set("policy", "atime_older_than", &q("3650d"))
+            .set("policy", "min_size", &q("1MiB"))
+            .set("policy", "exclude", r#"["*.log"]"#)
+    });
+    t.ok(&["pin", t.ms("d/pinned.bin").as_str()]);
+    let v = t.migrate_ok(&["--dry-run"]);
+    assert_eq!(v["candidates"].as_u64(), Some(0), "the policy takes nothing: {v}");
+    let archive = |args: &[&str]| -> (bool, Value) {
+        let mut a = vec!["archive", "--json"];
+        a.extend_from_slice(args);
+        let out = t.cli(&a);
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+        (out.status.success(), v)
+    };
+    let skipped = |v: &Value| -> Vec<(String, String)> {
+        let mut s: Vec<(String, String)> = v["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["path"].as_str().unwrap().to_owned(),
+                    k["kind"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let pair = |p: &str, k: &str| (p.to_owned(), k.to_owned());
+
+    // A directory without -r: refused (exit 1), nothing done.
+    let (ok, v) = archive(&[t.ms("d").as_str()]);
+    assert!(!ok, "{v}");
+    assert_eq!(skipped(&v), vec![pair("d", "directory")], "{v}");
+    assert_eq!(v["copied"].as_u64(), Some(0), "{v}");
+
+    // A dry run: what would be copied, what is left alone and why.
+    let (ok, v) = archive(&["-r", "--dry-run", t.ms("d").as_str(), t.ms("e.bin").as_str()]);
+    assert!(ok, "{v}");
+    let mut planned = planned_paths(&v);
+    planned.sort();
+    assert_eq!(planned.len(), 4, "{v}");
+    for (p, rel) in planned.iter().zip(["d/a.bin", "d/b.bin", "d/sub/c.bin", "e.bin"]) {
+        assert!(matches_rel(p, rel), "{p} vs {rel}: {v}");
+    }
+    assert_eq!(
+        skipped(&v),
+        vec![pair("d/keep.log", "excluded"), pair("d/pinned.bin", "pinned")],
+        "{v}"
+    );
+    assert_eq!(v["bytes_to_free"].as_u64(), Some(0), "a copy frees nothing: {v}");
+    let (_, v) = archive(&["-r", "--dry-run", "--release", t.ms("d").as_str()]);
+    assert!(
+        v["bytes_to_free"].as_u64().unwrap() >= 3 * 20_000,
+        "three stubs would free their blocks: {v}"
+    );
+    for rel in ["d/a.bin", "e.bin", "d/keep.log"] {
+        assert_eq!(t.state(rel), "resident", "{rel} after dry runs");
+    }
+
+    // The copy.
+    let (ok, v) = archive(&["-r", t.ms("d").as_str(), t.ms("e.bin").as_str()]);
+    assert!(ok, "{v}");
+    assert_eq!((v["copied"].as_u64(), v["stubbed"].as_u64()), (Some(4), Some(0)), "{v}");
+    assert_eq!(v["mode"], "copy-only", "{v}");
+    for (rel, want) in [
+        ("d/a.bin", "premigrated"),
+        ("d/b.bin", "premigrated"),
+        ("d/sub/c.bin", "premigrated"),
+        ("e.bin", "premigrated"),
+        ("d/keep.log", "resident"),
+        ("d/pinned.bin", "resident"),
+        ("other.bin", "resident"),
+    ] {
+        assert_eq!(t.state(rel), want, "{rel} after archive");
+    }
+
+    // --release of one file, then of the tree: stubs, the rest reported.
+    let (ok, v) = archive(&["--release", t.ms("d/a.bin").as_str()]);
+    assert!(ok, "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(1), "{v}");
+    assert_eq!(t.state("d/a.bin"), "stub");
+    let (ok, v) = archive(&["-r", "--release", t.ms("d").as_str()]);
+    assert!(ok, "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(2), "{v}");
+    assert_eq!(
+        skipped(&v),
+        vec![
+            pair("d/a.bin", "already"),
+            pair("d/keep.log", "excluded"),
+            pair("d/pinned.bin", "pinned")
+        ],
+        "{v}"
+    );
+    assert!(v["bytes_freed"].as_u64().unwrap() >= 2 * 20_000, "{v}");
+    for (rel, want) in [("d/b.bin", "stub"), ("d/sub/c.bin", "stub"), ("e.bin", "premigrated")] {
+        assert_eq!(t.state(rel), want, "{rel} after archive --release");
+    }
+    // Every byte comes back through the mount.
+    for (rel, data) in fs_.iter() {
+        assert_bytes(rel, &std::fs::read(t.m(rel)).unwrap(), data);
+    }
+    // The runs are jobs of their own kind.
+    let jobs = t.ok(&["jobs", t.mnt_str().as_str()]);
+    assert!(jobs.contains("archive"), "{jobs}");
+    // A path that does not exist: refused with one line naming it (exit 2).
+    let out = t.cli(&["archive", t.ms("nope.bin").as_str()]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope.bin"),
+        "{}",
+        show(&out)
+    );
+}

@@ -31,6 +31,9 @@ pub enum Command {
     Restart(RestartArgs),
     /// Run the tiering policy now (the daemon does the work) and wait for it.
     Migrate(MigrateArgs),
+    /// Copy the files named to the store now (with --release, and stub them), whatever
+    /// their age and size; pinned and excluded files are left alone and reported.
+    Archive(ArchiveArgs),
     /// Show the tiering state of files: resident, premigrated, stub, recalling, restore_pending.
     Status(PathsArgs),
     /// Pin files: their data is never freed (pinning does not recall a stub).
@@ -153,6 +156,26 @@ pub struct MigrateArgs {
     /// Override policy.mode for this run.
     #[arg(long, value_parser = ["dry-run", "copy-only", "stub"])]
     pub mode: Option<String>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ArchiveArgs {
+    /// Files (or, with -r, directories) inside a coldtier mount.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Recurse into directories.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Stub the files once their copies are verified (free their local data), as
+    /// `release` does; without it they are only copied (premigrated).
+    #[arg(long)]
+    pub release: bool,
+    /// Report what would be archived, left alone and freed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,

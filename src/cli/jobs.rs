@@ -1,9 +1,12 @@
 //! The commands on tiering jobs: `migrate`, `gc`, `verify`, `jobs` (the runs, `jobs
 //! cancel`, `jobs workers`), `recalls` (and `recalls cancel`), `pause` and `resume`.
 
+use std::path::PathBuf;
+
 use anyhow::anyhow;
 
 use super::args::{
+    ArchiveArgs,
     GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs, MountpointArgs,
     MountsArgs, RecallsArgs, RecallsCommand, VerifyArgs,
 };
@@ -27,9 +30,35 @@ pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
         under,
     };
     let r: MigrateReport = call_typed(&mut c, op)?;
-    if a.json {
-        print_json_line(&r);
+    run_report(&r, a.json)
+}
+
+/// `coldtier archive PATH... [-r] [--release] [--dry-run]`.
+pub(super) fn archive(a: &ArchiveArgs) -> anyhow::Result<()> {
+    let paths: Vec<PathBuf> = a
+        .paths
+        .iter()
+        .map(|p| super::request::resolve(p))
+        .collect::<Result<_, _>>()?;
+    let mut c = client_for(&paths[0])?;
+    let op = Op::Archive {
+        paths,
+        recursive: a.recursive,
+        release: a.release,
+        dry_run: a.dry_run,
+    };
+    let r: MigrateReport = call_typed(&mut c, op)?;
+    run_report(&r, a.json)
+}
+
+/// Prints what a policy run (or an archive) did, and fails when files failed.
+fn run_report(r: &MigrateReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json_line(r);
     } else {
+        for k in &r.skipped {
+            println!("left alone {}: {}", k.path, k.reason);
+        }
         if r.mode == "dry-run" {
             for f in &r.files {
                 println!(
@@ -40,8 +69,18 @@ pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        let freed = if r.mode == "dry-run" {
+            format!("would free {}", human_bytes(r.bytes_to_free))
+        } else {
+            format!("freed {}", human_bytes(r.bytes_freed))
+        };
+        let skipped = if r.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", left alone {}", r.skipped.len())
+        };
         println!(
-            "job {} ({}): scanned {}, candidates {} (deferred {}), copied {} ({}), stubbed {} (freed {}), busy {}, failed {} in {:.1}s",
+            "job {} ({}): scanned {}, candidates {} (deferred {}), copied {} ({}), stubbed {} ({freed}){skipped}, busy {}, failed {} in {:.1}s",
             r.job_id,
             r.mode,
             r.scanned,
@@ -50,7 +89,6 @@ pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
             r.copied,
             human_bytes(r.bytes_copied),
             r.stubbed,
-            human_bytes(r.bytes_freed),
             r.busy,
             r.failed,
             r.seconds
@@ -64,6 +102,16 @@ pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
     }
     if r.cancelled {
         return Err(anyhow!("the run was cancelled"));
+    }
+    // A path named that cannot be archived at all (missing, a directory without -r, not a
+    // regular file) is an error; files left alone by a pin or an exclude are not.
+    let refused = r
+        .skipped
+        .iter()
+        .filter(|k| matches!(k.kind.as_str(), "missing" | "directory" | "not-regular"))
+        .count();
+    if refused > 0 {
+        return Err(anyhow!("{refused} of the paths named cannot be archived"));
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
         Command::History(a) => files::history(a),
         Command::Ls(a) => files::ls(a),
         Command::Migrate(a) => jobs::migrate(a),
+        Command::Archive(a) => jobs::archive(a),
         Command::Gc(a) => jobs::gc(a),
         Command::Verify(a) => jobs::verify(a),
         Command::Jobs(a) => jobs::jobs(a),

@@ -55,6 +55,15 @@ pub enum Op {
         #[serde(default)]
         under: Option<PathBuf>,
     },
+    /// `coldtier archive`: copy (with `release`, and stub) the files named, or the trees
+    /// below the directories named with `recursive`, whatever their age and size; pins,
+    /// excludes and hard links hold and are reported. Reply: `MigrateReport`.
+    Archive {
+        paths: Vec<PathBuf>,
+        recursive: bool,
+        release: bool,
+        dry_run: bool,
+    },
     /// Reply: `GcReport`.
     Gc { dry_run: bool },
     /// `coldtier verify`: reconcile the catalog, the files' records and the bucket.

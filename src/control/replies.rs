@@ -214,6 +214,19 @@ pub struct PlannedFile {
     pub size: u64,
     /// "copy", "stub", "copy+stub" ...
     pub plan: String,
+    /// The bytes its stub frees (would free, in a dry run): its allocated blocks.
+    #[serde(default)]
+    pub frees: u64,
+}
+
+/// A file `coldtier archive` left alone, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub path: String,
+    /// "pinned", "excluded", "hard-linked", "empty", "already", "not-regular",
+    /// "directory", "missing".
+    pub kind: String,
+    pub reason: String,
 }
 
 /// `Op::Migrate`: what the policy run did.
@@ -235,6 +248,12 @@ pub struct MigrateReport {
     pub seconds: f64,
     /// Stopped early (`coldtier jobs cancel`, or the client went away).
     pub cancelled: bool,
+    /// What the stubs of the candidates free (in a dry run: would free).
+    #[serde(default)]
+    pub bytes_to_free: u64,
+    /// `coldtier archive`: the files named and left alone, with why.
+    #[serde(default)]
+    pub skipped: Vec<SkippedFile>,
 }
 
 /// One object gc deleted (or would delete).

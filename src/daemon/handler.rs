@@ -14,9 +14,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 use crate::config::{Config, MigrateMode};
+use crate::tier::migrate::Scope;
 use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress};
 use crate::control::replies::{
-    BackupReport, CancelJobReply, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
+    BackupReport, CancelJobReply, SkippedFile, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
     PathResult, PathResults, PauseReply, PinResult, PingDetail, PingReply, PlannedFile,
     RecallResult, ReleaseResult, ResumeReply, StatusEntry, VerifyReport, WorkersReply,
 };
@@ -213,6 +214,41 @@ impl Control {
             pinned: state.is_some() && pin,
             state: state.map(|s| s.as_str().into()),
         })
+    }
+
+    /// A policy run (`migrate`) or an on-demand one (`archive`) on `scope`, its progress
+    /// relayed at most twice a second (the line with the totals and the first of each
+    /// phase always go, so that a client can draw its bar however fast the scan was).
+    fn policy_run(
+        &self,
+        mode: MigrateMode,
+        kind: &'static str,
+        scope: Scope,
+        cancel: &crate::base::cancel::Cancel,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<MigrateReport, ErrorBody> {
+        let t = self.t.clone();
+        let mut last = std::time::Instant::now();
+        let mut relay = |p: Progress| {
+            if last.elapsed().as_millis() >= 500 || p.files == 0 || p.totals.is_some() {
+                last = std::time::Instant::now();
+                progress(p);
+            }
+        };
+        let cancel = cancel.clone();
+        let t2 = t.clone();
+        let summary = run_relaying(
+            &t,
+            "policy run",
+            false,
+            &mut relay,
+            move |mut send| async move {
+                t2.run_policy_scope(mode, kind, &mut send, &cancel, scope)
+                    .await
+            },
+        )
+        .map_err(step_err)?;
+        Ok(migrate_report(summary))
     }
 
     /// `coldtier recall`: every stub named, several at a time (4 x `store.concurrency`, as
@@ -533,28 +569,34 @@ impl Handler for Control {
                         ))
                     }
                 };
-                let t = self.t.clone();
-                let mut last = std::time::Instant::now();
-                let mut relay = |p: Progress| {
-                    if last.elapsed().as_millis() >= 500 || p.files == 0 || p.totals.is_some() {
-                        last = std::time::Instant::now();
-                        progress(p);
-                    }
+                let scope = Scope {
+                    paths: under.into_iter().collect(),
+                    ..Scope::default()
                 };
-                let cancel = cancel.clone();
-                let t2 = t.clone();
-                let summary = run_relaying(
-                    &t,
-                    "policy run",
-                    false,
-                    &mut relay,
-                    move |mut send| async move {
-                        t2.run_policy_under(mode, "migrate", &mut send, &cancel, under)
-                            .await
-                    },
-                )
-                .map_err(step_err)?;
-                reply(migrate_report(summary))
+                reply(self.policy_run(mode, "migrate", scope, cancel, progress)?)
+            }
+            Op::Archive {
+                paths,
+                recursive,
+                release,
+                dry_run,
+            } => {
+                let paths = paths
+                    .iter()
+                    .map(|p| self.rel(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mode = match (dry_run, release) {
+                    (true, _) => MigrateMode::DryRun,
+                    (false, true) => MigrateMode::Stub,
+                    (false, false) => MigrateMode::CopyOnly,
+                };
+                let scope = Scope {
+                    paths,
+                    on_demand: true,
+                    recursive,
+                    release,
+                };
+                reply(self.policy_run(mode, "archive", scope, cancel, progress)?)
             }
             Op::Pause => {
                 if !self.t.paused() {
@@ -750,10 +792,21 @@ fn migrate_report(s: crate::tier::migrate::RunSummary) -> MigrateReport {
                 path: f.path,
                 size: f.size,
                 plan: f.plan.into(),
+                frees: f.frees,
             })
             .collect(),
         seconds: s.seconds,
         cancelled: s.cancelled,
+        bytes_to_free: s.bytes_to_free,
+        skipped: s
+            .skipped
+            .into_iter()
+            .map(|k| SkippedFile {
+                path: k.path,
+                kind: k.kind.into(),
+                reason: k.reason,
+            })
+            .collect(),
     }
 }
 

@@ -45,6 +45,59 @@ pub struct Planned {
     pub path: String,
     pub size: u64,
     pub plan: &'static str,
+    /// The bytes its stub would free (its allocated blocks; 0 for a copy alone).
+    pub frees: u64,
+}
+
+/// What a run covers: the whole mount, or trees and files inside it.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Relative to the mount; empty (or one empty path): the whole mount. A file names
+    /// that file only.
+    pub paths: Vec<PathBuf>,
+    /// `coldtier archive`: every regular file named (or below a directory named, with
+    /// `recursive`), whatever its age, size and the include patterns; pins, excludes and
+    /// hard links still hold, and every file left alone is reported with why.
+    pub on_demand: bool,
+    pub recursive: bool,
+    /// With `on_demand`: stub the files too (`archive --release`), not only copy them.
+    pub release: bool,
+}
+
+/// A file a run left alone, and why (reported by `coldtier archive`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub path: String,
+    /// "pinned", "excluded", "hard-linked", "empty", "already", "not-regular",
+    /// "directory", "missing".
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    pub candidates: Vec<(FileFacts, Plan)>,
+    pub scanned: u64,
+    /// Only for an on-demand scope.
+    pub skipped: Vec<Skipped>,
+    /// The bytes each candidate's stub would free.
+    pub frees: std::collections::HashMap<PathBuf, u64>,
+}
+
+fn skip_kind(why: &SkipReason) -> &'static str {
+    match why {
+        SkipReason::Pinned => "pinned",
+        SkipReason::Excluded(_) => "excluded",
+        SkipReason::HardLinked { .. } => "hard-linked",
+        SkipReason::Empty => "empty",
+        SkipReason::AlreadyTiered(_) => "already",
+        SkipReason::NotRegular => "not-regular",
+        SkipReason::NotIncluded
+        | SkipReason::TooSmall { .. }
+        | SkipReason::TooLarge { .. }
+        | SkipReason::TooRecent { .. } => "policy",
+    }
 }
 
 /// What a policy run did (the control socket's answer to `migrate`).
@@ -66,6 +119,10 @@ pub struct RunSummary {
     pub seconds: f64,
     /// Stopped early (`coldtier jobs cancel`, or the client went away).
     pub cancelled: bool,
+    /// What the stubs of the candidates free (a dry run: would free).
+    pub bytes_to_free: u64,
+    /// Files named (`coldtier archive`) and left alone, with why.
+    pub skipped: Vec<Skipped>,
 }
 
 /// What happened to one file.
@@ -240,87 +297,143 @@ impl Tiering {
 
     /// Scans the tree and evaluates the policy: the candidates with their plans, and how
     /// many files were looked at.
-    pub fn scan(&self, mode: MigrateMode) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
-        self.scan_under(mode, None)
+    pub fn scan(&self, mode: MigrateMode) -> Result<ScanResult, StepError> {
+        self.scan_scope(mode, &Scope::default())
     }
 
-    /// [`Tiering::scan`] of the tree below `under` (a directory or one file).
-    pub fn scan_under(
-        &self,
-        mode: MigrateMode,
-        under: Option<&Path>,
-    ) -> Result<(Vec<(FileFacts, Plan)>, u64), StepError> {
+    /// [`Tiering::scan`] of what `scope` names (the whole mount, trees, files).
+    pub fn scan_scope(&self, mode: MigrateMode, scope: &Scope) -> Result<ScanResult, StepError> {
         let mut policy = self.settings().policy.clone();
         policy.mode = mode;
+        if scope.on_demand {
+            // `coldtier archive`: whatever the file's age and size, and whether or not an
+            // include pattern takes it; excludes, pins and hard links still hold.
+            policy.include = Default::default();
+            policy.atime_older_than = Duration::ZERO;
+            policy.min_size = 1;
+            policy.max_size = None;
+            policy.mode = if scope.release {
+                MigrateMode::Stub
+            } else {
+                MigrateMode::CopyOnly
+            };
+        }
         let now = SystemTime::now();
-        let mut out = Vec::new();
-        let mut scanned = 0u64;
+        let mut res = ScanResult::default();
+        let mut seen = std::collections::HashSet::new();
         // Opens through the mount count as uses (`super::usage`).
         self.flush_usage();
         let opened = self.catalog.used_times().unwrap_or_else(|e| {
             tracing::warn!("catalog: cannot read last opens (atime and mtime alone decide): {e}");
             Default::default()
         });
-        // A file named: its directory, that name only.
-        let start = under.unwrap_or(Path::new(""));
-        let one_file = !start.as_os_str().is_empty()
-            && backing::open_beneath(self.root(), start, libc::O_PATH | libc::O_NOFOLLOW)
-                .and_then(|fd| backing::stat_fd(fd.as_fd()))
-                .is_ok_and(|st| !st.is_dir());
-        let (dir, only) = if one_file {
-            (start.parent().unwrap_or(Path::new("")), start.file_name())
+        let whole = [PathBuf::new()];
+        let starts = if scope.paths.is_empty() {
+            &whole[..]
         } else {
-            (start, None)
+            &scope.paths[..]
         };
-        self.walk(dir, &mut |rel, st, dir, name| {
-            if only.is_some_and(|o| o != name) {
-                return;
-            }
-            scanned += 1;
-            if st.size == 0 {
-                self.refresh_path(rel, dir, name);
-                return;
-            }
-            let mut facts = facts_of(rel, st);
-            if let Some(&ns) = opened.get(&st.ino) {
-                facts.atime = facts.atime.max(time_of((
-                    ns.div_euclid(1_000_000_000),
-                    ns.rem_euclid(1_000_000_000) as u32,
-                )));
-            }
-            // Cheap checks first (stubs have no local bytes: they stop at Empty).
-            match policy::evaluate(&policy, &facts, now) {
-                Decision::Skip(SkipReason::Empty | SkipReason::TooSmall { .. }) if st.size == 0 => {
-                    return
+        for start in starts {
+            // A file named: its directory, that name only.
+            let kind = if start.as_os_str().is_empty() {
+                Some(libc::S_IFDIR)
+            } else {
+                backing::open_beneath(self.root(), start, libc::O_PATH | libc::O_NOFOLLOW)
+                    .and_then(|fd| backing::stat_fd(fd.as_fd()))
+                    .ok()
+                    .map(|st| st.file_type())
+            };
+            let skip = |res: &mut ScanResult, kind: &'static str, why: String| {
+                res.skipped.push(Skipped {
+                    path: start.to_string_lossy().into_owned(),
+                    kind,
+                    reason: why,
+                });
+            };
+            match kind {
+                None if scope.on_demand => {
+                    skip(&mut res, "missing", "no such file".into());
+                    continue;
                 }
-                Decision::Skip(
-                    SkipReason::NotRegular
-                    | SkipReason::HardLinked { .. }
-                    | SkipReason::Excluded(_)
-                    | SkipReason::NotIncluded
-                    | SkipReason::TooRecent { .. }
-                    | SkipReason::TooSmall { .. }
-                    | SkipReason::TooLarge { .. }
-                    | SkipReason::Empty,
-                ) => return,
+                Some(libc::S_IFDIR) if scope.on_demand && !scope.recursive => {
+                    skip(&mut res, "directory", "a directory (-r takes a tree)".into());
+                    continue;
+                }
+                Some(k) if scope.on_demand && k != libc::S_IFDIR && k != libc::S_IFREG => {
+                    skip(&mut res, "not-regular", SkipReason::NotRegular.to_string());
+                    continue;
+                }
                 _ => {}
             }
-            let Ok(fd) = backing::open_path_at(dir, name) else {
-                return;
+            let one_file = kind.is_some_and(|k| k != libc::S_IFDIR);
+            let (dir, only) = if one_file {
+                (start.parent().unwrap_or(Path::new("")), start.file_name())
+            } else {
+                (start.as_path(), None)
             };
-            let (state, pinned, _, rec) = self.state_of(fd.as_fd());
-            facts.state = state;
-            facts.pinned = pinned;
-            // A copy record of another size than the file has now is stale. Other times
-            // alone (a touch, a rename) are the stub step's to judge, by the content.
-            if state == FileState::Premigrated && rec.is_some_and(|r| r.size != st.size) {
-                facts.state = FileState::Resident;
-            }
-            if let Decision::Candidate { plan, .. } = policy::evaluate(&policy, &facts, now) {
-                out.push((facts, plan));
-            }
-        })?;
-        Ok((out, scanned))
+            self.walk(dir, &mut |rel, st, dir, name| {
+                if only.is_some_and(|o| o != name) || !seen.insert(rel.to_path_buf()) {
+                    return;
+                }
+                res.scanned += 1;
+                if st.size == 0 && !scope.on_demand {
+                    self.refresh_path(rel, dir, name);
+                    return;
+                }
+                let mut facts = facts_of(rel, st);
+                if let Some(&ns) = opened.get(&st.ino) {
+                    facts.atime = facts.atime.max(time_of((
+                        ns.div_euclid(1_000_000_000),
+                        ns.rem_euclid(1_000_000_000) as u32,
+                    )));
+                }
+                // Cheap checks first (stubs have no local bytes: they stop at Empty). An
+                // archive reports every file it leaves, so it reads each one's state.
+                if !scope.on_demand {
+                    match policy::evaluate(&policy, &facts, now) {
+                        Decision::Skip(
+                            SkipReason::NotRegular
+                            | SkipReason::HardLinked { .. }
+                            | SkipReason::Excluded(_)
+                            | SkipReason::NotIncluded
+                            | SkipReason::TooRecent { .. }
+                            | SkipReason::TooSmall { .. }
+                            | SkipReason::TooLarge { .. }
+                            | SkipReason::Empty,
+                        ) => return,
+                        _ => {}
+                    }
+                }
+                let Ok(fd) = backing::open_path_at(dir, name) else {
+                    return;
+                };
+                let (state, pinned, _, rec) = self.state_of(fd.as_fd());
+                facts.state = state;
+                facts.pinned = pinned;
+                // A copy record of another size than the file has now is stale. Other times
+                // alone (a touch, a rename) are the stub step's to judge, by the content.
+                if state == FileState::Premigrated && rec.is_some_and(|r| r.size != st.size) {
+                    facts.state = FileState::Resident;
+                }
+                match policy::evaluate(&policy, &facts, now) {
+                    Decision::Candidate { plan, .. } => {
+                        if matches!(plan, Plan::Stub | Plan::CopyThenStub) {
+                            res.frees.insert(rel.to_path_buf(), st.blocks * 512);
+                        }
+                        res.candidates.push((facts, plan));
+                    }
+                    Decision::Skip(why) if scope.on_demand => {
+                        res.skipped.push(Skipped {
+                            path: rel.to_string_lossy().into_owned(),
+                            kind: skip_kind(&why),
+                            reason: why.to_string(),
+                        });
+                    }
+                    Decision::Skip(_) => {}
+                }
+            })?;
+        }
+        Ok(res)
     }
 
     /// A policy run: scan, select within the limits, then copy (and stub) up to a few
@@ -333,19 +446,20 @@ impl Tiering {
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &Cancel,
     ) -> Result<RunSummary, StepError> {
-        self.run_policy_under(mode, kind, progress, cancel, None)
+        self.run_policy_scope(mode, kind, progress, cancel, Scope::default())
             .await
     }
 
-    /// [`Tiering::run_policy`] on the tree below `under` (relative to the mount; None or
-    /// "": the whole mount).
-    pub async fn run_policy_under(
+    /// [`Tiering::run_policy`] on what `scope` names: trees or files (relative to the
+    /// mount), and with `scope.on_demand` whatever their age and size (`coldtier
+    /// archive`).
+    pub async fn run_policy_scope(
         self: &Arc<Self>,
         mode: MigrateMode,
         kind: &str,
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &Cancel,
-        under: Option<PathBuf>,
+        scope: Scope,
     ) -> Result<RunSummary, StepError> {
         let Ok(_job) = self.job_lock.try_lock() else {
             return Err(StepError::new(
@@ -365,10 +479,11 @@ impl Tiering {
         let _running = self.running_job(job_id, kind, cancel);
         progress(Progress::new("scanning", 0, 0));
         let me = self.clone();
-        let scan = tokio::task::spawn_blocking(move || me.scan_under(mode, under.as_deref()))
+        let on_demand = scope.on_demand;
+        let scan = tokio::task::spawn_blocking(move || me.scan_scope(mode, &scope))
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("scan task: {e}")))?;
-        let (candidates, scanned) = match scan {
+        let scan = match scan {
             Ok(s) => s,
             Err(e) => {
                 let counts = JobCounts {
@@ -380,11 +495,19 @@ impl Tiering {
             }
         };
         let p = &self.settings().policy;
-        let sel = policy::select(candidates, p.max_files, p.max_bytes);
+        // Files named by hand are all taken: the run limits are the policy's.
+        let sel = if on_demand {
+            policy::select(scan.candidates, None, None)
+        } else {
+            policy::select(scan.candidates, p.max_files, p.max_bytes)
+        };
+        let frees = |f: &FileFacts| scan.frees.get(&f.rel_path).copied().unwrap_or(0);
         let mut summary = RunSummary {
             job_id,
             mode: mode.as_str().into(),
-            scanned,
+            scanned: scan.scanned,
+            bytes_to_free: sel.selected.iter().map(|(f, _)| frees(f)).sum(),
+            skipped: scan.skipped,
             candidates: sel.selected.len() as u64,
             deferred: sel.deferred.len() as u64,
             files: sel
@@ -394,6 +517,7 @@ impl Tiering {
                     path: f.rel_path.to_string_lossy().into_owned(),
                     size: f.size,
                     plan: plan_name(*plan),
+                    frees: frees(f),
                 })
                 .collect(),
             ..Default::default()
