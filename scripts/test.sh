@@ -19,6 +19,9 @@ scripts/pjdfstest.sh install
 # 127.0.0.1, driven with libnfs-utils and smbclient; the packages' system services are
 # never started and are disabled (scripts/lib/deps.sh: apt_install_services_off).
 apt_install_services_off nfs-ganesha nfs-ganesha-vfs samba smbclient libnfs-utils
+# promtool, for tests/systemd.rs: `promtool check rules` of docs/prometheus-alerts.yml
+# (Debian ships it in the prometheus package; its service is never started).
+command -v promtool >/dev/null 2>&1 || apt_install_services_off prometheus
 # systemd-analyze, for tests/systemd.rs (`verify` of the shipped unit; PID 1 need not be systemd).
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 # The object-store tests run S3 against a real moto server they start themselves.

@@ -655,6 +655,17 @@ fn setup_s3(moto: &MotoServer, bucket: &str, port: u16, store_extra: &str) -> Se
     s
 }
 
+/// The daemon of `s` in the foreground, once it said READY=1 (and that line).
+fn serve_ready(s: &Setup) -> (Foreground, Notify, String) {
+    let mut notify = Notify::at_path(s.dir.path());
+    let stderr = s.dir.path().join("stderr.log");
+    let d = Foreground::start(&s.config, &s.mnt, &notify, &stderr, false);
+    let ready = notify
+        .wait_for("READY=1", START)
+        .unwrap_or_else(|| panic!("no READY=1\n{}", d.log()));
+    (d, notify, ready)
+}
+
 #[test]
 fn metrics_count_migrations_recalls_bytes_latency_and_store_errors() {
     let moto = MotoServer::start().unwrap_or_else(|e| panic!("cannot start moto: {e}"));
@@ -665,12 +676,7 @@ fn metrics_count_migrations_recalls_bytes_latency_and_store_errors() {
     let b = vec![9u8; 30_000];
     std::fs::write(s.src.join("a.bin"), &a).unwrap();
     std::fs::write(s.src.join("b.bin"), &b).unwrap();
-    let mut notify = Notify::at_path(s.dir.path());
-    let stderr = s.dir.path().join("stderr.log");
-    let d = Foreground::start(&s.config, &s.mnt, &notify, &stderr, false);
-    let ready = notify
-        .wait_for("READY=1", START)
-        .unwrap_or_else(|| panic!("no READY=1\n{}", d.log()));
+    let (d, _notify, ready) = serve_ready(&s);
     assert!(
         ready.contains(&format!("metrics on http://127.0.0.1:{port}/metrics")),
         "{ready}"
@@ -833,5 +839,158 @@ fn metrics_count_an_archived_recall_and_the_pending_restore() {
     assert_eq!(m(&done, "coldtier_restores_pending"), 0.0);
     assert_eq!(m(&done, "coldtier_recalled_bytes_total"), 20_000.0);
     assert_eq!(std::fs::read(s.mnt.join("cold.bin")).unwrap(), data);
+    drop(d);
+}
+
+/// The metrics an on-call admin alerts on follow what happened: the end of the last policy
+/// run and of the last clean one, its failed files, the last catalog backup, whether the
+/// store answers and the kind of its last error, the recall queues; and the shipped
+/// Prometheus rules (docs/prometheus-alerts.yml) pass `promtool check rules` and use only
+/// metrics the daemon exports.
+#[test]
+fn alert_metrics_follow_runs_backups_and_the_store_and_the_shipped_rules_check() {
+    let moto = MotoServer::start().unwrap_or_else(|e| panic!("cannot start moto: {e}"));
+    moto.create_bucket("alerts", false).unwrap();
+    let port = free_port();
+    let s = setup_s3(&moto, "alerts", port, "");
+    std::fs::write(s.src.join("a.bin"), vec![7u8; 50_000]).unwrap();
+    let (d, _notify, _) = serve_ready(&s);
+
+    let before = scrape(port);
+    for name in [
+        "coldtier_last_policy_run_timestamp_seconds",
+        "coldtier_last_policy_run_success_timestamp_seconds",
+        "coldtier_last_policy_run_failed_files",
+        "coldtier_last_catalog_backup_timestamp_seconds",
+        "coldtier_recall_queue_depth{queue=\"deferred\"}",
+        "coldtier_recall_queue_depth{queue=\"budget\"}",
+    ] {
+        assert_eq!(m(&before, name), 0.0, "{name} before anything ran");
+    }
+    assert_eq!(
+        m(&before, "coldtier_store_last_error_info{kind=\"none\"}"),
+        1.0
+    );
+    // The probe (a LIST of an empty prefix at start, then every minute) says the store is up.
+    let t0 = Instant::now();
+    while m(&scrape(port), "coldtier_store_up") != 1.0 {
+        assert!(
+            t0.elapsed() < START,
+            "the store probe never ran\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let v = migrate(&s.mnt);
+    assert_eq!(v["stubbed"].as_u64(), Some(1), "{v}");
+    let after = scrape(port);
+    let ok_at = m(&after, "coldtier_last_policy_run_success_timestamp_seconds");
+    assert!(
+        ok_at >= now - 1.0 && ok_at < now + 600.0,
+        "{ok_at} vs {now}"
+    );
+    assert_eq!(
+        m(&after, "coldtier_last_policy_run_timestamp_seconds"),
+        ok_at
+    );
+    assert_eq!(m(&after, "coldtier_last_policy_run_failed_files"), 0.0);
+    // A dry run is not a run.
+    let out = coldtier(&["migrate", "--dry-run", s.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        m(&scrape(port), "coldtier_last_policy_run_timestamp_seconds"),
+        ok_at
+    );
+
+    let backups = s.dir.path().join("alert-backups");
+    std::fs::create_dir(&backups).unwrap();
+    let out = coldtier(&[
+        "catalog",
+        "backup",
+        s.mnt.to_str().unwrap(),
+        "--to",
+        backups.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let backup_at = m(
+        &scrape(port),
+        "coldtier_last_catalog_backup_timestamp_seconds",
+    );
+    assert!(backup_at >= ok_at, "{backup_at} vs {ok_at}");
+
+    // The store goes away: the next run fails its file, the store is down, and the last
+    // error's kind says why.
+    drop(moto);
+    std::fs::write(s.src.join("b.bin"), vec![9u8; 50_000]).unwrap();
+    let out = coldtier(&[
+        "migrate",
+        s.mnt.to_str().unwrap(),
+        "--json",
+        "--mode",
+        "stub",
+    ]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let down = scrape(port);
+    assert_eq!(m(&down, "coldtier_last_policy_run_failed_files"), 1.0);
+    assert!(m(&down, "coldtier_last_policy_run_timestamp_seconds") >= ok_at);
+    assert_eq!(
+        m(&down, "coldtier_last_policy_run_success_timestamp_seconds"),
+        ok_at,
+        "the last clean run is still the first"
+    );
+    assert_eq!(m(&down, "coldtier_store_up"), 0.0);
+    assert_eq!(
+        m(
+            &down,
+            "coldtier_store_last_error_info{kind=\"unreachable\"}"
+        ),
+        1.0
+    );
+    assert!(
+        m(
+            &down,
+            "coldtier_store_last_error_timestamp_seconds{kind=\"unreachable\"}"
+        ) >= now - 1.0
+    );
+    assert_eq!(
+        m(
+            &down,
+            "coldtier_store_last_error_timestamp_seconds{kind=\"not_found\"}"
+        ),
+        0.0,
+        "the probe's empty LIST is no error"
+    );
+
+    // The shipped rules: valid for Prometheus, and only about metrics that exist.
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus-alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e} (scripts/test.sh installs it: apt-get install prometheus)")
+        });
+    assert!(out.status.success(), "promtool check rules: {}", show(&out));
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let exported: std::collections::BTreeSet<String> = down
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_owned())
+        .collect();
+    let mut used = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("coldtier_") && !word.ends_with('_') {
+            used += 1;
+            assert!(
+                exported.contains(word),
+                "the rules use {word}, which the daemon does not export"
+            );
+        }
+    }
+    assert!(used >= 7, "the rules name {used} metrics");
     drop(d);
 }

@@ -2314,13 +2314,17 @@ fn archive_takes_named_files_whatever_their_age_and_reports_pins_and_excludes() 
     });
     t.ok(&["pin", t.ms("d/pinned.bin").as_str()]);
     let v = t.migrate_ok(&["--dry-run"]);
-    assert_eq!(v["candidates"].as_u64(), Some(0), "the policy takes nothing: {v}");
+    assert_eq!(
+        v["candidates"].as_u64(),
+        Some(0),
+        "the policy takes nothing: {v}"
+    );
     let archive = |args: &[&str]| -> (bool, Value) {
         let mut a = vec!["archive", "--json"];
         a.extend_from_slice(args);
         let out = t.cli(&a);
-        let v = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+        let v =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
         (out.status.success(), v)
     };
     let skipped = |v: &Value| -> Vec<(String, String)> {
@@ -2347,20 +2351,35 @@ fn archive_takes_named_files_whatever_their_age_and_reports_pins_and_excludes() 
     assert_eq!(v["copied"].as_u64(), Some(0), "{v}");
 
     // A dry run: what would be copied, what is left alone and why.
-    let (ok, v) = archive(&["-r", "--dry-run", t.ms("d").as_str(), t.ms("e.bin").as_str()]);
+    let (ok, v) = archive(&[
+        "-r",
+        "--dry-run",
+        t.ms("d").as_str(),
+        t.ms("e.bin").as_str(),
+    ]);
     assert!(ok, "{v}");
     let mut planned = planned_paths(&v);
     planned.sort();
     assert_eq!(planned.len(), 4, "{v}");
-    for (p, rel) in planned.iter().zip(["d/a.bin", "d/b.bin", "d/sub/c.bin", "e.bin"]) {
+    for (p, rel) in planned
+        .iter()
+        .zip(["d/a.bin", "d/b.bin", "d/sub/c.bin", "e.bin"])
+    {
         assert!(matches_rel(p, rel), "{p} vs {rel}: {v}");
     }
     assert_eq!(
         skipped(&v),
-        vec![pair("d/keep.log", "excluded"), pair("d/pinned.bin", "pinned")],
+        vec![
+            pair("d/keep.log", "excluded"),
+            pair("d/pinned.bin", "pinned")
+        ],
         "{v}"
     );
-    assert_eq!(v["bytes_to_free"].as_u64(), Some(0), "a copy frees nothing: {v}");
+    assert_eq!(
+        v["bytes_to_free"].as_u64(),
+        Some(0),
+        "a copy frees nothing: {v}"
+    );
     let (_, v) = archive(&["-r", "--dry-run", "--release", t.ms("d").as_str()]);
     assert!(
         v["bytes_to_free"].as_u64().unwrap() >= 3 * 20_000,
@@ -2373,7 +2392,11 @@ fn archive_takes_named_files_whatever_their_age_and_reports_pins_and_excludes() 
     // The copy.
     let (ok, v) = archive(&["-r", t.ms("d").as_str(), t.ms("e.bin").as_str()]);
     assert!(ok, "{v}");
-    assert_eq!((v["copied"].as_u64(), v["stubbed"].as_u64()), (Some(4), Some(0)), "{v}");
+    assert_eq!(
+        (v["copied"].as_u64(), v["stubbed"].as_u64()),
+        (Some(4), Some(0)),
+        "{v}"
+    );
     assert_eq!(v["mode"], "copy-only", "{v}");
     for (rel, want) in [
         ("d/a.bin", "premigrated"),
@@ -2405,7 +2428,11 @@ fn archive_takes_named_files_whatever_their_age_and_reports_pins_and_excludes() 
         "{v}"
     );
     assert!(v["bytes_freed"].as_u64().unwrap() >= 2 * 20_000, "{v}");
-    for (rel, want) in [("d/b.bin", "stub"), ("d/sub/c.bin", "stub"), ("e.bin", "premigrated")] {
+    for (rel, want) in [
+        ("d/b.bin", "stub"),
+        ("d/sub/c.bin", "stub"),
+        ("e.bin", "premigrated"),
+    ] {
         assert_eq!(t.state(rel), want, "{rel} after archive --release");
     }
     // Every byte comes back through the mount.

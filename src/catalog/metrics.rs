@@ -31,6 +31,37 @@ pub fn render(out: &mut String, catalog: Option<&Catalog>) {
             return;
         }
     };
+    match cat.alert_facts() {
+        Ok(f) => {
+            let secs = |ns: i64| ns as f64 / 1e9;
+            for (name, help, v) in [
+                (
+                    "coldtier_last_policy_run_timestamp_seconds",
+                    "When the last policy run (migrate, scheduled, archive; not a dry run) ended; 0: never.",
+                    secs(f.last_run_ns),
+                ),
+                (
+                    "coldtier_last_policy_run_success_timestamp_seconds",
+                    "When the last policy run that failed no file and reported no error ended; 0: never.",
+                    secs(f.last_ok_run_ns),
+                ),
+                (
+                    "coldtier_last_policy_run_failed_files",
+                    "Files the last policy run failed.",
+                    f.last_run_failed as f64,
+                ),
+                (
+                    "coldtier_last_catalog_backup_timestamp_seconds",
+                    "When the last catalog backup was made (CATALOG_BACKUP event); 0: never.",
+                    secs(f.last_backup_ns),
+                ),
+            ] {
+                header(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+        Err(e) => tracing::warn!("metrics: catalog: {e}"),
+    }
     let pending = counts
         .iter()
         .find(|c| c.state == FileState::RestorePending)

@@ -25,8 +25,8 @@ pub use error::{CatalogError, ChainError};
 pub use queries::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
-    ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount, UnknownName,
-    Upload,
+    AlertFacts, ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount,
+    UnknownName, Upload,
 };
 
 use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
@@ -1041,6 +1041,45 @@ impl Catalog {
             ))?
             .query_map(params![state, limit], file_from_row)?
             .collect()
+        })
+    }
+
+    /// What the alerting metrics read at each scrape: the end of the last policy run
+    /// (migrate, scheduled or archive; dry runs aside) and its failed files, the end of the
+    /// last one that failed nothing, and the time of the last catalog backup (ns since the
+    /// epoch; 0: never).
+    pub fn alert_facts(&self) -> Result<AlertFacts> {
+        self.read("reading the last runs and backup", |c| {
+            const RUNS: &str = "kind IN ('migrate', 'scheduled', 'archive') \
+                 AND mode != 'dry-run' AND finished_ns IS NOT NULL";
+            let (last_run_ns, last_run_failed) = c
+                .prepare_cached(&format!(
+                    "SELECT finished_ns, files_failed FROM jobs WHERE {RUNS} \
+                     ORDER BY id DESC LIMIT 1"
+                ))?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, 0));
+            let last_ok_run_ns: i64 = c
+                .prepare_cached(&format!(
+                    "SELECT coalesce(max(finished_ns), 0) FROM jobs WHERE {RUNS} \
+                     AND files_failed = 0 AND errors = '[]'"
+                ))?
+                .query_row([], |r| r.get(0))?;
+            let last_backup_ns: i64 = c
+                .prepare_cached(
+                    "SELECT time_ns FROM events INDEXED BY events_kind \
+                     WHERE kind = 'CATALOG_BACKUP' ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            Ok(AlertFacts {
+                last_run_ns,
+                last_run_failed,
+                last_ok_run_ns,
+                last_backup_ns,
+            })
         })
     }
 

@@ -294,6 +294,19 @@ pub struct Job {
     pub bytes_stubbed: u64,
 }
 
+/// What the alerting metrics read from the catalog (times in ns since the epoch; 0: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlertFacts {
+    /// The end of the last policy run (migrate, scheduled or archive; not a dry run).
+    pub last_run_ns: i64,
+    /// The files that run failed.
+    pub last_run_failed: i64,
+    /// The end of the last run that failed nothing and reported no error.
+    pub last_ok_run_ns: i64,
+    /// The last CATALOG_BACKUP event.
+    pub last_backup_ns: i64,
+}
+
 /// How many files, and how many bytes, are in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateCount {

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 
 use super::args::{
-    ArchiveArgs,
-    GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs, MountpointArgs,
-    MountsArgs, RecallsArgs, RecallsCommand, VerifyArgs,
+    ArchiveArgs, GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs,
+    MountpointArgs, MountsArgs, RecallsArgs, RecallsCommand, VerifyArgs,
 };
 use super::output::print_json_line;
 use super::request::{call_typed, client_for};

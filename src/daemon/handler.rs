@@ -14,18 +14,18 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 use crate::config::{Config, MigrateMode};
-use crate::tier::migrate::Scope;
 use crate::control::protocol::{ErrorBody, ErrorCode, Op, Progress};
 use crate::control::replies::{
-    BackupReport, CancelJobReply, SkippedFile, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
+    BackupReport, CancelJobReply, CancelWorkerReply, GcReport, HistoryReply, MigrateReport,
     PathResult, PathResults, PauseReply, PinResult, PingDetail, PingReply, PlannedFile,
-    RecallResult, ReleaseResult, ResumeReply, StatusEntry, VerifyReport, WorkersReply,
+    RecallResult, ReleaseResult, ResumeReply, SkippedFile, StatusEntry, VerifyReport, WorkersReply,
 };
 use crate::control::server::{Ctx, Handler, Peer};
 use crate::fs::backing;
 use crate::tier::context::{StepError, Tiering};
 use crate::tier::manual::{Recalled, Released};
 use crate::tier::marks;
+use crate::tier::migrate::Scope;
 
 /// The config in force, shared by the handler and the reload (`daemon::reload`).
 pub type ConfigCell = Arc<parking_lot::RwLock<Arc<Config>>>;

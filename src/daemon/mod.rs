@@ -1084,6 +1084,24 @@ fn start_tiering<B: Send + Sync + 'static>(
             let _ = tokio::task::spawn_blocking(move || t.flush_usage()).await;
         }
     });
+    if p.config.metrics.listen.is_some() {
+        // `coldtier_store_up` stays true while nothing calls the store: a LIST of a prefix
+        // that holds nothing, once a minute (an empty answer is the store up, and not an
+        // error in `coldtier_store_errors_total` as a HEAD's "not found" would be).
+        let weak = Arc::downgrade(&t);
+        rt.spawn(async move {
+            loop {
+                let Some(t) = weak.upgrade() else { break };
+                if let Some(store) = t.store_opt() {
+                    // No object has this prefix (data keys are hashes).
+                    let key = format!("{}/coldtier-probe/", crate::tier::context::KEY_PREFIX);
+                    drop(t);
+                    let _ = tokio::time::timeout(STORE_PROBE_TIMEOUT, store.list(&key)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+    }
     tracing::info!(
         config_version = version.version,
         catalog = %path.display(),
@@ -1092,6 +1110,9 @@ fn start_tiering<B: Send + Sync + 'static>(
     );
     Ok((rt, t, config, handles))
 }
+
+/// How long the metrics' store probe may take before it counts for nothing.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the store check at mount may take, retries included.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,5 +1,7 @@
 //! The store decorator that counts failed calls by operation and error kind
-//! (`coldtier_store_errors_total`).
+//! (`coldtier_store_errors_total`), and keeps what an on-call admin alerts on: whether the
+//! store answered the last call (`coldtier_store_up`) and when each kind of error was
+//! last seen (`coldtier_store_last_error_timestamp_seconds`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -76,6 +78,45 @@ pub fn kind_label(k: StoreErrorKind) -> &'static str {
     }
 }
 
+/// 1 when the last store call was answered by the store (an answer that an object is
+/// missing or archived counts: the store is there), 0 when it was not (unreachable,
+/// credentials refused, a wrong configuration, a server error); -1 before the first call.
+static STORE_UP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
+/// When each kind of error was last seen (ns since the epoch; 0: never).
+static LAST_ERROR_NS: [std::sync::atomic::AtomicI64; KINDS.len()] =
+    [const { std::sync::atomic::AtomicI64::new(0) }; KINDS.len()];
+/// The kind of the last error (an index into KINDS, plus one; 0: none yet).
+static LAST_ERROR_KIND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether an error of `kind` means the store did not answer (or cannot serve us at all).
+fn store_down(kind: StoreErrorKind) -> bool {
+    match kind {
+        StoreErrorKind::Unreachable
+        | StoreErrorKind::AccessDenied
+        | StoreErrorKind::InvalidConfig
+        | StoreErrorKind::Other => true,
+        StoreErrorKind::NotFound
+        | StoreErrorKind::InvalidObjectState
+        | StoreErrorKind::Throttled
+        | StoreErrorKind::ChecksumMismatch
+        | StoreErrorKind::InvalidArgument => false,
+    }
+}
+
+/// Notes the outcome of one store call for `coldtier_store_up` and the last-error gauges.
+pub fn store_outcome(kind: Option<StoreErrorKind>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(kind) = kind else {
+        STORE_UP.store(1, Relaxed);
+        return;
+    };
+    STORE_UP.store(if store_down(kind) { 0 } else { 1 }, Relaxed);
+    if let Some(k) = KINDS.iter().position(|&x| x == kind) {
+        LAST_ERROR_NS[k].store(crate::base::time::system_now_ns(), Relaxed);
+        LAST_ERROR_KIND.store(k + 1, Relaxed);
+    }
+}
+
 static STORE_ERRORS: [[Counter; KINDS.len()]; OPS.len()] =
     [const { [const { Counter::new() }; KINDS.len()] }; OPS.len()];
 
@@ -113,6 +154,7 @@ fn counted<'a, T: Send + 'a>(op: StoreOp, f: StoreFuture<'a, T>) -> StoreFuture<
         if let Err(e) = &r {
             store_error(op, e.kind);
         }
+        store_outcome(r.as_ref().err().map(|e| e.kind));
         r
     })
 }
@@ -205,6 +247,41 @@ pub fn render(out: &mut String) {
             );
         }
     }
+    use std::sync::atomic::Ordering::Relaxed;
+    header(
+        out,
+        "coldtier_store_up",
+        "gauge",
+        "1 if the store answered the last call (or the last probe, every minute while \
+         metrics are on), 0 if it did not (unreachable, access denied, bad configuration, \
+         server error), -1 before the first call.",
+    );
+    let _ = writeln!(out, "coldtier_store_up {}", STORE_UP.load(Relaxed));
+    header(
+        out,
+        "coldtier_store_last_error_timestamp_seconds",
+        "gauge",
+        "When a store call last failed with each error kind (0: never since the start).",
+    );
+    for (k, kind) in KINDS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "coldtier_store_last_error_timestamp_seconds{{kind=\"{}\"}} {}",
+            kind_label(*kind),
+            LAST_ERROR_NS[k].load(Relaxed) as f64 / 1e9
+        );
+    }
+    header(
+        out,
+        "coldtier_store_last_error_info",
+        "gauge",
+        "Always 1; the kind label is the kind of the last failed store call (none: none yet).",
+    );
+    let last = match LAST_ERROR_KIND.load(Relaxed) {
+        0 => "none",
+        k => kind_label(KINDS[k - 1]),
+    };
+    let _ = writeln!(out, "coldtier_store_last_error_info{{kind=\"{last}\"}} 1");
 }
 
 #[cfg(test)]

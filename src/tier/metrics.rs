@@ -33,6 +33,11 @@ pub static STORE_VALIDATES_CHECKSUMS: Gauge = Gauge::new();
 /// 1 while tiering is paused (`mount --paused`, `coldtier pause`).
 pub static TIERING_PAUSED: Gauge = Gauge::new();
 
+/// Files a `defer` rule queued for the background recall, not yet recalled.
+pub static RECALLS_QUEUED: Gauge = Gauge::new();
+/// Reads waiting for a recall budget to allow their recall (`over_budget = "wait"`).
+pub static RECALLS_WAITING_BUDGET: Gauge = Gauge::new();
+
 /// Reads of stubs refused by `[[recall.rules]]`, by mode (`deny`, `defer`).
 pub static RECALLS_DENIED: Counter = Counter::new();
 pub static RECALLS_DEFERRED: Counter = Counter::new();
@@ -135,6 +140,23 @@ pub fn render(out: &mut String) {
         ),
     ] {
         counter(out, name, help, c);
+    }
+    header(
+        out,
+        "coldtier_recall_queue_depth",
+        "gauge",
+        "Recalls not yet started: files queued by a defer rule (deferred), reads waiting for a \
+         recall budget (budget).",
+    );
+    for (label, g) in [
+        ("deferred", &RECALLS_QUEUED),
+        ("budget", &RECALLS_WAITING_BUDGET),
+    ] {
+        let _ = writeln!(
+            out,
+            "coldtier_recall_queue_depth{{queue=\"{label}\"}} {}",
+            g.get()
+        );
     }
     for (name, help, g) in [
         (

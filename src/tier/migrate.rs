@@ -356,7 +356,11 @@ impl Tiering {
                     continue;
                 }
                 Some(libc::S_IFDIR) if scope.on_demand && !scope.recursive => {
-                    skip(&mut res, "directory", "a directory (-r takes a tree)".into());
+                    skip(
+                        &mut res,
+                        "directory",
+                        "a directory (-r takes a tree)".into(),
+                    );
                     continue;
                 }
                 Some(k) if scope.on_demand && k != libc::S_IFDIR && k != libc::S_IFREG => {
@@ -389,20 +393,22 @@ impl Tiering {
                 }
                 // Cheap checks first (stubs have no local bytes: they stop at Empty). An
                 // archive reports every file it leaves, so it reads each one's state.
-                if !scope.on_demand {
-                    match policy::evaluate(&policy, &facts, now) {
+                if !scope.on_demand
+                    && matches!(
+                        policy::evaluate(&policy, &facts, now),
                         Decision::Skip(
                             SkipReason::NotRegular
-                            | SkipReason::HardLinked { .. }
-                            | SkipReason::Excluded(_)
-                            | SkipReason::NotIncluded
-                            | SkipReason::TooRecent { .. }
-                            | SkipReason::TooSmall { .. }
-                            | SkipReason::TooLarge { .. }
-                            | SkipReason::Empty,
-                        ) => return,
-                        _ => {}
-                    }
+                                | SkipReason::HardLinked { .. }
+                                | SkipReason::Excluded(_)
+                                | SkipReason::NotIncluded
+                                | SkipReason::TooRecent { .. }
+                                | SkipReason::TooSmall { .. }
+                                | SkipReason::TooLarge { .. }
+                                | SkipReason::Empty,
+                        )
+                    )
+                {
+                    return;
                 }
                 let Ok(fd) = backing::open_path_at(dir, name) else {
                     return;

@@ -142,6 +142,7 @@ impl Tiering {
         let (uid, bytes) = (who.uid, rec.size);
         let limit_t = Some(settings.recall.timeout).filter(|d| !d.is_zero());
         Ok(StubRead::Wait(Box::new(move || {
+            let _waiting = crate::tier::metrics::RECALLS_WAITING_BUDGET.track();
             let t0 = Instant::now();
             loop {
                 let running = me.readers.in_flight.lock().len();
@@ -352,6 +353,7 @@ impl Tiering {
                 return;
             }
             q.push_back((ino, rel, super::usage::now_ns()));
+            crate::tier::metrics::RECALLS_QUEUED.set(q.len() as i64);
         }
         if self
             .readers
@@ -387,6 +389,7 @@ impl Tiering {
                 if q.front().is_some_and(|f| f.0 == ino) {
                     q.pop_front();
                 }
+                crate::tier::metrics::RECALLS_QUEUED.set(q.len() as i64);
             }
         });
     }
@@ -532,7 +535,9 @@ impl Tiering {
         for r in self.recalls_list().into_iter().filter(|r| hit(r)) {
             match r.state.as_str() {
                 "queued" => {
-                    self.readers.deferred.lock().retain(|(n, _, _)| *n != r.id);
+                    let mut q = self.readers.deferred.lock();
+                    q.retain(|(n, _, _)| *n != r.id);
+                    crate::tier::metrics::RECALLS_QUEUED.set(q.len() as i64);
                 }
                 "restore" => continue,
                 _ => {
