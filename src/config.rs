@@ -53,6 +53,8 @@ pub struct Config {
     pub mount: MountConfig,
     /// `[metrics]`: the opt-in Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[limits]`: bandwidth limits of store transfers.
+    pub limits: crate::tier::config::LimitsConfig,
     /// The text this config was parsed from ("" for [`Config::default`]).
     #[serde(skip)]
     text: String,
@@ -417,6 +419,7 @@ impl Config {
                 .flatten()
                 .map(|c| c.upload_limits())
                 .unwrap_or_default(),
+            limits: self.limits.clone(),
         }
     }
 
@@ -1117,6 +1120,8 @@ mod tests {
                 max_size: None,
                 max_files: None,
                 max_bytes: None,
+                window: None,
+                max_duration: None,
                 ..c.policy.clone()
             },
             d.policy
@@ -1142,13 +1147,22 @@ mod tests {
                 "exclude",
                 "include",
                 "max_bytes",
+                "max_duration",
                 "max_files",
                 "max_size",
                 "min_size",
                 "mode",
                 "schedule",
-                "verify"
+                "verify",
+                "window"
             ]
+        );
+        assert_eq!(keys("limits"), ["download_bwlimit", "upload_bwlimit"]);
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(c.policy.max_duration, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(
+            c.policy.window.map(|w| w.to_string()).as_deref(),
+            Some("01:00-06:00")
         );
         assert_eq!(
             keys("recall"),

@@ -956,3 +956,79 @@ fn closed_pipes_end_commands_quietly_and_deleted_files_keep_their_history() {
         "{kinds:?}"
     );
 }
+
+/// `[limits]` bandwidth limits hold for uploads and recalls and follow a reload (SIGHUP);
+/// `policy.max_duration` stops a run cleanly (the files under way finish, no other starts,
+/// `stopped` says why, the job is not a failure) and the next run goes on with the rest.
+/// Only lower bounds on time are asserted: a slower machine only makes them truer.
+#[test]
+fn bandwidth_limits_follow_a_reload_and_max_duration_stops_a_run_the_next_resumes() {
+    let moto = tier::start_moto();
+    let names: Vec<String> = (0..10).map(|i| format!("f{i}.bin")).collect();
+    let spec: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 64 * 1024)).collect();
+    let fs_ = files(&spec);
+    // One part at a time: four files in flight at most.
+    let t = TierMount::new(&moto, "limits", &fs_, |c| {
+        c.set("store", "concurrency", "1")
+    });
+    let base = fs::read_to_string(&t.config_path).unwrap();
+    let reload = |text: &str| {
+        fs::write(&t.config_path, text).unwrap();
+        signal_and_wait(&t, libc::SIGHUP, "config reloaded", &t.log_file);
+    };
+    reload(&format!(
+        "{}\n[limits]\nupload_bwlimit = \"64KiB\"\ndownload_bwlimit = \"64KiB\"\n",
+        base.replace("[policy]\n", "[policy]\nmax_duration = \"1s\"\n")
+    ));
+
+    let t0 = std::time::Instant::now();
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    let took = t0.elapsed();
+    let done = v["stubbed"].as_u64().unwrap();
+    assert!(
+        v["stopped"].as_str().unwrap_or("").contains("max_duration"),
+        "{v}"
+    );
+    assert!(
+        (1..10).contains(&done),
+        "a 1 s run at 64 KiB/s cannot do all ten: {v}"
+    );
+    // Each file sent 64 KiB through a bucket of 64 KiB/s that starts full.
+    assert!(
+        took >= Duration::from_secs(done - 1),
+        "{done} files of 64 KiB at 64 KiB/s in {took:?}"
+    );
+    let stubs: Vec<&String> = names.iter().filter(|n| t.state(n) == "stub").collect();
+    assert_eq!(stubs.len() as u64, done, "{v}");
+    for n in &names {
+        assert!(matches!(t.state(n).as_str(), "stub" | "resident"), "{n}");
+    }
+    let jobs = t.ok(&["jobs", t.mnt_str().as_str(), "--json"]);
+    assert!(
+        !jobs.contains("cancelled"),
+        "a run stopped by its limit is not cancelled: {jobs}"
+    );
+
+    // Recalls through the mount take their bytes from the download bucket.
+    let t0 = std::time::Instant::now();
+    for n in stubs.iter().take(3) {
+        let data = &fs_.iter().find(|(p, _)| p == *n).unwrap().1;
+        assert_bytes(n, &fs::read(t.m(n)).unwrap(), data);
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "3 x 64 KiB recalled at 64 KiB/s in {:?}",
+        t0.elapsed()
+    );
+
+    // Limits lifted by a reload: the next run does the rest (and stubs the three recalled
+    // files again, from their copies).
+    reload(&base);
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["copied"].as_u64(), Some(10 - done), "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(10 - done + 3), "{v}");
+    assert!(v["stopped"].is_null(), "{v}");
+    for (n, data) in &fs_ {
+        assert_bytes(n, &fs::read(t.m(n)).unwrap(), data);
+    }
+}

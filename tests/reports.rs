@@ -719,3 +719,28 @@ fn find_and_stats_on_a_million_files() {
     // Bounded: SQLite's page caches (2 MiB per connection), not the catalog's size.
     assert!(rss_end < 200 * 1024, "daemon VmRSS {rss_end} KiB");
 }
+
+/// A mount without `[store]` tiers nothing and says so: no scheduled policy runs or catalog
+/// backups (`jobs workers` tells why), and a dry run notes that nothing can be tiered.
+#[test]
+fn a_mount_without_a_store_schedules_nothing_and_a_dry_run_says_why() {
+    let m = Mounted::new();
+    std::fs::write(m.s("a.bin"), vec![1u8; 4096]).unwrap();
+    let mnt = m.mnt.to_str().unwrap();
+    let workers = ok(&["jobs", "workers", mnt]);
+    assert!(
+        workers.contains("no [store]: no scheduled runs"),
+        "{workers}"
+    );
+    assert!(
+        workers.contains("no [store]: no scheduled backups"),
+        "{workers}"
+    );
+    let out = ok(&["migrate", "--dry-run", mnt]);
+    assert!(
+        out.contains("note: no [store] is configured: nothing can be tiered"),
+        "{out}"
+    );
+    let v = one(&ok(&["migrate", "--dry-run", "--json", mnt]));
+    assert_eq!(v["notes"].as_array().map(Vec::len), Some(1), "{v}");
+}

@@ -11,6 +11,7 @@ pub mod notify;
 pub mod private;
 pub mod progress;
 pub mod random;
+pub mod throttle;
 pub mod time;
 pub mod units;
 pub mod worker;

@@ -92,6 +92,12 @@ fn run_report(r: &MigrateReport, json: bool) -> anyhow::Result<()> {
             r.failed,
             r.seconds
         );
+        for n in &r.notes {
+            println!("note: {n}");
+        }
+        if let Some(why) = &r.stopped {
+            println!("stopped early: {why}; the next run goes on with the rest");
+        }
         for e in &r.errors {
             eprintln!("  error: {e}");
         }

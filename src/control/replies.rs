@@ -254,6 +254,13 @@ pub struct MigrateReport {
     /// `coldtier archive`: the files named and left alone, with why.
     #[serde(default)]
     pub skipped: Vec<SkippedFile>,
+    /// Stopped before its end by `policy.window` or `policy.max_duration` (why): the
+    /// files under way were finished, the next run goes on with the rest.
+    #[serde(default)]
+    pub stopped: Option<String>,
+    /// What the admin should know that is not an error (a dry run without a store).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// One object gc deleted (or would delete).

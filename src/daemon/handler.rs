@@ -798,6 +798,8 @@ fn migrate_report(s: crate::tier::migrate::RunSummary) -> MigrateReport {
         seconds: s.seconds,
         cancelled: s.cancelled,
         bytes_to_free: s.bytes_to_free,
+        stopped: s.stopped,
+        notes: s.notes,
         skipped: s
             .skipped
             .into_iter()

@@ -226,6 +226,9 @@ impl Worker for BackupScheduler {
         "catalog backup scheduler".into()
     }
     fn status(&self) -> String {
+        if self.t.store_opt().is_none() {
+            return "no [store]: no scheduled backups".into();
+        }
         super::schedule::next_text(
             self.t.settings().catalog.backup_schedule.as_ref(),
             "catalog.backup_schedule",

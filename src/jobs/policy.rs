@@ -17,10 +17,21 @@ impl Worker for PolicyScheduler {
     }
     fn status(&self) -> String {
         let s = self.t.settings();
+        if self.t.store_opt().is_none() {
+            return "no [store]: no scheduled runs".into();
+        }
         format!(
-            "{}, mode {}",
+            "{}, mode {}{}{}",
             super::schedule::next_text(s.policy.schedule.as_ref(), "policy.schedule"),
-            s.policy.mode.as_str()
+            s.policy.mode.as_str(),
+            s.policy
+                .window
+                .map(|w| format!(", window {w} UTC"))
+                .unwrap_or_default(),
+            s.policy
+                .max_duration
+                .map(|d| format!(", at most {}s", d.as_secs()))
+                .unwrap_or_default(),
         )
     }
     fn wait_for_work(&mut self) -> BoxFuture<'_, WorkerState> {
@@ -36,7 +47,18 @@ impl Worker for PolicyScheduler {
                 tracing::info!("scheduled policy run skipped: tiering is paused");
                 return Ok(WorkerState::Idle);
             }
-            let mode = self.t.settings().policy.mode;
+            let policy = self.t.settings().policy.clone();
+            if let Some(w) = policy.window {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                if w.remaining(now).is_none() {
+                    tracing::info!("scheduled policy run skipped: outside policy.window {w} (UTC)");
+                    return Ok(WorkerState::Idle);
+                }
+            }
+            let mode = policy.mode;
             let mut quiet = |_: crate::base::progress::Progress| {};
             self.t
                 .run_policy(mode, "scheduled", &mut quiet, cancel)

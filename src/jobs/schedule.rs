@@ -25,7 +25,9 @@ pub async fn wait(t: &Tiering, pick: fn(&Settings) -> Option<Schedule>, what: &s
     let mut reloads = t.reloads();
     loop {
         reloads.borrow_and_update();
-        let schedule = pick(&t.settings());
+        // Without a store there is nothing to tier or back up there: no runs until a
+        // reload adds one.
+        let schedule = pick(&t.settings()).filter(|_| t.store_opt().is_some());
         let due = async {
             match &schedule {
                 Some(s) => sleep_until_next(s, what).await,

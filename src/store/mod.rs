@@ -7,6 +7,12 @@
 //! docs/store.md has the contract in prose: error kinds, checksum forms per server,
 //! timeouts and retries, measurements.
 
+/// `[limits] upload_bwlimit`: every upload of the mount's S3 store takes its bytes from
+/// here before they are sent.
+pub static UPLOAD_BW: crate::base::throttle::Bucket = crate::base::throttle::Bucket::new();
+/// `[limits] download_bwlimit`: every download takes its bytes from here as they arrive.
+pub static DOWNLOAD_BW: crate::base::throttle::Bucket = crate::base::throttle::Bucket::new();
+
 pub mod chunks;
 pub mod counting;
 #[cfg(any(test, feature = "testing"))]

@@ -237,6 +237,7 @@ impl S3Store {
             Ok((Bytes::from(v), c, md5, cs.finish()))
         })
         .await?;
+        super::UPLOAD_BW.take(size).await;
         let b = self
             .client
             .put_object()
@@ -440,6 +441,7 @@ impl S3Store {
                 .await?;
                 full_hasher = fh;
                 summer = cs;
+                super::UPLOAD_BW.take(len as u64).await;
                 let number = i as i32 + 1;
                 let b = self
                     .client
@@ -833,6 +835,7 @@ async fn stream_to_file(
                     ));
                 }
                 buf.extend_from_slice(&bytes);
+                super::DOWNLOAD_BW.take(bytes.len() as u64).await;
                 false
             }
             Some(Err(e)) => {

@@ -27,6 +27,91 @@ pub struct Settings {
     pub backup_dir: PathBuf,
     /// The store's upload limits (the defaults when no store is configured).
     pub uploads: UploadLimits,
+    /// `[limits]`: bandwidth.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: bandwidth limits of the mount's store transfers (S3), in bytes per second
+/// for all transfers of the mount together (token buckets: bursts of one second's worth);
+/// 0 (the default): no limit. A reload changes them at once.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Uploads: policy runs, `archive`, catalog backups to the store.
+    #[serde(deserialize_with = "de_size")]
+    pub upload_bwlimit: u64,
+    /// Downloads: recalls (streamed ones included), `verify --deep`, rebuilds.
+    #[serde(deserialize_with = "de_size")]
+    pub download_bwlimit: u64,
+}
+
+/// `policy.window`: the hours (UTC) scheduled policy runs may work in, "HH:MM-HH:MM"; the
+/// end may be before the start (a night: "22:00-06:00").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    start_min: u32,
+    end_min: u32,
+}
+
+impl Window {
+    pub fn parse(s: &str) -> Result<Window, String> {
+        let bad = || format!("`{s}` is not a window like \"22:00-06:00\" (HH:MM-HH:MM, UTC)");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let hm = |t: &str| -> Result<u32, String> {
+            let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 24 || m > 59 || (h == 24 && m != 0) {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let (start_min, end_min) = (hm(a)?, hm(b)?);
+        if start_min % 1440 == end_min % 1440 {
+            return Err(format!("`{s}`: a window must not be empty or the whole day (leave policy.window out for no window)"));
+        }
+        Ok(Window { start_min, end_min })
+    }
+
+    /// How long the window stays open from `t` (seconds since the epoch, UTC); None when
+    /// `t` is outside it.
+    pub fn remaining(&self, t: u64) -> Option<Duration> {
+        let now = ((t % 86400) / 60) as u32;
+        let secs_into_min = t % 60;
+        let (s, e) = (self.start_min % 1440, self.end_min % 1440);
+        let inside = if s < e {
+            now >= s && now < e
+        } else {
+            now >= s || now < e
+        };
+        if !inside {
+            return None;
+        }
+        let left_min = (e + 1440 - now) % 1440;
+        Some(Duration::from_secs(
+            u64::from(left_min) * 60 - secs_into_min,
+        ))
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(f, "{}-{}", hm(self.start_min), hm(self.end_min))
+    }
+}
+
+fn de_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Window>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    Window::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(|v| Some(v).filter(|v| !v.is_zero()))
 }
 
 /// `[policy]`: which files a policy run tiers, how, how many, and when.
@@ -56,6 +141,15 @@ pub struct PolicyConfig {
     /// When runs start (cron, UTC); `None` ("off" or ""): only on `coldtier migrate`.
     #[serde(deserialize_with = "de_schedule")]
     pub schedule: Option<Schedule>,
+    /// The hours scheduled runs may work in: a scheduled run outside it does not start,
+    /// one under way stops cleanly at its end (the files under way finish) and the next
+    /// one goes on with what is left. `None`: any time.
+    #[serde(deserialize_with = "de_window")]
+    pub window: Option<Window>,
+    /// The longest a policy run (scheduled or `coldtier migrate`) may work; then it stops
+    /// as at the end of a window. `None` (or "0s"): no limit.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_duration: Option<Duration>,
 }
 
 /// The default `policy.min_size`, 1 MiB. Tiering a small file frees little (its inode,
@@ -79,6 +173,8 @@ impl Default for PolicyConfig {
             max_bytes: None,
             verify: Verify::Checksum,
             schedule: Some(Schedule::parse(DEFAULT_SCHEDULE).expect("valid default schedule")),
+            window: None,
+            max_duration: None,
         }
     }
 }
@@ -218,5 +314,65 @@ impl OnArchived {
             OnArchived::Wait => "wait",
             OnArchived::Fail => "fail",
         }
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_and_say_how_long_they_stay_open() {
+        let night = Window::parse("22:00-06:00").unwrap();
+        assert_eq!(night.to_string(), "22:00-06:00");
+        let at = |h: u64, m: u64, s: u64| 19_000 * 86400 + h * 3600 + m * 60 + s;
+        assert_eq!(
+            night.remaining(at(23, 0, 0)),
+            Some(Duration::from_secs(7 * 3600))
+        );
+        assert_eq!(
+            night.remaining(at(5, 59, 30)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(night.remaining(at(6, 0, 0)), None);
+        assert_eq!(night.remaining(at(12, 0, 0)), None);
+        assert_eq!(
+            night.remaining(at(22, 0, 0)),
+            Some(Duration::from_secs(8 * 3600))
+        );
+        let day = Window::parse(" 09:30 - 17:00 ").unwrap();
+        assert_eq!(day.remaining(at(9, 29, 59)), None);
+        assert_eq!(
+            day.remaining(at(16, 0, 10)),
+            Some(Duration::from_secs(3600 - 10))
+        );
+        assert!(Window::parse("00:00-24:00")
+            .unwrap_err()
+            .contains("whole day"));
+        for bad in [
+            "",
+            "22-06",
+            "25:00-01:00",
+            "10:60-11:00",
+            "10:00-10:00",
+            "10:00",
+        ] {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_window_or_limit_names_its_key() {
+        let err = |text: &str| {
+            crate::config::Config::parse(text, "t")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[policy]\nwindow = \"22:00\"\n");
+        assert!(e.contains("window") && e.contains("22:00"), "{e}");
+        let e = err("[limits]\nupload_bwlimit = \"fast\"\n");
+        assert!(e.contains("upload_bwlimit"), "{e}");
+        let e = err("[limits]\nbwlimit = 1\n");
+        assert!(e.contains("bwlimit"), "{e}");
     }
 }

@@ -203,7 +203,10 @@ impl Tiering {
         let workers = crate::base::worker::Runner::new(rt.clone());
         let t = Arc::new_cyclic(|me| Tiering {
             me: me.clone(),
-            settings: parking_lot::RwLock::new(Arc::new(settings)),
+            settings: parking_lot::RwLock::new(Arc::new({
+                apply_limits(&settings);
+                settings
+            })),
             store_state: StoreState::default(),
             reloaded: tokio::sync::watch::channel(0).0,
             catalog,
@@ -253,6 +256,7 @@ impl Tiering {
     /// Puts `settings` in force (a reload; the daemon checked what may change) and tells
     /// the schedulers.
     pub fn set_settings(&self, settings: Settings) {
+        apply_limits(&settings);
         *self.settings.write() = Arc::new(settings);
         self.reloaded.send_modify(|n| *n += 1);
     }
@@ -460,4 +464,11 @@ impl Tiering {
             format!("{dir}/{name}")
         })
     }
+}
+
+/// Puts `[limits]` in force: the store's bandwidth buckets (process-wide: one daemon serves
+/// one mount).
+fn apply_limits(s: &Settings) {
+    crate::store::UPLOAD_BW.set_rate(s.limits.upload_bwlimit);
+    crate::store::DOWNLOAD_BW.set_rate(s.limits.download_bwlimit);
 }

@@ -123,6 +123,11 @@ pub struct RunSummary {
     pub bytes_to_free: u64,
     /// Files named (`coldtier archive`) and left alone, with why.
     pub skipped: Vec<Skipped>,
+    /// Stopped before its end by its window or max_duration (why): the files under way
+    /// were finished, the rest waits for the next run.
+    pub stopped: Option<String>,
+    /// What the admin should know that is not an error (a dry run without a store).
+    pub notes: Vec<String>,
 }
 
 /// What happened to one file.
@@ -537,9 +542,26 @@ impl Tiering {
                 bytes: sel.bytes,
             }),
         });
+        // Where the run must stop: the end of its window (scheduled runs), its
+        // max_duration (scheduled and migrate runs; not an archive of files named by hand).
+        let stop_at = (!on_demand).then(|| self.stop_at(kind, t0)).flatten();
+        if self.store_opt().is_none() {
+            summary.notes.push(
+                "no [store] is configured: nothing can be tiered (a real run fails) until a \
+                 [store] section is added and the config reloaded"
+                    .into(),
+            );
+        }
         if mode != MigrateMode::DryRun {
             let stub = mode == MigrateMode::Stub;
             let budget = InFlight::of(&self.settings().uploads);
+            let deadline = async {
+                match &stop_at {
+                    Some((at, _)) => tokio::time::sleep_until((*at).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(deadline);
             let sem = Arc::new(tokio::sync::Semaphore::new(budget.slots));
             let done_files = Arc::new(AtomicU64::new(0));
             let done_bytes = Arc::new(AtomicU64::new(0));
@@ -550,9 +572,19 @@ impl Tiering {
                 let permit = tokio::select! {
                     p = sem.clone().acquire_many_owned(need) => p.expect("semaphore open"),
                     _ = cancel.cancelled() => break,
+                    _ = &mut deadline => {
+                        summary.stopped = stop_at.as_ref().map(|(_, why)| why.clone());
+                        break;
+                    }
                 };
                 if cancel.is_cancelled() {
                     break;
+                }
+                if let Some((at, why)) = &stop_at {
+                    if std::time::Instant::now() >= *at {
+                        summary.stopped = Some(why.clone());
+                        break;
+                    }
                 }
                 let me = self.clone();
                 let (df, db) = (done_files.clone(), done_bytes.clone());
@@ -587,6 +619,12 @@ impl Tiering {
         // The records of the run (written lazily) on disk before it reports.
         if let Err(e) = self.catalog.sync() {
             tracing::error!("catalog: {e}");
+        }
+        if let Some(why) = &summary.stopped {
+            tracing::info!(
+                job_id,
+                "policy run stopped: {why}; the next run goes on with the rest"
+            );
         }
         if cancel.is_cancelled() {
             summary.cancelled = true;
@@ -627,6 +665,33 @@ impl Tiering {
             );
         }
         Ok(summary)
+    }
+
+    /// When a run of `kind` started at `t0` must stop, and why: the end of
+    /// `policy.window` (scheduled runs) or `policy.max_duration`, whichever comes first.
+    fn stop_at(&self, kind: &str, t0: std::time::Instant) -> Option<(std::time::Instant, String)> {
+        let p = &self.settings().policy;
+        let mut at: Option<(std::time::Instant, String)> = p.max_duration.map(|d| {
+            (
+                t0 + d,
+                format!("policy.max_duration ({}s) reached", d.as_secs()),
+            )
+        });
+        if kind == "scheduled" {
+            if let Some(w) = p.window {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                // Outside the window the scheduler does not start the run; zero left.
+                let left = w.remaining(now).unwrap_or(Duration::ZERO);
+                let end = std::time::Instant::now() + left;
+                if at.as_ref().is_none_or(|(a, _)| end < *a) {
+                    at = Some((end, format!("the end of policy.window {w} (UTC)")));
+                }
+            }
+        }
+        at
     }
 
     /// Copies (and with `stub`, stubs) one file by its path relative to the source.
