@@ -2451,3 +2451,84 @@ fn archive_takes_named_files_whatever_their_age_and_reports_pins_and_excludes() 
         show(&out)
     );
 }
+
+/// `coldtier ARGS` on a pseudo-terminal (script(1)): what a user at a terminal sees,
+/// stdout and stderr together, the progress bar included. Its exit status too.
+fn on_tty(args: &[&str]) -> (bool, String) {
+    let cmd = std::iter::once(common::bin().display().to_string())
+        .chain(args.iter().map(|a| q(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// What a user at a terminal sees: migrate's bar appears and ends full however fast the
+/// run (204 small files); `recall -r` and `release -r` draw a bar of the files that need
+/// the work only (not every file below the path) and end with a summary, per-file lines
+/// with -v, nothing with -q.
+#[test]
+fn progress_bars_count_the_work_and_bulk_commands_end_with_a_summary() {
+    let moto = start_moto();
+    let names: Vec<String> = (0..204).map(|i| format!("d/f{i:03}.bin")).collect();
+    let spec: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 2000)).collect();
+    let fs_ = files(&spec);
+    let t = TierMount::new(&moto, "bars", &fs_, |c| c);
+    let mnt = t.mnt_str();
+    let (ok, out) = on_tty(&["migrate", mnt.as_str(), "--mode", "copy-only"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("[########################] 100%"), "{out}");
+    assert!(out.contains("204/204 files"), "{out}");
+
+    // Release three of them: the bar counts 204 premigrated files the first time...
+    let d = t.ms("d");
+    let (ok, out) = on_tty(&["release", "-r", d.as_str(), "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("would release 204 files"), "{out}");
+    for n in &names[..3] {
+        t.ok(&["release", t.ms(n).as_str()]);
+    }
+    // ... and the recall of the tree counts the three stubs, not the 204 files.
+    let (ok, out) = on_tty(&["recall", "-r", d.as_str()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3/3 files"), "{out}");
+    assert!(
+        out.contains("recalled 3 files (5.9 KiB), 201 local already, 0 failed"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("recalled /"),
+        "no line per file without -v: {out}"
+    );
+
+    for n in &names[..2] {
+        t.ok(&["release", t.ms(n).as_str()]);
+    }
+    let (ok, out) = on_tty(&["recall", "-r", "-v", d.as_str()]);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("recalled /").count(), 2, "{out}");
+    assert_eq!(out.matches(": data is local already").count(), 202, "{out}");
+    assert!(out.contains("recalled 2 files"), "{out}");
+
+    t.ok(&["release", t.ms(&names[0]).as_str()]);
+    let (ok, out) = on_tty(&["recall", "-r", "-q", d.as_str()]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "", "-q prints nothing: {out:?}");
+    assert_eq!(t.state(&names[0]), "premigrated");
+    // release -r: the summary says what it freed.
+    let (ok, out) = on_tty(&["release", "-r", d.as_str()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("204/204 files"), "{out}");
+    assert!(out.contains("released 204 files (freed "), "{out}");
+    // An error still reaches the user with -q, and the exit status says so.
+    let (ok, out) = on_tty(&["recall", "-q", t.ms("d").as_str()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("is a directory (use -r)"), "{out}");
+}

@@ -41,7 +41,7 @@ pub enum Command {
     /// Unpin files.
     Unpin(PathsArgs),
     /// Bring stubs' data back now (waits for it).
-    Recall(PathsArgs),
+    Recall(RecallArgs),
     /// Free the local data of premigrated files now (they become stubs).
     Release(ReleaseArgs),
     /// Show every event of one file, with the config version in force.
@@ -188,6 +188,28 @@ pub struct ReleaseArgs {
     /// Report what would be released and the space it would free; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub out: BulkOutput,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RecallArgs {
+    #[command(flatten)]
+    pub paths: PathsArgs,
+    #[command(flatten)]
+    pub out: BulkOutput,
+}
+
+/// What `recall` and `release` print: a progress bar (on a terminal) and a summary; one
+/// line per file with -v; nothing but errors with -q.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct BulkOutput {
+    /// One line per file, as well as the summary.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Print nothing but errors (no progress bar, no summary).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]

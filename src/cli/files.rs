@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::args::{HistoryArgs, LsArgs, PathsArgs, ReleaseArgs};
+use super::args::{BulkOutput, HistoryArgs, LsArgs, PathsArgs, RecallArgs, ReleaseArgs};
 use super::output::{local_minute, print_json_line};
-use super::request::{call_typed, client_for, resolve};
+use super::request::{call_typed, call_typed_bar, client_for, resolve};
 use crate::base::time::format_time;
 use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
@@ -98,9 +98,10 @@ pub(super) fn pin(a: &PathsArgs, pin: bool) -> anyhow::Result<()> {
     }
 }
 
-pub(super) fn recall(a: &PathsArgs) -> anyhow::Result<()> {
-    paths_command(
-        a,
+pub(super) fn recall(a: &RecallArgs) -> anyhow::Result<()> {
+    bulk_command(
+        &a.paths,
+        a.out,
         "recall",
         |paths, recursive| Op::Recall { paths, recursive },
         |path, v: &RecallResult| {
@@ -110,13 +111,24 @@ pub(super) fn recall(a: &PathsArgs) -> anyhow::Result<()> {
                 note(path, v.note.as_deref())
             }
         },
+        |results: &[&RecallResult], failed| {
+            let done: Vec<_> = results.iter().filter(|v| v.recalled).collect();
+            let bytes: u64 = done.iter().map(|v| v.bytes.unwrap_or(0)).sum();
+            format!(
+                "recalled {} files ({}), {} local already, {failed} failed",
+                done.len(),
+                human_bytes(bytes),
+                results.len() - done.len()
+            )
+        },
     )
 }
 
 pub(super) fn release(a: &ReleaseArgs) -> anyhow::Result<()> {
     let dry_run = a.dry_run;
-    paths_command(
+    bulk_command(
         &a.paths,
+        a.out,
         "release",
         move |paths, recursive| Op::Release {
             paths,
@@ -130,7 +142,79 @@ pub(super) fn release(a: &ReleaseArgs) -> anyhow::Result<()> {
                 note(path, v.note.as_deref())
             }
         },
+        move |results: &[&ReleaseResult], failed| {
+            // A dry run's "would release" files carry the bytes they would free.
+            let done: Vec<_> = results
+                .iter()
+                .filter(|v| v.released || (dry_run && v.bytes_freed.is_some()))
+                .collect();
+            let freed: u64 = done.iter().map(|v| v.bytes_freed.unwrap_or(0)).sum();
+            let (verb, free) = if dry_run {
+                ("would release", "would free")
+            } else {
+                ("released", "freed")
+            };
+            format!(
+                "{verb} {} files ({free} {}), {} left as they were, {failed} failed",
+                done.len(),
+                human_bytes(freed),
+                results.len() - done.len()
+            )
+        },
     )
+}
+
+/// `recall` and `release`: a progress bar of the files that need the work, then a summary
+/// (`summary` of the results that succeeded and the number that failed); a line per file
+/// with -v (`text`), nothing but the errors with -q. Errors always, on stderr; exit 1 if
+/// any file failed. `--json`: one object per file, as before.
+fn bulk_command<T: Serialize + DeserializeOwned>(
+    a: &PathsArgs,
+    out: BulkOutput,
+    verb: &str,
+    op: impl FnOnce(Vec<PathBuf>, bool) -> Op,
+    text: impl Fn(&str, &T) -> String,
+    summary: impl Fn(&[&T], u64) -> String,
+) -> anyhow::Result<()> {
+    let paths: Vec<PathBuf> = a
+        .paths
+        .iter()
+        .map(|p| resolve(p))
+        .collect::<Result<_, _>>()?;
+    let mut c = client_for(&paths[0])?;
+    let bar = if out.quiet || a.json {
+        super::progress::Bar::hidden()
+    } else {
+        super::progress::Bar::new()
+    };
+    let r: PathResults<T> = call_typed_bar(&mut c, op(paths, a.recursive), bar)?;
+    let mut ok = Vec::new();
+    for f in &r.results {
+        let path = f.path.display().to_string();
+        if a.json {
+            print_json_line(f);
+            continue;
+        }
+        match (f.ok, &f.result) {
+            (true, Some(v)) => {
+                if out.verbose {
+                    println!("{}", text(&path, v));
+                }
+                ok.push(v);
+            }
+            _ => eprintln!(
+                "coldtier {verb}: {path}: {}",
+                f.error.as_deref().unwrap_or("failed")
+            ),
+        }
+    }
+    if !a.json && !out.quiet {
+        println!("{}", summary(&ok, r.failed));
+    }
+    if r.failed > 0 {
+        return Err(anyhow!("{} of {} paths failed", r.failed, r.results.len()));
+    }
+    Ok(())
 }
 
 pub(super) fn history(a: &HistoryArgs) -> anyhow::Result<()> {

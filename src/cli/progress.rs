@@ -71,6 +71,8 @@ pub struct Bar {
     last: Option<Instant>,
     totals: Option<(u64, u64)>,
     shown: bool,
+    /// The last report, if the throttle kept it from being drawn: drawn at `finish`.
+    pending: Option<Progress>,
 }
 
 impl Default for Bar {
@@ -89,7 +91,15 @@ impl Bar {
             last: None,
             totals: None,
             shown: false,
+            pending: None,
         }
+    }
+
+    /// A bar that never draws (`-q`).
+    pub fn hidden() -> Bar {
+        let mut b = Bar::new();
+        b.tty = false;
+        b
     }
 
     /// One progress report from the daemon.
@@ -102,13 +112,22 @@ impl Bar {
             return;
         }
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now - l < Duration::from_millis(100))
+        // The first report with totals is drawn at once (the bar appears however fast
+        // the work is); others at most ten times a second.
+        if p.totals.is_none()
+            && self
+                .last
+                .is_some_and(|l| now - l < Duration::from_millis(100))
         {
+            self.pending = Some(p.clone());
             return;
         }
+        self.pending = None;
         self.last = Some(now);
+        self.draw(p);
+    }
+
+    fn draw(&mut self, p: &Progress) {
         let text = line(
             &p.message,
             p.files,
@@ -122,8 +141,12 @@ impl Bar {
         self.shown = true;
     }
 
-    /// Ends the line (if one was drawn).
+    /// Draws the last report if the throttle held it back, and ends the line (if one was
+    /// drawn).
     pub fn finish(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.draw(&p);
+        }
         if self.shown {
             eprintln!();
             self.shown = false;

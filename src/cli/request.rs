@@ -36,7 +36,15 @@ pub(super) fn client_for(p: &Path) -> anyhow::Result<Client> {
 
 /// Sends `op`, drawing its progress; its answer as `T`, the op's reply type.
 pub(super) fn call_typed<T: DeserializeOwned>(client: &mut Client, op: Op) -> anyhow::Result<T> {
-    let mut bar = super::progress::Bar::new();
+    call_typed_bar(client, op, super::progress::Bar::new())
+}
+
+/// [`call_typed`] drawing its progress on `bar` (`Bar::hidden()` for none).
+pub(super) fn call_typed_bar<T: DeserializeOwned>(
+    client: &mut Client,
+    op: Op,
+    mut bar: super::progress::Bar,
+) -> anyhow::Result<T> {
     let r = client.call_typed(op, |p| bar.update(p));
     bar.finish();
     r.map_err(|e| match e {

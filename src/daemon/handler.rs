@@ -153,11 +153,59 @@ impl Control {
         paths: &[PathBuf],
         recursive: bool,
         progress: &mut dyn FnMut(Progress),
+        f: impl FnMut(&Path, &File) -> Result<T, String>,
+    ) -> PathResults<T> {
+        self.each_tracked(paths, recursive, progress, None, f)
+    }
+
+    /// The files that need the work among `items` (`need` gives the bytes of one that
+    /// does), as the totals of a progress bar: `recall -r` counts stubs, `release -r`
+    /// premigrated files, not every file below the paths.
+    fn totals_of(
+        &self,
+        items: &[Result<PathBuf, (PathBuf, String)>],
+        need: &dyn Fn(std::os::fd::BorrowedFd<'_>) -> Option<u64>,
+    ) -> crate::base::progress::Totals {
+        let mut t = crate::base::progress::Totals { files: 0, bytes: 0 };
+        for rel in items.iter().flatten() {
+            let fd = backing::open_beneath(self.t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW);
+            if let Some(b) = fd.ok().and_then(|fd| need(fd.as_fd())) {
+                t.files += 1;
+                t.bytes += b;
+            }
+        }
+        t
+    }
+
+    /// [`Control::each`] with a progress bar of the files that need the work: `track` is
+    /// (`message`, `need`, `did`: the bytes a result moved when it did the work).
+    #[allow(clippy::type_complexity)]
+    fn each_tracked<T>(
+        &self,
+        paths: &[PathBuf],
+        recursive: bool,
+        progress: &mut dyn FnMut(Progress),
+        track: Option<(
+            &str,
+            &dyn Fn(std::os::fd::BorrowedFd<'_>) -> Option<u64>,
+            &dyn Fn(&T) -> Option<u64>,
+        )>,
         mut f: impl FnMut(&Path, &File) -> Result<T, String>,
     ) -> PathResults<T> {
         let mut out = PathResults::default();
         let mut done = 0u64;
-        for item in self.expand(paths, recursive) {
+        let items = self.expand(paths, recursive);
+        let (mut worked, mut moved) = (0u64, 0u64);
+        if let Some((message, need, _)) = &track {
+            let totals = self.totals_of(&items, *need);
+            progress(Progress {
+                message: (*message).into(),
+                files: 0,
+                bytes: 0,
+                totals: Some(totals),
+            });
+        }
+        for item in items {
             let r = match item {
                 Err((p, e)) => PathResult::failed(p, e),
                 Ok(rel) => {
@@ -181,11 +229,21 @@ impl Control {
             if !r.ok {
                 out.failed += 1;
             }
-            out.results.push(r);
             done += 1;
-            if done % 100 == 0 {
-                progress(Progress::new(format!("{done} files"), done, 0));
+            match (&track, &r.result) {
+                (Some((message, _, did)), Some(v)) => {
+                    if let Some(b) = did(v) {
+                        worked += 1;
+                        moved += b;
+                        progress(Progress::new(*message, worked, moved));
+                    }
+                }
+                (None, _) if done % 100 == 0 => {
+                    progress(Progress::new(format!("{done} files"), done, 0));
+                }
+                _ => {}
             }
+            out.results.push(r);
         }
         out
     }
@@ -229,8 +287,18 @@ impl Control {
     ) -> Result<MigrateReport, ErrorBody> {
         let t = self.t.clone();
         let mut last = std::time::Instant::now();
+        let mut total = u64::MAX;
         let mut relay = |p: Progress| {
-            if last.elapsed().as_millis() >= 500 || p.files == 0 || p.totals.is_some() {
+            if let Some(t) = p.totals {
+                total = t.files;
+            }
+            // The last file's update goes too: a run shorter than the throttle still
+            // ends with its bar full.
+            if last.elapsed().as_millis() >= 500
+                || p.files == 0
+                || p.totals.is_some()
+                || p.files >= total
+            {
                 last = std::time::Instant::now();
                 progress(p);
             }
@@ -260,7 +328,19 @@ impl Control {
         progress: &mut dyn FnMut(Progress),
     ) -> PathResults<RecallResult> {
         let items = self.expand(paths, recursive);
-        let total = items.len() as u64;
+        // The bar counts the stubs, not every file below the paths.
+        let totals = self.totals_of(&items, &|fd| {
+            marks::record(fd, marks::STUB)
+                .ok()
+                .flatten()
+                .map(|r| r.size)
+        });
+        progress(Progress {
+            message: "recalling".into(),
+            files: 0,
+            bytes: 0,
+            totals: Some(totals),
+        });
         let slots = (self.t.settings().uploads.concurrency * 4).clamp(1, 256);
         let t = self.t.clone();
         let mut results: Vec<(usize, PathResult<RecallResult>)> = Vec::new();
@@ -277,10 +357,13 @@ impl Control {
                                results: &mut Vec<(usize, PathResult<RecallResult>)>,
                                failed: &mut u64| {
                 let Ok((i, abs, r)) = r else { return };
-                done += 1;
                 match r {
                     Ok(v) => {
-                        bytes += v.bytes.unwrap_or(0);
+                        if v.recalled {
+                            done += 1;
+                            bytes += v.bytes.unwrap_or(0);
+                            progress(Progress::new("recalling", done, bytes));
+                        }
                         results.push((i, PathResult::ok(abs, v)));
                     }
                     Err(e) => {
@@ -288,11 +371,6 @@ impl Control {
                         results.push((i, PathResult::failed(abs, e)));
                     }
                 }
-                progress(Progress::new(
-                    format!("recalled {done} of {total}"),
-                    done,
-                    bytes,
-                ));
             };
             for (i, item) in items.into_iter().enumerate() {
                 let rel = match item {
@@ -535,11 +613,24 @@ impl Handler for Control {
                 paths,
                 recursive,
                 dry_run: true,
-            } => reply(self.each(&paths, recursive, progress, |_, f| self.release_dry(f))),
+            } => reply(self.each_tracked(
+                &paths,
+                recursive,
+                progress,
+                Some(("checking", &premigrated_bytes, &|v: &ReleaseResult| v.bytes)),
+                |_, f| self.release_dry(f),
+            )),
             Op::Release {
                 paths, recursive, ..
             } => {
-                let r = self.each(&paths, recursive, progress, |_, f| self.release(f));
+                let did = |v: &ReleaseResult| v.released.then_some(v.bytes.unwrap_or(0));
+                let r = self.each_tracked(
+                    &paths,
+                    recursive,
+                    progress,
+                    Some(("releasing", &premigrated_bytes, &did)),
+                    |_, f| self.release(f),
+                );
                 if let Err(e) = self.t.catalog.sync() {
                     tracing::error!("catalog: {e}");
                 }
@@ -810,6 +901,18 @@ fn migrate_report(s: crate::tier::migrate::RunSummary) -> MigrateReport {
             })
             .collect(),
     }
+}
+
+/// The size of a premigrated file (a copy record and no stub record): what a release
+/// would act on.
+fn premigrated_bytes(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    if marks::record(fd, marks::STUB).ok().flatten().is_some() {
+        return None;
+    }
+    marks::record(fd, marks::COPY)
+        .ok()
+        .flatten()
+        .map(|r| r.size)
 }
 
 /// A job's progress callback, as the engine calls it.
