@@ -2532,3 +2532,51 @@ fn progress_bars_count_the_work_and_bulk_commands_end_with_a_summary() {
     assert!(!ok, "{out}");
     assert!(out.contains("is a directory (use -r)"), "{out}");
 }
+
+/// One object key, printed one way everywhere in text: the key as the bucket lists it
+/// (the store's prefix included) in `status`, `find`, `history` and `events`; `--json` of
+/// history and events keeps the detail as recorded (relative to the prefix, under the hash
+/// chain). The jobs table fits 100 columns.
+#[test]
+fn object_keys_read_the_same_in_every_report_and_jobs_fits_100_columns() {
+    let moto = start_moto();
+    let fs_ = files(&[("k/a.bin", 30_000)]);
+    let t = TierMount::new(&moto, "keys", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.status("k/a.bin")["object_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with(&format!("{PREFIX}/data/")), "{key}");
+    let mnt = t.mnt_str();
+    let status = t.ok(&["status", t.ms("k/a.bin").as_str()]);
+    let find = t.ok(&["find", mnt.as_str(), "--state", "stub", "--json"]);
+    let history = t.ok(&["history", t.ms("k/a.bin").as_str()]);
+    let events = t.ok(&["events", mnt.as_str(), "--type", "STUBBED"]);
+    for (what, text) in [
+        ("status", &status),
+        ("find", &find),
+        ("history", &history),
+        ("events", &events),
+    ] {
+        assert!(text.contains(&key), "{what} does not show {key}: {text}");
+        let relative = format!("\"{}", key.strip_prefix(&format!("{PREFIX}/")).unwrap());
+        assert!(
+            !text.contains(&relative),
+            "{what} shows a relative key: {text}"
+        );
+    }
+    let json = t.ok(&["history", "--json", t.ms("k/a.bin").as_str()]);
+    assert!(
+        json.contains(&format!("\"object_key\":\"{}\"", &key[PREFIX.len() + 1..])),
+        "{json}"
+    );
+    let jobs = t.ok(&["jobs", mnt.as_str()]);
+    for l in jobs.lines() {
+        assert!(l.chars().count() <= 100, "{l}");
+    }
+    assert!(
+        jobs.lines().nth(1).is_some_and(|l| l.contains("migrate")),
+        "{jobs}"
+    );
+}

@@ -47,7 +47,7 @@ pub(super) fn backup(a: &CatalogBackupArgs) -> anyhow::Result<()> {
     }
     if !r.errors.is_empty() {
         for e in &r.errors {
-            eprintln!("  error: {e}");
+            eprintln!("coldtier catalog backup: {e}");
         }
         return Err(anyhow!(
             "the backup is taken locally, but {} steps failed",

@@ -235,7 +235,7 @@ pub(super) fn history(a: &HistoryArgs) -> anyhow::Result<()> {
                 e.kind,
                 e.config_version,
                 e.path.as_deref().unwrap_or(""),
-                e.detail
+                super::output::detail_text(&e.detail, &r.key_prefix)
             );
         }
     }

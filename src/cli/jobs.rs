@@ -29,7 +29,7 @@ pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
         under,
     };
     let r: MigrateReport = call_typed(&mut c, op)?;
-    run_report(&r, a.json)
+    run_report(&r, a.json, "migrate")
 }
 
 /// `coldtier archive PATH... [-r] [--release] [--dry-run]`.
@@ -47,11 +47,11 @@ pub(super) fn archive(a: &ArchiveArgs) -> anyhow::Result<()> {
         dry_run: a.dry_run,
     };
     let r: MigrateReport = call_typed(&mut c, op)?;
-    run_report(&r, a.json)
+    run_report(&r, a.json, "archive")
 }
 
 /// Prints what a policy run (or an archive) did, and fails when files failed.
-fn run_report(r: &MigrateReport, json: bool) -> anyhow::Result<()> {
+fn run_report(r: &MigrateReport, json: bool, verb: &str) -> anyhow::Result<()> {
     if json {
         print_json_line(r);
     } else {
@@ -99,7 +99,7 @@ fn run_report(r: &MigrateReport, json: bool) -> anyhow::Result<()> {
             println!("stopped early: {why}; the next run goes on with the rest");
         }
         for e in &r.errors {
-            eprintln!("  error: {e}");
+            eprintln!("coldtier {verb}: {e}");
         }
     }
     if r.failed > 0 {
@@ -169,7 +169,7 @@ pub(super) fn gc(a: &GcArgs) -> anyhow::Result<()> {
     }
     if !r.errors.is_empty() {
         for e in &r.errors {
-            eprintln!("  error: {e}");
+            eprintln!("coldtier gc: {e}");
         }
         return Err(anyhow!("{} deletions failed", r.errors.len()));
     }
@@ -486,50 +486,74 @@ pub fn workers_text(workers: &[WorkerRow]) -> String {
     s
 }
 
+/// Bytes in at most six columns: "512B", "999.9K", "12.5M", "1.0T".
+fn short_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else if v < 100.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{v:.0}{}", UNITS[u])
+    }
+}
+
+/// A duration in at most seven columns: "12.3s", "59:59", "1:05:03".
+fn short_duration(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        super::progress::clock(std::time::Duration::from_millis(ms))
+    }
+}
+
+/// The jobs table: one line of at most 100 columns per job (started in local time; the
+/// config version, the end time and all errors are in `--json`), its first errors below
+/// it, cut to the same width.
 pub fn jobs_text(jobs: &[JobRow]) -> String {
-    let mut s = format!(
-        "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
-        "JOB",
-        "KIND",
-        "MODE",
-        "CFG",
-        "STARTED",
-        "FINISHED",
-        "SECONDS",
-        "SCANNED",
-        "COPIED",
-        "BYTES",
-        "STUBBED",
-        "FREED",
-        "FAILED"
-    );
+    const WIDTH: usize = 100;
+    let row = |c: [&str; 11]| {
+        format!(
+            "{:>5} {:<9} {:<9} {:<16} {:>7} {:>8} {:>7} {:>6} {:>7} {:>6} {:>6}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
+        )
+    };
+    let mut s = row([
+        "JOB", "KIND", "MODE", "STARTED", "TOOK", "SCANNED", "COPIED", "BYTES", "STUBBED", "FREED",
+        "FAILED",
+    ]);
     for j in jobs {
-        let finished = j
-            .finished_ns
-            .map(format_time)
-            .unwrap_or_else(|| "(running or interrupted)".into());
-        let secs = j
-            .duration_ms
-            .map(|ms| format!("{:.1}", ms as f64 / 1000.0))
-            .unwrap_or_else(|| "-".into());
-        s.push_str(&format!(
-            "{:>5}  {:<10} {:<9} {:>4}  {:<24} {:<24} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>7}\n",
-            j.id,
-            j.kind,
-            j.mode,
-            j.config_version,
-            format_time(j.started_ns),
-            finished,
-            secs,
-            j.files_scanned,
-            j.files_copied,
-            human_bytes(j.bytes_copied),
-            j.files_stubbed,
-            human_bytes(j.bytes_stubbed),
-            j.files_failed,
-        ));
+        let took = match (j.finished_ns, j.duration_ms) {
+            (Some(_), Some(ms)) => short_duration(ms),
+            _ => "running".into(),
+        };
+        s.push_str(&row([
+            &j.id.to_string(),
+            &j.kind,
+            &j.mode,
+            &super::output::local_minute(j.started_ns),
+            &took,
+            &j.files_scanned.to_string(),
+            &j.files_copied.to_string(),
+            &short_bytes(j.bytes_copied),
+            &j.files_stubbed.to_string(),
+            &short_bytes(j.bytes_stubbed),
+            &j.files_failed.to_string(),
+        ]));
         for e in j.errors.iter().take(5) {
-            s.push_str(&format!("       error: {e}\n"));
+            let line = format!("      error: {e}");
+            if line.chars().count() > WIDTH {
+                let cut: String = line.chars().take(WIDTH - 3).collect();
+                s.push_str(&format!("{cut}...\n"));
+            } else {
+                s.push_str(&format!("{line}\n"));
+            }
         }
     }
     s
@@ -538,6 +562,47 @@ pub fn jobs_text(jobs: &[JobRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jobs_table_fits_100_columns() {
+        let job = |id, kind: &str, mode: &str, err: Option<String>| JobRow {
+            id,
+            kind: kind.into(),
+            mode: mode.into(),
+            config_version: 12,
+            started_ns: 1_764_000_000_000_000_000,
+            finished_ns: Some(1_764_000_003_723_000_000),
+            duration_ms: Some(3_723_000),
+            files_scanned: 12_345_678,
+            files_copied: 1_234_567,
+            bytes_copied: 1023 * (1 << 30),
+            files_stubbed: 1_234_567,
+            bytes_stubbed: 999 * (1 << 40),
+            files_failed: 123_456,
+            errors: err.into_iter().collect(),
+        };
+        let t = jobs_text(&[
+            job(99_999, "scheduled", "copy-only", Some("x".repeat(300))),
+            job(1, "archive", "stub", None),
+        ]);
+        for l in t.lines() {
+            assert!(
+                l.chars().count() <= 100,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[1].contains("scheduled copy-only"), "{t}");
+        assert!(lines[1].contains("1:02:03"), "{t}");
+        assert!(lines[1].contains(" 1.0T "), "{t}");
+        assert!(lines[1].contains("999T"), "{t}");
+        assert!(lines[2].ends_with("..."), "{t}");
+        assert_eq!(short_bytes(512), "512B");
+        assert_eq!(short_bytes(1536), "1.5K");
+        assert_eq!(short_duration(12_345), "12.3s");
+    }
 
     #[test]
     fn the_workers_table_lines_up() {

@@ -34,6 +34,32 @@ pub fn local_minute(ns: i64) -> String {
     }
 }
 
+/// An event's detail as the text output shows it: every `object_key` (at any depth: a
+/// DELETED event keeps the row it removed) with the store's key prefix, as `status`,
+/// `find`, `verify` and `gc` print keys and as the bucket lists them. `--json` keeps the
+/// detail as recorded (the hash chain covers it).
+pub fn detail_text(detail: &serde_json::Value, key_prefix: &str) -> String {
+    fn walk(v: &mut serde_json::Value, prefix: &str) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    match v {
+                        serde_json::Value::String(s) if k == "object_key" && !prefix.is_empty() => {
+                            *s = format!("{prefix}/{s}");
+                        }
+                        _ => walk(v, prefix),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, prefix)),
+            _ => {}
+        }
+    }
+    let mut d = detail.clone();
+    walk(&mut d, key_prefix);
+    d.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

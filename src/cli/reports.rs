@@ -376,7 +376,7 @@ pub(super) fn events(a: &EventsArgs) -> anyhow::Result<()> {
                     e.kind,
                     e.config_version,
                     e.path.as_deref().unwrap_or("-"),
-                    e.detail
+                    super::output::detail_text(&e.detail, &r.key_prefix)
                 )?;
             }
         }

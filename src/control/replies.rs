@@ -195,6 +195,10 @@ pub struct HistoryReply {
     pub path: PathBuf,
     pub file_id: String,
     pub events: Vec<EventRow>,
+    /// The store's key prefix: event details name keys without it (as recorded, under the
+    /// hash chain); the text output shows them with it, as the bucket does.
+    #[serde(default)]
+    pub key_prefix: String,
 }
 
 /// `Op::Events`: one page.
@@ -203,6 +207,9 @@ pub struct EventsReply {
     pub events: Vec<EventRow>,
     /// The `after_id` of the next page; null on the last one.
     pub next_after_id: Option<i64>,
+    /// As in [`HistoryReply`].
+    #[serde(default)]
+    pub key_prefix: String,
 }
 
 // ---- jobs ------------------------------------------------------------------------------

@@ -487,6 +487,7 @@ impl Control {
             path: p.to_path_buf(),
             file_id: id,
             events: events.into_iter().map(super::reports::event_row).collect(),
+            key_prefix: self.t.store_prefix.clone(),
         })
     }
 }

@@ -477,6 +477,7 @@ fn events(t: &Tiering, r: &EventsRequest) -> Result<EventsReply, ErrorBody> {
     Ok(EventsReply {
         events: events.into_iter().map(event_row).collect(),
         next_after_id,
+        key_prefix: t.store_prefix.clone(),
     })
 }
 
