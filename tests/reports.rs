@@ -403,7 +403,7 @@ fn find_stats_events_jobs_config_and_audit() {
     );
     let text = ok(&["jobs", mnt]);
     assert!(
-        text.contains("copy-only") && text.contains(&coldtier::base::units::human_bytes(freed)),
+        text.contains("copy-only") && text.contains(&coldtier::base::units::short_bytes(freed)),
         "{text}"
     );
 

@@ -125,3 +125,20 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", U[i])
     }
 }
+/// Bytes in at most six columns: "512B", "999.9K", "12.5M", "1.0T".
+pub fn short_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else if v < 100.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{v:.0}{}", UNITS[u])
+    }
+}

@@ -486,24 +486,6 @@ pub fn workers_text(workers: &[WorkerRow]) -> String {
     s
 }
 
-/// Bytes in at most six columns: "512B", "999.9K", "12.5M", "1.0T".
-fn short_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else if v < 100.0 {
-        format!("{v:.1}{}", UNITS[u])
-    } else {
-        format!("{v:.0}{}", UNITS[u])
-    }
-}
-
 /// A duration in at most seven columns: "12.3s", "59:59", "1:05:03".
 fn short_duration(ms: u64) -> String {
     if ms < 60_000 {
@@ -541,9 +523,9 @@ pub fn jobs_text(jobs: &[JobRow]) -> String {
             &took,
             &j.files_scanned.to_string(),
             &j.files_copied.to_string(),
-            &short_bytes(j.bytes_copied),
+            &crate::base::units::short_bytes(j.bytes_copied),
             &j.files_stubbed.to_string(),
-            &short_bytes(j.bytes_stubbed),
+            &crate::base::units::short_bytes(j.bytes_stubbed),
             &j.files_failed.to_string(),
         ]));
         for e in j.errors.iter().take(5) {
@@ -599,8 +581,8 @@ mod tests {
         assert!(lines[1].contains(" 1.0T "), "{t}");
         assert!(lines[1].contains("999T"), "{t}");
         assert!(lines[2].ends_with("..."), "{t}");
-        assert_eq!(short_bytes(512), "512B");
-        assert_eq!(short_bytes(1536), "1.5K");
+        assert_eq!(crate::base::units::short_bytes(512), "512B");
+        assert_eq!(crate::base::units::short_bytes(1536), "1.5K");
         assert_eq!(short_duration(12_345), "12.3s");
     }
 
