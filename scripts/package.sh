@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Debian package of coldtier, for Debian 12 (bookworm) and later:
+# Builds the Debian package of coldtier, for Debian 12 (bookworm):
 #   cargo build --release --locked, then a staged tree packed by dpkg-deb.
 # Usage: scripts/package.sh [--out DIR] [--dev | --binary FILE]
 #   --out DIR      where the .deb goes (default: TARGET_DIR/debian, TARGET_DIR being cargo's;
@@ -24,6 +24,8 @@
 # Nothing is started or enabled: a mount is `systemctl enable --now coldtier@NAME`.
 # Removing or purging the package leaves /var/lib/coldtier (the catalogs) alone.
 set -euo pipefail
+# A command that fails under set -e says where, instead of ending the script silently.
+trap 'echo "error: scripts/package.sh: line $LINENO: exit $?" >&2' ERR
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/deps.sh
 . scripts/lib/deps.sh
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --dev) profile=dev; shift ;;
         --binary) binary=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see scripts/package.sh --help)" ;;
     esac
 done
@@ -64,8 +66,9 @@ fi
 if [ -z "$out" ]; then
     target_dir=${target_dir:-$(cargo metadata --format-version 1 --no-deps --locked |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+    out="$target_dir/debian"
     # A dev-profile package never lands where a release one is expected.
-    out="$target_dir/debian$([ "$profile" = dev ] && echo -dev)"
+    [ "$profile" = release ] || out="$target_dir/debian-dev"
 fi
 mkdir -p "$out"
 

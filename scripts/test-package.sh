@@ -19,6 +19,8 @@
 #   what scripts/test.sh does, right after its own build); DEB: test that package.
 # Needs root (debootstrap, chroot, mounts) and deb.debian.org (COLDTIER_TEST_MIRROR).
 set -euo pipefail
+# A command that fails under set -e says where, instead of ending the script silently.
+trap 'echo "error: scripts/test-package.sh: line $LINENO: exit $?" >&2' ERR
 # shellcheck disable=SC2016 # dpkg-query -f formats: ${Package} is dpkg's, not the shell's
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/deps.sh
