@@ -131,8 +131,9 @@ License: Apache-2.0
 Comment: /usr/bin/coldtier also contains these Rust crates (name, version, license),
  compiled in statically (SQLite, public domain, in libsqlite3-sys):
 END
-    cargo tree --locked -e normal --prefix none --format '{p} {l}' 2>/dev/null |
-        sed 's/ (\*)$//; s/ (proc-macro)//' | sort -u | sed 's/^/ /'
+    cargo tree --locked -e normal,no-proc-macro --prefix none --format '{p} {l}' 2>/dev/null |
+        sed 's/ (\*)$//; s# (/[^)]*)##' | grep -v '^coldtier ' |
+        sort -u | sed 's/^/ /'
 } >"$doc/copyright"
 chmod 0644 "$doc/copyright"
 grep -q '^ tokio ' "$doc/copyright" || die "copyright: the crate list is missing (cargo tree failed)"
