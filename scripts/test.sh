@@ -45,3 +45,10 @@ else
     log "running the test suite (cargo test)"
     cargo test --locked --no-fail-fast "$@" -- --test-threads 2
 fi
+
+# The Debian package: scripts/test-package.sh builds it (--dev: from the dev-profile build,
+# no release build), installs it with apt into a clean Debian 12 chroot made by debootstrap
+# (its root cached in /var/cache/coldtier-test) and checks it there.
+apt_install debootstrap zstd dpkg-dev binutils
+log "the package test (scripts/test-package.sh --dev)"
+scripts/test-package.sh --dev

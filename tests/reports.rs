@@ -487,18 +487,33 @@ fn completions_and_man_pages_come_from_the_cli_definitions() {
     let dir = tempfile::tempdir().unwrap();
     ok(&["manpage", "--dir", dir.path().to_str().unwrap()]);
     for name in [
-        "coldtier.1",
-        "coldtier-find.1",
-        "coldtier-stats.1",
-        "coldtier-audit.1",
+        "man1/coldtier.1",
+        "man1/coldtier-find.1",
+        "man1/coldtier-stats.1",
+        "man1/coldtier-audit.1",
+        "man1/coldtier-catalog-rebuild.1",
+        "man1/coldtier-manpage.1",
+        "man5/coldtier.toml.5",
     ] {
         let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert!(text.contains(".TH"), "{name}");
     }
     assert!(
-        !dir.path().join("coldtier-manpage.1").exists(),
-        "hidden commands get no page"
+        !dir.path().join("man1/coldtier-help.1").exists(),
+        "clap's help subcommand gets no page"
     );
+    // One page by name, to read without installing: `coldtier manpage coldtier.toml | man -l -`.
+    assert!(ok(&["manpage", "coldtier.toml"]).contains(".TH coldtier.toml 5"));
+    assert!(ok(&["manpage", "coldtier-migrate"]).contains("EXIT STATUS"));
+    fails(&["manpage", "coldtier-nothing"], 2);
+    // completions and manpage are listed in --help.
+    let help = ok(&["--help"]);
+    for c in ["completions", "manpage"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(c)),
+            "{help}"
+        );
+    }
 }
 
 /// Writes a catalog of `n` tracked files (and one event per 1000 files) straight into

@@ -35,6 +35,9 @@ fn verify(dir: &Path, name: &str, text: &str) -> Output {
     std::fs::write(&path, text).unwrap();
     Command::new("systemd-analyze")
         .arg("verify")
+        // The unit's man: Documentation= pages are installed by the package, not here
+        // (scripts/test-package.sh verifies the installed unit with them).
+        .arg("--man=no")
         .arg(&path)
         .env("SYSTEMD_LOG_LEVEL", "notice")
         .output()
@@ -75,6 +78,77 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
         "{said}"
     );
     assert!(said.contains("RestartSecs"), "{said}");
+}
+
+/// `systemd-analyze condition --unit NAME` with the unit search path starting at `dir`:
+/// the unit's Condition*= and Assert*= evaluated, as `systemctl start` would.
+fn conditions(dir: &Path, name: &str) -> (bool, String) {
+    let out = Command::new("systemd-analyze")
+        .args(["condition", "--unit", name])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .env("SYSTEMD_LOG_LEVEL", "info")
+        .output()
+        .expect("systemd-analyze (apt install systemd; scripts/test.sh does)");
+    (out.status.success(), show(&out))
+}
+
+#[test]
+fn a_mistyped_instance_fails_its_start_loudly_instead_of_being_skipped() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(UNIT)).unwrap();
+    // A failed Condition*= makes `systemctl start` succeed and do nothing; a failed
+    // Assert*= fails the start (and marks the unit failed) naming what is missing.
+    let settings: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect();
+    assert!(
+        !settings.iter().any(|l| l.starts_with("Condition")),
+        "no Condition*=: {settings:?}"
+    );
+    assert!(settings.contains(&"AssertPathExists=/etc/coldtier/%i.toml"));
+
+    // Evaluated by systemd itself, on a copy whose config directory is a temporary one.
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let copy = text.replace("/etc/coldtier/", &format!("{}/", etc.display()));
+    std::fs::write(dir.path().join("coldtier@.service"), &copy).unwrap();
+    std::fs::write(etc.join("srv-share.toml"), "").unwrap();
+    let (ok, said) = conditions(dir.path(), "coldtier@srv-share.service");
+    assert!(ok, "the instance with its config may start: {said}");
+    let (ok, said) = conditions(dir.path(), "coldtier@srv-shaer.service");
+    assert!(!ok, "the mistyped instance must not start: {said}");
+    assert!(
+        said.contains(&format!(
+            "AssertPathExists={}/srv-shaer.toml failed",
+            etc.display()
+        )) && said.contains("Asserts failed"),
+        "{said}"
+    );
+    // The check tells the two apart: the old Condition form fails as a condition (which
+    // `systemctl start` treats as success).
+    let old = copy.replace("AssertPathExists=", "ConditionPathExists=");
+    std::fs::write(dir.path().join("coldtier@.service"), old).unwrap();
+    let (_, said) = conditions(dir.path(), "coldtier@srv-shaer.service");
+    assert!(said.contains("Conditions failed"), "{said}");
+
+    // Should the assertion be bypassed, ExecStart itself refuses the missing file, with
+    // exit status 2, which the unit does not restart on.
+    assert!(settings.contains(&"RestartPreventExitStatus=2"));
+    let missing = etc.join("srv-shaer.toml");
+    let out = coldtier(&[
+        "mount",
+        "--foreground",
+        "--config",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(missing.to_str().unwrap()),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]

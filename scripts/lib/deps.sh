@@ -30,12 +30,32 @@ ensure_fuse() {
     [ -c /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
 }
 
-# ensure_rust: cargo on PATH.
+# The oldest Rust that builds coldtier (Cargo.toml's rust-version).
+COLDTIER_RUST_MIN=1.85
+
+# ensure_rust: cargo and rustc >= COLDTIER_RUST_MIN on PATH (or in ~/.cargo/bin); else one
+# message saying what is missing and how to get it. Installs nothing.
 ensure_rust() {
-    if ! command -v cargo >/dev/null 2>&1; then
-        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
     fi
-    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
+    local get="Install a current toolchain with rustup (https://rustup.rs), as the user who builds:
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    . \"\$HOME/.cargo/env\"
+Debian 12's own rustc (apt-get install rustc cargo) is 1.63: too old for coldtier.
+To run coldtier without Rust, install its Debian package instead (README.md, \"Install\")."
+    if ! command -v cargo >/dev/null 2>&1 || ! command -v rustc >/dev/null 2>&1; then
+        die "building coldtier needs Rust $COLDTIER_RUST_MIN or newer (cargo and rustc), and $(
+            command -v cargo >/dev/null 2>&1 && echo "rustc" || echo "cargo") is not installed.
+$get"
+    fi
+    local have
+    have=$(rustc --version | awk '{print $2}')
+    if [ "$(printf '%s\n%s\n' "$COLDTIER_RUST_MIN" "${have%%-*}" | sort -V | head -n 1)" != "$COLDTIER_RUST_MIN" ]; then
+        die "building coldtier needs Rust $COLDTIER_RUST_MIN or newer; $(command -v rustc) is $have.
+$get
+(With rustup already installed: rustup update stable.)"
+    fi
 }
 
 # apt_install_services_off PKG... : apt_install for packages that ship system services

@@ -81,10 +81,8 @@ pub enum Command {
     /// tiering if it works.
     Resume(MountpointArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(hide = true)]
     Completions(CompletionsArgs),
-    /// Print the man page (roff), or write one page per command into a directory.
-    #[command(hide = true)]
+    /// Print a man page (roff), or write them all into a man directory tree.
     Manpage(ManpageArgs),
 }
 
@@ -545,8 +543,12 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 pub struct ManpageArgs {
-    /// Write coldtier.1 and one coldtier-COMMAND.1 per command into this directory
-    /// (default: print coldtier.1 to stdout).
+    /// The page to print: coldtier (the default), coldtier-COMMAND (coldtier-migrate,
+    /// coldtier-catalog-rebuild ...) or coldtier.toml (the config file, section 5).
+    #[arg(conflicts_with = "dir")]
+    pub page: Option<String>,
+    /// Write every page into this man tree instead: DIR/man1/coldtier.1, one
+    /// DIR/man1/coldtier-COMMAND.1 per command, DIR/man5/coldtier.toml.5.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

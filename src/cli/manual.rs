@@ -1,9 +1,10 @@
 //! The generated texts: shell completions and man pages, from the clap definitions.
 
-use std::io::Write;
-use std::path::Path;
+mod pages;
 
-use super::args::CompletionsArgs;
+use std::io::Write;
+
+use super::args::{CompletionsArgs, ManpageArgs};
 use super::BadInput;
 
 pub(super) fn completions(a: &CompletionsArgs) -> anyhow::Result<()> {
@@ -15,28 +16,28 @@ pub(super) fn completions(a: &CompletionsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn manpage(dir: Option<&Path>) -> anyhow::Result<()> {
+pub(super) fn manpage(a: &ManpageArgs) -> anyhow::Result<()> {
     use clap::CommandFactory;
-    let cmd = super::Cli::command();
-    let Some(dir) = dir else {
-        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+    let pages = pages::all(super::Cli::command());
+    let Some(dir) = &a.dir else {
+        let want = a.page.as_deref().unwrap_or("coldtier");
+        let Some(page) = pages
+            .iter()
+            .find(|p| p.name == want || p.file_name() == want)
+        else {
+            let names: Vec<String> = pages.iter().map(|p| p.name.clone()).collect();
+            return Err(BadInput(format!("no page {want}: one of {}", names.join(", "))).into());
+        };
+        std::io::stdout().write_all(page.text.as_bytes())?;
         return Ok(());
     };
-    std::fs::create_dir_all(dir).map_err(|e| BadInput(format!("{}: {e}", dir.display())))?;
-    let write = |name: &str, man: clap_mangen::Man| -> anyhow::Result<()> {
-        let path = dir.join(format!("{name}.1"));
-        let mut f = std::fs::File::create(&path)
+    // A man tree: DIR/man1/coldtier*.1, DIR/man5/coldtier.toml.5.
+    for page in &pages {
+        let sub = dir.join(format!("man{}", page.section));
+        std::fs::create_dir_all(&sub).map_err(|e| BadInput(format!("{}: {e}", sub.display())))?;
+        let path = sub.join(page.file_name());
+        std::fs::write(&path, &page.text)
             .map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
-        man.render(&mut f)?;
-        Ok(())
-    };
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("coldtier-{}", sub.get_name());
-        write(
-            &name,
-            clap_mangen::Man::new(sub.clone()).title(name.clone()),
-        )?;
     }
-    write("coldtier", clap_mangen::Man::new(cmd))?;
     Ok(())
 }

@@ -51,7 +51,7 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
         Command::Audit(a) => reports::audit(a),
         Command::Catalog(args::CatalogCommand::Backup(a)) => catalog::backup(a),
         Command::Completions(a) => manual::completions(a),
-        Command::Manpage(a) => manual::manpage(a.dir.as_deref()),
+        Command::Manpage(a) => manual::manpage(a),
         Command::Mount(_)
         | Command::Umount(_)
         | Command::Restart(_)
