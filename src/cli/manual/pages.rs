@@ -427,12 +427,46 @@ fn extra(command: &str) -> Extra {
             see_also: &["coldtier-pin(1)", "coldtier-status(1)"],
             ..base
         },
+        "archive" => Extra {
+            failed: Some(
+                "A file failed, or a path named cannot be archived at all (a directory \
+                 without -r, not a regular file). Files left alone by a pin, an exclude or \
+                 a hard link are reported (left alone PATH: why) and are not failures.",
+            ),
+            examples: &[
+                (
+                    "Copy a finished project now, whatever its age and size:",
+                    "coldtier archive -r /srv/share/projects/done",
+                ),
+                (
+                    "Copy and stub two files now (as lfs hsm_archive and hsm_release):",
+                    "coldtier archive --release /srv/share/big.iso /srv/share/old.tar",
+                ),
+                (
+                    "What it would copy, leave alone and free; changes nothing:",
+                    "coldtier archive -r --release --dry-run /srv/share/projects/done",
+                ),
+            ],
+            see_also: &[
+                "coldtier-migrate(1)",
+                "coldtier-release(1)",
+                "coldtier-pin(1)",
+                "coldtier.toml(5)",
+            ],
+            ..base
+        },
         "recall" => Extra {
             failed: Some("A path failed (one line on stderr each)."),
-            examples: &[(
-                "Bring a tree's data back now:",
-                "coldtier recall -r /srv/share/archive/2019",
-            )],
+            examples: &[
+                (
+                    "Bring a tree's data back now (a bar of the stubs, then a summary):",
+                    "coldtier recall -r /srv/share/archive/2019",
+                ),
+                (
+                    "The same, one line per file:",
+                    "coldtier recall -r -v /srv/share/archive/2019",
+                ),
+            ],
             see_also: &["coldtier-recalls(1)", "coldtier-status(1)"],
             ..base
         },
@@ -1183,7 +1217,10 @@ mod tests {
         let names: Vec<&str> = parsed.tables.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            ["fuse", "policy", "recall", "catalog", "costs", "store", "mount", "metrics"]
+            [
+                "fuse", "policy", "recall", "catalog", "costs", "store", "mount", "metrics",
+                "limits"
+            ]
         );
         // Every key line of the example (set or shown commented out) is on the page, in
         // the table it belongs to, with its comment's words.
