@@ -18,10 +18,11 @@
 #
 # Replication factor 3, consistency mode "consistent": read and write quorums of 2, so the
 # cluster serves reads and writes with one node down. db_engine sqlite (bundled in garage:
-# no system library). Clients: region us-east-1, path-style addressing, and request
-# checksums "when required" (coldtier: store.request_checksum = "when_required"): garage
-# refuses the SDK's default streaming upload with trailing checksums over plain http.
-# garage has no storage classes, no restore and no object tagging (501).
+# no system library). Clients: region us-east-1, path-style addressing; request checksums
+# "when required" (coldtier: store.request_checksum = "when_required") for clients that
+# would otherwise stream uploads with trailing checksums over plain http (DESIGN.md).
+# garage has no storage classes, no restore, no object tagging and no versioning (501 for
+# the tagging and ListObjectVersions calls).
 
 COLDTIER_GARAGE_VERSION="${COLDTIER_GARAGE_VERSION:-2.5.0}"
 COLDTIER_TOOLS="${COLDTIER_TOOLS:-/opt/coldtier-tools}"
