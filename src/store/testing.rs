@@ -510,6 +510,17 @@ impl GarageCluster {
         }
     }
 
+    /// Starts node `i` again after [`GarageCluster::stop_node`] and has node 0 connect to
+    /// it at once (as an operator would), rather than wait for its reconnection backoff.
+    pub fn restart_node(&self, i: usize) -> Result<(), String> {
+        self.start_node(i)?;
+        self.wait_rpc(i)?;
+        if i != 0 {
+            self.cli(0, &["node", "connect", &self.nodes[i].id])?;
+        }
+        Ok(())
+    }
+
     /// Whether node `i`'s process is running.
     pub fn node_running(&self, i: usize) -> bool {
         let mut slot = self.nodes[i].child.lock().unwrap();
@@ -603,8 +614,9 @@ impl GarageCluster {
     }
 
     /// An S3 store configuration for bucket `name` on node 0: path style, the cluster's
-    /// key, request checksums "when required" (garage refuses the SDK's default streaming
-    /// upload with trailing checksums over plain http).
+    /// key, request checksums "when required" (the setting DESIGN.md gives for garage:
+    /// it refuses the SDK's default streaming upload over plain http; coldtier's own
+    /// uploads set their checksum header and pass either way, see conformance_garage).
     pub fn s3_config(&self, bucket: &str) -> S3Config {
         S3Config {
             endpoint: Some(self.endpoint.clone()),
