@@ -4,7 +4,7 @@
 # shellcheck shell=bash
 #
 #   garage_install            idempotent: cargo install garage@$COLDTIER_GARAGE_VERSION --locked
-#                             --root $COLDTIER_TOOLS (~10 min on 2 cores)
+#                             --root $COLDTIER_TOOLS (10-20 min on 2 cores)
 #   garage_bin                prints the garage path (COLDTIER_GARAGE_BIN overrides it)
 #   garage_cluster_start DIR  starts 3 nodes on 127.0.0.1 (free ports) with their configs,
 #                             metadata, data and logs under DIR; connects them, assigns each
@@ -44,7 +44,7 @@ garage_install() {
     fi
     command -v cargo >/dev/null 2>&1 || { echo "error: cargo is needed to install garage" >&2; return 1; }
     local t0=$SECONDS
-    _garage_log "installing garage@$want into $COLDTIER_TOOLS (cargo install, ~10 min)"
+    _garage_log "installing garage@$want into $COLDTIER_TOOLS (cargo install, 10-20 min)"
     mkdir -p "$COLDTIER_TOOLS"
     cargo install "garage@$want" --locked --root "$COLDTIER_TOOLS" >&2 || return 1
     _garage_log "garage installed in $((SECONDS - t0)) s"

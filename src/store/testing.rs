@@ -293,7 +293,7 @@ pub const GARAGE_BIN: &str = "/opt/coldtier-tools/bin/garage";
 
 const GARAGE_INSTALL_HINT: &str =
     "install it with: bash -c '. scripts/lib/garage.sh && garage_install' \
-     (cargo install garage, ~10 min once; scripts/test.sh does it) or set COLDTIER_GARAGE_BIN";
+     (cargo install garage, 10-20 min once; scripts/test.sh does it) or set COLDTIER_GARAGE_BIN";
 
 /// The garage binary: `$COLDTIER_GARAGE_BIN`, else [`GARAGE_BIN`].
 pub fn garage_bin() -> Result<PathBuf, String> {
