@@ -34,6 +34,12 @@ moto_install
 # shellcheck source=lib/s3s.sh
 . scripts/lib/s3s.sh
 s3s_install
+# The store conformance suite and tests/garage.rs also run on a 3-node garage cluster that
+# they start and stop themselves (src/store/testing.rs: GarageCluster): cargo install,
+# 10-20 min the first time, cached in /opt/coldtier-tools.
+# shellcheck source=lib/garage.sh
+. scripts/lib/garage.sh
+garage_install
 
 export RUST_BACKTRACE=1
 log "building"

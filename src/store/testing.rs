@@ -1,15 +1,18 @@
 //! Test support (not used by the daemon): starts a moto S3 server on 127.0.0.1 with a free
 //! port and stops it on drop, and talks to its control API (buckets, restore timing, raw
-//! object writes behind the store's back). scripts/lib/moto.sh installs moto.
+//! object writes behind the store's back); and starts a 3-node garage cluster
+//! (`GarageCluster`), stopped on drop. scripts/lib/moto.sh and scripts/lib/garage.sh
+//! install them.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::S3Config;
+use super::{RequestChecksum, S3Config};
 
 /// Where scripts/lib/moto.sh's `moto_install` puts the venv.
 pub const MOTO_VENV: &str = "/opt/coldtier-tools/moto-venv";
@@ -279,4 +282,411 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
+}
+
+// --- garage ----------------------------------------------------------------------------
+
+/// The garage version scripts/lib/garage.sh installs (and docs/store.md describes).
+pub const GARAGE_VERSION: &str = "2.5.0";
+/// Where scripts/lib/garage.sh's `garage_install` puts garage.
+pub const GARAGE_BIN: &str = "/opt/coldtier-tools/bin/garage";
+
+const GARAGE_INSTALL_HINT: &str =
+    "install it with: bash -c '. scripts/lib/garage.sh && garage_install' \
+     (cargo install garage, 10-20 min once; scripts/test.sh does it) or set COLDTIER_GARAGE_BIN";
+
+/// The garage binary: `$COLDTIER_GARAGE_BIN`, else [`GARAGE_BIN`].
+pub fn garage_bin() -> Result<PathBuf, String> {
+    let (p, from_env) = match std::env::var_os("COLDTIER_GARAGE_BIN") {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from(GARAGE_BIN), false),
+    };
+    if p.is_file() {
+        return Ok(p);
+    }
+    Err(if from_env {
+        format!(
+            "COLDTIER_GARAGE_BIN={} does not exist; {GARAGE_INSTALL_HINT}",
+            p.display()
+        )
+    } else {
+        format!(
+            "garage is not installed ({} missing): the garage tests need a real garage cluster; {GARAGE_INSTALL_HINT}",
+            p.display()
+        )
+    })
+}
+
+/// `n` random bytes from the kernel, hex-encoded.
+fn random_hex(n: usize) -> Result<String, String> {
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// One node of a [`GarageCluster`].
+struct GarageNode {
+    config: PathBuf,
+    log: PathBuf,
+    s3_port: u16,
+    /// `<full node id>@127.0.0.1:<rpc port>`.
+    id: String,
+    child: Mutex<Option<Child>>,
+}
+
+/// A garage cluster of three nodes on 127.0.0.1 (one zone each, replication factor 3,
+/// consistency mode `consistent`: read and write quorums of 2, so it serves reads and
+/// writes with one node down), with one S3 key allowed on every bucket made through
+/// [`GarageCluster::create_bucket`]. Its configs, metadata, data and logs are under the
+/// directory given to [`GarageCluster::start`]; every node is killed on drop (and by
+/// PR_SET_PDEATHSIG if the test process dies).
+pub struct GarageCluster {
+    bin: PathBuf,
+    nodes: Vec<GarageNode>,
+    /// Node 0's S3 API: the one the stores talk to.
+    pub endpoint: String,
+    pub key_id: String,
+    secret: String,
+    /// `garage --version`'s first line, e.g. "garage v2.5.0 [features: ...]".
+    pub version: String,
+}
+
+impl GarageCluster {
+    pub const NODES: usize = 3;
+
+    /// Starts three nodes in `dir` (created if missing), connects them, applies a layout
+    /// (zones dc1..dc3, 1 GB each), creates a key and waits until the cluster reports
+    /// itself healthy. Fails with the install command if garage is missing.
+    pub fn start(dir: &Path) -> Result<Self, String> {
+        let bin = garage_bin()?;
+        let version = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{} --version: {e}", bin.display()))?;
+        let version = String::from_utf8_lossy(&version.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mut last = String::new();
+        // A port picked free can be taken before the node binds it: try again elsewhere.
+        for attempt in 0..3 {
+            let d = dir.join(format!("cluster-{attempt}"));
+            match Self::try_start(&bin, &d, &version) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn try_start(bin: &Path, dir: &Path, version: &str) -> Result<Self, String> {
+        let rpc_secret = random_hex(32)?;
+        let mut nodes = Vec::new();
+        for i in 0..Self::NODES {
+            let nd = dir.join(format!("node{i}"));
+            std::fs::create_dir_all(&nd).map_err(|e| format!("{}: {e}", nd.display()))?;
+            let (rpc, s3) = (free_port()?, free_port()?);
+            let config = nd.join("garage.toml");
+            // sqlite (bundled into garage) needs no system library; garage's own data
+            // dirs; no admin, web or K2V API listens.
+            let text = format!(
+                "metadata_dir = \"{meta}\"\n\
+                 data_dir = \"{data}\"\n\
+                 db_engine = \"sqlite\"\n\
+                 replication_factor = 3\n\
+                 consistency_mode = \"consistent\"\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_secret = \"{rpc_secret}\"\n\
+                 \n\
+                 [s3_api]\n\
+                 s3_region = \"us-east-1\"\n\
+                 api_bind_addr = \"127.0.0.1:{s3}\"\n",
+                meta = nd.join("meta").display(),
+                data = nd.join("data").display(),
+            );
+            write_private(&config, &text)?;
+            nodes.push(GarageNode {
+                config,
+                log: nd.join("garage.log"),
+                s3_port: s3,
+                id: String::new(),
+                child: Mutex::new(None),
+            });
+        }
+        let mut c = GarageCluster {
+            bin: bin.to_path_buf(),
+            endpoint: format!("http://127.0.0.1:{}", nodes[0].s3_port),
+            nodes,
+            key_id: String::new(),
+            secret: String::new(),
+            version: version.to_string(),
+        };
+        for i in 0..Self::NODES {
+            c.start_node(i)?;
+        }
+        for i in 0..Self::NODES {
+            c.wait_rpc(i)?;
+            let id = c.cli(i, &["node", "id", "-q"])?.trim().to_string();
+            if !id.contains('@') {
+                return Err(format!("garage node id of node {i}: {id:?}"));
+            }
+            c.nodes[i].id = id;
+        }
+        for i in 1..Self::NODES {
+            let id = c.nodes[i].id.clone();
+            c.cli(0, &["node", "connect", &id])?;
+        }
+        for i in 0..Self::NODES {
+            let hex = c.nodes[i].id.split('@').next().unwrap_or("").to_string();
+            let zone = format!("dc{}", i + 1);
+            c.cli(0, &["layout", "assign", "-z", &zone, "-c", "1GB", &hex])?;
+        }
+        c.cli(0, &["layout", "apply", "--version", "1"])?;
+        for i in 0..Self::NODES {
+            c.wait_healthy(i, Duration::from_secs(60))?;
+        }
+        // The key's secret comes back on stdout, never into an error message or a log.
+        let out = c.cli_quiet(
+            0,
+            &["json-api", "CreateKey", "{\"name\":\"coldtier-test\"}"],
+        )?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|_| "CreateKey: not JSON".to_string())?;
+        match (v["accessKeyId"].as_str(), v["secretAccessKey"].as_str()) {
+            (Some(id), Some(secret)) => {
+                c.key_id = id.to_string();
+                c.secret = secret.to_string();
+            }
+            _ => return Err("CreateKey: no accessKeyId/secretAccessKey in the answer".into()),
+        }
+        Ok(c)
+    }
+
+    /// Starts node `i` (again, after [`GarageCluster::stop_node`]) with its config and data.
+    pub fn start_node(&self, i: usize) -> Result<(), String> {
+        let n = &self.nodes[i];
+        let mut slot = n.child.lock().unwrap();
+        if slot.is_some() {
+            return Ok(());
+        }
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .map_err(|e| format!("{}: {e}", n.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c")
+            .arg(&n.config)
+            .arg("server")
+            .env("RUST_LOG", "garage=info,netapp=warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+            .stderr(logf);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // The node dies with the thread that started it, even if the test is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+        *slot = Some(child);
+        Ok(())
+    }
+
+    /// Kills node `i` (SIGKILL, as a crash or a power cut would); its data stays.
+    pub fn stop_node(&self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again after [`GarageCluster::stop_node`] and has node 0 connect to
+    /// it at once (as an operator would), rather than wait for its reconnection backoff.
+    pub fn restart_node(&self, i: usize) -> Result<(), String> {
+        self.start_node(i)?;
+        self.wait_rpc(i)?;
+        if i != 0 {
+            self.cli(0, &["node", "connect", &self.nodes[i].id])?;
+        }
+        Ok(())
+    }
+
+    /// Whether node `i`'s process is running.
+    pub fn node_running(&self, i: usize) -> bool {
+        let mut slot = self.nodes[i].child.lock().unwrap();
+        match slot.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The S3 endpoint of node `i`.
+    pub fn endpoint_of(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].s3_port)
+    }
+
+    /// Node `i`'s log file.
+    pub fn log_of(&self, i: usize) -> &Path {
+        &self.nodes[i].log
+    }
+
+    /// Waits (up to 60 s) until node `i` answers the CLI over RPC.
+    fn wait_rpc(&self, i: usize) -> Result<(), String> {
+        let t0 = Instant::now();
+        loop {
+            if !self.node_running(i) {
+                return Err(format!(
+                    "garage node {i} exited; see {}",
+                    self.nodes[i].log.display()
+                ));
+            }
+            match self.cli(i, &["status"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                    return Err(format!(
+                        "garage node {i} did not answer in 60 s: {e}; see {}",
+                        self.nodes[i].log.display()
+                    ))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Node `i`'s view of the cluster (`GetClusterHealth`): "healthy", "degraded" or
+    /// "unavailable".
+    pub fn health(&self, i: usize) -> Result<String, String> {
+        let out = self.cli(i, &["json-api", "GetClusterHealth"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| format!("GetClusterHealth: not JSON ({e}): {out}"))?;
+        v["status"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("GetClusterHealth: no status: {out}"))
+    }
+
+    /// Waits (up to `limit`) until node `i` says the cluster is healthy (connected to
+    /// every storage node, the layout applied everywhere).
+    pub fn wait_healthy(&self, i: usize, limit: Duration) -> Result<(), String> {
+        let t0 = Instant::now();
+        loop {
+            let h = self.health(i);
+            if h.as_deref() == Ok("healthy") {
+                return Ok(());
+            }
+            if t0.elapsed() > limit {
+                return Err(format!(
+                    "garage node {i}: cluster not healthy after {limit:?}: {h:?}; see {}",
+                    self.nodes[i].log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Creates bucket `name` and allows the cluster's key to read, write and own it.
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        self.cli(0, &["bucket", "create", name])?;
+        self.cli(
+            0,
+            &[
+                "bucket",
+                "allow",
+                "--read",
+                "--write",
+                "--owner",
+                name,
+                "--key",
+                &self.key_id,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// An S3 store configuration for bucket `name` on node 0: path style, the cluster's
+    /// key, request checksums "when required" (the setting DESIGN.md gives for garage:
+    /// it refuses the SDK's default streaming upload over plain http; coldtier's own
+    /// uploads set their checksum header and pass either way, see conformance_garage).
+    pub fn s3_config(&self, bucket: &str) -> S3Config {
+        S3Config {
+            endpoint: Some(self.endpoint.clone()),
+            bucket: bucket.to_string(),
+            path_style: true,
+            access_key: Some(self.key_id.clone()),
+            secret_key: Some(self.secret.clone()),
+            request_checksum: RequestChecksum::WhenRequired,
+            ..S3Config::default()
+        }
+    }
+
+    /// The secret of the cluster's key (for configs the tests write; never print it).
+    pub fn secret_key(&self) -> &str {
+        &self.secret
+    }
+
+    /// `garage -c <node i's config> ARGS`: its stdout, or an error with its stderr.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        self.run_cli(i, args, true)
+    }
+
+    /// Like `cli`, for answers that hold a secret: the error says only the exit status.
+    fn cli_quiet(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        self.run_cli(i, args, false)
+    }
+
+    fn run_cli(&self, i: usize, args: &[&str], say_why: bool) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.nodes[i].config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", self.bin.display()))?;
+        if !out.status.success() {
+            // A quiet call's arguments and output may hold a secret: name the command only.
+            let (what, why) = if say_why {
+                (
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                )
+            } else {
+                (args[..args.len().min(2)].join(" "), String::new())
+            };
+            return Err(format!("garage {what} (node {i}): {} {why}", out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for GarageCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i);
+        }
+    }
+}
+
+/// Writes a file only its owner can read (it holds the cluster's RPC secret).
+fn write_private(p: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", p.display()))
 }

@@ -1,12 +1,13 @@
 //! The conformance suite on each backend (memory fake, posix directory, S3 on a real moto
-//! server), and unit tests of checksums, keys and configuration.
+//! server and on a real 3-node garage cluster), and unit tests of checksums, keys and
+//! configuration.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::conformance::{data, get_all, put_req, run_all, Harness};
-use super::testing::MotoServer;
+use super::testing::{GarageCluster, MotoServer};
 use super::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -35,6 +36,9 @@ fn conformance_memory() {
             archives: true,
             part_size: None,
             validates: true,
+            storage_classes: true,
+            tagging: true,
+            versions_named: true,
         })
         .await
     });
@@ -72,6 +76,9 @@ fn posix_harness(emulate: bool) -> (Harness, tempfile::TempDir) {
         archives: emulate,
         part_size: None,
         validates: false,
+        storage_classes: true,
+        tagging: true,
+        versions_named: true,
     };
     (h, dir)
 }
@@ -102,16 +109,7 @@ fn free_port() -> u16 {
 
 async fn s3_harness(moto: &Arc<MotoServer>, cfg: S3Config, name: &'static str) -> Harness {
     let store = Arc::new(S3Store::new(&cfg).await.expect("s3 store"));
-    // Nothing listens on a port we just had the kernel pick and released.
-    let port = free_port();
-    let dead_cfg = S3Config {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        connect_timeout: "2s".into(),
-        read_timeout: "5s".into(),
-        max_attempts: 2,
-        ..cfg.clone()
-    };
-    let dead = Arc::new(S3Store::new(&dead_cfg).await.expect("s3 store"));
+    let dead = unreachable_s3(&cfg).await;
     let m = moto.clone();
     let (bucket, prefix) = (cfg.bucket.clone(), cfg.prefix.clone());
     Harness {
@@ -138,6 +136,9 @@ async fn s3_harness(moto: &Arc<MotoServer>, cfg: S3Config, name: &'static str) -
         part_size: Some(cfg.part_size),
         // moto 5.2.5 stores whatever checksum it is sent, unchecked.
         validates: false,
+        storage_classes: true,
+        tagging: true,
+        versions_named: true,
     }
 }
 
@@ -186,6 +187,115 @@ fn conformance_s3_moto_unversioned_when_required() {
         let h = s3_harness(&moto, cfg, "s3-moto-when-required").await;
         run_all(h).await
     });
+}
+
+/// A store for the same server and bucket as `cfg`, whose backend cannot be reached
+/// (nothing listens on a port the kernel just picked and released).
+async fn unreachable_s3(cfg: &S3Config) -> Arc<S3Store> {
+    let port = free_port();
+    let dead_cfg = S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        connect_timeout: "2s".into(),
+        read_timeout: "5s".into(),
+        max_attempts: 2,
+        ..cfg.clone()
+    };
+    Arc::new(S3Store::new(&dead_cfg).await.expect("s3 store"))
+}
+
+/// Starts a 3-node garage cluster in `dir`, or fails saying how to install garage.
+fn start_garage(dir: &std::path::Path) -> GarageCluster {
+    GarageCluster::start(dir)
+        .unwrap_or_else(|e| panic!("cannot run the garage conformance test: {e}"))
+}
+
+async fn garage_harness(store: Arc<S3Store>, cfg: S3Config, name: &'static str) -> Harness {
+    let c2 = cfg.clone();
+    Harness {
+        name,
+        store,
+        unreachable: unreachable_s3(&cfg).await,
+        // Overwrites the object (its metadata kept) with one byte flipped, through S3:
+        // garage checks the hash of each block it stores, so damage on its disks would be
+        // refused or repaired from another node, never served.
+        corrupt: Box::new(move |k| {
+            let (cfg, k) = (c2.clone(), k.to_string());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let s = S3Store::new(&cfg).await.unwrap();
+                    let head = s.head(&k, None).await.unwrap();
+                    let (_, mut v) = get_all(&s, &k, None, head.size, ChecksumAlgo::Crc32c)
+                        .await
+                        .unwrap();
+                    let i = v.len() / 2;
+                    v[i] ^= 0x5a;
+                    let mut req = put_req(&k, &v, ChecksumAlgo::Crc32c).unwrap();
+                    req.metadata = head.metadata;
+                    s.put(req).await.unwrap();
+                })
+            })
+            .join()
+            .unwrap()
+        }),
+        before_restore: Box::new(|| {}),
+        // No storage classes, so nothing is ever archived, and no RestoreObject.
+        archives: false,
+        part_size: Some(cfg.part_size),
+        // garage 2.x refuses a body that does not match the x-amz-checksum-* sent with it.
+        validates: true,
+        storage_classes: false,
+        tagging: false,
+        versions_named: false,
+    }
+}
+
+/// The suite on a 3-node garage cluster (replication factor 3), through node 0's S3 API:
+/// on a bucket with a key prefix and checksums "when required", and on one without prefix
+/// with the SDK's default checksum setting and Content-MD5. garage has no storage
+/// classes, no restore, no object tagging and no versioning (see the Harness fields); it
+/// validates the checksums it is sent, and checks SigV4 signatures: the lean GETs (one
+/// request objects) pass.
+#[test]
+fn conformance_garage() {
+    let dir = tempfile::tempdir().unwrap();
+    let garage = start_garage(dir.path());
+    eprintln!("garage cluster: {}", garage.version);
+    garage.create_bucket("coldtier-garage").unwrap();
+    garage.create_bucket("coldtier-garage-plain").unwrap();
+    let cfg = S3Config {
+        prefix: "pfx/coldtier".into(),
+        part_size: MIN_PART_SIZE,
+        list_page_size: 7,
+        ..garage.s3_config("coldtier-garage")
+    };
+    let lean_gets_pass = |store: &S3Store| {
+        let served = store.lean_gets().expect("an endpoint: the lean GET is on");
+        assert!(served > 0, "no GET took the lean path");
+        assert!(!store.lean_refused(), "garage refused a lean GET");
+    };
+    runtime().block_on(async {
+        let store = Arc::new(S3Store::new(&cfg).await.expect("s3 store"));
+        run_all(garage_harness(store.clone(), cfg, "s3-garage").await).await;
+        lean_gets_pass(&store);
+    });
+    let cfg = S3Config {
+        part_size: MIN_PART_SIZE,
+        list_page_size: 5,
+        request_checksum: RequestChecksum::WhenSupported,
+        content_md5: true,
+        concurrency: 2,
+        ..garage.s3_config("coldtier-garage-plain")
+    };
+    runtime().block_on(async {
+        let store = Arc::new(S3Store::new(&cfg).await.expect("s3 store"));
+        run_all(garage_harness(store.clone(), cfg, "s3-garage-when-supported").await).await;
+        lean_gets_pass(&store);
+    });
+    drop(garage);
 }
 
 #[test]
