@@ -55,6 +55,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[limits]`: bandwidth limits of store transfers.
     pub limits: crate::tier::config::LimitsConfig,
+    /// `[[replica]]`: second (third ...) targets the objects are copied to by `coldtier
+    /// replicate`; each a `name` and the keys of a `[store]`. Raw, like `[store]`.
+    pub replica: Vec<toml::Table>,
     /// The text this config was parsed from ("" for [`Config::default`]).
     #[serde(skip)]
     text: String,
@@ -327,6 +330,11 @@ impl Config {
             format!("{:?}", self.catalog.path),
             format!("{:?}", new.catalog.path),
         );
+        cmp(
+            "replica",
+            format!("{:?}", self.replica),
+            format!("{:?}", new.replica),
+        );
         let id = |c: &Config| -> Vec<(&'static str, String)> {
             use crate::store::StoreConfig as S;
             match c.store_config() {
@@ -370,6 +378,7 @@ impl Config {
         c.mount = self.mount.clone();
         c.metrics = self.metrics.clone();
         c.catalog.path = self.catalog.path.clone();
+        c.replica = self.replica.clone();
         if kept.iter().any(|k| k.starts_with("store")) {
             c.store = self.store.clone();
         }
@@ -434,6 +443,55 @@ impl Config {
         let Some(table) = &self.store else {
             return Ok(None);
         };
+        parse_store_table(table, "[store]").map(Some)
+    }
+
+    /// The `[[replica]]` targets, parsed and checked like `[store]`: a unique `name` of
+    /// letters, digits, `-` and `_` each. Errors name the replica and the key.
+    pub fn replica_configs(&self) -> Result<Vec<ReplicaConfig>, String> {
+        let mut out: Vec<ReplicaConfig> = Vec::new();
+        for (i, table) in self.replica.iter().enumerate() {
+            let mut table = table.clone();
+            let name = match table.remove("name") {
+                Some(toml::Value::String(n)) => n,
+                Some(v) => return Err(format!("replica[{i}].name: {v} is not a string")),
+                None => {
+                    return Err(format!(
+                        "replica[{i}].name: missing (each [[replica]] needs a name)"
+                    ))
+                }
+            };
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "replica[{i}].name: `{name}` is not 1 to 64 letters, digits, `-` or `_`"
+                ));
+            }
+            if out.iter().any(|r| r.name == name) {
+                return Err(format!("replica[{i}].name: `{name}` names two replicas"));
+            }
+            let store = parse_store_table(&table, &format!("[[replica]] {name}"))?;
+            out.push(ReplicaConfig { name, store });
+        }
+        Ok(out)
+    }
+}
+
+/// One `[[replica]]`.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub name: String,
+    pub store: crate::store::StoreConfig,
+}
+
+/// A `[store]`-like table parsed by the store module (`kind` defaults to "s3"); errors
+/// start with `what` and never show a credential's value.
+fn parse_store_table(table: &toml::Table, what: &str) -> Result<crate::store::StoreConfig, String> {
+    {
         let mut table = table.clone();
         table
             .entry("kind")
@@ -456,12 +514,15 @@ impl Config {
                     for v in &secrets {
                         m = m.replace(v.as_str(), "<redacted>");
                     }
-                    format!("[store]: {m}")
+                    format!("{what}: {m}")
                 })?;
-        cfg.validate().map_err(|e| e.message)?;
-        Ok(Some(cfg))
+        cfg.validate()
+            .map_err(|e| format!("{what}: {}", e.message))?;
+        Ok(cfg)
     }
+}
 
+impl Config {
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| ConfigError::Invalid {
             path: origin.into(),
@@ -582,6 +643,12 @@ impl Config {
                     message: m,
                 });
             }
+        }
+        if let Err(m) = self.replica_configs() {
+            return Err(ConfigError::Parse {
+                path: origin.into(),
+                message: m,
+            });
         }
         for (key, path) in [
             ("mount.source", &self.mount.source),
@@ -1429,5 +1496,41 @@ mod tests {
             c.catalog_path(Path::new("/srv/share")),
             Path::new("/data/c.db")
         );
+    }
+
+    #[test]
+    fn replicas_parse_and_bad_ones_name_the_replica_and_key() {
+        let c = Config::parse(
+            "[[replica]]\nname = \"off-site_1\"\nkind = \"posix\"\nroot = \"/srv/copy\"\n",
+            "t",
+        )
+        .unwrap();
+        let r = c.replica_configs().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "off-site_1");
+        assert!(matches!(r[0].store, crate::store::StoreConfig::Posix(_)));
+        let err = |text: &str| Config::parse(text, "t").unwrap_err().to_string();
+        let e = err("[[replica]]\nkind = \"posix\"\nroot = \"/x\"\n");
+        assert!(e.contains("replica[0].name"), "{e}");
+        let e = err("[[replica]]\nname = \"a b\"\nkind = \"posix\"\nroot = \"/x\"\n");
+        assert!(e.contains("replica[0].name") && e.contains("a b"), "{e}");
+        let two = "[[replica]]\nname = \"a\"\nkind = \"posix\"\nroot = \"/x\"\n";
+        let e = err(&format!("{two}{two}"));
+        assert!(
+            e.contains("replica[1].name") && e.contains("two replicas"),
+            "{e}"
+        );
+        let e = err(
+            "[[replica]]\nname = \"s\"\nbucket = \"b\"\nbukket = 1\nsecret_key = \"hunter2\"\n",
+        );
+        assert!(e.contains("[[replica]] s") && e.contains("bukket"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        // A replica's secret is redacted in the recorded text, as the store's.
+        let c = Config::parse(
+            "[[replica]]\nname = \"s\"\nbucket = \"b\"\naccess_key = \"k\"\nsecret_key = \"hunter2\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.recorded_text().contains("hunter2"));
     }
 }

@@ -25,8 +25,8 @@ pub use error::{CatalogError, ChainError};
 pub use queries::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
-    AlertFacts, ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, StateCount,
-    UnknownName, Upload,
+    AlertFacts, ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, ObjectRef,
+    ReplicaCounts, StateCount, UnknownName, Upload,
 };
 
 use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
@@ -1014,6 +1014,121 @@ impl Catalog {
             c.prepare_cached("SELECT object_key FROM files WHERE object_key IS NOT NULL")?
                 .query_map([], |r| r.get::<_, String>(0))?
                 .collect()
+        })
+    }
+
+    // ---- replicas ------------------------------------------------------------------------
+
+    /// The objects files name (premigrated, stub, recalling, restore pending) that
+    /// `target` has no verified copy of, by path.
+    pub fn objects_missing_on(&self, target: &str) -> Result<Vec<ObjectRef>> {
+        self.read("reading the objects a replica lacks", |c| {
+            c.prepare_cached(
+                "SELECT file_id, path, object_key, version_id, size, checksum_algo, checksum \
+                 FROM files f WHERE object_key IS NOT NULL AND checksum IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.target = ?1 \
+                   AND r.object_key = f.object_key \
+                   AND r.version_id = coalesce(f.version_id, '')) \
+                 ORDER BY path",
+            )?
+            .query_map([target], |r| {
+                Ok(ObjectRef {
+                    file_id: r.get(0)?,
+                    path: r.get(1)?,
+                    object_key: r.get(2)?,
+                    version_id: r.get(3)?,
+                    file_size: r.get(4)?,
+                    checksum_algo: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    checksum: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Per target: the objects files name and their bytes (file sizes), and how many of
+    /// them (and bytes) `target` holds a verified copy of.
+    pub fn replica_counts(&self, target: &str) -> Result<ReplicaCounts> {
+        self.read("counting a replica's objects", |c| {
+            c.prepare_cached(
+                "SELECT count(*), coalesce(sum(f.size), 0), \
+                   count(r.target), coalesce(sum(CASE WHEN r.target IS NULL THEN 0 ELSE f.size END), 0) \
+                 FROM files f LEFT JOIN replicas r ON r.target = ?1 \
+                   AND r.object_key = f.object_key AND r.version_id = coalesce(f.version_id, '') \
+                 WHERE f.object_key IS NOT NULL AND f.checksum IS NOT NULL",
+            )?
+            .query_row([target], |r| {
+                Ok(ReplicaCounts {
+                    objects: r.get(0)?,
+                    bytes: r.get(1)?,
+                    replicated: r.get(2)?,
+                    replicated_bytes: r.get(3)?,
+                })
+            })
+        })
+    }
+
+    /// The targets holding a verified copy of an object (a version of it), by name, with
+    /// the copy's version there.
+    pub fn replica_targets(
+        &self,
+        object_key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Vec<(String, Option<String>)>> {
+        self.read("reading an object's replicas", |c| {
+            c.prepare_cached(
+                "SELECT target, replica_version FROM replicas \
+                 WHERE object_key = ?1 AND version_id = ?2 ORDER BY target",
+            )?
+            .query_map(
+                rusqlite::params![object_key, version_id.unwrap_or("")],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect()
+        })
+    }
+
+    /// Records that `target` holds a verified copy of `obj` (its version `replica_version`
+    /// there) with its REPLICATED event, in one durable transaction.
+    pub fn record_replicated(
+        &self,
+        target: &str,
+        obj: &ObjectRef,
+        object_size: u64,
+        replica_version: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<Event> {
+        let size = i64::try_from(object_size).map_err(|_| CatalogError::OutOfRange {
+            what: "size",
+            value: object_size,
+        })?;
+        self.write("recording a replica", |tx, heads, now| {
+            let head = heads.get(tx)?;
+            let time_ns = head.next_time(now);
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO replicas \
+                 (target, object_key, version_id, replica_version, size, replicated_ns) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(rusqlite::params![
+                    target,
+                    obj.object_key,
+                    obj.version_id.as_deref().unwrap_or(""),
+                    replica_version,
+                    size,
+                    time_ns
+                ])
+            })
+            .ctx("recording a replica")?;
+            head.push(
+                tx,
+                time_ns,
+                Some(&obj.file_id),
+                Some(&obj.path),
+                EventKind::Replicated,
+                &detail,
+            )
         })
     }
 

@@ -73,10 +73,13 @@ pub enum EventKind {
     RecallRefused,
     /// A stub was read without being recalled (`stream` rule; detail: who, bytes fetched).
     Streamed,
+    /// An object was copied to a `[[replica]]` target and verified there (detail: target,
+    /// object key and version, bytes, the replica's version).
+    Replicated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::Scanned,
         EventKind::Copied,
         EventKind::Verified,
@@ -98,6 +101,7 @@ impl EventKind {
         EventKind::Linked,
         EventKind::RecallRefused,
         EventKind::Streamed,
+        EventKind::Replicated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +127,7 @@ impl EventKind {
             EventKind::Linked => "LINKED",
             EventKind::RecallRefused => "RECALL_REFUSED",
             EventKind::Streamed => "STREAMED",
+            EventKind::Replicated => "REPLICATED",
         }
     }
 }
@@ -292,6 +297,28 @@ pub struct Job {
     pub duration_ms: Option<u64>,
     /// Local bytes freed by the files stubbed (0 for runs recorded before schema v2).
     pub bytes_stubbed: u64,
+}
+
+/// An object a file's row names, as `coldtier replicate` copies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub file_id: String,
+    pub path: String,
+    pub object_key: String,
+    pub version_id: Option<String>,
+    /// The file's size (the object of a sparse file holds only its data).
+    pub file_size: u64,
+    pub checksum_algo: String,
+    pub checksum: String,
+}
+
+/// What one replica target holds of the objects files name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaCounts {
+    pub objects: u64,
+    pub bytes: u64,
+    pub replicated: u64,
+    pub replicated_bytes: u64,
 }
 
 /// What the alerting metrics read from the catalog (times in ns since the epoch; 0: never).

@@ -48,6 +48,12 @@ pub enum Command {
     History(HistoryArgs),
     /// Delete the objects of deleted and superseded files whose retention has passed.
     Gc(GcArgs),
+    /// Copy to a [[replica]] target every object it lacks (archived ones are restored
+    /// first), verified there; resumable, idempotent.
+    Replicate(ReplicateArgs),
+    /// Per [[replica]] target: objects and bytes replicated and missing, the last run, and
+    /// what is missing.
+    Replicas(ReplicasArgs),
     /// Compare the catalog, the files' records and the bucket; report (never repair) what
     /// disagrees. Exit 1 when anything is wrong.
     Verify(VerifyArgs),
@@ -240,6 +246,33 @@ pub struct GcArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplicateArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// The [[replica]] target, by name.
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// List what would be copied; copy nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplicasArgs {
+    /// The mount point (or any path inside the mount).
+    pub mountpoint: PathBuf,
+    /// Print every file whose object a target lacks, not only the first 20.
+    #[arg(long)]
+    pub all: bool,
+    /// One JSON object per target and line (with every missing file).
     #[arg(long)]
     pub json: bool,
 }

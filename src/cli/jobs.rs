@@ -7,7 +7,8 @@ use anyhow::anyhow;
 
 use super::args::{
     ArchiveArgs, GcArgs, JobsArgs, JobsCancelArgs, JobsCommand, JobsWorkersArgs, MigrateArgs,
-    MountpointArgs, MountsArgs, RecallsArgs, RecallsCommand, VerifyArgs,
+    MountpointArgs, MountsArgs, RecallsArgs, RecallsCommand, ReplicasArgs, ReplicateArgs,
+    VerifyArgs,
 };
 use super::output::print_json_line;
 use super::request::{call_typed, client_for};
@@ -16,7 +17,8 @@ use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
 use crate::control::replies::{
     CancelJobReply, CancelWorkerReply, GcReport, JobRow, JobsReply, MigrateReport, PauseReply,
-    PingReply, RecallRow, RecallsReply, ResumeReply, VerifyReport, WorkerRow, WorkersReply,
+    PingReply, RecallRow, RecallsReply, ReplicasReply, ReplicateReport, ResumeReply, VerifyReport,
+    WorkerRow, WorkersReply,
 };
 
 pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
@@ -117,6 +119,103 @@ fn run_report(r: &MigrateReport, json: bool, verb: &str) -> anyhow::Result<()> {
         .count();
     if refused > 0 {
         return Err(anyhow!("{refused} of the paths named cannot be archived"));
+    }
+    Ok(())
+}
+
+/// `coldtier replicate MOUNTPOINT --to NAME [--dry-run] [--json]`.
+pub(super) fn replicate(a: &ReplicateArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: ReplicateReport = call_typed(
+        &mut c,
+        Op::Replicate {
+            to: a.to.clone(),
+            dry_run: a.dry_run,
+        },
+    )?;
+    if a.json {
+        print_json_line(&r);
+    } else {
+        for p in &r.paths {
+            println!("would copy  {p}");
+        }
+        println!(
+            "job {} (replicate to {}{}): {} objects missing ({}), copied {} ({}), restoring {}, failed {} in {:.1}s",
+            r.job_id,
+            r.target,
+            if r.dry_run { ", dry run" } else { "" },
+            r.missing,
+            human_bytes(r.missing_bytes),
+            r.copied,
+            human_bytes(r.bytes_copied),
+            r.restoring,
+            r.failed,
+            r.seconds
+        );
+        if r.restoring > 0 {
+            println!(
+                "{} archived objects are being restored on the primary: run replicate again once they are (coldtier recalls shows none of them; the restore takes the tier's time)",
+                r.restoring
+            );
+        }
+        for e in &r.errors {
+            eprintln!("coldtier replicate: {e}");
+        }
+    }
+    if r.failed > 0 {
+        return Err(anyhow!("{} objects failed", r.failed));
+    }
+    if r.cancelled {
+        return Err(anyhow!("the replication was cancelled"));
+    }
+    Ok(())
+}
+
+/// `coldtier replicas MOUNTPOINT [--all] [--json]`.
+pub(super) fn replicas(a: &ReplicasArgs) -> anyhow::Result<()> {
+    let mut c = client_for(&a.mountpoint)?;
+    let r: ReplicasReply = call_typed(&mut c, Op::Replicas)?;
+    if a.json {
+        for t in &r.targets {
+            print_json_line(t);
+        }
+        return Ok(());
+    }
+    if r.targets.is_empty() {
+        println!("no [[replica]] targets are configured");
+    }
+    for t in &r.targets {
+        let last = match (t.last_job, t.last_finished_ns) {
+            (Some(id), Some(ns)) => format!(
+                "last run: job {id} at {}, copied {}, failed {}",
+                super::output::local_minute(ns),
+                t.last_copied,
+                t.last_failed
+            ),
+            _ => "never replicated".into(),
+        };
+        println!(
+            "{}  {}\n  replicated {} of {} objects ({} of {}), missing {} ({}){}; {last}",
+            t.name,
+            t.store,
+            t.replicated,
+            t.objects,
+            human_bytes(t.replicated_bytes),
+            human_bytes(t.bytes),
+            t.missing,
+            human_bytes(t.missing_bytes),
+            if t.in_flight { ", a run in flight" } else { "" },
+        );
+        let shown = if a.all { t.missing_paths.len() } else { 20 };
+        for p in t.missing_paths.iter().take(shown) {
+            println!("  missing  {p}");
+        }
+        if t.missing_paths.len() > shown {
+            println!(
+                "  ... and {} more (--all or --json for every one)",
+                t.missing_paths.len() - shown
+            );
+        }
     }
     Ok(())
 }

@@ -37,6 +37,8 @@ pub fn run(command: &Command) -> anyhow::Result<()> {
         Command::Ls(a) => files::ls(a),
         Command::Migrate(a) => jobs::migrate(a),
         Command::Archive(a) => jobs::archive(a),
+        Command::Replicate(a) => jobs::replicate(a),
+        Command::Replicas(a) => jobs::replicas(a),
         Command::Gc(a) => jobs::gc(a),
         Command::Verify(a) => jobs::verify(a),
         Command::Jobs(a) => jobs::jobs(a),

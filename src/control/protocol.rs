@@ -66,6 +66,12 @@ pub enum Op {
     },
     /// Reply: `GcReport`.
     Gc { dry_run: bool },
+    /// `coldtier replicate`: copy to replica `to` every object it lacks. Reply:
+    /// `ReplicateReport`.
+    Replicate { to: String, dry_run: bool },
+    /// `coldtier replicas`: per replica target, what it holds and lacks. Reply:
+    /// `ReplicasReply`.
+    Replicas,
     /// `coldtier verify`: reconcile the catalog, the files' records and the bucket.
     /// Reply: `VerifyReport`.
     Verify { deep: bool },

@@ -279,6 +279,56 @@ pub struct GcObject {
     pub reason: String,
 }
 
+/// `Op::Replicate`: what a replication run did (a dry run: what it would copy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicateReport {
+    pub job_id: i64,
+    pub target: String,
+    pub dry_run: bool,
+    /// Objects the target lacked when the run started, and their files' bytes.
+    pub missing: u64,
+    pub missing_bytes: u64,
+    pub copied: u64,
+    pub bytes_copied: u64,
+    /// Archived on the primary: restore requested or under way; a later run copies them.
+    pub restoring: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    /// A dry run: the files whose objects the target lacks.
+    pub paths: Vec<String>,
+    pub seconds: f64,
+    pub cancelled: bool,
+}
+
+/// One replica target in `Op::Replicas`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaTarget {
+    pub name: String,
+    pub store: String,
+    /// Objects the files name, and their files' bytes.
+    pub objects: u64,
+    pub bytes: u64,
+    pub replicated: u64,
+    pub replicated_bytes: u64,
+    pub missing: u64,
+    pub missing_bytes: u64,
+    /// A replication to it is running now.
+    pub in_flight: bool,
+    /// The last replication run to it: its job id, end (ns), objects copied and failed.
+    pub last_job: Option<i64>,
+    pub last_finished_ns: Option<i64>,
+    pub last_copied: u64,
+    pub last_failed: u64,
+    /// The files whose objects it lacks.
+    pub missing_paths: Vec<String>,
+}
+
+/// `Op::Replicas`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicasReply {
+    pub targets: Vec<ReplicaTarget>,
+}
+
 /// `Op::Gc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GcReport {

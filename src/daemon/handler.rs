@@ -319,6 +319,42 @@ impl Control {
         Ok(migrate_report(summary))
     }
 
+    /// `coldtier replicas`: per target, what it holds and lacks, and its last run.
+    fn replicas(&self) -> Result<crate::control::replies::ReplicasReply, ErrorBody> {
+        let cat = |e: crate::catalog::CatalogError| err(ErrorCode::Failed, e.to_string());
+        let jobs = self.t.catalog.jobs(500).map_err(cat)?;
+        let running = self.t.running_kind();
+        let mut targets = Vec::new();
+        for name in self.t.replica_names() {
+            let c = self.t.catalog.replica_counts(&name).map_err(cat)?;
+            let missing = self.t.catalog.objects_missing_on(&name).map_err(cat)?;
+            let last = jobs
+                .iter()
+                .find(|j| j.kind == "replicate" && j.mode == name && j.finished_ns.is_some());
+            targets.push(crate::control::replies::ReplicaTarget {
+                store: self
+                    .t
+                    .replica(&name)
+                    .map(|s| s.describe())
+                    .unwrap_or_default(),
+                objects: c.objects,
+                bytes: c.bytes,
+                replicated: c.replicated,
+                replicated_bytes: c.replicated_bytes,
+                missing: c.objects - c.replicated,
+                missing_bytes: c.bytes - c.replicated_bytes,
+                in_flight: running.as_deref() == Some(format!("replicate {name}").as_str()),
+                last_job: last.map(|j| j.id),
+                last_finished_ns: last.and_then(|j| j.finished_ns),
+                last_copied: last.map_or(0, |j| j.files_copied),
+                last_failed: last.map_or(0, |j| j.files_failed),
+                missing_paths: missing.into_iter().map(|o| o.path).collect(),
+                name,
+            });
+        }
+        Ok(crate::control::replies::ReplicasReply { targets })
+    }
+
     /// `coldtier recall`: every stub named, several at a time (4 x `store.concurrency`, as
     /// a policy run), each through the same single-flight recall an open uses.
     fn recall_many(
@@ -728,6 +764,27 @@ impl Handler for Control {
                     .map_err(step_err)?;
                 reply(from_engine::<GcReport>("gc", v)?)
             }
+            Op::Replicate { to, dry_run } => {
+                let t = self.t.clone();
+                let cancel = cancel.clone();
+                let v = run_relaying(
+                    &self.t,
+                    "replication",
+                    true,
+                    progress,
+                    move |mut send| async move {
+                        t.replicate(&to, dry_run, &mut send, &cancel)
+                            .await
+                            .map(|s| serde_json::to_value(s).unwrap_or_default())
+                    },
+                )
+                .map_err(step_err)?;
+                reply(from_engine::<crate::control::replies::ReplicateReport>(
+                    "replication",
+                    v,
+                )?)
+            }
+            Op::Replicas => reply(self.replicas()?),
             Op::CancelJob { job } => match self.t.cancel_job(job) {
                 Some((id, kind)) => {
                     tracing::warn!(job_id = id, kind, "job cancelled (coldtier jobs cancel)");

@@ -1048,6 +1048,17 @@ fn start_tiering<B: Send + Sync + 'static>(
         rt.handle().clone(),
         overlay.gate(),
     )?;
+    // The replica targets: opened, not checked (an unreachable one fails only the
+    // replication and fallbacks that use it, never the mount).
+    let mut replicas = Vec::new();
+    for r in p.config.replica_configs().map_err(|e| anyhow::anyhow!(e))? {
+        let s = rt
+            .block_on(crate::store::open(&r.store))
+            .map_err(|e| anyhow::anyhow!("replica {}: {e}", r.name))?;
+        tracing::info!(replica = %r.name, store = %s.describe(), "replica target");
+        replicas.push((r.name, crate::store::counting::count_errors(s)));
+    }
+    t.set_replicas(replicas);
     match checked {
         Some(Ok(c)) => {
             t.set_store_validates(c.validates_checksums);

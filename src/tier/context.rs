@@ -65,6 +65,8 @@ pub struct Tiering {
     pub usage: super::usage::Usage,
     /// The store (replaced by a reload that changes its settings: [`Tiering::set_store`]).
     pub(super) store: parking_lot::RwLock<Option<Arc<dyn ObjectStore>>>,
+    /// The `[[replica]]` targets, by name (opened at mount; fixed until the next).
+    pub(super) replicas: parking_lot::RwLock<Vec<(String, Arc<dyn ObjectStore>)>>,
     /// Bumped by every reload of the config: the schedulers wait on it.
     pub(super) reloaded: tokio::sync::watch::Sender<u64>,
     /// The store's own key prefix (shown in full keys), "" for none.
@@ -212,6 +214,7 @@ impl Tiering {
             catalog,
             usage: Default::default(),
             store: parking_lot::RwLock::new(store),
+            replicas: Default::default(),
             store_prefix,
             source,
             mountpoint,
@@ -271,6 +274,29 @@ impl Tiering {
         self.store.read().clone()
     }
 
+    /// Puts the `[[replica]]` targets in force (at mount).
+    pub fn set_replicas(&self, replicas: Vec<(String, Arc<dyn ObjectStore>)>) {
+        *self.replicas.write() = replicas;
+    }
+
+    /// The replica target named `name`.
+    pub fn replica(&self, name: &str) -> Option<Arc<dyn ObjectStore>> {
+        self.replicas
+            .read()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The names of the replica targets, in config order.
+    pub fn replica_names(&self) -> Vec<String> {
+        self.replicas
+            .read()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Puts another store in force (a reload with new credentials or settings; the same
     /// bucket and prefix). Operations under way keep the one they started with.
     pub fn set_store(&self, store: Arc<dyn ObjectStore>) {
@@ -312,6 +338,14 @@ impl Tiering {
     ) -> RunningJob<'_> {
         *self.running.lock() = Some((id, kind.to_string(), cancel.clone()));
         RunningJob(self)
+    }
+
+    /// What the running job is (`migrate`, `gc`, `replicate NAME` ...), if one runs.
+    pub fn running_kind(&self) -> Option<String> {
+        self.running
+            .lock()
+            .as_ref()
+            .map(|(_, kind, _)| kind.clone())
     }
 
     /// Cancels the running job (that one if `id` is given): its id and kind, or None if

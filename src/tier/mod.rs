@@ -31,6 +31,7 @@ pub mod rebuild;
 pub mod recall;
 pub mod record;
 pub mod recovery;
+pub mod replicate;
 pub mod rules;
 pub mod stream;
 pub mod usage;

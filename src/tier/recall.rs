@@ -276,6 +276,8 @@ impl Tiering {
             }
         }
         let mut deadline: Option<Instant> = None;
+        // A replica that served the recall when the primary failed: its name, and why.
+        let mut fallback: Option<(String, String)> = None;
         loop {
             if pending {
                 let meta = store
@@ -333,22 +335,16 @@ impl Tiering {
             }
             self.failpoint("recall-after-truncate");
             tracing::debug!(node, "recall: fetching");
-            let got = match &stream {
-                Some(s) => self.stream_get(s, store.clone(), file, rec, algo).await,
-                None => {
-                    store
-                        .get(GetRequest {
-                            key: &rec.object_key,
-                            version_id: rec.version_id.as_deref(),
-                            dest: Some(file),
-                            expected_size: rec.object_size(),
-                            checksum: algo,
-                            extents: rec.extents.as_ref(),
-                            range: None,
-                        })
-                        .await
-                }
-            };
+            let got = self
+                .fetch_from(
+                    &store,
+                    rec.version_id.as_deref(),
+                    stream.as_ref(),
+                    file,
+                    rec,
+                    algo,
+                )
+                .await;
             match got {
                 Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
                     let tier = self.settings().recall.restore_tier;
@@ -384,10 +380,17 @@ impl Tiering {
                         Some(n @ (libc::ENOSPC | libc::EDQUOT)) => n,
                         _ => libc::EIO,
                     };
-                    return Err(StepError::new(
-                        errno,
-                        format!("GET {}: {e}", rec.object_key),
-                    ));
+                    let why = format!("GET {}: {e}", rec.object_key);
+                    if errno == libc::EIO {
+                        if let Some(from) = self
+                            .recall_from_replicas(file, rec, algo, stream.as_ref(), &why)
+                            .await
+                        {
+                            fallback = Some(from);
+                            break;
+                        }
+                    }
+                    return Err(StepError::new(errno, why));
                 }
                 Ok(got) => {
                     // The data (and the size and blocks that reach it) on disk before the
@@ -395,13 +398,21 @@ impl Tiering {
                     backing::fsync(file.as_fd(), true)?;
                     self.failpoint("recall-after-data");
                     if got.checksum.algo != algo || got.checksum.base64() != rec.checksum {
-                        return Err(StepError::new(
-                            libc::EIO,
-                            format!(
-                                "checksum mismatch: {} read back as {}, the stub record says {}:{}",
-                                rec.object_key, got.checksum, rec.checksum_algo, rec.checksum
-                            ),
-                        ));
+                        let why = format!(
+                            "checksum mismatch: {} read back as {}, the stub record says {}:{}",
+                            rec.object_key, got.checksum, rec.checksum_algo, rec.checksum
+                        );
+                        // A stream's chunks each matched their sums: its whole cannot be
+                        // fetched again in place; a plain GET's file is refilled.
+                        if stream.is_none() {
+                            if let Some(from) =
+                                self.recall_from_replicas(file, rec, algo, None, &why).await
+                            {
+                                fallback = Some(from);
+                                break;
+                            }
+                        }
+                        return Err(StepError::new(libc::EIO, why));
                     }
                     break;
                 }
@@ -426,10 +437,105 @@ impl Tiering {
         // Lazy: the file's records are the truth and the data is on disk. Should a power
         // cut take this commit, the row says `recalling` with no stub record on the file,
         // and `resume` records RECALLED at the next start.
+        let mut detail = detail;
+        if let (Some((from, why)), Some(m)) = (fallback, detail.as_object_mut()) {
+            m.insert("from_replica".into(), json!(from));
+            m.insert("primary_error".into(), json!(why));
+        }
         let change = after_owed_start(start_owed, start, Action::RecallDone, detail);
         self.record(row, change.durability(Durability::Lazy))
             .unwrap_or_else(|e| tracing::error!("catalog: cannot record RECALLED: {e}"));
         Ok(())
+    }
+
+    /// The object into `file` from `store` (version `version_id`): through the stream's
+    /// chunks when there is one, else one GET.
+    async fn fetch_from(
+        &self,
+        store: &std::sync::Arc<dyn crate::store::ObjectStore>,
+        version_id: Option<&str>,
+        stream: Option<&std::sync::Arc<super::stream::Stream>>,
+        file: &File,
+        rec: &StubRecord,
+        algo: ChecksumAlgo,
+    ) -> Result<crate::store::GetResult, crate::store::StoreError> {
+        match stream {
+            Some(s) => {
+                self.stream_get(s, store.clone(), version_id, file, rec, algo)
+                    .await
+            }
+            None => {
+                store
+                    .get(GetRequest {
+                        key: &rec.object_key,
+                        version_id,
+                        dest: Some(file),
+                        expected_size: rec.object_size(),
+                        checksum: algo,
+                        extents: rec.extents.as_ref(),
+                        range: None,
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// The primary failed (`why`): the object from the first `[[replica]]` target that
+    /// holds a verified copy of it and gives the bytes the stub record's checksum names
+    /// (a stream goes on with the chunks it lacks, each checked against its sum). Its
+    /// name and `why`, or None (the recall then fails as it would have).
+    async fn recall_from_replicas(
+        &self,
+        file: &File,
+        rec: &StubRecord,
+        algo: ChecksumAlgo,
+        stream: Option<&std::sync::Arc<super::stream::Stream>>,
+        why: &str,
+    ) -> Option<(String, String)> {
+        let targets = self
+            .catalog
+            .replica_targets(&rec.object_key, rec.version_id.as_deref())
+            .unwrap_or_else(|e| {
+                tracing::error!("catalog: {e}");
+                Vec::new()
+            });
+        for (target, replica_version) in targets {
+            let Some(replica) = self.replica(&target) else {
+                continue;
+            };
+            tracing::warn!(key = %rec.object_key, target = %target, "recall: the primary failed ({why}); reading the replica");
+            if stream.is_none() {
+                let reset = backing::ftruncate(file.as_fd(), 0).and_then(|_| match rec.extents {
+                    Some(_) => backing::ftruncate(file.as_fd(), rec.size),
+                    None => Ok(()),
+                });
+                if reset.is_err() {
+                    return None;
+                }
+            }
+            let got = self
+                .fetch_from(
+                    &replica,
+                    replica_version.as_deref(),
+                    stream,
+                    file,
+                    rec,
+                    algo,
+                )
+                .await;
+            match got {
+                Ok(g) if g.checksum.algo == algo && g.checksum.base64() == rec.checksum => {
+                    if backing::fsync(file.as_fd(), true).is_ok() {
+                        return Some((target, why.to_string()));
+                    }
+                }
+                Ok(g) => {
+                    tracing::error!(key = %rec.object_key, target = %target, "replica read back as {}: not used", g.checksum)
+                }
+                Err(e) => tracing::error!(key = %rec.object_key, target = %target, "replica: {e}"),
+            }
+        }
+        None
     }
 
     /// A streaming recall's GET: every chunk fetched and checked against its sum
@@ -439,12 +545,12 @@ impl Tiering {
         &self,
         s: &std::sync::Arc<super::stream::Stream>,
         store: std::sync::Arc<dyn crate::store::ObjectStore>,
+        version_id: Option<&str>,
         file: &File,
         rec: &StubRecord,
         algo: ChecksumAlgo,
     ) -> Result<crate::store::GetResult, crate::store::StoreError> {
-        s.fetch_all(store, &rec.object_key, rec.version_id.as_deref())
-            .await?;
+        s.fetch_all(store, &rec.object_key, version_id).await?;
         let checksum = if algo == ChecksumAlgo::Crc32c {
             s.combined_crc32c()
         } else {

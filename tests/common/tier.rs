@@ -83,6 +83,8 @@ pub fn q(s: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Config {
     sections: BTreeMap<String, BTreeMap<String, String>>,
+    /// TOML appended after the sections (arrays of tables: `[[replica]]`).
+    tail: String,
 }
 
 impl Config {
@@ -92,6 +94,7 @@ impl Config {
     pub fn s3(endpoint: &str, bucket: &str, catalog: &Path) -> Self {
         let c = Config {
             sections: BTreeMap::new(),
+            tail: String::new(),
         };
         c.set("store", "kind", &q("s3"))
             .set("store", "endpoint", &q(endpoint))
@@ -125,6 +128,13 @@ impl Config {
         self
     }
 
+    /// Appends raw TOML after the sections (an array of tables such as `[[replica]]`).
+    pub fn raw(mut self, text: &str) -> Self {
+        self.tail.push_str(text);
+        self.tail.push('\n');
+        self
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (section, keys) in &self.sections {
@@ -134,6 +144,7 @@ impl Config {
             }
             out.push('\n');
         }
+        out.push_str(&self.tail);
         out
     }
 }

@@ -427,6 +427,38 @@ fn extra(command: &str) -> Extra {
             see_also: &["coldtier-pin(1)", "coldtier-status(1)"],
             ..base
         },
+        "replicate" => Extra {
+            failed: Some(
+                "An object failed to copy (each one a line on stderr; the next run tries it \
+                 again), the target does not exist, or the run was cancelled.",
+            ),
+            examples: &[
+                (
+                    "What the target `offsite` lacks; copies nothing:",
+                    "coldtier replicate /srv/share --to offsite --dry-run",
+                ),
+                (
+                    "Backfill it (archived objects are restored first; run again for them):",
+                    "coldtier replicate /srv/share --to offsite",
+                ),
+            ],
+            see_also: &["coldtier-replicas(1)", "coldtier.toml(5)", "coldtier-jobs(1)"],
+            ..base
+        },
+        "replicas" => Extra {
+            examples: &[
+                (
+                    "Per target: replicated, missing, the last run, the first missing files:",
+                    "coldtier replicas /srv/share",
+                ),
+                (
+                    "Every missing file of every target, as JSON lines:",
+                    "coldtier replicas /srv/share --json",
+                ),
+            ],
+            see_also: &["coldtier-replicate(1)"],
+            ..base
+        },
         "archive" => Extra {
             failed: Some(
                 "A file failed, or a path named cannot be archived at all (a directory \

@@ -1,0 +1,422 @@
+//! `coldtier replicate MOUNTPOINT --to NAME`: backfills a `[[replica]]` target with every
+//! object the files name that it has no verified copy of (docs/operations.md,
+//! "Replicas").
+//!
+//! Two passes. First every missing object is HEADed on the primary: an archived one gets
+//! its RestoreObject now (all of them ahead of any copying, at most
+//! [`MAX_RESTORES_PER_RUN`] a run) and waits for a later run. Then each readable one is
+//! read from the primary into an unnamed temporary file on the source file system (checked
+//! against the checksum the catalog holds: a corrupt primary is never replicated), put to
+//! the target under the same key with the primary's metadata (so that `catalog rebuild`
+//! can use the target), proven there (the target's checksum word when the target refuses
+//! a body that does not match its checksum, else a read-back), and recorded: a `replicas`
+//! row and a REPLICATED event in one durable transaction. What has a row is never copied
+//! again: a run killed half-way resumes where it stopped, and a second run is a no-op.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::context::{StepError, Tiering};
+use crate::base::cancel::Cancel;
+use crate::base::progress::{Progress, Totals};
+use crate::catalog::{JobCounts, ObjectRef};
+use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, PutRequest, RestoreStatus};
+
+/// At most this many RestoreObject requests a run issues; the rest wait for the next run.
+pub const MAX_RESTORES_PER_RUN: usize = 1000;
+
+/// What a replication run did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicateSummary {
+    pub job_id: i64,
+    pub target: String,
+    pub dry_run: bool,
+    /// Objects the target lacked when the run started.
+    pub missing: u64,
+    pub missing_bytes: u64,
+    pub copied: u64,
+    pub bytes_copied: u64,
+    /// Archived on the primary: restore requested (or under way); a later run copies them.
+    pub restoring: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    /// A dry run: the paths of the files whose objects the target lacks.
+    pub paths: Vec<String>,
+    pub seconds: f64,
+    pub cancelled: bool,
+}
+
+/// What became of one object.
+enum Done {
+    Copied(u64),
+    Restoring,
+}
+
+impl Tiering {
+    /// Copies to replica `target` every object it lacks; see the module doc.
+    pub async fn replicate(
+        self: &Arc<Self>,
+        target: &str,
+        dry_run: bool,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        cancel: &Cancel,
+    ) -> Result<ReplicateSummary, StepError> {
+        let Some(replica) = self.replica(target) else {
+            let known = self.replica_names();
+            return Err(StepError::new(
+                libc::ENOENT,
+                if known.is_empty() {
+                    format!("no [[replica]] named `{target}`: the config has none")
+                } else {
+                    format!(
+                        "no [[replica]] named `{target}` (the config has: {})",
+                        known.join(", ")
+                    )
+                },
+            ));
+        };
+        let primary = self.store()?;
+        let Ok(_job) = self.job_lock.try_lock() else {
+            return Err(StepError::new(
+                libc::EBUSY,
+                "another policy run, gc or replication is in progress",
+            ));
+        };
+        let t0 = std::time::Instant::now();
+        let job_id = self
+            .catalog
+            .start_job("replicate", if dry_run { "dry-run" } else { target })
+            .map_err(StepError::from)?;
+        let _running = self.running_job(job_id, &format!("replicate {target}"), cancel);
+        let todo = self.catalog.objects_missing_on(target)?;
+        let mut s = ReplicateSummary {
+            job_id,
+            target: target.into(),
+            dry_run,
+            missing: todo.len() as u64,
+            missing_bytes: todo.iter().map(|o| o.file_size).sum(),
+            ..Default::default()
+        };
+        progress(Progress {
+            message: format!("replicating to {target}"),
+            files: 0,
+            bytes: 0,
+            totals: Some(Totals {
+                files: s.missing,
+                bytes: s.missing_bytes,
+            }),
+        });
+        if dry_run {
+            s.paths = todo.iter().map(|o| o.path.clone()).collect();
+        } else {
+            self.replicate_all(&primary, &replica, target, todo, &mut s, progress, cancel)
+                .await?;
+        }
+        s.cancelled = cancel.is_cancelled();
+        s.seconds = t0.elapsed().as_secs_f64();
+        let counts = JobCounts {
+            files_scanned: s.missing,
+            files_copied: s.copied,
+            bytes_copied: s.bytes_copied,
+            files_failed: s.failed,
+            errors: s.errors.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = self.catalog.finish_job(job_id, &counts) {
+            tracing::error!("catalog: cannot finish job {job_id}: {e}");
+        }
+        tracing::info!(
+            job_id,
+            target,
+            copied = s.copied,
+            restoring = s.restoring,
+            failed = s.failed,
+            "replication finished"
+        );
+        Ok(s)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn replicate_all(
+        self: &Arc<Self>,
+        primary: &Arc<dyn ObjectStore>,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        todo: Vec<ObjectRef>,
+        s: &mut ReplicateSummary,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        cancel: &Cancel,
+    ) -> Result<(), StepError> {
+        // Whether the target's word on what it stored proves a copy (as at mount for the
+        // primary): else every copy is read back from it.
+        let nonce = format!(
+            "replica-{:x}-{:x}",
+            crate::base::time::system_now_ns(),
+            std::process::id()
+        );
+        let validates = crate::store::check(&**replica, &nonce)
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("replica {target}: {e}")))?
+            .validates_checksums;
+        let slots = self.settings().uploads.concurrency.clamp(1, 64);
+        let sem = Arc::new(tokio::sync::Semaphore::new(slots));
+        let mut restores = 0usize;
+        let mut set = tokio::task::JoinSet::new();
+        let (mut done, mut moved) = (0u64, 0u64);
+        let mut tally = |r: Result<
+            (ObjectRef, Result<Done, StepError>),
+            tokio::task::JoinError,
+        >,
+                         s: &mut ReplicateSummary,
+                         progress: &mut (dyn FnMut(Progress) + Send)| {
+            let (obj, r) = match r {
+                Ok(v) => v,
+                Err(e) => {
+                    s.failed += 1;
+                    s.errors.push(format!("replication task: {e}"));
+                    return;
+                }
+            };
+            match r {
+                Ok(Done::Copied(n)) => {
+                    s.copied += 1;
+                    s.bytes_copied += n;
+                    done += 1;
+                    moved += obj.file_size;
+                }
+                Ok(Done::Restoring) => s.restoring += 1,
+                Err(e) => {
+                    tracing::warn!(path = %obj.path, key = %obj.object_key, target, "replication failed: {e}");
+                    s.failed += 1;
+                    s.errors.push(format!("{}: {}", obj.path, e.message));
+                }
+            }
+            progress(Progress::new(
+                format!("replicating to {target}"),
+                done,
+                moved,
+            ));
+        };
+        for obj in todo {
+            let permit = tokio::select! {
+                p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = cancel.cancelled() => break,
+            };
+            // Archived objects: their restores go out first, all of them, before any copy
+            // waits on a slot behind them.
+            let meta = match primary
+                .head(&obj.object_key, obj.version_id.as_deref())
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    drop(permit);
+                    tally(
+                        Ok((
+                            obj.clone(),
+                            Err(StepError::new(libc::EIO, format!("HEAD: {e}"))),
+                        )),
+                        s,
+                        progress,
+                    );
+                    continue;
+                }
+            };
+            if !meta.restore.readable() {
+                drop(permit);
+                let r = if meta.restore == RestoreStatus::Archived {
+                    if restores >= MAX_RESTORES_PER_RUN {
+                        Ok(Done::Restoring)
+                    } else {
+                        restores += 1;
+                        self.request_restore(primary, &obj)
+                            .await
+                            .map(|_| Done::Restoring)
+                    }
+                } else {
+                    Ok(Done::Restoring)
+                };
+                tally(Ok((obj, r)), s, progress);
+                continue;
+            }
+            let me = self.clone();
+            let (primary, replica, target) = (primary.clone(), replica.clone(), target.to_string());
+            set.spawn(async move {
+                let r = me
+                    .copy_object(&primary, &replica, &target, &obj, meta, validates)
+                    .await;
+                drop(permit);
+                (obj, r)
+            });
+            while let Some(r) = set.try_join_next() {
+                tally(r, s, progress);
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            tally(r, s, progress);
+        }
+        Ok(())
+    }
+
+    /// Asks the primary to restore an archived object (the recall's tier and days).
+    async fn request_restore(
+        &self,
+        primary: &Arc<dyn ObjectStore>,
+        obj: &ObjectRef,
+    ) -> Result<(), StepError> {
+        let r = &self.settings().recall;
+        let outcome = primary
+            .restore(
+                &obj.object_key,
+                obj.version_id.as_deref(),
+                r.restore_days,
+                r.restore_tier,
+            )
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("RestoreObject: {e}")))?;
+        let detail = json!({
+            "object_key": obj.object_key,
+            "tier": r.restore_tier.as_str(),
+            "days": r.restore_days,
+            "outcome": format!("{outcome:?}"),
+            "for": "replicate",
+        });
+        if let Err(e) = self.catalog.append_event(
+            Some(&obj.file_id),
+            Some(&obj.path),
+            crate::catalog::EventKind::RestoreRequested,
+            detail,
+        ) {
+            tracing::error!("catalog: cannot record RESTORE_REQUESTED: {e}");
+        }
+        Ok(())
+    }
+
+    /// One object: primary -> temporary file (checked) -> target (proven) -> recorded.
+    async fn copy_object(
+        &self,
+        primary: &Arc<dyn ObjectStore>,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        obj: &ObjectRef,
+        meta: crate::store::ObjectMeta,
+        validates: bool,
+    ) -> Result<Done, StepError> {
+        let algo: ChecksumAlgo = obj
+            .checksum_algo
+            .parse()
+            .map_err(|e: String| StepError::new(libc::EIO, e))?;
+        let tmp = self.unnamed_file()?;
+        let got = primary
+            .get(GetRequest {
+                key: &obj.object_key,
+                version_id: obj.version_id.as_deref(),
+                dest: Some(&tmp),
+                expected_size: meta.size,
+                checksum: algo,
+                extents: None,
+                range: None,
+            })
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("GET from the primary: {e}")))?;
+        if got.checksum.base64() != obj.checksum {
+            return Err(StepError::new(
+                libc::EIO,
+                format!(
+                    "the primary's object reads back as {}, the catalog says {}:{}: not replicated",
+                    got.checksum, obj.checksum_algo, obj.checksum
+                ),
+            ));
+        }
+        let put = replica
+            .put(PutRequest {
+                key: obj.object_key.clone(),
+                file: tmp
+                    .try_clone()
+                    .map_err(|e| StepError::new(libc::EIO, format!("temporary file: {e}")))?,
+                size: meta.size,
+                storage_class: None,
+                metadata: meta.metadata.clone(),
+                tags: Default::default(),
+                checksum: Some(algo),
+                extents: None,
+            })
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("PUT to {target}: {e}")))?;
+        if put.checksum != got.checksum {
+            return Err(StepError::new(
+                libc::EIO,
+                format!("the temporary copy changed between the GET and the PUT to {target}"),
+            ));
+        }
+        let proven = validates && put.reported.as_ref().is_some_and(|r| put.proven_by(r));
+        if !proven {
+            let back = replica
+                .get(GetRequest {
+                    key: &obj.object_key,
+                    version_id: put.version_id.as_deref(),
+                    dest: None,
+                    expected_size: meta.size,
+                    checksum: algo,
+                    extents: None,
+                    range: None,
+                })
+                .await
+                .map_err(|e| StepError::new(libc::EIO, format!("read-back from {target}: {e}")))?;
+            if back.checksum != got.checksum {
+                return Err(StepError::new(
+                    libc::EIO,
+                    format!(
+                        "{target} holds other bytes than were sent (read back as {})",
+                        back.checksum
+                    ),
+                ));
+            }
+        }
+        let detail = json!({
+            "target": target,
+            "object_key": obj.object_key,
+            "version_id": obj.version_id,
+            "replica_version": put.version_id,
+            "bytes": meta.size,
+            "checksum": format!("{}:{}", obj.checksum_algo, obj.checksum),
+            "proof": if proven { "checksum" } else { "readback" },
+        });
+        let catalog = self.catalog.clone();
+        let (target, obj2, size, rv) = (target.to_string(), obj.clone(), meta.size, put.version_id);
+        tokio::task::spawn_blocking(move || {
+            catalog.record_replicated(&target, &obj2, size, rv.as_deref(), detail)
+        })
+        .await
+        .map_err(|e| StepError::new(libc::EIO, format!("catalog task: {e}")))??;
+        Ok(Done::Copied(meta.size))
+    }
+
+    /// An unnamed file on the source file system (O_TMPFILE, mode 0600, root's), gone
+    /// when closed: where an object passes between two stores.
+    fn unnamed_file(&self) -> Result<std::fs::File, StepError> {
+        // SAFETY: a plain syscall on our root fd and a static, NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                std::os::fd::AsRawFd::as_raw_fd(&self.root().as_fd()),
+                c".".as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(StepError::new(
+                libc::EIO,
+                format!(
+                    "a temporary file on the source: {}",
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
