@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::args::{BulkOutput, HistoryArgs, LsArgs, PathsArgs, RecallArgs, ReleaseArgs};
 use super::output::{local_minute, print_json_line};
-use super::request::{call_typed, call_typed_bar, client_for, resolve};
+use super::request::{call_on_paths, call_typed, client_for, resolve};
 use crate::base::time::format_time;
 use crate::base::units::human_bytes;
 use crate::control::protocol::Op;
@@ -28,13 +28,11 @@ fn paths_command<T: Serialize + DeserializeOwned>(
     op: impl FnOnce(Vec<PathBuf>, bool) -> Op,
     text: impl Fn(&str, &T) -> String,
 ) -> anyhow::Result<()> {
-    let paths: Vec<PathBuf> = a
-        .paths
-        .iter()
-        .map(|p| resolve(p))
-        .collect::<Result<_, _>>()?;
-    let mut c = client_for(&paths[0])?;
-    let r: PathResults<T> = call_typed(&mut c, op(paths, a.recursive))?;
+    let r: PathResults<T> = call_on_paths(
+        &a.paths,
+        |p| op(p, a.recursive),
+        super::progress::Bar::new(),
+    )?;
     for f in &r.results {
         let path = f.path.display().to_string();
         if a.json {
@@ -176,18 +174,12 @@ fn bulk_command<T: Serialize + DeserializeOwned>(
     text: impl Fn(&str, &T) -> String,
     summary: impl Fn(&[&T], u64) -> String,
 ) -> anyhow::Result<()> {
-    let paths: Vec<PathBuf> = a
-        .paths
-        .iter()
-        .map(|p| resolve(p))
-        .collect::<Result<_, _>>()?;
-    let mut c = client_for(&paths[0])?;
     let bar = if out.quiet || a.json {
         super::progress::Bar::hidden()
     } else {
         super::progress::Bar::new()
     };
-    let r: PathResults<T> = call_typed_bar(&mut c, op(paths, a.recursive), bar)?;
+    let r: PathResults<T> = call_on_paths(&a.paths, |p| op(p, a.recursive), bar)?;
     let mut ok = Vec::new();
     for f in &r.results {
         let path = f.path.display().to_string();

@@ -1,8 +1,6 @@
 //! The commands on tiering jobs: `migrate`, `gc`, `verify`, `jobs` (the runs, `jobs
 //! cancel`, `jobs workers`), `recalls` (and `recalls cancel`), `pause` and `resume`.
 
-use std::path::PathBuf;
-
 use anyhow::anyhow;
 
 use super::args::{
@@ -36,19 +34,14 @@ pub(super) fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
 
 /// `coldtier archive PATH... [-r] [--release] [--dry-run]`.
 pub(super) fn archive(a: &ArchiveArgs) -> anyhow::Result<()> {
-    let paths: Vec<PathBuf> = a
-        .paths
-        .iter()
-        .map(|p| super::request::resolve(p))
-        .collect::<Result<_, _>>()?;
-    let mut c = client_for(&paths[0])?;
-    let op = Op::Archive {
+    let op = |paths| Op::Archive {
         paths,
         recursive: a.recursive,
         release: a.release,
         dry_run: a.dry_run,
     };
-    let r: MigrateReport = call_typed(&mut c, op)?;
+    let r: MigrateReport =
+        super::request::call_on_paths(&a.paths, op, super::progress::Bar::new())?;
     run_report(&r, a.json, "archive")
 }
 

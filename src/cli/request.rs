@@ -56,3 +56,15 @@ pub(super) fn call_typed_bar<T: DeserializeOwned>(
         e => anyhow!(e),
     })
 }
+
+/// Resolves `paths` (each inside a coldtier mount), sends the request `op` makes of them to
+/// the daemon of the first, and draws its progress on `bar`.
+pub(super) fn call_on_paths<T: DeserializeOwned>(
+    paths: &[PathBuf],
+    op: impl FnOnce(Vec<PathBuf>) -> Op,
+    bar: super::progress::Bar,
+) -> anyhow::Result<T> {
+    let paths: Vec<PathBuf> = paths.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
+    let mut c = client_for(&paths[0])?;
+    call_typed_bar(&mut c, op(paths), bar)
+}
