@@ -650,6 +650,16 @@ impl Config {
                 message: m,
             });
         }
+        let copies = self.policy.copies as usize;
+        if copies == 0 || copies > 1 + self.replica.len() {
+            return Err(bad(
+                "policy.copies",
+                format!(
+                    "{copies} copies: at least 1 (the store's), at most 1 + the {} [[replica]] targets",
+                    self.replica.len()
+                ),
+            ));
+        }
         for (key, path) in [
             ("mount.source", &self.mount.source),
             ("mount.mountpoint", &self.mount.mountpoint),
@@ -1189,6 +1199,7 @@ mod tests {
                 max_bytes: None,
                 window: None,
                 max_duration: None,
+                copies: 1,
                 ..c.policy.clone()
             },
             d.policy
@@ -1211,6 +1222,7 @@ mod tests {
             keys("policy"),
             [
                 "atime_older_than",
+                "copies",
                 "exclude",
                 "include",
                 "max_bytes",

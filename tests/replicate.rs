@@ -191,3 +191,74 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
         "{err}"
     );
 }
+
+/// `policy.copies = 3`: a file is stubbed only once the primary and the first two replica
+/// targets hold verified copies, which the policy run writes itself from the local file.
+/// With the second target unreachable nothing is stubbed (each file stays premigrated,
+/// failed, the copy on the first target kept and recorded) and a release by hand is
+/// refused too; once the target answers, the next run stubs them.
+#[test]
+fn policy_copies_holds_stubbing_until_every_copy_is_verified() {
+    let moto = start_moto();
+    moto.create_bucket("second", false).unwrap();
+    let pdir = tempfile::tempdir().unwrap();
+    let fs_ = files(&[("a.bin", 40_000), ("d/b.bin", 3_000)]);
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let replicas = |endpoint: &str| {
+        format!(
+            "[[replica]]\nname = \"local\"\nkind = \"posix\"\nroot = {}\n\n\
+             [[replica]]\nname = \"second\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
+             bucket = \"second\"\nprefix = \"c2\"\npath_style = true\naccess_key = \"coldtier-test\"\n\
+             secret_key = \"coldtier-test-secret\"\nconnect_timeout = \"2s\"\nmax_attempts = 1\n",
+            q(pdir.path().join("objects").to_str().unwrap()),
+            q(endpoint)
+        )
+    };
+    let t = TierMount::new(&moto, "copies", &fs_, |c| {
+        c.set("policy", "copies", "3").raw(&replicas(&dead))
+    });
+    let (out, v) = t.migrate(&["--mode", "stub"]);
+    assert!(!out.status.success(), "{v}");
+    assert_eq!(
+        (v["stubbed"].as_u64(), v["failed"].as_u64()),
+        (Some(0), Some(2)),
+        "{v}"
+    );
+    assert!(v["errors"].to_string().contains("policy.copies = 3"), "{v}");
+    for (rel, _) in &fs_ {
+        assert_eq!(t.state(rel), "premigrated", "{rel}");
+    }
+    let out = t.cli(&["release", t.ms("a.bin").as_str()]);
+    assert!(!out.status.success(), "a release needs the copies too");
+    assert_eq!(t.state("a.bin"), "premigrated");
+    // The first target got its copies, and keeps them.
+    let reps = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+    let local = reps.iter().find(|r| r["name"] == "local").unwrap();
+    assert_eq!(local["replicated"].as_u64(), Some(2), "{local}");
+
+    // The second target answers now (a reload may not change replicas: remount).
+    let cfg = std::fs::read_to_string(&t.config_path)
+        .unwrap()
+        .replace(&dead, &moto.endpoint);
+    std::fs::write(&t.config_path, cfg).unwrap();
+    let mut t = t;
+    t.umount();
+    t.remount();
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["stubbed"].as_u64(), Some(2), "{v}");
+    for (rel, data) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel}");
+        let h = json_lines(&t.ok(&["history", "--json", t.ms(rel).as_str()]));
+        let kinds: Vec<&str> = h.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        let stubbed = kinds.iter().rposition(|k| *k == "STUBBED").unwrap();
+        assert_eq!(
+            kinds[..stubbed]
+                .iter()
+                .filter(|k| **k == "REPLICATED")
+                .count(),
+            2,
+            "{rel}: both copies before the stub: {kinds:?}"
+        );
+        assert_bytes(rel, &std::fs::read(t.m(rel)).unwrap(), data);
+    }
+}

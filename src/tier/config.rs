@@ -150,6 +150,10 @@ pub struct PolicyConfig {
     /// as at the end of a window. `None` (or "0s"): no limit.
     #[serde(deserialize_with = "de_opt_duration")]
     pub max_duration: Option<Duration>,
+    /// Verified copies a file needs before its data may be freed (stubbed, released):
+    /// the primary's and, beyond 1, those of the first `[[replica]]` targets in config
+    /// order, which a policy run then writes itself from the local file. 1: the primary's.
+    pub copies: u32,
 }
 
 /// The default `policy.min_size`, 1 MiB. Tiering a small file frees little (its inode,
@@ -175,6 +179,7 @@ impl Default for PolicyConfig {
             schedule: Some(Schedule::parse(DEFAULT_SCHEDULE).expect("valid default schedule")),
             window: None,
             max_duration: None,
+            copies: 1,
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct Tiering {
     pub(super) store: parking_lot::RwLock<Option<Arc<dyn ObjectStore>>>,
     /// The `[[replica]]` targets, by name (opened at mount; fixed until the next).
     pub(super) replicas: parking_lot::RwLock<Vec<(String, Arc<dyn ObjectStore>)>>,
+    /// Each replica's store check (whether its checksum word is proof), once per daemon.
+    pub(super) replica_checks: Mutex<HashMap<String, bool>>,
     /// Bumped by every reload of the config: the schedulers wait on it.
     pub(super) reloaded: tokio::sync::watch::Sender<u64>,
     /// The store's own key prefix (shown in full keys), "" for none.
@@ -215,6 +217,7 @@ impl Tiering {
             usage: Default::default(),
             store: parking_lot::RwLock::new(store),
             replicas: Default::default(),
+            replica_checks: Mutex::new(HashMap::new()),
             store_prefix,
             source,
             mountpoint,

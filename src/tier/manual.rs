@@ -156,6 +156,9 @@ impl Tiering {
         let row = self.row_for(&rec, fd, FileState::Premigrated);
         let expect = (row.size, row.mtime_ns, row.ctime_ns);
         let node = self.node_id(&st);
+        // policy.copies holds for a release by hand too. (A plain thread: the control
+        // socket's.)
+        self.rt.block_on(self.ensure_copies(f, &rec, &row.path))?;
         match self.stub_step(node, f, &rec, expect, Action::Release, Vec::new())? {
             Outcome::Stubbed(freed) => Ok(Released::Now {
                 bytes: rec.size,

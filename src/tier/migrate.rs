@@ -724,6 +724,7 @@ impl Tiering {
             };
             let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
             let expect = (row.size, row.mtime_ns, row.ctime_ns);
+            self.ensure_copies(&file, &rec, &row.path).await?;
             match self.stub_step(node, &file, &rec, expect, Action::Stub, Vec::new())? {
                 // Its copy could not be proven current (changed, or the catalog lost the
                 // copy's last step in a crash): superseded; copy it again now.
@@ -736,6 +737,17 @@ impl Tiering {
         let (rec, expect, copied) = self.copy_step(node, rel, &file, stub).await?;
         if !stub {
             return Ok(Outcome::Copied);
+        }
+        // policy.copies: the replicas' copies before the data may go; without them the
+        // file stays premigrated (its copy's records written on their own).
+        if let Err(e) = self
+            .ensure_copies(&file, &rec, &rel.to_string_lossy())
+            .await
+        {
+            if !copied.is_empty() {
+                self.catalog.transition_batch_with(&copied, false)?;
+            }
+            return Err(e);
         }
         self.stub_step(node, &file, &rec, expect, Action::Stub, copied)
     }

@@ -49,6 +49,17 @@ pub struct ReplicateSummary {
     pub cancelled: bool,
 }
 
+/// What is put to a replica: the bytes of `file` (its `extents` only, for a sparse file's
+/// object), `size` bytes whose checksum must be `checksum`.
+struct Source<'a> {
+    file: &'a std::fs::File,
+    size: u64,
+    extents: Option<crate::store::Extents>,
+    algo: ChecksumAlgo,
+    checksum: String,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
 /// What became of one object.
 enum Done {
     Copied(u64),
@@ -152,15 +163,7 @@ impl Tiering {
     ) -> Result<(), StepError> {
         // Whether the target's word on what it stored proves a copy (as at mount for the
         // primary): else every copy is read back from it.
-        let nonce = format!(
-            "replica-{:x}-{:x}",
-            crate::base::time::system_now_ns(),
-            std::process::id()
-        );
-        let validates = crate::store::check(&**replica, &nonce)
-            .await
-            .map_err(|e| StepError::new(libc::EIO, format!("replica {target}: {e}")))?
-            .validates_checksums;
+        let validates = self.replica_validates(target, replica).await?;
         let slots = self.settings().uploads.concurrency.clamp(1, 64);
         let sem = Arc::new(tokio::sync::Semaphore::new(slots));
         let mut restores = 0usize;
@@ -310,6 +313,7 @@ impl Tiering {
             .parse()
             .map_err(|e: String| StepError::new(libc::EIO, e))?;
         let tmp = self.unnamed_file()?;
+        self.failpoint("replicate-before-get");
         let got = primary
             .get(GetRequest {
                 key: &obj.object_key,
@@ -331,25 +335,54 @@ impl Tiering {
                 ),
             ));
         }
+        let tmp = Source {
+            file: &tmp,
+            size: meta.size,
+            extents: None,
+            algo,
+            checksum: got.checksum.base64(),
+            metadata: meta.metadata.clone(),
+        };
+        self.put_to_replica(replica, target, obj, &tmp, validates)
+            .await?;
+        Ok(Done::Copied(meta.size))
+    }
+
+    /// Puts `src` to replica `target` under `obj`'s key, proves it there (`validates`: the
+    /// target's word on what it stored is proof; else a read-back) and records it (a
+    /// `replicas` row and a REPLICATED event, durable).
+    async fn put_to_replica(
+        &self,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        obj: &ObjectRef,
+        src: &Source<'_>,
+        validates: bool,
+    ) -> Result<(), StepError> {
         let put = replica
             .put(PutRequest {
                 key: obj.object_key.clone(),
-                file: tmp
+                file: src
+                    .file
                     .try_clone()
-                    .map_err(|e| StepError::new(libc::EIO, format!("temporary file: {e}")))?,
-                size: meta.size,
+                    .map_err(|e| StepError::new(libc::EIO, format!("dup of the source: {e}")))?,
+                size: src.size,
                 storage_class: None,
-                metadata: meta.metadata.clone(),
+                metadata: src.metadata.clone(),
                 tags: Default::default(),
-                checksum: Some(algo),
-                extents: None,
+                checksum: Some(src.algo),
+                extents: src.extents.clone(),
             })
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("PUT to {target}: {e}")))?;
-        if put.checksum != got.checksum {
+        self.failpoint("replicate-after-put");
+        if put.checksum.base64() != src.checksum {
             return Err(StepError::new(
                 libc::EIO,
-                format!("the temporary copy changed between the GET and the PUT to {target}"),
+                format!(
+                    "the bytes sent to {target} are not the copy's ({} against {}): not replicated",
+                    put.checksum, src.checksum
+                ),
             ));
         }
         let proven = validates && put.reported.as_ref().is_some_and(|r| put.proven_by(r));
@@ -359,14 +392,14 @@ impl Tiering {
                     key: &obj.object_key,
                     version_id: put.version_id.as_deref(),
                     dest: None,
-                    expected_size: meta.size,
-                    checksum: algo,
+                    expected_size: src.size,
+                    checksum: src.algo,
                     extents: None,
                     range: None,
                 })
                 .await
                 .map_err(|e| StepError::new(libc::EIO, format!("read-back from {target}: {e}")))?;
-            if back.checksum != got.checksum {
+            if back.checksum != put.checksum {
                 return Err(StepError::new(
                     libc::EIO,
                     format!(
@@ -381,18 +414,128 @@ impl Tiering {
             "object_key": obj.object_key,
             "version_id": obj.version_id,
             "replica_version": put.version_id,
-            "bytes": meta.size,
+            "bytes": src.size,
             "checksum": format!("{}:{}", obj.checksum_algo, obj.checksum),
             "proof": if proven { "checksum" } else { "readback" },
         });
         let catalog = self.catalog.clone();
-        let (target, obj2, size, rv) = (target.to_string(), obj.clone(), meta.size, put.version_id);
+        let (target, obj2, size, rv) = (target.to_string(), obj.clone(), src.size, put.version_id);
         tokio::task::spawn_blocking(move || {
             catalog.record_replicated(&target, &obj2, size, rv.as_deref(), detail)
         })
         .await
         .map_err(|e| StepError::new(libc::EIO, format!("catalog task: {e}")))??;
-        Ok(Done::Copied(meta.size))
+        Ok(())
+    }
+
+    /// Whether replica `target`'s word on what it stored proves a copy: its store check,
+    /// once per daemon (a probe object put, read and deleted).
+    async fn replica_validates(
+        &self,
+        target: &str,
+        replica: &Arc<dyn ObjectStore>,
+    ) -> Result<bool, StepError> {
+        if let Some(v) = self.replica_checks.lock().get(target) {
+            return Ok(*v);
+        }
+        let nonce = format!(
+            "replica-{:x}-{:x}",
+            crate::base::time::system_now_ns(),
+            std::process::id()
+        );
+        let v = crate::store::check(&**replica, &nonce)
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("replica {target}: {e}")))?
+            .validates_checksums;
+        self.replica_checks.lock().insert(target.to_string(), v);
+        Ok(v)
+    }
+
+    /// `policy.copies`: before the data of the file open as `file` (its copy record `rec`)
+    /// may be freed, the first `copies - 1` replica targets must hold a verified copy; the
+    /// ones that do not get it now, from the local file (which the copy record proves
+    /// current: the bytes sent must have the copy's checksum). An error leaves the file as
+    /// it is (premigrated).
+    pub(crate) async fn ensure_copies(
+        &self,
+        file: &std::fs::File,
+        rec: &crate::tier::stub::StubRecord,
+        path: &str,
+    ) -> Result<(), StepError> {
+        let want = self.settings().policy.copies.saturating_sub(1) as usize;
+        if want == 0 {
+            return Ok(());
+        }
+        let names = self.replica_names();
+        let have = self
+            .catalog
+            .replica_targets(&rec.object_key, rec.version_id.as_deref())?;
+        let obj = ObjectRef {
+            file_id: rec.file_id.clone(),
+            path: path.to_string(),
+            object_key: rec.object_key.clone(),
+            version_id: rec.version_id.clone(),
+            file_size: rec.size,
+            checksum_algo: rec.checksum_algo.clone(),
+            checksum: rec.checksum.clone(),
+        };
+        let algo: ChecksumAlgo = rec
+            .checksum_algo
+            .parse()
+            .map_err(|e: String| StepError::new(libc::EIO, e))?;
+        for target in names.iter().take(want) {
+            if have.iter().any(|(t, _)| t == target) {
+                continue;
+            }
+            self.copy_to(file, rec, &obj, algo, target)
+                .await
+                .map_err(|e| {
+                    StepError::new(
+                        e.errno,
+                        format!(
+                            "policy.copies = {}: the copy on replica {target} failed, the file stays premigrated: {}",
+                            want + 1,
+                            e.message
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// One copy of `policy.copies`: the local file's bytes to replica `target`.
+    async fn copy_to(
+        &self,
+        file: &std::fs::File,
+        rec: &crate::tier::stub::StubRecord,
+        obj: &ObjectRef,
+        algo: ChecksumAlgo,
+        target: &str,
+    ) -> Result<(), StepError> {
+        {
+            let replica = self.replica(target).ok_or_else(|| {
+                StepError::new(libc::EIO, format!("replica {target} is not open"))
+            })?;
+            let validates = self.replica_validates(target, &replica).await?;
+            // The object's genealogy, as the primary holds it (a rebuild from the target
+            // needs it).
+            let metadata = self
+                .store()?
+                .head(&rec.object_key, rec.version_id.as_deref())
+                .await
+                .map_err(|e| StepError::new(libc::EIO, format!("HEAD on the store: {e}")))?
+                .metadata;
+            let src = Source {
+                file,
+                size: rec.object_size(),
+                extents: rec.extents.clone(),
+                algo,
+                checksum: rec.checksum.clone(),
+                metadata,
+            };
+            self.put_to_replica(&replica, target, obj, &src, validates)
+                .await
+        }
     }
 
     /// An unnamed file on the source file system (O_TMPFILE, mode 0600, root's), gone
