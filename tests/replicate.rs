@@ -262,3 +262,58 @@ fn policy_copies_holds_stubbing_until_every_copy_is_verified() {
         assert_bytes(rel, &std::fs::read(t.m(rel)).unwrap(), data);
     }
 }
+
+/// A replication killed at each step (the daemon dies before a GET from the primary, and
+/// after a PUT to the target not yet recorded) resumes: after a restart, the next run
+/// copies what is not recorded (an object put but not recorded is put again) and leaves
+/// the target complete and every file readable.
+#[test]
+fn a_replication_killed_at_each_step_resumes_and_completes() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 20_000), ("b.bin", 30_000), ("c.bin", 5)]);
+    for fp in ["replicate-before-get", "replicate-after-put"] {
+        let pdir = tempfile::tempdir().unwrap();
+        let mut t = TierMount::new(&moto, &format!("kill-{fp}"), &fs_, |c| {
+            c.set("mount", "restart_on_crash", "false").raw(&format!(
+                "[[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+                q(pdir.path().join("objects").to_str().unwrap())
+            ))
+        });
+        t.migrate_ok(&["--mode", "stub"]);
+        t.umount();
+        t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
+        let out = t.cli(&["replicate", t.mnt_str().as_str(), "--to", "p"]);
+        assert!(!out.status.success(), "{fp}: the daemon was to die");
+        assert!(
+            t.wait_dead(std::time::Duration::from_secs(15)),
+            "{fp}: the daemon did not die\n{}",
+            t.daemon_log_tail()
+        );
+        t.detach_dead();
+        t.remount();
+        let before = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+        assert_eq!(
+            before[0]["replicated"].as_u64(),
+            Some(0),
+            "{fp}: {before:?}"
+        );
+        let v: Value = serde_json::from_str(&t.ok(&[
+            "replicate",
+            t.mnt_str().as_str(),
+            "--to",
+            "p",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (v["copied"].as_u64(), v["failed"].as_u64()),
+            (Some(3), Some(0)),
+            "{fp}: {v}"
+        );
+        let after = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+        assert_eq!(after[0]["missing"].as_u64(), Some(0), "{fp}: {after:?}");
+        for (rel, data) in &fs_ {
+            assert_bytes(rel, &fs::read(t.m(rel)).unwrap(), data);
+        }
+    }
+}
