@@ -317,3 +317,60 @@ fn a_replication_killed_at_each_step_resumes_and_completes() {
         }
     }
 }
+
+/// A backfill of archived objects (GLACIER on moto): the first run sends one RestoreObject
+/// per object, all before any copying, copies none and reports them `restoring`; runs
+/// after that send no second restore and copy each object once its restore is done.
+#[test]
+fn archived_objects_are_restored_first_once_each_then_copied() {
+    let moto = start_moto();
+    let restore_secs = 3;
+    moto.set_restore_seconds(restore_secs).unwrap();
+    let pdir = tempfile::tempdir().unwrap();
+    let fs_ = files(&[("x.bin", 10_000), ("y.bin", 20_000), ("z.bin", 30_000)]);
+    let t = TierMount::new(&moto, "glacier-rep", &fs_, |c| {
+        c.set("store", "storage_class", &q("GLACIER")).raw(&format!(
+            "[[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+            q(pdir.path().join("objects").to_str().unwrap())
+        ))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    // moto treats an object as restored for restore_secs after its creation.
+    std::thread::sleep(std::time::Duration::from_millis(restore_secs * 1000 + 500));
+    let run = || -> Value {
+        serde_json::from_str(&t.ok(&["replicate", t.mnt_str().as_str(), "--to", "p", "--json"]))
+            .unwrap()
+    };
+    let v = run();
+    assert_eq!(
+        (v["restoring"].as_u64(), v["copied"].as_u64(), v["failed"].as_u64()),
+        (Some(3), Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(restore_posts(&requests(&moto), "glacier-rep"), 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut copied = 0;
+    while copied < 3 {
+        assert!(std::time::Instant::now() < deadline, "the restores never finished");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let v = run();
+        assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+        copied += v["copied"].as_u64().unwrap();
+    }
+    assert_eq!(copied, 3);
+    assert_eq!(
+        restore_posts(&requests(&moto), "glacier-rep"),
+        3,
+        "one restore per object, whatever the number of runs"
+    );
+    let reps = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+    assert_eq!(reps[0]["missing"].as_u64(), Some(0), "{reps:?}");
+    let h = t.ok(&["history", "--json", t.ms("x.bin").as_str()]);
+    let kinds: Vec<String> = json_lines(&h)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    let restore = kinds.iter().position(|k| k == "RESTORE_REQUESTED").unwrap();
+    let replicated = kinds.iter().position(|k| k == "REPLICATED").unwrap();
+    assert!(restore < replicated, "{kinds:?}");
+}
