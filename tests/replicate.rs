@@ -138,6 +138,67 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
         )
     });
     assert_eq!(copy, primary);
+    // verify checks every target: clean, then a copy gone from the posix target and one
+    // changed there are found (the second only by --deep, which reads it back).
+    let verify = |deep: bool| -> Value {
+        let mut args = vec!["verify", mnt.as_str(), "--json"];
+        if deep {
+            args.push("--deep");
+        }
+        serde_json::from_slice(&t.cli(&args).stdout).unwrap()
+    };
+    let v = verify(true);
+    assert_eq!(
+        (v["clean"].as_bool(), v["replica_copies_checked"].as_u64()),
+        (Some(true), Some(8)),
+        "{v}"
+    );
+    let ckey = t.status("d/c.bin")["object_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let crel = ckey
+        .strip_prefix(&format!("{PREFIX}/"))
+        .unwrap()
+        .to_string();
+    fs::rename(posix_root.join(&crel), pdir.path().join("aside")).unwrap();
+    let bkey0 = t.status("d/b.bin")["object_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let brel = bkey0
+        .strip_prefix(&format!("{PREFIX}/"))
+        .unwrap()
+        .to_string();
+    let mut changed = fs::read(posix_root.join(&brel)).unwrap();
+    changed[100] ^= 1;
+    fs::write(posix_root.join(&brel), &changed).unwrap();
+    let kinds = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f["kind"].as_str().unwrap(),
+                    f["path"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(kinds(&verify(false)), ["replica_missing d/c.bin"], "quick");
+    assert_eq!(
+        kinds(&verify(true)),
+        ["replica_content d/b.bin", "replica_missing d/c.bin"],
+        "deep"
+    );
+    fs::rename(pdir.path().join("aside"), posix_root.join(&crel)).unwrap();
+    changed[100] ^= 1;
+    fs::write(posix_root.join(&brel), &changed).unwrap();
+
     // Each copy is an event of the file's history.
     let h = t.ok(&["history", "--json", t.ms("a.bin").as_str()]);
     let replicated: Vec<Value> = json_lines(&h)
@@ -343,7 +404,11 @@ fn archived_objects_are_restored_first_once_each_then_copied() {
     };
     let v = run();
     assert_eq!(
-        (v["restoring"].as_u64(), v["copied"].as_u64(), v["failed"].as_u64()),
+        (
+            v["restoring"].as_u64(),
+            v["copied"].as_u64(),
+            v["failed"].as_u64()
+        ),
         (Some(3), Some(0), Some(0)),
         "{v}"
     );
@@ -351,7 +416,10 @@ fn archived_objects_are_restored_first_once_each_then_copied() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut copied = 0;
     while copied < 3 {
-        assert!(std::time::Instant::now() < deadline, "the restores never finished");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restores never finished"
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
         let v = run();
         assert_eq!(v["failed"].as_u64(), Some(0), "{v}");

@@ -26,7 +26,7 @@ pub use queries::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     AlertFacts, ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, ObjectRef,
-    ReplicaCounts, StateCount, UnknownName, Upload,
+    ReplicaCounts, ReplicaRow, StateCount, UnknownName, Upload,
 };
 
 use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
@@ -1084,6 +1084,20 @@ impl Catalog {
                 rusqlite::params![object_key, version_id.unwrap_or("")],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?
+            .collect()
+        })
+    }
+
+    /// What `target` holds, as recorded.
+    pub fn replica_rows(&self, target: &str) -> Result<Vec<ReplicaRow>> {
+        self.read("reading a replica's objects", |c| {
+            c.prepare_cached(
+                "SELECT object_key, version_id, replica_version, size FROM replicas \
+                 WHERE target = ?1 ORDER BY object_key",
+            )?
+            .query_map([target], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect()
         })
     }

@@ -312,6 +312,10 @@ pub struct ObjectRef {
     pub checksum: String,
 }
 
+/// One copy a replica target holds, as recorded: (object key, the primary's version or "",
+/// the replica's version, size).
+pub type ReplicaRow = (String, String, Option<String>, u64);
+
 /// What one replica target holds of the objects files name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaCounts {

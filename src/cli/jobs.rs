@@ -289,7 +289,7 @@ pub(super) fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
             println!("note: {n}");
         }
         println!(
-            "verify{} (job {}): {} files, {} stubs, {} premigrated; {} objects listed, {} checked{}; {} retained for gc; {}",
+            "verify{} (job {}): {} files, {} stubs, {} premigrated; {} objects listed, {} checked{}{}; {} retained for gc; {}",
             if a.deep { " --deep" } else { "" },
             r.job_id,
             r.files_scanned,
@@ -299,6 +299,11 @@ pub(super) fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
             r.objects_checked,
             if a.deep {
                 format!(", {} read back ({})", r.objects_reread, human_bytes(r.bytes_reread))
+            } else {
+                String::new()
+            },
+            if r.replica_copies_checked > 0 {
+                format!("; {} replica copies checked", r.replica_copies_checked)
             } else {
                 String::new()
             },

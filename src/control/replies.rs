@@ -363,6 +363,10 @@ pub struct VerifyReport {
     pub objects_checked: u64,
     pub objects_reread: u64,
     pub bytes_reread: u64,
+    /// Copies on `[[replica]]` targets checked (there, of their size; read back with
+    /// --deep).
+    #[serde(default)]
+    pub replica_copies_checked: u64,
     pub retained: u64,
     pub catalog_backups: u64,
     pub findings: Vec<VerifyFinding>,

@@ -312,10 +312,20 @@ impl Inner {
 
     fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectMeta, StoreError> {
         let meta = self.read_meta(key, version_id)?;
+        // The data file itself, not only its metadata: an object whose data went (or
+        // shrank) behind the store's back is reported as it is.
+        let (data, _) = self.paths(key)?;
+        let size = match fs::metadata(&data) {
+            Ok(m) => m.len(),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Err(StoreError::not_found(key))
+            }
+            Err(e) => return Err(StoreError::io(format!("stat of {}", data.display()), &e)),
+        };
         let checksum = Checksum::parse(&meta.checksum).map(|c| c.reported()).ok();
         Ok(ObjectMeta {
             key: key.to_string(),
-            size: meta.size,
+            size,
             storage_class: StorageClass::from_reported(&meta.storage_class),
             restore: self.restore_status(&meta),
             version_id: Some(meta.version_id),

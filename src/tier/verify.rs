@@ -11,6 +11,9 @@
 //! * `premigrated_changed`: a copy record that no longer matches the file (size, mtime):
 //!   the file was changed without the mount.
 //! * `bad_record`: a record xattr that does not decode.
+//! * `replica_missing`, `replica_size`, `replica_content` (--deep): a copy on a
+//!   `[[replica]]` target that the catalog records is gone, of another size, or holds other
+//!   bytes.
 //! * `catalog_missing_row`, `catalog_mismatch`, `catalog_file_missing`: the catalog and
 //!   the files disagree (a row missing, another state or object, a row for a file that no
 //!   longer carries its record).
@@ -270,6 +273,16 @@ impl Tiering {
         findings.append(&mut checked.findings);
         notes.append(&mut checked.notes);
 
+        // 4b. The replica targets: every copy recorded of an object in use is there, of its
+        // size; with --deep, read back and compared with the copy's checksum.
+        let mut replicas_checked = 0u64;
+        for target in self.replica_names() {
+            progress(Progress::new(format!("checking replica {target}"), 0, 0));
+            let (f, n) = self.verify_replica(&target, &refs, deep).await?;
+            findings.extend(f);
+            replicas_checked += n;
+        }
+
         // 5. Orphans: listed objects nothing names.
         let mut named: HashSet<String> = refs.iter().map(|r| r.rec.object_key.clone()).collect();
         named.extend(self.catalog.object_keys_in_use()?);
@@ -382,6 +395,7 @@ impl Tiering {
             "objects_listed": listed.len(),
             "objects_checked": total,
             "objects_reread": checked.reread,
+            "replica_copies_checked": replicas_checked,
             "bytes_reread": checked.bytes_reread,
             "retained": n_retained,
             "catalog_backups": n_backups,
@@ -389,6 +403,97 @@ impl Tiering {
             "notes": notes,
             "seconds": t0.elapsed().as_secs_f64(),
         }))
+    }
+
+    /// Checks replica `target`'s recorded copies of the objects `refs` name: findings
+    /// (`replica_missing`, `replica_size`, `replica_content`), and how many were checked.
+    async fn verify_replica(
+        &self,
+        target: &str,
+        refs: &[RecordedObject],
+        deep: bool,
+    ) -> Result<(Vec<Finding>, u64), StepError> {
+        let Some(store) = self.replica(target) else {
+            return Ok((Vec::new(), 0));
+        };
+        let recorded: HashMap<(String, String), (Option<String>, u64)> = self
+            .catalog
+            .replica_rows(target)?
+            .into_iter()
+            .map(|(k, v, rv, size)| ((k, v), (rv, size)))
+            .collect();
+        let mut findings = Vec::new();
+        let mut checked = 0u64;
+        for r in refs {
+            let key = (
+                r.rec.object_key.clone(),
+                r.rec.version_id.clone().unwrap_or_default(),
+            );
+            let Some((replica_version, size)) = recorded.get(&key) else {
+                continue;
+            };
+            checked += 1;
+            let f = |kind, message: String| Finding {
+                kind,
+                path: Some(r.rel.clone()),
+                file_id: Some(r.rec.file_id.clone()),
+                object_key: Some(r.rec.object_key.clone()),
+                message: format!("replica {target}: {message}"),
+            };
+            match store
+                .head(&r.rec.object_key, replica_version.as_deref())
+                .await
+            {
+                Err(e) if e.is(StoreErrorKind::NotFound) => {
+                    findings.push(f(
+                        "replica_missing",
+                        "the copy recorded is not there".into(),
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    findings.push(f("replica_missing", format!("cannot be read: {e}")));
+                    continue;
+                }
+                Ok(m) if m.size != *size => {
+                    findings.push(f(
+                        "replica_size",
+                        format!("{} bytes, the copy recorded has {size}", m.size),
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            if deep {
+                let algo: ChecksumAlgo = match r.rec.checksum_algo.parse() {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                };
+                let got = store
+                    .get(GetRequest {
+                        key: &r.rec.object_key,
+                        version_id: replica_version.as_deref(),
+                        dest: None,
+                        expected_size: *size,
+                        checksum: algo,
+                        extents: None,
+                        range: None,
+                    })
+                    .await;
+                match got {
+                    Ok(g) if g.checksum.base64() == r.rec.checksum => {}
+                    Ok(g) => findings.push(f(
+                        "replica_content",
+                        format!(
+                            "reads back as {}, the record says {}",
+                            g.checksum, r.rec.checksum
+                        ),
+                    )),
+                    Err(e) => findings.push(f("replica_content", format!("read back: {e}"))),
+                }
+            }
+        }
+        Ok((findings, checked))
     }
 
     /// Walks the tree and reads every file's records.
