@@ -442,3 +442,74 @@ fn archived_objects_are_restored_first_once_each_then_copied() {
     let replicated = kinds.iter().position(|k| k == "REPLICATED").unwrap();
     assert!(restore < replicated, "{kinds:?}");
 }
+
+/// gc deletes a deleted file's object on every replica target that holds it as well as on
+/// the store (the copies first), after the retention only, and forgets the copies; a live
+/// file's copies stay.
+#[test]
+fn gc_deletes_a_dead_objects_copies_on_the_targets_too() {
+    let moto = start_moto();
+    let pdir = tempfile::tempdir().unwrap();
+    let root = pdir.path().join("objects");
+    let fs_ = files(&[("keep.bin", 10_000), ("gone.bin", 20_000)]);
+    let mut t = TierMount::new(&moto, "gc-rep", &fs_, |c| {
+        c.raw(&format!(
+            "[[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+            q(root.to_str().unwrap())
+        ))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    t.ok(&["replicate", t.mnt_str().as_str(), "--to", "p"]);
+    let key = |rel: &str| -> String {
+        let k = t.status(rel)["object_key"].as_str().unwrap().to_string();
+        k.strip_prefix(&format!("{PREFIX}/")).unwrap().to_string()
+    };
+    let (kk, kg) = (key("keep.bin"), key("gone.bin"));
+    assert!(root.join(&kg).exists());
+    fs::remove_file(t.m("gone.bin")).unwrap();
+    let gc = |t: &TierMount, dry: bool| -> Value {
+        let mut a = vec!["gc", "--json"];
+        let m = t.mnt_str();
+        a.insert(1, m.as_str());
+        if dry {
+            a.push("--dry-run");
+        }
+        serde_json::from_str(&t.ok(&a)).unwrap()
+    };
+    let v = gc(&t, false);
+    assert_eq!(
+        v["deleted"].as_array().unwrap().len(),
+        0,
+        "within retention: {v}"
+    );
+    assert!(root.join(&kg).exists());
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, "7200")]);
+    let v = gc(&t, true);
+    assert_eq!(v["deleted"].as_array().unwrap().len(), 2, "dry run: {v}");
+    assert!(root.join(&kg).exists(), "a dry run deletes nothing");
+    let v = gc(&t, false);
+    let targets: Vec<Option<&str>> = v["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str())
+        .collect();
+    assert_eq!(
+        targets,
+        [Some("p"), None],
+        "the copy first, then the store's: {v}"
+    );
+    assert!(!root.join(&kg).exists(), "the copy is gone");
+    assert!(root.join(&kk).exists(), "a live file's copy stays");
+    let reps = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+    assert_eq!(
+        (reps[0]["objects"].as_u64(), reps[0]["replicated"].as_u64()),
+        (Some(1), Some(1)),
+        "{reps:?}"
+    );
+    let v: Value =
+        serde_json::from_slice(&t.cli(&["verify", t.mnt_str().as_str(), "--json"]).stdout).unwrap();
+    assert_eq!(v["clean"], true, "{v}");
+    assert_bytes("keep.bin", &fs::read(t.m("keep.bin")).unwrap(), &fs_[0].1);
+}

@@ -1102,6 +1102,42 @@ impl Catalog {
         })
     }
 
+    /// Forgets `target`'s copy of an object (gc deleted it there), with an OBJECT_DELETED
+    /// event naming the target (its detail names the key as `replica_of`, never
+    /// `object_key`: the primary's object is another matter), in one durable transaction.
+    pub fn forget_replica(
+        &self,
+        target: &str,
+        object_key: &str,
+        version_id: Option<&str>,
+        file: (Option<&str>, Option<&str>),
+        detail: serde_json::Value,
+    ) -> Result<Event> {
+        self.write("forgetting a replica copy", |tx, heads, now| {
+            tx.prepare_cached(
+                "DELETE FROM replicas WHERE target = ?1 AND object_key = ?2 AND version_id = ?3",
+            )
+            .and_then(|mut st| {
+                st.execute(rusqlite::params![
+                    target,
+                    object_key,
+                    version_id.unwrap_or("")
+                ])
+            })
+            .ctx("forgetting a replica copy")?;
+            let head = heads.get(tx)?;
+            let time_ns = head.next_time(now);
+            head.push(
+                tx,
+                time_ns,
+                file.0,
+                file.1,
+                EventKind::ObjectDeleted,
+                &detail,
+            )
+        })
+    }
+
     /// Records that `target` holds a verified copy of `obj` (its version `replica_version`
     /// there) with its REPLICATED event, in one durable transaction.
     pub fn record_replicated(

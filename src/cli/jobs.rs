@@ -147,7 +147,7 @@ pub(super) fn replicate(a: &ReplicateArgs) -> anyhow::Result<()> {
         );
         if r.restoring > 0 {
             println!(
-                "{} archived objects are being restored on the primary: run replicate again once they are (coldtier recalls shows none of them; the restore takes the tier's time)",
+                "{} archived objects are being restored on the primary: run replicate again once they are (the archive tier's time: minutes to 48 hours)",
                 r.restoring
             );
         }
@@ -246,9 +246,13 @@ pub(super) fn gc(a: &GcArgs) -> anyhow::Result<()> {
     } else {
         for d in &r.deleted {
             println!(
-                "{} {} ({})",
+                "{} {}{} ({})",
                 if a.dry_run { "would delete" } else { "deleted" },
                 d.object_key,
+                d.target
+                    .as_deref()
+                    .map(|t| format!(" on replica {t}"))
+                    .unwrap_or_default(),
                 d.reason
             );
         }

@@ -277,6 +277,9 @@ pub struct GcObject {
     pub version_id: Option<String>,
     /// The event kind that made it garbage (SUPERSEDED, DELETED, FAILED).
     pub reason: String,
+    /// The `[[replica]]` target the copy was on; None: the store's own object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// `Op::Replicate`: what a replication run did (a dry run: what it would copy).

@@ -75,8 +75,56 @@ impl Tiering {
                 continue;
             }
             let full = self.full_key(&obj.0);
+            // Its copies on the replica targets go first: should one fail, the primary's
+            // stays too and the next gc tries both again (a primary gone first would leave
+            // the copies behind for good).
+            let copies = self.catalog.replica_targets(&obj.0, obj.1.as_deref())?;
             if dry_run {
+                for (target, _) in &copies {
+                    deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind, "target": target}));
+                }
                 deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind}));
+                continue;
+            }
+            let mut copies_left = false;
+            for (target, replica_version) in &copies {
+                let Some(replica) = self.replica(target) else {
+                    copies_left = true;
+                    errors.push(format!(
+                        "DELETE {full} on replica {target}: the target is not configured any more"
+                    ));
+                    continue;
+                };
+                let r = match replica_version.as_deref() {
+                    Some(v) => replica.delete(&obj.0, Some(v)).await,
+                    None => replica.purge(&obj.0).await,
+                };
+                match r {
+                    Ok(()) => {
+                        let detail = json!({
+                            "replica_of": obj.0,
+                            "version_id": obj.1,
+                            "target": target,
+                            "replica_version": replica_version,
+                            "reason": e.kind,
+                            "event": e.id,
+                        });
+                        self.catalog.forget_replica(
+                            target,
+                            &obj.0,
+                            obj.1.as_deref(),
+                            (e.file_id.as_deref(), e.path.as_deref()),
+                            detail,
+                        )?;
+                        deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind, "target": target}));
+                    }
+                    Err(err) => {
+                        copies_left = true;
+                        errors.push(format!("DELETE {full} on replica {target}: {err}"));
+                    }
+                }
+            }
+            if copies_left {
                 continue;
             }
             // A known version is deleted; an unknown one (an upload that failed or was cut
