@@ -513,3 +513,62 @@ fn gc_deletes_a_dead_objects_copies_on_the_targets_too() {
     assert_eq!(v["clean"], true, "{v}");
     assert_bytes("keep.bin", &fs::read(t.m("keep.bin")).unwrap(), &fs_[0].1);
 }
+
+/// A catalog lost with the store unreachable is rebuilt from a replica target
+/// (`catalog rebuild --from NAME`): every stub is known again and reads back whole from
+/// the replica (the primary is down).
+#[test]
+fn a_catalog_is_rebuilt_from_a_replica_target() {
+    let moto = start_moto();
+    let pdir = tempfile::tempdir().unwrap();
+    let fs_ = files(&[("r1.bin", 12_000), ("d/r2.bin", 34_000)]);
+    let mut t = TierMount::new(&moto, "rebuild-rep", &fs_, |c| {
+        c.raw(&format!(
+            "[[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+            q(pdir.path().join("objects").to_str().unwrap())
+        ))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    t.ok(&["replicate", t.mnt_str().as_str(), "--to", "p"]);
+    t.umount();
+    t.remove_catalog();
+    let rebuild = |extra: &[&str]| {
+        let mut a = vec![
+            "catalog".to_string(),
+            "rebuild".into(),
+            t.src.to_str().unwrap().into(),
+            "--config".into(),
+            t.config_path.to_str().unwrap().into(),
+            "--mountpoint".into(),
+            t.mnt_str(),
+            "--json".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        t.cli(&a)
+    };
+    let out = rebuild(&["--from", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no [[replica]] of that name (p)"), "{err}");
+    let out = rebuild(&["--from", "p"]);
+    assert!(out.status.success(), "{}", show(&out));
+    // The primary is gone for good: reads come from the replica.
+    let cfg = fs::read_to_string(&t.config_path).unwrap().replace(
+        &moto.endpoint,
+        &format!("http://127.0.0.1:{}", common::free_port()),
+    );
+    fs::write(&t.config_path, cfg).unwrap();
+    let out = t.try_mount(&[], &["--paused"]);
+    assert!(out.status.success(), "{}", show(&out));
+    for (rel, data) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel} after the rebuild");
+        assert_bytes(rel, &fs::read(t.m(rel)).unwrap(), data);
+    }
+    let reps = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+    assert_eq!(
+        reps[0]["missing"].as_u64(),
+        Some(0),
+        "the rebuild recorded the copies: {reps:?}"
+    );
+}

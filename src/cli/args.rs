@@ -144,6 +144,10 @@ pub struct CatalogRebuildArgs {
     /// Rebuild even though a catalog file exists (it is kept aside, never deleted).
     #[arg(long)]
     pub force: bool,
+    /// Read this [[replica]] target instead of the [store] (its objects carry the same
+    /// keys and metadata).
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -102,12 +102,32 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
             catalog_path.display()
         )));
     }
-    let store_cfg = config.store_config().map_err(bad)?.ok_or_else(|| {
-        bad(format!(
-            "{}: no [store] section: rebuild reads the bucket",
-            a.config.display()
-        ))
-    })?;
+    let store_cfg = match &a.from {
+        None => config.store_config().map_err(bad)?.ok_or_else(|| {
+            bad(format!(
+                "{}: no [store] section: rebuild reads the bucket",
+                a.config.display()
+            ))
+        })?,
+        Some(name) => {
+            let replicas = config.replica_configs().map_err(bad)?;
+            let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
+            match replicas.iter().find(|r| &r.name == name) {
+                Some(r) => r.store.clone(),
+                None => {
+                    return Err(bad(format!(
+                        "--from {name}: {} has no [[replica]] of that name ({})",
+                        a.config.display(),
+                        if names.is_empty() {
+                            "it has none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    )))
+                }
+            }
+        }
+    };
     let prefix = store_cfg.prefix().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -153,8 +173,29 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
         &mut report,
         &say,
     )?;
+    // Rebuilt from a replica target: it holds what it listed, as the new catalog records
+    // (so that recalls fall back to it while the store is away).
+    let mut replica_copies = 0u64;
+    if let Some(name) = &a.from {
+        let sizes: std::collections::HashMap<&str, u64> =
+            listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
+        for obj in catalog.objects_missing_on(name)? {
+            if let Some(&size) = sizes.get(obj.object_key.as_str()) {
+                catalog.record_replicated(
+                    name,
+                    &obj,
+                    size,
+                    None,
+                    json!({"target": name, "object_key": obj.object_key, "bytes": size, "found_by": "catalog rebuild"}),
+                )?;
+                replica_copies += 1;
+            }
+        }
+    }
     let summary = json!({
         "catalog": catalog_path,
+        "from_replica": a.from,
+        "replica_copies": replica_copies,
         "previous_catalog": aside,
         "source": source,
         "files_scanned": scanned,
