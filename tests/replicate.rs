@@ -1,6 +1,6 @@
 //! Replication to `[[replica]]` targets (issue 16, part 2): a real coldtier mount whose
-//! primary store is moto, with two replicas of other kinds: a 3-node garage cluster (a
-//! second S3 implementation) and a posix directory. Backfill with a dry run, the report
+//! primary store is moto, with replicas of other kinds: s3s-fs and a 3-node garage
+//! cluster (two other S3 implementations) and a posix directory. Backfill with a dry run, the report
 //! before and after, idempotence, and recalls served by a replica when the primary lost
 //! or corrupted the object.
 
@@ -11,7 +11,7 @@ mod tier;
 
 use std::fs;
 
-use coldtier::store::testing::GarageCluster;
+use coldtier::store::testing::{GarageCluster, S3sServer};
 use serde_json::Value;
 use tier::*;
 
@@ -29,6 +29,9 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
     let garage = GarageCluster::start(gdir.path())
         .unwrap_or_else(|e| panic!("cannot start the garage cluster: {e}"));
     garage.create_bucket("replica").unwrap();
+    let sdir = tempfile::tempdir().unwrap();
+    let s3s = S3sServer::start(sdir.path()).unwrap_or_else(|e| panic!("{e}"));
+    s3s.create_bucket("s3s-replica").unwrap();
     let pdir = tempfile::tempdir().unwrap();
     let fs_ = files(&[
         ("a.bin", 30_000),
@@ -47,11 +50,17 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
             "[[replica]]\nname = \"g\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
              bucket = \"replica\"\nprefix = \"copy\"\npath_style = true\naccess_key = {}\n\
              secret_key = {}\nrequest_checksum = \"when_required\"\n\n\
-             [[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+             [[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n\n\
+             [[replica]]\nname = \"s\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
+             bucket = \"s3s-replica\"\nprefix = \"three\"\npath_style = true\naccess_key = {}\n\
+             secret_key = {}\n",
             q(&endpoint),
             q(&key_id),
             q(&secret),
-            q(posix_root.to_str().unwrap())
+            q(posix_root.to_str().unwrap()),
+            q(&s3s.endpoint),
+            q(&s3s.key_id),
+            q(&s3s.secret)
         ))
     });
     t.migrate_ok(&["--mode", "stub"]);
@@ -59,7 +68,7 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
 
     // Before: both targets lack all four objects.
     let targets = json_lines(&t.ok(&["replicas", mnt.as_str(), "--json"]));
-    assert_eq!(targets.len(), 2, "{targets:?}");
+    assert_eq!(targets.len(), 3, "{targets:?}");
     for r in &targets {
         assert_eq!(
             (r["objects"].as_u64(), r["missing"].as_u64()),
@@ -93,7 +102,7 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
     assert!(!posix_root.join("t").exists() || fs::read_dir(posix_root.join("t")).is_err());
 
     // The backfill, to each target; then again: nothing left to do.
-    for target in ["p", "g"] {
+    for target in ["p", "g", "s"] {
         let v: Value =
             serde_json::from_str(&t.ok(&["replicate", mnt.as_str(), "--to", target, "--json"]))
                 .unwrap();
@@ -150,7 +159,7 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
     let v = verify(true);
     assert_eq!(
         (v["clean"].as_bool(), v["replica_copies_checked"].as_u64()),
-        (Some(true), Some(8)),
+        (Some(true), Some(12)),
         "{v}"
     );
     let ckey = t.status("d/c.bin")["object_key"]
@@ -205,7 +214,7 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
         .into_iter()
         .filter(|e| e["kind"] == "REPLICATED")
         .collect();
-    assert_eq!(replicated.len(), 2, "{h}");
+    assert_eq!(replicated.len(), 3, "{h}");
 
     // The primary loses a's object and corrupts b's: reads through the mount still get
     // every byte, from a replica, and the RECALLED events say so.
@@ -248,7 +257,7 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no [[replica]] named `nope`") && err.contains("g, p"),
+        err.contains("no [[replica]] named `nope`") && err.contains("g, p, s"),
         "{err}"
     );
 }

@@ -690,3 +690,86 @@ fn write_private(p: &Path, text: &str) -> Result<(), String> {
     f.write_all(text.as_bytes())
         .map_err(|e| format!("{}: {e}", p.display()))
 }
+
+/// An s3s-fs server (a second S3 implementation, one that checks SigV4 signatures and
+/// request checksums) on a free port of 127.0.0.1, serving a directory; killed on drop.
+/// scripts/lib/s3s.sh installs it (`s3s_install`); `COLDTIER_S3S_BIN` overrides where.
+pub struct S3sServer {
+    child: Child,
+    pub port: u16,
+    pub endpoint: String,
+    pub key_id: String,
+    pub secret: String,
+    root: PathBuf,
+}
+
+impl S3sServer {
+    /// Starts s3s-fs over `root` (created if missing) with its own credentials and waits
+    /// (up to 20 s) until it accepts connections. Fails with the install command if the
+    /// binary is missing.
+    pub fn start(root: &Path) -> Result<Self, String> {
+        let bin = std::env::var("COLDTIER_S3S_BIN")
+            .unwrap_or_else(|_| "/opt/coldtier-tools/bin/s3s-fs".to_string());
+        if !Path::new(&bin).exists() {
+            return Err(format!(
+                "s3s-fs is not installed at {bin}: run `. scripts/lib/s3s.sh && s3s_install` \
+                 (scripts/test.sh does)"
+            ));
+        }
+        std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let port = free_port()?;
+        let (key_id, secret) = (
+            "coldtier-s3s".to_string(),
+            "coldtier-s3s-secret".to_string(),
+        );
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &key_id, "--secret-key", &secret])
+            .arg(root)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {bin}: {e}"))?;
+        let s = S3sServer {
+            child,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            key_id,
+            secret,
+            root: root.to_path_buf(),
+        };
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err("s3s-fs did not start within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(s)
+    }
+
+    /// Makes bucket `name` (s3s-fs buckets are directories of its root).
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        std::fs::create_dir_all(self.root.join(name)).map_err(|e| e.to_string())
+    }
+
+    /// A store config for `bucket` on this server.
+    pub fn s3_config(&self, bucket: &str) -> S3Config {
+        S3Config {
+            endpoint: Some(self.endpoint.clone()),
+            bucket: bucket.to_string(),
+            path_style: true,
+            access_key: Some(self.key_id.clone()),
+            secret_key: Some(self.secret.clone()),
+            ..S3Config::default()
+        }
+    }
+}
+
+impl Drop for S3sServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

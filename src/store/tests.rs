@@ -397,43 +397,11 @@ fn s3_small_gets_take_the_lean_path() {
 /// path off and fails through the SDK with the server's error.
 #[test]
 fn lean_get_signatures_pass_a_server_that_checks_them() {
-    let bin = std::env::var("COLDTIER_S3S_BIN")
-        .unwrap_or_else(|_| "/opt/coldtier-tools/bin/s3s-fs".to_string());
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "s3s-fs is not installed at {bin}: run `. scripts/lib/s3s.sh && s3s_install` \
-         (scripts/test.sh does)"
-    );
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("lean-sig")).unwrap();
-    let port = free_port();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let (key_id, secret) = ("coldtier-sig", "coldtier-sig-secret");
-    let _server = Kill(
-        std::process::Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", key_id, "--secret-key", secret])
-            .arg(root.path())
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start s3s-fs"),
-    );
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "s3s-fs did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = super::testing::S3sServer::start(root.path()).unwrap_or_else(|e| panic!("{e}"));
+    server.create_bucket("lean-sig").unwrap();
+    let (port, key_id, secret) = (server.port, server.key_id.clone(), server.secret.clone());
+    let (key_id, secret) = (key_id.as_str(), secret.as_str());
     let cfg = S3Config {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
         bucket: "lean-sig".into(),
