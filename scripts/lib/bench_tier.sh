@@ -13,7 +13,8 @@ Usage: scripts/bench.sh --tier [options]
 
 Tiering benchmark: `coldtier migrate` (copy + verify + stub) of one large file and of
 many small files, and `coldtier recall` of them, against `rclone copy` of the same data
-to and from the same s3s-fs server on 127.0.0.1. Prints a markdown table (also saved to
+to and from the same s3s-fs server on 127.0.0.1; and the backfill of the small files to a
+second s3s-fs (`coldtier replicate`) against `rclone copy` between the two servers. Prints a markdown table (also saved to
 $BENCH_TIER_DIR/results.md).
 
 Options:
@@ -68,6 +69,14 @@ _bt_rclone_cmd() {
         "RCLONE_CONFIG_BENCHS3_ENDPOINT=$S3S_ENDPOINT"
         RCLONE_CONFIG_BENCHS3_REGION=us-east-1
         RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE=true
+        RCLONE_CONFIG_BENCHS3B_TYPE=s3
+        RCLONE_CONFIG_BENCHS3B_PROVIDER=Other
+        RCLONE_CONFIG_BENCHS3B_ENV_AUTH=false
+        "RCLONE_CONFIG_BENCHS3B_ACCESS_KEY_ID=$S3S_ACCESS_KEY"
+        "RCLONE_CONFIG_BENCHS3B_SECRET_ACCESS_KEY=$S3S_SECRET_KEY"
+        "RCLONE_CONFIG_BENCHS3B_ENDPOINT=$BT_S3S2_ENDPOINT"
+        RCLONE_CONFIG_BENCHS3B_REGION=us-east-1
+        RCLONE_CONFIG_BENCHS3B_FORCE_PATH_STYLE=true
         rclone --config /dev/null)
 }
 
@@ -198,6 +207,18 @@ schedule = "off"
 
 [catalog]
 path = "$3"
+
+# the second s3s-fs: the target of the backfill measured (coldtier replicate)
+[[replica]]
+name = "second"
+kind = "s3"
+endpoint = "$BT_S3S2_ENDPOINT"
+region = "us-east-1"
+bucket = "$BT_REP_BUCKET"
+prefix = "$2"
+path_style = true
+access_key = "$S3S_ACCESS_KEY"
+secret_key = "$S3S_SECRET_KEY"
 EOF
 }
 
@@ -274,6 +295,23 @@ EOF
     fi
     _bt_check_state "$mnt" stub "$n" "after migrate ($w, rep $r)" || true
 
+    if [[ "$w" == small ]]; then
+        # backfill of the second s3s-fs: every object read from the first, put to the
+        # second, proven, recorded
+        _bt_drop_caches
+        t0=$(_bt_now_us); rc=0
+        _bt_tmo "$COLDTIER_BIN" replicate "$mnt" --to second --json >"$BT_LOG_DIR/$tag.replicate.json" 2>"$BT_LOG_DIR/$tag.replicate.err" || rc=$?
+        t1=$(_bt_now_us)
+        if [[ $rc -ne 0 ]] || ! grep -q "\"copied\":$n," "$BT_LOG_DIR/$tag.replicate.json"; then
+            _bt_warn "coldtier replicate ($w, rep $r) exit $rc: $(head -c 300 "$BT_LOG_DIR/$tag.replicate.json") $(tail -n 3 "$BT_LOG_DIR/$tag.replicate.err" | tr '\n' ' ')"
+            _bt_record coldtier "replicate_$w" "$r" nan
+        else
+            _bt_record coldtier "replicate_$w" "$r" "$(_bt_secs $((t1 - t0)))"
+            _bt_log "  coldtier replicate $w: $(_bt_secs $((t1 - t0))) s"
+        fi
+        rm -rf --one-file-system "${BT_S3S2_ROOT:?}/$BT_REP_BUCKET/$w-$r"
+    fi
+
     _bt_drop_caches
     t0=$(_bt_now_us); rc=0
     _bt_tmo "$COLDTIER_BIN" recall "$mnt" -r >"$BT_LOG_DIR/$tag.recall.out" 2>&1 || rc=$?
@@ -342,6 +380,26 @@ _bt_rclone_round() { # WORKLOAD REP
         _bt_log "  rclone copy up $w: $(_bt_secs $((t1 - t0))) s"
     fi
 
+    if [[ "$w" == small && $rc -eq 0 ]]; then
+        # the same backfill with rclone: first s3s-fs to the second (two remotes: no
+        # server-side copy)
+        _bt_drop_caches
+        t0=$(_bt_now_us); rc=0
+        # shellcheck disable=SC2086
+        _bt_tmo "${BT_RCLONE[@]}" copy $BENCH_RCLONE_FLAGS "benchs3:$BT_RC_BUCKET/$w-$r/" "benchs3b:$BT_REP_BUCKET/rc-$w-$r" \
+            >"$BT_LOG_DIR/$tag.replicate.log" 2>&1 || rc=$?
+        t1=$(_bt_now_us)
+        if [[ $rc -ne 0 ]]; then
+            _bt_warn "rclone copy between the servers ($w, rep $r) exit $rc: $(tail -n 3 "$BT_LOG_DIR/$tag.replicate.log" | tr '\n' ' ')"
+            _bt_record rclone "replicate_$w" "$r" nan
+        else
+            _bt_record rclone "replicate_$w" "$r" "$(_bt_secs $((t1 - t0)))"
+            _bt_log "  rclone copy to the second server $w: $(_bt_secs $((t1 - t0))) s"
+        fi
+        rm -rf --one-file-system "${BT_S3S2_ROOT:?}/$BT_REP_BUCKET/rc-$w-$r"
+        rc=0
+    fi
+
     mkdir -p "$back"
     _bt_drop_caches
     t0=$(_bt_now_us); rc=0
@@ -400,6 +458,7 @@ METRICS = [
     ("recall_small", "Recall %d files of %s (files/s)" % (nsmall, iec(small)), "files", 1.50),
     ("open_large", "Recall at first read, `cat` through the mount, %s (MiB/s)" % iec(large), "mibs", None),
     ("open_small", "Recall at first read, `cat` through the mount, %d files (files/s)" % nsmall, "files", None),
+    ("replicate_small", "Backfill %d files of %s to a second s3s-fs (files/s; rclone: copy between the two)" % (nsmall, iec(small)), "files", None),
 ]
 
 def med(t, m):
@@ -598,6 +657,7 @@ bench_tier_main() {
     BT_S3S_ROOT="$BT_DATA/s3"
     BT_CT_BUCKET="coldtier-bench"
     BT_RC_BUCKET="rclone-bench"
+    BT_REP_BUCKET="replica-bench"
     BT_MOUNTED=()
     BT_KEEP=$keep
     BT_WARN_FILE=""
@@ -680,6 +740,13 @@ bench_tier_main() {
     _bt_log "data: 1 x $BENCH_TIER_LARGE and $BENCH_TIER_NSMALL x $BENCH_TIER_SMALL_SIZE (random bytes), $BENCH_TIER_REPEAT repetition(s); targets: ${BT_TARGETS[*]}"
     _bt_make_data "$BT_DATA/master"
     # (7>&- 8>&- 9>&-: the server must not keep our terminal or the lock)
+    # The second s3s-fs (the backfill's target) first; its pid and endpoint kept aside,
+    # then the first one (whose variables the rest uses).
+    BT_S3S2_ROOT="$BT_DATA/s3b"
+    S3S_LOG="$BT_LOG_DIR/s3s-fs-2.log" s3s_start "$BT_S3S2_ROOT" 7>&- 8>&- 9>&- || _bt_die "the second s3s-fs did not start"
+    BT_S3S2_PID=$S3S_PID BT_S3S2_ENDPOINT=$S3S_ENDPOINT
+    s3s_mkbucket "$BT_REP_BUCKET"
+    echo "$BT_S3S2_PID" >"$BENCH_TIER_DIR/s3s2.pid"
     S3S_LOG="$BT_LOG_DIR/s3s-fs.log" s3s_start "$BT_S3S_ROOT" 7>&- 8>&- 9>&- || _bt_die "s3s-fs did not start"
     echo "$S3S_PID" >"$BENCH_TIER_DIR/s3s.pid"
     s3s_mkbucket "$BT_CT_BUCKET"
@@ -737,7 +804,10 @@ _bt_cleanup() {
         _bt_umount "$m" || { echo "[bench-tier] could not unmount $m" >&2; leftover=1; }
     done
     s3s_stop
-    rm -f "$BENCH_TIER_DIR/s3s.pid"
+    if [[ -n "${BT_S3S2_PID:-}" ]]; then
+        kill "$BT_S3S2_PID" 2>/dev/null; wait "$BT_S3S2_PID" 2>/dev/null
+    fi
+    rm -f "$BENCH_TIER_DIR/s3s.pid" "$BENCH_TIER_DIR/s3s2.pid"
     if [[ ${BT_KEEP:-0} -eq 1 ]]; then
         echo "[bench-tier] --keep: data left in $BT_DATA" >&2
     elif [[ $leftover -eq 0 ]]; then

@@ -60,6 +60,12 @@ struct Source<'a> {
     metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// What the first pass found of one object.
+enum Headed {
+    Ready(Box<crate::store::ObjectMeta>),
+    Restoring,
+}
+
 /// What became of one object.
 enum Done {
     Copied(u64),
@@ -164,9 +170,9 @@ impl Tiering {
         // Whether the target's word on what it stored proves a copy (as at mount for the
         // primary): else every copy is read back from it.
         let validates = self.replica_validates(target, replica).await?;
-        let slots = self.settings().uploads.concurrency.clamp(1, 64);
+        // Four objects per part slot, as a recall -r (small objects are latency-bound).
+        let slots = (self.settings().uploads.concurrency * 4).clamp(1, 64);
         let sem = Arc::new(tokio::sync::Semaphore::new(slots));
-        let mut restores = 0usize;
         let mut set = tokio::task::JoinSet::new();
         let (mut done, mut moved) = (0u64, 0u64);
         let mut tally = |r: Result<
@@ -203,48 +209,50 @@ impl Tiering {
                 moved,
             ));
         };
+        // 1. Every object HEADed on the store, `slots` at a time; archived ones get their
+        //    RestoreObject now: all of them go out before any copy starts.
+        let restores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut heads = tokio::task::JoinSet::new();
+        let mut ready: Vec<(ObjectRef, crate::store::ObjectMeta)> = Vec::new();
+        let headed =
+            |r: Result<(ObjectRef, Result<Headed, StepError>), tokio::task::JoinError>,
+             ready: &mut Vec<(ObjectRef, crate::store::ObjectMeta)>| match r {
+                Ok((obj, Ok(Headed::Ready(meta)))) => {
+                    ready.push((obj, *meta));
+                    None
+                }
+                Ok((obj, Ok(Headed::Restoring))) => Some(Ok((obj, Ok(Done::Restoring)))),
+                Ok((obj, Err(e))) => Some(Ok((obj, Err(e)))),
+                Err(e) => Some(Err(e)),
+            };
         for obj in todo {
             let permit = tokio::select! {
                 p = sem.clone().acquire_owned() => p.expect("semaphore open"),
                 _ = cancel.cancelled() => break,
             };
-            // Archived objects: their restores go out first, all of them, before any copy
-            // waits on a slot behind them.
-            let meta = match primary
-                .head(&obj.object_key, obj.version_id.as_deref())
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    drop(permit);
-                    tally(
-                        Ok((
-                            obj.clone(),
-                            Err(StepError::new(libc::EIO, format!("HEAD: {e}"))),
-                        )),
-                        s,
-                        progress,
-                    );
-                    continue;
-                }
-            };
-            if !meta.restore.readable() {
+            let (me, primary, restores) = (self.clone(), primary.clone(), restores.clone());
+            heads.spawn(async move {
+                let r = me.head_for_copy(&primary, &obj, &restores).await;
                 drop(permit);
-                let r = if meta.restore == RestoreStatus::Archived {
-                    if restores >= MAX_RESTORES_PER_RUN {
-                        Ok(Done::Restoring)
-                    } else {
-                        restores += 1;
-                        self.request_restore(primary, &obj)
-                            .await
-                            .map(|_| Done::Restoring)
-                    }
-                } else {
-                    Ok(Done::Restoring)
-                };
-                tally(Ok((obj, r)), s, progress);
-                continue;
+                (obj, r)
+            });
+            while let Some(r) = heads.try_join_next() {
+                if let Some(t) = headed(r, &mut ready) {
+                    tally(t, s, progress);
+                }
             }
+        }
+        while let Some(r) = heads.join_next().await {
+            if let Some(t) = headed(r, &mut ready) {
+                tally(t, s, progress);
+            }
+        }
+        // 2. The readable ones copied, `slots` at a time.
+        for (obj, meta) in ready {
+            let permit = tokio::select! {
+                p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = cancel.cancelled() => break,
+            };
             let me = self.clone();
             let (primary, replica, target) = (primary.clone(), replica.clone(), target.to_string());
             set.spawn(async move {
@@ -262,6 +270,29 @@ impl Tiering {
             tally(r, s, progress);
         }
         Ok(())
+    }
+
+    /// The store's HEAD of `obj`: ready to copy, or archived (its restore asked for now,
+    /// unless [`MAX_RESTORES_PER_RUN`] were this run) or being restored.
+    async fn head_for_copy(
+        &self,
+        primary: &Arc<dyn ObjectStore>,
+        obj: &ObjectRef,
+        restores: &std::sync::atomic::AtomicUsize,
+    ) -> Result<Headed, StepError> {
+        let meta = primary
+            .head(&obj.object_key, obj.version_id.as_deref())
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("HEAD: {e}")))?;
+        if meta.restore.readable() {
+            return Ok(Headed::Ready(Box::new(meta)));
+        }
+        if meta.restore == RestoreStatus::Archived
+            && restores.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_RESTORES_PER_RUN
+        {
+            self.request_restore(primary, obj).await?;
+        }
+        Ok(Headed::Restoring)
     }
 
     /// Asks the primary to restore an archived object (the recall's tier and days).
