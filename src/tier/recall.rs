@@ -52,7 +52,18 @@ impl Tiering {
         if self.recalls.lock().is_empty() {
             return false;
         }
-        backing::stat_fd(fd).is_ok_and(|st| self.recalls.lock().contains_key(&self.node_id(&st)))
+        let Ok(st) = backing::stat_fd(fd) else {
+            return false;
+        };
+        let node = self.node_id(&st);
+        // A stream whose recall failed has told its readers already: not in flight any
+        // more, though its cleanup has not finished.
+        self.recalls.lock().contains_key(&node)
+            && !self
+                .streams
+                .lock()
+                .get(&node)
+                .is_some_and(|s| s.has_failed())
     }
 
     pub(super) fn in_flight(&self, ino: u64) -> Option<Waiter> {
@@ -208,6 +219,21 @@ impl Tiering {
                 "cancelled (coldtier recalls cancel)",
             )),
         };
+        let failed = result
+            .as_ref()
+            .err()
+            .filter(|e| e.errno != libc::EAGAIN && e.errno != libc::ETIMEDOUT);
+        if let Some(e) = failed {
+            // The row is a stub again before any reader hears of the failure (a `status`
+            // right after the reader's EIO says `stub`). A crash before the reset below
+            // leaves a stub with some local bytes, which its next read recalls over.
+            tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
+            let detail = json!({"object_key": rec.object_key, "error": e.message});
+            let change = after_owed_start(&mut start_owed, &start, Action::RecallFailed, detail);
+            if let Err(ce) = self.record(&mut row, change) {
+                tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
+            }
+        }
         if let (Err(e), Some(s)) = (&result, self.streams.lock().get(&node)) {
             // Every reader of the stream gets the error before the file is emptied.
             s.fail(e.errno);
@@ -216,19 +242,10 @@ impl Tiering {
             Ok(()) => {
                 tracing::info!(path = %row.path, bytes = rec.size, ms = t0.elapsed().as_millis() as u64, "recalled");
             }
-            Err(e) if e.errno == libc::EAGAIN || e.errno == libc::ETIMEDOUT => {
+            Err(e) if failed.is_none() => {
                 tracing::info!(path = %row.path, "recall waits for an archive restore: {e}");
             }
-            Err(e) => {
-                tracing::error!(path = %row.path, key = %rec.object_key, "recall failed: {e}");
-                self.reset_stub(&file, &rec);
-                let detail = json!({"object_key": rec.object_key, "error": e.message});
-                let change =
-                    after_owed_start(&mut start_owed, &start, Action::RecallFailed, detail);
-                if let Err(ce) = self.record(&mut row, change) {
-                    tracing::error!("catalog: cannot record RECALL_FAILED: {ce}");
-                }
-            }
+            Err(_) => self.reset_stub(&file, &rec),
         }
         crate::tier::metrics::recall_done(
             result.as_ref().map_err(|e| e.errno).copied(),

@@ -248,6 +248,11 @@ impl Stream {
         Ok(StreamRead::Data(buf))
     }
 
+    /// Whether the recall failed (its readers got the errno).
+    pub fn has_failed(&self) -> bool {
+        self.check().is_err()
+    }
+
     fn check(&self) -> Result<(), i32> {
         match self.failed.load(Ordering::Acquire) {
             0 => Ok(()),
