@@ -254,7 +254,7 @@ fn replicate_backfills_each_target_once_reports_and_serves_recalls_the_primary_l
     }
     // A target that does not exist: a clear error naming the ones that do.
     let out = t.cli(&["replicate", mnt.as_str(), "--to", "nope"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "bad input: {}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no [[replica]] named `nope`") && err.contains("g, p, s"),

@@ -778,7 +778,14 @@ impl Handler for Control {
                             .map(|s| serde_json::to_value(s).unwrap_or_default())
                     },
                 )
-                .map_err(step_err)?;
+                // No such target: bad input (exit 2), nothing was done.
+                .map_err(|e| {
+                    if e.errno == libc::EINVAL {
+                        err(ErrorCode::BadRequest, e.message)
+                    } else {
+                        step_err(e)
+                    }
+                })?;
                 reply(from_engine::<crate::control::replies::ReplicateReport>(
                     "replication",
                     v,

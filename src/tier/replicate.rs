@@ -83,8 +83,9 @@ impl Tiering {
     ) -> Result<ReplicateSummary, StepError> {
         let Some(replica) = self.replica(target) else {
             let known = self.replica_names();
+            // EINVAL: bad input (the CLI's exit 2), nothing was done.
             return Err(StepError::new(
-                libc::ENOENT,
+                libc::EINVAL,
                 if known.is_empty() {
                     format!("no [[replica]] named `{target}`: the config has none")
                 } else {
