@@ -491,35 +491,33 @@ pub struct ReplicaConfig {
 /// A `[store]`-like table parsed by the store module (`kind` defaults to "s3"); errors
 /// start with `what` and never show a credential's value.
 fn parse_store_table(table: &toml::Table, what: &str) -> Result<crate::store::StoreConfig, String> {
-    {
-        let mut table = table.clone();
-        table
-            .entry("kind")
-            .or_insert_with(|| toml::Value::String("s3".into()));
-        let secrets: Vec<String> = table
-            .iter()
-            .filter(|(k, _)| is_secret_key(k))
-            .map(|(_, v)| match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .filter(|v| !v.is_empty())
-            .collect();
-        let cfg: crate::store::StoreConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    // serde names the value it refused: never a credential's.
-                    let mut m = e.message().trim().to_string();
-                    for v in &secrets {
-                        m = m.replace(v.as_str(), "<redacted>");
-                    }
-                    format!("{what}: {m}")
-                })?;
-        cfg.validate()
-            .map_err(|e| format!("{what}: {}", e.message))?;
-        Ok(cfg)
-    }
+    let mut table = table.clone();
+    table
+        .entry("kind")
+        .or_insert_with(|| toml::Value::String("s3".into()));
+    let secrets: Vec<String> = table
+        .iter()
+        .filter(|(k, _)| is_secret_key(k))
+        .map(|(_, v)| match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    let cfg: crate::store::StoreConfig =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                // serde names the value it refused: never a credential's.
+                let mut m = e.message().trim().to_string();
+                for v in &secrets {
+                    m = m.replace(v.as_str(), "<redacted>");
+                }
+                format!("{what}: {m}")
+            })?;
+    cfg.validate()
+        .map_err(|e| format!("{what}: {}", e.message))?;
+    Ok(cfg)
 }
 
 impl Config {

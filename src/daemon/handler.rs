@@ -63,6 +63,16 @@ fn from_engine<T: DeserializeOwned>(what: &str, v: Value) -> Result<T, ErrorBody
     })
 }
 
+/// [`step_err`] for a request whose EINVAL means its own input was bad (an unknown
+/// replica target, a bad backup destination): exit 2 at the CLI, nothing was done.
+fn input_err(e: StepError) -> ErrorBody {
+    if e.errno == libc::EINVAL {
+        err(ErrorCode::BadRequest, e.message)
+    } else {
+        step_err(e)
+    }
+}
+
 fn step_err(e: StepError) -> ErrorBody {
     let code = match e.errno {
         libc::EBUSY => ErrorCode::Busy,
@@ -779,13 +789,7 @@ impl Handler for Control {
                     },
                 )
                 // No such target: bad input (exit 2), nothing was done.
-                .map_err(|e| {
-                    if e.errno == libc::EINVAL {
-                        err(ErrorCode::BadRequest, e.message)
-                    } else {
-                        step_err(e)
-                    }
-                })?;
+                .map_err(input_err)?;
                 reply(from_engine::<crate::control::replies::ReplicateReport>(
                     "replication",
                     v,
@@ -821,15 +825,8 @@ impl Handler for Control {
                 reply(from_engine::<VerifyReport>("verify", v)?)
             }
             Op::CatalogBackup { to } => {
-                let v = crate::jobs::backup::backup_now(&self.t, to.as_deref(), "manual").map_err(
-                    |e| {
-                        if e.errno == libc::EINVAL {
-                            err(ErrorCode::BadRequest, e.message)
-                        } else {
-                            step_err(e)
-                        }
-                    },
-                )?;
+                let v = crate::jobs::backup::backup_now(&self.t, to.as_deref(), "manual")
+                    .map_err(input_err)?;
                 reply(from_engine::<BackupReport>("catalog backup", v)?)
             }
             Op::Recalls => reply(crate::control::replies::RecallsReply {

@@ -60,10 +60,37 @@ struct Source<'a> {
     metadata: std::collections::BTreeMap<String, String>,
 }
 
-/// What the first pass found of one object.
-enum Headed {
-    Ready(Box<crate::store::ObjectMeta>),
-    Restoring,
+/// Runs `work` on each item, as many at once as `sem` has permits, until `cancel`; `done`
+/// hears each result as it comes (the items not started when cancelled are left).
+async fn bounded<T, R, Fut>(
+    items: Vec<T>,
+    sem: &Arc<tokio::sync::Semaphore>,
+    cancel: &Cancel,
+    work: impl Fn(T) -> Fut,
+    mut done: impl FnMut(Result<R, tokio::task::JoinError>),
+) where
+    Fut: std::future::Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for item in items {
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+            _ = cancel.cancelled() => break,
+        };
+        let fut = work(item);
+        set.spawn(async move {
+            let r = fut.await;
+            drop(permit);
+            r
+        });
+        while let Some(r) = set.try_join_next() {
+            done(r);
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        done(r);
+    }
 }
 
 /// What became of one object.
@@ -174,7 +201,6 @@ impl Tiering {
         // Four objects per part slot, as a recall -r (small objects are latency-bound).
         let slots = (self.settings().uploads.concurrency * 4).clamp(1, 64);
         let sem = Arc::new(tokio::sync::Semaphore::new(slots));
-        let mut set = tokio::task::JoinSet::new();
         let (mut done, mut moved) = (0u64, 0u64);
         let mut tally = |r: Result<
             (ObjectRef, Result<Done, StepError>),
@@ -213,87 +239,68 @@ impl Tiering {
         // 1. Every object HEADed on the store, `slots` at a time; archived ones get their
         //    RestoreObject now: all of them go out before any copy starts.
         let restores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut heads = tokio::task::JoinSet::new();
         let mut ready: Vec<(ObjectRef, crate::store::ObjectMeta)> = Vec::new();
-        let headed =
-            |r: Result<(ObjectRef, Result<Headed, StepError>), tokio::task::JoinError>,
-             ready: &mut Vec<(ObjectRef, crate::store::ObjectMeta)>| match r {
-                Ok((obj, Ok(Headed::Ready(meta)))) => {
-                    ready.push((obj, *meta));
-                    None
+        bounded(
+            todo,
+            &sem,
+            cancel,
+            |obj| {
+                let (me, primary, restores) = (self.clone(), primary.clone(), restores.clone());
+                async move {
+                    let r = me.head_for_copy(&primary, &obj, &restores).await;
+                    (obj, r)
                 }
-                Ok((obj, Ok(Headed::Restoring))) => Some(Ok((obj, Ok(Done::Restoring)))),
-                Ok((obj, Err(e))) => Some(Ok((obj, Err(e)))),
-                Err(e) => Some(Err(e)),
-            };
-        for obj in todo {
-            let permit = tokio::select! {
-                p = sem.clone().acquire_owned() => p.expect("semaphore open"),
-                _ = cancel.cancelled() => break,
-            };
-            let (me, primary, restores) = (self.clone(), primary.clone(), restores.clone());
-            heads.spawn(async move {
-                let r = me.head_for_copy(&primary, &obj, &restores).await;
-                drop(permit);
-                (obj, r)
-            });
-            while let Some(r) = heads.try_join_next() {
-                if let Some(t) = headed(r, &mut ready) {
-                    tally(t, s, progress);
-                }
-            }
-        }
-        while let Some(r) = heads.join_next().await {
-            if let Some(t) = headed(r, &mut ready) {
-                tally(t, s, progress);
-            }
-        }
+            },
+            |r| match r {
+                Ok((obj, Ok(Some(meta)))) => ready.push((obj, meta)),
+                r => tally(r.map(|(o, r)| (o, r.map(|_| Done::Restoring))), s, progress),
+            },
+        )
+        .await;
         // 2. The readable ones copied, `slots` at a time.
-        for (obj, meta) in ready {
-            let permit = tokio::select! {
-                p = sem.clone().acquire_owned() => p.expect("semaphore open"),
-                _ = cancel.cancelled() => break,
-            };
-            let me = self.clone();
-            let (primary, replica, target) = (primary.clone(), replica.clone(), target.to_string());
-            set.spawn(async move {
-                let r = me
-                    .copy_object(&primary, &replica, &target, &obj, meta, validates)
-                    .await;
-                drop(permit);
-                (obj, r)
-            });
-            while let Some(r) = set.try_join_next() {
-                tally(r, s, progress);
-            }
-        }
-        while let Some(r) = set.join_next().await {
-            tally(r, s, progress);
-        }
+        bounded(
+            ready,
+            &sem,
+            cancel,
+            |(obj, meta)| {
+                let me = self.clone();
+                let (primary, replica, target) =
+                    (primary.clone(), replica.clone(), target.to_string());
+                async move {
+                    let r = me
+                        .copy_object(&primary, &replica, &target, &obj, meta, validates)
+                        .await;
+                    (obj, r)
+                }
+            },
+            |r| tally(r, s, progress),
+        )
+        .await;
         Ok(())
     }
 
-    /// The store's HEAD of `obj`: ready to copy, or archived (its restore asked for now,
-    /// unless [`MAX_RESTORES_PER_RUN`] were this run) or being restored.
+    /// The store's HEAD of `obj`: its metadata when it is ready to copy; None when it is
+    /// archived (its restore asked for now, unless [`MAX_RESTORES_PER_RUN`] were this
+    /// run) or being restored.
     async fn head_for_copy(
         &self,
         primary: &Arc<dyn ObjectStore>,
         obj: &ObjectRef,
         restores: &std::sync::atomic::AtomicUsize,
-    ) -> Result<Headed, StepError> {
+    ) -> Result<Option<crate::store::ObjectMeta>, StepError> {
         let meta = primary
             .head(&obj.object_key, obj.version_id.as_deref())
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("HEAD: {e}")))?;
         if meta.restore.readable() {
-            return Ok(Headed::Ready(Box::new(meta)));
+            return Ok(Some(meta));
         }
         if meta.restore == RestoreStatus::Archived
             && restores.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_RESTORES_PER_RUN
         {
             self.request_restore(primary, obj).await?;
         }
-        Ok(Headed::Restoring)
+        Ok(None)
     }
 
     /// Asks the primary to restore an archived object (the recall's tier and days).
@@ -319,12 +326,18 @@ impl Tiering {
             "outcome": format!("{outcome:?}"),
             "for": "replicate",
         });
-        if let Err(e) = self.catalog.append_event(
-            Some(&obj.file_id),
-            Some(&obj.path),
-            crate::catalog::EventKind::RestoreRequested,
-            detail,
-        ) {
+        // A durable write (an fsync): on a blocking thread, not a runtime worker.
+        let (catalog, obj) = (self.catalog.clone(), obj.clone());
+        let recorded = tokio::task::spawn_blocking(move || {
+            catalog.append_event(
+                Some(&obj.file_id),
+                Some(&obj.path),
+                crate::catalog::EventKind::RestoreRequested,
+                detail,
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = recorded {
             tracing::error!("catalog: cannot record RESTORE_REQUESTED: {e}");
         }
         Ok(())
@@ -511,63 +524,62 @@ impl Tiering {
             checksum_algo: rec.checksum_algo.clone(),
             checksum: rec.checksum.clone(),
         };
+        let missing: Vec<&String> = names
+            .iter()
+            .take(want)
+            .filter(|target| !have.iter().any(|(t, _)| t == *target))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
         let algo: ChecksumAlgo = rec
             .checksum_algo
             .parse()
             .map_err(|e: String| StepError::new(libc::EIO, e))?;
-        for target in names.iter().take(want) {
-            if have.iter().any(|(t, _)| t == target) {
-                continue;
-            }
-            self.copy_to(file, rec, &obj, algo, target)
-                .await
-                .map_err(|e| {
-                    StepError::new(
-                        e.errno,
-                        format!(
-                            "policy.copies = {}: the copy on replica {target} failed, the file stays premigrated: {}",
-                            want + 1,
-                            e.message
-                        ),
-                    )
-                })?;
+        // The object's genealogy, as the store holds it (a rebuild from a target needs
+        // it): one HEAD, whatever the number of targets.
+        let metadata = self
+            .store()?
+            .head(&rec.object_key, rec.version_id.as_deref())
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("HEAD on the store: {e}")))?
+            .metadata;
+        let src = Source {
+            file,
+            size: rec.object_size(),
+            extents: rec.extents.clone(),
+            algo,
+            checksum: rec.checksum.clone(),
+            metadata,
+        };
+        for target in missing {
+            self.copy_to(&obj, &src, target).await.map_err(|e| {
+                StepError::new(
+                    e.errno,
+                    format!(
+                        "policy.copies = {}: the copy on replica {target} failed, the file stays premigrated: {}",
+                        want + 1,
+                        e.message
+                    ),
+                )
+            })?;
         }
         Ok(())
     }
 
-    /// One copy of `policy.copies`: the local file's bytes to replica `target`.
+    /// One copy of `policy.copies`: `src` (the local file's bytes) to replica `target`.
     async fn copy_to(
         &self,
-        file: &std::fs::File,
-        rec: &crate::tier::stub::StubRecord,
         obj: &ObjectRef,
-        algo: ChecksumAlgo,
+        src: &Source<'_>,
         target: &str,
     ) -> Result<(), StepError> {
-        {
-            let replica = self.replica(target).ok_or_else(|| {
-                StepError::new(libc::EIO, format!("replica {target} is not open"))
-            })?;
-            let validates = self.replica_validates(target, &replica).await?;
-            // The object's genealogy, as the primary holds it (a rebuild from the target
-            // needs it).
-            let metadata = self
-                .store()?
-                .head(&rec.object_key, rec.version_id.as_deref())
-                .await
-                .map_err(|e| StepError::new(libc::EIO, format!("HEAD on the store: {e}")))?
-                .metadata;
-            let src = Source {
-                file,
-                size: rec.object_size(),
-                extents: rec.extents.clone(),
-                algo,
-                checksum: rec.checksum.clone(),
-                metadata,
-            };
-            self.put_to_replica(&replica, target, obj, &src, validates)
-                .await
-        }
+        let replica = self
+            .replica(target)
+            .ok_or_else(|| StepError::new(libc::EIO, format!("replica {target} is not open")))?;
+        let validates = self.replica_validates(target, &replica).await?;
+        self.put_to_replica(&replica, target, obj, src, validates)
+            .await
     }
 
     /// An unnamed file on the source file system (O_TMPFILE, mode 0600, root's), gone
