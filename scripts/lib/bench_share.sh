@@ -11,6 +11,9 @@
 # logs under the work dir; NFSv3 through tests/rpcbind_stub.py in a mount namespace of
 # ganesha's own), and everything started here is stopped by the EXIT trap.
 
+# shellcheck source=tools.sh
+. "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+
 _bs_usage() {
     cat <<'EOF'
 Usage: scripts/bench.sh --share [options]
@@ -56,10 +59,6 @@ _bs_shq() {
     if [[ "$1" =~ ^[A-Za-z0-9_./,:=@%+-]+$ ]]; then printf '%s' "$1"
     else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
 }
-_bs_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 # The same files in DIR: the large file, and list/ with the many small ones (100 random
 # bytes each, different in every file).
 _bs_make_data() { # DIR
@@ -598,7 +597,7 @@ bench_share_main() {
     _bs_make_data "$BS_DATA/native"
     cp -a "$BS_DATA/native/." "$BS_DATA/ct-src/"
     _bs_mount
-    BS_NFS_PORT=$(_bs_free_port); BS_MNT_PORT=$(_bs_free_port); BS_SMB_PORT=$(_bs_free_port)
+    BS_NFS_PORT=$(tools_free_port); BS_MNT_PORT=$(tools_free_port); BS_SMB_PORT=$(tools_free_port)
     _bs_ganesha_start
     _bs_smb_start
     _bs_log "ganesha on 127.0.0.1:$BS_NFS_PORT (MOUNT $BS_MNT_PORT), smbd on 127.0.0.1:$BS_SMB_PORT; exports native and coldtier"

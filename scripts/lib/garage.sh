@@ -24,34 +24,16 @@
 # garage has no storage classes, no restore, no object tagging and no versioning (501 for
 # the tagging and ListObjectVersions calls).
 
-COLDTIER_GARAGE_VERSION="${COLDTIER_GARAGE_VERSION:-2.5.0}"
-COLDTIER_TOOLS="${COLDTIER_TOOLS:-/opt/coldtier-tools}"
+# shellcheck source=tools.sh
+. "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 
-_garage_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+COLDTIER_GARAGE_VERSION="${COLDTIER_GARAGE_VERSION:-2.5.0}"
 
 garage_bin() { printf '%s\n' "${COLDTIER_GARAGE_BIN:-$COLDTIER_TOOLS/bin/garage}"; }
 
 garage_install() {
-    local bin want="$COLDTIER_GARAGE_VERSION"
-    bin="$(garage_bin)"
-    # cargo records what it installed under --root; a binary from another version is replaced
-    if [ -x "$bin" ] && { [ -n "${COLDTIER_GARAGE_BIN:-}" ] ||
-        grep -q "\"garage $want " "$COLDTIER_TOOLS/.crates2.json" 2>/dev/null; }; then
-        return 0
-    fi
-    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    fi
-    command -v cargo >/dev/null 2>&1 || { echo "error: cargo is needed to install garage" >&2; return 1; }
-    local t0=$SECONDS
-    _garage_log "installing garage@$want into $COLDTIER_TOOLS (cargo install, 10-20 min)"
-    mkdir -p "$COLDTIER_TOOLS"
-    cargo install "garage@$want" --locked --root "$COLDTIER_TOOLS" >&2 || return 1
-    _garage_log "garage installed in $((SECONDS - t0)) s"
-}
-
-_garage_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    tools_cargo_install garage "$COLDTIER_GARAGE_VERSION" "$(garage_bin)" "${COLDTIER_GARAGE_BIN:-}" \
+        "10-20 min"
 }
 
 _garage_hex32() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
@@ -82,8 +64,8 @@ garage_cluster_start() {
     for n in 1 2 3; do
         nd="$GARAGE_DIR/node$n"
         mkdir -p "$nd"
-        rpc="$(_garage_free_port)"
-        s3="$(_garage_free_port)"
+        rpc="$(tools_free_port)"
+        s3="$(tools_free_port)"
         [ "$n" = 1 ] && GARAGE_ENDPOINT="http://127.0.0.1:$s3"
         # the config holds the cluster's RPC secret: owner-only
         (

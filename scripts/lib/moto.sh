@@ -8,6 +8,9 @@
 #   moto_stop               stops the server moto_start started (by its pid)
 #   moto_bin                prints the moto_server path the Rust tests use (COLDTIER_MOTO_BIN)
 
+# shellcheck source=tools.sh
+. "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+
 COLDTIER_MOTO_VERSION="${COLDTIER_MOTO_VERSION:-5.2.5}"
 COLDTIER_MOTO_VENV="${COLDTIER_MOTO_VENV:-/opt/coldtier-tools/moto-venv}"
 # moto computes CRC32 where CRC32C is asked for unless the crc32c module is there.
@@ -33,13 +36,8 @@ moto_install() {
     _moto_log "moto installed in $((SECONDS - t0)) s"
 }
 
-# _moto_free_port: a TCP port on 127.0.0.1 nobody listens on now.
-_moto_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 moto_start() {
-    local port="${1:-$(_moto_free_port)}"
+    local port="${1:-$(tools_free_port)}"
     local bin
     bin="$(moto_bin)"
     [ -x "$bin" ] || { echo "error: $bin missing: run moto_install (scripts/lib/moto.sh)" >&2; return 1; }

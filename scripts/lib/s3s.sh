@@ -15,36 +15,18 @@
 # (region us-east-1, path-style addressing). Bucket names need 3+ characters.
 # It has no storage classes, no restore and no tagging (501).
 
+# shellcheck source=tools.sh
+. "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+
 COLDTIER_S3S_VERSION="${COLDTIER_S3S_VERSION:-0.14.1}"
-COLDTIER_TOOLS="${COLDTIER_TOOLS:-/opt/coldtier-tools}"
 S3S_ACCESS_KEY="${S3S_ACCESS_KEY:-coldtierbench}"
 S3S_SECRET_KEY="${S3S_SECRET_KEY:-coldtierbenchsecret}"
-
-_s3s_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 s3s_bin() { printf '%s\n' "${COLDTIER_S3S_BIN:-$COLDTIER_TOOLS/bin/s3s-fs}"; }
 
 s3s_install() {
-    local bin want="$COLDTIER_S3S_VERSION"
-    bin="$(s3s_bin)"
-    # cargo records what it installed under --root; a binary from another version is replaced
-    if [ -x "$bin" ] && { [ -n "${COLDTIER_S3S_BIN:-}" ] ||
-        grep -q "\"s3s-fs $want " "$COLDTIER_TOOLS/.crates2.json" 2>/dev/null; }; then
-        return 0
-    fi
-    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    fi
-    command -v cargo >/dev/null 2>&1 || { echo "error: cargo is needed to install s3s-fs" >&2; return 1; }
-    local t0=$SECONDS
-    _s3s_log "installing s3s-fs@$want into $COLDTIER_TOOLS (cargo install, ~2.5 min)"
-    mkdir -p "$COLDTIER_TOOLS"
-    cargo install "s3s-fs@$want" --locked --features binary --root "$COLDTIER_TOOLS" >&2 || return 1
-    _s3s_log "s3s-fs installed in $((SECONDS - t0)) s"
-}
-
-_s3s_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    tools_cargo_install s3s-fs "$COLDTIER_S3S_VERSION" "$(s3s_bin)" "${COLDTIER_S3S_BIN:-}" \
+        "~2.5 min" --features binary
 }
 
 # _s3s_answers URL: true once an HTTP server answers there (any status: an unsigned
@@ -60,7 +42,7 @@ EOF
 }
 
 s3s_start() {
-    local root="${1:?s3s_start ROOT [PORT]}" port="${2:-$(_s3s_free_port)}"
+    local root="${1:?s3s_start ROOT [PORT]}" port="${2:-$(tools_free_port)}"
     local bin
     bin="$(s3s_bin)"
     [ -x "$bin" ] || { echo "error: $bin missing: run s3s_install (scripts/lib/s3s.sh)" >&2; return 1; }
