@@ -65,6 +65,22 @@ pub struct MotoServer {
     pub log: PathBuf,
 }
 
+/// Starts a test server: no stdin, stdout and stderr to `log`, and killed with the thread
+/// that started it (PR_SET_PDEATHSIG), even if the test itself is killed.
+fn spawn_server(cmd: &mut Command, log: std::fs::File) -> Result<Child, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| e.to_string())
+}
+
 fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
@@ -80,22 +96,11 @@ impl MotoServer {
             let log = std::env::temp_dir().join(format!("coldtier-moto-{port}.log"));
             let logf =
                 std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-            let mut cmd = Command::new(&bin);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(logf.try_clone().map_err(|e| e.to_string())?)
-                .stderr(logf);
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            // The server dies with the thread that started it, even if the test is killed.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+            let child = spawn_server(
+                Command::new(&bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+                logf,
+            )
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
             let mut m = MotoServer {
                 child,
                 port,
@@ -479,25 +484,15 @@ impl GarageCluster {
             .append(true)
             .open(&n.log)
             .map_err(|e| format!("{}: {e}", n.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("-c")
-            .arg(&n.config)
-            .arg("server")
-            .env("RUST_LOG", "garage=info,netapp=warn")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
-            .stderr(logf);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        // The node dies with the thread that started it, even if the test is killed.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+        let child = spawn_server(
+            Command::new(&self.bin)
+                .arg("-c")
+                .arg(&n.config)
+                .arg("server")
+                .env("RUST_LOG", "garage=info,netapp=warn"),
+            logf,
+        )
+        .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
         *slot = Some(child);
         Ok(())
     }
@@ -722,15 +717,17 @@ impl S3sServer {
             "coldtier-s3s".to_string(),
             "coldtier-s3s-secret".to_string(),
         );
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", &key_id, "--secret-key", &secret])
-            .arg(root)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start {bin}: {e}"))?;
+        let log = std::env::temp_dir().join(format!("coldtier-s3s-{port}.log"));
+        let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = spawn_server(
+            Command::new(&bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &key_id, "--secret-key", &secret])
+                .arg(root)
+                .env_remove("RUST_LOG"),
+            logf,
+        )
+        .map_err(|e| format!("start {bin}: {e}"))?;
         let s = S3sServer {
             child,
             port,
