@@ -68,11 +68,9 @@ pub fn line(
 pub struct Bar {
     tty: bool,
     start: Instant,
-    last: Option<Instant>,
+    throttle: crate::base::progress::Throttle,
     totals: Option<(u64, u64)>,
     shown: bool,
-    /// The last report, if the throttle kept it from being drawn: drawn at `finish`.
-    pending: Option<Progress>,
 }
 
 impl Default for Bar {
@@ -88,10 +86,9 @@ impl Bar {
         Bar {
             tty: std::io::stderr().is_terminal(),
             start: Instant::now(),
-            last: None,
+            throttle: crate::base::progress::Throttle::new(Duration::from_millis(100)),
             totals: None,
             shown: false,
-            pending: None,
         }
     }
 
@@ -111,20 +108,11 @@ impl Bar {
         if !self.tty {
             return;
         }
-        let now = Instant::now();
         // The first report with totals is drawn at once (the bar appears however fast
-        // the work is); others at most ten times a second.
-        if p.totals.is_none()
-            && self
-                .last
-                .is_some_and(|l| now - l < Duration::from_millis(100))
-        {
-            self.pending = Some(p.clone());
-            return;
+        // the work is); others at most ten times a second, the last one at `finish`.
+        if let Some(p) = self.throttle.offer(p.clone()) {
+            self.draw(&p);
         }
-        self.pending = None;
-        self.last = Some(now);
-        self.draw(p);
     }
 
     fn draw(&mut self, p: &Progress) {
@@ -144,7 +132,7 @@ impl Bar {
     /// Draws the last report if the throttle held it back, and ends the line (if one was
     /// drawn).
     pub fn finish(&mut self) {
-        if let Some(p) = self.pending.take() {
+        if let Some(p) = self.throttle.flush() {
             self.draw(&p);
         }
         if self.shown {

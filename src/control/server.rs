@@ -229,16 +229,9 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
                 // that says how much there is to do always goes: the bar needs it.
                 // The last line the throttle held back goes before the reply: a bar ends
                 // where the work ended.
-                let mut last: Option<std::time::Instant> = None;
-                let mut held: Option<Progress> = None;
+                let mut throttle = crate::base::progress::Throttle::new(PROGRESS_EVERY);
                 let mut progress = |p: Progress| {
-                    if p.totals.is_none() && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
-                        held = Some(p);
-                        return;
-                    }
-                    held = None;
-                    last = Some(std::time::Instant::now());
-                    if let Ok(w) = out.as_mut() {
+                    if let (Some(p), Ok(w)) = (throttle.offer(p), out.as_mut()) {
                         let _ = send(w, &Reply::progress(id, p));
                     }
                 };
@@ -250,7 +243,7 @@ fn serve_conn(conn: UnixStream, handler: &dyn Handler) {
                 watch_hangup(&writer, ctx.cancel.clone(), done.clone());
                 let r = handler.handle(r.op, &mut progress, &ctx);
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
-                if let (Some(p), Ok(w)) = (held.take(), out.as_mut()) {
+                if let (Some(p), Ok(w)) = (throttle.flush(), out.as_mut()) {
                     let _ = send(w, &Reply::progress(id, p));
                 }
                 match r {
