@@ -55,6 +55,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[limits]`: bandwidth limits of store transfers.
     pub limits: crate::tier::config::LimitsConfig,
+    /// `[pack]`: small files gathered into pack objects.
+    pub pack: crate::tier::config::PackConfig,
     /// `[[replica]]`: second (third ...) targets the objects are copied to by `coldtier
     /// replicate`; each a `name` and the keys of a `[store]`. Raw, like `[store]`.
     pub replica: Vec<toml::Table>,
@@ -429,6 +431,7 @@ impl Config {
                 .map(|c| c.upload_limits())
                 .unwrap_or_default(),
             limits: self.limits.clone(),
+            pack: self.pack.clone(),
         }
     }
 
@@ -559,6 +562,29 @@ impl Config {
             return Err(bad(
                 "policy.max_bytes",
                 "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+
+        let k = &self.pack;
+        if k.max_member_size == 0 || k.max_member_size > 1 << 30 {
+            return Err(bad(
+                "pack.max_member_size",
+                format!("{} is not between 1 byte and 1 GiB", k.max_member_size),
+            ));
+        }
+        if k.target_size < k.max_member_size || k.target_size > 5 << 40 {
+            return Err(bad(
+                "pack.target_size",
+                format!(
+                    "{} must be at least pack.max_member_size ({}) and at most 5 TiB",
+                    k.target_size, k.max_member_size
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&k.max_files) {
+            return Err(bad(
+                "pack.max_files",
+                format!("{} is not between 1 and 1000000", k.max_files),
             ));
         }
 
@@ -1043,6 +1069,12 @@ mod tests {
             ("[fuse]\ninode_fds = \"many\"", "fuse.inode_fds"),
             ("[fuse]\nreaddirplus = \"never\"", "fuse.readdirplus"),
             ("[policy]\ninclude = \"*.iso\"", "policy.include"),
+            ("[pack]\nenabled = \"yes\"", "pack.enabled"),
+            ("[pack]\nmax_member_size = 0", "pack.max_member_size"),
+            ("[pack]\nmax_member_size = \"2GiB\"", "pack.max_member_size"),
+            ("[pack]\ntarget_size = \"1KiB\"", "pack.target_size"),
+            ("[pack]\nmax_files = 0", "pack.max_files"),
+            ("[pack]\nlevel = 3", "pack.level"),
             ("[policy]\ninclude = [\"a/[b\"]", "policy.include"),
             ("[policy]\ninclude = [1]", "policy.include"),
             ("[policy]\nexclude = [\"ok\", \"{\"]", "policy.exclude"),

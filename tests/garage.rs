@@ -129,6 +129,7 @@ fn object_crc(rt: &tokio::runtime::Runtime, s: &S3Store, key: &str, size: u64) -
         checksum: ChecksumAlgo::Crc32c,
         extents: None,
         range: None,
+        dest_base: 0,
     }))
     .unwrap()
     .checksum

@@ -26,7 +26,7 @@ pub use queries::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     AlertFacts, ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, ObjectRef,
-    ReplicaCounts, ReplicaRow, StateCount, UnknownName, Upload,
+    PackRow, ReplicaCounts, ReplicaRow, StateCount, UnknownName, Upload,
 };
 
 use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
@@ -1020,16 +1020,21 @@ impl Catalog {
     // ---- replicas ------------------------------------------------------------------------
 
     /// The objects files name (premigrated, stub, recalling, restore pending) that
-    /// `target` has no verified copy of, by path.
+    /// `target` has no verified copy of, by path: a pack once (under its first member's
+    /// path), with the pack's size and checksum.
     pub fn objects_missing_on(&self, target: &str) -> Result<Vec<ObjectRef>> {
         self.read("reading the objects a replica lacks", |c| {
             c.prepare_cached(
-                "SELECT file_id, path, object_key, version_id, size, checksum_algo, checksum \
-                 FROM files f WHERE object_key IS NOT NULL AND checksum IS NOT NULL \
+                "SELECT f.file_id, min(f.path), f.object_key, f.version_id, \
+                 coalesce(p.size, f.size), coalesce(p.checksum_algo, f.checksum_algo), \
+                 coalesce(p.checksum, f.checksum) \
+                 FROM files f LEFT JOIN packs p ON p.object_key = f.object_key \
+                 WHERE f.object_key IS NOT NULL AND f.checksum IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.target = ?1 \
                    AND r.object_key = f.object_key \
                    AND r.version_id = coalesce(f.version_id, '')) \
-                 ORDER BY path",
+                 GROUP BY f.object_key, coalesce(f.version_id, '') \
+                 ORDER BY min(f.path)",
             )?
             .query_map([target], |r| {
                 Ok(ObjectRef {
@@ -1135,6 +1140,68 @@ impl Catalog {
                 EventKind::ObjectDeleted,
                 &detail,
             )
+        })
+    }
+
+    // ---- packs ---------------------------------------------------------------------------
+
+    /// Records pack `p` (written and verified) with its PACKED event, in one durable
+    /// transaction: before any member's record names it.
+    pub fn record_pack(&self, p: &PackRow, detail: serde_json::Value) -> Result<Event> {
+        let size = i64::try_from(p.size).map_err(|_| CatalogError::OutOfRange {
+            what: "size",
+            value: p.size,
+        })?;
+        self.write("recording a pack", |tx, heads, now| {
+            let head = heads.get(tx)?;
+            let time_ns = head.next_time(now);
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO packs (object_key, pack_id, version_id, size, members, \
+                 checksum_algo, checksum, storage_class, index_key, created_ns) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut st| {
+                st.execute(rusqlite::params![
+                    p.object_key,
+                    p.pack_id,
+                    p.version_id,
+                    size,
+                    p.members as i64,
+                    p.checksum_algo,
+                    p.checksum,
+                    p.storage_class,
+                    p.index_key,
+                    time_ns
+                ])
+            })
+            .ctx("recording a pack")?;
+            head.push(tx, time_ns, None, None, EventKind::Packed, &detail)
+        })
+    }
+
+    /// The pack whose object is `object_key`, if it is one.
+    pub fn pack(&self, object_key: &str) -> Result<Option<PackRow>> {
+        self.read("reading a pack", |c| {
+            c.prepare_cached(
+                "SELECT object_key, pack_id, version_id, size, members, checksum_algo, \
+                 checksum, storage_class, index_key FROM packs WHERE object_key = ?1",
+            )?
+            .query_row([object_key], pack_row)
+            .optional()
+        })
+    }
+
+    /// Every pack, with the number of files that still name it (its live members).
+    pub fn packs(&self) -> Result<Vec<(PackRow, u64)>> {
+        self.read("reading the packs", |c| {
+            c.prepare_cached(
+                "SELECT p.object_key, p.pack_id, p.version_id, p.size, p.members, \
+                 p.checksum_algo, p.checksum, p.storage_class, p.index_key, \
+                 (SELECT count(*) FROM files f WHERE f.object_key = p.object_key) \
+                 FROM packs p ORDER BY p.created_ns",
+            )?
+            .query_map([], |r| Ok((pack_row(r)?, r.get::<_, i64>(9)? as u64)))?
+            .collect()
         })
     }
 
@@ -1658,5 +1725,19 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         errors: json_column(r, 11)?,
         duration_ms: r.get(12)?,
         bytes_stubbed: r.get(13)?,
+    })
+}
+
+fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
+    Ok(PackRow {
+        object_key: r.get(0)?,
+        pack_id: r.get(1)?,
+        version_id: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        members: r.get::<_, i64>(4)? as u64,
+        checksum_algo: r.get(5)?,
+        checksum: r.get(6)?,
+        storage_class: r.get(7)?,
+        index_key: r.get(8)?,
     })
 }

@@ -76,10 +76,14 @@ pub enum EventKind {
     /// An object was copied to a `[[replica]]` target and verified there (detail: target,
     /// object key and version, bytes, the replica's version).
     Replicated,
+    /// A pack object (small files gathered into one object) was written and verified
+    /// (detail: its key, version, size, members, checksum, index key). Its members' own
+    /// COPIED/VERIFIED follow.
+    Packed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::Scanned,
         EventKind::Copied,
         EventKind::Verified,
@@ -102,6 +106,7 @@ impl EventKind {
         EventKind::RecallRefused,
         EventKind::Streamed,
         EventKind::Replicated,
+        EventKind::Packed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +133,7 @@ impl EventKind {
             EventKind::RecallRefused => "RECALL_REFUSED",
             EventKind::Streamed => "STREAMED",
             EventKind::Replicated => "REPLICATED",
+            EventKind::Packed => "PACKED",
         }
     }
 }
@@ -227,6 +233,20 @@ impl FileRow {
             updated_at: 0,
         }
     }
+}
+
+/// One pack object (`packs` table): small files gathered into one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRow {
+    pub object_key: String,
+    pub pack_id: String,
+    pub version_id: Option<String>,
+    pub size: u64,
+    pub members: u64,
+    pub checksum_algo: String,
+    pub checksum: String,
+    pub storage_class: String,
+    pub index_key: String,
 }
 
 /// One entry of the append-only, hash-chained event log.

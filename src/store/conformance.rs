@@ -201,6 +201,7 @@ pub(crate) async fn get_all(
             checksum: algo,
             extents: None,
             range: None,
+            dest_base: 0,
         })
         .await?;
     let mut v = vec![0u8; size as usize];
@@ -224,6 +225,7 @@ async fn hash_only(
         checksum: algo,
         extents: None,
         range: None,
+        dest_base: 0,
     })
     .await
 }
@@ -1030,6 +1032,7 @@ async fn sparse(h: &Harness) -> Result<(), String> {
             checksum: ChecksumAlgo::Crc32c,
             extents: Some(&extents),
             range: None,
+            dest_base: 0,
         })
         .await);
     check!(got.checksum == put.checksum, "checksum of what was written");

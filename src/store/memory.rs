@@ -270,9 +270,11 @@ impl ObjectStore for MemoryStore {
                 .map_err(|e| StoreError::io("dup of the destination", &e))?;
             let algo = req.checksum;
             let (data, at, extents) = match req.range {
-                Some((s, l)) if l > 0 && s + l <= o.data.len() as u64 => {
-                    (o.data.slice(s as usize..(s + l) as usize), s, None)
-                }
+                Some((s, l)) if l > 0 && s + l <= o.data.len() as u64 && req.dest_base <= s => (
+                    o.data.slice(s as usize..(s + l) as usize),
+                    s - req.dest_base,
+                    None,
+                ),
                 Some((s, l)) => {
                     return Err(StoreError::invalid_argument(format!(
                         "{}: range {s}+{l} outside the object",

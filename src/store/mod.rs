@@ -172,6 +172,7 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
             checksum: put.checksum.algo,
             extents: None,
             range: None,
+            dest_base: 0,
         })
         .await
         .map_err(|e| e.context("GET of the probe object"));
@@ -309,6 +310,10 @@ pub struct GetRequest<'a> {
     /// at `start` (not with `extents`) and hashed by themselves: a chunk of a streaming
     /// recall. `expected_size` is still the whole object's.
     pub range: Option<(u64, u64)>,
+    /// With `range`: the offset in the object whose byte lands at 0 in `dest` (a range is
+    /// written at `start - dest_base`): a pack member's bytes into its own file, which
+    /// starts at the member's offset in the pack. 0 otherwise.
+    pub dest_base: u64,
 }
 
 /// What a download wrote.
@@ -959,6 +964,9 @@ pub struct UploadLimits {
     pub part_size: u64,
     /// The class uploads get (`store.storage_class`).
     pub storage_class: StorageClass,
+    /// The checksum uploads are sent with (`store.checksum`): also what a pack's members
+    /// are each summed with.
+    pub checksum: ChecksumAlgo,
 }
 
 impl Default for UploadLimits {
@@ -967,6 +975,7 @@ impl Default for UploadLimits {
             concurrency: 4,
             part_size: DEFAULT_PART_SIZE,
             storage_class: StorageClass::Standard,
+            checksum: ChecksumAlgo::Crc32c,
         }
     }
 }
@@ -980,9 +989,11 @@ impl StoreConfig {
                 concurrency: c.concurrency.clamp(1, 64),
                 part_size: c.part_size.max(1),
                 storage_class: c.storage_class.clone(),
+                checksum: c.checksum,
             },
             StoreConfig::Posix(c) => UploadLimits {
                 storage_class: c.storage_class.clone(),
+                checksum: c.checksum,
                 ..UploadLimits::default()
             },
         }

@@ -344,7 +344,7 @@ impl Inner {
         expected_size: u64,
         algo: ChecksumAlgo,
         extents: Option<&Extents>,
-        range: Option<(u64, u64)>,
+        range: Option<(u64, u64, u64)>,
     ) -> Result<GetResult, StoreError> {
         let meta = self.read_meta(key, version_id)?;
         if !self.restore_status(&meta).readable() {
@@ -369,14 +369,14 @@ impl Inner {
             // SAFETY: fadvise on an open fd.
             unsafe { libc::posix_fadvise(src.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
-        let (first, end, extents) = match range {
-            Some((s, l)) if l > 0 && s + l <= actual => (s, s + l, None),
-            Some((s, l)) => {
+        let (first, end, base, extents) = match range {
+            Some((s, l, b)) if l > 0 && s + l <= actual && b <= s => (s, s + l, b, None),
+            Some((s, l, _)) => {
                 return Err(StoreError::invalid_argument(format!(
                     "{key}: range {s}+{l} outside an object of {actual} bytes"
                 )))
             }
-            None => (0, actual, extents),
+            None => (0, actual, 0, extents),
         };
         let mut h = Hasher::new(algo);
         let mut buf = vec![0u8; COPY_BUF.min((end - first) as usize).max(1)];
@@ -387,7 +387,7 @@ impl Inner {
                 .map_err(|e| StoreError::new(e.kind, format!("{key}: {}", e.message)))?;
             h.update(&buf[..n]);
             if let Some(dest) = dest {
-                write_mapped(dest, extents, &buf[..n], off)?;
+                write_mapped(dest, extents, &buf[..n], off - base)?;
             }
             off += n as u64;
         }
@@ -581,7 +581,7 @@ impl ObjectStore for PosixStore {
             let (key, version) = (req.key.to_string(), req.version_id.map(str::to_string));
             let (size, algo) = (req.expected_size, req.checksum);
             let extents = req.extents.cloned();
-            let range = req.range;
+            let range = req.range.map(|(s, l)| (s, l, req.dest_base));
             self.run(move |s| {
                 s.get(
                     &key,

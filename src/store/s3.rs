@@ -518,7 +518,7 @@ impl S3Store {
     }
 
     /// One ranged GET of bytes `[start, start + len)` of an object of `size` bytes, into
-    /// `dest` at `start`, hashed by itself.
+    /// `dest` at `start - base`, hashed by itself.
     #[allow(clippy::too_many_arguments)]
     async fn get_range(
         &self,
@@ -527,11 +527,10 @@ impl S3Store {
         version_id: Option<&str>,
         dest: Option<Arc<Dest>>,
         size: u64,
-        start: u64,
-        len: u64,
+        (start, len, base): (u64, u64, u64),
         algo: ChecksumAlgo,
     ) -> Result<GetResult, StoreError> {
-        if len == 0 || start + len > size {
+        if len == 0 || start + len > size || base > start {
             return Err(StoreError::invalid_argument(format!(
                 "{key}: range {start}+{len} outside an object of {size} bytes"
             )));
@@ -550,7 +549,7 @@ impl S3Store {
         let sum = stream_to_file(
             out.body,
             dest,
-            start,
+            start - base,
             len,
             Some(algo),
             full,
@@ -583,7 +582,15 @@ impl S3Store {
             .map_err(|e| StoreError::io("dup of the destination", &e))?;
         if let Some((start, len)) = req.range {
             return self
-                .get_range(&full, req.key, req.version_id, dest, size, start, len, algo)
+                .get_range(
+                    &full,
+                    req.key,
+                    req.version_id,
+                    dest,
+                    size,
+                    (start, len, req.dest_base),
+                    algo,
+                )
                 .await;
         }
         let chunk = self.cfg.part_size;

@@ -756,6 +756,7 @@ fn bench_put_get_64mib() {
                         checksum: algo,
                         extents: None,
                         range: None,
+                        dest_base: 0,
                     })
                     .await
                     .unwrap();

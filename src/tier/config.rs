@@ -29,6 +29,37 @@ pub struct Settings {
     pub uploads: UploadLimits,
     /// `[limits]`: bandwidth.
     pub limits: LimitsConfig,
+    /// `[pack]`: small files gathered into pack objects.
+    pub pack: PackConfig,
+}
+
+/// `[pack]`: small files gathered into pack objects (POSIX pax tar archives, each with a
+/// member index beside it; docs/architecture.md "Packs"). Off by default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackConfig {
+    /// Files of a policy run no larger than `max_member_size` go into packs.
+    pub enabled: bool,
+    /// The largest file packed (default 1 MiB); larger ones get an object each.
+    #[serde(deserialize_with = "de_size")]
+    pub max_member_size: u64,
+    /// A pack is closed once its members reach this many bytes (default 64 MiB)...
+    #[serde(deserialize_with = "de_size")]
+    pub target_size: u64,
+    /// ... or this many files (default 10,000). A run's last pack is closed at its end
+    /// however small; a member is never split.
+    pub max_files: u64,
+}
+
+impl Default for PackConfig {
+    fn default() -> Self {
+        PackConfig {
+            enabled: false,
+            max_member_size: 1 << 20,
+            target_size: 64 << 20,
+            max_files: 10_000,
+        }
+    }
 }
 
 /// `[limits]`: bandwidth limits of the mount's store transfers (S3), in bytes per second

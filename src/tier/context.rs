@@ -89,6 +89,9 @@ pub struct Tiering {
     pub(super) streams: Mutex<HashMap<u64, Arc<super::stream::Stream>>>,
     /// Files with a restore poller (by file id): one each.
     pub(super) pollers: Mutex<HashSet<String>>,
+    /// Archived packs whose restore a member's recall requested, and when (the other
+    /// members wait on that one).
+    pub(super) pack_restores: Mutex<HashMap<String, std::time::Instant>>,
     /// The runner of every background worker of this mount (`crate::jobs`, the tagger,
     /// the restore pollers).
     pub workers: Arc<crate::base::worker::Runner>,
@@ -130,7 +133,7 @@ pub struct StoreState {
 }
 
 /// How a tiering step failed: the errno an application sees, and what to log.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StepError {
     pub errno: i32,
     pub message: String,
@@ -230,6 +233,7 @@ impl Tiering {
             streams: Mutex::new(HashMap::new()),
             readers: Default::default(),
             pollers: Mutex::new(HashSet::new()),
+            pack_restores: Mutex::new(HashMap::new()),
             workers,
             checks: (
                 std::sync::atomic::AtomicUsize::new(0),

@@ -133,6 +133,14 @@ impl Tiering {
                 Some(v) => store.delete(&obj.0, Some(v)).await,
                 None => store.purge(&obj.0).await,
             };
+            // A pack's index goes with it (it is no object of its own in the catalog).
+            let deleted_obj = match (deleted_obj, crate::tier::stub::parse_pack_key(&obj.0)) {
+                (Ok(()), Some((prefix, id))) => store
+                    .purge(&crate::tier::stub::pack_index_key(prefix, id))
+                    .await
+                    .map_err(|e| e.context("the pack's index")),
+                (r, _) => r,
+            };
             match deleted_obj {
                 Ok(()) => {
                     let detail = json!({

@@ -566,8 +566,14 @@ impl Tiering {
             let done_files = Arc::new(AtomicU64::new(0));
             let done_bytes = Arc::new(AtomicU64::new(0));
             let mut set = tokio::task::JoinSet::new();
-            for (facts, plan) in sel.selected {
-                let need = budget.slots_for(facts.size);
+            // Small files go in packs ([pack]), each pack one task; the others one each.
+            let (packs, singles) = super::pack::plan_packs(sel.selected, &self.settings().pack);
+            let work = packs
+                .into_iter()
+                .map(Work::Pack)
+                .chain(singles.into_iter().map(|(f, p)| Work::One(f, p)));
+            for w in work {
+                let need = budget.slots_for(w.bytes());
                 // Cancelled: no new file is started; the ones under way finish.
                 let permit = tokio::select! {
                     p = sem.clone().acquire_many_owned(need) => p.expect("semaphore open"),
@@ -588,15 +594,23 @@ impl Tiering {
                 }
                 let me = self.clone();
                 let (df, db) = (done_files.clone(), done_bytes.clone());
-                // Each file on a blocking thread of its own: its catalog writes, xattrs
-                // and fsyncs block, and must not hold the runtime's few workers.
+                // Each file (or pack) on a blocking thread of its own: its catalog
+                // writes, xattrs and fsyncs block, and must not hold the runtime's few
+                // workers.
                 let rt = self.rt.clone();
                 set.spawn_blocking(move || {
-                    let r = rt.block_on(me.migrate_file(&facts.rel_path, plan, stub));
-                    df.fetch_add(1, Ordering::Relaxed);
-                    db.fetch_add(facts.size, Ordering::Relaxed);
+                    let (n, bytes) = (w.files(), w.bytes());
+                    let r = match w {
+                        Work::One(facts, plan) => {
+                            let r = rt.block_on(me.migrate_file(&facts.rel_path, plan, stub));
+                            vec![(facts, plan, r)]
+                        }
+                        Work::Pack(items) => rt.block_on(me.migrate_pack(items, stub)),
+                    };
+                    df.fetch_add(n, Ordering::Relaxed);
+                    db.fetch_add(bytes, Ordering::Relaxed);
                     drop(permit);
-                    (facts, plan, r)
+                    r
                 });
                 while let Some(res) = set.try_join_next() {
                     tally(&mut summary, res);
@@ -702,13 +716,7 @@ impl Tiering {
         stub: bool,
     ) -> Result<Outcome, StepError> {
         let _in_flight = crate::tier::metrics::MIGRATIONS_IN_FLIGHT.track();
-        let fd = backing::open_beneath(
-            self.root(),
-            rel,
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
-        )
-        .or_else(|_| backing::open_beneath(self.root(), rel, libc::O_RDONLY | libc::O_NOFOLLOW))?;
-        let file = File::from(fd);
+        let file = self.open_to_copy(rel)?;
         let st = backing::stat_fd(file.as_fd())?;
         if st.file_type() != libc::S_IFREG || st.nlink != 1 {
             return Ok(Outcome::Skipped);
@@ -756,7 +764,12 @@ impl Tiering {
     /// the upload failed: an answer lost on the way) for gc to delete after the retention;
     /// the event also ends the upload's intent. An object that exists is tagged
     /// `discarded` (in the background).
-    fn failed_event(&self, row: &FileRow, error: &str, object: Option<(&str, Option<&str>)>) {
+    pub(super) fn failed_event(
+        &self,
+        row: &FileRow,
+        error: &str,
+        object: Option<(&str, Option<&str>)>,
+    ) {
         let mut detail = json!({"error": error});
         if let Some((k, v)) = object {
             detail["object_key"] = json!(k);
@@ -788,25 +801,8 @@ impl Tiering {
     ) -> Result<(StubRecord, (u64, i64, i64), Vec<Transition>), StepError> {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
-        // Identity: the file's id, unless it is a copy of another file's records.
-        let mut id = marks::file_id(file.as_fd())?;
         let st_before = backing::stat_fd(file.as_fd())?;
-        let mut row = None;
-        if let Some(i) = &id {
-            match self.catalog.file_by_id(i)? {
-                Some(r) if r.ino != 0 && r.ino != st_before.ino => id = None,
-                r => row = r,
-            }
-        }
-        // A new id is written to the file only with its copy record, after the copy is
-        // verified: a failed run leaves the file exactly as it was.
-        let new_id = id.is_none();
-        let id = match id {
-            Some(i) => i,
-            None => new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
-        };
-        let mut row = row.unwrap_or_else(|| FileRow::new(id.clone(), path.clone()));
-        row.path = path.clone();
+        let (id, new_id, mut row) = self.identity(file, &path, st_before.ino)?;
         let st0 = backing::stat_fd(file.as_fd())?;
         let version = (system_now_ns().max(1)) as u64;
         let key = object_key(KEY_PREFIX, &id, version);
@@ -933,35 +929,14 @@ impl Tiering {
             content_mtime_ns: None,
             extents,
             chunks: put.chunks.clone(),
+            pack: None,
         };
-        {
-            let held = self.gate.lock(node);
-            let st1 = backing::stat_fd(file.as_fd())?;
-            // A pin meanwhile may have given a new file its id: ours names the object.
-            let id_taken = new_id && marks::file_id(file.as_fd())?.is_some();
-            if !unchanged(&st0, &st1) || held.opens().writers > 0 || id_taken {
-                drop(held);
-                let msg = "changed while it was being copied (the copy is discarded)".to_string();
-                self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
-                return Err(StepError::new(libc::EAGAIN, msg));
-            }
-            if new_id {
-                marks::set_file_id(file.as_fd(), &id)?;
-            }
-            marks::set_record(file.as_fd(), marks::COPY, &rec)?;
-            self.reset_mark(node);
+        if !self.set_copy_record(node, file, &st0, new_id, &rec)? {
+            let msg = "changed while it was being copied (the copy is discarded)".to_string();
+            self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
+            return Err(StepError::new(libc::EAGAIN, msg));
         }
-        if put.parts > 1 {
-            // A multipart object's own checksum is a composite: keep the whole-object one
-            // with it (metadata cannot change after the upload; tags can).
-            let tags = BTreeMap::from([
-                ("coldtier-state".to_string(), "live".to_string()),
-                ("coldtier-checksum".to_string(), put.checksum.to_string()),
-            ]);
-            if let Err(e) = store.set_tags(&key, put.version_id.as_deref(), tags).await {
-                tracing::warn!(key = %self.full_key(&key), "cannot tag the whole-object checksum: {e}");
-            }
-        }
+        self.tag_whole_checksum(&key, &put).await;
         let st2 = backing::stat_fd(file.as_fd())?;
         fill_from_record(&mut row, &rec);
         row.ctime_ns = ns_of(st2.ctime);
@@ -987,15 +962,98 @@ impl Tiering {
         Ok((rec, now, Vec::new()))
     }
 
+    /// A multipart object's own checksum is a composite: the whole-object one is kept
+    /// with it as a tag (metadata cannot change after the upload; tags can).
+    pub(super) async fn tag_whole_checksum(&self, key: &str, put: &crate::store::PutResult) {
+        if put.parts <= 1 {
+            return;
+        }
+        let Ok(store) = self.store() else { return };
+        let tags = BTreeMap::from([
+            ("coldtier-state".to_string(), "live".to_string()),
+            ("coldtier-checksum".to_string(), put.checksum.to_string()),
+        ]);
+        if let Err(e) = store.set_tags(key, put.version_id.as_deref(), tags).await {
+            tracing::warn!(key = %self.full_key(key), "cannot tag the whole-object checksum: {e}");
+        }
+    }
+
+    /// `rel` opened for reading its data into a copy (without moving its atime where the
+    /// kernel allows).
+    pub(super) fn open_to_copy(&self, rel: &Path) -> Result<File, StepError> {
+        let fd = backing::open_beneath(
+            self.root(),
+            rel,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+        )
+        .or_else(|_| backing::open_beneath(self.root(), rel, libc::O_RDONLY | libc::O_NOFOLLOW))?;
+        Ok(File::from(fd))
+    }
+
+    /// The identity a file being copied gets: its id (a new one, not yet written, if it
+    /// has none or its id is another file's: a copy of that file's records), whether it is
+    /// new, and its catalog row (a new one for a new id) under `path`.
+    pub(super) fn identity(
+        &self,
+        file: &File,
+        path: &str,
+        ino: u64,
+    ) -> Result<(String, bool, FileRow), StepError> {
+        let mut id = marks::file_id(file.as_fd())?;
+        let mut row = None;
+        if let Some(i) = &id {
+            match self.catalog.file_by_id(i)? {
+                Some(r) if r.ino != 0 && r.ino != ino => id = None,
+                r => row = r,
+            }
+        }
+        // A new id is written to the file only with its copy record, after the copy is
+        // verified: a failed run leaves the file exactly as it was.
+        let new_id = id.is_none();
+        let id = match id {
+            Some(i) => i,
+            None => new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
+        };
+        let mut row = row.unwrap_or_else(|| FileRow::new(id.clone(), path.to_string()));
+        row.path = path.to_string();
+        Ok((id, new_id, row))
+    }
+
+    /// Under the file's gate: if it is as it was when copied (`st0`), not open for
+    /// writing, and (`new_id`) no pin gave it an id meanwhile, gives it `rec`'s id and
+    /// `rec` as its copy record. False (nothing written): the copy is not the file's.
+    pub(super) fn set_copy_record(
+        &self,
+        node: u64,
+        file: &File,
+        st0: &Stat,
+        new_id: bool,
+        rec: &StubRecord,
+    ) -> Result<bool, StepError> {
+        let held = self.gate.lock(node);
+        let st1 = backing::stat_fd(file.as_fd())?;
+        // A pin meanwhile may have given a new file its id: ours names the object.
+        let id_taken = new_id && marks::file_id(file.as_fd())?.is_some();
+        if !unchanged(st0, &st1) || held.opens().writers > 0 || id_taken {
+            return Ok(false);
+        }
+        if new_id {
+            marks::set_file_id(file.as_fd(), &rec.file_id)?;
+        }
+        marks::set_record(file.as_fd(), marks::COPY, rec)?;
+        self.reset_mark(node);
+        Ok(true)
+    }
+
     /// The storage class uploads get (`store.storage_class`, else STANDARD).
-    fn configured_class(&self) -> StorageClass {
+    pub(super) fn configured_class(&self) -> StorageClass {
         self.settings().uploads.storage_class.clone()
     }
 
     /// Moves a copy proven by reading it back (uploaded STANDARD) to its archive class on
     /// the server, and checks what the server then holds: that exact size, and its
     /// checksum if it reports one. `put` then names the version that holds the data.
-    async fn archive_proven(
+    pub(super) async fn archive_proven(
         &self,
         key: &str,
         size: u64,
@@ -1048,7 +1106,7 @@ impl Tiering {
     /// is proof only from a store known to refuse a body that does not match the checksum
     /// sent with it ([`Tiering::store_validates`]); otherwise, and with `verify =
     /// "readback"`, the object is read back and hashed.
-    async fn verify(
+    pub(super) async fn verify(
         &self,
         key: &str,
         version: Option<&str>,
@@ -1114,6 +1172,7 @@ impl Tiering {
                 checksum: put.checksum.algo,
                 extents: None,
                 range: None,
+                dest_base: 0,
             })
             .await;
         let got = match got {
@@ -1312,10 +1371,40 @@ pub(super) fn refuse_unchangeable(fd: BorrowedFd<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
-fn tally(
-    summary: &mut RunSummary,
-    res: Result<(FileFacts, Plan, Result<Outcome, StepError>), tokio::task::JoinError>,
-) {
+/// What a policy run hands one task: a file, or a pack of small files.
+enum Work {
+    One(FileFacts, Plan),
+    Pack(Vec<(FileFacts, Plan)>),
+}
+
+impl Work {
+    fn bytes(&self) -> u64 {
+        match self {
+            Work::One(f, _) => f.size,
+            Work::Pack(v) => v.iter().map(|(f, _)| f.size).sum(),
+        }
+    }
+
+    fn files(&self) -> u64 {
+        match self {
+            Work::One(..) => 1,
+            Work::Pack(v) => v.len() as u64,
+        }
+    }
+}
+
+fn tally(summary: &mut RunSummary, res: Result<Vec<super::pack::Done>, tokio::task::JoinError>) {
+    match res {
+        Ok(v) => {
+            for d in v {
+                tally_one(summary, Ok(d));
+            }
+        }
+        Err(e) => tally_one(summary, Err(e)),
+    }
+}
+
+fn tally_one(summary: &mut RunSummary, res: Result<super::pack::Done, tokio::task::JoinError>) {
     match res {
         Ok((facts, plan, Ok(o))) => match o {
             Outcome::Copied => {
@@ -1359,6 +1448,7 @@ mod tests {
             concurrency: 4,
             part_size: crate::base::units::parse_size("16MB").unwrap(),
             storage_class: StorageClass::Standard,
+            checksum: crate::store::ChecksumAlgo::Crc32c,
         });
         assert_eq!(b.slots, 16);
         assert_eq!(b.slots_for(0), 1);

@@ -26,6 +26,7 @@ pub mod marks;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
+pub mod pack;
 pub mod readers;
 pub mod rebuild;
 pub mod recall;

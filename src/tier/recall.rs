@@ -365,25 +365,39 @@ impl Tiering {
             match got {
                 Err(e) if e.is(StoreErrorKind::InvalidObjectState) => {
                     let tier = self.settings().recall.restore_tier;
-                    let outcome = store
-                        .restore(
-                            &rec.object_key,
-                            rec.version_id.as_deref(),
-                            self.settings().recall.restore_days,
-                            tier,
-                        )
-                        .await
-                        .map_err(|e| {
-                            StepError::new(
-                                libc::EIO,
-                                format!("RestoreObject {}: {e}", rec.object_key),
+                    // The members of one archived pack share its restore: the first
+                    // recall requests it, the others wait on it.
+                    let shared = rec.pack.is_some() && !self.first_pack_restore(rec);
+                    let outcome = if shared {
+                        "SharedWithPack".to_string()
+                    } else {
+                        let o = store
+                            .restore(
+                                &rec.object_key,
+                                rec.version_id.as_deref(),
+                                self.settings().recall.restore_days,
+                                tier,
                             )
-                        })?;
+                            .await
+                            .map_err(|e| {
+                                StepError::new(
+                                    libc::EIO,
+                                    format!("RestoreObject {}: {e}", rec.object_key),
+                                )
+                            });
+                        match o {
+                            Ok(o) => format!("{o:?}"),
+                            Err(e) => {
+                                self.pack_restores.lock().remove(&rec.object_key);
+                                return Err(e);
+                            }
+                        }
+                    };
                     let d = json!({
                         "object_key": rec.object_key,
                         "tier": self.settings().recall.restore_tier.as_str(),
                         "days": self.settings().recall.restore_days,
-                        "outcome": format!("{outcome:?}"),
+                        "outcome": outcome,
                     });
                     let change = after_owed_start(start_owed, start, Action::RestoreRequested, d);
                     self.record(row, change)
@@ -482,15 +496,21 @@ impl Tiering {
                     .await
             }
             None => {
+                // A pack member: one ranged GET of its bytes, hashed by themselves.
+                let (expected_size, range, dest_base) = match &rec.pack {
+                    Some(p) => (p.pack_size, Some((p.offset, rec.size)), p.offset),
+                    None => (rec.object_size(), None, 0),
+                };
                 store
                     .get(GetRequest {
                         key: &rec.object_key,
                         version_id,
                         dest: Some(file),
-                        expected_size: rec.object_size(),
+                        expected_size,
                         checksum: algo,
                         extents: rec.extents.as_ref(),
-                        range: None,
+                        range,
+                        dest_base,
                     })
                     .await
             }
@@ -597,6 +617,22 @@ impl Tiering {
             checksum,
             version_id: rec.version_id.clone(),
         })
+    }
+
+    /// Whether this recall of a pack member is the first to find the pack archived since
+    /// its restore would have lapsed (`recall.restore_days`): it then requests the restore
+    /// for all of the pack's members.
+    fn first_pack_restore(&self, rec: &StubRecord) -> bool {
+        let days = u64::from(self.settings().recall.restore_days.max(1));
+        let fresh = std::time::Duration::from_secs(days * 86_400);
+        let mut m = self.pack_restores.lock();
+        match m.get(&rec.object_key) {
+            Some(t) if t.elapsed() < fresh => false,
+            _ => {
+                m.insert(rec.object_key.clone(), Instant::now());
+                true
+            }
+        }
     }
 
     /// Polls a pending restore in the background and recalls the file once it is ready

@@ -168,6 +168,11 @@ impl Tiering {
 
     /// Sets the object's state tag, in the background (the tagger), best effort.
     pub fn tag_later(&self, key: String, version: Option<String>, state: &'static str) {
+        // A pack's tags speak for all its members: one member deleted or changed does not
+        // make the pack `deleted` (gc deletes it once no file names it).
+        if crate::tier::stub::parse_pack_key(&key).is_some() {
+            return;
+        }
         if self.store_opt().is_some() {
             let _ = self.tags.send((key, version, state));
         }

@@ -368,6 +368,7 @@ impl Tiering {
                 checksum: algo,
                 extents: None,
                 range: None,
+                dest_base: 0,
             })
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("GET from the primary: {e}")))?;
@@ -441,6 +442,7 @@ impl Tiering {
                     checksum: src.algo,
                     extents: None,
                     range: None,
+                    dest_base: 0,
                 })
                 .await
                 .map_err(|e| StepError::new(libc::EIO, format!("read-back from {target}: {e}")))?;
@@ -532,6 +534,19 @@ impl Tiering {
         if missing.is_empty() {
             return Ok(());
         }
+        if rec.pack.is_some() {
+            // A member's local bytes are not the pack: the pack run copies the whole pack
+            // to the targets; one that lacks it gets it from `coldtier replicate`.
+            return Err(StepError::new(
+                libc::EAGAIN,
+                format!(
+                    "policy.copies = {}: the pack {} has no copy on replica {} yet (run coldtier replicate): the file stays premigrated",
+                    want + 1,
+                    rec.object_key,
+                    missing[0]
+                ),
+            ));
+        }
         let algo: ChecksumAlgo = rec
             .checksum_algo
             .parse()
@@ -567,6 +582,33 @@ impl Tiering {
         Ok(())
     }
 
+    /// policy.copies for a pack just written: the pack (`file`, its temporary local copy)
+    /// to each of the first `copies - 1` targets that lacks it.
+    pub(super) async fn copy_pack_to_replicas(
+        &self,
+        file: &std::fs::File,
+        obj: &ObjectRef,
+        algo: ChecksumAlgo,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StepError> {
+        let want = self.settings().policy.copies.saturating_sub(1) as usize;
+        if want == 0 {
+            return Ok(());
+        }
+        let src = Source {
+            file,
+            size: obj.file_size,
+            extents: None,
+            algo,
+            checksum: obj.checksum.clone(),
+            metadata,
+        };
+        for target in self.replica_names().iter().take(want) {
+            self.copy_to(obj, &src, target).await?;
+        }
+        Ok(())
+    }
+
     /// One copy of `policy.copies`: `src` (the local file's bytes) to replica `target`.
     async fn copy_to(
         &self,
@@ -584,7 +626,7 @@ impl Tiering {
 
     /// An unnamed file on the source file system (O_TMPFILE, mode 0600, root's), gone
     /// when closed: where an object passes between two stores.
-    fn unnamed_file(&self) -> Result<std::fs::File, StepError> {
+    pub(super) fn unnamed_file(&self) -> Result<std::fs::File, StepError> {
         // SAFETY: a plain syscall on our root fd and a static, NUL-terminated name.
         let fd = unsafe {
             libc::openat(

@@ -44,6 +44,9 @@ const TRANSIENT_KEEP: usize = 16;
 /// (into an anonymous memory file: a transient stream, `stream` rule).
 pub struct Stream {
     total: u64,
+    /// Where the file's bytes are in the object, and the object's size: (0, total) but
+    /// for a pack member (its offset in the pack, the pack's size).
+    origin: (u64, u64),
     /// The pieces fetched and checked one by one: (start, length), in order, end to end.
     pieces: Vec<(u64, u64)>,
     expect: Expect,
@@ -121,13 +124,17 @@ impl Stream {
             Some(sums) if sums.valid_for(rec.size) => Self::chunked(rec, file, true),
             _ if rec.size <= TRANSIENT_WHOLE_MAX && rec.size > 0 => {
                 let algo: ChecksumAlgo = rec.checksum_algo.parse().ok()?;
-                Some(Stream::new(
+                let mut s = Stream::new(
                     rec.size,
                     vec![(0, rec.size)],
                     Expect::Whole(algo, rec.checksum.clone()),
                     file,
                     true,
-                ))
+                );
+                if let Some(p) = &rec.pack {
+                    Arc::get_mut(&mut s).expect("new").origin = (p.offset, p.pack_size);
+                }
+                Some(s)
             }
             _ => None,
         }
@@ -143,6 +150,7 @@ impl Stream {
         let n = pieces.len();
         Arc::new(Stream {
             total,
+            origin: (0, total),
             pieces,
             expect,
             transient,
@@ -478,10 +486,11 @@ impl Stream {
                 key,
                 version_id,
                 dest: Some(&self.file),
-                expected_size: self.total,
+                expected_size: self.origin.1,
                 checksum: algo,
                 extents: None,
-                range: (len != self.total).then_some((start, len)),
+                range: (len != self.origin.1).then_some((self.origin.0 + start, len)),
+                dest_base: self.origin.0,
             })
             .await?;
         let (ok, said, want) = match &self.expect {

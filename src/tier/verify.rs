@@ -326,10 +326,19 @@ impl Tiering {
             {
                 continue;
             }
-            if named.contains(&o.key) {
+            // A pack's index is named through its pack.
+            let key = match o.key.strip_suffix(".index.json") {
+                Some(stem)
+                    if crate::tier::stub::parse_pack_key(&format!("{stem}.tar")).is_some() =>
+                {
+                    format!("{stem}.tar")
+                }
+                _ => o.key.clone(),
+            };
+            if named.contains(&key) {
                 continue;
             }
-            if retained.contains(&o.key) && !gone.contains(&o.key) {
+            if retained.contains(&key) && !gone.contains(&key) {
                 n_retained += 1;
                 continue;
             }
@@ -338,7 +347,7 @@ impl Tiering {
             } else if o.key.starts_with(&format!("{KEY_PREFIX}/")) {
                 "no file, catalog row or retained content names it"
             } else {
-                "not a coldtier object key (coldtier writes only data/ and catalog/ keys)"
+                "not a coldtier object key (coldtier writes only data/, packs/ and catalog/ keys)"
             };
             let file_id =
                 crate::tier::stub::parse_object_key(&o.key).map(|(_, id, _)| id.to_string());
@@ -469,17 +478,24 @@ impl Tiering {
                     Ok(a) => a,
                     Err(_) => continue,
                 };
-                let got = store
-                    .get(GetRequest {
-                        key: &r.rec.object_key,
-                        version_id: replica_version.as_deref(),
-                        dest: None,
-                        expected_size: *size,
-                        checksum: algo,
-                        extents: None,
-                        range: None,
-                    })
-                    .await;
+                let got = match &r.rec.pack {
+                    Some(p) => read_member(store.as_ref(), &r.rec, p, replica_version.as_deref())
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => store
+                        .get(GetRequest {
+                            key: &r.rec.object_key,
+                            version_id: replica_version.as_deref(),
+                            dest: None,
+                            expected_size: *size,
+                            checksum: algo,
+                            extents: None,
+                            range: None,
+                            dest_base: 0,
+                        })
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
                 match got {
                     Ok(g) if g.checksum.base64() == r.rec.checksum => {}
                     Ok(g) => findings.push(f(
@@ -604,6 +620,9 @@ async fn check_object(
         message,
     };
     let what = if r.stub { "stub" } else { "premigrated file" };
+    if let Some(p) = &rec.pack {
+        return check_member(store, r, p, deep, &mk).await;
+    }
     let meta = match store.head(&rec.object_key, rec.version_id.as_deref()).await {
         Ok(m) => m,
         Err(e) if e.is(StoreErrorKind::NotFound) => {
@@ -736,8 +755,27 @@ async fn check_object(
             checksum: algo,
             extents: None,
             range: None,
+            dest_base: 0,
         })
         .await;
+    reread(
+        &mut out,
+        got.map_err(|e| format!("reading it back failed: {e}")),
+        rec,
+        "the object's content",
+        &mk,
+    );
+    out
+}
+
+/// The outcome of a read-back of `rec`'s bytes (`what` they are) into `out`.
+fn reread(
+    out: &mut ObjectCheck,
+    got: Result<crate::store::GetResult, String>,
+    rec: &crate::tier::stub::StubRecord,
+    what: &str,
+    mk: &(dyn Fn(&'static str, String) -> Finding + Sync),
+) {
     out.reread = 1;
     match got {
         Ok(g) => {
@@ -746,16 +784,108 @@ async fn check_object(
                 out.findings.push(mk(
                     "object_content",
                     format!(
-                        "read back, the object's content has {}, the record says {}:{} (corrupted)",
+                        "read back, {what} has {}, the record says {}:{} (corrupted)",
                         g.checksum, rec.checksum_algo, rec.checksum
                     ),
                 ));
             }
         }
-        Err(e) => out
-            .findings
-            .push(mk("object_content", format!("reading it back failed: {e}"))),
+        Err(e) => out.findings.push(mk("object_content", e)),
     }
+}
+
+/// A pack member's bytes, read back (ranged, hashed, not stored) from `store` (version
+/// `version_id` of its pack).
+pub(super) async fn read_member(
+    store: &dyn ObjectStore,
+    rec: &crate::tier::stub::StubRecord,
+    p: &crate::tier::stub::PackRef,
+    version_id: Option<&str>,
+) -> Result<crate::store::GetResult, String> {
+    let algo: ChecksumAlgo = rec.checksum_algo.parse().map_err(|_| {
+        format!(
+            "the record's checksum algorithm {} is unknown",
+            rec.checksum_algo
+        )
+    })?;
+    store
+        .get(GetRequest {
+            key: &rec.object_key,
+            version_id,
+            dest: None,
+            expected_size: p.pack_size,
+            checksum: algo,
+            extents: None,
+            range: Some((p.offset, rec.size)),
+            dest_base: p.offset,
+        })
+        .await
+        .map_err(|e| format!("reading it back failed: {e}"))
+}
+
+/// [`check_object`] of a pack member: its pack is there, of its size, and with `deep`
+/// the member's bytes (one ranged GET) have its checksum.
+async fn check_member(
+    store: &dyn ObjectStore,
+    r: &RecordedObject,
+    p: &crate::tier::stub::PackRef,
+    deep: bool,
+    mk: &(dyn Fn(&'static str, String) -> Finding + Sync),
+) -> ObjectCheck {
+    let mut out = ObjectCheck::default();
+    let rec = &r.rec;
+    let meta = match store.head(&rec.object_key, rec.version_id.as_deref()).await {
+        Ok(m) => m,
+        Err(e) if e.is(StoreErrorKind::NotFound) => {
+            out.findings.push(mk(
+                "object_missing",
+                format!(
+                    "the pack {} this {} is a member of is not in the bucket{}",
+                    p.id,
+                    if r.stub { "stub" } else { "premigrated file" },
+                    if r.stub {
+                        ": its data is LOST unless a backup of the bucket or a replica has it"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+            return out;
+        }
+        Err(e) => {
+            out.findings
+                .push(mk("object_unreadable", format!("HEAD failed: {e}")));
+            return out;
+        }
+    };
+    if meta.size != p.pack_size {
+        out.findings.push(mk(
+            "object_size",
+            format!(
+                "the pack is {} bytes, the record says {}",
+                meta.size, p.pack_size
+            ),
+        ));
+        return out;
+    }
+    if meta.metadata.get("coldtier-pack-id") != Some(&p.id) {
+        out.findings.push(mk(
+            "object_metadata",
+            "the pack's coldtier-pack-id is not its id (replaced behind coldtier's back?)".into(),
+        ));
+    }
+    if !deep {
+        return out;
+    }
+    if !meta.restore.readable() {
+        out.notes.push(format!(
+            "{}: its pack is archived ({}) and not restored: not read back",
+            r.rel, meta.storage_class
+        ));
+        return out;
+    }
+    let got = read_member(store, rec, p, rec.version_id.as_deref()).await;
+    reread(&mut out, got, rec, "the member's bytes in its pack", mk);
     out
 }
 

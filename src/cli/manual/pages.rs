@@ -1251,7 +1251,7 @@ mod tests {
             names,
             [
                 "fuse", "policy", "recall", "catalog", "costs", "store", "mount", "metrics",
-                "limits"
+                "limits", "pack"
             ]
         );
         // Every key line of the example (set or shown commented out) is on the page, in

@@ -46,6 +46,11 @@
 //! [n]     u32 CRC32C of each chunk of the object, n = object size / chunk size rounded
 //!                           up (2..=256)
 //! [16]    u32 CRC32C of each sixteenth of the first chunk (if flags bit 5, with bit 4)
+//! [16]    pack id           (if flags bit 6: a member of a pack, docs/architecture.md
+//!                           "Packs"; the content version is then 0, the prefix that of
+//!                           the pack's key, and neither extents nor chunk sums are set)
+//! u64     offset            (of the member's data in the pack object)
+//! u64     pack size         (the pack object's size)
 //! ```
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
@@ -75,6 +80,7 @@ const FLAG_CONTENT_MTIME: u8 = 4;
 const FLAG_EXTENTS: u8 = 8;
 const FLAG_CHUNKS: u8 = 16;
 const FLAG_HEAD: u8 = 32;
+const FLAG_PACK: u8 = 64;
 
 /// The most extents a record (and an object's metadata) keeps for a sparse file: holes
 /// are merged into the data around them beyond that ([`sparse_extents`]), so an odd file
@@ -91,6 +97,7 @@ const _: () = assert!(
         + 1
         + 4 * crate::store::chunks::MAX_CHUNKS
         + 4 * crate::store::chunks::HEAD_BLOCKS
+        + 32
         <= MAX_ENCODED_LEN
 );
 
@@ -134,6 +141,42 @@ pub struct StubRecord {
     /// this version): lets a recall verify and serve chunks as they arrive. None: the
     /// whole object is verified at once (records of older copies, one-chunk objects).
     pub chunks: Option<ChunkSums>,
+    /// A member of a pack (small files gathered into one object): the object is the
+    /// pack's ([`pack_key`]) and the file's bytes are `[offset, offset + size)` of it;
+    /// `checksum` is the member's own. None: the object is the file's alone.
+    pub pack: Option<PackRef>,
+}
+
+/// Where a packed file's bytes are: one member of one pack object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PackRef {
+    /// 32 lower-case hex digits, like a file id.
+    pub id: String,
+    /// Of the member's data in the pack object.
+    pub offset: u64,
+    /// The pack object's size.
+    pub pack_size: u64,
+}
+
+/// The first segment of pack keys, inside the store's prefix: `packs/<pack id>.tar` (the
+/// pack, a POSIX pax tar) and `packs/<pack id>.index.json` (its member index).
+pub const PACK_PREFIX: &str = "packs";
+
+/// The key of pack `pack_id` under `prefix`.
+pub fn pack_key(prefix: &str, pack_id: &str) -> String {
+    format!("{prefix}/{pack_id}.tar")
+}
+
+/// The key of the member index of pack `pack_id` under `prefix`.
+pub fn pack_index_key(prefix: &str, pack_id: &str) -> String {
+    format!("{prefix}/{pack_id}.index.json")
+}
+
+/// `(prefix, pack id)` of a key [`pack_key`] makes.
+pub fn parse_pack_key(key: &str) -> Option<(&str, &str)> {
+    let (prefix, name) = key.rsplit_once('/')?;
+    let id = name.strip_suffix(".tar")?;
+    (check_prefix(prefix).is_ok() && is_valid_file_id(id)).then_some((prefix, id))
 }
 
 /// Why a stub record cannot be decoded, or encoded.
@@ -346,6 +389,9 @@ impl StubRecord {
         if !is_valid_file_id(&self.file_id) {
             return Err(bad("file_id", "must be 32 lower-case hex digits"));
         }
+        if let Some(p) = &self.pack {
+            return self.pack_parts(p);
+        }
         let (prefix, key_id, content_version) =
             parse_object_key(&self.object_key).ok_or_else(|| {
                 bad(
@@ -366,6 +412,47 @@ impl StubRecord {
             ));
         }
         check_str("object_key", prefix, Charset::Prefix)?;
+        self.check_common()?;
+        Ok((prefix, content_version))
+    }
+
+    /// [`StubRecord::parts`] of a pack member: its key is the pack's, its bytes a range of
+    /// the pack, whole (no extents, no chunk sums).
+    fn pack_parts(&self, p: &PackRef) -> Result<(&str, u64), StubError> {
+        let (prefix, id) = parse_pack_key(&self.object_key).ok_or_else(|| {
+            bad(
+                "object_key",
+                format!("`{}` is not <prefix>/<pack id>.tar", self.object_key),
+            )
+        })?;
+        if id != p.id {
+            return Err(bad(
+                "pack",
+                format!("pack {} is not the one `{}` names", p.id, self.object_key),
+            ));
+        }
+        check_str("object_key", prefix, Charset::Prefix)?;
+        if self.extents.is_some() || self.chunks.is_some() {
+            return Err(bad("pack", "a member has neither extents nor chunk sums"));
+        }
+        if p.offset
+            .checked_add(self.size)
+            .is_none_or(|end| end > p.pack_size)
+        {
+            return Err(bad(
+                "pack",
+                format!(
+                    "member {}+{} outside a pack of {} bytes",
+                    p.offset, self.size, p.pack_size
+                ),
+            ));
+        }
+        self.check_common()?;
+        Ok((prefix, 0))
+    }
+
+    /// The checks of every record, whatever its object.
+    fn check_common(&self) -> Result<(), StubError> {
         if self.size > i64::MAX as u64 {
             return Err(bad(
                 "size",
@@ -412,7 +499,7 @@ impl StubRecord {
                 ));
             }
         }
-        Ok((prefix, content_version))
+        Ok(())
     }
 
     /// The size of the object: the file's, or the bytes of its data extents.
@@ -461,6 +548,9 @@ impl StubRecord {
                 flags |= FLAG_HEAD;
             }
         }
+        if self.pack.is_some() {
+            flags |= FLAG_PACK;
+        }
         out.push(self.version);
         out.push(flags);
         out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
@@ -500,6 +590,11 @@ impl StubRecord {
                 out.extend_from_slice(&v.to_be_bytes());
             }
         }
+        if let Some(p) = &self.pack {
+            out.extend_from_slice(&hex::decode(&p.id).expect("validated hex"));
+            out.extend_from_slice(&p.offset.to_be_bytes());
+            out.extend_from_slice(&p.pack_size.to_be_bytes());
+        }
         Ok(out)
     }
 
@@ -523,7 +618,8 @@ impl StubRecord {
                 | FLAG_CONTENT_MTIME
                 | FLAG_EXTENTS
                 | FLAG_CHUNKS
-                | FLAG_HEAD)
+                | FLAG_HEAD
+                | FLAG_PACK)
             != 0
             || (flags & FLAG_HEAD != 0 && flags & FLAG_CHUNKS == 0)
         {
@@ -594,13 +690,30 @@ impl StubRecord {
         } else {
             None
         };
+        let pack = if flags & FLAG_PACK != 0 {
+            let id = hex::encode(r.take(16, "pack")?);
+            Some(PackRef {
+                id,
+                offset: r.u64("pack")?,
+                pack_size: r.u64("pack")?,
+            })
+        } else {
+            None
+        };
         if !r.rest.is_empty() {
             return Err(StubError::TrailingBytes(r.rest.len()));
         }
         check_str("object_key", &prefix, Charset::Prefix)?;
+        let key = match &pack {
+            Some(_) if content_version != 0 => {
+                return Err(bad("object_key", "a pack member's content version is 0"))
+            }
+            Some(p) => pack_key(&prefix, &p.id),
+            None => object_key(&prefix, &file_id, content_version),
+        };
         let rec = StubRecord {
             version,
-            object_key: object_key(&prefix, &file_id, content_version),
+            object_key: key,
             file_id,
             version_id,
             size,
@@ -615,6 +728,7 @@ impl StubRecord {
             content_mtime_ns,
             extents,
             chunks,
+            pack,
         };
         rec.validate()?;
         Ok(rec)
@@ -707,6 +821,7 @@ mod tests {
             content_mtime_ns: None,
             extents: None,
             chunks: None,
+            pack: None,
         }
     }
 
@@ -766,6 +881,7 @@ mod tests {
             content_mtime_ns: None,
             extents: None,
             chunks: None,
+            pack: None,
         }
         .with_content_mtime(rng)
     }
@@ -804,6 +920,41 @@ mod tests {
                 });
             }
             self
+        }
+    }
+
+    #[test]
+    fn a_pack_member_round_trips_and_names_only_its_pack() {
+        let pid = "fedcba9876543210fedcba9876543210";
+        let mut r = sample();
+        r.md5 = None;
+        r.object_key = pack_key("coldtier/share1/packs", pid);
+        r.size = 4096;
+        r.pack = Some(PackRef {
+            id: pid.into(),
+            offset: 1536,
+            pack_size: 10240,
+        });
+        let b = r.encode().unwrap();
+        assert_eq!(StubRecord::decode(&b).unwrap(), r);
+        assert_eq!(
+            parse_pack_key(&r.object_key),
+            Some(("coldtier/share1/packs", pid))
+        );
+        // A record whose key names another pack, a range outside the pack, or a member
+        // with extents is refused.
+        let mut other = r.clone();
+        other.object_key = pack_key("coldtier/share1/packs", ID);
+        assert!(other.encode().is_err());
+        let mut outside = r.clone();
+        outside.pack.as_mut().unwrap().offset = 8000;
+        assert!(outside.encode().is_err());
+        let mut sparse = r.clone();
+        sparse.extents = Some(Extents(vec![(0, 10)]));
+        assert!(sparse.encode().is_err());
+        // Truncated anywhere in the pack part: refused.
+        for n in b.len() - 32..b.len() {
+            assert!(StubRecord::decode(&b[..n]).is_err());
         }
     }
 
@@ -893,6 +1044,7 @@ mod tests {
             content_mtime_ns: None,
             extents: None,
             chunks: None,
+            pack: None,
         };
         let want = "0102\
             0123456789abcdef0123456789abcdef\
@@ -976,8 +1128,8 @@ mod tests {
             assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownVersion(v)));
         }
         b[0] = 1;
-        b[1] |= 64;
-        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(67)));
+        b[1] |= 128;
+        assert_eq!(StubRecord::decode(&b), Err(StubError::UnknownFlags(131)));
         // JSON (what a future or foreign writer might try) is no version 1 record.
         assert_eq!(
             StubRecord::decode(br#"{"version":1}"#),

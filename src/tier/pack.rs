@@ -1,0 +1,743 @@
+//! Packs: the small files of a policy run gathered into one object (docs/architecture.md
+//! "Packs").
+//!
+//! A pack is a POSIX pax tar (`tar -tf`, `tar -xf` open it without coldtier): each member
+//! a pax extended header (its path, mtime to the nanosecond, uid, gid) and a ustar header,
+//! then its bytes, padded to 512; two zero blocks at the end. Its member index (JSON) is a
+//! second, small object beside it, always STANDARD (readable without a restore). The order
+//! of a pack's steps keeps every file readable at each point:
+//! 1. the members are read into an unnamed local file (each summed on the way: a
+//!    member's checksum is its own);
+//! 2. the upload intent, then the pack and its index are uploaded and proven like any
+//!    copy (the store's checksum, or a read-back);
+//! 3. the pack's row and its PACKED event, durable, before any file names it;
+//! 4. each member, if unchanged since it was read, gets its copy record naming the pack,
+//!    its offset and its own checksum (COPIED, VERIFIED), and with a stub run is stubbed
+//!    like any file. A member that changed meanwhile is left resident (its bytes in the
+//!    pack are dead).
+//!
+//! A crash before 3 leaves no file naming the pack (the intent's FAILED lets gc delete
+//! it); after it, each member is resident, premigrated or a stub, each readable. gc
+//! deletes a pack (and its index) once no file names it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::context::{ns_of, StepError, Tiering};
+use super::migrate::{refuse_unchangeable, Outcome};
+use super::record::fill_from_record;
+use crate::catalog::{EventKind, FileRow, FileState, ObjectRef, PackRow};
+use crate::fs::backing::{self, Stat};
+use crate::store::{Checksum, ChecksumAlgo, Hasher, PutRequest, StorageClass};
+use crate::tier::marks;
+use crate::tier::policy::{FileFacts, Plan};
+use crate::tier::state::Action;
+use crate::tier::stub::{
+    new_file_id, pack_index_key, pack_key, PackRef, StubRecord, PACK_PREFIX, STUB_VERSION,
+};
+
+/// One file's outcome in a policy run.
+pub(super) type Done = (FileFacts, Plan, Result<Outcome, StepError>);
+
+/// A file a policy run selected, and what it does with it.
+pub type Selected = (FileFacts, Plan);
+
+/// The format name and version an index object carries.
+pub const INDEX_FORMAT: &str = "coldtier-pack-index";
+pub const INDEX_VERSION: u64 = 1;
+
+const BLOCK: u64 = 512;
+
+/// The bytes a member of `size` bytes takes in a pack at most: its two headers (the pax
+/// one of at most a few blocks for a long path), its data, its padding.
+pub fn member_footprint(size: u64) -> u64 {
+    4 * BLOCK + size.div_ceil(BLOCK) * BLOCK
+}
+
+/// A pax tar written into a file at increasing offsets.
+pub struct TarWriter<'a> {
+    out: &'a File,
+    pos: u64,
+    count: u64,
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    // `len - 1` digits and a NUL; a value that does not fit is left 0 (pax has it).
+    let digits = field.len() - 1;
+    let s = format!("{v:0digits$o}");
+    if s.len() == digits {
+        field[..digits].copy_from_slice(s.as_bytes());
+    } else {
+        field[..digits].fill(b'0');
+    }
+    field[digits] = 0;
+}
+
+fn ustar_header(
+    name: &[u8],
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: u64,
+    kind: u8,
+) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    let n = name.len().min(100);
+    h[..n].copy_from_slice(&name[..n]);
+    octal(&mut h[100..108], u64::from(mode & 0o7777));
+    octal(&mut h[108..116], uid);
+    octal(&mut h[116..124], gid);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], mtime);
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].fill(b' ');
+    let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
+}
+
+/// One pax record: `"<len> <key>=<value>\n"`, `len` counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = 3 + key.len() + value.len(); // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+impl<'a> TarWriter<'a> {
+    pub fn new(out: &'a File) -> Self {
+        TarWriter {
+            out,
+            pos: 0,
+            count: 0,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self.out, b, self.pos)?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+
+    fn pad(&mut self) -> std::io::Result<()> {
+        let r = self.pos % BLOCK;
+        if r != 0 {
+            self.put(&vec![0u8; (BLOCK - r) as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Adds `src`'s first `st.size` bytes as member `path`, summed with `algo`. Returns
+    /// the data's offset, its checksum and whether all `st.size` bytes were there (a file
+    /// that shrank meanwhile is padded with zeros: the archive stays whole, the member is
+    /// dead).
+    pub fn add(
+        &mut self,
+        path: &str,
+        st: &Stat,
+        src: &File,
+        algo: ChecksumAlgo,
+    ) -> std::io::Result<(u64, Checksum, bool)> {
+        let mut pax = pax_record("path", path.as_bytes());
+        pax.extend(pax_record(
+            "mtime",
+            format!("{}.{:09}", st.mtime.0, st.mtime.1).as_bytes(),
+        ));
+        pax.extend(pax_record("uid", st.uid.to_string().as_bytes()));
+        pax.extend(pax_record("gid", st.gid.to_string().as_bytes()));
+        pax.extend(pax_record("size", st.size.to_string().as_bytes()));
+        self.count += 1;
+        let xname = format!("PaxHeaders/{}", self.count);
+        let mtime = st.mtime.0.max(0) as u64;
+        self.put(&ustar_header(
+            xname.as_bytes(),
+            0o644,
+            0,
+            0,
+            pax.len() as u64,
+            mtime,
+            b'x',
+        ))?;
+        self.put(&pax)?;
+        self.pad()?;
+        self.put(&ustar_header(
+            path.as_bytes(),
+            st.mode,
+            u64::from(st.uid),
+            u64::from(st.gid),
+            st.size,
+            mtime,
+            b'0',
+        ))?;
+        let offset = self.pos;
+        let mut h = Hasher::new(algo);
+        let mut buf = vec![0u8; (256 << 10).min(st.size.max(1) as usize)];
+        let mut off = 0u64;
+        let mut whole = true;
+        while off < st.size {
+            let want = buf.len().min((st.size - off) as usize);
+            let n = if whole {
+                match std::os::unix::fs::FileExt::read_at(src, &mut buf[..want], off) {
+                    Ok(0) => {
+                        whole = false;
+                        0
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                0
+            };
+            let n = if n == 0 {
+                buf[..want].fill(0);
+                want
+            } else {
+                n
+            };
+            h.update(&buf[..n]);
+            self.put(&buf[..n])?;
+            off += n as u64;
+        }
+        self.pad()?;
+        Ok((offset, h.finalize(), whole))
+    }
+
+    /// Ends the archive (two zero blocks); its size.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.put(&[0u8; 1024])?;
+        Ok(self.pos)
+    }
+}
+
+/// A file read into a pack, waiting for the pack to be proven.
+struct Member {
+    facts: FileFacts,
+    plan: Plan,
+    d: Data,
+}
+
+/// What a member's reading found.
+struct Data {
+    path: String,
+    file: File,
+    node: u64,
+    st0: Stat,
+    id: String,
+    new_id: bool,
+    row: FileRow,
+    offset: u64,
+    checksum: Checksum,
+}
+
+/// The index object of a pack: what `catalog rebuild` and a person read.
+fn index_json(
+    pack_id: &str,
+    key: &str,
+    size: u64,
+    put_sum: &Checksum,
+    members: &[Member],
+) -> serde_json::Value {
+    json!({
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "pack_id": pack_id,
+        "object_key": key,
+        "size": size,
+        "checksum": put_sum.to_string(),
+        "members": members.iter().map(|m| &m.d).map(|m| json!({
+            "path": m.path,
+            "file_id": m.id,
+            "offset": m.offset,
+            "size": m.st0.size,
+            "checksum": m.checksum.to_string(),
+            "mtime_ns": ns_of(m.st0.mtime),
+            "mode": format!("{:o}", m.st0.mode),
+            "uid": m.st0.uid,
+            "gid": m.st0.gid,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl Tiering {
+    /// Copies (and with `stub`, stubs) the files of `items` as one pack. Every file gets
+    /// its outcome.
+    pub(super) async fn migrate_pack(
+        &self,
+        items: Vec<(FileFacts, Plan)>,
+        stub: bool,
+    ) -> Vec<Done> {
+        let _in_flight = crate::tier::metrics::MIGRATIONS_IN_FLIGHT.track();
+        let mut done = Vec::with_capacity(items.len());
+        let algo = self.settings().uploads.checksum;
+        let tmp = match self.unnamed_file() {
+            Ok(f) => f,
+            Err(e) => {
+                return items
+                    .into_iter()
+                    .map(|(f, p)| (f, p, Err(e.clone())))
+                    .collect()
+            }
+        };
+        let mut tar = TarWriter::new(&tmp);
+        let mut members = Vec::with_capacity(items.len());
+        for (facts, plan) in items {
+            match self.read_member(&facts.rel_path, &mut tar, algo) {
+                Ok(Some(d)) => members.push(Member { facts, plan, d }),
+                Ok(None) => done.push((facts, plan, Ok(Outcome::Skipped))),
+                Err(e) => done.push((facts, plan, Err(e))),
+            }
+        }
+        if members.is_empty() {
+            return done;
+        }
+        let fail_all = |members: Vec<Member>, e: StepError, done: &mut Vec<Done>| {
+            for m in members {
+                done.push((m.facts, m.plan, Err(e.clone())));
+            }
+        };
+        let size = match tar.finish() {
+            Ok(s) => s,
+            Err(e) => {
+                fail_all(
+                    members,
+                    StepError::new(libc::EIO, format!("writing the pack: {e}")),
+                    &mut done,
+                );
+                return done;
+            }
+        };
+        let proven = match self.upload_pack(&tmp, size, &members, algo).await {
+            Ok(p) => p,
+            Err(e) => {
+                fail_all(members, e, &mut done);
+                return done;
+            }
+        };
+        for m in members {
+            let (facts, plan) = (m.facts.clone(), m.plan);
+            let r = self.finish_member(m, &proven, stub).await;
+            done.push((facts, plan, r));
+        }
+        done
+    }
+
+    /// Opens `rel` and, if it can be packed, appends it to `tar`.
+    fn read_member(
+        &self,
+        rel: &Path,
+        tar: &mut TarWriter<'_>,
+        algo: ChecksumAlgo,
+    ) -> Result<Option<Data>, StepError> {
+        let file = self.open_to_copy(rel)?;
+        let st0 = backing::stat_fd(file.as_fd())?;
+        if st0.file_type() != libc::S_IFREG || st0.nlink != 1 || st0.size == 0 {
+            return Ok(None);
+        }
+        if marks::record(file.as_fd(), marks::STUB)?.is_some()
+            || marks::record(file.as_fd(), marks::COPY)?.is_some()
+        {
+            return Ok(None);
+        }
+        refuse_unchangeable(file.as_fd())?;
+        let node = self.node_id(&st0);
+        let path = rel.to_string_lossy().into_owned();
+        let (id, new_id, row) = self.identity(&file, &path, st0.ino)?;
+        let (offset, checksum, whole) = tar
+            .add(&path, &st0, &file, algo)
+            .map_err(|e| StepError::new(libc::EIO, format!("reading {path} into a pack: {e}")))?;
+        if !whole {
+            return Err(StepError::new(
+                libc::EAGAIN,
+                "changed while it was being copied (shorter than it was)",
+            ));
+        }
+        Ok(Some(Data {
+            path,
+            file,
+            node,
+            st0,
+            id,
+            new_id,
+            row,
+            offset,
+            checksum,
+        }))
+    }
+
+    /// Uploads the pack in `tmp` and its index, proves both, records the pack.
+    async fn upload_pack(
+        &self,
+        tmp: &File,
+        size: u64,
+        members: &[Member],
+        algo: ChecksumAlgo,
+    ) -> Result<Proven, StepError> {
+        let store = self.store()?;
+        let pack_id = new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?;
+        let key = pack_key(PACK_PREFIX, &pack_id);
+        let index_key = pack_index_key(PACK_PREFIX, &pack_id);
+        let config_version = self.catalog.config_version_in_force();
+        let first = &members[0].d.row;
+        let wanted = self.configured_class();
+        let archive_after = !self.store_validates() && wanted.is_archive();
+        let metadata = BTreeMap::from([
+            ("coldtier-pack-id".to_string(), pack_id.clone()),
+            (
+                "coldtier-pack-members".to_string(),
+                members.len().to_string(),
+            ),
+            ("coldtier-pack-format".to_string(), "pax-tar".to_string()),
+            (
+                "coldtier-config-version".to_string(),
+                config_version.to_string(),
+            ),
+            ("coldtier-host".to_string(), self.host.clone()),
+        ]);
+        let tags = BTreeMap::from([("coldtier-state".to_string(), "live".to_string())]);
+        // The pack is the catalog's before it exists (its intent, under its first
+        // member's path): a crash leaves an intent the next start ends with FAILED.
+        self.catalog.begin_upload(&key, &pack_id, &first.path)?;
+        self.failpoint("pack-after-intent");
+        let fail = |msg: String, version: Option<&str>| {
+            self.failed_event(first, &msg, Some((&key, version)));
+            StepError::new(libc::EIO, msg)
+        };
+        let put = store
+            .put(PutRequest {
+                key: key.clone(),
+                file: tmp
+                    .try_clone()
+                    .map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
+                size,
+                storage_class: archive_after.then_some(StorageClass::Standard),
+                metadata: metadata.clone(),
+                tags: tags.clone(),
+                checksum: Some(algo),
+                extents: None,
+            })
+            .await;
+        let mut put = put.map_err(|e| fail(format!("PUT {}: {e}", self.full_key(&key)), None))?;
+        self.failpoint("pack-after-put");
+        crate::tier::metrics::migrated(size);
+        let verified = self
+            .verify(&key, put.version_id.as_deref(), size, &put)
+            .await;
+        let verified = match (verified, archive_after) {
+            (Ok(_), true) => self.archive_proven(&key, size, &mut put, wanted).await,
+            (v, _) => v,
+        };
+        let (class, how) = verified.map_err(|m| fail(m, put.version_id.as_deref()))?;
+        self.tag_whole_checksum(&key, &put).await;
+        // The index: STANDARD always (a rebuild reads it without a restore).
+        let index =
+            serde_json::to_vec_pretty(&index_json(&pack_id, &key, size, &put.checksum, members))
+                .expect("json");
+        let itmp = self.unnamed_file()?;
+        std::os::unix::fs::FileExt::write_all_at(&itmp, &index, 0)
+            .map_err(|e| StepError::new(libc::EIO, format!("writing the pack index: {e}")))?;
+        let iput = store
+            .put(PutRequest {
+                key: index_key.clone(),
+                file: itmp,
+                size: index.len() as u64,
+                storage_class: Some(StorageClass::Standard),
+                metadata: BTreeMap::from([("coldtier-pack-id".to_string(), pack_id.clone())]),
+                tags,
+                checksum: Some(algo),
+                extents: None,
+            })
+            .await
+            .map_err(|e| {
+                fail(
+                    format!("PUT {}: {e}", self.full_key(&index_key)),
+                    put.version_id.as_deref(),
+                )
+            })?;
+        let iverified = self
+            .verify(
+                &index_key,
+                iput.version_id.as_deref(),
+                index.len() as u64,
+                &iput,
+            )
+            .await;
+        if let Err(m) = iverified {
+            return Err(fail(m, put.version_id.as_deref()));
+        }
+        self.failpoint("pack-after-index");
+        let row = PackRow {
+            object_key: key.clone(),
+            pack_id: pack_id.clone(),
+            version_id: put.version_id.clone(),
+            size,
+            members: members.len() as u64,
+            checksum_algo: put.checksum.algo.name().to_string(),
+            checksum: put.checksum.base64(),
+            storage_class: class.clone(),
+            index_key: index_key.clone(),
+        };
+        let detail = json!({
+            "object_key": key,
+            "version_id": put.version_id,
+            "bytes": size,
+            "members": members.len(),
+            "checksum": put.checksum.to_string(),
+            "verify": how,
+            "storage_class": class,
+            "index_key": index_key,
+            "parts": put.parts,
+        });
+        let catalog = self.catalog.clone();
+        let r2 = row.clone();
+        tokio::task::spawn_blocking(move || catalog.record_pack(&r2, detail))
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("catalog task: {e}")))??;
+        self.failpoint("pack-after-record");
+        // policy.copies: the whole pack to the replicas, from the local copy.
+        let obj = ObjectRef {
+            file_id: pack_id.clone(),
+            path: first.path.clone(),
+            object_key: key.clone(),
+            version_id: put.version_id.clone(),
+            file_size: size,
+            checksum_algo: row.checksum_algo.clone(),
+            checksum: row.checksum.clone(),
+        };
+        if let Err(e) = self.copy_pack_to_replicas(tmp, &obj, algo, metadata).await {
+            // Its members stay premigrated (their stub refuses without the copies).
+            tracing::error!(key = %self.full_key(&key), "policy.copies: {}", e.message);
+        }
+        Ok(Proven {
+            pack_id,
+            key,
+            version_id: put.version_id,
+            size,
+            class,
+            how,
+            algo,
+            config_version,
+        })
+    }
+
+    /// A member of a proven pack: its copy record (if unchanged), its records, its stub.
+    async fn finish_member(&self, m: Member, p: &Proven, stub: bool) -> Result<Outcome, StepError> {
+        let Data {
+            path,
+            file,
+            node,
+            st0,
+            id,
+            new_id,
+            mut row,
+            offset,
+            checksum,
+        } = m.d;
+        let rec = StubRecord {
+            version: STUB_VERSION,
+            file_id: id.clone(),
+            object_key: p.key.clone(),
+            version_id: p.version_id.clone(),
+            size: st0.size,
+            mtime_ns: ns_of(st0.mtime),
+            ctime_ns: ns_of(st0.ctime),
+            ino: st0.ino,
+            checksum_algo: p.algo.name().to_string(),
+            checksum: checksum.base64(),
+            md5: None,
+            storage_class: p.class.clone(),
+            config_version: p.config_version,
+            content_mtime_ns: None,
+            extents: None,
+            chunks: None,
+            pack: Some(PackRef {
+                id: p.pack_id.clone(),
+                offset,
+                pack_size: p.size,
+            }),
+        };
+        row.size = st0.size;
+        row.mtime_ns = ns_of(st0.mtime);
+        row.ctime_ns = ns_of(st0.ctime);
+        row.ino = st0.ino;
+        self.claim_path(&id, &path);
+        let copied = (
+            row.clone(),
+            EventKind::Copied,
+            json!({
+                "object_key": p.key,
+                "version_id": p.version_id,
+                "bytes": st0.size,
+                "checksum": checksum.to_string(),
+                "pack_id": p.pack_id,
+                "offset": offset,
+            }),
+        );
+        if !self.set_copy_record(node, &file, &st0, new_id, &rec)? {
+            let msg = "changed while it was being copied (its bytes in the pack are not used)"
+                .to_string();
+            self.failed_event(&row, &msg, Some((&p.key, p.version_id.as_deref())));
+            return Err(StepError::new(libc::EAGAIN, msg));
+        }
+        let st2 = backing::stat_fd(file.as_fd())?;
+        fill_from_record(&mut row, &rec);
+        row.ctime_ns = ns_of(st2.ctime);
+        row.state = crate::tier::state::transition(row.state, row.pinned, Action::CopyVerified)
+            .ok()
+            .and_then(|t| t.next)
+            .unwrap_or(FileState::Premigrated);
+        let verified = json!({
+            "object_key": p.key,
+            "version_id": p.version_id,
+            "checksum": checksum.to_string(),
+            "verify": p.how,
+            "storage_class": p.class,
+            "pack_id": p.pack_id,
+        });
+        let expect = (row.size, row.mtime_ns, row.ctime_ns);
+        let items = vec![copied, (row, EventKind::Verified, verified)];
+        if !stub {
+            self.catalog.transition_batch_with(&items, false)?;
+            return Ok(Outcome::Copied);
+        }
+        if let Err(e) = self.ensure_copies(&file, &rec, &path).await {
+            self.catalog.transition_batch_with(&items, false)?;
+            return Err(e);
+        }
+        self.stub_step(node, &file, &rec, expect, Action::Stub, items)
+    }
+}
+
+/// A pack uploaded, proven and recorded.
+struct Proven {
+    pack_id: String,
+    key: String,
+    version_id: Option<String>,
+    size: u64,
+    class: String,
+    how: &'static str,
+    algo: ChecksumAlgo,
+    config_version: i64,
+}
+
+/// Splits the files a run selected into packs (of at most `target` bytes of footprint and
+/// `max_files` files, in the order given) and the rest.
+pub fn plan_packs(
+    selected: Vec<Selected>,
+    cfg: &super::config::PackConfig,
+) -> (Vec<Vec<Selected>>, Vec<Selected>) {
+    let mut packs: Vec<Vec<Selected>> = Vec::new();
+    let mut rest = Vec::new();
+    let (mut cur, mut bytes) = (Vec::new(), 0u64);
+    for (f, plan) in selected {
+        let packable =
+            cfg.enabled && plan != Plan::Stub && f.size > 0 && f.size <= cfg.max_member_size;
+        if !packable {
+            rest.push((f, plan));
+            continue;
+        }
+        let fp = member_footprint(f.size);
+        if !cur.is_empty() && (bytes + fp > cfg.target_size || cur.len() as u64 >= cfg.max_files) {
+            packs.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += fp;
+        cur.push((f, plan));
+    }
+    if !cur.is_empty() {
+        packs.push(cur);
+    }
+    (packs, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(name: &str, size: u64) -> Selected {
+        let t = std::time::UNIX_EPOCH;
+        let f = FileFacts {
+            rel_path: name.into(),
+            size,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            state: crate::catalog::FileState::Resident,
+            pinned: false,
+            is_regular: true,
+            nlink: 1,
+        };
+        (f, Plan::CopyThenStub)
+    }
+
+    #[test]
+    fn packs_fill_to_their_target_and_count_and_leave_large_and_premigrated_files_alone() {
+        let cfg = super::super::config::PackConfig {
+            enabled: true,
+            max_member_size: 1000,
+            target_size: 3 * member_footprint(1000),
+            max_files: 4,
+        };
+        let mut sel: Vec<Selected> = (0..7).map(|i| facts(&format!("s{i}"), 1000)).collect();
+        sel.push(facts("big", 1001));
+        sel.push(facts("empty", 0));
+        let mut pre = facts("pre", 10);
+        pre.1 = Plan::Stub;
+        sel.push(pre);
+        let tiny: Vec<Selected> = (0..6).map(|i| facts(&format!("t{i}"), 1)).collect();
+        sel.extend(tiny);
+        let (packs, rest) = plan_packs(sel, &cfg);
+        let sizes: Vec<usize> = packs.iter().map(Vec::len).collect();
+        // 7 of 1000 bytes: 3 + 3 + 1, the last then filled with tiny ones up to the target
+        // (a member's footprint counts its headers and padding).
+        assert_eq!(sizes, [3, 3, 3, 3, 1]);
+        let names: Vec<String> = rest
+            .iter()
+            .map(|(f, _)| f.rel_path.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["big", "empty", "pre"]);
+        let few = super::super::config::PackConfig {
+            max_files: 2,
+            ..cfg
+        };
+        let tiny: Vec<Selected> = (0..5).map(|i| facts(&format!("t{i}"), 1)).collect();
+        let (packs, _) = plan_packs(tiny, &few);
+        assert_eq!(packs.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        let off = super::super::config::PackConfig::default();
+        let (packs, rest) = plan_packs(vec![facts("a", 1)], &off);
+        assert!(packs.is_empty() && rest.len() == 1, "off by default");
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        for v in ["", "a", &"x".repeat(90), &"y".repeat(95), &"z".repeat(1000)] {
+            let r = pax_record("path", v.as_bytes());
+            let (len, _) = std::str::from_utf8(&r).unwrap().split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), r.len(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn ustar_headers_carry_a_valid_checksum() {
+        let h = ustar_header(b"a/b.txt", 0o100640, 1000, 1000, 12345, 1_700_000_000, b'0');
+        let stored = u64::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
+        let mut c = h;
+        c[148..156].fill(b' ');
+        assert_eq!(stored, c.iter().map(|&b| u64::from(b)).sum::<u64>());
+        assert_eq!(&h[124..136], b"00000030071\0");
+        assert_eq!(&h[100..108], b"0000640\0");
+    }
+}

@@ -1,0 +1,320 @@
+//! Small files packed into pack objects (issue 16, part 1): a real coldtier mount over
+//! moto and over s3s-fs with `[pack] enabled`. The packs open with GNU tar (byte-identical
+//! members), each member's recall is one ranged GET of the pack, verify --deep reads the
+//! members back, an archived pack is restored once for all its members, gc keeps a pack
+//! while any file names it and deletes it (and its index) after the last.
+
+mod common;
+#[allow(dead_code)]
+#[path = "common/tier.rs"]
+mod tier;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use coldtier::store::testing::S3sServer;
+use serde_json::Value;
+use tier::*;
+
+/// 40 small files (in directories, one with a path longer than ustar's 100 bytes, one
+/// with a UTF-8 name) and one large file.
+fn tree() -> Files {
+    let long = format!("deep/{}/{}.dat", "d".repeat(60), "n".repeat(70));
+    let mut spec: Vec<(String, usize)> = (0..38)
+        .map(|i| (format!("dir{}/f{i:02}.txt", i % 4), 1 + (i * 7919) % 60_000))
+        .collect();
+    spec.push((long, 4096));
+    spec.push(("ünïcode/ñame.bin".into(), 513));
+    spec.push(("big.bin".into(), 3 << 20));
+    let refs: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    files(&refs)
+}
+
+fn packed(c: Config) -> Config {
+    c.set("pack", "enabled", "true")
+        .set("pack", "max_member_size", &q("1MiB"))
+        .set("pack", "target_size", &q("1MiB"))
+}
+
+/// Lists and extracts `tar` with GNU tar into `dir`; the member names it lists.
+fn untar(tar: &Path, dir: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-tf").arg(tar).output().unwrap();
+    assert!(out.status.success(), "tar -t: {}", show(&out));
+    let names = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    fs::create_dir_all(dir).unwrap();
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar -x: {}", show(&out));
+    names
+}
+
+/// Checks every pack's members against the tree: each small file is in exactly one pack,
+/// byte-identical after `tar -x`, as its index says.
+fn check_packs(fs_: &Files, packs: &[(String, Vec<u8>, Value)], scratch: &Path) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, (key, tar_bytes, index)) in packs.iter().enumerate() {
+        let tar = scratch.join(format!("p{i}.tar"));
+        fs::write(&tar, tar_bytes).unwrap();
+        let dir = scratch.join(format!("x{i}"));
+        let names = untar(&tar, &dir);
+        assert_eq!(index["format"], "coldtier-pack-index", "{index}");
+        assert!(key.ends_with(&format!("{}.tar", index["pack_id"].as_str().unwrap())));
+        let members = index["members"].as_array().unwrap();
+        assert_eq!(members.len(), names.len(), "{key}: {names:?}");
+        for m in members {
+            let path = m["path"].as_str().unwrap();
+            assert!(
+                names.iter().any(|n| n == path),
+                "{path} not in tar -t {names:?}"
+            );
+            let want = &fs_.iter().find(|(r, _)| r == path).unwrap().1;
+            assert_bytes(
+                &format!("{path} from tar -x"),
+                &fs::read(dir.join(path)).unwrap(),
+                want,
+            );
+            let (off, size) = (m["offset"].as_u64().unwrap(), m["size"].as_u64().unwrap());
+            assert_eq!(size, want.len() as u64);
+            assert_bytes(
+                &format!("{path} at its index offset"),
+                &tar_bytes[off as usize..(off + size) as usize],
+                want,
+            );
+            assert!(seen.insert(path.to_string()), "{path} in two packs");
+        }
+    }
+    let small: Vec<&String> = fs_
+        .iter()
+        .map(|(r, _)| r)
+        .filter(|r| *r != "big.bin")
+        .collect();
+    assert_eq!(seen.len(), small.len(), "every small file is packed once");
+}
+
+#[test]
+fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_member() {
+    let moto = start_moto();
+    let fs_ = tree();
+    let mut t = TierMount::new(&moto, "packs", &fs_, packed);
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(fs_.len() as u64), "{v}");
+
+    // The bucket: packs and their indexes, and one object for the large file.
+    let keys = t.objects();
+    let tars: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with("t/packs/") && k.ends_with(".tar"))
+        .collect();
+    let idx: Vec<&String> = keys.iter().filter(|k| k.ends_with(".index.json")).collect();
+    let data: Vec<&String> = keys.iter().filter(|k| k.starts_with("t/data/")).collect();
+    assert!(
+        tars.len() >= 2,
+        "a 1 MiB target makes several packs: {keys:?}"
+    );
+    assert_eq!(idx.len(), tars.len(), "{keys:?}");
+    assert_eq!(
+        data.len(),
+        1,
+        "only big.bin has an object of its own: {keys:?}"
+    );
+    for (rel, _) in &fs_ {
+        let st = t.status(rel);
+        assert_eq!(st["state"], "stub", "{rel}: {st}");
+        let key = st["object_key"].as_str().unwrap();
+        assert_eq!(key.contains("/packs/"), rel != "big.bin", "{rel}: {st}");
+        // The stub's blocks are freed.
+        assert_eq!(fs::metadata(t.s(rel)).unwrap().len(), 0, "{rel}");
+    }
+    let kinds = t.kinds(&fs_[0].0);
+    assert_eq!(
+        only(&kinds, &["COPIED", "VERIFIED", "STUBBED"]),
+        ["COPIED", "VERIFIED", "STUBBED"]
+    );
+
+    // Each pack opens with GNU tar; its members are the files, byte for byte.
+    let packs: Vec<(String, Vec<u8>, Value)> = tars
+        .iter()
+        .map(|k| {
+            let (st, body) = moto.http("GET", &format!("/packs/{k}"), &[], b"").unwrap();
+            assert_eq!(st, 200, "{k}");
+            let ik = k.replace(".tar", ".index.json");
+            let (st, ib) = moto.http("GET", &format!("/packs/{ik}"), &[], b"").unwrap();
+            assert_eq!(st, 200, "{ik}");
+            ((*k).clone(), body, serde_json::from_slice(&ib).unwrap())
+        })
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    check_packs(&fs_, &packs, scratch.path());
+
+    // A member's recall is one GET of its pack (a ranged one: the pack is larger).
+    let rel = &fs_[5].0;
+    let key = t.object_key(rel);
+    let bucket_key = key.clone();
+    let before = data_gets(&settled_requests(&moto), "packs", Some(&bucket_key));
+    assert_bytes(rel, &read_ok(&t.m(rel)), &fs_[5].1);
+    let after = data_gets(&settled_requests(&moto), "packs", Some(&bucket_key));
+    assert_eq!(after - before, 1, "one GET of {bucket_key} for one member");
+    assert_eq!(t.state(rel), "premigrated");
+    assert_all_read_back(&t, &fs_);
+
+    // verify reads every member back from its pack.
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep: {v}");
+
+    // Release them again, then delete all members of one pack but one, and change one
+    // through the mount: the pack stays while a file names it.
+    t.ok(&["release", "-r", t.mnt_str().as_str()]);
+    let first = &packs[0].2["members"];
+    let members: Vec<String> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().to_string())
+        .collect();
+    for m in &members[1..] {
+        fs::remove_file(t.m(m)).unwrap();
+    }
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    t.ok(&["gc", t.mnt_str().as_str()]);
+    let keys = t.objects();
+    assert!(
+        keys.contains(&packs[0].0),
+        "a pack a file names stays: {keys:?}"
+    );
+    let last = &members[0];
+    let want = &fs_.iter().find(|(r, _)| r == last).unwrap().1;
+    assert_bytes(last, &read_ok(&t.m(last)), want);
+    // The last member changes: its copy is superseded; gc then deletes the pack and its
+    // index (after the retention).
+    fs::write(t.m(last), b"new content").unwrap();
+    t.ok(&["gc", t.mnt_str().as_str()]);
+    let keys = t.objects();
+    assert!(
+        !keys.contains(&packs[0].0),
+        "the pack nobody names is gone: {keys:?}"
+    );
+    assert!(
+        !keys.contains(&packs[0].0.replace(".tar", ".index.json")),
+        "its index too: {keys:?}"
+    );
+    for p in &packs[1..] {
+        assert!(keys.contains(&p.0), "other packs stay: {keys:?}");
+    }
+    for (rel, content) in &fs_ {
+        if !members.contains(rel) {
+            assert_bytes(rel, &read_ok(&t.m(rel)), content);
+        }
+    }
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep after gc: {v}");
+}
+
+#[test]
+fn packs_on_s3s_fs_are_tar_files_in_its_tree_and_recall_byte_identical() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s3s = S3sServer::start(sdir.path()).unwrap_or_else(|e| panic!("{e}"));
+    s3s.create_bucket("packs3s").unwrap();
+    let fs_ = tree();
+    let t = TierMount::at_endpoint(&s3s.endpoint, "packs3s", &fs_, |c| {
+        packed(c)
+            .set("store", "access_key", &q(&s3s.key_id))
+            .set("store", "secret_key", &q(&s3s.secret))
+            .set("store", "request_checksum", &q("when_required"))
+    });
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(fs_.len() as u64), "{v}");
+    // s3s-fs keeps each object as a file: the packs are tar files on its disk.
+    let dir = sdir.path().join("packs3s/t/packs");
+    let mut packs = Vec::new();
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".tar") {
+            let index: Value =
+                serde_json::from_slice(&fs::read(dir.join(format!("{stem}.index.json"))).unwrap())
+                    .unwrap();
+            packs.push((format!("t/packs/{name}"), fs::read(&p).unwrap(), index));
+        }
+    }
+    assert!(packs.len() >= 2, "{}", dir.display());
+    let scratch = tempfile::tempdir().unwrap();
+    check_packs(&fs_, &packs, scratch.path());
+    assert_all_read_back(&t, &fs_);
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep: {v}");
+}
+
+#[test]
+fn an_archived_pack_is_restored_once_for_all_its_members() {
+    let moto = start_moto();
+    moto.set_restore_seconds(3).unwrap();
+    let fs_ = files(&[
+        ("a.txt", 1000),
+        ("b.txt", 2000),
+        ("c/d.txt", 3000),
+        ("e.txt", 10),
+    ]);
+    let t = TierMount::new(&moto, "packglacier", &fs_, |c| {
+        packed(c).set("store", "storage_class", &q("GLACIER")).set(
+            "recall",
+            "on_archived",
+            &q("fail"),
+        )
+    });
+    let migrated = Instant::now();
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.object_key("a.txt");
+    for (rel, _) in &fs_ {
+        let st = t.status(rel);
+        assert_eq!(
+            st["object_key"].as_str(),
+            Some(key.as_str()),
+            "one pack: {st}"
+        );
+        assert_eq!(st["storage_class"], "GLACIER", "{st}");
+    }
+    if let Some(left) = Duration::from_millis(3500).checked_sub(migrated.elapsed()) {
+        std::thread::sleep(left);
+    }
+    // Each member's first read finds the pack archived: EAGAIN, a restore in progress.
+    for (rel, _) in &fs_ {
+        let e = errno_of(fs::read(t.m(rel)), rel);
+        assert_eq!(e, libc::EAGAIN, "{rel}: errno {e}\n{}", t.daemon_log_tail());
+    }
+    assert_eq!(
+        restore_posts(&settled_requests(&moto), "packglacier"),
+        1,
+        "one RestoreObject for the pack of four members"
+    );
+    for (rel, content) in &fs_ {
+        let state = t.wait_state(rel, "premigrated", Duration::from_secs(60));
+        assert_eq!(state, "premigrated", "{rel}\n{}", t.daemon_log_tail());
+        assert_bytes(rel, &read_ok(&t.m(rel)), content);
+    }
+    assert_eq!(restore_posts(&settled_requests(&moto), "packglacier"), 1);
+    let shared: usize = fs_
+        .iter()
+        .map(|(rel, _)| {
+            t.history(rel)
+                .iter()
+                .filter(|e| e["kind"] == "RESTORE_REQUESTED")
+                .filter(|e| e["detail"]["outcome"] == "SharedWithPack")
+                .count()
+        })
+        .sum();
+    assert_eq!(shared, 3, "three members waited on the first one's restore");
+}
