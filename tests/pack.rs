@@ -318,3 +318,233 @@ fn an_archived_pack_is_restored_once_for_all_its_members() {
         .sum();
     assert_eq!(shared, 3, "three members waited on the first one's restore");
 }
+
+/// Every object in the bucket after gc past the retention is named: the objects and packs
+/// the files' records name, and those packs' indexes.
+fn assert_bucket_holds_what_is_named(t: &mut TierMount, fs_: &Files, what: &str) {
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{what}: verify: {v}");
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    t.ok(&["gc", &t.mnt_str()]);
+    let mut named = std::collections::BTreeSet::new();
+    for (rel, _) in fs_ {
+        let k = t.object_key(rel);
+        if let Some(stem) = k.strip_suffix(".tar") {
+            named.insert(format!("{stem}.index.json"));
+        }
+        named.insert(k);
+    }
+    let held: std::collections::BTreeSet<String> = t
+        .objects()
+        .into_iter()
+        .filter(|k| k.contains("/data/") || k.contains("/packs/"))
+        .collect();
+    assert_eq!(
+        held, named,
+        "{what}: the bucket after gc past the retention"
+    );
+}
+
+#[test]
+fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("a.txt", 5000),
+        ("d/b.txt", 70_000),
+        ("d/c.txt", 1),
+        ("big.bin", 2 << 20),
+    ]);
+    for fp in [
+        "pack-after-intent",
+        "pack-after-put",
+        "pack-after-index",
+        "pack-after-record",
+        "migrate-after-stub-xattr",
+        "migrate-after-truncate",
+    ] {
+        let mut t = TierMount::new(&moto, &format!("pk-{fp}"), &fs_, |c| {
+            packed(c).set("mount", "restart_on_crash", "false")
+        });
+        t.umount();
+        t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
+        let out = t.cli(&["migrate", t.mnt_str().as_str(), "--mode", "stub"]);
+        assert!(
+            !out.status.success(),
+            "{fp}: migrate survived: {}",
+            show(&out)
+        );
+        assert!(
+            t.wait_dead(Duration::from_secs(15)),
+            "{fp}: the daemon did not die\n{}",
+            t.daemon_log_tail()
+        );
+        t.detach_dead();
+        t.remount();
+        for (rel, _) in &fs_ {
+            let st = t.state(rel);
+            assert!(
+                ["resident", "premigrated", "stub"].contains(&st.as_str()),
+                "{fp}: {rel} is {st} after the restart"
+            );
+        }
+        assert_all_read_back(&t, &fs_);
+        t.migrate_ok(&["--mode", "stub"]);
+        for (rel, _) in &fs_ {
+            assert_eq!(t.state(rel), "stub", "{fp}: {rel} after migrating again");
+        }
+        assert_all_read_back(&t, &fs_);
+        assert_bucket_holds_what_is_named(&mut t, &fs_, fp);
+    }
+}
+
+#[test]
+fn a_lost_catalog_is_rebuilt_from_the_packs_indexes_and_hostile_indexes_are_refused() {
+    let moto = start_moto();
+    let fs_ = tree();
+    let mut t = TierMount::new(&moto, "pkrebuild", &fs_, packed);
+    t.migrate_ok(&["--mode", "stub"]);
+    let before: std::collections::BTreeMap<String, Value> =
+        fs_.iter().map(|(r, _)| (r.clone(), t.status(r))).collect();
+    t.umount();
+    t.remove_catalog();
+    let rebuild = |t: &TierMount| {
+        let out = t.cli(&[
+            "catalog",
+            "rebuild",
+            t.src.to_str().unwrap(),
+            "--config",
+            t.config_path.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+            .unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+        (out.status.code(), v)
+    };
+    let (code, r) = rebuild(&t);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["stubs"], fs_.len(), "{r}");
+    assert!(r["problems"].as_array().unwrap().is_empty(), "{r}");
+    t.remount();
+    for (rel, st) in &before {
+        let now = t.status(rel);
+        for k in ["state", "object_key", "checksum", "size", "file_id"] {
+            assert_eq!(now[k], st[k], "{rel}: {k} after the rebuild");
+        }
+    }
+    assert_all_read_back(&t, &fs_);
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep after the rebuild: {v}");
+
+    // One pack's index rewritten by someone with write access to the bucket (a member
+    // with a path outside SOURCE): all its members are refused, the others come back.
+    t.ok(&["release", "-r", t.mnt_str().as_str()]);
+    let key = t.object_key(&fs_[0].0);
+    let ik = key.replace(".tar", ".index.json");
+    let (st, body) = moto
+        .http("GET", &format!("/pkrebuild/{ik}"), &[], b"")
+        .unwrap();
+    assert_eq!(st, 200);
+    let mut ix: Value = serde_json::from_slice(&body).unwrap();
+    let n = ix["members"].as_array().unwrap().len();
+    ix["members"][0]["path"] = serde_json::json!("../../etc/shadow");
+    let (st, _) = moto
+        .http(
+            "PUT",
+            &format!("/pkrebuild/{ik}"),
+            &[],
+            ix.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(st, 200);
+    t.umount();
+    t.remove_catalog();
+    let (code, r) = rebuild(&t);
+    assert_eq!(code, Some(1), "a rebuild with problems says so: {r}");
+    let problems = r["problems"].as_array().unwrap();
+    assert_eq!(
+        problems.len(),
+        n,
+        "every member of the hostile pack refused: {r}"
+    );
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.as_str().unwrap().contains("its index")),
+        "{r}"
+    );
+    assert_eq!(r["stubs"], fs_.len() - n, "{r}");
+    t.remount();
+    // The refused stubs are still stubs on disk (verify reports them), and the others read.
+    for (rel, content) in &fs_ {
+        if t.object_key(rel) != key {
+            assert_bytes(rel, &read_ok(&t.m(rel)), content);
+        }
+    }
+}
+
+#[test]
+fn packs_replicate_to_s3s_fs_once_each_and_a_member_recalls_from_the_replica() {
+    let moto = start_moto();
+    let sdir = tempfile::tempdir().unwrap();
+    let s3s = S3sServer::start(sdir.path()).unwrap_or_else(|e| panic!("{e}"));
+    s3s.create_bucket("pkreplica").unwrap();
+    let fs_ = tree();
+    let t = TierMount::new(&moto, "pkprimary", &fs_, |c| {
+        packed(c).raw(&format!(
+            "[[replica]]\nname = \"s\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
+             bucket = \"pkreplica\"\nprefix = \"r\"\npath_style = true\naccess_key = {}\n\
+             secret_key = {}\nrequest_checksum = \"when_required\"\n",
+            q(&s3s.endpoint),
+            q(&s3s.key_id),
+            q(&s3s.secret)
+        ))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let mnt = t.mnt_str();
+    let packs: std::collections::BTreeSet<String> = fs_
+        .iter()
+        .map(|(r, _)| t.object_key(r))
+        .filter(|k| k.ends_with(".tar"))
+        .collect();
+    let v: Value =
+        serde_json::from_str(&t.ok(&["replicate", mnt.as_str(), "--to", "s", "--json"])).unwrap();
+    // Each pack once, and the large file's object.
+    assert_eq!(v["copied"].as_u64(), Some(packs.len() as u64 + 1), "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    // On s3s-fs's disk: each pack and its index, the pack a tar GNU tar lists.
+    for k in &packs {
+        let rel = k.strip_prefix("t/").unwrap();
+        let tar = sdir.path().join("pkreplica/r").join(rel);
+        let out = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
+        assert!(out.status.success(), "{}: {}", tar.display(), show(&out));
+        assert!(sdir
+            .path()
+            .join("pkreplica/r")
+            .join(rel.replace(".tar", ".index.json"))
+            .exists());
+    }
+    let (code, r) = t.verify(true);
+    assert_eq!(
+        code, 0,
+        "verify --deep checks the replica's members too: {r}"
+    );
+    // The primary loses one pack: its members recall from the replica.
+    let lost = packs.iter().next().unwrap();
+    let (st, _) = moto
+        .http("DELETE", &format!("/pkprimary/{lost}"), &[], b"")
+        .unwrap();
+    assert!(st == 204 || st == 200, "{st}");
+    let mut from_replica = 0;
+    for (rel, content) in &fs_ {
+        if t.object_key(rel) == *lost {
+            assert_bytes(rel, &read_ok(&t.m(rel)), content);
+            let h = t.history(rel);
+            let last = h.iter().rev().find(|e| e["kind"] == "RECALLED").unwrap();
+            assert_eq!(last["detail"]["from_replica"], "s", "{last}");
+            from_replica += 1;
+        }
+    }
+    assert!(from_replica > 0);
+    assert_all_read_back(&t, &fs_);
+}

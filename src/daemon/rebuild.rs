@@ -147,9 +147,13 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
         }
     };
     say("listing the bucket");
-    let listed = rt
+    let mut listed = rt
         .block_on(store.list(&format!("{KEY_PREFIX}/")))
         .map_err(|e| anyhow!("cannot list the bucket: {e}"))?;
+    listed.extend(
+        rt.block_on(store.list(&format!("{}/", crate::tier::stub::PACK_PREFIX)))
+            .map_err(|e| anyhow!("cannot list the bucket: {e}"))?,
+    );
     say("walking SOURCE");
     let mut report = Vec::new();
     let (scanned, disk) = walk(root.as_fd(), &mut report)

@@ -22,6 +22,22 @@ pub fn event_object(d: &Value) -> Option<(String, Option<String>)> {
     None
 }
 
+/// After `deleted` (the deletion of `key` from `store`): a pack's index goes with it (it
+/// is no object of its own in the catalog).
+async fn purge_index_after(
+    deleted: Result<(), crate::store::StoreError>,
+    store: &dyn crate::store::ObjectStore,
+    key: &str,
+) -> Result<(), crate::store::StoreError> {
+    match (deleted, crate::tier::stub::parse_pack_key(key)) {
+        (Ok(()), Some((prefix, id))) => store
+            .purge(&crate::tier::stub::pack_index_key(prefix, id))
+            .await
+            .map_err(|e| e.context("the pack's index")),
+        (r, _) => r,
+    }
+}
+
 impl Tiering {
     /// `coldtier gc`: deletes the objects of deleted and superseded content whose
     /// retention has passed, and of copies that failed verification. Each deletion is an
@@ -99,6 +115,7 @@ impl Tiering {
                     Some(v) => replica.delete(&obj.0, Some(v)).await,
                     None => replica.purge(&obj.0).await,
                 };
+                let r = purge_index_after(r, replica.as_ref(), &obj.0).await;
                 match r {
                     Ok(()) => {
                         let detail = json!({
@@ -133,14 +150,7 @@ impl Tiering {
                 Some(v) => store.delete(&obj.0, Some(v)).await,
                 None => store.purge(&obj.0).await,
             };
-            // A pack's index goes with it (it is no object of its own in the catalog).
-            let deleted_obj = match (deleted_obj, crate::tier::stub::parse_pack_key(&obj.0)) {
-                (Ok(()), Some((prefix, id))) => store
-                    .purge(&crate::tier::stub::pack_index_key(prefix, id))
-                    .await
-                    .map_err(|e| e.context("the pack's index")),
-                (r, _) => r,
-            };
+            let deleted_obj = purge_index_after(deleted_obj, store.as_ref(), &obj.0).await;
             match deleted_obj {
                 Ok(()) => {
                     let detail = json!({

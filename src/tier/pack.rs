@@ -633,6 +633,186 @@ struct Proven {
     config_version: i64,
 }
 
+/// The longest index object read (about 40 MB holds the index of a pack of the most
+/// members `pack.max_files` allows, with long paths).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// A pack's member index, as read from the bucket (untrusted until [`parse_index`] has
+/// checked it).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackIndex {
+    pub format: String,
+    pub version: u64,
+    pub pack_id: String,
+    pub object_key: String,
+    pub size: u64,
+    pub checksum: String,
+    pub members: Vec<IndexMember>,
+}
+
+/// One member in a [`PackIndex`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexMember {
+    pub path: String,
+    pub file_id: String,
+    pub offset: u64,
+    pub size: u64,
+    pub checksum: String,
+    pub mtime_ns: i64,
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Parses and checks the index of pack `pack_id` (`key`, `pack_size` bytes as the store
+/// says): its format and version, its id, key and size, a checksum of a known form, and
+/// every member: a file id, a path that stays inside SOURCE, a range inside the pack
+/// (ranges in order, not overlapping), a checksum, a mode. Anything else: rejected with
+/// the reason.
+pub fn parse_index(
+    bytes: &[u8],
+    pack_id: &str,
+    key: &str,
+    pack_size: u64,
+) -> Result<PackIndex, String> {
+    if bytes.len() as u64 > MAX_INDEX_BYTES {
+        return Err(format!("{} bytes: larger than any index", bytes.len()));
+    }
+    let ix: PackIndex = serde_json::from_slice(bytes).map_err(|e| format!("not an index: {e}"))?;
+    if ix.format != INDEX_FORMAT || ix.version != INDEX_VERSION {
+        return Err(format!(
+            "format {} version {} is not {INDEX_FORMAT} {INDEX_VERSION}",
+            ix.format.escape_debug(),
+            ix.version
+        ));
+    }
+    if ix.pack_id != pack_id || ix.object_key != key {
+        return Err(format!(
+            "it names pack {} ({}), not {pack_id}",
+            ix.pack_id.escape_debug(),
+            ix.object_key.escape_debug()
+        ));
+    }
+    if ix.size != pack_size {
+        return Err(format!(
+            "it says {} bytes, the pack is {pack_size}",
+            ix.size
+        ));
+    }
+    Checksum::parse(&ix.checksum).map_err(|e| format!("its checksum: {e}"))?;
+    let mut end = 0u64;
+    for m in &ix.members {
+        let what = || format!("member {}", m.path.escape_debug());
+        crate::tier::rebuild::check_meta_path(&m.path)
+            .map_err(|e| format!("{}: path {e}", what()))?;
+        if !crate::tier::stub::is_valid_file_id(&m.file_id) {
+            return Err(format!("{}: file id is not 32 hex digits", what()));
+        }
+        if m.size == 0
+            || m.offset < end
+            || m.offset.checked_add(m.size).is_none_or(|e| e > pack_size)
+        {
+            return Err(format!(
+                "{}: {}+{} is not a range of its own inside the pack",
+                what(),
+                m.offset,
+                m.size
+            ));
+        }
+        end = m.offset + m.size;
+        let c = Checksum::parse(&m.checksum).map_err(|e| format!("{}: {e}", what()))?;
+        if c.algo.name().is_empty() {
+            return Err(format!("{}: checksum", what()));
+        }
+        if u32::from_str_radix(&m.mode, 8).is_err() {
+            return Err(format!("{}: mode is not octal", what()));
+        }
+    }
+    Ok(ix)
+}
+
+/// Reads the index object of pack `pack_id` (at `pack_key`, `pack_size` bytes) from
+/// `store` and checks it ([`parse_index`]).
+pub async fn fetch_index(
+    store: &dyn crate::store::ObjectStore,
+    pack_key: &str,
+    pack_id: &str,
+    pack_size: u64,
+) -> Result<PackIndex, String> {
+    let (prefix, _) = crate::tier::stub::parse_pack_key(pack_key).ok_or("not a pack key")?;
+    let key = pack_index_key(prefix, pack_id);
+    let meta = store
+        .head(&key, None)
+        .await
+        .map_err(|e| format!("HEAD {key}: {e}"))?;
+    if meta.size > MAX_INDEX_BYTES {
+        return Err(format!("{key}: {} bytes: larger than any index", meta.size));
+    }
+    // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"coldtier-index".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new fd nothing else owns.
+    let f =
+        File::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let algo = meta
+        .checksum
+        .as_ref()
+        .map_or(ChecksumAlgo::Crc32c, |c| c.algo);
+    store
+        .get(crate::store::GetRequest {
+            key: &key,
+            version_id: None,
+            dest: Some(&f),
+            expected_size: meta.size,
+            checksum: algo,
+            extents: None,
+            range: None,
+            dest_base: 0,
+        })
+        .await
+        .map_err(|e| format!("GET {key}: {e}"))?;
+    let mut bytes = vec![0u8; meta.size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut bytes, 0)
+        .map_err(|e| format!("{key}: {e}"))?;
+    parse_index(&bytes, pack_id, pack_key, pack_size).map_err(|e| format!("{key}: {e}"))
+}
+
+/// Whether index member `m` is the member record `rec` describes.
+pub fn member_matches(m: &IndexMember, rec: &StubRecord) -> Result<(), String> {
+    let p = rec.pack.as_ref().ok_or("not a pack member")?;
+    let want = format!("{}:{}", rec.checksum_algo, rec.checksum);
+    if m.file_id != rec.file_id {
+        return Err(format!(
+            "the index says file {}, the stub {}",
+            m.file_id, rec.file_id
+        ));
+    }
+    if (m.offset, m.size) != (p.offset, rec.size) {
+        return Err(format!(
+            "the index has it at {}+{}, the stub at {}+{}",
+            m.offset, m.size, p.offset, rec.size
+        ));
+    }
+    if m.checksum != want {
+        return Err(format!(
+            "the index says checksum {}, the stub {want}",
+            m.checksum
+        ));
+    }
+    if m.mtime_ns != rec.content_mtime() {
+        return Err(format!(
+            "the index says mtime {}, the stub {}",
+            m.mtime_ns,
+            rec.content_mtime()
+        ));
+    }
+    Ok(())
+}
+
 /// Splits the files a run selected into packs (of at most `target` bytes of footprint and
 /// `max_files` files, in the order given) and the rest.
 pub fn plan_packs(
@@ -719,6 +899,67 @@ mod tests {
         let off = super::super::config::PackConfig::default();
         let (packs, rest) = plan_packs(vec![facts("a", 1)], &off);
         assert!(packs.is_empty() && rest.len() == 1, "off by default");
+    }
+
+    #[test]
+    fn hostile_indexes_are_rejected_with_a_reason() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let key = format!("packs/{id}.tar");
+        let good = json!({
+            "format": INDEX_FORMAT, "version": 1, "pack_id": id, "object_key": key,
+            "size": 10240, "checksum": "crc32c:AAAAAA==",
+            "members": [
+                {"path": "a/b", "file_id": id, "offset": 1536, "size": 10,
+                 "checksum": "crc32c:AAAAAA==", "mtime_ns": 1, "mode": "100644", "uid": 0, "gid": 0},
+                {"path": "c", "file_id": id, "offset": 3072, "size": 100,
+                 "checksum": "crc32c:AAAAAA==", "mtime_ns": 1, "mode": "100644", "uid": 0, "gid": 0}
+            ]
+        });
+        let parse = |v: &serde_json::Value| parse_index(v.to_string().as_bytes(), id, &key, 10240);
+        assert_eq!(parse(&good).unwrap().members.len(), 2);
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let bad: Vec<(&str, Edit)> = vec![
+            ("format", Box::new(|v| v["format"] = json!("tar"))),
+            (
+                "names pack",
+                Box::new(|v| v["pack_id"] = json!("fedcba9876543210fedcba9876543210")),
+            ),
+            ("bytes", Box::new(|v| v["size"] = json!(20000))),
+            (
+                "path",
+                Box::new(|v| v["members"][0]["path"] = json!("../../etc/passwd")),
+            ),
+            (
+                "path",
+                Box::new(|v| v["members"][0]["path"] = json!("/abs")),
+            ),
+            (
+                "file id",
+                Box::new(|v| v["members"][1]["file_id"] = json!("x")),
+            ),
+            (
+                "range",
+                Box::new(|v| v["members"][1]["offset"] = json!(10200)),
+            ),
+            (
+                "range",
+                Box::new(|v| v["members"][1]["offset"] = json!(1540)),
+            ),
+            ("range", Box::new(|v| v["members"][0]["size"] = json!(0))),
+            (
+                "checksum",
+                Box::new(|v| v["members"][0]["checksum"] = json!("nope")),
+            ),
+            ("mode", Box::new(|v| v["members"][0]["mode"] = json!("9x"))),
+            ("unknown field", Box::new(|v| v["extra"] = json!(1))),
+        ];
+        for (why, f) in bad {
+            let mut v = good.clone();
+            f(&mut v);
+            let e = parse(&v).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        assert!(parse_index(b"\xff not json", id, &key, 10240).is_err());
     }
 
     #[test]

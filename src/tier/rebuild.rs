@@ -161,6 +161,31 @@ pub fn genealogy(meta: &ObjectMeta) -> Result<Genealogy, String> {
     })
 }
 
+/// Whether a pack (`meta`, its index `ix`) holds the member `rec` says it does.
+fn member_matches_pack(
+    meta: &ObjectMeta,
+    p: &crate::tier::stub::PackRef,
+    ix: &Result<crate::tier::pack::PackIndex, String>,
+    rec: &StubRecord,
+) -> Result<(), String> {
+    if meta.size != p.pack_size {
+        return Err(format!(
+            "the pack is {} bytes, the stub says {}",
+            meta.size, p.pack_size
+        ));
+    }
+    if meta.metadata.get("coldtier-pack-id") != Some(&p.id) {
+        return Err("the pack's coldtier-pack-id is not its id".into());
+    }
+    let ix = ix.as_ref().map_err(|e| format!("its index: {e}"))?;
+    let m = ix
+        .members
+        .iter()
+        .find(|m| m.offset == p.offset)
+        .ok_or_else(|| format!("its index has no member at offset {}", p.offset))?;
+    crate::tier::pack::member_matches(m, rec)
+}
+
 /// Whether an object agrees with the record on disk that names it.
 pub fn matches_record(meta: &ObjectMeta, rec: &StubRecord) -> Result<Genealogy, String> {
     let g = genealogy(meta)?;
@@ -346,6 +371,25 @@ pub fn rebuild(
         }
         out
     });
+    // The indexes of the packs that records name: each read and checked once.
+    let mut indexes: HashMap<String, Result<crate::tier::pack::PackIndex, String>> = HashMap::new();
+    for f in disk {
+        let Some(rec) = f.stub.as_ref().or(f.copy.as_ref()) else {
+            continue;
+        };
+        if let Some(p) = &rec.pack {
+            if !indexes.contains_key(&rec.object_key) {
+                let ix = rt.block_on(crate::tier::pack::fetch_index(
+                    store.as_ref(),
+                    &rec.object_key,
+                    &p.id,
+                    p.pack_size,
+                ));
+                indexes.insert(rec.object_key.clone(), ix);
+            }
+        }
+    }
+    let mut packs_found: BTreeMap<String, (crate::catalog::PackRow, u64)> = BTreeMap::new();
     for (f, head) in disk.iter().zip(heads) {
         let (rec, state) = match (&f.stub, &f.copy) {
             (Some(r), _) => (r, FileState::Stub),
@@ -400,7 +444,40 @@ pub fn rebuild(
             }
             None => continue,
         };
-        if let Some(m) = &meta {
+        if let (Some(m), Some(p)) = (&meta, &rec.pack) {
+            let ix = indexes.get(&rec.object_key).expect("read above");
+            if let Err(why) = member_matches_pack(m, p, ix, rec) {
+                report.push(format!(
+                    "REJECTED {} [{key}]: the pack does not match the record on disk: {why}",
+                    f.rel
+                ));
+                continue;
+            }
+            let ix = ix.as_ref().expect("checked");
+            let entry = packs_found
+                .entry(rec.object_key.clone())
+                .or_insert_with(|| {
+                    let c = crate::store::Checksum::parse(&ix.checksum).expect("checked");
+                    let row = crate::catalog::PackRow {
+                        object_key: rec.object_key.clone(),
+                        pack_id: p.id.clone(),
+                        version_id: rec.version_id.clone(),
+                        size: p.pack_size,
+                        members: ix.members.len() as u64,
+                        checksum_algo: c.algo.name().to_string(),
+                        checksum: c.base64(),
+                        storage_class: rec.storage_class.clone(),
+                        index_key: crate::tier::stub::pack_index_key(
+                            crate::tier::stub::parse_pack_key(&rec.object_key)
+                                .expect("a pack key")
+                                .0,
+                            &p.id,
+                        ),
+                    };
+                    (row, 0)
+                });
+            entry.1 += 1;
+        } else if let Some(m) = &meta {
             if let Err(why) = matches_record(m, rec) {
                 report.push(format!(
                     "REJECTED {} [{key}]: the object does not match the record on disk: {why}",
@@ -437,6 +514,18 @@ pub fn rebuild(
             rows.clear();
         }
     }
+    // The packs first: no row names a pack the catalog does not know.
+    for (row, found) in packs_found.into_values() {
+        let d = json!({
+            "object_key": row.object_key,
+            "version_id": row.version_id,
+            "bytes": row.size,
+            "members": row.members,
+            "members_found": found,
+            "found_by": "catalog rebuild",
+        });
+        catalog.record_pack(&row, d)?;
+    }
     if !rows.is_empty() {
         catalog.transition_batch(&rows)?;
     }
@@ -457,6 +546,17 @@ pub fn rebuild(
     say(&format!("looking at {} objects no file names", rest.len()));
     for o in rest {
         let key = full(&o.key);
+        if o.key.ends_with(".index.json") {
+            continue;
+        }
+        if crate::tier::stub::parse_pack_key(&o.key).is_some() {
+            report.push(format!(
+                "UNREFERENCED [{key}]: a pack ({} bytes) no file in SOURCE names: not recorded \
+                 (nothing will delete it); its index beside it lists what it holds",
+                o.size
+            ));
+            continue;
+        }
         let Some(("data", key_id, _)) = parse_object_key(&o.key) else {
             report.push(format!(
                 "SKIPPED [{key}]: not a coldtier object key (data/<file id>/<16 hex>)"

@@ -389,6 +389,8 @@ impl Tiering {
             checksum: got.checksum.base64(),
             metadata: meta.metadata.clone(),
         };
+        self.copy_pack_index(primary, replica, target, &obj.object_key)
+            .await?;
         self.put_to_replica(replica, target, obj, &tmp, validates)
             .await?;
         Ok(Done::Copied(meta.size))
@@ -603,8 +605,88 @@ impl Tiering {
             checksum: obj.checksum.clone(),
             metadata,
         };
+        let primary = self.store()?;
         for target in self.replica_names().iter().take(want) {
+            let replica = self.replica(target).ok_or_else(|| {
+                StepError::new(libc::EIO, format!("replica {target} is not open"))
+            })?;
+            self.copy_pack_index(&primary, &replica, target, &obj.object_key)
+                .await?;
             self.copy_to(obj, &src, target).await?;
+        }
+        Ok(())
+    }
+
+    /// A pack's index goes to a replica before the pack (so that a catalog rebuilt from
+    /// the replica finds it): read from the primary, checked, written, read back.
+    /// Nothing for other objects.
+    async fn copy_pack_index(
+        &self,
+        primary: &Arc<dyn ObjectStore>,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        pack_key: &str,
+    ) -> Result<(), StepError> {
+        let Some((prefix, id)) = crate::tier::stub::parse_pack_key(pack_key) else {
+            return Ok(());
+        };
+        let key = crate::tier::stub::pack_index_key(prefix, id);
+        let err = |e: String| StepError::new(libc::EIO, format!("pack index {key}: {e}"));
+        let meta = primary
+            .head(&key, None)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if meta.size > crate::tier::pack::MAX_INDEX_BYTES {
+            return Err(err(format!("{} bytes", meta.size)));
+        }
+        let algo = ChecksumAlgo::Crc32c;
+        let tmp = self.unnamed_file()?;
+        let got = primary
+            .get(GetRequest {
+                key: &key,
+                version_id: None,
+                dest: Some(&tmp),
+                expected_size: meta.size,
+                checksum: algo,
+                extents: None,
+                range: None,
+                dest_base: 0,
+            })
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let put = replica
+            .put(PutRequest {
+                key: key.clone(),
+                file: tmp,
+                size: meta.size,
+                storage_class: Some(crate::store::StorageClass::Standard),
+                metadata: meta.metadata.clone(),
+                tags: Default::default(),
+                checksum: Some(algo),
+                extents: None,
+            })
+            .await
+            .map_err(|e| err(format!("PUT to {target}: {e}")))?;
+        if put.checksum != got.checksum {
+            return Err(err(format!(
+                "the bytes sent to {target} are not the primary's"
+            )));
+        }
+        let back = replica
+            .get(GetRequest {
+                key: &key,
+                version_id: put.version_id.as_deref(),
+                dest: None,
+                expected_size: meta.size,
+                checksum: algo,
+                extents: None,
+                range: None,
+                dest_base: 0,
+            })
+            .await
+            .map_err(|e| err(format!("read-back from {target}: {e}")))?;
+        if back.checksum != got.checksum {
+            return Err(err(format!("{target} holds other bytes than were sent")));
         }
         Ok(())
     }
