@@ -173,6 +173,28 @@ fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_
     let (code, v) = t.verify(true);
     assert_eq!(code, 0, "verify --deep: {v}");
 
+    // A bulk recall fetches each pack once for all its members.
+    t.ok(&["release", "-r", t.mnt_str().as_str()]);
+    let reqs = settled_requests(&moto);
+    let before: Vec<usize> = packs
+        .iter()
+        .map(|p| data_gets(&reqs, "packs", Some(&p.0)))
+        .collect();
+    t.ok(&["recall", "-r", t.mnt_str().as_str()]);
+    let reqs = settled_requests(&moto);
+    for (p, b) in packs.iter().zip(&before) {
+        assert_eq!(
+            data_gets(&reqs, "packs", Some(&p.0)) - b,
+            1,
+            "one GET of {} for all its members",
+            p.0
+        );
+    }
+    for (rel, content) in &fs_ {
+        assert_eq!(t.state(rel), "premigrated", "{rel}");
+        assert_bytes(rel, &fs::read(t.s(rel)).unwrap(), content);
+    }
+
     // Release them again, then delete all members of one pack but one, and change one
     // through the mount: the pack stays while a file names it.
     t.ok(&["release", "-r", t.mnt_str().as_str()]);

@@ -186,8 +186,13 @@ EOF
     done
 }
 
-_bt_write_config() { # FILE PREFIX CATALOG
-    cat >"$1" <<EOF
+_bt_write_config() { # FILE PREFIX CATALOG [PACK]
+    if [[ "${4:-0}" == 1 ]]; then
+        printf '[pack]\nenabled = true\n\n' >"$1"
+    else
+        : >"$1"
+    fi
+    cat >>"$1" <<EOF
 # written by scripts/bench.sh --tier
 [store]
 kind = "s3"
@@ -248,14 +253,17 @@ _bt_umount() { # MNT
 # ----------------------------------------------------------------------------
 # one coldtier round: migrate, recall (CLI), and optionally recall at first read (cat)
 # ----------------------------------------------------------------------------
-_bt_coldtier_round() { # WORKLOAD(large|small) REP
+_bt_coldtier_round() { # WORKLOAD(large|small|packed) REP
     local w="$1" r="$2" n
     [[ "$w" == large ]] && n=1 || n=$BENCH_TIER_NSMALL
     local base="$BT_DATA/ct.$w.$r" tag="ct.$w.$r"
     local src="$base/src" mnt="$base/mnt" cfg="$base/config.toml" t0 t1 rc
+    # packed: the small files with [pack] enabled (packs of the default 64 MiB)
+    local data=$w pack=0
+    [[ "$w" == packed ]] && { data=small; pack=1; }
     mkdir -p "$src" "$mnt"
-    cp -a "$BT_DATA/master/$w/." "$src/"
-    _bt_write_config "$cfg" "$w-$r" "$base/catalog.db"
+    cp -a "$BT_DATA/master/$data/." "$src/"
+    _bt_write_config "$cfg" "$w-$r" "$base/catalog.db" "$pack"
     if ! _bt_mount "$src" "$mnt" "$cfg" "$tag"; then
         _bt_record coldtier "migrate_$w" "$r" nan; _bt_record coldtier "recall_$w" "$r" nan
         return 0
@@ -295,14 +303,16 @@ EOF
     fi
     _bt_check_state "$mnt" stub "$n" "after migrate ($w, rep $r)" || true
 
-    if [[ "$w" == small ]]; then
+    if [[ "$w" != large ]]; then
         # backfill of the second s3s-fs: every object read from the first, put to the
-        # second, proven, recorded
+        # second, proven, recorded (packed: each pack and its index)
         _bt_drop_caches
         t0=$(_bt_now_us); rc=0
         _bt_tmo "$COLDTIER_BIN" replicate "$mnt" --to second --json >"$BT_LOG_DIR/$tag.replicate.json" 2>"$BT_LOG_DIR/$tag.replicate.err" || rc=$?
         t1=$(_bt_now_us)
-        if [[ $rc -ne 0 ]] || ! grep -q "\"copied\":$n," "$BT_LOG_DIR/$tag.replicate.json"; then
+        local want_copied="\"copied\":$n,"
+        [[ "$w" == packed ]] && want_copied='"failed":0,'
+        if [[ $rc -ne 0 ]] || ! grep -q "$want_copied" "$BT_LOG_DIR/$tag.replicate.json"; then
             _bt_warn "coldtier replicate ($w, rep $r) exit $rc: $(head -c 300 "$BT_LOG_DIR/$tag.replicate.json") $(tail -n 3 "$BT_LOG_DIR/$tag.replicate.err" | tr '\n' ' ')"
             _bt_record coldtier "replicate_$w" "$r" nan
         else
@@ -319,7 +329,7 @@ EOF
     if [[ $rc -ne 0 ]]; then
         _bt_warn "coldtier recall -r ($w, rep $r) exit $rc: $(tail -n 5 "$BT_LOG_DIR/$tag.recall.out" | tr '\n' ' ')"
         _bt_record coldtier "recall_$w" "$r" nan
-    elif ! _bt_same "$BT_DATA/master/$w" "$src"; then
+    elif ! _bt_same "$BT_DATA/master/$data" "$src"; then
         _bt_warn "coldtier recall ($w, rep $r): the recalled files differ from the originals (see $BT_LOG_DIR/diff.log)"
         _bt_record coldtier "recall_$w" "$r" nan
     else
@@ -343,7 +353,7 @@ EOF
             if [[ $rc -ne 0 ]]; then
                 _bt_warn "recall at first read ($w, rep $r) failed: $(tail -n 3 "$BT_LOG_DIR/$tag.open.err" | tr '\n' ' ')"
                 _bt_record coldtier "open_$w" "$r" nan
-            elif ! _bt_same "$BT_DATA/master/$w" "$src"; then
+            elif ! _bt_same "$BT_DATA/master/$data" "$src"; then
                 _bt_warn "recall at first read ($w, rep $r): the recalled files differ from the originals"
                 _bt_record coldtier "open_$w" "$r" nan
             else
@@ -459,7 +469,15 @@ METRICS = [
     ("open_large", "Recall at first read, `cat` through the mount, %s (MiB/s)" % iec(large), "mibs", None),
     ("open_small", "Recall at first read, `cat` through the mount, %d files (files/s)" % nsmall, "files", None),
     ("replicate_small", "Backfill %d files of %s to a second s3s-fs (files/s; rclone: copy between the two)" % (nsmall, iec(small)), "files", None),
+    ("migrate_packed", "Migrate %d files of %s with [pack] enabled (files/s; rclone: the same files)" % (nsmall, iec(small)), "files", 5.00),
+    ("recall_packed", "Recall %d packed files of %s (files/s; rclone: copy back of the same files)" % (nsmall, iec(small)), "files", 3.00),
+    ("open_packed", "Recall at first read, `cat` through the mount, %d packed files (files/s)" % nsmall, "files", None),
+    ("replicate_packed", "Backfill of those packs to a second s3s-fs (files/s; rclone: the files between the two)" % (), "files", None),
 ]
+
+def rclone_key(key):
+    # rclone has no packs: its numbers for the same small files stand beside the packed rows
+    return key.replace("_packed", "_small").replace("open_", "recall_")
 
 def med(t, m):
     vals = [v for v in samples.get((t, m), []) if not math.isnan(v)]
@@ -499,11 +517,11 @@ npass = nfail = nt = 0
 for key, label, kind, target in METRICS:
     if ("coldtier", key) not in samples and ("rclone", key) not in samples:
         continue
-    c, r = rate("coldtier", key, kind), rate("rclone", key, kind)
+    c, r = rate("coldtier", key, kind), rate("rclone", rclone_key(key), kind)
     ratio = c / r if c is not None and r is not None else None
-    row = [label, cell("coldtier", key, kind), cell("rclone", key.replace("open_", "recall_"), kind) if key.startswith("open_") else cell("rclone", key, kind)]
+    row = [label, cell("coldtier", key, kind), cell("rclone", rclone_key(key), kind)]
     if key.startswith("open_"):
-        r2 = rate("rclone", key.replace("open_", "recall_"), kind)
+        r2 = rate("rclone", rclone_key(key), kind)
         ratio = c / r2 if c is not None and r2 is not None else None
         row[2] = "(copy back: see above)"
     row.append("%.2f×" % ratio if ratio is not None else "n/a")
@@ -767,7 +785,7 @@ bench_tier_main() {
 
     local r w tool
     for ((r = 1; r <= BENCH_TIER_REPEAT; r++)); do
-        for w in large small; do
+        for w in large small packed; do
             _bt_log "rep $r/$BENCH_TIER_REPEAT: $w"
             # alternate which tool goes first
             local order=("${BT_TARGETS[@]}")
@@ -775,7 +793,7 @@ bench_tier_main() {
             for tool in "${order[@]}"; do
                 case "$tool" in
                     coldtier) _bt_coldtier_round "$w" "$r" ;;
-                    rclone) _bt_rclone_round "$w" "$r" ;;
+                    rclone) [[ "$w" == packed ]] || _bt_rclone_round "$w" "$r" ;;
                 esac
             done
         done

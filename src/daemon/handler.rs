@@ -374,12 +374,16 @@ impl Control {
         progress: &mut dyn FnMut(Progress),
     ) -> PathResults<RecallResult> {
         let items = self.expand(paths, recursive);
-        // The bar counts the stubs, not every file below the paths.
+        // The bar counts the stubs, not every file below the paths; the packs several of
+        // them are members of are fetched once each.
+        let members = std::cell::RefCell::new(Vec::new());
         let totals = self.totals_of(&items, &|fd| {
-            marks::record(fd, marks::STUB)
-                .ok()
-                .flatten()
-                .map(|r| r.size)
+            let r = marks::record(fd, marks::STUB).ok().flatten()?;
+            let size = r.size;
+            if r.pack.is_some() {
+                members.borrow_mut().push(r);
+            }
+            Some(size)
         });
         progress(Progress {
             message: "recalling".into(),
@@ -391,6 +395,8 @@ impl Control {
         let t = self.t.clone();
         let mut results: Vec<(usize, PathResult<RecallResult>)> = Vec::new();
         let mut failed = 0u64;
+        let members = members.into_inner();
+        let _spans = t.rt.block_on(t.prefetch_packs(&members));
         t.rt.clone().block_on(async {
             let sem = Arc::new(tokio::sync::Semaphore::new(slots));
             let mut set = tokio::task::JoinSet::new();

@@ -92,6 +92,8 @@ pub struct Tiering {
     /// Archived packs whose restore a member's recall requested, and when (the other
     /// members wait on that one).
     pub(super) pack_restores: Mutex<HashMap<String, std::time::Instant>>,
+    /// Pack spans a bulk recall fetched once for many members.
+    pub(super) pack_spans: super::pack::PackCache,
     /// The runner of every background worker of this mount (`crate::jobs`, the tagger,
     /// the restore pollers).
     pub workers: Arc<crate::base::worker::Runner>,
@@ -234,6 +236,7 @@ impl Tiering {
             readers: Default::default(),
             pollers: Mutex::new(HashSet::new()),
             pack_restores: Mutex::new(HashMap::new()),
+            pack_spans: Default::default(),
             workers,
             checks: (
                 std::sync::atomic::AtomicUsize::new(0),

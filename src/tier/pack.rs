@@ -633,6 +633,143 @@ struct Proven {
     config_version: i64,
 }
 
+/// The bytes `[start, start + file length)` of one version of a pack, fetched once for
+/// the many members a bulk recall wants ([`Tiering::prefetch_packs`]).
+pub struct PackSpan {
+    file: File,
+    start: u64,
+    end: u64,
+}
+
+/// A pack's key and version id.
+pub type PackVersion = (String, Option<String>);
+
+/// Pack spans fetched for a bulk recall, by pack version; dropped with the [`PackLease`]
+/// that fetched them.
+pub type PackCache =
+    parking_lot::Mutex<std::collections::HashMap<PackVersion, std::sync::Arc<PackSpan>>>;
+
+/// The spans a bulk recall fetched: forgotten when it is dropped.
+pub struct PackLease<'a> {
+    t: &'a Tiering,
+    keys: Vec<PackVersion>,
+}
+
+impl Drop for PackLease<'_> {
+    fn drop(&mut self) {
+        let mut c = self.t.pack_spans.lock();
+        for k in &self.keys {
+            c.remove(k);
+        }
+    }
+}
+
+/// The most bytes a bulk recall fetches of one pack at once.
+const MAX_SPAN: u64 = 1 << 30;
+
+impl Tiering {
+    /// Before a bulk recall of `members` (records of stubs): the packs two or more of them
+    /// are members of are fetched once, each as one GET of the span that covers those
+    /// members, into an unnamed local file; the members' recalls then copy their bytes
+    /// from it (each still checked against its own checksum). A pack whose GET fails is
+    /// left out: its members fetch their own ranges.
+    pub async fn prefetch_packs(&self, members: &[StubRecord]) -> PackLease<'_> {
+        let mut lease = PackLease {
+            t: self,
+            keys: Vec::new(),
+        };
+        // (first offset, end, members, pack size) of each pack version
+        let mut groups: BTreeMap<PackVersion, (u64, u64, u64, u64)> = BTreeMap::new();
+        for r in members {
+            let Some(p) = &r.pack else { continue };
+            let g = groups
+                .entry((r.object_key.clone(), r.version_id.clone()))
+                .or_insert((u64::MAX, 0, 0, p.pack_size));
+            g.0 = g.0.min(p.offset);
+            g.1 = g.1.max(p.offset + r.size);
+            g.2 += 1;
+        }
+        let Ok(store) = self.store() else {
+            return lease;
+        };
+        for ((key, version), (start, end, n, pack_size)) in groups {
+            if n < 2 || end - start > MAX_SPAN {
+                continue;
+            }
+            let Ok(file) = self.unnamed_file() else { break };
+            let got = store
+                .get(crate::store::GetRequest {
+                    key: &key,
+                    version_id: version.as_deref(),
+                    dest: Some(&file),
+                    expected_size: pack_size,
+                    checksum: ChecksumAlgo::Crc32c,
+                    extents: None,
+                    range: (end - start != pack_size).then_some((start, end - start)),
+                    dest_base: start,
+                })
+                .await;
+            match got {
+                Ok(_) => {
+                    let k = (key, version);
+                    self.pack_spans.lock().insert(
+                        k.clone(),
+                        std::sync::Arc::new(PackSpan { file, start, end }),
+                    );
+                    lease.keys.push(k);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.full_key(&key), "prefetch of a pack for a bulk recall: {e}")
+                }
+            }
+        }
+        lease
+    }
+
+    /// A member's bytes from a pack span a bulk recall fetched, into `dest` at 0, hashed:
+    /// None if no span holds them.
+    pub(super) fn member_from_span(
+        &self,
+        rec: &StubRecord,
+        dest: &File,
+        algo: ChecksumAlgo,
+    ) -> Option<Result<crate::store::GetResult, crate::store::StoreError>> {
+        let p = rec.pack.as_ref()?;
+        let span = self
+            .pack_spans
+            .lock()
+            .get(&(rec.object_key.clone(), rec.version_id.clone()))
+            .cloned()?;
+        if p.offset < span.start || p.offset + rec.size > span.end {
+            return None;
+        }
+        let copy = || -> std::io::Result<Checksum> {
+            use std::os::unix::fs::FileExt;
+            let mut h = Hasher::new(algo);
+            let mut buf = vec![0u8; (1 << 20).min(rec.size as usize)];
+            let mut off = 0u64;
+            while off < rec.size {
+                let n = buf.len().min((rec.size - off) as usize);
+                span.file
+                    .read_exact_at(&mut buf[..n], p.offset - span.start + off)?;
+                h.update(&buf[..n]);
+                dest.write_all_at(&buf[..n], off)?;
+                off += n as u64;
+            }
+            Ok(h.finalize())
+        };
+        Some(
+            copy()
+                .map(|checksum| crate::store::GetResult {
+                    bytes: rec.size,
+                    checksum,
+                    version_id: rec.version_id.clone(),
+                })
+                .map_err(|e| crate::store::StoreError::io("a member from its pack's span", &e)),
+        )
+    }
+}
+
 /// The longest index object read (about 40 MB holds the index of a pack of the most
 /// members `pack.max_files` allows, with long paths).
 pub const MAX_INDEX_BYTES: u64 = 64 << 20;

@@ -496,6 +496,9 @@ impl Tiering {
                     .await
             }
             None => {
+                if let Some(got) = self.member_from_span(rec, file, algo) {
+                    return got;
+                }
                 // A pack member: one ranged GET of its bytes, hashed by themselves.
                 let (expected_size, range, dest_base) = match &rec.pack {
                     Some(p) => (p.pack_size, Some((p.offset, rec.size)), p.offset),
