@@ -581,6 +581,12 @@ impl Config {
                 ),
             ));
         }
+        if !(0.0..=1.0).contains(&k.repack_below) {
+            return Err(bad(
+                "pack.repack_below",
+                format!("{} is not a fraction between 0 and 1", k.repack_below),
+            ));
+        }
         if !(1..=1_000_000).contains(&k.max_files) {
             return Err(bad(
                 "pack.max_files",
@@ -1074,6 +1080,7 @@ mod tests {
             ("[pack]\nmax_member_size = \"2GiB\"", "pack.max_member_size"),
             ("[pack]\ntarget_size = \"1KiB\"", "pack.target_size"),
             ("[pack]\nmax_files = 0", "pack.max_files"),
+            ("[pack]\nrepack_below = 1.5", "pack.repack_below"),
             ("[pack]\nlevel = 3", "pack.level"),
             ("[policy]\ninclude = [\"a/[b\"]", "policy.include"),
             ("[policy]\ninclude = [1]", "policy.include"),

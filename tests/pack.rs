@@ -106,7 +106,10 @@ fn check_packs(fs_: &Files, packs: &[(String, Vec<u8>, Value)], scratch: &Path) 
 fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_member() {
     let moto = start_moto();
     let fs_ = tree();
-    let mut t = TierMount::new(&moto, "packs", &fs_, packed);
+    // No repack here (a pack with one member left would be): gc_repacks_... tests it.
+    let mut t = TierMount::new(&moto, "packs", &fs_, |c| {
+        packed(c).set("pack", "repack_below", "0")
+    });
     let v = t.migrate_ok(&["--mode", "stub"]);
     assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
     assert_eq!(v["stubbed"].as_u64(), Some(fs_.len() as u64), "{v}");
@@ -384,8 +387,13 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
         "pack-after-record",
         "migrate-after-stub-xattr",
         "migrate-after-truncate",
+        // In the middle of a pack's members: the third one's stub record written, its
+        // catalog records not (the pack's intent resolves it at the restart).
+        "migrate-after-stub-xattr:after=2",
+        "migrate-after-truncate:after=1",
     ] {
-        let mut t = TierMount::new(&moto, &format!("pk-{fp}"), &fs_, |c| {
+        let bucket = format!("pk-{}", fp.replace([':', '='], "-"));
+        let mut t = TierMount::new(&moto, &bucket, &fs_, |c| {
             packed(c).set("mount", "restart_on_crash", "false")
         });
         t.umount();
@@ -410,6 +418,10 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
                 "{fp}: {rel} is {st} after the restart"
             );
         }
+        // The catalog agrees with the records on the files: every stub's row names its
+        // pack (else gc could delete a pack a stub still needs).
+        let (code, v) = t.verify(false);
+        assert_eq!(code, 0, "{fp}: verify after the restart: {v}");
         assert_all_read_back(&t, &fs_);
         t.migrate_ok(&["--mode", "stub"]);
         for (rel, _) in &fs_ {
@@ -569,4 +581,112 @@ fn packs_replicate_to_s3s_fs_once_each_and_a_member_recalls_from_the_replica() {
     }
     assert!(from_replica > 0);
     assert_all_read_back(&t, &fs_);
+}
+
+#[test]
+fn gc_repacks_a_mostly_dead_pack_and_a_kill_at_each_step_loses_nothing() {
+    let moto = start_moto();
+    let spec: Vec<(String, usize)> = (0..20)
+        .map(|i| (format!("r/f{i:02}"), 3000 + i * 500))
+        .collect();
+    let refs: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let fs_ = files(&refs);
+    let skew = (RETENTION_SECS + 60).to_string();
+    for fp in [
+        None,
+        Some("repack-after-record"),
+        Some("repack-after-switch"),
+    ] {
+        let bucket = format!("repack-{}", fp.unwrap_or("clean"));
+        let mut t = TierMount::new(&moto, &bucket, &fs_, |c| {
+            packed(c).set("mount", "restart_on_crash", "false")
+        });
+        t.migrate_ok(&["--mode", "stub"]);
+        let old = t.object_key(&fs_[0].0);
+        // 14 of 20 members deleted: the pack is mostly dead bytes.
+        for (rel, _) in &fs_[..14] {
+            fs::remove_file(t.m(rel)).unwrap();
+        }
+        let live = &fs_[14..];
+        t.umount();
+        if fp.is_none() {
+            t.mount_with_env(&[(GC_SKEW_ENV, &skew)]);
+            let out = t.ok(&["gc", t.mnt_str().as_str(), "--dry-run"]);
+            assert!(out.contains("would repack"), "{out}");
+            assert!(t.objects().contains(&old), "a dry run repacks nothing");
+            t.umount();
+        }
+        let mut env = vec![(GC_SKEW_ENV, skew.as_str())];
+        if let Some(fp) = fp {
+            env.push((FAILPOINT_ENV, fp));
+        }
+        t.mount_with_env(&env);
+        let out = t.cli(&["gc", t.mnt_str().as_str()]);
+        if let Some(fp) = fp {
+            assert!(!out.status.success(), "{fp}: gc survived: {}", show(&out));
+            assert!(
+                t.wait_dead(Duration::from_secs(15)),
+                "{fp}: the daemon did not die"
+            );
+            t.detach_dead();
+            t.mount_with_env(&[(GC_SKEW_ENV, &skew)]);
+            // Every live file reads back whatever pack its record names now.
+            assert_all_read_back(&t, &live.to_vec());
+            let out = t.cli(&["gc", t.mnt_str().as_str()]);
+            assert!(
+                out.status.success(),
+                "{fp}: gc after the restart: {}",
+                show(&out)
+            );
+        } else {
+            assert!(out.status.success(), "{}", show(&out));
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("repacked"), "{text}");
+        }
+        let what = fp.unwrap_or("clean");
+        let new = t.object_key(&live[0].0);
+        assert_ne!(new, old, "{what}: repacked");
+        for (rel, _) in live {
+            assert_eq!(t.object_key(rel), new, "{what}: {rel} names the new pack");
+        }
+        let keys = t.objects();
+        assert!(
+            !keys.contains(&old),
+            "{what}: the old pack is deleted after the retention: {keys:?}"
+        );
+        assert!(
+            !keys.contains(&old.replace(".tar", ".index.json")),
+            "{what}: {keys:?}"
+        );
+        assert!(keys.contains(&new), "{what}: {keys:?}");
+        // The new pack holds exactly the live members, byte-identical.
+        let (st, body) = moto
+            .http("GET", &format!("/{bucket}/{new}"), &[], b"")
+            .unwrap();
+        assert_eq!(st, 200);
+        let scratch = tempfile::tempdir().unwrap();
+        let tar = scratch.path().join("new.tar");
+        fs::write(&tar, &body).unwrap();
+        let mut names = untar(&tar, &scratch.path().join("x"));
+        names.sort();
+        let mut want: Vec<String> = live.iter().map(|(r, _)| r.clone()).collect();
+        want.sort();
+        assert_eq!(names, want, "{what}");
+        for (rel, content) in live {
+            assert_bytes(
+                rel,
+                &fs::read(scratch.path().join("x").join(rel)).unwrap(),
+                content,
+            );
+        }
+        // Released again, every live file recalls from the new pack.
+        t.ok(&["release", "-r", t.mnt_str().as_str()]);
+        assert_all_read_back(&t, &live.to_vec());
+        assert!(
+            t.kinds(&live[0].0).iter().any(|k| k == "REPACKED"),
+            "{what}"
+        );
+        let (code, v) = t.verify(true);
+        assert_eq!(code, 0, "{what}: verify --deep: {v}");
+    }
 }

@@ -6,7 +6,8 @@
 //! Armed with [`arm`] (in-process engine tests) or, in a daemon, by
 //! `COLDTIER_TEST_FAILPOINT` read once at start ([`arm_from_env`]): `NAME` kills the
 //! process with SIGKILL there, `NAME:pause=MS` sleeps there, `NAME:panic` panics there
-//! (in-process tests: the step stops where a crash would stop it).
+//! (in-process tests: the step stops where a crash would stop it), `NAME:after=N` lets N
+//! hits pass and kills the process at the next (a crash in the middle of a batch).
 
 /// What an armed failpoint does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum FailAction {
     Pause(u64),
     /// Panic (the in-process stand-in for a crash).
     Panic,
+    /// Let this many more hits pass, then kill.
+    KillAfter(u64),
 }
 
 #[cfg(feature = "testing")]
@@ -36,6 +39,10 @@ pub fn parse(spec: &str) -> Option<(String, FailAction)> {
     Some(match spec.split_once(':') {
         None => (spec.to_string(), FailAction::Kill),
         Some((name, "panic")) => (name.to_string(), FailAction::Panic),
+        Some((name, rest)) if rest.starts_with("after=") => {
+            let n = rest.strip_prefix("after=")?.parse().ok()?;
+            (name.to_string(), FailAction::KillAfter(n))
+        }
         Some((name, rest)) => {
             let ms = rest.strip_prefix("pause=")?.parse().ok()?;
             (name.to_string(), FailAction::Pause(ms))
@@ -74,18 +81,25 @@ pub fn arm_from_env() {
 pub fn hit(name: &str) {
     #[cfg(feature = "testing")]
     {
-        let action = armed::ARMED
-            .lock()
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a.clone());
+        let action = {
+            let mut a = armed::ARMED.lock();
+            match a.iter_mut().find(|(n, _)| n == name) {
+                Some((_, FailAction::KillAfter(left))) if *left > 0 => {
+                    *left -= 1;
+                    None
+                }
+                Some((_, FailAction::KillAfter(_))) => Some(FailAction::Kill),
+                Some((_, x)) => Some(x.clone()),
+                None => None,
+            }
+        };
         match action {
             None => {}
             Some(FailAction::Pause(ms)) => {
                 tracing::warn!(failpoint = name, ms, "test failpoint reached: pausing");
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
-            Some(FailAction::Kill) => {
+            Some(FailAction::Kill | FailAction::KillAfter(_)) => {
                 tracing::error!(
                     failpoint = name,
                     "test failpoint reached: killing the daemon"
@@ -113,6 +127,10 @@ mod tests {
             Some(("x".into(), FailAction::Pause(250)))
         );
         assert_eq!(parse("x:panic"), Some(("x".into(), FailAction::Panic)));
+        assert_eq!(
+            parse("x:after=2"),
+            Some(("x".into(), FailAction::KillAfter(2)))
+        );
         assert_eq!(parse("x:pause=soon"), None);
         assert_eq!(parse(" "), None);
     }

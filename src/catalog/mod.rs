@@ -1157,8 +1157,8 @@ impl Catalog {
             let time_ns = head.next_time(now);
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO packs (object_key, pack_id, version_id, size, members, \
-                 checksum_algo, checksum, storage_class, index_key, created_ns) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 checksum_algo, checksum, storage_class, index_key, repack_of, created_ns) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut st| {
                 st.execute(rusqlite::params![
@@ -1171,6 +1171,7 @@ impl Catalog {
                     p.checksum,
                     p.storage_class,
                     p.index_key,
+                    p.repack_of,
                     time_ns
                 ])
             })
@@ -1184,10 +1185,44 @@ impl Catalog {
         self.read("reading a pack", |c| {
             c.prepare_cached(
                 "SELECT object_key, pack_id, version_id, size, members, checksum_algo, \
-                 checksum, storage_class, index_key FROM packs WHERE object_key = ?1",
+                 checksum, storage_class, index_key, repack_of FROM packs WHERE object_key = ?1",
             )?
             .query_row([object_key], pack_row)
             .optional()
+        })
+    }
+
+    /// The last pack gc's repack wrote for `old` (its live members), if any.
+    pub fn repack_of(&self, old: &str) -> Result<Option<PackRow>> {
+        self.read("reading a repack", |c| {
+            c.prepare_cached(
+                "SELECT object_key, pack_id, version_id, size, members, checksum_algo, \
+                 checksum, storage_class, index_key, repack_of FROM packs WHERE repack_of = ?1 \
+                 ORDER BY created_ns DESC LIMIT 1",
+            )?
+            .query_row([old], pack_row)
+            .optional()
+        })
+    }
+
+    /// Ends the upload intent of `object_key` (its outcome recorded otherwise).
+    pub fn end_upload(&self, object_key: &str) -> Result<()> {
+        self.write("ending an upload intent", |tx, _, _| {
+            tx.prepare_cached("DELETE FROM uploads WHERE object_key = ?1")
+                .and_then(|mut s| s.execute([object_key]))
+                .ctx("ending an upload intent")?;
+            Ok(())
+        })
+    }
+
+    /// The files whose object is `object_key` (a pack's live members), by path.
+    pub fn files_naming(&self, object_key: &str) -> Result<Vec<FileRow>> {
+        self.read("listing the files naming an object", |c| {
+            c.prepare_cached(&format!(
+                "SELECT {FILE_COLS} FROM files WHERE object_key = ?1 ORDER BY path"
+            ))?
+            .query_map([object_key], file_from_row)?
+            .collect()
         })
     }
 
@@ -1196,11 +1231,11 @@ impl Catalog {
         self.read("reading the packs", |c| {
             c.prepare_cached(
                 "SELECT p.object_key, p.pack_id, p.version_id, p.size, p.members, \
-                 p.checksum_algo, p.checksum, p.storage_class, p.index_key, \
+                 p.checksum_algo, p.checksum, p.storage_class, p.index_key, p.repack_of, \
                  (SELECT count(*) FROM files f WHERE f.object_key = p.object_key) \
                  FROM packs p ORDER BY p.created_ns",
             )?
-            .query_map([], |r| Ok((pack_row(r)?, r.get::<_, i64>(9)? as u64)))?
+            .query_map([], |r| Ok((pack_row(r)?, r.get::<_, i64>(10)? as u64)))?
             .collect()
         })
     }
@@ -1514,9 +1549,13 @@ impl Head {
             ])
         })
         .ctx("inserting an event")?;
-        // The outcome of an upload (its copy proven, or given up) ends its intent.
+        // The outcome of an upload (its copy proven, or given up) ends its intent; a
+        // pack's ends when all its members are recorded (`Catalog::end_upload`).
         if matches!(kind, EventKind::Verified | EventKind::Failed) {
-            if let Some(key) = detail["object_key"].as_str() {
+            if let Some(key) = detail["object_key"]
+                .as_str()
+                .filter(|k| crate::tier::stub::parse_pack_key(k).is_none())
+            {
                 tx.prepare_cached("DELETE FROM uploads WHERE object_key = ?1")
                     .and_then(|mut s| s.execute([key]))
                     .ctx("ending an upload intent")?;
@@ -1739,5 +1778,6 @@ fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
         checksum: r.get(6)?,
         storage_class: r.get(7)?,
         index_key: r.get(8)?,
+        repack_of: r.get(9)?,
     })
 }

@@ -80,10 +80,13 @@ pub enum EventKind {
     /// (detail: its key, version, size, members, checksum, index key). Its members' own
     /// COPIED/VERIFIED follow.
     Packed,
+    /// A pack member's record was switched to a new pack by gc's repack (detail: the old
+    /// and new pack keys and offsets).
+    Repacked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::Scanned,
         EventKind::Copied,
         EventKind::Verified,
@@ -107,6 +110,7 @@ impl EventKind {
         EventKind::Streamed,
         EventKind::Replicated,
         EventKind::Packed,
+        EventKind::Repacked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +138,7 @@ impl EventKind {
             EventKind::Streamed => "STREAMED",
             EventKind::Replicated => "REPLICATED",
             EventKind::Packed => "PACKED",
+            EventKind::Repacked => "REPACKED",
         }
     }
 }
@@ -247,6 +252,8 @@ pub struct PackRow {
     pub checksum: String,
     pub storage_class: String,
     pub index_key: String,
+    /// The pack gc's repack wrote this one for.
+    pub repack_of: Option<String>,
 }
 
 /// One entry of the append-only, hash-chained event log.

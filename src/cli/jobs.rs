@@ -256,6 +256,22 @@ pub(super) fn gc(a: &GcArgs) -> anyhow::Result<()> {
                 d.reason
             );
         }
+        for p in &r.repacked {
+            let live = format!(
+                "{} live members, {} of {} bytes",
+                p.live_members, p.live_bytes, p.pack_bytes
+            );
+            match (&p.repacked_into, &p.error) {
+                (Some(new), _) => println!(
+                    "repacked {} into {new} ({live}; {} switched, {} left)",
+                    p.object_key,
+                    p.switched.unwrap_or(0),
+                    p.left.unwrap_or(0)
+                ),
+                (None, Some(e)) => println!("cannot repack {} ({live}): {e}", p.object_key),
+                (None, None) => println!("would repack {} ({live})", p.object_key),
+            }
+        }
         println!(
             "{} objects {}, {} kept under retention",
             r.deleted.len(),

@@ -339,7 +339,29 @@ pub struct GcReport {
     pub dry_run: bool,
     pub deleted: Vec<GcObject>,
     pub kept_under_retention: u64,
+    /// Packs rewritten with only their live members (`pack.repack_below`).
+    #[serde(default)]
+    pub repacked: Vec<GcRepack>,
     pub errors: Vec<String>,
+}
+
+/// One pack gc repacked (or would, or could not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GcRepack {
+    pub object_key: String,
+    pub live_members: u64,
+    pub live_bytes: u64,
+    pub pack_bytes: u64,
+    /// The new pack.
+    #[serde(default)]
+    pub repacked_into: Option<String>,
+    /// Members switched to the new pack, and left on the old one (changed meanwhile).
+    #[serde(default)]
+    pub switched: Option<u64>,
+    #[serde(default)]
+    pub left: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One thing verify found wrong.

@@ -35,7 +35,7 @@ pub struct Settings {
 
 /// `[pack]`: small files gathered into pack objects (POSIX pax tar archives, each with a
 /// member index beside it; docs/architecture.md "Packs"). Off by default.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PackConfig {
     /// Files of a policy run no larger than `max_member_size` go into packs.
@@ -49,6 +49,9 @@ pub struct PackConfig {
     /// ... or this many files (default 10,000). A run's last pack is closed at its end
     /// however small; a member is never split.
     pub max_files: u64,
+    /// `coldtier gc` repacks a pack whose live members hold less than this fraction of
+    /// its bytes (default 0.5; 0: never).
+    pub repack_below: f64,
 }
 
 impl Default for PackConfig {
@@ -58,6 +61,7 @@ impl Default for PackConfig {
             max_member_size: 1 << 20,
             target_size: 64 << 20,
             max_files: 10_000,
+            repack_below: 0.5,
         }
     }
 }

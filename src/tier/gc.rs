@@ -57,6 +57,17 @@ impl Tiering {
             .catalog
             .start_job("gc", if dry_run { "dry-run" } else { "manual" })?;
         let _running = self.running_job(job_id, "gc", cancel);
+        // Packs mostly dead are rewritten first: the old ones, superseded by it, are then
+        // deleted with the rest once past the retention.
+        let repacked = self.repack_packs(dry_run).await?;
+        let mut errors: Vec<String> = repacked
+            .iter()
+            .filter_map(|r| {
+                r["error"]
+                    .as_str()
+                    .map(|e| format!("repack of {}: {e}", r["object_key"].as_str().unwrap_or("?")))
+            })
+            .collect();
         let events = self.catalog.events_of_kinds(&[
             EventKind::Superseded,
             EventKind::Deleted,
@@ -73,7 +84,6 @@ impl Tiering {
         let retention = self.settings().catalog.retention.as_nanos() as i64;
         let mut deleted = Vec::new();
         let mut kept = 0u64;
-        let mut errors = Vec::new();
         let mut seen = HashSet::new();
         for e in events.iter().filter(|e| e.kind != EventKind::ObjectDeleted) {
             if cancel.is_cancelled() {
@@ -198,6 +208,7 @@ impl Tiering {
             "dry_run": dry_run,
             "deleted": deleted,
             "kept_under_retention": kept,
+            "repacked": repacked,
             "errors": errors,
         }))
     }

@@ -32,6 +32,7 @@ pub mod rebuild;
 pub mod recall;
 pub mod record;
 pub mod recovery;
+pub mod repack;
 pub mod replicate;
 pub mod rules;
 pub mod stream;

@@ -140,28 +140,30 @@ impl<'a> TarWriter<'a> {
         Ok(())
     }
 
-    /// Adds `src`'s first `st.size` bytes as member `path`, summed with `algo`. Returns
-    /// the data's offset, its checksum and whether all `st.size` bytes were there (a file
-    /// that shrank meanwhile is padded with zeros: the archive stays whole, the member is
-    /// dead).
+    /// Adds member `m` (its path, size, mtime, mode, uid, gid; not its offset and
+    /// checksum, which this finds) with the bytes of `src` from `src_off`, summed with
+    /// `algo`. Returns the data's offset, its checksum and whether all `m.size` bytes were
+    /// there (a file that shrank meanwhile is padded with zeros: the archive stays whole,
+    /// the member is dead).
     pub fn add(
         &mut self,
-        path: &str,
-        st: &Stat,
+        m: &IndexMember,
         src: &File,
+        src_off: u64,
         algo: ChecksumAlgo,
     ) -> std::io::Result<(u64, Checksum, bool)> {
-        let mut pax = pax_record("path", path.as_bytes());
-        pax.extend(pax_record(
-            "mtime",
-            format!("{}.{:09}", st.mtime.0, st.mtime.1).as_bytes(),
-        ));
-        pax.extend(pax_record("uid", st.uid.to_string().as_bytes()));
-        pax.extend(pax_record("gid", st.gid.to_string().as_bytes()));
-        pax.extend(pax_record("size", st.size.to_string().as_bytes()));
+        let (secs, nsec) = (
+            m.mtime_ns.div_euclid(1_000_000_000),
+            m.mtime_ns.rem_euclid(1_000_000_000),
+        );
+        let mut pax = pax_record("path", m.path.as_bytes());
+        pax.extend(pax_record("mtime", format!("{secs}.{nsec:09}").as_bytes()));
+        pax.extend(pax_record("uid", m.uid.to_string().as_bytes()));
+        pax.extend(pax_record("gid", m.gid.to_string().as_bytes()));
+        pax.extend(pax_record("size", m.size.to_string().as_bytes()));
         self.count += 1;
         let xname = format!("PaxHeaders/{}", self.count);
-        let mtime = st.mtime.0.max(0) as u64;
+        let mtime = secs.max(0) as u64;
         self.put(&ustar_header(
             xname.as_bytes(),
             0o644,
@@ -174,23 +176,23 @@ impl<'a> TarWriter<'a> {
         self.put(&pax)?;
         self.pad()?;
         self.put(&ustar_header(
-            path.as_bytes(),
-            st.mode,
-            u64::from(st.uid),
-            u64::from(st.gid),
-            st.size,
+            m.path.as_bytes(),
+            u32::from_str_radix(&m.mode, 8).unwrap_or(0o644),
+            u64::from(m.uid),
+            u64::from(m.gid),
+            m.size,
             mtime,
             b'0',
         ))?;
         let offset = self.pos;
         let mut h = Hasher::new(algo);
-        let mut buf = vec![0u8; (256 << 10).min(st.size.max(1) as usize)];
+        let mut buf = vec![0u8; (256 << 10).min(m.size.max(1) as usize)];
         let mut off = 0u64;
         let mut whole = true;
-        while off < st.size {
-            let want = buf.len().min((st.size - off) as usize);
+        while off < m.size {
+            let want = buf.len().min((m.size - off) as usize);
             let n = if whole {
-                match std::os::unix::fs::FileExt::read_at(src, &mut buf[..want], off) {
+                match std::os::unix::fs::FileExt::read_at(src, &mut buf[..want], src_off + off) {
                     Ok(0) => {
                         whole = false;
                         0
@@ -241,6 +243,8 @@ struct Data {
     row: FileRow,
     offset: u64,
     checksum: Checksum,
+    /// Its entry in the pack's index.
+    entry: IndexMember,
 }
 
 /// The index object of a pack: what `catalog rebuild` and a person read.
@@ -249,7 +253,7 @@ fn index_json(
     key: &str,
     size: u64,
     put_sum: &Checksum,
-    members: &[Member],
+    members: &[&IndexMember],
 ) -> serde_json::Value {
     json!({
         "format": INDEX_FORMAT,
@@ -258,18 +262,23 @@ fn index_json(
         "object_key": key,
         "size": size,
         "checksum": put_sum.to_string(),
-        "members": members.iter().map(|m| &m.d).map(|m| json!({
-            "path": m.path,
-            "file_id": m.id,
-            "offset": m.offset,
-            "size": m.st0.size,
-            "checksum": m.checksum.to_string(),
-            "mtime_ns": ns_of(m.st0.mtime),
-            "mode": format!("{:o}", m.st0.mode),
-            "uid": m.st0.uid,
-            "gid": m.st0.gid,
-        })).collect::<Vec<_>>(),
+        "members": members,
     })
+}
+
+/// A file's index entry, before its bytes are in a pack (offset and checksum unset).
+fn entry_of(path: &str, id: &str, st: &Stat) -> IndexMember {
+    IndexMember {
+        path: path.to_string(),
+        file_id: id.to_string(),
+        offset: 0,
+        size: st.size,
+        checksum: String::new(),
+        mtime_ns: ns_of(st.mtime),
+        mode: format!("{:o}", st.mode),
+        uid: st.uid,
+        gid: st.gid,
+    }
 }
 
 impl Tiering {
@@ -320,7 +329,12 @@ impl Tiering {
                 return done;
             }
         };
-        let proven = match self.upload_pack(&tmp, size, &members, algo).await {
+        let entries: Vec<&IndexMember> = members.iter().map(|m| &m.d.entry).collect();
+        let proven = self
+            .upload_pack(&tmp, size, &entries, &members[0].d.row, algo, None)
+            .await;
+        drop(entries);
+        let proven = match proven {
             Ok(p) => p,
             Err(e) => {
                 fail_all(members, e, &mut done);
@@ -331,6 +345,10 @@ impl Tiering {
             let (facts, plan) = (m.facts.clone(), m.plan);
             let r = self.finish_member(m, &proven, stub).await;
             done.push((facts, plan, r));
+        }
+        // Every member recorded (lazily: the run's end syncs): the intent ends with them.
+        if let Err(e) = self.catalog.end_upload(&proven.key) {
+            tracing::error!("catalog: {e}");
         }
         done
     }
@@ -356,8 +374,9 @@ impl Tiering {
         let node = self.node_id(&st0);
         let path = rel.to_string_lossy().into_owned();
         let (id, new_id, row) = self.identity(&file, &path, st0.ino)?;
+        let mut entry = entry_of(&path, &id, &st0);
         let (offset, checksum, whole) = tar
-            .add(&path, &st0, &file, algo)
+            .add(&entry, &file, 0, algo)
             .map_err(|e| StepError::new(libc::EIO, format!("reading {path} into a pack: {e}")))?;
         if !whole {
             return Err(StepError::new(
@@ -365,6 +384,8 @@ impl Tiering {
                 "changed while it was being copied (shorter than it was)",
             ));
         }
+        entry.offset = offset;
+        entry.checksum = checksum.to_string();
         Ok(Some(Data {
             path,
             file,
@@ -375,23 +396,25 @@ impl Tiering {
             row,
             offset,
             checksum,
+            entry,
         }))
     }
 
     /// Uploads the pack in `tmp` and its index, proves both, records the pack.
-    async fn upload_pack(
+    pub(super) async fn upload_pack(
         &self,
         tmp: &File,
         size: u64,
-        members: &[Member],
+        members: &[&IndexMember],
+        first: &FileRow,
         algo: ChecksumAlgo,
+        repack_of: Option<&str>,
     ) -> Result<Proven, StepError> {
         let store = self.store()?;
         let pack_id = new_file_id().map_err(|e| StepError::new(libc::EIO, e.to_string()))?;
         let key = pack_key(PACK_PREFIX, &pack_id);
         let index_key = pack_index_key(PACK_PREFIX, &pack_id);
         let config_version = self.catalog.config_version_in_force();
-        let first = &members[0].d.row;
         let wanted = self.configured_class();
         let archive_after = !self.store_validates() && wanted.is_archive();
         let metadata = BTreeMap::from([
@@ -414,6 +437,9 @@ impl Tiering {
         self.failpoint("pack-after-intent");
         let fail = |msg: String, version: Option<&str>| {
             self.failed_event(first, &msg, Some((&key, version)));
+            if let Err(e) = self.catalog.end_upload(&key) {
+                tracing::error!("catalog: {e}");
+            }
             StepError::new(libc::EIO, msg)
         };
         let put = store
@@ -489,6 +515,7 @@ impl Tiering {
             checksum: put.checksum.base64(),
             storage_class: class.clone(),
             index_key: index_key.clone(),
+            repack_of: repack_of.map(str::to_string),
         };
         let detail = json!({
             "object_key": key,
@@ -500,6 +527,7 @@ impl Tiering {
             "storage_class": class,
             "index_key": index_key,
             "parts": put.parts,
+            "repack_of": repack_of,
         });
         let catalog = self.catalog.clone();
         let r2 = row.clone();
@@ -545,6 +573,7 @@ impl Tiering {
             mut row,
             offset,
             checksum,
+            ..
         } = m.d;
         let rec = StubRecord {
             version: STUB_VERSION,
@@ -621,13 +650,29 @@ impl Tiering {
     }
 }
 
+impl Proven {
+    /// A pack the catalog has (its row), as a target to switch members to.
+    pub(super) fn of_row(row: &PackRow, config_version: i64) -> Option<Proven> {
+        Some(Proven {
+            pack_id: row.pack_id.clone(),
+            key: row.object_key.clone(),
+            version_id: row.version_id.clone(),
+            size: row.size,
+            class: row.storage_class.clone(),
+            how: "recorded",
+            algo: row.checksum_algo.parse().ok()?,
+            config_version,
+        })
+    }
+}
+
 /// A pack uploaded, proven and recorded.
-struct Proven {
-    pack_id: String,
-    key: String,
-    version_id: Option<String>,
-    size: u64,
-    class: String,
+pub(super) struct Proven {
+    pub(super) pack_id: String,
+    pub(super) key: String,
+    pub(super) version_id: Option<String>,
+    pub(super) size: u64,
+    pub(super) class: String,
     how: &'static str,
     algo: ChecksumAlgo,
     config_version: i64,
@@ -789,7 +834,7 @@ pub struct PackIndex {
 }
 
 /// One member in a [`PackIndex`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexMember {
     pub path: String,
@@ -1007,6 +1052,7 @@ mod tests {
             max_member_size: 1000,
             target_size: 3 * member_footprint(1000),
             max_files: 4,
+            repack_below: 0.5,
         };
         let mut sel: Vec<Selected> = (0..7).map(|i| facts(&format!("s{i}"), 1000)).collect();
         sel.push(facts("big", 1001));

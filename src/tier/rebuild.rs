@@ -473,6 +473,7 @@ pub fn rebuild(
                                 .0,
                             &p.id,
                         ),
+                        repack_of: None,
                     };
                     (row, 0)
                 });

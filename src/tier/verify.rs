@@ -344,7 +344,10 @@ impl Tiering {
             }
             let why = if gone.contains(&o.key) {
                 "gc recorded its deletion (OBJECT_DELETED), yet it is there"
-            } else if o.key.starts_with(&format!("{KEY_PREFIX}/")) {
+            } else if o.key.starts_with(&format!("{KEY_PREFIX}/"))
+                || o.key
+                    .starts_with(&format!("{}/", crate::tier::stub::PACK_PREFIX))
+            {
                 "no file, catalog row or retained content names it"
             } else {
                 "not a coldtier object key (coldtier writes only data/, packs/ and catalog/ keys)"

@@ -16,5 +16,11 @@ CREATE TABLE packs (
     checksum      TEXT    NOT NULL,
     storage_class TEXT    NOT NULL,
     index_key     TEXT    NOT NULL,
+    -- The pack gc's repack wrote this one for (its live members are this one's).
+    repack_of     TEXT,
     created_ns    INTEGER NOT NULL
 ) STRICT;
+CREATE INDEX packs_repack_of ON packs (repack_of);
+
+-- The files naming an object (a pack's live members; gc's "still named" check).
+CREATE INDEX files_object_key ON files (object_key);

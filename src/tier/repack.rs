@@ -1,0 +1,301 @@
+//! gc's repack: a pack whose live members (the files that still name it) hold less than
+//! `pack.repack_below` of its bytes is rewritten with only those members
+//! (docs/architecture.md "Packs").
+//!
+//! The order keeps every file readable at each point, whatever is killed when:
+//! 1. the old pack's index is read and checked (untrusted input), the live members' bytes
+//!    fetched (one GET of the span that covers them) and each checked against its own
+//!    checksum;
+//! 2. the new pack and its index are uploaded, proven and recorded (PACKED, `repack_of`)
+//!    like any pack: a crash before the record leaves an intent that gc later deletes;
+//! 3. each member, one by one, under its gate, if its record still names the old pack at
+//!    that offset: its record (stub or copy) is rewritten to name the new pack, then its
+//!    row, with a REPACKED event. Until then it names the old pack, which still exists;
+//! 4. once no member names the old pack, a SUPERSEDED event names it: gc deletes it (and
+//!    its index) after the retention, as any superseded content.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::context::{StepError, Tiering};
+use super::pack::{fetch_index, IndexMember, TarWriter};
+use crate::catalog::{EventKind, FileRow, PackRow};
+use crate::fs::backing;
+use crate::store::{Checksum, GetRequest};
+use crate::tier::marks;
+use crate::tier::stub::PackRef;
+
+impl Tiering {
+    /// Repacks every pack whose live members hold less than `pack.repack_below` of its
+    /// bytes. One line of the report each (done, or why not).
+    pub(super) async fn repack_packs(&self, dry_run: bool) -> Result<Vec<Value>, StepError> {
+        let below = self.settings().pack.repack_below;
+        let mut out = Vec::new();
+        if below <= 0.0 {
+            return Ok(out);
+        }
+        let catalog = self.catalog.clone();
+        let packs = tokio::task::spawn_blocking(move || catalog.packs())
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("catalog task: {e}")))??;
+        for (pack, live) in packs {
+            if live == 0 {
+                continue;
+            }
+            let rows = self.catalog.files_naming(&pack.object_key)?;
+            let live_bytes: u64 = rows.iter().map(|r| r.size).sum();
+            if live_bytes as f64 >= below * pack.size as f64 {
+                continue;
+            }
+            let mut line = json!({
+                "object_key": self.full_key(&pack.object_key),
+                "live_members": rows.len(),
+                "live_bytes": live_bytes,
+                "pack_bytes": pack.size,
+            });
+            if dry_run {
+                line["repack"] = json!("would repack");
+                out.push(line);
+                continue;
+            }
+            match self.repack_one(&pack, rows).await {
+                Ok((new_key, switched, left)) => {
+                    line["repacked_into"] = json!(self.full_key(&new_key));
+                    line["switched"] = json!(switched);
+                    line["left"] = json!(left);
+                }
+                Err(e) => line["error"] = json!(e.message),
+            }
+            out.push(line);
+        }
+        Ok(out)
+    }
+
+    /// Repacks `pack`'s live members `rows`: the new pack's key, the members switched to
+    /// it, and those left on the old one (changed meanwhile: a later gc tries again).
+    async fn repack_one(
+        &self,
+        pack: &PackRow,
+        rows: Vec<FileRow>,
+    ) -> Result<(String, usize, usize), StepError> {
+        let store = self.store()?;
+        let eio = |m: String| StepError::new(libc::EIO, m);
+        let ix = fetch_index(store.as_ref(), &pack.object_key, &pack.pack_id, pack.size)
+            .await
+            .map_err(|e| eio(format!("repack: {e}")))?;
+        let by_id: HashMap<&str, &IndexMember> =
+            ix.members.iter().map(|m| (m.file_id.as_str(), m)).collect();
+        // The live members, as the index has them (a row the index does not know is left
+        // alone: verify reports it).
+        let mut live: Vec<(FileRow, IndexMember)> = Vec::new();
+        for r in rows {
+            match by_id.get(r.file_id.as_str()) {
+                Some(m)
+                    if Some(m.checksum.split_once(':').map_or("", |c| c.1))
+                        == r.checksum.as_deref() =>
+                {
+                    live.push((r, (*m).clone()))
+                }
+                _ => {
+                    tracing::warn!(path = %r.path, key = %pack.object_key, "repack: the pack's index does not list this member as the catalog has it; left on the old pack")
+                }
+            }
+        }
+        if live.is_empty() {
+            return Err(eio("no live member is in the pack's index".into()));
+        }
+        // An earlier repack of this pack cut short (a kill): its pack holds these members
+        // already; they are switched to it, nothing is uploaded again.
+        if let Some(done) = self.earlier_repack(pack, &live).await? {
+            return self.switch_all(pack, &live, &done.0, &done.1).await;
+        }
+        let start = live.iter().map(|(_, m)| m.offset).min().expect("members");
+        let end = live
+            .iter()
+            .map(|(_, m)| m.offset + m.size)
+            .max()
+            .expect("members");
+        let span = self.unnamed_file()?;
+        store
+            .get(GetRequest {
+                key: &pack.object_key,
+                version_id: pack.version_id.as_deref(),
+                dest: Some(&span),
+                expected_size: pack.size,
+                checksum: crate::store::ChecksumAlgo::Crc32c,
+                extents: None,
+                range: (end - start != pack.size).then_some((start, end - start)),
+                dest_base: start,
+            })
+            .await
+            .map_err(|e| {
+                eio(format!(
+                    "repack: GET {}: {e}",
+                    self.full_key(&pack.object_key)
+                ))
+            })?;
+        let algo = self.settings().uploads.checksum;
+        let tmp = self.unnamed_file()?;
+        let mut tar = TarWriter::new(&tmp);
+        let mut entries = Vec::with_capacity(live.len());
+        for (row, m) in &live {
+            let want = Checksum::parse(&m.checksum).map_err(eio)?;
+            let (offset, sum, whole) = tar
+                .add(m, &span, m.offset - start, want.algo)
+                .map_err(|e| eio(format!("repack: writing the new pack: {e}")))?;
+            if !whole || sum != want {
+                return Err(eio(format!(
+                    "repack: {}'s bytes in {} read back as {sum}, the index says {}: nothing repacked",
+                    row.path, pack.object_key, m.checksum
+                )));
+            }
+            let mut e = m.clone();
+            e.offset = offset;
+            entries.push(e);
+        }
+        let size = tar
+            .finish()
+            .map_err(|e| eio(format!("repack: writing the new pack: {e}")))?;
+        let refs: Vec<&IndexMember> = entries.iter().collect();
+        let proven = self
+            .upload_pack(&tmp, size, &refs, &live[0].0, algo, Some(&pack.object_key))
+            .await?;
+        self.failpoint("repack-after-record");
+        let offsets: Vec<u64> = entries.iter().map(|e| e.offset).collect();
+        let r = self.switch_all(pack, &live, &proven, &offsets).await;
+        self.catalog.end_upload(&proven.key)?;
+        r
+    }
+
+    /// The pack an earlier, unfinished repack of `pack` wrote, if it holds every member
+    /// of `live` (same file, same checksum): it and each member's offset in it.
+    async fn earlier_repack(
+        &self,
+        pack: &PackRow,
+        live: &[(FileRow, IndexMember)],
+    ) -> Result<Option<(super::pack::Proven, Vec<u64>)>, StepError> {
+        let Some(row) = self.catalog.repack_of(&pack.object_key)? else {
+            return Ok(None);
+        };
+        let store = self.store()?;
+        let Ok(ix) = fetch_index(store.as_ref(), &row.object_key, &row.pack_id, row.size).await
+        else {
+            return Ok(None);
+        };
+        let by_id: HashMap<&str, &IndexMember> =
+            ix.members.iter().map(|m| (m.file_id.as_str(), m)).collect();
+        let mut offsets = Vec::with_capacity(live.len());
+        for (_, m) in live {
+            match by_id.get(m.file_id.as_str()) {
+                Some(n) if n.checksum == m.checksum && n.size == m.size => offsets.push(n.offset),
+                _ => return Ok(None),
+            }
+        }
+        let cv = self.catalog.config_version_in_force();
+        Ok(super::pack::Proven::of_row(&row, cv).map(|p| (p, offsets)))
+    }
+
+    /// Switches each member of `live` to `new` (at `offsets`); a SUPERSEDED for `pack`
+    /// once no file names it. The new pack's key, members switched, members left.
+    async fn switch_all(
+        &self,
+        pack: &PackRow,
+        live: &[(FileRow, IndexMember)],
+        proven: &super::pack::Proven,
+        offsets: &[u64],
+    ) -> Result<(String, usize, usize), StepError> {
+        let mut switched = 0;
+        for ((row, old), &offset) in live.iter().zip(offsets) {
+            match self.switch_member(row, pack, old, proven, offset) {
+                Ok(true) => {
+                    switched += 1;
+                    self.failpoint("repack-after-switch");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(path = %row.path, "repack: {}", e.message),
+            }
+        }
+        let left = self.catalog.files_naming(&pack.object_key)?.len();
+        if left == 0 {
+            self.catalog.append_event(
+                None,
+                None,
+                EventKind::Superseded,
+                json!({
+                    "object_key": pack.object_key,
+                    "version_id": pack.version_id,
+                    "reason": "repacked",
+                    "into": proven.key,
+                }),
+            )?;
+        }
+        Ok((proven.key.clone(), switched, left))
+    }
+
+    /// Switches one member's record from `pack` (at `old.offset`) to the new pack (at
+    /// `offset`), if its record on disk still names the old one there. False: it changed
+    /// (recalled and written, deleted, renamed away ...): left as it is.
+    fn switch_member(
+        &self,
+        row: &FileRow,
+        pack: &PackRow,
+        old: &IndexMember,
+        new: &super::pack::Proven,
+        offset: u64,
+    ) -> Result<bool, StepError> {
+        let Ok(fd) = backing::open_beneath(
+            self.root(),
+            Path::new(&row.path),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+        ) else {
+            return Ok(false);
+        };
+        let st = backing::stat_fd(fd.as_fd())?;
+        let node = self.node_id(&st);
+        let _held = self.gate.lock(node);
+        let (mark, rec) = match (
+            marks::record(fd.as_fd(), marks::STUB)?,
+            marks::record(fd.as_fd(), marks::COPY)?,
+        ) {
+            (Some(r), _) => (marks::STUB, r),
+            (None, Some(r)) => (marks::COPY, r),
+            _ => return Ok(false),
+        };
+        let names_it = rec.object_key == pack.object_key
+            && rec.file_id == row.file_id
+            && rec.pack.as_ref().is_some_and(|p| p.offset == old.offset);
+        if !names_it {
+            return Ok(false);
+        }
+        let mut rec2 = rec.clone();
+        rec2.object_key = new.key.clone();
+        rec2.version_id = new.version_id.clone();
+        rec2.storage_class = new.class.clone();
+        rec2.pack = Some(PackRef {
+            id: new.pack_id.clone(),
+            offset,
+            pack_size: new.size,
+        });
+        marks::set_record(fd.as_fd(), mark, &rec2)?;
+        self.reset_mark(node);
+        let mut r = row.clone();
+        r.object_key = Some(rec2.object_key.clone());
+        r.version_id = rec2.version_id.clone();
+        r.storage_class = Some(rec2.storage_class.clone());
+        r.ctime_ns = super::context::ns_of(backing::stat_fd(fd.as_fd())?.ctime);
+        let detail = json!({
+            "object_key": rec2.object_key,
+            "version_id": rec2.version_id,
+            "offset": offset,
+            "from": pack.object_key,
+            "from_version_id": pack.version_id,
+            "from_offset": old.offset,
+        });
+        self.catalog
+            .transition_batch_with(&[(r, EventKind::Repacked, detail)], false)?;
+        Ok(true)
+    }
+}
