@@ -140,6 +140,27 @@ fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_
         // The stub's blocks are freed.
         assert_eq!(fs::metadata(t.s(rel)).unwrap().len(), 0, "{rel}");
     }
+    let stats: Value =
+        serde_json::from_str(&t.ok(&["stats", t.mnt_str().as_str(), "--json"])).unwrap();
+    assert_eq!(
+        stats["packs"]["packs"].as_u64(),
+        Some(tars.len() as u64),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["packs"]["members"].as_u64(),
+        Some(fs_.len() as u64 - 1),
+        "{stats}"
+    );
+    let text = t.ok(&["stats", t.mnt_str().as_str()]);
+    assert!(
+        text.contains(&format!(
+            "packs: {} holding {} files",
+            tars.len(),
+            fs_.len() - 1
+        )),
+        "{text}"
+    );
     let kinds = t.kinds(&fs_[0].0);
     assert_eq!(
         only(&kinds, &["COPIED", "VERIFIED", "STUBBED"]),

@@ -1226,16 +1226,24 @@ impl Catalog {
         })
     }
 
-    /// Every pack, with the number of files that still name it (its live members).
-    pub fn packs(&self) -> Result<Vec<(PackRow, u64)>> {
+    /// Every pack, with the number of files that still name it (its live members) and
+    /// their bytes.
+    pub fn packs(&self) -> Result<Vec<(PackRow, u64, u64)>> {
         self.read("reading the packs", |c| {
             c.prepare_cached(
                 "SELECT p.object_key, p.pack_id, p.version_id, p.size, p.members, \
                  p.checksum_algo, p.checksum, p.storage_class, p.index_key, p.repack_of, \
-                 (SELECT count(*) FROM files f WHERE f.object_key = p.object_key) \
+                 (SELECT count(*) FROM files f WHERE f.object_key = p.object_key), \
+                 (SELECT coalesce(sum(size), 0) FROM files f WHERE f.object_key = p.object_key) \
                  FROM packs p ORDER BY p.created_ns",
             )?
-            .query_map([], |r| Ok((pack_row(r)?, r.get::<_, i64>(10)? as u64)))?
+            .query_map([], |r| {
+                Ok((
+                    pack_row(r)?,
+                    r.get::<_, i64>(10)? as u64,
+                    r.get::<_, i64>(11)? as u64,
+                ))
+            })?
             .collect()
         })
     }

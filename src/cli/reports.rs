@@ -218,6 +218,16 @@ pub fn stats_text(r: &StatsReply) -> String {
             }
         ));
     }
+    if let Some(p) = &r.packs {
+        s.push_str(&format!(
+            "\npacks: {} holding {} files, {} in the store, {} of it live ({:.0}%; the rest goes at repack or gc)\n",
+            p.packs,
+            p.members,
+            crate::base::units::human_bytes(p.bytes),
+            crate::base::units::human_bytes(p.live_bytes),
+            if p.bytes > 0 { 100.0 * p.live_bytes as f64 / p.bytes as f64 } else { 0.0 }
+        ));
+    }
     if let Some(rs) = &r.recalls {
         s.push_str(&format!(
             "\nreads of stubs since {} (recalls, stream reads, refusals: denied, deferred, throttled)\n",

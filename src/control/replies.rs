@@ -677,6 +677,21 @@ pub struct StatsReply {
     /// Recalls, stream reads and refusals since a time, by program and by user.
     #[serde(default)]
     pub recalls: Option<RecallStats>,
+    /// Pack objects (`[pack]`): None if there are none.
+    #[serde(default)]
+    pub packs: Option<PackStats>,
+}
+
+/// The packs files name (`coldtier stats`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PackStats {
+    /// Packs some file still names, their bytes in the store ...
+    pub packs: u64,
+    pub bytes: u64,
+    /// ... the files naming them and those files' bytes (the rest is dead until repack
+    /// or gc).
+    pub members: u64,
+    pub live_bytes: u64,
 }
 
 /// Who recalled what since `since_ns` (`coldtier stats`).

@@ -442,7 +442,22 @@ fn stats(t: &Tiering, config: &Config, since_ns: Option<i64>) -> Result<StatsRep
             tiering_paused: t.paused(),
         }),
         recalls: Some(recalls),
+        packs: pack_stats(t)?,
     })
+}
+
+/// The packs some file still names.
+fn pack_stats(t: &Tiering) -> Result<Option<crate::control::replies::PackStats>, ErrorBody> {
+    let mut s = crate::control::replies::PackStats::default();
+    for (p, live, live_bytes) in t.catalog.packs().map_err(cat_err)? {
+        if live > 0 {
+            s.packs += 1;
+            s.bytes += p.size;
+            s.members += live;
+            s.live_bytes += live_bytes;
+        }
+    }
+    Ok((s.packs > 0).then_some(s))
 }
 
 fn events(t: &Tiering, r: &EventsRequest) -> Result<EventsReply, ErrorBody> {

@@ -43,7 +43,10 @@ pub struct PackConfig {
     /// The largest file packed (default 1 MiB); larger ones get an object each.
     #[serde(deserialize_with = "de_size")]
     pub max_member_size: u64,
-    /// A pack is closed once its members reach this many bytes (default 64 MiB)...
+    /// A pack is closed once its members reach this many bytes (default 16 MiB: the
+    /// default `store.part_size`, so that a pack is one PUT, which a store that validates
+    /// checksums proves with its answer; a multipart pack on a store that reports no
+    /// checksum for multipart objects is read back)...
     #[serde(deserialize_with = "de_size")]
     pub target_size: u64,
     /// ... or this many files (default 10,000). A run's last pack is closed at its end
@@ -59,7 +62,7 @@ impl Default for PackConfig {
         PackConfig {
             enabled: false,
             max_member_size: 1 << 20,
-            target_size: 64 << 20,
+            target_size: crate::store::DEFAULT_PART_SIZE,
             max_files: 10_000,
             repack_below: 0.5,
         }

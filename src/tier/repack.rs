@@ -41,15 +41,11 @@ impl Tiering {
         let packs = tokio::task::spawn_blocking(move || catalog.packs())
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("catalog task: {e}")))??;
-        for (pack, live) in packs {
-            if live == 0 {
+        for (pack, live, live_bytes) in packs {
+            if live == 0 || live_bytes as f64 >= below * pack.size as f64 {
                 continue;
             }
             let rows = self.catalog.files_naming(&pack.object_key)?;
-            let live_bytes: u64 = rows.iter().map(|r| r.size).sum();
-            if live_bytes as f64 >= below * pack.size as f64 {
-                continue;
-            }
             let mut line = json!({
                 "object_key": self.full_key(&pack.object_key),
                 "live_members": rows.len(),
