@@ -191,7 +191,21 @@ fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_
     let after = data_gets(&settled_requests(&moto), "packs", Some(&bucket_key));
     assert_eq!(after - before, 1, "one GET of {bucket_key} for one member");
     assert_eq!(t.state(rel), "premigrated");
+    // Reading the others in order: a member's GET reads ahead in its pack, the members
+    // after it come from that span (each still checked against its own checksum).
+    let reqs = settled_requests(&moto);
+    let gets = |reqs: &[Request]| -> usize {
+        tars.iter().map(|k| data_gets(reqs, "packs", Some(k))).sum()
+    };
+    let before = gets(&reqs);
     assert_all_read_back(&t, &fs_);
+    let reqs = settled_requests(&moto);
+    let members = fs_.len() - 2;
+    assert!(
+        gets(&reqs) - before <= members / 2,
+        "{} GETs of packs for {members} members read in order",
+        gets(&reqs) - before
+    );
 
     // verify reads every member back from its pack.
     let (code, v) = t.verify(true);

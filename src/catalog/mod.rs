@@ -1557,15 +1557,13 @@ impl Head {
             ])
         })
         .ctx("inserting an event")?;
-        // The outcome of an upload (its copy proven, or given up) ends its intent; a
-        // pack's ends when all its members are recorded (`Catalog::end_upload`).
+        // The outcome of an upload (its copy proven, or given up) ends its intent: an
+        // outcome of the intent's own file. (A pack's intent is the pack's, not one of its
+        // members': it ends when all of them are recorded, `Catalog::end_upload`.)
         if matches!(kind, EventKind::Verified | EventKind::Failed) {
-            if let Some(key) = detail["object_key"]
-                .as_str()
-                .filter(|k| crate::tier::stub::parse_pack_key(k).is_none())
-            {
-                tx.prepare_cached("DELETE FROM uploads WHERE object_key = ?1")
-                    .and_then(|mut s| s.execute([key]))
+            if let (Some(key), Some(id)) = (detail["object_key"].as_str(), file_id) {
+                tx.prepare_cached("DELETE FROM uploads WHERE object_key = ?1 AND file_id = ?2")
+                    .and_then(|mut s| s.execute([key, id]))
                     .ctx("ending an upload intent")?;
             }
         }

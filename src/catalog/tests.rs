@@ -1104,7 +1104,7 @@ fn the_catalog_files_are_private() {
 fn upload_intents_end_with_their_outcome() {
     let (_dir, path) = temp();
     let cat = Catalog::open(&path).unwrap();
-    cat.begin_upload("data/a/1", "a", "x/a").unwrap();
+    cat.begin_upload("data/a/1", "id-00000001", "x/a").unwrap();
     cat.begin_upload("data/b/1", "b", "x/b").unwrap();
     cat.begin_upload("data/c/1", "c", "x/c").unwrap();
     let keys = |c: &Catalog| {
@@ -1126,7 +1126,15 @@ fn upload_intents_end_with_their_outcome() {
         json!({"object_key": "data/b/1", "error": "x"}),
     )
     .unwrap();
-    // Another kind naming the object does not end it.
+    // Another kind naming the object does not end it, nor the outcome of another file
+    // (a member of a pack whose intent is the pack's).
+    cat.append_event(
+        Some("other"),
+        Some("x/other"),
+        EventKind::Verified,
+        json!({"object_key": "data/c/1"}),
+    )
+    .unwrap();
     cat.append_event(
         Some("c"),
         Some("x/c"),

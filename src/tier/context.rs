@@ -94,6 +94,8 @@ pub struct Tiering {
     pub(super) pack_restores: Mutex<HashMap<String, std::time::Instant>>,
     /// Pack spans a bulk recall fetched once for many members.
     pub(super) pack_spans: super::pack::PackCache,
+    /// Pack spans read ahead by members' recalls, for the members after them.
+    pub(super) pack_readahead: super::pack::Readahead,
     /// The runner of every background worker of this mount (`crate::jobs`, the tagger,
     /// the restore pollers).
     pub workers: Arc<crate::base::worker::Runner>,
@@ -237,6 +239,7 @@ impl Tiering {
             pollers: Mutex::new(HashSet::new()),
             pack_restores: Mutex::new(HashMap::new()),
             pack_spans: Default::default(),
+            pack_readahead: Default::default(),
             workers,
             checks: (
                 std::sync::atomic::AtomicUsize::new(0),

@@ -780,14 +780,24 @@ impl Tiering {
         algo: ChecksumAlgo,
     ) -> Option<Result<crate::store::GetResult, crate::store::StoreError>> {
         let p = rec.pack.as_ref()?;
-        let span = self
+        let k = (rec.object_key.clone(), rec.version_id.clone());
+        let covers = |s: &PackSpan| p.offset >= s.start && p.offset + rec.size <= s.end;
+        let bulk = self
             .pack_spans
             .lock()
-            .get(&(rec.object_key.clone(), rec.version_id.clone()))
-            .cloned()?;
-        if p.offset < span.start || p.offset + rec.size > span.end {
-            return None;
-        }
+            .get(&k)
+            .cloned()
+            .filter(|s| covers(s));
+        let span = match bulk {
+            Some(s) => s,
+            None => {
+                let ra = self.pack_readahead.lock();
+                ra.iter()
+                    .rev()
+                    .find(|(key, s, at)| *key == k && at.elapsed() < READAHEAD_KEEP && covers(s))
+                    .map(|(_, s, _)| s.clone())?
+            }
+        };
         let copy = || -> std::io::Result<Checksum> {
             use std::os::unix::fs::FileExt;
             let mut h = Hasher::new(algo);
@@ -812,6 +822,96 @@ impl Tiering {
                 })
                 .map_err(|e| crate::store::StoreError::io("a member from its pack's span", &e)),
         )
+    }
+}
+
+/// A member's first read fetches this much of its pack from its offset on (at least the
+/// member): the members after it, read next by `cat *`, `cp -r`, a backup or a scanner
+/// going through a directory in order, are then served from it ...
+pub const READAHEAD: u64 = 1 << 20;
+/// ... for this long, from at most this many spans (in memory).
+const READAHEAD_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+const READAHEAD_SPANS: usize = 16;
+
+/// Spans read ahead for members' recalls: (pack version, span, when fetched), oldest
+/// first.
+pub type Readahead = parking_lot::Mutex<
+    std::collections::VecDeque<(PackVersion, std::sync::Arc<PackSpan>, std::time::Instant)>,
+>;
+
+impl Tiering {
+    /// A member's recall without a span that holds it: one ranged GET (of `store`,
+    /// version `version_id`) of its bytes and, while the pack has more, of up to
+    /// [`READAHEAD`] bytes from its offset, kept in memory for the members after it; its
+    /// bytes into `dest`, hashed. None: not a member, or the GET is only its own (the
+    /// caller asks for it).
+    pub(super) async fn member_read_ahead(
+        &self,
+        store: &dyn crate::store::ObjectStore,
+        version_id: Option<&str>,
+        rec: &StubRecord,
+        dest: &File,
+        algo: ChecksumAlgo,
+    ) -> Option<Result<crate::store::GetResult, crate::store::StoreError>> {
+        let p = rec.pack.as_ref()?;
+        // The primary's version only (a replica's spans would be keyed by another).
+        if version_id != rec.version_id.as_deref() {
+            return None;
+        }
+        let end = p.pack_size.min(p.offset + rec.size.max(READAHEAD));
+        if end - p.offset <= rec.size {
+            return None;
+        }
+        // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"coldtier-readahead".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a new fd nothing else owns.
+        let file = File::from(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        let got = store
+            .get(crate::store::GetRequest {
+                key: &rec.object_key,
+                version_id,
+                dest: Some(&file),
+                expected_size: p.pack_size,
+                checksum: ChecksumAlgo::Crc32c,
+                extents: None,
+                range: Some((p.offset, end - p.offset)),
+                dest_base: p.offset,
+            })
+            .await;
+        if let Err(e) = got {
+            return Some(Err(e));
+        }
+        {
+            let mut ra = self.pack_readahead.lock();
+            ra.retain(|(_, _, at)| at.elapsed() < READAHEAD_KEEP);
+            while ra.len() >= READAHEAD_SPANS {
+                ra.pop_front();
+            }
+            ra.push_back((
+                (rec.object_key.clone(), rec.version_id.clone()),
+                std::sync::Arc::new(PackSpan {
+                    file,
+                    start: p.offset,
+                    end,
+                }),
+                std::time::Instant::now(),
+            ));
+        }
+        self.member_from_span(rec, dest, algo)
+    }
+}
+
+impl Tiering {
+    /// Forgets every span held of `key` (a read of it failed or did not match: a replica
+    /// is read next, never these bytes again).
+    pub(super) fn forget_pack_spans(&self, key: &str) {
+        self.pack_spans.lock().retain(|(k, _), _| k != key);
+        self.pack_readahead.lock().retain(|((k, _), _, _)| k != key);
     }
 }
 

@@ -496,8 +496,21 @@ impl Tiering {
                     .await
             }
             None => {
-                if let Some(got) = self.member_from_span(rec, file, algo) {
-                    return got;
+                // Spans (a bulk recall's, read-ahead) are of the primary only: a replica's
+                // bytes are fetched by themselves, and said to be the replica's.
+                let primary = self
+                    .store_opt()
+                    .is_some_and(|p| std::sync::Arc::ptr_eq(&p, store));
+                if primary {
+                    if let Some(got) = self.member_from_span(rec, file, algo) {
+                        return got;
+                    }
+                    if let Some(got) = self
+                        .member_read_ahead(store.as_ref(), version_id, rec, file, algo)
+                        .await
+                    {
+                        return got;
+                    }
                 }
                 // A pack member: one ranged GET of its bytes, hashed by themselves.
                 let (expected_size, range, dest_base) = match &rec.pack {
@@ -532,6 +545,7 @@ impl Tiering {
         stream: Option<&std::sync::Arc<super::stream::Stream>>,
         why: &str,
     ) -> Option<(String, String)> {
+        self.forget_pack_spans(&rec.object_key);
         let targets = self
             .catalog
             .replica_targets(&rec.object_key, rec.version_id.as_deref())
