@@ -737,34 +737,45 @@ impl Tiering {
         let Ok(store) = self.store() else {
             return lease;
         };
+        // The packs' GETs in parallel, as many at once as `store.concurrency` allows.
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            self.settings().uploads.concurrency.max(1),
+        ));
+        let mut set = tokio::task::JoinSet::new();
         for ((key, version), (start, end, n, pack_size)) in groups {
             if n < 2 || end - start > MAX_SPAN {
                 continue;
             }
             let Ok(file) = self.unnamed_file() else { break };
-            let got = store
-                .get(crate::store::GetRequest {
-                    key: &key,
-                    version_id: version.as_deref(),
-                    dest: Some(&file),
-                    expected_size: pack_size,
-                    checksum: ChecksumAlgo::Crc32c,
-                    extents: None,
-                    range: (end - start != pack_size).then_some((start, end - start)),
-                    dest_base: start,
-                })
-                .await;
+            let (store, sem) = (store.clone(), sem.clone());
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let got = store
+                    .get(crate::store::GetRequest {
+                        key: &key,
+                        version_id: version.as_deref(),
+                        dest: Some(&file),
+                        expected_size: pack_size,
+                        checksum: ChecksumAlgo::Crc32c,
+                        extents: None,
+                        range: (end - start != pack_size).then_some((start, end - start)),
+                        dest_base: start,
+                    })
+                    .await;
+                ((key, version), got.map(|_| PackSpan { file, start, end }))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let Ok((k, got)) = r else { continue };
             match got {
-                Ok(_) => {
-                    let k = (key, version);
-                    self.pack_spans.lock().insert(
-                        k.clone(),
-                        std::sync::Arc::new(PackSpan { file, start, end }),
-                    );
+                Ok(span) => {
+                    self.pack_spans
+                        .lock()
+                        .insert(k.clone(), std::sync::Arc::new(span));
                     lease.keys.push(k);
                 }
                 Err(e) => {
-                    tracing::warn!(key = %self.full_key(&key), "prefetch of a pack for a bulk recall: {e}")
+                    tracing::warn!(key = %self.full_key(&k.0), "prefetch of a pack for a bulk recall: {e}")
                 }
             }
         }
