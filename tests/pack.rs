@@ -725,3 +725,39 @@ fn gc_repacks_a_mostly_dead_pack_and_a_kill_at_each_step_loses_nothing() {
         assert_eq!(code, 0, "{what}: verify --deep: {v}");
     }
 }
+
+/// A `stream` rule reads a packed stub without recalling it: its bytes come from its
+/// range of the pack (the transient stream starts at the member's offset), and it stays a
+/// stub.
+#[test]
+fn a_packed_stub_streams_its_own_bytes_and_stays_a_stub() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.txt", 30_000), ("b.txt", 50_000), ("c.txt", 7000)]);
+    let t = TierMount::new(&moto, "pkstream", &fs_, |c| {
+        packed(c).set(
+            "recall",
+            "rules",
+            r#"[{program = ["tail"], action = "stream"}]"#,
+        )
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.object_key("a.txt"), t.object_key("c.txt"), "one pack");
+    for (rel, content) in &fs_ {
+        let out = Command::new("tail")
+            .args(["-c", "5000"])
+            .arg(t.m(rel))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tail of {rel}: {}", show(&out));
+        assert_bytes(
+            &format!("tail of {rel}"),
+            &out.stdout,
+            &content[content.len() - 5000..],
+        );
+        assert_eq!(t.state(rel), "stub", "{rel} after a stream read");
+    }
+    let kinds = t.kinds("b.txt");
+    assert!(kinds.iter().any(|k| k == "STREAMED"), "{kinds:?}");
+    // An ordinary read then recalls it, byte-identical.
+    assert_all_read_back(&t, &fs_);
+}
