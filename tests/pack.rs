@@ -181,6 +181,14 @@ fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_
         .collect();
     let scratch = tempfile::tempdir().unwrap();
     check_packs(&fs_, &packs, scratch.path());
+    // status names each member's pack and offset (as its index does).
+    for m in packs[0].2["members"].as_array().unwrap() {
+        let st = t.status(m["path"].as_str().unwrap());
+        assert_eq!(st["pack_offset"], m["offset"], "{st}");
+        assert_eq!(st["object_key"].as_str(), Some(packs[0].0.as_str()), "{st}");
+    }
+    let text = t.ok(&["status", t.m(&fs_[0].0).to_str().unwrap()]);
+    assert!(text.contains(" @"), "{text}");
 
     // A member's recall is one GET of its pack (a ranged one: the pack is larger).
     let rel = &fs_[5].0;

@@ -71,7 +71,12 @@ pub(super) fn status(a: &PathsArgs) -> anyhow::Result<()> {
                 path,
                 v.object_key
                     .as_deref()
-                    .map(|k| format!("  [{} {}]", v.storage_class.as_deref().unwrap_or(""), k))
+                    .map(|k| format!(
+                        "  [{} {}{}]",
+                        v.storage_class.as_deref().unwrap_or(""),
+                        k,
+                        v.pack_offset.map(|o| format!(" @{o}")).unwrap_or_default()
+                    ))
                     .unwrap_or_default()
             )
         },

@@ -132,6 +132,9 @@ pub struct StatusEntry {
     pub blocks: u64,
     /// "in_progress" while an archive restore is pending.
     pub restore: Option<String>,
+    /// A pack member: where its bytes start in the pack `object_key` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_offset: Option<u64>,
 }
 
 /// `Op::Pin`, `Op::Unpin`.

@@ -273,6 +273,7 @@ impl Control {
             blocks: s.blocks,
             // From the catalog, never from the store (status must not contact it).
             restore: s.restore_in_progress.then(|| "in_progress".into()),
+            pack_offset: s.pack_offset,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct FileStatus {
     pub blocks: u64,
     /// An archive restore is under way (from the catalog's state).
     pub restore_in_progress: bool,
+    /// A pack member: the offset of its bytes in the pack.
+    pub pack_offset: Option<u64>,
 }
 
 /// What `release` did.
@@ -96,6 +98,7 @@ impl Tiering {
             checksum: rec_ok.map(|r| format!("{}:{}", r.checksum_algo, r.checksum)),
             blocks: st.blocks,
             restore_in_progress: state == FileState::RestorePending,
+            pack_offset: rec_ok.and_then(|r| r.pack.as_ref()).map(|p| p.offset),
         })
     }
 
