@@ -316,6 +316,28 @@ pub struct GetRequest<'a> {
     pub dest_base: u64,
 }
 
+impl<'a> GetRequest<'a> {
+    /// The whole object (`expected_size` bytes), into `dest` at 0 (or only hashed).
+    pub fn whole(
+        key: &'a str,
+        version_id: Option<&'a str>,
+        dest: Option<&'a File>,
+        expected_size: u64,
+        checksum: ChecksumAlgo,
+    ) -> Self {
+        GetRequest {
+            key,
+            version_id,
+            dest,
+            expected_size,
+            checksum,
+            extents: None,
+            range: None,
+            dest_base: 0,
+        }
+    }
+}
+
 /// What a download wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GetResult {

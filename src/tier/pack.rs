@@ -1056,16 +1056,13 @@ pub async fn fetch_index(
         .as_ref()
         .map_or(ChecksumAlgo::Crc32c, |c| c.algo);
     store
-        .get(crate::store::GetRequest {
-            key: &key,
-            version_id: None,
-            dest: Some(&f),
-            expected_size: meta.size,
-            checksum: algo,
-            extents: None,
-            range: None,
-            dest_base: 0,
-        })
+        .get(crate::store::GetRequest::whole(
+            &key,
+            None,
+            Some(&f),
+            meta.size,
+            algo,
+        ))
         .await
         .map_err(|e| format!("GET {key}: {e}"))?;
     let mut bytes = vec![0u8; meta.size as usize];

@@ -642,16 +642,7 @@ impl Tiering {
         let algo = ChecksumAlgo::Crc32c;
         let tmp = self.unnamed_file()?;
         let got = primary
-            .get(GetRequest {
-                key: &key,
-                version_id: None,
-                dest: Some(&tmp),
-                expected_size: meta.size,
-                checksum: algo,
-                extents: None,
-                range: None,
-                dest_base: 0,
-            })
+            .get(GetRequest::whole(&key, None, Some(&tmp), meta.size, algo))
             .await
             .map_err(|e| err(e.to_string()))?;
         let put = replica
@@ -673,16 +664,13 @@ impl Tiering {
             )));
         }
         let back = replica
-            .get(GetRequest {
-                key: &key,
-                version_id: put.version_id.as_deref(),
-                dest: None,
-                expected_size: meta.size,
-                checksum: algo,
-                extents: None,
-                range: None,
-                dest_base: 0,
-            })
+            .get(GetRequest::whole(
+                &key,
+                put.version_id.as_deref(),
+                None,
+                meta.size,
+                algo,
+            ))
             .await
             .map_err(|e| err(format!("read-back from {target}: {e}")))?;
         if back.checksum != got.checksum {
