@@ -769,3 +769,72 @@ fn a_packed_stub_streams_its_own_bytes_and_stays_a_stub() {
     // An ordinary read then recalls it, byte-identical.
     assert_all_read_back(&t, &fs_);
 }
+
+/// `policy.copies = 2` with packs: the pack run writes each pack and its index to the
+/// first replica (from its local copy) before any member is stubbed, and records it; a
+/// release then needs nothing more, and a member recalls from the replica when the
+/// primary lost the pack.
+#[test]
+fn policy_copies_writes_each_pack_to_the_replica_before_its_members_are_stubbed() {
+    let moto = start_moto();
+    let rdir = tempfile::tempdir().unwrap();
+    let fs_ = files(&[("a.txt", 20_000), ("b.txt", 30_000), ("c/d.txt", 40_000)]);
+    let root = rdir.path().join("replica");
+    let t = TierMount::new(&moto, "pkcopies", &fs_, |c| {
+        packed(c).set("policy", "copies", "2").raw(&format!(
+            "[[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+            q(root.to_str().unwrap())
+        ))
+    });
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["stubbed"].as_u64(), Some(3), "{v}");
+    let key = t.object_key("a.txt");
+    let rel = key.strip_prefix("t/").unwrap();
+    // The replica holds the pack and its index, byte-identical to the primary's.
+    let (st, body) = moto
+        .http("GET", &format!("/pkcopies/{key}"), &[], b"")
+        .unwrap();
+    assert_eq!(st, 200);
+    let copy = walk_find(&root, rel.rsplit('/').next().unwrap());
+    assert_eq!(
+        copy.as_deref().map(fs::read).map(Result::unwrap),
+        Some(body),
+        "the pack on the replica"
+    );
+    let index = rel
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .replace(".tar", ".index.json");
+    assert!(
+        walk_find(&root, &index).is_some(),
+        "its index on the replica"
+    );
+    let r = t.ok(&["replicas", t.mnt_str().as_str(), "--json"]);
+    let r: Value = serde_json::from_str(r.lines().next().unwrap()).unwrap();
+    assert_eq!(r["missing"].as_u64(), Some(0), "{r}");
+    // The primary loses the pack: every member recalls from the replica.
+    let (st, _) = moto
+        .http("DELETE", &format!("/pkcopies/{key}"), &[], b"")
+        .unwrap();
+    assert!(st == 204 || st == 200, "{st}");
+    assert_all_read_back(&t, &fs_);
+    let h = t.history("b.txt");
+    let last = h.iter().rev().find(|e| e["kind"] == "RECALLED").unwrap();
+    assert_eq!(last["detail"]["from_replica"], "p", "{last}");
+}
+
+/// The first file named `name` below `dir`.
+fn walk_find(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = walk_find(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
