@@ -27,6 +27,8 @@ fn tree() -> Files {
         .collect();
     spec.push((long, 4096));
     spec.push(("ünïcode/ñame.bin".into(), 513));
+    // macOS's folder icon file, common on SMB shares: a control character in its name.
+    spec.push(("mac/Icon\r".into(), 300));
     spec.push(("big.bin".into(), 3 << 20));
     let refs: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
     files(&refs)
@@ -40,11 +42,17 @@ fn packed(c: Config) -> Config {
 
 /// Lists and extracts `tar` with GNU tar into `dir`; the member names it lists.
 fn untar(tar: &Path, dir: &Path) -> Vec<String> {
-    let out = Command::new("tar").arg("-tf").arg(tar).output().unwrap();
+    let out = Command::new("tar")
+        .args(["--quoting-style=literal", "-tf"])
+        .arg(tar)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "tar -t: {}", show(&out));
+    // split, not lines(): a name may end in `\r`.
     let names = String::from_utf8(out.stdout)
         .unwrap()
-        .lines()
+        .split('\n')
+        .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect();
     fs::create_dir_all(dir).unwrap();

@@ -998,8 +998,7 @@ pub fn parse_index(
     let mut end = 0u64;
     for m in &ix.members {
         let what = || format!("member {}", m.path.escape_debug());
-        crate::tier::rebuild::check_meta_path(&m.path)
-            .map_err(|e| format!("{}: path {e}", what()))?;
+        check_member_path(&m.path).map_err(|e| format!("{}: path {e}", what()))?;
         if !crate::tier::stub::is_valid_file_id(&m.file_id) {
             return Err(format!("{}: file id is not 32 hex digits", what()));
         }
@@ -1069,6 +1068,16 @@ pub async fn fetch_index(
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut bytes, 0)
         .map_err(|e| format!("{key}: {e}"))?;
     parse_index(&bytes, pack_id, pack_key, pack_size).map_err(|e| format!("{key}: {e}"))
+}
+
+/// A member's path in an index: relative, inside SOURCE, no NUL. Unlike object metadata
+/// (HTTP headers), an index holds any other character a file name may have: a macOS
+/// `Icon\r` on an SMB share is a file like any other.
+fn check_member_path(p: &str) -> Result<(), String> {
+    if p.contains('\0') {
+        return Err(format!("`{}` has a NUL", p.escape_debug()));
+    }
+    crate::tier::rebuild::check_meta_path(&p.replace(|c: char| c.is_control(), "?"))
 }
 
 /// Whether index member `m` is the member record `rec` describes.
