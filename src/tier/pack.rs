@@ -873,15 +873,7 @@ impl Tiering {
         if end - p.offset <= rec.size {
             return None;
         }
-        // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
-        let fd = unsafe { libc::memfd_create(c"coldtier-readahead".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: a new fd nothing else owns.
-        let file = File::from(unsafe {
-            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-        });
+        let file = super::readers::anon_file(c"coldtier-readahead").ok()?;
         let got = store
             .get(crate::store::GetRequest {
                 key: &rec.object_key,
@@ -1042,14 +1034,7 @@ pub async fn fetch_index(
     if meta.size > MAX_INDEX_BYTES {
         return Err(format!("{key}: {} bytes: larger than any index", meta.size));
     }
-    // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(c"coldtier-index".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("memfd: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new fd nothing else owns.
-    let f =
-        File::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let f = super::readers::anon_file(c"coldtier-index").map_err(|e| format!("memfd: {e}"))?;
     let algo = meta
         .checksum
         .as_ref()

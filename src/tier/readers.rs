@@ -419,15 +419,20 @@ fn rel_or(rel: &str, other: Option<String>) -> String {
 /// An anonymous memory file for a transient stream of `rec` (sparse: only the chunks
 /// fetched take memory).
 fn memfd(rec: &StubRecord) -> Option<File> {
-    // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(c"coldtier-stream".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a new fd nothing else owns.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let f = anon_file(c"coldtier-stream").ok()?;
     f.set_len(rec.size).ok()?;
     Some(f)
+}
+
+/// An anonymous memory file (memfd, close-on-exec) named `name` in /proc.
+pub(super) fn anon_file(name: &std::ffi::CStr) -> std::io::Result<File> {
+    // SAFETY: a NUL-terminated name; memfd_create returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// One recall in flight, queued (deferred) or waiting for an archive restore, as `coldtier

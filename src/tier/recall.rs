@@ -498,9 +498,10 @@ impl Tiering {
             None => {
                 // Spans (a bulk recall's, read-ahead) are of the primary only: a replica's
                 // bytes are fetched by themselves, and said to be the replica's.
-                let primary = self
-                    .store_opt()
-                    .is_some_and(|p| std::sync::Arc::ptr_eq(&p, store));
+                let primary = rec.pack.is_some()
+                    && self
+                        .store_opt()
+                        .is_some_and(|p| std::sync::Arc::ptr_eq(&p, store));
                 if primary {
                     if let Some(got) = self.member_from_span(rec, file, algo) {
                         return got;
