@@ -22,6 +22,8 @@ use common::sh;
 use serde_json::Value;
 use tier::*;
 
+const MIB: usize = 1 << 20;
+
 fn blocks(p: &Path) -> u64 {
     fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
@@ -1698,6 +1700,34 @@ fn assert_backing_consistent(t: &TierMount, files: &Files, fp: &str) {
     }
 }
 
+/// Runs `f` for each failpoint, catching its panics: the failpoints that failed, each with
+/// its message (so that one run reports all of them).
+fn failures_at(points: &[&str], f: impl Fn(&str)) -> Vec<String> {
+    let mut failed = Vec::new();
+    for fp in points {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(fp))) {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{fp}: {msg}"));
+        }
+    }
+    failed
+}
+
+/// The daemon died at failpoint `fp`: the dead mount detached, the backing tree consistent.
+fn died_at(t: &mut TierMount, fs_: &Files, fp: &str) {
+    assert!(
+        t.wait_dead(Duration::from_secs(15)),
+        "{fp}: the daemon did not die at the failpoint (the mount still answers)\n{}",
+        t.daemon_log_tail()
+    );
+    t.detach_dead();
+    assert_backing_consistent(t, fs_, fp);
+}
+
 #[test]
 fn a_crash_at_any_step_of_migrate_or_recall_leaves_every_file_readable() {
     let moto = start_moto();
@@ -1707,19 +1737,12 @@ fn a_crash_at_any_step_of_migrate_or_recall_leaves_every_file_readable() {
         ("d/mid.bin", 40 * 1024),
     ]);
     // Every failpoint is tried; the failures of all of them are reported together.
-    let mut failed = Vec::new();
-    for fp in MIGRATE_FAILPOINTS.iter().chain(&RECALL_FAILPOINTS) {
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crash_at(&moto, &fs_, fp)));
-        if let Err(e) = r {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failed.push(format!("{fp}: {msg}"));
-        }
-    }
+    let points: Vec<&str> = MIGRATE_FAILPOINTS
+        .iter()
+        .chain(&RECALL_FAILPOINTS)
+        .copied()
+        .collect();
+    let failed = failures_at(&points, |fp| crash_at(&moto, &fs_, fp));
     assert!(
         failed.is_empty(),
         "{} of {} failpoints failed:\n{}",
@@ -1760,13 +1783,7 @@ fn crash_at(moto: &Arc<MotoServer>, fs_: &Files, fp: &str) {
             "{fp}: the read succeeded although the daemon was to die"
         );
     }
-    assert!(
-        t.wait_dead(Duration::from_secs(15)),
-        "{fp}: the daemon did not die at the failpoint (the mount still answers)\n{}",
-        t.daemon_log_tail()
-    );
-    t.detach_dead();
-    assert_backing_consistent(&t, fs_, fp);
+    died_at(&mut t, fs_, fp);
 
     t.remount();
     let mut shown_after = BTreeMap::new();
@@ -1801,6 +1818,155 @@ fn crash_at(moto: &Arc<MotoServer>, fs_: &Files, fp: &str) {
             "{fp}: after reading it again"
         );
     }
+}
+
+/// Many small stubs and a few that are not small or plain, for the bulk recall: 150 files
+/// in three directories (more than two of its batches), one of 9 MiB (recalled by itself:
+/// larger than a batch takes) and one sparse file.
+fn bulk_files() -> Files {
+    let mut spec: Vec<(String, usize)> = (0..150)
+        .map(|i| (format!("d{}/f{i:03}.bin", i % 3), 1000 + 997 * i))
+        .collect();
+    spec.push(("big.bin".into(), 9 * MIB));
+    let spec: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    files(&spec)
+}
+
+/// `coldtier recall -r` of many small stubs: each comes back byte-identical with one GET
+/// of its object, and each file's history ends with RECALL_STARTED then RECALLED, the
+/// large file included (which goes the way of a recall of one file).
+#[test]
+fn a_bulk_recall_gets_each_object_once_and_records_each_recall() {
+    let moto = start_moto();
+    let fs_ = bulk_files();
+    let t = TierMount::new(&moto, "bulk", &fs_, |c| c);
+    // A sparse file: its data extents only (recalled by itself too).
+    let sparse = t.src.join("sparse.bin");
+    {
+        let f = fs::File::create(&sparse).unwrap();
+        f.set_len(4 * MIB as u64).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[7u8; 70_000], MIB as u64).unwrap();
+    }
+    let sparse_body = fs::read(&sparse).unwrap();
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(t.state("d0/f000.bin"), "stub");
+    assert_eq!(t.state("sparse.bin"), "stub");
+    let before = settled_requests(&moto);
+    let out = t.ok(&["recall", "-r", "--json", t.mnt_str().as_str()]);
+    let after = settled_requests(&moto);
+    let gets = data_gets(&after, "bulk", None) - data_gets(&before, "bulk", None);
+    // The sparse file is one GET too (its extents are one object).
+    assert_eq!(
+        gets,
+        fs_.len() + 1,
+        "one GET per object for {} stubs",
+        fs_.len() + 1
+    );
+    let lines = parse_lines(&out);
+    let recalled = lines
+        .iter()
+        .filter(|l| l["recalled"].as_bool() == Some(true))
+        .count();
+    assert_eq!(recalled, fs_.len() + 1, "{out}");
+    for (rel, content) in &fs_ {
+        assert_bytes(rel, &fs::read(t.s(rel)).unwrap(), content);
+    }
+    assert_bytes("sparse.bin", &fs::read(&sparse).unwrap(), &sparse_body);
+    for rel in [
+        "d0/f000.bin",
+        "d1/f100.bin",
+        "d2/f149.bin",
+        "big.bin",
+        "sparse.bin",
+    ] {
+        assert_eq!(t.state(rel), "premigrated", "{rel}");
+        let kinds: Vec<String> = t
+            .history(rel)
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            kinds[kinds.len() - 2..],
+            ["RECALL_STARTED".to_string(), "RECALLED".to_string()],
+            "{rel}: {kinds:?}"
+        );
+    }
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "verify after the bulk recall: {v}");
+    // A second bulk recall finds nothing to do and fetches nothing.
+    let out = t.ok(&["recall", "-r", "--json", t.mnt_str().as_str()]);
+    assert!(
+        parse_lines(&out)
+            .iter()
+            .all(|l| l["recalled"].as_bool() == Some(false)),
+        "{out}"
+    );
+    assert_eq!(
+        data_gets(&settled_requests(&moto), "bulk", None),
+        data_gets(&after, "bulk", None)
+    );
+}
+
+/// A kill at each step of a bulk recall, in the middle of a batch (`after=N`), and after a
+/// batch's switches before its RECALLED records: after a restart every file reads back byte-identical, `verify` finds nothing, and a second
+/// bulk recall brings back the rest, each file's history ending with RECALLED.
+#[test]
+fn a_kill_at_each_step_of_a_bulk_recall_leaves_every_file_readable() {
+    let moto = start_moto();
+    let fs_ = files(
+        &(0..90)
+            .map(|i| (format!("d{}/f{i:02}.bin", i % 2), 500 + 311 * i))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(p, n)| (p.as_str(), *n))
+            .collect::<Vec<_>>(),
+    );
+    let points = [
+        "recall-after-truncate:after=20",
+        "recall-after-data:after=20",
+        "recall-after-premig-xattr:after=20",
+        // Files switched, the batch's RECALLED not written.
+        "bulk-recall-before-records:after=1",
+    ];
+    let failed = failures_at(&points, |fp| bulk_crash_at(&moto, &fs_, fp));
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+fn bulk_crash_at(moto: &Arc<MotoServer>, fs_: &Files, fp: &str) {
+    let name = fp.split(':').next().unwrap();
+    let mut t = TierMount::new(moto, &format!("bulk-{name}"), fs_, |c| {
+        c.set("mount", "restart_on_crash", "false")
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
+    let out = t.cli(&["recall", "-r", t.mnt_str().as_str()]);
+    assert!(
+        !out.status.success(),
+        "{fp}: the bulk recall succeeded although the daemon was to die: {}",
+        show(&out)
+    );
+    died_at(&mut t, fs_, fp);
+    t.remount();
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{fp}: verify after the restart: {v}");
+    t.ok(&["recall", "-r", t.mnt_str().as_str()]);
+    for (rel, content) in fs_ {
+        assert_bytes(rel, &fs::read(t.s(rel)).unwrap(), content);
+    }
+    assert_all_read_back(&t, fs_);
+    for rel in ["d0/f00.bin", "d1/f45.bin", "d0/f88.bin"] {
+        assert_eq!(t.state(rel), "premigrated", "{fp}: {rel}");
+        let h = t.history(rel);
+        assert_eq!(
+            h.last().and_then(|e| e["kind"].as_str()),
+            Some("RECALLED"),
+            "{fp}: {rel}: {h:?}"
+        );
+    }
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{fp}: verify after the second bulk recall: {v}");
 }
 
 // ------------------------------------------------------------------------------------------

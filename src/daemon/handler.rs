@@ -367,7 +367,8 @@ impl Control {
     }
 
     /// `coldtier recall`: every stub named, several at a time (4 x `store.concurrency`, as
-    /// a policy run), each through the same single-flight recall an open uses.
+    /// a policy run), each claimed in the same single-flight map an open uses, the small
+    /// ones finished in batches ([`Tiering::recall_paths`]).
     fn recall_many(
         &self,
         paths: &[PathBuf],
@@ -397,59 +398,38 @@ impl Control {
         let mut results: Vec<(usize, PathResult<RecallResult>)> = Vec::new();
         let mut failed = 0u64;
         let members = members.into_inner();
-        let _spans = t.rt.block_on(t.prefetch_packs(&members));
-        t.rt.clone().block_on(async {
-            let sem = Arc::new(tokio::sync::Semaphore::new(slots));
-            let mut set = tokio::task::JoinSet::new();
-            let mut done = 0u64;
-            let mut bytes = 0u64;
-            let mut collect = |r: Result<
-                (usize, PathBuf, Result<RecallResult, String>),
-                tokio::task::JoinError,
-            >,
-                               results: &mut Vec<(usize, PathResult<RecallResult>)>,
-                               failed: &mut u64| {
-                let Ok((i, abs, r)) = r else { return };
-                match r {
-                    Ok(v) => {
-                        if v.recalled {
-                            done += 1;
-                            bytes += v.bytes.unwrap_or(0);
-                            progress(Progress::new("recalling", done, bytes));
-                        }
-                        results.push((i, PathResult::ok(abs, v)));
-                    }
-                    Err(e) => {
-                        *failed += 1;
-                        results.push((i, PathResult::failed(abs, e)));
-                    }
-                }
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                let rel = match item {
-                    Ok(rel) => rel,
-                    Err((p, e)) => {
-                        failed += 1;
-                        results.push((i, PathResult::failed(p, e)));
-                        continue;
-                    }
-                };
-                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-                let t = t.clone();
-                let abs = self.abs(&rel);
-                set.spawn(async move {
-                    let r = recall_one(&t, &rel).await;
-                    drop(permit);
-                    (i, abs, r)
-                });
-                while let Some(r) = set.try_join_next() {
-                    collect(r, &mut results, &mut failed);
+        let _spans = t.prefetch_packs(&members);
+        let mut rels = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Ok(rel) => rels.push((i, rel)),
+                Err((p, e)) => {
+                    failed += 1;
+                    results.push((i, PathResult::failed(p, e)));
                 }
             }
-            while let Some(r) = set.join_next().await {
-                collect(r, &mut results, &mut failed);
+        }
+        let abs: std::collections::HashMap<usize, PathBuf> =
+            rels.iter().map(|(i, r)| (*i, self.abs(r))).collect();
+        let (mut done, mut bytes) = (0u64, 0u64);
+        t.rt.block_on(t.recall_paths(rels, slots, &mut |(i, r)| {
+            let path = abs[&i].clone();
+            match r {
+                Ok(Recalled::Now { bytes: b }) => {
+                    done += 1;
+                    bytes += b;
+                    progress(Progress::new("recalling", done, bytes));
+                    results.push((i, PathResult::ok(path, recalled_now(b))));
+                }
+                Ok(Recalled::AlreadyLocal) => {
+                    results.push((i, PathResult::ok(path, already_local())));
+                }
+                Err(e) => {
+                    failed += 1;
+                    results.push((i, PathResult::failed(path, e.message)));
+                }
             }
-        });
+        }));
         // RECALLED is written lazily: on disk before the report.
         if let Err(e) = self.t.catalog.sync() {
             tracing::error!("catalog: {e}");
@@ -914,20 +894,20 @@ fn recall_row(r: crate::tier::readers::RecallRow) -> crate::control::replies::Re
     }
 }
 
-/// Recalls one file (relative path) if it is a stub.
-async fn recall_one(t: &Tiering, rel: &Path) -> Result<RecallResult, String> {
-    Ok(match t.recall_path(rel).await.map_err(|e| e.message)? {
-        Recalled::AlreadyLocal => RecallResult {
-            recalled: false,
-            note: Some("data is local already".into()),
-            bytes: None,
-        },
-        Recalled::Now { bytes } => RecallResult {
-            recalled: true,
-            note: None,
-            bytes: Some(bytes),
-        },
-    })
+fn recalled_now(bytes: u64) -> RecallResult {
+    RecallResult {
+        recalled: true,
+        note: None,
+        bytes: Some(bytes),
+    }
+}
+
+fn already_local() -> RecallResult {
+    RecallResult {
+        recalled: false,
+        note: Some("data is local already".into()),
+        bytes: None,
+    }
 }
 
 /// A policy run's summary as the protocol says it (the CLI does not know the engine).

@@ -949,6 +949,21 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     .map(drop)
 }
 
+/// syncfs(2): everything written to the filesystem that holds `fd` on disk.
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
+/// Waits for the writeback of `fd`'s data under way and reports an error of its
+/// writeback since the file was opened (sync_file_range SYNC_FILE_RANGE_WAIT_AFTER): after
+/// a [`syncfs`], what the file's own fdatasync would report, without its flush.
+pub fn writeback_error(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WAIT_AFTER) })
+        .map(drop)
+}
+
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a valid fd.
     cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })

@@ -457,8 +457,6 @@ impl Tiering {
         }
     }
 
-    /// A failpoint of a crash-sensitive step ([`crate::base::failpoint`]; nothing outside
-    /// builds with the `testing` feature).
     /// Writes the last opens noted since the last flush to the catalog (kept for the next
     /// flush if the catalog refuses them).
     pub fn flush_usage(&self) {
@@ -472,6 +470,8 @@ impl Tiering {
         }
     }
 
+    /// A failpoint of a crash-sensitive step ([`crate::base::failpoint`]; nothing outside
+    /// builds with the `testing` feature).
     pub fn failpoint(&self, name: &str) {
         crate::base::failpoint::hit(name);
     }

@@ -17,6 +17,7 @@
 
 pub mod background;
 pub mod budget;
+pub mod bulk;
 pub mod config;
 pub mod context;
 pub mod gc;

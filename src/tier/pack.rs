@@ -689,10 +689,20 @@ pub struct PackSpan {
 /// A pack's key and version id.
 pub type PackVersion = (String, Option<String>);
 
-/// Pack spans fetched for a bulk recall, by pack version; dropped with the [`PackLease`]
-/// that fetched them.
-pub type PackCache =
-    parking_lot::Mutex<std::collections::HashMap<PackVersion, std::sync::Arc<PackSpan>>>;
+/// A pack span a bulk recall wants: being fetched, fetched, or not to be had (its members
+/// fetch their own ranges).
+#[derive(Clone)]
+pub enum SpanState {
+    Pending,
+    Ready(std::sync::Arc<PackSpan>),
+    Failed,
+}
+
+/// Pack spans of bulk recalls, by pack version; dropped with the [`PackLease`] that
+/// asked for them.
+pub type PackCache = parking_lot::Mutex<
+    std::collections::HashMap<PackVersion, tokio::sync::watch::Receiver<SpanState>>,
+>;
 
 /// The spans a bulk recall fetched: forgotten when it is dropped.
 pub struct PackLease<'a> {
@@ -711,25 +721,34 @@ impl Drop for PackLease<'_> {
 
 /// The most bytes a bulk recall fetches of one pack at once.
 const MAX_SPAN: u64 = 1 << 30;
+/// Spans up to this size are kept in memory; larger ones in an unnamed file of the
+/// backing filesystem.
+const MAX_MEMORY_SPAN: u64 = 64 << 20;
 
 impl Tiering {
     /// Before a bulk recall of `members` (records of stubs): the packs two or more of them
-    /// are members of are fetched once, each as one GET of the span that covers those
-    /// members, into an unnamed local file; the members' recalls then copy their bytes
-    /// from it (each still checked against its own checksum). A pack whose GET fails is
-    /// left out: its members fetch their own ranges.
-    pub async fn prefetch_packs(&self, members: &[StubRecord]) -> PackLease<'_> {
+    /// are members of are fetched once each, as one GET of the span that covers those
+    /// members, in the background (`store.concurrency` at once); the members' recalls wait
+    /// for their pack's span and copy their bytes from it (each still checked against its
+    /// own checksum), so that the first packs' members are recalled while the others
+    /// arrive. A pack whose GET fails is left out: its members fetch their own ranges.
+    pub fn prefetch_packs(&self, members: &[StubRecord]) -> PackLease<'_> {
         let mut lease = PackLease {
             t: self,
             keys: Vec::new(),
         };
-        // (first offset, end, members, pack size) of each pack version
-        let mut groups: BTreeMap<PackVersion, (u64, u64, u64, u64)> = BTreeMap::new();
+        // (first offset, end, members, pack size) of each pack version, in the order the
+        // members come (the order they are recalled in).
+        let mut groups: Vec<(PackVersion, (u64, u64, u64, u64))> = Vec::new();
+        let mut at: std::collections::HashMap<PackVersion, usize> = Default::default();
         for r in members {
             let Some(p) = &r.pack else { continue };
-            let g = groups
-                .entry((r.object_key.clone(), r.version_id.clone()))
-                .or_insert((u64::MAX, 0, 0, p.pack_size));
+            let k = (r.object_key.clone(), r.version_id.clone());
+            let i = *at.entry(k.clone()).or_insert_with(|| {
+                groups.push((k, (u64::MAX, 0, 0, p.pack_size)));
+                groups.len() - 1
+            });
+            let g = &mut groups[i].1;
             g.0 = g.0.min(p.offset);
             g.1 = g.1.max(p.offset + r.size);
             g.2 += 1;
@@ -737,19 +756,30 @@ impl Tiering {
         let Ok(store) = self.store() else {
             return lease;
         };
-        // The packs' GETs in parallel, as many at once as `store.concurrency` allows.
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(
             self.settings().uploads.concurrency.max(1),
         ));
-        let mut set = tokio::task::JoinSet::new();
         for ((key, version), (start, end, n, pack_size)) in groups {
             if n < 2 || end - start > MAX_SPAN {
                 continue;
             }
-            let Ok(file) = self.unnamed_file() else { break };
-            let (store, sem) = (store.clone(), sem.clone());
-            set.spawn(async move {
+            let file = if end - start <= MAX_MEMORY_SPAN {
+                super::readers::anon_file(c"coldtier-pack-span").ok()
+            } else {
+                self.unnamed_file().ok()
+            };
+            let Some(file) = file else { break };
+            let (tx, rx) = tokio::sync::watch::channel(SpanState::Pending);
+            let k = (key.clone(), version.clone());
+            self.pack_spans.lock().insert(k.clone(), rx);
+            lease.keys.push(k);
+            let (store, sem, me) = (store.clone(), sem.clone(), self.arc());
+            self.rt.spawn(async move {
                 let _permit = sem.acquire_owned().await;
+                // Nobody waits any more (the bulk recall ended early): nothing to fetch.
+                if tx.is_closed() {
+                    return;
+                }
                 let got = store
                     .get(crate::store::GetRequest {
                         key: &key,
@@ -762,24 +792,27 @@ impl Tiering {
                         dest_base: start,
                     })
                     .await;
-                ((key, version), got.map(|_| PackSpan { file, start, end }))
+                let state = match got {
+                    Ok(_) => SpanState::Ready(std::sync::Arc::new(PackSpan { file, start, end })),
+                    Err(e) => {
+                        tracing::warn!(key = %me.full_key(&key), "prefetch of a pack for a bulk recall: {e}");
+                        SpanState::Failed
+                    }
+                };
+                let _ = tx.send(state);
             });
         }
-        while let Some(r) = set.join_next().await {
-            let Ok((k, got)) = r else { continue };
-            match got {
-                Ok(span) => {
-                    self.pack_spans
-                        .lock()
-                        .insert(k.clone(), std::sync::Arc::new(span));
-                    lease.keys.push(k);
-                }
-                Err(e) => {
-                    tracing::warn!(key = %self.full_key(&k.0), "prefetch of a pack for a bulk recall: {e}")
-                }
-            }
-        }
         lease
+    }
+
+    /// Waits until the span a bulk recall is fetching of `rec`'s pack (if any) is there or
+    /// has failed.
+    pub(super) async fn span_fetched(&self, rec: &StubRecord) {
+        let k = (rec.object_key.clone(), rec.version_id.clone());
+        let rx = self.pack_spans.lock().get(&k).cloned();
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(|s| !matches!(s, SpanState::Pending)).await;
+        }
     }
 
     /// A member's bytes from a pack span a bulk recall fetched, into `dest` at 0, hashed:
@@ -797,8 +830,10 @@ impl Tiering {
             .pack_spans
             .lock()
             .get(&k)
-            .cloned()
-            .filter(|s| covers(s));
+            .and_then(|rx| match &*rx.borrow() {
+                SpanState::Ready(s) if covers(s) => Some(s.clone()),
+                _ => None,
+            });
         let span = match bulk {
             Some(s) => s,
             None => {

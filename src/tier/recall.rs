@@ -21,6 +21,22 @@ use crate::tier::stub::StubRecord;
 use super::context::{ns_of, split_ns, RecallResult, StepError, Tiering};
 use super::record::{Change, Durability};
 
+/// What [`Tiering::claim`] gives: the recall in flight to wait on, or this caller's own.
+pub(super) enum Claim {
+    Joined(watch::Receiver<RecallResult>),
+    Mine(Claimed),
+}
+
+/// A recall this caller runs: whoever else wants the file waits on `rx` until
+/// [`Tiering::release_claim`] sends the outcome.
+pub(super) struct Claimed {
+    pub node: u64,
+    tx: watch::Sender<RecallResult>,
+    pub rx: watch::Receiver<RecallResult>,
+    /// `coldtier recalls cancel` notifies it (one permit: a later wait sees it).
+    pub cancel: Arc<tokio::sync::Notify>,
+}
+
 /// Objects up to this size have their RECALL_STARTED recorded with the recall's outcome.
 pub(super) const LATE_START_MAX: u64 = 8 << 20;
 
@@ -123,29 +139,11 @@ impl Tiering {
         first: Option<(u64, u64)>,
         who: Option<&super::rules::Reader>,
     ) -> watch::Receiver<RecallResult> {
-        let mut m = self.recalls.lock();
-        if let Some(rx) = m.get(&node) {
-            return rx.clone();
-        }
-        let who =
-            who.map(|w| json!({"uid": w.uid, "gid": w.gid, "pid": w.pid, "program": w.program}));
-        if let Some(w) = &who {
-            self.readers.who.lock().insert(node, w.clone());
-        }
-        let cancel = Arc::new(tokio::sync::Notify::new());
-        self.readers.in_flight.lock().insert(
-            node,
-            super::readers::InFlight {
-                // Filled in by the recall from its row (one path lookup per recall).
-                path: String::new(),
-                size: rec.size,
-                since_ns: super::usage::now_ns(),
-                who,
-                cancel: cancel.clone(),
-            },
-        );
-        let (tx, rx) = watch::channel(None);
-        m.insert(node, rx.clone());
+        let claim = match self.claim(node, rec.size, who) {
+            Claim::Joined(rx) => return rx,
+            Claim::Mine(c) => c,
+        };
+        let rx = claim.rx.clone();
         // A stub with chunk sums streams: readers get its chunks as they land.
         let file = File::from(fd);
         if let Some(s) = file
@@ -159,17 +157,70 @@ impl Tiering {
             self.streams.lock().insert(node, s);
         }
         let me = self.arc();
-        let rt = self.rt.clone();
         // A blocking thread of its own: the recall's fsyncs, xattrs and catalog writes
         // block, and concurrent recalls must not queue behind the runtime's workers.
         self.rt.spawn_blocking(move || {
-            let r = rt.block_on(me.recall(node, file, rec, cancel));
-            me.streams.lock().remove(&node);
-            me.readers.in_flight.lock().remove(&node);
-            me.recalls.lock().remove(&node);
-            let _ = tx.send(Some(r.map_err(|e| e.errno)));
+            let _ = me.recall_whole(claim, file, rec);
         });
         rx
+    }
+
+    /// Becomes the recall of `node` (registered in the single-flight map and the list of
+    /// recalls in flight), or joins the one in flight.
+    pub(super) fn claim(&self, node: u64, size: u64, who: Option<&super::rules::Reader>) -> Claim {
+        let mut m = self.recalls.lock();
+        if let Some(rx) = m.get(&node) {
+            return Claim::Joined(rx.clone());
+        }
+        let who =
+            who.map(|w| json!({"uid": w.uid, "gid": w.gid, "pid": w.pid, "program": w.program}));
+        if let Some(w) = &who {
+            self.readers.who.lock().insert(node, w.clone());
+        }
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        self.readers.in_flight.lock().insert(
+            node,
+            super::readers::InFlight {
+                // Filled in by the recall from its row (one path lookup per recall).
+                path: String::new(),
+                size,
+                since_ns: super::usage::now_ns(),
+                who,
+                cancel: cancel.clone(),
+            },
+        );
+        let (tx, rx) = watch::channel(None);
+        m.insert(node, rx.clone());
+        Claim::Mine(Claimed {
+            node,
+            tx,
+            rx,
+            cancel,
+        })
+    }
+
+    /// Ends a recall this caller claimed: out of the maps, then its waiters hear `result`.
+    pub(super) fn release_claim(&self, claim: Claimed, result: Result<(), i32>) {
+        let node = claim.node;
+        self.streams.lock().remove(&node);
+        self.readers.in_flight.lock().remove(&node);
+        self.recalls.lock().remove(&node);
+        let _ = claim.tx.send(Some(result));
+    }
+
+    /// The whole recall of a claimed stub, on a blocking thread: [`Tiering::recall`], then
+    /// the claim released with its outcome.
+    pub(super) fn recall_whole(
+        &self,
+        claim: Claimed,
+        file: File,
+        rec: StubRecord,
+    ) -> Result<(), StepError> {
+        let r = self
+            .rt
+            .block_on(self.recall(claim.node, file, rec, claim.cancel.clone()));
+        self.release_claim(claim, r.as_ref().map(drop).map_err(|e| e.errno));
+        r
     }
 
     /// Recalls the stub open as `fd` (any mode; reopened for writing) and waits for it.
@@ -481,7 +532,7 @@ impl Tiering {
 
     /// The object into `file` from `store` (version `version_id`): through the stream's
     /// chunks when there is one, else one GET.
-    async fn fetch_from(
+    pub(super) async fn fetch_from(
         &self,
         store: &std::sync::Arc<dyn crate::store::ObjectStore>,
         version_id: Option<&str>,
@@ -503,6 +554,7 @@ impl Tiering {
                         .store_opt()
                         .is_some_and(|p| std::sync::Arc::ptr_eq(&p, store));
                 if primary {
+                    self.span_fetched(rec).await;
                     if let Some(got) = self.member_from_span(rec, file, algo) {
                         return got;
                     }

@@ -29,6 +29,30 @@ pub(super) fn forced(action: Action) -> (Option<FileState>, Vec<EventKind>) {
     (Some(s), vec![e])
 }
 
+/// Applies `action` to `row` (its state and pin flag) and returns the events to record;
+/// None when the action removes the row. The catalog follows the files: if its view
+/// refuses the step, the step is taken anyway, with a warning.
+fn next_of(row: &mut FileRow, action: Action) -> Option<Vec<EventKind>> {
+    let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
+        Ok(t) => (t.next, t.events, t.pinned),
+        Err(e) => {
+            tracing::warn!(file_id = %row.file_id, path = %row.path,
+                "catalog out of step with the file ({e}); recording what happened");
+            let (n, ev) = forced(action);
+            let pinned = match action {
+                Action::Pin => true,
+                Action::Unpin => false,
+                _ => row.pinned,
+            };
+            (n, ev, pinned)
+        }
+    };
+    let s = next?;
+    row.state = s;
+    row.pinned = pinned;
+    Some(events)
+}
+
 /// A file's row as one event leaves it, the event, and its detail.
 pub type Transition = (FileRow, EventKind, serde_json::Value);
 
@@ -127,21 +151,7 @@ impl Tiering {
         let durable = change.durability == Durability::Now;
         let mut items = change.prior;
         for (action, detail) in change.steps {
-            let (next, events, pinned) = match state::transition(row.state, row.pinned, action) {
-                Ok(t) => (t.next, t.events, t.pinned),
-                Err(e) => {
-                    tracing::warn!(file_id = %row.file_id, path = %row.path,
-                        "catalog out of step with the file ({e}); recording what happened");
-                    let (n, ev) = forced(action);
-                    let pinned = match action {
-                        Action::Pin => true,
-                        Action::Unpin => false,
-                        _ => row.pinned,
-                    };
-                    (n, ev, pinned)
-                }
-            };
-            match next {
+            match next_of(row, action) {
                 None => {
                     if !items.is_empty() {
                         self.catalog
@@ -151,12 +161,32 @@ impl Tiering {
                         self.catalog.delete_file(&row.file_id, detail)?;
                     }
                 }
-                Some(s) => {
-                    row.state = s;
-                    row.pinned = pinned;
+                Some(events) => {
                     for kind in events {
                         items.push((row.clone(), kind, detail.clone()));
                     }
+                }
+            }
+        }
+        if !items.is_empty() {
+            self.catalog.transition_batch_with(&items, durable)?;
+        }
+        Ok(())
+    }
+
+    /// Records the changes of many files in one catalog transaction, as [`Tiering::record`]
+    /// records each (a bulk recall's switches). The transaction is durable if any change
+    /// asks for it. None of the steps may remove a row (a delete is recorded by itself).
+    pub fn record_batch(&self, changes: Vec<(&mut FileRow, Change)>) -> Result<(), CatalogError> {
+        let mut durable = false;
+        let mut items = Vec::new();
+        for (row, change) in changes {
+            durable |= change.durability == Durability::Now;
+            items.extend(change.prior);
+            for (action, detail) in change.steps {
+                let events = next_of(row, action).expect("a batched change removes no row");
+                for kind in events {
+                    items.push((row.clone(), kind, detail.clone()));
                 }
             }
         }
