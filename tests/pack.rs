@@ -483,6 +483,53 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
     }
 }
 
+/// A member read through the mount (so recalled) after its stub step and before the pack
+/// run writes its members' catalog records: its COPIED, VERIFIED and STUBBED are written
+/// first, then its recall's events, and the catalog agrees with the file.
+#[test]
+fn a_member_recalled_before_its_packs_records_are_written_keeps_the_catalog_in_step() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.txt", 5000), ("d/b.txt", 70_000), ("d/c.txt", 10)]);
+    let mut t = TierMount::new(&moto, "pk-owed", &fs_, packed);
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, "pack-before-records:pause=5000")]);
+    let mnt = t.mnt_str();
+    let run =
+        std::thread::spawn(move || common::coldtier(&["migrate", mnt.as_str(), "--mode", "stub"]));
+    let t0 = Instant::now();
+    while xattr(&t.s("a.txt"), STUB_XATTR).is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "a.txt never became a stub\n{}",
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_bytes("a.txt", &read_ok(&t.m("a.txt")), &fs_[0].1);
+    let out = run.join().unwrap();
+    assert!(out.status.success(), "migrate: {}", show(&out));
+    let kinds: Vec<String> = t
+        .history("a.txt")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    let want = [
+        "COPIED",
+        "VERIFIED",
+        "STUBBED",
+        "RECALL_STARTED",
+        "RECALLED",
+    ];
+    assert!(
+        kinds.len() >= want.len() && kinds[kinds.len() - want.len()..] == want,
+        "a.txt: {kinds:?}"
+    );
+    assert_eq!(t.state("a.txt"), "premigrated");
+    assert_eq!(t.state("d/b.txt"), "stub");
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "verify: {v}");
+}
+
 #[test]
 fn a_lost_catalog_is_rebuilt_from_the_packs_indexes_and_hostile_indexes_are_refused() {
     let moto = start_moto();

@@ -793,7 +793,22 @@ pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult
     })
 }
 
+/// setxattr of any fd: fsetxattr, or for an O_PATH fd (which it refuses with EBADF)
+/// through its /proc/self/fd link.
 pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    // SAFETY: name NUL-terminated; value readable for its length.
+    match cvt(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    }) {
+        Err(Errno(libc::EBADF)) => {}
+        r => return r.map(drop),
+    }
     let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: strings NUL-terminated; value readable for its length.
     cvt(unsafe {
@@ -820,7 +835,14 @@ pub fn listxattr_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
     cvt_isize(unsafe { libc::listxattr(p.as_cstr().as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// removexattr of any fd: fremovexattr, or for an O_PATH fd (which it refuses with
+/// EBADF) through its /proc/self/fd link.
 pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    // SAFETY: name NUL-terminated.
+    match cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }) {
+        Err(Errno(libc::EBADF)) => {}
+        r => return r.map(drop),
+    }
     let p = ProcPath::new(fd.as_raw_fd());
     // SAFETY: strings NUL-terminated.
     cvt(unsafe { libc::removexattr(p.as_cstr().as_ptr(), name.as_ptr()) }).map(drop)

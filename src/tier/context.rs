@@ -94,6 +94,10 @@ pub struct Tiering {
     pub(super) pack_restores: Mutex<HashMap<String, std::time::Instant>>,
     /// Pack spans a bulk recall fetched once for many members.
     pub(super) pack_spans: super::pack::PackCache,
+    /// Catalog records a pack run owes its members, by file id, until it writes them
+    /// together: any other record of one of those files writes them first
+    /// ([`super::record::Owed`]).
+    pub(super) owed: super::record::OwedMap,
     /// Pack spans read ahead by members' recalls, for the members after them.
     pub(super) pack_readahead: super::pack::Readahead,
     /// The runner of every background worker of this mount (`crate::jobs`, the tagger,
@@ -239,6 +243,7 @@ impl Tiering {
             pollers: Mutex::new(HashSet::new()),
             pack_restores: Mutex::new(HashMap::new()),
             pack_spans: Default::default(),
+            owed: Default::default(),
             pack_readahead: Default::default(),
             workers,
             checks: (

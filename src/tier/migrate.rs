@@ -1212,6 +1212,26 @@ impl Tiering {
         action: Action,
         copied: Vec<Transition>,
     ) -> Result<Outcome, StepError> {
+        let (outcome, owed) = self.stub_step_owing(node, file, rec, expect, action, copied)?;
+        if let Some((mut row, change)) = owed {
+            self.record(&mut row, change)?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`Tiering::stub_step`], returning the lazy catalog record of a stubbed file instead
+    /// of writing it: a caller that stubs many files (a pack's members) writes theirs in
+    /// one transaction ([`Tiering::record_batch`]), before anything ends the crash cover
+    /// of the files' step (the pack's upload intent).
+    pub(super) fn stub_step_owing(
+        &self,
+        node: u64,
+        file: &File,
+        rec: &StubRecord,
+        expect: (u64, i64, i64),
+        action: Action,
+        copied: Vec<Transition>,
+    ) -> Result<(Outcome, Option<(FileRow, Change)>), StepError> {
         let mut copied = copied;
         // Renamed, chmod, touched, xattrs set since the copy: the times moved, the data
         // did not. The content decides (read here, outside the gate); a file whose data
@@ -1224,7 +1244,7 @@ impl Tiering {
                 if !copied.is_empty() {
                     self.catalog.transition_batch_with(&copied, false)?;
                 }
-                return not.map(|l| l.outcome());
+                return not.map(|l| (l.outcome(), None));
             }
         };
         let st = backing::stat_fd(file.as_fd())?;
@@ -1233,13 +1253,10 @@ impl Tiering {
         let detail = json!({"object_key": rec.object_key, "bytes_freed": freed});
         // Lazy: the stub record on the file is the truth, and on disk already; the caller
         // makes the catalog durable at the end of its run (`Catalog::sync`).
-        self.record(
-            &mut row,
-            Change::of(action, detail)
-                .after(copied)
-                .durability(Durability::Lazy),
-        )?;
-        Ok(Outcome::Stubbed(freed))
+        let change = Change::of(action, detail)
+            .after(copied)
+            .durability(Durability::Lazy);
+        Ok((Outcome::Stubbed(freed), Some((*row, change))))
     }
 
     /// The part of [`Tiering::stub_step`] under the file's gate. Writes `copied` itself

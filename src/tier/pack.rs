@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::context::{ns_of, StepError, Tiering};
 use super::migrate::{refuse_unchangeable, Outcome};
-use super::record::fill_from_record;
+use super::record::{fill_from_record, Change, Transition};
 use crate::catalog::{EventKind, FileRow, FileState, ObjectRef, PackRow};
 use crate::fs::backing::{self, Stat};
 use crate::store::{Checksum, ChecksumAlgo, Hasher, PutRequest, StorageClass};
@@ -341,11 +341,25 @@ impl Tiering {
                 return done;
             }
         };
+        // The members' records are written together, in transactions of up to 256
+        // members, and all before the intent ends: until then a crash is put right from
+        // the pack's index (`resolve_pack_upload`).
+        let owed = super::record::Owed::default();
         for m in members {
             let (facts, plan) = (m.facts.clone(), m.plan);
-            let r = self.finish_member(m, &proven, stub).await;
+            let r = self.finish_member(m, &proven, stub).await.map(|(o, rec)| {
+                if let Some((row, change)) = rec {
+                    self.owe(&owed, row, change);
+                }
+                o
+            });
             done.push((facts, plan, r));
+            if owed.lock().len() >= 256 {
+                self.record_owed(&owed);
+            }
         }
+        self.failpoint("pack-before-records");
+        self.record_owed(&owed);
         // Every member recorded (lazily: the run's end syncs): the intent ends with them.
         if let Err(e) = self.catalog.end_upload(&proven.key) {
             tracing::error!("catalog: {e}");
@@ -561,8 +575,14 @@ impl Tiering {
         })
     }
 
-    /// A member of a proven pack: its copy record (if unchanged), its records, its stub.
-    async fn finish_member(&self, m: Member, p: &Proven, stub: bool) -> Result<Outcome, StepError> {
+    /// A member of a proven pack: its copy record (if unchanged), its stub, and the
+    /// catalog records it owes (written by the caller with the other members').
+    async fn finish_member(
+        &self,
+        m: Member,
+        p: &Proven,
+        stub: bool,
+    ) -> Result<(Outcome, Option<(FileRow, Change)>), StepError> {
         let Data {
             path,
             file,
@@ -639,15 +659,23 @@ impl Tiering {
         let expect = (row.size, row.mtime_ns, row.ctime_ns);
         let items = vec![copied, (row, EventKind::Verified, verified)];
         if !stub {
-            self.catalog.transition_batch_with(&items, false)?;
-            return Ok(Outcome::Copied);
+            return Ok((
+                Outcome::Copied,
+                Some((row_of(&items), Change::none().after(items))),
+            ));
         }
         if let Err(e) = self.ensure_copies(&file, &rec, &path).await {
             self.catalog.transition_batch_with(&items, false)?;
             return Err(e);
         }
-        self.stub_step(node, &file, &rec, expect, Action::Stub, items)
+        self.stub_step_owing(node, &file, &rec, expect, Action::Stub, items)
     }
+}
+
+/// The row of the last of `items` (a file's transitions): what a change made only of
+/// them is recorded against.
+fn row_of(items: &[Transition]) -> FileRow {
+    items.last().expect("a member's copy records").0.clone()
 }
 
 impl Proven {

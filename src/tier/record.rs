@@ -95,6 +95,15 @@ impl Change {
         }
     }
 
+    /// No action: only the transitions given with [`Change::after`], recorded lazily.
+    pub fn none() -> Change {
+        Change {
+            prior: Vec::new(),
+            steps: Vec::new(),
+            durability: Durability::Lazy,
+        }
+    }
+
     /// Then `action` too.
     pub fn then(mut self, action: Action, detail: serde_json::Value) -> Change {
         self.steps.push((action, detail));
@@ -113,6 +122,15 @@ impl Change {
         self
     }
 }
+
+/// Records owed to files whose steps were taken (their xattrs are the truth already), to be
+/// written together in one transaction ([`Tiering::record_owed`]); shared with
+/// [`Tiering::owed`] so that a record of one of those files by anyone else (a reader's
+/// recall, a write that supersedes the copy) writes them first, in order.
+pub type Owed = std::sync::Arc<parking_lot::Mutex<Vec<(FileRow, Change)>>>;
+
+/// [`Owed`] lists by the file ids they hold records of.
+pub type OwedMap = parking_lot::Mutex<std::collections::HashMap<String, Owed>>;
 
 /// Copies a record's object fields into a row.
 pub fn fill_from_record(row: &mut FileRow, rec: &StubRecord) {
@@ -148,6 +166,7 @@ impl Tiering {
     /// step is recorded anyway, with a warning. This is the only way the engine records
     /// a change of a file.
     pub fn record(&self, row: &mut FileRow, change: Change) -> Result<(), CatalogError> {
+        self.settle_owed(&row.file_id);
         let durable = change.durability == Durability::Now;
         let mut items = change.prior;
         for (action, detail) in change.steps {
@@ -178,6 +197,17 @@ impl Tiering {
     /// records each (a bulk recall's switches). The transaction is durable if any change
     /// asks for it. None of the steps may remove a row (a delete is recorded by itself).
     pub fn record_batch(&self, changes: Vec<(&mut FileRow, Change)>) -> Result<(), CatalogError> {
+        for (row, _) in &changes {
+            self.settle_owed(&row.file_id);
+        }
+        self.record_batch_settled(changes)
+    }
+
+    /// [`Tiering::record_batch`] of files that owe no records.
+    fn record_batch_settled(
+        &self,
+        changes: Vec<(&mut FileRow, Change)>,
+    ) -> Result<(), CatalogError> {
         let mut durable = false;
         let mut items = Vec::new();
         for (row, change) in changes {
@@ -194,6 +224,51 @@ impl Tiering {
             self.catalog.transition_batch_with(&items, durable)?;
         }
         Ok(())
+    }
+
+    /// Owes `change` of the file with `row` to the catalog, in `owed` (written by
+    /// [`Tiering::record_owed`], or first by any other record of that file).
+    pub(super) fn owe(&self, owed: &Owed, row: FileRow, change: Change) {
+        let id = row.file_id.clone();
+        owed.lock().push((row, change));
+        self.owed.lock().insert(id, owed.clone());
+    }
+
+    /// Writes the records in `owed` (and empties it), in one transaction. Its lock is held
+    /// until they are written and the files no longer listed, so that a record of one of
+    /// them made meanwhile waits and comes after.
+    pub(super) fn record_owed(&self, owed: &Owed) {
+        let mut list = owed.lock();
+        if list.is_empty() {
+            return;
+        }
+        let (mut rows, changes): (Vec<FileRow>, Vec<Change>) = list.drain(..).unzip();
+        if let Err(e) = self.record_batch_settled(rows.iter_mut().zip(changes).collect()) {
+            tracing::error!("catalog: cannot record the files of a batch: {e}");
+        }
+        let mut map = self.owed.lock();
+        for r in &rows {
+            if map
+                .get(&r.file_id)
+                .is_some_and(|o| std::sync::Arc::ptr_eq(o, owed))
+            {
+                map.remove(&r.file_id);
+            }
+        }
+    }
+
+    /// Writes the records owed to `file_id`, if any (with the others owed with them).
+    fn settle_owed(&self, file_id: &str) {
+        let owed = {
+            let map = self.owed.lock();
+            if map.is_empty() {
+                return;
+            }
+            map.get(file_id).cloned()
+        };
+        if let Some(o) = owed {
+            self.record_owed(&o);
+        }
     }
 
     /// Sets the object's state tag, in the background (the tagger), best effort.
