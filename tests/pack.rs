@@ -197,6 +197,43 @@ fn packs_on_moto_open_with_tar_recall_with_one_ranged_get_and_gc_after_the_last_
     }
     let text = t.ok(&["status", t.m(&fs_[0].0).to_str().unwrap()]);
     assert!(text.contains(" @"), "{text}");
+    // find --pack: the members of every pack (all but big.bin), or of one pack (the
+    // files its index lists), each with its pack id.
+    let mnt = t.mnt_str();
+    let found = |pack: &str| -> Vec<Value> {
+        parse_lines(&t.ok(&["find", mnt.as_str(), "--pack", pack, "--json"]))
+    };
+    let any = found("any");
+    assert_eq!(any.len(), fs_.len() - 1, "find --pack any: {any:?}");
+    assert!(any.iter().all(|f| f["rel_path"] != "big.bin"), "{any:?}");
+    let first_id = packs[0]
+        .0
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".tar");
+    let mut listed: Vec<String> = packs[0].2["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let one = found(first_id);
+    let mut got: Vec<String> = one
+        .iter()
+        .map(|f| f["rel_path"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, listed, "find --pack {first_id}");
+    assert!(one.iter().all(|f| f["pack_id"] == first_id), "{one:?}");
+    let bad = t.cli(&["find", mnt.as_str(), "--pack", "nope"]);
+    assert!(!bad.status.success(), "find --pack nope: {}", show(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--pack"),
+        "{}",
+        show(&bad)
+    );
 
     // A member's recall is one GET of its pack (a ranged one: the pack is larger).
     let rel = &fs_[5].0;

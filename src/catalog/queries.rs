@@ -23,6 +23,8 @@ pub struct FileQuery {
     pub path_glob: Option<String>,
     /// Only pinned (true) or only unpinned (false) files.
     pub pinned: Option<bool>,
+    /// Only members of packs: of any pack (`Some(None)`) or of the pack with this id.
+    pub pack: Option<Option<String>>,
 }
 
 /// Files and bytes in one (state, storage class, pinned) group.
@@ -88,6 +90,14 @@ fn file_conditions(q: &FileQuery) -> (Vec<String>, Vec<Value>) {
     if let Some(p) = q.pinned {
         conds.push("pinned = ?".into());
         args.push(Value::Integer(p.into()));
+    }
+    match &q.pack {
+        None => {}
+        Some(None) => conds.push("object_key IN (SELECT object_key FROM packs)".into()),
+        Some(Some(id)) => {
+            conds.push("object_key IN (SELECT object_key FROM packs WHERE pack_id = ?)".into());
+            args.push(Value::Text(id.clone()));
+        }
     }
     (conds, args)
 }
@@ -382,6 +392,7 @@ mod tests {
             modified_before_ns: Some(25_000_000_000),
             path_glob: Some("d1/*".into()),
             pinned: Some(false),
+            pack: None,
         };
         // Stubs (even), > 10 kB (n > 10), mtime < 25 s (n < 25), in d1 (n % 3 == 1).
         let want: Vec<String> = (11..25)

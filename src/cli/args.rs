@@ -383,6 +383,10 @@ pub struct FindArgs {
     /// Only pinned files.
     #[arg(long)]
     pub pinned: bool,
+    /// Only members of packs: of any pack (`any`) or of the pack with this id (as
+    /// `--json` shows in `pack_id`).
+    #[arg(long, value_name = "ID|any")]
+    pub pack: Option<String>,
     /// Print only how many files match and their bytes.
     #[arg(long)]
     pub count: bool,

@@ -103,6 +103,7 @@ pub(super) fn find(a: &FindArgs) -> anyhow::Result<()> {
         larger_than,
         path_glob: a.path.clone(),
         pinned: a.pinned.then_some(true),
+        pack: a.pack.clone(),
         after: None,
         limit: PAGE,
         count_only: a.count,

@@ -17,6 +17,8 @@ pub struct FindRequest {
     /// A GLOB on the path relative to the source, or absolute inside the mount.
     pub path_glob: Option<String>,
     pub pinned: Option<bool>,
+    /// Only members of packs: `any`, or a pack id (32 hex digits).
+    pub pack: Option<String>,
     /// Keyset paging: only paths after this one (the `next_after` of the page before).
     pub after: Option<String>,
     /// Page size (the daemon caps it).

@@ -610,6 +610,9 @@ pub struct FoundFile {
     pub file_id: String,
     pub storage_class: Option<String>,
     pub object_key: Option<String>,
+    /// The pack the file's bytes are in (a pack member's), if any.
+    #[serde(default)]
+    pub pack_id: Option<String>,
 }
 
 /// `Op::Find`: one page.

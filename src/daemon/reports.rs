@@ -250,12 +250,24 @@ fn file_query(t: &Tiering, r: &FindRequest) -> Result<FileQuery, ErrorBody> {
             .unwrap_or(g)
             .to_owned()
     });
+    let pack = match r.pack.as_deref() {
+        None => None,
+        Some("any") => Some(None),
+        Some(id) if crate::tier::stub::is_valid_file_id(id) => Some(Some(id.to_owned())),
+        Some(id) => {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("--pack: `{id}` is neither `any` nor a pack id (32 hex digits)"),
+            ))
+        }
+    };
     Ok(FileQuery {
         states: parse_states(&r.states)?,
         modified_before_ns: r.modified_before_ns,
         larger_than: r.larger_than,
         path_glob,
         pinned: r.pinned,
+        pack,
     })
 }
 
@@ -283,6 +295,11 @@ fn find(t: &Tiering, r: &FindRequest) -> Result<FindReply, ErrorBody> {
             pinned: f.pinned,
             file_id: f.file_id,
             storage_class: f.storage_class,
+            pack_id: f
+                .object_key
+                .as_deref()
+                .and_then(crate::tier::stub::parse_pack_key)
+                .map(|(_, id)| id.to_owned()),
             object_key: f.object_key.as_deref().map(|k| t.full_key(k)),
             rel_path: f.path,
         })

@@ -645,6 +645,10 @@ fn extra(command: &str) -> Extra {
                     "ISO images at any depth below projects/, as JSON lines:",
                     "coldtier find /srv/share --path 'projects/*.iso' --json",
                 ),
+                (
+                    "How many files are in packs, and their bytes:",
+                    "coldtier find /srv/share --pack any --count",
+                ),
             ],
             see_also: &["coldtier-ls(1)", "coldtier-stats(1)"],
             ..base
