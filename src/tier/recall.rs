@@ -28,13 +28,52 @@ pub(super) enum Claim {
 }
 
 /// A recall this caller runs: whoever else wants the file waits on `rx` until
-/// [`Tiering::release_claim`] sends the outcome.
+/// [`Tiering::release_claim`] sends the outcome. A claim dropped without it (a panic of its
+/// recall) is released with EIO: the file's next recall starts afresh, never joins a
+/// recall that will not end.
 pub(super) struct Claimed {
     pub node: u64,
     tx: watch::Sender<RecallResult>,
     pub rx: watch::Receiver<RecallResult>,
     /// `coldtier recalls cancel` notifies it (one permit: a later wait sees it).
     pub cancel: Arc<tokio::sync::Notify>,
+    owner: std::sync::Weak<Tiering>,
+    released: bool,
+}
+
+impl Claimed {
+    /// Out of the maps (the single-flight entry only if it is still this claim's), then
+    /// its waiters hear `result`.
+    fn end(&mut self, t: &Tiering, result: Result<(), i32>) {
+        self.released = true;
+        let node = self.node;
+        t.streams.lock().remove(&node);
+        t.readers.in_flight.lock().remove(&node);
+        {
+            let mut m = t.recalls.lock();
+            if m.get(&node).is_some_and(|rx| rx.same_channel(&self.rx)) {
+                m.remove(&node);
+            }
+        }
+        let _ = self.tx.send(Some(result));
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        tracing::error!(
+            node = self.node,
+            "a recall ended without an outcome; its readers get EIO"
+        );
+        if let Some(t) = self.owner.upgrade() {
+            self.end(&t, Err(libc::EIO));
+        } else {
+            let _ = self.tx.send(Some(Err(libc::EIO)));
+        }
+    }
 }
 
 /// Objects up to this size have their RECALL_STARTED recorded with the recall's outcome.
@@ -196,16 +235,14 @@ impl Tiering {
             tx,
             rx,
             cancel,
+            owner: self.me.clone(),
+            released: false,
         })
     }
 
     /// Ends a recall this caller claimed: out of the maps, then its waiters hear `result`.
-    pub(super) fn release_claim(&self, claim: Claimed, result: Result<(), i32>) {
-        let node = claim.node;
-        self.streams.lock().remove(&node);
-        self.readers.in_flight.lock().remove(&node);
-        self.recalls.lock().remove(&node);
-        let _ = claim.tx.send(Some(result));
+    pub(super) fn release_claim(&self, mut claim: Claimed, result: Result<(), i32>) {
+        claim.end(self, result);
     }
 
     /// The whole recall of a claimed stub, on a blocking thread: [`Tiering::recall`], then
@@ -731,5 +768,51 @@ impl Tiering {
     /// A restore poller ended (done, or stopped with the daemon).
     pub(crate) fn poller_gone(&self, file_id: &str) {
         self.pollers.lock().remove(file_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim dropped without an outcome (its recall panicked) tells its waiters EIO and
+    /// leaves the file to a new recall, never to the dead one.
+    #[test]
+    fn a_claim_dropped_without_its_outcome_frees_the_file_for_the_next_recall() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let catalog = Arc::new(crate::catalog::Catalog::open(dir.path().join("c.db")).unwrap());
+        let t = Tiering::new(
+            Default::default(),
+            catalog,
+            None,
+            String::new(),
+            src.clone(),
+            src.clone(),
+            backing::open_dir_path(&src).unwrap(),
+            rt.handle().clone(),
+            Arc::new(crate::fs::gate::Gate::default()),
+        )
+        .unwrap();
+        let Claim::Mine(first) = t.claim(7, 10, None) else {
+            panic!("the first claim of a node is its own");
+        };
+        let Claim::Joined(mut rx) = t.claim(7, 10, None) else {
+            panic!("a second claim joins the first");
+        };
+        assert_eq!(t.recalls_list().len(), 1);
+        drop(first);
+        assert_eq!(*rx.borrow_and_update(), Some(Err(libc::EIO)));
+        assert!(t.recalls_list().is_empty());
+        let Claim::Mine(again) = t.claim(7, 10, None) else {
+            panic!("after a dropped claim the next recall starts afresh");
+        };
+        t.release_claim(again, Ok(()));
+        assert!(matches!(t.claim(7, 10, None), Claim::Mine(_)));
     }
 }
