@@ -1908,6 +1908,45 @@ fn a_bulk_recall_gets_each_object_once_and_records_each_recall() {
     );
 }
 
+/// A recall that panics in a bulk recall (a bug's stand-in: failpoint `NAME:panic`) is a
+/// failure of its file in the report, never a file missing from it, and leaves no recall
+/// in flight behind it: the file stays a stub, and recalls once the daemon is healthy.
+#[test]
+fn a_panicking_recall_in_a_bulk_recall_is_reported_and_leaves_nothing_in_flight() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 3000), ("d/b.bin", 5000), ("d/c.bin", 7000)]);
+    let mut t = TierMount::new(&moto, "bulk-panic", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, "recall-after-truncate:panic")]);
+    let out = t.cli(&["recall", "-r", "--json", t.mnt_str().as_str()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let lines = parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        lines.len(),
+        fs_.len(),
+        "one result per file: {}",
+        show(&out)
+    );
+    for l in &lines {
+        assert!(l["error"].is_string(), "a panicked recall reported as {l}");
+    }
+    let listed = t.ok(&["recalls", t.mnt_str().as_str(), "--json"]);
+    assert!(
+        parse_lines(&listed).is_empty(),
+        "recalls left in flight: {listed}"
+    );
+    for (rel, _) in &fs_ {
+        assert_eq!(t.state(rel), "stub", "{rel}");
+    }
+    t.umount();
+    t.mount_with_env(&[]);
+    t.ok(&["recall", "-r", t.mnt_str().as_str()]);
+    for (rel, content) in &fs_ {
+        assert_bytes(rel, &fs::read(t.s(rel)).unwrap(), content);
+    }
+}
+
 /// A kill at each step of a bulk recall, in the middle of a batch (`after=N`), and after a
 /// batch's switches before its RECALLED records: after a restart every file reads back byte-identical, `verify` finds nothing, and a second
 /// bulk recall brings back the rest, each file's history ending with RECALLED.

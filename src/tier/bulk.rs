@@ -76,6 +76,13 @@ impl Tiering {
         let mut set = tokio::task::JoinSet::new();
         let mut ready: Vec<(usize, Fetched)> = Vec::new();
         let mut finishing: Option<tokio::task::JoinHandle<Vec<BulkResult>>> = None;
+        // What each task and the batch being finished answer for: a task that panics
+        // still gets each of its paths a result (a failure), never a silent gap.
+        let mut tasks: std::collections::HashMap<tokio::task::Id, usize> = Default::default();
+        let mut in_batch: Vec<usize> = Vec::new();
+        let failed = |e: &tokio::task::JoinError| {
+            StepError::new(libc::EIO, format!("the recall failed: {e}"))
+        };
         let mut rels = rels.into_iter();
         loop {
             // Fetches while there are slots, as long as what waits to be finished stays
@@ -84,16 +91,18 @@ impl Tiering {
                 let Some((i, rel)) = rels.next() else { break };
                 let permit = sem.clone().try_acquire_owned().expect("a permit is free");
                 let me = me.clone();
-                set.spawn(async move {
+                let task = set.spawn(async move {
                     let s = me.claim_and_fetch(rel).await;
                     drop(permit);
                     (i, s)
                 });
+                tasks.insert(task.id(), i);
             }
             // Whatever is fetched goes to the finisher whenever it is idle: the batches are
             // as large as the fetches outrun it (group commit), at most BATCH.
             if finishing.is_none() && !ready.is_empty() {
                 let batch: Vec<_> = ready.drain(..ready.len().min(BATCH)).collect();
+                in_batch = batch.iter().map(|(i, _)| *i).collect();
                 let me = me.clone();
                 finishing = Some(tokio::task::spawn_blocking(move || me.finish_batch(batch)));
             }
@@ -101,17 +110,32 @@ impl Tiering {
                 return;
             }
             tokio::select! {
-                r = set.join_next(), if !set.is_empty() => match r {
-                    Some(Ok((i, Step::Done(r)))) => done((i, r)),
-                    Some(Ok((i, Step::Fetched(f)))) => ready.push((i, *f)),
-                    Some(Err(e)) => tracing::error!("bulk recall: a fetch task failed: {e}"),
+                r = set.join_next_with_id(), if !set.is_empty() => match r {
+                    Some(Ok((id, (i, step)))) => {
+                        tasks.remove(&id);
+                        match step {
+                            Step::Done(r) => done((i, r)),
+                            Step::Fetched(f) => ready.push((i, *f)),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!("bulk recall: a fetch task failed: {e}");
+                        if let Some(i) = tasks.remove(&e.id()) {
+                            done((i, Err(failed(&e))));
+                        }
+                    }
                     None => {}
                 },
                 r = async { finishing.as_mut().expect("guarded").await }, if finishing.is_some() => {
                     finishing = None;
                     match r {
                         Ok(results) => results.into_iter().for_each(&mut *done),
-                        Err(e) => tracing::error!("bulk recall: a batch failed: {e}"),
+                        Err(e) => {
+                            tracing::error!("bulk recall: a batch failed: {e}");
+                            for i in in_batch.drain(..) {
+                                done((i, Err(failed(&e))));
+                            }
+                        }
                     }
                 }
             }
