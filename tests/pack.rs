@@ -520,6 +520,49 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
     }
 }
 
+/// Members read in pack order through the mount: each read past the end of the span the
+/// read before fetched doubles the span (1, 2, 4 MiB ...), so 6 MiB of members cost three
+/// GETs of their pack, not six; every member is checked and byte-identical.
+#[test]
+fn members_read_in_order_grow_the_read_ahead() {
+    let moto = start_moto();
+    let spec: Vec<(String, usize)> = (0..200)
+        .map(|i| (format!("m/f{i:03}"), 30 * 1024 + i))
+        .collect();
+    let refs: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let fs_ = files(&refs);
+    let t = TierMount::new(&moto, "pk-ra", &fs_, |c| {
+        c.set("pack", "enabled", "true")
+            .set("pack", "target_size", &q("16MiB"))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.object_key(&fs_[0].0);
+    let bucket_key = key.clone();
+    // The members in the order of their bytes in the pack.
+    let mut members: Vec<(u64, &str, &Vec<u8>)> = fs_
+        .iter()
+        .map(|(rel, body)| {
+            let st = t.status(rel);
+            assert_eq!(
+                st["object_key"].as_str(),
+                Some(key.as_str()),
+                "one pack: {st}"
+            );
+            (st["pack_offset"].as_u64().unwrap(), rel.as_str(), body)
+        })
+        .collect();
+    members.sort();
+    let before = data_gets(&settled_requests(&moto), "pk-ra", Some(&bucket_key));
+    for (_, rel, body) in &members {
+        assert_bytes(rel, &read_ok(&t.m(rel)), body);
+    }
+    let gets = data_gets(&settled_requests(&moto), "pk-ra", Some(&bucket_key)) - before;
+    assert!(
+        (1..=3).contains(&gets),
+        "{gets} GETs of the pack for 6 MiB of members read in order"
+    );
+}
+
 /// A member read through the mount (so recalled) after its stub step and before the pack
 /// run writes its members' catalog records: its COPIED, VERIFIED and STUBBED are written
 /// first, then its recall's events, and the catalog agrees with the file.

@@ -903,15 +903,22 @@ impl Tiering {
 /// member): the members after it, read next by `cat *`, `cp -r`, a backup or a scanner
 /// going through a directory in order, are then served from it ...
 pub const READAHEAD: u64 = 1 << 20;
-/// ... for this long, from at most this many spans (in memory).
+/// ... and a read just past the end of such a span (the reader goes on in order) fetches
+/// twice as much as that span held, up to this (as the kernel's read-ahead grows on a
+/// sequential reader): a pack read in order costs a few GETs, not one per MiB ...
+pub const MAX_READAHEAD: u64 = 8 << 20;
+/// ... kept for this long, at most this many spans and this many bytes (in memory).
 const READAHEAD_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
 const READAHEAD_SPANS: usize = 16;
+const READAHEAD_BYTES: u64 = 64 << 20;
 
 /// Spans read ahead for members' recalls: (pack version, span, when fetched), oldest
 /// first.
-pub type Readahead = parking_lot::Mutex<
-    std::collections::VecDeque<(PackVersion, std::sync::Arc<PackSpan>, std::time::Instant)>,
->;
+pub type Readahead = parking_lot::Mutex<ReadaheadSpans>;
+
+/// The spans of [`Readahead`].
+pub type ReadaheadSpans =
+    std::collections::VecDeque<(PackVersion, std::sync::Arc<PackSpan>, std::time::Instant)>;
 
 impl Tiering {
     /// A member's recall without a span that holds it: one ranged GET (of `store`,
@@ -932,7 +939,9 @@ impl Tiering {
         if version_id != rec.version_id.as_deref() {
             return None;
         }
-        let end = p.pack_size.min(p.offset + rec.size.max(READAHEAD));
+        let key = (rec.object_key.clone(), rec.version_id.clone());
+        let want = self.readahead_for(&key, p.offset);
+        let end = p.pack_size.min(p.offset + rec.size.max(want));
         if end - p.offset <= rec.size {
             return None;
         }
@@ -955,11 +964,15 @@ impl Tiering {
         {
             let mut ra = self.pack_readahead.lock();
             ra.retain(|(_, _, at)| at.elapsed() < READAHEAD_KEEP);
-            while ra.len() >= READAHEAD_SPANS {
+            let bytes =
+                |ra: &ReadaheadSpans| ra.iter().map(|(_, s, _)| s.end - s.start).sum::<u64>();
+            while !ra.is_empty()
+                && (ra.len() >= READAHEAD_SPANS || bytes(&ra) + (end - p.offset) > READAHEAD_BYTES)
+            {
                 ra.pop_front();
             }
             ra.push_back((
-                (rec.object_key.clone(), rec.version_id.clone()),
+                key,
                 std::sync::Arc::new(PackSpan {
                     file,
                     start: p.offset,
@@ -969,6 +982,25 @@ impl Tiering {
             ));
         }
         self.member_from_span(rec, dest, algo)
+    }
+
+    /// How much of pack version `key` a member's read at `offset` fetches ahead:
+    /// [`READAHEAD`], or twice the span before it when the member goes on from that span
+    /// (it starts inside the span and ends past it, or starts at most [`READAHEAD`] after
+    /// its end), up to [`MAX_READAHEAD`].
+    fn readahead_for(&self, key: &PackVersion, offset: u64) -> u64 {
+        let ra = self.pack_readahead.lock();
+        ra.iter()
+            .rev()
+            .filter(|(k, s, at)| {
+                k == key
+                    && at.elapsed() < READAHEAD_KEEP
+                    && s.start <= offset
+                    && offset <= s.end + READAHEAD
+            })
+            .map(|(_, s, _)| ((s.end - s.start) * 2).min(MAX_READAHEAD))
+            .next()
+            .unwrap_or(READAHEAD)
     }
 }
 
