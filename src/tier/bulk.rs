@@ -34,7 +34,7 @@ use crate::tier::stub::StubRecord;
 use super::context::{ns_of, split_ns, StepError, Tiering};
 use super::manual::Recalled;
 use super::recall::{start_detail, Claim, Claimed, LATE_START_MAX};
-use super::record::{fill_from_record, Change, Durability};
+use super::record::{Change, Durability};
 
 /// Files whose data, switch and records are finished together.
 const BATCH: usize = 64;
@@ -169,14 +169,20 @@ impl Tiering {
                     Ok(v) => (*v).unwrap_or(Err(libc::EIO)),
                     Err(_) => Err(libc::EIO),
                 };
-                return Step::Done(r.map(|()| Recalled::Now { bytes }).map_err(|e| {
-                    StepError::new(e, std::io::Error::from_raw_os_error(e).to_string())
-                }));
+                return Step::Done(
+                    r.map(|()| Recalled::Now { bytes })
+                        .map_err(|e| backing::Errno(e).into()),
+                );
             }
             Claim::Mine(c) => c,
         };
         let file = File::from(w);
-        let row = self.row_at(&rec, &rel);
+        // The path is known: no need to ask the kernel for it.
+        let row = self.row_at(
+            &rec,
+            Some(rel.to_string_lossy().into_owned()),
+            FileState::Stub,
+        );
         if let Some(f) = self.readers.in_flight.lock().get_mut(&node) {
             f.path.clone_from(&row.path);
         }
@@ -255,31 +261,10 @@ impl Tiering {
         })
     }
 
-    /// The catalog row of the stub at `rel`; rebuilt from its record if the catalog lost
-    /// it ([`Tiering::row_for`], without asking the kernel for the path it knows).
-    fn row_at(&self, rec: &StubRecord, rel: &std::path::Path) -> FileRow {
-        let path = rel.to_string_lossy().into_owned();
-        match self.catalog.file_by_id(&rec.file_id) {
-            Ok(Some(mut row)) => {
-                row.path = path;
-                row
-            }
-            other => {
-                if let Err(e) = other {
-                    tracing::error!("catalog: {e}");
-                }
-                let mut row = FileRow::new(rec.file_id.clone(), path);
-                fill_from_record(&mut row, rec);
-                row.state = FileState::Stub;
-                row
-            }
-        }
-    }
-
     /// Finishes fetched files (a blocking thread): each one's data on disk, its times, its
     /// switch under its gate, then the events of all in one catalog transaction, then the
     /// claims released. A file whose step fails is recalled again by itself.
-    fn finish_batch(&self, batch: Vec<(usize, Fetched)>) -> Vec<BulkResult> {
+    fn finish_batch(&self, mut batch: Vec<(usize, Fetched)>) -> Vec<BulkResult> {
         let mut out = Vec::with_capacity(batch.len());
         // The data on disk: one syncfs for each filesystem among the files, where each
         // file's fdatasync would write and flush by itself. Each file then asks for an
@@ -298,7 +283,6 @@ impl Tiering {
         // RECALL_STARTED of the batch before any switch: a crash after a file's switch and
         // before the batch's RECALLED leaves its row `recalling`, which the next start
         // puts in line with the file (`resume`), as for the recall of a large file.
-        let mut batch = batch;
         self.record_each(&mut batch, Action::RecallStart);
         let mut switched: Vec<(usize, Fetched)> = Vec::with_capacity(batch.len());
         for (i, mut f) in batch {

@@ -1,5 +1,5 @@
-//! What an operator does to one file by hand (`coldtier status`, `pin`, `unpin`, `recall`,
-//! `release`): the engine's side, in domain terms. The daemon's handler resolves paths,
+//! What an operator does to one file by hand (`coldtier status`, `pin`, `unpin`, `release`,
+//! and what a `recall` did: the recall itself is `bulk`): the engine's side, in domain terms. The daemon's handler resolves paths,
 //! checks who may ask, runs these over many files and turns the results into replies.
 
 use std::fs::File;
@@ -235,21 +235,5 @@ impl Tiering {
             "would release"
         };
         Ok(Some((rec.size, st.blocks * 512, note.to_string())))
-    }
-
-    /// Recalls the file at `rel` (relative to the source) if it is a stub, through the
-    /// same single-flight recall an open uses, and waits for it.
-    pub async fn recall_path(&self, rel: &Path) -> Result<Recalled, StepError> {
-        let fd = backing::open_beneath(self.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)?;
-        let Some(rec) = marks::record(fd.as_fd(), marks::STUB)? else {
-            return Ok(Recalled::AlreadyLocal);
-        };
-        let st = backing::stat_fd(fd.as_fd())?;
-        let node = self.node_id(&st);
-        let bytes = rec.size;
-        self.recall_and_wait(node, fd.as_fd(), rec)
-            .await
-            .map_err(|e| StepError::new(e, std::io::Error::from_raw_os_error(e).to_string()))?;
-        Ok(Recalled::Now { bytes })
     }
 }

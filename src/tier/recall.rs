@@ -260,22 +260,6 @@ impl Tiering {
         r
     }
 
-    /// Recalls the stub open as `fd` (any mode; reopened for writing) and waits for it.
-    pub async fn recall_and_wait(
-        &self,
-        node: u64,
-        fd: BorrowedFd<'_>,
-        rec: StubRecord,
-    ) -> Result<(), i32> {
-        let w = backing::reopen(fd, libc::O_RDWR).map_err(|e| e.0)?;
-        let mut rx = self.recall_rx(node, w, rec);
-        let r = match rx.wait_for(|v| v.is_some()).await {
-            Ok(v) => (*v).unwrap_or(Err(libc::EIO)),
-            Err(_) => Err(libc::EIO),
-        };
-        r
-    }
-
     /// The recall: GET into the same backing inode, fsync, checksum, then the switch from
     /// stub to premigrated under the gate. A failure leaves the stub (empty, times back).
     pub(super) async fn recall(

@@ -286,9 +286,15 @@ impl Tiering {
     /// The catalog row of a file with record `rec`; rebuilt from the record if the catalog
     /// lost it.
     pub fn row_for(&self, rec: &StubRecord, fd: BorrowedFd<'_>, state: FileState) -> FileRow {
+        self.row_at(rec, self.rel_of(fd), state)
+    }
+
+    /// [`Tiering::row_for`] of the file at `path` (relative to the source), when the caller
+    /// knows it; None: the catalog's path (or, without a row, a placeholder).
+    pub fn row_at(&self, rec: &StubRecord, path: Option<String>, state: FileState) -> FileRow {
         match self.catalog.file_by_id(&rec.file_id) {
             Ok(Some(mut row)) => {
-                if let Some(p) = self.rel_of(fd) {
+                if let Some(p) = path {
                     row.path = p;
                 }
                 row
@@ -299,8 +305,7 @@ impl Tiering {
                 }
                 let mut row = FileRow::new(
                     rec.file_id.clone(),
-                    self.rel_of(fd)
-                        .unwrap_or_else(|| format!(".coldtier-unknown/{}", rec.file_id)),
+                    path.unwrap_or_else(|| format!(".coldtier-unknown/{}", rec.file_id)),
                 );
                 fill_from_record(&mut row, rec);
                 row.state = state;
