@@ -9,6 +9,7 @@
 //! * `marks`: the records on the backing files (the truth).
 //! * `hooks`: what the overlay tells the engine (open, write, truncate, rename, unlink).
 //! * `recall`: bringing a stub's data back, archive restores included.
+//! * `bulk`: `coldtier recall` of many stubs, fetched at once and finished in batches.
 //! * `migrate`: policy runs, the copy, its proof, the stub step.
 //! * `gc`, `verify`, `rebuild`, `recovery`: deleting old objects, checking files against
 //!   the bucket, rebuilding a lost catalog, putting in order what a crash left.
