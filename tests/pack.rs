@@ -371,6 +371,113 @@ fn packs_on_s3s_fs_are_tar_files_in_its_tree_and_recall_byte_identical() {
     assert_eq!(code, 0, "verify --deep: {v}");
 }
 
+/// A member's stub keeps its record inside the inode: no block, no `id` xattr beside the
+/// compact record (docs/architecture.md "Compact stub records"), and it is still the same
+/// file to every part of coldtier: status, rename, recall, release, verify.
+#[test]
+fn a_member_stub_costs_no_block_and_stays_the_same_file() {
+    use std::os::unix::fs::MetadataExt;
+    let moto = start_moto();
+    let fs_ = tree();
+    let t = TierMount::new(&moto, "packinode", &fs_, packed);
+    t.migrate_ok(&["--mode", "stub"]);
+    let members: Vec<&str> = fs_
+        .iter()
+        .map(|(r, _)| r.as_str())
+        .filter(|r| *r != "big.bin")
+        .collect();
+    let id_of = |rel: &str| t.status(rel)["file_id"].as_str().unwrap().to_string();
+    let check_compact = |rel: &str, backing: &Path| {
+        let rec = xattr(backing, "trusted.coldtier.stub").expect("a stub record");
+        assert_eq!(rec[0], 2, "{rel}: the compact form ({} bytes)", rec.len());
+        assert!(rec.len() <= 56, "{rel}: {} bytes", rec.len());
+        assert_eq!(xattr(backing, "trusted.coldtier.id"), None, "{rel}");
+        assert_eq!(xattr(backing, "trusted.coldtier.copy"), None, "{rel}");
+        let md = fs::symlink_metadata(backing).unwrap();
+        assert_eq!(
+            (md.len(), md.blocks()),
+            (0, 0),
+            "{rel}: a stub without a block"
+        );
+    };
+    for rel in &members {
+        assert_eq!(t.status(rel)["state"], "stub", "{rel}");
+        check_compact(rel, &t.s(rel));
+    }
+    // The file not packed keeps the full record and its id xattr.
+    let big = xattr(&t.s("big.bin"), "trusted.coldtier.stub").unwrap();
+    assert_eq!(big[0], 1);
+    assert!(xattr(&t.s("big.bin"), "trusted.coldtier.id").is_some());
+
+    // Renamed through the mount, a compact stub is the same file to the catalog.
+    let (moved_from, moved_to) = (members[0], "moved.txt");
+    let id = id_of(moved_from);
+    fs::rename(t.m(moved_from), t.m(moved_to)).unwrap();
+    assert_eq!(id_of(moved_to), id);
+    assert_eq!(t.status(moved_to)["state"], "stub");
+    check_compact(moved_to, &t.s(moved_to));
+
+    // Recalled, a member gets its id xattr back (the file stays tracked) and loses the
+    // stub record; released again, it is a compact stub again.
+    let want = &fs_.iter().find(|(r, _)| r == moved_from).unwrap().1;
+    assert_bytes("moved.txt", &fs::read(t.m(moved_to)).unwrap(), want);
+    assert_eq!(t.status(moved_to)["state"], "premigrated");
+    assert_eq!(
+        xattr(&t.s(moved_to), "trusted.coldtier.id").as_deref(),
+        Some(id.as_bytes())
+    );
+    assert_eq!(xattr(&t.s(moved_to), "trusted.coldtier.stub"), None);
+    t.ok(&["release", t.m(moved_to).to_str().unwrap()]);
+    assert_eq!(t.status(moved_to)["state"], "stub");
+    assert_eq!(id_of(moved_to), id);
+    check_compact(moved_to, &t.s(moved_to));
+
+    // Its times set through the mount, a compact stub keeps its object's mtime in the full
+    // record (the compact one has no room for it) and shows the new one.
+    let touched = members[2];
+    let t_id = id_of(touched);
+    let new_mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(t.m(touched))
+        .unwrap()
+        .set_modified(new_mtime)
+        .unwrap();
+    assert_eq!(
+        fs::metadata(t.m(touched)).unwrap().modified().unwrap(),
+        new_mtime
+    );
+    assert_eq!(t.status(touched)["state"], "stub");
+    assert_eq!(id_of(touched), t_id);
+    assert_eq!(xattr(&t.s(touched), "trusted.coldtier.stub").unwrap()[0], 1);
+
+    // A stub truncated through the mount stays tracked under its id, now resident.
+    let cut = members[1];
+    let cut_id = id_of(cut);
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(t.m(cut))
+        .unwrap();
+    assert_eq!(t.status(cut)["state"], "resident");
+    assert_eq!(id_of(cut), cut_id);
+    assert_eq!(
+        xattr(&t.s(cut), "trusted.coldtier.id").as_deref(),
+        Some(cut_id.as_bytes())
+    );
+
+    let mut want_all: Files = fs_
+        .iter()
+        .filter(|(r, _)| r != moved_from && r != cut)
+        .cloned()
+        .collect();
+    want_all.push((moved_to.into(), want.clone()));
+    want_all.push((cut.into(), Vec::new()));
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep: {v}");
+    assert_all_read_back(&t, &want_all);
+}
+
 #[test]
 fn an_archived_pack_is_restored_once_for_all_its_members() {
     let moto = start_moto();
@@ -473,6 +580,8 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
         "pack-after-put",
         "pack-after-index",
         "pack-after-record",
+        // A member's `id` xattr removed, its compact stub record not yet written.
+        "migrate-after-id-xattr-removed",
         "migrate-after-stub-xattr",
         "migrate-after-truncate",
         // In the middle of a pack's members: the third one's stub record written, its

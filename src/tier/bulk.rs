@@ -346,7 +346,7 @@ impl Tiering {
             let _held = self.gate.lock(f.claim.node);
             marks::set_record(fd, marks::COPY, &f.rec)?;
             self.failpoint("recall-after-premig-xattr");
-            marks::remove(fd, marks::STUB)?;
+            marks::unstub(fd, &f.rec.file_id)?;
         }
         self.reset_mark(f.claim.node);
         let st = backing::stat_fd(fd)?;

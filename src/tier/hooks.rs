@@ -76,7 +76,7 @@ impl TierHooks for Tiering {
         let Ok(st) = backing::stat_fd(fd) else { return };
         if rec.mtime_ns != ns_of(st.mtime) {
             rec.set_mtime(ns_of(st.mtime));
-            if let Err(e) = marks::set_record(fd, marks::STUB, &rec) {
+            if let Err(e) = marks::set_stub(fd, &rec, || {}) {
                 tracing::error!(file_id = %rec.file_id, "cannot keep the new mtime in the stub record: {e:?}");
             }
         }
@@ -351,6 +351,8 @@ impl Tiering {
         action: Action,
         why: &str,
     ) -> SysResult<()> {
+        // The file stays tracked: a compact stub's id goes back into its own xattr.
+        marks::ensure_file_id(fd, &rec.file_id)?;
         marks::remove(fd, marks::COPY)?;
         marks::remove(fd, marks::STUB)?;
         let mut row = self.row_for(rec, fd, FileState::Premigrated);

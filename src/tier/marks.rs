@@ -10,12 +10,19 @@
 //! `stub` wins: a file that has it is a stub whatever its backing size (a crash in the
 //! middle of a recall leaves a partly written file with the stub record: it is recalled
 //! again, never shown as complete).
+//!
+//! A pack member's stub record is written in its compact form when it has one
+//! ([`StubRecord::encode_compact`]), and the member's stub then has no `id` xattr: the
+//! record names the file, and alone it stays inside a 256-byte ext4 inode, so the stub
+//! costs no block ([`set_stub`]; docs/architecture.md "Compact stub records"). [`file_id`]
+//! reads the id from the records when the `id` xattr is not there, and [`unstub`] puts it
+//! back before the stub record goes.
 
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use crate::fs::backing::{self, Errno, SysResult};
-use crate::tier::stub::{is_valid_file_id, StubRecord};
+use crate::tier::stub::{is_valid_file_id, FileFacts, StubRecord, COMPACT_VERSION};
 
 pub const STUB: &CStr = c"trusted.coldtier.stub";
 pub const COPY: &CStr = c"trusted.coldtier.copy";
@@ -24,21 +31,65 @@ pub const ID: &CStr = c"trusted.coldtier.id";
 /// Reads and decodes a record xattr. A record that does not decode is an error (EIO):
 /// never guessed at, never ignored.
 pub fn record(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<StubRecord>> {
-    match backing::getxattr_all(fd, name)? {
-        None => Ok(None),
-        Some(bytes) => StubRecord::decode(&bytes).map(Some).map_err(|e| {
-            tracing::error!("{}: undecodable record: {e}", name.to_string_lossy());
-            Errno(libc::EIO)
-        }),
-    }
+    let Some(bytes) = backing::getxattr_all(fd, name)? else {
+        return Ok(None);
+    };
+    let decoded = if bytes.first() == Some(&COMPACT_VERSION) && name == STUB {
+        // The compact form leaves the ctime and the inode number to the file.
+        let st = backing::stat_fd(fd)?;
+        let facts = FileFacts {
+            ctime_ns: super::context::ns_of(st.ctime),
+            ino: st.ino,
+        };
+        StubRecord::decode_compact(&bytes, facts)
+    } else {
+        StubRecord::decode(&bytes)
+    };
+    decoded.map(Some).map_err(|e| {
+        tracing::error!("{}: undecodable record: {e}", name.to_string_lossy());
+        Errno(libc::EIO)
+    })
 }
 
+/// Writes a record in its full form (the `copy` record, or a `stub` record that must keep
+/// everything: see [`set_stub`] for the usual way to write one).
 pub fn set_record(fd: BorrowedFd<'_>, name: &CStr, rec: &StubRecord) -> SysResult<()> {
     let bytes = rec.encode().map_err(|e| {
         tracing::error!("refusing to write an invalid record: {e}");
         Errno(libc::EINVAL)
     })?;
     backing::setxattr_fd(fd, name, &bytes, 0)
+}
+
+/// Writes the stub record: compact when the record has a compact form, and then the `id`
+/// xattr goes first, so that the record takes the room it had inside the inode (ext4 keeps
+/// an xattr where it is written: one written while the id is there would go to a block and
+/// stay there). In between (`between` runs there: a failpoint), the file keeps its `copy`
+/// record, which names it too.
+pub fn set_stub(fd: BorrowedFd<'_>, rec: &StubRecord, between: impl FnOnce()) -> SysResult<()> {
+    match rec.encode_compact() {
+        Some(bytes) => {
+            remove(fd, ID)?;
+            between();
+            backing::setxattr_fd(fd, STUB, &bytes, 0)
+        }
+        None => set_record(fd, STUB, rec),
+    }
+}
+
+/// Removes the stub record of a file that stays tracked (recalled, or truncated through the
+/// mount): the `id` xattr a compact stub lacks is put back first.
+pub fn unstub(fd: BorrowedFd<'_>, file_id: &str) -> SysResult<()> {
+    ensure_file_id(fd, file_id)?;
+    remove(fd, STUB)
+}
+
+/// Sets the `id` xattr unless it is there.
+pub fn ensure_file_id(fd: BorrowedFd<'_>, id: &str) -> SysResult<()> {
+    match backing::getxattr_all(fd, ID)? {
+        Some(_) => Ok(()),
+        None => set_file_id(fd, id),
+    }
 }
 
 /// Removes an xattr; one that is not there is fine.
@@ -49,11 +100,18 @@ pub fn remove(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
     }
 }
 
-/// The file id, if the file has a valid one.
+/// The file id, if the file has a valid one: its `id` xattr, else (a compact stub, or a file
+/// cut between [`set_stub`]'s two steps) the id its stub or copy record names.
 pub fn file_id(fd: BorrowedFd<'_>) -> SysResult<Option<String>> {
-    Ok(backing::getxattr_all(fd, ID)?
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|s| is_valid_file_id(s)))
+    if let Some(b) = backing::getxattr_all(fd, ID)? {
+        return Ok(String::from_utf8(b).ok().filter(|s| is_valid_file_id(s)));
+    }
+    for name in [STUB, COPY] {
+        if let Some(rec) = record(fd, name)? {
+            return Ok(Some(rec.file_id));
+        }
+    }
+    Ok(None)
 }
 
 pub fn set_file_id(fd: BorrowedFd<'_>, id: &str) -> SysResult<()> {

@@ -1315,7 +1315,9 @@ impl Tiering {
         // The times the stub shows (and a recall puts back) are the file's now, which a
         // `touch` since the copy may have moved.
         srec.set_mtime(ns_of(st.mtime));
-        marks::set_record(w.as_fd(), marks::STUB, &srec)?;
+        marks::set_stub(w.as_fd(), &srec, || {
+            self.failpoint("migrate-after-id-xattr-removed")
+        })?;
         // The stub record reaches the disk before the data is freed, on any
         // filesystem (one without a journal may write metadata out of order).
         backing::fsync(w.as_fd(), false)?;

@@ -529,7 +529,7 @@ impl Tiering {
             let _held = self.gate.lock(node);
             marks::set_record(file.as_fd(), marks::COPY, rec)?;
             self.failpoint("recall-after-premig-xattr");
-            marks::remove(file.as_fd(), marks::STUB)?;
+            marks::unstub(file.as_fd(), &rec.file_id)?;
         }
         self.reset_mark(node);
         let st = backing::stat_fd(file.as_fd())?;

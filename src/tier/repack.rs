@@ -275,7 +275,11 @@ impl Tiering {
             offset,
             pack_size: new.size,
         });
-        marks::set_record(fd.as_fd(), mark, &rec2)?;
+        if mark == marks::STUB {
+            marks::set_stub(fd.as_fd(), &rec2, || {})?;
+        } else {
+            marks::set_record(fd.as_fd(), mark, &rec2)?;
+        }
         self.reset_mark(node);
         let mut r = row.clone();
         r.object_key = Some(rec2.object_key.clone());

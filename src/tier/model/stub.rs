@@ -52,6 +52,9 @@
 //! u64     offset            (of the member's data in the pack object)
 //! u64     pack size         (the pack object's size)
 //! ```
+//! A pack member's stub record has a compact form too, version 2, short enough to stay
+//! inside a 256-byte ext4 inode: [`StubRecord::encode_compact`].
+//!
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
 //! version 2 would get a new version byte; this decoder rejects it rather than guess.
@@ -735,6 +738,206 @@ impl StubRecord {
     }
 }
 
+/// The first byte of the compact encoding of a pack member's stub record (docs/
+/// architecture.md "Compact stub records"): what a 256-byte ext4 inode can hold.
+pub const COMPACT_VERSION: u8 = 2;
+
+/// The longest compact record written: an xattr named `trusted.coldtier.stub` with a value
+/// of at most 56 bytes is kept inside a 256-byte ext4 inode (when no other xattr is there);
+/// a longer one would cost the stub a block, which the full encoding does as well.
+pub const COMPACT_MAX_LEN: usize = 56;
+
+/// Storage classes a compact record names by their index (4 bits).
+const COMPACT_CLASSES: [&str; 11] = [
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+];
+
+/// Checksum algorithms a compact record names by their index (4 bits), with the length of
+/// their raw value.
+const COMPACT_ALGOS: [(&str, usize); 4] =
+    [("crc32c", 4), ("crc32", 4), ("sha1", 20), ("sha256", 32)];
+
+/// Tar's block: members' data start on it and packs are a whole number of them, so a compact
+/// record keeps offsets and sizes in blocks (two bytes fewer each).
+const TAR_BLOCK: u64 = 512;
+
+/// What a compact record leaves to the backing file itself, read when the record is: its
+/// ctime (the full record's is the one before its own xattr write, which no check
+/// compares) and inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFacts {
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+impl Reader<'_> {
+    /// An unsigned LEB128 number in its shortest form (one encoding per record: a longer
+    /// form of the same number is rejected).
+    fn varint(&mut self, field: &'static str) -> Result<u64, StubError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.take(1, field)?[0];
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && b > 1 {
+                return Err(bad(field, "number too large"));
+            }
+            v |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(bad(field, "number not in its shortest form"));
+                }
+                return Ok(v);
+            }
+        }
+        Err(bad(field, "number too large"))
+    }
+}
+
+impl StubRecord {
+    /// The compact encoding of a pack member's stub record, when it has one: a member of a
+    /// pack under [`PACK_PREFIX`] of an unversioned bucket, without a content mtime of its
+    /// own, whose storage class and checksum algorithm have a code and whose offsets are in
+    /// whole tar blocks, in at most [`COMPACT_MAX_LEN`] bytes. Everything else keeps the full
+    /// encoding ([`StubRecord::encode`]).
+    ///
+    /// ```text
+    /// u8      version = 2
+    /// [16]    file id
+    /// [16]    pack id
+    /// varint  offset / 512        (of the member's data in the pack)
+    /// varint  size
+    /// varint  pack size / 512
+    /// u8      storage class code << 4 | checksum algorithm code
+    /// [n]     raw checksum        (n: 4 for crc32c and crc32, 20 for sha1, 32 for sha256)
+    /// i64     mtime_ns
+    /// ```
+    /// `varint` is unsigned LEB128 in its shortest form. Not kept, taken from the file when
+    /// the record is read ([`FileFacts`]): ctime and inode number. Not kept at all: the
+    /// config version (0 in a decoded record; the catalog's events carry it).
+    pub fn encode_compact(&self) -> Option<Vec<u8>> {
+        let p = self.pack.as_ref()?;
+        let (prefix, _) = self.parts().ok()?;
+        if prefix != PACK_PREFIX
+            || self.version_id.is_some()
+            || self.md5.is_some()
+            || self.content_mtime_ns.is_some()
+            || p.offset % TAR_BLOCK != 0
+            || p.pack_size % TAR_BLOCK != 0
+        {
+            return None;
+        }
+        let class = COMPACT_CLASSES
+            .iter()
+            .position(|c| *c == self.storage_class)?;
+        let algo = COMPACT_ALGOS
+            .iter()
+            .position(|(a, _)| *a == self.checksum_algo)?;
+        let raw =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &self.checksum)
+                .ok()?;
+        // Only a canonical base64 of a value of the algorithm's length comes back the same.
+        if raw.len() != COMPACT_ALGOS[algo].1
+            || base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw)
+                != self.checksum
+        {
+            return None;
+        }
+        let mut out = Vec::with_capacity(COMPACT_MAX_LEN);
+        out.push(COMPACT_VERSION);
+        out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
+        out.extend_from_slice(&hex::decode(&p.id).expect("validated hex"));
+        put_varint(&mut out, p.offset / TAR_BLOCK);
+        put_varint(&mut out, self.size);
+        put_varint(&mut out, p.pack_size / TAR_BLOCK);
+        out.push(((class as u8) << 4) | algo as u8);
+        out.extend_from_slice(&raw);
+        out.extend_from_slice(&self.mtime_ns.to_be_bytes());
+        (out.len() <= COMPACT_MAX_LEN).then_some(out)
+    }
+
+    /// Decodes and checks a compact record ([`StubRecord::encode_compact`]) of a file whose
+    /// ctime and inode number are `facts`. As strict as [`StubRecord::decode`]: whatever
+    /// it accepts encodes back to the same bytes.
+    pub fn decode_compact(bytes: &[u8], facts: FileFacts) -> Result<StubRecord, StubError> {
+        if bytes.len() > COMPACT_MAX_LEN {
+            return Err(StubError::TooLong(bytes.len()));
+        }
+        let mut r = Reader { rest: bytes };
+        let version = *bytes.first().ok_or(StubError::Empty)?;
+        if version != COMPACT_VERSION {
+            return Err(StubError::UnknownVersion(version));
+        }
+        r.take(1, "version")?;
+        let file_id = hex::encode(r.take(16, "file_id")?);
+        let pack_id = hex::encode(r.take(16, "pack")?);
+        let offset = r.varint("pack")?;
+        let size = r.varint("size")?;
+        let pack_blocks = r.varint("pack")?;
+        let code = r.take(1, "storage_class")?[0];
+        let class = COMPACT_CLASSES
+            .get(usize::from(code >> 4))
+            .ok_or_else(|| bad("storage_class", format!("unknown code {}", code >> 4)))?;
+        let (algo, len) = COMPACT_ALGOS
+            .get(usize::from(code & 0xf))
+            .ok_or_else(|| bad("checksum_algo", format!("unknown code {}", code & 0xf)))?;
+        let raw = r.take(*len, "checksum")?;
+        let mtime_ns = r.u64("mtime_ns")? as i64;
+        if !r.rest.is_empty() {
+            return Err(StubError::TrailingBytes(r.rest.len()));
+        }
+        let (offset, pack_size) = match (
+            offset.checked_mul(TAR_BLOCK),
+            pack_blocks.checked_mul(TAR_BLOCK),
+        ) {
+            (Some(o), Some(p)) => (o, p),
+            _ => return Err(bad("pack", "offset or pack size out of range")),
+        };
+        let rec = StubRecord {
+            version: STUB_VERSION,
+            object_key: pack_key(PACK_PREFIX, &pack_id),
+            file_id,
+            version_id: None,
+            size,
+            mtime_ns,
+            ctime_ns: facts.ctime_ns,
+            ino: facts.ino,
+            checksum_algo: (*algo).to_string(),
+            checksum: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw),
+            md5: None,
+            storage_class: (*class).to_string(),
+            config_version: 0,
+            content_mtime_ns: None,
+            extents: None,
+            chunks: None,
+            pack: Some(PackRef {
+                id: pack_id,
+                offset,
+                pack_size,
+            }),
+        };
+        rec.validate()?;
+        Ok(rec)
+    }
+}
+
 impl fmt::Display for StubRecord {
     /// One line for logs and `coldtier` output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -921,6 +1124,167 @@ mod tests {
             }
             self
         }
+    }
+
+    /// A member of a 16 MiB pack as the pack step writes it: crc32c, STANDARD, unversioned.
+    fn member() -> StubRecord {
+        let pid = "fedcba9876543210fedcba9876543210";
+        StubRecord {
+            version: STUB_VERSION,
+            file_id: ID.into(),
+            object_key: pack_key(PACK_PREFIX, pid),
+            version_id: None,
+            size: 65_536,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_100_000_000_001,
+            ino: 1_234_567,
+            checksum_algo: "crc32c".into(),
+            checksum: "yZRlqg==".into(),
+            md5: None,
+            storage_class: "STANDARD".into(),
+            config_version: 7,
+            content_mtime_ns: None,
+            extents: None,
+            chunks: None,
+            pack: Some(PackRef {
+                id: pid.into(),
+                offset: 15 * 1024 * 1024 + 512,
+                pack_size: 16 * 1024 * 1024,
+            }),
+        }
+    }
+
+    const FACTS: FileFacts = FileFacts {
+        ctime_ns: 1_700_000_200_000_000_002,
+        ino: 42,
+    };
+
+    #[test]
+    fn a_member_record_has_a_compact_form_that_fits_an_ext4_inode() {
+        let r = member();
+        let b = r.encode_compact().expect("compact");
+        assert_eq!(b.len(), 55, "{b:02x?}");
+        assert_eq!(r.encode().unwrap().len(), 129);
+        let d = StubRecord::decode_compact(&b, FACTS).unwrap();
+        // Kept: all but ctime and ino (the file's own) and the config version.
+        let mut want = r.clone();
+        want.ctime_ns = FACTS.ctime_ns;
+        want.ino = FACTS.ino;
+        want.config_version = 0;
+        assert_eq!(d, want);
+        assert_eq!(d.encode_compact().unwrap(), b);
+        // The full decoder does not take it for a full record, nor the reverse.
+        assert_eq!(
+            StubRecord::decode(&b),
+            Err(StubError::UnknownVersion(COMPACT_VERSION))
+        );
+        assert_eq!(
+            StubRecord::decode_compact(&r.encode().unwrap(), FACTS),
+            Err(StubError::TooLong(r.encode().unwrap().len()))
+        );
+        // Every class and algorithm with a code round-trips.
+        for class in COMPACT_CLASSES {
+            for (algo, len) in COMPACT_ALGOS {
+                let mut m = r.clone();
+                m.storage_class = class.into();
+                m.checksum_algo = algo.into();
+                m.checksum = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    vec![0xa5; len],
+                );
+                match m.encode_compact() {
+                    Some(b) => {
+                        let d = StubRecord::decode_compact(&b, FACTS).unwrap();
+                        assert_eq!((d.storage_class, d.checksum), (m.storage_class, m.checksum));
+                    }
+                    // sha1 and sha256 are too long for the inode: the full form then.
+                    None => assert!(len > 4, "{class} {algo}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_without_a_compact_form_keep_the_full_one() {
+        type Change = Box<dyn Fn(&mut StubRecord)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("not a member", Box::new(|r| *r = sample())),
+            ("versioned", Box::new(|r| r.version_id = Some("v1".into()))),
+            (
+                "md5",
+                Box::new(|r| r.md5 = Some("d41d8cd98f00b204e9800998ecf8427e".into())),
+            ),
+            ("touched", Box::new(|r| r.set_mtime(1))),
+            (
+                "unknown class",
+                Box::new(|r| r.storage_class = "FANCY".into()),
+            ),
+            (
+                "odd offset",
+                Box::new(|r| r.pack.as_mut().unwrap().offset += 1),
+            ),
+            (
+                "odd pack size",
+                Box::new(|r| r.pack.as_mut().unwrap().pack_size -= 1),
+            ),
+            (
+                "base64 not canonical",
+                Box::new(|r| r.checksum = "yZRlqh==".into()),
+            ),
+            ("too long", Box::new(|r| r.checksum_algo = "sha256".into())),
+            (
+                "another prefix",
+                Box::new(|r| {
+                    let id = r.pack.as_ref().unwrap().id.clone();
+                    r.object_key = pack_key("elsewhere/packs", &id);
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut r = member();
+            change(&mut r);
+            assert_eq!(r.encode_compact(), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_compact_decoder_is_strict() {
+        let b = member().encode_compact().unwrap();
+        for n in 0..b.len() {
+            assert!(StubRecord::decode_compact(&b[..n], FACTS).is_err(), "{n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(
+            StubRecord::decode_compact(&long, FACTS),
+            Err(StubError::TrailingBytes(1))
+        );
+        // The offset 15 MiB + 512 = 30721 blocks: 0x81 0xf0 0x01. Written longer, the same
+        // number is refused (one encoding per record).
+        assert_eq!(&b[33..36], &[0x81, 0xf0, 0x01]);
+        let mut longer = b[..35].to_vec();
+        longer.extend_from_slice(&[0x81, 0x00]);
+        longer.extend_from_slice(&b[36..]);
+        assert!(matches!(
+            StubRecord::decode_compact(&longer, FACTS),
+            Err(StubError::BadField { field: "pack", .. })
+        ));
+        // Unknown class and algorithm codes, a range outside the pack.
+        let code = 36 + 3 + 3;
+        for bad_code in [0xb1, 0x04] {
+            let mut x = b.clone();
+            x[code] = bad_code;
+            assert!(
+                StubRecord::decode_compact(&x, FACTS).is_err(),
+                "{bad_code:#x}"
+            );
+        }
+        let mut x = b.clone();
+        x[36..39].copy_from_slice(&[0x80, 0x80, 0x7f]); // ~2 MiB: past the pack's end
+        assert!(matches!(
+            StubRecord::decode_compact(&x, FACTS),
+            Err(StubError::BadField { field: "pack", .. })
+        ));
     }
 
     #[test]
@@ -1341,6 +1705,36 @@ mod tests {
             }
         }
         // Bit flips in numbers and in-charset letters still decode: that is expected.
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn random_compact_bytes_never_panic_and_anything_accepted_is_canonical() {
+        let mut rng = Rng(11);
+        let good = member().encode_compact().unwrap();
+        let mut accepted = 0;
+        for i in 0..200_000 {
+            let mut b = if i % 2 == 0 {
+                (0..rng.below(70)).map(|_| rng.next() as u8).collect()
+            } else {
+                good.clone()
+            };
+            if !b.is_empty() {
+                b[0] = COMPACT_VERSION;
+                for _ in 0..1 + rng.below(3) {
+                    let at = rng.below(b.len() as u64) as usize;
+                    b[at] ^= 1 << rng.below(8);
+                }
+            }
+            if let Ok(r) = StubRecord::decode_compact(&b, FACTS) {
+                accepted += 1;
+                assert_eq!(
+                    r.encode_compact(),
+                    Some(b),
+                    "accepted bytes are not canonical"
+                );
+            }
+        }
         assert!(accepted > 0);
     }
 
