@@ -191,6 +191,19 @@ pub(crate) async fn get_all(
     size: u64,
     algo: ChecksumAlgo,
 ) -> Result<(GetResult, Vec<u8>), StoreError> {
+    get_part(s, key, version, size, algo, None).await
+}
+
+/// Gets an object, or bytes `[start, start + len)` of it (`range`), into a fresh temporary
+/// file; returns the result and the bytes.
+pub(crate) async fn get_part(
+    s: &dyn ObjectStore,
+    key: &str,
+    version: Option<&str>,
+    size: u64,
+    algo: ChecksumAlgo,
+    range: Option<(u64, u64)>,
+) -> Result<(GetResult, Vec<u8>), StoreError> {
     let dest = tempfile::tempfile().expect("tempfile");
     let r = s
         .get(GetRequest {
@@ -200,11 +213,11 @@ pub(crate) async fn get_all(
             expected_size: size,
             checksum: algo,
             extents: None,
-            range: None,
-            dest_base: 0,
+            range,
+            dest_base: range.map_or(0, |r| r.0),
         })
         .await?;
-    let mut v = vec![0u8; size as usize];
+    let mut v = vec![0u8; range.map_or(size, |r| r.1) as usize];
     read_exact_at(&dest, &mut v, 0)?;
     Ok((r, v))
 }

@@ -18,6 +18,7 @@ pub mod counting;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod posix;
+mod quickack;
 pub mod s3;
 mod s3_lean;
 #[doc(hidden)]

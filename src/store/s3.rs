@@ -186,6 +186,13 @@ impl S3Store {
             .map(|l| l.served.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Quick ACKs the lean GETs' HTTP client asked for (None: the lean path is off, or uses
+    /// the SDK's client: an https:// endpoint, a proxy).
+    #[doc(hidden)]
+    pub fn lean_quickacks(&self) -> Option<u64> {
+        self.lean.as_ref().and_then(|l| l.quickacks())
+    }
+
     /// Whether a server refused a lean GET, which turned the lean path off.
     #[doc(hidden)]
     pub fn lean_refused(&self) -> bool {
@@ -535,19 +542,29 @@ impl S3Store {
                 "{key}: range {start}+{len} outside an object of {size} bytes"
             )));
         }
-        let out = self
-            .get_object(full, version_id, Some((start, start + len - 1)), None)
-            .await?;
-        let total = out
-            .content_range()
-            .and_then(|r| r.rsplit_once('/'))
-            .and_then(|(_, t)| t.parse::<u64>().ok());
-        if total != Some(size) || out.content_length() != Some(len as i64) {
-            return Err(size_mismatch(key, total.unwrap_or(0), size));
-        }
-        let v = version(out.version_id()).or(version_id.map(str::to_string));
+        let lean = match &self.lean {
+            Some(l) => l.get_range(full, version_id, (start, len), size).await,
+            None => None,
+        };
+        let (body, v) = match lean {
+            Some(o) => (o.body, o.version_id),
+            None => {
+                let out = self
+                    .get_object(full, version_id, Some((start, start + len - 1)), None)
+                    .await?;
+                let total = out
+                    .content_range()
+                    .and_then(|r| r.rsplit_once('/'))
+                    .and_then(|(_, t)| t.parse::<u64>().ok());
+                if total != Some(size) || out.content_length() != Some(len as i64) {
+                    return Err(size_mismatch(key, total.unwrap_or(0), size));
+                }
+                let v = version(out.version_id());
+                (out.body, v)
+            }
+        };
         let sum = stream_to_file(
-            out.body,
+            body,
             dest,
             start - base,
             len,
@@ -559,7 +576,7 @@ impl S3Store {
         Ok(GetResult {
             bytes: len,
             checksum: sum.expect("hashed"),
-            version_id: v,
+            version_id: v.or(version_id.map(str::to_string)),
         })
     }
 

@@ -1,16 +1,20 @@
-//! A lean GET for objects that come in one request (up to `part_size`): the request the SDK
-//! would send for GetObject (the same endpoint, resolved once by the SDK's own resolver;
-//! the same SigV4 signature; the same HTTP client, connection pool and timeouts) without
-//! the SDK's per-request orchestration: config layers, interceptors, endpoint and auth
-//! scheme resolution, retry bookkeeping and the typed output, which together cost more CPU
-//! than the request itself on a recall of many small files.
+//! A lean GET for objects that come in one request (up to `part_size`) and for ranges of an
+//! object (a streaming recall's chunks, pack spans): the request the SDK would send for
+//! GetObject (the same endpoint, resolved once by the SDK's own resolver; the same SigV4
+//! signature; the same timeouts) without the SDK's per-request orchestration: config
+//! layers, interceptors, endpoint and auth scheme resolution, retry bookkeeping and the
+//! typed output, which together cost more CPU than the request itself on a recall of many
+//! small files. On an `http://` endpoint its HTTP client is hyper's with streams that ACK
+//! at once (src/store/quickack.rs: a server's Nagle and the kernel's delayed ACK otherwise
+//! stall responses ~40 ms); on an `https://` one, or behind a proxy, the SDK's own client
+//! and connection pool.
 //!
-//! Only a 200 with the expected length is taken. Anything else (an error status, a
-//! connection failure) returns `None` and the caller makes the request again through the
-//! SDK, which retries, classifies the error and reports it as for every other request; a
-//! 400 or 403 also turns the lean path off for the life of the store (a server that wants
-//! something this request lacks). The content is checked end to end by the caller either
-//! way (its checksum against the stub record).
+//! Only a 200 (a 206 for a range) with the expected length is taken. Anything else (an
+//! error status, a connection failure) returns `None` and the caller makes the request
+//! again through the SDK, which retries, classifies the error and reports it as for every
+//! other request; a 400 or 403 also turns the lean path off for the life of the store (a
+//! server that wants something this request lacks). The content is checked end to end by
+//! the caller either way (its checksum against the stub record, a chunk's sum).
 //!
 //! Used only with an explicit `endpoint` (S3-compatible servers, where the resolved
 //! endpoint depends on nothing but the config); on AWS the SDK path serves every request.
@@ -75,6 +79,8 @@ pub(crate) struct LeanGet {
     base: String,
     signing_region: String,
     connector: SharedHttpConnector,
+    /// The quick-ACK client, when it is the connector (tests: is it in use?).
+    quick: Option<super::quickack::QuickAckHttp>,
     provider: SharedCredentialsProvider,
     credentials: Mutex<Option<(Credentials, std::time::Instant)>>,
     enabled: AtomicBool,
@@ -139,11 +145,23 @@ impl LeanGet {
             .connect_timeout(cfg.connect_timeout().map_err(|e| e.to_string())?)
             .read_timeout(cfg.first_byte_timeout().map_err(|e| e.to_string())?)
             .build();
-        let connector = http.http_connector(&settings, &components);
+        let quick = (base.starts_with("http://")
+            && super::quickack::QuickAckHttp::no_proxy_in_env())
+        .then(|| {
+            super::quickack::QuickAckHttp::new(
+                settings.connect_timeout().unwrap_or(Duration::from_secs(3)),
+                settings.read_timeout().unwrap_or(Duration::from_secs(10)),
+            )
+        });
+        let connector = match &quick {
+            Some(q) => SharedHttpConnector::new(q.clone()),
+            None => http.http_connector(&settings, &components),
+        };
         Ok(LeanGet {
             base,
             signing_region,
             connector,
+            quick,
             provider,
             credentials: Mutex::new(None),
             enabled: AtomicBool::new(true),
@@ -159,6 +177,33 @@ impl LeanGet {
         version_id: Option<&str>,
         size: u64,
     ) -> Option<LeanObject> {
+        self.fetch(full_key, version_id, None, size).await
+    }
+
+    /// GET bytes `[start, start + len)` of `full_key` (a version of it), an object of `size`
+    /// bytes: the body if the answer is a 206 of exactly that range of an object of that
+    /// size, else None (the caller asks the SDK).
+    pub(crate) async fn get_range(
+        &self,
+        full_key: &str,
+        version_id: Option<&str>,
+        (start, len): (u64, u64),
+        size: u64,
+    ) -> Option<LeanObject> {
+        if len == 0 || start.checked_add(len).is_none_or(|end| end > size) {
+            return None;
+        }
+        self.fetch(full_key, version_id, Some((start, len)), size)
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        full_key: &str,
+        version_id: Option<&str>,
+        range: Option<(u64, u64)>,
+        size: u64,
+    ) -> Option<LeanObject> {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
@@ -168,7 +213,8 @@ impl LeanGet {
             url.push_str("?versionId=");
             url.push_str(&encode_query(v));
         }
-        let request = self.signed(&url, creds)?;
+        let range_header = range.map(|(start, len)| format!("bytes={start}-{}", start + len - 1));
+        let request = self.signed(&url, range_header.as_deref(), creds)?;
         let response = match self.connector.call(request).await {
             Ok(r) => r,
             Err(e) => {
@@ -177,7 +223,7 @@ impl LeanGet {
             }
         };
         let status = response.status().as_u16();
-        if status != 200 {
+        if status != if range.is_some() { 206 } else { 200 } {
             if status == 400 || status == 403 {
                 self.enabled.store(false, Ordering::Relaxed);
                 tracing::warn!(
@@ -192,8 +238,14 @@ impl LeanGet {
         let length = headers
             .get("content-length")
             .and_then(|v| v.parse::<u64>().ok());
-        if length != Some(size) {
+        if length != Some(range.map_or(size, |r| r.1)) {
             return None;
+        }
+        if let Some((start, len)) = range {
+            let want = format!("bytes {start}-{}/{size}", start + len - 1);
+            if headers.get("content-range") != Some(want.as_str()) {
+                return None;
+            }
         }
         let version_id = headers
             .get("x-amz-version-id")
@@ -204,6 +256,11 @@ impl LeanGet {
             body: ByteStream::new(response.into_body()),
             version_id,
         })
+    }
+
+    /// Quick ACKs its HTTP client asked for, if it is the quick-ACK one.
+    pub(crate) fn quickacks(&self) -> Option<u64> {
+        self.quick.as_ref().map(|q| q.quickacks())
     }
 
     /// Whether a 400 or 403 turned the lean path off.
@@ -234,9 +291,10 @@ impl LeanGet {
         }
     }
 
-    /// A GET of `url` signed as the SDK signs S3 requests (SigV4 in headers, the payload
-    /// hash in x-amz-content-sha256, the path as encoded, not normalised).
-    fn signed(&self, url: &str, creds: Credentials) -> Option<HttpRequest> {
+    /// A GET of `url` (of a `range`, signed with it) signed as the SDK signs S3 requests
+    /// (SigV4 in headers, the payload hash in x-amz-content-sha256, the path as encoded,
+    /// not normalised).
+    fn signed(&self, url: &str, range: Option<&str>, creds: Credentials) -> Option<HttpRequest> {
         let identity = Identity::from(creds);
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -251,10 +309,14 @@ impl LeanGet {
             .build()
             .ok()?
             .into();
+        let headers = range.map(|r| ("range", r));
         let signable =
-            SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[])).ok()?;
+            SignableRequest::new("GET", url, headers.into_iter(), SignableBody::Bytes(&[])).ok()?;
         let (instructions, _) = sign(signable, &params).ok()?.into_parts();
         let mut request = HttpRequest::get(url).ok()?;
+        if let Some(r) = range {
+            request.headers_mut().insert("range", r.to_string());
+        }
         for (name, value) in instructions.headers() {
             request
                 .headers_mut()
