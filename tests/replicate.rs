@@ -6,6 +6,9 @@
 
 mod common;
 #[allow(dead_code)]
+#[path = "common/faults.rs"]
+mod faults;
+#[allow(dead_code)]
 #[path = "common/tier.rs"]
 mod tier;
 
@@ -580,4 +583,153 @@ fn a_catalog_is_rebuilt_from_a_replica_target() {
         Some(0),
         "the rebuild recorded the copies: {reps:?}"
     );
+}
+
+/// A target on the primary's own endpoint (another bucket of the same server): each object
+/// is copied by the server (CopyObject), never through this host: no GET of the primary's
+/// objects, one PUT (the copy) per object on the target, proven by a read-back there (moto's
+/// word proves nothing), recorded as a server-side copy; the copies are byte-identical,
+/// packs and a multipart object among them.
+#[test]
+fn a_target_on_the_primarys_endpoint_is_filled_by_server_side_copies() {
+    let moto = start_moto();
+    moto.create_bucket("ssc-copy", false).unwrap();
+    let fs_ = files(&[
+        ("a.bin", 30_000),
+        ("d/b.bin", 200_000),
+        ("big.bin", 6 << 20),
+        ("small/x.txt", 700),
+        ("small/y.txt", 900),
+    ]);
+    let t = TierMount::new(&moto, "ssc-primary", &fs_, |c| {
+        c.set("store", "part_size", &q("5MiB"))
+            .set("pack", "enabled", "true")
+            .set("pack", "max_member_size", &q("1KiB"))
+            .raw(&format!(
+                "[[replica]]\nname = \"same\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
+                 bucket = \"ssc-copy\"\nprefix = \"c\"\npath_style = true\n\
+                 access_key = \"coldtier-test\"\nsecret_key = \"coldtier-test-secret\"\n",
+                q(&moto.endpoint)
+            ))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let mnt = t.mnt_str();
+    let before = settled_requests(&moto).len();
+    let v: Value =
+        serde_json::from_str(&t.ok(&["replicate", mnt.as_str(), "--to", "same", "--json"]))
+            .unwrap();
+    // Three objects of their own and one pack of the two small files.
+    assert_eq!(
+        (v["copied"].as_u64(), v["failed"].as_u64()),
+        (Some(4), Some(0)),
+        "{v}"
+    );
+    let reqs = settled_requests(&moto);
+    let during = &reqs[before..];
+    // Of the primary, only the pack's index is read (to check it before it is copied).
+    let read: Vec<&str> = object_requests(during, "ssc-primary")
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.path())
+        .collect();
+    assert!(
+        read.len() == 1 && read[0].ends_with(".index.json"),
+        "nothing but the pack index read from the primary: {read:?}"
+    );
+    let puts: Vec<&str> = object_requests(during, "ssc-copy")
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path())
+        .collect();
+    // The pack's index is small and streamed (it is read and checked first); the four
+    // objects are server-side copies.
+    assert_eq!(puts.len(), 5, "{puts:?}");
+    assert_eq!(
+        data_gets(during, "ssc-copy", None),
+        5,
+        "one read-back of each object and of the pack's index"
+    );
+    for (rel, _) in &fs_ {
+        let key = t.status(rel)["object_key"].as_str().unwrap().to_string();
+        let primary = moto.raw_get("ssc-primary", &key).unwrap();
+        let rest = key.strip_prefix(&format!("{PREFIX}/")).unwrap();
+        let copy = moto.raw_get("ssc-copy", &format!("c/{rest}")).unwrap();
+        assert!(copy == primary, "{rel}: the copy differs from the primary");
+    }
+    // One REPLICATED event per object (a pack's in the history of one of its members).
+    let replicated: Vec<Value> = fs_
+        .iter()
+        .flat_map(|(rel, _)| json_lines(&t.ok(&["history", "--json", t.ms(rel).as_str()])))
+        .filter(|e| e["kind"] == "REPLICATED")
+        .collect();
+    assert_eq!(replicated.len(), 4, "{replicated:?}");
+    for r in &replicated {
+        assert_eq!(r["detail"]["how"], "server-side copy", "{r}");
+        assert_eq!(r["detail"]["proof"], "readback", "{r}");
+    }
+    // The copies serve a recall when the primary loses an object.
+    let key = t.status("d/b.bin")["object_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, _) = moto
+        .http("DELETE", &format!("/ssc-primary/{key}"), &[], b"")
+        .unwrap();
+    assert_eq!(st, 204);
+    assert_all_read_back(&t, &fs_);
+    let (code, v) = t.verify(true);
+    assert_ne!(code, 0, "the primary lost an object: {v}");
+}
+
+/// A server that refuses a server-side copy (here the first CopyObject gets a 403, as from
+/// credentials of the target that cannot read the primary's bucket): the object is
+/// streamed instead, every later one to that target too, and nothing fails.
+#[test]
+fn a_refused_server_side_copy_falls_back_to_streaming() {
+    let moto = start_moto();
+    let proxy = faults::FaultProxy::start(&moto.endpoint);
+    moto.create_bucket("ssr-copy", false).unwrap();
+    let fs_ = files(&[("a.bin", 30_000), ("b.bin", 40_000), ("c.bin", 50_000)]);
+    let endpoint = proxy.endpoint.clone();
+    let mut t = TierMount::prepared(&moto, &endpoint, "ssr-primary", &fs_, |c| {
+        c.raw(&format!(
+            "[[replica]]\nname = \"same\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
+             bucket = \"ssr-copy\"\nprefix = \"c\"\npath_style = true\n\
+             access_key = \"coldtier-test\"\nsecret_key = \"coldtier-test-secret\"\n",
+            q(&endpoint)
+        ))
+    });
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    proxy.rules(serde_json::json!([{
+        "method": "PUT", "path_contains": "/ssr-copy/c/data/", "action": "status",
+        "status": 403, "code": "AccessDenied", "times": 1
+    }]));
+    let v: Value =
+        serde_json::from_str(&t.ok(&["replicate", t.mnt_str().as_str(), "--to", "same", "--json"]))
+            .unwrap();
+    assert_eq!(
+        (v["copied"].as_u64(), v["failed"].as_u64()),
+        (Some(3), Some(0)),
+        "{v}"
+    );
+    let hows: Vec<String> = fs_
+        .iter()
+        .flat_map(|(rel, _)| json_lines(&t.ok(&["history", "--json", t.ms(rel).as_str()])))
+        .filter(|e| e["kind"] == "REPLICATED")
+        .map(|e| e["detail"]["how"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(hows.len(), 3, "{hows:?}");
+    assert!(hows.iter().any(|h| h == "streamed"), "{hows:?}");
+    assert!(
+        t.daemon_log_tail().contains("server-side copy refused"),
+        "{}",
+        t.daemon_log_tail()
+    );
+    for (rel, data) in &fs_ {
+        let key = t.status(rel)["object_key"].as_str().unwrap().to_string();
+        let rest = key.strip_prefix(&format!("{PREFIX}/")).unwrap();
+        let copy = moto.raw_get("ssr-copy", &format!("c/{rest}")).unwrap();
+        assert!(copy == *data, "{rel}: the copy differs");
+    }
 }

@@ -226,6 +226,21 @@ impl ObjectStore for CountingStore {
             self.0.set_storage_class(key, version_id, class),
         )
     }
+    fn copy_source(&self) -> Option<crate::store::CopySource> {
+        self.0.copy_source()
+    }
+    fn copy_from<'a>(
+        &'a self,
+        from: &'a crate::store::CopySource,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        size: u64,
+        algo: crate::store::ChecksumAlgo,
+    ) -> Option<StoreFuture<'a, crate::store::CopyResult>> {
+        self.0
+            .copy_from(from, key, version_id, size, algo)
+            .map(|f| counted(StoreOp::Put, f))
+    }
 }
 
 /// Renders the error counters.

@@ -116,6 +116,30 @@ pub trait ObjectStore: Send + Sync {
     /// or was cut off by a crash). Removing what is not there succeeds.
     fn purge<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
 
+    /// Where this store keeps its objects, for a copy made on the server by another store
+    /// of the same kind on the same endpoint ([`ObjectStore::copy_from`]); None: its
+    /// objects cannot be copied that way.
+    fn copy_source(&self) -> Option<CopySource> {
+        None
+    }
+
+    /// Copies object `key` (version `version_id`, `size` bytes) of the store `from`
+    /// describes into this store under the same key, on the server: the data never passes
+    /// through us (S3: CopyObject, with this store's storage class, SSE and checksum
+    /// algorithm `algo`, the source's metadata, no tags). None: not possible here (another
+    /// endpoint or kind, an object too large for one CopyObject); the caller streams it.
+    fn copy_from<'a>(
+        &'a self,
+        from: &'a CopySource,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        size: u64,
+        algo: ChecksumAlgo,
+    ) -> Option<StoreFuture<'a, CopyResult>> {
+        let _ = (from, key, version_id, size, algo);
+        None
+    }
+
     /// Moves one object (version) to `class` on the server (S3: CopyObject onto the same
     /// key with the new class; the data never passes through us), keeping its metadata and
     /// tags. Returns the id of the version that now holds the data: on a versioned bucket
@@ -291,6 +315,25 @@ impl PutResult {
                 && reported.value == self.checksum.base64()
                 && reported.parts.is_none_or(|n| n == self.parts))
     }
+}
+
+/// Where an S3 store's objects are, for a server-side copy ([`ObjectStore::copy_source`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    /// None: AWS itself (the region's endpoint).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+}
+
+/// What a server-side copy made ([`ObjectStore::copy_from`]).
+#[derive(Debug, Clone)]
+pub struct CopyResult {
+    /// The copy's version (`None` on an unversioned bucket).
+    pub version_id: Option<String>,
+    /// The checksum the server says the copy has (None if it said nothing).
+    pub reported: Option<ReportedChecksum>,
 }
 
 /// One download.

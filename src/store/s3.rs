@@ -92,6 +92,23 @@ macro_rules! with_object_settings {
     }};
 }
 
+/// A CopyObject's source: bucket/key, URL-encoded, pinned to the version.
+fn copy_source(bucket: &str, full_key: &str, version_id: Option<&str>) -> String {
+    let mut source = format!(
+        "{bucket}/{}",
+        percent_encode(full_key, |b| b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
+    );
+    if let Some(v) = version_id {
+        source.push_str(&format!(
+            "?versionId={}",
+            percent_encode(v, |b| b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        ));
+    }
+    source
+}
+
 fn sdk_algo(a: ChecksumAlgo) -> ChecksumAlgorithm {
     match a {
         ChecksumAlgo::Crc32c => ChecksumAlgorithm::Crc32C,
@@ -176,6 +193,41 @@ impl S3Store {
     /// The config of an upload request: `read_timeout` until its answer (the body counts).
     fn upload_config(&self) -> s3::config::Builder {
         s3::config::Builder::default().timeout_config(self.upload_timeouts.clone())
+    }
+
+    /// CopyObject of `source` onto `full` in this bucket, in `class`, with the source's
+    /// metadata, this store's SSE and a checksum of `algo` made by the server.
+    async fn copy_object_onto(
+        &self,
+        source: String,
+        full: &str,
+        class: &str,
+        tags: s3::types::TaggingDirective,
+        algo: ChecksumAlgo,
+    ) -> Result<
+        s3::operation::copy_object::CopyObjectOutput,
+        s3::error::SdkError<s3::operation::copy_object::CopyObjectError>,
+    > {
+        let mut b = self
+            .client
+            .copy_object()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .copy_source(source)
+            .storage_class(s3::types::StorageClass::from(class))
+            .metadata_directive(s3::types::MetadataDirective::Copy)
+            .tagging_directive(tags)
+            .checksum_algorithm(sdk_algo(algo));
+        if let Some(sse) = &self.cfg.sse {
+            b = b.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
+        }
+        if let Some(k) = &self.cfg.sse_kms_key_id {
+            b = b.ssekms_key_id(k);
+        }
+        b.customize()
+            .config_override(self.upload_config())
+            .send()
+            .await
     }
 
     /// GETs the lean path has served so far (None: it is off for this store).
@@ -1408,6 +1460,57 @@ impl ObjectStore for S3Store {
         })
     }
 
+    fn copy_source(&self) -> Option<crate::store::CopySource> {
+        Some(crate::store::CopySource {
+            endpoint: self.cfg.endpoint.clone(),
+            region: self.cfg.region.clone(),
+            bucket: self.cfg.bucket.clone(),
+            prefix: self.cfg.prefix.clone(),
+        })
+    }
+
+    fn copy_from<'a>(
+        &'a self,
+        from: &'a crate::store::CopySource,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        size: u64,
+        algo: ChecksumAlgo,
+    ) -> Option<StoreFuture<'a, crate::store::CopyResult>> {
+        // One CopyObject copies at most 5 GiB; larger objects would need UploadPartCopy.
+        if from.endpoint != self.cfg.endpoint || from.region != self.cfg.region || size > 5 << 30 {
+            return None;
+        }
+        Some(Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            let src_full = if from.prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{}/{key}", from.prefix)
+            };
+            let out = self
+                .copy_object_onto(
+                    copy_source(&from.bucket, &src_full, version_id),
+                    &full,
+                    self.cfg.storage_class.as_str(),
+                    // The source's state tags are the primary's, not the copy's.
+                    s3::types::TaggingDirective::Replace,
+                    algo,
+                )
+                .await
+                .map_err(|e| map_err(&format!("CopyObject {src_full} to {full}"), e))?;
+            let reported = out
+                .copy_object_result()
+                .and_then(|r| checksum_of!(r, algo))
+                .map(|v| ReportedChecksum::parse(algo, v));
+            Ok(crate::store::CopyResult {
+                version_id: version(out.version_id()),
+                reported,
+            })
+        }))
+    }
+
     fn set_storage_class<'a>(
         &'a self,
         key: &'a str,
@@ -1417,40 +1520,14 @@ impl ObjectStore for S3Store {
         Box::pin(async move {
             validate_key(key)?;
             let full = self.full_key(key);
-            // The copy source: bucket/key, URL-encoded, pinned to the version.
-            let mut source = format!(
-                "{}/{}",
-                self.cfg.bucket,
-                percent_encode(&full, |b| b.is_ascii_alphanumeric()
-                    || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
-            );
-            if let Some(v) = version_id {
-                source.push_str(&format!(
-                    "?versionId={}",
-                    percent_encode(v, |b| b.is_ascii_alphanumeric()
-                        || matches!(b, b'-' | b'.' | b'_' | b'~'))
-                ));
-            }
-            let mut b = self
-                .client
-                .copy_object()
-                .bucket(&self.cfg.bucket)
-                .key(&full)
-                .copy_source(source)
-                .storage_class(s3::types::StorageClass::from(class.as_str()))
-                .metadata_directive(s3::types::MetadataDirective::Copy)
-                .tagging_directive(s3::types::TaggingDirective::Copy)
-                .checksum_algorithm(sdk_algo(self.cfg.checksum));
-            if let Some(sse) = &self.cfg.sse {
-                b = b.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-            }
-            if let Some(k) = &self.cfg.sse_kms_key_id {
-                b = b.ssekms_key_id(k);
-            }
-            let out = b
-                .customize()
-                .config_override(self.upload_config())
-                .send()
+            let out = self
+                .copy_object_onto(
+                    copy_source(&self.cfg.bucket, &full, version_id),
+                    &full,
+                    class.as_str(),
+                    s3::types::TaggingDirective::Copy,
+                    self.cfg.checksum,
+                )
                 .await
                 .map_err(|e| map_err(&format!("CopyObject {full} (to {class})"), e))?;
             let new = version(out.version_id());

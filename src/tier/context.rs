@@ -69,6 +69,9 @@ pub struct Tiering {
     pub(super) replicas: parking_lot::RwLock<Vec<(String, Arc<dyn ObjectStore>)>>,
     /// Each replica's store check (whether its checksum word is proof), once per daemon.
     pub(super) replica_checks: Mutex<HashMap<String, bool>>,
+    /// Replica targets whose server refused a server-side copy from the primary: copies to
+    /// them are streamed through this host for the life of the daemon.
+    pub(super) no_server_copy: Mutex<std::collections::HashSet<String>>,
     /// Bumped by every reload of the config: the schedulers wait on it.
     pub(super) reloaded: tokio::sync::watch::Sender<u64>,
     /// The store's own key prefix (shown in full keys), "" for none.
@@ -229,6 +232,7 @@ impl Tiering {
             store: parking_lot::RwLock::new(store),
             replicas: Default::default(),
             replica_checks: Mutex::new(HashMap::new()),
+            no_server_copy: Mutex::default(),
             store_prefix,
             source,
             mountpoint,

@@ -23,7 +23,9 @@ use super::context::{StepError, Tiering};
 use crate::base::cancel::Cancel;
 use crate::base::progress::{Progress, Totals};
 use crate::catalog::{JobCounts, ObjectRef};
-use crate::store::{ChecksumAlgo, GetRequest, ObjectStore, PutRequest, RestoreStatus};
+use crate::store::{
+    ChecksumAlgo, GetRequest, ObjectStore, PutRequest, RestoreStatus, StoreErrorKind,
+};
 
 /// At most this many RestoreObject requests a run issues; the rest wait for the next run.
 pub const MAX_RESTORES_PER_RUN: usize = 1000;
@@ -343,7 +345,9 @@ impl Tiering {
         Ok(())
     }
 
-    /// One object: primary -> temporary file (checked) -> target (proven) -> recorded.
+    /// One object: copied by the target's server when it shares the primary's endpoint
+    /// ([`Tiering::copy_on_server`]), else primary -> temporary file (checked) -> target
+    /// (proven); then recorded.
     async fn copy_object(
         &self,
         primary: &Arc<dyn ObjectStore>,
@@ -357,19 +361,22 @@ impl Tiering {
             .checksum_algo
             .parse()
             .map_err(|e: String| StepError::new(libc::EIO, e))?;
+        if let Some(done) = self
+            .copy_on_server(primary, replica, target, obj, meta.size, algo, validates)
+            .await?
+        {
+            return Ok(done);
+        }
         let tmp = self.unnamed_file()?;
         self.failpoint("replicate-before-get");
         let got = primary
-            .get(GetRequest {
-                key: &obj.object_key,
-                version_id: obj.version_id.as_deref(),
-                dest: Some(&tmp),
-                expected_size: meta.size,
-                checksum: algo,
-                extents: None,
-                range: None,
-                dest_base: 0,
-            })
+            .get(GetRequest::whole(
+                &obj.object_key,
+                obj.version_id.as_deref(),
+                Some(&tmp),
+                meta.size,
+                algo,
+            ))
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("GET from the primary: {e}")))?;
         if got.checksum.base64() != obj.checksum {
@@ -394,6 +401,114 @@ impl Tiering {
         self.put_to_replica(replica, target, obj, &tmp, validates)
             .await?;
         Ok(Done::Copied(meta.size))
+    }
+
+    /// `obj` (`size` bytes) copied into replica `target` by the target's own server from the
+    /// primary's bucket (S3 CopyObject: the data never passes through this host), proven
+    /// there (`validates` and the checksum the server computed for the copy equal to ours;
+    /// else a read-back) and recorded. None: the target cannot (another endpoint or kind,
+    /// over 5 GiB, or its server refused a copy from the primary before): the caller
+    /// streams it.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_on_server(
+        &self,
+        primary: &Arc<dyn ObjectStore>,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        obj: &ObjectRef,
+        size: u64,
+        algo: ChecksumAlgo,
+        validates: bool,
+    ) -> Result<Option<Done>, StepError> {
+        if self.no_server_copy.lock().contains(target) {
+            return Ok(None);
+        }
+        let Some(src) = primary.copy_source() else {
+            return Ok(None);
+        };
+        let version = obj.version_id.as_deref();
+        let Some(copy) = replica.copy_from(&src, &obj.object_key, version, size, algo) else {
+            return Ok(None);
+        };
+        self.copy_pack_index(primary, replica, target, &obj.object_key)
+            .await?;
+        let copy = match copy.await {
+            Ok(c) => c,
+            Err(e) if e.kind == StoreErrorKind::AccessDenied || e.kind == StoreErrorKind::Other => {
+                // Credentials of the target that cannot read the primary's bucket, a
+                // server without CopyObject: stream, to this target, from now on.
+                tracing::warn!(
+                    target,
+                    "server-side copy refused ({e}): copies to this target go through this host"
+                );
+                self.no_server_copy.lock().insert(target.to_string());
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(StepError::new(
+                    libc::EIO,
+                    format!("CopyObject to {target}: {e}"),
+                ))
+            }
+        };
+        self.failpoint("replicate-after-put");
+        let ours = crate::store::ReportedChecksum {
+            algo,
+            value: obj.checksum.clone(),
+            parts: None,
+        };
+        let proven = validates && copy.reported.as_ref().is_some_and(|r| r.matches(&ours));
+        if !proven {
+            let v = copy.version_id.as_deref();
+            self.read_back(replica, target, obj, v, size, algo, &obj.checksum)
+                .await?;
+        }
+        let proof = if proven { "checksum" } else { "readback" };
+        self.record_replica(
+            target,
+            obj,
+            size,
+            copy.version_id,
+            proof,
+            "server-side copy",
+        )
+        .await?;
+        Ok(Some(Done::Copied(size)))
+    }
+
+    /// Reads back what replica `target` holds under `obj`'s key (version `version_id`) and
+    /// checks it against `want` (base64, of `algo`).
+    #[allow(clippy::too_many_arguments)]
+    async fn read_back(
+        &self,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        obj: &ObjectRef,
+        version_id: Option<&str>,
+        size: u64,
+        algo: ChecksumAlgo,
+        want: &str,
+    ) -> Result<(), StepError> {
+        let back = replica
+            .get(GetRequest::whole(
+                &obj.object_key,
+                version_id,
+                None,
+                size,
+                algo,
+            ))
+            .await
+            .map_err(|e| StepError::new(libc::EIO, format!("read-back from {target}: {e}")))?;
+        if back.checksum.algo != algo || back.checksum.base64() != want {
+            return Err(StepError::new(
+                libc::EIO,
+                format!(
+                    "{target} holds other bytes than the primary's (read back as {})",
+                    back.checksum
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Puts `src` to replica `target` under `obj`'s key, proves it there (`validates`: the
@@ -435,40 +550,45 @@ impl Tiering {
         }
         let proven = validates && put.reported.as_ref().is_some_and(|r| put.proven_by(r));
         if !proven {
-            let back = replica
-                .get(GetRequest {
-                    key: &obj.object_key,
-                    version_id: put.version_id.as_deref(),
-                    dest: None,
-                    expected_size: src.size,
-                    checksum: src.algo,
-                    extents: None,
-                    range: None,
-                    dest_base: 0,
-                })
-                .await
-                .map_err(|e| StepError::new(libc::EIO, format!("read-back from {target}: {e}")))?;
-            if back.checksum != put.checksum {
-                return Err(StepError::new(
-                    libc::EIO,
-                    format!(
-                        "{target} holds other bytes than were sent (read back as {})",
-                        back.checksum
-                    ),
-                ));
-            }
+            self.read_back(
+                replica,
+                target,
+                obj,
+                put.version_id.as_deref(),
+                src.size,
+                src.algo,
+                &src.checksum,
+            )
+            .await?;
         }
+        let proof = if proven { "checksum" } else { "readback" };
+        self.record_replica(target, obj, src.size, put.version_id, proof, "streamed")
+            .await
+    }
+
+    /// Records `obj`'s copy on replica `target` (version `replica_version`): a `replicas`
+    /// row and a REPLICATED event, durable.
+    async fn record_replica(
+        &self,
+        target: &str,
+        obj: &ObjectRef,
+        size: u64,
+        replica_version: Option<String>,
+        proof: &str,
+        how: &str,
+    ) -> Result<(), StepError> {
         let detail = json!({
             "target": target,
             "object_key": obj.object_key,
             "version_id": obj.version_id,
-            "replica_version": put.version_id,
-            "bytes": src.size,
+            "replica_version": replica_version,
+            "bytes": size,
             "checksum": format!("{}:{}", obj.checksum_algo, obj.checksum),
-            "proof": if proven { "checksum" } else { "readback" },
+            "proof": proof,
+            "how": how,
         });
         let catalog = self.catalog.clone();
-        let (target, obj2, size, rv) = (target.to_string(), obj.clone(), src.size, put.version_id);
+        let (target, obj2, rv) = (target.to_string(), obj.clone(), replica_version);
         tokio::task::spawn_blocking(move || {
             catalog.record_replicated(&target, &obj2, size, rv.as_deref(), detail)
         })
