@@ -104,7 +104,7 @@ pub fn remove(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
 /// cut between [`set_stub`]'s two steps) the id its stub or copy record names.
 pub fn file_id(fd: BorrowedFd<'_>) -> SysResult<Option<String>> {
     if let Some(b) = backing::getxattr_all(fd, ID)? {
-        return Ok(String::from_utf8(b).ok().filter(|s| is_valid_file_id(s)));
+        return Ok(valid_id(b));
     }
     for name in [STUB, COPY] {
         if let Some(rec) = record(fd, name)? {
@@ -112,6 +112,16 @@ pub fn file_id(fd: BorrowedFd<'_>) -> SysResult<Option<String>> {
         }
     }
     Ok(None)
+}
+
+/// The `id` xattr alone, if valid (a caller that reads the records anyway: [`file_id`]
+/// without its second and third reads).
+pub fn id_xattr(fd: BorrowedFd<'_>) -> SysResult<Option<String>> {
+    Ok(backing::getxattr_all(fd, ID)?.and_then(valid_id))
+}
+
+fn valid_id(b: Vec<u8>) -> Option<String> {
+    String::from_utf8(b).ok().filter(|s| is_valid_file_id(s))
 }
 
 pub fn set_file_id(fd: BorrowedFd<'_>, id: &str) -> SysResult<()> {

@@ -262,12 +262,21 @@ impl Tiering {
         &self,
         fd: BorrowedFd<'_>,
     ) -> (FileState, bool, Option<FileRow>, Option<StubRecord>) {
-        let id = marks::file_id(fd).ok().flatten();
+        // The records first: a compact stub's id is in its record (no `id` xattr).
+        let stub = marks::record(fd, marks::STUB).ok().flatten();
+        let copy = match stub {
+            None => marks::record(fd, marks::COPY).ok().flatten(),
+            Some(_) => None,
+        };
+        let id = marks::id_xattr(fd)
+            .ok()
+            .flatten()
+            .or_else(|| stub.as_ref().or(copy.as_ref()).map(|r| r.file_id.clone()));
         let row = id
             .as_deref()
             .and_then(|id| self.catalog.file_by_id(id).ok().flatten());
         let pinned = row.as_ref().is_some_and(|r| r.pinned);
-        if let Ok(Some(rec)) = marks::record(fd, marks::STUB) {
+        if let Some(rec) = stub {
             let state = match row.as_ref().map(|r| r.state) {
                 Some(s @ (FileState::Recalling | FileState::RestorePending)) => s,
                 _ if self.recall_in_flight(fd) => FileState::Recalling,
@@ -275,7 +284,7 @@ impl Tiering {
             };
             return (state, pinned, row, Some(rec));
         }
-        if let Ok(Some(rec)) = marks::record(fd, marks::COPY) {
+        if let Some(rec) = copy {
             return (FileState::Premigrated, pinned, row, Some(rec));
         }
         (FileState::Resident, pinned, row, None)
