@@ -332,7 +332,8 @@ pub struct CopySource {
 pub struct CopyResult {
     /// The copy's version (`None` on an unversioned bucket).
     pub version_id: Option<String>,
-    /// The checksum the server says the copy has (None if it said nothing).
+    /// The checksum the server says the copy has: in its CopyObject answer, else on a HEAD
+    /// of the copy (None if it says nothing).
     pub reported: Option<ReportedChecksum>,
 }
 

@@ -1500,12 +1500,23 @@ impl ObjectStore for S3Store {
                 )
                 .await
                 .map_err(|e| map_err(&format!("CopyObject {src_full} to {full}"), e))?;
-            let reported = out
+            let version_id = version(out.version_id());
+            let mut reported = out
                 .copy_object_result()
                 .and_then(|r| checksum_of!(r, algo))
                 .map(|v| ReportedChecksum::parse(algo, v));
+            if reported.is_none() {
+                // Not in the answer (s3s-fs): what the server says the copy has, one HEAD
+                // instead of a read-back of every byte.
+                reported = self
+                    .head_impl(key, version_id.as_deref())
+                    .await
+                    .ok()
+                    .and_then(|m| m.checksum)
+                    .filter(|r| r.algo == algo);
+            }
             Ok(crate::store::CopyResult {
-                version_id: version(out.version_id()),
+                version_id,
                 reported,
             })
         }))

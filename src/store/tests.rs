@@ -428,6 +428,73 @@ async fn get_range_of(
     get_part(s, key, version, size, ChecksumAlgo::Crc32c, Some(range)).await
 }
 
+/// A server-side copy between two buckets of one s3s-fs: the bytes arrive, the checksum
+/// the server gives for the copy (on a HEAD: s3s-fs leaves it out of the CopyObject answer)
+/// is ours; a store on another endpoint (the same server named otherwise) does not try.
+#[test]
+fn s3s_fs_copies_between_its_buckets_on_the_server() {
+    let root = tempfile::tempdir().unwrap();
+    let server = super::testing::S3sServer::start(root.path()).unwrap_or_else(|e| panic!("{e}"));
+    server.create_bucket("ssc-a").unwrap();
+    server.create_bucket("ssc-b").unwrap();
+    let a_cfg = S3Config {
+        prefix: "pa".into(),
+        ..server.s3_config("ssc-a")
+    };
+    let b_cfg = S3Config {
+        prefix: "pb/x".into(),
+        ..server.s3_config("ssc-b")
+    };
+    runtime().block_on(async {
+        let a = S3Store::new(&a_cfg).await.unwrap();
+        let b = S3Store::new(&b_cfg).await.unwrap();
+        let key = "data/é 1/obj";
+        let bytes = data(300_001, 9);
+        let put = a
+            .put(put_req(key, &bytes, ChecksumAlgo::Crc32c).unwrap())
+            .await
+            .unwrap();
+        let src = a.copy_source().unwrap();
+        let copy = b
+            .copy_from(
+                &src,
+                key,
+                put.version_id.as_deref(),
+                300_001,
+                ChecksumAlgo::Crc32c,
+            )
+            .expect("same endpoint: a server-side copy")
+            .await
+            .unwrap();
+        let reported = copy.reported.expect("the server's checksum of the copy");
+        assert!(
+            put.proven_by(&reported),
+            "{reported:?} against {}",
+            put.checksum
+        );
+        let (_, back) = get_all(&b, key, None, 300_001, ChecksumAlgo::Crc32c)
+            .await
+            .unwrap();
+        assert!(back == bytes, "the copy differs");
+        assert!(
+            root.path().join("ssc-b/pb/x/data/é 1/obj").exists(),
+            "the copy under the target's prefix"
+        );
+        let elsewhere = S3Config {
+            endpoint: Some(format!("http://localhost:{}", server.port)),
+            ..b_cfg.clone()
+        };
+        let other = S3Store::new(&elsewhere).await.unwrap();
+        assert!(other
+            .copy_from(&src, key, None, 300_001, ChecksumAlgo::Crc32c)
+            .is_none());
+        let big = S3Store::new(&b_cfg).await.unwrap();
+        assert!(big
+            .copy_from(&src, key, None, (5 << 30) + 1, ChecksumAlgo::Crc32c)
+            .is_none());
+    });
+}
+
 /// s3s-fs checks SigV4 signatures (moto does not): the lean GET's pass it, for a key and a
 /// prefix that need encoding too, and a request it refuses (wrong secret) turns the lean
 /// path off and fails through the SDK with the server's error.
