@@ -478,6 +478,74 @@ fn a_member_stub_costs_no_block_and_stays_the_same_file() {
     assert_all_read_back(&t, &want_all);
 }
 
+/// A pack member stubbed before compact records (its full record and `id` xattr, in a
+/// block) gets its compact record at the next policy run, and its block back.
+#[test]
+fn old_member_stubs_become_compact_at_the_next_policy_run() {
+    use coldtier::tier::stub::{FileFacts, StubRecord};
+    use std::os::unix::fs::MetadataExt;
+    let moto = start_moto();
+    let fs_ = files(&[("a.txt", 3000), ("d/b.txt", 5000), ("c.txt", 10)]);
+    let t = TierMount::new(&moto, "packold", &fs_, packed);
+    t.migrate_ok(&["--mode", "stub"]);
+    let set = |p: &Path, name: &str, value: &[u8]| {
+        let (c, n) = (cpath(p), std::ffi::CString::new(name).unwrap());
+        // SAFETY: NUL-terminated strings; value is valid for its length.
+        let r = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+    };
+    let mut ids = Vec::new();
+    for (rel, _) in &fs_ {
+        // What an older version wrote: the full record, the id beside it.
+        let b = t.s(rel);
+        let md = fs::symlink_metadata(&b).unwrap();
+        let facts = FileFacts {
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
+        };
+        let compact = xattr(&b, "trusted.coldtier.stub").unwrap();
+        let rec = StubRecord::decode_compact(&compact, facts).unwrap();
+        set(&b, "trusted.coldtier.id", rec.file_id.as_bytes());
+        set(&b, "trusted.coldtier.stub", &rec.encode().unwrap());
+        assert_eq!(
+            fs::symlink_metadata(&b).unwrap().blocks(),
+            8,
+            "{rel}: in a block"
+        );
+        ids.push(rec.file_id);
+    }
+    t.migrate_ok(&["--mode", "stub"]);
+    for ((rel, _), id) in fs_.iter().zip(&ids) {
+        let b = t.s(rel);
+        assert_eq!(xattr(&b, "trusted.coldtier.stub").unwrap()[0], 2, "{rel}");
+        assert_eq!(xattr(&b, "trusted.coldtier.id"), None, "{rel}");
+        assert_eq!(fs::symlink_metadata(&b).unwrap().blocks(), 0, "{rel}");
+        assert_eq!(
+            t.status(rel)["file_id"].as_str(),
+            Some(id.as_str()),
+            "{rel}"
+        );
+        assert_eq!(t.state(rel), "stub", "{rel}");
+    }
+    assert!(
+        t.daemon_log_tail()
+            .contains("stub records rewritten in their compact form"),
+        "{}",
+        t.daemon_log_tail()
+    );
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep: {v}");
+    assert_all_read_back(&t, &fs_);
+}
+
 #[test]
 fn an_archived_pack_is_restored_once_for_all_its_members() {
     let moto = start_moto();

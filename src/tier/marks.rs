@@ -77,6 +77,14 @@ pub fn set_stub(fd: BorrowedFd<'_>, rec: &StubRecord, between: impl FnOnce()) ->
     }
 }
 
+/// The first byte of the file's stub record (its encoding: 1 full, 2 compact), if it has one.
+pub fn stub_encoding(fd: BorrowedFd<'_>) -> Option<u8> {
+    backing::getxattr_all(fd, STUB)
+        .ok()
+        .flatten()
+        .and_then(|b| b.first().copied())
+}
+
 /// Removes the stub record of a file that stays tracked (recalled, or truncated through the
 /// mount): the `id` xattr a compact stub lacks is put back first.
 pub fn unstub(fd: BorrowedFd<'_>, file_id: &str) -> SysResult<()> {

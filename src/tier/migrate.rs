@@ -83,6 +83,8 @@ pub struct ScanResult {
     pub skipped: Vec<Skipped>,
     /// The bytes each candidate's stub would free.
     pub frees: std::collections::HashMap<PathBuf, u64>,
+    /// Stubs of pack members whose full record was rewritten in its compact form.
+    pub compacted: u64,
 }
 
 fn skip_kind(why: &SkipReason) -> &'static str {
@@ -291,20 +293,57 @@ impl Tiering {
     }
 
     /// Brings the catalog's path of a tracked empty-looking file (a stub) up to date: a
-    /// rename of one of its directories, or one made without the mount, moved it.
-    fn refresh_path(&self, rel: &Path, dir: BorrowedFd<'_>, name: &OsStr) {
+    /// rename of one of its directories, or one made without the mount, moved it. A pack
+    /// member's stub with a full record (made before compact records) gets its compact one
+    /// (returns true).
+    fn refresh_path(&self, rel: &Path, node: u64, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
         let Ok(fd) = backing::open_path_at(dir, name) else {
-            return;
+            return false;
+        };
+        let compacted = match marks::id_xattr(fd.as_fd()) {
+            Ok(Some(_)) => self.compact_stub(node, fd.as_fd()),
+            _ => false,
         };
         let Ok(Some(id)) = marks::file_id(fd.as_fd()) else {
-            return;
+            return compacted;
         };
-        let Some(rel) = rel.to_str() else { return };
+        let Some(rel) = rel.to_str() else {
+            return compacted;
+        };
         if let Ok(Some(row)) = self.catalog.file_by_id(&id) {
             if row.path != rel {
                 if let Err(e) = self.catalog.rename_path(&id, rel) {
                     tracing::warn!(path = rel, "catalog: cannot update the path: {e}");
                 }
+            }
+        }
+        compacted
+    }
+
+    /// Rewrites the full stub record of a pack member (a stub made before compact records:
+    /// its record and `id` xattr in a block) in its compact form, under the file's gate,
+    /// which frees the block (docs/architecture.md "Compact stub records"). `set_stub`'s
+    /// order keeps the file a stub that names itself at every step. Whether it did.
+    fn compact_stub(&self, node: u64, fd: BorrowedFd<'_>) -> bool {
+        if marks::stub_encoding(fd) != Some(STUB_VERSION) {
+            return false;
+        }
+        let _held = self.gate.lock(node);
+        // Read again under the gate: a recall may have switched the file meanwhile.
+        let Ok(Some(rec)) = marks::record(fd, marks::STUB) else {
+            return false;
+        };
+        if rec.encode_compact().is_none() || marks::stub_encoding(fd) != Some(STUB_VERSION) {
+            return false;
+        }
+        match marks::set_stub(fd, &rec, || {}) {
+            Ok(()) => {
+                self.reset_mark(node);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(file_id = %rec.file_id, "cannot rewrite the stub record compact: {e:?}");
+                false
             }
         }
     }
@@ -395,7 +434,9 @@ impl Tiering {
                 }
                 res.scanned += 1;
                 if st.size == 0 && !scope.on_demand {
-                    self.refresh_path(rel, dir, name);
+                    if self.refresh_path(rel, st.ino, dir, name) {
+                        res.compacted += 1;
+                    }
                     return;
                 }
                 let mut facts = facts_of(rel, st);
@@ -514,6 +555,12 @@ impl Tiering {
                 return Err(e);
             }
         };
+        if scan.compacted > 0 {
+            tracing::info!(
+                stubs = scan.compacted,
+                "pack members' stub records rewritten in their compact form (their xattr blocks freed)"
+            );
+        }
         let p = &self.settings().policy;
         // Files named by hand are all taken: the run limits are the policy's.
         let sel = if on_demand {
