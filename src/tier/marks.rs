@@ -77,12 +77,13 @@ pub fn set_stub(fd: BorrowedFd<'_>, rec: &StubRecord, between: impl FnOnce()) ->
     }
 }
 
-/// The first byte of the file's stub record (its encoding: 1 full, 2 compact), if it has one.
-pub fn stub_encoding(fd: BorrowedFd<'_>) -> Option<u8> {
+/// Whether the file's stub record is a pack member's in the full encoding (one that may
+/// have a compact form).
+pub fn has_full_member_stub(fd: BorrowedFd<'_>) -> bool {
     backing::getxattr_all(fd, STUB)
         .ok()
         .flatten()
-        .and_then(|b| b.first().copied())
+        .is_some_and(|b| StubRecord::is_full_member_encoding(&b))
 }
 
 /// Removes the stub record of a file that stays tracked (recalled, or truncated through the

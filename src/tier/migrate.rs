@@ -325,7 +325,7 @@ impl Tiering {
     /// which frees the block (docs/architecture.md "Compact stub records"). `set_stub`'s
     /// order keeps the file a stub that names itself at every step. Whether it did.
     fn compact_stub(&self, node: u64, fd: BorrowedFd<'_>) -> bool {
-        if marks::stub_encoding(fd) != Some(STUB_VERSION) {
+        if !marks::has_full_member_stub(fd) {
             return false;
         }
         let _held = self.gate.lock(node);
@@ -333,7 +333,7 @@ impl Tiering {
         let Ok(Some(rec)) = marks::record(fd, marks::STUB) else {
             return false;
         };
-        if rec.encode_compact().is_none() || marks::stub_encoding(fd) != Some(STUB_VERSION) {
+        if rec.encode_compact().is_none() || !marks::has_full_member_stub(fd) {
             return false;
         }
         match marks::set_stub(fd, &rec, || {}) {

@@ -873,6 +873,12 @@ impl StubRecord {
         (out.len() <= COMPACT_MAX_LEN).then_some(out)
     }
 
+    /// Whether `bytes` look like the full encoding of a pack member's record (its version
+    /// and flag bytes only: a cheap filter before decoding).
+    pub fn is_full_member_encoding(bytes: &[u8]) -> bool {
+        matches!(bytes, [STUB_VERSION, flags, ..] if flags & FLAG_PACK != 0)
+    }
+
     /// Decodes and checks a compact record ([`StubRecord::encode_compact`]) of a file whose
     /// ctime and inode number are `facts`. As strict as [`StubRecord::decode`]: whatever
     /// it accepts encodes back to the same bytes.
@@ -1165,6 +1171,11 @@ mod tests {
         let b = r.encode_compact().expect("compact");
         assert_eq!(b.len(), 55, "{b:02x?}");
         assert_eq!(r.encode().unwrap().len(), 129);
+        assert!(StubRecord::is_full_member_encoding(&r.encode().unwrap()));
+        assert!(!StubRecord::is_full_member_encoding(&b));
+        assert!(!StubRecord::is_full_member_encoding(
+            &sample().encode().unwrap()
+        ));
         let d = StubRecord::decode_compact(&b, FACTS).unwrap();
         // Kept: all but ctime and ino (the file's own) and the config version.
         let mut want = r.clone();
