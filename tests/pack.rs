@@ -522,6 +522,9 @@ fn old_member_stubs_become_compact_at_the_next_policy_run() {
         );
         ids.push(rec.file_id);
     }
+    // A dry run changes nothing; a stub run rewrites them.
+    t.migrate_ok(&["--mode", "dry-run"]);
+    assert_eq!(xattr(&t.s("a.txt"), "trusted.coldtier.stub").unwrap()[0], 1);
     t.migrate_ok(&["--mode", "stub"]);
     for ((rel, _), id) in fs_.iter().zip(&ids) {
         let b = t.s(rel);

@@ -293,15 +293,21 @@ impl Tiering {
     }
 
     /// Brings the catalog's path of a tracked empty-looking file (a stub) up to date: a
-    /// rename of one of its directories, or one made without the mount, moved it. A pack
-    /// member's stub with a full record (made before compact records) gets its compact one
-    /// (returns true).
-    fn refresh_path(&self, rel: &Path, node: u64, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    /// rename of one of its directories, or one made without the mount, moved it. With
+    /// `compact` (its node id), a pack member's stub with a full record (made before
+    /// compact records) gets its compact one (returns true).
+    fn refresh_path(
+        &self,
+        rel: &Path,
+        compact: Option<u64>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> bool {
         let Ok(fd) = backing::open_path_at(dir, name) else {
             return false;
         };
-        let compacted = match marks::id_xattr(fd.as_fd()) {
-            Ok(Some(_)) => self.compact_stub(node, fd.as_fd()),
+        let compacted = match (compact, marks::id_xattr(fd.as_fd())) {
+            (Some(node), Ok(Some(_))) => self.compact_stub(node, fd.as_fd()),
             _ => false,
         };
         let Ok(Some(id)) = marks::file_id(fd.as_fd()) else {
@@ -434,7 +440,10 @@ impl Tiering {
                 }
                 res.scanned += 1;
                 if st.size == 0 && !scope.on_demand {
-                    if self.refresh_path(rel, st.ino, dir, name) {
+                    // Only a run that frees space rewrites records: a dry run changes
+                    // nothing on the files.
+                    let compact = policy.mode == MigrateMode::Stub;
+                    if self.refresh_path(rel, compact.then_some(st.ino), dir, name) {
                         res.compacted += 1;
                     }
                     return;
