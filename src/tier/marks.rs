@@ -112,12 +112,17 @@ pub fn remove(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
 /// The file id, if the file has a valid one: its `id` xattr, else (a compact stub, or a file
 /// cut between [`set_stub`]'s two steps) the id its stub or copy record names.
 pub fn file_id(fd: BorrowedFd<'_>) -> SysResult<Option<String>> {
+    Ok(file_id_from(fd)?.map(|(id, _)| id))
+}
+
+/// [`file_id`], and whether it came from the `id` xattr (false: from a record).
+pub fn file_id_from(fd: BorrowedFd<'_>) -> SysResult<Option<(String, bool)>> {
     if let Some(b) = backing::getxattr_all(fd, ID)? {
-        return Ok(valid_id(b));
+        return Ok(valid_id(b).map(|id| (id, true)));
     }
     for name in [STUB, COPY] {
         if let Some(rec) = record(fd, name)? {
-            return Ok(Some(rec.file_id));
+            return Ok(Some((rec.file_id, false)));
         }
     }
     Ok(None)

@@ -306,12 +306,13 @@ impl Tiering {
         let Ok(fd) = backing::open_path_at(dir, name) else {
             return false;
         };
-        let compacted = match (compact, marks::id_xattr(fd.as_fd())) {
-            (Some(node), Ok(Some(_))) => self.compact_stub(node, fd.as_fd()),
-            _ => false,
+        // One read of the id: a stub with the `id` xattr may be an old full member stub.
+        let Ok(Some((id, from_xattr))) = marks::file_id_from(fd.as_fd()) else {
+            return false;
         };
-        let Ok(Some(id)) = marks::file_id(fd.as_fd()) else {
-            return compacted;
+        let compacted = match compact {
+            Some(node) if from_xattr => self.compact_stub(node, fd.as_fd()),
+            _ => false,
         };
         let Some(rel) = rel.to_str() else {
             return compacted;
