@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_fuse
 # Tools the integration tests drive through the mount.
-apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps coreutils diffutils findutils
+apt_install git sqlite3 rsync fio tar attr acl util-linux python3 procps coreutils diffutils findutils e2fsprogs
 scripts/pjdfstest.sh install
 # tests/share.rs serves a mount through its own nfs-ganesha (FSAL_VFS) and smbd on
 # 127.0.0.1, driven with libnfs-utils and smbclient; the packages' system services are

@@ -79,6 +79,11 @@ pub struct MountConfig {
     /// another on the same FUSE connection: clients see a pause, not an error. Off: the
     /// mount is left dead (ENOTCONN) until the next `coldtier mount`.
     pub restart_on_crash: bool,
+    /// A UUID (e.g. from `uuidgen`) that names this filesystem to file servers whatever
+    /// the mount: the mount is made as `fuseblk` on a loop device carrying it, so
+    /// nfs-ganesha's handles stay valid across remounts and reboots. None: a plain FUSE
+    /// mount, whose device number (and so ganesha's handles) changes at every mount.
+    pub fsid: Option<String>,
 }
 
 impl Default for MountConfig {
@@ -87,6 +92,7 @@ impl Default for MountConfig {
             source: None,
             mountpoint: None,
             restart_on_crash: true,
+            fsid: None,
         }
     }
 }
@@ -323,6 +329,11 @@ impl Config {
             new.mount.restart_on_crash.to_string(),
         );
         cmp(
+            "mount.fsid",
+            format!("{:?}", self.mount.fsid),
+            format!("{:?}", new.mount.fsid),
+        );
+        cmp(
             "metrics.listen",
             format!("{:?}", self.metrics.listen),
             format!("{:?}", new.metrics.listen),
@@ -541,6 +552,14 @@ impl Config {
         }
         if self.fuse.threads > 256 {
             return Err(bad("fuse.threads", "must be at most 256".into()));
+        }
+        if let Some(f) = &self.mount.fsid {
+            if crate::fs::blockdev::parse_uuid(f).is_none() {
+                return Err(bad(
+                    "mount.fsid",
+                    format!("{f:?} is not a UUID (8-4-4-4-12 hex digits, not all zero; `uuidgen` makes one)"),
+                ));
+            }
         }
 
         let p = &self.policy;
@@ -1069,6 +1088,12 @@ mod tests {
             ("[fuse]\npassthrough = \"yes\"", "fuse.passthrough"),
             ("[fuse]\nthreads = -1", "fuse.threads"),
             ("[fuse]\nthreads = 1000", "fuse.threads"),
+            ("[mount]\nfsid = \"not-a-uuid\"", "mount.fsid"),
+            (
+                "[mount]\nfsid = \"00000000-0000-0000-0000-000000000000\"",
+                "mount.fsid",
+            ),
+            ("[mount]\nfsid = 7", "mount.fsid"),
             ("[fuse]\nattr_timeout = \"soon\"", "fuse.attr_timeout"),
             ("[fuse]\nattr_timeout = \"2h\"", "fuse.attr_timeout"),
             ("[fuse]\nentry_timeout = 5", "fuse.entry_timeout"),
@@ -1324,6 +1349,7 @@ mod tests {
                 source: Some("/srv/share".into()),
                 mountpoint: Some("/srv/share".into()),
                 restart_on_crash: true,
+                fsid: None,
             }
         );
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9464"));

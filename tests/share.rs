@@ -659,6 +659,55 @@ impl DevSquatters {
     }
 }
 
+/// A loop device (`mount.fsid`'s mounts are made on one) held attached to a file of its
+/// own, so that the next `fuseblk` mount gets another.
+struct LoopSquatter {
+    dev: PathBuf,
+    _file: tempfile::NamedTempFile,
+}
+
+impl LoopSquatter {
+    fn holding(dev: u64) -> LoopSquatter {
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        assert_eq!(
+            major, 7,
+            "a fuseblk mount with mount.fsid is on a loop device"
+        );
+        let path = PathBuf::from(format!("/dev/loop{minor}"));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(64 << 10).unwrap();
+        // The unmount lets the device go (autoclear); wait for it to be free.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("losetup")
+                .arg(&path)
+                .arg(file.path())
+                .output()
+                .expect("losetup");
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "losetup {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LoopSquatter {
+            dev: path,
+            _file: file,
+        }
+    }
+}
+
+impl Drop for LoopSquatter {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
 impl Drop for DevSquatters {
     fn drop(&mut self) {
         for p in self.mounts.iter().rev() {
@@ -756,9 +805,14 @@ fn handle_tree(
     moto: &Arc<MotoServer>,
     bucket: &str,
     stubs: &[(&str, usize)],
+    fsid: Option<&str>,
 ) -> (TierMount, Files) {
     let stubs = files(stubs);
-    let t = TierMount::new(moto, bucket, &stubs, |c| c);
+    let fsid = fsid.map(str::to_string);
+    let t = TierMount::new(moto, bucket, &stubs, move |c| match fsid {
+        Some(f) => c.set("mount", "fsid", &q(&f)),
+        None => c,
+    });
     t.migrate_ok(&["--mode", "stub"]);
     let resident: Files = [
         ("via.bin", 10),
@@ -853,6 +907,7 @@ fn nfs_handles_through_ganesha_read_after_cache_drops_a_daemon_kill_and_ganesha_
             (stubs[2], 77_777),
             (stubs[3], 1),
         ],
+        None,
     );
     let mut g = Ganesha::start(&t.mnt);
     let mut c = NfsSession::connect(&g, Nfs::V3);
@@ -951,12 +1006,13 @@ fn nfs_fsid(g: &Ganesha, rel: &str) -> u64 {
         .unwrap_or_else(|| panic!("stat {rel}: {st}"))
 }
 
-fn remounted(bucket: &str, filesystem_id: Option<&str>) -> Remounted {
+fn remounted(bucket: &str, filesystem_id: Option<&str>, fsid: Option<&str>) -> Remounted {
     let moto = start_moto();
     let (mut t, fs_) = handle_tree(
         &moto,
         bucket,
         &[("cold/s0.bin", 300_000), ("cold/deep/s1.bin", 5)],
+        fsid,
     );
     let mut g = Ganesha::start_with(
         &t.mnt,
@@ -976,7 +1032,11 @@ fn remounted(bucket: &str, filesystem_id: Option<&str>) -> Remounted {
     g.stop();
     let old_dev = st_dev(&t.mnt);
     t.umount();
-    let squatters = DevSquatters::holding(old_dev);
+    // The old device number taken by another device: the remount gets a new one.
+    let squatters = match fsid {
+        None => (Some(DevSquatters::holding(old_dev)), None),
+        Some(_) => (None, Some(LoopSquatter::holding(old_dev))),
+    };
     t.remount();
     drop(squatters);
     assert_ne!(
@@ -1013,7 +1073,7 @@ fn remounted(bucket: &str, filesystem_id: Option<&str>) -> Remounted {
 /// NFS3ERR_STALE or the file's own bytes, never another file's.
 #[test]
 fn after_a_remount_the_export_keeps_its_fsid_and_the_mount_handles_in_nfs_handles_resolve() {
-    let r = remounted("share-remount", Some("100.1"));
+    let r = remounted("share-remount", Some("100.1"), None);
     let g = &r.g;
     // Filesystem_Id = 100.1 as NFSv3's 64-bit fsid (as measured: minor in the high half).
     assert_eq!(
@@ -1073,16 +1133,67 @@ fn after_a_remount_the_export_keeps_its_fsid_and_the_mount_handles_in_nfs_handle
     assert_eq!(r.t.state("cold/s0.bin"), "premigrated");
 }
 
-/// The whole wish of issue 14 for a remount: with a fixed `Filesystem_Id`, the handles taken
-/// before a coldtier remount read their files after it. Fails with ganesha 4.3 (every
-/// handle, the export's root included, is NFS3ERR_STALE): see the test above.
+/// With `mount.fsid` set, the mount is a `fuseblk` on a loop device whose image carries that
+/// UUID, and ganesha names the filesystem by it (libblkid) instead of the device number:
+/// the handles taken before a coldtier remount, as they were, read their files after it
+/// (stubs included, first read after the remount), the deleted files' give
+/// NFS3ERR_STALE, though the remount got another loop device (the old one is held by
+/// another file meanwhile). Without it every handle is NFS3ERR_STALE (the test above).
 #[test]
-#[ignore = "ganesha 4.3 FSAL_VFS puts the FUSE mount's device number (f_fsid is 0 on FUSE), not Filesystem_Id, in its handles: after a remount every handle is NFS3ERR_STALE"]
 fn nfs_handles_taken_before_a_remount_read_after_it() {
-    let r = remounted("share-remount-wish", Some("100.1"));
+    let uuid = "6f1c2e3a-0b4d-4c5e-8f90-a1b2c3d4e5f6";
+    let r = remounted("share-remount-fsid", None, Some(uuid));
     let mut c = NfsSession::connect(&r.g, Nfs::V3);
     let via = c.open("via.bin").expect("open via.bin after the remount");
+    assert_eq!(via.fh, r.via_before, "via.bin's handle after the remount");
     assert_handles(&mut c, &via, &r.held, &r.gone, "after the remount", &r.g);
+    assert_eq!(r.t.state("cold/s0.bin"), "premigrated");
+    // What the kernel lists and libblkid reads: fuseblk on a loop device with the UUID.
+    let (fstype, dev) = mount_of(&r.t.mnt);
+    assert_eq!(fstype, "fuseblk.coldtier");
+    assert_ne!(st_dev(&r.t.mnt), r.old_dev);
+    let out = Command::new("blkid")
+        .args(["-p", "-s", "UUID", "-o", "value"])
+        .arg(&dev)
+        .output()
+        .expect("blkid");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        uuid,
+        "blkid of {dev}"
+    );
+    // The unmount lets the loop device go: it detaches itself.
+    let mut r = r;
+    r.g.stop();
+    r.t.umount();
+    let backing = format!(
+        "/sys/block/{}/loop/backing_file",
+        dev.trim_start_matches("/dev/")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&backing).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{dev} still attached after the unmount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The type and source of the mount at `p`, as /proc/self/mountinfo lists them.
+fn mount_of(p: &Path) -> (String, String) {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = p.to_str().unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let mp = a.split(' ').nth(4)?;
+            let mut rest = b.split(' ');
+            let (t, src) = (rest.next()?, rest.next()?);
+            (mp == want).then(|| (t.to_string(), src.to_string()))
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("no mount at {want}"))
 }
 
 /// A client reading files through the export in a loop (each file opened, read whole and
@@ -1231,6 +1342,17 @@ fn reads_through_ganesha_across_daemon_kills(
 #[test]
 fn nfsv3_reads_through_ganesha_across_daemon_kills_see_no_error_and_the_right_bytes() {
     reads_through_ganesha_across_daemon_kills("share-kill-v3", |c| c, &[Nfs::V3]);
+}
+
+/// The same on a `fuseblk` mount (`mount.fsid`): the loop device stays with the mount
+/// across the daemon kills, as the connection does.
+#[test]
+fn nfsv3_reads_across_daemon_kills_on_a_fuseblk_mount_see_no_error() {
+    reads_through_ganesha_across_daemon_kills(
+        "share-kill-blk",
+        |c| c.set("mount", "fsid", &q("0f6e5d4c-3b2a-4190-8877-665544332211")),
+        &[Nfs::V3],
+    );
 }
 
 /// NFSv3 and NFSv4 reads (an NFSv4 OPEN is an open of the file on the mount, each time)

@@ -4,6 +4,13 @@ use std::path::{Path, PathBuf};
 
 /// The type of a coldtier mount as the kernel lists it (`fuse.coldtier`).
 pub const FS_TYPE: &str = "fuse.coldtier";
+/// The type of a coldtier mount made on a block device (`mount.fsid`: `fuseblk.coldtier`).
+pub const FS_TYPE_BLK: &str = "fuseblk.coldtier";
+
+/// Whether a mount the kernel lists with type `fstype` is a coldtier mount (either kind).
+pub fn is_coldtier(fstype: &str) -> bool {
+    fstype == FS_TYPE || fstype == FS_TYPE_BLK
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {

@@ -427,7 +427,7 @@ pub(super) fn mounts(a: &MountsArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for m in table
         .iter()
-        .filter(|m| m.fstype == crate::base::mountinfo::FS_TYPE)
+        .filter(|m| crate::base::mountinfo::is_coldtier(&m.fstype))
     {
         let answer = crate::control::client::Client::connect(&m.mount_point)
             .map_err(anyhow::Error::from)

@@ -36,7 +36,7 @@ pub fn mount_of(path: &Path) -> Result<PathBuf, ClientError> {
         std::fs::canonicalize(path).map_err(|e| ClientError::Resolve(path.to_path_buf(), e))?;
     let mounts = mountinfo::read()?;
     match mountinfo::containing(&mounts, &abs) {
-        Some(m) if m.fstype == crate::base::mountinfo::FS_TYPE => Ok(m.mount_point.clone()),
+        Some(m) if crate::base::mountinfo::is_coldtier(&m.fstype) => Ok(m.mount_point.clone()),
         _ => Err(ClientError::NotInMount(abs)),
     }
 }

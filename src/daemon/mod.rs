@@ -22,7 +22,7 @@ use crate::cli::args::{MountArgs, UmountArgs};
 use crate::config::Config;
 use crate::fs::backing;
 use crate::fs::backing_ids::BackingIds;
-use crate::fs::fuse::{FuseAdapter, Negotiated, Ttls, FS_TYPE};
+use crate::fs::fuse::{FuseAdapter, Negotiated, Ttls};
 use crate::fs::overlay::{OverlayFs, OverlayOptions};
 use crate::tier::context::Tiering;
 use handler::{ConfigCell, Control};
@@ -121,7 +121,9 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
     check_dev_fuse()?;
     let mounts =
         mountinfo::read().map_err(|e| anyhow::anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
-    if let Some(m) = mountinfo::containing(&mounts, &source).filter(|m| m.fstype == FS_TYPE) {
+    if let Some(m) =
+        mountinfo::containing(&mounts, &source).filter(|m| mountinfo::is_coldtier(&m.fstype))
+    {
         return Err(bad(format!(
             "SOURCE {} is already a coldtier mount (mounted at {}); unmount it first",
             source.display(),
@@ -136,7 +138,9 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
             m.source
         )));
     }
-    if let Some(m) = mountinfo::containing(&mounts, &mountpoint).filter(|m| m.fstype == FS_TYPE) {
+    if let Some(m) =
+        mountinfo::containing(&mounts, &mountpoint).filter(|m| mountinfo::is_coldtier(&m.fstype))
+    {
         return Err(bad(format!(
             "MOUNTPOINT {} is inside the coldtier mount at {}",
             mountpoint.display(),
@@ -232,9 +236,32 @@ const EXITING_DAEMON_WAIT: Duration = Duration::from_secs(15);
 /// Directory of the locks that keep a source to one daemon.
 const LOCK_DIR: &str = "/run/coldtier/locks";
 
+/// The loop device of `mount.fsid`, if set (docs/architecture.md, "A filesystem id that
+/// survives a remount"). The mount made on it holds it; dropping it lets it go.
+fn fsid_device(config: &Config) -> std::io::Result<Option<crate::fs::blockdev::FsidDevice>> {
+    let Some(uuid) = config
+        .mount
+        .fsid
+        .as_deref()
+        .and_then(crate::fs::blockdev::parse_uuid)
+    else {
+        return Ok(None);
+    };
+    crate::base::private::create_private_dir(Path::new(RUN_DIR))?;
+    let dev = crate::fs::blockdev::attach(Path::new(RUN_DIR), &uuid).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("mount.fsid: cannot set up the loop device: {e}"),
+        )
+    })?;
+    tracing::info!(fsid = %uuid, device = %dev.path.display(), "mounting as fuseblk for a stable filesystem id");
+    Ok(Some(dev))
+}
+
 /// Whether a coldtier mount sits at `path` now.
 fn is_coldtier_mount(path: &Path) -> bool {
-    mountinfo::read().is_ok_and(|m| mountinfo::at(&m, path).is_some_and(|m| m.fstype == FS_TYPE))
+    mountinfo::read()
+        .is_ok_and(|m| mountinfo::at(&m, path).is_some_and(|m| mountinfo::is_coldtier(&m.fstype)))
 }
 
 /// The lock of a source directory: named by its device and inode, so that two paths to
@@ -740,13 +767,17 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
             tracing::info!("taking over the mount's connection from the previous daemon");
             crate::fs::fuse::Session::resume(adapter, fd, &p.source, threads)
         }
-        None => crate::fs::fuse::Session::mount(
-            adapter,
-            &p.mountpoint,
-            &p.source,
-            threads,
-            &p.mount_flags,
-        ),
+        None => match fsid_device(&p.config) {
+            Ok(dev) => crate::fs::fuse::Session::mount(
+                adapter,
+                &p.mountpoint,
+                &p.source,
+                threads,
+                &p.mount_flags,
+                dev.as_ref().map(|d| d.path.as_path()),
+            ),
+            Err(e) => Err(e),
+        },
     };
     let mut session = match session {
         Ok(s) => s,
@@ -1224,7 +1255,7 @@ fn clear_dead_mount(path: &Path) {
     let Ok(mounts) = mountinfo::read() else {
         return;
     };
-    if mountinfo::at(&mounts, &abs).is_none_or(|m| m.fstype != FS_TYPE) {
+    if mountinfo::at(&mounts, &abs).is_none_or(|m| !mountinfo::is_coldtier(&m.fstype)) {
         return;
     }
     match unmount_path(&abs, true) {
@@ -1324,7 +1355,7 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
     let mp = std::fs::canonicalize(&given).unwrap_or(given);
     let mounts = mountinfo::read()?;
     match mountinfo::at(&mounts, &mp) {
-        Some(m) if m.fstype == FS_TYPE => {}
+        Some(m) if mountinfo::is_coldtier(&m.fstype) => {}
         _ => return Err(bad(format!("{} is not a coldtier mount", mp.display()))),
     }
     let pid = read_record(&mp).map(|r| r.0);

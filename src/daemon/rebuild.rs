@@ -22,7 +22,8 @@ fn check_offline(source: &Path) -> anyhow::Result<()> {
     let mounts = crate::base::mountinfo::read()
         .map_err(|e| anyhow!("cannot read /proc/self/mountinfo: {e}"))?;
     if let Some(m) = mounts.iter().find(|m| {
-        m.fstype == crate::base::mountinfo::FS_TYPE && (m.source == want || m.mount_point == source)
+        crate::base::mountinfo::is_coldtier(&m.fstype)
+            && (m.source == want || m.mount_point == source)
     }) {
         return Err(bad(format!(
             "a coldtier daemon serves {} (mounted at {}): rebuild runs offline; unmount it first \

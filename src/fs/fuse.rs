@@ -1459,8 +1459,6 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-pub use crate::base::mountinfo::FS_TYPE;
-
 /// The FUSE session of a mount (fuser stays behind this file).
 pub struct Session(fuser::Session<FuseAdapter>);
 
@@ -1469,15 +1467,22 @@ pub struct Unmounter(fuser::SessionUnmounter);
 
 impl Session {
     /// Mounts `adapter` at `mountpoint` (the kernel lists it as `coldtier:SOURCE`) with
-    /// `threads` request threads.
+    /// `threads` request threads; on `blkdev` (`mount.fsid`), as `fuseblk` (listed as the
+    /// block device).
     pub fn mount(
         adapter: FuseAdapter,
         mountpoint: &Path,
         source: &Path,
         threads: usize,
         flags: &[String],
+        blkdev: Option<&Path>,
     ) -> std::io::Result<Session> {
-        let config = mount_config(source, threads, flags);
+        let mut config = mount_config(source, threads, flags);
+        if let Some(dev) = blkdev {
+            config.mount_options.push(fuser::MountOption::BlockDevice(
+                dev.to_string_lossy().into_owned(),
+            ));
+        }
         fuser::Session::new(adapter, mountpoint, &config).map(Session)
     }
 

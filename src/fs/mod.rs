@@ -2,6 +2,7 @@
 
 pub mod backing;
 pub mod backing_ids;
+pub mod blockdev;
 pub mod config;
 pub mod dosattrib;
 pub mod fuse;

@@ -478,10 +478,23 @@ fn fuse_mount_sys(
     }
 
     #[cfg(target_os = "linux")]
+    let mut fstype = "fuse";
+    #[cfg(target_os = "linux")]
+    let blkdev = options.iter().find_map(|x| match x {
+        MountOption::BlockDevice(dev) => Some(dev.as_str()),
+        _ => None,
+    });
+    #[cfg(target_os = "linux")]
+    if let Some(dev) = blkdev {
+        fstype = "fuseblk";
+        source = dev;
+        mount_options.push_str(",blksize=4096");
+    }
+    #[cfg(target_os = "linux")]
     let result = nix::mount::mount(
         Some(source),
         mountpoint,
-        Some("fuse"),
+        Some(fstype),
         flags,
         Some(mount_options.as_str()),
     );
@@ -490,6 +503,12 @@ fn fuse_mount_sys(
 
     match result {
         Ok(()) => Ok(Some(file)),
+        // fusermount would mount a plain `fuse` without the block device.
+        #[cfg(target_os = "linux")]
+        Err(nix::errno::Errno::EPERM) if blkdev.is_some() => Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "mounting fuseblk needs CAP_SYS_ADMIN",
+        )),
         Err(nix::errno::Errno::EPERM) => Ok(None), // Retry with fusermount
         Err(e) => Err(Error::new(
             ErrorKind::Other,

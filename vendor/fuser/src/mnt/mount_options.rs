@@ -32,6 +32,10 @@ pub enum MountOption {
     /// Allows passing an option which is not otherwise supported in these enums
     #[allow(clippy::upper_case_acronyms)]
     CUSTOM(String),
+    /// Mount as `fuseblk` on this block device (root only): the mount's device number and
+    /// source are the block device's, so a file server that names the filesystem by its
+    /// device or by the UUID `blkid` finds on it names it the same after a remount.
+    BlockDevice(String),
 
     /* Parameterless options */
     /// Automatically unmount when the mounting process exits
@@ -130,6 +134,7 @@ fn conflicts_with(option: &MountOption) -> Vec<MountOption> {
         MountOption::FSName(_)
         | MountOption::Subtype(_)
         | MountOption::CUSTOM(_)
+        | MountOption::BlockDevice(_)
         | MountOption::DirSync
         | MountOption::AutoUnmount
         | MountOption::DefaultPermissions => vec![],
@@ -155,6 +160,7 @@ pub(crate) fn option_to_string(option: &MountOption) -> String {
         MountOption::FSName(name) => format!("fsname={name}"),
         MountOption::Subtype(subtype) => format!("subtype={subtype}"),
         MountOption::CUSTOM(value) => value.to_string(),
+        MountOption::BlockDevice(dev) => format!("blkdev={dev}"),
         MountOption::AutoUnmount => "auto_unmount".to_string(),
         MountOption::DefaultPermissions => "default_permissions".to_string(),
         MountOption::Dev => "dev".to_string(),
@@ -179,6 +185,7 @@ pub(crate) fn option_group(option: &MountOption) -> MountOptionGroup {
         MountOption::FSName(_) => MountOptionGroup::Fusermount,
         MountOption::Subtype(_) => MountOptionGroup::Fusermount,
         MountOption::CUSTOM(_) => MountOptionGroup::KernelOption,
+        MountOption::BlockDevice(_) => MountOptionGroup::Fusermount,
         MountOption::AutoUnmount => MountOptionGroup::Fusermount,
         MountOption::Dev => MountOptionGroup::KernelFlag,
         MountOption::NoDev => MountOptionGroup::KernelFlag,
