@@ -1180,6 +1180,35 @@ fn nfs_handles_taken_before_a_remount_read_after_it() {
     }
 }
 
+/// A second mount given the `mount.fsid` of a mount that is up is refused (exit 2, naming
+/// the key and the mount that has it): nfs-ganesha would skip one of the two filesystems
+/// and send its handles to the other. Another UUID mounts.
+#[test]
+fn a_second_mount_with_the_same_fsid_is_refused() {
+    let moto = start_moto();
+    let uuid = "1e2d3c4b-5a69-4788-9aab-bccddeeff001";
+    let stubs = files(&[("a.bin", 10)]);
+    let first = TierMount::new(&moto, "share-fsid-1", &stubs, |c| {
+        c.set("mount", "fsid", &q(uuid))
+    });
+    assert_eq!(mount_of(&first.mnt).0, "fuseblk.coldtier");
+    let mut second = TierMount::prepared(&moto, &moto.endpoint, "share-fsid-2", &stubs, |c| {
+        c.set("mount", "fsid", &q(&uuid.to_uppercase()))
+    });
+    let out = second.try_mount(&[], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("mount.fsid") && err.contains(first.mnt.to_str().unwrap()),
+        "{err}"
+    );
+    let mut third = TierMount::prepared(&moto, &moto.endpoint, "share-fsid-3", &stubs, |c| {
+        c.set("mount", "fsid", &q("1e2d3c4b-5a69-4788-9aab-bccddeeff002"))
+    });
+    third.mount_with_env(&[]);
+    assert_eq!(mount_of(&third.mnt).0, "fuseblk.coldtier");
+}
+
 /// The type and source of the mount at `p`, as /proc/self/mountinfo lists them.
 fn mount_of(p: &Path) -> (String, String) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -130,6 +130,26 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
             m.mount_point.display()
         )));
     }
+    // Each mount.fsid names one filesystem: nfs-ganesha skips a second filesystem with an
+    // fsid it has seen, and its handles would go to the wrong one.
+    if let Some(uuid) = config
+        .mount
+        .fsid
+        .as_deref()
+        .and_then(crate::fs::blockdev::parse_uuid)
+    {
+        if let Some(m) = mounts.iter().find(|m| {
+            m.fstype == mountinfo::FS_TYPE_BLK
+                && crate::fs::blockdev::uuid_of(Path::new(&m.source)).as_deref()
+                    == Some(uuid.as_str())
+        }) {
+            return Err(bad(format!(
+                "mount.fsid {uuid} already names the coldtier mount at {}: each mount needs a \
+                 UUID of its own (uuidgen)",
+                m.mount_point.display()
+            )));
+        }
+    }
     if let Some(m) = mountinfo::at(&mounts, &mountpoint).filter(|m| m.fstype.starts_with("fuse")) {
         return Err(bad(format!(
             "MOUNTPOINT {} is in use by a {} mount ({})",

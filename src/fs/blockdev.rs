@@ -36,6 +36,29 @@ pub fn parse_uuid(s: &str) -> Option<String> {
     (lower != "00000000-0000-0000-0000-000000000000").then_some(lower)
 }
 
+/// The UUID of the image on block device `dev` (an ext2 superblock's `s_uuid`, as
+/// [`attach`] writes it), in canonical text form; None if `dev` holds no ext2 superblock.
+pub fn uuid_of(dev: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(dev).ok()?;
+    let mut sb = [0u8; 136];
+    f.read_exact_at(&mut sb, 1024).ok()?;
+    // s_magic at 56, s_uuid at 104 (struct ext2_super_block).
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
+        return None;
+    }
+    let u = &sb[104..120];
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
 /// A loop device attached to an image carrying `uuid`; the mount made on it keeps it, and
 /// it detaches itself when the mount is gone (and when this is dropped unmounted).
 pub struct FsidDevice {
