@@ -22,6 +22,14 @@ CMDLINE_ARGS=("$@")
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
+# The kernel line of every report: the release, and whether idle vCPUs poll before they
+# halt (a FUSE round trip's cost on a VM depends on it: docs/operations.md).
+kernel_desc() {
+    local d=/sys/devices/system/cpu/cpuidle/current_driver p=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+    printf '%s; cpuidle %s' "$(uname -srm)" "$(cat "$d" 2>/dev/null || echo none)"
+    if [[ -r "$p" ]]; then printf ', guest_halt_poll_ns=%s' "$(cat "$p")"; fi
+}
+
 # --tier, --share: the tiering and file-server benchmarks, separate runs with their own
 # options and work dirs.
 for _arg in "$@"; do
@@ -554,7 +562,7 @@ START_US=$(now_us)
 {
     printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     printf 'cmdline\t%s\n' "$(quote_cmdline)"
-    printf 'kernel\t%s\n' "$(uname -srm)"
+    printf 'kernel\t%s\n' "$(kernel_desc)"
     printf 'cpu\t%s x %s\n' "$(nproc)" "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
     printf 'memory\t%s\n' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
     printf 'filesystem\t%s\n' "$(df -PT "$BENCH_DIR" | awk 'NR==2 {print $2 " on " $1 " (mounted on " $7 ")"}')"

@@ -570,7 +570,7 @@ bench_share_main() {
     {
         printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         printf 'cmdline\t%s\n' "$cmdline"
-        printf 'kernel\t%s\n' "$(uname -srm)"
+        printf 'kernel\t%s\n' "$(kernel_desc)"
         printf 'machine\t%s x %s, %s RAM\n' "$(nproc)" "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
             "$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
         printf 'filesystem\t%s (both exports and the coldtier source on it)\n' \

@@ -727,7 +727,7 @@ bench_tier_main() {
     {
         printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         printf 'cmdline\t%s\n' "$cmdline"
-        printf 'kernel\t%s\n' "$(uname -srm)"
+        printf 'kernel\t%s\n' "$(kernel_desc)"
         printf 'machine\t%s x %s, %s RAM\n' "$(nproc)" "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
             "$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
         printf 'filesystem\t%s (data, s3s-fs root and restored files all on it)\n' \
