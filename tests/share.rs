@@ -1395,10 +1395,11 @@ fn nfsv3_and_nfsv4_reads_across_daemon_kills_without_passthrough_see_no_error() 
     );
 }
 
-/// NFSv3 and NFSv4 reads across daemon kills with kernel passthrough (the default). Fails:
-/// after the kill, the NFSv4 OPENs of the files ganesha still holds open for NFSv3 (the
-/// previous daemon's passthrough opens) answer NFS4ERR_IO, round after round (tests/restart.rs
-/// `a_file_held_open_across_a_restart_opens_again` is the same bug without ganesha).
+/// NFSv3 and NFSv4 reads across daemon kills with kernel passthrough (the default): the
+/// NFSv4 OPENs of the files ganesha still holds open for NFSv3 (the previous daemon's
+/// passthrough opens) open again under the next daemon, with the passthrough registration
+/// it took over (tests/restart.rs `a_file_held_open_across_a_restart_opens_again` is the
+/// same without ganesha).
 #[test]
 fn nfsv3_and_nfsv4_reads_through_ganesha_across_daemon_kills_see_no_error() {
     reads_through_ganesha_across_daemon_kills("share-kill-v4", |c| c, &[Nfs::V3, Nfs::V4]);
