@@ -114,7 +114,27 @@ pub fn attach(dir: &Path, uuid: &str) -> io::Result<FsidDevice> {
     attach_file(&file)
 }
 
+/// Where mke2fs is: on PATH, else where e2fsprogs installs it (a mount made at boot or by
+/// mount(8) may run with a PATH without the sbin directories).
+fn mke2fs() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("mke2fs"))
+            .find(|c| c.is_file())
+    });
+    on_path
+        .or_else(|| {
+            ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("mke2fs"))
+}
+
 fn make_image(image: &Path, uuid: &str) -> io::Result<()> {
+    // A file left by a crash of an earlier daemon with the same pid: this directory is ours.
+    let _ = std::fs::remove_file(image);
     {
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
@@ -124,7 +144,7 @@ fn make_image(image: &Path, uuid: &str) -> io::Result<()> {
             .open(image)?;
         f.set_len(64 << 10)?;
     }
-    let out = std::process::Command::new("mke2fs")
+    let out = std::process::Command::new(mke2fs())
         .args(["-t", "ext2", "-q", "-F", "-N", "16", "-m", "0"])
         .args(["-L", "coldtier-fsid", "-U", uuid])
         .arg(image)
