@@ -278,6 +278,21 @@ fn fsid_device(config: &Config) -> std::io::Result<Option<crate::fs::blockdev::F
     Ok(Some(dev))
 }
 
+/// A note for the log when this host is a VM guest whose idle vCPUs halt at once (the
+/// `haltpoll` cpuidle driver with `guest_halt_poll_ns` 0): every FUSE round trip that finds
+/// the other vCPU idle then pays its wake-up (docs/operations.md, "Round trips on a virtual
+/// machine").
+fn halt_polling_note(driver: Option<String>, poll_ns: Option<String>) -> Option<String> {
+    let driver = driver?;
+    let poll_ns: u64 = poll_ns?.trim().parse().ok()?;
+    (driver.trim() == "haltpoll" && poll_ns == 0).then(|| {
+        "this VM's idle vCPUs halt at once (haltpoll guest_halt_poll_ns=0): each request \
+         the kernel sends the daemon pays a vCPU wake-up (listings through Samba, a first \
+         ls -l); docs/operations.md, \"Round trips on a virtual machine\""
+            .to_string()
+    })
+}
+
 /// Whether a coldtier mount sits at `path` now.
 fn is_coldtier_mount(path: &Path) -> bool {
     mountinfo::read()
@@ -822,6 +837,12 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
         if let Err(e) = supervise::send_fd(sock, session.fd(), &neg) {
             tracing::error!("cannot hand the connection to the supervisor: {e}");
         }
+    }
+    if let Some(note) = halt_polling_note(
+        std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").ok(),
+        std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns").ok(),
+    ) {
+        tracing::info!("{note}");
     }
     if let Err(e) = write_record(&p, sock.is_some()) {
         tracing::warn!("cannot write runtime record under {RUN_DIR}: {e}");
@@ -1406,4 +1427,28 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::halt_polling_note;
+
+    #[test]
+    fn the_halt_polling_note_is_for_haltpoll_guests_that_halt_at_once() {
+        let s = |v: &str| Some(v.to_string());
+        assert!(halt_polling_note(s("haltpoll\n"), s("0\n")).is_some());
+        for (driver, ns) in [
+            (s("haltpoll\n"), s("200000\n")),
+            (s("intel_idle\n"), s("0\n")),
+            (s("haltpoll\n"), None),
+            (None, s("0\n")),
+            (s("haltpoll\n"), s("junk\n")),
+        ] {
+            assert_eq!(
+                halt_polling_note(driver.clone(), ns.clone()),
+                None,
+                "{driver:?} {ns:?}"
+            );
+        }
+    }
 }
