@@ -231,6 +231,40 @@ fn attach_file(file: &File) -> io::Result<FsidDevice> {
 mod tests {
     use super::parse_uuid;
 
+    /// The ioctl's argument must be the kernel's `struct loop_config` byte for byte.
+    #[test]
+    fn the_loop_structs_have_the_kernels_sizes() {
+        assert_eq!(std::mem::size_of::<super::LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<super::LoopConfig>(), 304);
+    }
+
+    /// The image carries the UUID where libblkid (and `uuid_of`) read it; a file with no
+    /// ext2 superblock has none.
+    #[test]
+    fn the_image_carries_its_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("i.img");
+        let uuid = "6f1c2e3a-0b4d-4c5e-8f90-a1b2c3d4e5f6";
+        super::make_image(&img, uuid).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 10);
+        assert_eq!(super::uuid_of(&img).as_deref(), Some(uuid));
+        let out = std::process::Command::new("blkid")
+            .args(["-p", "-s", "UUID", "-o", "value"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uuid);
+        // Made again over a leftover file: replaced.
+        super::make_image(&img, "1e2d3c4b-5a69-4788-9aab-bccddeeff001").unwrap();
+        assert_eq!(
+            super::uuid_of(&img).as_deref(),
+            Some("1e2d3c4b-5a69-4788-9aab-bccddeeff001")
+        );
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, vec![0u8; 4096]).unwrap();
+        assert_eq!(super::uuid_of(&plain), None);
+    }
+
     #[test]
     fn uuids_are_checked_and_lowercased() {
         assert_eq!(
