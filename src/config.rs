@@ -86,6 +86,16 @@ pub struct MountConfig {
     pub fsid: Option<String>,
 }
 
+impl MountConfig {
+    /// `fsid` in canonical form (lowercase), if set and a UUID (the config check refuses
+    /// anything else).
+    pub fn fsid_uuid(&self) -> Option<String> {
+        self.fsid
+            .as_deref()
+            .and_then(crate::fs::blockdev::parse_uuid)
+    }
+}
+
 impl Default for MountConfig {
     fn default() -> Self {
         MountConfig {

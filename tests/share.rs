@@ -1149,8 +1149,11 @@ fn nfs_handles_taken_before_a_remount_read_after_it() {
     assert_handles(&mut c, &via, &r.held, &r.gone, "after the remount", &r.g);
     assert_eq!(r.t.state("cold/s0.bin"), "premigrated");
     // What the kernel lists and libblkid reads: fuseblk on a loop device with the UUID.
-    let (fstype, dev) = mount_of(&r.t.mnt);
-    assert_eq!(fstype, "fuseblk.coldtier");
+    assert_eq!(
+        common::fstype_at(&r.t.mnt).as_deref(),
+        Some("fuseblk.coldtier")
+    );
+    let dev = common::source_at(&r.t.mnt).expect("the mount's source");
     assert_ne!(st_dev(&r.t.mnt), r.old_dev);
     let out = Command::new("blkid")
         .args(["-p", "-s", "UUID", "-o", "value"])
@@ -1191,7 +1194,10 @@ fn a_second_mount_with_the_same_fsid_is_refused() {
     let first = TierMount::new(&moto, "share-fsid-1", &stubs, |c| {
         c.set("mount", "fsid", &q(uuid))
     });
-    assert_eq!(mount_of(&first.mnt).0, "fuseblk.coldtier");
+    assert_eq!(
+        common::fstype_at(&first.mnt).as_deref(),
+        Some("fuseblk.coldtier")
+    );
     let mut second = TierMount::prepared(&moto, &moto.endpoint, "share-fsid-2", &stubs, |c| {
         c.set("mount", "fsid", &q(&uuid.to_uppercase()))
     });
@@ -1206,23 +1212,10 @@ fn a_second_mount_with_the_same_fsid_is_refused() {
         c.set("mount", "fsid", &q("1e2d3c4b-5a69-4788-9aab-bccddeeff002"))
     });
     third.mount_with_env(&[]);
-    assert_eq!(mount_of(&third.mnt).0, "fuseblk.coldtier");
-}
-
-/// The type and source of the mount at `p`, as /proc/self/mountinfo lists them.
-fn mount_of(p: &Path) -> (String, String) {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = p.to_str().unwrap();
-    text.lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_once(" - ")?;
-            let mp = a.split(' ').nth(4)?;
-            let mut rest = b.split(' ');
-            let (t, src) = (rest.next()?, rest.next()?);
-            (mp == want).then(|| (t.to_string(), src.to_string()))
-        })
-        .next_back()
-        .unwrap_or_else(|| panic!("no mount at {want}"))
+    assert_eq!(
+        common::fstype_at(&third.mnt).as_deref(),
+        Some("fuseblk.coldtier")
+    );
 }
 
 /// A client reading files through the export in a loop (each file opened, read whole and

@@ -132,12 +132,7 @@ fn prepare(args: &MountArgs) -> anyhow::Result<Prepared> {
     }
     // Each mount.fsid names one filesystem: nfs-ganesha skips a second filesystem with an
     // fsid it has seen, and its handles would go to the wrong one.
-    if let Some(uuid) = config
-        .mount
-        .fsid
-        .as_deref()
-        .and_then(crate::fs::blockdev::parse_uuid)
-    {
+    if let Some(uuid) = config.mount.fsid_uuid() {
         if let Some(m) = mounts.iter().find(|m| {
             m.fstype == mountinfo::FS_TYPE_BLK
                 && crate::fs::blockdev::uuid_of(Path::new(&m.source)).as_deref()
@@ -259,12 +254,7 @@ const LOCK_DIR: &str = "/run/coldtier/locks";
 /// The loop device of `mount.fsid`, if set (docs/architecture.md, "A filesystem id that
 /// survives a remount"). The mount made on it holds it; dropping it lets it go.
 fn fsid_device(config: &Config) -> std::io::Result<Option<crate::fs::blockdev::FsidDevice>> {
-    let Some(uuid) = config
-        .mount
-        .fsid
-        .as_deref()
-        .and_then(crate::fs::blockdev::parse_uuid)
-    else {
+    let Some(uuid) = config.mount.fsid_uuid() else {
         return Ok(None);
     };
     crate::base::private::create_private_dir(Path::new(RUN_DIR))?;
@@ -802,17 +792,17 @@ fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> 
             tracing::info!("taking over the mount's connection from the previous daemon");
             crate::fs::fuse::Session::resume(adapter, fd, &p.source, threads)
         }
-        None => match fsid_device(&p.config) {
-            Ok(dev) => crate::fs::fuse::Session::mount(
+        // The loop device (mount.fsid) is held until the mount holds it.
+        None => fsid_device(&p.config).and_then(|dev| {
+            crate::fs::fuse::Session::mount(
                 adapter,
                 &p.mountpoint,
                 &p.source,
                 threads,
                 &p.mount_flags,
                 dev.as_ref().map(|d| d.path.as_path()),
-            ),
-            Err(e) => Err(e),
-        },
+            )
+        }),
     };
     let mut session = match session {
         Ok(s) => s,

@@ -256,9 +256,20 @@ pub fn show(out: &Output) -> String {
 }
 
 /// The file system type of the mount at `p` (e.g. `fuse.coldtier`), if `p` is a mount
-/// point now (per /proc/self/mountinfo: field 5 is the mount point, with spaces as `\040`;
-/// the type follows the ` - ` separator).
+/// point now.
 pub fn fstype_at(p: &Path) -> Option<String> {
+    after_separator_at(p, 1)
+}
+
+/// The source of the mount at `p` (`coldtier:SOURCE`, or the block device of a `fuseblk`
+/// mount), if `p` is a mount point now.
+pub fn source_at(p: &Path) -> Option<String> {
+    after_separator_at(p, 2)
+}
+
+/// Field `n` after the ` - ` separator (1: the type, 2: the source) of the mount at `p`,
+/// per /proc/self/mountinfo (field 5 is the mount point, with spaces as `\040`).
+fn after_separator_at(p: &Path, n: usize) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let want = p.to_str().unwrap();
     info.lines().find_map(|l| {
@@ -267,7 +278,7 @@ pub fn fstype_at(p: &Path) -> Option<String> {
             return None;
         }
         let dash = f.iter().position(|x| *x == "-")?;
-        f.get(dash + 1).map(|s| s.to_string())
+        f.get(dash + n).map(|s| s.to_string())
     })
 }
 
