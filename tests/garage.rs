@@ -130,6 +130,7 @@ fn object_crc(rt: &tokio::runtime::Runtime, s: &S3Store, key: &str, size: u64) -
         extents: None,
         range: None,
         dest_base: 0,
+        progress: None,
     }))
     .unwrap()
     .checksum

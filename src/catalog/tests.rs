@@ -426,6 +426,19 @@ fn transition_is_atomic_when_the_event_insert_fails() {
         .unwrap_err();
     assert!(matches!(err, CatalogError::PathInUse { .. }), "{err:?}");
     assert_eq!(event_count(&path), 1);
+
+    // Each failed write was the whole of its transaction (no savepoint: the rollback
+    // took the transaction): the writer goes on, and the chain with it.
+    raw(&path)
+        .execute_batch("DROP TRIGGER fail_stubbed")
+        .unwrap();
+    cat.transition(&stub, EventKind::Stubbed, json!({}))
+        .unwrap();
+    assert_eq!(
+        cat.file_by_id(&f.file_id).unwrap().unwrap().state,
+        FileState::Stub
+    );
+    assert_eq!(cat.verify_chain().unwrap(), 2);
 }
 
 #[test]

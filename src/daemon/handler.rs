@@ -375,18 +375,37 @@ impl Control {
         recursive: bool,
         progress: &mut dyn FnMut(Progress),
     ) -> PathResults<RecallResult> {
+        self.t.catalog.warm();
         let items = self.expand(paths, recursive);
         // The bar counts the stubs, not every file below the paths; the packs several of
         // them are members of are fetched once each.
-        let members = std::cell::RefCell::new(Vec::new());
-        let totals = self.totals_of(&items, &|fd| {
-            let r = marks::record(fd, marks::STUB).ok().flatten()?;
-            let size = r.size;
-            if r.pack.is_some() {
-                members.borrow_mut().push(r);
+        let mut totals = crate::base::progress::Totals { files: 0, bytes: 0 };
+        let mut members = Vec::new();
+        // Where each path's bytes are: (its pack's rank, in the order the packs first
+        // come, and its offset in it), None for a file of its own.
+        let mut place: Vec<Option<(usize, u64)>> = vec![None; items.len()];
+        let mut ranks: std::collections::HashMap<(String, Option<String>), usize> =
+            Default::default();
+        for (i, item) in items.iter().enumerate() {
+            let Ok(rel) = item else { continue };
+            let fd = backing::open_beneath(self.t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW);
+            let Some(r) = fd
+                .ok()
+                .and_then(|fd| marks::record(fd.as_fd(), marks::STUB).ok().flatten())
+            else {
+                continue;
+            };
+            totals.files += 1;
+            totals.bytes += r.size;
+            if let Some(p) = &r.pack {
+                let n = ranks.len();
+                let rank = *ranks
+                    .entry((r.object_key.clone(), r.version_id.clone()))
+                    .or_insert(n);
+                place[i] = Some((rank, p.offset));
+                members.push(r);
             }
-            Some(size)
-        });
+        }
         progress(Progress {
             message: "recalling".into(),
             files: 0,
@@ -397,7 +416,6 @@ impl Control {
         let t = self.t.clone();
         let mut results: Vec<(usize, PathResult<RecallResult>)> = Vec::new();
         let mut failed = 0u64;
-        let members = members.into_inner();
         let _spans = t.prefetch_packs(&members);
         let mut rels = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
@@ -409,6 +427,12 @@ impl Control {
                 }
             }
         }
+        // Files of their own first (each its own GET, while the spans come), then the
+        // members pack by pack in the order the packs are fetched, each pack's in the order
+        // of their bytes in it: the members a span brings first are the first to be copied
+        // out of it, and the order of the names (a pack holds its files in the order they
+        // were scanned) makes no reader wait for the end of a span it does not need yet.
+        rels.sort_by_key(|(i, _)| place[*i]);
         let abs: std::collections::HashMap<usize, PathBuf> =
             rels.iter().map(|(i, r)| (*i, self.abs(r))).collect();
         let (mut done, mut bytes) = (0u64, 0u64);

@@ -120,6 +120,7 @@ pub(crate) async fn run_all(h: Harness) {
             Box::pin(class_changed(h))
         }),
         ("sparse_extents_round_trip", |h| Box::pin(sparse(h))),
+        ("ranged_get_tells_its_progress", |h| Box::pin(progress(h))),
     ];
     let filter = std::env::var("COLDTIER_CONFORMANCE_CASE").ok();
     let mut failures = Vec::new();
@@ -215,6 +216,7 @@ pub(crate) async fn get_part(
             extents: None,
             range,
             dest_base: range.map_or(0, |r| r.0),
+            progress: None,
         })
         .await?;
     let mut v = vec![0u8; range.map_or(size, |r| r.1) as usize];
@@ -239,6 +241,7 @@ async fn hash_only(
         extents: None,
         range: None,
         dest_base: 0,
+        progress: None,
     })
     .await
 }
@@ -253,6 +256,70 @@ fn genealogy(path: &str) -> BTreeMap<String, String> {
         ("gid".to_string(), "1000".to_string()),
         ("config-version".to_string(), "3".to_string()),
     ])
+}
+
+/// A ranged GET told a progress sender: the offsets it tells only grow, end at the
+/// range's end in the destination, and every byte below each was written by then (a
+/// bulk recall copies pack members out of a span while the rest of it comes). The S3
+/// store tells it; a store that does not writes the whole range before it returns.
+async fn progress(h: &Harness) -> Result<(), String> {
+    let s = &*h.store;
+    let key = "conf/progress";
+    let bytes = data(9 << 20, 7);
+    ok!(s.put(put_req(key, &bytes, ChecksumAlgo::Crc32c)?).await);
+    let (start, len) = (1000u64, (9 << 20) - 3000);
+    let dest = tempfile::tempfile().expect("tempfile");
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    let reader = dest.try_clone().expect("dup");
+    let want = bytes[start as usize..(start + len) as usize].to_vec();
+    // Checks the prefix each told offset vouches for, as a span's reader would.
+    let watcher = tokio::spawn(async move {
+        let mut told = vec![0u64];
+        while rx.changed().await.is_ok() {
+            let at = *rx.borrow_and_update();
+            let mut got = vec![0u8; at as usize];
+            if read_exact_at(&reader, &mut got, 0).is_err() || got[..] != want[..at as usize] {
+                return Err(format!("offset {at} told before its bytes were written"));
+            }
+            told.push(at);
+        }
+        Ok(told)
+    });
+    let r = s
+        .get(GetRequest {
+            key,
+            version_id: None,
+            dest: Some(&dest),
+            expected_size: bytes.len() as u64,
+            checksum: ChecksumAlgo::Crc32c,
+            extents: None,
+            range: Some((start, len)),
+            dest_base: start,
+            progress: Some(&tx),
+        })
+        .await;
+    drop(tx);
+    ok!(r);
+    let told = watcher.await.map_err(|e| e.to_string())??;
+    check!(
+        told.windows(2).all(|w| w[0] <= w[1]),
+        "offsets went back: {told:?}"
+    );
+    let last = *told.last().expect("the first");
+    let tells = h.name.starts_with("s3");
+    check!(
+        last == len || (!tells && last == 0),
+        "{}: last offset told {last}, the range is {len} bytes: {told:?}",
+        h.name
+    );
+    let mut got = vec![0u8; len as usize];
+    read_exact_at(&dest, &mut got, 0).map_err(|e| e.to_string())?;
+    check!(
+        got == bytes[start as usize..(start + len) as usize],
+        "the range's bytes differ"
+    );
+    ok!(s.delete(key, None).await);
+    Ok(())
 }
 
 async fn round_trip(h: &Harness) -> Result<(), String> {
@@ -1056,6 +1123,7 @@ async fn sparse(h: &Harness) -> Result<(), String> {
             extents: Some(&extents),
             range: None,
             dest_base: 0,
+            progress: None,
         })
         .await);
     check!(got.checksum == put.checksum, "checksum of what was written");

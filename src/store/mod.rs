@@ -198,6 +198,7 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
             extents: None,
             range: None,
             dest_base: 0,
+            progress: None,
         })
         .await
         .map_err(|e| e.context("GET of the probe object"));
@@ -359,6 +360,11 @@ pub struct GetRequest<'a> {
     /// written at `start - dest_base`): a pack member's bytes into its own file, which
     /// starts at the member's offset in the pack. 0 otherwise.
     pub dest_base: u64,
+    /// With `range` and `dest`: told, as the bytes are written to `dest` in order, the
+    /// offset in `dest` below which the range's bytes are written (the first, `start -
+    /// dest_base`, before any), so that a reader may take a prefix before the rest has
+    /// come. Stores that do not tell it write the whole range before they return.
+    pub progress: Option<&'a tokio::sync::watch::Sender<u64>>,
 }
 
 impl<'a> GetRequest<'a> {
@@ -379,6 +385,7 @@ impl<'a> GetRequest<'a> {
             extents: None,
             range: None,
             dest_base: 0,
+            progress: None,
         }
     }
 }

@@ -588,6 +588,7 @@ impl S3Store {
         size: u64,
         (start, len, base): (u64, u64, u64),
         algo: ChecksumAlgo,
+        progress: Option<&tokio::sync::watch::Sender<u64>>,
     ) -> Result<GetResult, StoreError> {
         if len == 0 || start + len > size || base > start {
             return Err(StoreError::invalid_argument(format!(
@@ -623,6 +624,7 @@ impl S3Store {
             Some(algo),
             full,
             Some(self.stall),
+            progress,
         )
         .await?;
         Ok(GetResult {
@@ -659,6 +661,7 @@ impl S3Store {
                     size,
                     (start, len, req.dest_base),
                     algo,
+                    req.progress,
                 )
                 .await;
         }
@@ -684,7 +687,7 @@ impl S3Store {
                     (out.body, v, Some(self.stall))
                 }
             };
-            let sum = stream_to_file(body, dest, 0, size, Some(algo), &full, stall).await?;
+            let sum = stream_to_file(body, dest, 0, size, Some(algo), &full, stall, None).await?;
             return Ok(GetResult {
                 bytes: size,
                 checksum: sum.expect("hashed"),
@@ -714,8 +717,17 @@ impl S3Store {
             let body = first.body;
             tasks.spawn(async move {
                 let _p = permit;
-                let s =
-                    stream_to_file(body, d, 0, chunk, crc.then_some(algo), &f, Some(stall)).await?;
+                let s = stream_to_file(
+                    body,
+                    d,
+                    0,
+                    chunk,
+                    crc.then_some(algo),
+                    &f,
+                    Some(stall),
+                    None,
+                )
+                .await?;
                 Ok((0, s))
             });
         }
@@ -745,6 +757,7 @@ impl S3Store {
                         crc.then_some(algo),
                         &f,
                         Some(stall),
+                        None,
                     )
                     .await?;
                     Ok((i, s))
@@ -876,6 +889,8 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
 /// `WRITE_CHUNK` (one write in flight while the next chunk arrives), hashing them if asked
 /// (without `dest`, only hashing them). `stall`: the longest wait for the next bytes (the
 /// SDK's bodies have their own stalled-stream protection; the lean GET's do not).
+/// `progress` is told the end of what is written, write by write (`GetRequest::progress`).
+#[allow(clippy::too_many_arguments)]
 async fn stream_to_file(
     mut body: ByteStream,
     dest: Option<Arc<Dest>>,
@@ -884,8 +899,16 @@ async fn stream_to_file(
     algo: Option<ChecksumAlgo>,
     what: &str,
     stall: Option<Duration>,
+    progress: Option<&tokio::sync::watch::Sender<u64>>,
 ) -> Result<Option<Checksum>, StoreError> {
     let mut hasher = algo.map(Hasher::new);
+    // The end of the bytes written so far (of the write last joined), told to `progress`.
+    let mut pending_end = start;
+    let tell = |to: u64| {
+        if let (Some(p), true) = (progress, dest.is_some()) {
+            p.send_replace(to);
+        }
+    };
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
     let mut off = start;
     let mut got = 0u64;
@@ -924,6 +947,7 @@ async fn stream_to_file(
         if buf.len() >= WRITE_CHUNK || (end && !buf.is_empty()) {
             if let Some(p) = pending.take() {
                 hasher = joined(p.await)?;
+                tell(pending_end);
             }
             let data = buf.split().freeze();
             let d = dest.clone();
@@ -946,6 +970,7 @@ async fn stream_to_file(
                 hasher = tokio::task::block_in_place(write)?;
             } else {
                 pending = Some(tokio::task::spawn_blocking(write));
+                pending_end = off;
             }
         }
         if end {
@@ -961,6 +986,7 @@ async fn stream_to_file(
             format!("GET {what}: body ended after {got} of {len} bytes"),
         ));
     }
+    tell(off);
     Ok(hasher.map(Hasher::finalize))
 }
 

@@ -866,6 +866,7 @@ fn bench_put_get_64mib() {
                         extents: None,
                         range: None,
                         dest_base: 0,
+                        progress: None,
                     })
                     .await
                     .unwrap();

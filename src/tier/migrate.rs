@@ -1239,6 +1239,7 @@ impl Tiering {
                 extents: None,
                 range: None,
                 dest_base: 0,
+                progress: None,
             })
             .await;
         let got = match got {

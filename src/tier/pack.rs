@@ -721,7 +721,9 @@ pub type PackVersion = (String, Option<String>);
 /// fetch their own ranges).
 #[derive(Clone)]
 pub enum SpanState {
-    Pending,
+    /// Coming: the span's file holds its bytes below the offset (in the file) the
+    /// receiver tells, written in order as they arrive.
+    Pending(std::sync::Arc<PackSpan>, tokio::sync::watch::Receiver<u64>),
     Ready(std::sync::Arc<PackSpan>),
     Failed,
 }
@@ -797,7 +799,9 @@ impl Tiering {
                 self.unnamed_file().ok()
             };
             let Some(file) = file else { break };
-            let (tx, rx) = tokio::sync::watch::channel(SpanState::Pending);
+            let span = std::sync::Arc::new(PackSpan { file, start, end });
+            let (upto, upto_rx) = tokio::sync::watch::channel(0u64);
+            let (tx, rx) = tokio::sync::watch::channel(SpanState::Pending(span.clone(), upto_rx));
             let k = (key.clone(), version.clone());
             self.pack_spans.lock().insert(k.clone(), rx);
             lease.keys.push(k);
@@ -812,16 +816,18 @@ impl Tiering {
                     .get(crate::store::GetRequest {
                         key: &key,
                         version_id: version.as_deref(),
-                        dest: Some(&file),
+                        dest: Some(&span.file),
                         expected_size: pack_size,
                         checksum: ChecksumAlgo::Crc32c,
                         extents: None,
                         range: (end - start != pack_size).then_some((start, end - start)),
                         dest_base: start,
+                        progress: Some(&upto),
                     })
                     .await;
+                drop(upto);
                 let state = match got {
-                    Ok(_) => SpanState::Ready(std::sync::Arc::new(PackSpan { file, start, end })),
+                    Ok(_) => SpanState::Ready(span),
                     Err(e) => {
                         tracing::warn!(key = %me.full_key(&key), "prefetch of a pack for a bulk recall: {e}");
                         SpanState::Failed
@@ -833,14 +839,27 @@ impl Tiering {
         lease
     }
 
-    /// Waits until the span a bulk recall is fetching of `rec`'s pack (if any) is there or
-    /// has failed.
+    /// Waits until the span a bulk recall is fetching of `rec`'s pack (if any) holds
+    /// `rec`'s bytes (they come in order: the first members need not wait for the rest),
+    /// is all there, or has failed.
     pub(super) async fn span_fetched(&self, rec: &StubRecord) {
         let k = (rec.object_key.clone(), rec.version_id.clone());
-        let rx = self.pack_spans.lock().get(&k).cloned();
-        if let Some(mut rx) = rx {
-            let _ = rx.wait_for(|s| !matches!(s, SpanState::Pending)).await;
+        let Some(mut rx) = self.pack_spans.lock().get(&k).cloned() else {
+            return;
+        };
+        let pending = match &*rx.borrow() {
+            SpanState::Pending(span, upto) => Some((span.clone(), upto.clone())),
+            _ => None,
+        };
+        if let Some((span, mut upto)) = pending {
+            if let Some(need) = span_need(&span, rec) {
+                // The span's fetch drops its sender when it ends (either way).
+                if upto.wait_for(|v| *v >= need).await.is_ok() {
+                    return;
+                }
+            }
         }
+        let _ = rx.wait_for(|s| !matches!(s, SpanState::Pending(..))).await;
     }
 
     /// A member's bytes from a pack span a bulk recall fetched, into `dest` at 0, hashed:
@@ -860,6 +879,11 @@ impl Tiering {
             .get(&k)
             .and_then(|rx| match &*rx.borrow() {
                 SpanState::Ready(s) if covers(s) => Some(s.clone()),
+                SpanState::Pending(s, upto)
+                    if span_need(s, rec).is_some_and(|need| *upto.borrow() >= need) =>
+                {
+                    Some(s.clone())
+                }
                 _ => None,
             });
         let span = match bulk {
@@ -897,6 +921,14 @@ impl Tiering {
                 .map_err(|e| crate::store::StoreError::io("a member from its pack's span", &e)),
         )
     }
+}
+
+/// The offset in `span`'s file below which `rec`'s bytes are: None if the span does not
+/// hold them.
+fn span_need(span: &PackSpan, rec: &StubRecord) -> Option<u64> {
+    let p = rec.pack.as_ref()?;
+    (p.offset >= span.start && p.offset + rec.size <= span.end)
+        .then(|| p.offset - span.start + rec.size)
 }
 
 /// A member's first read fetches this much of its pack from its offset on (at least the
@@ -956,6 +988,7 @@ impl Tiering {
                 extents: None,
                 range: Some((p.offset, end - p.offset)),
                 dest_base: p.offset,
+                progress: None,
             })
             .await;
         if let Err(e) = got {

@@ -601,6 +601,7 @@ impl Tiering {
                         extents: rec.extents.as_ref(),
                         range,
                         dest_base,
+                        progress: None,
                     })
                     .await
             }

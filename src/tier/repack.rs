@@ -125,6 +125,7 @@ impl Tiering {
                 extents: None,
                 range: (end - start != pack.size).then_some((start, end - start)),
                 dest_base: start,
+                progress: None,
             })
             .await
             .map_err(|e| {

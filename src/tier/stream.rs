@@ -491,6 +491,7 @@ impl Stream {
                 extents: None,
                 range: (len != self.origin.1).then_some((self.origin.0 + start, len)),
                 dest_base: self.origin.0,
+                progress: None,
             })
             .await?;
         let (ok, said, want) = match &self.expect {

@@ -495,6 +495,7 @@ impl Tiering {
                             extents: None,
                             range: None,
                             dest_base: 0,
+                            progress: None,
                         })
                         .await
                         .map_err(|e| e.to_string()),
@@ -759,6 +760,7 @@ async fn check_object(
             extents: None,
             range: None,
             dest_base: 0,
+            progress: None,
         })
         .await;
     reread(
@@ -821,6 +823,7 @@ pub(super) async fn read_member(
             extents: None,
             range: Some((p.offset, rec.size)),
             dest_base: p.offset,
+            progress: None,
         })
         .await
         .map_err(|e| format!("reading it back failed: {e}"))
