@@ -1218,6 +1218,84 @@ fn a_second_mount_with_the_same_fsid_is_refused() {
     );
 }
 
+/// The unmount of a `fuseblk` mount (`mount.fsid`) waits, in the kernel and
+/// uninterruptibly, for the daemon's answer to FUSE_DESTROY, which a stopped or hung daemon
+/// never gives. `coldtier umount` must not hang with it: after `--timeout` it fails, naming
+/// the fusectl file that ends the wait; with `--force` it aborts the connection itself.
+/// Either way the mount is gone once the connection is aborted, its loop device detaches,
+/// the daemon exits when it runs again, and the files are intact.
+#[test]
+fn umount_of_a_fuseblk_mount_whose_daemon_is_stopped_never_hangs() {
+    let moto = start_moto();
+    for (force, uuid) in [
+        (false, "5a0b9c8d-7e6f-4a3b-9c2d-1e0f2a3b4c01"),
+        (true, "5a0b9c8d-7e6f-4a3b-9c2d-1e0f2a3b4c02"),
+    ] {
+        let bucket = format!("share-stopped-umount-{force}");
+        let mut t = TierMount::new(&moto, &bucket, &files(&[("a.bin", 5000)]), |c| {
+            c.set("mount", "fsid", &q(uuid))
+        });
+        std::fs::write(t.m("b.txt"), b"written through the mount").unwrap();
+        let loopdev = common::source_at(&t.mnt).expect("the mount's source");
+        assert!(loopdev.starts_with("/dev/loop"), "{loopdev}");
+        let pid = faults::daemon_pid(&t.mnt).expect("the daemon's pid");
+        // SAFETY: a signal to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let mnt = t.mnt_str();
+        let mut args = vec!["umount", "--timeout", "2"];
+        if force {
+            args.push("--force");
+        }
+        args.push(&mnt);
+        let out = t.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if force {
+            assert!(out.status.success(), "{err}");
+            assert!(err.contains("aborting FUSE connection"), "{err}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(
+                err.contains(&format!("daemon {pid}, which has not answered")),
+                "{err}"
+            );
+            // The command it names ends the wait.
+            let abort = err
+                .split("echo 1 > ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no abort command in: {err}"));
+            assert!(abort.starts_with("/sys/fs/fuse/connections/"), "{err}");
+            std::fs::write(abort, "1").unwrap();
+        }
+        t.set_unmounted();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        let t0 = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "daemon {pid} still runs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!common::is_mountpoint(&t.mnt), "{mnt} is still a mount");
+        let backing = format!("/sys/block/{}/loop/backing_file", &loopdev["/dev/".len()..]);
+        let t0 = Instant::now();
+        while Path::new(&backing).exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{loopdev} is still attached"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            std::fs::read(t.src.join("b.txt")).unwrap(),
+            b"written through the mount"
+        );
+        assert_eq!(std::fs::metadata(t.src.join("a.bin")).unwrap().len(), 5000);
+    }
+}
+
 /// A client reading files through the export in a loop (each file opened, read whole and
 /// compared, closed, over and over; NFSv3, and NFSv4 where asked) while the daemon is killed
 /// (kill -9) twice sees no error and the right bytes: a kill only pauses it (ganesha's

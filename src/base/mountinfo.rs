@@ -17,6 +17,19 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// The device of the mount's filesystem, `major:minor` (a fuseblk mount's is its block
+    /// device's).
+    pub dev: String,
+}
+
+impl MountEntry {
+    /// The name of the mount's FUSE connection in the fusectl filesystem
+    /// (`/sys/fs/fuse/connections/<name>`): the kernel's encoding of its device number.
+    pub fn fuse_connection(&self) -> Option<String> {
+        let (major, minor) = self.dev.split_once(':')?;
+        let (major, minor): (u64, u64) = (major.parse().ok()?, minor.parse().ok()?);
+        Some(((major << 20) | minor).to_string())
+    }
 }
 
 /// Undoes the kernel's octal escapes (`\040` for a space, ...).
@@ -48,6 +61,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
+            let dev = left.split(' ').nth(2)?;
             let mp = left.split(' ').nth(4)?;
             let mut r = right.split(' ');
             let fstype = r.next()?;
@@ -56,6 +70,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
                 mount_point: PathBuf::from(unescape(mp)),
                 fstype: fstype.into(),
                 source: unescape(source),
+                dev: dev.into(),
             })
         })
         .collect()
@@ -156,5 +171,24 @@ mod tests {
             "tmpfs"
         );
         assert!(at(&m, Path::new("/nope")).is_none());
+    }
+
+    #[test]
+    fn a_mounts_fuse_connection_is_its_device_in_the_kernels_encoding() {
+        let m = parse(
+            "\
+41 40 0:41 / /srv/share rw - fuse.coldtier coldtier:/srv/share rw
+43 22 7:0 / /srv/blk rw - fuseblk.coldtier /dev/loop0 rw
+44 22 259:65539 / /srv/big rw - fuseblk.coldtier /dev/loop9 rw
+",
+        );
+        let conn = |p: &str| at(&m, Path::new(p)).unwrap().fuse_connection();
+        assert_eq!(conn("/srv/share").as_deref(), Some("41"));
+        // loop0: MKDEV(7, 0), as /sys/fs/fuse/connections names it.
+        assert_eq!(conn("/srv/blk").as_deref(), Some("7340032"));
+        assert_eq!(
+            conn("/srv/big").as_deref(),
+            Some(((259u64 << 20) | 65539).to_string().as_str())
+        );
     }
 }

@@ -333,9 +333,15 @@ pub struct UmountArgs {
     /// If the mount is busy, detach it now and let the daemon finish once the last open file closes.
     #[arg(long)]
     pub lazy: bool,
-    /// Seconds to wait for the daemon to exit after the unmount.
+    /// Seconds to wait for the unmount (which waits for the daemon's answer) and then for
+    /// the daemon to exit.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// If the daemon has not answered the unmount within --timeout seconds (it is stopped
+    /// or hung), abort its FUSE connection: requests it has not answered fail, and data
+    /// not yet handed to it (dirty pages of the mount) is lost.
+    #[arg(long)]
+    pub force: bool,
 }
 
 // ---- the reporting commands ----------------------------------------------------------

@@ -685,7 +685,8 @@ fn hand_over(
 }
 
 /// Unmounts `mountpoint`: normally, or, when files are still open, by detaching it so that
-/// the daemon finishes once the last one closes.
+/// the daemon finishes once the last one closes. In this process, as long as it takes: the
+/// daemon's own unmount (it answers the kernel itself), and the detach of a dead mount.
 fn unmount_path(mountpoint: &Path, lazy_if_busy: bool) -> Result<bool, std::io::Error> {
     let c = CString::new(mountpoint.as_os_str().as_bytes())?;
     // SAFETY: c is NUL-terminated.
@@ -701,6 +702,149 @@ fn unmount_path(mountpoint: &Path, lazy_if_busy: bool) -> Result<bool, std::io::
         return Err(std::io::Error::last_os_error());
     }
     Err(e)
+}
+
+/// What an unmount came to: done (or failed), or still waiting, in the child process
+/// `pid`, for a daemon that does not answer.
+enum Unmount {
+    Done(Result<bool, std::io::Error>),
+    Waiting(libc::pid_t),
+}
+
+/// Unmounts `mountpoint`: normally, or, when files are still open, by detaching it so that
+/// the daemon finishes once the last one closes (`Done(Ok(true))`). Gives up waiting after
+/// `wait` (`Waiting`): the kernel's unmount waits, uninterruptibly, for the daemon's answer
+/// to FUSE_DESTROY on a `fuseblk` mount (and, on any mount, to the writes of data it still
+/// holds), which a stopped or hung daemon never gives; the command must not hang with it.
+fn unmount_bounded(mountpoint: &Path, lazy_if_busy: bool, wait: Duration) -> Unmount {
+    let c = match CString::new(mountpoint.as_os_str().as_bytes()) {
+        Ok(c) => c,
+        Err(e) => return Unmount::Done(Err(e.into())),
+    };
+    match umount2_bounded(&c, 0, wait) {
+        Ok(Ok(())) => Unmount::Done(Ok(false)),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) && lazy_if_busy => {
+            match umount2_bounded(&c, libc::MNT_DETACH, wait) {
+                Ok(r) => Unmount::Done(r.map(|()| true)),
+                Err(pid) => Unmount::Waiting(pid),
+            }
+        }
+        Ok(Err(e)) => Unmount::Done(Err(e)),
+        Err(pid) => Unmount::Waiting(pid),
+    }
+}
+
+/// umount2(`path`, `flags`) in a child process, waited for up to `wait`: `Ok(result)` when
+/// it returned, `Err(pid)` of the child that still waits in the kernel (it ends when the
+/// daemon answers or the connection is aborted). If fork fails, the call runs here.
+fn umount2_bounded(
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    wait: Duration,
+) -> Result<std::io::Result<()>, libc::pid_t> {
+    // The child's stdin, stdout and stderr: it may outlive this command (waiting for the
+    // daemon), and must not keep a pipe of the caller's open meanwhile.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ok();
+    // SAFETY: the child calls only dup2, close_range, umount2 and _exit, all
+    // async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // SAFETY: a NUL-terminated path.
+        return Ok(if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    if pid == 0 {
+        // SAFETY: as above; errno is this thread's.
+        unsafe {
+            if let Some(n) = &null {
+                for fd in 0..3 {
+                    libc::dup2(std::os::fd::AsRawFd::as_raw_fd(n), fd);
+                }
+            }
+            // Nothing else of this process's stays open in the child.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let code = if libc::umount2(path.as_ptr(), flags) == 0 {
+                0
+            } else {
+                (*libc::__errno_location()).clamp(1, 255)
+            };
+            libc::_exit(code)
+        }
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut status = 0;
+        // SAFETY: our own child; status is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Ok(match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+                (true, 0) => Ok(()),
+                (true, e) => Err(std::io::Error::from_raw_os_error(e)),
+                (false, _) => Err(std::io::Error::other(format!(
+                    "the unmount's process ended with status {status}"
+                ))),
+            });
+        }
+        if r < 0 {
+            return Ok(Err(std::io::Error::last_os_error()));
+        }
+        if Instant::now() >= deadline {
+            return Err(pid);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `/sys/fs/fuse/connections/<conn>`, mounting the fusectl filesystem there first if the
+/// connection is not listed (it is not mounted everywhere).
+fn fuse_connection_dir(conn: &str) -> anyhow::Result<PathBuf> {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    if !dir.join(conn).exists() {
+        let (src, target) = (c"fusectl", c"/sys/fs/fuse/connections");
+        // SAFETY: NUL-terminated strings; no data.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(anyhow::anyhow!(
+                    "mounting fusectl on {}: {e}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    Ok(dir.join(conn))
+}
+
+/// Waits up to `wait` for the child `pid` (an unmount) to end.
+fn reap_within(pid: libc::pid_t, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut status = 0;
+        // SAFETY: our own child.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> anyhow::Result<()> {
@@ -1389,8 +1533,55 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
         Some(m) if mountinfo::is_coldtier(&m.fstype) => {}
         _ => return Err(bad(format!("{} is not a coldtier mount", mp.display()))),
     }
+    let conn = mountinfo::at(&mounts, &mp).and_then(|m| m.fuse_connection());
     let pid = read_record(&mp).map(|r| r.0);
-    let detached = match unmount_path(&mp, args.lazy) {
+    let wait = Duration::from_secs(args.timeout);
+    let outcome = match unmount_bounded(&mp, args.lazy, wait) {
+        Unmount::Waiting(child) if args.force => {
+            let conn = conn.ok_or_else(|| {
+                anyhow::anyhow!("{}: no FUSE connection found to abort", mp.display())
+            })?;
+            eprintln!(
+                "{}: daemon {} has not answered the unmount in {}s: aborting FUSE connection {conn}",
+                mp.display(),
+                pid.map_or("?".to_string(), |p| p.to_string()),
+                args.timeout
+            );
+            let abort = fuse_connection_dir(&conn)?.join("abort");
+            std::fs::write(&abort, "1")
+                .map_err(|e| anyhow::anyhow!("aborting FUSE connection {conn}: {e}"))?;
+            if !reap_within(child, Duration::from_secs(10)) {
+                return Err(anyhow::anyhow!(
+                    "{}: the unmount still waits after aborting FUSE connection {conn}",
+                    mp.display()
+                ));
+            }
+            // The daemon, stopped or hung, is not waited for: it finds its connection gone
+            // (ENODEV) and exits when it runs again.
+            eprintln!("{}: unmounted (FUSE connection aborted)", mp.display());
+            return Ok(());
+        }
+        Unmount::Waiting(_) => {
+            let abort = conn
+                .as_deref()
+                .and_then(|c| fuse_connection_dir(c).ok())
+                .map_or("/sys/fs/fuse/connections/<id>/abort".into(), |d| {
+                    d.join("abort").display().to_string()
+                });
+            return Err(anyhow::anyhow!(
+                "{mp}: the unmount waits for daemon {pid}, which has not answered in {t}s \
+                 (stopped or hung); the mount is detached, and the unmount completes when the \
+                 daemon answers. To end it now: echo 1 > {abort} \
+                 (requests the daemon has not answered fail; data not yet handed to it is \
+                 lost), or next time coldtier umount --force",
+                mp = mp.display(),
+                pid = pid.map_or("?".to_string(), |p| p.to_string()),
+                t = args.timeout,
+            ));
+        }
+        Unmount::Done(r) => r,
+    };
+    let detached = match outcome {
         Ok(true) => {
             eprintln!("{}: busy, detached; the daemon finishes when the last open file closes", mp.display());
             true
