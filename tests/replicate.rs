@@ -667,6 +667,18 @@ fn a_target_on_the_primarys_endpoint_is_filled_by_server_side_copies() {
         assert_eq!(r["detail"]["how"], "server-side copy", "{r}");
         assert_eq!(r["detail"]["proof"], "readback", "{r}");
     }
+    // verify asks the target about each copy once (HEAD): the pack's two members share one.
+    let before = settled_requests(&moto).len();
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["replica_copies_checked"].as_u64(), Some(5), "{v}");
+    let reqs = settled_requests(&moto);
+    let heads: Vec<&str> = object_requests(&reqs[before..], "ssc-copy")
+        .into_iter()
+        .filter(|r| r.method == "HEAD")
+        .map(|r| r.path())
+        .collect();
+    assert_eq!(heads.len(), 4, "one HEAD per copy: {heads:?}");
     // The copies serve a recall when the primary loses an object.
     let key = t.status("d/b.bin")["object_key"]
         .as_str()

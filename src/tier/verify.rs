@@ -436,14 +436,47 @@ impl Tiering {
             .collect();
         let mut findings = Vec::new();
         let mut checked = 0u64;
-        for r in refs {
-            let key = (
-                r.rec.object_key.clone(),
-                r.rec.version_id.clone().unwrap_or_default(),
-            );
-            let Some((replica_version, size)) = recorded.get(&key) else {
-                continue;
-            };
+        // The recorded copies the refs name, and each copy's HEAD: once per copy (a pack's
+        // members share one), IN_FLIGHT at once.
+        let wanted: Vec<(&RecordedObject, &Option<String>, u64)> = refs
+            .iter()
+            .filter_map(|r| {
+                let key = (
+                    r.rec.object_key.clone(),
+                    r.rec.version_id.clone().unwrap_or_default(),
+                );
+                recorded.get(&key).map(|(rv, size)| (r, rv, *size))
+            })
+            .collect();
+        let mut copies: Vec<(String, Option<String>)> = wanted
+            .iter()
+            .map(|(r, rv, _)| (r.rec.object_key.clone(), (*rv).clone()))
+            .collect();
+        copies.sort();
+        copies.dedup();
+        let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let mut set = tokio::task::JoinSet::new();
+        for (key, version) in copies {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+            let store = store.clone();
+            set.spawn(async move {
+                let head = store
+                    .head(&key, version.as_deref())
+                    .await
+                    .map(|m| m.size)
+                    .map_err(|e| (e.is(StoreErrorKind::NotFound), e.to_string()));
+                drop(permit);
+                ((key, version), head)
+            });
+        }
+        let mut heads = HashMap::new();
+        while let Some(r) = set.join_next().await {
+            let (copy, head) =
+                r.map_err(|e| StepError::new(libc::EIO, format!("a replica check failed: {e}")))?;
+            heads.insert(copy, head);
+        }
+        for (r, replica_version, size) in wanted {
+            let size = &size;
             checked += 1;
             let f = |kind, message: String| Finding {
                 kind,
@@ -452,29 +485,27 @@ impl Tiering {
                 object_key: Some(r.rec.object_key.clone()),
                 message: format!("replica {target}: {message}"),
             };
-            match store
-                .head(&r.rec.object_key, replica_version.as_deref())
-                .await
-            {
-                Err(e) if e.is(StoreErrorKind::NotFound) => {
+            match heads.get(&(r.rec.object_key.clone(), replica_version.clone())) {
+                Some(Err((true, _))) => {
                     findings.push(f(
                         "replica_missing",
                         "the copy recorded is not there".into(),
                     ));
                     continue;
                 }
-                Err(e) => {
+                Some(Err((false, e))) => {
                     findings.push(f("replica_missing", format!("cannot be read: {e}")));
                     continue;
                 }
-                Ok(m) if m.size != *size => {
+                Some(Ok(got)) if got != size => {
                     findings.push(f(
                         "replica_size",
-                        format!("{} bytes, the copy recorded has {size}", m.size),
+                        format!("{got} bytes, the copy recorded has {size}"),
                     ));
                     continue;
                 }
-                Ok(_) => {}
+                Some(Ok(_)) => {}
+                None => unreachable!("every copy wanted was asked for"),
             }
             if deep {
                 let algo: ChecksumAlgo = match r.rec.checksum_algo.parse() {
