@@ -168,18 +168,19 @@ impl Control {
         self.each_tracked(paths, recursive, progress, None, f)
     }
 
-    /// The files that need the work among `items` (`need` gives the bytes of one that
-    /// does), as the totals of a progress bar: `recall -r` counts stubs, `release -r`
-    /// premigrated files, not every file below the paths.
+    /// The files that need the work among `items` (`need`, given each item's index, gives
+    /// the bytes of one that does), as the totals of a progress bar: `recall -r` counts
+    /// stubs, `release -r` premigrated files, not every file below the paths.
     fn totals_of(
         &self,
         items: &[Result<PathBuf, (PathBuf, String)>],
-        need: &dyn Fn(std::os::fd::BorrowedFd<'_>) -> Option<u64>,
+        need: &mut dyn FnMut(usize, std::os::fd::BorrowedFd<'_>) -> Option<u64>,
     ) -> crate::base::progress::Totals {
         let mut t = crate::base::progress::Totals { files: 0, bytes: 0 };
-        for rel in items.iter().flatten() {
+        for (i, item) in items.iter().enumerate() {
+            let Ok(rel) = item else { continue };
             let fd = backing::open_beneath(self.t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW);
-            if let Some(b) = fd.ok().and_then(|fd| need(fd.as_fd())) {
+            if let Some(b) = fd.ok().and_then(|fd| need(i, fd.as_fd())) {
                 t.files += 1;
                 t.bytes += b;
             }
@@ -207,7 +208,7 @@ impl Control {
         let items = self.expand(paths, recursive);
         let (mut worked, mut moved) = (0u64, 0u64);
         if let Some((message, need, _)) = &track {
-            let totals = self.totals_of(&items, *need);
+            let totals = self.totals_of(&items, &mut |_, fd| need(fd));
             progress(Progress {
                 message: (*message).into(),
                 files: 0,
@@ -379,24 +380,15 @@ impl Control {
         let items = self.expand(paths, recursive);
         // The bar counts the stubs, not every file below the paths; the packs several of
         // them are members of are fetched once each.
-        let mut totals = crate::base::progress::Totals { files: 0, bytes: 0 };
         let mut members = Vec::new();
         // Where each path's bytes are: (its pack's rank, in the order the packs first
         // come, and its offset in it), None for a file of its own.
         let mut place: Vec<Option<(usize, u64)>> = vec![None; items.len()];
         let mut ranks: std::collections::HashMap<(String, Option<String>), usize> =
             Default::default();
-        for (i, item) in items.iter().enumerate() {
-            let Ok(rel) = item else { continue };
-            let fd = backing::open_beneath(self.t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW);
-            let Some(r) = fd
-                .ok()
-                .and_then(|fd| marks::record(fd.as_fd(), marks::STUB).ok().flatten())
-            else {
-                continue;
-            };
-            totals.files += 1;
-            totals.bytes += r.size;
+        let totals = self.totals_of(&items, &mut |i, fd| {
+            let r = marks::record(fd, marks::STUB).ok().flatten()?;
+            let size = r.size;
             if let Some(p) = &r.pack {
                 let n = ranks.len();
                 let rank = *ranks
@@ -405,7 +397,8 @@ impl Control {
                 place[i] = Some((rank, p.offset));
                 members.push(r);
             }
-        }
+            Some(size)
+        });
         progress(Progress {
             message: "recalling".into(),
             files: 0,

@@ -688,49 +688,60 @@ fn hand_over(
 /// the daemon finishes once the last one closes. In this process, as long as it takes: the
 /// daemon's own unmount (it answers the kernel itself), and the detach of a dead mount.
 fn unmount_path(mountpoint: &Path, lazy_if_busy: bool) -> Result<bool, std::io::Error> {
-    let c = CString::new(mountpoint.as_os_str().as_bytes())?;
-    // SAFETY: c is NUL-terminated.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(false);
+    match unmount_via(mountpoint, lazy_if_busy, |c, flags| Ok(umount2(c, flags))) {
+        Unmount::Done(r) => r,
+        Unmount::Waiting(_) => unreachable!("an unmount in this process is waited for"),
     }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EBUSY) && lazy_if_busy {
-        // SAFETY: as above.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return Ok(true);
-        }
-        return Err(std::io::Error::last_os_error());
-    }
-    Err(e)
 }
 
-/// What an unmount came to: done (or failed), or still waiting, in the child process
-/// `pid`, for a daemon that does not answer.
+/// What an unmount came to: done (`Ok(true)`: detached, busy), or still waiting, in the
+/// child process `pid`, for a daemon that does not answer.
 enum Unmount {
     Done(Result<bool, std::io::Error>),
     Waiting(libc::pid_t),
 }
 
-/// Unmounts `mountpoint`: normally, or, when files are still open, by detaching it so that
-/// the daemon finishes once the last one closes (`Done(Ok(true))`). Gives up waiting after
-/// `wait` (`Waiting`): the kernel's unmount waits, uninterruptibly, for the daemon's answer
-/// to FUSE_DESTROY on a `fuseblk` mount (and, on any mount, to the writes of data it still
-/// holds), which a stopped or hung daemon never gives; the command must not hang with it.
+/// [`unmount_path`], giving up waiting after `wait` (`Waiting`): the kernel's unmount
+/// waits, uninterruptibly, for the daemon's answer to FUSE_DESTROY on a `fuseblk` mount
+/// (and, on any mount, to the writes of data it still holds), which a stopped or hung
+/// daemon never gives; the command must not hang with it.
 fn unmount_bounded(mountpoint: &Path, lazy_if_busy: bool, wait: Duration) -> Unmount {
+    unmount_via(mountpoint, lazy_if_busy, |c, flags| {
+        umount2_bounded(c, flags, wait)
+    })
+}
+
+/// The unmount with `call` (an umount2: `Ok(result)`, or `Err(pid)` of a child still
+/// waiting): normally, then detached if busy and `lazy_if_busy`.
+fn unmount_via(
+    mountpoint: &Path,
+    lazy_if_busy: bool,
+    call: impl Fn(&std::ffi::CStr, libc::c_int) -> Result<std::io::Result<()>, libc::pid_t>,
+) -> Unmount {
     let c = match CString::new(mountpoint.as_os_str().as_bytes()) {
         Ok(c) => c,
         Err(e) => return Unmount::Done(Err(e.into())),
     };
-    match umount2_bounded(&c, 0, wait) {
+    match call(&c, 0) {
         Ok(Ok(())) => Unmount::Done(Ok(false)),
         Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) && lazy_if_busy => {
-            match umount2_bounded(&c, libc::MNT_DETACH, wait) {
+            match call(&c, libc::MNT_DETACH) {
                 Ok(r) => Unmount::Done(r.map(|()| true)),
                 Err(pid) => Unmount::Waiting(pid),
             }
         }
         Ok(Err(e)) => Unmount::Done(Err(e)),
         Err(pid) => Unmount::Waiting(pid),
+    }
+}
+
+/// umount2(`path`, `flags`) here.
+fn umount2(path: &std::ffi::CStr, flags: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -753,12 +764,7 @@ fn umount2_bounded(
     // async-signal-safe.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        // SAFETY: a NUL-terminated path.
-        return Ok(if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        });
+        return Ok(umount2(path, flags));
     }
     if pid == 0 {
         // SAFETY: as above; errno is this thread's.
@@ -778,25 +784,35 @@ fn umount2_bounded(
             libc::_exit(code)
         }
     }
+    match wait_child(pid, wait) {
+        Some(Ok(status)) => Ok(match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+            (true, 0) => Ok(()),
+            (true, e) => Err(std::io::Error::from_raw_os_error(e)),
+            (false, _) => Err(std::io::Error::other(format!(
+                "the unmount's process ended with status {status}"
+            ))),
+        }),
+        Some(Err(e)) => Ok(Err(e)),
+        None => Err(pid),
+    }
+}
+
+/// Waits up to `wait` for our child `pid` to end: its wait status, an error of waitpid,
+/// or None if it still runs.
+fn wait_child(pid: libc::pid_t, wait: Duration) -> Option<std::io::Result<libc::c_int>> {
     let deadline = Instant::now() + wait;
     loop {
         let mut status = 0;
         // SAFETY: our own child; status is a valid out pointer.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
-            return Ok(match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-                (true, 0) => Ok(()),
-                (true, e) => Err(std::io::Error::from_raw_os_error(e)),
-                (false, _) => Err(std::io::Error::other(format!(
-                    "the unmount's process ended with status {status}"
-                ))),
-            });
+            return Some(Ok(status));
         }
         if r < 0 {
-            return Ok(Err(std::io::Error::last_os_error()));
+            return Some(Err(std::io::Error::last_os_error()));
         }
         if Instant::now() >= deadline {
-            return Err(pid);
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -829,22 +845,6 @@ fn fuse_connection_dir(conn: &str) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir.join(conn))
-}
-
-/// Waits up to `wait` for the child `pid` (an unmount) to end.
-fn reap_within(pid: libc::pid_t, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
-    loop {
-        let mut status = 0;
-        // SAFETY: our own child.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn serve(p: Prepared, mut status: Option<std::fs::File>, link: Option<Link>) -> anyhow::Result<()> {
@@ -1529,11 +1529,10 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
     // A dead daemon leaves a mount whose stat fails (ENOTCONN): fall back to the path as given.
     let mp = std::fs::canonicalize(&given).unwrap_or(given);
     let mounts = mountinfo::read()?;
-    match mountinfo::at(&mounts, &mp) {
-        Some(m) if mountinfo::is_coldtier(&m.fstype) => {}
+    let conn = match mountinfo::at(&mounts, &mp) {
+        Some(m) if mountinfo::is_coldtier(&m.fstype) => m.fuse_connection(),
         _ => return Err(bad(format!("{} is not a coldtier mount", mp.display()))),
-    }
-    let conn = mountinfo::at(&mounts, &mp).and_then(|m| m.fuse_connection());
+    };
     let pid = read_record(&mp).map(|r| r.0);
     let wait = Duration::from_secs(args.timeout);
     let outcome = match unmount_bounded(&mp, args.lazy, wait) {
@@ -1550,7 +1549,7 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
             let abort = fuse_connection_dir(&conn)?.join("abort");
             std::fs::write(&abort, "1")
                 .map_err(|e| anyhow::anyhow!("aborting FUSE connection {conn}: {e}"))?;
-            if !reap_within(child, Duration::from_secs(10)) {
+            if !matches!(wait_child(child, Duration::from_secs(10)), Some(Ok(_))) {
                 return Err(anyhow::anyhow!(
                     "{}: the unmount still waits after aborting FUSE connection {conn}",
                     mp.display()

@@ -476,7 +476,6 @@ impl Tiering {
             heads.insert(copy, head);
         }
         for (r, replica_version, size) in wanted {
-            let size = &size;
             checked += 1;
             let f = |kind, message: String| Finding {
                 kind,
@@ -497,7 +496,7 @@ impl Tiering {
                     findings.push(f("replica_missing", format!("cannot be read: {e}")));
                     continue;
                 }
-                Some(Ok(got)) if got != size => {
+                Some(Ok(got)) if *got != size => {
                     findings.push(f(
                         "replica_size",
                         format!("{got} bytes, the copy recorded has {size}"),
@@ -521,7 +520,7 @@ impl Tiering {
                             key: &r.rec.object_key,
                             version_id: replica_version.as_deref(),
                             dest: None,
-                            expected_size: *size,
+                            expected_size: size,
                             checksum: algo,
                             extents: None,
                             range: None,
