@@ -15,6 +15,7 @@ pub mod handles;
 pub mod metrics;
 mod queries;
 mod schema;
+mod totals;
 mod types;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use totals::TotalsDelta;
 
 /// How long a statement waits for another process's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -743,7 +745,9 @@ impl Catalog {
         self.write("recording a file transition", |tx, heads, now| {
             let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
-            upsert_file(tx, file, kind, time_ns)?;
+            let mut totals = TotalsDelta::default();
+            upsert_file(tx, file, kind, time_ns, &mut totals)?;
+            totals.apply(tx)?;
             head.push(
                 tx,
                 time_ns,
@@ -774,6 +778,7 @@ impl Catalog {
         let body = |tx: &Connection, heads: &mut Heads, now: i64| {
             let head = heads.get(tx)?;
             let first = head.id + 1;
+            let mut totals = TotalsDelta::default();
             for (i, (file, kind, detail)) in items.iter().enumerate() {
                 let time_ns = head.next_time(now);
                 // Consecutive steps of one file (COPIED, VERIFIED): only its last row
@@ -782,7 +787,7 @@ impl Catalog {
                     next.file_id == file.file_id && next.path == file.path
                 });
                 if !superseded {
-                    upsert_file(tx, file, *kind, time_ns)?;
+                    upsert_file(tx, file, *kind, time_ns, &mut totals)?;
                 }
                 head.push(
                     tx,
@@ -793,6 +798,7 @@ impl Catalog {
                     detail,
                 )?;
             }
+            totals.apply(tx)?;
             Ok(first..head.id + 1)
         };
         const WHAT: &str = "recording a batch of file transitions";
@@ -837,6 +843,9 @@ impl Catalog {
             tx.prepare_cached("DELETE FROM files WHERE file_id = ?1")
                 .and_then(|mut s| s.execute([file_id]))
                 .ctx("deleting a file row")?;
+            let mut totals = TotalsDelta::default();
+            totals.add(&row, -1);
+            totals.apply(tx)?;
             let head = heads.get(tx)?;
             let time_ns = head.next_time(now);
             let detail = serde_json::json!({ "row": row, "detail": detail });
@@ -1653,7 +1662,14 @@ fn check_path_free(tx: &Connection, file_id: &str, path: &str) -> Result<()> {
 /// Inserts or updates `f`'s row for an event of `kind`. An existing row's `pinned` changes
 /// only with PINNED or UNPINNED: a step that read the row before a concurrent pin (a copy
 /// in flight) must not undo it.
-fn upsert_file(tx: &Connection, f: &FileRow, kind: EventKind, updated_at: i64) -> Result<()> {
+/// Writes row `f` (see [`Catalog::transition`]) and adds what it changes to `totals`.
+fn upsert_file(
+    tx: &Connection,
+    f: &FileRow,
+    kind: EventKind,
+    updated_at: i64,
+    totals: &mut TotalsDelta,
+) -> Result<()> {
     use rusqlite::types::Value;
     let size = i64::try_from(f.size).map_err(|_| CatalogError::OutOfRange {
         what: "size",
@@ -1687,6 +1703,7 @@ fn upsert_file(tx: &Connection, f: &FileRow, kind: EventKind, updated_at: i64) -
             ])
         })
         .ctx("writing a file row")?;
+        totals.add(f, 1);
         return Ok(());
     };
     if old.path != f.path {
@@ -1740,6 +1757,7 @@ fn upsert_file(tx: &Connection, f: &FileRow, kind: EventKind, updated_at: i64) -
     ))
     .and_then(|mut s| s.execute(rusqlite::params_from_iter(vals)))
     .ctx("writing a file row")?;
+    totals.change(&old, f, if pin_event { f.pinned } else { old.pinned });
     Ok(())
 }
 

@@ -512,7 +512,14 @@ fn readers_see_committed_data_while_the_writer_is_in_a_transaction() {
         .conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .unwrap();
-    upsert_file(&tx, &file(2, FileState::Resident), EventKind::Scanned, 0).unwrap();
+    upsert_file(
+        &tx,
+        &file(2, FileState::Resident),
+        EventKind::Scanned,
+        0,
+        &mut TotalsDelta::default(),
+    )
+    .unwrap();
     tx.execute(
         "UPDATE files SET state = 'stub' WHERE file_id = 'id-00000001'",
         [],
@@ -988,7 +995,7 @@ fn an_update_writes_only_the_columns_that_change() {
         (got.state, got.object_key.as_deref(), got.pinned, got.size),
         (FileState::Premigrated, Some("data/x/1"), true, f.size)
     );
-    // The running totals (kept by a trigger on state, size, class, pinned) follow.
+    // The running totals (kept by the catalog's writes: state, size, class, pinned) follow.
     let totals: Vec<(String, i64, i64)> = raw(&path)
         .prepare("SELECT state, pinned, files FROM file_totals WHERE files > 0")
         .unwrap()
@@ -1159,4 +1166,149 @@ fn upload_intents_end_with_their_outcome() {
     drop(cat);
     let cat = Catalog::open(&path).unwrap();
     assert_eq!(keys(&cat), ["data/c/1"], "intents survive a restart");
+}
+
+/// A file_totals row: (state, storage class, pinned, files, bytes).
+type TotalsRow = (String, String, i64, i64, i64);
+
+/// file_totals as the catalog keeps them, and as the rows make them (non-empty groups).
+fn totals_kept_and_counted(path: &Path) -> (Vec<TotalsRow>, Vec<TotalsRow>) {
+    let c = raw(path);
+    let q = |sql: &str| -> Vec<TotalsRow> {
+        c.prepare(sql)
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    (
+        q(
+            "SELECT state, storage_class, pinned, files, bytes FROM file_totals \
+           WHERE files != 0 OR bytes != 0 ORDER BY 1, 2, 3",
+        ),
+        q(
+            "SELECT state, coalesce(storage_class, ''), pinned, count(*), sum(size) FROM files \
+           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+    )
+}
+
+#[test]
+fn totals_follow_every_kind_of_write() {
+    let (_dir, path) = temp();
+    let cat = Catalog::open(&path).unwrap();
+    // A scan batch: new rows.
+    let items: Vec<_> = (1..=20)
+        .map(|n| (file(n, FileState::Resident), EventKind::Scanned, json!({})))
+        .collect();
+    cat.transition_batch(&items).unwrap();
+    // Copied then verified in one batch (the first row is superseded, not written), with
+    // a class; a size change; a pin (and a non-pin event that carries pinned = true,
+    // which must not pin); a stub; a delete.
+    let mut batch = Vec::new();
+    for n in 1..=8 {
+        let mut f = file(n, FileState::Resident);
+        f.object_key = Some(format!("data/{n}/1"));
+        f.storage_class = Some(if n % 2 == 0 { "GLACIER" } else { "STANDARD" }.into());
+        batch.push((f.clone(), EventKind::Copied, json!({})));
+        f.state = FileState::Premigrated;
+        batch.push((f, EventKind::Verified, json!({})));
+    }
+    cat.transition_batch(&batch).unwrap();
+    let mut f = file(9, FileState::Resident);
+    f.size += 4096;
+    cat.transition(&f, EventKind::Scanned, json!({})).unwrap();
+    let mut f = file(10, FileState::Resident);
+    f.pinned = true;
+    cat.transition(&f, EventKind::Pinned, json!({})).unwrap();
+    let mut f = file(11, FileState::Resident);
+    f.pinned = true;
+    cat.transition(&f, EventKind::Scanned, json!({})).unwrap();
+    let mut f = batch[1].0.clone();
+    f.state = FileState::Stub;
+    cat.transition(&f, EventKind::Stubbed, json!({})).unwrap();
+    cat.delete_file("id-00000003", json!({})).unwrap();
+    // A batch that fails (a path in use) changes nothing, totals included.
+    let before = totals_kept_and_counted(&path).0;
+    let mut bad: Vec<_> = (30..=32)
+        .map(|n| (file(n, FileState::Resident), EventKind::Scanned, json!({})))
+        .collect();
+    bad[2].0.path = file(1, FileState::Resident).path;
+    assert!(cat.transition_batch(&bad).is_err());
+    assert_eq!(totals_kept_and_counted(&path).0, before);
+
+    let (kept, counted) = totals_kept_and_counted(&path);
+    assert_eq!(kept, counted);
+    // What the writes above make: 12 resident (1 pinned: the scan's pinned = true is not
+    // a pin); of the odd files (STANDARD) 1 stubbed, 1 deleted and 2 premigrated; the 4
+    // even ones premigrated in GLACIER.
+    let files = |state: &str, class: &str| -> i64 {
+        kept.iter()
+            .filter(|t| t.0 == state && t.1 == class)
+            .map(|t| t.3)
+            .sum()
+    };
+    assert_eq!(files("resident", ""), 12);
+    assert_eq!(files("premigrated", "STANDARD"), 2);
+    assert_eq!(files("stub", "STANDARD"), 1);
+    assert_eq!(files("premigrated", "GLACIER"), 4);
+    assert_eq!(
+        kept.iter().filter(|t| t.2 == 1).map(|t| t.3).sum::<i64>(),
+        1
+    );
+    let res = cat.totals().unwrap();
+    assert_eq!(res.iter().map(|t| t.files).sum::<u64>(), 19);
+}
+
+#[test]
+fn a_v6_catalog_loses_its_totals_triggers_and_gets_its_totals_made_again() {
+    let (_dir, path) = temp();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let mut c = raw(&path);
+        let tx = c.transaction().unwrap();
+        for sql in [
+            include_str!("schema/v1.sql"),
+            include_str!("schema/v2.sql"),
+            include_str!("schema/v3.sql"),
+            include_str!("schema/v4.sql"),
+            include_str!("schema/v5.sql"),
+            include_str!("schema/v6.sql"),
+        ] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 6).unwrap();
+        for n in 0..10 {
+            tx.execute(
+                "INSERT INTO files (file_id, path, state, size, mtime_ns, ctime_ns, ino, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0)",
+                rusqlite::params![format!("i{n}"), format!("p{n}"), if n < 4 { "stub" } else { "resident" }, 10 * n],
+            )
+            .unwrap();
+        }
+        // Totals gone wrong (a hand edit): made again from the rows.
+        tx.execute("UPDATE file_totals SET files = 99", []).unwrap();
+        tx.commit().unwrap();
+    }
+    let cat = Catalog::open(&path).unwrap();
+    let (kept, counted) = totals_kept_and_counted(&path);
+    assert_eq!(kept, counted);
+    assert_eq!(kept.len(), 2);
+    let triggers: i64 = raw(&path)
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'files_totals_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 0);
+    // And they follow the writes after the upgrade.
+    let mut f = cat.file_by_id("i5").unwrap().unwrap();
+    f.state = FileState::Premigrated;
+    cat.transition(&f, EventKind::Verified, json!({})).unwrap();
+    let (kept, counted) = totals_kept_and_counted(&path);
+    assert_eq!(kept, counted);
 }
