@@ -1270,14 +1270,7 @@ fn a_v6_catalog_loses_its_totals_triggers_and_gets_its_totals_made_again() {
     {
         let mut c = raw(&path);
         let tx = c.transaction().unwrap();
-        for sql in [
-            include_str!("schema/v1.sql"),
-            include_str!("schema/v2.sql"),
-            include_str!("schema/v3.sql"),
-            include_str!("schema/v4.sql"),
-            include_str!("schema/v5.sql"),
-            include_str!("schema/v6.sql"),
-        ] {
+        for sql in &schema::MIGRATIONS[..6] {
             tx.execute_batch(sql).unwrap();
         }
         tx.pragma_update(None, "user_version", 6).unwrap();
