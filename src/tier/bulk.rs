@@ -57,6 +57,32 @@ enum Step {
     Fetched(Box<Fetched>),
 }
 
+/// A batch of fetched files whose data `sync_batch` made durable: per backing filesystem
+/// (device), whether its syncfs succeeded.
+struct Synced {
+    files: Vec<(usize, Fetched)>,
+    synced: std::collections::HashMap<u64, bool>,
+}
+
+/// The data of a batch on disk (a blocking thread): one syncfs for each filesystem among
+/// the files, where each file's fdatasync would write and flush by itself. Each file then
+/// asks for an error of its own writeback at its switch (syncfs reports the filesystem's
+/// since the file was opened); a file on a filesystem whose syncfs failed, or alone in its
+/// batch, gets its own fdatasync.
+fn sync_batch(files: Vec<(usize, Fetched)>) -> Synced {
+    let mut synced = std::collections::HashMap::new();
+    if files.len() > 1 {
+        for (_, f) in &files {
+            synced.entry(f.dev).or_insert_with(|| {
+                backing::syncfs(f.file.as_fd())
+                    .inspect_err(|e| tracing::warn!("bulk recall: syncfs: {e:?}"))
+                    .is_ok()
+            });
+        }
+    }
+    Synced { files, synced }
+}
+
 /// The outcome of a path: its index in the request and its result.
 pub type BulkResult = (usize, Result<Recalled, StepError>);
 
@@ -75,10 +101,16 @@ impl Tiering {
         let sem = Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
         let mut set = tokio::task::JoinSet::new();
         let mut ready: Vec<(usize, Fetched)> = Vec::new();
+        // Two stages after the fetches, each one batch at a time: the data of a batch is
+        // made durable (`sync_batch`) while the batch before it is recorded and switched
+        // (`finish_batch`), so that the finisher's catalog work does not wait for the disk.
+        let mut syncing: Option<tokio::task::JoinHandle<Synced>> = None;
+        let mut synced: Option<Synced> = None;
         let mut finishing: Option<tokio::task::JoinHandle<Vec<BulkResult>>> = None;
-        // What each task and the batch being finished answer for: a task that panics
-        // still gets each of its paths a result (a failure), never a silent gap.
+        // What each task and each batch answer for: a task that panics still gets each of
+        // its paths a result (a failure), never a silent gap.
         let mut tasks: std::collections::HashMap<tokio::task::Id, usize> = Default::default();
+        let mut in_sync: Vec<usize> = Vec::new();
         let mut in_batch: Vec<usize> = Vec::new();
         let failed = |e: &tokio::task::JoinError| {
             StepError::new(libc::EIO, format!("the recall failed: {e}"))
@@ -98,15 +130,23 @@ impl Tiering {
                 });
                 tasks.insert(task.id(), i);
             }
-            // Whatever is fetched goes to the finisher whenever it is idle: the batches are
-            // as large as the fetches outrun it (group commit), at most BATCH.
-            if finishing.is_none() && !ready.is_empty() {
-                let batch: Vec<_> = ready.drain(..ready.len().min(BATCH)).collect();
-                in_batch = batch.iter().map(|(i, _)| *i).collect();
-                let me = me.clone();
-                finishing = Some(tokio::task::spawn_blocking(move || me.finish_batch(batch)));
+            // A synced batch goes to the finisher whenever it is idle ...
+            if finishing.is_none() {
+                if let Some(batch) = synced.take() {
+                    in_batch = batch.files.iter().map(|(i, _)| *i).collect();
+                    let me = me.clone();
+                    finishing = Some(tokio::task::spawn_blocking(move || me.finish_batch(batch)));
+                }
             }
-            if set.is_empty() && finishing.is_none() {
+            // ... and whatever is fetched to the sync whenever it is idle and its last batch
+            // has been taken: the batches are as large as the fetches outrun the two stages
+            // (group commit), at most BATCH.
+            if syncing.is_none() && synced.is_none() && !ready.is_empty() {
+                let batch: Vec<_> = ready.drain(..ready.len().min(BATCH)).collect();
+                in_sync = batch.iter().map(|(i, _)| *i).collect();
+                syncing = Some(tokio::task::spawn_blocking(move || sync_batch(batch)));
+            }
+            if set.is_empty() && syncing.is_none() && synced.is_none() && finishing.is_none() {
                 return;
             }
             tokio::select! {
@@ -126,6 +166,18 @@ impl Tiering {
                     }
                     None => {}
                 },
+                r = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
+                    syncing = None;
+                    match r {
+                        Ok(batch) => synced = Some(batch),
+                        Err(e) => {
+                            tracing::error!("bulk recall: a batch failed: {e}");
+                            for i in in_sync.drain(..) {
+                                done((i, Err(failed(&e))));
+                            }
+                        }
+                    }
+                }
                 r = async { finishing.as_mut().expect("guarded").await }, if finishing.is_some() => {
                     finishing = None;
                     match r {
@@ -261,25 +313,15 @@ impl Tiering {
         })
     }
 
-    /// Finishes fetched files (a blocking thread): each one's data on disk, its times, its
-    /// switch under its gate, then the events of all in one catalog transaction, then the
-    /// claims released. A file whose step fails is recalled again by itself.
-    fn finish_batch(&self, mut batch: Vec<(usize, Fetched)>) -> Vec<BulkResult> {
+    /// Finishes a synced batch (a blocking thread): each file's times, its switch under
+    /// its gate, then the events of all in one catalog transaction, then the claims
+    /// released. A file whose step fails is recalled again by itself.
+    fn finish_batch(&self, batch: Synced) -> Vec<BulkResult> {
+        let Synced {
+            files: mut batch,
+            synced,
+        } = batch;
         let mut out = Vec::with_capacity(batch.len());
-        // The data on disk: one syncfs for each filesystem among the files, where each
-        // file's fdatasync would write and flush by itself. Each file then asks for an
-        // error of its own writeback (syncfs reports the filesystem's since the file was
-        // opened); a file on a filesystem whose syncfs failed gets its own fdatasync.
-        let mut synced = std::collections::HashMap::new();
-        if batch.len() > 1 {
-            for (_, f) in &batch {
-                synced.entry(f.dev).or_insert_with(|| {
-                    backing::syncfs(f.file.as_fd())
-                        .inspect_err(|e| tracing::warn!("bulk recall: syncfs: {e:?}"))
-                        .is_ok()
-                });
-            }
-        }
         // RECALL_STARTED of the batch before any switch: a crash after a file's switch and
         // before the batch's RECALLED leaves its row `recalling`, which the next start
         // puts in line with the file (`resume`), as for the recall of a large file.
