@@ -421,11 +421,14 @@ impl Control {
             }
         }
         // Files of their own first (each its own GET, while the spans come), then the
-        // members pack by pack in the order the packs are fetched, each pack's in the order
-        // of their bytes in it: the members a span brings first are the first to be copied
-        // out of it, and the order of the names (a pack holds its files in the order they
-        // were scanned) makes no reader wait for the end of a span it does not need yet.
-        rels.sort_by_key(|(i, _)| place[*i]);
+        // members in the order their bytes arrive: the spans are fetched a wave of
+        // `span_concurrency` packs at a time, each in order, so the members of one wave go
+        // by their offsets, the packs of the wave side by side. A member then waits only
+        // for its own span to reach it, where the order of the names (a pack holds its
+        // files in the order they were scanned) or one pack after another would have the
+        // fetch slots wait on one span while the others' members are there.
+        let wave = t.span_concurrency();
+        rels.sort_by_key(|(i, _)| place[*i].map(|(rank, off)| (rank / wave, off, rank)));
         let abs: std::collections::HashMap<usize, PathBuf> =
             rels.iter().map(|(i, r)| (*i, self.abs(r))).collect();
         let (mut done, mut bytes) = (0u64, 0u64);

@@ -786,9 +786,7 @@ impl Tiering {
         let Ok(store) = self.store() else {
             return lease;
         };
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(
-            self.settings().uploads.concurrency.max(1),
-        ));
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(self.span_concurrency()));
         for ((key, version), (start, end, n, pack_size)) in groups {
             if n < 2 || end - start > MAX_SPAN {
                 continue;
@@ -837,6 +835,12 @@ impl Tiering {
             });
         }
         lease
+    }
+
+    /// The pack spans [`Tiering::prefetch_packs`] fetches at once (`store.concurrency`), in
+    /// the order their members first come.
+    pub fn span_concurrency(&self) -> usize {
+        self.settings().uploads.concurrency.max(1)
     }
 
     /// Waits until the span a bulk recall is fetching of `rec`'s pack (if any) holds
