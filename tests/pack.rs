@@ -404,10 +404,10 @@ fn a_member_stub_costs_no_block_and_stays_the_same_file() {
         assert_eq!(t.status(rel)["state"], "stub", "{rel}");
         check_compact(rel, &t.s(rel));
     }
-    // The file not packed keeps the full record and its id xattr.
+    // The file not packed has an object of its own: the other compact form (3).
     let big = xattr(&t.s("big.bin"), "trusted.coldtier.stub").unwrap();
-    assert_eq!(big[0], 1);
-    assert!(xattr(&t.s("big.bin"), "trusted.coldtier.id").is_some());
+    assert_eq!(big[0], 3);
+    assert_eq!(xattr(&t.s("big.bin"), "trusted.coldtier.id"), None);
 
     // Renamed through the mount, a compact stub is the same file to the catalog.
     let (moved_from, moved_to) = (members[0], "moved.txt");

@@ -340,6 +340,66 @@ fn a_recall_in_flight_shows_recalling_and_records_both_events() {
     );
 }
 
+/// A stubbed file with an object of its own keeps its record inside the inode (the compact
+/// form, no `id` or `copy` xattr beside it): the stub costs no block, and a recall brings
+/// back the bytes and the `id` xattr. A file whose record has no compact form (a large
+/// object with chunk sums) keeps the full one and its `id`.
+#[test]
+fn a_small_stub_costs_no_block_and_recalls_with_its_identity() {
+    let moto = start_moto();
+    let fs_ = files(&[
+        ("a.bin", 8 * 1024),
+        ("d/b.bin", 65_536),
+        ("big.bin", 9 << 20),
+    ]);
+    let t = TierMount::new(&moto, "compactown", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "stub"]);
+    let id_of = |rel: &str| t.status(rel)["file_id"].as_str().unwrap().to_string();
+    for rel in ["a.bin", "d/b.bin"] {
+        assert_eq!(t.state(rel), "stub", "{rel}");
+        let b = t.s(rel);
+        let rec = xattr(&b, "trusted.coldtier.stub").expect("a stub record");
+        assert_eq!(
+            rec[0],
+            3,
+            "{rel}: the compact form of an own object ({} bytes)",
+            rec.len()
+        );
+        assert!(rec.len() <= 56, "{rel}: {} bytes", rec.len());
+        assert_eq!(xattr(&b, "trusted.coldtier.id"), None, "{rel}");
+        assert_eq!(xattr(&b, "trusted.coldtier.copy"), None, "{rel}");
+        let md = fs::symlink_metadata(&b).unwrap();
+        assert_eq!(
+            (md.len(), md.blocks()),
+            (0, 0),
+            "{rel}: a stub without a block"
+        );
+    }
+    let big = xattr(&t.s("big.bin"), "trusted.coldtier.stub").unwrap();
+    assert_eq!(big[0], 1, "chunk sums keep the full form");
+    assert!(xattr(&t.s("big.bin"), "trusted.coldtier.id").is_some());
+
+    let ids: Vec<String> = ["a.bin", "d/b.bin"].iter().map(|r| id_of(r)).collect();
+    for (i, rel) in ["a.bin", "d/b.bin"].iter().enumerate() {
+        let body = &fs_.iter().find(|(r, _)| r == rel).unwrap().1;
+        assert_bytes(rel, &read_ok(&t.m(rel)), body);
+        assert_eq!(t.state(rel), "premigrated", "{rel}");
+        assert_eq!(
+            xattr(&t.s(rel), "trusted.coldtier.id"),
+            Some(ids[i].as_bytes().to_vec()),
+            "{rel}: the id xattr is back"
+        );
+        assert_eq!(id_of(rel), ids[i], "{rel}: the same identity");
+    }
+    // Released again (premigrated -> stub) and recalled by `coldtier recall`: the same.
+    t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(xattr(&t.s("a.bin"), "trusted.coldtier.stub").unwrap()[0], 3);
+    let out = t.cli(&["recall", "-r", t.mnt_str().as_str()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_bytes("a.bin", &fs::read(t.s("a.bin")).unwrap(), &fs_[0].1);
+    assert_eq!(id_of("a.bin"), ids[0]);
+}
+
 #[test]
 fn reading_a_stub_recalls_it_byte_identical_with_the_full_history() {
     let moto = start_moto();

@@ -27,7 +27,7 @@ use crate::store::ObjectStore;
 
 /// The first segment of every object key coldtier writes inside the store's prefix:
 /// `data/<file id>/<content version>` (other segments are left for catalog backups).
-pub const KEY_PREFIX: &str = "data";
+pub const KEY_PREFIX: &str = crate::tier::stub::DATA_PREFIX;
 
 /// What the tiering code needs of the mount.
 pub trait MountView: Send + Sync {

@@ -11,10 +11,10 @@
 //! middle of a recall leaves a partly written file with the stub record: it is recalled
 //! again, never shown as complete).
 //!
-//! A pack member's stub record is written in its compact form when it has one
-//! ([`StubRecord::encode_compact`]), and the member's stub then has no `id` xattr: the
-//! record names the file, and alone it stays inside a 256-byte ext4 inode, so the stub
-//! costs no block ([`set_stub`]; docs/architecture.md "Compact stub records"). [`file_id`]
+//! A stub record is written in its compact form when it has one (a pack member's, or that
+//! of a file with a whole object of its own: [`StubRecord::encode_compact`]), and the stub
+//! then has no `id` xattr: the record names the file, and alone it stays inside a 256-byte
+//! ext4 inode, so the stub costs no block ([`set_stub`]; docs/architecture.md "Compact stub records"). [`file_id`]
 //! reads the id from the records when the `id` xattr is not there, and [`unstub`] puts it
 //! back before the stub record goes.
 
@@ -22,7 +22,9 @@ use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use crate::fs::backing::{self, Errno, SysResult};
-use crate::tier::stub::{is_valid_file_id, FileFacts, StubRecord, COMPACT_VERSION};
+use crate::tier::stub::{
+    is_valid_file_id, FileFacts, StubRecord, COMPACT_OWN_VERSION, COMPACT_VERSION,
+};
 
 pub const STUB: &CStr = c"trusted.coldtier.stub";
 pub const COPY: &CStr = c"trusted.coldtier.copy";
@@ -34,7 +36,11 @@ pub fn record(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<StubRecord>> 
     let Some(bytes) = backing::getxattr_all(fd, name)? else {
         return Ok(None);
     };
-    let decoded = if bytes.first() == Some(&COMPACT_VERSION) && name == STUB {
+    let compact = matches!(
+        bytes.first(),
+        Some(&(COMPACT_VERSION | COMPACT_OWN_VERSION))
+    );
+    let decoded = if compact && name == STUB {
         // The compact form leaves the ctime and the inode number to the file.
         let st = backing::stat_fd(fd)?;
         let facts = FileFacts {

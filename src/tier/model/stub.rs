@@ -52,8 +52,9 @@
 //! u64     offset            (of the member's data in the pack object)
 //! u64     pack size         (the pack object's size)
 //! ```
-//! A pack member's stub record has a compact form too, version 2, short enough to stay
-//! inside a 256-byte ext4 inode: [`StubRecord::encode_compact`].
+//! A stub record has a compact form too when it fits (version 2 for a pack member, 3 for a
+//! file with a whole object of its own), short enough to stay inside a 256-byte ext4
+//! inode: [`StubRecord::encode_compact`].
 //!
 //! `str` is a u8 length (1..=255) then that many bytes, in the field's character set (no
 //! NUL and no control characters in any of them). Nothing may follow the last field. A
@@ -164,6 +165,10 @@ pub struct PackRef {
 /// The first segment of pack keys, inside the store's prefix: `packs/<pack id>.tar` (the
 /// pack, a POSIX pax tar) and `packs/<pack id>.index.json` (its member index).
 pub const PACK_PREFIX: &str = "packs";
+
+/// The first segment of the keys of files' own objects, inside the store's prefix:
+/// `data/<file id>/<content version>` ([`object_key`]).
+pub const DATA_PREFIX: &str = "data";
 
 /// The key of pack `pack_id` under `prefix`.
 pub fn pack_key(prefix: &str, pack_id: &str) -> String {
@@ -742,6 +747,10 @@ impl StubRecord {
 /// architecture.md "Compact stub records"): what a 256-byte ext4 inode can hold.
 pub const COMPACT_VERSION: u8 = 2;
 
+/// The first byte of the compact encoding of the stub record of a file with an object of
+/// its own.
+pub const COMPACT_OWN_VERSION: u8 = 3;
+
 /// The longest compact record written: an xattr named `trusted.coldtier.stub` with a value
 /// of at most 56 bytes is kept inside a 256-byte ext4 inode (when no other xattr is there);
 /// a longer one would cost the stub a block, which the full encoding does as well.
@@ -812,38 +821,34 @@ impl Reader<'_> {
 }
 
 impl StubRecord {
-    /// The compact encoding of a pack member's stub record, when it has one: a member of a
-    /// pack under [`PACK_PREFIX`] of an unversioned bucket, without a content mtime of its
-    /// own, whose storage class and checksum algorithm have a code and whose offsets are in
-    /// whole tar blocks, in at most [`COMPACT_MAX_LEN`] bytes. Everything else keeps the full
-    /// encoding ([`StubRecord::encode`]).
+    /// The compact encoding of a stub record, when it has one: a record of an unversioned
+    /// bucket, without an MD5 or a content mtime of its own, whose storage class and
+    /// checksum algorithm have a code, in at most [`COMPACT_MAX_LEN`] bytes, and either a
+    /// pack member (under [`PACK_PREFIX`], offsets in whole tar blocks) or a file whose
+    /// object (under [`DATA_PREFIX`]) holds all its bytes, checked whole (no extents, no
+    /// chunk sums). Everything else keeps the full encoding ([`StubRecord::encode`]).
     ///
     /// ```text
-    /// u8      version = 2
-    /// [16]    file id
-    /// [16]    pack id
-    /// varint  offset / 512        (of the member's data in the pack)
+    /// u8      version = 2 (a pack member)     u8      version = 3 (an object of its own)
+    /// [16]    file id                         [16]    file id
+    /// [16]    pack id                         u64     content version (of the object key)
+    /// varint  offset / 512                    varint  size
     /// varint  size
     /// varint  pack size / 512
+    /// then, both:
     /// u8      storage class code << 4 | checksum algorithm code
     /// [n]     raw checksum        (n: 4 for crc32c and crc32, 20 for sha1, 32 for sha256)
     /// i64     mtime_ns
     /// ```
-    /// `varint` is unsigned LEB128 in its shortest form. Not kept, taken from the file when
-    /// the record is read ([`FileFacts`]): ctime and inode number. Not kept at all: the
-    /// config version (0 in a decoded record; the catalog's events carry it).
+    /// `varint` is unsigned LEB128 in its shortest form, the fixed-width numbers big-endian.
+    /// Not kept, taken from the file when the record is read ([`FileFacts`]): ctime and
+    /// inode number. Not kept at all: the config version (0 in a decoded record; the
+    /// catalog's events carry it).
     pub fn encode_compact(&self) -> Option<Vec<u8>> {
-        let p = self.pack.as_ref()?;
-        let (prefix, _) = self.parts().ok()?;
-        if prefix != PACK_PREFIX
-            || self.version_id.is_some()
-            || self.md5.is_some()
-            || self.content_mtime_ns.is_some()
-            || p.offset % TAR_BLOCK != 0
-            || p.pack_size % TAR_BLOCK != 0
-        {
+        if self.version_id.is_some() || self.md5.is_some() || self.content_mtime_ns.is_some() {
             return None;
         }
+        let (prefix, content_version) = self.parts().ok()?;
         let class = COMPACT_CLASSES
             .iter()
             .position(|c| *c == self.storage_class)?;
@@ -861,12 +866,32 @@ impl StubRecord {
             return None;
         }
         let mut out = Vec::with_capacity(COMPACT_MAX_LEN);
-        out.push(COMPACT_VERSION);
-        out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
-        out.extend_from_slice(&hex::decode(&p.id).expect("validated hex"));
-        put_varint(&mut out, p.offset / TAR_BLOCK);
-        put_varint(&mut out, self.size);
-        put_varint(&mut out, p.pack_size / TAR_BLOCK);
+        match &self.pack {
+            Some(p) => {
+                if prefix != PACK_PREFIX
+                    || p.offset % TAR_BLOCK != 0
+                    || p.pack_size % TAR_BLOCK != 0
+                {
+                    return None;
+                }
+                out.push(COMPACT_VERSION);
+                out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
+                out.extend_from_slice(&hex::decode(&p.id).expect("validated hex"));
+                put_varint(&mut out, p.offset / TAR_BLOCK);
+                put_varint(&mut out, self.size);
+                put_varint(&mut out, p.pack_size / TAR_BLOCK);
+            }
+            None => {
+                // The object holds all `size` bytes, checked whole.
+                if prefix != DATA_PREFIX || self.extents.is_some() || self.chunks.is_some() {
+                    return None;
+                }
+                out.push(COMPACT_OWN_VERSION);
+                out.extend_from_slice(&hex::decode(&self.file_id).expect("validated hex"));
+                out.extend_from_slice(&content_version.to_be_bytes());
+                put_varint(&mut out, self.size);
+            }
+        }
         out.push(((class as u8) << 4) | algo as u8);
         out.extend_from_slice(&raw);
         out.extend_from_slice(&self.mtime_ns.to_be_bytes());
@@ -888,15 +913,39 @@ impl StubRecord {
         }
         let mut r = Reader { rest: bytes };
         let version = *bytes.first().ok_or(StubError::Empty)?;
-        if version != COMPACT_VERSION {
+        if version != COMPACT_VERSION && version != COMPACT_OWN_VERSION {
             return Err(StubError::UnknownVersion(version));
         }
         r.take(1, "version")?;
         let file_id = hex::encode(r.take(16, "file_id")?);
-        let pack_id = hex::encode(r.take(16, "pack")?);
-        let offset = r.varint("pack")?;
-        let size = r.varint("size")?;
-        let pack_blocks = r.varint("pack")?;
+        let (object_key, size, pack) = if version == COMPACT_VERSION {
+            let pack_id = hex::encode(r.take(16, "pack")?);
+            let offset = r.varint("pack")?;
+            let size = r.varint("size")?;
+            let pack_blocks = r.varint("pack")?;
+            let (offset, pack_size) = match (
+                offset.checked_mul(TAR_BLOCK),
+                pack_blocks.checked_mul(TAR_BLOCK),
+            ) {
+                (Some(o), Some(p)) => (o, p),
+                _ => return Err(bad("pack", "offset or pack size out of range")),
+            };
+            let key = pack_key(PACK_PREFIX, &pack_id);
+            let pack = PackRef {
+                id: pack_id,
+                offset,
+                pack_size,
+            };
+            (key, size, Some(pack))
+        } else {
+            let content_version = r.u64("object_key")?;
+            let size = r.varint("size")?;
+            (
+                object_key(DATA_PREFIX, &file_id, content_version),
+                size,
+                None,
+            )
+        };
         let code = r.take(1, "storage_class")?[0];
         let class = COMPACT_CLASSES
             .get(usize::from(code >> 4))
@@ -909,16 +958,9 @@ impl StubRecord {
         if !r.rest.is_empty() {
             return Err(StubError::TrailingBytes(r.rest.len()));
         }
-        let (offset, pack_size) = match (
-            offset.checked_mul(TAR_BLOCK),
-            pack_blocks.checked_mul(TAR_BLOCK),
-        ) {
-            (Some(o), Some(p)) => (o, p),
-            _ => return Err(bad("pack", "offset or pack size out of range")),
-        };
         let rec = StubRecord {
             version: STUB_VERSION,
-            object_key: pack_key(PACK_PREFIX, &pack_id),
+            object_key,
             file_id,
             version_id: None,
             size,
@@ -933,11 +975,7 @@ impl StubRecord {
             content_mtime_ns: None,
             extents: None,
             chunks: None,
-            pack: Some(PackRef {
-                id: pack_id,
-                offset,
-                pack_size,
-            }),
+            pack,
         };
         rec.validate()?;
         Ok(rec)
@@ -1213,6 +1251,117 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A small file with an object of its own as migrate writes it: crc32c, STANDARD,
+    /// unversioned, no MD5.
+    fn own() -> StubRecord {
+        StubRecord {
+            object_key: object_key(DATA_PREFIX, ID, 0x187e_a7b0_8bc9_c787),
+            version_id: None,
+            size: 65_536,
+            checksum_algo: "crc32c".into(),
+            checksum: "yZRlqg==".into(),
+            md5: None,
+            storage_class: "STANDARD".into(),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn a_record_of_an_own_object_has_a_compact_form_that_fits_an_ext4_inode() {
+        let r = own();
+        let b = r.encode_compact().expect("compact");
+        assert_eq!((b[0], b.len()), (COMPACT_OWN_VERSION, 41), "{b:02x?}");
+        assert!(b.len() <= COMPACT_MAX_LEN);
+        assert_eq!(r.encode().unwrap().len(), 96);
+        let d = StubRecord::decode_compact(&b, FACTS).unwrap();
+        let mut want = r.clone();
+        want.ctime_ns = FACTS.ctime_ns;
+        want.ino = FACTS.ino;
+        want.config_version = 0;
+        assert_eq!(d, want);
+        assert_eq!(d.encode_compact().unwrap(), b);
+        assert_eq!(
+            StubRecord::decode(&b),
+            Err(StubError::UnknownVersion(COMPACT_OWN_VERSION))
+        );
+        // The largest size still fits.
+        let mut big = r.clone();
+        big.size = u64::MAX >> 1;
+        let bb = big.encode_compact().expect("compact");
+        assert!(bb.len() <= COMPACT_MAX_LEN, "{}", bb.len());
+        assert_eq!(
+            StubRecord::decode_compact(&bb, FACTS).unwrap().size,
+            big.size
+        );
+    }
+
+    #[test]
+    fn own_object_records_without_a_compact_form_keep_the_full_one() {
+        type Change = Box<dyn Fn(&mut StubRecord)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("versioned", Box::new(|r| r.version_id = Some("v1".into()))),
+            (
+                "md5",
+                Box::new(|r| r.md5 = Some("d41d8cd98f00b204e9800998ecf8427e".into())),
+            ),
+            ("touched", Box::new(|r| r.set_mtime(1))),
+            ("too long", Box::new(|r| r.checksum_algo = "sha256".into())),
+            (
+                "another prefix",
+                Box::new(|r| r.object_key = object_key("coldtier/share1", ID, 1)),
+            ),
+            (
+                "sparse",
+                Box::new(|r| r.extents = Some(Extents(vec![(0, 10)]))),
+            ),
+            (
+                "chunk sums",
+                Box::new(|r| {
+                    r.size = 8 << 20;
+                    r.chunks = Some(ChunkSums {
+                        log2: 22,
+                        sums: vec![1, 2],
+                        head: Vec::new(),
+                    })
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut r = own();
+            change(&mut r);
+            r.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(r.encode_compact(), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_compact_decoder_is_strict_on_own_objects() {
+        let b = own().encode_compact().unwrap();
+        for n in 0..b.len() {
+            assert!(StubRecord::decode_compact(&b[..n], FACTS).is_err(), "{n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(
+            StubRecord::decode_compact(&long, FACTS),
+            Err(StubError::TrailingBytes(1))
+        );
+        // The size 65,536 is 0x80 0x80 0x04 after the id and the content version; written
+        // longer, the same number is refused.
+        assert_eq!(&b[25..28], &[0x80, 0x80, 0x04]);
+        let mut longer = b[..27].to_vec();
+        longer.extend_from_slice(&[0x84, 0x00]);
+        longer.extend_from_slice(&b[28..]);
+        assert!(matches!(
+            StubRecord::decode_compact(&longer, FACTS),
+            Err(StubError::BadField { field: "size", .. })
+        ));
+        // A member's version byte on an own object's bytes is not taken.
+        let mut x = b.clone();
+        x[0] = COMPACT_VERSION;
+        assert!(StubRecord::decode_compact(&x, FACTS).is_err());
     }
 
     #[test]
@@ -1722,23 +1871,28 @@ mod tests {
     #[test]
     fn random_compact_bytes_never_panic_and_anything_accepted_is_canonical() {
         let mut rng = Rng(11);
-        let good = member().encode_compact().unwrap();
-        let mut accepted = 0;
+        // Both compact forms: a member's and an own object's.
+        let good = [
+            (member().encode_compact().unwrap(), COMPACT_VERSION),
+            (own().encode_compact().unwrap(), COMPACT_OWN_VERSION),
+        ];
+        let mut accepted = [0, 0];
         for i in 0..200_000 {
+            let (good, version) = &good[(i / 2) % 2];
             let mut b = if i % 2 == 0 {
                 (0..rng.below(70)).map(|_| rng.next() as u8).collect()
             } else {
                 good.clone()
             };
             if !b.is_empty() {
-                b[0] = COMPACT_VERSION;
+                b[0] = *version;
                 for _ in 0..1 + rng.below(3) {
                     let at = rng.below(b.len() as u64) as usize;
                     b[at] ^= 1 << rng.below(8);
                 }
             }
             if let Ok(r) = StubRecord::decode_compact(&b, FACTS) {
-                accepted += 1;
+                accepted[usize::from(r.pack.is_none())] += 1;
                 assert_eq!(
                     r.encode_compact(),
                     Some(b),
@@ -1746,7 +1900,7 @@ mod tests {
                 );
             }
         }
-        assert!(accepted > 0);
+        assert!(accepted[0] > 0 && accepted[1] > 0, "{accepted:?}");
     }
 
     #[test]
