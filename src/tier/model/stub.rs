@@ -1203,6 +1203,20 @@ mod tests {
         ino: 42,
     };
 
+    /// `b`, the compact form of `r`, decodes to `r` but for what it leaves to the file
+    /// (ctime, ino) and the config version, and encodes back to `b`; the full decoder does
+    /// not take it.
+    fn compact_round_trips(r: &StubRecord, b: &[u8]) {
+        let d = StubRecord::decode_compact(b, FACTS).unwrap();
+        let mut want = r.clone();
+        want.ctime_ns = FACTS.ctime_ns;
+        want.ino = FACTS.ino;
+        want.config_version = 0;
+        assert_eq!(d, want);
+        assert_eq!(d.encode_compact().unwrap(), b);
+        assert_eq!(StubRecord::decode(b), Err(StubError::UnknownVersion(b[0])));
+    }
+
     #[test]
     fn a_member_record_has_a_compact_form_that_fits_an_ext4_inode() {
         let r = member();
@@ -1214,19 +1228,8 @@ mod tests {
         assert!(!StubRecord::is_full_member_encoding(
             &sample().encode().unwrap()
         ));
-        let d = StubRecord::decode_compact(&b, FACTS).unwrap();
-        // Kept: all but ctime and ino (the file's own) and the config version.
-        let mut want = r.clone();
-        want.ctime_ns = FACTS.ctime_ns;
-        want.ino = FACTS.ino;
-        want.config_version = 0;
-        assert_eq!(d, want);
-        assert_eq!(d.encode_compact().unwrap(), b);
-        // The full decoder does not take it for a full record, nor the reverse.
-        assert_eq!(
-            StubRecord::decode(&b),
-            Err(StubError::UnknownVersion(COMPACT_VERSION))
-        );
+        compact_round_trips(&r, &b);
+        // Nor does the compact decoder take a full record.
         assert_eq!(
             StubRecord::decode_compact(&r.encode().unwrap(), FACTS),
             Err(StubError::TooLong(r.encode().unwrap().len()))
@@ -1275,17 +1278,7 @@ mod tests {
         assert_eq!((b[0], b.len()), (COMPACT_OWN_VERSION, 41), "{b:02x?}");
         assert!(b.len() <= COMPACT_MAX_LEN);
         assert_eq!(r.encode().unwrap().len(), 96);
-        let d = StubRecord::decode_compact(&b, FACTS).unwrap();
-        let mut want = r.clone();
-        want.ctime_ns = FACTS.ctime_ns;
-        want.ino = FACTS.ino;
-        want.config_version = 0;
-        assert_eq!(d, want);
-        assert_eq!(d.encode_compact().unwrap(), b);
-        assert_eq!(
-            StubRecord::decode(&b),
-            Err(StubError::UnknownVersion(COMPACT_OWN_VERSION))
-        );
+        compact_round_trips(&r, &b);
         // The largest size still fits.
         let mut big = r.clone();
         big.size = u64::MAX >> 1;
@@ -1339,25 +1332,11 @@ mod tests {
     #[test]
     fn the_compact_decoder_is_strict_on_own_objects() {
         let b = own().encode_compact().unwrap();
-        for n in 0..b.len() {
-            assert!(StubRecord::decode_compact(&b[..n], FACTS).is_err(), "{n}");
-        }
-        let mut long = b.clone();
-        long.push(0);
-        assert_eq!(
-            StubRecord::decode_compact(&long, FACTS),
-            Err(StubError::TrailingBytes(1))
-        );
+        compact_refuses_cuts_and_trailing_bytes(&b);
         // The size 65,536 is 0x80 0x80 0x04 after the id and the content version; written
         // longer, the same number is refused.
         assert_eq!(&b[25..28], &[0x80, 0x80, 0x04]);
-        let mut longer = b[..27].to_vec();
-        longer.extend_from_slice(&[0x84, 0x00]);
-        longer.extend_from_slice(&b[28..]);
-        assert!(matches!(
-            StubRecord::decode_compact(&longer, FACTS),
-            Err(StubError::BadField { field: "size", .. })
-        ));
+        compact_refuses_a_longer_varint(&b, 25..28, "size");
         // A member's version byte on an own object's bytes is not taken.
         let mut x = b.clone();
         x[0] = COMPACT_VERSION;
@@ -1407,28 +1386,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_compact_decoder_is_strict() {
-        let b = member().encode_compact().unwrap();
+    /// Every truncation of the compact record `b`, and `b` with a byte more, are refused.
+    fn compact_refuses_cuts_and_trailing_bytes(b: &[u8]) {
         for n in 0..b.len() {
             assert!(StubRecord::decode_compact(&b[..n], FACTS).is_err(), "{n}");
         }
-        let mut long = b.clone();
+        let mut long = b.to_vec();
         long.push(0);
         assert_eq!(
             StubRecord::decode_compact(&long, FACTS),
             Err(StubError::TrailingBytes(1))
         );
+    }
+
+    /// The varint at `at` in the compact record `b`, written a byte longer (the same
+    /// number), is refused as a bad `field`: one encoding per record.
+    fn compact_refuses_a_longer_varint(b: &[u8], at: std::ops::Range<usize>, field: &str) {
+        let mut longer = b[..at.end - 1].to_vec();
+        longer.extend_from_slice(&[b[at.end - 1] | 0x80, 0x00]);
+        longer.extend_from_slice(&b[at.end..]);
+        match StubRecord::decode_compact(&longer, FACTS) {
+            Err(StubError::BadField { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("a longer varint at {at:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_compact_decoder_is_strict() {
+        let b = member().encode_compact().unwrap();
+        compact_refuses_cuts_and_trailing_bytes(&b);
         // The offset 15 MiB + 512 = 30721 blocks: 0x81 0xf0 0x01. Written longer, the same
         // number is refused (one encoding per record).
         assert_eq!(&b[33..36], &[0x81, 0xf0, 0x01]);
-        let mut longer = b[..35].to_vec();
-        longer.extend_from_slice(&[0x81, 0x00]);
-        longer.extend_from_slice(&b[36..]);
-        assert!(matches!(
-            StubRecord::decode_compact(&longer, FACTS),
-            Err(StubError::BadField { field: "pack", .. })
-        ));
+        compact_refuses_a_longer_varint(&b, 33..36, "pack");
         // Unknown class and algorithm codes, a range outside the pack.
         let code = 36 + 3 + 3;
         for bad_code in [0xb1, 0x04] {
