@@ -27,8 +27,14 @@ use tokio::task::JoinSet;
 use super::s3_lean::LeanGet;
 use super::*;
 
-/// Body bytes gathered before one pwrite.
+/// Body bytes gathered before one pwrite ...
 const WRITE_CHUNK: usize = 4 << 20;
+/// ... and when a reader waits on the progress of the range (`GetRequest::progress`: a
+/// bulk recall's pack span, whose members each wait for their own bytes): a member is told
+/// its bytes are there a quarter as late. Packed recall of 2,000 x 64 KiB in 16 MiB packs
+/// on s3s-fs, six interleaved pairs: 0.55-0.64 s against 0.55-0.70 s (medians 0.59 /
+/// 0.63).
+const PROGRESS_CHUNK: usize = 1 << 20;
 
 /// An S3 (or S3-compatible) store.
 #[derive(Clone)]
@@ -886,7 +892,8 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
 }
 
 /// Streams `len` bytes of `body` into `dest` at `start` with pwrite, in chunks of
-/// `WRITE_CHUNK` (one write in flight while the next chunk arrives), hashing them if asked
+/// `WRITE_CHUNK` (`PROGRESS_CHUNK` with `progress`; one write in flight while the next
+/// chunk arrives), hashing them if asked
 /// (without `dest`, only hashing them). `stall`: the longest wait for the next bytes (the
 /// SDK's bodies have their own stalled-stream protection; the lean GET's do not).
 /// `progress` is told the end of what is written, write by write (`GetRequest::progress`).
@@ -909,7 +916,12 @@ async fn stream_to_file(
             p.send_replace(to);
         }
     };
-    let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
+    let chunk = if progress.is_some() {
+        PROGRESS_CHUNK
+    } else {
+        WRITE_CHUNK
+    };
+    let mut buf = BytesMut::with_capacity(chunk.min(len as usize));
     let mut off = start;
     let mut got = 0u64;
     let mut pending: Option<tokio::task::JoinHandle<Result<Option<Hasher>, StoreError>>> = None;
@@ -944,7 +956,7 @@ async fn stream_to_file(
                 ))
             }
         };
-        if buf.len() >= WRITE_CHUNK || (end && !buf.is_empty()) {
+        if buf.len() >= chunk || (end && !buf.is_empty()) {
             if let Some(p) = pending.take() {
                 hasher = joined(p.await)?;
                 tell(pending_end);
