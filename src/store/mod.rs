@@ -1135,7 +1135,9 @@ pub struct S3Config {
     /// is about `part_size * concurrency`.
     #[serde(deserialize_with = "crate::base::units::de_size")]
     pub part_size: u64,
-    /// Parts (and ranged GETs) in flight per object.
+    /// Parts in flight per upload (a download of a large object has twice as many ranges
+    /// in flight, and the store at most four times as many for all downloads: docs/store.md
+    /// "Memory").
     pub concurrency: usize,
     /// Static credentials; none: the standard AWS chain (environment, profile files, ...).
     pub access_key: Option<String>,

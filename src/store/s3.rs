@@ -47,7 +47,18 @@ pub struct S3Store {
     stall: Duration,
     /// The timeouts of an upload: `read_timeout` until the answer (the body counts).
     upload_timeouts: TimeoutConfig,
+    /// The ranged GETs of whole objects in flight, all downloads together
+    /// ([`DOWNLOAD_RANGES_PER_STORE`] x `concurrency`): what bounds their buffers when a
+    /// bulk recall fetches many large files at once.
+    download_ranges: Arc<Semaphore>,
 }
+
+/// Ranged GETs in flight for one object: this many times `concurrency` (a download is
+/// worth twice the parallelism of an upload: 1 GiB on s3s-fs, `coldtier recall` with 8
+/// ranges in flight 3.6-3.8 s against 4.6-4.8 s with 4, rclone's copy back 4.1-4.9 s) ...
+const DOWNLOAD_RANGES_PER_OBJECT: usize = 2;
+/// ... and for all downloads of the store together.
+const DOWNLOAD_RANGES_PER_STORE: usize = 4;
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,6 +204,9 @@ impl S3Store {
                 .connect_timeout(cfg.connect_timeout()?)
                 .read_timeout(cfg.read_timeout()?)
                 .build(),
+            download_ranges: Arc::new(Semaphore::new(
+                cfg.concurrency.max(1) * DOWNLOAD_RANGES_PER_STORE,
+            )),
         })
     }
 
@@ -701,7 +715,13 @@ impl S3Store {
             });
         }
         // Ranged: the first range tells the total size and pins the version (its id, or
-        // on an unversioned bucket its ETag via If-Match) for the others.
+        // on an unversioned bucket its ETag via If-Match) for the others. Each range holds
+        // a permit of this object's and one of the store's (taken in that order).
+        let store_permit = || {
+            let all = self.download_ranges.clone();
+            async move { all.acquire_owned().await.expect("open semaphore") }
+        };
+        let first_store_permit = store_permit().await;
         let first = self
             .get_object(&full, req.version_id, Some((0, chunk - 1)), None)
             .await?;
@@ -715,14 +735,16 @@ impl S3Store {
         let version_id = version(first.version_id()).or(req.version_id.map(str::to_string));
         let etag = first.e_tag().map(str::to_string);
         let nranges = size.div_ceil(chunk);
-        let sem = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let sem = Arc::new(Semaphore::new(
+            self.cfg.concurrency.max(1) * DOWNLOAD_RANGES_PER_OBJECT,
+        ));
         let mut tasks: JoinSet<Result<(u64, Option<Checksum>), StoreError>> = JoinSet::new();
         {
             let permit = sem.clone().acquire_owned().await.expect("open semaphore");
             let (d, f) = (dest.clone(), full.clone());
             let body = first.body;
             tasks.spawn(async move {
-                let _p = permit;
+                let _p = (permit, first_store_permit);
                 let s = stream_to_file(
                     body,
                     d,
@@ -741,6 +763,7 @@ impl S3Store {
         let result: Result<(), StoreError> = async {
             for i in 1..nranges {
                 let permit = sem.clone().acquire_owned().await.expect("open semaphore");
+                let permit = (permit, store_permit().await);
                 while let Some(r) = tasks.try_join_next() {
                     sums.push(joined(r)?);
                 }
