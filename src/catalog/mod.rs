@@ -59,11 +59,11 @@ pub use crate::base::time::system_now_ns;
 
 type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
-/// The catalog. `Send + Sync`: share it as `Arc<Catalog>`.
 /// The largest catalog file [`Catalog::warm`] reads ahead (about 100,000 files' rows and
 /// their events).
 const WARM_MAX: u64 = 64 << 20;
 
+/// The catalog. `Send + Sync`: share it as `Arc<Catalog>`.
 pub struct Catalog {
     path: PathBuf,
     writer: Mutex<Writer>,
@@ -1659,10 +1659,9 @@ fn check_path_free(tx: &Connection, file_id: &str, path: &str) -> Result<()> {
     }
 }
 
-/// Inserts or updates `f`'s row for an event of `kind`. An existing row's `pinned` changes
-/// only with PINNED or UNPINNED: a step that read the row before a concurrent pin (a copy
-/// in flight) must not undo it.
-/// Writes row `f` (see [`Catalog::transition`]) and adds what it changes to `totals`.
+/// Inserts or updates `f`'s row for an event of `kind`, and adds what it changes to
+/// `totals`. An existing row's `pinned` changes only with PINNED or UNPINNED: a step that
+/// read the row before a concurrent pin (a copy in flight) must not undo it.
 fn upsert_file(
     tx: &Connection,
     f: &FileRow,

@@ -716,12 +716,18 @@ impl S3Store {
         }
         // Ranged: the first range tells the total size and pins the version (its id, or
         // on an unversioned bucket its ETag via If-Match) for the others. Each range holds
-        // a permit of this object's and one of the store's (taken in that order).
-        let store_permit = || {
-            let all = self.download_ranges.clone();
-            async move { all.acquire_owned().await.expect("open semaphore") }
+        // a permit of this object's and one of the store's, taken in that order.
+        let sem = Arc::new(Semaphore::new(
+            self.cfg.concurrency.max(1) * DOWNLOAD_RANGES_PER_OBJECT,
+        ));
+        let permits = || {
+            let (one, all) = (sem.clone(), self.download_ranges.clone());
+            async move {
+                let p = one.acquire_owned().await.expect("open semaphore");
+                (p, all.acquire_owned().await.expect("open semaphore"))
+            }
         };
-        let first_store_permit = store_permit().await;
+        let first_permits = permits().await;
         let first = self
             .get_object(&full, req.version_id, Some((0, chunk - 1)), None)
             .await?;
@@ -735,16 +741,12 @@ impl S3Store {
         let version_id = version(first.version_id()).or(req.version_id.map(str::to_string));
         let etag = first.e_tag().map(str::to_string);
         let nranges = size.div_ceil(chunk);
-        let sem = Arc::new(Semaphore::new(
-            self.cfg.concurrency.max(1) * DOWNLOAD_RANGES_PER_OBJECT,
-        ));
         let mut tasks: JoinSet<Result<(u64, Option<Checksum>), StoreError>> = JoinSet::new();
         {
-            let permit = sem.clone().acquire_owned().await.expect("open semaphore");
             let (d, f) = (dest.clone(), full.clone());
             let body = first.body;
             tasks.spawn(async move {
-                let _p = (permit, first_store_permit);
+                let _p = first_permits;
                 let s = stream_to_file(
                     body,
                     d,
@@ -762,8 +764,7 @@ impl S3Store {
         let mut sums: Vec<(u64, Option<Checksum>)> = Vec::with_capacity(nranges as usize);
         let result: Result<(), StoreError> = async {
             for i in 1..nranges {
-                let permit = sem.clone().acquire_owned().await.expect("open semaphore");
-                let permit = (permit, store_permit().await);
+                let permit = permits().await;
                 while let Some(r) = tasks.try_join_next() {
                     sums.push(joined(r)?);
                 }

@@ -14,17 +14,15 @@
 //! A stub record is written in its compact form when it has one (a pack member's, or that
 //! of a file with a whole object of its own: [`StubRecord::encode_compact`]), and the stub
 //! then has no `id` xattr: the record names the file, and alone it stays inside a 256-byte
-//! ext4 inode, so the stub costs no block ([`set_stub`]; docs/architecture.md "Compact stub records"). [`file_id`]
-//! reads the id from the records when the `id` xattr is not there, and [`unstub`] puts it
-//! back before the stub record goes.
+//! ext4 inode, so the stub costs no block ([`set_stub`]; docs/architecture.md "Compact
+//! stub records"). [`file_id`] reads the id from the records when the `id` xattr is not
+//! there, and [`unstub`] puts it back before the stub record goes.
 
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use crate::fs::backing::{self, Errno, SysResult};
-use crate::tier::stub::{
-    is_valid_file_id, FileFacts, StubRecord, COMPACT_OWN_VERSION, COMPACT_VERSION,
-};
+use crate::tier::stub::{is_valid_file_id, FileFacts, StubRecord};
 
 pub const STUB: &CStr = c"trusted.coldtier.stub";
 pub const COPY: &CStr = c"trusted.coldtier.copy";
@@ -36,11 +34,7 @@ pub fn record(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<StubRecord>> 
     let Some(bytes) = backing::getxattr_all(fd, name)? else {
         return Ok(None);
     };
-    let compact = matches!(
-        bytes.first(),
-        Some(&(COMPACT_VERSION | COMPACT_OWN_VERSION))
-    );
-    let decoded = if compact && name == STUB {
+    let decoded = if StubRecord::is_compact_encoding(&bytes) && name == STUB {
         // The compact form leaves the ctime and the inode number to the file.
         let st = backing::stat_fd(fd)?;
         let facts = FileFacts {

@@ -898,6 +898,15 @@ impl StubRecord {
         (out.len() <= COMPACT_MAX_LEN).then_some(out)
     }
 
+    /// Whether `bytes` are a compact encoding (its version byte only: which decoder takes
+    /// them, [`StubRecord::decode_compact`] or [`StubRecord::decode`]).
+    pub fn is_compact_encoding(bytes: &[u8]) -> bool {
+        matches!(
+            bytes.first(),
+            Some(&(COMPACT_VERSION | COMPACT_OWN_VERSION))
+        )
+    }
+
     /// Whether `bytes` look like the full encoding of a pack member's record (its version
     /// and flag bytes only: a cheap filter before decoding).
     pub fn is_full_member_encoding(bytes: &[u8]) -> bool {
