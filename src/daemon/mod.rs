@@ -1356,6 +1356,9 @@ pub async fn check_store(
 pub fn log_store_check(c: &crate::store::StoreCheck) {
     if c.validates_checksums {
         tracing::info!("store check passed; the store refuses uploads that do not match their checksum: its checksums prove each copy");
+        if c.multipart_proven == Some(false) {
+            tracing::info!("the store's answer to a multipart upload proves nothing: objects up to 5 GiB go in one PUT, which its answer proves");
+        }
     } else {
         tracing::warn!("store check passed, but the store does not refuse an upload that does not match its checksum: every copy is read back and compared before its file is stubbed (twice the traffic)");
     }

@@ -165,7 +165,7 @@ pub(crate) fn data(n: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A temporary source file holding `bytes`.
-fn source(bytes: &[u8]) -> Result<File, String> {
+pub(crate) fn source(bytes: &[u8]) -> Result<File, String> {
     let mut f = tempfile::tempfile().map_err(|e| e.to_string())?;
     f.write_all(bytes).map_err(|e| e.to_string())?;
     Ok(f)

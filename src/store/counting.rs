@@ -212,6 +212,10 @@ impl ObjectStore for CountingStore {
     fn validates_checksums<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         counted(StoreOp::Put, self.0.validates_checksums(key))
     }
+
+    fn multipart_proven<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        counted(StoreOp::Put, self.0.multipart_proven(key))
+    }
     fn purge<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         counted(StoreOp::Delete, self.0.purge(key))
     }

@@ -21,6 +21,7 @@ pub mod posix;
 mod quickack;
 pub mod s3;
 mod s3_lean;
+mod s3_stream;
 #[doc(hidden)]
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -158,6 +159,16 @@ pub trait ObjectStore: Send + Sync {
     /// deleted again. A store that cannot be probed (the posix store: its "answer" is our
     /// own code's) says false, and copies to it are proven by reading them back.
     fn validates_checksums<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Whether the answer to a multipart upload proves what was stored (a checksum of the
+    /// whole object that `PutResult::proven_by` accepts), found by one small multipart
+    /// upload under `key` (deleted again). [`check`] asks only a store that validates its
+    /// single PUTs. An S3 store that finds its multipart answers prove nothing sends
+    /// objects up to 5 GiB in one streamed PUT from then on, proven by its answer, instead
+    /// of parts that would each be read back. Stores without multipart uploads: true.
+    fn multipart_proven<'a>(&'a self, _key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// What [`check`] found out about a store at mount.
@@ -166,6 +177,9 @@ pub struct StoreCheck {
     /// The store refused a body that did not match its checksum: its word on what it
     /// stored is proof. Otherwise every copy is read back before a file is stubbed.
     pub validates_checksums: bool,
+    /// Asked only of a store that validates: whether a multipart upload's answer proves it
+    /// too ([`ObjectStore::multipart_proven`]). `Some(false)`: large objects go in one PUT.
+    pub multipart_proven: Option<bool>,
 }
 
 /// Checks that a store can be used (the bucket exists, the credentials may PUT, GET and
@@ -221,8 +235,19 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
         .validates_checksums(&format!("{key}-bad"))
         .await
         .map_err(|e| e.context("checksum probe"))?;
+    let multipart_proven = if validates_checksums {
+        Some(
+            store
+                .multipart_proven(&format!("{key}-multipart"))
+                .await
+                .map_err(|e| e.context("multipart probe"))?,
+        )
+    } else {
+        None
+    };
     Ok(StoreCheck {
         validates_checksums,
+        multipart_proven,
     })
 }
 

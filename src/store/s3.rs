@@ -5,6 +5,7 @@
 //! mapped exhaustively to `StoreError`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use aws_sdk_s3 as s3;
@@ -51,6 +52,18 @@ pub struct S3Store {
     /// ([`DOWNLOAD_RANGES_PER_STORE`] x `concurrency`): what bounds their buffers when a
     /// bulk recall fetches many large files at once.
     download_ranges: Arc<Semaphore>,
+    /// What the store check found out about this store (shared by its clones): single
+    /// PUTs proven by the answer, multipart answers not. Objects above `part_size` (up to
+    /// 5 GiB) then go in one streamed PUT (`s3_stream`) instead of parts read back.
+    learned: Arc<Learned>,
+}
+
+#[derive(Debug, Default)]
+struct Learned {
+    /// `validates_checksums` found that the store refuses a body that does not match.
+    validates: AtomicBool,
+    /// `multipart_proven` found that a multipart answer carries no proof.
+    multipart_unproven: AtomicBool,
 }
 
 /// Ranged GETs in flight for one object: this many times `concurrency` (a download is
@@ -207,7 +220,16 @@ impl S3Store {
             download_ranges: Arc::new(Semaphore::new(
                 cfg.concurrency.max(1) * DOWNLOAD_RANGES_PER_STORE,
             )),
+            learned: Arc::default(),
         })
+    }
+
+    /// Whether an object of `size` bytes goes in one streamed PUT (see `learned`).
+    fn one_streamed_put(&self, size: u64) -> bool {
+        size > self.cfg.part_size
+            && size <= MAX_PART_SIZE
+            && self.learned.validates.load(Ordering::Relaxed)
+            && self.learned.multipart_unproven.load(Ordering::Relaxed)
     }
 
     /// The config of an upload request: `read_timeout` until its answer (the body counts).
@@ -271,7 +293,7 @@ impl S3Store {
         self.lean.as_ref().is_some_and(|l| l.refused())
     }
 
-    fn full_key(&self, key: &str) -> String {
+    pub(super) fn full_key(&self, key: &str) -> String {
         if self.cfg.prefix.is_empty() {
             key.to_string()
         } else {
@@ -343,6 +365,87 @@ impl S3Store {
             checksum,
             parts: 1,
             chunks,
+        })
+    }
+
+    /// One PUT of an object above the part size, streamed from its file (`s3_stream`):
+    /// for a store whose single PUTs its answer proves and whose multipart uploads it does
+    /// not. Its answer waits for the whole body: the `read_timeout` of as many parts.
+    async fn put_streamed(
+        &self,
+        req: PutRequest,
+        full: String,
+        algo: ChecksumAlgo,
+        class: StorageClass,
+    ) -> Result<PutResult, StoreError> {
+        let size = req.size;
+        let src = Arc::new(Dest {
+            file: req.file,
+            extents: req.extents,
+        });
+        let want_md5 = self.cfg.content_md5;
+        let s = src.clone();
+        let hashed =
+            blocking(move || super::s3_stream::hash_file(&s, size, algo, want_md5)).await?;
+        self.send_streamed(
+            req.key,
+            &req.metadata,
+            req.tags,
+            (src, size),
+            full,
+            class,
+            hashed,
+        )
+        .await
+    }
+
+    /// The request of [`Self::put_streamed`], given what its first pass found.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_streamed(
+        &self,
+        key: String,
+        metadata: &BTreeMap<String, String>,
+        tags: BTreeMap<String, String>,
+        (src, size): (Arc<Dest>, u64),
+        full: String,
+        class: StorageClass,
+        hashed: super::s3_stream::Hashed,
+    ) -> Result<PutResult, StoreError> {
+        let algo = hashed.checksum.algo;
+        super::UPLOAD_BW.take(size).await;
+        let parts = size.div_ceil(self.part_size_for(size)).max(1) as u32;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(self.cfg.connect_timeout()?)
+            .read_timeout(self.cfg.read_timeout()? * parts)
+            .build();
+        let b = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .content_length(size as i64)
+            .body(ByteStream::new(super::s3_stream::body(src, size)))
+            .checksum_algorithm(sdk_algo(algo))
+            .set_content_md5(hashed.md5);
+        let checksum = hashed.checksum;
+        let b = with_checksum!(b, algo, checksum.base64());
+        let b = with_object_settings!(b, self, class, encode_metadata(metadata), tags);
+        let out = b
+            .customize()
+            .config_override(s3::config::Builder::default().timeout_config(timeouts))
+            .interceptor(super::s3_stream::SignedPayload(hashed.sha256_hex))
+            .send()
+            .await
+            .map_err(|e| map_err(&format!("PUT {full}"), e))?;
+        Ok(PutResult {
+            key,
+            version_id: version(out.version_id()),
+            etag: out.e_tag().map(str::to_string),
+            expected: checksum.reported(),
+            reported: checksum_of!(out, algo).map(|v| ReportedChecksum::parse(algo, v)),
+            checksum,
+            parts: 1,
+            chunks: hashed.chunks,
         })
     }
 
@@ -1251,7 +1354,9 @@ impl ObjectStore for S3Store {
                 .storage_class
                 .clone()
                 .unwrap_or_else(|| self.cfg.storage_class.clone());
-            if req.size > self.cfg.part_size {
+            if self.one_streamed_put(req.size) {
+                self.put_streamed(req, full, algo, class).await
+            } else if req.size > self.cfg.part_size {
                 self.put_multipart(req, full, algo, class).await
             } else {
                 self.put_single(req, full, algo, class).await
@@ -1654,12 +1759,43 @@ impl ObjectStore for S3Store {
                         // Refused for its checksum (or as a bad request, while the same
                         // PUT with a matching checksum was accepted): it checks.
                         StoreErrorKind::ChecksumMismatch | StoreErrorKind::InvalidArgument => {
+                            self.learned.validates.store(true, Ordering::Relaxed);
                             Ok(true)
                         }
                         _ => Err(err),
                     }
                 }
             }
+        })
+    }
+
+    fn multipart_proven<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let body = b"coldtier multipart probe: one part\n";
+            let put = self
+                .put_multipart(
+                    PutRequest {
+                        key: key.to_string(),
+                        file: probe_file(body)?,
+                        size: body.len() as u64,
+                        storage_class: Some(StorageClass::Standard),
+                        metadata: BTreeMap::new(),
+                        tags: BTreeMap::new(),
+                        checksum: None,
+                        extents: None,
+                    },
+                    self.full_key(key),
+                    self.cfg.checksum,
+                    StorageClass::Standard,
+                )
+                .await?;
+            let proven = put.reported.as_ref().is_some_and(|r| put.proven_by(r));
+            self.delete(key, put.version_id.as_deref()).await?;
+            self.learned
+                .multipart_unproven
+                .store(!proven, Ordering::Relaxed);
+            Ok(proven)
         })
     }
 }

@@ -556,6 +556,104 @@ fn lean_get_signatures_pass_a_server_that_checks_them() {
     });
 }
 
+/// s3s-fs validates the checksum of a single PUT but reports none for a multipart object:
+/// the store check finds that out, and an object above the part size then goes in one
+/// streamed PUT whose answer proves it (before the check: parts, unproven). A file that
+/// changed between the hashing pass and the body is refused and leaves no object, whether
+/// the checksum or only the signed payload hash gives it away.
+#[test]
+fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
+    let root = tempfile::tempdir().unwrap();
+    let server = super::testing::S3sServer::start(root.path()).unwrap_or_else(|e| panic!("{e}"));
+    server.create_bucket("one-put").unwrap();
+    let cfg = S3Config {
+        endpoint: Some(server.endpoint.clone()),
+        bucket: "one-put".into(),
+        prefix: "p".into(),
+        path_style: true,
+        access_key: Some(server.key_id.clone()),
+        secret_key: Some(server.secret.clone()),
+        part_size: MIN_PART_SIZE,
+        max_attempts: 1,
+        ..S3Config::default()
+    };
+    let size = 2 * MIN_PART_SIZE as usize + 12_345;
+    let bytes = data(size, 11);
+    runtime().block_on(async {
+        let store = S3Store::new(&cfg).await.unwrap();
+        let before = store
+            .put(put_req("before", &bytes, ChecksumAlgo::Crc32c).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(before.parts, 3, "multipart before the store check");
+        assert!(
+            !before
+                .reported
+                .as_ref()
+                .is_some_and(|r| before.proven_by(r)),
+            "s3s-fs proves no multipart upload: {:?}",
+            before.reported
+        );
+        let c = check(&store, "n").await.unwrap();
+        assert_eq!(
+            (c.validates_checksums, c.multipart_proven),
+            (true, Some(false)),
+            "{c:?}"
+        );
+        let put = store
+            .put(put_req("after", &bytes, ChecksumAlgo::Crc32c).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(put.parts, 1, "one PUT after the check");
+        assert!(
+            put.proven_by(
+                put.reported
+                    .as_ref()
+                    .expect("s3s-fs answers a PUT with its checksum")
+            ),
+            "{put:?}"
+        );
+        assert!(put.chunks.is_some(), "chunk sums from the hashing pass");
+        let (got, back) = get_all(&store, "after", None, size as u64, ChecksumAlgo::Crc32c)
+            .await
+            .unwrap();
+        assert!(back == bytes, "data differs");
+        assert_eq!(got.checksum, put.checksum);
+
+        // Changed between the passes: hashed as A, sent as B.
+        let other = data(size, 12);
+        for (key, crc_of_b) in [("changed", false), ("changed-sha", true)] {
+            let f = super::conformance::source(&bytes).unwrap();
+            let src = Arc::new(Dest {
+                file: f.try_clone().unwrap(),
+                extents: None,
+            });
+            let mut hashed =
+                super::s3_stream::hash_file(&src, size as u64, ChecksumAlgo::Crc32c, false)
+                    .unwrap();
+            f.write_all_at(&other, 0).unwrap();
+            if crc_of_b {
+                hashed.checksum = Checksum::of(ChecksumAlgo::Crc32c, &other);
+            }
+            let e = store
+                .send_streamed(
+                    key.into(),
+                    &BTreeMap::new(),
+                    BTreeMap::new(),
+                    (src, size as u64),
+                    store.full_key(key),
+                    StorageClass::Standard,
+                    hashed,
+                )
+                .await
+                .unwrap_err();
+            eprintln!("{key}: {e}");
+            let gone = store.head(key, None).await.unwrap_err();
+            assert_eq!(gone.kind, StoreErrorKind::NotFound, "{key}: {gone}");
+        }
+    });
+}
+
 // --- unit tests -------------------------------------------------------------------------
 
 #[test]
