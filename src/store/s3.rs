@@ -1,5 +1,7 @@
-//! The S3 store: with `s3_lean` (its lean GET), the only code that names aws-sdk-s3 types.
-//! Single PUT up to the part size, else a multipart upload with parts in parallel (bounded), aborted on failure;
+//! The S3 store: with `s3_lean` (its lean GET) and `s3_stream` (its streamed PUT), the only
+//! code that names aws-sdk-s3 types. Single PUT up to the part size, else a multipart upload
+//! with parts in parallel (bounded), aborted on failure, or one streamed PUT on a store whose
+//! multipart answers prove nothing while its PUTs' do;
 //! our own checksum sent with every PUT and part (composite form for multipart); ranged
 //! parallel GETs pinned to one version; RestoreObject for archive classes; SDK errors
 //! mapped exhaustively to `StoreError`.
