@@ -414,7 +414,6 @@ impl S3Store {
         hashed: super::s3_stream::Hashed,
     ) -> Result<PutResult, StoreError> {
         let algo = hashed.checksum.algo;
-        super::UPLOAD_BW.take(size).await;
         let parts = size.div_ceil(self.part_size_for(size)).max(1) as u32;
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(self.cfg.connect_timeout()?)

@@ -81,7 +81,8 @@ pub(super) fn body(src: Arc<Dest>, size: u64) -> SdkBody {
     SdkBody::retryable(move || SdkBody::from_body_1_x(FileBody::new(src.clone(), size)))
 }
 
-/// Reads the file one chunk ahead of the connection, on the blocking pool.
+/// Reads the file one chunk ahead of the connection, on the blocking pool, each chunk
+/// after its share of the upload bandwidth (`[limits] upload_bwlimit`).
 struct FileBody {
     src: Arc<Dest>,
     size: u64,
@@ -110,10 +111,15 @@ impl FileBody {
         let n = (CHUNK as u64).min(self.size - self.next) as usize;
         let (src, off) = (self.src.clone(), self.next);
         self.next += n as u64;
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let mut v = vec![0u8; n];
-            read_mapped(&src.file, src.extents.as_ref(), &mut v, off)?;
-            Ok(Bytes::from(v))
+        // The upload bandwidth limit is taken chunk by chunk, as the body goes out.
+        self.reading = Some(tokio::spawn(async move {
+            super::UPLOAD_BW.take(n as u64).await;
+            super::blocking(move || {
+                let mut v = vec![0u8; n];
+                read_mapped(&src.file, src.extents.as_ref(), &mut v, off)?;
+                Ok(Bytes::from(v))
+            })
+            .await
         }));
     }
 }
