@@ -1455,6 +1455,25 @@ impl Dest {
     pub(crate) fn write_all_at(&self, buf: &[u8], off: u64) -> Result<(), StoreError> {
         write_mapped(&self.file, self.extents.as_ref(), buf, off)
     }
+
+    /// `parts`, back to back, at `off`: the body chunks of a GET as the HTTP client gave
+    /// them, written without first being copied into one buffer (pwritev; through the
+    /// extents piece by piece).
+    pub(crate) fn write_parts_at(
+        &self,
+        parts: &[bytes::Bytes],
+        off: u64,
+    ) -> Result<(), StoreError> {
+        if self.extents.is_some() {
+            let mut at = off;
+            for p in parts {
+                self.write_all_at(p, at)?;
+                at += p.len() as u64;
+            }
+            return Ok(());
+        }
+        pwritev_all(&self.file, parts, off)
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` with pread; a short file is an error
@@ -1477,6 +1496,53 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(StoreError::io("reading the source file", &e)),
         }
+    }
+    Ok(())
+}
+
+/// Writes all of `parts`, back to back, at `offset` with pwritev (at most `IOV_MAX` slices
+/// a call; a short write goes on from where it stopped).
+pub(crate) fn pwritev_all(
+    file: &File,
+    parts: &[bytes::Bytes],
+    offset: u64,
+) -> Result<(), StoreError> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    const IOV_MAX: usize = 1024;
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut bufs = &mut slices[..];
+    let mut at = offset;
+    while !bufs.is_empty() {
+        let n = bufs.len().min(IOV_MAX);
+        let off = libc::off_t::try_from(at)
+            .map_err(|_| StoreError::new(StoreErrorKind::Other, "offset out of range"))?;
+        // SAFETY: IoSlice is ABI-compatible with iovec; the n slices are live borrows.
+        let r = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                n as libc::c_int,
+                off,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(StoreError::io("writing the destination file", &e));
+        }
+        if r == 0 {
+            let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+            return Err(StoreError::io("writing the destination file", &e));
+        }
+        at += r as u64;
+        IoSlice::advance_slices(&mut bufs, r as usize);
     }
     Ok(())
 }

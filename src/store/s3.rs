@@ -23,7 +23,7 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
     RestoreRequest, ServerSideEncryption, Tag, Tagging, Tier,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -1049,7 +1049,10 @@ async fn stream_to_file(
     } else {
         WRITE_CHUNK
     };
-    let mut buf = BytesMut::with_capacity(chunk.min(len as usize));
+    // The body's chunks as the HTTP client gave them (no copy), written together with one
+    // pwritev once `chunk` bytes have gathered.
+    let mut buf: Vec<Bytes> = Vec::new();
+    let mut buffered = 0usize;
     let mut off = start;
     let mut got = 0u64;
     let mut pending: Option<tokio::task::JoinHandle<Result<Option<Hasher>, StoreError>>> = None;
@@ -1073,8 +1076,9 @@ async fn stream_to_file(
                         format!("GET {what}: more bytes than the {len} asked for"),
                     ));
                 }
-                buf.extend_from_slice(&bytes);
+                buffered += bytes.len();
                 super::DOWNLOAD_BW.take(bytes.len() as u64).await;
+                buf.push(bytes);
                 false
             }
             Some(Err(e)) => {
@@ -1084,22 +1088,25 @@ async fn stream_to_file(
                 ))
             }
         };
-        if buf.len() >= chunk || (end && !buf.is_empty()) {
+        if buffered >= chunk || (end && buffered > 0) {
             if let Some(p) = pending.take() {
                 hasher = joined(p.await)?;
                 tell(pending_end);
             }
-            let data = buf.split().freeze();
+            let data = std::mem::take(&mut buf);
             let d = dest.clone();
             let at = off;
             let mut h = hasher.take();
-            off += data.len() as u64;
+            off += buffered as u64;
+            buffered = 0;
             let write = move || {
                 if let Some(d) = &d {
-                    d.write_all_at(&data, at)?;
+                    d.write_parts_at(&data, at)?;
                 }
                 if let Some(h) = h.as_mut() {
-                    h.update(&data);
+                    for p in &data {
+                        h.update(p);
+                    }
                 }
                 Ok(h)
             };
