@@ -121,6 +121,7 @@ pub(crate) async fn run_all(h: Harness) {
         }),
         ("sparse_extents_round_trip", |h| Box::pin(sparse(h))),
         ("ranged_get_tells_its_progress", |h| Box::pin(progress(h))),
+        ("ranged_get_in_chunks", |h| Box::pin(range_chunks(h))),
     ];
     let filter = std::env::var("COLDTIER_CONFORMANCE_CASE").ok();
     let mut failures = Vec::new();
@@ -256,6 +257,48 @@ fn genealogy(path: &str) -> BTreeMap<String, String> {
         ("gid".to_string(), "1000".to_string()),
         ("config-version".to_string(), "3".to_string()),
     ])
+}
+
+/// A range handed over in chunks (a bulk recall's pack span in memory): the chunks, in
+/// order, are exactly the range; a range outside the object is refused; a missing object
+/// is NotFound.
+async fn range_chunks(h: &Harness) -> Result<(), String> {
+    let s = &*h.store;
+    let key = "conf/chunks";
+    let bytes = data((3 << 20) + 17, 8);
+    ok!(s.put(put_req(key, &bytes, ChecksumAlgo::Crc32c)?).await);
+    let size = bytes.len() as u64;
+    for (start, len) in [(0, size), (1, 1), (4095, (2 << 20) + 3), (size - 5, 5)] {
+        let got = std::sync::Mutex::new(Vec::<u8>::new());
+        let sink = |b: bytes::Bytes| got.lock().expect("lock").extend_from_slice(&b);
+        ok!(s
+            .get_range_chunks(key, None, size, (start, len), &sink)
+            .await);
+        let got = got.into_inner().expect("lock");
+        check!(
+            got == bytes[start as usize..(start + len) as usize],
+            "{}: range {start}+{len}: {} bytes back, not the range's",
+            h.name,
+            got.len()
+        );
+    }
+    let none = |_: bytes::Bytes| {};
+    let e = s
+        .get_range_chunks(key, None, size, (size - 1, 2), &none)
+        .await;
+    check!(e.is_err(), "{}: a range past the end was served", h.name);
+    let e = s
+        .get_range_chunks("conf/no-such", None, size, (0, 1), &none)
+        .await;
+    check!(
+        e.as_ref()
+            .is_err_and(|e| e.kind == StoreErrorKind::NotFound),
+        "{}: a missing object: {:?}",
+        h.name,
+        e.err()
+    );
+    ok!(s.delete(key, None).await);
+    Ok(())
 }
 
 /// A ranged GET told a progress sender: the offsets it tells only grow, end at the

@@ -173,6 +173,19 @@ impl ObjectStore for CountingStore {
     ) -> StoreFuture<'a, ObjectMeta> {
         counted(StoreOp::Head, self.0.head(key, version_id))
     }
+    fn get_range_chunks<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        size: u64,
+        range: (u64, u64),
+        sink: &'a (dyn Fn(bytes::Bytes) + Send + Sync),
+    ) -> StoreFuture<'a, ()> {
+        counted(
+            StoreOp::Get,
+            self.0.get_range_chunks(key, version_id, size, range, sink),
+        )
+    }
     fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult> {
         counted(StoreOp::Get, self.0.get(req))
     }

@@ -80,6 +80,41 @@ pub trait ObjectStore: Send + Sync {
     /// `InvalidObjectState`. Does not fsync `dest`: the caller does, before trusting it.
     fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult>;
 
+    /// Bytes `[start, start + len)` (`range`) of an object of `size` bytes, handed to
+    /// `sink` in order as they arrive, in chunks (a bulk recall's pack span kept in memory,
+    /// with no file between the network and the members, which check their own bytes).
+    /// S3: the chunks of one ranged GET as the HTTP client gives them. Other stores: the
+    /// range through [`ObjectStore::get`] into an anonymous file, then in one chunk.
+    fn get_range_chunks<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        size: u64,
+        (start, len): (u64, u64),
+        sink: &'a (dyn Fn(bytes::Bytes) + Send + Sync),
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let tmp = tempfile_in_tmp()
+                .map_err(|e| StoreError::io("a temporary file for a range", &e))?;
+            self.get(GetRequest {
+                key,
+                version_id,
+                dest: Some(&tmp),
+                expected_size: size,
+                checksum: ChecksumAlgo::Crc32c,
+                extents: None,
+                range: Some((start, len)),
+                dest_base: start,
+                progress: None,
+            })
+            .await?;
+            let mut v = vec![0u8; len as usize];
+            read_exact_at(&tmp, &mut v, 0)?;
+            sink(bytes::Bytes::from(v));
+            Ok(())
+        })
+    }
+
     /// Asks for a temporary copy of an archived object for `days` days. Never fails
     /// because a restore is already under way or done: says so instead.
     fn restore<'a>(

@@ -714,7 +714,43 @@ impl S3Store {
         algo: ChecksumAlgo,
         progress: Option<&tokio::sync::watch::Sender<u64>>,
     ) -> Result<GetResult, StoreError> {
-        if len == 0 || start + len > size || base > start {
+        if base > start {
+            return Err(StoreError::invalid_argument(format!(
+                "{key}: range {start}+{len} outside an object of {size} bytes"
+            )));
+        }
+        let (body, v) = self
+            .range_body(full, key, version_id, size, (start, len))
+            .await?;
+        let sum = stream_to_file(
+            body,
+            dest,
+            start - base,
+            len,
+            Some(algo),
+            full,
+            Some(self.stall),
+            progress,
+        )
+        .await?;
+        Ok(GetResult {
+            bytes: len,
+            checksum: sum.expect("hashed"),
+            version_id: v.or(version_id.map(str::to_string)),
+        })
+    }
+
+    /// The answer to a ranged GET of bytes `[start, start + len)` of an object of `size`
+    /// bytes: its body (of that length, checked) and its version id.
+    async fn range_body(
+        &self,
+        full: &str,
+        key: &str,
+        version_id: Option<&str>,
+        size: u64,
+        (start, len): (u64, u64),
+    ) -> Result<(ByteStream, Option<String>), StoreError> {
+        if len == 0 || start + len > size {
             return Err(StoreError::invalid_argument(format!(
                 "{key}: range {start}+{len} outside an object of {size} bytes"
             )));
@@ -740,22 +776,7 @@ impl S3Store {
                 (out.body, v)
             }
         };
-        let sum = stream_to_file(
-            body,
-            dest,
-            start - base,
-            len,
-            Some(algo),
-            full,
-            Some(self.stall),
-            progress,
-        )
-        .await?;
-        Ok(GetResult {
-            bytes: len,
-            checksum: sum.expect("hashed"),
-            version_id: v.or(version_id.map(str::to_string)),
-        })
+        Ok((body, v))
     }
 
     async fn get_impl(&self, req: GetRequest<'_>) -> Result<GetResult, StoreError> {
@@ -1057,18 +1078,9 @@ async fn stream_to_file(
     let mut got = 0u64;
     let mut pending: Option<tokio::task::JoinHandle<Result<Option<Hasher>, StoreError>>> = None;
     loop {
-        let next = match stall {
-            None => body.next().await,
-            Some(d) => tokio::time::timeout(d, body.next()).await.map_err(|_| {
-                StoreError::new(
-                    StoreErrorKind::Unreachable,
-                    format!("GET {what}: no data for {} s", d.as_secs()),
-                )
-            })?,
-        };
-        let end = match next {
+        let end = match next_chunk(&mut body, what, stall).await? {
             None => true,
-            Some(Ok(bytes)) => {
+            Some(bytes) => {
                 got += bytes.len() as u64;
                 if got > len {
                     return Err(StoreError::new(
@@ -1080,12 +1092,6 @@ async fn stream_to_file(
                 super::DOWNLOAD_BW.take(bytes.len() as u64).await;
                 buf.push(bytes);
                 false
-            }
-            Some(Err(e)) => {
-                return Err(StoreError::new(
-                    StoreErrorKind::Unreachable,
-                    format!("GET {what}: reading the body: {}", error_chain(&e)),
-                ))
             }
         };
         if buffered >= chunk || (end && buffered > 0) {
@@ -1135,6 +1141,62 @@ async fn stream_to_file(
     }
     tell(off);
     Ok(hasher.map(Hasher::finalize))
+}
+
+/// The next chunk of `body`, waiting at most `stall` for it: None at its end.
+async fn next_chunk(
+    body: &mut ByteStream,
+    what: &str,
+    stall: Option<Duration>,
+) -> Result<Option<Bytes>, StoreError> {
+    let next = match stall {
+        None => body.next().await,
+        Some(d) => tokio::time::timeout(d, body.next()).await.map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Unreachable,
+                format!("GET {what}: no data for {} s", d.as_secs()),
+            )
+        })?,
+    };
+    match next {
+        None => Ok(None),
+        Some(Ok(b)) => Ok(Some(b)),
+        Some(Err(e)) => Err(StoreError::new(
+            StoreErrorKind::Unreachable,
+            format!("GET {what}: reading the body: {}", error_chain(&e)),
+        )),
+    }
+}
+
+/// Hands the `len` bytes of `body` to `sink` in order, as the HTTP client gave them.
+async fn stream_to_sink(
+    mut body: ByteStream,
+    len: u64,
+    what: &str,
+    stall: Duration,
+    sink: &(dyn Fn(Bytes) + Send + Sync),
+) -> Result<(), StoreError> {
+    let mut got = 0u64;
+    while let Some(bytes) = next_chunk(&mut body, what, Some(stall)).await? {
+        got += bytes.len() as u64;
+        if got > len {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("GET {what}: more bytes than the {len} asked for"),
+            ));
+        }
+        super::DOWNLOAD_BW.take(bytes.len() as u64).await;
+        if !bytes.is_empty() {
+            sink(bytes);
+        }
+    }
+    if got != len {
+        return Err(StoreError::new(
+            StoreErrorKind::Unreachable,
+            format!("GET {what}: body ended after {got} of {len} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the current runtime is multi-threaded (`block_in_place` panics on any other).
@@ -1382,6 +1444,22 @@ impl ObjectStore for S3Store {
 
     fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult> {
         Box::pin(self.get_impl(req))
+    }
+
+    fn get_range_chunks<'a>(
+        &'a self,
+        key: &'a str,
+        version_id: Option<&'a str>,
+        size: u64,
+        range: (u64, u64),
+        sink: &'a (dyn Fn(Bytes) + Send + Sync),
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            validate_key(key)?;
+            let full = self.full_key(key);
+            let (body, _) = self.range_body(&full, key, version_id, size, range).await?;
+            stream_to_sink(body, range.1, &full, self.stall, sink).await
+        })
     }
 
     fn restore<'a>(

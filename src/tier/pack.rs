@@ -706,12 +706,57 @@ pub(super) struct Proven {
     config_version: i64,
 }
 
-/// The bytes `[start, start + file length)` of one version of a pack, fetched once for
-/// the many members a bulk recall wants ([`Tiering::prefetch_packs`]).
+/// The bytes `[start, end)` of one version of a pack, fetched once for the many members a
+/// bulk recall wants ([`Tiering::prefetch_packs`]), or read ahead for a member's reader.
 pub struct PackSpan {
-    file: File,
+    data: SpanData,
     start: u64,
     end: u64,
+}
+
+/// Where a span's bytes are.
+enum SpanData {
+    /// A file holding them at 0.
+    File(File),
+    /// In memory, as the store handed them over: (offset in the span, chunk), in order.
+    /// No copy between the network and the members (a span up to [`MAX_MEMORY_SPAN`]).
+    Memory(parking_lot::Mutex<Vec<(u64, bytes::Bytes)>>),
+}
+
+impl PackSpan {
+    /// Bytes `[at, at + len)` of the span (offsets in the span): slices of its chunks, or
+    /// read from its file. None if they are not all there.
+    fn bytes(&self, at: u64, len: u64) -> std::io::Result<Option<Vec<bytes::Bytes>>> {
+        match &self.data {
+            SpanData::File(f) => {
+                use std::os::unix::fs::FileExt;
+                let mut v = vec![0u8; len as usize];
+                f.read_exact_at(&mut v, at)?;
+                Ok(Some(vec![bytes::Bytes::from(v)]))
+            }
+            SpanData::Memory(chunks) => {
+                let chunks = chunks.lock();
+                // The last chunk that starts at or before `at`, and on from it.
+                let first = chunks.partition_point(|(o, _)| *o <= at).saturating_sub(1);
+                let mut out = Vec::new();
+                let mut have = 0u64;
+                for (o, c) in &chunks[first..] {
+                    let (lo, hi) = (at + have, at + len);
+                    if have == len || *o > lo {
+                        break;
+                    }
+                    let from = (lo - o) as usize;
+                    let to = ((hi - o) as usize).min(c.len());
+                    if from >= to {
+                        continue;
+                    }
+                    out.push(c.slice(from..to));
+                    have += (to - from) as u64;
+                }
+                Ok((have == len).then_some(out))
+            }
+        }
+    }
 }
 
 /// A pack's key and version id.
@@ -754,6 +799,9 @@ const MAX_SPAN: u64 = 1 << 30;
 /// Spans up to this size are kept in memory; larger ones in an unnamed file of the
 /// backing filesystem.
 const MAX_MEMORY_SPAN: u64 = 64 << 20;
+/// The members waiting on a span in memory hear of its progress this often (each
+/// telling wakes every one of them).
+const SPAN_PROGRESS: u64 = 1 << 20;
 
 impl Tiering {
     /// Before a bulk recall of `members` (records of stubs): the packs two or more of them
@@ -791,13 +839,15 @@ impl Tiering {
             if n < 2 || end - start > MAX_SPAN {
                 continue;
             }
-            let file = if end - start <= MAX_MEMORY_SPAN {
-                super::readers::anon_file(c"coldtier-pack-span").ok()
+            let data = if end - start <= MAX_MEMORY_SPAN {
+                SpanData::Memory(Default::default())
             } else {
-                self.unnamed_file().ok()
+                match self.unnamed_file() {
+                    Ok(f) => SpanData::File(f),
+                    Err(_) => break,
+                }
             };
-            let Some(file) = file else { break };
-            let span = std::sync::Arc::new(PackSpan { file, start, end });
+            let span = std::sync::Arc::new(PackSpan { data, start, end });
             let (upto, upto_rx) = tokio::sync::watch::channel(0u64);
             let (tx, rx) = tokio::sync::watch::channel(SpanState::Pending(span.clone(), upto_rx));
             let k = (key.clone(), version.clone());
@@ -810,19 +860,49 @@ impl Tiering {
                 if tx.is_closed() {
                     return;
                 }
-                let got = store
-                    .get(crate::store::GetRequest {
-                        key: &key,
-                        version_id: version.as_deref(),
-                        dest: Some(&span.file),
-                        expected_size: pack_size,
-                        checksum: ChecksumAlgo::Crc32c,
-                        extents: None,
-                        range: (end - start != pack_size).then_some((start, end - start)),
-                        dest_base: start,
-                        progress: Some(&upto),
-                    })
-                    .await;
+                let got = match &span.data {
+                    SpanData::File(file) => store
+                        .get(crate::store::GetRequest {
+                            key: &key,
+                            version_id: version.as_deref(),
+                            dest: Some(file),
+                            expected_size: pack_size,
+                            checksum: ChecksumAlgo::Crc32c,
+                            extents: None,
+                            range: (end - start != pack_size).then_some((start, end - start)),
+                            dest_base: start,
+                            progress: Some(&upto),
+                        })
+                        .await
+                        .map(drop),
+                    SpanData::Memory(chunks) => {
+                        // The members waiting are told every SPAN_PROGRESS bytes (and at
+                        // the end), not at every chunk.
+                        let told = std::sync::atomic::AtomicU64::new(0);
+                        let sink = |b: bytes::Bytes| {
+                            let total = {
+                                let mut c = chunks.lock();
+                                let at = c.last().map_or(0, |(o, b)| o + b.len() as u64);
+                                c.push((at, b));
+                                at + c.last().expect("pushed").1.len() as u64
+                            };
+                            let last = told.load(std::sync::atomic::Ordering::Relaxed);
+                            if total - last >= SPAN_PROGRESS || total == end - start {
+                                told.store(total, std::sync::atomic::Ordering::Relaxed);
+                                upto.send_replace(total);
+                            }
+                        };
+                        store
+                            .get_range_chunks(
+                                &key,
+                                version.as_deref(),
+                                pack_size,
+                                (start, end - start),
+                                &sink,
+                            )
+                            .await
+                    }
+                };
                 drop(upto);
                 let state = match got {
                     Ok(_) => SpanState::Ready(span),
@@ -900,30 +980,35 @@ impl Tiering {
                     .map(|(_, s, _)| s.clone())?
             }
         };
-        let copy = || -> std::io::Result<Checksum> {
-            use std::os::unix::fs::FileExt;
-            let mut h = Hasher::new(algo);
-            let mut buf = vec![0u8; (1 << 20).min(rec.size as usize)];
-            let mut off = 0u64;
-            while off < rec.size {
-                let n = buf.len().min((rec.size - off) as usize);
-                span.file
-                    .read_exact_at(&mut buf[..n], p.offset - span.start + off)?;
-                h.update(&buf[..n]);
-                dest.write_all_at(&buf[..n], off)?;
-                off += n as u64;
-            }
-            Ok(h.finalize())
+        let io =
+            |e: std::io::Error| crate::store::StoreError::io("a member from its pack's span", &e);
+        // A MiB at a time from a span's file; a span in memory in one go (its chunks).
+        let step = match span.data {
+            SpanData::File(_) => 1 << 20,
+            SpanData::Memory(_) => rec.size.max(1),
         };
-        Some(
-            copy()
-                .map(|checksum| crate::store::GetResult {
-                    bytes: rec.size,
-                    checksum,
-                    version_id: rec.version_id.clone(),
-                })
-                .map_err(|e| crate::store::StoreError::io("a member from its pack's span", &e)),
-        )
+        let mut h = Hasher::new(algo);
+        let mut off = 0u64;
+        while off < rec.size {
+            let n = step.min(rec.size - off);
+            let parts = match span.bytes(p.offset - span.start + off, n) {
+                Ok(Some(parts)) => parts,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(io(e))),
+            };
+            for b in &parts {
+                h.update(b);
+            }
+            if let Err(e) = crate::store::pwritev_all(dest, &parts, off) {
+                return Some(Err(e));
+            }
+            off += n;
+        }
+        Some(Ok(crate::store::GetResult {
+            bytes: rec.size,
+            checksum: h.finalize(),
+            version_id: rec.version_id.clone(),
+        }))
     }
 }
 
@@ -1011,7 +1096,7 @@ impl Tiering {
             ra.push_back((
                 key,
                 std::sync::Arc::new(PackSpan {
-                    file,
+                    data: SpanData::File(file),
                     start: p.offset,
                     end,
                 }),
@@ -1262,6 +1347,38 @@ pub fn plan_packs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A span in memory gives any range of its bytes from the chunks that hold it (within
+    /// one chunk, across several, on their edges), and nothing for bytes not yet there.
+    #[test]
+    fn a_span_in_memory_gives_its_ranges_from_its_chunks() {
+        let whole: Vec<u8> = (0..40u8).collect();
+        let mut chunks = Vec::new();
+        let mut at = 0usize;
+        for n in [3usize, 5, 1, 10, 7] {
+            chunks.push((at as u64, bytes::Bytes::copy_from_slice(&whole[at..at + n])));
+            at += n;
+        }
+        let span = PackSpan {
+            data: SpanData::Memory(parking_lot::Mutex::new(chunks)),
+            start: 100,
+            end: 140,
+        };
+        for lo in 0..=at {
+            for hi in lo..=at {
+                let parts = span.bytes(lo as u64, (hi - lo) as u64).unwrap();
+                let got: Vec<u8> = parts
+                    .unwrap_or_else(|| panic!("{lo}..{hi}"))
+                    .iter()
+                    .flat_map(|b| b.iter().copied())
+                    .collect();
+                assert_eq!(got, whole[lo..hi], "{lo}..{hi}");
+            }
+        }
+        // Past what has come (26 bytes of 40): not there.
+        assert!(span.bytes(20, 7).unwrap().is_none());
+        assert!(span.bytes(26, 1).unwrap().is_none());
+    }
 
     fn facts(name: &str, size: u64) -> Selected {
         let t = std::time::UNIX_EPOCH;
