@@ -223,18 +223,8 @@ pub struct StoreCheck {
 pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, StoreError> {
     let key = format!("{PROBE_PREFIX}/{nonce}");
     let body = format!("coldtier store check {nonce}\n").into_bytes();
-    let file = probe_file(&body)?;
     let put = store
-        .put(PutRequest {
-            key: key.clone(),
-            file,
-            size: body.len() as u64,
-            storage_class: Some(StorageClass::Standard),
-            metadata: BTreeMap::new(),
-            tags: BTreeMap::new(),
-            checksum: None,
-            extents: None,
-        })
+        .put(probe_request(&key, &body)?)
         .await
         .map_err(|e| e.context("PUT of a probe object"))?;
     let got = store
@@ -288,6 +278,20 @@ pub async fn check(store: &dyn ObjectStore, nonce: &str) -> Result<StoreCheck, S
 
 /// The key segment of the probe objects [`check`] puts (and deletes again).
 pub const PROBE_PREFIX: &str = "probe";
+
+/// The upload of a probe object: `body` under `key`, STANDARD, without metadata or tags.
+pub(crate) fn probe_request(key: &str, body: &[u8]) -> Result<PutRequest, StoreError> {
+    Ok(PutRequest {
+        key: key.to_string(),
+        file: probe_file(body)?,
+        size: body.len() as u64,
+        storage_class: Some(StorageClass::Standard),
+        metadata: BTreeMap::new(),
+        tags: BTreeMap::new(),
+        checksum: None,
+        extents: None,
+    })
+}
 
 /// An unlinked temporary file holding `body`: what a PutRequest reads.
 pub(crate) fn probe_file(body: &[u8]) -> Result<File, StoreError> {

@@ -330,43 +330,79 @@ impl S3Store {
         let file = req.file;
         let extents = req.extents;
         let want_md5 = self.cfg.content_md5;
-        let (data, checksum, md5, chunks) = blocking(move || {
+        let (data, hashed) = blocking(move || {
             let mut v = vec![0u8; size as usize];
             read_mapped(&file, extents.as_ref(), &mut v, 0)?;
-            let c = Checksum::of(algo, &v);
-            let md5 = want_md5.then(|| content_md5(&v));
             let mut cs = super::chunks::ChunkSummer::new(size);
             cs.update(&v);
-            Ok((Bytes::from(v), c, md5, cs.finish()))
+            let hashed = super::s3_stream::Hashed {
+                checksum: Checksum::of(algo, &v),
+                // The SDK hashes a body in memory itself.
+                sha256_hex: None,
+                md5: want_md5.then(|| content_md5(&v)),
+                chunks: cs.finish(),
+            };
+            Ok((Bytes::from(v), hashed))
         })
         .await?;
         super::UPLOAD_BW.take(size).await;
+        let to = &(req.key, full);
+        self.send_put(
+            to,
+            class,
+            (&req.metadata, req.tags),
+            (ByteStream::from(data), size),
+            hashed,
+            self.upload_timeouts.clone(),
+        )
+        .await
+    }
+
+    /// One PutObject of `body` (`size` bytes) to `key` (`full`, with the prefix), with
+    /// what the reading of its bytes found (`hashed`: our checksum, sent; the payload hash
+    /// to sign, for a body the SDK cannot hash itself; Content-MD5; the chunk sums).
+    async fn send_put(
+        &self,
+        (key, full): &(String, String),
+        class: StorageClass,
+        (metadata, tags): (&BTreeMap<String, String>, BTreeMap<String, String>),
+        (body, size): (ByteStream, u64),
+        hashed: super::s3_stream::Hashed,
+        timeouts: TimeoutConfig,
+    ) -> Result<PutResult, StoreError> {
+        let checksum = hashed.checksum;
+        let algo = checksum.algo;
         let b = self
             .client
             .put_object()
             .bucket(&self.cfg.bucket)
-            .key(&full)
+            .key(full)
             .content_length(size as i64)
-            .body(ByteStream::from(data))
+            .body(body)
             .checksum_algorithm(sdk_algo(algo))
-            .set_content_md5(md5);
+            .set_content_md5(hashed.md5);
         let b = with_checksum!(b, algo, checksum.base64());
-        let b = with_object_settings!(b, self, class, encode_metadata(&req.metadata), req.tags);
-        let out = b
+        let b = with_object_settings!(b, self, class, encode_metadata(metadata), tags);
+        let b = b
             .customize()
-            .config_override(self.upload_config())
+            .config_override(s3::config::Builder::default().timeout_config(timeouts));
+        let b = match hashed.sha256_hex {
+            Some(h) => b.interceptor(super::s3_stream::SignedPayload(h)),
+            None => b,
+        };
+        let out = b
             .send()
             .await
             .map_err(|e| map_err(&format!("PUT {full}"), e))?;
         Ok(PutResult {
-            key: req.key,
+            key: key.clone(),
             version_id: version(out.version_id()),
             etag: out.e_tag().map(str::to_string),
             expected: checksum.reported(),
             reported: checksum_of!(out, algo).map(|v| ReportedChecksum::parse(algo, v)),
             checksum,
             parts: 1,
-            chunks,
+            chunks: hashed.chunks,
         })
     }
 
@@ -413,41 +449,21 @@ impl S3Store {
         class: StorageClass,
         hashed: super::s3_stream::Hashed,
     ) -> Result<PutResult, StoreError> {
-        let algo = hashed.checksum.algo;
         let parts = size.div_ceil(self.part_size_for(size)).max(1) as u32;
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(self.cfg.connect_timeout()?)
             .read_timeout(self.cfg.read_timeout()? * parts)
             .build();
-        let b = self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(&full)
-            .content_length(size as i64)
-            .body(ByteStream::new(super::s3_stream::body(src, size)))
-            .checksum_algorithm(sdk_algo(algo))
-            .set_content_md5(hashed.md5);
-        let checksum = hashed.checksum;
-        let b = with_checksum!(b, algo, checksum.base64());
-        let b = with_object_settings!(b, self, class, encode_metadata(metadata), tags);
-        let out = b
-            .customize()
-            .config_override(s3::config::Builder::default().timeout_config(timeouts))
-            .interceptor(super::s3_stream::SignedPayload(hashed.sha256_hex))
-            .send()
-            .await
-            .map_err(|e| map_err(&format!("PUT {full}"), e))?;
-        Ok(PutResult {
-            key,
-            version_id: version(out.version_id()),
-            etag: out.e_tag().map(str::to_string),
-            expected: checksum.reported(),
-            reported: checksum_of!(out, algo).map(|v| ReportedChecksum::parse(algo, v)),
-            checksum,
-            parts: 1,
-            chunks: hashed.chunks,
-        })
+        let body = ByteStream::new(super::s3_stream::body(src, size));
+        self.send_put(
+            &(key, full),
+            class,
+            (metadata, tags),
+            (body, size),
+            hashed,
+            timeouts,
+        )
+        .await
     }
 
     async fn put_multipart(
@@ -1861,16 +1877,7 @@ impl ObjectStore for S3Store {
             let body = b"coldtier multipart probe: one part\n";
             let put = self
                 .put_multipart(
-                    PutRequest {
-                        key: key.to_string(),
-                        file: probe_file(body)?,
-                        size: body.len() as u64,
-                        storage_class: Some(StorageClass::Standard),
-                        metadata: BTreeMap::new(),
-                        tags: BTreeMap::new(),
-                        checksum: None,
-                        extents: None,
-                    },
+                    probe_request(key, body)?,
                     self.full_key(key),
                     self.cfg.checksum,
                     StorageClass::Standard,

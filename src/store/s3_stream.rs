@@ -35,8 +35,9 @@ const CHUNK: usize = 4 << 20;
 /// What the first pass found.
 pub(super) struct Hashed {
     pub checksum: Checksum,
-    /// Lower-case hex SHA-256 of the body: the signed payload hash.
-    pub sha256_hex: String,
+    /// Lower-case hex SHA-256 of the body: the signed payload hash (None: the SDK hashes
+    /// a body in memory itself).
+    pub sha256_hex: Option<String>,
     pub md5: Option<String>,
     pub chunks: Option<ChunkSums>,
 }
@@ -69,7 +70,7 @@ pub(super) fn hash_file(
     }
     Ok(Hashed {
         checksum: sum.finalize(),
-        sha256_hex: hex::encode(sha.finalize()),
+        sha256_hex: Some(hex::encode(sha.finalize())),
         md5: md5.map(|m| super::b64(&md5::Digest::finalize(m))),
         chunks: cs.finish(),
     })
