@@ -560,7 +560,8 @@ fn lean_get_signatures_pass_a_server_that_checks_them() {
 /// the store check finds that out, and an object above the part size then goes in one
 /// streamed PUT whose answer proves it (before the check: parts, unproven). A file that
 /// changed between the hashing pass and the body is refused and leaves no object, whether
-/// the checksum or only the signed payload hash gives it away.
+/// the checksum or only the signed payload hash gives it away. A sparse file goes as its
+/// data extents, and comes back to them.
 #[test]
 fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
     let root = tempfile::tempdir().unwrap();
@@ -619,6 +620,39 @@ fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
             .unwrap();
         assert!(back == bytes, "data differs");
         assert_eq!(got.checksum, put.checksum);
+
+        // A sparse file: its data extents, back to back, in one streamed PUT, and back to
+        // the same extents.
+        let m = 1u64 << 20;
+        let (a, b) = (data(6 << 20, 13), data((6 << 20) + 7, 14));
+        let src = tempfile::tempfile().unwrap();
+        src.set_len(40 * m).unwrap();
+        src.write_all_at(&a, 0).unwrap();
+        src.write_all_at(&b, 20 * m).unwrap();
+        let extents = Extents(vec![(0, a.len() as u64), (20 * m, b.len() as u64)]);
+        let mut req = put_req("sparse", b"", ChecksumAlgo::Crc32c).unwrap();
+        req.file = src;
+        req.size = extents.data_len();
+        req.extents = Some(extents.clone());
+        let put = store.put(req).await.unwrap();
+        assert_eq!(put.parts, 1, "one PUT for the extents");
+        assert!(put.proven_by(put.reported.as_ref().unwrap()), "{put:?}");
+        let dest = tempfile::tempfile().unwrap();
+        dest.set_len(40 * m).unwrap();
+        let mut req = GetRequest::whole(
+            "sparse",
+            None,
+            Some(&dest),
+            extents.data_len(),
+            ChecksumAlgo::Crc32c,
+        );
+        req.extents = Some(&extents);
+        let got = store.get(req).await.unwrap();
+        assert_eq!(got.checksum, put.checksum);
+        let (mut a2, mut b2) = (vec![0u8; a.len()], vec![0u8; b.len()]);
+        dest.read_exact_at(&mut a2, 0).unwrap();
+        dest.read_exact_at(&mut b2, 20 * m).unwrap();
+        assert!(a2 == a && b2 == b, "the extents' bytes differ");
 
         // Changed between the passes: hashed as A, sent as B.
         let other = data(size, 12);
