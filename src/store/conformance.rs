@@ -1031,6 +1031,15 @@ async fn store_check(h: &Harness) -> Result<(), String> {
         c.validates_checksums,
         h.validates
     );
+    // Every store here that validates proves its multipart uploads too (garage with the
+    // COMPOSITE checksum; the memory store has none); s3s-fs, which does not, has its own
+    // test. Not asked of a store that does not validate.
+    check!(
+        c.multipart_proven == h.validates.then_some(true),
+        "multipart_proven = {:?} (validates: {})",
+        c.multipart_proven,
+        h.validates
+    );
     let left = ok!(s.list(&format!("{PROBE_PREFIX}/")).await);
     check!(left.is_empty(), "probe objects left behind: {left:?}");
     let e = fails!(

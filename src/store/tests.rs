@@ -601,6 +601,8 @@ fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
             (true, Some(false)),
             "{c:?}"
         );
+        let left = store.list(&format!("{PROBE_PREFIX}/")).await.unwrap();
+        assert!(left.is_empty(), "probe objects left behind: {left:?}");
         let put = store
             .put(put_req("after", &bytes, ChecksumAlgo::Crc32c).unwrap())
             .await
