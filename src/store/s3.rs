@@ -1862,6 +1862,13 @@ impl ObjectStore for S3Store {
                         // PUT with a matching checksum was accepted): it checks.
                         StoreErrorKind::ChecksumMismatch | StoreErrorKind::InvalidArgument => {
                             self.learned.validates.store(true, Ordering::Relaxed);
+                            // s3s-fs refuses the body and keeps it all the same: the probe
+                            // leaves nothing behind either way.
+                            match self.head_impl(key, None).await {
+                                Ok(m) => self.delete(key, m.version_id.as_deref()).await?,
+                                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                                Err(e) => return Err(e),
+                            }
                             Ok(true)
                         }
                         _ => Err(err),
