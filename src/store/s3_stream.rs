@@ -10,6 +10,7 @@
 //! the passes is refused by the server (the checksum and the signed payload hash no longer
 //! match the body) and the copy fails; nothing is stubbed on a failed copy.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -168,7 +169,15 @@ impl Body for FileBody {
     }
 }
 
-use std::future::Future as _;
+impl Drop for FileBody {
+    /// A body dropped mid-way (the request failed, an attempt is retried) stops its read
+    /// ahead, which may still be waiting for its share of the bandwidth.
+    fn drop(&mut self) {
+        if let Some(r) = self.reading.take() {
+            r.abort();
+        }
+    }
+}
 
 /// Signs the request with the body's SHA-256 computed by the first pass (the SDK cannot
 /// hash a streamed body itself and would send it unsigned).
