@@ -1064,7 +1064,7 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
 /// `progress` is told the end of what is written, write by write (`GetRequest::progress`).
 #[allow(clippy::too_many_arguments)]
 async fn stream_to_file(
-    mut body: ByteStream,
+    body: ByteStream,
     dest: Option<Arc<Dest>>,
     start: u64,
     len: u64,
@@ -1091,21 +1091,13 @@ async fn stream_to_file(
     let mut buf: Vec<Bytes> = Vec::new();
     let mut buffered = 0usize;
     let mut off = start;
-    let mut got = 0u64;
+    let mut body = BodyReader::new(body, len, what, stall);
     let mut pending: Option<tokio::task::JoinHandle<Result<Option<Hasher>, StoreError>>> = None;
     loop {
-        let end = match next_chunk(&mut body, what, stall).await? {
+        let end = match body.next().await? {
             None => true,
             Some(bytes) => {
-                got += bytes.len() as u64;
-                if got > len {
-                    return Err(StoreError::new(
-                        StoreErrorKind::Other,
-                        format!("GET {what}: more bytes than the {len} asked for"),
-                    ));
-                }
                 buffered += bytes.len();
-                super::DOWNLOAD_BW.take(bytes.len() as u64).await;
                 buf.push(bytes);
                 false
             }
@@ -1149,70 +1141,98 @@ async fn stream_to_file(
     if let Some(p) = pending.take() {
         hasher = joined(p.await)?;
     }
-    if got != len {
-        return Err(StoreError::new(
-            StoreErrorKind::Unreachable,
-            format!("GET {what}: body ended after {got} of {len} bytes"),
-        ));
-    }
+    body.finish()?;
     tell(off);
     Ok(hasher.map(Hasher::finalize))
 }
 
-/// The next chunk of `body`, waiting at most `stall` for it: None at its end.
-async fn next_chunk(
-    body: &mut ByteStream,
-    what: &str,
+/// A GET's body of `len` bytes, read chunk by chunk as the HTTP client gives them: at most
+/// `stall` to wait for the next, never more than `len` bytes, each chunk after its share of
+/// the download bandwidth; [`BodyReader::finish`] checks that all `len` came.
+struct BodyReader<'a> {
+    body: ByteStream,
+    got: u64,
+    len: u64,
+    what: &'a str,
     stall: Option<Duration>,
-) -> Result<Option<Bytes>, StoreError> {
-    let next = match stall {
-        None => body.next().await,
-        Some(d) => tokio::time::timeout(d, body.next()).await.map_err(|_| {
-            StoreError::new(
+}
+
+impl<'a> BodyReader<'a> {
+    fn new(body: ByteStream, len: u64, what: &'a str, stall: Option<Duration>) -> Self {
+        BodyReader {
+            body,
+            got: 0,
+            len,
+            what,
+            stall,
+        }
+    }
+
+    /// The next chunk: None at the body's end.
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let what = self.what;
+        let next = match self.stall {
+            None => self.body.next().await,
+            Some(d) => tokio::time::timeout(d, self.body.next())
+                .await
+                .map_err(|_| {
+                    StoreError::new(
+                        StoreErrorKind::Unreachable,
+                        format!("GET {what}: no data for {} s", d.as_secs()),
+                    )
+                })?,
+        };
+        let bytes = match next {
+            None => return Ok(None),
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Unreachable,
+                    format!("GET {what}: reading the body: {}", error_chain(&e)),
+                ))
+            }
+        };
+        self.got += bytes.len() as u64;
+        if self.got > self.len {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("GET {what}: more bytes than the {} asked for", self.len),
+            ));
+        }
+        super::DOWNLOAD_BW.take(bytes.len() as u64).await;
+        Ok(Some(bytes))
+    }
+
+    /// After the end: all `len` bytes came.
+    fn finish(&self) -> Result<(), StoreError> {
+        if self.got != self.len {
+            return Err(StoreError::new(
                 StoreErrorKind::Unreachable,
-                format!("GET {what}: no data for {} s", d.as_secs()),
-            )
-        })?,
-    };
-    match next {
-        None => Ok(None),
-        Some(Ok(b)) => Ok(Some(b)),
-        Some(Err(e)) => Err(StoreError::new(
-            StoreErrorKind::Unreachable,
-            format!("GET {what}: reading the body: {}", error_chain(&e)),
-        )),
+                format!(
+                    "GET {}: body ended after {} of {} bytes",
+                    self.what, self.got, self.len
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
 /// Hands the `len` bytes of `body` to `sink` in order, as the HTTP client gave them.
 async fn stream_to_sink(
-    mut body: ByteStream,
+    body: ByteStream,
     len: u64,
     what: &str,
     stall: Duration,
     sink: &(dyn Fn(Bytes) + Send + Sync),
 ) -> Result<(), StoreError> {
-    let mut got = 0u64;
-    while let Some(bytes) = next_chunk(&mut body, what, Some(stall)).await? {
-        got += bytes.len() as u64;
-        if got > len {
-            return Err(StoreError::new(
-                StoreErrorKind::Other,
-                format!("GET {what}: more bytes than the {len} asked for"),
-            ));
-        }
-        super::DOWNLOAD_BW.take(bytes.len() as u64).await;
+    let mut body = BodyReader::new(body, len, what, Some(stall));
+    while let Some(bytes) = body.next().await? {
         if !bytes.is_empty() {
             sink(bytes);
         }
     }
-    if got != len {
-        return Err(StoreError::new(
-            StoreErrorKind::Unreachable,
-            format!("GET {what}: body ended after {got} of {len} bytes"),
-        ));
-    }
-    Ok(())
+    body.finish()
 }
 
 /// Whether the current runtime is multi-threaded (`block_in_place` panics on any other).

@@ -883,8 +883,9 @@ impl Tiering {
                             let total = {
                                 let mut c = chunks.lock();
                                 let at = c.last().map_or(0, |(o, b)| o + b.len() as u64);
+                                let n = b.len() as u64;
                                 c.push((at, b));
-                                at + c.last().expect("pushed").1.len() as u64
+                                at + n
                             };
                             let last = told.load(std::sync::atomic::Ordering::Relaxed);
                             if total - last >= SPAN_PROGRESS || total == end - start {
