@@ -106,7 +106,7 @@ fn overwrite(rt: &tokio::runtime::Runtime, s: &S3Store, key: &str, bytes: &[u8])
         std::io::Write::write_all(&mut f, bytes).unwrap();
         s.put(PutRequest {
             key: key.to_string(),
-            file: f,
+            body: f.into(),
             size: bytes.len() as u64,
             storage_class: None,
             metadata: head.metadata,

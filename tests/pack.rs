@@ -388,6 +388,58 @@ fn packs_on_s3s_fs_are_tar_files_in_its_tree_and_recall_byte_identical() {
     assert_eq!(code, 0, "verify --deep: {v}");
 }
 
+/// A pack of at most a part is built in memory and goes in one PUT; a larger one (a target
+/// above the part size) is built in a temporary file on the source and goes in parts. Both
+/// are proven, and every member recalls byte-identical.
+#[test]
+fn a_pack_within_a_part_goes_from_memory_in_one_put_and_a_larger_one_in_parts() {
+    let moto = start_moto();
+    // Ten members of 900 KiB: a 7 MiB target closes the first pack at seven (about
+    // 6.2 MiB: above the 5 MiB part), the other three make a pack within a part.
+    let spec: Vec<(String, usize)> = (0..10)
+        .map(|i| (format!("m/{i:02}.dat"), 900 << 10))
+        .collect();
+    let refs: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let fs_ = files(&refs);
+    let t = TierMount::new(&moto, "packparts", &fs_, |c| {
+        packed(c)
+            .set("pack", "target_size", &q("7MiB"))
+            .set("store", "part_size", &q("5MiB"))
+    });
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(fs_.len() as u64), "{v}");
+    let db = rusqlite::Connection::open_with_flags(
+        &t.catalog,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut packs: Vec<(u64, u64, u64)> = db
+        .prepare("SELECT detail FROM events WHERE kind = 'PACKED' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| {
+            let d: Value = serde_json::from_str(&d.unwrap()).unwrap();
+            let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("{k}: {d}"));
+            (n("members"), n("bytes"), n("parts"))
+        })
+        .collect();
+    packs.sort();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    let ((small_n, small_bytes, small_parts), (big_n, big_bytes, big_parts)) = (packs[0], packs[1]);
+    assert_eq!((small_n, big_n), (3, 7), "{packs:?}");
+    assert!(small_bytes <= 5 << 20 && big_bytes > 5 << 20, "{packs:?}");
+    assert_eq!(small_parts, 1, "a pack within a part is one PUT: {packs:?}");
+    assert_eq!(
+        big_parts, 2,
+        "a pack above the part goes in parts: {packs:?}"
+    );
+    assert_all_read_back(&t, &fs_);
+    let (code, v) = t.verify(true);
+    assert_eq!(code, 0, "verify --deep: {v}");
+}
+
 /// A member's stub keeps its record inside the inode: no block, no `id` xattr beside the
 /// compact record (docs/architecture.md "Compact stub records"), and it is still the same
 /// file to every part of coldtier: status, rename, recall, release, verify.

@@ -133,7 +133,7 @@ fn upload(
     let tags = BTreeMap::from([("coldtier-state".to_string(), "catalog-backup".to_string())]);
     rt.block_on(store.put(PutRequest {
         key: key.to_string(),
-        file,
+        body: file.into(),
         size: snap.bytes,
         // A backup must be readable at once when it is needed: never an archive class.
         storage_class: Some(StorageClass::Standard),

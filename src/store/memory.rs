@@ -171,11 +171,11 @@ impl ObjectStore for MemoryStore {
             validate_tags(&req.tags)?;
             let algo = req.checksum.unwrap_or(self.default_checksum);
             let size = req.size;
-            let file = req.file;
+            let body = req.body;
             let extents = req.extents;
             let (mut data, checksum) = blocking(move || {
                 let mut v = vec![0u8; size as usize];
-                read_mapped(&file, extents.as_ref(), &mut v, 0)?;
+                body.read_mapped(extents.as_ref(), &mut v, 0)?;
                 let c = Checksum::of(algo, &v);
                 Ok((v, c))
             })

@@ -62,9 +62,9 @@ pub trait ObjectStore: Send + Sync {
     /// One line for logs: "s3://bucket/prefix at http://127.0.0.1:9000", "posix:/srv/objects".
     fn describe(&self) -> String;
 
-    /// Uploads `req.size` bytes of `req.file` (read with pread from offset 0, never
-    /// through the file position; streamed, never whole in memory), computing our checksum
-    /// as it reads. S3 uploads above the part size go multipart, parts in parallel; a
+    /// Uploads `req.size` bytes of `req.body`: a file, read with pread from offset 0 (never
+    /// through the file position; streamed, never whole in memory), or bytes in memory,
+    /// sent as they are; computing our checksum as it reads. S3 uploads above the part size go multipart, parts in parallel; a
     /// failed multipart upload is aborted. A source that is shorter than `size` fails.
     fn put(&self, req: PutRequest) -> StoreFuture<'_, PutResult>;
 
@@ -283,7 +283,7 @@ pub const PROBE_PREFIX: &str = "probe";
 pub(crate) fn probe_request(key: &str, body: &[u8]) -> Result<PutRequest, StoreError> {
     Ok(PutRequest {
         key: key.to_string(),
-        file: probe_file(body)?,
+        body: probe_file(body)?.into(),
         size: body.len() as u64,
         storage_class: Some(StorageClass::Standard),
         metadata: BTreeMap::new(),
@@ -328,8 +328,9 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreErr
 #[derive(Debug)]
 pub struct PutRequest {
     pub key: String,
-    /// The source, read with pread at offsets `0..size`. Pass `file.try_clone()`.
-    pub file: File,
+    /// The source: a file, read with pread at offsets `0..size` (pass `file.try_clone()`),
+    /// or bytes in memory.
+    pub body: PutBody,
     pub size: u64,
     /// `None`: the store's configured class.
     pub storage_class: Option<StorageClass>,
@@ -343,6 +344,62 @@ pub struct PutRequest {
     /// A sparse file: only these extents are read, back to back (`size` is then their
     /// total, [`Extents::data_len`]).
     pub extents: Option<Extents>,
+}
+
+/// The bytes of an upload.
+#[derive(Debug)]
+pub enum PutBody {
+    /// A file, read with pread at offsets `0..size` (through the request's extents, if any).
+    File(File),
+    /// Bytes already in memory (a pack built in memory): sent as they are, no copy read.
+    /// Never with extents.
+    Memory(bytes::Bytes),
+}
+
+impl From<File> for PutBody {
+    fn from(f: File) -> Self {
+        PutBody::File(f)
+    }
+}
+
+impl PutBody {
+    /// Another handle on the same bytes (a dup of the file; the same buffer).
+    pub fn try_clone(&self) -> std::io::Result<PutBody> {
+        Ok(match self {
+            PutBody::File(f) => PutBody::File(f.try_clone()?),
+            PutBody::Memory(b) => PutBody::Memory(b.clone()),
+        })
+    }
+
+    /// Reads object bytes `off..off + buf.len()` (of the file seen through `extents`).
+    pub(crate) fn read_mapped(
+        &self,
+        extents: Option<&Extents>,
+        buf: &mut [u8],
+        off: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            PutBody::File(f) => read_mapped(f, extents, buf, off),
+            PutBody::Memory(b) => {
+                let end = usize::try_from(off)
+                    .ok()
+                    .and_then(|o| o.checked_add(buf.len()).map(|e| (o, e)))
+                    .filter(|&(_, e)| e <= b.len() && extents.is_none());
+                let Some((o, e)) = end else {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Other,
+                        format!(
+                            "read of {} bytes at {off} past the end of a {}-byte body",
+                            buf.len(),
+                            b.len()
+                        ),
+                    ));
+                };
+                buf.copy_from_slice(&b[o..e]);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What an upload did.

@@ -256,7 +256,8 @@ impl Inner {
             let mut off = 0u64;
             while off < req.size {
                 let n = buf.len().min((req.size - off) as usize);
-                read_mapped(&req.file, req.extents.as_ref(), &mut buf[..n], off)?;
+                req.body
+                    .read_mapped(req.extents.as_ref(), &mut buf[..n], off)?;
                 h.update(&buf[..n]);
                 cs.update(&buf[..n]);
                 write_all_at(&out, &buf[..n], off)?;

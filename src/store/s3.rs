@@ -141,6 +141,18 @@ fn copy_source(bucket: &str, full_key: &str, version_id: Option<&str>) -> String
     source
 }
 
+/// The file of a body the streamed and multipart uploads read part by part (a body in
+/// memory goes in one PUT: [`S3Store::put`]).
+fn file_of(body: PutBody) -> Result<std::fs::File, StoreError> {
+    match body {
+        PutBody::File(f) => Ok(f),
+        PutBody::Memory(_) => Err(StoreError::new(
+            StoreErrorKind::Other,
+            "a body in memory goes in one PUT",
+        )),
+    }
+}
+
 fn sdk_algo(a: ChecksumAlgo) -> ChecksumAlgorithm {
     match a {
         ChecksumAlgo::Crc32c => ChecksumAlgorithm::Crc32C,
@@ -327,22 +339,28 @@ impl S3Store {
         class: StorageClass,
     ) -> Result<PutResult, StoreError> {
         let size = req.size;
-        let file = req.file;
+        let body = req.body;
         let extents = req.extents;
         let want_md5 = self.cfg.content_md5;
         let (data, hashed) = blocking(move || {
-            let mut v = vec![0u8; size as usize];
-            read_mapped(&file, extents.as_ref(), &mut v, 0)?;
+            let data = match body {
+                PutBody::Memory(b) if b.len() as u64 == size => b,
+                body => {
+                    let mut v = vec![0u8; size as usize];
+                    body.read_mapped(extents.as_ref(), &mut v, 0)?;
+                    Bytes::from(v)
+                }
+            };
             let mut cs = super::chunks::ChunkSummer::new(size);
-            cs.update(&v);
+            cs.update(&data);
             let hashed = super::s3_stream::Hashed {
-                checksum: Checksum::of(algo, &v),
+                checksum: Checksum::of(algo, &data),
                 // The SDK hashes a body in memory itself.
                 sha256_hex: None,
-                md5: want_md5.then(|| content_md5(&v)),
+                md5: want_md5.then(|| content_md5(&data)),
                 chunks: cs.finish(),
             };
-            Ok((Bytes::from(v), hashed))
+            Ok((data, hashed))
         })
         .await?;
         super::UPLOAD_BW.take(size).await;
@@ -418,7 +436,7 @@ impl S3Store {
     ) -> Result<PutResult, StoreError> {
         let size = req.size;
         let src = Arc::new(Dest {
-            file: req.file,
+            file: file_of(req.body)?,
             extents: req.extents,
         });
         let want_md5 = self.cfg.content_md5;
@@ -493,7 +511,7 @@ impl S3Store {
         match self
             .upload_parts(
                 Dest {
-                    file: req.file,
+                    file: file_of(req.body)?,
                     extents: req.extents,
                 },
                 req.size,
@@ -1460,7 +1478,11 @@ impl ObjectStore for S3Store {
                 .storage_class
                 .clone()
                 .unwrap_or_else(|| self.cfg.storage_class.clone());
-            if self.one_streamed_put(req.size) {
+            if matches!(req.body, PutBody::Memory(_)) {
+                // Already in memory (a pack): one PUT, whatever its size (never above 5 GiB:
+                // packs are at most a part).
+                self.put_single(req, full, algo, class).await
+            } else if self.one_streamed_put(req.size) {
                 self.put_streamed(req, full, algo, class).await
             } else if req.size > self.cfg.part_size {
                 self.put_multipart(req, full, algo, class).await

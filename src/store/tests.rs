@@ -633,7 +633,7 @@ fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
         src.write_all_at(&b, 20 * m).unwrap();
         let extents = Extents(vec![(0, a.len() as u64), (20 * m, b.len() as u64)]);
         let mut req = put_req("sparse", b"", ChecksumAlgo::Crc32c).unwrap();
-        req.file = src;
+        req.body = src.into();
         req.size = extents.data_len();
         req.extents = Some(extents.clone());
         let put = store.put(req).await.unwrap();
@@ -1020,7 +1020,7 @@ fn bench_put_get_64mib() {
                 let put = store
                     .put(PutRequest {
                         key: key.clone(),
-                        file: src.try_clone().unwrap(),
+                        body: src.try_clone().unwrap().into(),
                         size: size as u64,
                         storage_class: None,
                         metadata: BTreeMap::new(),

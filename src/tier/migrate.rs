@@ -924,9 +924,10 @@ impl Tiering {
         let put = store
             .put(PutRequest {
                 key: key.clone(),
-                file: file
+                body: file
                     .try_clone()
-                    .map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
+                    .map_err(|e| StepError::new(libc::EIO, e.to_string()))?
+                    .into(),
                 size: obj_size,
                 storage_class: archive_after.then_some(StorageClass::Standard),
                 metadata,

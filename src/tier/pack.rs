@@ -32,7 +32,7 @@ use super::migrate::{refuse_unchangeable, Outcome};
 use super::record::{fill_from_record, Change, Transition};
 use crate::catalog::{EventKind, FileRow, FileState, ObjectRef, PackRow};
 use crate::fs::backing::{self, Stat};
-use crate::store::{Checksum, ChecksumAlgo, Hasher, PutRequest, StorageClass};
+use crate::store::{Checksum, ChecksumAlgo, Hasher, PutBody, PutRequest, StorageClass};
 use crate::tier::marks;
 use crate::tier::policy::{FileFacts, Plan};
 use crate::tier::state::Action;
@@ -58,11 +58,17 @@ pub fn member_footprint(size: u64) -> u64 {
     4 * BLOCK + size.div_ceil(BLOCK) * BLOCK
 }
 
-/// A pax tar written into a file at increasing offsets.
+/// A pax tar written into a file at increasing offsets, or into memory.
 pub struct TarWriter<'a> {
-    out: &'a File,
+    out: TarOut<'a>,
     pos: u64,
     count: u64,
+}
+
+/// Where a [`TarWriter`] writes.
+enum TarOut<'a> {
+    File(&'a File),
+    Memory(Vec<u8>),
 }
 
 fn octal(field: &mut [u8], v: u64) {
@@ -120,14 +126,26 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 impl<'a> TarWriter<'a> {
     pub fn new(out: &'a File) -> Self {
         TarWriter {
-            out,
+            out: TarOut::File(out),
+            pos: 0,
+            count: 0,
+        }
+    }
+
+    /// A tar built in memory, `capacity` bytes reserved (what it is planned to take).
+    pub fn in_memory(capacity: usize) -> TarWriter<'static> {
+        TarWriter {
+            out: TarOut::Memory(Vec::with_capacity(capacity)),
             pos: 0,
             count: 0,
         }
     }
 
     fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(self.out, b, self.pos)?;
+        match &mut self.out {
+            TarOut::File(f) => std::os::unix::fs::FileExt::write_all_at(*f, b, self.pos)?,
+            TarOut::Memory(v) => v.extend_from_slice(b),
+        }
         self.pos += b.len() as u64;
         Ok(())
     }
@@ -186,42 +204,71 @@ impl<'a> TarWriter<'a> {
         ))?;
         let offset = self.pos;
         let mut h = Hasher::new(algo);
-        let mut buf = vec![0u8; (256 << 10).min(m.size.max(1) as usize)];
+        const CHUNK: usize = 256 << 10;
+        // In memory, the member's bytes are read straight into the tar's buffer.
+        let mut buf = match self.out {
+            TarOut::File(_) => vec![0u8; CHUNK.min(m.size.max(1) as usize)],
+            TarOut::Memory(_) => Vec::new(),
+        };
         let mut off = 0u64;
         let mut whole = true;
         while off < m.size {
-            let want = buf.len().min((m.size - off) as usize);
+            let want = CHUNK.min((m.size - off) as usize);
+            let dst: &mut [u8] = match &mut self.out {
+                TarOut::File(_) => &mut buf[..want],
+                TarOut::Memory(v) => {
+                    let at = v.len();
+                    v.resize(at + want, 0);
+                    &mut v[at..]
+                }
+            };
             let n = if whole {
-                match std::os::unix::fs::FileExt::read_at(src, &mut buf[..want], src_off + off) {
+                match std::os::unix::fs::FileExt::read_at(src, dst, src_off + off) {
                     Ok(0) => {
                         whole = false;
                         0
                     }
                     Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        if let TarOut::Memory(v) = &mut self.out {
+                            v.truncate(v.len() - want);
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             } else {
                 0
             };
+            // A file that shrank meanwhile: the rest of the member is zeros.
             let n = if n == 0 {
-                buf[..want].fill(0);
+                dst.fill(0);
                 want
             } else {
                 n
             };
-            h.update(&buf[..n]);
-            self.put(&buf[..n])?;
+            h.update(&dst[..n]);
+            match &mut self.out {
+                TarOut::File(_) => self.put(&buf[..n])?,
+                TarOut::Memory(v) => {
+                    v.truncate(v.len() - want + n);
+                    self.pos += n as u64;
+                }
+            }
             off += n as u64;
         }
         self.pad()?;
         Ok((offset, h.finalize(), whole))
     }
 
-    /// Ends the archive (two zero blocks); its size.
-    pub fn finish(mut self) -> std::io::Result<u64> {
+    /// Ends the archive (two zero blocks); its size, and its bytes if it was built in
+    /// memory.
+    pub fn finish(mut self) -> std::io::Result<(u64, Option<bytes::Bytes>)> {
         self.put(&[0u8; 1024])?;
-        Ok(self.pos)
+        Ok(match self.out {
+            TarOut::File(_) => (self.pos, None),
+            TarOut::Memory(v) => (self.pos, Some(bytes::Bytes::from(v))),
+        })
     }
 }
 
@@ -292,16 +339,32 @@ impl Tiering {
         let _in_flight = crate::tier::metrics::MIGRATIONS_IN_FLIGHT.track();
         let mut done = Vec::with_capacity(items.len());
         let algo = self.settings().uploads.checksum;
-        let tmp = match self.unnamed_file() {
-            Ok(f) => f,
-            Err(e) => {
-                return items
-                    .into_iter()
-                    .map(|(f, p)| (f, p, Err(e.clone())))
-                    .collect()
+        // A pack of at most a part (the default target) is built in memory: it goes in one
+        // PUT from there, and takes no space on the source (which may be full: the reason
+        // to tier). A larger one is built in a temporary file on the source and read back
+        // part by part, so memory stays near a part per upload slot.
+        let planned = items
+            .iter()
+            .map(|(f, _)| member_footprint(f.size))
+            .sum::<u64>()
+            + 1024;
+        let tmp = if planned <= self.settings().uploads.part_size {
+            None
+        } else {
+            match self.unnamed_file() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return items
+                        .into_iter()
+                        .map(|(f, p)| (f, p, Err(e.clone())))
+                        .collect()
+                }
             }
         };
-        let mut tar = TarWriter::new(&tmp);
+        let mut tar = match &tmp {
+            Some(f) => TarWriter::new(f),
+            None => TarWriter::in_memory(planned as usize),
+        };
         let mut members = Vec::with_capacity(items.len());
         for (facts, plan) in items {
             match self.read_member(&facts.rel_path, &mut tar, algo) {
@@ -318,7 +381,12 @@ impl Tiering {
                 done.push((m.facts, m.plan, Err(e.clone())));
             }
         };
-        let size = match tar.finish() {
+        let finished = tar.finish().and_then(|(size, mem)| match (mem, tmp) {
+            (Some(b), _) => Ok((size, PutBody::Memory(b))),
+            (None, Some(f)) => Ok((size, PutBody::File(f))),
+            (None, None) => Err(std::io::Error::other("no pack was written")),
+        });
+        let (size, body) = match finished {
             Ok(s) => s,
             Err(e) => {
                 fail_all(
@@ -331,7 +399,7 @@ impl Tiering {
         };
         let entries: Vec<&IndexMember> = members.iter().map(|m| &m.d.entry).collect();
         let proven = self
-            .upload_pack(&tmp, size, &entries, &members[0].d.row, algo, None)
+            .upload_pack(&body, size, &entries, &members[0].d.row, algo, None)
             .await;
         drop(entries);
         let proven = match proven {
@@ -376,7 +444,13 @@ impl Tiering {
     ) -> Result<Option<Data>, StepError> {
         let file = self.open_to_copy(rel)?;
         let st0 = backing::stat_fd(file.as_fd())?;
-        if st0.file_type() != libc::S_IFREG || st0.nlink != 1 || st0.size == 0 {
+        // Grown past the largest member since the scan: it gets an object of its own
+        // at the next run (a pack is built in memory, and a member is never split).
+        if st0.file_type() != libc::S_IFREG
+            || st0.nlink != 1
+            || st0.size == 0
+            || st0.size > self.settings().pack.max_member_size
+        {
             return Ok(None);
         }
         if marks::record(file.as_fd(), marks::STUB)?.is_some()
@@ -417,7 +491,7 @@ impl Tiering {
     /// Uploads the pack in `tmp` and its index, proves both, records the pack.
     pub(super) async fn upload_pack(
         &self,
-        tmp: &File,
+        body: &PutBody,
         size: u64,
         members: &[&IndexMember],
         first: &FileRow,
@@ -459,7 +533,7 @@ impl Tiering {
         let put = store
             .put(PutRequest {
                 key: key.clone(),
-                file: tmp
+                body: body
                     .try_clone()
                     .map_err(|e| StepError::new(libc::EIO, e.to_string()))?,
                 size,
@@ -486,14 +560,12 @@ impl Tiering {
         let index =
             serde_json::to_vec_pretty(&index_json(&pack_id, &key, size, &put.checksum, members))
                 .expect("json");
-        let itmp = self.unnamed_file()?;
-        std::os::unix::fs::FileExt::write_all_at(&itmp, &index, 0)
-            .map_err(|e| StepError::new(libc::EIO, format!("writing the pack index: {e}")))?;
+        let index_size = index.len() as u64;
         let iput = store
             .put(PutRequest {
                 key: index_key.clone(),
-                file: itmp,
-                size: index.len() as u64,
+                body: PutBody::Memory(index.into()),
+                size: index_size,
                 storage_class: Some(StorageClass::Standard),
                 metadata: BTreeMap::from([("coldtier-pack-id".to_string(), pack_id.clone())]),
                 tags,
@@ -508,12 +580,7 @@ impl Tiering {
                 )
             })?;
         let iverified = self
-            .verify(
-                &index_key,
-                iput.version_id.as_deref(),
-                index.len() as u64,
-                &iput,
-            )
+            .verify(&index_key, iput.version_id.as_deref(), index_size, &iput)
             .await;
         if let Err(m) = iverified {
             return Err(fail(m, put.version_id.as_deref()));
@@ -559,7 +626,7 @@ impl Tiering {
             checksum_algo: row.checksum_algo.clone(),
             checksum: row.checksum.clone(),
         };
-        if let Err(e) = self.copy_pack_to_replicas(tmp, &obj, algo, metadata).await {
+        if let Err(e) = self.copy_pack_to_replicas(body, &obj, algo, metadata).await {
             // Its members stay premigrated (their stub refuses without the copies).
             tracing::error!(key = %self.full_key(&key), "policy.copies: {}", e.message);
         }

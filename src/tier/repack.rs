@@ -153,12 +153,13 @@ impl Tiering {
             e.offset = offset;
             entries.push(e);
         }
-        let size = tar
+        let (size, _) = tar
             .finish()
             .map_err(|e| eio(format!("repack: writing the new pack: {e}")))?;
         let refs: Vec<&IndexMember> = entries.iter().collect();
+        let body = crate::store::PutBody::File(tmp);
         let proven = self
-            .upload_pack(&tmp, size, &refs, &live[0].0, algo, Some(&pack.object_key))
+            .upload_pack(&body, size, &refs, &live[0].0, algo, Some(&pack.object_key))
             .await?;
         self.failpoint("repack-after-record");
         let offsets: Vec<u64> = entries.iter().map(|e| e.offset).collect();

@@ -54,7 +54,7 @@ pub struct ReplicateSummary {
 /// What is put to a replica: the bytes of `file` (its `extents` only, for a sparse file's
 /// object), `size` bytes whose checksum must be `checksum`.
 struct Source<'a> {
-    file: &'a std::fs::File,
+    body: &'a crate::store::PutBody,
     size: u64,
     extents: Option<crate::store::Extents>,
     algo: ChecksumAlgo,
@@ -388,8 +388,9 @@ impl Tiering {
                 ),
             ));
         }
+        let body = crate::store::PutBody::File(tmp);
         let tmp = Source {
-            file: &tmp,
+            body: &body,
             size: meta.size,
             extents: None,
             algo,
@@ -525,8 +526,8 @@ impl Tiering {
         let put = replica
             .put(PutRequest {
                 key: obj.object_key.clone(),
-                file: src
-                    .file
+                body: src
+                    .body
                     .try_clone()
                     .map_err(|e| StepError::new(libc::EIO, format!("dup of the source: {e}")))?,
                 size: src.size,
@@ -681,8 +682,12 @@ impl Tiering {
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("HEAD on the store: {e}")))?
             .metadata;
+        let body = crate::store::PutBody::File(
+            file.try_clone()
+                .map_err(|e| StepError::new(libc::EIO, format!("dup of the file: {e}")))?,
+        );
         let src = Source {
-            file,
+            body: &body,
             size: rec.object_size(),
             extents: rec.extents.clone(),
             algo,
@@ -704,11 +709,11 @@ impl Tiering {
         Ok(())
     }
 
-    /// policy.copies for a pack just written: the pack (`file`, its temporary local copy)
-    /// to each of the first `copies - 1` targets that lacks it.
+    /// policy.copies for a pack just written: the pack (`body`, its local copy, in memory or
+    /// in a temporary file) to each of the first `copies - 1` targets that lacks it.
     pub(super) async fn copy_pack_to_replicas(
         &self,
-        file: &std::fs::File,
+        body: &crate::store::PutBody,
         obj: &ObjectRef,
         algo: ChecksumAlgo,
         metadata: std::collections::BTreeMap<String, String>,
@@ -718,7 +723,7 @@ impl Tiering {
             return Ok(());
         }
         let src = Source {
-            file,
+            body,
             size: obj.file_size,
             extents: None,
             algo,
@@ -768,7 +773,7 @@ impl Tiering {
         let put = replica
             .put(PutRequest {
                 key: key.clone(),
-                file: tmp,
+                body: tmp.into(),
                 size: meta.size,
                 storage_class: Some(crate::store::StorageClass::Standard),
                 metadata: meta.metadata.clone(),
