@@ -401,6 +401,65 @@ fn a_full_disk_during_a_recall_gives_enospc_and_keeps_the_stub() {
     t.umount();
 }
 
+/// Small files on a full filesystem are packed all the same (a pack within a part is built
+/// in memory: nothing is written to the source to tier them), their space is given back,
+/// and they recall byte-identical.
+#[test]
+fn small_files_on_a_full_disk_are_packed_and_free_their_space() {
+    let moto = start_moto();
+    let mut t = TierMount::prepared(&moto, &moto.endpoint, "full-pack", &Vec::new(), |c| {
+        c.set("pack", "enabled", "true")
+    });
+    let (ok, _, err) = common::sh(&format!(
+        "mount -t tmpfs -o size=8m,mode=0755 coldtier-test '{}'",
+        t.src.display()
+    ));
+    assert!(ok, "mount tmpfs: {err}");
+    let _tmpfs = Unmount(t.src.clone());
+    let names: Vec<String> = (0..60).map(|i| format!("small/{i:02}.dat")).collect();
+    let spec: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 64 << 10)).collect();
+    let fs_ = files(&spec);
+    write_files(&t.src, &fs_);
+    // The rest of the filesystem taken by a file the policy leaves alone (pinned).
+    let (_, _, _) = common::sh(&format!(
+        "dd if=/dev/zero of='{}' bs=64k 2>/dev/null; sync",
+        t.src.join("filler").display()
+    ));
+    let free = |t: &TierMount| {
+        let st = nix_statvfs(&t.src);
+        st.0 * st.1
+    };
+    assert!(
+        free(&t) < 64 << 10,
+        "the source is full: {} bytes free",
+        free(&t)
+    );
+    t.mount_with_env(&[]);
+    t.ok(&["pin", t.m("filler").to_str().unwrap()]);
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["stubbed"].as_u64(), Some(fs_.len() as u64), "{v}");
+    for (rel, _) in &fs_ {
+        assert!(t.object_key(rel).contains("/packs/"), "{rel} is in a pack");
+    }
+    assert!(
+        free(&t) >= (fs_.len() as u64) * (60 << 10),
+        "the members' space is given back: {} bytes free",
+        free(&t)
+    );
+    assert_all_read_back(&t, &fs_);
+    t.umount();
+}
+
+/// (f_frsize, f_bavail) of the filesystem holding `p`.
+fn nix_statvfs(p: &std::path::Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct to fill.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    (st.f_frsize as u64, st.f_bavail as u64)
+}
+
 // ------------------------------------------------------------------------------------------
 // What the daemon keeps for itself
 
