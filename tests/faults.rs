@@ -403,7 +403,8 @@ fn a_full_disk_during_a_recall_gives_enospc_and_keeps_the_stub() {
 
 /// Small files on a full filesystem are packed all the same (a pack within a part is built
 /// in memory: nothing is written to the source to tier them), their space is given back,
-/// and they recall byte-identical.
+/// and they recall byte-identical; with most of them deleted and the disk full again, gc
+/// repacks the rest (the old pack's span and the new pack in memory too).
 #[test]
 fn small_files_on_a_full_disk_are_packed_and_free_their_space() {
     let moto = start_moto();
@@ -447,7 +448,29 @@ fn small_files_on_a_full_disk_are_packed_and_free_their_space() {
         "the members' space is given back: {} bytes free",
         free(&t)
     );
-    assert_all_read_back(&t, &fs_);
+    // Most members deleted, the disk filled again: gc repacks the pack of the others.
+    let old = t.object_key(&fs_[0].0);
+    for (rel, _) in &fs_[..45] {
+        fs::remove_file(t.m(rel)).unwrap();
+    }
+    let live = fs_[45..].to_vec();
+    let (_, _, _) = common::sh(&format!(
+        "dd if=/dev/zero of='{}' bs=64k 2>/dev/null; sync",
+        t.m("filler2").display()
+    ));
+    assert!(free(&t) < 64 << 10, "full again: {} bytes free", free(&t));
+    t.ok(&["pin", t.m("filler2").to_str().unwrap()]);
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    let out = t.ok(&["gc", t.mnt_str().as_str()]);
+    assert!(out.contains("repacked"), "{out}");
+    for (rel, _) in &live {
+        assert_ne!(t.object_key(rel), old, "{rel} is in the new pack");
+        assert_eq!(t.state(rel), "stub", "{rel}");
+    }
+    // Room to recall them into, then they read back from the new pack.
+    fs::remove_file(t.m("filler2")).unwrap();
+    assert_all_read_back(&t, &live);
     t.umount();
 }
 

@@ -114,7 +114,15 @@ impl Tiering {
             .map(|(_, m)| m.offset + m.size)
             .max()
             .expect("members");
-        let span = self.unnamed_file()?;
+        // Within a part, the old pack's span and the new pack are in memory (gc works on a
+        // full source, as packing does); larger ones in unnamed files on the source.
+        let in_memory = end - start <= self.settings().uploads.part_size;
+        let span = if in_memory {
+            super::readers::anon_file(c"coldtier-repack")
+                .map_err(|e| eio(format!("repack: a memory file: {e}")))?
+        } else {
+            self.unnamed_file()?
+        };
         store
             .get(GetRequest {
                 key: &pack.object_key,
@@ -135,8 +143,15 @@ impl Tiering {
                 ))
             })?;
         let algo = self.settings().uploads.checksum;
-        let tmp = self.unnamed_file()?;
-        let mut tar = TarWriter::new(&tmp);
+        let tmp = if in_memory {
+            None
+        } else {
+            Some(self.unnamed_file()?)
+        };
+        let mut tar = match &tmp {
+            Some(f) => TarWriter::new(f),
+            None => TarWriter::in_memory((end - start + 1024) as usize),
+        };
         let mut entries = Vec::with_capacity(live.len());
         for (row, m) in &live {
             let want = Checksum::parse(&m.checksum).map_err(eio)?;
@@ -153,11 +168,15 @@ impl Tiering {
             e.offset = offset;
             entries.push(e);
         }
-        let (size, _) = tar
+        let (size, mem) = tar
             .finish()
             .map_err(|e| eio(format!("repack: writing the new pack: {e}")))?;
         let refs: Vec<&IndexMember> = entries.iter().collect();
-        let body = crate::store::PutBody::File(tmp);
+        let body = match (mem, tmp) {
+            (Some(b), _) => crate::store::PutBody::Memory(b),
+            (None, Some(f)) => crate::store::PutBody::File(f),
+            (None, None) => return Err(eio("repack: no pack was written".into())),
+        };
         let proven = self
             .upload_pack(&body, size, &refs, &live[0].0, algo, Some(&pack.object_key))
             .await?;
