@@ -403,13 +403,18 @@ fn a_full_disk_during_a_recall_gives_enospc_and_keeps_the_stub() {
 
 /// Small files on a full filesystem are packed all the same (a pack within a part is built
 /// in memory: nothing is written to the source to tier them), their space is given back,
-/// and they recall byte-identical; with most of them deleted and the disk full again, gc
+/// and they recall byte-identical; the pack is backfilled to a replica, with nothing
+/// staged on the source either; with most of them deleted and the disk full again, gc
 /// repacks the rest (the old pack's span and the new pack in memory too).
 #[test]
 fn small_files_on_a_full_disk_are_packed_and_free_their_space() {
     let moto = start_moto();
+    let rdir = tempfile::tempdir().unwrap();
     let mut t = TierMount::prepared(&moto, &moto.endpoint, "full-pack", &Vec::new(), |c| {
-        c.set("pack", "enabled", "true")
+        c.set("pack", "enabled", "true").raw(&format!(
+            "[[replica]]\nname = \"p\"\nkind = \"posix\"\nroot = {}\n",
+            q(rdir.path().join("objects").to_str().unwrap())
+        ))
     });
     let (ok, _, err) = common::sh(&format!(
         "mount -t tmpfs -o size=8m,mode=0755 coldtier-test '{}'",
@@ -448,6 +453,19 @@ fn small_files_on_a_full_disk_are_packed_and_free_their_space() {
         "the members' space is given back: {} bytes free",
         free(&t)
     );
+    // The disk full again: the pack and its index are backfilled to the replica.
+    let (_, _, _) = common::sh(&format!(
+        "dd if=/dev/zero of='{}' bs=64k 2>/dev/null; sync",
+        t.m("filler1").display()
+    ));
+    assert!(free(&t) < 64 << 10, "full again: {} bytes free", free(&t));
+    t.ok(&["pin", t.m("filler1").to_str().unwrap()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&t.ok(&["replicate", t.mnt_str().as_str(), "--to", "p", "--json"]))
+            .unwrap();
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert!(v["copied"].as_u64().unwrap_or(0) >= 1, "{v}");
+    fs::remove_file(t.m("filler1")).unwrap();
     // Most members deleted, the disk filled again: gc repacks the pack of the others.
     let old = t.object_key(&fs_[0].0);
     for (rel, _) in &fs_[..45] {

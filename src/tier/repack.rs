@@ -117,12 +117,7 @@ impl Tiering {
         // Within a part, the old pack's span and the new pack are in memory (gc works on a
         // full source, as packing does); larger ones in unnamed files on the source.
         let in_memory = end - start <= self.settings().uploads.part_size;
-        let span = if in_memory {
-            super::readers::anon_file(c"coldtier-repack")
-                .map_err(|e| eio(format!("repack: a memory file: {e}")))?
-        } else {
-            self.unnamed_file()?
-        };
+        let span = self.scratch_file(end - start)?;
         store
             .get(GetRequest {
                 key: &pack.object_key,

@@ -367,7 +367,7 @@ impl Tiering {
         {
             return Ok(done);
         }
-        let tmp = self.unnamed_file()?;
+        let tmp = self.scratch_file(meta.size)?;
         self.failpoint("replicate-before-get");
         let got = primary
             .get(GetRequest::whole(
@@ -765,7 +765,7 @@ impl Tiering {
             return Err(err(format!("{} bytes", meta.size)));
         }
         let algo = ChecksumAlgo::Crc32c;
-        let tmp = self.unnamed_file()?;
+        let tmp = self.scratch_file(meta.size)?;
         let got = primary
             .get(GetRequest::whole(&key, None, Some(&tmp), meta.size, algo))
             .await
@@ -819,8 +819,20 @@ impl Tiering {
             .await
     }
 
+    /// Where `size` bytes pass through the daemon (an object on its way between two
+    /// stores, a pack's span): a memory file when they are within `store.part_size`, so
+    /// that nothing is written to the source (which may be full), else an unnamed file on
+    /// the source ([`Tiering::unnamed_file`]).
+    pub(super) fn scratch_file(&self, size: u64) -> Result<std::fs::File, StepError> {
+        if size <= self.settings().uploads.part_size {
+            return super::readers::anon_file(c"coldtier-scratch")
+                .map_err(|e| StepError::new(libc::EIO, format!("a memory file: {e}")));
+        }
+        self.unnamed_file()
+    }
+
     /// An unnamed file on the source file system (O_TMPFILE, mode 0600, root's), gone
-    /// when closed: where an object passes between two stores.
+    /// when closed.
     pub(super) fn unnamed_file(&self) -> Result<std::fs::File, StepError> {
         // SAFETY: a plain syscall on our root fd and a static, NUL-terminated name.
         let fd = unsafe {
