@@ -779,6 +779,9 @@ pub struct PackSpan {
     data: SpanData,
     start: u64,
     end: u64,
+    /// A bulk recall's span: the members still to take their bytes from it. The last one
+    /// lets the span go (its memory), not the end of the whole recall. 0: not counted.
+    left: std::sync::atomic::AtomicU64,
 }
 
 /// Where a span's bytes are.
@@ -914,7 +917,12 @@ impl Tiering {
                     Err(_) => break,
                 }
             };
-            let span = std::sync::Arc::new(PackSpan { data, start, end });
+            let span = std::sync::Arc::new(PackSpan {
+                data,
+                start,
+                end,
+                left: n.into(),
+            });
             let (upto, upto_rx) = tokio::sync::watch::channel(0u64);
             let (tx, rx) = tokio::sync::watch::channel(SpanState::Pending(span.clone(), upto_rx));
             let k = (key.clone(), version.clone());
@@ -1038,6 +1046,7 @@ impl Tiering {
                 }
                 _ => None,
             });
+        let from_bulk = bulk.is_some();
         let span = match bulk {
             Some(s) => s,
             None => {
@@ -1071,6 +1080,18 @@ impl Tiering {
                 return Some(Err(e));
             }
             off += n;
+        }
+        // The span's last member done: its bytes go (a bulk recall of many packs holds the
+        // spans of those it is working on, not of every pack it has recalled from).
+        if from_bulk && span.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            let mut spans = self.pack_spans.lock();
+            let same = spans.get(&k).is_some_and(|rx| match &*rx.borrow() {
+                SpanState::Ready(s) | SpanState::Pending(s, _) => std::sync::Arc::ptr_eq(s, &span),
+                _ => false,
+            });
+            if same {
+                spans.remove(&k);
+            }
         }
         Some(Ok(crate::store::GetResult {
             bytes: rec.size,
@@ -1167,6 +1188,7 @@ impl Tiering {
                     data: SpanData::File(file),
                     start: p.offset,
                     end,
+                    left: 0.into(),
                 }),
                 std::time::Instant::now(),
             ));
@@ -1416,6 +1438,102 @@ pub fn plan_packs(
 mod tests {
     use super::*;
 
+    /// A bulk recall's span lets go of its bytes when its last member has copied them out,
+    /// not when the recall ends; each member gets its own bytes.
+    #[test]
+    fn a_span_goes_once_its_last_member_has_its_bytes() {
+        use crate::store::ObjectStore;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = Arc::new(crate::store::memory::MemoryStore::new());
+        let pack: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let put = rt
+            .block_on(store.put(PutRequest {
+                key: "packs/p.tar".into(),
+                body: PutBody::Memory(bytes::Bytes::from(pack.clone())),
+                size: pack.len() as u64,
+                storage_class: None,
+                metadata: BTreeMap::new(),
+                tags: BTreeMap::new(),
+                checksum: Some(ChecksumAlgo::Crc32c),
+                extents: None,
+            }))
+            .unwrap();
+        let catalog = Arc::new(crate::catalog::Catalog::open(dir.path().join("c.db")).unwrap());
+        let store: Arc<dyn ObjectStore> = store;
+        let t = Tiering::new(
+            Default::default(),
+            catalog,
+            Some(store),
+            String::new(),
+            src.clone(),
+            src.clone(),
+            backing::open_dir_path(&src).unwrap(),
+            rt.handle().clone(),
+            Arc::new(crate::fs::gate::Gate::default()),
+        )
+        .unwrap();
+        let member = |offset: u64, size: u64| StubRecord {
+            version: STUB_VERSION,
+            file_id: format!("{offset:032x}"),
+            object_key: "packs/p.tar".into(),
+            version_id: put.version_id.clone(),
+            size,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: offset,
+            checksum_algo: "crc32c".into(),
+            checksum: Checksum::of(
+                ChecksumAlgo::Crc32c,
+                &pack[offset as usize..(offset + size) as usize],
+            )
+            .base64(),
+            md5: None,
+            storage_class: "STANDARD".into(),
+            config_version: 1,
+            content_mtime_ns: None,
+            extents: None,
+            chunks: None,
+            pack: Some(crate::tier::stub::PackRef {
+                id: "p".into(),
+                offset,
+                pack_size: pack.len() as u64,
+            }),
+        };
+        let members = [member(512, 700), member(1536, 900), member(2560, 300)];
+        let lease = t.prefetch_packs(&members);
+        let k = ("packs/p.tar".to_string(), put.version_id.clone());
+        for (i, m) in members.iter().enumerate() {
+            rt.block_on(t.span_fetched(m));
+            assert!(
+                t.pack_spans.lock().contains_key(&k),
+                "member {i}: the span is there until its last member has its bytes"
+            );
+            let dest = tempfile::tempfile().unwrap();
+            let got = t
+                .member_from_span(m, &dest, ChecksumAlgo::Crc32c)
+                .expect("the span holds the member")
+                .unwrap();
+            assert_eq!(got.checksum.base64(), m.checksum, "member {i}");
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut &dest, &mut back).unwrap();
+            let off = m.pack.as_ref().unwrap().offset as usize;
+            assert_eq!(back, &pack[off..off + m.size as usize], "member {i}");
+        }
+        assert!(
+            !t.pack_spans.lock().contains_key(&k),
+            "the last member let the span go"
+        );
+        drop(lease);
+    }
+
     /// A span in memory gives any range of its bytes from the chunks that hold it (within
     /// one chunk, across several, on their edges), and nothing for bytes not yet there.
     #[test]
@@ -1431,6 +1549,7 @@ mod tests {
             data: SpanData::Memory(parking_lot::Mutex::new(chunks)),
             start: 100,
             end: 140,
+            left: 0.into(),
         };
         for lo in 0..=at {
             for hi in lo..=at {
