@@ -528,3 +528,28 @@ fn apply_limits(s: &Settings) {
     crate::store::UPLOAD_BW.set_rate(s.limits.upload_bwlimit);
     crate::store::DOWNLOAD_BW.set_rate(s.limits.download_bwlimit);
 }
+
+/// A tiering engine over `dir/src` with a catalog in `dir` and `store`, on `rt`: for the
+/// unit tests of its parts.
+#[cfg(test)]
+pub(crate) fn test_tiering(
+    dir: &std::path::Path,
+    store: Option<Arc<dyn ObjectStore>>,
+    rt: &tokio::runtime::Runtime,
+) -> Arc<Tiering> {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let catalog = Arc::new(Catalog::open(dir.join("c.db")).unwrap());
+    Tiering::new(
+        Default::default(),
+        catalog,
+        store,
+        String::new(),
+        src.clone(),
+        src.clone(),
+        backing::open_dir_path(&src).unwrap(),
+        rt.handle().clone(),
+        Arc::new(crate::fs::gate::Gate::default()),
+    )
+    .unwrap()
+}

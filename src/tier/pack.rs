@@ -1445,8 +1445,6 @@ mod tests {
         use crate::store::ObjectStore;
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1466,20 +1464,8 @@ mod tests {
                 extents: None,
             }))
             .unwrap();
-        let catalog = Arc::new(crate::catalog::Catalog::open(dir.path().join("c.db")).unwrap());
         let store: Arc<dyn ObjectStore> = store;
-        let t = Tiering::new(
-            Default::default(),
-            catalog,
-            Some(store),
-            String::new(),
-            src.clone(),
-            src.clone(),
-            backing::open_dir_path(&src).unwrap(),
-            rt.handle().clone(),
-            Arc::new(crate::fs::gate::Gate::default()),
-        )
-        .unwrap();
+        let t = super::super::context::test_tiering(dir.path(), Some(store), &rt);
         let member = |offset: u64, size: u64| StubRecord {
             version: STUB_VERSION,
             file_id: format!("{offset:032x}"),

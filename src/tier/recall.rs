@@ -765,25 +765,11 @@ mod tests {
     #[test]
     fn a_claim_dropped_without_its_outcome_frees_the_file_for_the_next_recall() {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let catalog = Arc::new(crate::catalog::Catalog::open(dir.path().join("c.db")).unwrap());
-        let t = Tiering::new(
-            Default::default(),
-            catalog,
-            None,
-            String::new(),
-            src.clone(),
-            src.clone(),
-            backing::open_dir_path(&src).unwrap(),
-            rt.handle().clone(),
-            Arc::new(crate::fs::gate::Gate::default()),
-        )
-        .unwrap();
+        let t = super::super::context::test_tiering(dir.path(), None, &rt);
         let Claim::Mine(first) = t.claim(7, 10, None) else {
             panic!("the first claim of a node is its own");
         };
