@@ -380,11 +380,15 @@ impl PutBody {
     ) -> Result<(), StoreError> {
         match self {
             PutBody::File(f) => read_mapped(f, extents, buf, off),
+            PutBody::Memory(_) if extents.is_some() => Err(StoreError::new(
+                StoreErrorKind::Other,
+                "a body in memory has no extents",
+            )),
             PutBody::Memory(b) => {
                 let end = usize::try_from(off)
                     .ok()
                     .and_then(|o| o.checked_add(buf.len()).map(|e| (o, e)))
-                    .filter(|&(_, e)| e <= b.len() && extents.is_none());
+                    .filter(|&(_, e)| e <= b.len());
                 let Some((o, e)) = end else {
                     return Err(StoreError::new(
                         StoreErrorKind::Other,

@@ -59,15 +59,15 @@ pub fn member_footprint(size: u64) -> u64 {
 }
 
 /// A pax tar written into a file at increasing offsets, or into memory.
-pub struct TarWriter<'a> {
-    out: TarOut<'a>,
+pub struct TarWriter {
+    out: TarOut,
     pos: u64,
     count: u64,
 }
 
 /// Where a [`TarWriter`] writes.
-enum TarOut<'a> {
-    File(&'a File),
+enum TarOut {
+    File(File),
     Memory(Vec<u8>),
 }
 
@@ -123,19 +123,10 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     r
 }
 
-impl<'a> TarWriter<'a> {
-    pub fn new(out: &'a File) -> Self {
+impl TarWriter {
+    fn with(out: TarOut) -> Self {
         TarWriter {
-            out: TarOut::File(out),
-            pos: 0,
-            count: 0,
-        }
-    }
-
-    /// A tar built in memory, `capacity` bytes reserved (what it is planned to take).
-    pub fn in_memory(capacity: usize) -> TarWriter<'static> {
-        TarWriter {
-            out: TarOut::Memory(Vec::with_capacity(capacity)),
+            out,
             pos: 0,
             count: 0,
         }
@@ -143,7 +134,7 @@ impl<'a> TarWriter<'a> {
 
     fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
         match &mut self.out {
-            TarOut::File(f) => std::os::unix::fs::FileExt::write_all_at(*f, b, self.pos)?,
+            TarOut::File(f) => std::os::unix::fs::FileExt::write_all_at(f, b, self.pos)?,
             TarOut::Memory(v) => v.extend_from_slice(b),
         }
         self.pos += b.len() as u64;
@@ -223,20 +214,14 @@ impl<'a> TarWriter<'a> {
                 }
             };
             let n = if whole {
-                match std::os::unix::fs::FileExt::read_at(src, dst, src_off + off) {
-                    Ok(0) => {
-                        whole = false;
-                        0
+                let n = loop {
+                    match std::os::unix::fs::FileExt::read_at(src, dst, src_off + off) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        r => break r?,
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                        if let TarOut::Memory(v) = &mut self.out {
-                            v.truncate(v.len() - want);
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+                };
+                whole = n > 0;
+                n
             } else {
                 0
             };
@@ -261,13 +246,12 @@ impl<'a> TarWriter<'a> {
         Ok((offset, h.finalize(), whole))
     }
 
-    /// Ends the archive (two zero blocks); its size, and its bytes if it was built in
-    /// memory.
-    pub fn finish(mut self) -> std::io::Result<(u64, Option<bytes::Bytes>)> {
+    /// Ends the archive (two zero blocks); its size, and its bytes to upload.
+    pub fn finish(mut self) -> std::io::Result<(u64, PutBody)> {
         self.put(&[0u8; 1024])?;
         Ok(match self.out {
-            TarOut::File(_) => (self.pos, None),
-            TarOut::Memory(v) => (self.pos, Some(bytes::Bytes::from(v))),
+            TarOut::File(f) => (self.pos, PutBody::File(f)),
+            TarOut::Memory(v) => (self.pos, PutBody::Memory(bytes::Bytes::from(v))),
         })
     }
 }
@@ -348,22 +332,14 @@ impl Tiering {
             .map(|(f, _)| member_footprint(f.size))
             .sum::<u64>()
             + 1024;
-        let tmp = if planned <= self.settings().uploads.part_size {
-            None
-        } else {
-            match self.unnamed_file() {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    return items
-                        .into_iter()
-                        .map(|(f, p)| (f, p, Err(e.clone())))
-                        .collect()
-                }
+        let mut tar = match self.pack_writer(planned) {
+            Ok(t) => t,
+            Err(e) => {
+                return items
+                    .into_iter()
+                    .map(|(f, p)| (f, p, Err(e.clone())))
+                    .collect()
             }
-        };
-        let mut tar = match &tmp {
-            Some(f) => TarWriter::new(f),
-            None => TarWriter::in_memory(planned as usize),
         };
         let mut members = Vec::with_capacity(items.len());
         for (facts, plan) in items {
@@ -381,12 +357,7 @@ impl Tiering {
                 done.push((m.facts, m.plan, Err(e.clone())));
             }
         };
-        let finished = tar.finish().and_then(|(size, mem)| match (mem, tmp) {
-            (Some(b), _) => Ok((size, PutBody::Memory(b))),
-            (None, Some(f)) => Ok((size, PutBody::File(f))),
-            (None, None) => Err(std::io::Error::other("no pack was written")),
-        });
-        let (size, body) = match finished {
+        let (size, body) = match tar.finish() {
             Ok(s) => s,
             Err(e) => {
                 fail_all(
@@ -435,11 +406,23 @@ impl Tiering {
         done
     }
 
+    /// A tar for a pack of about `planned` bytes: in memory when that is within
+    /// `store.part_size` (one PUT from there; no space taken on the source, which may be
+    /// full), else in an unnamed file on the source, read back part by part so that memory
+    /// stays near a part per upload slot.
+    pub(super) fn pack_writer(&self, planned: u64) -> Result<TarWriter, StepError> {
+        Ok(if planned <= self.settings().uploads.part_size {
+            TarWriter::with(TarOut::Memory(Vec::with_capacity(planned as usize)))
+        } else {
+            TarWriter::with(TarOut::File(self.unnamed_file()?))
+        })
+    }
+
     /// Opens `rel` and, if it can be packed, appends it to `tar`.
     fn read_member(
         &self,
         rel: &Path,
-        tar: &mut TarWriter<'_>,
+        tar: &mut TarWriter,
         algo: ChecksumAlgo,
     ) -> Result<Option<Data>, StepError> {
         let file = self.open_to_copy(rel)?;

@@ -21,7 +21,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::context::{StepError, Tiering};
-use super::pack::{fetch_index, IndexMember, TarWriter};
+use super::pack::{fetch_index, IndexMember};
 use crate::catalog::{EventKind, FileRow, PackRow};
 use crate::fs::backing;
 use crate::store::{Checksum, GetRequest};
@@ -116,7 +116,6 @@ impl Tiering {
             .expect("members");
         // Within a part, the old pack's span and the new pack are in memory (gc works on a
         // full source, as packing does); larger ones in unnamed files on the source.
-        let in_memory = end - start <= self.settings().uploads.part_size;
         let span = self.scratch_file(end - start)?;
         store
             .get(GetRequest {
@@ -138,15 +137,7 @@ impl Tiering {
                 ))
             })?;
         let algo = self.settings().uploads.checksum;
-        let tmp = if in_memory {
-            None
-        } else {
-            Some(self.unnamed_file()?)
-        };
-        let mut tar = match &tmp {
-            Some(f) => TarWriter::new(f),
-            None => TarWriter::in_memory((end - start + 1024) as usize),
-        };
+        let mut tar = self.pack_writer(end - start)?;
         let mut entries = Vec::with_capacity(live.len());
         for (row, m) in &live {
             let want = Checksum::parse(&m.checksum).map_err(eio)?;
@@ -163,15 +154,10 @@ impl Tiering {
             e.offset = offset;
             entries.push(e);
         }
-        let (size, mem) = tar
+        let (size, body) = tar
             .finish()
             .map_err(|e| eio(format!("repack: writing the new pack: {e}")))?;
         let refs: Vec<&IndexMember> = entries.iter().collect();
-        let body = match (mem, tmp) {
-            (Some(b), _) => crate::store::PutBody::Memory(b),
-            (None, Some(f)) => crate::store::PutBody::File(f),
-            (None, None) => return Err(eio("repack: no pack was written".into())),
-        };
         let proven = self
             .upload_pack(&body, size, &refs, &live[0].0, algo, Some(&pack.object_key))
             .await?;
