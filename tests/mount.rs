@@ -1546,11 +1546,19 @@ fn resident_io_goes_through_kernel_passthrough() {
         sh("sync; echo 1 > /proc/sys/vm/drop_caches");
         assert_eq!(fs::read(mnt.join("big")).unwrap(), data);
         // A passthrough file's close needs no FLUSH (FOPEN_NOFLUSH); a served one's does.
-        let m = common::scrape(port);
-        let (flushes, releases) = (
-            m["coldtier_fuse_requests_total{op=\"flush\"}"],
-            m["coldtier_fuse_requests_total{op=\"release\"}"],
-        );
+        // The kernel sends RELEASE after close(2) has returned: wait for both files'.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let (flushes, releases) = loop {
+            let m = common::scrape(port);
+            let (flushes, releases) = (
+                m["coldtier_fuse_requests_total{op=\"flush\"}"],
+                m["coldtier_fuse_requests_total{op=\"release\"}"],
+            );
+            if releases >= 2.0 || std::time::Instant::now() >= deadline {
+                break (flushes, releases);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert!(releases >= 2.0, "{releases} releases");
         if passthrough {
             assert_eq!(flushes, 0.0, "passthrough files were flushed");
