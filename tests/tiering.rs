@@ -1081,6 +1081,38 @@ fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
 /// A pin that lands while the file's copy is in flight holds: a file already tracked is
 /// copied but never stubbed, a new file's copy is discarded (the pin gave it its id), and
 /// the copy's records never undo the pin.
+/// Mounts `t` again with the failpoint `fp` (a pause) armed and starts `coldtier migrate
+/// --mode stub` on it; returns once the daemon pauses there, with the run's thread.
+fn stub_run_paused_at(
+    t: &mut TierMount,
+    fp: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
+    let args = vec![
+        "migrate".to_string(),
+        t.mnt_str(),
+        "--mode".to_string(),
+        "stub".to_string(),
+    ];
+    let bin = common::bin();
+    let migrate = std::thread::spawn(move || {
+        std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !t.daemon_log_tail().contains("pausing") {
+        assert!(
+            Instant::now() < deadline,
+            "the run never paused at {fp}\n{}",
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    migrate
+}
+
 #[test]
 fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
     let moto = start_moto();
@@ -1090,31 +1122,7 @@ fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
     t.ok(&["pin", t.ms("known.bin").as_str()]);
     t.ok(&["unpin", t.ms("known.bin").as_str()]);
     t.umount();
-    t.mount_with_env(&[(FAILPOINT_ENV, "migrate-after-put:pause=3000")]);
-    let migrate = {
-        let args = vec![
-            "migrate".to_string(),
-            t.mnt_str(),
-            "--mode".to_string(),
-            "stub".to_string(),
-        ];
-        let bin = common::bin();
-        std::thread::spawn(move || {
-            std::process::Command::new(bin)
-                .args(&args)
-                .output()
-                .unwrap()
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !t.daemon_log_tail().contains("pausing") {
-        assert!(
-            Instant::now() < deadline,
-            "the copy never paused\n{}",
-            t.daemon_log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let migrate = stub_run_paused_at(&mut t, "migrate-after-put:pause=3000");
     t.ok(&["pin", t.ms("known.bin").as_str(), t.ms("new.bin").as_str()]);
     let out = migrate.join().unwrap();
     for (rel, data) in &fs_ {
@@ -1133,6 +1141,49 @@ fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
     }
     assert_eq!(t.state("known.bin"), "premigrated", "{}", show(&out));
     assert_eq!(t.state("new.bin"), "resident", "{}", show(&out));
+}
+
+/// A stub run takes a file straight from its proven copy to its stub: nothing is written
+/// on the file in between (no copy record, no id xattr), so that the stub record is the
+/// file's only xattr write. The catalog still records the copy (COPIED, VERIFIED) before
+/// STUBBED.
+#[test]
+fn a_stub_run_writes_no_copy_record_before_the_stub() {
+    let moto = start_moto();
+    straight_to_stub(&moto, false);
+    straight_to_stub(&moto, true);
+}
+
+/// [`a_stub_run_writes_no_copy_record_before_the_stub`] for a file of its own or (`packed`)
+/// a pack member.
+fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool) {
+    let fs_ = files(&[("a.bin", 30 * 1024)]);
+    let bucket = if packed { "direct-packed" } else { "direct" };
+    let mut t = TierMount::new(moto, bucket, &fs_, |c| match packed {
+        true => c.set("pack", "enabled", "true"),
+        false => c,
+    });
+    t.umount();
+    let migrate = stub_run_paused_at(&mut t, "migrate-before-stub:pause=2000");
+    // Copied and proven, about to be stubbed: the file is as it was.
+    let backing = t.s("a.bin");
+    assert_eq!(xattr(&backing, "trusted.coldtier.copy"), None);
+    assert_eq!(xattr(&backing, "trusted.coldtier.id"), None);
+    assert_eq!(xattr(&backing, STUB_XATTR), None);
+    let out = migrate.join().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(t.state("a.bin"), "stub");
+    assert!(xattr(&backing, STUB_XATTR).is_some());
+    assert_eq!(xattr(&backing, "trusted.coldtier.copy"), None);
+    let kinds = t.kinds("a.bin");
+    let at = |k: &str| kinds.iter().position(|x| x == k);
+    assert!(
+        at("COPIED") < at("VERIFIED") && at("VERIFIED") < at("STUBBED") && at("COPIED").is_some(),
+        "{kinds:?}"
+    );
+    let key = t.status("a.bin")["object_key"].to_string();
+    assert_eq!(key.contains("packs/"), packed, "{key}");
+    assert_bytes("a.bin", &fs::read(t.m("a.bin")).unwrap(), &fs_[0].1);
 }
 
 #[test]
@@ -1730,10 +1781,11 @@ fn glacier_on_archived_wait_times_out_with_etimedout_and_never_restores_twice() 
 // ------------------------------------------------------------------------------------------
 // 12. Crash safety
 
-const MIGRATE_FAILPOINTS: [&str; 5] = [
+const MIGRATE_FAILPOINTS: [&str; 6] = [
     "migrate-after-intent",
     "migrate-after-put",
     "migrate-after-verify",
+    "migrate-before-stub",
     "migrate-after-stub-xattr",
     "migrate-after-truncate",
 ];

@@ -1310,18 +1310,44 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
 }
 
-/// getxattr of a whole value: `None` when the attribute is not there.
+/// fgetxattr(2): one call for an fd opened for reading or writing; EBADF for an `O_PATH`
+/// one (which [`getxattr_fd`] reaches through /proc instead, at four calls).
+fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: name NUL-terminated; buf writable for buf.len() bytes (may be 0).
+    cvt_isize(unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+/// getxattr of a whole value: `None` when the attribute is not there. Tiering reads its
+/// records through fds opened for reading or writing, which fgetxattr takes in one call;
+/// an `O_PATH` fd goes the way [`getxattr_fd`] does.
 pub fn getxattr_all(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 512];
+    let mut opath = false;
+    let mut get = |buf: &mut [u8]| {
+        if !opath {
+            match fgetxattr(fd, name, buf) {
+                Err(Errno(libc::EBADF)) => opath = true,
+                r => return r,
+            }
+        }
+        getxattr_fd(fd, name, buf)
+    };
     loop {
-        match getxattr_fd(fd, name, &mut buf) {
+        match get(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));
             }
             Err(Errno(libc::ENODATA)) => return Ok(None),
             Err(Errno(libc::ERANGE)) if buf.len() < 65536 => {
-                let n = getxattr_fd(fd, name, &mut [])?;
+                let n = get(&mut [])?;
                 buf.resize(n.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),

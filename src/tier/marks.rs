@@ -28,6 +28,19 @@ pub const STUB: &CStr = c"trusted.coldtier.stub";
 pub const COPY: &CStr = c"trusted.coldtier.copy";
 pub const ID: &CStr = c"trusted.coldtier.id";
 
+/// Whether the file may have any of coldtier's xattrs: false only when one listxattr
+/// shows none (most files of a tree: a scan reads their records with one call instead of
+/// three). A list that does not fit, or any error, says maybe.
+pub fn may_have_marks(fd: BorrowedFd<'_>) -> bool {
+    let mut names = [0u8; 1024];
+    match backing::listxattr_fd(fd, &mut names) {
+        Ok(n) => names[..n]
+            .split(|b| *b == 0)
+            .any(|name| name.starts_with(crate::fs::overlay::PRIVATE_XATTR_PREFIX)),
+        Err(_) => true,
+    }
+}
+
 /// Reads and decodes a record xattr. A record that does not decode is an error (EIO):
 /// never guessed at, never ignored.
 pub fn record(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<StubRecord>> {
@@ -73,7 +86,12 @@ pub fn set_stub(fd: BorrowedFd<'_>, rec: &StubRecord, between: impl FnOnce()) ->
             between();
             backing::setxattr_fd(fd, STUB, &bytes, 0)
         }
-        None => set_record(fd, STUB, rec),
+        // A full record keeps the `id` xattr beside it (a file stubbed straight from its
+        // copy has none yet).
+        None => {
+            ensure_file_id(fd, &rec.file_id)?;
+            set_record(fd, STUB, rec)
+        }
     }
 }
 

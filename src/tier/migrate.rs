@@ -264,6 +264,9 @@ impl Tiering {
         &self,
         fd: BorrowedFd<'_>,
     ) -> (FileState, bool, Option<FileRow>, Option<StubRecord>) {
+        if !marks::may_have_marks(fd) {
+            return (FileState::Resident, false, None, None);
+        }
         // The records first: a compact stub's id is in its record (no `id` xattr).
         let stub = marks::record(fd, marks::STUB).ok().flatten();
         let copy = match stub {
@@ -998,15 +1001,20 @@ impl Tiering {
             chunks: put.chunks.clone(),
             pack: None,
         };
-        if !self.set_copy_record(node, file, &st0, new_id, &rec)? {
+        let direct = self.stubs_directly(defer);
+        if !self.set_copy_record(node, file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (the copy is discarded)".to_string();
             self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
             return Err(StepError::new(libc::EAGAIN, msg));
         }
         self.tag_whole_checksum(&key, &put).await;
-        let st2 = backing::stat_fd(file.as_fd())?;
         fill_from_record(&mut row, &rec);
-        row.ctime_ns = ns_of(st2.ctime);
+        // The times the stub step expects: the copy's (straight to the stub), or the
+        // file's after its copy record.
+        row.ctime_ns = match direct {
+            true => ns_of(st0.ctime),
+            false => ns_of(backing::stat_fd(file.as_fd())?.ctime),
+        };
         let detail = json!({
             "object_key": key,
             "version_id": put.version_id,
@@ -1086,16 +1094,28 @@ impl Tiering {
         Ok((id, new_id, row))
     }
 
+    /// Whether a copy just made goes straight to its stub, with no copy record written in
+    /// between: the run stubs (`stub`) and no replica must hold a copy first (a file that
+    /// waits for one stays premigrated, which only a copy record says). The stub record
+    /// then is the file's first record: one xattr write instead of four (the id, the
+    /// copy record, which does not fit in a small inode and takes a block, then the
+    /// removal of both), and a crash before it leaves the file as it was, its upload given
+    /// up at the next start (docs/architecture.md, "Stubbing").
+    pub(super) fn stubs_directly(&self, stub: bool) -> bool {
+        stub && self.settings().policy.copies <= 1
+    }
+
     /// Under the file's gate: if it is as it was when copied (`st0`), not open for
     /// writing, and (`new_id`) no pin gave it an id meanwhile, gives it `rec`'s id and
-    /// `rec` as its copy record. False (nothing written): the copy is not the file's.
+    /// `rec` as its copy record (unless `direct`: [`Tiering::stubs_directly`], the checks
+    /// alone). False (nothing written): the copy is not the file's.
     pub(super) fn set_copy_record(
         &self,
         node: u64,
         file: &File,
-        st0: &Stat,
-        new_id: bool,
+        (st0, new_id): (&Stat, bool),
         rec: &StubRecord,
+        direct: bool,
     ) -> Result<bool, StepError> {
         let held = self.gate.lock(node);
         let st1 = backing::stat_fd(file.as_fd())?;
@@ -1103,6 +1123,9 @@ impl Tiering {
         let id_taken = new_id && marks::file_id(file.as_fd())?.is_some();
         if !unchanged(st0, &st1) || held.opens().writers > 0 || id_taken {
             return Ok(false);
+        }
+        if direct {
+            return Ok(true);
         }
         if new_id {
             marks::set_file_id(file.as_fd(), &rec.file_id)?;
@@ -1305,6 +1328,7 @@ impl Tiering {
         // did not. The content decides (read here, outside the gate); a file whose data
         // changed is found so by the locked part and its copy superseded.
         let expect = self.copy_still_good(file, rec, expect)?.unwrap_or(expect);
+        self.failpoint("migrate-before-stub");
         let (mut row, freed) = match self.stub_locked(node, file, rec, expect, &mut copied) {
             Ok(StubStep::Stubbed { row, freed }) => (row, freed),
             not => {
@@ -1325,6 +1349,30 @@ impl Tiering {
             .after(copied)
             .durability(Durability::Lazy);
         Ok((Outcome::Stubbed(freed), Some((*row, change))))
+    }
+
+    /// A file whose copy was to go straight to its stub (`stubs_directly`) and that keeps
+    /// its data (pinned, or open): it gets the copy record it went without, and the copy's
+    /// records (`copied`, not written yet) the times it has after that. A file that has
+    /// its copy record already is left as it is.
+    fn keep_copy(
+        &self,
+        node: u64,
+        fd: BorrowedFd<'_>,
+        rec: &StubRecord,
+        copied: &mut [Transition],
+    ) -> Result<(), StepError> {
+        if marks::record(fd, marks::COPY)?.is_some() {
+            return Ok(());
+        }
+        marks::ensure_file_id(fd, &rec.file_id)?;
+        marks::set_record(fd, marks::COPY, rec)?;
+        self.reset_mark(node);
+        let ctime = ns_of(backing::stat_fd(fd)?.ctime);
+        for (r, _, _) in copied.iter_mut() {
+            r.ctime_ns = ctime;
+        }
+        Ok(())
     }
 
     /// The part of [`Tiering::stub_step`] under the file's gate. Writes `copied` itself
@@ -1354,17 +1402,30 @@ impl Tiering {
             }
             None => fresh,
         };
-        if r.pinned {
-            return Err(StepError::new(
-                libc::EPERM,
-                "the file is pinned: its data is never freed",
-            ));
+        let st = backing::stat_fd(w.as_fd())?;
+        // Straight from a copy (no copy record in between: `stubs_directly`), a pin may
+        // have given a new file another id meanwhile: the copy is not that file's.
+        if marks::id_xattr(w.as_fd())?.is_some_and(|id| id != rec.file_id) {
+            copied.clear();
+            let msg = "given another id while it was being copied (the copy is discarded)";
+            self.failed_event(&r, msg, Some((&rec.object_key, rec.version_id.as_deref())));
+            return Err(StepError::new(libc::EAGAIN, msg));
         }
-        if held.opens().handles > 0 {
+        let same = (st.size, ns_of(st.mtime), ns_of(st.ctime)) == expect && st.nlink == 1;
+        if r.pinned || held.opens().handles > 0 {
+            // The file keeps its data, and its copy: premigrated.
+            if same {
+                self.keep_copy(node, w.as_fd(), rec, copied)?;
+            }
+            if r.pinned {
+                return Err(StepError::new(
+                    libc::EPERM,
+                    "the file is pinned: its data is never freed",
+                ));
+            }
             return Ok(StubStep::Not(Outcome::Busy));
         }
-        let st = backing::stat_fd(w.as_fd())?;
-        if (st.size, ns_of(st.mtime), ns_of(st.ctime)) != expect || st.nlink != 1 {
+        if !same {
             if !copied.is_empty() {
                 self.catalog
                     .transition_batch_with(&std::mem::take(copied), false)?;

@@ -685,15 +685,18 @@ impl Tiering {
                 "offset": offset,
             }),
         );
-        if !self.set_copy_record(node, &file, &st0, new_id, &rec)? {
+        let direct = self.stubs_directly(stub);
+        if !self.set_copy_record(node, &file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (its bytes in the pack are not used)"
                 .to_string();
             self.failed_event(&row, &msg, Some((&p.key, p.version_id.as_deref())));
             return Err(StepError::new(libc::EAGAIN, msg));
         }
-        let st2 = backing::stat_fd(file.as_fd())?;
         fill_from_record(&mut row, &rec);
-        row.ctime_ns = ns_of(st2.ctime);
+        row.ctime_ns = match direct {
+            true => ns_of(st0.ctime),
+            false => ns_of(backing::stat_fd(file.as_fd())?.ctime),
+        };
         row.state = crate::tier::state::transition(row.state, row.pinned, Action::CopyVerified)
             .ok()
             .and_then(|t| t.next)
