@@ -581,11 +581,15 @@ struct XattrArgs {
 /// is not there. Kept with the pid it was opened by: /proc/self is resolved when it is
 /// opened, so a child after fork (daemonizing) must open its own.
 fn proc_fd_dir() -> Option<RawFd> {
+    // SAFETY: getpid has no preconditions.
+    proc_fd_dir_of(unsafe { libc::getpid() } as u32)
+}
+
+/// [`proc_fd_dir`] for a caller that knows its pid (`getpid` once per use).
+fn proc_fd_dir_of(pid: u32) -> Option<RawFd> {
     use std::sync::atomic::{AtomicU64, Ordering};
     // pid << 32 | fd; 0 = not opened yet.
     static DIR: AtomicU64 = AtomicU64::new(0);
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() } as u32;
     let cur = DIR.load(Ordering::Acquire);
     if cur != 0 && (cur >> 32) as u32 == pid {
         return Some(cur as u32 as RawFd);
@@ -727,9 +731,9 @@ thread_local! {
 /// Runs `f(dir, name)` with `fd` reachable as `name` in `dir` (this thread's [`Slot`] in
 /// /proc/self/fd); `None` when the slot cannot be used.
 fn with_slot<T>(fd: BorrowedFd<'_>, f: impl FnOnce(RawFd, &CStr) -> T) -> Option<T> {
-    let dir = proc_fd_dir()?;
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
+    let dir = proc_fd_dir_of(pid)?;
     SLOT.try_with(|cell| {
         // Never nested (`f` does not come back here); if it were, the old way answers.
         let mut slot = cell.try_borrow_mut().ok()?;
