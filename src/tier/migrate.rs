@@ -1351,18 +1351,31 @@ impl Tiering {
         Ok((Outcome::Stubbed(freed), Some((*row, change))))
     }
 
-    /// A file whose copy was to go straight to its stub (`stubs_directly`) and that keeps
-    /// its data (pinned, or open): it gets the copy record it went without, and the copy's
-    /// records (`copied`, not written yet) the times it has after that. A file that has
-    /// its copy record already is left as it is.
+    /// A file whose copy this run made (`copied`: the copy's records, not written yet) and
+    /// that keeps its data (pinned, or open), without a copy record (it was to go straight
+    /// to its stub: `stubs_directly`; or a write superseded it meanwhile): as it was
+    /// copied (`same`), it gets its copy record, and the copy's records the times it has
+    /// after that; else the copy is given up (FAILED, naming the object for gc), as one
+    /// the file changed during is. A file with its copy record, or whose copy an earlier
+    /// run made (whose record must never come back once superseded), is left as it is.
     fn keep_copy(
         &self,
         node: u64,
         fd: BorrowedFd<'_>,
-        rec: &StubRecord,
-        copied: &mut [Transition],
+        (rec, same): (&StubRecord, bool),
+        copied: &mut Vec<Transition>,
     ) -> Result<(), StepError> {
-        if marks::record(fd, marks::COPY)?.is_some() {
+        if copied.is_empty() || marks::record(fd, marks::COPY)?.is_some() {
+            return Ok(());
+        }
+        if !same {
+            let (row, _, _) = copied.pop().expect("not empty");
+            copied.clear();
+            self.failed_event(
+                &row,
+                "changed while it was being copied (the copy is discarded)",
+                Some((&rec.object_key, rec.version_id.as_deref())),
+            );
             return Ok(());
         }
         marks::ensure_file_id(fd, &rec.file_id)?;
@@ -1413,10 +1426,8 @@ impl Tiering {
         }
         let same = (st.size, ns_of(st.mtime), ns_of(st.ctime)) == expect && st.nlink == 1;
         if r.pinned || held.opens().handles > 0 {
-            // The file keeps its data, and its copy: premigrated.
-            if same {
-                self.keep_copy(node, w.as_fd(), rec, copied)?;
-            }
+            // The file keeps its data, and its copy if it is current: premigrated.
+            self.keep_copy(node, w.as_fd(), (rec, same), copied)?;
             if r.pinned {
                 return Err(StepError::new(
                     libc::EPERM,
