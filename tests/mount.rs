@@ -1540,6 +1540,7 @@ fn resident_io_goes_through_kernel_passthrough() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let _unmount = common::UmountOnDrop(mnt.clone());
         let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i * 7 % 256) as u8).collect();
         fs::write(mnt.join("big"), &data).unwrap();
         // Drop the page cache so reads reach the filesystem.

@@ -172,6 +172,23 @@ impl Drop for Mounted {
     }
 }
 
+/// Unmounts (lazily) the mount point it holds when dropped: a test that mounts by hand and
+/// fails an assertion before its own unmount leaves no mount behind. Nothing is done if
+/// it is no longer mounted.
+pub struct UmountOnDrop(pub PathBuf);
+
+impl Drop for UmountOnDrop {
+    fn drop(&mut self) {
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == self.0.to_str());
+        if mounted {
+            let _ = coldtier(&["umount", "--lazy", self.0.to_str().unwrap()]);
+        }
+    }
+}
+
 /// Runs a shell command line, returning (status success, stdout, stderr).
 pub fn sh(cmd: &str) -> (bool, String, String) {
     let out = Command::new("bash")
