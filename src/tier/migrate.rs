@@ -810,21 +810,26 @@ impl Tiering {
             }
         }
         // With `stub`, the copy's records (COPIED, VERIFIED) are written with the stub's
-        // (STUBBED), in one transaction: one row write per file instead of two.
-        let (rec, expect, copied) = self.copy_step(node, rel, &file, stub).await?;
+        // (STUBBED), in one transaction: one row write per file instead of two. Straight
+        // to the stub or not is decided once, with the copy (`policy.copies`): a reload
+        // that raises it meanwhile counts from the next file on.
+        let direct = self.stubs_directly(stub);
+        let (rec, expect, copied) = self.copy_step(node, rel, &file, (stub, direct)).await?;
         if !stub {
             return Ok(Outcome::Copied);
         }
         // policy.copies: the replicas' copies before the data may go; without them the
         // file stays premigrated (its copy's records written on their own).
-        if let Err(e) = self
-            .ensure_copies(&file, &rec, &rel.to_string_lossy())
-            .await
-        {
-            if !copied.is_empty() {
-                self.catalog.transition_batch_with(&copied, false)?;
+        if !direct {
+            if let Err(e) = self
+                .ensure_copies(&file, &rec, &rel.to_string_lossy())
+                .await
+            {
+                if !copied.is_empty() {
+                    self.catalog.transition_batch_with(&copied, false)?;
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         self.stub_step(node, &file, &rec, expect, Action::Stub, copied)
     }
@@ -866,7 +871,7 @@ impl Tiering {
         node: u64,
         rel: &Path,
         file: &File,
-        defer: bool,
+        (defer, direct): (bool, bool),
     ) -> Result<(StubRecord, (u64, i64, i64), Vec<Transition>), StepError> {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
@@ -1001,7 +1006,6 @@ impl Tiering {
             chunks: put.chunks.clone(),
             pack: None,
         };
-        let direct = self.stubs_directly(defer);
         if !self.set_copy_record(node, file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (the copy is discarded)".to_string();
             self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));

@@ -717,9 +717,13 @@ impl Tiering {
                 Some((row_of(&items), Change::none().after(items))),
             ));
         }
-        if let Err(e) = self.ensure_copies(&file, &rec, &path).await {
-            self.catalog.transition_batch_with(&items, false)?;
-            return Err(e);
+        // Straight to the stub or not was decided with the copy (`direct`): a reload that
+        // raises policy.copies meanwhile counts from the next pack on.
+        if !direct {
+            if let Err(e) = self.ensure_copies(&file, &rec, &path).await {
+                self.catalog.transition_batch_with(&items, false)?;
+                return Err(e);
+            }
         }
         self.stub_step_owing(node, &file, &rec, expect, Action::Stub, items)
     }
