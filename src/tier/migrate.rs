@@ -1104,7 +1104,7 @@ impl Tiering {
     /// then is the file's first record: one xattr write instead of four (the id, the
     /// copy record, which does not fit in a small inode and takes a block, then the
     /// removal of both), and a crash before it leaves the file as it was, its upload given
-    /// up at the next start (docs/architecture.md, "Stubbing").
+    /// up at the next start (docs/architecture.md, "Migrate, in crash-safe order", step 3).
     pub(super) fn stubs_directly(&self, stub: bool) -> bool {
         stub && self.settings().policy.copies <= 1
     }
