@@ -1186,6 +1186,38 @@ fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool) {
     assert_bytes("a.bin", &fs::read(t.m("a.bin")).unwrap(), &fs_[0].1);
 }
 
+/// A file held open through the mount during a stub run keeps its data: it is copied and
+/// left premigrated (busy), its copy record written then (a stub run otherwise goes from the
+/// copy straight to the stub record); once it is closed, the next run stubs it from that
+/// copy, with no second upload.
+#[test]
+fn a_file_open_during_a_stub_run_stays_premigrated_and_is_stubbed_later_from_its_copy() {
+    let moto = start_moto();
+    let fs_ = files(&[("open.bin", 30 * 1024), ("other.bin", 30 * 1024)]);
+    let t = TierMount::new(&moto, "busy", &fs_, |c| c);
+    let held = fs::File::open(t.m("open.bin")).unwrap();
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["busy"].as_u64(), Some(1), "{v}");
+    assert_eq!(t.state("open.bin"), "premigrated");
+    assert_eq!(t.state("other.bin"), "stub");
+    assert!(xattr(&t.s("open.bin"), "trusted.coldtier.copy").is_some());
+    let key = t.status("open.bin")["object_key"].clone();
+    assert!(key.is_string(), "{key}");
+    drop(held);
+    // The kernel sends RELEASE after close(2) returns: a run may still find it open.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.state("open.bin") != "stub" {
+        assert!(Instant::now() < deadline, "never stubbed after its close");
+        t.migrate_ok(&["--mode", "stub"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(t.status("open.bin")["object_key"], key);
+    let kinds = t.kinds("open.bin");
+    assert_eq!(count(&kinds, "COPIED"), 1, "{kinds:?}");
+    assert_eq!(count(&kinds, "STUBBED"), 1, "{kinds:?}");
+    assert_bytes("open.bin", &fs::read(t.m("open.bin")).unwrap(), &fs_[0].1);
+}
+
 #[test]
 fn pinned_files_are_never_released() {
     let moto = start_moto();
