@@ -990,6 +990,8 @@ fn mount_options_apply_to_the_mount_and_unknown_ones_are_refused() {
     );
     let out = coldtier(&["mount", s, m, "-o", &opts, "-o", "defaults"]);
     assert!(out.status.success(), "{}", common::show(&out));
+    // Either mount of this test, if an assertion fails with it up.
+    let _unmount = common::UmountOnDrop(mnt.clone());
     let o = common::mount_options_at(&mnt).expect("not mounted");
     for want in ["rw", "nosuid", "nodev", "noexec", "noatime"] {
         assert!(o.iter().any(|x| x == want), "{want} not in {o:?}");
