@@ -1150,25 +1150,33 @@ fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
 #[test]
 fn a_stub_run_writes_no_copy_record_before_the_stub() {
     let moto = start_moto();
-    straight_to_stub(&moto, false);
-    straight_to_stub(&moto, true);
+    for (packed, tracked) in [(false, false), (true, false), (false, true), (true, true)] {
+        straight_to_stub(&moto, packed, tracked);
+    }
 }
 
 /// [`a_stub_run_writes_no_copy_record_before_the_stub`] for a file of its own or (`packed`)
-/// a pack member.
-fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool) {
+/// a pack member. A file `tracked` before the run (it has an id, here from a pin) keeps a
+/// name at every step (invariant 2): it goes the way of a copy record, and keeps its id.
+fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool, tracked: bool) {
     let fs_ = files(&[("a.bin", 30 * 1024)]);
-    let bucket = if packed { "direct-packed" } else { "direct" };
-    let mut t = TierMount::new(moto, bucket, &fs_, |c| match packed {
+    let bucket = format!("direct-{packed}-{tracked}");
+    let mut t = TierMount::new(moto, &bucket, &fs_, |c| match packed {
         true => c.set("pack", "enabled", "true"),
         false => c,
     });
+    let id = tracked.then(|| {
+        t.ok(&["pin", t.ms("a.bin").as_str()]);
+        t.ok(&["unpin", t.ms("a.bin").as_str()]);
+        t.status("a.bin")["file_id"].clone()
+    });
     t.umount();
     let migrate = stub_run_paused_at(&mut t, "migrate-before-stub:pause=2000");
-    // Copied and proven, about to be stubbed: the file is as it was.
+    // Copied and proven, about to be stubbed: a new file is as it was; a tracked one has
+    // its copy record beside its id.
     let backing = t.s("a.bin");
-    assert_eq!(xattr(&backing, "trusted.coldtier.copy"), None);
-    assert_eq!(xattr(&backing, "trusted.coldtier.id"), None);
+    assert_eq!(xattr(&backing, "trusted.coldtier.copy").is_some(), tracked);
+    assert_eq!(xattr(&backing, "trusted.coldtier.id").is_some(), tracked);
     assert_eq!(xattr(&backing, STUB_XATTR), None);
     let out = migrate.join().unwrap();
     assert!(out.status.success(), "{}", show(&out));
@@ -1183,6 +1191,9 @@ fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool) {
     );
     let key = t.status("a.bin")["object_key"].to_string();
     assert_eq!(key.contains("packs/"), packed, "{key}");
+    if let Some(id) = id {
+        assert_eq!(t.status("a.bin")["file_id"], id);
+    }
     assert_bytes("a.bin", &fs::read(t.m("a.bin")).unwrap(), &fs_[0].1);
 }
 

@@ -813,8 +813,9 @@ impl Tiering {
         // (STUBBED), in one transaction: one row write per file instead of two. Straight
         // to the stub or not is decided once, with the copy (`policy.copies`): a reload
         // that raises it meanwhile counts from the next file on.
-        let direct = self.stubs_directly(stub);
-        let (rec, expect, copied) = self.copy_step(node, rel, &file, (stub, direct)).await?;
+        let (rec, expect, copied, direct) = self
+            .copy_step(node, rel, &file, (stub, self.stubs_directly(stub)))
+            .await?;
         if !stub {
             return Ok(Outcome::Copied);
         }
@@ -872,7 +873,7 @@ impl Tiering {
         rel: &Path,
         file: &File,
         (defer, direct): (bool, bool),
-    ) -> Result<(StubRecord, (u64, i64, i64), Vec<Transition>), StepError> {
+    ) -> Result<(StubRecord, (u64, i64, i64), Vec<Transition>, bool), StepError> {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
         let st_before = backing::stat_fd(file.as_fd())?;
@@ -1006,6 +1007,8 @@ impl Tiering {
             chunks: put.chunks.clone(),
             pack: None,
         };
+        // Straight to the stub only for a file that had no name of its own (invariant 2).
+        let direct = direct && new_id;
         if !self.set_copy_record(node, file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (the copy is discarded)".to_string();
             self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
@@ -1034,11 +1037,11 @@ impl Tiering {
         let now = (row.size, row.mtime_ns, row.ctime_ns);
         let items = vec![copied, (row, EventKind::Verified, detail)];
         if defer {
-            return Ok((rec, now, items));
+            return Ok((rec, now, items, direct));
         }
         // Lazy: the run's end makes its records durable with one fsync (`run_policy`).
         self.catalog.transition_batch_with(&items, false)?;
-        Ok((rec, now, Vec::new()))
+        Ok((rec, now, Vec::new(), direct))
     }
 
     /// A multipart object's own checksum is a composite: the whole-object one is kept
@@ -1098,11 +1101,13 @@ impl Tiering {
         Ok((id, new_id, row))
     }
 
-    /// Whether a copy just made goes straight to its stub, with no copy record written in
-    /// between: the run stubs (`stub`) and no replica must hold a copy first (a file that
-    /// waits for one stays premigrated, which only a copy record says). The stub record
-    /// then is the file's first record: one xattr write instead of four (the id, the
-    /// copy record, which does not fit in a small inode and takes a block, then the
+    /// Whether a copy just made may go straight to its stub, with no copy record written
+    /// in between: the run stubs (`stub`) and no replica must hold a copy first (a file
+    /// that waits for one stays premigrated, which only a copy record says). The callers
+    /// add: the file had no id of its own (a new one): a file with an id keeps a name at
+    /// every step (invariant 2), and its id may go only while a copy record names it. The
+    /// stub record then is the file's first record: one xattr write instead of four (the
+    /// id, the copy record, which does not fit in a small inode and takes a block, then the
     /// removal of both), and a crash before it leaves the file as it was, its upload given
     /// up at the next start (docs/architecture.md, "Migrate, in crash-safe order", step 3).
     pub(super) fn stubs_directly(&self, stub: bool) -> bool {

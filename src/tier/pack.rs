@@ -685,7 +685,8 @@ impl Tiering {
                 "offset": offset,
             }),
         );
-        let direct = self.stubs_directly(stub);
+        // Straight to the stub only for a file that had no name of its own (invariant 2).
+        let direct = self.stubs_directly(stub) && new_id;
         if !self.set_copy_record(node, &file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (its bytes in the pack are not used)"
                 .to_string();
