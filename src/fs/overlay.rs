@@ -358,7 +358,8 @@ pub fn seek_in_layout(extents: &[(u64, u64)], size: u64, off: u64, whence: i32) 
     }
 }
 
-fn is_private_xattr(name: &[u8]) -> bool {
+/// Whether `name` is one of coldtier's own xattrs (`trusted.coldtier.*`).
+pub(crate) fn is_private_xattr(name: &[u8]) -> bool {
     name.starts_with(PRIVATE_XATTR_PREFIX)
 }
 

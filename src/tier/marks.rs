@@ -36,7 +36,7 @@ pub fn may_have_marks(fd: BorrowedFd<'_>) -> bool {
     match backing::listxattr_fd(fd, &mut names) {
         Ok(n) => names[..n]
             .split(|b| *b == 0)
-            .any(|name| name.starts_with(crate::fs::overlay::PRIVATE_XATTR_PREFIX)),
+            .any(crate::fs::overlay::is_private_xattr),
         Err(_) => true,
     }
 }

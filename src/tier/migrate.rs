@@ -813,9 +813,7 @@ impl Tiering {
         // (STUBBED), in one transaction: one row write per file instead of two. Straight
         // to the stub or not is decided once, with the copy (`policy.copies`): a reload
         // that raises it meanwhile counts from the next file on.
-        let (rec, expect, copied, direct) = self
-            .copy_step(node, rel, &file, (stub, self.stubs_directly(stub)))
-            .await?;
+        let (rec, expect, copied, direct) = self.copy_step(node, rel, &file, stub).await?;
         if !stub {
             return Ok(Outcome::Copied);
         }
@@ -872,7 +870,7 @@ impl Tiering {
         node: u64,
         rel: &Path,
         file: &File,
-        (defer, direct): (bool, bool),
+        defer: bool,
     ) -> Result<(StubRecord, (u64, i64, i64), Vec<Transition>, bool), StepError> {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
@@ -1007,8 +1005,7 @@ impl Tiering {
             chunks: put.chunks.clone(),
             pack: None,
         };
-        // Straight to the stub only for a file that had no name of its own (invariant 2).
-        let direct = direct && new_id;
+        let direct = self.stubs_directly(defer, new_id);
         if !self.set_copy_record(node, file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (the copy is discarded)".to_string();
             self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
@@ -1101,17 +1098,17 @@ impl Tiering {
         Ok((id, new_id, row))
     }
 
-    /// Whether a copy just made may go straight to its stub, with no copy record written
-    /// in between: the run stubs (`stub`) and no replica must hold a copy first (a file
-    /// that waits for one stays premigrated, which only a copy record says). The callers
-    /// add: the file had no id of its own (a new one): a file with an id keeps a name at
-    /// every step (invariant 2), and its id may go only while a copy record names it. The
+    /// Whether a copy just made goes straight to its stub, with no copy record written in
+    /// between (decided once, with the copy): the run stubs (`stub`), no replica must hold
+    /// a copy first (a file that waits for one stays premigrated, which only a copy record
+    /// says), and the file had no id of its own (`new_id`: a file with an id keeps a name at
+    /// every step, invariant 2, and its id may go only while a copy record names it). The
     /// stub record then is the file's first record: one xattr write instead of four (the
     /// id, the copy record, which does not fit in a small inode and takes a block, then the
     /// removal of both), and a crash before it leaves the file as it was, its upload given
     /// up at the next start (docs/architecture.md, "Migrate, in crash-safe order", step 3).
-    pub(super) fn stubs_directly(&self, stub: bool) -> bool {
-        stub && self.settings().policy.copies <= 1
+    pub(super) fn stubs_directly(&self, stub: bool, new_id: bool) -> bool {
+        stub && new_id && self.settings().policy.copies <= 1
     }
 
     /// Under the file's gate: if it is as it was when copied (`st0`), not open for

@@ -471,7 +471,7 @@ impl Tiering {
         }))
     }
 
-    /// Uploads the pack in `tmp` and its index, proves both, records the pack.
+    /// Uploads the pack (`body`, `size` bytes) and its index, proves both, records the pack.
     pub(super) async fn upload_pack(
         &self,
         body: &PutBody,
@@ -685,8 +685,7 @@ impl Tiering {
                 "offset": offset,
             }),
         );
-        // Straight to the stub only for a file that had no name of its own (invariant 2).
-        let direct = self.stubs_directly(stub) && new_id;
+        let direct = self.stubs_directly(stub, new_id);
         if !self.set_copy_record(node, &file, (&st0, new_id), &rec, direct)? {
             let msg = "changed while it was being copied (its bytes in the pack are not used)"
                 .to_string();
