@@ -35,9 +35,11 @@ The proxy answers requests under /__fault__/ itself (they are never forwarded):
                              "applied":  {"corrupt_request_body": n, "status": n, "hang": n,
                                           "corrupt_response_body": n, "delay": n,
                                           "stall_response": n},
-                             "log": [{"method", "path", "query", "range", "action",
-                                      "status", "rule"}, ...],   (the last 10,000 requests,
-                                      oldest first; "range": the Range header or null)
+                             "log": [{"method", "path", "query", "range", "payload",
+                                      "action", "status", "rule"}, ...],   (the last 10,000
+                                      requests, oldest first; "range": the Range header or
+                                      null; "payload": the x-amz-content-sha256 header or
+                                      null)
                              "rules": [RULE plus "matched" and "applied" counts, ...]}
     GET  /__fault__/rules   {"rules": [...]} (as in stats)
 
@@ -559,7 +561,9 @@ class Proxy:
         rng = ranges[0].strip() if ranges else None
         rule, index = st.choose(method, path, query, rng or "")
         action = rule.action if rule else "forward"
+        payload = head.get_all("x-amz-content-sha256")
         entry = {"method": method, "path": path, "query": query, "range": rng,
+                 "payload": payload[0].strip() if payload else None,
                  "action": action, "status": None, "rule": index}
         st.log.append(entry)
         shown = f"{method} {target}"

@@ -128,6 +128,59 @@ fn corrupt_upload_bodies_never_lead_to_a_stub() {
     }
 }
 
+/// Upload bodies are sent unsigned (`UNSIGNED-PAYLOAD`) to a loopback endpoint, the proxy
+/// here, and signed (their SHA-256 in `x-amz-content-sha256`) with `payload_signing =
+/// "always"`; single PUTs and multipart parts alike, and the copies are proven and stubbed
+/// either way (moto: by reading them back).
+#[test]
+fn upload_bodies_are_signed_only_where_the_wire_needs_it() {
+    for signing in ["auto", "always"] {
+        let fs_ = files(&[("a.bin", 70_000), ("big.bin", 11 << 20)]);
+        let (_moto, proxy, t) = proxied(&format!("signing-{signing}"), &fs_, |c| {
+            c.set("store", "payload_signing", &q(signing))
+                .set("store", "part_size", &q("5MiB"))
+        });
+        let v = t.migrate_ok(&["--mode", "stub"]);
+        assert_eq!(v["stubbed"], 2, "{v}");
+        let puts: Vec<(String, String)> = proxy.stats()["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // Object bodies: PutObject and UploadPart (not PutObjectTagging's few bytes).
+            .filter(|e| {
+                e["method"] == "PUT"
+                    && e["path"].as_str().unwrap().contains("/data/")
+                    && !e["query"].as_str().unwrap_or("").contains("tagging")
+            })
+            .map(|e| {
+                (
+                    format!("{}?{}", e["path"], e["query"]),
+                    e["payload"].as_str().unwrap_or("(none)").to_string(),
+                )
+            })
+            .collect();
+        let parts = puts
+            .iter()
+            .filter(|(p, _)| p.contains("partNumber="))
+            .count();
+        assert!(
+            parts >= 3 && puts.len() > parts,
+            "a single PUT and the parts of a multipart upload: {puts:?}"
+        );
+        for (what, payload) in &puts {
+            let signed = payload.len() == 64 && payload.bytes().all(|b| b.is_ascii_hexdigit());
+            match signing {
+                "auto" => assert_eq!(payload, "UNSIGNED-PAYLOAD", "{what}"),
+                _ => assert!(signed, "{what}: {payload}"),
+            }
+        }
+        for (rel, content) in &fs_ {
+            assert_eq!(t.state(rel), "stub", "{rel}");
+            assert_bytes(rel, &fs::read(t.m(rel)).unwrap(), content);
+        }
+    }
+}
+
 /// A download damaged on the way fails the recall with EIO and leaves the stub as it was;
 /// the next read, undamaged, recalls it byte-identical.
 #[test]

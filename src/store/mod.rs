@@ -1222,6 +1222,26 @@ impl StoreConfig {
     }
 }
 
+/// Whether an upload's body is signed (SigV4's payload hash, a SHA-256 of every byte sent)
+/// or sent as `UNSIGNED-PAYLOAD`. Either way the body carries our checksum in a signed
+/// header, and the copy is proven by that checksum (the server's check, or a read-back),
+/// never by the payload hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadSigning {
+    /// Signed where the body crosses a network that TLS does not protect: a plain `http://`
+    /// endpoint on another host, or any endpoint behind a proxy. Unsigned over `https://`
+    /// (TLS authenticates every byte) and to a loopback address (the bytes never leave the
+    /// host).
+    #[default]
+    Auto,
+    /// Always signed: a server that refuses `UNSIGNED-PAYLOAD`.
+    Always,
+    /// Never signed: a plain-http endpoint on a network the admin trusts; what guards the
+    /// body then is the checksum only, which catches damage, not a forger.
+    Never,
+}
+
 /// When the S3 client adds checksums to requests and checks them on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1249,6 +1269,8 @@ pub struct S3Config {
     pub storage_class: StorageClass,
     pub checksum: ChecksumAlgo,
     pub request_checksum: RequestChecksum,
+    /// Whether upload bodies are signed (`auto`: see [`PayloadSigning`]).
+    pub payload_signing: PayloadSigning,
     /// Also send Content-MD5 on each PUT and part (servers that ignore x-amz-checksum-*
     /// but check Content-MD5 then verify the upload; costs an MD5 pass).
     pub content_md5: bool,
@@ -1298,6 +1320,7 @@ impl Default for S3Config {
             storage_class: StorageClass::Standard,
             checksum: ChecksumAlgo::Crc32c,
             request_checksum: RequestChecksum::WhenSupported,
+            payload_signing: PayloadSigning::Auto,
             content_md5: false,
             sse: None,
             sse_kms_key_id: None,
@@ -1323,6 +1346,22 @@ pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 pub const MAX_PARTS: u64 = 10_000;
+
+/// Whether `endpoint` (lower case, `scheme://[user@]host[:port][/...]`) names a loopback
+/// address: `localhost`, 127.0.0.0/8 or ::1, as a literal.
+fn endpoint_is_loopback(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 impl S3Config {
     pub fn validate(&self) -> Result<(), StoreError> {
@@ -1379,6 +1418,27 @@ impl S3Config {
         self.stall_timeout()?;
         Ok(())
     }
+    /// Whether uploads sign their bodies ([`PayloadSigning`]); `proxy_in_env`: an
+    /// `http_proxy` or `all_proxy` is set, which the SDK's client honours.
+    pub fn signs_payload(&self, proxy_in_env: bool) -> bool {
+        match self.payload_signing {
+            PayloadSigning::Always => true,
+            PayloadSigning::Never => false,
+            PayloadSigning::Auto => match self.endpoint.as_deref() {
+                // AWS's own endpoints are https.
+                None => false,
+                Some(ep) => {
+                    let lower = ep.to_ascii_lowercase();
+                    if lower.starts_with("https://") {
+                        false
+                    } else {
+                        proxy_in_env || !endpoint_is_loopback(&lower)
+                    }
+                }
+            },
+        }
+    }
+
     pub fn first_byte_timeout(&self) -> Result<Duration, StoreError> {
         positive(&self.first_byte_timeout, "first_byte_timeout")
     }

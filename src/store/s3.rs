@@ -58,6 +58,8 @@ pub struct S3Store {
     /// PUTs proven by the answer, multipart answers not. Objects above `part_size` (up to
     /// 5 GiB) then go in one streamed PUT (`s3_stream`) instead of parts read back.
     learned: Arc<Learned>,
+    /// Whether upload bodies are signed (`S3Config::signs_payload`), decided once.
+    sign_payload: bool,
 }
 
 #[derive(Debug, Default)]
@@ -235,6 +237,7 @@ impl S3Store {
                 cfg.concurrency.max(1) * DOWNLOAD_RANGES_PER_STORE,
             )),
             learned: Arc::default(),
+            sign_payload: cfg.signs_payload(!super::quickack::QuickAckHttp::no_proxy_in_env()),
         })
     }
 
@@ -284,6 +287,12 @@ impl S3Store {
             .config_override(self.upload_config())
             .send()
             .await
+    }
+
+    /// Whether this store's uploads sign their bodies (`S3Config::signs_payload`).
+    #[doc(hidden)]
+    pub fn signs_payload(&self) -> bool {
+        self.sign_payload
     }
 
     /// GETs the lean path has served so far (None: it is off for this store).
@@ -404,9 +413,10 @@ impl S3Store {
         let b = b
             .customize()
             .config_override(s3::config::Builder::default().timeout_config(timeouts));
-        let b = match hashed.sha256_hex {
-            Some(h) => b.interceptor(super::s3_stream::SignedPayload(h)),
-            None => b,
+        let b = match (hashed.sha256_hex, self.sign_payload) {
+            (Some(h), _) => b.interceptor(super::s3_stream::SignedPayload(h)),
+            (None, true) => b,
+            (None, false) => b.disable_payload_signing(),
         };
         let out = b
             .send()
@@ -441,8 +451,9 @@ impl S3Store {
         });
         let want_md5 = self.cfg.content_md5;
         let s = src.clone();
+        let sign = self.sign_payload;
         let hashed =
-            blocking(move || super::s3_stream::hash_file(&s, size, algo, want_md5)).await?;
+            blocking(move || super::s3_stream::hash_file(&s, size, algo, want_md5, sign)).await?;
         self.send_streamed(
             req.key,
             &req.metadata,
@@ -674,6 +685,11 @@ impl S3Store {
                 let b = with_checksum!(b, algo, sum.base64());
                 let what = format!("UploadPart {full} #{number}");
                 let b = b.customize().config_override(self.upload_config());
+                let b = if self.sign_payload {
+                    b
+                } else {
+                    b.disable_payload_signing()
+                };
                 tasks.spawn(async move {
                     let _permit = permit;
                     let out = b.send().await.map_err(|e| map_err(&what, e))?;

@@ -37,22 +37,24 @@ const CHUNK: usize = 4 << 20;
 pub(super) struct Hashed {
     pub checksum: Checksum,
     /// Lower-case hex SHA-256 of the body: the signed payload hash (None: the SDK hashes
-    /// a body in memory itself).
+    /// a body in memory itself, or the body is not signed: `S3Config::signs_payload`).
     pub sha256_hex: Option<String>,
     pub md5: Option<String>,
     pub chunks: Option<ChunkSums>,
 }
 
-/// The first pass: reads `size` bytes of `src` in order and hashes them.
+/// The first pass: reads `size` bytes of `src` in order and hashes them (the SHA-256 of
+/// the body only if it is to be signed: `sign`).
 pub(super) fn hash_file(
     src: &Dest,
     size: u64,
     algo: ChecksumAlgo,
     want_md5: bool,
+    sign: bool,
 ) -> Result<Hashed, StoreError> {
     use sha2::Digest as _;
     let mut sum = Hasher::new(algo);
-    let mut sha = sha2::Sha256::new();
+    let mut sha = sign.then(sha2::Sha256::new);
     let mut md5 = want_md5.then(md5::Md5::new);
     let mut cs = ChunkSummer::new(size);
     let mut buf = vec![0u8; CHUNK.min(size as usize)];
@@ -62,7 +64,9 @@ pub(super) fn hash_file(
         let b = &mut buf[..n];
         read_mapped(&src.file, src.extents.as_ref(), b, off)?;
         sum.update(b);
-        sha.update(&*b);
+        if let Some(s) = sha.as_mut() {
+            s.update(&*b);
+        }
         if let Some(m) = md5.as_mut() {
             md5::Digest::update(m, &*b);
         }
@@ -71,7 +75,7 @@ pub(super) fn hash_file(
     }
     Ok(Hashed {
         checksum: sum.finalize(),
-        sha256_hex: Some(hex::encode(sha.finalize())),
+        sha256_hex: sha.map(|s| hex::encode(s.finalize())),
         md5: md5.map(|m| super::b64(&md5::Digest::finalize(m))),
         chunks: cs.finish(),
     })

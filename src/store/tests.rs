@@ -559,17 +559,26 @@ fn lean_get_signatures_pass_a_server_that_checks_them() {
 /// s3s-fs validates the checksum of a single PUT but reports none for a multipart object:
 /// the store check finds that out, and an object above the part size then goes in one
 /// streamed PUT whose answer proves it (before the check: parts, unproven). A file that
-/// changed between the hashing pass and the body is refused and leaves no object, whether
-/// the checksum or only the signed payload hash gives it away. A sparse file goes as its
-/// data extents, and comes back to them.
+/// changed between the hashing pass and the body is refused, whether the checksum or
+/// (signed bodies) only the payload hash gives it away. A sparse file goes
+/// as its data extents, and comes back to them. Both with bodies signed (`always`) and
+/// unsigned (`auto` on a loopback endpoint): s3s-fs checks the payload hash of a signed one.
 #[test]
 fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
     let root = tempfile::tempdir().unwrap();
     let server = super::testing::S3sServer::start(root.path()).unwrap_or_else(|e| panic!("{e}"));
-    server.create_bucket("one-put").unwrap();
+    for signing in [PayloadSigning::Always, PayloadSigning::Auto] {
+        one_streamed_put_on_s3s_fs(&server, signing);
+    }
+}
+
+fn one_streamed_put_on_s3s_fs(server: &super::testing::S3sServer, signing: PayloadSigning) {
+    let bucket = format!("one-put-{signing:?}").to_lowercase();
+    server.create_bucket(&bucket).unwrap();
     let cfg = S3Config {
+        payload_signing: signing,
         endpoint: Some(server.endpoint.clone()),
-        bucket: "one-put".into(),
+        bucket,
         prefix: "p".into(),
         path_style: true,
         access_key: Some(server.key_id.clone()),
@@ -582,6 +591,11 @@ fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
     let bytes = data(size, 11);
     runtime().block_on(async {
         let store = S3Store::new(&cfg).await.unwrap();
+        assert_eq!(
+            store.signs_payload(),
+            signing == PayloadSigning::Always,
+            "a loopback endpoint gets unsigned bodies unless told otherwise"
+        );
         let before = store
             .put(put_req("before", &bytes, ChecksumAlgo::Crc32c).unwrap())
             .await
@@ -658,15 +672,26 @@ fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
 
         // Changed between the passes: hashed as A, sent as B.
         let other = data(size, 12);
-        for (key, crc_of_b) in [("changed", false), ("changed-sha", true)] {
+        // Unsigned, the checksum is the only guard: a body changed to match the checksum
+        // sent (not a thing coldtier does) would pass.
+        let cases: &[(&str, bool)] = match signing {
+            PayloadSigning::Always => &[("changed", false), ("changed-sha", true)],
+            _ => &[("changed", false)],
+        };
+        for &(key, crc_of_b) in cases {
             let f = super::conformance::source(&bytes).unwrap();
             let src = Arc::new(Dest {
                 file: f.try_clone().unwrap(),
                 extents: None,
             });
-            let mut hashed =
-                super::s3_stream::hash_file(&src, size as u64, ChecksumAlgo::Crc32c, false)
-                    .unwrap();
+            let mut hashed = super::s3_stream::hash_file(
+                &src,
+                size as u64,
+                ChecksumAlgo::Crc32c,
+                false,
+                store.signs_payload(),
+            )
+            .unwrap();
             f.write_all_at(&other, 0).unwrap();
             if crc_of_b {
                 hashed.checksum = Checksum::of(ChecksumAlgo::Crc32c, &other);
@@ -684,8 +709,15 @@ fn s3s_fs_large_objects_go_in_one_streamed_put_its_answer_proves() {
                 .await
                 .unwrap_err();
             eprintln!("{key}: {e}");
-            let gone = store.head(key, None).await.unwrap_err();
-            assert_eq!(gone.kind, StoreErrorKind::NotFound, "{key}: {gone}");
+            if store.signs_payload() {
+                // The payload hash is checked as the body arrives: nothing is stored.
+                let gone = store.head(key, None).await.unwrap_err();
+                assert_eq!(gone.kind, StoreErrorKind::NotFound, "{key}: {gone}");
+            } else {
+                // The checksum is checked at the end: s3s-fs refuses the PUT and keeps the
+                // body (docs/store.md), which a failed upload leaves to gc as any.
+                assert!(e.to_string().contains("checksum"), "{key}: {e}");
+            }
         }
     });
 }
@@ -813,6 +845,62 @@ fn keys_stay_inside() {
     validate_prefix("a/b").unwrap();
     assert!(validate_prefix("/").is_err());
     assert!(validate_prefix("../").is_err());
+}
+
+/// Upload bodies are signed where the wire is unprotected: plain http to another host, or
+/// through a proxy; not over https (TLS) or to a loopback address. `always` and `never` say
+/// so whatever the endpoint; a bad value is refused by name.
+#[test]
+fn payload_signing_follows_the_wire() {
+    let cfg = |signing: &str, endpoint: Option<&str>| {
+        let ep = endpoint.map_or(String::new(), |e| format!("endpoint = \"{e}\"\n"));
+        let c: S3Config = toml::from_str(&format!(
+            "bucket = \"b\"\n{ep}payload_signing = \"{signing}\"\n"
+        ))
+        .unwrap();
+        c
+    };
+    for (endpoint, signed) in [
+        (None, false),
+        (Some("https://s3.example.com"), false),
+        (Some("HTTPS://10.0.0.5:9000"), false),
+        (Some("http://127.0.0.1:9000"), false),
+        (Some("http://127.9.0.1"), false),
+        (Some("http://localhost:9000/"), false),
+        (Some("http://[::1]:9000"), false),
+        (Some("http://user@127.0.0.1:9000"), false),
+        (Some("http://10.0.0.5:9000"), true),
+        (Some("http://s3.lan"), true),
+        (Some("http://localhost.example.com:9000"), true),
+        (Some("http://127.0.0.1.example.com"), true),
+        (Some("http://[::2]:9000"), true),
+        (Some("http://127.0.0.1@evil.example.com"), true),
+    ] {
+        assert_eq!(
+            cfg("auto", endpoint).signs_payload(false),
+            signed,
+            "{endpoint:?}"
+        );
+        // Through a proxy, plain http is signed whatever the host; https is TLS inside.
+        let https = endpoint.is_none_or(|e| e.to_lowercase().starts_with("https"));
+        assert_eq!(
+            cfg("auto", endpoint).signs_payload(true),
+            !https,
+            "{endpoint:?}"
+        );
+        for proxy in [false, true] {
+            assert!(cfg("always", endpoint).signs_payload(proxy), "{endpoint:?}");
+            assert!(!cfg("never", endpoint).signs_payload(proxy), "{endpoint:?}");
+        }
+    }
+    assert_eq!(S3Config::default().payload_signing, PayloadSigning::Auto);
+    let e = toml::from_str::<S3Config>("bucket = \"b\"\npayload_signing = \"sometimes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sometimes") || e.contains("payload_signing"),
+        "{e}"
+    );
 }
 
 #[test]
