@@ -502,6 +502,13 @@ pub fn truncate_path_fd(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     cvt(unsafe { libc::truncate(p.as_cstr().as_ptr(), size as libc::off_t) }).map(drop)
 }
 
+/// Asks the kernel to start reading the whole file into the page cache (a hint: its
+/// failure changes nothing, so it is not reported).
+pub fn will_need(fd: BorrowedFd<'_>) {
+    // SAFETY: plain syscall on a valid fd.
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+}
+
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a valid fd.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)

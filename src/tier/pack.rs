@@ -20,10 +20,10 @@
 //! it); after it, each member is resident, premigrated or a stub, each readable. gc
 //! deletes a pack (and its index) once no file names it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -256,6 +256,44 @@ impl TarWriter {
     }
 }
 
+/// Members opened ahead of their reading, each with a hint to the kernel to read it in
+/// ([`backing::will_need`]): the disk then has many reads at once, where a member read
+/// after another waits for each. 2,000 cold files of 64 KiB on this project's test VM:
+/// 0.09-0.12 s read with hints 32 files ahead, 0.28-0.38 s one after another
+/// (docs/benchmarks.md, "Members read ahead").
+struct ReadAhead {
+    rels: std::vec::IntoIter<PathBuf>,
+    opened: VecDeque<Result<File, StepError>>,
+}
+
+/// How many members are opened and hinted ahead of the one being read.
+const READ_AHEAD: usize = 32;
+
+impl ReadAhead {
+    fn new(rels: impl Iterator<Item = PathBuf>) -> ReadAhead {
+        ReadAhead {
+            rels: rels.collect::<Vec<_>>().into_iter(),
+            opened: VecDeque::with_capacity(READ_AHEAD + 1),
+        }
+    }
+
+    /// The next member, opened (an open is as of now or up to `READ_AHEAD` members ago:
+    /// what the reading then checks is the file that fd is).
+    fn next(&mut self, t: &Tiering) -> Result<File, StepError> {
+        while self.opened.len() <= READ_AHEAD {
+            let Some(rel) = self.rels.next() else { break };
+            let f = t.open_to_copy(&rel);
+            if let Ok(f) = &f {
+                backing::will_need(f.as_fd());
+            }
+            self.opened.push_back(f);
+        }
+        self.opened
+            .pop_front()
+            .expect("one member opened per member read")
+    }
+}
+
 /// A file read into a pack, waiting for the pack to be proven.
 struct Member {
     facts: FileFacts,
@@ -342,8 +380,10 @@ impl Tiering {
             }
         };
         let mut members = Vec::with_capacity(items.len());
+        let mut ahead = ReadAhead::new(items.iter().map(|(f, _)| f.rel_path.clone()));
         for (facts, plan) in items {
-            match self.read_member(&facts.rel_path, &mut tar, algo) {
+            let file = ahead.next(self);
+            match self.read_member(file, &facts.rel_path, &mut tar, algo) {
                 Ok(Some(d)) => members.push(Member { facts, plan, d }),
                 Ok(None) => done.push((facts, plan, Ok(Outcome::Skipped))),
                 Err(e) => done.push((facts, plan, Err(e))),
@@ -418,14 +458,15 @@ impl Tiering {
         })
     }
 
-    /// Opens `rel` and, if it can be packed, appends it to `tar`.
+    /// Appends `rel` (opened: `file`) to `tar` if it can be packed.
     fn read_member(
         &self,
+        file: Result<File, StepError>,
         rel: &Path,
         tar: &mut TarWriter,
         algo: ChecksumAlgo,
     ) -> Result<Option<Data>, StepError> {
-        let file = self.open_to_copy(rel)?;
+        let file = file?;
         let st0 = backing::stat_fd(file.as_fd())?;
         // Grown past the largest member since the scan: it gets an object of its own
         // at the next run (a pack is built in memory, and a member is never split).
