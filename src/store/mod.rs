@@ -1230,9 +1230,9 @@ impl StoreConfig {
 #[serde(rename_all = "snake_case")]
 pub enum PayloadSigning {
     /// Signed where the body crosses a network that TLS does not protect: a plain `http://`
-    /// endpoint on another host, or any endpoint behind a proxy. Unsigned over `https://`
-    /// (TLS authenticates every byte) and to a loopback address (the bytes never leave the
-    /// host).
+    /// endpoint on another host, or a plain-http one reached through a proxy. Unsigned over
+    /// `https://` (TLS authenticates every byte, through a proxy too) and to a loopback
+    /// address without a proxy (the bytes never leave the host).
     #[default]
     Auto,
     /// Always signed: a server that refuses `UNSIGNED-PAYLOAD`.
