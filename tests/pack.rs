@@ -716,6 +716,7 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
         ("big.bin", 2 << 20),
     ]);
     for fp in [
+        "pack-after-first-member",
         "pack-after-intent",
         "pack-after-put",
         "pack-after-index",
@@ -767,6 +768,81 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
         assert_all_read_back(&t, &fs_);
         assert_bucket_holds_what_is_named(&mut t, &fs_, fp);
     }
+}
+
+/// A pack opens its members ahead of reading them. Paused after its first member, with the
+/// others open: one member deleted and one replaced (a new file renamed over it) through
+/// the mount, one rewritten in place. Whichever was read first, nothing is lost: the
+/// deleted one stays gone, the replaced path keeps its new bytes and stays resident, the
+/// rewritten one is packed with its new bytes or left resident, and every other member is
+/// stubbed and reads back byte-identical.
+#[test]
+fn members_changed_after_their_pack_opened_them_lose_nothing() {
+    let moto = start_moto();
+    let spec: Vec<(String, usize)> = (0..20)
+        .map(|i| (format!("r/f{i:02}"), 20_000 + i))
+        .collect();
+    let refs: Vec<(&str, usize)> = spec.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let fs_ = files(&refs);
+    let mut t = TierMount::new(&moto, "pk-race", &fs_, |c| {
+        c.set("pack", "enabled", "true")
+            .set("mount", "restart_on_crash", "false")
+    });
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, "pack-after-first-member:pause=3000")]);
+    let args = vec![
+        "migrate".to_string(),
+        t.mnt_str(),
+        "--mode".to_string(),
+        "stub".to_string(),
+    ];
+    let bin = common::bin();
+    let migrate = std::thread::spawn(move || Command::new(bin).args(&args).output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !t.daemon_log_tail().contains("pausing") {
+        assert!(
+            Instant::now() < deadline,
+            "the run never paused\n{}",
+            t.daemon_log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (gone, replaced, rewritten) = ("r/f03", "r/f07", "r/f11");
+    fs::remove_file(t.m(gone)).unwrap();
+    let new_bytes = vec![b'n'; 12_345];
+    fs::write(t.m("r/new.tmp"), &new_bytes).unwrap();
+    fs::rename(t.m("r/new.tmp"), t.m(replaced)).unwrap();
+    let rewritten_bytes = vec![b'w'; 20_011];
+    fs::write(t.m(rewritten), &rewritten_bytes).unwrap();
+    let out = migrate.join().unwrap();
+    assert!(
+        t.daemon_log_tail().contains("pack-after-first-member"),
+        "{}",
+        t.daemon_log_tail()
+    );
+    eprintln!("{}", show(&out));
+    assert!(!t.m(gone).exists(), "{gone} came back");
+    assert_eq!(t.state(replaced), "resident", "{replaced}");
+    assert_bytes(replaced, &read_ok(&t.m(replaced)), &new_bytes);
+    assert_bytes(rewritten, &read_ok(&t.m(rewritten)), &rewritten_bytes);
+    for (rel, body) in &fs_ {
+        if [gone, replaced, rewritten].contains(&rel.as_str()) {
+            continue;
+        }
+        assert_eq!(t.state(rel), "stub", "{rel}\n{}", show(&out));
+        assert_bytes(rel, &read_ok(&t.m(rel)), body);
+    }
+    // What the catalog says agrees with the files, and a second run leaves nothing behind.
+    let (code, v) = t.verify(false);
+    assert_eq!(code, 0, "verify: {v}");
+    t.umount();
+    t.mount_with_env(&[]);
+    t.migrate_ok(&["--mode", "stub"]);
+    for rel in [replaced, rewritten] {
+        assert_eq!(t.state(rel), "stub", "{rel} at the second run");
+    }
+    assert_bytes(replaced, &read_ok(&t.m(replaced)), &new_bytes);
+    assert_bytes(rewritten, &read_ok(&t.m(rewritten)), &rewritten_bytes);
 }
 
 /// Members read in pack order through the mount: each read past the end of the span the

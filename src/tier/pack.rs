@@ -381,12 +381,16 @@ impl Tiering {
         };
         let mut members = Vec::with_capacity(items.len());
         let mut ahead = ReadAhead::new(items.iter().map(|(f, _)| f.rel_path.clone()));
-        for (facts, plan) in items {
+        for (i, (facts, plan)) in items.into_iter().enumerate() {
             let file = ahead.next(self);
             match self.read_member(file, &facts.rel_path, &mut tar, algo) {
                 Ok(Some(d)) => members.push(Member { facts, plan, d }),
                 Ok(None) => done.push((facts, plan, Ok(Outcome::Skipped))),
                 Err(e) => done.push((facts, plan, Err(e))),
+            }
+            if i == 0 {
+                // The next members are open already (`ReadAhead`), not yet read.
+                self.failpoint("pack-after-first-member");
             }
         }
         if members.is_empty() {
