@@ -789,24 +789,7 @@ fn members_changed_after_their_pack_opened_them_lose_nothing() {
             .set("mount", "restart_on_crash", "false")
     });
     t.umount();
-    t.mount_with_env(&[(FAILPOINT_ENV, "pack-after-first-member:pause=3000")]);
-    let args = vec![
-        "migrate".to_string(),
-        t.mnt_str(),
-        "--mode".to_string(),
-        "stub".to_string(),
-    ];
-    let bin = common::bin();
-    let migrate = std::thread::spawn(move || Command::new(bin).args(&args).output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !t.daemon_log_tail().contains("pausing") {
-        assert!(
-            Instant::now() < deadline,
-            "the run never paused\n{}",
-            t.daemon_log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let migrate = t.stub_run_paused_at("pack-after-first-member:pause=3000");
     let (gone, replaced, rewritten) = ("r/f03", "r/f07", "r/f11");
     fs::remove_file(t.m(gone)).unwrap();
     let new_bytes = vec![b'n'; 12_345];

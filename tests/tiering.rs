@@ -1081,38 +1081,6 @@ fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
 /// A pin that lands while the file's copy is in flight holds: a file already tracked is
 /// copied but never stubbed, a new file's copy is discarded (the pin gave it its id), and
 /// the copy's records never undo the pin.
-/// Mounts `t` again with the failpoint `fp` (a pause) armed and starts `coldtier migrate
-/// --mode stub` on it; returns once the daemon pauses there, with the run's thread.
-fn stub_run_paused_at(
-    t: &mut TierMount,
-    fp: &str,
-) -> std::thread::JoinHandle<std::process::Output> {
-    t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
-    let args = vec![
-        "migrate".to_string(),
-        t.mnt_str(),
-        "--mode".to_string(),
-        "stub".to_string(),
-    ];
-    let bin = common::bin();
-    let migrate = std::thread::spawn(move || {
-        std::process::Command::new(bin)
-            .args(&args)
-            .output()
-            .unwrap()
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !t.daemon_log_tail().contains("pausing") {
-        assert!(
-            Instant::now() < deadline,
-            "the run never paused at {fp}\n{}",
-            t.daemon_log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    migrate
-}
-
 #[test]
 fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
     let moto = start_moto();
@@ -1122,7 +1090,7 @@ fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
     t.ok(&["pin", t.ms("known.bin").as_str()]);
     t.ok(&["unpin", t.ms("known.bin").as_str()]);
     t.umount();
-    let migrate = stub_run_paused_at(&mut t, "migrate-after-put:pause=3000");
+    let migrate = t.stub_run_paused_at("migrate-after-put:pause=3000");
     t.ok(&["pin", t.ms("known.bin").as_str(), t.ms("new.bin").as_str()]);
     let out = migrate.join().unwrap();
     for (rel, data) in &fs_ {
@@ -1171,7 +1139,7 @@ fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool, tracked: bool) {
         t.status("a.bin")["file_id"].clone()
     });
     t.umount();
-    let migrate = stub_run_paused_at(&mut t, "migrate-before-stub:pause=2000");
+    let migrate = t.stub_run_paused_at("migrate-before-stub:pause=2000");
     // Copied and proven, about to be stubbed: a new file is as it was; a tracked one has
     // its copy record beside its id.
     let backing = t.s("a.bin");

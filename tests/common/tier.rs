@@ -507,6 +507,31 @@ impl TierMount {
         );
     }
 
+    /// Mounts with failpoint `fp` (e.g. `"migrate-after-put:pause=3000"`), starts a stub
+    /// run in a thread and returns once the daemon says it is pausing there; the run's
+    /// output comes from joining the thread.
+    pub fn stub_run_paused_at(&mut self, fp: &str) -> std::thread::JoinHandle<Output> {
+        self.mount_with_env(&[(FAILPOINT_ENV, fp)]);
+        let args = vec![
+            "migrate".to_string(),
+            self.mnt_str(),
+            "--mode".to_string(),
+            "stub".to_string(),
+        ];
+        let bin = bin();
+        let migrate = std::thread::spawn(move || Command::new(bin).args(&args).output().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.daemon_log_tail().contains("pausing") {
+            assert!(
+                Instant::now() < deadline,
+                "the run never paused at {fp}\n{}",
+                self.daemon_log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        migrate
+    }
+
     /// `coldtier mount` with these variables and extra arguments (e.g. `--paused`); the
     /// outcome, whatever it is.
     pub fn try_mount(&mut self, env: &[(&str, &str)], args: &[&str]) -> Output {
