@@ -1006,19 +1006,14 @@ impl Tiering {
             pack: None,
         };
         let direct = self.stubs_directly(defer, new_id);
-        if !self.set_copy_record(node, file, (&st0, new_id), &rec, direct)? {
+        let Some(ctime) = self.set_copy_record(node, file, (&st0, new_id), &rec, direct)? else {
             let msg = "changed while it was being copied (the copy is discarded)".to_string();
             self.failed_event(&row, &msg, Some((&key, put.version_id.as_deref())));
             return Err(StepError::new(libc::EAGAIN, msg));
-        }
+        };
         self.tag_whole_checksum(&key, &put).await;
         fill_from_record(&mut row, &rec);
-        // The times the stub step expects: the copy's (straight to the stub), or the
-        // file's after its copy record.
-        row.ctime_ns = match direct {
-            true => ns_of(st0.ctime),
-            false => ns_of(backing::stat_fd(file.as_fd())?.ctime),
-        };
+        row.ctime_ns = ctime;
         let detail = json!({
             "object_key": key,
             "version_id": put.version_id,
@@ -1114,7 +1109,8 @@ impl Tiering {
     /// Under the file's gate: if it is as it was when copied (`st0`), not open for
     /// writing, and (`new_id`) no pin gave it an id meanwhile, gives it `rec`'s id and
     /// `rec` as its copy record (unless `direct`: [`Tiering::stubs_directly`], the checks
-    /// alone). False (nothing written): the copy is not the file's.
+    /// alone). Its ctime after that, which the stub step expects (the copy's when nothing
+    /// was written); None (nothing written): the copy is not the file's.
     pub(super) fn set_copy_record(
         &self,
         node: u64,
@@ -1122,23 +1118,23 @@ impl Tiering {
         (st0, new_id): (&Stat, bool),
         rec: &StubRecord,
         direct: bool,
-    ) -> Result<bool, StepError> {
+    ) -> Result<Option<i64>, StepError> {
         let held = self.gate.lock(node);
         let st1 = backing::stat_fd(file.as_fd())?;
         // A pin meanwhile may have given a new file its id: ours names the object.
         let id_taken = new_id && marks::file_id(file.as_fd())?.is_some();
         if !unchanged(st0, &st1) || held.opens().writers > 0 || id_taken {
-            return Ok(false);
+            return Ok(None);
         }
         if direct {
-            return Ok(true);
+            return Ok(Some(ns_of(st1.ctime)));
         }
         if new_id {
             marks::set_file_id(file.as_fd(), &rec.file_id)?;
         }
         marks::set_record(file.as_fd(), marks::COPY, rec)?;
         self.reset_mark(node);
-        Ok(true)
+        Ok(Some(ns_of(backing::stat_fd(file.as_fd())?.ctime)))
     }
 
     /// The storage class uploads get (`store.storage_class`, else STANDARD).

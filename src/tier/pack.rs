@@ -731,17 +731,14 @@ impl Tiering {
             }),
         );
         let direct = self.stubs_directly(stub, new_id);
-        if !self.set_copy_record(node, &file, (&st0, new_id), &rec, direct)? {
+        let Some(ctime) = self.set_copy_record(node, &file, (&st0, new_id), &rec, direct)? else {
             let msg = "changed while it was being copied (its bytes in the pack are not used)"
                 .to_string();
             self.failed_event(&row, &msg, Some((&p.key, p.version_id.as_deref())));
             return Err(StepError::new(libc::EAGAIN, msg));
-        }
-        fill_from_record(&mut row, &rec);
-        row.ctime_ns = match direct {
-            true => ns_of(st0.ctime),
-            false => ns_of(backing::stat_fd(file.as_fd())?.ctime),
         };
+        fill_from_record(&mut row, &rec);
+        row.ctime_ns = ctime;
         row.state = crate::tier::state::transition(row.state, row.pinned, Action::CopyVerified)
             .ok()
             .and_then(|t| t.next)
