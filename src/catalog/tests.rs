@@ -441,6 +441,66 @@ fn transition_is_atomic_when_the_event_insert_fails() {
     assert_eq!(cat.verify_chain().unwrap(), 2);
 }
 
+/// A batch of [`OWN_TRANSACTION`] transitions or more does not join the open transaction
+/// (where it would run in a savepoint): it commits that one first and is the first of its
+/// own. A smaller batch joins. The open transaction is held open by a writer counted as
+/// waiting (so that its write does not commit), as while other threads queue.
+#[test]
+fn a_large_batch_starts_its_own_transaction() {
+    let (_dir, path) = temp();
+    let cat = Arc::new(Catalog::open(&path).unwrap());
+    let batch = |from: u32, n: u32| -> Vec<_> {
+        (from..from + n)
+            .map(|n| (file(n, FileState::Resident), EventKind::Scanned, json!({})))
+            .collect()
+    };
+    // Opens a transaction with one write in it, left open; `then` runs while it is.
+    let with_one_open = |first: u32, then: &dyn Fn()| {
+        let before = cat.ended();
+        cat.waiting.fetch_add(1, Ordering::SeqCst);
+        let c = Arc::clone(&cat);
+        let t = std::thread::spawn(move || {
+            c.transition(
+                &file(first, FileState::Resident),
+                EventKind::Scanned,
+                json!({}),
+            )
+            .unwrap();
+        });
+        loop {
+            {
+                let w = cat.writer.lock();
+                if w.open && w.members == 1 {
+                    break;
+                }
+            }
+            std::thread::yield_now();
+        }
+        cat.waiting.fetch_sub(1, Ordering::SeqCst);
+        then();
+        t.join().unwrap();
+        cat.ended() - before
+    };
+    let small = batch(100, OWN_TRANSACTION as u32 - 1);
+    let commits = with_one_open(1, &|| {
+        cat.transition_batch_with(&small, false).unwrap();
+    });
+    assert_eq!(commits, 1, "a small batch joins the open transaction");
+    let large = batch(200, OWN_TRANSACTION as u32);
+    let commits = with_one_open(2, &|| {
+        cat.transition_batch_with(&large, true).unwrap();
+    });
+    assert_eq!(
+        commits, 2,
+        "a large batch commits the open transaction and then its own"
+    );
+    let n = 2 + 2 * OWN_TRANSACTION as i64 - 1;
+    assert_eq!(event_count(&path), n);
+    assert_eq!(cat.verify_chain().unwrap(), n as u64);
+    assert!(cat.file_by_id("id-00000001").unwrap().is_some());
+    assert!(cat.file_by_id("id-00000231").unwrap().is_some());
+}
+
 #[test]
 fn transition_batch_is_all_or_nothing() {
     let (_dir, path) = temp();

@@ -266,6 +266,14 @@ struct ReadAhead {
     opened: VecDeque<Result<File, StepError>>,
 }
 
+/// How many members of a proven pack are finished (copy record, stub) at once. A member's
+/// stub waits on the disk (its record synced before its data is freed: an inode write, a
+/// cache flush and, on a filesystem mounted `discard`, a discard), and one member after
+/// another left a CPU idle for the last third of a packed migrate; 4 at once took it from
+/// 0.667 to 0.621 s (2,000 files of 64 KiB on this project's test VM, means of six; 2 at
+/// once 0.624 s, 8 0.604 s against 0.600 s for 4: docs/benchmarks.md).
+const MEMBER_FINISHERS: usize = 4;
+
 /// How many members are opened and hinted ahead of the one being read.
 const READ_AHEAD: usize = 32;
 
@@ -424,23 +432,41 @@ impl Tiering {
                 return done;
             }
         };
-        // The members' records are written together, in transactions of up to 256
-        // members, and all before the intent ends: until then a crash is put right from
-        // the pack's index (`resolve_pack_upload`).
+        // The members are finished [`MEMBER_FINISHERS`] at once. Their records are
+        // written together, in transactions of up to 256 members, and all before the
+        // intent ends: until then a crash is put right from the pack's index
+        // (`resolve_pack_upload`).
         let owed = super::record::Owed::default();
-        for m in members {
+        let finishers = MEMBER_FINISHERS.min(members.len());
+        let queue = parking_lot::Mutex::new(members.into_iter());
+        let finished = parking_lot::Mutex::new(std::mem::take(&mut done));
+        let finisher = || loop {
+            let Some(m) = queue.lock().next() else {
+                break;
+            };
             let (facts, plan) = (m.facts.clone(), m.plan);
-            let r = self.finish_member(m, &proven, stub).await.map(|(o, rec)| {
-                if let Some((row, change)) = rec {
-                    self.owe(&owed, row, change);
-                }
-                o
-            });
-            done.push((facts, plan, r));
+            let r = self
+                .rt
+                .block_on(self.finish_member(m, &proven, stub))
+                .map(|(o, rec)| {
+                    if let Some((row, change)) = rec {
+                        self.owe(&owed, row, change);
+                    }
+                    o
+                });
+            finished.lock().push((facts, plan, r));
             if owed.lock().len() >= 256 {
                 self.record_owed(&owed);
             }
-        }
+        };
+        // On threads of their own: this one runs the pack's future (`block_on`) and
+        // cannot run another inside it.
+        std::thread::scope(|s| {
+            for _ in 0..finishers {
+                s.spawn(finisher);
+            }
+        });
+        let done = finished.into_inner();
         self.failpoint("pack-before-records");
         self.record_owed(&owed);
         // Every member recorded (lazily: the run's end syncs): the intent ends with them.
