@@ -881,6 +881,18 @@ pub struct Checksum {
 }
 
 impl Checksum {
+    /// [`Checksum::of`] `data`, given its CRC32C `crc` (already computed on the way, by
+    /// [`chunks::ChunkSummer::update_crc`]): no second pass over the bytes for CRC32C.
+    pub fn of_crc32c_or(algo: ChecksumAlgo, crc: u32, data: &[u8]) -> Self {
+        match algo {
+            ChecksumAlgo::Crc32c => Checksum {
+                algo,
+                value: crc.to_be_bytes().to_vec(),
+            },
+            _ => Checksum::of(algo, data),
+        }
+    }
+
     pub fn of(algo: ChecksumAlgo, data: &[u8]) -> Self {
         let mut h = Hasher::new(algo);
         h.update(data);

@@ -361,9 +361,9 @@ impl S3Store {
                 }
             };
             let mut cs = super::chunks::ChunkSummer::new(size);
-            cs.update(&data);
+            let crc = cs.update_crc(&data);
             let hashed = super::s3_stream::Hashed {
-                checksum: Checksum::of(algo, &data),
+                checksum: Checksum::of_crc32c_or(algo, crc, &data),
                 // The SDK hashes a body in memory itself.
                 sha256_hex: None,
                 md5: want_md5.then(|| content_md5(&data)),
@@ -659,10 +659,11 @@ impl S3Store {
                     if let Some(h) = fh.as_mut() {
                         h.update(&v);
                     }
-                    if let Some(c) = cs.as_mut() {
-                        c.update(&v);
-                    }
-                    let sum = Checksum::of(algo, &v);
+                    let crc = cs.as_mut().map(|c| c.update_crc(&v));
+                    let sum = match crc {
+                        Some(crc) => Checksum::of_crc32c_or(algo, crc, &v),
+                        None => Checksum::of(algo, &v),
+                    };
                     let md5 = want_md5.then(|| content_md5(&v));
                     Ok((Bytes::from(v), sum, md5, fh, cs))
                 })
