@@ -519,6 +519,44 @@ fn transition_batch_is_all_or_nothing() {
     assert_eq!(cat.transition_batch(&[]).unwrap(), 4..4);
 }
 
+/// A batch's events go in by statements of [`EVENTS_PER_INSERT`] rows (and the rest one
+/// by one): a row refused inside one of them undoes the whole batch, files and events,
+/// and the chain goes on from where it was.
+#[test]
+fn a_batch_whose_event_insert_fails_in_a_multi_row_statement_leaves_nothing() {
+    let (_dir, path) = temp();
+    let cat = Catalog::open(&path).unwrap();
+    let n = 2 * EVENTS_PER_INSERT as u32 + 5;
+    let mut items: Vec<_> = (1..=n)
+        .map(|n| (file(n, FileState::Resident), EventKind::Scanned, json!({})))
+        .collect();
+    // The failing row is in the middle of the second multi-row statement.
+    let bad = EVENTS_PER_INSERT + EVENTS_PER_INSERT / 2;
+    items[bad].1 = EventKind::Stubbed;
+    raw(&path)
+        .execute_batch(
+            "CREATE TRIGGER fail_stubbed BEFORE INSERT ON events WHEN NEW.kind = 'STUBBED'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let err = cat.transition_batch(&items).unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(event_count(&path), 0);
+    assert!(cat.file_by_id("id-00000001").unwrap().is_none());
+    raw(&path)
+        .execute_batch("DROP TRIGGER fail_stubbed")
+        .unwrap();
+    assert_eq!(cat.transition_batch(&items).unwrap(), 1..i64::from(n) + 1);
+    assert_eq!(cat.verify_chain().unwrap(), u64::from(n));
+    let events = cat.events_since(0, 100).unwrap();
+    assert_eq!(events.len(), n as usize);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id, i as i64 + 1);
+        assert_eq!(e.file_id.as_deref(), Some(items[i].0.file_id.as_str()));
+        assert_eq!(e.kind, items[i].1);
+    }
+}
+
 #[test]
 fn concurrent_appends_make_one_chain() {
     let (_dir, path) = temp();
