@@ -1733,25 +1733,28 @@ const EVENTS_PER_INSERT: usize = 16;
 
 /// Inserts `events` (consecutive, in chain order) in that order.
 fn insert_events(tx: &Connection, events: &[StagedEvent<'_>]) -> Result<()> {
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    // The statement for `n` rows (prepared once per connection: `prepare_cached`).
+    let sql = |n: usize| {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+        format!("INSERT INTO events ({EVENT_COLS}) VALUES {rows}")
+    };
+    let insert = |sql: &str, rows: &[StagedEvent<'_>]| {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(event_values(rows))))
+            .ctx("inserting an event")
+    };
     let mut chunks = events.chunks_exact(EVENTS_PER_INSERT);
-    let sql = format!(
-        "INSERT INTO events ({EVENT_COLS}) VALUES {}",
-        vec![row; EVENTS_PER_INSERT].join(", ")
-    );
-    for c in chunks.by_ref() {
-        tx.prepare_cached(&sql)
-            .and_then(|mut s| s.execute(rusqlite::params_from_iter(event_values(c))))
-            .ctx("inserting an event")?;
+    if chunks.len() > 0 {
+        let many = sql(EVENTS_PER_INSERT);
+        for c in chunks.by_ref() {
+            insert(&many, c)?;
+        }
     }
-    for e in chunks.remainder() {
-        tx.prepare_cached(&format!("INSERT INTO events ({EVENT_COLS}) VALUES {row}"))
-            .and_then(|mut s| {
-                s.execute(rusqlite::params_from_iter(event_values(
-                    std::slice::from_ref(e),
-                )))
-            })
-            .ctx("inserting an event")?;
+    if !chunks.remainder().is_empty() {
+        let one = sql(1);
+        for e in chunks.remainder() {
+            insert(&one, std::slice::from_ref(e))?;
+        }
     }
     Ok(())
 }

@@ -99,6 +99,8 @@ pub struct ChunkSummer {
     /// The sum of the current head block so far.
     head_cur: Crc,
     head: Vec<u32>,
+    /// The sum of every byte given so far.
+    whole: Crc,
 }
 
 /// A CRC32C and the length of the bytes it covers.
@@ -133,7 +135,13 @@ impl ChunkSummer {
             sums: Vec::new(),
             head_cur: Crc::default(),
             head: Vec::new(),
+            whole: Crc::default(),
         }
+    }
+
+    /// The CRC32C of every byte given so far.
+    pub fn crc32c(&self) -> u32 {
+        self.whole.sum
     }
 
     pub fn update(&mut self, data: &[u8]) {
@@ -171,6 +179,7 @@ impl ChunkSummer {
                 self.close_chunk();
             }
         }
+        self.whole = self.whole.then(all);
         all.sum
     }
 
@@ -296,6 +305,7 @@ mod tests {
                 // The sum of each update, combined from its pieces, is its own CRC32C.
                 assert_eq!(s.update_crc(p), crc32c(p), "{piece}");
             }
+            assert_eq!(s.crc32c(), crc32c(&data), "{piece}");
             let sums = s.finish().expect("three chunks");
             assert_eq!(sums.log2, MIN_CHUNK_LOG2);
             let b = chunk / HEAD_BLOCKS;

@@ -885,11 +885,16 @@ impl Checksum {
     /// [`chunks::ChunkSummer::update_crc`]): no second pass over the bytes for CRC32C.
     pub fn of_crc32c_or(algo: ChecksumAlgo, crc: u32, data: &[u8]) -> Self {
         match algo {
-            ChecksumAlgo::Crc32c => Checksum {
-                algo,
-                value: crc.to_be_bytes().to_vec(),
-            },
+            ChecksumAlgo::Crc32c => Checksum::crc32c(crc),
             _ => Checksum::of(algo, data),
+        }
+    }
+
+    /// The CRC32C checksum whose value is `crc`.
+    pub fn crc32c(crc: u32) -> Self {
+        Checksum {
+            algo: ChecksumAlgo::Crc32c,
+            value: crc.to_be_bytes().to_vec(),
         }
     }
 

@@ -256,6 +256,14 @@ impl TarWriter {
     }
 }
 
+/// How many members of a proven pack are finished (copy record, stub) at once. A member's
+/// stub waits on the disk (its record synced before its data is freed: an inode write, a
+/// cache flush and, on a filesystem mounted `discard`, a discard), and one member after
+/// another left a CPU idle for the last third of a packed migrate; 4 at once took it from
+/// 0.667 to 0.621 s (2,000 files of 64 KiB on this project's test VM, means of six; 2 at
+/// once 0.624 s, 8 0.604 s against 0.600 s for 4: docs/benchmarks.md).
+const MEMBER_FINISHERS: usize = 4;
+
 /// Members opened ahead of their reading, each with a hint to the kernel to read it in
 /// ([`backing::will_need`]): the disk then has many reads at once, where a member read
 /// after another waits for each. 2,000 cold files of 64 KiB on this project's test VM:
@@ -265,14 +273,6 @@ struct ReadAhead {
     rels: std::vec::IntoIter<PathBuf>,
     opened: VecDeque<Result<File, StepError>>,
 }
-
-/// How many members of a proven pack are finished (copy record, stub) at once. A member's
-/// stub waits on the disk (its record synced before its data is freed: an inode write, a
-/// cache flush and, on a filesystem mounted `discard`, a discard), and one member after
-/// another left a CPU idle for the last third of a packed migrate; 4 at once took it from
-/// 0.667 to 0.621 s (2,000 files of 64 KiB on this project's test VM, means of six; 2 at
-/// once 0.624 s, 8 0.604 s against 0.600 s for 4: docs/benchmarks.md).
-const MEMBER_FINISHERS: usize = 4;
 
 /// How many members are opened and hinted ahead of the one being read.
 const READ_AHEAD: usize = 32;
