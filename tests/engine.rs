@@ -241,14 +241,20 @@ fn rename_and_unlink_follow_the_file() {
     e.stop();
 }
 
-#[test]
-fn archived_objects_are_restored_then_recalled() {
-    let dirs = Dirs::new();
+/// An engine whose objects go to Deep Archive, restored only when the test says so, and
+/// polled for every 20 ms.
+fn archive_engine(dirs: &Dirs) -> (Engine, Arc<MemoryStore>) {
     let st = Arc::new(MemoryStore::new().with_restore_delay(std::time::Duration::from_secs(3600)));
     let mut settings = eager_settings();
     settings.uploads.storage_class = coldtier::store::StorageClass::DeepArchive;
     settings.recall.poll_interval = std::time::Duration::from_millis(20);
-    let e = Engine::start(&dirs, st.clone(), settings);
+    (Engine::start(dirs, st.clone(), settings), st)
+}
+
+#[test]
+fn archived_objects_are_restored_then_recalled() {
+    let dirs = Dirs::new();
+    let (e, st) = archive_engine(&dirs);
     e.write("a", &data(12, 8_000)).unwrap();
     let s = e.migrate(MigrateMode::Stub);
     assert_eq!(s.stubbed, 1, "{s:?}");
@@ -378,5 +384,83 @@ fn a_policy_run_reports_its_totals_before_its_files() {
     );
     assert!(seen[..at].iter().all(|p| p.files == 0), "{seen:?}");
     assert_eq!(seen.last().map(|p| (p.files, p.bytes)), Some((3, 6000)));
+    e.stop();
+}
+
+/// Waits until armed failpoint `name` has been reached (fails after a minute).
+fn wait_for_hit(name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while failpoint::hits(name) == 0 {
+        assert!(std::time::Instant::now() < deadline, "{name} never reached");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The bulk recall (`coldtier recall`) reads a stub's record and claims the file under the
+/// file's gate, as a read does. Paused between the two (a failpoint inside the gate), a
+/// read and a write of the same file meanwhile wait for it, join its recall, and the
+/// write lands on the recalled bytes. Before the fix the bulk recall read the record
+/// outside the gate: the read's recall and the write went through during the pause, and
+/// the bulk recall then emptied the file and wrote the old object over the write.
+#[test]
+fn a_bulk_recall_never_writes_over_a_file_recalled_and_written_meanwhile() {
+    let dirs = Dirs::new();
+    let e = Arc::new(Engine::start(&dirs, store(), eager_settings()));
+    let body = data(40, 30_000);
+    e.write("a", &body).unwrap();
+    let s = e.migrate(MigrateMode::Stub);
+    assert_eq!(s.stubbed, 1, "{s:?}");
+    failpoint::arm("bulk-recall-before-claim", FailAction::Pause(1500));
+    let bulk = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            e.block_on(
+                e.t.recall_paths(vec![(0, "a".into())], 4, &mut |(_, r)| out.push(r.is_ok())),
+            );
+            out
+        })
+    };
+    // The bulk recall is in its pause, the stub's record read: the write's recall waits
+    // for it (with the fix) or overtakes it (without).
+    wait_for_hit("bulk-recall-before-claim");
+    e.write_at("a", 100, b"written after the recall").unwrap();
+    assert_eq!(bulk.join().unwrap(), vec![true]);
+    failpoint::disarm_all();
+    e.settle();
+    let mut want = body.clone();
+    want[100..124].copy_from_slice(b"written after the recall");
+    assert_eq!(e.read("a").unwrap(), want, "the write was lost");
+}
+
+/// A restore poller whose file was recalled (by a read, once the restore was done) and
+/// written while the poller's HEAD was in flight leaves the file alone: it checks, under
+/// the file's gate, that the file is still the stub it polls for before it recalls it.
+#[test]
+fn a_restore_poller_never_recalls_over_a_file_recalled_and_written_meanwhile() {
+    let dirs = Dirs::new();
+    let (e, st) = archive_engine(&dirs);
+    let body = data(41, 20_000);
+    e.write("a", &body).unwrap();
+    assert_eq!(e.migrate(MigrateMode::Stub).stubbed, 1);
+    // The poller stops after its next HEAD, before it recalls.
+    failpoint::arm("restore-poller-after-head", FailAction::Pause(1500));
+    failpoint::arm("restore-poller-checked", FailAction::Pause(0));
+    assert_eq!(e.read("a").unwrap_err().0, libc::EAGAIN);
+    st.finish_restores();
+    // Wait until the poller has seen the restore done (it is in its pause).
+    wait_for_hit("restore-poller-after-head");
+    // Meanwhile a read recalls it, and a write changes it.
+    e.write_at("a", 7, b"new bytes").unwrap();
+    let mut want = body.clone();
+    want[7..16].copy_from_slice(b"new bytes");
+    assert_eq!(e.read("a").unwrap(), want);
+    let gets = e.counts.gets();
+    // The poller's pause ends: it finds the file no longer that stub and stops.
+    wait_for_hit("restore-poller-checked");
+    failpoint::disarm_all();
+    e.settle();
+    assert_eq!(e.read("a").unwrap(), want, "the write was lost");
+    assert_eq!(e.counts.gets(), gets, "the poller fetched the object again");
     e.stop();
 }

@@ -28,6 +28,8 @@ mod armed {
     use parking_lot::Mutex;
 
     pub static ARMED: Mutex<Vec<(String, FailAction)>> = Mutex::new(Vec::new());
+    /// How many times each armed failpoint was reached (a test waits on it).
+    pub static HITS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
 }
 
 /// Parses `NAME`, `NAME:pause=MS` or `NAME:panic`.
@@ -64,6 +66,17 @@ pub fn disarm_all() {
     armed::ARMED.lock().clear();
 }
 
+/// How many times failpoint `name` was reached while armed (before it acts: a test sees
+/// a pause begin).
+#[cfg(feature = "testing")]
+pub fn hits(name: &str) -> u64 {
+    armed::HITS
+        .lock()
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, k)| *k)
+}
+
 /// Arms the failpoint `COLDTIER_TEST_FAILPOINT` names, if any (a daemon, at start).
 pub fn arm_from_env() {
     #[cfg(feature = "testing")]
@@ -93,6 +106,13 @@ pub fn hit(name: &str) {
                 None => None,
             }
         };
+        if action.is_some() {
+            let mut h = armed::HITS.lock();
+            match h.iter_mut().find(|(n, _)| n == name) {
+                Some((_, k)) => *k += 1,
+                None => h.push((name.to_string(), 1)),
+            }
+        }
         match action {
             None => {}
             Some(FailAction::Pause(ms)) => {

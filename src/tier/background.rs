@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Weak};
 
 use crate::base::cancel::Cancel;
@@ -126,7 +126,7 @@ impl Worker for RestorePoller {
                 .head(&self.rec.object_key, self.rec.version_id.as_deref())
                 .await
             {
-                Ok(m) if m.restore.readable() => {}
+                Ok(m) if m.restore.readable() => self.t.failpoint("restore-poller-after-head"),
                 Ok(_) => {
                     self.last = "restore under way".into();
                     return Ok(WorkerState::Idle);
@@ -140,10 +140,25 @@ impl Worker for RestorePoller {
             let Ok(w) = self.file.try_clone() else {
                 return Ok(WorkerState::Done);
             };
-            self.last = "restored: recalling".into();
-            let mut rx = self
-                .t
-                .recall_rx(self.node, OwnedFd::from(w), self.rec.clone());
+            // Still the stub whose restore this polled, read under its gate with the claim
+            // taken (as every recall starts: docs/invariants.md): while the HEAD was in
+            // flight a read may have recalled it, and a writer changed it since.
+            let mut rx = {
+                let _held = self.t.gate.lock(self.node);
+                let still = self.t.is_still_stub(self.file.as_fd(), &self.rec);
+                self.t.failpoint("restore-poller-checked");
+                match still {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(WorkerState::Done),
+                    Err(e) => {
+                        self.last = format!("reading the stub record: {e:?}");
+                        return Ok(WorkerState::Idle);
+                    }
+                }
+                self.last = "restored: recalling".into();
+                self.t
+                    .recall_rx(self.node, OwnedFd::from(w), self.rec.clone())
+            };
             let _ = rx.wait_for(|v| v.is_some()).await;
             Ok(WorkerState::Done)
         })

@@ -201,20 +201,28 @@ impl Tiering {
             Ok(fd) => fd,
             Err(e) => return Step::Done(Err(e.into())),
         };
-        let rec = match marks::record(fd.as_fd(), marks::STUB) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return Step::Done(Ok(Recalled::AlreadyLocal)),
+        let st = match backing::stat_fd(fd.as_fd()) {
+            Ok(st) => st,
             Err(e) => return Step::Done(Err(e.into())),
         };
-        let prep = backing::stat_fd(fd.as_fd())
-            .and_then(|st| Ok((st, backing::reopen(fd.as_fd(), libc::O_RDWR)?)));
-        let (st, w) = match prep {
-            Ok(p) => p,
-            Err(e) => return Step::Done(Err(e.into())),
+        let node = self.node_id(&st);
+        // The record read and the claim under the file's gate, as a read's recall takes
+        // them (docs/invariants.md): a recall's switch, and a truncate of a stub to zero,
+        // happen under it too. Read outside it, the record could be of a stub that another
+        // recall switched, and a writer changed, before this claim: this recall would then
+        // empty the file and write the old object's bytes over the new ones.
+        let (claimed, rec) = {
+            let _held = self.gate.lock(node);
+            let rec = match marks::record(fd.as_fd(), marks::STUB) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => return Step::Done(Ok(Recalled::AlreadyLocal)),
+                Err(e) => return Step::Done(Err(e.into())),
+            };
+            self.failpoint("bulk-recall-before-claim");
+            (self.claim(node, rec.size, None), rec)
         };
         let bytes = rec.size;
-        let node = self.node_id(&st);
-        let claim = match self.claim(node, rec.size, None) {
+        let claim = match claimed {
             Claim::Joined(mut rx) => {
                 // A recall of it is in flight (a reader's): its outcome is this one's.
                 let r = match rx.wait_for(|v| v.is_some()).await {
@@ -228,7 +236,13 @@ impl Tiering {
             }
             Claim::Mine(c) => c,
         };
-        let file = File::from(w);
+        let file = match backing::reopen(fd.as_fd(), libc::O_RDWR) {
+            Ok(w) => File::from(w),
+            Err(e) => {
+                self.release_claim(claim, Err(e.0));
+                return Step::Done(Err(e.into()));
+            }
+        };
         // The path is known: no need to ask the kernel for it.
         let row = self.row_at(
             &rec,

@@ -269,6 +269,20 @@ impl Tiering {
         rec: StubRecord,
         cancel: Arc<tokio::sync::Notify>,
     ) -> Result<(), StepError> {
+        // Every caller read `rec` under the file's gate and claimed the file under it
+        // (docs/invariants.md), so this holds; checked again because what follows empties
+        // the file: one that is no longer that stub is left as it is.
+        let still = {
+            let _held = self.gate.lock(node);
+            self.is_still_stub(file.as_fd(), &rec)
+        };
+        if !still.map_err(StepError::from)? {
+            tracing::error!(node, key = %rec.object_key, "a recall found its file no longer the stub it was started for; the file is left as it is");
+            if let Some(s) = self.streams.lock().get(&node) {
+                s.fail(libc::EAGAIN);
+            }
+            return Ok(());
+        }
         let t0 = Instant::now();
         let _in_flight = crate::tier::metrics::RECALLS_IN_FLIGHT.track();
         let mut row = self.row_for(&rec, file.as_fd(), FileState::Stub);
@@ -325,6 +339,23 @@ impl Tiering {
             t0.elapsed(),
         );
         result
+    }
+
+    /// Whether the file behind `fd` is still the stub `rec` describes (the same file, the
+    /// same object): what a recall checks under the file's gate before it claims the file
+    /// or empties it. A stub recalled since `rec` was read (and maybe written since) is
+    /// not, nor one tiered again to another object.
+    pub(super) fn is_still_stub(
+        &self,
+        fd: BorrowedFd<'_>,
+        rec: &StubRecord,
+    ) -> Result<bool, Errno> {
+        Ok(marks::record(fd, marks::STUB)?.is_some_and(|now| {
+            now.file_id == rec.file_id
+                && now.object_key == rec.object_key
+                && now.version_id == rec.version_id
+                && now.checksum == rec.checksum
+        }))
     }
 
     /// Puts a stub back as it was: no data, its times.
