@@ -1,6 +1,7 @@
 //! The in-memory fake `ObjectStore` for tests: same contract as the real stores (the
 //! conformance suite says so), plus failure injection: unreachable, the next N calls
-//! failing with a chosen kind, a flipped byte, archive classes with a restore delay.
+//! failing with a chosen kind, a flipped byte, archive classes with a restore delay; and
+//! GETs held at the door, counted in flight (how many a caller sends at once).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +40,20 @@ pub struct MemoryStore {
     versions: AtomicU64,
     /// Calls made (for tests that count them).
     pub calls: AtomicU64,
+    /// GETs in flight, and the most there were at once.
+    pub gets_in_flight: AtomicU64,
+    pub gets_in_flight_max: AtomicU64,
+    /// While set, each GET waits for a permit of it before it reads ([`MemoryStore::hold_gets`]).
+    held_gets: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A GET counted in flight until dropped.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for MemoryStore {
@@ -60,7 +75,17 @@ impl MemoryStore {
             fail_next: Mutex::new(None),
             versions: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            gets_in_flight: AtomicU64::new(0),
+            gets_in_flight_max: AtomicU64::new(0),
+            held_gets: Mutex::new(None),
         }
+    }
+    /// From now on each GET waits (counted in flight) for a permit of the semaphore
+    /// returned: the test lets them through with `add_permits`.
+    pub fn hold_gets(&self) -> Arc<tokio::sync::Semaphore> {
+        let s = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.held_gets.lock() = Some(s.clone());
+        s
     }
     /// How long a restore stays in progress.
     pub fn with_restore_delay(mut self, d: Duration) -> Self {
@@ -249,6 +274,18 @@ impl ObjectStore for MemoryStore {
     fn get<'a>(&'a self, req: GetRequest<'a>) -> StoreFuture<'a, GetResult> {
         Box::pin(async move {
             self.enter()?;
+            let now = self.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.gets_in_flight_max.fetch_max(now, Ordering::SeqCst);
+            let _in_flight = InFlight(&self.gets_in_flight);
+            let held = self.held_gets.lock().clone();
+            if let Some(s) = held {
+                s.acquire()
+                    .await
+                    .map_err(|_| {
+                        StoreError::new(StoreErrorKind::Other, "memory store: GETs closed")
+                    })?
+                    .forget();
+            }
             let o = self.lookup(req.key, req.version_id)?;
             if !self.restore_status(&o).readable() {
                 return Err(StoreError::new(

@@ -1504,39 +1504,55 @@ pub fn plan_packs(
 mod tests {
     use super::*;
 
-    /// A bulk recall's span lets go of its bytes when its last member has copied them out,
-    /// not when the recall ends; each member gets its own bytes.
-    #[test]
-    fn a_span_goes_once_its_last_member_has_its_bytes() {
-        use crate::store::ObjectStore;
-        use std::sync::Arc;
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    /// A runtime of two workers, as the daemon's.
+    fn test_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
-        let store = Arc::new(crate::store::memory::MemoryStore::new());
-        let pack: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
-        let put = rt
-            .block_on(store.put(PutRequest {
-                key: "packs/p.tar".into(),
-                body: PutBody::Memory(bytes::Bytes::from(pack.clone())),
-                size: pack.len() as u64,
-                storage_class: None,
-                metadata: BTreeMap::new(),
-                tags: BTreeMap::new(),
-                checksum: Some(ChecksumAlgo::Crc32c),
-                extents: None,
-            }))
-            .unwrap();
-        let store: Arc<dyn ObjectStore> = store;
-        let t = super::super::context::test_tiering(dir.path(), Some(store), &rt);
-        let member = |offset: u64, size: u64| StubRecord {
+            .unwrap()
+    }
+
+    /// A test pack of 3,000 bytes.
+    fn test_pack() -> Vec<u8> {
+        (0..3000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Puts `pack` as `key` into `store`: its version.
+    fn put_pack(
+        rt: &tokio::runtime::Runtime,
+        store: &crate::store::memory::MemoryStore,
+        key: &str,
+        pack: &[u8],
+    ) -> Option<String> {
+        use crate::store::ObjectStore;
+        rt.block_on(store.put(PutRequest {
+            key: key.into(),
+            body: PutBody::Memory(bytes::Bytes::copy_from_slice(pack)),
+            size: pack.len() as u64,
+            storage_class: None,
+            metadata: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            checksum: Some(ChecksumAlgo::Crc32c),
+            extents: None,
+        }))
+        .unwrap()
+        .version_id
+    }
+
+    /// The stub record of the member of `pack` (object `key`, version `version_id`) at
+    /// `offset`, `size` bytes long, with file id `id`.
+    fn member_of(
+        (key, version_id, pack): (&str, &Option<String>, &[u8]),
+        id: String,
+        offset: u64,
+        size: u64,
+    ) -> StubRecord {
+        StubRecord {
             version: STUB_VERSION,
-            file_id: format!("{offset:032x}"),
-            object_key: "packs/p.tar".into(),
-            version_id: put.version_id.clone(),
+            file_id: id,
+            object_key: key.into(),
+            version_id: version_id.clone(),
             size,
             mtime_ns: 0,
             ctime_ns: 0,
@@ -1554,14 +1570,37 @@ mod tests {
             extents: None,
             chunks: None,
             pack: Some(crate::tier::stub::PackRef {
-                id: "p".into(),
+                id: key.into(),
                 offset,
                 pack_size: pack.len() as u64,
             }),
+        }
+    }
+
+    /// A bulk recall's span lets go of its bytes when its last member has copied them out,
+    /// not when the recall ends; each member gets its own bytes.
+    #[test]
+    fn a_span_goes_once_its_last_member_has_its_bytes() {
+        use crate::store::ObjectStore;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = test_runtime();
+        let store = Arc::new(crate::store::memory::MemoryStore::new());
+        let pack = test_pack();
+        let version = put_pack(&rt, &store, "packs/p.tar", &pack);
+        let store: Arc<dyn ObjectStore> = store;
+        let t = super::super::context::test_tiering(dir.path(), Some(store), &rt);
+        let member = |offset: u64, size: u64| {
+            member_of(
+                ("packs/p.tar", &version, &pack),
+                format!("{offset:032x}"),
+                offset,
+                size,
+            )
         };
         let members = [member(512, 700), member(1536, 900), member(2560, 300)];
         let lease = t.prefetch_packs(&members);
-        let k = ("packs/p.tar".to_string(), put.version_id.clone());
+        let k = ("packs/p.tar".to_string(), version.clone());
         for (i, m) in members.iter().enumerate() {
             rt.block_on(t.span_fetched(m));
             assert!(
@@ -1584,6 +1623,63 @@ mod tests {
             "the last member let the span go"
         );
         drop(lease);
+    }
+
+    /// A bulk recall fetches its packs' spans in the policy run's slots: 4 x
+    /// `store.concurrency` spans of up to a part at once, a span of more than a part taking
+    /// one slot per part. Six packs, the GETs held at the store: as many spans as fit go at
+    /// once (4; 2 when each span is two parts), never more, and all of them arrive.
+    #[test]
+    fn pack_spans_are_fetched_in_part_sized_slots() {
+        use crate::store::ObjectStore;
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::sync::Arc;
+        for (part, most) in [(1u64 << 20, 4u64), (1000, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = test_runtime();
+            let mem = Arc::new(crate::store::memory::MemoryStore::new());
+            let pack = test_pack();
+            let mut members = Vec::new();
+            for p in 0..6 {
+                let key = format!("packs/p{p}.tar");
+                let version = put_pack(&rt, &mem, &key, &pack);
+                // Two members: a span from 512 to 2436, 1924 bytes.
+                for (offset, size) in [(512u64, 700u64), (1536, 900)] {
+                    let id = format!("{p:016x}{offset:016x}");
+                    members.push(member_of((&key, &version, &pack), id, offset, size));
+                }
+            }
+            let store: Arc<dyn ObjectStore> = mem.clone();
+            let t = super::super::context::test_tiering(dir.path(), Some(store), &rt);
+            let mut settings = (*t.settings()).clone();
+            settings.uploads.concurrency = 1;
+            settings.uploads.part_size = part;
+            t.set_settings(settings);
+            assert_eq!(t.span_concurrency(), 4);
+            let gate = mem.hold_gets();
+            let lease = t.prefetch_packs(&members);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while mem.gets_in_flight.load(SeqCst) < most {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "part {part}: the spans never went"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            gate.add_permits(1000);
+            for m in &members {
+                rt.block_on(t.span_fetched(m));
+                let dest = tempfile::tempfile().unwrap();
+                let got = t
+                    .member_from_span(m, &dest, ChecksumAlgo::Crc32c)
+                    .expect("the span holds the member")
+                    .unwrap();
+                assert_eq!(got.checksum.base64(), m.checksum);
+            }
+            assert_eq!(mem.gets_in_flight_max.load(SeqCst), most, "part {part}");
+            assert_eq!(mem.gets_in_flight.load(SeqCst), 0);
+            drop(lease);
+        }
     }
 
     /// A span in memory gives any range of its bytes from the chunks that hold it (within
