@@ -409,7 +409,7 @@ impl Control {
         let t = self.t.clone();
         let mut results: Vec<(usize, PathResult<RecallResult>)> = Vec::new();
         let mut failed = 0u64;
-        let _spans = t.prefetch_packs(&members);
+        let spans = t.prefetch_packs(&members);
         let mut rels = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             match item {
@@ -421,13 +421,13 @@ impl Control {
             }
         }
         // Files of their own first (each its own GET, while the spans come), then the
-        // members in the order their bytes arrive: the spans are fetched a wave of
-        // `span_concurrency` packs at a time, each in order, so the members of one wave go
+        // members in the order their bytes arrive: the spans are fetched a wave of packs
+        // at a time (`PackLease::wave`), each in order, so the members of one wave go
         // by their offsets, the packs of the wave side by side. A member then waits only
         // for its own span to reach it, where the order of the names (a pack holds its
         // files in the order they were scanned) or one pack after another would have the
         // fetch slots wait on one span while the others' members are there.
-        let wave = t.span_concurrency();
+        let wave = spans.wave();
         rels.sort_by_key(|(i, _)| place[*i].map(|(rank, off)| (rank / wave, off, rank)));
         let abs: std::collections::HashMap<usize, PathBuf> =
             rels.iter().map(|(i, r)| (*i, self.abs(r))).collect();

@@ -911,6 +911,15 @@ pub type PackCache = parking_lot::Mutex<
 pub struct PackLease<'a> {
     t: &'a Tiering,
     keys: Vec<PackVersion>,
+    wave: usize,
+}
+
+impl PackLease<'_> {
+    /// How many of its spans are fetched side by side: the slots over the most a span
+    /// takes (spans of up to a part: [`Tiering::span_concurrency`]).
+    pub fn wave(&self) -> usize {
+        self.wave
+    }
 }
 
 impl Drop for PackLease<'_> {
@@ -942,6 +951,7 @@ impl Tiering {
         let mut lease = PackLease {
             t: self,
             keys: Vec::new(),
+            wave: self.span_concurrency(),
         };
         // (first offset, end, members, pack size) of each pack version, in the order the
         // members come (the order they are recalled in).
@@ -967,10 +977,13 @@ impl Tiering {
         let slots = self.span_concurrency();
         let part = self.settings().uploads.part_size.max(1);
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(slots));
+        let need_of = |start: u64, end: u64| (end - start).div_ceil(part).clamp(1, slots as u64);
         for ((key, version), (start, end, n, pack_size)) in groups {
             if n < 2 || end - start > MAX_SPAN {
                 continue;
             }
+            let need = need_of(start, end);
+            lease.wave = lease.wave.min((slots as u64 / need).max(1) as usize);
             let data = if end - start <= MAX_MEMORY_SPAN {
                 SpanData::Memory(Default::default())
             } else {
@@ -992,8 +1005,7 @@ impl Tiering {
             lease.keys.push(k);
             let (store, sem, me) = (store.clone(), sem.clone(), self.arc());
             self.rt.spawn(async move {
-                let need = (end - start).div_ceil(part).clamp(1, slots as u64) as u32;
-                let _permit = sem.acquire_many_owned(need).await;
+                let _permit = sem.acquire_many_owned(need as u32).await;
                 // Nobody waits any more (the bulk recall ended early): nothing to fetch.
                 if tx.is_closed() {
                     return;
@@ -1628,7 +1640,8 @@ mod tests {
     /// A bulk recall fetches its packs' spans in the policy run's slots: 4 x
     /// `store.concurrency` spans of up to a part at once, a span of more than a part taking
     /// one slot per part. Six packs, the GETs held at the store: as many spans as fit go at
-    /// once (4; 2 when each span is two parts), never more, and all of them arrive.
+    /// once (4; 2 when each span is two parts), never more, and all of them arrive; the
+    /// lease says so (the bulk recall orders its members by that wave).
     #[test]
     fn pack_spans_are_fetched_in_part_sized_slots() {
         use crate::store::ObjectStore;
@@ -1658,6 +1671,11 @@ mod tests {
             assert_eq!(t.span_concurrency(), 4);
             let gate = mem.hold_gets();
             let lease = t.prefetch_packs(&members);
+            assert_eq!(
+                lease.wave() as u64,
+                most,
+                "part {part}: the packs fetched side by side"
+            );
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
             while mem.gets_in_flight.load(SeqCst) < most {
                 assert!(
