@@ -1497,10 +1497,16 @@ struct InFlight {
     concurrency: usize,
 }
 
+/// The slots of a policy run (4 x `store.concurrency`), each up to a part in memory; a bulk
+/// recall fetches pack spans in as many ([`Tiering::span_concurrency`]).
+pub(super) fn run_slots(u: &crate::store::UploadLimits) -> usize {
+    (u.concurrency * 4).clamp(2, 256)
+}
+
 impl InFlight {
     fn of(u: &crate::store::UploadLimits) -> InFlight {
         InFlight {
-            slots: (u.concurrency * 4).clamp(2, 256),
+            slots: run_slots(u),
             part_size: u.part_size.max(1),
             concurrency: u.concurrency.max(1),
         }

@@ -1074,7 +1074,7 @@ impl Tiering {
     /// wave of 4 instead, 2,000 x 64 KiB in 9 packs on s3s-fs took 0.65 s against 0.59 s
     /// (means of five; the server spent more CPU on fewer streams: docs/benchmarks.md).
     pub fn span_concurrency(&self) -> usize {
-        (self.settings().uploads.concurrency * 4).clamp(1, 256)
+        super::migrate::run_slots(&self.settings().uploads)
     }
 
     /// Waits until the span a bulk recall is fetching of `rec`'s pack (if any) holds
