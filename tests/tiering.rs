@@ -1080,18 +1080,39 @@ fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
 
 /// A pin that lands while the file's copy is in flight holds: a file already tracked is
 /// copied but never stubbed, a new file's copy is discarded (the pin gave it its id), and
-/// the copy's records never undo the pin.
+/// the copy's records never undo the pin. The pin lands after the upload (before the copy
+/// is recorded on the file) or just before the stub step (which, for a new file, reads no
+/// catalog row for the id its copy gave it: the ctime the pin moved and the id the pin
+/// gave stop it), for a file of its own and for a pack member.
 #[test]
 fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
     let moto = start_moto();
+    for (packed, at) in [
+        (false, "migrate-after-put"),
+        (false, "migrate-before-stub"),
+        (true, "pack-after-put"),
+        (true, "migrate-before-stub"),
+    ] {
+        pin_during_the_copy(&moto, packed, at);
+    }
+}
+
+fn pin_during_the_copy(moto: &Arc<MotoServer>, packed: bool, at: &str) {
     let fs_ = files(&[("known.bin", 30 * 1024), ("new.bin", 30 * 1024)]);
-    let mut t = TierMount::new(&moto, "pin-race", &fs_, |c| c);
+    let bucket = format!("pin-race-{packed}-{}", at.replace('-', ""));
+    let mut t = TierMount::new(moto, &bucket, &fs_, |c| match packed {
+        true => c.set("pack", "enabled", "true"),
+        false => c,
+    });
     // known.bin is tracked (an id and a row) before the run.
     t.ok(&["pin", t.ms("known.bin").as_str()]);
     t.ok(&["unpin", t.ms("known.bin").as_str()]);
     t.umount();
-    let migrate = t.stub_run_paused_at("migrate-after-put:pause=3000");
+    // The run waits at `at` until the pin is done (the file `go` says so).
+    let go = t.dir.path().join("go");
+    let migrate = t.stub_run_paused_at(&format!("{at}:hold={}", go.display()));
     t.ok(&["pin", t.ms("known.bin").as_str(), t.ms("new.bin").as_str()]);
+    fs::write(&go, b"").unwrap();
     let out = migrate.join().unwrap();
     for (rel, data) in &fs_ {
         let st = t.status(rel);
@@ -1103,12 +1124,13 @@ fn a_pin_during_the_copy_is_kept_and_the_file_not_stubbed() {
         assert_bytes(rel, &fs::read(t.s(rel)).unwrap(), data);
         assert!(
             !t.kinds(rel).contains(&"STUBBED".to_string()),
-            "{rel}: {:?}",
+            "{rel} ({packed}, {at}): {:?}",
             t.kinds(rel)
         );
     }
-    assert_eq!(t.state("known.bin"), "premigrated", "{}", show(&out));
-    assert_eq!(t.state("new.bin"), "resident", "{}", show(&out));
+    let why = format!("packed {packed}, pinned at {at}: {}", show(&out));
+    assert_eq!(t.state("known.bin"), "premigrated", "{why}");
+    assert_eq!(t.state("new.bin"), "resident", "{why}");
 }
 
 /// A stub run takes a file straight from its proven copy to its stub: nothing is written

@@ -7,7 +7,9 @@
 //! `COLDTIER_TEST_FAILPOINT` read once at start ([`arm_from_env`]): `NAME` kills the
 //! process with SIGKILL there, `NAME:pause=MS` sleeps there, `NAME:panic` panics there
 //! (in-process tests: the step stops where a crash would stop it), `NAME:after=N` lets N
-//! hits pass and kills the process at the next (a crash in the middle of a batch).
+//! hits pass and kills the process at the next (a crash in the middle of a batch),
+//! `NAME:hold=PATH` waits there until PATH exists (a test lets the step go on once it has
+//! done what it does in between, whatever the machine's load; at most 120 s).
 
 /// What an armed failpoint does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub enum FailAction {
     Panic,
     /// Let this many more hits pass, then kill.
     KillAfter(u64),
+    /// Wait until this path exists (at most 120 s), then go on.
+    Hold(String),
 }
 
 #[cfg(feature = "testing")]
@@ -32,7 +36,7 @@ mod armed {
     pub static HITS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
 }
 
-/// Parses `NAME`, `NAME:pause=MS` or `NAME:panic`.
+/// Parses `NAME`, `NAME:pause=MS`, `NAME:hold=PATH`, `NAME:after=N` or `NAME:panic`.
 pub fn parse(spec: &str) -> Option<(String, FailAction)> {
     let spec = spec.trim();
     if spec.is_empty() {
@@ -41,6 +45,10 @@ pub fn parse(spec: &str) -> Option<(String, FailAction)> {
     Some(match spec.split_once(':') {
         None => (spec.to_string(), FailAction::Kill),
         Some((name, "panic")) => (name.to_string(), FailAction::Panic),
+        Some((name, rest)) if rest.starts_with("hold=") => {
+            let path = rest.strip_prefix("hold=").filter(|p| !p.is_empty())?;
+            (name.to_string(), FailAction::Hold(path.to_string()))
+        }
         Some((name, rest)) if rest.starts_with("after=") => {
             let n = rest.strip_prefix("after=")?.parse().ok()?;
             (name.to_string(), FailAction::KillAfter(n))
@@ -119,6 +127,13 @@ pub fn hit(name: &str) {
                 tracing::warn!(failpoint = name, ms, "test failpoint reached: pausing");
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
+            Some(FailAction::Hold(path)) => {
+                tracing::warn!(failpoint = name, path, "test failpoint reached: pausing");
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while !std::path::Path::new(&path).exists() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
             Some(FailAction::Kill | FailAction::KillAfter(_)) => {
                 tracing::error!(
                     failpoint = name,
@@ -152,6 +167,11 @@ mod tests {
             Some(("x".into(), FailAction::KillAfter(2)))
         );
         assert_eq!(parse("x:pause=soon"), None);
+        assert_eq!(
+            parse("x:hold=/tmp/go"),
+            Some(("x".to_string(), FailAction::Hold("/tmp/go".to_string())))
+        );
+        assert_eq!(parse("x:hold="), None);
         assert_eq!(parse(" "), None);
     }
 }

@@ -1414,6 +1414,15 @@ impl Catalog {
         })
     }
 
+    /// The id of the file currently at `path`, without the rest of its row.
+    pub fn file_id_at(&self, path: &str) -> Result<Option<String>> {
+        self.read("reading a file by path", |c| {
+            c.prepare_cached("SELECT file_id FROM files WHERE path = ?1")?
+                .query_row([path], |r| r.get(0))
+                .optional()
+        })
+    }
+
     /// Up to `limit` files in `state`, ordered by path.
     pub fn files_by_state(&self, state: FileState, limit: usize) -> Result<Vec<FileRow>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -568,6 +568,14 @@ pub fn utimens_fd(
     .map(drop)
 }
 
+/// futimens(2): the times of a file opened for I/O (not O_PATH: [`utimens_fd`] takes
+/// those), without the /proc/self/fd walk [`utimens_fd`] makes.
+pub fn futimens(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> SysResult<()> {
+    let ts = [atime.timespec(), mtime.timespec()];
+    // SAFETY: ts has two elements.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) }).map(drop)
+}
+
 /// getxattrat(2) (Linux 6.13): the same number on every architecture coldtier builds for.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SYS_GETXATTRAT: libc::c_long = 464;
@@ -1333,6 +1341,18 @@ fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize
             buf.len(),
         )
     })
+}
+
+/// listxattr of an fd opened for reading or writing in one call (flistxattr); an `O_PATH`
+/// fd (EBADF) goes the way [`listxattr_fd`] does.
+pub fn flistxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: buf writable for buf.len() bytes.
+    let r =
+        cvt_isize(unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) });
+    match r {
+        Err(Errno(libc::EBADF)) => listxattr_fd(fd, buf),
+        r => r,
+    }
 }
 
 /// getxattr of a whole value: `None` when the attribute is not there. Tiering reads its

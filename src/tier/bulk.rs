@@ -397,7 +397,7 @@ impl Tiering {
             backing::fsync(fd, true)?;
         }
         self.failpoint("recall-after-data");
-        backing::utimens_fd(fd, false, SetTime::Now, split_ns(f.rec.mtime_ns))?;
+        backing::futimens(fd, SetTime::Now, split_ns(f.rec.mtime_ns))?;
         {
             let _held = self.gate.lock(f.claim.node);
             marks::set_record(fd, marks::COPY, &f.rec)?;

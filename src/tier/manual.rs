@@ -162,7 +162,7 @@ impl Tiering {
         // policy.copies holds for a release by hand too. (A plain thread: the control
         // socket's.)
         self.rt.block_on(self.ensure_copies(f, &rec, &row.path))?;
-        match self.stub_step(node, f, &rec, expect, Action::Release, Vec::new())? {
+        match self.stub_step(node, f, &rec, expect, Action::Release, (Vec::new(), false))? {
             Outcome::Stubbed(freed) => Ok(Released::Now {
                 bytes: rec.size,
                 freed,

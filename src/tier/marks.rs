@@ -41,6 +41,42 @@ pub fn may_have_marks(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// Which of coldtier's xattrs a file has, from one listxattr ([`present`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Present {
+    pub id: bool,
+    pub copy: bool,
+    pub stub: bool,
+}
+
+impl Present {
+    /// Whether the file has any of them.
+    pub fn any(self) -> bool {
+        self.id || self.copy || self.stub
+    }
+}
+
+/// Which of the `id`, `copy` and `stub` xattrs the file (`fd` opened for reading or
+/// writing: one flistxattr) has; `None`
+/// when the list cannot be read whole (the caller then asks for each). A caller holding
+/// the file's gate may act on the answer: only coldtier changes these xattrs, under the
+/// gate (users cannot reach them through the mount).
+pub fn present(fd: BorrowedFd<'_>) -> Option<Present> {
+    let mut names = [0u8; 1024];
+    let n = backing::flistxattr(fd, &mut names).ok()?;
+    let mut p = Present::default();
+    for name in names[..n].split(|b| *b == 0) {
+        if name == ID.to_bytes() {
+            p.id = true;
+        } else if name == COPY.to_bytes() {
+            p.copy = true;
+        } else if name == STUB.to_bytes() {
+            p.stub = true;
+        }
+    }
+    Some(p)
+}
+
 /// Reads and decodes a record xattr. A record that does not decode is an error (EIO):
 /// never guessed at, never ignored.
 pub fn record(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<StubRecord>> {
@@ -80,16 +116,33 @@ pub fn set_record(fd: BorrowedFd<'_>, name: &CStr, rec: &StubRecord) -> SysResul
 /// stay there). In between (`between` runs there: a failpoint), the file keeps its `copy`
 /// record, which names it too.
 pub fn set_stub(fd: BorrowedFd<'_>, rec: &StubRecord, between: impl FnOnce()) -> SysResult<()> {
+    set_stub_known(fd, rec, true, between)
+}
+
+/// [`set_stub`] by a caller that knows (`may_have_id` false: from [`present`], under the
+/// gate) that the file has no `id` xattr: the removal that would find none is not made.
+pub fn set_stub_known(
+    fd: BorrowedFd<'_>,
+    rec: &StubRecord,
+    may_have_id: bool,
+    between: impl FnOnce(),
+) -> SysResult<()> {
     match rec.encode_compact() {
         Some(bytes) => {
-            remove(fd, ID)?;
+            if may_have_id {
+                remove(fd, ID)?;
+            }
             between();
             backing::setxattr_fd(fd, STUB, &bytes, 0)
         }
         // A full record keeps the `id` xattr beside it (a file stubbed straight from its
         // copy has none yet).
         None => {
-            ensure_file_id(fd, &rec.file_id)?;
+            if may_have_id {
+                ensure_file_id(fd, &rec.file_id)?;
+            } else {
+                set_file_id(fd, &rec.file_id)?;
+            }
             set_record(fd, STUB, rec)
         }
     }
@@ -158,4 +211,32 @@ fn valid_id(b: Vec<u8>) -> Option<String> {
 
 pub fn set_file_id(fd: BorrowedFd<'_>, id: &str) -> SysResult<()> {
     backing::setxattr_fd(fd, ID, id.as_bytes(), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// One listxattr tells which records a file has; other xattrs are not mistaken for
+    /// them.
+    #[test]
+    fn present_names_the_records_a_file_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("f")).unwrap();
+        let fd = f.as_fd();
+        assert_eq!(present(fd), Some(Present::default()));
+        assert!(!Present::default().any());
+        backing::setxattr_fd(fd, c"user.other", b"x", 0).unwrap();
+        assert_eq!(present(fd), Some(Present::default()));
+        set_file_id(fd, "0123456789abcdef0123456789abcdef").unwrap();
+        let p = present(fd).unwrap();
+        assert_eq!((p.id, p.copy, p.stub), (true, false, false));
+        backing::setxattr_fd(fd, COPY, b"{}", 0).unwrap();
+        backing::setxattr_fd(fd, STUB, b"{}", 0).unwrap();
+        remove(fd, ID).unwrap();
+        let p = present(fd).unwrap();
+        assert_eq!((p.id, p.copy, p.stub), (false, true, true));
+        assert!(p.any());
+    }
 }

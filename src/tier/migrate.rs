@@ -802,7 +802,7 @@ impl Tiering {
             let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
             let expect = (row.size, row.mtime_ns, row.ctime_ns);
             self.ensure_copies(&file, &rec, &row.path).await?;
-            match self.stub_step(node, &file, &rec, expect, Action::Stub, Vec::new())? {
+            match self.stub_step(node, &file, &rec, expect, Action::Stub, (Vec::new(), false))? {
                 // Its copy could not be proven current (changed, or the catalog lost the
                 // copy's last step in a crash): superseded; copy it again now.
                 Outcome::Changed => {}
@@ -830,7 +830,7 @@ impl Tiering {
                 return Err(e);
             }
         }
-        self.stub_step(node, &file, &rec, expect, Action::Stub, copied)
+        self.stub_step(node, &file, &rec, expect, Action::Stub, (copied, direct))
     }
 
     /// Records a copy that failed: FAILED, naming the object (which may exist even when
@@ -875,7 +875,7 @@ impl Tiering {
         let store = self.store()?;
         let path = rel.to_string_lossy().into_owned();
         let st_before = backing::stat_fd(file.as_fd())?;
-        let (id, new_id, mut row) = self.identity(file, &path, st_before.ino)?;
+        let (id, new_id, mut row) = self.identity(file, &path, st_before.ino, true)?;
         let st0 = backing::stat_fd(file.as_fd())?;
         let version = (system_now_ns().max(1)) as u64;
         let key = object_key(KEY_PREFIX, &id, version);
@@ -1066,14 +1066,21 @@ impl Tiering {
 
     /// The identity a file being copied gets: its id (a new one, not yet written, if it
     /// has none or its id is another file's: a copy of that file's records), whether it is
-    /// new, and its catalog row (a new one for a new id) under `path`.
+    /// new, and its catalog row (a new one for a new id) under `path`. `marked` false: the
+    /// caller found none of coldtier's xattrs on the file ([`marks::present`]), so it has
+    /// no id to read.
     pub(super) fn identity(
         &self,
         file: &File,
         path: &str,
         ino: u64,
+        marked: bool,
     ) -> Result<(String, bool, FileRow), StepError> {
-        let mut id = marks::file_id(file.as_fd())?;
+        let mut id = if marked {
+            marks::file_id(file.as_fd())?
+        } else {
+            None
+        };
         let mut row = None;
         if let Some(i) = &id {
             match self.catalog.file_by_id(i)? {
@@ -1122,7 +1129,9 @@ impl Tiering {
         let held = self.gate.lock(node);
         let st1 = backing::stat_fd(file.as_fd())?;
         // A pin meanwhile may have given a new file its id: ours names the object.
-        let id_taken = new_id && marks::file_id(file.as_fd())?.is_some();
+        let id_taken = new_id
+            && marks::present(file.as_fd()).is_none_or(marks::Present::any)
+            && marks::file_id(file.as_fd())?.is_some();
         if !unchanged(st0, &st1) || held.opens().writers > 0 || id_taken {
             return Ok(None);
         }
@@ -1295,7 +1304,8 @@ impl Tiering {
     /// Frees the local data of a premigrated file (see the module doc for the order).
     /// `expect`: (size, mtime_ns, ctime_ns) the file must still have; `copied`: the records
     /// of the copy just made (not yet written: they are written first, with this step's in
-    /// one transaction when the file is stubbed).
+    /// one transaction when the file is stubbed), and whether that copy gave the file the
+    /// id it has (`stubs_directly`: no record or catalog row has it yet).
     pub fn stub_step(
         &self,
         node: u64,
@@ -1303,7 +1313,7 @@ impl Tiering {
         rec: &StubRecord,
         expect: (u64, i64, i64),
         action: Action,
-        copied: Vec<Transition>,
+        copied: (Vec<Transition>, bool),
     ) -> Result<Outcome, StepError> {
         let (outcome, owed) = self.stub_step_owing(node, file, rec, expect, action, copied)?;
         if let Some((mut row, change)) = owed {
@@ -1315,7 +1325,8 @@ impl Tiering {
     /// [`Tiering::stub_step`], returning the lazy catalog record of a stubbed file instead
     /// of writing it: a caller that stubs many files (a pack's members) writes theirs in
     /// one transaction ([`Tiering::record_batch`]), before anything ends the crash cover
-    /// of the files' step (the pack's upload intent).
+    /// of the files' step (the pack's upload intent). `unrecorded`: the file's id is the one
+    /// the copy just made gave it (`stubs_directly`), in no record and no catalog row yet.
     pub(super) fn stub_step_owing(
         &self,
         node: u64,
@@ -1323,7 +1334,7 @@ impl Tiering {
         rec: &StubRecord,
         expect: (u64, i64, i64),
         action: Action,
-        copied: Vec<Transition>,
+        (copied, unrecorded): (Vec<Transition>, bool),
     ) -> Result<(Outcome, Option<(FileRow, Change)>), StepError> {
         let mut copied = copied;
         // Renamed, chmod, touched, xattrs set since the copy: the times moved, the data
@@ -1331,16 +1342,17 @@ impl Tiering {
         // changed is found so by the locked part and its copy superseded.
         let expect = self.copy_still_good(file, rec, expect)?.unwrap_or(expect);
         self.failpoint("migrate-before-stub");
-        let (mut row, freed) = match self.stub_locked(node, file, rec, expect, &mut copied) {
-            Ok(StubStep::Stubbed { row, freed }) => (row, freed),
-            not => {
-                // Not stubbed: the copy's records (if not written yet) on their own.
-                if !copied.is_empty() {
-                    self.catalog.transition_batch_with(&copied, false)?;
+        let (mut row, freed) =
+            match self.stub_locked(node, file, rec, expect, (&mut copied, unrecorded)) {
+                Ok(StubStep::Stubbed { row, freed }) => (row, freed),
+                not => {
+                    // Not stubbed: the copy's records (if not written yet) on their own.
+                    if !copied.is_empty() {
+                        self.catalog.transition_batch_with(&copied, false)?;
+                    }
+                    return not.map(|l| (l.outcome(), None));
                 }
-                return not.map(|l| (l.outcome(), None));
-            }
-        };
+            };
         let st = backing::stat_fd(file.as_fd())?;
         row.ctime_ns = ns_of(st.ctime);
         row.mtime_ns = ns_of(st.mtime);
@@ -1398,12 +1410,18 @@ impl Tiering {
         file: &File,
         rec: &StubRecord,
         expect: (u64, i64, i64),
-        copied: &mut Vec<Transition>,
+        (copied, unrecorded): (&mut Vec<Transition>, bool),
     ) -> Result<StubStep, StepError> {
         let w = backing::reopen(file.as_fd(), libc::O_RDWR)?;
         let held = self.gate.lock(node);
-        // The pin is read under the gate, which `pin` holds while it records one.
-        let fresh = self.row_for(rec, w.as_fd(), FileState::Premigrated);
+        // The pin is read under the gate, which `pin` holds while it records one. An id
+        // the copy just made has no row to read: a pin meanwhile gave the file an id of
+        // its own (checked below), never a row under this one.
+        let fresh = if unrecorded {
+            self.row_unrecorded(rec, w.as_fd(), FileState::Premigrated)
+        } else {
+            self.row_for(rec, w.as_fd(), FileState::Premigrated)
+        };
         // The copy's records go under the file's path of now (renamed meanwhile, its old
         // path may be another file's by now).
         for (r, _, _) in copied.iter_mut() {
@@ -1418,9 +1436,13 @@ impl Tiering {
             None => fresh,
         };
         let st = backing::stat_fd(w.as_fd())?;
+        // Which records the file has, in one call (under the gate: no other step changes
+        // them now); a file fresh from its copy has none, and nothing is asked twice.
+        let present = marks::present(w.as_fd());
+        let may_have_id = present.is_none_or(|p| p.id);
         // Straight from a copy (no copy record in between: `stubs_directly`), a pin may
         // have given a new file another id meanwhile: the copy is not that file's.
-        if marks::id_xattr(w.as_fd())?.is_some_and(|id| id != rec.file_id) {
+        if may_have_id && marks::id_xattr(w.as_fd())?.is_some_and(|id| id != rec.file_id) {
             copied.clear();
             let msg = "given another id while it was being copied (the copy is discarded)";
             self.failed_event(&r, msg, Some((&rec.object_key, rec.version_id.as_deref())));
@@ -1457,7 +1479,7 @@ impl Tiering {
         // The times the stub shows (and a recall puts back) are the file's now, which a
         // `touch` since the copy may have moved.
         srec.set_mtime(ns_of(st.mtime));
-        marks::set_stub(w.as_fd(), &srec, || {
+        marks::set_stub_known(w.as_fd(), &srec, may_have_id, || {
             self.failpoint("migrate-after-id-xattr-removed")
         })?;
         // The stub record reaches the disk before the data is freed, on any
@@ -1470,13 +1492,14 @@ impl Tiering {
         // What was really freed: the data's blocks (a sparse file's holes had none; the
         // record's xattr block stays).
         let freed = blocks_before.saturating_sub(backing::stat_fd(w.as_fd())?.blocks) * 512;
-        backing::utimens_fd(
+        backing::futimens(
             w.as_fd(),
-            false,
             SetTime::At(st.atime.0, st.atime.1),
             SetTime::At(st.mtime.0, st.mtime.1),
         )?;
-        marks::remove(w.as_fd(), marks::COPY)?;
+        if present.is_none_or(|p| p.copy) {
+            marks::remove(w.as_fd(), marks::COPY)?;
+        }
         // The rest needs no fsync: lost to a power cut, the file keeps its stub record
         // (and maybe its data, or its copy record): a stub either way, which recalls.
         self.reset_mark(node);

@@ -507,15 +507,19 @@ impl Tiering {
         {
             return Ok(None);
         }
-        if marks::record(file.as_fd(), marks::STUB)?.is_some()
-            || marks::record(file.as_fd(), marks::COPY)?.is_some()
+        // A file of a tree being tiered mostly has none of coldtier's xattrs: one call
+        // says so, instead of asking for each record and then the id.
+        let marked = marks::present(file.as_fd()).is_none_or(marks::Present::any);
+        if marked
+            && (marks::record(file.as_fd(), marks::STUB)?.is_some()
+                || marks::record(file.as_fd(), marks::COPY)?.is_some())
         {
             return Ok(None);
         }
         refuse_unchangeable(file.as_fd())?;
         let node = self.node_id(&st0);
         let path = rel.to_string_lossy().into_owned();
-        let (id, new_id, row) = self.identity(&file, &path, st0.ino)?;
+        let (id, new_id, row) = self.identity(&file, &path, st0.ino, marked)?;
         let mut entry = entry_of(&path, &id, &st0);
         let (offset, checksum, whole) = tar
             .add(&entry, &file, 0, algo)
@@ -793,7 +797,7 @@ impl Tiering {
                 return Err(e);
             }
         }
-        self.stub_step_owing(node, &file, &rec, expect, Action::Stub, items)
+        self.stub_step_owing(node, &file, &rec, expect, Action::Stub, (items, direct))
     }
 }
 

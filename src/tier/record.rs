@@ -150,11 +150,11 @@ impl Tiering {
     /// Makes `path` free for `file_id` in the catalog: a row of another file that still
     /// holds it (a file deleted or moved without the mount) is parked aside.
     pub fn claim_path(&self, file_id: &str, path: &str) {
-        if let Ok(Some(other)) = self.catalog.file_by_path(path) {
-            if other.file_id != file_id {
-                let park = format!(".coldtier-moving/{}", other.file_id);
-                tracing::warn!(path, other = %other.file_id, "catalog: path held by another file's row; parking it");
-                let _ = self.catalog.rename_path(&other.file_id, &park);
+        if let Ok(Some(other)) = self.catalog.file_id_at(path) {
+            if other != file_id {
+                let park = format!(".coldtier-moving/{other}");
+                tracing::warn!(path, %other, "catalog: path held by another file's row; parking it");
+                let _ = self.catalog.rename_path(&other, &park);
             }
         }
     }
@@ -303,14 +303,31 @@ impl Tiering {
                 if let Err(e) = other {
                     tracing::error!("catalog: {e}");
                 }
-                let mut row = FileRow::new(
-                    rec.file_id.clone(),
-                    path.unwrap_or_else(|| format!(".coldtier-unknown/{}", rec.file_id)),
-                );
-                fill_from_record(&mut row, rec);
-                row.state = state;
-                row
+                new_row(rec, path, state)
             }
         }
     }
+
+    /// [`Tiering::row_for`] of a file whose id has no catalog row yet (the one the copy
+    /// being finished gave it): its row as the record says, under its path of now, with no
+    /// catalog read.
+    pub fn row_unrecorded(
+        &self,
+        rec: &StubRecord,
+        fd: BorrowedFd<'_>,
+        state: FileState,
+    ) -> FileRow {
+        new_row(rec, self.rel_of(fd), state)
+    }
+}
+
+/// A row for `rec`'s file that the catalog does not have (yet).
+fn new_row(rec: &StubRecord, path: Option<String>, state: FileState) -> FileRow {
+    let mut row = FileRow::new(
+        rec.file_id.clone(),
+        path.unwrap_or_else(|| format!(".coldtier-unknown/{}", rec.file_id)),
+    );
+    fill_from_record(&mut row, rec);
+    row.state = state;
+    row
 }
