@@ -443,8 +443,12 @@ fn a_restore_poller_never_recalls_over_a_file_recalled_and_written_meanwhile() {
     let body = data(41, 20_000);
     e.write("a", &body).unwrap();
     assert_eq!(e.migrate(MigrateMode::Stub).stubbed, 1);
-    // The poller stops after its next HEAD, before it recalls.
-    failpoint::arm("restore-poller-after-head", FailAction::Pause(1500));
+    // The poller stops after its next HEAD, before it recalls, until `go` exists.
+    let go = dirs.dir.path().join("go");
+    failpoint::arm(
+        "restore-poller-after-head",
+        FailAction::Hold(go.display().to_string()),
+    );
     failpoint::arm("restore-poller-checked", FailAction::Pause(0));
     assert_eq!(e.read("a").unwrap_err().0, libc::EAGAIN);
     st.finish_restores();
@@ -456,7 +460,8 @@ fn a_restore_poller_never_recalls_over_a_file_recalled_and_written_meanwhile() {
     want[7..16].copy_from_slice(b"new bytes");
     assert_eq!(e.read("a").unwrap(), want);
     let gets = e.counts.gets();
-    // The poller's pause ends: it finds the file no longer that stub and stops.
+    // The poller goes on: it finds the file no longer that stub and stops.
+    std::fs::write(&go, b"").unwrap();
     wait_for_hit("restore-poller-checked");
     failpoint::disarm_all();
     e.settle();

@@ -789,7 +789,9 @@ fn members_changed_after_their_pack_opened_them_lose_nothing() {
             .set("mount", "restart_on_crash", "false")
     });
     t.umount();
-    let migrate = t.stub_run_paused_at("pack-after-first-member:pause=3000");
+    // The run waits after its first member's read until `go` exists.
+    let go = t.dir.path().join("go");
+    let migrate = t.stub_run_paused_at(&format!("pack-after-first-member:hold={}", go.display()));
     let (gone, replaced, rewritten) = ("r/f03", "r/f07", "r/f11");
     fs::remove_file(t.m(gone)).unwrap();
     let new_bytes = vec![b'n'; 12_345];
@@ -797,6 +799,7 @@ fn members_changed_after_their_pack_opened_them_lose_nothing() {
     fs::rename(t.m("r/new.tmp"), t.m(replaced)).unwrap();
     let rewritten_bytes = vec![b'w'; 20_011];
     fs::write(t.m(rewritten), &rewritten_bytes).unwrap();
+    fs::write(&go, b"").unwrap();
     let out = migrate.join().unwrap();
     assert!(
         t.daemon_log_tail().contains("pack-after-first-member"),
@@ -880,7 +883,10 @@ fn a_member_recalled_before_its_packs_records_are_written_keeps_the_catalog_in_s
     let fs_ = files(&[("a.txt", 5000), ("d/b.txt", 70_000), ("d/c.txt", 10)]);
     let mut t = TierMount::new(&moto, "pk-owed", &fs_, packed);
     t.umount();
-    t.mount_with_env(&[(FAILPOINT_ENV, "pack-before-records:pause=5000")]);
+    // The run waits before its members' records until `go` exists.
+    let go = t.dir.path().join("go");
+    let fp = format!("pack-before-records:hold={}", go.display());
+    t.mount_with_env(&[(FAILPOINT_ENV, fp.as_str())]);
     let mnt = t.mnt_str();
     let run =
         std::thread::spawn(move || common::coldtier(&["migrate", mnt.as_str(), "--mode", "stub"]));
@@ -894,6 +900,7 @@ fn a_member_recalled_before_its_packs_records_are_written_keeps_the_catalog_in_s
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_bytes("a.txt", &read_ok(&t.m("a.txt")), &fs_[0].1);
+    fs::write(&go, b"").unwrap();
     let out = run.join().unwrap();
     assert!(out.status.success(), "migrate: {}", show(&out));
     let kinds: Vec<String> = t

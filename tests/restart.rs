@@ -409,7 +409,10 @@ fn a_mount_right_after_a_plain_umount_waits_for_the_exiting_daemon() {
         &vec![("f".to_string(), b"data".to_vec())],
         |c| c,
     );
-    t.mount_with_env(&[("COLDTIER_TEST_FAILPOINT", "exit-after-unmount:pause=4000")]);
+    // The old daemon waits in its exit until `go` exists.
+    let go = t.dir.path().join("go");
+    let fp = format!("exit-after-unmount:hold={}", go.display());
+    t.mount_with_env(&[("COLDTIER_TEST_FAILPOINT", fp.as_str())]);
     let old = daemon(&t.mnt);
     let out = std::process::Command::new("umount")
         .arg(&t.mnt)
@@ -417,12 +420,18 @@ fn a_mount_right_after_a_plain_umount_waits_for_the_exiting_daemon() {
         .unwrap();
     assert!(out.status.success(), "umount: {}", show(&out));
     t.set_unmounted();
-    // The old daemon sleeps in its exit for 4 s: it is alive while the new mount starts.
+    // The old daemon waits in its exit: it is alive while the new mount starts, and lets
+    // go a moment later (the new mount waits for it either way).
     assert!(
         alive(old),
         "the old daemon exited at once: the case is not exercised"
     );
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::write(go, b"").unwrap();
+    });
     t.mount_with_env(&[]);
+    release.join().unwrap();
     assert!(!alive(old), "the new daemon runs beside the old one");
     assert_ne!(daemon(&t.mnt), old);
     assert_eq!(std::fs::read(t.mnt.join("f")).unwrap(), b"data");

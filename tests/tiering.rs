@@ -310,10 +310,13 @@ fn a_recall_in_flight_shows_recalling_and_records_both_events() {
     let mut t = TierMount::new(&moto, "inflight", &fs_, |c| c);
     t.migrate_ok(&["--mode", "stub"]);
     t.umount();
-    t.mount_with_env(&[(FAILPOINT_ENV, "recall-after-truncate:pause=4000")]);
+    // The recall waits after its truncate until `go` exists.
+    let go = t.dir.path().join("go");
+    let fp = format!("recall-after-truncate:hold={}", go.display());
+    t.mount_with_env(&[(FAILPOINT_ENV, fp.as_str())]);
     let path = t.m("small.bin");
     let reader = std::thread::spawn(move || fs::read(path));
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut states = Vec::new();
     while Instant::now() < deadline {
         let s = t.state("small.bin");
@@ -324,6 +327,7 @@ fn a_recall_in_flight_shows_recalling_and_records_both_events() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    fs::write(&go, b"").unwrap();
     let data = reader.join().unwrap().expect("read of the stub");
     assert_eq!(
         states.last().map(String::as_str),
@@ -1161,13 +1165,16 @@ fn straight_to_stub(moto: &Arc<MotoServer>, packed: bool, tracked: bool) {
         t.status("a.bin")["file_id"].clone()
     });
     t.umount();
-    let migrate = t.stub_run_paused_at("migrate-before-stub:pause=2000");
+    // The run waits before the stub step until `go` exists.
+    let go = t.dir.path().join("go");
+    let migrate = t.stub_run_paused_at(&format!("migrate-before-stub:hold={}", go.display()));
     // Copied and proven, about to be stubbed: a new file is as it was; a tracked one has
     // its copy record beside its id.
     let backing = t.s("a.bin");
     assert_eq!(xattr(&backing, "trusted.coldtier.copy").is_some(), tracked);
     assert_eq!(xattr(&backing, "trusted.coldtier.id").is_some(), tracked);
     assert_eq!(xattr(&backing, STUB_XATTR), None);
+    fs::write(&go, b"").unwrap();
     let out = migrate.join().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(t.state("a.bin"), "stub");

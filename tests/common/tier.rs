@@ -507,9 +507,9 @@ impl TierMount {
         );
     }
 
-    /// Mounts with failpoint `fp` (e.g. `"migrate-after-put:pause=3000"`), starts a stub
-    /// run in a thread and returns once the daemon says it is pausing there; the run's
-    /// output comes from joining the thread.
+    /// Mounts with failpoint `fp` (e.g. `"migrate-after-put:hold=PATH"`: the run goes on
+    /// once the test creates PATH), starts a stub run in a thread and returns once the
+    /// daemon says it is pausing there; the run's output comes from joining the thread.
     pub fn stub_run_paused_at(&mut self, fp: &str) -> std::thread::JoinHandle<Output> {
         self.mount_with_env(&[(FAILPOINT_ENV, fp)]);
         let args = vec![
