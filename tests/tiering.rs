@@ -1079,6 +1079,64 @@ fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
     );
 }
 
+/// A backing file copied with its xattrs outside the mount (`cp -a` as root, `rsync -X`, a
+/// restore) carries the original's id and records, and is stubbed from the same object.
+/// The catalog knows one file by that id: when the original is deleted through the mount,
+/// gc past the retention keeps the object all the same (the copy's record names it) and
+/// says so; the copy still reads back. Once the copy is deleted too, gc deletes it.
+#[test]
+fn gc_keeps_an_object_that_a_copied_backing_file_still_names() {
+    let moto = start_moto();
+    let fs_ = files(&[("a.bin", 30 * 1024)]);
+    let mut t = TierMount::new(&moto, "gc-copied", &fs_, |c| c);
+    t.migrate_ok(&["--mode", "copy-only"]);
+    let (a, b) = (t.s("a.bin"), t.s("b.bin"));
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cp -a: {}", show(&out));
+    assert!(
+        xattr(&b, "trusted.coldtier.copy").is_some(),
+        "cp -a kept no record"
+    );
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.object_key("a.bin");
+    assert_eq!(t.state("b.bin"), "stub");
+    assert_eq!(t.object_key("b.bin"), key);
+    fs::remove_file(t.m("a.bin")).unwrap();
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    let gc = |t: &TierMount, dry: bool| -> Value {
+        let mnt = t.mnt_str();
+        let mut args = vec!["gc", mnt.as_str(), "--json"];
+        if dry {
+            args.push("--dry-run");
+        }
+        serde_json::from_str(t.ok(&args).trim()).unwrap()
+    };
+    for dry in [true, false] {
+        let r = gc(&t, dry);
+        assert_eq!(r["deleted"], serde_json::json!([]), "dry run {dry}: {r}");
+        let kept = &r["kept_named_on_disk"];
+        assert_eq!(kept.as_array().map(Vec::len), Some(1), "dry run {dry}: {r}");
+        assert_eq!(kept[0]["path"], "b.bin", "{r}");
+        assert!(
+            kept[0]["object_key"].as_str().unwrap().ends_with(&key),
+            "{r}"
+        );
+    }
+    assert!(t.objects().contains(&key), "{:?}", t.objects());
+    assert_bytes("the copy, after gc", &read_ok(&t.m("b.bin")), &fs_[0].1);
+    // The copy gone as well: nothing names the object any more.
+    fs::remove_file(t.m("b.bin")).unwrap();
+    let r = gc(&t, false);
+    assert_eq!(r["kept_named_on_disk"], serde_json::json!([]), "{r}");
+    assert!(!t.objects().contains(&key), "{r}");
+}
+
 // ------------------------------------------------------------------------------------------
 // 7. Pins
 

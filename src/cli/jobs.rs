@@ -272,11 +272,19 @@ pub(super) fn gc(a: &GcArgs) -> anyhow::Result<()> {
                 (None, None) => println!("would repack {} ({live})", p.object_key),
             }
         }
+        for k in &r.kept_named_on_disk {
+            println!(
+                "kept {}: {} names it, though the catalog does not (its backing file copied \
+                 with its xattrs outside the mount?)",
+                k.object_key, k.path
+            );
+        }
         println!(
-            "{} objects {}, {} kept under retention",
+            "{} objects {}, {} kept under retention, {} kept as files on disk name them",
             r.deleted.len(),
             if a.dry_run { "to delete" } else { "deleted" },
-            r.kept_under_retention
+            r.kept_under_retention,
+            r.kept_named_on_disk.len()
         );
     }
     if !r.errors.is_empty() {

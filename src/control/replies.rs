@@ -342,10 +342,23 @@ pub struct GcReport {
     pub dry_run: bool,
     pub deleted: Vec<GcObject>,
     pub kept_under_retention: u64,
+    /// Objects past their retention that the records of a file on disk still name, which
+    /// the catalog does not know (a backing file copied with its xattrs outside the mount):
+    /// kept.
+    #[serde(default)]
+    pub kept_named_on_disk: Vec<GcKept>,
     /// Packs rewritten with only their live members (`pack.repack_below`).
     #[serde(default)]
     pub repacked: Vec<GcRepack>,
     pub errors: Vec<String>,
+}
+
+/// An object gc kept because a file on disk names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GcKept {
+    pub object_key: String,
+    /// One file whose stub or copy record names it.
+    pub path: String,
 }
 
 /// One pack gc repacked (or would, or could not).

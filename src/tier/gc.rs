@@ -1,8 +1,12 @@
 //! Garbage collection: the objects of deleted and superseded content whose retention has
 //! passed, and of copies that failed, are deleted from the store (each an OBJECT_DELETED
-//! event); an object a tracked file still names never is.
+//! event); an object a tracked file still names never is, nor one that the records of any
+//! file on disk name (a file can carry records the catalog does not know: see
+//! [`Tiering::keys_on_disk`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -39,6 +43,51 @@ async fn purge_index_after(
 }
 
 impl Tiering {
+    /// The object keys that the stub and copy records of the files on disk name, each with
+    /// the path of one file that names it. gc deletes none of them, whatever the catalog
+    /// says: a backing file copied with its xattrs outside the mount (`cp -a` or
+    /// `rsync -X` as root, a restore from a backup) carries the original's records and
+    /// names its object, yet the catalog knows one file by that id; deleting the original
+    /// must not take the copy's data. An error if a directory of the tree cannot be read
+    /// (what it holds is not known: gc then deletes nothing).
+    fn keys_on_disk(&self) -> Result<HashMap<String, String>, StepError> {
+        let mut keys = HashMap::new();
+        let mut unread = None;
+        let mut skipped = |dir: &Path, e: crate::fs::backing::Errno| {
+            unread.get_or_insert_with(|| format!("{}: {e:?}", dir.display()));
+        };
+        super::migrate::walk_tree(
+            self.root(),
+            self.root_dev,
+            Path::new(""),
+            &mut skipped,
+            &mut |rel, _, dir, name| {
+                let Ok(fd) = crate::fs::backing::open_path_at(dir, name) else {
+                    return;
+                };
+                if !super::marks::may_have_marks(fd.as_fd()) {
+                    return;
+                }
+                for which in [super::marks::STUB, super::marks::COPY] {
+                    if let Ok(Some(rec)) = super::marks::record(fd.as_fd(), which) {
+                        keys.entry(rec.object_key)
+                            .or_insert_with(|| rel.to_string_lossy().into_owned());
+                    }
+                }
+            },
+        )?;
+        match unread {
+            None => Ok(keys),
+            Some(dir) => Err(StepError::new(
+                libc::EIO,
+                format!(
+                    "cannot read directory {dir}: the objects its files may name are not \
+                     known, so no object is deleted"
+                ),
+            )),
+        }
+    }
+
     /// `coldtier gc`: deletes the objects of deleted and superseded content whose
     /// retention has passed, and of copies that failed verification. Each deletion is an
     /// OBJECT_DELETED event. Never deletes an object a tracked file still names.
@@ -84,6 +133,9 @@ impl Tiering {
         let retention = self.settings().catalog.retention.as_nanos() as i64;
         let mut deleted = Vec::new();
         let mut kept = 0u64;
+        let mut kept_on_disk = Vec::new();
+        // Read once, when the first object is found past its retention.
+        let mut on_disk: Option<HashMap<String, String>> = None;
         let mut seen = HashSet::new();
         for e in events.iter().filter(|e| e.kind != EventKind::ObjectDeleted) {
             if cancel.is_cancelled() {
@@ -101,6 +153,25 @@ impl Tiering {
                 continue;
             }
             let full = self.full_key(&obj.0);
+            if on_disk.is_none() {
+                match self.keys_on_disk() {
+                    Ok(k) => on_disk = Some(k),
+                    Err(err) => {
+                        errors.push(err.message);
+                        break;
+                    }
+                }
+            }
+            if let Some(rel) = on_disk.as_ref().and_then(|k| k.get(&obj.0)) {
+                tracing::warn!(
+                    object = %full,
+                    path = %rel,
+                    "gc: kept: a file on disk names it, though the catalog does not (its backing \
+                     file copied with its xattrs outside the mount?)"
+                );
+                kept_on_disk.push(json!({"object_key": full, "path": rel}));
+                continue;
+            }
             // Its copies on the replica targets go first: should one fail, the primary's
             // stays too and the next gc tries both again (a primary gone first would leave
             // the copies behind for good).
@@ -208,6 +279,7 @@ impl Tiering {
             "dry_run": dry_run,
             "deleted": deleted,
             "kept_under_retention": kept,
+            "kept_named_on_disk": kept_on_disk,
             "repacked": repacked,
             "errors": errors,
         }))
