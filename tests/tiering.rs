@@ -1083,13 +1083,16 @@ fn rename_moves_nothing_and_delete_keeps_the_object_until_gc_after_retention() {
 /// restore) carries the original's id and records, and is stubbed from the same object.
 /// The catalog knows one file by that id: when the original is deleted through the mount,
 /// gc past the retention keeps the object all the same (the copy's record names it) and
-/// says so; the copy still reads back. Once the copy is deleted too, gc deletes it.
+/// says so; the copy still reads back. `verify` names the shared id. Once the copy is
+/// deleted too, gc deletes the object.
 #[test]
 fn gc_keeps_an_object_that_a_copied_backing_file_still_names() {
     let moto = start_moto();
-    let fs_ = files(&[("a.bin", 30 * 1024)]);
+    let fs_ = files(&[("a.bin", 30 * 1024), ("h.bin", 20 * 1024)]);
     let mut t = TierMount::new(&moto, "gc-copied", &fs_, |c| c);
     t.migrate_ok(&["--mode", "copy-only"]);
+    // A second name of a premigrated file shares its id too, and is no copy.
+    fs::hard_link(t.m("h.bin"), t.m("h2.bin")).unwrap();
     let (a, b) = (t.s("a.bin"), t.s("b.bin"));
     let out = std::process::Command::new("cp")
         .arg("-a")
@@ -1106,6 +1109,20 @@ fn gc_keeps_an_object_that_a_copied_backing_file_still_names() {
     let key = t.object_key("a.bin");
     assert_eq!(t.state("b.bin"), "stub");
     assert_eq!(t.object_key("b.bin"), key);
+    // verify names the file that shares the other's id.
+    let (code, v) = t.verify(false);
+    assert_ne!(code, 0, "{v}");
+    let shared: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "shared_id")
+        .collect();
+    assert_eq!(shared.len(), 1, "{v}");
+    assert!(
+        ["a.bin", "b.bin"].contains(&shared[0]["path"].as_str().unwrap()),
+        "{v}"
+    );
     fs::remove_file(t.m("a.bin")).unwrap();
     t.umount();
     t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);

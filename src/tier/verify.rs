@@ -74,6 +74,8 @@ struct RecordedObject {
     rel: String,
     rec: StubRecord,
     stub: bool,
+    /// The backing file's inode number (two names of one hard-linked file share it).
+    ino: u64,
 }
 
 /// What walking the tree found.
@@ -167,8 +169,28 @@ impl Tiering {
             }
         }
         let mut seen_ids = reported;
+        // The first file found with each id: another file (not a second name of it) with
+        // the same id is a copy of its backing file made with its xattrs.
+        let mut first: HashMap<&str, (u64, &str)> = HashMap::new();
         for r in &refs {
             seen_ids.insert(r.rec.file_id.clone());
+            match first.get(r.rec.file_id.as_str()) {
+                Some(&(ino, other)) if ino != r.ino => findings.push(Finding {
+                    kind: "shared_id",
+                    path: Some(r.rel.clone()),
+                    file_id: Some(r.rec.file_id.clone()),
+                    object_key: Some(self.full_key(&r.rec.object_key)),
+                    message: format!(
+                        "carries the same file id as {other} (its backing file copied with its \
+                         xattrs outside the mount?): the catalog knows one file by that id; gc \
+                         keeps every object a file names"
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    first.insert(&r.rec.file_id, (r.ino, &r.rel));
+                }
+            }
             let want = if r.stub {
                 "stub"
             } else {
@@ -578,6 +600,7 @@ impl Tiering {
                         rel: rel_s,
                         rec,
                         stub: true,
+                        ino: st.ino,
                     });
                 }
                 Ok(None) => {}
@@ -615,6 +638,7 @@ impl Tiering {
                             rel: rel_s,
                             rec,
                             stub: false,
+                            ino: st.ino,
                         });
                     }
                 }
