@@ -174,23 +174,6 @@ impl Tiering {
         let mut first: HashMap<&str, (u64, &str)> = HashMap::new();
         for r in &refs {
             seen_ids.insert(r.rec.file_id.clone());
-            match first.get(r.rec.file_id.as_str()) {
-                Some(&(ino, other)) if ino != r.ino => findings.push(Finding {
-                    kind: "shared_id",
-                    path: Some(r.rel.clone()),
-                    file_id: Some(r.rec.file_id.clone()),
-                    object_key: Some(self.full_key(&r.rec.object_key)),
-                    message: format!(
-                        "carries the same file id as {other} (its backing file copied with its \
-                         xattrs outside the mount?): the catalog knows one file by that id; gc \
-                         keeps every object a file names"
-                    ),
-                }),
-                Some(_) => {}
-                None => {
-                    first.insert(&r.rec.file_id, (r.ino, &r.rel));
-                }
-            }
             let want = if r.stub {
                 "stub"
             } else {
@@ -203,6 +186,20 @@ impl Tiering {
                 object_key: Some(self.full_key(&r.rec.object_key)),
                 message,
             };
+            match first.get(r.rec.file_id.as_str()) {
+                Some(&(ino, other)) if ino != r.ino => findings.push(f(
+                    "shared_id",
+                    format!(
+                        "carries the same file id as {other} (its backing file copied with its \
+                         xattrs outside the mount?): the catalog knows one file by that id; gc \
+                         keeps every object a file names"
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    first.insert(&r.rec.file_id, (r.ino, &r.rel));
+                }
+            }
             let row = match rows.get(&r.rec.file_id) {
                 Some(row) => Some(row.clone()),
                 // Not in a tiered state in the catalog (or not there at all).
