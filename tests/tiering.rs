@@ -867,6 +867,75 @@ fn metadata_changes_keep_the_copy_and_fetch_nothing() {
 }
 
 // ------------------------------------------------------------------------------------------
+/// A copy proven when it was made may be gone from the bucket by the time the data would be
+/// freed from it (a lifecycle rule, a person, another tool): a release and a stub run ask
+/// the store first (a HEAD of the recorded version). The release is refused and the file
+/// keeps its data; the stub run copies it again and stubs it from the new copy. For a file
+/// of its own and for pack members.
+#[test]
+fn a_copy_gone_from_the_bucket_never_frees_data() {
+    let moto = start_moto();
+    let fs_ = files(&[("own.bin", 200 * 1024), ("m1.txt", 5000), ("m2.txt", 7000)]);
+    let t = TierMount::new(&moto, "gonecopy", &fs_, |c| {
+        c.set("pack", "enabled", "true")
+            .set("pack", "max_member_size", &q("64KiB"))
+    });
+    t.migrate_ok(&["--mode", "copy-only"]);
+    let old: BTreeMap<&str, String> = ["own.bin", "m1.txt", "m2.txt"]
+        .into_iter()
+        .map(|r| (r, t.object_key(r)))
+        .collect();
+    assert!(old["m1.txt"].ends_with(".tar"), "m1.txt is packed: {old:?}");
+    assert_eq!(old["m1.txt"], old["m2.txt"]);
+    for r in ["own.bin", "m1.txt", "m2.txt"] {
+        assert_eq!(t.state(r), "premigrated", "{r}");
+    }
+    for k in [&old["own.bin"], &old["m1.txt"]] {
+        moto.raw_delete(&t.bucket, k).unwrap();
+    }
+
+    for r in ["own.bin", "m1.txt"] {
+        let out = t.cli(&["release", t.ms(r).as_str()]);
+        assert!(
+            !out.status.success(),
+            "release of {r}, whose copy is gone, succeeded: {}",
+            show(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not in the store any more"),
+            "release of {r}: {}",
+            show(&out)
+        );
+        assert_eq!(t.state(r), "resident", "{r} after the refused release");
+        let kinds = t.kinds(r);
+        assert_eq!(
+            only(&kinds, &["COPIED", "VERIFIED", "SUPERSEDED", "STUBBED"]),
+            ["COPIED", "VERIFIED", "SUPERSEDED"],
+            "history of {r}: {kinds:?}"
+        );
+    }
+    for (i, r) in ["own.bin", "m1.txt", "m2.txt"].iter().enumerate() {
+        assert_bytes(r, &fs::read(t.s(r)).unwrap(), &fs_[i].1);
+    }
+
+    // A stub run: m2.txt (still premigrated, its pack gone) and the two others are
+    // copied again and stubbed from the new copies.
+    let v = t.migrate_ok(&["--mode", "stub"]);
+    assert_eq!(v["failed"], 0, "{v}");
+    for (i, r) in ["own.bin", "m1.txt", "m2.txt"].iter().enumerate() {
+        assert_eq!(t.state(r), "stub", "{r}");
+        let k = t.object_key(r);
+        assert_ne!(k, old[r], "{r} is stubbed from a new copy");
+        assert_bytes(r, &read_ok(&t.m(r)), &fs_[i].1);
+    }
+    let kinds = t.kinds("m2.txt");
+    assert_eq!(
+        only(&kinds, &["VERIFIED", "SUPERSEDED", "STUBBED"]),
+        ["VERIFIED", "SUPERSEDED", "VERIFIED", "STUBBED"],
+        "history of m2.txt: {kinds:?}"
+    );
+}
+
 // 5. Writes to premigrated files
 
 #[test]

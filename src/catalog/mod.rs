@@ -27,7 +27,7 @@ pub use queries::{EventQuery, FileQuery, Total};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use types::{
     AlertFacts, ConfigVersion, Event, EventKind, FileRow, FileState, Job, JobCounts, ObjectRef,
-    PackRow, ReplicaCounts, ReplicaRow, StateCount, UnknownName, Upload,
+    PackLive, PackRow, ReplicaCounts, ReplicaRow, StateCount, UnknownName, Upload,
 };
 
 use chain::{event_hash, sha256_hex, HashInput, RawEvent, Verifier};
@@ -1333,23 +1333,25 @@ impl Catalog {
         })
     }
 
-    /// Every pack, with the number of files that still name it (its live members) and
-    /// their bytes.
-    pub fn packs(&self) -> Result<Vec<(PackRow, u64, u64)>> {
+    /// Every pack, with the files that still name it (its live members).
+    pub fn packs(&self) -> Result<Vec<PackLive>> {
         self.read("reading the packs", |c| {
             c.prepare_cached(
                 "SELECT p.object_key, p.pack_id, p.version_id, p.size, p.members, \
                  p.checksum_algo, p.checksum, p.storage_class, p.index_key, p.repack_of, \
                  (SELECT count(*) FROM files f WHERE f.object_key = p.object_key), \
-                 (SELECT coalesce(sum(size), 0) FROM files f WHERE f.object_key = p.object_key) \
+                 (SELECT coalesce(sum(size), 0) FROM files f WHERE f.object_key = p.object_key), \
+                 (SELECT coalesce(sum((size + 511) / 512), 0) FROM files f \
+                  WHERE f.object_key = p.object_key) \
                  FROM packs p ORDER BY p.created_ns",
             )?
             .query_map([], |r| {
-                Ok((
-                    pack_row(r)?,
-                    r.get::<_, i64>(10)? as u64,
-                    r.get::<_, i64>(11)? as u64,
-                ))
+                Ok(PackLive {
+                    pack: pack_row(r)?,
+                    members: r.get::<_, i64>(10)? as u64,
+                    bytes: r.get::<_, i64>(11)? as u64,
+                    blocks: r.get::<_, i64>(12)? as u64,
+                })
             })?
             .collect()
         })

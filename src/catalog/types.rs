@@ -256,6 +256,18 @@ pub struct PackRow {
     pub repack_of: Option<String>,
 }
 
+/// A pack and its live members: the files that still name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackLive {
+    pub pack: PackRow,
+    /// How many files name it.
+    pub members: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Their bytes counted in whole 512-byte blocks (a tar's unit), each member's own.
+    pub blocks: u64,
+}
+
 /// One entry of the append-only, hash-chained event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

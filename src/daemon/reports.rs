@@ -466,12 +466,12 @@ fn stats(t: &Tiering, config: &Config, since_ns: Option<i64>) -> Result<StatsRep
 /// The packs some file still names.
 fn pack_stats(t: &Tiering) -> Result<Option<crate::control::replies::PackStats>, ErrorBody> {
     let mut s = crate::control::replies::PackStats::default();
-    for (p, live, live_bytes) in t.catalog.packs().map_err(cat_err)? {
-        if live > 0 {
+    for p in t.catalog.packs().map_err(cat_err)? {
+        if p.members > 0 {
             s.packs += 1;
-            s.bytes += p.size;
-            s.members += live;
-            s.live_bytes += live_bytes;
+            s.bytes += p.pack.size;
+            s.members += p.members;
+            s.live_bytes += p.bytes;
         }
     }
     Ok((s.packs > 0).then_some(s))

@@ -239,6 +239,19 @@ impl MotoServer {
         Ok(())
     }
 
+    /// Deletes an object with a raw DELETE, behind the store's back (a lifecycle rule, a
+    /// person).
+    pub fn raw_delete(&self, bucket: &str, full_key: &str) -> Result<(), String> {
+        let (st, b) = self.http("DELETE", &format!("/{bucket}/{full_key}"), &[], b"")?;
+        if st != 204 && st != 200 {
+            return Err(format!(
+                "raw DELETE {full_key}: {st} {}",
+                String::from_utf8_lossy(&b)
+            ));
+        }
+        Ok(())
+    }
+
     /// An S3 store configuration for this server (path style, any credentials).
     pub fn s3_config(&self, bucket: &str) -> S3Config {
         S3Config {

@@ -52,8 +52,8 @@ pub struct PackConfig {
     /// ... or this many files (default 10,000). A run's last pack is closed at its end
     /// however small; a member is never split.
     pub max_files: u64,
-    /// `coldtier gc` repacks a pack whose live members hold less than this fraction of
-    /// its bytes (default 0.5; 0: never).
+    /// `coldtier gc` repacks a pack with dead members whose live members take less than
+    /// this fraction of its bytes, their tar headers counted (default 0.5; 0: never).
     pub repack_below: f64,
 }
 

@@ -72,6 +72,9 @@ pub struct Tiering {
     /// Replica targets whose server refused a server-side copy from the primary: copies to
     /// them are streamed through this host for the life of the daemon.
     pub(super) no_server_copy: Mutex<std::collections::HashSet<String>>,
+    /// Objects a HEAD found as recorded a moment ago ([`Tiering::copy_still_there`]), and
+    /// when: the members of one pack, stubbed from their copy records, ask once.
+    pub(super) copies_seen: Mutex<HashMap<(String, Option<String>), std::time::Instant>>,
     /// Bumped by every reload of the config: the schedulers wait on it.
     pub(super) reloaded: tokio::sync::watch::Sender<u64>,
     /// The store's own key prefix (shown in full keys), "" for none.
@@ -233,6 +236,7 @@ impl Tiering {
             replicas: Default::default(),
             replica_checks: Mutex::new(HashMap::new()),
             no_server_copy: Mutex::default(),
+            copies_seen: Mutex::default(),
             store_prefix,
             source,
             mountpoint,

@@ -117,12 +117,22 @@ impl Tiering {
                     .map(|e| format!("repack of {}: {e}", r["object_key"].as_str().unwrap_or("?")))
             })
             .collect();
-        let events = self.catalog.events_of_kinds(&[
+        let mut events = self.catalog.events_of_kinds(&[
             EventKind::Superseded,
             EventKind::Deleted,
             EventKind::Failed,
             EventKind::ObjectDeleted,
         ])?;
+        if !dry_run {
+            let named: HashSet<String> = events
+                .iter()
+                .filter_map(|e| event_object(&e.detail))
+                .map(|o| o.0)
+                .collect();
+            let named: HashSet<&str> = named.iter().map(String::as_str).collect();
+            let ended = self.supersede_cut_repacks(&named)?;
+            events.extend(ended);
+        }
         let in_use = self.catalog.object_keys_in_use()?;
         let gone: HashSet<(String, Option<String>)> = events
             .iter()

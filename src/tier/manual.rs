@@ -159,8 +159,16 @@ impl Tiering {
         let row = self.row_for(&rec, fd, FileState::Premigrated);
         let expect = (row.size, row.mtime_ns, row.ctime_ns);
         let node = self.node_id(&st);
-        // policy.copies holds for a release by hand too. (A plain thread: the control
-        // socket's.)
+        // The copy is still there (proven when it was made, maybe long ago); else it is
+        // dropped and nothing freed. (A plain thread: the control socket's.)
+        if let Some(why) = self.rt.block_on(self.copy_still_there(&rec))? {
+            self.drop_gone_copy(node, f, &rec, &why)?;
+            return Err(StepError::new(
+                libc::ENODATA,
+                format!("not released: {why}; the file keeps its data, and `coldtier migrate` copies it again"),
+            ));
+        }
+        // policy.copies holds for a release by hand too.
         self.rt.block_on(self.ensure_copies(f, &rec, &row.path))?;
         match self.stub_step(node, f, &rec, expect, Action::Release, (Vec::new(), false))? {
             Outcome::Stubbed(freed) => Ok(Released::Now {

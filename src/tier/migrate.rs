@@ -799,14 +799,27 @@ impl Tiering {
             let Some(rec) = marks::record(file.as_fd(), marks::COPY)? else {
                 return Ok(Outcome::Skipped);
             };
-            let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
-            let expect = (row.size, row.mtime_ns, row.ctime_ns);
-            self.ensure_copies(&file, &rec, &row.path).await?;
-            match self.stub_step(node, &file, &rec, expect, Action::Stub, (Vec::new(), false))? {
-                // Its copy could not be proven current (changed, or the catalog lost the
-                // copy's last step in a crash): superseded; copy it again now.
-                Outcome::Changed => {}
-                o => return Ok(o),
+            // A copy proven long ago may be gone from the bucket since: it is dropped and
+            // the file copied again now.
+            if let Some(why) = self.copy_still_there(&rec).await? {
+                self.drop_gone_copy(node, &file, &rec, &why)?;
+            } else {
+                let row = self.row_for(&rec, file.as_fd(), FileState::Premigrated);
+                let expect = (row.size, row.mtime_ns, row.ctime_ns);
+                self.ensure_copies(&file, &rec, &row.path).await?;
+                match self.stub_step(
+                    node,
+                    &file,
+                    &rec,
+                    expect,
+                    Action::Stub,
+                    (Vec::new(), false),
+                )? {
+                    // Its copy could not be proven current (changed, or the catalog lost the
+                    // copy's last step in a crash): superseded; copy it again now.
+                    Outcome::Changed => {}
+                    o => return Ok(o),
+                }
             }
         }
         // With `stub`, the copy's records (COPIED, VERIFIED) are written with the stub's
@@ -1062,6 +1075,74 @@ impl Tiering {
         )
         .or_else(|_| backing::open_beneath(self.root(), rel, libc::O_RDONLY | libc::O_NOFOLLOW))?;
         Ok(File::from(fd))
+    }
+
+    /// Before the data of a file premigrated earlier is freed from its copy record (a
+    /// policy run that stubs, `coldtier release`): whether the copy is still in the store
+    /// as recorded. It was proven when it was made, perhaps months ago; a lifecycle rule,
+    /// a person or another tool may have deleted or replaced it since, and freeing the
+    /// data then would lose the file. A HEAD of the recorded version: None if it is there,
+    /// of the recorded size (a pack's, for a member); Some(why) if it is gone or not what
+    /// was recorded; an error if the store could not answer (nothing is freed then). An
+    /// answer of the last few seconds is used again: the members of one pack ask once.
+    pub(crate) async fn copy_still_there(
+        &self,
+        rec: &StubRecord,
+    ) -> Result<Option<String>, StepError> {
+        const FRESH: Duration = Duration::from_secs(10);
+        let key = (rec.object_key.clone(), rec.version_id.clone());
+        let now = std::time::Instant::now();
+        {
+            let mut seen = self.copies_seen.lock();
+            seen.retain(|_, at| now.duration_since(*at) < FRESH);
+            if seen.contains_key(&key) {
+                return Ok(None);
+            }
+        }
+        let want = rec.pack.as_ref().map_or(rec.object_size(), |p| p.pack_size);
+        let store = self.store()?;
+        let full = self.full_key(&rec.object_key);
+        match store.head(&rec.object_key, rec.version_id.as_deref()).await {
+            Ok(m) if m.size == want => {
+                self.copies_seen.lock().insert(key, now);
+                Ok(None)
+            }
+            Ok(m) => Ok(Some(format!(
+                "its copy {full} is {} bytes in the store, the record says {want} (replaced?)",
+                m.size
+            ))),
+            Err(e) if e.is(StoreErrorKind::NotFound) => Ok(Some(format!(
+                "its copy {full} (version {:?}) is not in the store any more",
+                rec.version_id
+            ))),
+            Err(e) => Err(StepError::new(
+                libc::EIO,
+                format!("HEAD {full}, to check the copy is still there: {e}"),
+            )),
+        }
+    }
+
+    /// The copy record `rec` of `file` names a copy that is gone ([`Tiering::copy_still_there`]):
+    /// it is superseded (SUPERSEDED, with `why`), the file is resident again and its next
+    /// copy is a new one. Under the file's gate; nothing if its record changed meanwhile.
+    pub(crate) fn drop_gone_copy(
+        &self,
+        node: u64,
+        file: &File,
+        rec: &StubRecord,
+        why: &str,
+    ) -> Result<(), StepError> {
+        let _held = self.gate.lock(node);
+        let now = marks::record(file.as_fd(), marks::COPY)?;
+        if now.as_ref().map(|r| (&r.object_key, &r.version_id))
+            != Some((&rec.object_key, &rec.version_id))
+        {
+            return Ok(());
+        }
+        tracing::warn!(path = ?self.rel_of(file.as_fd()), "{why}: its copy record is dropped, and the file copied again");
+        self.supersede(file.as_fd(), rec, Action::WriteOrTruncate, why)?;
+        self.reset_mark(node);
+        Ok(())
     }
 
     /// The identity a file being copied gets: its id (a new one, not yet written, if it

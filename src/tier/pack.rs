@@ -58,6 +58,13 @@ pub fn member_footprint(size: u64) -> u64 {
     4 * BLOCK + size.div_ceil(BLOCK) * BLOCK
 }
 
+/// The least that `members` members whose data fill `blocks` 512-byte blocks take in a
+/// pack: each one's pax header, its pax records (a block; a long path may take more) and
+/// its ustar header, and its data in whole blocks; and the archive's end (two blocks).
+pub fn live_footprint(members: u64, blocks: u64) -> u64 {
+    (members * 3 + blocks + 2) * BLOCK
+}
+
 /// A pax tar written into a file at increasing offsets, or into memory.
 pub struct TarWriter {
     out: TarOut,

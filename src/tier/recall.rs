@@ -552,6 +552,10 @@ impl Tiering {
                 }
             }
         }
+        if fallback.is_some() {
+            // The replica's bytes on disk (synced), as the primary's are above.
+            self.failpoint("recall-after-data");
+        }
         // The switch: times back, then copy record, then the stub record goes. The data is
         // on disk already; the switch itself needs no fsync: lost to a power cut, the file
         // is a stub again (its data is recalled again), never a file with missing data.

@@ -28,6 +28,16 @@ use crate::store::{Checksum, GetRequest};
 use crate::tier::marks;
 use crate::tier::stub::PackRef;
 
+/// Whether `p` is worth rewriting with only its live members: some are live, some are not,
+/// and what the live ones take in it (their headers and padding included: a pack of files
+/// of a few bytes is mostly headers) is less than `below` of its bytes. Counted by bytes
+/// alone, a pack of small files would be under the line with every member live, and be
+/// rewritten by every gc into a pack no smaller.
+fn worth_repacking(p: &crate::catalog::PackLive, below: f64) -> bool {
+    let taken = super::pack::live_footprint(p.members, p.blocks);
+    p.members > 0 && p.members < p.pack.members && (taken as f64) < below * p.pack.size as f64
+}
+
 impl Tiering {
     /// Repacks every pack whose live members hold less than `pack.repack_below` of its
     /// bytes. One line of the report each (done, or why not).
@@ -41,10 +51,11 @@ impl Tiering {
         let packs = tokio::task::spawn_blocking(move || catalog.packs())
             .await
             .map_err(|e| StepError::new(libc::EIO, format!("catalog task: {e}")))??;
-        for (pack, live, live_bytes) in packs {
-            if live == 0 || live_bytes as f64 >= below * pack.size as f64 {
+        for p in packs {
+            if !worth_repacking(&p, below) {
                 continue;
             }
+            let (pack, live_bytes) = (p.pack, p.bytes);
             let rows = self.catalog.files_naming(&pack.object_key)?;
             let mut line = json!({
                 "object_key": self.full_key(&pack.object_key),
@@ -218,19 +229,52 @@ impl Tiering {
         }
         let left = self.catalog.files_naming(&pack.object_key)?.len();
         if left == 0 {
-            self.catalog.append_event(
-                None,
-                None,
-                EventKind::Superseded,
-                json!({
-                    "object_key": pack.object_key,
-                    "version_id": pack.version_id,
-                    "reason": "repacked",
-                    "into": proven.key,
-                }),
-            )?;
+            self.supersede_repacked(pack, &proven.key)?;
         }
         Ok((proven.key.clone(), switched, left))
+    }
+
+    /// The SUPERSEDED that ends a repack of `pack` into `into`: gc deletes the old pack
+    /// after the retention.
+    fn supersede_repacked(
+        &self,
+        pack: &PackRow,
+        into: &str,
+    ) -> Result<crate::catalog::Event, StepError> {
+        Ok(self.catalog.append_event(
+            None,
+            None,
+            EventKind::Superseded,
+            json!({
+                "object_key": pack.object_key,
+                "version_id": pack.version_id,
+                "reason": "repacked",
+                "into": into,
+            }),
+        )?)
+    }
+
+    /// Ends the repacks that a crash cut short after their last member's switch, before
+    /// the SUPERSEDED of the old pack: a pack no file names, that a newer pack was written
+    /// for, and that no event of `named` (the keys gc's events name) says is dead. Without
+    /// this such a pack would stay in the bucket for good when none of its members' own
+    /// events names it (a member that died after the pack was written, as a repack's pack,
+    /// names the pack it then had). The events written, for gc to act on.
+    pub(super) fn supersede_cut_repacks(
+        &self,
+        named: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<crate::catalog::Event>, StepError> {
+        let mut out = Vec::new();
+        for p in self.catalog.packs()? {
+            if p.members > 0 || named.contains(p.pack.object_key.as_str()) {
+                continue;
+            }
+            if let Some(into) = self.catalog.repack_of(&p.pack.object_key)? {
+                tracing::info!(pack = %p.pack.object_key, into = %into.object_key, "gc: ending a repack cut short: the old pack is superseded");
+                out.push(self.supersede_repacked(&p.pack, &into.object_key)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Switches one member's record from `pack` (at `old.offset`) to the new pack (at
@@ -299,5 +343,68 @@ impl Tiering {
         self.catalog
             .transition_batch_with(&[(r, EventKind::Repacked, detail)], false)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_repacking;
+    use crate::catalog::{PackLive, PackRow};
+    use crate::tier::pack::member_footprint;
+
+    /// A pack of `sizes` (as the tar writer lays them out: three header blocks each, the
+    /// data in whole blocks, two end blocks) of which the members `live` are live.
+    fn pack(sizes: &[u64], live: &[usize]) -> PackLive {
+        let size = sizes
+            .iter()
+            .map(|s| 1536 + s.div_ceil(512) * 512)
+            .sum::<u64>()
+            + 1024;
+        PackLive {
+            pack: PackRow {
+                object_key: "packs/x.tar".into(),
+                pack_id: "x".into(),
+                version_id: None,
+                size,
+                members: sizes.len() as u64,
+                checksum_algo: "crc32c".into(),
+                checksum: String::new(),
+                storage_class: "STANDARD".into(),
+                index_key: "packs/x.index.json".into(),
+                repack_of: None,
+            },
+            members: live.len() as u64,
+            bytes: live.iter().map(|&i| sizes[i]).sum(),
+            blocks: live.iter().map(|&i| sizes[i].div_ceil(512)).sum(),
+        }
+    }
+
+    #[test]
+    fn a_pack_is_repacked_for_its_dead_bytes_not_for_its_headers() {
+        // Files of a few bytes: their data is a tiny fraction of the pack, all live.
+        let tiny = [1, 7, 100, 300];
+        assert!(!worth_repacking(&pack(&tiny, &[0, 1, 2, 3]), 0.5));
+        assert!(!worth_repacking(&pack(&tiny, &[0, 1, 2, 3]), 0.99));
+        // Three of four dead: a new pack would be a third of this one.
+        assert!(worth_repacking(&pack(&tiny, &[2]), 0.5));
+        // Half dead, at a line of a half: not below it.
+        assert!(!worth_repacking(&pack(&[4096, 4096], &[0]), 0.5));
+        assert!(worth_repacking(&pack(&[4096, 4096], &[0]), 0.6));
+        // Nothing live: gc deletes it (its members' events name it), no repack.
+        assert!(!worth_repacking(&pack(&tiny, &[]), 0.5));
+        // Large members, one of ten dead, line at 0.95.
+        let big = [1 << 20; 10];
+        assert!(worth_repacking(
+            &pack(&big, &[0, 1, 2, 3, 4, 5, 6, 7, 8]),
+            0.95
+        ));
+        assert!(!worth_repacking(
+            &pack(&big, &[0, 1, 2, 3, 4, 5, 6, 7, 8]),
+            0.9
+        ));
+        // The footprint never exceeds what `member_footprint` plans for a member.
+        let p = pack(&tiny, &[0, 1, 2, 3]);
+        let planned: u64 = tiny.iter().map(|&s| member_footprint(s)).sum::<u64>() + 1024;
+        assert!(super::super::pack::live_footprint(p.members, p.blocks) <= planned);
     }
 }

@@ -181,6 +181,17 @@ impl Dirs {
 impl Engine {
     /// Starts an engine (as the daemon's `start_tiering` does, without the mount).
     pub fn start(dirs: &Dirs, store: Arc<MemoryStore>, settings: Settings) -> Engine {
+        Engine::start_with_replicas(dirs, store, settings, Vec::new())
+    }
+
+    /// [`Engine::start`] with `replicas` as its `[[replica]]` targets (set before it
+    /// resumes, as the daemon sets them).
+    pub fn start_with_replicas(
+        dirs: &Dirs,
+        store: Arc<MemoryStore>,
+        settings: Settings,
+        replicas: Vec<(String, Arc<dyn ObjectStore>)>,
+    ) -> Engine {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -217,6 +228,7 @@ impl Engine {
             fs.gate(),
         )
         .expect("engine");
+        t.set_replicas(replicas);
         t.set_mount(fs.clone());
         fs.set_tier_hooks(t.clone());
         t.resume();
