@@ -386,6 +386,19 @@ fn packs_on_s3s_fs_are_tar_files_in_its_tree_and_recall_byte_identical() {
     assert_all_read_back(&t, &fs_);
     let (code, v) = t.verify(true);
     assert_eq!(code, 0, "verify --deep: {v}");
+
+    // gc past the retention deletes a deleted file's object from s3s-fs, which has no
+    // versions and cannot list them.
+    let mut t = t;
+    let large = sdir.path().join("packs3s").join(t.object_key("large.bin"));
+    assert!(large.exists(), "{}", large.display());
+    fs::remove_file(t.m("large.bin")).unwrap();
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    let v: Value = serde_json::from_str(&t.ok(&["gc", t.mnt_str().as_str(), "--json"])).unwrap();
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["deleted"].as_array().map(Vec::len), Some(1), "{v}");
+    assert!(!large.exists(), "gc deleted the object from s3s-fs");
 }
 
 /// A pack of at most a part is built in memory and goes in one PUT; a larger one (a target

@@ -526,6 +526,72 @@ fn gc_deletes_a_dead_objects_copies_on_the_targets_too() {
     assert_bytes("keep.bin", &fs::read(t.m("keep.bin")).unwrap(), &fs_[0].1);
 }
 
+/// A replication killed after its PUT to the target, before the REPLICATED that records
+/// the copy, leaves a copy the catalog does not know of. Once the file is deleted and its
+/// object past the retention, gc asks each target without a recorded copy for it by name
+/// and deletes it there too: s3s-fs, which cannot list versions, loses its current one.
+#[test]
+fn gc_deletes_a_copy_that_a_replication_cut_short_left_unrecorded() {
+    let moto = start_moto();
+    let sdir = tempfile::tempdir().unwrap();
+    let s3s = S3sServer::start(sdir.path()).unwrap_or_else(|e| panic!("{e}"));
+    s3s.create_bucket("s3s-replica").unwrap();
+    let fs_ = files(&[("x.bin", 20_000)]);
+    let mut t = TierMount::new(&moto, "cut-rep", &fs_, |c| {
+        c.set("mount", "restart_on_crash", "false").raw(&format!(
+            "[[replica]]\nname = \"s\"\nkind = \"s3\"\nendpoint = {}\nregion = \"us-east-1\"\n\
+             bucket = \"s3s-replica\"\nprefix = \"cut\"\npath_style = true\naccess_key = {}\n\
+             secret_key = {}\n",
+            q(&s3s.endpoint),
+            q(&s3s.key_id),
+            q(&s3s.secret)
+        ))
+    });
+    t.migrate_ok(&["--mode", "stub"]);
+    let key = t.object_key("x.bin");
+    let rel = key.strip_prefix(&format!("{PREFIX}/")).unwrap().to_string();
+    let on_target = sdir.path().join("s3s-replica/cut").join(&rel);
+    t.umount();
+    t.mount_with_env(&[(FAILPOINT_ENV, "replicate-after-put")]);
+    let out = t.cli(&["replicate", t.mnt_str().as_str(), "--to", "s"]);
+    assert!(!out.status.success(), "the daemon was to die");
+    assert!(
+        t.wait_dead(std::time::Duration::from_secs(15)),
+        "the daemon did not die\n{}",
+        t.daemon_log_tail()
+    );
+    t.detach_dead();
+    t.remount();
+    assert!(
+        on_target.exists(),
+        "the copy reached s3s-fs: {}",
+        on_target.display()
+    );
+    let reps = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
+    assert_eq!(reps[0]["replicated"].as_u64(), Some(0), "{reps:?}");
+
+    fs::remove_file(t.m("x.bin")).unwrap();
+    t.umount();
+    t.mount_with_env(&[(GC_SKEW_ENV, &(RETENTION_SECS + 60).to_string())]);
+    let v: Value = serde_json::from_str(&t.ok(&["gc", t.mnt_str().as_str(), "--json"])).unwrap();
+    let deleted: Vec<(Option<&str>, Option<bool>)> = v["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["target"].as_str(), d["unrecorded"].as_bool()))
+        .collect();
+    assert_eq!(
+        deleted,
+        [(Some("s"), Some(true)), (None, None)],
+        "the target's copy, then the primary's: {v}"
+    );
+    assert!(
+        !on_target.exists(),
+        "the unrecorded copy is gone from s3s-fs"
+    );
+    assert!(!t.objects().contains(&key), "the primary's object is gone");
+}
+
 /// A catalog lost with the store unreachable is rebuilt from a replica target
 /// (`catalog rebuild --from NAME`): every stub is known again and reads back whole from
 /// the replica (the primary is down).

@@ -251,7 +251,14 @@ pub(super) fn gc(a: &GcArgs) -> anyhow::Result<()> {
                 d.object_key,
                 d.target
                     .as_deref()
-                    .map(|t| format!(" on replica {t}"))
+                    .map(|t| format!(
+                        " on replica {t}{}",
+                        if d.unrecorded {
+                            " (a copy the catalog did not record)"
+                        } else {
+                            ""
+                        }
+                    ))
                     .unwrap_or_default(),
                 d.reason
             );

@@ -283,6 +283,10 @@ pub struct GcObject {
     /// The `[[replica]]` target the copy was on; None: the store's own object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// A copy on `target` the catalog did not record (a replication killed between its
+    /// PUT and its REPLICATED), found by asking the target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unrecorded: bool,
 }
 
 /// `Op::Replicate`: what a replication run did (a dry run: what it would copy).

@@ -1389,6 +1389,20 @@ where
     }
 }
 
+/// Whether the server answered that it does not implement the call (501 NotImplemented:
+/// s3s-fs for ListObjectVersions and ListMultipartUploads).
+fn not_implemented<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(s) => {
+            s.raw().status().as_u16() == 501 || s.err().code() == Some("NotImplemented")
+        }
+        _ => false,
+    }
+}
+
 /// An error and its sources, "outer: inner: innermost".
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -1734,7 +1748,7 @@ impl ObjectStore for S3Store {
             let mut versions: Vec<Option<String>> = Vec::new();
             let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
             for _ in 0..100 {
-                let out = self
+                let listed = self
                     .client
                     .list_object_versions()
                     .bucket(&self.cfg.bucket)
@@ -1742,8 +1756,14 @@ impl ObjectStore for S3Store {
                     .set_key_marker(key_marker.clone())
                     .set_version_id_marker(version_marker.clone())
                     .send()
-                    .await
-                    .map_err(|e| map_err(&format!("ListObjectVersions {full}"), e))?;
+                    .await;
+                let out = match listed {
+                    Ok(out) => out,
+                    // A server without versions (s3s-fs): the key has one object, which a
+                    // plain DELETE removes; it cannot list uploads either.
+                    Err(e) if not_implemented(&e) => return self.delete(key, None).await,
+                    Err(e) => return Err(map_err(&format!("ListObjectVersions {full}"), e)),
+                };
                 versions.extend(
                     out.versions()
                         .iter()
@@ -1767,14 +1787,18 @@ impl ObjectStore for S3Store {
                 self.delete(key, v).await?;
             }
             // Multipart uploads of this key that were never completed (a crash mid-upload).
-            let out = self
+            let out = match self
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.cfg.bucket)
                 .prefix(&full)
                 .send()
                 .await
-                .map_err(|e| map_err(&format!("ListMultipartUploads {full}"), e))?;
+            {
+                Ok(out) => out,
+                Err(e) if not_implemented(&e) => return Ok(()),
+                Err(e) => return Err(map_err(&format!("ListMultipartUploads {full}"), e)),
+            };
             for u in out
                 .uploads()
                 .iter()

@@ -42,6 +42,28 @@ async fn purge_index_after(
     }
 }
 
+/// Deletes `key` (and a pack's index) from `store` if it is there, every version of it:
+/// how many of the two were there.
+async fn delete_unrecorded(
+    store: &dyn crate::store::ObjectStore,
+    key: &str,
+) -> Result<usize, crate::store::StoreError> {
+    let mut keys = vec![key.to_string()];
+    if let Some((prefix, id)) = crate::tier::stub::parse_pack_key(key) {
+        keys.push(crate::tier::stub::pack_index_key(prefix, id));
+    }
+    let mut there = 0;
+    for k in &keys {
+        match store.head(k, None).await {
+            Err(e) if e.is(crate::store::StoreErrorKind::NotFound) => continue,
+            Err(e) => return Err(e),
+            Ok(_) => there += 1,
+        }
+        store.purge(k).await?;
+    }
+    Ok(there)
+}
+
 impl Tiering {
     /// The object keys that the stub and copy records of the files on disk name, each with
     /// the path of one file that names it. gc deletes none of them, whatever the catalog
@@ -225,6 +247,28 @@ impl Tiering {
                             detail,
                         )?;
                         deleted.push(json!({"object_key": full, "version_id": obj.1, "reason": e.kind, "target": target}));
+                    }
+                    Err(err) => {
+                        copies_left = true;
+                        errors.push(format!("DELETE {full} on replica {target}: {err}"));
+                    }
+                }
+            }
+            // A target the catalog records no copy on may hold one all the same: a copy
+            // put by a replication (or a policy run's copy, `policy.copies`) killed before
+            // its REPLICATED. Asked for by name, and deleted.
+            for target in self.replica_names() {
+                if copies.iter().any(|(t, _)| *t == target) {
+                    continue;
+                }
+                let Some(replica) = self.replica(&target) else {
+                    continue;
+                };
+                match delete_unrecorded(replica.as_ref(), &obj.0).await {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        tracing::info!(object = %full, %target, "gc: deleted a copy the catalog did not record (a replication cut short)");
+                        deleted.push(json!({"object_key": full, "reason": e.kind, "target": target, "unrecorded": true}));
                     }
                     Err(err) => {
                         copies_left = true;
