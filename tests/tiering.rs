@@ -914,12 +914,16 @@ fn a_copy_gone_from_the_bucket_never_frees_data() {
             "history of {r}: {kinds:?}"
         );
     }
+    // A bulk release (whose copies are asked for ahead, many at once) refuses m2.txt too,
+    // and frees nothing.
+    let out = t.cli(&["release", "-r", t.mnt_str().as_str()]);
+    assert!(!out.status.success(), "release -r: {}", show(&out));
+    assert_eq!(t.state("m2.txt"), "resident", "m2.txt after release -r");
     for (i, r) in ["own.bin", "m1.txt", "m2.txt"].iter().enumerate() {
         assert_bytes(r, &fs::read(t.s(r)).unwrap(), &fs_[i].1);
     }
 
-    // A stub run: m2.txt (still premigrated, its pack gone) and the two others are
-    // copied again and stubbed from the new copies.
+    // A stub run: the three are copied again and stubbed from the new copies.
     let v = t.migrate_ok(&["--mode", "stub"]);
     assert_eq!(v["failed"], 0, "{v}");
     for (i, r) in ["own.bin", "m1.txt", "m2.txt"].iter().enumerate() {

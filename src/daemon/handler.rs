@@ -165,7 +165,7 @@ impl Control {
         progress: &mut dyn FnMut(Progress),
         f: impl FnMut(&Path, &File) -> Result<T, String>,
     ) -> PathResults<T> {
-        self.each_tracked(paths, recursive, progress, None, f)
+        self.each_tracked(paths, recursive, progress, None, None, f)
     }
 
     /// The files that need the work among `items` (`need`, given each item's index, gives
@@ -201,6 +201,7 @@ impl Control {
             &dyn Fn(std::os::fd::BorrowedFd<'_>) -> Option<u64>,
             &dyn Fn(&T) -> Option<u64>,
         )>,
+        ahead: Option<&dyn Fn(&[PathBuf])>,
         mut f: impl FnMut(&Path, &File) -> Result<T, String>,
     ) -> PathResults<T> {
         let mut out = PathResults::default();
@@ -216,21 +217,28 @@ impl Control {
                 totals: Some(totals),
             });
         }
-        for item in items {
+        // `ahead` sees each run of AHEAD paths before `f` sees the first of them.
+        const AHEAD: usize = 256;
+        for (n, item) in items.iter().enumerate() {
+            if let Some(ahead) = ahead.filter(|_| n % AHEAD == 0) {
+                let run = &items[n..(n + AHEAD).min(items.len())];
+                ahead(
+                    &run.iter()
+                        .filter_map(|i| i.as_ref().ok().cloned())
+                        .collect::<Vec<_>>(),
+                );
+            }
             let r = match item {
-                Err((p, e)) => PathResult::failed(p, e),
+                Err((p, e)) => PathResult::failed(p.clone(), e.clone()),
                 Ok(rel) => {
-                    let abs = self.abs(&rel);
-                    match backing::open_beneath(
-                        self.t.root(),
-                        &rel,
-                        libc::O_PATH | libc::O_NOFOLLOW,
-                    ) {
+                    let abs = self.abs(rel);
+                    match backing::open_beneath(self.t.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)
+                    {
                         Err(e) => PathResult::failed(
                             abs,
                             std::io::Error::from_raw_os_error(e.0).to_string(),
                         ),
-                        Ok(fd) => match f(&rel, &File::from(fd)) {
+                        Ok(fd) => match f(rel, &File::from(fd)) {
                             Ok(v) => PathResult::ok(abs, v),
                             Err(e) => PathResult::failed(abs, e),
                         },
@@ -672,6 +680,7 @@ impl Handler for Control {
                 recursive,
                 progress,
                 Some(("checking", &premigrated_bytes, &|v: &ReleaseResult| v.bytes)),
+                None,
                 |_, f| self.release_dry(f),
             )),
             Op::Release {
@@ -683,6 +692,9 @@ impl Handler for Control {
                     recursive,
                     progress,
                     Some(("releasing", &premigrated_bytes, &did)),
+                    // The copies of the next files are asked for at once, not one by one
+                    // as each is released.
+                    Some(&|rels: &[PathBuf]| self.t.check_copies_ahead(rels)),
                     |_, f| self.release(f),
                 );
                 if let Err(e) = self.t.catalog.sync() {

@@ -243,6 +243,9 @@ pub fn walk_tree(
     Ok(())
 }
 
+/// HEADs in flight at once when a bulk release checks its files' copies ahead.
+const COPY_CHECKS_AT_ONCE: usize = 16;
+
 impl Tiering {
     /// Walks the backing tree below `start` (relative; "" for all) on this filesystem,
     /// calling `f(rel_path, stat, dir_fd, name)` for every regular file ([`walk_tree`]);
@@ -1120,6 +1123,43 @@ impl Tiering {
                 format!("HEAD {full}, to check the copy is still there: {e}"),
             )),
         }
+    }
+
+    /// Asks the store at once, [`COPY_CHECKS_AT_ONCE`] at a time, for the copies that the
+    /// premigrated files among `rels` name, so that each [`Tiering::copy_still_there`] of a
+    /// release that follows finds its answer: a bulk release waits for one HEAD per
+    /// batch, not per file. What is gone or fails is left for that check to find again.
+    /// On a plain thread (the control socket's).
+    pub fn check_copies_ahead(&self, rels: &[PathBuf]) {
+        let mut recs = Vec::new();
+        let mut keys = std::collections::HashSet::new();
+        for rel in rels {
+            let Ok(fd) = backing::open_beneath(self.root(), rel, libc::O_PATH | libc::O_NOFOLLOW)
+            else {
+                continue;
+            };
+            if let Ok(Some(rec)) = marks::record(fd.as_fd(), marks::COPY) {
+                if keys.insert((rec.object_key.clone(), rec.version_id.clone())) {
+                    recs.push(rec);
+                }
+            }
+        }
+        if recs.is_empty() {
+            return;
+        }
+        self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for rec in recs {
+                while set.len() >= COPY_CHECKS_AT_ONCE {
+                    set.join_next().await;
+                }
+                let me = self.arc();
+                set.spawn(async move {
+                    let _ = me.copy_still_there(&rec).await;
+                });
+            }
+            while set.join_next().await.is_some() {}
+        });
     }
 
     /// The copy record `rec` of `file` names a copy that is gone ([`Tiering::copy_still_there`]):
