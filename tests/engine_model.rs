@@ -15,7 +15,8 @@
 //! loses or corrupts the primary's object of a stub: every file must still read back
 //! (from the replica), and gc must leave neither store holding a dead object. A fourth
 //! has the replica with `policy.copies = 1`, filled by `coldtier replicate` (and crashes in
-//! it), and loses only objects the catalog says the replica holds.
+//! it), and loses only objects the catalog says the replica holds. A fifth runs the packs'
+//! operations with every object in GLACIER (restores done at once, reads waiting for them).
 //!
 //! `COLDTIER_MODEL_CASES` sets the number of cases of each (default 160, of 1 to 47 steps
 //! each: about 3,900 steps per run, 10 s here; 2,000 cases, about 48,000 steps, take two
@@ -231,6 +232,8 @@ struct World {
     replica: Option<Arc<MemoryStore>>,
     /// The replica is filled by `coldtier replicate` (`policy.copies = 1`).
     backfill: bool,
+    /// Objects go to GLACIER; a read waits for the restore (`on_archived = "wait"`).
+    archived: bool,
     /// The objects the primary lost or holds rotten ([`Op::LosePrimary`]).
     lost: std::collections::BTreeSet<String>,
     /// Of those, the ones it lost (a HEAD says so: a release from a copy record naming one
@@ -268,6 +271,12 @@ impl World {
         };
         if self.replica.is_some() && !self.backfill {
             s.policy.copies = 2;
+        }
+        if self.archived {
+            s.uploads.storage_class = coldtier::store::StorageClass::Glacier;
+            s.recall.on_archived = coldtier::tier::config::OnArchived::Wait;
+            s.recall.wait_timeout = std::time::Duration::from_secs(120);
+            s.recall.poll_interval = std::time::Duration::from_millis(5);
         }
         s
     }
@@ -673,43 +682,73 @@ proptest! {
     fn the_engine_with_a_replica_agrees_with_the_model(
         ops in proptest::collection::vec(op_replicated(), 1..48)
     ) {
-        run_world(true, Some(Arc::new(MemoryStore::new())), false, &ops)?;
+        run_replicated(false, &ops)?;
+    }
+
+    #[test]
+    fn the_engine_with_archived_packs_agrees_with_the_model(
+        ops in proptest::collection::vec(op_packed(), 1..48)
+    ) {
+        run_archived(&ops)?;
     }
 
     #[test]
     fn the_engine_with_a_backfilled_replica_agrees_with_the_model(
         ops in proptest::collection::vec(op_backfilled(), 1..48)
     ) {
-        run_world(true, Some(Arc::new(MemoryStore::new())), true, &ops)?;
+        run_replicated(true, &ops)?;
     }
 }
 
 /// One case: `ops` on a new engine (`packed`: with [`packed_settings`]), then the end checks.
 fn run(packed: bool, ops: &[Op]) -> Result<(), TestCaseError> {
-    run_world(packed, None, false, ops)
+    run_world(World::new(packed, None, false, false), ops)
 }
 
-/// One case: `ops` with `[pack]` on or not, with a replica target or not (`backfill`:
-/// filled by `coldtier replicate`, else by `policy.copies = 2`), then the end checks.
-fn run_world(
-    packed: bool,
-    replica: Option<Arc<MemoryStore>>,
-    backfill: bool,
-    ops: &[Op],
-) -> Result<(), TestCaseError> {
-    let dirs = Dirs::new();
-    let store = Arc::new(MemoryStore::new());
-    let mut w = World {
-        packed,
-        replica,
-        backfill,
-        lost: Default::default(),
-        gone: Default::default(),
-        dirs,
-        store,
-        e: None,
-        files: BTreeMap::new(),
-    };
+/// One case with packs in GLACIER, restored as soon as asked.
+fn run_archived(ops: &[Op]) -> Result<(), TestCaseError> {
+    run_world(World::new(true, None, false, true), ops)
+}
+
+/// One case with packs and a replica target (`backfill`: filled by `coldtier replicate`,
+/// else by `policy.copies = 2`).
+fn run_replicated(backfill: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    run_world(
+        World::new(true, Some(Arc::new(MemoryStore::new())), backfill, false),
+        ops,
+    )
+}
+
+impl World {
+    /// A world with no file yet and no engine started.
+    fn new(
+        packed: bool,
+        replica: Option<Arc<MemoryStore>>,
+        backfill: bool,
+        archived: bool,
+    ) -> World {
+        // Archived objects: their restores are done as soon as asked.
+        let store = match archived {
+            true => MemoryStore::new().with_restore_delay(std::time::Duration::ZERO),
+            false => MemoryStore::new(),
+        };
+        World {
+            packed,
+            replica,
+            backfill,
+            archived,
+            lost: Default::default(),
+            gone: Default::default(),
+            dirs: Dirs::new(),
+            store: Arc::new(store),
+            e: None,
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// `ops` in `w` on a new engine, then the end checks.
+fn run_world(mut w: World, ops: &[Op]) -> Result<(), TestCaseError> {
     w.e = Some(w.start());
     for op in ops {
         w.apply(op)?;
@@ -777,5 +816,5 @@ fn a_copy_put_by_a_replication_cut_short_is_deleted_with_its_object() {
             len: 76_049,
         },
     ];
-    run_world(true, Some(Arc::new(MemoryStore::new())), true, &ops).unwrap();
+    run_replicated(true, &ops).unwrap();
 }
