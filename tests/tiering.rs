@@ -894,6 +894,16 @@ fn a_copy_gone_from_the_bucket_never_frees_data() {
         moto.raw_delete(&t.bucket, k).unwrap();
     }
 
+    // A dry run asks the store too, and changes nothing.
+    let out = t.cli(&["release", "--dry-run", t.ms("own.bin").as_str()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not in the store any more")
+            || String::from_utf8_lossy(&out.stderr).contains("not in the store any more"),
+        "release --dry-run: {}",
+        show(&out)
+    );
+    assert_eq!(t.state("own.bin"), "premigrated", "after the dry run");
+
     for r in ["own.bin", "m1.txt"] {
         let out = t.cli(&["release", t.ms(r).as_str()]);
         assert!(

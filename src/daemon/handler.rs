@@ -680,7 +680,7 @@ impl Handler for Control {
                 recursive,
                 progress,
                 Some(("checking", &premigrated_bytes, &|v: &ReleaseResult| v.bytes)),
-                None,
+                Some(&|rels: &[PathBuf]| self.t.check_copies_ahead(rels)),
                 |_, f| self.release_dry(f),
             )),
             Op::Release {

@@ -211,7 +211,8 @@ impl Tiering {
 
     /// What [`Tiering::release`] would do with `f`, changing nothing: None for a stub;
     /// else (size, bytes it would free, "would release" or a note), or the error a release
-    /// would give (no copy, pinned, immutable, open, changed since its copy).
+    /// would give (no copy, pinned, immutable, open, changed since its copy, its copy gone
+    /// from the store).
     pub fn release_check(&self, f: &File) -> Result<Option<(u64, u64, String)>, StepError> {
         let fd = f.as_fd();
         let Some(rec) = self.releasable(fd)? else {
@@ -235,6 +236,13 @@ impl Tiering {
             return Err(StepError::new(
                 libc::ESTALE,
                 "the file changed since it was copied: a release would supersede its copy",
+            ));
+        }
+        // The store is asked, as a release would (a HEAD: nothing changes).
+        if let Some(why) = self.rt.block_on(self.copy_still_there(&rec))? {
+            return Err(StepError::new(
+                libc::ENODATA,
+                format!("would not be released: {why}"),
             ));
         }
         let note = if (ns_of(st.mtime), ns_of(st.ctime)) != (row.mtime_ns, row.ctime_ns) {
