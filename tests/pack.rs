@@ -748,19 +748,8 @@ fn a_kill_at_each_step_of_a_pack_leaves_every_file_readable_and_nothing_unknown(
             packed(c).set("mount", "restart_on_crash", "false")
         });
         t.umount();
-        t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
-        let out = t.cli(&["migrate", t.mnt_str().as_str(), "--mode", "stub"]);
-        assert!(
-            !out.status.success(),
-            "{fp}: migrate survived: {}",
-            show(&out)
-        );
-        assert!(
-            t.wait_dead(Duration::from_secs(15)),
-            "{fp}: the daemon did not die\n{}",
-            t.daemon_log_tail()
-        );
-        t.detach_dead();
+        let mnt = t.mnt_str();
+        t.dies_running(&[], fp, &["migrate", mnt.as_str(), "--mode", "stub"]);
         t.remount();
         for (rel, _) in &fs_ {
             let st = t.state(rel);

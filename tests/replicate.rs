@@ -354,15 +354,8 @@ fn a_replication_killed_at_each_step_resumes_and_completes() {
         });
         t.migrate_ok(&["--mode", "stub"]);
         t.umount();
-        t.mount_with_env(&[(FAILPOINT_ENV, fp)]);
-        let out = t.cli(&["replicate", t.mnt_str().as_str(), "--to", "p"]);
-        assert!(!out.status.success(), "{fp}: the daemon was to die");
-        assert!(
-            t.wait_dead(std::time::Duration::from_secs(15)),
-            "{fp}: the daemon did not die\n{}",
-            t.daemon_log_tail()
-        );
-        t.detach_dead();
+        let mnt = t.mnt_str();
+        t.dies_running(&[], fp, &["replicate", mnt.as_str(), "--to", "p"]);
         t.remount();
         let before = json_lines(&t.ok(&["replicas", t.mnt_str().as_str(), "--json"]));
         assert_eq!(
@@ -552,15 +545,12 @@ fn gc_deletes_a_copy_that_a_replication_cut_short_left_unrecorded() {
     let rel = key.strip_prefix(&format!("{PREFIX}/")).unwrap().to_string();
     let on_target = sdir.path().join("s3s-replica/cut").join(&rel);
     t.umount();
-    t.mount_with_env(&[(FAILPOINT_ENV, "replicate-after-put")]);
-    let out = t.cli(&["replicate", t.mnt_str().as_str(), "--to", "s"]);
-    assert!(!out.status.success(), "the daemon was to die");
-    assert!(
-        t.wait_dead(std::time::Duration::from_secs(15)),
-        "the daemon did not die\n{}",
-        t.daemon_log_tail()
+    let mnt = t.mnt_str();
+    t.dies_running(
+        &[],
+        "replicate-after-put",
+        &["replicate", mnt.as_str(), "--to", "s"],
     );
-    t.detach_dead();
     t.remount();
     assert!(
         on_target.exists(),

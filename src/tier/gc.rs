@@ -151,7 +151,6 @@ impl Tiering {
                 .filter_map(|e| event_object(&e.detail))
                 .map(|o| o.0)
                 .collect();
-            let named: HashSet<&str> = named.iter().map(String::as_str).collect();
             let ended = self.supersede_cut_repacks(&named)?;
             events.extend(ended);
         }

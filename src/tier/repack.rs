@@ -262,7 +262,7 @@ impl Tiering {
     /// names the pack it then had). The events written, for gc to act on.
     pub(super) fn supersede_cut_repacks(
         &self,
-        named: &std::collections::HashSet<&str>,
+        named: &std::collections::HashSet<String>,
     ) -> Result<Vec<crate::catalog::Event>, StepError> {
         let mut out = Vec::new();
         for p in self.catalog.packs()? {

@@ -507,6 +507,26 @@ impl TierMount {
         );
     }
 
+    /// Mounts with failpoint `fp` (a kill there) and `env`, runs the CLI with `args`, which
+    /// fails as the daemon dies at it, and detaches the dead mount; the caller remounts.
+    pub fn dies_running(&mut self, env: &[(&str, &str)], fp: &str, args: &[&str]) {
+        let mut all = env.to_vec();
+        all.push((FAILPOINT_ENV, fp));
+        self.mount_with_env(&all);
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "{fp}: the daemon was to die: {}",
+            show(&out)
+        );
+        assert!(
+            self.wait_dead(Duration::from_secs(15)),
+            "{fp}: the daemon did not die\n{}",
+            self.daemon_log_tail()
+        );
+        self.detach_dead();
+    }
+
     /// Mounts with failpoint `fp` (e.g. `"migrate-after-put:hold=PATH"`: the run goes on
     /// once the test creates PATH), starts a stub run in a thread and returns once the
     /// daemon says it is pausing there; the run's output comes from joining the thread.
