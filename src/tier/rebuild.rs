@@ -227,7 +227,9 @@ pub fn matches_record(meta: &ObjectMeta, rec: &StubRecord) -> Result<Genealogy, 
     Ok(g)
 }
 
-/// One regular file of the tree with records.
+/// One regular file of the tree with records, or with coldtier's id alone (a file whose
+/// copy was superseded, or cut short by a crash before its record: the objects of its id
+/// that no record names are its dead content).
 pub struct DiskFile {
     rel: String,
     st: Stat,
@@ -237,7 +239,7 @@ pub struct DiskFile {
 }
 
 /// Walks the tree below `root` (same filesystem, no symlinks followed) and reads the
-/// records of every regular file that has one.
+/// records (or the id) of every regular file that has them.
 pub fn walk(
     root: BorrowedFd<'_>,
     report: &mut Vec<String>,
@@ -301,7 +303,7 @@ fn read_records(
     } else {
         None
     };
-    if stub.is_none() && copy.is_none() {
+    if stub.is_none() && copy.is_none() && id.is_none() {
         return None;
     }
     Some(DiskFile {
@@ -345,11 +347,20 @@ pub fn rebuild(
     let mut counts = Counts::default();
     let mut named: HashSet<String> = HashSet::new();
     let mut disk_ids: HashMap<String, String> = HashMap::new();
+    // Files with an id and no record: an object of their id that no record names is
+    // content they no longer have.
+    let id_only: HashMap<&str, &str> = disk
+        .iter()
+        .filter(|f| f.stub.is_none() && f.copy.is_none())
+        .filter_map(|f| Some((f.id.as_deref()?, f.rel.as_str())))
+        .collect();
     let mut stale: Vec<(String, StubRecord)> = Vec::new();
     let mut rows: Vec<(FileRow, EventKind, serde_json::Value)> = Vec::new();
     say(&format!(
         "checking {} records against the bucket",
-        disk.len()
+        disk.iter()
+            .filter(|f| f.stub.is_some() || f.copy.is_some())
+            .count()
     ));
     // HEADs, 8 at a time.
     let heads: Vec<Option<Result<ObjectMeta, crate::store::StoreError>>> = rt.block_on(async {
@@ -550,12 +561,43 @@ pub fn rebuild(
         if o.key.ends_with(".index.json") {
             continue;
         }
-        if crate::tier::stub::parse_pack_key(&o.key).is_some() {
-            report.push(format!(
-                "UNREFERENCED [{key}]: a pack ({} bytes) no file in SOURCE names: not recorded \
-                 (nothing will delete it); its index beside it lists what it holds",
-                o.size
+        if let Some((_, pack_id)) = crate::tier::stub::parse_pack_key(&o.key) {
+            // Every member a file on disk with other content (its record names another
+            // object, or it has its id alone, its data local): the pack is dead content,
+            // recorded for gc. Else (a member's file is not in SOURCE, or the index cannot
+            // be read) it is kept.
+            let index = rt.block_on(crate::tier::pack::fetch_index(
+                store.as_ref(),
+                &o.key,
+                pack_id,
+                o.size,
             ));
+            let on_disk = |id: &str| disk_ids.contains_key(id) || id_only.contains_key(id);
+            match index {
+                Ok(ix) if ix.members.iter().all(|m| on_disk(&m.file_id)) => {
+                    let d = json!({
+                        "object_key": o.key,
+                        "reason": "rebuild: a pack whose every member is a file on disk \
+                                   with other content",
+                        "members": ix.members.len(),
+                    });
+                    catalog.append_event(None, None, EventKind::Superseded, d)?;
+                    counts.superseded += 1;
+                }
+                Ok(ix) => report.push(format!(
+                    "UNREFERENCED [{key}]: a pack ({} bytes) no file in SOURCE names, with \
+                     {} of its {} members' files not in SOURCE: not recorded (nothing will \
+                     delete it); its index beside it lists what it holds",
+                    o.size,
+                    ix.members.iter().filter(|m| !on_disk(&m.file_id)).count(),
+                    ix.members.len()
+                )),
+                Err(why) => report.push(format!(
+                    "UNREFERENCED [{key}]: a pack ({} bytes) no file in SOURCE names, whose \
+                     index cannot be read ({why}): not recorded (nothing will delete it)",
+                    o.size
+                )),
+            }
             continue;
         }
         let Some(("data", key_id, _)) = parse_object_key(&o.key) else {
@@ -596,7 +638,11 @@ pub fn rebuild(
                 "original_path": g.path,
             })
         };
-        if let Some(rel) = disk_ids.get(key_id) {
+        if let Some(rel) = disk_ids
+            .get(key_id)
+            .map(String::as_str)
+            .or_else(|| id_only.get(key_id).copied())
+        {
             let d = detail("rebuild: another content version of a file on disk", None);
             catalog.append_event(Some(key_id), Some(rel), EventKind::Superseded, d)?;
             counts.superseded += 1;

@@ -298,12 +298,10 @@ impl Tiering {
         let st = backing::stat_fd(fd.as_fd())?;
         let node = self.node_id(&st);
         let _held = self.gate.lock(node);
-        let (mark, rec) = match (
-            marks::record(fd.as_fd(), marks::STUB)?,
-            marks::record(fd.as_fd(), marks::COPY)?,
-        ) {
+        let copy = marks::record(fd.as_fd(), marks::COPY)?;
+        let (mark, rec) = match (marks::record(fd.as_fd(), marks::STUB)?, &copy) {
             (Some(r), _) => (marks::STUB, r),
-            (None, Some(r)) => (marks::COPY, r),
+            (None, Some(r)) => (marks::COPY, r.clone()),
             _ => return Ok(false),
         };
         let names_it = rec.object_key == pack.object_key
@@ -322,6 +320,14 @@ impl Tiering {
             pack_size: new.size,
         });
         if mark == marks::STUB {
+            // A stub step cut short after its truncate leaves the copy record beside the
+            // stub record (removing it is the step's last act). Switched with the stub
+            // record, it would go on naming the old pack, which gc then keeps for as long
+            // as the file stays a stub: it goes first (a crash before the stub record is
+            // switched leaves a plain stub of the old pack, which the next gc repacks).
+            if copy.is_some() {
+                marks::remove(fd.as_fd(), marks::COPY)?;
+            }
             marks::set_stub(fd.as_fd(), &rec2, || {})?;
         } else {
             marks::set_record(fd.as_fd(), mark, &rec2)?;
