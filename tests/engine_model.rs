@@ -17,8 +17,10 @@
 //! has the replica with `policy.copies = 1`, filled by `coldtier replicate` (and crashes in
 //! it), and loses only objects the catalog says the replica holds. A fifth runs the packs'
 //! operations with every object in GLACIER (restores done at once, reads waiting for them).
-//! The plain, packed and archived models also lose the catalog and rebuild it from the
-//! tree and the bucket (`coldtier catalog rebuild`), and go on with the rebuilt one.
+//! Every model also loses the catalog and rebuilds it from the tree and the primary's
+//! bucket (`coldtier catalog rebuild`), and goes on with the rebuilt one, which knows of
+//! no replica copy: a primary that loses an object afterwards is recalled from the
+//! replica all the same.
 //!
 //! `COLDTIER_MODEL_CASES` sets the number of cases of each (default 160, of 1 to 47 steps
 //! each: about 3,900 steps per run, 10 s here; 2,000 cases, about 48,000 steps, take two
@@ -187,9 +189,7 @@ fn op_packed() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The operations with packs, and a catalog lost and rebuilt (not with a replica: a
-/// rebuild from the primary does not know what the replica holds, and `replicate` finds
-/// that out again).
+/// The operations with packs, and a catalog lost and rebuilt.
 fn op_packed_rebuilt() -> impl Strategy<Value = Op> {
     prop_oneof![
         16 => op_packed(),
@@ -201,6 +201,7 @@ fn op_packed_rebuilt() -> impl Strategy<Value = Op> {
 fn op_replicated() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => op_packed(),
+        1 => Just(Op::Rebuild),
         3 => (0..NAMES.len(), any::<bool>()).prop_map(|(f, corrupt)| Op::LosePrimary { f, corrupt }),
     ]
 }
@@ -209,6 +210,7 @@ fn op_replicated() -> impl Strategy<Value = Op> {
 fn op_backfilled() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => op_packed(),
+        1 => Just(Op::Rebuild),
         3 => (0..NAMES.len(), any::<bool>()).prop_map(|(f, corrupt)| Op::LosePrimary { f, corrupt }),
         2 => Just(Op::Replicate),
         1 => (0..REPLICATE_POINTS.len()).prop_map(|point| Op::CrashReplicate { point }),
@@ -255,8 +257,8 @@ struct World {
     /// Of those, the ones it lost (a HEAD says so: a release from a copy record naming one
     /// is refused, and the record dropped).
     gone: std::collections::BTreeSet<String>,
-    /// Objects in the bucket that no record on disk named at a catalog rebuild
-    /// ([`Op::Rebuild`]): gc may delete them or not.
+    /// Objects in the bucket (or on the replica) that no record on disk named at a catalog
+    /// rebuild ([`Op::Rebuild`]): gc may delete them or not.
     orphaned: std::collections::BTreeSet<String>,
     dirs: Dirs,
     store: Arc<MemoryStore>,
@@ -306,7 +308,7 @@ impl World {
     /// no record on disk names then may stay for good (a `live` tag whose file is gone is
     /// only reported): the end check leaves them out ([`World::orphaned`]).
     fn rebuild(&mut self) -> Result<(), TestCaseError> {
-        use coldtier::tier::rebuild::{rebuild, walk};
+        use coldtier::tier::rebuild::{list_objects, rebuild, record_replica_copies, walk};
         self.e.take().unwrap().stop();
         let db = self.dirs.db();
         for suffix in ["", "-wal", "-shm"] {
@@ -321,13 +323,7 @@ impl World {
             .build()
             .unwrap();
         let store: Arc<dyn ObjectStore> = self.store.clone();
-        let mut listed = Vec::new();
-        for prefix in [
-            coldtier::tier::context::KEY_PREFIX,
-            coldtier::tier::stub::PACK_PREFIX,
-        ] {
-            listed.extend(rt.block_on(store.list(&format!("{prefix}/"))).unwrap());
-        }
+        let listed = list_objects(&rt, store.as_ref()).unwrap();
         let mut report = Vec::new();
         let root = coldtier::fs::backing::open_dir_path(&self.dirs.src()).unwrap();
         let (_, disk) = walk(root.as_fd(), &mut report).unwrap();
@@ -343,12 +339,20 @@ impl World {
             &|_| {},
         );
         prop_assert!(counts.is_ok(), "rebuild: {:?}", counts.err());
+        // What the replica holds, as `coldtier catalog rebuild` records it for each target.
+        let mut on_r2 = Vec::new();
+        if let Some(r) = &self.replica {
+            on_r2 = list_objects(&rt, r.as_ref()).unwrap();
+            record_replica_copies(&catalog, "r2", &on_r2).unwrap();
+        }
         drop(catalog);
         rt.shutdown_timeout(std::time::Duration::from_secs(5));
-        // Every record on disk names an object the bucket holds: nothing is rejected.
+        // Every record on disk names an object the bucket holds (but those the primary
+        // lost or rotted): nothing else is rejected.
         let bad: Vec<&String> = report
             .iter()
             .filter(|l| !l.starts_with("UNREFERENCED"))
+            .filter(|l| !self.lost.iter().any(|k| l.contains(k.as_str())))
             .collect();
         prop_assert!(bad.is_empty(), "rebuild reported {:?}", bad);
         // What a rebuild takes a file's object to be: its stub record's, else its copy
@@ -363,7 +367,9 @@ impl World {
                 named.insert(r.object_key);
             }
         }
-        for o in &listed {
+        // (On the replica too: a copy of an object the primary lost, whose file is gone
+        // since, is known to no one after the rebuild.)
+        for o in listed.iter().chain(&on_r2) {
             let stem = o
                 .key
                 .strip_suffix(".index.json")
@@ -615,14 +621,11 @@ impl World {
                     return Ok(());
                 };
                 let key = rec.object_key;
-                // Filled by `replicate`, the replica may not hold it yet.
-                let held = self
-                    .e()
-                    .t
-                    .catalog
-                    .replica_targets(&key, rec.version_id.as_deref())
-                    .unwrap();
-                if held.is_empty() {
+                // Filled by `replicate`, the replica may not hold it yet. What the replica
+                // holds, not what the catalog says (a rebuilt catalog knows of no copy).
+                let replica = self.replica.as_ref().unwrap();
+                let held = self.e().block_on(replica.head(&key, None)).is_ok();
+                if !held {
                     prop_assert!(self.backfill, "a stub's object is on no replica: {key}");
                     return Ok(());
                 }
@@ -744,7 +747,7 @@ impl World {
             let e = self.e();
             for o in e.block_on(r.list("")).unwrap() {
                 prop_assert!(
-                    named.contains(&o.key),
+                    named.contains(&o.key) || self.orphaned.contains(&o.key),
                     "the replica still holds {}, which no file names",
                     o.key
                 );
@@ -1060,5 +1063,41 @@ fn a_rebuild_hands_gc_a_pack_whose_members_all_moved_on() {
         Vec::<String>::new(),
         "the dead pack stayed"
     );
+    w.end();
+}
+
+/// Found with the replica's holdings taken from the replica itself in the model: a
+/// replication killed after its PUT (the copy is whole on the target, not recorded), then
+/// the primary loses the object. The recall asked only the targets the catalog records a
+/// copy on, and failed; `replicate` copied from the primary, and failed. Now the recall
+/// asks every target (the checksum is the proof), and `replicate` finds the copy on the
+/// target, reads it back and records it, without asking the primary.
+#[test]
+fn an_unrecorded_copy_on_the_replica_serves_a_recall_and_replicate_adopts_it() {
+    let mut w = World::new(true, Some(Arc::new(MemoryStore::new())), true, false);
+    w.e = Some(w.start());
+    w.apply(&Op::Write {
+        f: 1,
+        seed: 3,
+        len: 700,
+    })
+    .unwrap();
+    w.apply(&Op::Migrate { stub: true }).unwrap();
+    w.apply(&Op::CrashReplicate { point: 1 }).unwrap();
+    let e = w.e();
+    assert!(
+        e.t.catalog.objects_missing_on("r2").unwrap().len() == 1,
+        "no copy recorded"
+    );
+    w.apply(&Op::LosePrimary {
+        f: 1,
+        corrupt: false,
+    })
+    .unwrap();
+    assert_eq!(w.lost.len(), 1, "the primary lost the pack");
+    w.apply(&Op::Read { f: 1 }).unwrap();
+    let s = w.replicate();
+    assert_eq!((s.found, s.copied, s.failed), (1, 0, 0), "{s:?}");
+    assert!(w.e().t.catalog.objects_missing_on("r2").unwrap().is_empty());
     w.end();
 }

@@ -133,7 +133,7 @@ pub(super) fn replicate(a: &ReplicateArgs) -> anyhow::Result<()> {
             println!("would copy  {p}");
         }
         println!(
-            "job {} (replicate to {}{}): {} objects missing ({}), copied {} ({}), restoring {}, failed {} in {:.1}s",
+            "job {} (replicate to {}{}): {} objects missing ({}), copied {} ({}), found there already {}, restoring {}, failed {} in {:.1}s",
             r.job_id,
             r.target,
             if r.dry_run { ", dry run" } else { "" },
@@ -141,6 +141,7 @@ pub(super) fn replicate(a: &ReplicateArgs) -> anyhow::Result<()> {
             human_bytes(r.missing_bytes),
             r.copied,
             human_bytes(r.bytes_copied),
+            r.found,
             r.restoring,
             r.failed,
             r.seconds

@@ -302,6 +302,9 @@ pub struct ReplicateReport {
     pub bytes_copied: u64,
     /// Archived on the primary: restore requested or under way; a later run copies them.
     pub restoring: u64,
+    /// Found on the target already, read back there and recorded: not copied again.
+    #[serde(default)]
+    pub found: u64,
     pub failed: u64,
     pub errors: Vec<String>,
     /// A dry run: the files whose objects the target lacks.

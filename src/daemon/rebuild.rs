@@ -13,8 +13,7 @@ use crate::catalog::{Catalog, EventKind};
 use crate::cli::args::CatalogRebuildArgs;
 use crate::config::Config;
 use crate::fs::backing;
-use crate::tier::context::KEY_PREFIX;
-use crate::tier::rebuild::{rebuild, walk};
+use crate::tier::rebuild::{rebuild, record_replica_copies, walk};
 
 /// Refuses to run while a coldtier daemon serves `source`.
 fn check_offline(source: &Path) -> anyhow::Result<()> {
@@ -148,13 +147,8 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
         }
     };
     say("listing the bucket");
-    let mut listed = rt
-        .block_on(store.list(&format!("{KEY_PREFIX}/")))
+    let listed = crate::tier::rebuild::list_objects(&rt, store.as_ref())
         .map_err(|e| anyhow!("cannot list the bucket: {e}"))?;
-    listed.extend(
-        rt.block_on(store.list(&format!("{}/", crate::tier::stub::PACK_PREFIX)))
-            .map_err(|e| anyhow!("cannot list the bucket: {e}"))?,
-    );
     say("walking SOURCE");
     let mut report = Vec::new();
     let (scanned, disk) = walk(root.as_fd(), &mut report)
@@ -178,23 +172,31 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
         &mut report,
         &say,
     )?;
-    // Rebuilt from a replica target: it holds what it listed, as the new catalog records
-    // (so that recalls fall back to it while the store is away).
+    // What the replica targets hold, as the new catalog records: rebuilt from one, what it
+    // listed (so that recalls fall back to it while the store is away); each other, listed
+    // now. A target that cannot be listed is a problem, not the rebuild's end.
     let mut replica_copies = 0u64;
     if let Some(name) = &a.from {
-        let sizes: std::collections::HashMap<&str, u64> =
-            listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
-        for obj in catalog.objects_missing_on(name)? {
-            if let Some(&size) = sizes.get(obj.object_key.as_str()) {
-                catalog.record_replicated(
-                    name,
-                    &obj,
-                    size,
-                    None,
-                    json!({"target": name, "object_key": obj.object_key, "bytes": size, "found_by": "catalog rebuild"}),
-                )?;
-                replica_copies += 1;
+        replica_copies += record_replica_copies(&catalog, name, &listed)?;
+    }
+    for r in config.replica_configs().map_err(bad)? {
+        if a.from.as_deref() == Some(r.name.as_str()) {
+            continue;
+        }
+        say(&format!("listing replica {}", r.name));
+        let found = match rt.block_on(crate::store::open(&r.store)) {
+            Ok(target) => {
+                crate::tier::rebuild::list_objects(&rt, target.as_ref()).map_err(|e| e.to_string())
             }
+            Err(e) => Err(e.to_string()),
+        };
+        match found {
+            Ok(l) => replica_copies += record_replica_copies(&catalog, &r.name, &l)?,
+            Err(e) => report.push(format!(
+                "REPLICA {}: cannot be listed ({e}): the new catalog records no copy on it \
+                 (coldtier replicate --to {} finds them again)",
+                r.name, r.name
+            )),
         }
     }
     let summary = json!({

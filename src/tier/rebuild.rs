@@ -678,6 +678,55 @@ pub fn rebuild(
     Ok(counts)
 }
 
+/// Records the copies replica `target` holds (`listed`: its listing) of the objects the
+/// rebuilt catalog names: the catalog would otherwise know of none, `policy.copies` would
+/// count none, `coldtier replicate` would copy each again (and fail for an object the
+/// primary has lost), and a recall would find them only by asking. How many.
+pub fn record_replica_copies(
+    catalog: &Catalog,
+    target: &str,
+    listed: &[ListEntry],
+) -> anyhow::Result<u64> {
+    let sizes: HashMap<&str, u64> = listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    let mut n = 0u64;
+    for obj in catalog.objects_missing_on(target)? {
+        if let Some(&size) = sizes.get(obj.object_key.as_str()) {
+            catalog.record_replicated(
+                target,
+                &obj,
+                size,
+                None,
+                json!({"target": target, "object_key": obj.object_key, "bytes": size, "found_by": "catalog rebuild"}),
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The objects of `store` under coldtier's two prefixes (file objects and packs).
+pub fn list_objects(
+    rt: &tokio::runtime::Runtime,
+    store: &dyn ObjectStore,
+) -> Result<Vec<ListEntry>, crate::store::StoreError> {
+    rt.block_on(list_objects_async(store))
+}
+
+/// [`list_objects`], in a runtime.
+pub async fn list_objects_async(
+    store: &dyn ObjectStore,
+) -> Result<Vec<ListEntry>, crate::store::StoreError> {
+    let mut listed = store
+        .list(&format!("{}/", crate::tier::context::KEY_PREFIX))
+        .await?;
+    listed.extend(
+        store
+            .list(&format!("{}/", crate::tier::stub::PACK_PREFIX))
+            .await?,
+    );
+    Ok(listed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -644,9 +644,12 @@ impl Tiering {
     }
 
     /// The primary failed (`why`): the object from the first `[[replica]]` target that
-    /// holds a verified copy of it and gives the bytes the stub record's checksum names
-    /// (a stream goes on with the chunks it lacks, each checked against its sum). Its
-    /// name and `why`, or None (the recall then fails as it would have).
+    /// gives the bytes the stub record's checksum names (a stream goes on with the chunks
+    /// it lacks, each checked against its sum): first the targets the catalog records a
+    /// verified copy on, then the others, asked for the key (a catalog rebuilt from the
+    /// primary records none, nor does it know of copies put by the bucket's own
+    /// replication; the checksum is the proof either way). Its name and `why`, or None
+    /// (the recall then fails as it would have).
     async fn recall_from_replicas(
         &self,
         file: &File,
@@ -656,13 +659,18 @@ impl Tiering {
         why: &str,
     ) -> Option<(String, String)> {
         self.forget_pack_spans(&rec.object_key);
-        let targets = self
+        let mut targets = self
             .catalog
             .replica_targets(&rec.object_key, rec.version_id.as_deref())
             .unwrap_or_else(|e| {
                 tracing::error!("catalog: {e}");
                 Vec::new()
             });
+        for name in self.replica_names() {
+            if !targets.iter().any(|(t, _)| *t == name) {
+                targets.push((name, None));
+            }
+        }
         for (target, replica_version) in targets {
             let Some(replica) = self.replica(&target) else {
                 continue;

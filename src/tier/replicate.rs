@@ -13,6 +13,7 @@
 //! row and a REPLICATED event in one durable transaction. What has a row is never copied
 //! again: a run killed half-way resumes where it stopped, and a second run is a no-op.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -43,6 +44,9 @@ pub struct ReplicateSummary {
     pub bytes_copied: u64,
     /// Archived on the primary: restore requested (or under way); a later run copies them.
     pub restoring: u64,
+    /// Found on the target already (a replication cut short after its PUT, or the bucket's
+    /// own replication), read back there, equal, and recorded: not copied again.
+    pub found: u64,
     pub failed: u64,
     pub errors: Vec<String>,
     /// A dry run: the paths of the files whose objects the target lacks.
@@ -99,6 +103,8 @@ async fn bounded<T, R, Fut>(
 enum Done {
     Copied(u64),
     Restoring,
+    /// On the target already, proven there and recorded.
+    Found,
 }
 
 impl Tiering {
@@ -226,6 +232,11 @@ impl Tiering {
                     moved += obj.file_size;
                 }
                 Ok(Done::Restoring) => s.restoring += 1,
+                Ok(Done::Found) => {
+                    s.found += 1;
+                    done += 1;
+                    moved += obj.file_size;
+                }
                 Err(e) => {
                     tracing::warn!(path = %obj.path, key = %obj.object_key, target, "replication failed: {e}");
                     s.failed += 1;
@@ -238,6 +249,38 @@ impl Tiering {
                 moved,
             ));
         };
+        // 0. What the target holds already (one listing): an object of the same key and
+        //    size is read back there and, equal, recorded without a copy: the primary is
+        //    not asked for it (it may have lost it since). A target that cannot be listed
+        //    is copied to as if empty.
+        let listed: HashMap<String, u64> =
+            match crate::tier::rebuild::list_objects_async(replica.as_ref()).await {
+                Ok(l) => l.into_iter().map(|o| (o.key, o.size)).collect(),
+                Err(e) => {
+                    tracing::warn!(
+                        target,
+                        "replicate: cannot list the target ({e}): every object is copied"
+                    );
+                    HashMap::new()
+                }
+            };
+        let (there, todo): (Vec<ObjectRef>, Vec<ObjectRef>) = todo
+            .into_iter()
+            .partition(|o| listed.get(&o.object_key) == Some(&o.file_size));
+        bounded(
+            there,
+            &sem,
+            cancel,
+            |obj| {
+                let (me, replica, target) = (self.clone(), replica.clone(), target.to_string());
+                async move {
+                    let r = me.adopt_copy(&replica, &target, &obj).await;
+                    (obj, r)
+                }
+            },
+            |r| tally(r, s, progress),
+        )
+        .await;
         // 1. Every object HEADed on the store, `slots` at a time; archived ones get their
         //    RestoreObject now: all of them go out before any copy starts.
         let restores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -279,6 +322,40 @@ impl Tiering {
         )
         .await;
         Ok(())
+    }
+
+    /// `obj` found on replica `target` (a listing names its key, of its size): read back
+    /// there whole and recorded if it holds the primary's bytes; else copied as any other.
+    async fn adopt_copy(
+        self: &Arc<Self>,
+        replica: &Arc<dyn ObjectStore>,
+        target: &str,
+        obj: &ObjectRef,
+    ) -> Result<Done, StepError> {
+        let algo: ChecksumAlgo = obj
+            .checksum_algo
+            .parse()
+            .map_err(|e: String| StepError::new(libc::EIO, e))?;
+        let size = obj.file_size;
+        let back = self
+            .read_back(replica, target, obj, None, size, algo, &obj.checksum)
+            .await;
+        if let Err(e) = back {
+            tracing::info!(key = %obj.object_key, target, "replicate: the object found on the target is not the primary's ({}): copied again", e.message);
+            let primary = self.store()?;
+            let restores = std::sync::atomic::AtomicUsize::new(0);
+            let validates = self.replica_validates(target, replica).await?;
+            return match self.head_for_copy(&primary, obj, &restores).await? {
+                Some(meta) => {
+                    self.copy_object(&primary, replica, target, obj, meta, validates)
+                        .await
+                }
+                None => Ok(Done::Restoring),
+            };
+        }
+        self.record_replica(target, obj, size, None, "readback", "found on the target")
+            .await?;
+        Ok(Done::Found)
     }
 
     /// The store's HEAD of `obj`: its metadata when it is ready to copy; None when it is
