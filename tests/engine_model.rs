@@ -323,7 +323,7 @@ impl World {
             .build()
             .unwrap();
         let store: Arc<dyn ObjectStore> = self.store.clone();
-        let listed = list_objects(&rt, store.as_ref()).unwrap();
+        let listed = rt.block_on(list_objects(store.as_ref())).unwrap();
         let mut report = Vec::new();
         let root = coldtier::fs::backing::open_dir_path(&self.dirs.src()).unwrap();
         let (_, disk) = walk(root.as_fd(), &mut report).unwrap();
@@ -342,7 +342,7 @@ impl World {
         // What the replica holds, as `coldtier catalog rebuild` records it for each target.
         let mut on_r2 = Vec::new();
         if let Some(r) = &self.replica {
-            on_r2 = list_objects(&rt, r.as_ref()).unwrap();
+            on_r2 = rt.block_on(list_objects(r.as_ref())).unwrap();
             record_replica_copies(&catalog, "r2", &on_r2).unwrap();
         }
         drop(catalog);
@@ -869,6 +869,15 @@ impl World {
         self.finish().unwrap();
         self.e.take().unwrap().stop();
     }
+
+    /// The catalog rebuilt, then gc: the store must hold nothing (`why` if it does), then
+    /// the end checks.
+    fn rebuild_and_gc_leaves_nothing(mut self, why: &str) {
+        self.apply(&Op::Rebuild).unwrap();
+        self.e().gc();
+        assert_eq!(self.e().objects(), Vec::<String>::new(), "{why}");
+        self.end();
+    }
 }
 
 /// `ops` in `w` on a new engine, then the end checks.
@@ -969,14 +978,7 @@ fn a_rebuild_hands_gc_the_dead_content_of_a_file_with_its_id_alone() {
             .block_on(w.store.set_tags(k, None, BTreeMap::new()))
             .unwrap();
     }
-    w.apply(&Op::Rebuild).unwrap();
-    w.e().gc();
-    assert_eq!(
-        w.e().objects(),
-        Vec::<String>::new(),
-        "the old content stayed"
-    );
-    w.end();
+    w.rebuild_and_gc_leaves_nothing("the old content stayed");
 }
 
 /// Found with the rebuild in the model: a stub run of two packed premigrated files killed
@@ -1056,14 +1058,7 @@ fn a_rebuild_hands_gc_a_pack_whose_members_all_moved_on() {
         })
         .unwrap();
     }
-    w.apply(&Op::Rebuild).unwrap();
-    w.e().gc();
-    assert_eq!(
-        w.e().objects(),
-        Vec::<String>::new(),
-        "the dead pack stayed"
-    );
-    w.end();
+    w.rebuild_and_gc_leaves_nothing("the dead pack stayed");
 }
 
 /// Found with the replica's holdings taken from the replica itself in the model: a
@@ -1099,5 +1094,41 @@ fn an_unrecorded_copy_on_the_replica_serves_a_recall_and_replicate_adopts_it() {
     let s = w.replicate();
     assert_eq!((s.found, s.copied, s.failed), (1, 0, 0), "{s:?}");
     assert!(w.e().t.catalog.objects_missing_on("r2").unwrap().is_empty());
+    w.end();
+}
+
+/// A copy on the target of the right key and size but other bytes (rotten there) is not
+/// adopted: `replicate` reads it back, finds it differs, and copies the object again.
+#[test]
+fn a_rotten_copy_on_the_replica_is_copied_again_not_adopted() {
+    let replica = Arc::new(MemoryStore::new());
+    let mut w = World::new(true, Some(replica.clone()), true, false);
+    w.e = Some(w.start());
+    w.apply(&Op::Write {
+        f: 1,
+        seed: 4,
+        len: 900,
+    })
+    .unwrap();
+    w.apply(&Op::Migrate { stub: true }).unwrap();
+    w.apply(&Op::CrashReplicate { point: 1 }).unwrap();
+    let on_r2: Vec<String> = w
+        .e()
+        .block_on(replica.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".tar"))
+        .collect();
+    assert_eq!(on_r2.len(), 1, "the pack put before the kill: {on_r2:?}");
+    replica.corrupt(&on_r2[0]);
+    let s = w.replicate();
+    assert_eq!((s.found, s.copied, s.failed), (0, 1, 0), "{s:?}");
+    w.apply(&Op::LosePrimary {
+        f: 1,
+        corrupt: false,
+    })
+    .unwrap();
+    w.apply(&Op::Read { f: 1 }).unwrap();
     w.end();
 }

@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, EventKind};
 use crate::cli::args::CatalogRebuildArgs;
 use crate::config::Config;
 use crate::fs::backing;
-use crate::tier::rebuild::{rebuild, record_replica_copies, walk};
+use crate::tier::rebuild::{list_objects, rebuild, record_replica_copies, walk};
 
 /// Refuses to run while a coldtier daemon serves `source`.
 fn check_offline(source: &Path) -> anyhow::Result<()> {
@@ -147,7 +147,8 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
         }
     };
     say("listing the bucket");
-    let listed = crate::tier::rebuild::list_objects(&rt, store.as_ref())
+    let listed = rt
+        .block_on(list_objects(store.as_ref()))
         .map_err(|e| anyhow!("cannot list the bucket: {e}"))?;
     say("walking SOURCE");
     let mut report = Vec::new();
@@ -185,9 +186,9 @@ pub fn run(a: &CatalogRebuildArgs) -> anyhow::Result<()> {
         }
         say(&format!("listing replica {}", r.name));
         let found = match rt.block_on(crate::store::open(&r.store)) {
-            Ok(target) => {
-                crate::tier::rebuild::list_objects(&rt, target.as_ref()).map_err(|e| e.to_string())
-            }
+            Ok(target) => rt
+                .block_on(list_objects(target.as_ref()))
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match found {

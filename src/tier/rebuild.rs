@@ -705,15 +705,7 @@ pub fn record_replica_copies(
 }
 
 /// The objects of `store` under coldtier's two prefixes (file objects and packs).
-pub fn list_objects(
-    rt: &tokio::runtime::Runtime,
-    store: &dyn ObjectStore,
-) -> Result<Vec<ListEntry>, crate::store::StoreError> {
-    rt.block_on(list_objects_async(store))
-}
-
-/// [`list_objects`], in a runtime.
-pub async fn list_objects_async(
+pub async fn list_objects(
     store: &dyn ObjectStore,
 ) -> Result<Vec<ListEntry>, crate::store::StoreError> {
     let mut listed = store

@@ -254,7 +254,7 @@ impl Tiering {
         //    not asked for it (it may have lost it since). A target that cannot be listed
         //    is copied to as if empty.
         let listed: HashMap<String, u64> =
-            match crate::tier::rebuild::list_objects_async(replica.as_ref()).await {
+            match crate::tier::rebuild::list_objects(replica.as_ref()).await {
                 Ok(l) => l.into_iter().map(|o| (o.key, o.size)).collect(),
                 Err(e) => {
                     tracing::warn!(
@@ -264,9 +264,11 @@ impl Tiering {
                     HashMap::new()
                 }
             };
-        let (there, todo): (Vec<ObjectRef>, Vec<ObjectRef>) = todo
+        let (there, mut todo): (Vec<ObjectRef>, Vec<ObjectRef>) = todo
             .into_iter()
             .partition(|o| listed.get(&o.object_key) == Some(&o.file_size));
+        // Those whose bytes there differ are copied as the others are (steps 1 and 2).
+        let mut differ = Vec::new();
         bounded(
             there,
             &sem,
@@ -278,9 +280,13 @@ impl Tiering {
                     (obj, r)
                 }
             },
-            |r| tally(r, s, progress),
+            |r| match r {
+                Ok((obj, Ok(false))) => differ.push(obj),
+                r => tally(r.map(|(o, r)| (o, r.map(|_| Done::Found))), s, progress),
+            },
         )
         .await;
+        todo.extend(differ);
         // 1. Every object HEADed on the store, `slots` at a time; archived ones get their
         //    RestoreObject now: all of them go out before any copy starts.
         let restores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -325,13 +331,14 @@ impl Tiering {
     }
 
     /// `obj` found on replica `target` (a listing names its key, of its size): read back
-    /// there whole and recorded if it holds the primary's bytes; else copied as any other.
+    /// there whole and recorded if it holds the primary's bytes (true); false if it holds
+    /// others (the caller copies it as any other).
     async fn adopt_copy(
-        self: &Arc<Self>,
+        &self,
         replica: &Arc<dyn ObjectStore>,
         target: &str,
         obj: &ObjectRef,
-    ) -> Result<Done, StepError> {
+    ) -> Result<bool, StepError> {
         let algo: ChecksumAlgo = obj
             .checksum_algo
             .parse()
@@ -342,20 +349,11 @@ impl Tiering {
             .await;
         if let Err(e) = back {
             tracing::info!(key = %obj.object_key, target, "replicate: the object found on the target is not the primary's ({}): copied again", e.message);
-            let primary = self.store()?;
-            let restores = std::sync::atomic::AtomicUsize::new(0);
-            let validates = self.replica_validates(target, replica).await?;
-            return match self.head_for_copy(&primary, obj, &restores).await? {
-                Some(meta) => {
-                    self.copy_object(&primary, replica, target, obj, meta, validates)
-                        .await
-                }
-                None => Ok(Done::Restoring),
-            };
+            return Ok(false);
         }
         self.record_replica(target, obj, size, None, "readback", "found on the target")
             .await?;
-        Ok(Done::Found)
+        Ok(true)
     }
 
     /// The store's HEAD of `obj`: its metadata when it is ready to copy; None when it is
